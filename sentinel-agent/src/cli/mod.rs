@@ -1,0 +1,74 @@
+//! The command line (SPEC §5): one file per subcommand and this single dispatch. Raw
+//! arguments become a validated [`Config`] before any command runs; errors become exit codes.
+
+mod check_config;
+mod run;
+mod status;
+mod tail;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config, ConfigError};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sentinel",
+    version,
+    about = "eBPF active-defence agent: watches exec, connect and CPU from the kernel"
+)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, value_name = "FILE", default_value = config::DEFAULT_PATH)]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the agent in the foreground (systemd runs this).
+    Run,
+    /// Print recent events from the store; --follow streams live ones from the agent.
+    Tail(tail::Args),
+    /// Sensors attached, events seen and lost, pending decisions, blocks.
+    Status(status::Args),
+    /// Validate the configuration and say precisely what is wrong.
+    CheckConfig,
+}
+
+impl Cli {
+    /// Load the config. A missing file is only tolerated at the default path (defaults apply).
+    fn load_config(&self) -> Result<Config, ConfigError> {
+        let is_default = self.config == std::path::Path::new(config::DEFAULT_PATH);
+        Config::load(&self.config, is_default)
+    }
+}
+
+/// Parse the command line, run the command, map the outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Run => run::run(&cli),
+        Command::Tail(args) => tail::run(&cli, args),
+        Command::Status(args) => status::run(&cli, args),
+        Command::CheckConfig => check_config::run(&cli),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("sentinel: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `sentinel tail | head`: the reader went away, which is not an error.
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

@@ -1,0 +1,37 @@
+//! `sentinel run`: set up logging and start the agent's event loop.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use tracing_subscriber::EnvFilter;
+
+use super::Cli;
+use crate::daemon;
+
+pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let config = cli.load_config()?;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("sentinel={}", config.agent.log_level)));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    if !cli.config.exists() {
+        tracing::warn!(
+            "no config at {}: running on the built-in defaults",
+            cli.config.display()
+        );
+    }
+    if !nix::unistd::geteuid().is_root() {
+        tracing::warn!("not running as root: loading eBPF programs will probably fail");
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("sentinel")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(daemon::run(config))?;
+    Ok(ExitCode::SUCCESS)
+}

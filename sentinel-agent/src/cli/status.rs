@@ -1,0 +1,50 @@
+//! `sentinel status`: what the running agent reports about itself.
+
+use std::{io::Write, process::ExitCode};
+
+use super::Cli;
+use crate::ipc;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// One JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
+    let config = cli.load_config()?;
+    let status = ipc::status(&config.agent.socket)?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer(&mut out, &status)?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(
+        out,
+        "sentinel on {} (pid {}), up {}",
+        status.host,
+        status.pid,
+        humantime::format_duration(std::time::Duration::from_secs(status.uptime_s))
+    )?;
+    writeln!(
+        out,
+        "{:<10} {:<9} {:>12} {:>10}",
+        "SENSOR", "ATTACHED", "SEEN", "LOST"
+    )?;
+    for (name, s) in &status.sensors {
+        let attached = if s.attached { "yes" } else { "NO" };
+        writeln!(
+            out,
+            "{name:<10} {attached:<9} {:>12} {:>10}",
+            s.seen, s.lost
+        )?;
+    }
+    writeln!(
+        out,
+        "pending decisions: {}   blocks: {}   processes tracked: {}   malformed records: {}",
+        status.pending, status.blocks, status.processes, status.malformed
+    )?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,321 @@
+//! The events the agent stores, streams and prints: the JSON contract of SPEC §5.
+//!
+//! Kernel records are decoded in `sensors`; what leaves the agent is a [`Record`]: a
+//! timestamp, the host, and one [`Body`] per kind, serialised with the exact field names
+//! operators' tooling relies on.
+
+use std::{
+    fmt,
+    net::IpAddr,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+
+/// One event as stored, streamed and printed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// RFC 3339, UTC, millisecond precision.
+    pub ts: String,
+    pub host: String,
+    #[serde(flatten)]
+    pub body: Body,
+}
+
+/// What happened; the `kind` field of the JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Body {
+    Exec(ExecBody),
+    Connect(ConnectBody),
+    Cpu(CpuBody),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecBody {
+    pub pid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub comm: String,
+    pub filename: String,
+    pub argv: Vec<String>,
+    /// Comms of the parent, grandparent, … (parent first).
+    pub ancestors: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConnectBody {
+    pub pid: u32,
+    pub comm: String,
+    pub uid: u32,
+    /// 4 or 6.
+    pub family: u8,
+    pub saddr: IpAddr,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    /// ISO country code of `daddr`, when GeoIP knows it.
+    pub country: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CpuBody {
+    pub pid: u32,
+    pub comm: String,
+    /// Share of one CPU over the last interval (can exceed 100 for multi-threaded processes).
+    pub cpu_pct: f64,
+}
+
+/// The kinds `tail --kind` accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Exec,
+    Connect,
+    Cpu,
+    Alert,
+    Decision,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Exec => "exec",
+            Kind::Connect => "connect",
+            Kind::Cpu => "cpu",
+            Kind::Alert => "alert",
+            Kind::Decision => "decision",
+        }
+    }
+}
+
+impl Body {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Body::Exec(_) => Kind::Exec,
+            Body::Connect(_) => Kind::Connect,
+            Body::Cpu(_) => Kind::Cpu,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        match self {
+            Body::Exec(b) => b.pid,
+            Body::Connect(b) => b.pid,
+            Body::Cpu(b) => b.pid,
+        }
+    }
+}
+
+impl Record {
+    pub fn new(at: SystemTime, host: &str, body: Body) -> Self {
+        Self {
+            ts: humantime::format_rfc3339_millis(at).to_string(),
+            host: host.to_string(),
+            body,
+        }
+    }
+
+    /// Nanoseconds since the Unix epoch of `ts` (0 if it does not parse).
+    pub fn ts_ns(&self) -> i64 {
+        humantime::parse_rfc3339(&self.ts)
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos() as i64)
+    }
+}
+
+/// Turns kernel `CLOCK_BOOTTIME` stamps into wall-clock time.
+#[derive(Debug, Clone, Copy)]
+pub struct BootClock {
+    /// Wall-clock time at boot (realtime − boottime), in ns since the epoch.
+    boot_epoch_ns: i128,
+}
+
+impl BootClock {
+    /// Measure the offset now.
+    pub fn now() -> Self {
+        use nix::time::{ClockId, clock_gettime};
+        let ns = |c| {
+            clock_gettime(c).map_or(0i128, |t| {
+                t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128
+            })
+        };
+        let real = ns(ClockId::CLOCK_REALTIME);
+        let boot = ns(ClockId::CLOCK_BOOTTIME);
+        Self {
+            boot_epoch_ns: real - boot,
+        }
+    }
+
+    #[cfg(test)]
+    pub fn with_boot_epoch_ns(boot_epoch_ns: i128) -> Self {
+        Self { boot_epoch_ns }
+    }
+
+    pub fn wall(&self, boot_ns: u64) -> SystemTime {
+        let ns = (self.boot_epoch_ns + boot_ns as i128).max(0) as u128;
+        UNIX_EPOCH + Duration::new((ns / 1_000_000_000) as u64, (ns % 1_000_000_000) as u32)
+    }
+}
+
+/// The aligned, one-line human form printed by `sentinel tail`.
+impl fmt::Display for Record {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (pid, comm, detail) = match &self.body {
+            Body::Exec(b) => {
+                // One event, one line: control characters in arguments are escaped.
+                let args: Vec<String> = b
+                    .argv
+                    .iter()
+                    .map(|a| {
+                        if a.chars().any(char::is_control) {
+                            format!("\"{}\"", a.escape_debug())
+                        } else {
+                            a.clone()
+                        }
+                    })
+                    .collect();
+                let mut d = args.join(" ");
+                if d.is_empty() {
+                    d = b.filename.clone();
+                } else if !b.argv[0].ends_with(b.filename.rsplit('/').next().unwrap_or("")) {
+                    d = format!("{} [{}]", d, b.filename);
+                }
+                if !b.ancestors.is_empty() {
+                    d = format!("{d}  ⟵ {}", b.ancestors.join(" ⟵ "));
+                }
+                (b.pid, &b.comm, d)
+            }
+            Body::Connect(b) => {
+                let dst = match b.daddr {
+                    IpAddr::V4(a) => format!("{a}:{}", b.dport),
+                    IpAddr::V6(a) => format!("[{a}]:{}", b.dport),
+                };
+                let country = b.country.as_deref().unwrap_or("-");
+                (b.pid, &b.comm, format!("→ {dst}  country={country}"))
+            }
+            Body::Cpu(b) => (b.pid, &b.comm, format!("{:.1}% cpu", b.cpu_pct)),
+        };
+        write!(
+            f,
+            "{:<24} {:<8} {:>7}  {:<16} {}",
+            self.ts,
+            self.body.kind().as_str(),
+            pid,
+            comm,
+            detail
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exec() -> Record {
+        Record {
+            ts: "2026-11-22T20:00:00.123Z".into(),
+            host: "web1".into(),
+            body: Body::Exec(ExecBody {
+                pid: 42,
+                ppid: 7,
+                uid: 1000,
+                comm: "ls".into(),
+                filename: "/usr/bin/ls".into(),
+                argv: vec!["ls".into(), "-la".into()],
+                ancestors: vec!["bash".into(), "sshd".into()],
+            }),
+        }
+    }
+
+    #[test]
+    fn exec_json_has_contract_fields() {
+        let v: serde_json::Value = serde_json::to_value(exec()).unwrap();
+        for key in [
+            "ts",
+            "kind",
+            "host",
+            "pid",
+            "ppid",
+            "uid",
+            "comm",
+            "filename",
+            "argv",
+            "ancestors",
+        ] {
+            assert!(v.get(key).is_some(), "missing {key} in {v}");
+        }
+        assert_eq!(v["kind"], "exec");
+        assert_eq!(v["ancestors"][0], "bash");
+    }
+
+    #[test]
+    fn connect_json_has_contract_fields() {
+        let r = Record {
+            ts: "2026-11-22T20:00:00.000Z".into(),
+            host: "h".into(),
+            body: Body::Connect(ConnectBody {
+                pid: 1,
+                comm: "curl".into(),
+                uid: 0,
+                family: 6,
+                saddr: "::1".parse().unwrap(),
+                daddr: "2001:db8::1".parse().unwrap(),
+                dport: 443,
+                country: None,
+            }),
+        };
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["kind"], "connect");
+        assert_eq!(v["family"], 6);
+        assert_eq!(v["daddr"], "2001:db8::1");
+        assert_eq!(v["dport"], 443);
+        assert!(v["country"].is_null());
+        let back: Record = serde_json::from_value(v).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn record_round_trips_through_json() {
+        let r = exec();
+        let text = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<Record>(&text).unwrap(), r);
+    }
+
+    #[test]
+    fn human_line_is_aligned() {
+        let line = exec().to_string();
+        assert!(
+            line.starts_with("2026-11-22T20:00:00.123Z exec          42  ls "),
+            "{line}"
+        );
+        assert!(line.contains("ls -la"), "{line}");
+        assert!(line.contains("bash ⟵ sshd"), "{line}");
+    }
+
+    #[test]
+    fn human_line_escapes_control_characters() {
+        let mut r = exec();
+        if let Body::Exec(b) = &mut r.body {
+            b.argv = vec!["python3".into(), "-c".into(), "a\nb".into()];
+        }
+        let line = r.to_string();
+        assert!(!line.contains('\n'), "{line}");
+        assert!(line.contains(r#""a\nb""#), "{line}");
+    }
+
+    #[test]
+    fn boot_clock_adds_offset() {
+        let c = BootClock::with_boot_epoch_ns(1_000_000_000_000_000_000);
+        let t = c.wall(1_500_000_000);
+        let ns = t.duration_since(UNIX_EPOCH).unwrap().as_nanos();
+        assert_eq!(ns, 1_000_000_001_500_000_000);
+    }
+
+    #[test]
+    fn ts_ns_parses_back() {
+        let at = UNIX_EPOCH + Duration::from_millis(1_790_000_000_123);
+        let r = Record::new(at, "h", exec().body);
+        assert_eq!(r.ts_ns(), 1_790_000_000_123_000_000);
+    }
+}

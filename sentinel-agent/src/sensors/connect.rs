@@ -1,0 +1,113 @@
+//! The `connect` sensor, userspace side: attaching `connect_inet_sock_set_state` and decoding
+//! its records (IPv4 and IPv6) into owned values.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use aya::{Ebpf, programs::TracePoint};
+use sentinel_common::{
+    EventKind,
+    events::connect::{AF_INET, ConnectEvent},
+};
+
+use super::{DecodeError, SensorError, c_str, prog_err, program, read_exact};
+
+const SENSOR: &str = "connect";
+
+/// An outbound TCP connection attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Connect {
+    pub ts_ns: u64,
+    pub tgid: u32,
+    pub uid: u32,
+    /// The connecting thread's comm.
+    pub comm: String,
+    /// 4 or 6.
+    pub family: u8,
+    pub saddr: IpAddr,
+    pub daddr: IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+pub fn attach(ebpf: &mut Ebpf) -> Result<(), SensorError> {
+    let tp: &mut TracePoint = program(ebpf, SENSOR, "connect_inet_sock_set_state")?;
+    tp.load()
+        .map_err(prog_err(SENSOR, "loading connect_inet_sock_set_state"))?;
+    tp.attach("sock", "inet_sock_set_state")
+        .map_err(prog_err(SENSOR, "attaching to sock/inet_sock_set_state"))?;
+    Ok(())
+}
+
+fn addr(family: u16, bytes: [u8; 16]) -> IpAddr {
+    if family == AF_INET {
+        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(bytes))
+    }
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Connect, DecodeError> {
+    let ev: ConnectEvent = read_exact(bytes, EventKind::Connect)?;
+    let d = &ev.data;
+    Ok(Connect {
+        ts_ns: ev.header.ts_ns,
+        tgid: ev.header.tgid,
+        uid: ev.header.uid,
+        comm: c_str(&ev.header.comm),
+        family: if d.family == AF_INET { 4 } else { 6 },
+        saddr: addr(d.family, d.saddr),
+        daddr: addr(d.family, d.daddr),
+        sport: d.sport,
+        dport: d.dport,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use sentinel_common::events::connect::{AF_INET6, ConnectData};
+
+    use super::*;
+    use crate::sensors::{
+        KernelEvent,
+        tests::{as_bytes, header},
+    };
+
+    fn event(family: u16, saddr: [u8; 16], daddr: [u8; 16]) -> ConnectEvent {
+        ConnectEvent {
+            header: header(EventKind::Connect, 900, "curl"),
+            data: ConnectData {
+                family,
+                dport: 443,
+                sport: 0,
+                _pad: 0,
+                saddr,
+                daddr,
+            },
+        }
+    }
+
+    #[test]
+    fn ipv4_round_trip() {
+        let mut d = [0u8; 16];
+        d[..4].copy_from_slice(&[203, 0, 113, 9]);
+        let mut s = [0u8; 16];
+        s[..4].copy_from_slice(&[192, 0, 2, 1]);
+        let KernelEvent::Connect(c) =
+            crate::sensors::decode(&as_bytes(&event(AF_INET, s, d))).unwrap()
+        else {
+            panic!("not a connect");
+        };
+        assert_eq!(c.family, 4);
+        assert_eq!(c.daddr, "203.0.113.9".parse::<IpAddr>().unwrap());
+        assert_eq!(c.saddr, "192.0.2.1".parse::<IpAddr>().unwrap());
+        assert_eq!((c.dport, c.tgid, c.comm.as_str()), (443, 900, "curl"));
+    }
+
+    #[test]
+    fn ipv6_round_trip() {
+        let d: Ipv6Addr = "2001:db8::9".parse().unwrap();
+        let c = decode(&as_bytes(&event(AF_INET6, [0; 16], d.octets()))).unwrap();
+        assert_eq!(c.family, 6);
+        assert_eq!(c.daddr, IpAddr::V6(d));
+    }
+}

@@ -1,0 +1,403 @@
+//! Loading the kernel programs and reading what they report. One module per sensor, named as
+//! in `sentinel-ebpf` and `sentinel-common`: `exec`, `connect`, `cpu`. This module holds what
+//! they share: the loader, tracefs, ring-buffer draining, record decoding and the counters
+//! behind `sentinel status`.
+
+pub mod connect;
+pub mod cpu;
+pub mod exec;
+
+use std::{
+    path::Path,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use aya::{
+    Ebpf, EbpfLoader, Pod,
+    maps::{MapData, PerCpuArray, RingBuf},
+};
+use sentinel_common::{EventKind, Header, KernelOffsets};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    sync::mpsc,
+};
+use tracing::{error, info, warn};
+
+/// The kernel object built by `build.rs`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sentinel"));
+
+pub const SENSORS: [&str; 3] = ["exec", "connect", "cpu"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum SensorError {
+    #[error("loading the eBPF programs: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("{sensor} sensor: {what}: {source}")]
+    Program {
+        sensor: &'static str,
+        what: String,
+        source: aya::programs::ProgramError,
+    },
+    #[error("{sensor} sensor: map {map}: {source}")]
+    Map {
+        sensor: &'static str,
+        map: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("{sensor} sensor: map {map} missing from the eBPF object")]
+    MissingMap {
+        sensor: &'static str,
+        map: &'static str,
+    },
+    #[error("{sensor} sensor: program {program} missing from the eBPF object")]
+    MissingProgram {
+        sensor: &'static str,
+        program: &'static str,
+    },
+    #[error("{sensor} sensor: {what}: {source}")]
+    Io {
+        sensor: &'static str,
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("mounting tracefs on {path}: {source}")]
+    Tracefs {
+        path: &'static str,
+        source: nix::Error,
+    },
+    #[error("reading kernel BTF: {0}")]
+    Btf(String),
+}
+
+/// A record the kernel sent, decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KernelEvent {
+    Exec(exec::Exec),
+    Fork(exec::Fork),
+    Exit(exec::Exit),
+    Connect(connect::Connect),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {0} bytes is shorter than a header")]
+    Short(usize),
+    #[error("unknown event kind {0}")]
+    UnknownKind(u32),
+    #[error("{kind:?} record of {len} bytes, expected {want}")]
+    Size {
+        kind: EventKind,
+        len: usize,
+        want: usize,
+    },
+}
+
+/// Copy a `T` out of a record that must be exactly its size.
+pub(crate) fn read_exact<T: Pod>(bytes: &[u8], kind: EventKind) -> Result<T, DecodeError> {
+    let want = size_of::<T>();
+    if bytes.len() != want {
+        return Err(DecodeError::Size {
+            kind,
+            len: bytes.len(),
+            want,
+        });
+    }
+    // SAFETY: length checked; T is Pod (any bit pattern is valid); unaligned read.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// Decode one ring-buffer record.
+pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
+    if bytes.len() < size_of::<Header>() {
+        return Err(DecodeError::Short(bytes.len()));
+    }
+    let raw_kind = u32::from_ne_bytes(bytes[..4].try_into().expect("4 bytes"));
+    let kind = EventKind::from_u32(raw_kind).ok_or(DecodeError::UnknownKind(raw_kind))?;
+    Ok(match kind {
+        EventKind::Exec => KernelEvent::Exec(exec::decode_exec(bytes)?),
+        EventKind::Fork => KernelEvent::Fork(exec::decode_fork(bytes)?),
+        EventKind::Exit => KernelEvent::Exit(exec::decode_exit(bytes)?),
+        EventKind::Connect => KernelEvent::Connect(connect::decode(bytes)?),
+    })
+}
+
+/// A NUL-padded kernel string as UTF-8 (lossy).
+pub(crate) fn c_str(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// Seen and lost counts of one sensor.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub seen: AtomicU64,
+    /// Records userspace could not decode.
+    pub malformed: AtomicU64,
+}
+
+/// Per-sensor drop counters kept by the kernel programs.
+pub struct LostMaps {
+    maps: Vec<(&'static str, PerCpuArray<MapData, u64>)>,
+}
+
+impl LostMaps {
+    /// Records `sensor`'s programs could not deliver, summed over CPUs.
+    pub fn lost(&self, sensor: &str) -> u64 {
+        self.maps
+            .iter()
+            .find(|(name, _)| *name == sensor)
+            .and_then(|(_, map)| map.get(&0, 0).ok())
+            .map_or(0, |values| values.iter().sum())
+    }
+}
+
+/// What `load` needs from the agent.
+pub struct LoadOptions {
+    pub agent_tgid: u32,
+    pub offsets: KernelOffsets,
+    pub ring_buffer_bytes: u32,
+    pub cpu_sample_hz: u64,
+}
+
+/// The loaded programs. Dropping this detaches every program.
+pub struct Sensors {
+    pub ebpf: Ebpf,
+    pub attached: [bool; 3],
+    pub lost: Arc<Mutex<LostMaps>>,
+    pub exec_ring: Option<RingBuf<MapData>>,
+    pub connect_ring: Option<RingBuf<MapData>>,
+    pub cpu_samples: Option<cpu::SampleMap>,
+}
+
+/// The classic tracepoints need tracefs; mount it when the system has not.
+pub fn ensure_tracefs() -> Result<(), SensorError> {
+    const PATH: &str = "/sys/kernel/tracing";
+    if Path::new(PATH).join("events").is_dir()
+        || Path::new("/sys/kernel/debug/tracing/events").is_dir()
+    {
+        return Ok(());
+    }
+    info!("tracefs is not mounted; mounting it on {PATH}");
+    nix::mount::mount(
+        Some("nodev"),
+        PATH,
+        Some("tracefs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|source| SensorError::Tracefs { path: PATH, source })
+}
+
+/// Load the object and attach every sensor. A sensor that fails to attach is reported and
+/// left off (`attached = false`); failing them all is an error.
+pub fn load(opts: &LoadOptions) -> Result<Sensors, SensorError> {
+    // Harmless where BPF memory is charged to the cgroup (Linux ≥ 5.11); needed before.
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid struct.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+
+    let mut ebpf = EbpfLoader::new()
+        .override_global("AGENT_TGID", &opts.agent_tgid, true)
+        .override_global("OFFSETS", &opts.offsets, true)
+        .map_max_entries("EXEC_EVENTS", opts.ring_buffer_bytes)
+        .map_max_entries("CONNECT_EVENTS", opts.ring_buffer_bytes)
+        .load(EBPF_OBJECT)?;
+
+    let mut attached = [false; 3];
+    let results = [
+        exec::attach(&mut ebpf),
+        connect::attach(&mut ebpf),
+        cpu::attach(&mut ebpf, opts.cpu_sample_hz),
+    ];
+    for (i, result) in results.into_iter().enumerate() {
+        match result {
+            Ok(()) => attached[i] = true,
+            Err(e) => error!("{} sensor not attached: {e}", SENSORS[i]),
+        }
+    }
+    if !attached.iter().any(|a| *a) {
+        return Err(SensorError::Io {
+            sensor: "all",
+            what: "no sensor could be attached".into(),
+            source: std::io::Error::other("see the errors above"),
+        });
+    }
+
+    let mut lost = Vec::new();
+    for (sensor, map) in [
+        ("exec", "EXEC_LOST"),
+        ("connect", "CONNECT_LOST"),
+        ("cpu", "CPU_LOST"),
+    ] {
+        lost.push((sensor, take_map(&mut ebpf, sensor, map)?));
+    }
+    let exec_ring = attached[0]
+        .then(|| take_map(&mut ebpf, "exec", "EXEC_EVENTS"))
+        .transpose()?;
+    let connect_ring = attached[1]
+        .then(|| take_map(&mut ebpf, "connect", "CONNECT_EVENTS"))
+        .transpose()?;
+    let cpu_samples = attached[2]
+        .then(|| take_map(&mut ebpf, "cpu", "CPU_SAMPLES"))
+        .transpose()?;
+    Ok(Sensors {
+        ebpf,
+        attached,
+        lost: Arc::new(Mutex::new(LostMaps { maps: lost })),
+        exec_ring,
+        connect_ring,
+        cpu_samples,
+    })
+}
+
+fn take_map<M>(ebpf: &mut Ebpf, sensor: &'static str, map: &'static str) -> Result<M, SensorError>
+where
+    M: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let raw = ebpf
+        .take_map(map)
+        .ok_or(SensorError::MissingMap { sensor, map })?;
+    M::try_from(raw).map_err(|source| SensorError::Map {
+        sensor,
+        map,
+        source,
+    })
+}
+
+pub(crate) fn program<'a, P>(
+    ebpf: &'a mut Ebpf,
+    sensor: &'static str,
+    program: &'static str,
+) -> Result<&'a mut P, SensorError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let p = ebpf
+        .program_mut(program)
+        .ok_or(SensorError::MissingProgram { sensor, program })?;
+    p.try_into().map_err(|source| SensorError::Program {
+        sensor,
+        what: format!("program {program}"),
+        source,
+    })
+}
+
+pub(crate) fn prog_err(
+    sensor: &'static str,
+    what: impl Into<String>,
+) -> impl FnOnce(aya::programs::ProgramError) -> SensorError {
+    let what = what.into();
+    move |source| SensorError::Program {
+        sensor,
+        what,
+        source,
+    }
+}
+
+/// Read `ring` until the agent stops, decoding each record and handing batches to `tx`.
+pub async fn drain(
+    sensor: &'static str,
+    ring: RingBuf<MapData>,
+    tx: mpsc::Sender<Vec<KernelEvent>>,
+    counters: Arc<Counters>,
+) {
+    // SAFETY: the AsyncFd owns the ring buffer, hence its fd, and deregisters before dropping it.
+    let mut fd = match unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            error!("{sensor} sensor: cannot poll its ring buffer: {e}");
+            return;
+        }
+    };
+    loop {
+        let mut guard = match fd.readable_mut().await {
+            Ok(g) => g,
+            Err(e) => {
+                error!("{sensor} sensor: polling its ring buffer failed: {e}");
+                return;
+            }
+        };
+        let ring = guard.get_inner_mut();
+        let mut batch = Vec::new();
+        while let Some(item) = ring.next() {
+            match decode(&item) {
+                Ok(ev) => batch.push(ev),
+                Err(e) => {
+                    counters.malformed.fetch_add(1, Ordering::Relaxed);
+                    warn!("{sensor} sensor: dropping a malformed record: {e}");
+                }
+            }
+        }
+        guard.clear_ready();
+        if batch.is_empty() {
+            continue;
+        }
+        counters
+            .seen
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        if tx.send(batch).await.is_err() {
+            return; // the agent is stopping
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// The bytes of a record as the kernel would write them.
+    pub(crate) fn as_bytes<T: Pod>(value: &T) -> Vec<u8> {
+        // SAFETY: T is Pod: plain bytes, no padding.
+        unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
+            .to_vec()
+    }
+
+    pub(crate) fn header(kind: EventKind, tgid: u32, comm: &str) -> Header {
+        let mut c = [0u8; 16];
+        c[..comm.len()].copy_from_slice(comm.as_bytes());
+        Header {
+            kind: kind as u32,
+            pid: tgid,
+            tgid,
+            uid: 1000,
+            gid: 1000,
+            _pad: 0,
+            ts_ns: 123_456_789,
+            comm: c,
+        }
+    }
+
+    #[test]
+    fn short_and_unknown_records_are_errors() {
+        assert_eq!(decode(&[1, 0, 0]), Err(DecodeError::Short(3)));
+        let mut h = header(EventKind::Exec, 1, "x");
+        h.kind = 99;
+        assert_eq!(decode(&as_bytes(&h)), Err(DecodeError::UnknownKind(99)));
+    }
+
+    #[test]
+    fn wrong_size_is_an_error() {
+        let h = header(EventKind::Connect, 1, "x");
+        let err = decode(&as_bytes(&h)).unwrap_err();
+        assert!(matches!(
+            err,
+            DecodeError::Size {
+                kind: EventKind::Connect,
+                len: 48,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn c_str_stops_at_nul() {
+        assert_eq!(c_str(b"bash\0\0garbage"), "bash");
+        assert_eq!(c_str(b"full"), "full");
+    }
+}

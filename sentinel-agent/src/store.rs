@@ -1,0 +1,340 @@
+//! The SQLite event store: every event the agent emits, in one WAL-mode database file,
+//! written in batched transactions by one thread so the event loop never waits on disk.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, mpsc},
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use rusqlite::{Connection, OpenFlags, params};
+use tracing::{debug, error, warn};
+
+use crate::event::{Kind, Record};
+
+/// Largest batch written in one transaction.
+const BATCH_MAX: usize = 2000;
+/// Longest an event waits before its batch is committed.
+const BATCH_WINDOW: Duration = Duration::from_millis(100);
+/// How often old events are deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+const SCHEMA_VERSION: i64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("event store {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("no event store at {0} (has the agent ever run with this config?)")]
+    Missing(PathBuf),
+    #[error("event store {path} has schema version {found}, this sentinel knows {SCHEMA_VERSION}")]
+    Schema { path: PathBuf, found: i64 },
+    #[error("event store {path}: bad stored event #{id}: {source}")]
+    Corrupt {
+        path: PathBuf,
+        id: i64,
+        source: serde_json::Error,
+    },
+}
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Open (creating if needed) the store for writing.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+                path: dir.into(),
+                source,
+            })?;
+        }
+        let conn = Connection::open(path).map_err(|e| sql(path, e))?;
+        let store = Self {
+            conn,
+            path: path.into(),
+        };
+        store.init()?;
+        Ok(store)
+    }
+
+    /// Open an existing store read-only (the CLI's `tail`).
+    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Missing(path.into()));
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| sql(path, e))?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(|e| sql(path, e))?;
+        let store = Self {
+            conn,
+            path: path.into(),
+        };
+        store.check_version()?;
+        Ok(store)
+    }
+
+    fn init(&self) -> Result<(), StoreError> {
+        let p = &self.path;
+        self.conn
+            .busy_timeout(Duration::from_secs(5))
+            .map_err(|e| sql(p, e))?;
+        self.conn
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| sql(p, e))?;
+        self.conn
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| sql(p, e))?;
+        let version: i64 = self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| sql(p, e))?;
+        if version == 0 {
+            self.conn
+                .execute_batch(
+                    "BEGIN;
+                     CREATE TABLE IF NOT EXISTS events (
+                         id    INTEGER PRIMARY KEY,
+                         ts_ns INTEGER NOT NULL,
+                         kind  TEXT NOT NULL,
+                         pid   INTEGER NOT NULL,
+                         body  TEXT NOT NULL
+                     );
+                     CREATE INDEX IF NOT EXISTS events_kind ON events(kind, id);
+                     CREATE INDEX IF NOT EXISTS events_ts ON events(ts_ns);
+                     PRAGMA user_version = 1;
+                     COMMIT;",
+                )
+                .map_err(|e| sql(p, e))?;
+        }
+        self.check_version()
+    }
+
+    fn check_version(&self) -> Result<(), StoreError> {
+        let found: i64 = self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| sql(&self.path, e))?;
+        if found != SCHEMA_VERSION {
+            return Err(StoreError::Schema {
+                path: self.path.clone(),
+                found,
+            });
+        }
+        Ok(())
+    }
+
+    /// Write `records` in one transaction.
+    pub fn insert(&mut self, records: &[Arc<Record>]) -> Result<(), StoreError> {
+        let p = self.path.clone();
+        let tx = self.conn.transaction().map_err(|e| sql(&p, e))?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO events (ts_ns, kind, pid, body) VALUES (?1, ?2, ?3, ?4)",
+                )
+                .map_err(|e| sql(&p, e))?;
+            for r in records {
+                let body = serde_json::to_string(r.as_ref()).expect("records serialise");
+                stmt.execute(params![
+                    r.ts_ns(),
+                    r.body.kind().as_str(),
+                    r.body.pid(),
+                    body
+                ])
+                .map_err(|e| sql(&p, e))?;
+            }
+        }
+        tx.commit().map_err(|e| sql(&p, e))
+    }
+
+    /// The newest `limit` events of the given kinds (all kinds when empty), oldest first.
+    pub fn recent(&self, kinds: &[Kind], limit: usize) -> Result<Vec<Record>, StoreError> {
+        let p = &self.path;
+        let mut query = String::from("SELECT id, body FROM events");
+        if !kinds.is_empty() {
+            let list: Vec<String> = kinds.iter().map(|k| format!("'{}'", k.as_str())).collect();
+            query.push_str(&format!(" WHERE kind IN ({})", list.join(",")));
+        }
+        query.push_str(" ORDER BY id DESC LIMIT ?1");
+        let mut stmt = self.conn.prepare(&query).map_err(|e| sql(p, e))?;
+        let rows = stmt
+            .query_map([limit as i64], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })
+            .map_err(|e| sql(p, e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, body) = row.map_err(|e| sql(p, e))?;
+            let record = serde_json::from_str(&body).map_err(|source| StoreError::Corrupt {
+                path: p.clone(),
+                id,
+                source,
+            })?;
+            out.push(record);
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Delete events stamped before `cutoff`; returns how many.
+    pub fn prune_before(&self, cutoff: SystemTime) -> Result<usize, StoreError> {
+        let ns = cutoff
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
+        self.conn
+            .execute("DELETE FROM events WHERE ts_ns < ?1", [ns])
+            .map_err(|e| sql(&self.path, e))
+    }
+}
+
+fn sql(path: &Path, source: rusqlite::Error) -> StoreError {
+    StoreError::Sqlite {
+        path: path.into(),
+        source,
+    }
+}
+
+/// Run the writer on its own thread until every sender is dropped; it commits what is left
+/// before returning, so a clean stop loses nothing.
+pub fn spawn_writer(
+    mut store: Store,
+    rx: mpsc::Receiver<Arc<Record>>,
+    retention: Duration,
+) -> thread::JoinHandle<()> {
+    thread::Builder::new()
+        .name("store".into())
+        .spawn(move || {
+            let mut last_prune = Instant::now() - PRUNE_EVERY;
+            let mut batch = Vec::with_capacity(BATCH_MAX);
+            while let Ok(first) = rx.recv() {
+                batch.push(first);
+                let deadline = Instant::now() + BATCH_WINDOW;
+                while batch.len() < BATCH_MAX {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match rx.recv_timeout(left) {
+                        Ok(r) => batch.push(r),
+                        Err(_) => break,
+                    }
+                }
+                write_with_retry(&mut store, &batch);
+                batch.clear();
+                if last_prune.elapsed() >= PRUNE_EVERY {
+                    last_prune = Instant::now();
+                    match store.prune_before(SystemTime::now() - retention) {
+                        Ok(n) if n > 0 => debug!(deleted = n, "pruned old events"),
+                        Ok(_) => {}
+                        Err(e) => warn!("pruning old events failed: {e}"),
+                    }
+                }
+            }
+        })
+        .expect("spawn store thread")
+}
+
+fn write_with_retry(store: &mut Store, batch: &[Arc<Record>]) {
+    for attempt in 1..=5 {
+        match store.insert(batch) {
+            Ok(()) => return,
+            Err(e) if attempt < 5 => {
+                warn!(
+                    "writing {} events failed (attempt {attempt}): {e}",
+                    batch.len()
+                );
+                thread::sleep(Duration::from_millis(100 * attempt));
+            }
+            Err(e) => error!(
+                "dropping {} events: the store refuses them: {e}",
+                batch.len()
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Body, CpuBody};
+
+    fn cpu(pid: u32, at_ms: u64) -> Arc<Record> {
+        Arc::new(Record::new(
+            UNIX_EPOCH + Duration::from_millis(at_ms),
+            "h",
+            Body::Cpu(CpuBody {
+                pid,
+                comm: "x".into(),
+                cpu_pct: 12.5,
+            }),
+        ))
+    }
+
+    #[test]
+    fn writes_and_reads_back_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/sentinel.db");
+        let mut store = Store::open(&path).unwrap();
+        store
+            .insert(&[cpu(1, 1000), cpu(2, 2000), cpu(3, 3000)])
+            .unwrap();
+        let ro = Store::open_read_only(&path).unwrap();
+        let got = ro.recent(&[], 2).unwrap();
+        assert_eq!(got.iter().map(|r| r.body.pid()).collect::<Vec<_>>(), [2, 3]);
+        assert!(ro.recent(&[Kind::Exec], 10).unwrap().is_empty());
+        assert_eq!(ro.recent(&[Kind::Cpu], 10).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn writer_thread_flushes_on_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let (tx, rx) = mpsc::channel();
+        let handle = spawn_writer(
+            Store::open(&path).unwrap(),
+            rx,
+            Duration::from_secs(86400 * 365 * 100),
+        );
+        for i in 0..5000 {
+            tx.send(cpu(i, 1_000_000 + i as u64)).unwrap();
+        }
+        drop(tx);
+        handle.join().unwrap();
+        let ro = Store::open_read_only(&path).unwrap();
+        assert_eq!(ro.recent(&[], 10_000).unwrap().len(), 5000);
+    }
+
+    #[test]
+    fn prunes_old_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        store.insert(&[cpu(1, 1000), cpu(2, 5000)]).unwrap();
+        let n = store
+            .prune_before(UNIX_EPOCH + Duration::from_millis(2000))
+            .unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(store.recent(&[], 10).unwrap()[0].body.pid(), 2);
+    }
+
+    #[test]
+    fn missing_store_is_a_clear_error() {
+        let err = Store::open_read_only(Path::new("/nonexistent/s.db"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("/nonexistent/s.db"), "{err}");
+    }
+}

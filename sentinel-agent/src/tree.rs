@@ -1,0 +1,302 @@
+//! The process tree: who is whose parent, kept exact from the kernel's fork, exec and exit
+//! records after being seeded from `/proc` at start-up.
+//!
+//! Processes are identified by (tgid, start time): a pid is reused, a start time is not. Start
+//! times are kept in clock ticks since boot, the unit of `/proc/<pid>/stat`, so kernel
+//! (`start_boottime`, ns) and `/proc` views of the same process compare equal.
+
+use std::{collections::HashMap, fs, path::Path};
+
+/// Deepest ancestry walked; also guards against cycles in a damaged tree.
+const MAX_DEPTH: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proc {
+    pub ppid: u32,
+    /// Start time in clock ticks since boot.
+    pub start: u64,
+    pub comm: String,
+    /// What the process last exec'd, when the agent saw it.
+    pub filename: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct ProcessTree {
+    procs: HashMap<u32, Proc>,
+    ns_per_tick: u64,
+}
+
+/// The fields of `/proc/<pid>/stat` the tree needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stat {
+    pub pid: u32,
+    pub comm: String,
+    pub ppid: u32,
+    pub start: u64,
+}
+
+/// Parse one `/proc/<pid>/stat` line. The comm sits in parentheses and may itself contain
+/// spaces and parentheses, so the fields are taken after the *last* `)`.
+pub fn parse_stat(line: &str) -> Option<Stat> {
+    let open = line.find('(')?;
+    let close = line.rfind(')')?;
+    let pid = line[..open].trim().parse().ok()?;
+    let comm = line.get(open + 1..close)?.to_string();
+    // After ")": state(3) ppid(4) ... starttime(22): index 0 is the state.
+    let rest: Vec<&str> = line[close + 1..].split_whitespace().collect();
+    let ppid = rest.get(1)?.parse().ok()?;
+    let start = rest.get(19)?.parse().ok()?;
+    Some(Stat {
+        pid,
+        comm,
+        ppid,
+        start,
+    })
+}
+
+/// Read `<proc_root>/<pid>/stat`.
+pub fn read_stat(proc_root: &Path, pid: u32) -> Option<Stat> {
+    let text = fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    parse_stat(&text)
+}
+
+impl ProcessTree {
+    /// An empty tree; `ticks_per_sec` is `sysconf(_SC_CLK_TCK)` (USER_HZ).
+    pub fn new(ticks_per_sec: u64) -> Self {
+        Self {
+            procs: HashMap::new(),
+            ns_per_tick: 1_000_000_000 / ticks_per_sec.max(1),
+        }
+    }
+
+    /// A tree holding every process now in `proc_root` (normally `/proc`).
+    pub fn seed(proc_root: &Path, ticks_per_sec: u64) -> std::io::Result<Self> {
+        let mut tree = Self::new(ticks_per_sec);
+        for entry in fs::read_dir(proc_root)? {
+            let Ok(entry) = entry else { continue };
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            // A process may exit between readdir and read: skip it.
+            if let Some(stat) = read_stat(proc_root, pid) {
+                tree.insert_stat(stat);
+            }
+        }
+        Ok(tree)
+    }
+
+    fn insert_stat(&mut self, s: Stat) {
+        self.procs.insert(
+            s.pid,
+            Proc {
+                ppid: s.ppid,
+                start: s.start,
+                comm: s.comm,
+                filename: None,
+            },
+        );
+    }
+
+    /// Kernel ns since boot → clock ticks, exactly as `/proc` rounds them.
+    pub fn ticks(&self, boot_ns: u64) -> u64 {
+        boot_ns / self.ns_per_tick
+    }
+
+    pub fn len(&self) -> usize {
+        self.procs.len()
+    }
+
+    pub fn get(&self, tgid: u32) -> Option<&Proc> {
+        self.procs.get(&tgid)
+    }
+
+    /// `parent` created the new process `child`, which starts with the forking task's comm.
+    pub fn on_fork(&mut self, parent: u32, child: u32, child_start_ns: u64, comm: &str) {
+        let start = self.ticks(child_start_ns);
+        let filename = self.procs.get(&parent).and_then(|p| p.filename.clone());
+        self.procs.insert(
+            child,
+            Proc {
+                ppid: parent,
+                start,
+                comm: comm.to_string(),
+                filename,
+            },
+        );
+    }
+
+    /// `tgid` (child of `ppid`) now runs `filename` as `comm`.
+    pub fn on_exec(&mut self, tgid: u32, ppid: u32, start_ns: u64, comm: &str, filename: &str) {
+        let start = self.ticks(start_ns);
+        let p = self.procs.entry(tgid).or_insert_with(|| Proc {
+            ppid,
+            start,
+            comm: String::new(),
+            filename: None,
+        });
+        if ppid != 0 {
+            p.ppid = ppid;
+        }
+        p.start = start;
+        p.comm = comm.to_string();
+        p.filename = Some(filename.to_string());
+    }
+
+    /// The process `tgid` started at `start_ns` ended. A later process that reused the pid
+    /// (different start) is left alone.
+    pub fn on_exit(&mut self, tgid: u32, start_ns: u64) {
+        let start = self.ticks(start_ns);
+        if let Some(p) = self.procs.get(&tgid)
+            && (start_ns == 0 || p.start == start)
+        {
+            self.procs.remove(&tgid);
+        }
+    }
+
+    /// Look `tgid` up, filling it in from `/proc` if the tree missed it (lost records).
+    fn lookup_or_load(&mut self, tgid: u32, proc_root: &Path) -> Option<&Proc> {
+        if !self.procs.contains_key(&tgid) {
+            let stat = read_stat(proc_root, tgid)?;
+            self.insert_stat(stat);
+        }
+        self.procs.get(&tgid)
+    }
+
+    /// Comms of `tgid`'s parent, grandparent, … (parent first), up to pid 1.
+    pub fn ancestors(&mut self, tgid: u32, proc_root: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut cur = self.procs.get(&tgid).map_or(0, |p| p.ppid);
+        while cur != 0 && out.len() < MAX_DEPTH {
+            let Some(p) = self.lookup_or_load(cur, proc_root) else {
+                break;
+            };
+            out.push(p.comm.clone());
+            if cur == 1 {
+                break;
+            }
+            cur = p.ppid;
+        }
+        out
+    }
+
+    /// Whether `ancestor` is `tgid` or above it in the tree.
+    pub fn descends_from(&self, tgid: u32, ancestor: u32) -> bool {
+        let mut cur = tgid;
+        for _ in 0..MAX_DEPTH {
+            if cur == ancestor {
+                return true;
+            }
+            match self.procs.get(&cur) {
+                Some(p) if p.ppid != 0 && p.ppid != cur => cur = p.ppid,
+                _ => return false,
+            }
+        }
+        false
+    }
+
+    /// Drop every process for which `alive(tgid, start)` says no: the safety net for exit
+    /// records lost to a full ring buffer. Returns how many were dropped.
+    pub fn retain_alive(&mut self, mut alive: impl FnMut(u32, u64) -> bool) -> usize {
+        let before = self.procs.len();
+        self.procs.retain(|&tgid, p| alive(tgid, p.start));
+        before - self.procs.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TICKS: u64 = 100;
+    const NS: u64 = 10_000_000; // one tick at 100 Hz
+
+    #[test]
+    fn parses_stat_with_odd_comm() {
+        let line = "1234 (we ird) (x)) S 77 1234 1234 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 1 0 98765 1000 200 18446744073709551615";
+        let s = parse_stat(line).unwrap();
+        assert_eq!(s.pid, 1234);
+        assert_eq!(s.comm, "we ird) (x)");
+        assert_eq!(s.ppid, 77);
+        assert_eq!(s.start, 98765);
+    }
+
+    #[test]
+    fn rejects_garbage_stat() {
+        assert_eq!(parse_stat(""), None);
+        assert_eq!(parse_stat("12 (x) S"), None);
+        assert_eq!(parse_stat("abc (x) S 1 2 3"), None);
+    }
+
+    #[test]
+    fn fork_exec_exit_build_and_prune() {
+        let mut t = ProcessTree::new(TICKS);
+        let root = Path::new("/nonexistent");
+        t.on_exec(1, 0, 0, "systemd", "/sbin/init");
+        t.on_fork(1, 100, 5 * NS, "systemd");
+        t.on_exec(100, 1, 5 * NS, "node", "/usr/bin/node");
+        t.on_fork(100, 200, 9 * NS, "node");
+        t.on_exec(200, 100, 9 * NS, "sh", "/bin/sh");
+        t.on_fork(200, 300, 12 * NS, "sh");
+        t.on_exec(300, 200, 12 * NS, "bash", "/bin/bash");
+        assert_eq!(t.ancestors(300, root), ["sh", "node", "systemd"]);
+        assert!(t.descends_from(300, 100));
+        assert!(!t.descends_from(100, 300));
+
+        // A stale exit for a reused pid (other start time) changes nothing.
+        t.on_exit(200, 99 * NS);
+        assert!(t.get(200).is_some());
+        t.on_exit(200, 9 * NS);
+        assert!(t.get(200).is_none());
+        assert_eq!(t.len(), 3);
+    }
+
+    #[test]
+    fn forked_child_inherits_comm_until_exec() {
+        let mut t = ProcessTree::new(TICKS);
+        t.on_exec(10, 1, NS, "bash", "/bin/bash");
+        t.on_fork(10, 11, 2 * NS, "bash");
+        let c = t.get(11).unwrap();
+        assert_eq!((c.ppid, c.comm.as_str(), c.start), (10, "bash", 2));
+        assert_eq!(c.filename.as_deref(), Some("/bin/bash"));
+    }
+
+    #[test]
+    fn kernel_ns_round_like_proc() {
+        let t = ProcessTree::new(100);
+        assert_eq!(t.ticks(19_999_999), 1);
+        assert_eq!(t.ticks(20_000_000), 2);
+    }
+
+    #[test]
+    fn ancestry_is_bounded_on_cycles() {
+        let mut t = ProcessTree::new(TICKS);
+        t.on_exec(5, 6, 0, "a", "/a");
+        t.on_exec(6, 5, 0, "b", "/b");
+        let root = Path::new("/nonexistent");
+        assert_eq!(t.ancestors(5, root).len(), MAX_DEPTH);
+        assert!(!t.descends_from(5, 99));
+    }
+
+    #[test]
+    fn seeds_from_real_proc() {
+        let t = ProcessTree::seed(Path::new("/proc"), 100).unwrap();
+        let me = std::process::id();
+        let p = t.get(me).expect("own process in seeded tree");
+        let stat = read_stat(Path::new("/proc"), me).unwrap();
+        assert_eq!(p.ppid, stat.ppid);
+        assert_eq!(p.start, stat.start);
+    }
+
+    #[test]
+    fn retain_alive_prunes() {
+        let mut t = ProcessTree::new(TICKS);
+        t.on_exec(1, 0, 0, "init", "/init");
+        t.on_exec(2, 1, 0, "gone", "/gone");
+        assert_eq!(t.retain_alive(|tgid, _| tgid == 1), 1);
+        assert_eq!(t.len(), 1);
+    }
+}

@@ -1,0 +1,69 @@
+//! Process lineage: exec, fork and exit records from the `exec` sensor.
+//!
+//! Exec carries what ran (filename, bounded argv) and who its parent is; fork and exit let the
+//! agent keep its process tree exact without polling `/proc`. Processes are identified by
+//! (tgid, start time), never by pid alone: pids are reused.
+
+use super::Event;
+
+/// Bytes of the executed file's path kept (`filename` of `sched_process_exec`).
+pub const FILENAME_LEN: usize = 256;
+/// Bytes of the NUL-separated argv kept (read from the new image's `mm->arg_start`).
+pub const ARGV_LEN: usize = 512;
+
+/// A process replaced its image.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecData {
+    /// Thread-group id of the real parent.
+    pub ppid: u32,
+    /// Bytes used in `filename`, without the trailing NUL.
+    pub filename_len: u32,
+    /// Bytes used in `argv` (NUL-separated arguments).
+    pub argv_len: u32,
+    /// 1 when argv was longer than [`ARGV_LEN`] and was cut.
+    pub argv_truncated: u32,
+    /// The process's `start_boottime` in nanoseconds since boot.
+    pub start_ns: u64,
+    pub filename: [u8; FILENAME_LEN],
+    pub argv: [u8; ARGV_LEN],
+}
+
+/// A new process was created by the header's task.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ForkData {
+    /// Process id of the child.
+    pub child_tgid: u32,
+    pub _pad: u32,
+    /// The child's `start_boottime` in nanoseconds since boot.
+    pub child_start_ns: u64,
+}
+
+/// The header's process ended (its last thread exited).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExitData {
+    /// The process's `start_boottime`, to tell it from a later process with the same pid.
+    pub start_ns: u64,
+}
+
+pub type ExecEvent = Event<ExecData>;
+pub type ForkEvent = Event<ForkData>;
+pub type ExitEvent = Event<ExitData>;
+
+const _: () = assert!(core::mem::size_of::<ExecData>() == 24 + FILENAME_LEN + ARGV_LEN);
+const _: () = assert!(core::mem::size_of::<ExecEvent>() == 48 + 792);
+const _: () = assert!(core::mem::size_of::<ForkEvent>() == 64);
+const _: () = assert!(core::mem::size_of::<ExitEvent>() == 56);
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: integers and byte arrays only, no padding (sizes asserted above).
+    unsafe impl aya::Pod for super::ExecData {}
+    unsafe impl aya::Pod for super::ForkData {}
+    unsafe impl aya::Pod for super::ExitData {}
+    unsafe impl aya::Pod for super::ExecEvent {}
+    unsafe impl aya::Pod for super::ForkEvent {}
+    unsafe impl aya::Pod for super::ExitEvent {}
+}

@@ -1,0 +1,158 @@
+//! The `exec` sensor: process lineage. `sched_process_exec` says what ran and under which
+//! parent; `sched_process_fork` (new processes only, not threads) and `sched_process_exit`
+//! (whole processes only) let the agent keep an exact process tree.
+
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{
+        bpf_get_current_task, bpf_probe_read_kernel_str_bytes, generated::bpf_probe_read_user,
+    },
+    macros::{btf_tracepoint, map, tracepoint},
+    maps::{PerCpuArray, RingBuf},
+    programs::{BtfTracePointContext, TracePointContext},
+};
+use sentinel_common::{
+    EventKind,
+    events::exec::{ARGV_LEN, ExecEvent, ExitEvent, ForkEvent},
+};
+
+use crate::task::{count_lost, current_tgid_unless_agent, fill_header, offsets, read_field};
+
+/// Exec, fork and exit records, in order. The agent may resize it at load time.
+#[map]
+static EXEC_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Records dropped because `EXEC_EVENTS` was full.
+#[map]
+static EXEC_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// `sched_process_exec`: `__data_loc char[] filename` at offset 8.
+const TP_EXEC_FILENAME_LOC: usize = 8;
+
+#[tracepoint]
+pub fn exec_sched_process_exec(ctx: TracePointContext) -> u32 {
+    on_exec(&ctx);
+    0
+}
+
+#[btf_tracepoint(function = "sched_process_fork")]
+pub fn exec_sched_process_fork(ctx: BtfTracePointContext) -> i32 {
+    on_fork(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn exec_sched_process_exit(ctx: TracePointContext) -> u32 {
+    on_exit(&ctx);
+    0
+}
+
+fn on_exec(ctx: &TracePointContext) {
+    if current_tgid_unless_agent().is_none() {
+        return;
+    }
+    let Some(mut entry) = EXEC_EVENTS.reserve::<ExecEvent>(0) else {
+        count_lost(&EXEC_LOST);
+        return;
+    };
+    // SAFETY: the reservation is sized for an ExecEvent, which is plain integers and bytes;
+    // every field the agent reads is written below.
+    let event = unsafe { &mut *entry.as_mut_ptr() };
+    fill_header(&mut event.header, EventKind::Exec);
+    let off = offsets();
+    // SAFETY: bpf_get_current_task has no preconditions.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let data = &mut event.data;
+
+    let parent: Option<*const u8> = read_field(task, off.task_real_parent);
+    data.ppid = parent
+        .and_then(|p| read_field::<u32>(p, off.task_tgid))
+        .unwrap_or(0);
+    data.start_ns = read_field(task, off.task_start_boottime).unwrap_or(0);
+
+    // SAFETY: the tracepoint record is readable at its own offsets.
+    let loc: u32 = unsafe { ctx.read_at(TP_EXEC_FILENAME_LOC) }.unwrap_or(0);
+    let name = (ctx.as_ptr() as *const u8).wrapping_add((loc & 0xffff) as usize);
+    // SAFETY: the helper checks the address and bounds the copy by the buffer.
+    data.filename_len = match unsafe { bpf_probe_read_kernel_str_bytes(name, &mut data.filename) } {
+        Ok(bytes) => bytes.len() as u32,
+        Err(_) => 0,
+    };
+
+    data.argv_len = 0;
+    data.argv_truncated = 0;
+    let mm: Option<*const u8> = read_field(task, off.task_mm);
+    if let Some(mm) = mm {
+        let start: u64 = read_field(mm, off.mm_arg_start).unwrap_or(0);
+        let end: u64 = read_field(mm, off.mm_arg_end).unwrap_or(0);
+        if end > start {
+            let mut len = end - start;
+            if len > ARGV_LEN as u64 {
+                len = ARGV_LEN as u64;
+                data.argv_truncated = 1;
+            }
+            // SAFETY: len <= ARGV_LEN bytes into an ARGV_LEN buffer; the helper checks `start`.
+            let ret = unsafe {
+                bpf_probe_read_user(data.argv.as_mut_ptr().cast(), len as u32, start as *const _)
+            };
+            if ret == 0 {
+                data.argv_len = len as u32;
+            }
+        }
+    }
+    entry.submit(0);
+}
+
+fn on_fork(ctx: &BtfTracePointContext) {
+    if current_tgid_unless_agent().is_none() {
+        return;
+    }
+    let off = offsets();
+    // sched_process_fork(struct task_struct *parent, struct task_struct *child)
+    let child: *const u8 = ctx.arg(1);
+    let (Some(child_pid), Some(child_tgid)) = (
+        read_field::<u32>(child, off.task_pid),
+        read_field::<u32>(child, off.task_tgid),
+    ) else {
+        return;
+    };
+    if child_pid != child_tgid {
+        return; // a new thread, not a new process
+    }
+    let Some(mut entry) = EXEC_EVENTS.reserve::<ForkEvent>(0) else {
+        count_lost(&EXEC_LOST);
+        return;
+    };
+    // SAFETY: sized for a ForkEvent; every field is written below.
+    let event = unsafe { &mut *entry.as_mut_ptr() };
+    fill_header(&mut event.header, EventKind::Fork);
+    event.data.child_tgid = child_tgid;
+    event.data._pad = 0;
+    event.data.child_start_ns = read_field(child, off.task_start_boottime).unwrap_or(0);
+    entry.submit(0);
+}
+
+fn on_exit(ctx: &TracePointContext) {
+    let off = offsets();
+    let last_thread = if off.tp_exit_group_dead != 0 {
+        // SAFETY: the offset comes from this tracepoint's format file.
+        unsafe { ctx.read_at::<u8>(off.tp_exit_group_dead as usize) }.unwrap_or(0) != 0
+    } else {
+        let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+        pid_tgid as u32 == (pid_tgid >> 32) as u32
+    };
+    if !last_thread || current_tgid_unless_agent().is_none() {
+        return;
+    }
+    let Some(mut entry) = EXEC_EVENTS.reserve::<ExitEvent>(0) else {
+        count_lost(&EXEC_LOST);
+        return;
+    };
+    // SAFETY: sized for an ExitEvent; every field is written below.
+    let event = unsafe { &mut *entry.as_mut_ptr() };
+    fill_header(&mut event.header, EventKind::Exit);
+    // SAFETY: bpf_get_current_task has no preconditions.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    event.data.start_ns = read_field(task, off.task_start_boottime).unwrap_or(0);
+    entry.submit(0);
+}

@@ -1,0 +1,21 @@
+//! Sentinel's kernel programs, one module per sensor (`exec`, `connect`, `cpu`), each named
+//! `<sensor>_<hook>` and owning its maps. `task` holds what they share: the globals the agent
+//! fills in at load time and the header every record starts with.
+#![no_std]
+#![no_main]
+
+mod connect;
+mod cpu;
+mod exec;
+mod task;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+/// GPL-compatible, as `bpf_probe_read_kernel` requires.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

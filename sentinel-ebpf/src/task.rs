@@ -1,0 +1,79 @@
+//! What every sensor needs about the current task: the agent's own tgid (whose activity is
+//! never reported), kernel struct offsets from the agent, the common record header, and the
+//! per-sensor "could not deliver" counters.
+
+use aya_ebpf::{
+    Global,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
+        bpf_probe_read_kernel, generated::bpf_get_current_comm,
+    },
+    maps::PerCpuArray,
+};
+use sentinel_common::{EventKind, Header, KernelOffsets};
+
+/// The agent's tgid, set by the loader: its own activity is not reported.
+#[unsafe(no_mangle)]
+static AGENT_TGID: Global<u32> = Global::new(0);
+
+/// Struct offsets read by the agent from the kernel's BTF.
+#[unsafe(no_mangle)]
+static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets::UNKNOWN);
+
+#[inline(always)]
+pub fn offsets() -> KernelOffsets {
+    OFFSETS.load()
+}
+
+/// The current task's tgid, or `None` when it is the agent itself.
+#[inline(always)]
+pub fn current_tgid_unless_agent() -> Option<u32> {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if tgid == AGENT_TGID.load() {
+        None
+    } else {
+        Some(tgid)
+    }
+}
+
+/// Fill a record header from the current task.
+#[inline(always)]
+pub fn fill_header(header: &mut Header, kind: EventKind) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    header.kind = kind as u32;
+    header.pid = pid_tgid as u32;
+    header.tgid = (pid_tgid >> 32) as u32;
+    header.uid = uid_gid as u32;
+    header.gid = (uid_gid >> 32) as u32;
+    header._pad = 0;
+    // SAFETY: no arguments; reads a kernel clock.
+    header.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
+    // Straight into the record: no stack copy.
+    // SAFETY: the destination is the 16-byte comm field.
+    if unsafe { bpf_get_current_comm(header.comm.as_mut_ptr().cast(), header.comm.len() as u32) }
+        != 0
+    {
+        header.comm = [0; 16];
+    }
+}
+
+/// Read a `T` at `base + offset` in kernel memory; `None` when the offset is unknown (0), the
+/// base is null, or the read faults.
+#[inline(always)]
+pub fn read_field<T>(base: *const u8, offset: u32) -> Option<T> {
+    if offset == 0 || base.is_null() {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel checks the address; a bad one is an error, not a fault.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }.ok()
+}
+
+/// Count one record a sensor could not deliver (its ring buffer or map was full).
+#[inline(always)]
+pub fn count_lost(counter: &PerCpuArray<u64>) {
+    if let Some(slot) = counter.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot: only this CPU writes it while this program runs.
+        unsafe { *slot += 1 };
+    }
+}
