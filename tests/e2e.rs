@@ -1,1 +1,370 @@
+//! End-to-end tests of the pipeline: the real `sentinel run` loads the real programs into the
+//! running kernel, the tests trigger real events (a process, a connection, a busy loop, a
+//! burst) and assert on what the agent stored and streams, through the real CLI.
+//! Tests that load programs need root and say so loudly when skipped.
 
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    net::{TcpListener, TcpStream},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::{Agent, BIN, own_comm, require_root, serial, write};
+use serde_json::Value;
+
+fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or_default()
+}
+
+#[test]
+fn exec_of_a_short_process_carries_its_lineage() {
+    if !require_root("exec_of_a_short_process_carries_its_lineage") {
+        return;
+    }
+    let _serial = serial();
+    let agent = Agent::start("");
+    let marker = format!("sentinel-e2e-{}", std::process::id());
+
+    // A ~1 ms process, direct child of this test.
+    let child = Command::new("/bin/true").arg(&marker).spawn().unwrap();
+    let pid = child.id();
+    assert!(child.wait_with_output().unwrap().status.success());
+    let ev = agent.wait_for("exec", "for /bin/true", |e| e["pid"] == pid);
+    assert_eq!(ev["ppid"], std::process::id(), "{ev}");
+    assert_eq!(s(&ev["comm"]), "true");
+    assert_eq!(s(&ev["filename"]), "/bin/true");
+    assert_eq!(ev["argv"], serde_json::json!(["/bin/true", marker]));
+    assert_eq!(ev["uid"], 0);
+    assert_eq!(s(&ev["ancestors"][0]), own_comm(), "{ev}");
+    assert!(
+        !s(&ev["host"]).is_empty() && s(&ev["ts"]).ends_with('Z'),
+        "{ev}"
+    );
+
+    // A grandchild through a forking shell: the tree comes from fork records.
+    let sh = Command::new("/bin/sh")
+        .args(["-c", &format!("/bin/true {marker}-nested; exit 0")])
+        .spawn()
+        .unwrap();
+    let sh_pid = sh.id();
+    sh.wait_with_output().unwrap();
+    let ev = agent.wait_for("exec", "for the nested /bin/true", |e| {
+        e["argv"][1] == format!("{marker}-nested")
+    });
+    assert_eq!(ev["ppid"], sh_pid, "{ev}");
+    let ancestors: Vec<&str> = ev["ancestors"].as_array().unwrap().iter().map(s).collect();
+    assert_eq!(ancestors[0], "sh", "{ev}");
+    assert_eq!(ancestors[1], own_comm(), "{ev}");
+
+    // status reports every sensor attached and the events it has seen.
+    let st = agent.status();
+    for sensor in ["exec", "connect", "cpu"] {
+        assert_eq!(st["sensors"][sensor]["attached"], true, "{st}");
+        assert!(st["sensors"][sensor]["lost"].is_u64(), "{st}");
+    }
+    assert!(st["sensors"]["exec"]["seen"].as_u64().unwrap() >= 2, "{st}");
+    assert!(
+        st["uptime_s"].is_u64() && st["pending"] == 0 && st["blocks"] == 0,
+        "{st}"
+    );
+}
+
+#[test]
+fn loopback_connects_over_ipv4_and_ipv6() {
+    if !require_root("loopback_connects_over_ipv4_and_ipv6") {
+        return;
+    }
+    let _serial = serial();
+    let agent = Agent::start("");
+    let me = std::process::id();
+    for (bind, family, daddr) in [("127.0.0.1:0", 4, "127.0.0.1"), ("[::1]:0", 6, "::1")] {
+        let listener = TcpListener::bind(bind).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let _conn = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let ev = agent.wait_for("connect", &format!("to {daddr}:{port}"), |e| {
+            e["pid"] == me && e["dport"] == port
+        });
+        assert_eq!(ev["family"], family, "{ev}");
+        assert_eq!(s(&ev["daddr"]), daddr, "{ev}");
+        assert_eq!(ev["uid"], 0, "{ev}");
+        assert_eq!(s(&ev["comm"]), own_comm(), "{ev}");
+        assert!(ev["country"].is_null(), "{ev}");
+    }
+}
+
+#[test]
+fn busy_process_shows_high_cpu() {
+    if !require_root("busy_process_shows_high_cpu") {
+        return;
+    }
+    let _serial = serial();
+    let agent = Agent::start("");
+    let mut busy = Command::new("/bin/sh")
+        .args(["-c", "while :; do :; done"])
+        .spawn()
+        .unwrap();
+    let pid = busy.id();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        agent.wait_for("cpu", "at ≥ 50 % for the busy loop", |e| {
+            e["pid"] == pid && e["cpu_pct"].as_f64().unwrap_or(0.0) >= 50.0
+        })
+    }));
+    let _ = busy.kill();
+    let _ = busy.wait();
+    let ev = result.unwrap_or_else(|e| std::panic::resume_unwind(e));
+    assert_eq!(s(&ev["comm"]), "sh", "{ev}");
+}
+
+#[test]
+fn full_ring_buffer_counts_lost_events_and_keeps_running() {
+    if !require_root("full_ring_buffer_counts_lost_events_and_keeps_running") {
+        return;
+    }
+    let _serial = serial();
+    // One page per ring buffer: a few exec records fit.
+    let agent = Agent::start("ring_buffer_kib = 4");
+    let total = |st: &Value| {
+        let e = &st["sensors"]["exec"];
+        e["seen"].as_u64().unwrap() + e["lost"].as_u64().unwrap()
+    };
+    let before = agent.status();
+
+    const THREADS: usize = 8;
+    const PER_THREAD: usize = 250;
+    let spawned: Vec<_> = (0..THREADS)
+        .map(|_| {
+            thread::spawn(|| {
+                for _ in 0..PER_THREAD {
+                    Command::new("/bin/true").status().unwrap();
+                }
+            })
+        })
+        .collect();
+    spawned.into_iter().for_each(|t| t.join().unwrap());
+    let burst = (THREADS * PER_THREAD) as u64;
+
+    // Every process of the burst is a fork, an exec and an exit record: each was either
+    // delivered (seen) or counted as lost in the kernel.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let after = loop {
+        let st = agent.status();
+        if total(&st) - total(&before) >= 3 * burst || Instant::now() > deadline {
+            break st;
+        }
+        thread::sleep(Duration::from_millis(200));
+    };
+    let lost = after["sensors"]["exec"]["lost"].as_u64().unwrap();
+    eprintln!(
+        "burst of {burst} processes: exec seen+lost grew by {}, lost {lost}",
+        total(&after) - total(&before)
+    );
+    assert!(
+        lost > 0,
+        "a 4 KiB ring buffer lost nothing in a burst: {after}"
+    );
+    assert!(
+        total(&after) - total(&before) >= 3 * burst,
+        "seen + lost grew by {} for a burst of {burst} processes (3 records each): {before} → {after}",
+        total(&after) - total(&before)
+    );
+    // Still alive and still delivering.
+    let child = Command::new("/bin/true")
+        .arg("after-the-burst")
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    child.wait_with_output().unwrap();
+    agent.wait_for("exec", "after the burst", |e| e["pid"] == pid);
+}
+
+#[test]
+fn tail_follow_streams_live_events() {
+    if !require_root("tail_follow_streams_live_events") {
+        return;
+    }
+    let _serial = serial();
+    let agent = Agent::start("");
+    let mut follow = Command::new(BIN)
+        .args([
+            "tail", "--follow", "--json", "--kind", "exec", "-n", "0", "--config",
+        ])
+        .arg(&agent.config)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    thread::sleep(Duration::from_millis(300)); // let the follower subscribe
+    let marker = format!("follow-{}", std::process::id());
+    Command::new("/bin/echo")
+        .arg(&marker)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut found = None;
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        let ev: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(ev["kind"], "exec", "--kind exec let through {ev}");
+        if ev["argv"][1] == marker.as_str() {
+            found = Some(ev);
+            break;
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let ev = found.expect("the live stream never showed the marker exec");
+    assert_eq!(s(&ev["filename"]), "/bin/echo");
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_keeps_what_was_seen() {
+    if !require_root("sigterm_stops_cleanly_and_keeps_what_was_seen") {
+        return;
+    }
+    let _serial = serial();
+    let mut agent = Agent::start("");
+    let child = Command::new("/bin/true").arg("last-words").spawn().unwrap();
+    let pid = child.id();
+    child.wait_with_output().unwrap();
+    thread::sleep(Duration::from_millis(300)); // delivered, maybe not yet committed
+    let status = agent.stop();
+    assert!(
+        status.success(),
+        "agent exit status {status}:\n{}",
+        agent.log()
+    );
+    assert!(!agent.socket().exists(), "socket left behind");
+    let log = agent.log();
+    assert!(log.contains("stopped"), "{log}");
+    // The store outlives the agent: tail reads it without the daemon.
+    assert!(
+        agent.events("exec").iter().any(|e| e["pid"] == pid),
+        "exec lost at stop"
+    );
+    // And the CLI says clearly that the daemon is gone.
+    let out = agent.cli(&["status"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not running"), "{err}");
+}
+
+#[test]
+fn tail_into_a_closed_pipe_exits_quietly() {
+    if !require_root("tail_into_a_closed_pipe_exits_quietly") {
+        return;
+    }
+    let _serial = serial();
+    let agent = Agent::start("");
+    for _ in 0..50 {
+        Command::new("/bin/true").status().unwrap();
+    }
+    agent.wait_for("exec", "from the warm-up", |_| true);
+    let out = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!(
+            "'{BIN}' tail -n 1000 --config '{}' | head -n 1",
+            agent.config.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "",
+        "tail | head complained"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+}
+
+#[test]
+fn second_agent_on_the_same_socket_is_refused() {
+    if !require_root("second_agent_on_the_same_socket_is_refused") {
+        return;
+    }
+    let _serial = serial();
+    let agent = Agent::start("");
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&agent.config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already running"), "{err}");
+    assert_eq!(
+        agent.status()["pid"],
+        agent.pid(),
+        "the first agent was disturbed"
+    );
+}
+
+// --- no root needed ---------------------------------------------------------------------
+
+#[test]
+fn check_config_accepts_the_shipped_config() {
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/sentinel.toml");
+    let out = Command::new(BIN)
+        .args(["check-config", "--config", shipped])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn check_config_names_the_bad_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, key) in [
+        ("[agent]\nring_buffer_kib = 3\n", "agent.ring_buffer_kib"),
+        ("[agent]\nfavourite_colour = \"red\"\n", "favourite_colour"),
+        ("[agent]\nretention = \"forever\"\n", "retention"),
+    ] {
+        let path = write(dir.path(), "bad.toml", text);
+        let out = Command::new(BIN)
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "accepted {text:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(key),
+            "error for {text:?} does not name {key}: {err}"
+        );
+    }
+}
+
+#[test]
+fn missing_explicit_config_is_an_error_naming_it() {
+    let out = Command::new(BIN)
+        .args(["status", "--config", "/nonexistent/sentinel.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/sentinel.toml"));
+}
+
+#[test]
+fn bad_cli_arguments_are_refused() {
+    let out = Command::new(BIN)
+        .args(["tail", "--kind", "sandwich"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sandwich"));
+}

@@ -1,1 +1,62 @@
-fn main() {}
+//! Project tasks that are not plain cargo commands: `cargo xtask build-ebpf` and
+//! `cargo xtask bench`.
+
+mod bench;
+
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build the kernel programs alone (the agent's build.rs also does this).
+    BuildEbpf {
+        /// The nightly toolchain to build with.
+        #[arg(long, env = "SENTINEL_BPF_TOOLCHAIN", default_value = "nightly")]
+        toolchain: String,
+    },
+    /// Overhead benchmark: exec and connect storms without and with the agent.
+    Bench(bench::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Task::BuildEbpf { toolchain } => build_ebpf(&toolchain),
+        Task::Bench(args) => bench::run(&args),
+    }
+}
+
+fn build_ebpf(toolchain: &str) -> anyhow::Result<()> {
+    let status = Command::new("cargo")
+        .arg(format!("+{toolchain}"))
+        .args([
+            "build",
+            "--package",
+            "sentinel-ebpf",
+            "--bins",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+        ])
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            "-Cdebuginfo=2\x1f-Clink-arg=--btf",
+        )
+        .status()
+        .context("running cargo")?;
+    if !status.success() {
+        bail!("building the eBPF programs failed ({status}); run scripts/setup.sh first");
+    }
+    println!("built target/bpfel-unknown-none/release/sentinel");
+    Ok(())
+}

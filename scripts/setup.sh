@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian/Ubuntu machine lacks to build, run and test Sentinel:
+# apt packages, the nightly toolchain's rust-src, and bpf-linker 0.10.4.
+# Idempotent, and quick when everything is already there. Run as root (or with sudo).
+set -euo pipefail
+
+BPF_LINKER_VERSION=0.10.4
+NIGHTLY=${SENTINEL_BPF_TOOLCHAIN:-nightly}
+APT_PACKAGES=(nftables iproute2 bpftool gcc libc6-dev pkg-config ca-certificates)
+
+say() { printf '==> %s\n' "$*"; }
+die() { printf 'setup: %s\n' "$*" >&2; exit 1; }
+
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || die "run as root (apt packages must be installed)"
+  SUDO=(sudo)
+fi
+export PATH="$HOME/.cargo/bin:$PATH"
+
+# 1. System packages.
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing apt packages: ${missing[*]}"
+  "${SUDO[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+else
+  say "apt packages present"
+fi
+
+# 2. Rust: stable builds the agent; a nightly with rust-src builds the kernel programs.
+command -v rustup >/dev/null || die "rustup not found: install Rust with rustup first (https://rustup.rs)"
+if ! rustup run "$NIGHTLY" rustc --version >/dev/null 2>&1; then
+  say "installing the $NIGHTLY toolchain"
+  rustup toolchain install "$NIGHTLY" --profile minimal --component rust-src
+fi
+if ! rustup component list --toolchain "$NIGHTLY" --installed 2>/dev/null | grep -q '^rust-src'; then
+  say "adding rust-src to $NIGHTLY"
+  rustup component add rust-src --toolchain "$NIGHTLY"
+fi
+llvm=$(rustup run "$NIGHTLY" rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
+case "$llvm" in
+  20|21|22) say "$NIGHTLY toolchain ready (LLVM $llvm)" ;;
+  *) die "bpf-linker $BPF_LINKER_VERSION needs a nightly on LLVM 20-22, $NIGHTLY has LLVM '$llvm'.
+       Install one (e.g. rustup toolchain install nightly-2026-05-18 --profile minimal --component rust-src)
+       and export SENTINEL_BPF_TOOLCHAIN=nightly-2026-05-18" ;;
+esac
+
+# 3. bpf-linker, built against the nightly's own LLVM (about 2 minutes the first time).
+if bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
+  say "bpf-linker $BPF_LINKER_VERSION present"
+else
+  say "installing bpf-linker $BPF_LINKER_VERSION (about 2 minutes)"
+  cargo "+$NIGHTLY" install "bpf-linker@$BPF_LINKER_VERSION" --locked
+fi
+
+say "setup complete"

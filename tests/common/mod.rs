@@ -1,0 +1,203 @@
+//! Shared harness for the end-to-end tests: starts the real `sentinel run` on a private
+//! config (its own db and socket in a temp dir), talks to it through the real CLI, and stops
+//! it on drop, even when a test fails.
+
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the harness"
+)]
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{Mutex, MutexGuard},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_sentinel");
+
+/// Tests that load programs share one kernel and two CPUs: run them one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// True when root; otherwise says loudly that the test is skipped.
+pub fn require_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!(
+        "\n*** SKIPPED {test}: loading eBPF programs needs root (run the tests as root) ***\n"
+    );
+    false
+}
+
+/// This process's comm, as the kernel and /proc see it.
+pub fn own_comm() -> String {
+    let stat = fs::read_to_string("/proc/self/stat").unwrap();
+    stat[stat.find('(').unwrap() + 1..stat.rfind(')').unwrap()].to_string()
+}
+
+/// A running agent on a private config.
+pub struct Agent {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl Agent {
+    /// Start an agent; `agent_toml` is added to its `[agent]` section.
+    pub fn start(agent_toml: &str) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("sentinel.toml");
+        fs::write(
+            &config,
+            format!(
+                "[agent]\ndb = \"{}\"\nsocket = \"{}\"\ncpu_interval = \"1s\"\n{agent_toml}\n",
+                dir.path().join("sentinel.db").display(),
+                dir.path().join("sentinel.sock").display(),
+            ),
+        )
+        .unwrap();
+        let log = fs::File::create(dir.path().join("agent.log")).unwrap();
+        let child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "sentinel=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut agent = Agent {
+            child: Some(child),
+            dir,
+            config,
+        };
+        agent.wait_ready();
+        agent
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("agent exited at start ({status}):\n{}", self.log());
+            }
+            if self.cli(&["status", "--json"]).status.success() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        panic!("agent not ready after 20 s:\n{}", self.log());
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("sentinel.sock")
+    }
+
+    /// Run the CLI against this agent's config.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .unwrap()
+    }
+
+    pub fn status(&self) -> Value {
+        let out = self.cli(&["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Every stored event of `kind`.
+    pub fn events(&self, kind: &str) -> Vec<Value> {
+        let out = self.cli(&["tail", "--json", "--kind", kind, "-n", "1000000"]);
+        if !out.status.success() {
+            return Vec::new(); // the store may not exist for the first few ms
+        }
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+            .collect()
+    }
+
+    /// Poll the store until an event of `kind` satisfies `pred`.
+    pub fn wait_for(&self, kind: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(ev) = self.events(kind).into_iter().find(|e| pred(e)) {
+                return ev;
+            }
+            if Instant::now() > deadline {
+                let recent: Vec<String> = self
+                    .events(kind)
+                    .iter()
+                    .rev()
+                    .take(20)
+                    .map(Value::to_string)
+                    .collect();
+                panic!(
+                    "no {kind} event {what} within 15 s. Last ones:\n{}\nagent log:\n{}",
+                    recent.join("\n"),
+                    self.log()
+                );
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("agent already stopped");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let status = child.wait().unwrap();
+                panic!("agent ignored SIGTERM for 10 s ({status}):\n{}", self.log());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.stop();
+        }
+    }
+}
+
+/// Write `text` to a file in `dir`, returning its path.
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    fs::write(&path, text).unwrap();
+    path
+}
