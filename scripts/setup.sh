@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian/Ubuntu machine lacks to build, run and test Sentinel:
-# apt packages, the nightly toolchain's rust-src, and bpf-linker 0.10.4.
+# apt packages, the nightly toolchain's rust-src, bpf-linker 0.10.4, and the GeoIP country
+# database at /var/lib/sentinel/country.mmdb.
 # Idempotent, and quick when everything is already there. Run as root (or with sudo).
 set -euo pipefail
 
@@ -56,5 +57,8 @@ else
   say "installing bpf-linker $BPF_LINKER_VERSION (about 2 minutes)"
   cargo "+$NIGHTLY" install "bpf-linker@$BPF_LINKER_VERSION" --locked
 fi
+
+# 4. The free country database `geo.database` points at by default.
+"$(dirname "$0")/geoip.sh" /var/lib/sentinel/country.mmdb
 
 say "setup complete"

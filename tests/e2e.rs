@@ -74,7 +74,10 @@ fn exec_of_a_short_process_carries_its_lineage() {
 
     // Only root may talk to the agent.
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(agent.socket()).unwrap().permissions().mode();
+    let mode = std::fs::metadata(agent.socket())
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
 }
 

@@ -46,6 +46,135 @@ impl fmt::Display for Problem {
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub agent: AgentConfig,
+    pub geo: GeoConfig,
+    pub trust: TrustConfig,
+    pub lineage: LineageConfig,
+    pub resource: ResourceConfig,
+    pub alerts: AlertsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GeoConfig {
+    /// Off: no countries, no geo alerts (a warning at start).
+    pub enabled: bool,
+    /// Any MaxMind-format country database.
+    pub database: PathBuf,
+    /// ISO 3166-1 alpha-2 codes whose addresses raise a `geo` alert.
+    pub high_risk_countries: Vec<String>,
+}
+
+impl Default for GeoConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            database: "/var/lib/sentinel/country.mmdb".into(),
+            high_risk_countries: ["RU", "CN", "KP", "IR", "BY", "SY", "VE"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrustConfig {
+    /// IPs and CIDRs (v4 and v6) never alerted on as geo anomalies and never blocked.
+    #[serde(deserialize_with = "networks")]
+    pub ips: Vec<ipnet::IpNet>,
+    /// Peers of live inbound SSH sessions are trusted while connected.
+    pub ssh_peers: bool,
+    /// Local ports whose established inbound connections count as SSH sessions.
+    pub ssh_ports: Vec<u16>,
+}
+
+impl Default for TrustConfig {
+    fn default() -> Self {
+        Self {
+            ips: Vec::new(),
+            ssh_peers: true,
+            ssh_ports: vec![22],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LineageConfig {
+    /// Process names (comm) of web servers. A name also matches its versioned binary
+    /// (`python3` matches `python3.11`, `php-fpm` matches `php-fpm8.2`).
+    pub web_servers: Vec<String>,
+    /// Process names of shells; one anywhere below a web server raises `lineage`.
+    pub shells: Vec<String>,
+    /// Known-good web server → shell patterns that raise nothing.
+    pub allow: Vec<LineageAllow>,
+}
+
+impl Default for LineageConfig {
+    fn default() -> Self {
+        Self {
+            web_servers: [
+                "node", "python", "python3", "nginx", "apache2", "httpd", "php-fpm", "java", "ruby",
+            ]
+            .map(String::from)
+            .to_vec(),
+            shells: ["sh", "bash", "dash", "zsh", "ash", "ksh", "busybox"]
+                .map(String::from)
+                .to_vec(),
+            allow: Vec::new(),
+        }
+    }
+}
+
+/// One allowed web server → shell pattern.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LineageAllow {
+    /// The web server's name (as in `web_servers`).
+    pub parent: String,
+    /// The shell's name (as in `shells`).
+    pub child: String,
+    /// Optional regular expression the shell's arguments (joined by spaces) must match.
+    #[serde(default, deserialize_with = "optional_regex")]
+    pub argv: Option<regex::Regex>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResourceConfig {
+    /// A process above this CPU % (of one CPU) for `sustain` raises `resource`.
+    pub cpu_percent: f64,
+    #[serde(deserialize_with = "duration")]
+    pub sustain: Duration,
+    /// Host CPU % more than this many points over the learned baseline for `sustain`
+    /// raises `resource` too.
+    pub baseline_deviation: f64,
+}
+
+impl Default for ResourceConfig {
+    fn default() -> Self {
+        Self {
+            cpu_percent: 90.0,
+            sustain: Duration::from_secs(300),
+            baseline_deviation: 40.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// The same anomaly, target and process within this window raise one alert (with a count).
+    #[serde(deserialize_with = "duration")]
+    pub dedup_window: Duration,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            dedup_window: Duration::from_secs(600),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -95,6 +224,38 @@ fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
     humantime::parse_duration(&text)
         .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e}")))
 }
+
+/// IPs and CIDRs: `"203.0.113.7"` or `"198.51.100.0/24"`, v4 or v6.
+fn networks<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    let items = Vec::<String>::deserialize(de)?;
+    items
+        .iter()
+        .map(|text| {
+            text.parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map(|net| net.trunc())
+                .map_err(|_| {
+                    serde::de::Error::custom(format!("{text:?} is not an IP address or CIDR"))
+                })
+        })
+        .collect()
+}
+
+fn optional_regex<'de, D: Deserializer<'de>>(de: D) -> Result<Option<regex::Regex>, D::Error> {
+    let text = String::deserialize(de)?;
+    regex::Regex::new(&text)
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("invalid regular expression {text:?}: {e}")))
+}
+
+/// Whether `comm` is `name` or `name` followed by a version (`python3.11`, `php-fpm8.2`).
+pub fn name_matches(name: &str, comm: &str) -> bool {
+    comm.strip_prefix(name)
+        .is_some_and(|rest| rest.chars().all(|c| c.is_ascii_digit() || c == '.'))
+}
+
+/// Kernel comms are at most 15 bytes: a longer name can never match.
+const COMM_MAX: usize = 15;
 
 impl Config {
     /// Read and validate the config at `path`. With `optional`, a missing file (the default
@@ -184,6 +345,96 @@ impl Config {
                 format!("{} is not between 0 and 100000", a.cpu_report_percent),
             );
         }
+        let g = &self.geo;
+        if g.enabled && g.database.as_os_str().is_empty() {
+            bad(
+                "geo.database",
+                "must not be empty while geo is enabled (set geo.enabled = false to turn geo off)"
+                    .into(),
+            );
+        }
+        for code in &g.high_risk_countries {
+            if code.len() != 2 || !code.bytes().all(|b| b.is_ascii_uppercase()) {
+                bad(
+                    "geo.high_risk_countries",
+                    format!(
+                        "{code:?} is not an ISO 3166-1 alpha-2 code (two capital letters, e.g. \"RU\")"
+                    ),
+                );
+            }
+        }
+        if self.trust.ssh_peers && self.trust.ssh_ports.is_empty() {
+            bad(
+                "trust.ssh_ports",
+                "must list at least one port while trust.ssh_peers is on".into(),
+            );
+        }
+        if self.trust.ssh_ports.contains(&0) {
+            bad("trust.ssh_ports", "0 is not a port".into());
+        }
+        let l = &self.lineage;
+        for (key, names) in [
+            ("lineage.web_servers", &l.web_servers),
+            ("lineage.shells", &l.shells),
+        ] {
+            for name in names {
+                if name.is_empty() || name.len() > COMM_MAX || name.contains('/') {
+                    bad(
+                        key,
+                        format!("{name:?} is not a process name (1 to {COMM_MAX} bytes, no '/')"),
+                    );
+                }
+            }
+        }
+        for rule in &l.allow {
+            if !l.web_servers.iter().any(|w| name_matches(w, &rule.parent)) {
+                bad(
+                    "lineage.allow.parent",
+                    format!("{:?} is not one of lineage.web_servers", rule.parent),
+                );
+            }
+            if !l.shells.iter().any(|s| name_matches(s, &rule.child)) {
+                bad(
+                    "lineage.allow.child",
+                    format!("{:?} is not one of lineage.shells", rule.child),
+                );
+            }
+        }
+        let r = &self.resource;
+        if !(1.0..=100_000.0).contains(&r.cpu_percent) {
+            bad(
+                "resource.cpu_percent",
+                format!("{} is not between 1 and 100000", r.cpu_percent),
+            );
+        }
+        if r.sustain < a.cpu_interval || r.sustain > Duration::from_secs(86_400) {
+            bad(
+                "resource.sustain",
+                format!(
+                    "{} is not between agent.cpu_interval ({}) and 24h",
+                    humantime::format_duration(r.sustain),
+                    humantime::format_duration(a.cpu_interval)
+                ),
+            );
+        }
+        if !(1.0..=100.0).contains(&r.baseline_deviation) {
+            bad(
+                "resource.baseline_deviation",
+                format!(
+                    "{} is not between 1 and 100 (percentage points)",
+                    r.baseline_deviation
+                ),
+            );
+        }
+        if self.alerts.dedup_window > Duration::from_secs(7 * 86_400) {
+            bad(
+                "alerts.dedup_window",
+                format!(
+                    "{} is longer than 7d",
+                    humantime::format_duration(self.alerts.dedup_window)
+                ),
+            );
+        }
         if a.retention < Duration::from_secs(3600) {
             bad(
                 "agent.retention",
@@ -234,6 +485,25 @@ mod tests {
         assert_eq!(c.agent.ring_buffer_kib, d.ring_buffer_kib);
         assert_eq!(c.agent.cpu_interval, d.cpu_interval);
         assert_eq!(c.agent.retention, d.retention);
+        let (g, dg) = (&c.geo, GeoConfig::default());
+        assert_eq!(
+            (g.enabled, &g.database, &g.high_risk_countries),
+            (dg.enabled, &dg.database, &dg.high_risk_countries)
+        );
+        let (t, dt) = (&c.trust, TrustConfig::default());
+        assert_eq!(
+            (&t.ips, t.ssh_peers, &t.ssh_ports),
+            (&dt.ips, dt.ssh_peers, &dt.ssh_ports)
+        );
+        let (l, dl) = (&c.lineage, LineageConfig::default());
+        assert_eq!((&l.web_servers, &l.shells), (&dl.web_servers, &dl.shells));
+        assert!(l.allow.is_empty());
+        let (r, dr) = (&c.resource, ResourceConfig::default());
+        assert_eq!(
+            (r.cpu_percent, r.sustain, r.baseline_deviation),
+            (dr.cpu_percent, dr.sustain, dr.baseline_deviation)
+        );
+        assert_eq!(c.alerts.dedup_window, AlertsConfig::default().dedup_window);
     }
 
     #[test]
@@ -271,6 +541,83 @@ mod tests {
                 "agent.cpu_sample_hz"
             ]
         );
+    }
+
+    #[test]
+    fn detector_sections_validate_each_key() {
+        let err = parse(
+            "[geo]\nhigh_risk_countries = [\"RU\", \"russia\", \"cn\"]\n\
+             [lineage]\nweb_servers = [\"a-name-longer-than-fifteen\"]\n\
+             [resource]\ncpu_percent = 0\nbaseline_deviation = 500\nsustain = \"100ms\"\n",
+        )
+        .unwrap_err();
+        let ConfigError::Invalid { problems, .. } = err else {
+            panic!("expected Invalid, got {err}");
+        };
+        let keys: Vec<_> = problems.iter().map(|p| p.key).collect();
+        assert_eq!(
+            keys,
+            [
+                "geo.high_risk_countries",
+                "geo.high_risk_countries",
+                "lineage.web_servers",
+                "resource.cpu_percent",
+                "resource.sustain",
+                "resource.baseline_deviation",
+            ]
+        );
+        assert!(problems[0].reason.contains("russia"));
+    }
+
+    #[test]
+    fn trust_ips_parse_addresses_and_cidrs() {
+        let c = parse("[trust]\nips = [\"203.0.113.7\", \"198.51.100.9/24\", \"2001:db8::/32\"]\n")
+            .unwrap();
+        let ips: Vec<String> = c.trust.ips.iter().map(|n| n.to_string()).collect();
+        assert_eq!(ips, ["203.0.113.7/32", "198.51.100.0/24", "2001:db8::/32"]);
+        let err = parse("[trust]\nips = [\"10.0.0.0/33\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ips") && err.contains("10.0.0.0/33"), "{err}");
+    }
+
+    #[test]
+    fn lineage_allow_rules_are_checked() {
+        let c =
+            parse("[[lineage.allow]]\nparent = \"node\"\nchild = \"sh\"\nargv = \"^sh -c git \"\n")
+                .unwrap();
+        assert!(
+            c.lineage.allow[0]
+                .argv
+                .as_ref()
+                .unwrap()
+                .is_match("sh -c git pull")
+        );
+        let err = parse("[[lineage.allow]]\nparent = \"node\"\nchild = \"sh\"\nargv = \"(\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("argv") && err.contains("regular expression"),
+            "{err}"
+        );
+        let err = parse("[[lineage.allow]]\nparent = \"vim\"\nchild = \"sh\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lineage.allow.parent"), "{err}");
+        let err = parse("[[lineage.allow]]\nparent = \"node\"\nkid = \"sh\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kid"), "{err}");
+    }
+
+    #[test]
+    fn versioned_binaries_match_their_name() {
+        assert!(name_matches("python3", "python3"));
+        assert!(name_matches("python3", "python3.11"));
+        assert!(name_matches("php-fpm", "php-fpm8.2"));
+        assert!(!name_matches("sh", "sshd"));
+        assert!(!name_matches("node", "nodejs-helper"));
+        assert!(!name_matches("python3", "python"));
     }
 
     #[test]

@@ -27,18 +27,23 @@ use tracing::{debug, error, info, warn};
 use crate::{
     btf,
     config::Config,
+    detect::{self, Alerts, Culprit, Finding, Outcome},
     event::{Body, BootClock, ConnectBody, CpuBody, ExecBody, Record},
+    geo::Geo,
     ipc::{Hub, Notice, Request, SensorStatus, Status, wanted},
     sensors::{
         self, Counters, KernelEvent, LoadOptions, LostMaps, SENSORS,
         cpu::{CpuTracker, SampleMap, cpu_percent, read_totals},
     },
-    store::{self, Store},
+    store::{self, Store, Write},
     tree::{ProcessTree, read_stat},
+    trust::TrustSet,
 };
 
 /// How often the tree is checked against `/proc` for exits the agent missed.
 const GC_EVERY: Duration = Duration::from_secs(30);
+/// How often the live SSH sessions (trusted peers) are re-read.
+const SSH_REFRESH_EVERY: Duration = Duration::from_secs(2);
 /// Longest request line the socket accepts.
 const MAX_REQUEST: u64 = 64 * 1024;
 
@@ -85,28 +90,85 @@ impl Shared {
     }
 }
 
-/// Turns kernel records into events; owns the process tree.
+/// The detectors and what they need beside the tree.
+struct Detectors {
+    geoip: Option<Geo>,
+    trust: TrustSet,
+    lineage: detect::lineage::Lineage,
+    geo: detect::geo::Geo,
+    resource: detect::resource::Resource,
+    alerts: Alerts,
+}
+
+/// Turns kernel records into events and alerts; owns the process tree.
 struct Core {
     tree: ProcessTree,
     clock: BootClock,
     agent_tgid: u32,
     proc_root: PathBuf,
-    store_tx: std_mpsc::Sender<Arc<Record>>,
+    store_tx: std_mpsc::Sender<Write>,
     shared: Arc<Shared>,
     cpu: CpuTracker,
     cpu_map: Option<SampleMap>,
     cpu_hz: u64,
     cpu_report_percent: f64,
     cpu_last: Instant,
+    ncpus: usize,
+    detect: Detectors,
 }
 
 impl Core {
-    fn emit(&self, at: SystemTime, body: Body) {
-        let record = Arc::new(Record::new(at, &self.shared.host, body));
-        if self.store_tx.send(record.clone()).is_err() {
+    fn store(&self, write: Write) {
+        if self.store_tx.send(write).is_err() {
             error!("the store writer has stopped; event not stored");
         }
+    }
+
+    fn emit(&self, at: SystemTime, body: Body) {
+        let record = Arc::new(Record::new(at, &self.shared.host, body));
+        self.store(Write::Insert(record.clone()));
         self.shared.hub.publish(record);
+    }
+
+    /// Score, de-duplicate and emit what a detector found; `origin_ns` is the kernel time
+    /// (CLOCK_BOOTTIME) of the event that triggered it, for the latency in the log.
+    fn raise(&mut self, finding: Finding, origin_ns: Option<u64>) {
+        match self.detect.alerts.raise(finding, Instant::now()) {
+            Outcome::New(alert) => {
+                let latency_us = origin_ns.map(|t| boot_ns().saturating_sub(t) / 1000);
+                warn!(
+                    id = %alert.id,
+                    anomaly = %alert.anomaly,
+                    risk = alert.risk,
+                    pid = alert.pid,
+                    latency_us,
+                    "alert: {}",
+                    alert.detail
+                );
+                self.emit(SystemTime::now(), Body::Alert(Box::new(alert)));
+            }
+            Outcome::Repeat(alert, first) => {
+                debug!(id = %alert.id, count = alert.count, "repeat of an open alert");
+                let record = Record::new(first, &self.shared.host, Body::Alert(Box::new(alert)));
+                self.store(Write::Update(Arc::new(record)));
+            }
+        }
+    }
+
+    /// The process `tgid` as the detectors see it.
+    fn culprit(&mut self, tgid: u32, comm: String, uid: Option<u32>) -> Culprit {
+        let exe = self.tree.get(tgid).and_then(|p| p.filename.clone());
+        let uid = uid.unwrap_or_else(|| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(self.proc_root.join(tgid.to_string())).map_or(u32::MAX, |m| m.uid())
+        });
+        Culprit {
+            pid: tgid,
+            comm,
+            exe,
+            uid,
+            ancestry: self.tree.ancestry(tgid, &self.proc_root),
+        }
     }
 
     /// The agent's own children (e.g. `nft` later) are its own activity: not reported.
@@ -121,6 +183,7 @@ impl Core {
                 .on_fork(f.parent, f.child, f.child_start_ns, &f.comm),
             KernelEvent::Exit(e) => {
                 self.tree.on_exit(e.tgid, e.start_ns);
+                self.detect.alerts.forget(e.tgid);
                 if let Some(map) = &mut self.cpu_map {
                     let _ = map.remove(&e.tgid);
                 }
@@ -131,7 +194,8 @@ impl Core {
                 if self.is_agent(e.tgid) {
                     return;
                 }
-                let ancestors = self.tree.ancestors(e.tgid, &self.proc_root);
+                let culprit = self.culprit(e.tgid, e.comm.clone(), Some(e.uid));
+                let finding = self.detect.lineage.on_exec(&culprit, &e.argv);
                 let ppid = self.tree.get(e.tgid).map_or(e.ppid, |p| p.ppid);
                 self.emit(
                     self.clock.wall(e.ts_ns),
@@ -142,15 +206,27 @@ impl Core {
                         comm: e.comm,
                         filename: e.filename,
                         argv: e.argv,
-                        ancestors,
+                        ancestors: culprit.ancestry.into_iter().map(|(_, c)| c).collect(),
                     }),
                 );
+                if let Some(finding) = finding {
+                    self.raise(finding, Some(e.ts_ns));
+                }
             }
             KernelEvent::Connect(c) => {
                 if self.is_agent(c.tgid) {
                     return;
                 }
                 let comm = self.tree.get(c.tgid).map_or(c.comm, |p| p.comm.clone());
+                let country = self.detect.geoip.as_ref().and_then(|g| g.country(c.daddr));
+                let culprit = self.culprit(c.tgid, comm.clone(), Some(c.uid));
+                let finding = self.detect.geo.on_connect(
+                    &culprit,
+                    c.daddr,
+                    c.dport,
+                    country.as_deref(),
+                    &self.detect.trust,
+                );
                 self.emit(
                     self.clock.wall(c.ts_ns),
                     Body::Connect(ConnectBody {
@@ -161,9 +237,12 @@ impl Core {
                         saddr: c.saddr,
                         daddr: c.daddr,
                         dport: c.dport,
-                        country: None,
+                        country,
                     }),
                 );
+                if let Some(finding) = finding {
+                    self.raise(finding, Some(c.ts_ns));
+                }
             }
         }
         self.shared
@@ -182,17 +261,29 @@ impl Core {
             .seen
             .fetch_add(samples, Ordering::Relaxed);
         let now = SystemTime::now();
-        for (tgid, delta) in deltas {
-            let pct = cpu_percent(delta, self.cpu_hz, elapsed);
-            if pct < self.cpu_report_percent || self.is_agent(tgid) {
+        let procs: Vec<(u32, f64)> = deltas
+            .iter()
+            .filter(|(tgid, _)| !self.is_agent(*tgid))
+            .map(|&(tgid, delta)| (tgid, cpu_percent(delta, self.cpu_hz, elapsed)))
+            .collect();
+        let host_pct = (procs.iter().map(|(_, p)| p).sum::<f64>() / self.ncpus as f64).min(100.0);
+        for hit in self
+            .detect
+            .resource
+            .observe(Instant::now(), &procs, host_pct)
+        {
+            let Some(comm) = self.comm_of(hit.pid) else {
+                continue;
+            };
+            let culprit = self.culprit(hit.pid, comm, None);
+            self.raise(detect::resource::Resource::finding(culprit, hit), None);
+        }
+        for (tgid, pct) in procs {
+            if pct < self.cpu_report_percent {
                 continue;
             }
-            let comm = match self.tree.get(tgid) {
-                Some(p) => p.comm.clone(),
-                None => match read_stat(&self.proc_root, tgid) {
-                    Some(s) => s.comm,
-                    None => continue, // already gone
-                },
+            let Some(comm) = self.comm_of(tgid) else {
+                continue; // already gone
             };
             self.emit(
                 now,
@@ -202,6 +293,13 @@ impl Core {
                     cpu_pct: (pct * 10.0).round() / 10.0,
                 }),
             );
+        }
+    }
+
+    fn comm_of(&self, tgid: u32) -> Option<String> {
+        match self.tree.get(tgid) {
+            Some(p) => Some(p.comm.clone()),
+            None => read_stat(&self.proc_root, tgid).map(|s| s.comm),
         }
     }
 
@@ -229,6 +327,13 @@ impl Core {
             .processes
             .store(self.tree.len() as u64, Ordering::Relaxed);
     }
+}
+
+/// Now on the kernel's event clock (CLOCK_BOOTTIME), in ns.
+fn boot_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).map_or(0, |t| {
+        t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+    })
 }
 
 /// Bind the CLI socket (mode 0600), refusing to steal it from a running agent.
@@ -327,6 +432,27 @@ async fn handle_client(stream: UnixStream, shared: &Shared) -> std::io::Result<(
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let agent = &config.agent;
     let agent_tgid = std::process::id();
+    let geoip = if config.geo.enabled {
+        let geo = Geo::open(&config.geo.database).with_context(|| {
+            "the GeoIP database is needed for geo alerts (scripts/geoip.sh installs one; \
+             or set geo.enabled = false)"
+        })?;
+        info!("GeoIP: {}", geo.describe());
+        Some(geo)
+    } else {
+        warn!("geo.enabled = false: connections get no country and geo alerts are off");
+        None
+    };
+    let mut trust = TrustSet::new(
+        &config.trust.ips,
+        if config.trust.ssh_peers {
+            &config.trust.ssh_ports
+        } else {
+            &[]
+        },
+    );
+    let proc_net = Path::new("/proc/net");
+    trust.refresh_ssh_peers(proc_net);
     sensors::ensure_tracefs()?;
 
     let mut offsets = match btf::kernel_offsets() {
@@ -407,9 +533,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         cpu_hz: agent.cpu_sample_hz,
         cpu_report_percent: agent.cpu_report_percent,
         cpu_last: Instant::now(),
+        ncpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        detect: Detectors {
+            geoip,
+            trust,
+            lineage: detect::lineage::Lineage::new(config.lineage.clone()),
+            geo: detect::geo::Geo::new(&config.geo.high_risk_countries),
+            resource: detect::resource::Resource::new(config.resource.clone()),
+            alerts: Alerts::new(config.alerts.dedup_window),
+        },
     };
     let mut cpu_tick = tokio::time::interval(agent.cpu_interval);
     let mut gc_tick = tokio::time::interval(GC_EVERY);
+    let mut ssh_tick = tokio::time::interval(SSH_REFRESH_EVERY);
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
 
@@ -437,6 +573,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             },
             _ = cpu_tick.tick() => core.sample_cpu(),
             _ = gc_tick.tick() => core.gc(),
+            _ = ssh_tick.tick() => {
+                core.detect.trust.refresh_ssh_peers(proc_net);
+            }
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
         }

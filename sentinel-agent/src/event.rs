@@ -29,6 +29,7 @@ pub enum Body {
     Exec(ExecBody),
     Connect(ConnectBody),
     Cpu(CpuBody),
+    Alert(Box<AlertBody>),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,6 +66,43 @@ pub struct CpuBody {
     pub cpu_pct: f64,
 }
 
+/// A detector's verdict (SPEC §5 `alert`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertBody {
+    /// Short id, used to answer the alert (`sentinel safe ID`).
+    pub id: String,
+    /// `lineage`, `geo` or `resource`.
+    pub anomaly: String,
+    /// `critical` or `high`.
+    pub severity: String,
+    /// 0–100: severity combined with the other signals seen (see `detect::risk`).
+    pub risk: u8,
+    pub mitre: Mitre,
+    pub pid: u32,
+    pub comm: String,
+    /// What the process executed, when known.
+    pub exe: Option<String>,
+    /// The remote address to act on; never a trusted one.
+    pub target_ip: Option<IpAddr>,
+    pub country: Option<String>,
+    /// `none` (no decision pending), `pending`, `safe`, `blocked` or `auto-blocked`.
+    pub state: String,
+    /// When a pending decision blocks by itself (RFC 3339), if one is pending.
+    pub deadline: Option<String>,
+    /// How many times this anomaly was seen within the de-duplication window.
+    pub count: u32,
+    /// One line for humans: what was seen.
+    pub detail: String,
+}
+
+/// A MITRE ATT&CK technique and its tactic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mitre {
+    pub technique: String,
+    pub tactic: String,
+    pub name: String,
+}
+
 /// The kinds `tail --kind` accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -94,6 +132,7 @@ impl Body {
             Body::Exec(_) => Kind::Exec,
             Body::Connect(_) => Kind::Connect,
             Body::Cpu(_) => Kind::Cpu,
+            Body::Alert(_) => Kind::Alert,
         }
     }
 
@@ -102,6 +141,7 @@ impl Body {
             Body::Exec(b) => b.pid,
             Body::Connect(b) => b.pid,
             Body::Cpu(b) => b.pid,
+            Body::Alert(b) => b.pid,
         }
     }
 }
@@ -195,6 +235,31 @@ impl fmt::Display for Record {
                 (b.pid, &b.comm, format!("→ {dst}  country={country}"))
             }
             Body::Cpu(b) => (b.pid, &b.comm, format!("{:.1}% cpu", b.cpu_pct)),
+            Body::Alert(b) => {
+                let mut d = format!(
+                    "[{}] {} {} risk={} {} ({})",
+                    b.id,
+                    b.severity.to_uppercase(),
+                    b.anomaly,
+                    b.risk,
+                    b.mitre.technique,
+                    b.mitre.tactic
+                );
+                if let Some(ip) = b.target_ip {
+                    d.push_str(&format!(" → {ip}"));
+                    if let Some(c) = &b.country {
+                        d.push_str(&format!(" ({c})"));
+                    }
+                }
+                if b.count > 1 {
+                    d.push_str(&format!(" ×{}", b.count));
+                }
+                if b.state != "none" {
+                    d.push_str(&format!(" state={}", b.state));
+                }
+                d.push_str(&format!(": {}", b.detail));
+                (b.pid, &b.comm, d)
+            }
         };
         write!(
             f,
@@ -273,6 +338,62 @@ mod tests {
         assert!(v["country"].is_null());
         let back: Record = serde_json::from_value(v).unwrap();
         assert_eq!(back, r);
+    }
+
+    #[test]
+    fn alert_json_has_contract_fields() {
+        let r = Record {
+            ts: "2026-11-22T20:00:00.000Z".into(),
+            host: "h".into(),
+            body: Body::Alert(Box::new(AlertBody {
+                id: "0badc0de".into(),
+                anomaly: "geo".into(),
+                severity: "critical".into(),
+                risk: 85,
+                mitre: Mitre {
+                    technique: "T1071.001".into(),
+                    tactic: "Command and Control".into(),
+                    name: "Web Protocols".into(),
+                },
+                pid: 9,
+                comm: "curl".into(),
+                exe: Some("/usr/bin/curl".into()),
+                target_ip: Some("203.0.113.9".parse().unwrap()),
+                country: Some("RU".into()),
+                state: "none".into(),
+                deadline: None,
+                count: 3,
+                detail: "curl connected".into(),
+            })),
+        };
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        for key in [
+            "ts",
+            "kind",
+            "host",
+            "id",
+            "anomaly",
+            "severity",
+            "risk",
+            "mitre",
+            "pid",
+            "comm",
+            "target_ip",
+            "country",
+            "state",
+            "deadline",
+        ] {
+            assert!(v.get(key).is_some(), "missing {key} in {v}");
+        }
+        assert_eq!(v["kind"], "alert");
+        assert_eq!(v["mitre"]["technique"], "T1071.001");
+        assert_eq!(v["mitre"]["tactic"], "Command and Control");
+        assert_eq!(v["target_ip"], "203.0.113.9");
+        assert!(v["deadline"].is_null());
+        assert_eq!(serde_json::from_value::<Record>(v).unwrap(), r);
+        let line = r.to_string();
+        assert!(line.contains("CRITICAL geo risk=85 T1071.001"), "{line}");
+        assert!(line.contains("→ 203.0.113.9 (RU) ×3"), "{line}");
     }
 
     #[test]

@@ -4,11 +4,14 @@ mod btf;
 mod cli;
 mod config;
 mod daemon;
+mod detect;
 mod event;
+mod geo;
 mod ipc;
 mod sensors;
 mod store;
 mod tree;
+mod trust;
 
 fn main() -> std::process::ExitCode {
     cli::main()

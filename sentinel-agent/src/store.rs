@@ -11,7 +11,16 @@ use std::{
 use rusqlite::{Connection, OpenFlags, params};
 use tracing::{debug, error, warn};
 
-use crate::event::{Kind, Record};
+use crate::event::{Body, Kind, Record};
+
+/// One change for the writer thread.
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// A new event.
+    Insert(Arc<Record>),
+    /// A new version of a stored alert (same id): its count or state changed.
+    Update(Arc<Record>),
+}
 
 /// Largest batch written in one transaction.
 const BATCH_MAX: usize = 2000;
@@ -113,8 +122,11 @@ impl Store {
                          ts_ns INTEGER NOT NULL,
                          kind  TEXT NOT NULL,
                          pid   INTEGER NOT NULL,
+                         -- an alert's id, so repeats can update its count
+                         ref   TEXT,
                          body  TEXT NOT NULL
                      );
+                     CREATE INDEX IF NOT EXISTS events_ref ON events(ref) WHERE ref IS NOT NULL;
                      CREATE INDEX IF NOT EXISTS events_kind ON events(kind, id);
                      CREATE INDEX IF NOT EXISTS events_ts ON events(ts_ns);
                      PRAGMA user_version = 1;
@@ -139,28 +151,47 @@ impl Store {
         Ok(())
     }
 
-    /// Write `records` in one transaction.
-    pub fn insert(&mut self, records: &[Arc<Record>]) -> Result<(), StoreError> {
+    /// Apply `writes` in one transaction.
+    pub fn apply(&mut self, writes: &[Write]) -> Result<(), StoreError> {
         let p = self.path.clone();
         let tx = self.conn.transaction().map_err(|e| sql(&p, e))?;
         {
-            let mut stmt = tx
+            let mut insert = tx
                 .prepare_cached(
-                    "INSERT INTO events (ts_ns, kind, pid, body) VALUES (?1, ?2, ?3, ?4)",
+                    "INSERT INTO events (ts_ns, kind, pid, ref, body) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )
                 .map_err(|e| sql(&p, e))?;
-            for r in records {
+            let mut update = tx
+                .prepare_cached("UPDATE events SET body = ?2 WHERE ref = ?1")
+                .map_err(|e| sql(&p, e))?;
+            for w in writes {
+                let (Write::Insert(r) | Write::Update(r)) = w;
                 let body = serde_json::to_string(r.as_ref()).expect("records serialise");
-                stmt.execute(params![
-                    r.ts_ns(),
-                    r.body.kind().as_str(),
-                    r.body.pid(),
-                    body
-                ])
+                let reference = match &r.body {
+                    Body::Alert(a) => Some(a.id.as_str()),
+                    _ => None,
+                };
+                match w {
+                    Write::Insert(_) => insert.execute(params![
+                        r.ts_ns(),
+                        r.body.kind().as_str(),
+                        r.body.pid(),
+                        reference,
+                        body
+                    ]),
+                    Write::Update(_) => update.execute(params![reference, body]),
+                }
                 .map_err(|e| sql(&p, e))?;
             }
         }
         tx.commit().map_err(|e| sql(&p, e))
+    }
+
+    /// Insert `records` in one transaction.
+    #[cfg(test)]
+    pub fn insert(&mut self, records: &[Arc<Record>]) -> Result<(), StoreError> {
+        let writes: Vec<Write> = records.iter().cloned().map(Write::Insert).collect();
+        self.apply(&writes)
     }
 
     /// The newest `limit` events of the given kinds (all kinds when empty), oldest first.
@@ -214,7 +245,7 @@ fn sql(path: &Path, source: rusqlite::Error) -> StoreError {
 /// before returning, so a clean stop loses nothing.
 pub fn spawn_writer(
     mut store: Store,
-    rx: mpsc::Receiver<Arc<Record>>,
+    rx: mpsc::Receiver<Write>,
     retention: Duration,
 ) -> thread::JoinHandle<()> {
     thread::Builder::new()
@@ -247,9 +278,9 @@ pub fn spawn_writer(
         .expect("spawn store thread")
 }
 
-fn write_with_retry(store: &mut Store, batch: &[Arc<Record>]) {
+fn write_with_retry(store: &mut Store, batch: &[Write]) {
     for attempt in 1..=5 {
-        match store.insert(batch) {
+        match store.apply(batch) {
             Ok(()) => return,
             Err(e) if attempt < 5 => {
                 warn!(
@@ -309,12 +340,61 @@ mod tests {
             Duration::from_secs(86400 * 365 * 100),
         );
         for i in 0..5000 {
-            tx.send(cpu(i, 1_000_000 + i as u64)).unwrap();
+            tx.send(Write::Insert(cpu(i, 1_000_000 + i as u64)))
+                .unwrap();
         }
         drop(tx);
         handle.join().unwrap();
         let ro = Store::open_read_only(&path).unwrap();
         assert_eq!(ro.recent(&[], 10_000).unwrap().len(), 5000);
+    }
+
+    #[test]
+    fn alert_updates_replace_the_stored_alert() {
+        use crate::event::{AlertBody, Mitre};
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        let alert = |id: &str, count| {
+            Arc::new(Record::new(
+                UNIX_EPOCH + Duration::from_secs(1),
+                "h",
+                Body::Alert(Box::new(AlertBody {
+                    id: id.into(),
+                    anomaly: "geo".into(),
+                    severity: "critical".into(),
+                    risk: 70,
+                    mitre: Mitre {
+                        technique: "T1071.001".into(),
+                        tactic: "Command and Control".into(),
+                        name: "Web Protocols".into(),
+                    },
+                    pid: 1,
+                    comm: "c".into(),
+                    exe: None,
+                    target_ip: None,
+                    country: None,
+                    state: "none".into(),
+                    deadline: None,
+                    count,
+                    detail: String::new(),
+                })),
+            ))
+        };
+        store
+            .apply(&[Write::Insert(alert("a1", 1)), Write::Insert(alert("a2", 1))])
+            .unwrap();
+        store
+            .apply(&[Write::Update(alert("a1", 2)), Write::Update(alert("a1", 3))])
+            .unwrap();
+        let got = store.recent(&[Kind::Alert], 10).unwrap();
+        let counts: Vec<_> = got
+            .iter()
+            .map(|r| match &r.body {
+                Body::Alert(a) => (a.id.clone(), a.count),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(counts, [("a1".to_string(), 3), ("a2".to_string(), 1)]);
     }
 
     #[test]

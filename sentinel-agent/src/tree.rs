@@ -166,15 +166,15 @@ impl ProcessTree {
         self.procs.get(&tgid)
     }
 
-    /// Comms of `tgid`'s parent, grandparent, … (parent first), up to pid 1.
-    pub fn ancestors(&mut self, tgid: u32, proc_root: &Path) -> Vec<String> {
+    /// (pid, comm) of `tgid`'s parent, grandparent, … (parent first), up to pid 1.
+    pub fn ancestry(&mut self, tgid: u32, proc_root: &Path) -> Vec<(u32, String)> {
         let mut out = Vec::new();
         let mut cur = self.procs.get(&tgid).map_or(0, |p| p.ppid);
         while cur != 0 && out.len() < MAX_DEPTH {
             let Some(p) = self.lookup_or_load(cur, proc_root) else {
                 break;
             };
-            out.push(p.comm.clone());
+            out.push((cur, p.comm.clone()));
             if cur == 1 {
                 break;
             }
@@ -242,7 +242,15 @@ mod tests {
         t.on_exec(200, 100, 9 * NS, "sh", "/bin/sh");
         t.on_fork(200, 300, 12 * NS, "sh");
         t.on_exec(300, 200, 12 * NS, "bash", "/bin/bash");
-        assert_eq!(t.ancestors(300, root), ["sh", "node", "systemd"]);
+        let ancestry = t.ancestry(300, root);
+        assert_eq!(
+            ancestry,
+            [
+                (200, "sh".into()),
+                (100, "node".into()),
+                (1, "systemd".into())
+            ]
+        );
         assert!(t.descends_from(300, 100));
         assert!(!t.descends_from(100, 300));
 
@@ -277,7 +285,7 @@ mod tests {
         t.on_exec(5, 6, 0, "a", "/a");
         t.on_exec(6, 5, 0, "b", "/b");
         let root = Path::new("/nonexistent");
-        assert_eq!(t.ancestors(5, root).len(), MAX_DEPTH);
+        assert_eq!(t.ancestry(5, root).len(), MAX_DEPTH);
         assert!(!t.descends_from(5, 99));
     }
 

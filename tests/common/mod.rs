@@ -18,6 +18,18 @@ use std::{
 
 use serde_json::Value;
 
+pub mod mmdb;
+pub mod netns;
+
+/// The test GeoIP database: documentation ranges → countries (SPEC §8).
+pub const TEST_COUNTRIES: [(&str, &str); 5] = [
+    ("192.0.2.0/24", "RU"),
+    ("198.51.100.0/24", "DE"),
+    ("203.0.113.0/24", "CN"),
+    ("2001:db8:1::/48", "KP"),
+    ("2001:db8:2::/48", "FR"),
+];
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_sentinel");
 
 /// Tests that load programs share one kernel and two CPUs: run them one at a time.
@@ -54,14 +66,24 @@ pub struct Agent {
 impl Agent {
     /// Start an agent; `agent_toml` is added to its `[agent]` section.
     pub fn start(agent_toml: &str) -> Agent {
+        Self::start_with(agent_toml, "")
+    }
+
+    /// Start an agent with more config sections after `[agent]` and `[geo]`. It uses the test
+    /// GeoIP database ([`TEST_COUNTRIES`]).
+    pub fn start_with(agent_toml: &str, sections: &str) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("sentinel.toml");
+        let geo = dir.path().join("country.mmdb");
+        mmdb::write_country_db(&geo, mmdb::Layout::Flat, &TEST_COUNTRIES).unwrap();
         fs::write(
             &config,
             format!(
-                "[agent]\ndb = \"{}\"\nsocket = \"{}\"\ncpu_interval = \"1s\"\n{agent_toml}\n",
+                "[agent]\ndb = \"{}\"\nsocket = \"{}\"\ncpu_interval = \"1s\"\n{agent_toml}\n\
+                 [geo]\ndatabase = \"{}\"\n{sections}\n",
                 dir.path().join("sentinel.db").display(),
                 dir.path().join("sentinel.sock").display(),
+                geo.display(),
             ),
         )
         .unwrap();

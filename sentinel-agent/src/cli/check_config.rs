@@ -1,20 +1,29 @@
-//! `sentinel check-config`: validate the configuration file and name every problem.
+//! `sentinel check-config`: validate the configuration file and name every problem, including
+//! the files it points at (the GeoIP database), as `ExecStartPre` runs it before each start.
 
 use std::process::ExitCode;
 
 use super::Cli;
-use crate::config::Config;
+use crate::{config::Config, geo::Geo};
 
 pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     // Unlike the other commands, a missing file is an error here: it is what is checked.
-    match Config::load(&cli.config, false) {
-        Ok(_) => {
-            println!("{}: OK", cli.config.display());
-            Ok(ExitCode::SUCCESS)
-        }
+    let config = match Config::load(&cli.config, false) {
+        Ok(config) => config,
         Err(e) => {
             eprintln!("sentinel: {e}");
-            Ok(ExitCode::FAILURE)
+            return Ok(ExitCode::FAILURE);
         }
+    };
+    if config.geo.enabled
+        && let Err(e) = Geo::open(&config.geo.database)
+    {
+        eprintln!(
+            "sentinel: invalid config {}:\n  geo.database: {e}",
+            cli.config.display()
+        );
+        return Ok(ExitCode::FAILURE);
     }
+    println!("{}: OK", cli.config.display());
+    Ok(ExitCode::SUCCESS)
 }

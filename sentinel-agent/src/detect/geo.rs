@@ -1,0 +1,113 @@
+//! `geo`: an outbound connection to an address in a high-risk country (`geo.high_risk_countries`)
+//! — a C2 beacon or exfiltration in a hostile jurisdiction. Critical, T1071.001. Trusted
+//! addresses (loopback, `trust.ips`, live SSH peers) never raise it.
+
+use std::{collections::HashSet, net::IpAddr};
+
+use crate::trust::TrustSet;
+
+use super::{Anomaly, Culprit, Finding};
+
+pub struct Geo {
+    high_risk: HashSet<String>,
+}
+
+impl Geo {
+    pub fn new(high_risk_countries: &[String]) -> Self {
+        Self {
+            high_risk: high_risk_countries.iter().cloned().collect(),
+        }
+    }
+
+    /// `culprit` connected to `daddr:dport`, which GeoIP puts in `country`.
+    pub fn on_connect(
+        &self,
+        culprit: &Culprit,
+        daddr: IpAddr,
+        dport: u16,
+        country: Option<&str>,
+        trust: &TrustSet,
+    ) -> Option<Finding> {
+        let country = country.filter(|c| self.high_risk.contains(*c))?;
+        // Trust first: a trusted address cannot become a target (there is no Untrusted).
+        let target = trust.check(daddr).ok()?;
+        Some(Finding {
+            anomaly: Anomaly::Geo,
+            culprit: culprit.clone(),
+            target: Some(target),
+            country: Some(country.to_string()),
+            detail: format!(
+                "{} (pid {}) connected to {target} port {dport} in high-risk country {country}",
+                culprit.comm, culprit.pid
+            ),
+            subject: culprit.pid,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::detect::tests::culprit;
+
+    fn geo() -> Geo {
+        Geo::new(&["RU".to_string(), "KP".to_string()])
+    }
+
+    #[test]
+    fn high_risk_country_raises() {
+        let c = culprit(9, "curl", &[(1, "bash")]);
+        let f = geo()
+            .on_connect(
+                &c,
+                "203.0.113.9".parse().unwrap(),
+                443,
+                Some("RU"),
+                &TrustSet::default(),
+            )
+            .unwrap();
+        assert_eq!(f.anomaly, Anomaly::Geo);
+        assert_eq!(
+            f.target.unwrap().ip(),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(f.country.as_deref(), Some("RU"));
+    }
+
+    #[test]
+    fn low_risk_unknown_and_trusted_raise_nothing() {
+        let c = culprit(9, "curl", &[]);
+        let ip: IpAddr = "203.0.113.9".parse().unwrap();
+        let open = TrustSet::default();
+        assert!(geo().on_connect(&c, ip, 443, Some("DE"), &open).is_none());
+        assert!(geo().on_connect(&c, ip, 443, None, &open).is_none());
+        let trusted = TrustSet::new(&["203.0.113.0/24".parse().unwrap()], &[]);
+        assert!(
+            geo()
+                .on_connect(&c, ip, 443, Some("RU"), &trusted)
+                .is_none()
+        );
+        assert!(
+            geo()
+                .on_connect(&c, "127.0.0.1".parse().unwrap(), 80, Some("RU"), &open)
+                .is_none()
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Whatever the country says, an address inside a trusted CIDR never raises `geo`.
+        #[test]
+        fn trusted_addresses_never_raise(prefix in 8u8..=32, base in any::<u32>(), host in any::<u32>()) {
+            let net = ipnet::Ipv4Net::new(base.into(), prefix).unwrap().trunc();
+            let trust = TrustSet::new(&[ipnet::IpNet::V4(net)], &[]);
+            let mask = if prefix == 32 { 0 } else { u32::MAX >> prefix };
+            let addr = IpAddr::V4((u32::from(net.network()) | (host & mask)).into());
+            let c = culprit(9, "curl", &[]);
+            prop_assert!(geo().on_connect(&c, addr, 443, Some("RU"), &trust).is_none());
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! End-to-end tests of the detectors with the real agent: a shell under a process named
+//! `node` raises `lineage`; a connection to a test host (network namespace, documentation
+//! range that the tests' own GeoIP database puts in a high-risk country) raises `geo`, over
+//! IPv4 and IPv6; a busy loop raises `resource`. The benign twins raise nothing.
+
+mod common;
+
+use std::{os::unix::fs::PermissionsExt, process::Command, time::SystemTime};
+
+use common::{
+    Agent, BIN,
+    netns::{TestNet, knock},
+    require_root, serial,
+};
+use serde_json::Value;
+
+fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or_default()
+}
+
+fn ts(v: &Value) -> SystemTime {
+    humantime::parse_rfc3339(s(&v["ts"])).unwrap()
+}
+
+#[test]
+fn geo_alerts_for_high_risk_countries_over_ipv4_and_ipv6() {
+    if !require_root("geo_alerts_for_high_risk_countries_over_ipv4_and_ipv6") {
+        return;
+    }
+    let _serial = serial();
+    let _net = TestNet::new("g");
+    let agent = Agent::start_with("", "[trust]\nips = [\"203.0.113.0/24\"]\n");
+    let me = std::process::id();
+
+    // Benign first: a low-risk country (v4, v6) and a trusted high-risk one.
+    knock("198.51.100.2", 8001);
+    knock("2001:db8:2::2", 8002);
+    knock("203.0.113.2", 8003);
+    // Then the anomalies.
+    knock("192.0.2.2", 8004);
+    knock("2001:db8:1::2", 8005);
+
+    for (addr, port, country) in [("192.0.2.2", 8004, "RU"), ("2001:db8:1::2", 8005, "KP")] {
+        let alert = agent.wait_for("alert", &format!("geo for {addr}"), |a| {
+            a["anomaly"] == "geo" && a["target_ip"] == addr
+        });
+        assert_eq!(s(&alert["country"]), country, "{alert}");
+        assert_eq!(s(&alert["severity"]), "critical", "{alert}");
+        assert_eq!(s(&alert["mitre"]["technique"]), "T1071.001", "{alert}");
+        assert_eq!(
+            s(&alert["mitre"]["tactic"]),
+            "Command and Control",
+            "{alert}"
+        );
+        assert_eq!(alert["pid"], me, "{alert}");
+        assert_eq!(s(&alert["state"]), "none", "{alert}");
+        let risk = alert["risk"].as_u64().unwrap();
+        assert!((70..=100).contains(&risk), "{alert}");
+        let connect = agent.wait_for("connect", &format!("to {addr}"), |c| {
+            c["daddr"] == addr && c["dport"] == port
+        });
+        assert_eq!(s(&connect["country"]), country, "{connect}");
+        assert!(
+            ts(&alert) >= ts(&connect),
+            "alert before its event: {alert} {connect}"
+        );
+    }
+    // The agent logs each alert's latency from the kernel event to the alert.
+    let log = agent.log();
+    let latencies: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split("latency_us=").nth(1)?.split(' ').next())
+        .collect();
+    eprintln!("detection latency, kernel event → alert (µs): {latencies:?}");
+    assert_eq!(latencies.len(), 2, "{}", agent.log());
+
+    // The benign connects were seen, with their countries, and raised nothing.
+    for (addr, country) in [
+        ("198.51.100.2", "DE"),
+        ("2001:db8:2::2", "FR"),
+        ("203.0.113.2", "CN"),
+    ] {
+        let c = agent.wait_for("connect", &format!("to {addr}"), |c| c["daddr"] == addr);
+        assert_eq!(s(&c["country"]), country, "{c}");
+    }
+    let alerts = agent.events("alert");
+    assert_eq!(
+        alerts.len(),
+        2,
+        "expected exactly the two geo alerts: {alerts:?}"
+    );
+
+    // Repeats fold into the same alert with a count.
+    knock("192.0.2.2", 8004);
+    knock("192.0.2.2", 8004);
+    let folded = agent.wait_for("alert", "counted three times", |a| {
+        a["target_ip"] == "192.0.2.2" && a["count"] == 3
+    });
+    assert_eq!(
+        agent.events("alert").len(),
+        2,
+        "repeat raised a new alert: {folded}"
+    );
+}
+
+#[test]
+fn shell_under_a_web_server_raises_lineage_and_its_twin_does_not() {
+    if !require_root("shell_under_a_web_server_raises_lineage_and_its_twin_does_not") {
+        return;
+    }
+    let _serial = serial();
+    let agent = Agent::start("");
+    // A process named `node`: a copy of the shell under that name.
+    let node = agent.dir.path().join("node");
+    std::fs::copy("/bin/sh", &node).unwrap();
+    std::fs::set_permissions(&node, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    // Benign: a web server that runs a program but no shell.
+    let benign = Command::new(&node)
+        .args(["-c", "/bin/true benign; true"])
+        .spawn()
+        .unwrap();
+    let benign_pid = benign.id();
+    benign.wait_with_output().unwrap();
+
+    // The anomaly, three times from the same web server.
+    let bad = Command::new(&node)
+        .args([
+            "-c",
+            "for i in 1 2 3; do /bin/sh -c 'true lineage-marker'; done; true",
+        ])
+        .spawn()
+        .unwrap();
+    let bad_pid = bad.id();
+    bad.wait_with_output().unwrap();
+
+    let alert = agent.wait_for("alert", "lineage, counted three times", |a| {
+        a["anomaly"] == "lineage" && a["count"] == 3
+    });
+    assert_eq!(s(&alert["comm"]), "sh", "{alert}");
+    assert_eq!(s(&alert["severity"]), "critical", "{alert}");
+    assert_eq!(s(&alert["mitre"]["technique"]), "T1059", "{alert}");
+    assert_eq!(s(&alert["mitre"]["tactic"]), "Execution", "{alert}");
+    assert!(alert["target_ip"].is_null(), "{alert}");
+    let detail = s(&alert["detail"]);
+    assert!(detail.contains("node → sh"), "{alert}");
+    assert!(
+        detail.contains(&format!("web server pid {bad_pid}")),
+        "{alert}"
+    );
+
+    let alerts = agent.events("alert");
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert!(
+        !alerts
+            .iter()
+            .any(|a| s(&a["detail"]).contains(&benign_pid.to_string())),
+        "the benign web server raised an alert: {alerts:?}"
+    );
+    // The exec stream shows the lineage too.
+    let exec = agent.wait_for("exec", "of the marker shell", |e| {
+        e["argv"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == "true lineage-marker"))
+    });
+    assert_eq!(s(&exec["ancestors"][0]), "node", "{exec}");
+}
+
+#[test]
+fn sustained_cpu_raises_resource() {
+    if !require_root("sustained_cpu_raises_resource") {
+        return;
+    }
+    let _serial = serial();
+    let agent = Agent::start_with("", "[resource]\ncpu_percent = 50\nsustain = \"2s\"\n");
+    let mut busy = Command::new("/bin/sh")
+        .args(["-c", "while :; do :; done"])
+        .spawn()
+        .unwrap();
+    let pid = busy.id();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        agent.wait_for("alert", "resource for the busy loop", |a| {
+            a["anomaly"] == "resource" && a["pid"] == pid
+        })
+    }));
+    let _ = busy.kill();
+    let _ = busy.wait();
+    let alert = result.unwrap_or_else(|e| std::panic::resume_unwind(e));
+    assert_eq!(s(&alert["severity"]), "high", "{alert}");
+    assert_eq!(s(&alert["mitre"]["technique"]), "T1496", "{alert}");
+    assert_eq!(s(&alert["comm"]), "sh", "{alert}");
+    assert!(s(&alert["detail"]).contains("% CPU"), "{alert}");
+}
+
+#[test]
+fn missing_geoip_database_is_a_start_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::write(
+        dir.path(),
+        "c.toml",
+        &format!(
+            "[agent]\ndb = \"{0}/s.db\"\nsocket = \"{0}/s.sock\"\n[geo]\ndatabase = \"{0}/nope.mmdb\"\n",
+            dir.path().display()
+        ),
+    );
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nope.mmdb"), "{err}");
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("geo.database") && err.contains("nope.mmdb"),
+        "{err}"
+    );
+}
