@@ -51,6 +51,173 @@ pub struct Config {
     pub lineage: LineageConfig,
     pub resource: ResourceConfig,
     pub alerts: AlertsConfig,
+    pub switch: SwitchConfig,
+    pub enforce: EnforceConfig,
+    #[serde(rename = "override")]
+    pub override_: OverrideConfig,
+    pub notify: NotifyConfig,
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SwitchConfig {
+    /// How long a pending decision waits for a human before the automatic block.
+    #[serde(deserialize_with = "duration")]
+    pub countdown: Duration,
+    /// A target marked safe is not alerted on again for this long.
+    #[serde(deserialize_with = "duration")]
+    pub safe_ttl: Duration,
+}
+
+impl Default for SwitchConfig {
+    fn default() -> Self {
+        Self {
+            countdown: Duration::from_secs(300),
+            safe_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// `enforce.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EnforceMode {
+    /// Block through the agent's nftables table.
+    Nftables,
+    /// Decide and record; touch nothing.
+    DryRun,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EnforceConfig {
+    pub mode: EnforceMode,
+    /// The agent's own nftables table: `table inet <table>`.
+    pub table: String,
+    /// How long a block lasts (the nftables element timeout).
+    #[serde(deserialize_with = "duration")]
+    pub block_ttl: Duration,
+    /// Also terminate the offending process tree (`lineage`, `resource`).
+    pub kill: bool,
+    /// Time between SIGTERM and SIGKILL.
+    #[serde(deserialize_with = "duration")]
+    pub kill_grace: Duration,
+    /// Process names never killed (pid 1, the agent and sshd never are).
+    pub protect: Vec<String>,
+    /// Also refuse `connect()` to blocked addresses in the kernel (cgroup connect4/6).
+    pub connect_guard: bool,
+}
+
+impl Default for EnforceConfig {
+    fn default() -> Self {
+        Self {
+            mode: EnforceMode::Nftables,
+            table: "sentinel".into(),
+            block_ttl: Duration::from_secs(24 * 3600),
+            kill: false,
+            kill_grace: Duration::from_secs(2),
+            protect: Vec::new(),
+            connect_guard: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OverrideConfig {
+    /// Where the HTTP endpoint for chat buttons and signed links listens.
+    pub listen: String,
+    /// How chat users reach that endpoint (e.g. behind a TLS proxy); empty: no links.
+    pub public_url: String,
+    /// The key signing override links (HMAC-SHA256); created by the installer, mode 0600.
+    pub secret_file: PathBuf,
+}
+
+impl Default for OverrideConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8787".into(),
+            public_url: String::new(),
+            secret_file: "/etc/sentinel/override.key".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// Longest wait for one chat request.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Attempts per message before it is recorded as failed.
+    pub attempts: u32,
+    pub slack: SlackConfig,
+    pub teams: TeamsConfig,
+    pub telegram: TelegramConfig,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(10),
+            attempts: 5,
+            slack: SlackConfig::default(),
+            teams: TeamsConfig::default(),
+            telegram: TelegramConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SlackConfig {
+    /// Incoming-webhook URL; empty: Slack is off.
+    pub webhook_url: String,
+    /// The Slack app's signing secret, to verify button clicks.
+    pub signing_secret: String,
+    /// Also send a summary of the last day, once a day.
+    pub daily_summary: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TeamsConfig {
+    /// Workflows "when a Teams webhook request is received" URL; empty: Teams is off.
+    pub webhook_url: String,
+    pub daily_summary: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelegramConfig {
+    pub api_base: String,
+    /// Bot token; empty: Telegram is off.
+    pub bot_token: String,
+    /// The chat alerts go to; button presses are accepted from it only (or `allowed_user_ids`).
+    pub chat_id: String,
+    /// Telegram user ids whose button presses are accepted too.
+    pub allowed_user_ids: Vec<i64>,
+    pub daily_summary: bool,
+}
+
+impl Default for TelegramConfig {
+    fn default() -> Self {
+        Self {
+            api_base: "https://api.telegram.org".into(),
+            bot_token: String::new(),
+            chat_id: String::new(),
+            allowed_user_ids: Vec::new(),
+            daily_summary: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Prometheus endpoint (`/metrics`), e.g. "127.0.0.1:9187"; empty: off.
+    pub listen: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -248,6 +415,15 @@ fn optional_regex<'de, D: Deserializer<'de>>(de: D) -> Result<Option<regex::Rege
         .map_err(|e| serde::de::Error::custom(format!("invalid regular expression {text:?}: {e}")))
 }
 
+/// `http://…` or `https://…` with a host.
+fn is_http_url(text: &str) -> bool {
+    ["http://", "https://"].iter().any(|scheme| {
+        text.strip_prefix(scheme).is_some_and(|rest| {
+            !rest.is_empty() && !rest.starts_with('/') && !rest.contains(char::is_whitespace)
+        })
+    })
+}
+
 /// Whether `comm` is `name` or `name` followed by a version (`python3.11`, `php-fpm8.2`).
 pub fn name_matches(name: &str, comm: &str) -> bool {
     comm.strip_prefix(name)
@@ -435,6 +611,113 @@ impl Config {
                 ),
             );
         }
+        let sw = &self.switch;
+        if sw.countdown < Duration::from_secs(1) || sw.countdown > Duration::from_secs(86_400) {
+            bad(
+                "switch.countdown",
+                format!(
+                    "{} is not between 1s and 24h",
+                    humantime::format_duration(sw.countdown)
+                ),
+            );
+        }
+        if sw.safe_ttl > Duration::from_secs(365 * 86_400) {
+            bad("switch.safe_ttl", "is longer than a year".into());
+        }
+        let e = &self.enforce;
+        if e.table.is_empty()
+            || e.table.len() > 32
+            || !e
+                .table
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            || !e.table.as_bytes()[0].is_ascii_alphabetic()
+        {
+            bad(
+                "enforce.table",
+                format!(
+                    "{:?} is not a table name (a letter, then letters, digits, '_' or '-'; at most 32)",
+                    e.table
+                ),
+            );
+        }
+        if e.block_ttl < Duration::from_secs(1) || e.block_ttl > Duration::from_secs(365 * 86_400) {
+            bad(
+                "enforce.block_ttl",
+                format!(
+                    "{} is not between 1s and 365d",
+                    humantime::format_duration(e.block_ttl)
+                ),
+            );
+        }
+        if e.kill_grace > Duration::from_secs(60) {
+            bad("enforce.kill_grace", "is longer than 60s".into());
+        }
+        let o = &self.override_;
+        if o.listen.parse::<std::net::SocketAddr>().is_err() {
+            bad(
+                "override.listen",
+                format!("{:?} is not an address:port", o.listen),
+            );
+        }
+        if !o.public_url.is_empty() && !is_http_url(&o.public_url) {
+            bad(
+                "override.public_url",
+                format!("{:?} is not an http(s) URL", o.public_url),
+            );
+        }
+        let n = &self.notify;
+        if n.timeout < Duration::from_millis(100) || n.timeout > Duration::from_secs(120) {
+            bad("notify.timeout", "is not between 100ms and 2m".into());
+        }
+        if !(1..=20).contains(&n.attempts) {
+            bad(
+                "notify.attempts",
+                format!("{} is not between 1 and 20", n.attempts),
+            );
+        }
+        for (key, url) in [
+            ("notify.slack.webhook_url", &n.slack.webhook_url),
+            ("notify.teams.webhook_url", &n.teams.webhook_url),
+        ] {
+            if !url.is_empty() && !is_http_url(url) {
+                bad(key, "is not an http(s) URL".into());
+            }
+        }
+        if !n.slack.webhook_url.is_empty() && n.slack.signing_secret.is_empty() {
+            bad(
+                "notify.slack.signing_secret",
+                "is needed with notify.slack.webhook_url (button clicks are verified with it)"
+                    .into(),
+            );
+        }
+        if !n.telegram.bot_token.is_empty() {
+            if !is_http_url(&n.telegram.api_base) {
+                bad("notify.telegram.api_base", "is not an http(s) URL".into());
+            }
+            if n.telegram.chat_id.is_empty() {
+                bad(
+                    "notify.telegram.chat_id",
+                    "is needed with notify.telegram.bot_token".into(),
+                );
+            }
+        }
+        if (!n.teams.webhook_url.is_empty() || !n.slack.webhook_url.is_empty())
+            && o.public_url.is_empty()
+        {
+            bad(
+                "override.public_url",
+                "is needed for Teams and Slack buttons (how chat users reach this agent)".into(),
+            );
+        }
+        if !self.metrics.listen.is_empty()
+            && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            bad(
+                "metrics.listen",
+                format!("{:?} is not an address:port", self.metrics.listen),
+            );
+        }
         if a.retention < Duration::from_secs(3600) {
             bad(
                 "agent.retention",
@@ -504,6 +787,39 @@ mod tests {
             (dr.cpu_percent, dr.sustain, dr.baseline_deviation)
         );
         assert_eq!(c.alerts.dedup_window, AlertsConfig::default().dedup_window);
+        let (sw, dsw) = (&c.switch, SwitchConfig::default());
+        assert_eq!((sw.countdown, sw.safe_ttl), (dsw.countdown, dsw.safe_ttl));
+        let (e, de) = (&c.enforce, EnforceConfig::default());
+        assert_eq!(
+            (
+                e.mode,
+                &e.table,
+                e.block_ttl,
+                e.kill,
+                e.kill_grace,
+                &e.protect,
+                e.connect_guard
+            ),
+            (
+                de.mode,
+                &de.table,
+                de.block_ttl,
+                de.kill,
+                de.kill_grace,
+                &de.protect,
+                de.connect_guard
+            )
+        );
+        let (o, d) = (&c.override_, OverrideConfig::default());
+        assert_eq!(
+            (&o.listen, &o.public_url, &o.secret_file),
+            (&d.listen, &d.public_url, &d.secret_file)
+        );
+        let (n, d) = (&c.notify, NotifyConfig::default());
+        assert_eq!((n.timeout, n.attempts), (d.timeout, d.attempts));
+        assert_eq!(n.telegram.api_base, d.telegram.api_base);
+        assert!(n.slack.webhook_url.is_empty() && n.teams.webhook_url.is_empty());
+        assert!(n.telegram.bot_token.is_empty() && c.metrics.listen.is_empty());
     }
 
     #[test]
@@ -618,6 +934,36 @@ mod tests {
         assert!(!name_matches("sh", "sshd"));
         assert!(!name_matches("node", "nodejs-helper"));
         assert!(!name_matches("python3", "python"));
+    }
+
+    #[test]
+    fn switch_enforce_override_notify_are_checked() {
+        let err = parse(
+            "[switch]\ncountdown = \"0s\"\n[enforce]\nmode = \"dry-run\"\ntable = \"bad table\"\n\
+             [override]\nlisten = \"nowhere\"\n[notify.slack]\nwebhook_url = \"ftp://x\"\n",
+        )
+        .unwrap_err();
+        let ConfigError::Invalid { problems, .. } = err else {
+            panic!("expected Invalid, got {err}");
+        };
+        let keys: Vec<_> = problems.iter().map(|p| p.key).collect();
+        assert_eq!(
+            keys,
+            [
+                "switch.countdown",
+                "enforce.table",
+                "override.listen",
+                "notify.slack.webhook_url",
+                "notify.slack.signing_secret",
+                "override.public_url",
+            ]
+        );
+        let err = parse("[enforce]\nmode = \"yolo\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mode") && err.contains("yolo"), "{err}");
+        let c = parse("[enforce]\nmode = \"dry-run\"\n").unwrap();
+        assert_eq!(c.enforce.mode, EnforceMode::DryRun);
     }
 
     #[test]

@@ -4,6 +4,7 @@ mod btf;
 mod cli;
 mod config;
 mod daemon;
+mod decision;
 mod detect;
 mod event;
 mod geo;

@@ -1,0 +1,125 @@
+//! A dead man's switch decision as the rest of the agent sees it: what chat alerts show, what
+//! a human's answer looks like on its way to the switch, and how the switch replies. The
+//! switch itself (`switch.rs`) owns the state machine; chat channels, the override endpoint
+//! and the CLI only send [`Answer`]s and receive [`Notice`]s.
+
+use std::{fmt, net::IpAddr, time::SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::event::Mitre;
+
+/// Where a decision stands. It leaves `Pending` exactly once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum State {
+    /// Waiting for a human until the deadline.
+    Pending,
+    /// A human marked it safe: no block.
+    Safe,
+    /// A human confirmed the block.
+    Blocked,
+    /// Nobody answered before the deadline: blocked automatically.
+    AutoBlocked,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Safe => "safe",
+            State::Blocked => "blocked",
+            State::AutoBlocked => "auto-blocked",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<State> {
+        [State::Pending, State::Safe, State::Blocked, State::AutoBlocked]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A human's answer to a pending decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// MARK AS SAFE.
+    Safe,
+    /// CONFIRM BLOCK.
+    Block,
+}
+
+/// Everything a chat alert shows about a decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// The decision's id: the id of the alert that opened it.
+    pub id: String,
+    pub anomaly: String,
+    pub severity: String,
+    pub risk: u8,
+    pub mitre: Mitre,
+    /// `agent.id`: which host.
+    pub host: String,
+    pub pid: u32,
+    pub comm: String,
+    pub exe: Option<String>,
+    /// Comms of the process's parent, grandparent, … (parent first).
+    pub ancestors: Vec<String>,
+    /// The address a block would cut off (never a trusted one).
+    pub target_ip: Option<IpAddr>,
+    pub country: Option<String>,
+    pub detail: String,
+    pub created: SystemTime,
+    /// When the automatic block happens if nobody answers.
+    pub deadline: SystemTime,
+    pub state: State,
+    /// Who ended it (`cli`, `slack:U123`, `teams-link`, `telegram:42`, `timer`), once ended.
+    pub decided_by: Option<String>,
+    /// Why, when the outcome needs explaining (e.g. a block refused by the trust guard).
+    pub reason: Option<String>,
+}
+
+impl Decision {
+    /// Time left before the automatic block (zero once passed).
+    pub fn time_left(&self, now: SystemTime) -> std::time::Duration {
+        self.deadline.duration_since(now).unwrap_or_default()
+    }
+}
+
+/// Why an answer was not applied. Nothing changed in any of these cases.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AnswerError {
+    #[error("no decision with id {0}")]
+    Unknown(String),
+    #[error("decision {id} has already ended: {state}")]
+    Ended { id: String, state: State },
+    #[error("the agent is stopping")]
+    Stopping,
+}
+
+/// An answer on its way to the switch, with where to send the outcome.
+#[derive(Debug)]
+pub struct Answer {
+    pub id: String,
+    pub verdict: Verdict,
+    /// Who answered: `cli`, `slack:<user>`, `teams-link`, `telegram:<user>`.
+    pub via: String,
+    pub reply: oneshot::Sender<Result<Decision, AnswerError>>,
+}
+
+/// What the switch tells the chat channels.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Notice {
+    /// A new pending decision: send the alert with its two buttons.
+    Opened(Decision),
+    /// The decision ended (its `state` says how): show the outcome.
+    Ended(Decision),
+}
