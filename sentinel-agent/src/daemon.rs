@@ -1,42 +1,38 @@
-//! `sentinel run`: the agent's event loop. It loads the sensors, keeps the process tree,
-//! turns kernel records into [`Record`]s, and hands each to the store writer and to live
-//! followers; it also answers the CLI on the unix socket. Data flows
-//! `sensors → enrich (tree) → store / hub`; detectors and the dead man's switch plug in here.
+//! `sentinel run`: start-up and the event loop. It loads the sensors, opens the store and the
+//! ledger, resumes the dead man's switch, then feeds the [`Pipeline`] with kernel records,
+//! timer ticks and human answers until SIGTERM, and stops cleanly: programs detached, every
+//! event committed, the enforcement table left in force.
 
 use std::{
-    collections::BTreeMap,
-    os::unix::fs::PermissionsExt,
+    collections::HashMap,
     path::{Path, PathBuf},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-        mpsc as std_mpsc,
-    },
+    sync::{Arc, atomic::AtomicU64, mpsc as std_mpsc},
     time::{Duration, Instant, SystemTime},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
-    net::{UnixListener, UnixStream},
     signal::unix::{SignalKind, signal},
-    sync::{broadcast, mpsc},
+    sync::mpsc,
 };
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use crate::{
     btf,
     config::Config,
-    detect::{self, Alerts, Culprit, Finding, Outcome},
-    event::{Body, BootClock, ConnectBody, CpuBody, ExecBody, Record},
+    control::{self, Shared, Unblock},
+    decision::Answer,
+    detect::{self, Alerts},
+    enforce::Enforcer,
+    event::BootClock,
     geo::Geo,
-    ipc::{Hub, Notice, Request, SensorStatus, Status, wanted},
-    sensors::{
-        self, Counters, KernelEvent, LoadOptions, LostMaps, SENSORS,
-        cpu::{CpuTracker, SampleMap, cpu_percent, read_totals},
-    },
-    store::{self, Store, Write},
-    tree::{ProcessTree, read_stat},
+    ipc::Hub,
+    ledger::Ledger,
+    pipeline::{Detectors, Pipeline},
+    sensors::{self, KernelEvent, LoadOptions, SENSORS, cpu::CpuTracker},
+    store::{self, Store},
+    switch::{Switch, Timings},
+    tree::ProcessTree,
     trust::TrustSet,
 };
 
@@ -44,389 +40,8 @@ use crate::{
 const GC_EVERY: Duration = Duration::from_secs(30);
 /// How often the live SSH sessions (trusted peers) are re-read.
 const SSH_REFRESH_EVERY: Duration = Duration::from_secs(2);
-/// Longest request line the socket accepts.
-const MAX_REQUEST: u64 = 64 * 1024;
-
-/// State the socket handlers read while the event loop runs.
-struct Shared {
-    host: String,
-    started: Instant,
-    attached: [bool; 3],
-    counters: [Arc<Counters>; 3],
-    lost: Arc<Mutex<LostMaps>>,
-    processes: AtomicU64,
-    hub: Hub,
-}
-
-impl Shared {
-    fn status(&self) -> Status {
-        let lost = self.lost.lock().expect("lost lock");
-        let sensors: BTreeMap<String, SensorStatus> = SENSORS
-            .iter()
-            .enumerate()
-            .map(|(i, name)| {
-                let status = SensorStatus {
-                    attached: self.attached[i],
-                    seen: self.counters[i].seen.load(Ordering::Relaxed),
-                    lost: lost.lost(name),
-                };
-                (name.to_string(), status)
-            })
-            .collect();
-        Status {
-            sensors,
-            pending: 0,
-            blocks: 0,
-            uptime_s: self.started.elapsed().as_secs(),
-            host: self.host.clone(),
-            pid: std::process::id(),
-            processes: self.processes.load(Ordering::Relaxed),
-            malformed: self
-                .counters
-                .iter()
-                .map(|c| c.malformed.load(Ordering::Relaxed))
-                .sum(),
-        }
-    }
-}
-
-/// The detectors and what they need beside the tree.
-struct Detectors {
-    geoip: Option<Geo>,
-    trust: TrustSet,
-    lineage: detect::lineage::Lineage,
-    geo: detect::geo::Geo,
-    resource: detect::resource::Resource,
-    alerts: Alerts,
-}
-
-/// Turns kernel records into events and alerts; owns the process tree.
-struct Core {
-    tree: ProcessTree,
-    clock: BootClock,
-    agent_tgid: u32,
-    proc_root: PathBuf,
-    store_tx: std_mpsc::Sender<Write>,
-    shared: Arc<Shared>,
-    cpu: CpuTracker,
-    cpu_map: Option<SampleMap>,
-    cpu_hz: u64,
-    cpu_report_percent: f64,
-    cpu_last: Instant,
-    ncpus: usize,
-    detect: Detectors,
-}
-
-impl Core {
-    fn store(&self, write: Write) {
-        if self.store_tx.send(write).is_err() {
-            error!("the store writer has stopped; event not stored");
-        }
-    }
-
-    fn emit(&self, at: SystemTime, body: Body) {
-        let record = Arc::new(Record::new(at, &self.shared.host, body));
-        self.store(Write::Insert(record.clone()));
-        self.shared.hub.publish(record);
-    }
-
-    /// Score, de-duplicate and emit what a detector found; `origin_ns` is the kernel time
-    /// (CLOCK_BOOTTIME) of the event that triggered it, for the latency in the log.
-    fn raise(&mut self, finding: Finding, origin_ns: Option<u64>) {
-        match self.detect.alerts.raise(finding, Instant::now()) {
-            Outcome::New(alert) => {
-                let latency_us = origin_ns.map(|t| boot_ns().saturating_sub(t) / 1000);
-                warn!(
-                    id = %alert.id,
-                    anomaly = %alert.anomaly,
-                    risk = alert.risk,
-                    pid = alert.pid,
-                    latency_us,
-                    "alert: {}",
-                    alert.detail
-                );
-                self.emit(SystemTime::now(), Body::Alert(Box::new(alert)));
-            }
-            Outcome::Repeat(alert, first) => {
-                debug!(id = %alert.id, count = alert.count, "repeat of an open alert");
-                let record = Record::new(first, &self.shared.host, Body::Alert(Box::new(alert)));
-                self.store(Write::Update(Arc::new(record)));
-            }
-        }
-    }
-
-    /// The process `tgid` as the detectors see it.
-    fn culprit(&mut self, tgid: u32, comm: String, uid: Option<u32>) -> Culprit {
-        let exe = self.tree.get(tgid).and_then(|p| p.filename.clone());
-        let uid = uid.unwrap_or_else(|| {
-            use std::os::unix::fs::MetadataExt;
-            std::fs::metadata(self.proc_root.join(tgid.to_string())).map_or(u32::MAX, |m| m.uid())
-        });
-        Culprit {
-            pid: tgid,
-            comm,
-            exe,
-            uid,
-            ancestry: self.tree.ancestry(tgid, &self.proc_root),
-        }
-    }
-
-    /// The agent's own children (e.g. `nft` later) are its own activity: not reported.
-    fn is_agent(&self, tgid: u32) -> bool {
-        self.tree.descends_from(tgid, self.agent_tgid)
-    }
-
-    fn handle(&mut self, event: KernelEvent) {
-        match event {
-            KernelEvent::Fork(f) => self
-                .tree
-                .on_fork(f.parent, f.child, f.child_start_ns, &f.comm),
-            KernelEvent::Exit(e) => {
-                self.tree.on_exit(e.tgid, e.start_ns);
-                self.detect.alerts.forget(e.tgid);
-                if let Some(map) = &mut self.cpu_map {
-                    let _ = map.remove(&e.tgid);
-                }
-            }
-            KernelEvent::Exec(e) => {
-                self.tree
-                    .on_exec(e.tgid, e.ppid, e.start_ns, &e.comm, &e.filename);
-                if self.is_agent(e.tgid) {
-                    return;
-                }
-                let culprit = self.culprit(e.tgid, e.comm.clone(), Some(e.uid));
-                let finding = self.detect.lineage.on_exec(&culprit, &e.argv);
-                let ppid = self.tree.get(e.tgid).map_or(e.ppid, |p| p.ppid);
-                self.emit(
-                    self.clock.wall(e.ts_ns),
-                    Body::Exec(ExecBody {
-                        pid: e.tgid,
-                        ppid,
-                        uid: e.uid,
-                        comm: e.comm,
-                        filename: e.filename,
-                        argv: e.argv,
-                        ancestors: culprit.ancestry.into_iter().map(|(_, c)| c).collect(),
-                    }),
-                );
-                if let Some(finding) = finding {
-                    self.raise(finding, Some(e.ts_ns));
-                }
-            }
-            KernelEvent::Connect(c) => {
-                if self.is_agent(c.tgid) {
-                    return;
-                }
-                let comm = self.tree.get(c.tgid).map_or(c.comm, |p| p.comm.clone());
-                let country = self.detect.geoip.as_ref().and_then(|g| g.country(c.daddr));
-                let culprit = self.culprit(c.tgid, comm.clone(), Some(c.uid));
-                let finding = self.detect.geo.on_connect(
-                    &culprit,
-                    c.daddr,
-                    c.dport,
-                    country.as_deref(),
-                    &self.detect.trust,
-                );
-                self.emit(
-                    self.clock.wall(c.ts_ns),
-                    Body::Connect(ConnectBody {
-                        pid: c.tgid,
-                        comm,
-                        uid: c.uid,
-                        family: c.family,
-                        saddr: c.saddr,
-                        daddr: c.daddr,
-                        dport: c.dport,
-                        country,
-                    }),
-                );
-                if let Some(finding) = finding {
-                    self.raise(finding, Some(c.ts_ns));
-                }
-            }
-        }
-        self.shared
-            .processes
-            .store(self.tree.len() as u64, Ordering::Relaxed);
-    }
-
-    /// Read the sample counts and emit a `cpu` event for every busy process.
-    fn sample_cpu(&mut self) {
-        let Some(map) = &self.cpu_map else { return };
-        let elapsed = self.cpu_last.elapsed();
-        self.cpu_last = Instant::now();
-        let deltas = self.cpu.deltas(read_totals(map));
-        let samples: u64 = deltas.iter().map(|(_, d)| d).sum();
-        self.shared.counters[2]
-            .seen
-            .fetch_add(samples, Ordering::Relaxed);
-        let now = SystemTime::now();
-        let procs: Vec<(u32, f64)> = deltas
-            .iter()
-            .filter(|(tgid, _)| !self.is_agent(*tgid))
-            .map(|&(tgid, delta)| (tgid, cpu_percent(delta, self.cpu_hz, elapsed)))
-            .collect();
-        let host_pct = (procs.iter().map(|(_, p)| p).sum::<f64>() / self.ncpus as f64).min(100.0);
-        for hit in self
-            .detect
-            .resource
-            .observe(Instant::now(), &procs, host_pct)
-        {
-            let Some(comm) = self.comm_of(hit.pid) else {
-                continue;
-            };
-            let culprit = self.culprit(hit.pid, comm, None);
-            self.raise(detect::resource::Resource::finding(culprit, hit), None);
-        }
-        for (tgid, pct) in procs {
-            if pct < self.cpu_report_percent {
-                continue;
-            }
-            let Some(comm) = self.comm_of(tgid) else {
-                continue; // already gone
-            };
-            self.emit(
-                now,
-                Body::Cpu(CpuBody {
-                    pid: tgid,
-                    comm,
-                    cpu_pct: (pct * 10.0).round() / 10.0,
-                }),
-            );
-        }
-    }
-
-    fn comm_of(&self, tgid: u32) -> Option<String> {
-        match self.tree.get(tgid) {
-            Some(p) => Some(p.comm.clone()),
-            None => read_stat(&self.proc_root, tgid).map(|s| s.comm),
-        }
-    }
-
-    /// Drop tree entries (and sample-map entries) for processes that are gone but whose exit
-    /// the agent missed.
-    fn gc(&mut self) {
-        let root = self.proc_root.clone();
-        let dropped = self
-            .tree
-            .retain_alive(|tgid, start| read_stat(&root, tgid).is_some_and(|s| s.start == start));
-        if dropped > 0 {
-            debug!(dropped, "pruned processes whose exit was missed");
-        }
-        if let Some(map) = &mut self.cpu_map {
-            let stale: Vec<u32> = map
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|tgid| self.tree.get(*tgid).is_none())
-                .collect();
-            for tgid in stale {
-                let _ = map.remove(&tgid);
-            }
-        }
-        self.shared
-            .processes
-            .store(self.tree.len() as u64, Ordering::Relaxed);
-    }
-}
-
-/// Now on the kernel's event clock (CLOCK_BOOTTIME), in ns.
-fn boot_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).map_or(0, |t| {
-        t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
-    })
-}
-
-/// Bind the CLI socket (mode 0600), refusing to steal it from a running agent.
-fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!(
-                "another agent is already running on {} (stop it, or give this one another agent.socket)",
-                path.display()
-            );
-        }
-        std::fs::remove_file(path)
-            .with_context(|| format!("removing stale socket {}", path.display()))?;
-    }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("binding socket {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("setting mode 0600 on {}", path.display()))?;
-    Ok(listener)
-}
-
-async fn serve(listener: UnixListener, shared: Arc<Shared>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = handle_client(stream, &shared).await {
-                        debug!("CLI connection ended: {e}");
-                    }
-                });
-            }
-            Err(e) => {
-                warn!("accepting a CLI connection failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
-async fn write_json<T: serde::Serialize>(
-    w: &mut (impl AsyncWriteExt + Unpin),
-    value: &T,
-) -> std::io::Result<()> {
-    let mut line = serde_json::to_vec(value).expect("serialisable");
-    line.push(b'\n');
-    w.write_all(&line).await
-}
-
-async fn handle_client(stream: UnixStream, shared: &Shared) -> std::io::Result<()> {
-    let (r, mut w) = stream.into_split();
-    let mut reader = BufReader::new(r.take(MAX_REQUEST));
-    let mut line = String::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await;
-    let request = match read {
-        Ok(Ok(_)) => serde_json::from_str::<Request>(line.trim_end()),
-        Ok(Err(e)) => return Err(e),
-        Err(_) => {
-            return write_json(&mut w, &Notice::Error("no request within 5 s".into())).await;
-        }
-    };
-    let request = match request {
-        Ok(r) => r,
-        Err(e) => {
-            warn!("refusing a malformed CLI request: {e}");
-            return write_json(&mut w, &Notice::Error(format!("malformed request: {e}"))).await;
-        }
-    };
-    match request {
-        Request::Status => write_json(&mut w, &shared.status()).await,
-        Request::Follow { kinds, backlog } => {
-            let (past, mut rx) = shared.hub.subscribe(&kinds, backlog);
-            for record in past {
-                write_json(&mut w, record.as_ref()).await?;
-            }
-            loop {
-                match rx.recv().await {
-                    Ok(record) if wanted(&kinds, &record) => {
-                        write_json(&mut w, record.as_ref()).await?
-                    }
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        write_json(&mut w, &Notice::Lagged(n)).await?
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
-                }
-            }
-        }
-    }
-}
+/// How often pending deadlines are checked: blocks land within this of their deadline.
+const SWITCH_TICK: Duration = Duration::from_millis(100);
 
 /// Run the agent until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -453,6 +68,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     let proc_net = Path::new("/proc/net");
     trust.refresh_ssh_peers(proc_net);
+    let trust_for_resume = trust.clone();
     sensors::ensure_tracefs()?;
 
     let mut offsets = match btf::kernel_offsets() {
@@ -493,6 +109,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (store_tx, store_rx) = std_mpsc::channel();
     let writer = store::spawn_writer(store, store_rx, agent.retention);
 
+    let (answers_tx, mut answers_rx) = mpsc::channel::<Answer>(64);
+    let (unblock_tx, mut unblock_rx) = mpsc::channel::<Unblock>(16);
     let shared = Arc::new(Shared {
         host: config.host_id(),
         started: Instant::now(),
@@ -500,12 +118,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         counters: Default::default(),
         lost,
         processes: AtomicU64::new(tree.len() as u64),
+        pending: AtomicU64::new(0),
+        blocks: AtomicU64::new(0),
+        kills: AtomicU64::new(0),
         hub: Hub::default(),
+        answers: answers_tx,
+        unblocks: unblock_tx,
     });
-    let listener = bind_socket(&agent.socket)?;
+    let listener = control::bind_socket(&agent.socket)?;
 
     let (tx, mut rx) = mpsc::channel::<Vec<KernelEvent>>(1024);
-    let mut tasks = vec![tokio::spawn(serve(listener, shared.clone()))];
+    let mut tasks = vec![tokio::spawn(control::serve(listener, shared.clone()))];
     for (name, ring, counters) in [
         ("exec", exec_ring, shared.counters[0].clone()),
         ("connect", connect_ring, shared.counters[1].clone()),
@@ -521,7 +144,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     drop(tx);
 
-    let mut core = Core {
+    let mut switch = Switch::new(
+        Ledger::open(&agent.db)?,
+        Enforcer::from_config(&config),
+        Timings {
+            countdown: config.switch.countdown,
+            safe_ttl: config.switch.safe_ttl,
+            block_ttl: config.enforce.block_ttl,
+        },
+        config.host_id(),
+    );
+    switch.resume(&trust_for_resume, SystemTime::now())?;
+
+    let mut core = Pipeline {
         tree,
         clock: BootClock::now(),
         agent_tgid,
@@ -542,10 +177,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             resource: detect::resource::Resource::new(config.resource.clone()),
             alerts: Alerts::new(config.alerts.dedup_window),
         },
+        switch,
+        awaiting: HashMap::new(),
+        last_connect: HashMap::new(),
     };
+    core.refresh_counts();
     let mut cpu_tick = tokio::time::interval(agent.cpu_interval);
     let mut gc_tick = tokio::time::interval(GC_EVERY);
     let mut ssh_tick = tokio::time::interval(SSH_REFRESH_EVERY);
+    let mut switch_tick = tokio::time::interval(SWITCH_TICK);
+    switch_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
 
@@ -576,6 +217,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             _ = ssh_tick.tick() => {
                 core.detect.trust.refresh_ssh_peers(proc_net);
             }
+            _ = switch_tick.tick() => core.tick(),
+            Some(answer) = answers_rx.recv() => core.answer(answer),
+            Some(request) = unblock_rx.recv() => core.unblock(request),
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
         }

@@ -30,6 +30,27 @@ pub enum Body {
     Connect(ConnectBody),
     Cpu(CpuBody),
     Alert(Box<AlertBody>),
+    Decision(Box<DecisionBody>),
+}
+
+/// A dead man's switch transition: a decision opened (`pending`) or ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionBody {
+    /// The decision's id (the alert's).
+    pub id: String,
+    pub anomaly: String,
+    /// `pending`, `safe`, `blocked` or `auto-blocked`.
+    pub state: String,
+    pub pid: u32,
+    pub comm: String,
+    pub target_ip: Option<IpAddr>,
+    pub country: Option<String>,
+    /// RFC 3339: when silence becomes a block.
+    pub deadline: String,
+    /// Who ended it: `cli`, `slack:<user>`, `teams-link`, `telegram:<user>` or `timer`.
+    pub decided_by: Option<String>,
+    /// Why, when the outcome needs explaining (dry-run, a refused block, …).
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -133,6 +154,7 @@ impl Body {
             Body::Connect(_) => Kind::Connect,
             Body::Cpu(_) => Kind::Cpu,
             Body::Alert(_) => Kind::Alert,
+            Body::Decision(_) => Kind::Decision,
         }
     }
 
@@ -142,6 +164,7 @@ impl Body {
             Body::Connect(b) => b.pid,
             Body::Cpu(b) => b.pid,
             Body::Alert(b) => b.pid,
+            Body::Decision(b) => b.pid,
         }
     }
 }
@@ -258,6 +281,25 @@ impl fmt::Display for Record {
                     d.push_str(&format!(" state={}", b.state));
                 }
                 d.push_str(&format!(": {}", b.detail));
+                (b.pid, &b.comm, d)
+            }
+            Body::Decision(b) => {
+                let target = b.target_ip.map_or("-".to_string(), |ip| ip.to_string());
+                let mut d = format!(
+                    "[{}] {} {} → {target}",
+                    b.id,
+                    b.state.to_uppercase(),
+                    b.anomaly
+                );
+                if b.state == "pending" {
+                    d.push_str(&format!(" (auto-block at {})", b.deadline));
+                }
+                if let Some(by) = &b.decided_by {
+                    d.push_str(&format!(" by {by}"));
+                }
+                if let Some(r) = &b.reason {
+                    d.push_str(&format!(": {r}"));
+                }
                 (b.pid, &b.comm, d)
             }
         };

@@ -24,6 +24,15 @@ const FOLLOW_BUFFER: usize = 8192;
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     Status,
+    /// Answer a pending decision (`sentinel safe|block ID`).
+    Answer {
+        id: String,
+        verdict: crate::decision::Verdict,
+    },
+    /// Lift a block (`sentinel unblock ADDR`).
+    Unblock {
+        addr: std::net::IpAddr,
+    },
     /// Stream events of `kinds` (all when empty), starting with up to `backlog` recent ones.
     Follow {
         kinds: Vec<Kind>,
@@ -37,6 +46,8 @@ pub struct Status {
     pub sensors: BTreeMap<String, SensorStatus>,
     pub pending: u64,
     pub blocks: u64,
+    /// Processes terminated by `enforce.kill`.
+    pub kills: u64,
     pub uptime_s: u64,
     pub host: String,
     pub pid: u32,

@@ -3,14 +3,19 @@
 mod btf;
 mod cli;
 mod config;
+mod control;
 mod daemon;
 mod decision;
 mod detect;
+mod enforce;
 mod event;
 mod geo;
 mod ipc;
+mod ledger;
+mod pipeline;
 mod sensors;
 mod store;
+mod switch;
 mod tree;
 mod trust;
 

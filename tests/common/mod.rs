@@ -87,23 +87,41 @@ impl Agent {
             ),
         )
         .unwrap();
-        let log = fs::File::create(dir.path().join("agent.log")).unwrap();
+        let mut agent = Agent {
+            child: None,
+            dir,
+            config,
+        };
+        agent.spawn();
+        agent
+    }
+
+    /// Start (again) on the same config, db and socket; waits until it answers.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "agent already running");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))
+            .unwrap();
         let child = Command::new(BIN)
             .args(["run", "--config"])
-            .arg(&config)
+            .arg(&self.config)
             .env("RUST_LOG", "sentinel=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap();
-        let mut agent = Agent {
-            child: Some(child),
-            dir,
-            config,
-        };
-        agent.wait_ready();
-        agent
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// `kill -9`: no chance to clean up.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("agent not running");
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     fn wait_ready(&mut self) {

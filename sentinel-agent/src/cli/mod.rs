@@ -1,10 +1,14 @@
 //! The command line (SPEC §5): one file per subcommand and this single dispatch. Raw
 //! arguments become a validated [`Config`] before any command runs; errors become exit codes.
 
+mod answer;
+mod blocks;
 mod check_config;
+mod pending;
 mod run;
 mod status;
 mod tail;
+mod unblock;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -34,6 +38,16 @@ enum Command {
     Tail(tail::Args),
     /// Sensors attached, events seen and lost, pending decisions, blocks.
     Status(status::Args),
+    /// Open decisions of the dead man's switch, with the time left.
+    Pending(pending::Args),
+    /// Answer a pending decision: MARK AS SAFE (no block).
+    Safe(answer::Args),
+    /// Answer a pending decision: CONFIRM BLOCK now.
+    Block(answer::Args),
+    /// Blocks in force.
+    Blocks(blocks::Args),
+    /// Lift a block (works while the agent is down too).
+    Unblock(unblock::Args),
     /// Validate the configuration and say precisely what is wrong.
     CheckConfig,
 }
@@ -53,6 +67,11 @@ pub fn main() -> ExitCode {
         Command::Run => run::run(&cli),
         Command::Tail(args) => tail::run(&cli, args),
         Command::Status(args) => status::run(&cli, args),
+        Command::Pending(args) => pending::run(&cli, args),
+        Command::Safe(args) => answer::run(&cli, args, crate::decision::Verdict::Safe),
+        Command::Block(args) => answer::run(&cli, args, crate::decision::Verdict::Block),
+        Command::Blocks(args) => blocks::run(&cli, args),
+        Command::Unblock(args) => unblock::run(&cli, args),
         Command::CheckConfig => check_config::run(&cli),
     };
     match result {

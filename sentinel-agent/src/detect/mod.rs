@@ -242,6 +242,18 @@ impl Alerts {
         Outcome::New(alert)
     }
 
+    /// The switch moved `alert` to a new state: later repeats must carry it (and the switch's
+    /// copy must carry the current count). Returns the alert as it should be stored.
+    pub fn sync_state(&mut self, mut alert: AlertBody) -> AlertBody {
+        if let Some((_, _, open)) = self.open.values_mut().find(|(_, _, a)| a.id == alert.id) {
+            open.state = alert.state.clone();
+            open.deadline = alert.deadline.clone();
+            open.target_ip = alert.target_ip;
+            alert.count = open.count;
+        }
+        alert
+    }
+
     /// The process ended: its signals go with it.
     pub fn forget(&mut self, pid: u32) {
         self.signals.forget(pid);
@@ -387,6 +399,30 @@ pub(crate) mod tests {
             t0 + Duration::from_secs(61),
         );
         assert!(matches!(later, Outcome::New(ref a) if a.id == "id3" && a.count == 1));
+    }
+
+    #[test]
+    fn repeats_keep_the_state_the_switch_gave() {
+        let mut alerts = Alerts::with_ids(Duration::from_secs(60), ids());
+        let t0 = Instant::now();
+        let c = culprit(7, "curl", &[]);
+        let Outcome::New(mut a) =
+            alerts.raise(finding(Anomaly::Geo, c.clone(), Some("203.0.113.9")), t0)
+        else {
+            panic!()
+        };
+        let _ = alerts.raise(finding(Anomaly::Geo, c.clone(), Some("203.0.113.9")), t0);
+        a.state = "pending".into();
+        a.deadline = Some("2026-11-22T21:00:00Z".into());
+        let stored = alerts.sync_state(a);
+        assert_eq!((stored.state.as_str(), stored.count), ("pending", 2));
+        let Outcome::Repeat(again, _) =
+            alerts.raise(finding(Anomaly::Geo, c, Some("203.0.113.9")), t0)
+        else {
+            panic!()
+        };
+        assert_eq!((again.state.as_str(), again.count), ("pending", 3));
+        assert!(again.deadline.is_some());
     }
 
     #[test]

@@ -1,0 +1,55 @@
+//! `sentinel blocks`: the blocks in force (from the ledger, which the agent re-asserts into
+//! nftables at every start), with when each expires.
+
+use std::{io::Write, process::ExitCode, time::SystemTime};
+
+use super::Cli;
+use crate::ledger::Ledger;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
+    let config = cli.load_config()?;
+    let ledger = Ledger::open_existing(&config.agent.db, false)?;
+    let now = SystemTime::now();
+    let blocks = ledger.blocks(now)?;
+    let mut out = std::io::stdout().lock();
+    if !args.json {
+        if blocks.is_empty() {
+            writeln!(out, "no blocks in force")?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        writeln!(
+            out,
+            "{:<40} {:<22} {:>10}  DECISION",
+            "ADDRESS", "EXPIRES", "LEFT"
+        )?;
+    }
+    for b in blocks {
+        let expires = humantime::format_rfc3339_seconds(b.expires).to_string();
+        if args.json {
+            let line = serde_json::json!({
+                "addr": b.addr,
+                "expires": expires,
+                "decision_id": b.decision_id,
+            });
+            writeln!(out, "{line}")?;
+        } else {
+            let left = b.expires.duration_since(now).unwrap_or_default().as_secs();
+            writeln!(
+                out,
+                "{:<40} {:<22} {:>9}s  {}",
+                b.addr.to_string(),
+                expires,
+                left,
+                b.decision_id
+            )?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

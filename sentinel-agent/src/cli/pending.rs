@@ -1,0 +1,65 @@
+//! `sentinel pending`: open decisions of the dead man's switch, with the time left before
+//! each automatic block. Read from the ledger, so it works whether or not the agent runs.
+
+use std::{io::Write, process::ExitCode, time::SystemTime};
+
+use super::Cli;
+use crate::ledger::Ledger;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
+    let config = cli.load_config()?;
+    let ledger = Ledger::open_existing(&config.agent.db, false)?;
+    let now = SystemTime::now();
+    let mut out = std::io::stdout().lock();
+    let pending = ledger.pending()?;
+    if !args.json {
+        if pending.is_empty() {
+            writeln!(out, "no pending decisions")?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        writeln!(
+            out,
+            "{:<10} {:<9} {:<40} {:<7} {:>9}  PROCESS",
+            "ID", "ANOMALY", "TARGET", "COUNTRY", "LEFT"
+        )?;
+    }
+    for open in pending {
+        let d = &open.decision;
+        let left = d.time_left(now).as_secs();
+        let target = d.target_ip.map(|a| a.to_string());
+        if args.json {
+            let line = serde_json::json!({
+                "id": d.id,
+                "anomaly": d.anomaly,
+                "target_ip": target,
+                "country": d.country,
+                "pid": d.pid,
+                "comm": d.comm,
+                "risk": d.risk,
+                "deadline": humantime::format_rfc3339_seconds(d.deadline).to_string(),
+                "seconds_left": left,
+            });
+            writeln!(out, "{line}")?;
+        } else {
+            writeln!(
+                out,
+                "{:<10} {:<9} {:<40} {:<7} {:>8}s  {} (pid {})",
+                d.id,
+                d.anomaly,
+                target.as_deref().unwrap_or("-"),
+                d.country.as_deref().unwrap_or("-"),
+                left,
+                d.comm,
+                d.pid
+            )?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

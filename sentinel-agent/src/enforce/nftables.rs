@@ -1,0 +1,181 @@
+//! The agent's nftables table, driven through the `nft` tool: `table inet <enforce.table>`
+//! with one timeout set per family, dropping traffic to set members on output and from them
+//! on input. Nothing outside this table is ever touched, and the table stays when the agent
+//! stops: removing it is an explicit uninstall step.
+
+use std::{
+    io::Write,
+    net::IpAddr,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    #[error("cannot run nft (is the nftables package installed?): {0}")]
+    Spawn(std::io::Error),
+    #[error("nft refused `{script}`: {stderr}")]
+    Refused { script: String, stderr: String },
+    #[error("unreadable `nft -j` output: {0}")]
+    Json(String),
+}
+
+pub const SET4: &str = "block4";
+pub const SET6: &str = "block6";
+
+pub struct Nft {
+    table: String,
+}
+
+fn set_of(ip: IpAddr) -> &'static str {
+    if ip.is_ipv4() { SET4 } else { SET6 }
+}
+
+impl Nft {
+    pub fn new(table: &str) -> Self {
+        Self {
+            table: table.to_string(),
+        }
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// Run an nft script in one transaction (all or nothing).
+    fn run(&self, script: &str) -> Result<(), NftError> {
+        let mut child = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(NftError::Spawn)?;
+        child
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(script.as_bytes())
+            .map_err(NftError::Spawn)?;
+        let out = child.wait_with_output().map_err(NftError::Spawn)?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(NftError::Refused {
+                script: script.trim().replace('\n', "; "),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            })
+        }
+    }
+
+    /// Create the table, its sets and chains if missing, and (re)write its four rules —
+    /// atomically, keeping the elements already in the sets.
+    pub fn ensure(&self) -> Result<(), NftError> {
+        let t = &self.table;
+        self.run(&format!(
+            "add table inet {t}
+             add set inet {t} {SET4} {{ type ipv4_addr; flags timeout; }}
+             add set inet {t} {SET6} {{ type ipv6_addr; flags timeout; }}
+             add chain inet {t} output {{ type filter hook output priority 0; policy accept; }}
+             add chain inet {t} input {{ type filter hook input priority 0; policy accept; }}
+             flush chain inet {t} output
+             flush chain inet {t} input
+             add rule inet {t} output ip daddr @{SET4} drop
+             add rule inet {t} output ip6 daddr @{SET6} drop
+             add rule inet {t} input ip saddr @{SET4} drop
+             add rule inet {t} input ip6 saddr @{SET6} drop
+             "
+        ))
+    }
+
+    /// Block `ip` for `ttl`. An element already there gets the new timeout: it is re-added
+    /// (add, delete, add in one transaction, so it never disappears in between).
+    pub fn add(&self, ip: IpAddr, ttl: Duration) -> Result<(), NftError> {
+        let (t, s) = (&self.table, set_of(ip));
+        let secs = ttl.as_secs().max(1);
+        self.run(&format!(
+            "add element inet {t} {s} {{ {ip} }}
+             delete element inet {t} {s} {{ {ip} }}
+             add element inet {t} {s} {{ {ip} timeout {secs}s }}
+             "
+        ))
+    }
+
+    /// Lift the block on `ip`; nothing happens if it is not blocked.
+    pub fn remove(&self, ip: IpAddr) -> Result<(), NftError> {
+        let (t, s) = (&self.table, set_of(ip));
+        // `add` first makes the delete valid whether or not the element exists.
+        self.run(&format!(
+            "add element inet {t} {s} {{ {ip} }}
+             delete element inet {t} {s} {{ {ip} }}
+             "
+        ))
+    }
+
+    /// The elements in the kernel now, with the time each has left.
+    pub fn elements(&self) -> Result<Vec<(IpAddr, Option<Duration>)>, NftError> {
+        let mut out = Vec::new();
+        for set in [SET4, SET6] {
+            let o = Command::new("nft")
+                .args(["-j", "list", "set", "inet", &self.table, set])
+                .output()
+                .map_err(NftError::Spawn)?;
+            if !o.status.success() {
+                return Err(NftError::Refused {
+                    script: format!("list set inet {} {set}", self.table),
+                    stderr: String::from_utf8_lossy(&o.stderr).trim().to_string(),
+                });
+            }
+            out.extend(parse_elements(&o.stdout)?);
+        }
+        Ok(out)
+    }
+
+    /// Remove the whole table (uninstall only).
+    pub fn delete_table(&self) -> Result<(), NftError> {
+        self.run(&format!("delete table inet {}\n", self.table))
+    }
+}
+
+/// Elements of an `nft -j list set` answer.
+pub fn parse_elements(json: &[u8]) -> Result<Vec<(IpAddr, Option<Duration>)>, NftError> {
+    let v: serde_json::Value =
+        serde_json::from_slice(json).map_err(|e| NftError::Json(e.to_string()))?;
+    let mut out = Vec::new();
+    for item in v["nftables"].as_array().into_iter().flatten() {
+        for elem in item["set"]["elem"].as_array().into_iter().flatten() {
+            let (val, expires) = match elem.get("elem") {
+                Some(e) => (&e["val"], e["expires"].as_u64()),
+                None => (elem, None),
+            };
+            if let Some(ip) = val.as_str().and_then(|s| s.parse().ok()) {
+                out.push((ip, expires.map(Duration::from_secs)));
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_elements_with_and_without_timeouts() {
+        let json = br#"{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"set": {"family": "inet", "name": "block4", "table": "t", "type": "ipv4_addr", "handle": 1, "flags": ["timeout"], "elem": [{"elem": {"val": "203.0.113.9", "timeout": 500, "expires": 499}}, "198.51.100.7"]}}]}"#;
+        let got = parse_elements(json).unwrap();
+        assert_eq!(
+            got,
+            [
+                (
+                    "203.0.113.9".parse().unwrap(),
+                    Some(Duration::from_secs(499))
+                ),
+                ("198.51.100.7".parse().unwrap(), None)
+            ]
+        );
+        let empty = br#"{"nftables": [{"set": {"name": "block6"}}]}"#;
+        assert!(parse_elements(empty).unwrap().is_empty());
+        assert!(parse_elements(b"not json").is_err());
+    }
+}

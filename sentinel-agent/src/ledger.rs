@@ -1,0 +1,406 @@
+//! The ledger: what the dead man's switch decided and what is enforced — decisions, blocks,
+//! safe targets and kills — in the same SQLite file as the events, written synchronously
+//! (`synchronous = FULL`) so that nothing decided is lost when the agent is killed. A
+//! decision's transition out of `pending` is a conditional update: it happens exactly once,
+//! whoever races for it.
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+use crate::{decision::Decision, event::AlertBody};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("decision ledger {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("decision ledger {path}: bad stored row {id}: {source}")]
+    Corrupt {
+        path: PathBuf,
+        id: String,
+        source: serde_json::Error,
+    },
+    #[error("no decision ledger at {0} (has the agent ever run with this config?)")]
+    Missing(PathBuf),
+}
+
+/// A block in force (or recorded as such): `sentinel blocks`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Block {
+    pub addr: IpAddr,
+    pub expires: SystemTime,
+    pub decision_id: String,
+}
+
+/// One process terminated by the agent.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Kill {
+    pub pid: u32,
+    pub exe: String,
+    pub reason: String,
+    /// How sure the agent was (the alert's risk, 0–100).
+    pub confidence: u8,
+    pub at: SystemTime,
+}
+
+/// A pending decision with the alert that opened it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Open {
+    pub decision: Decision,
+    pub alert: AlertBody,
+    /// When the alert was raised (its event time).
+    pub alert_at: SystemTime,
+}
+
+pub struct Ledger {
+    conn: Connection,
+    path: PathBuf,
+}
+
+pub fn ns(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+pub fn time(ns: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(ns.max(0) as u64)
+}
+
+const SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS decisions (
+        id         TEXT PRIMARY KEY,
+        state      TEXT NOT NULL,
+        deadline   INTEGER NOT NULL,
+        target     TEXT,
+        decided_by TEXT,
+        reason     TEXT,
+        ended      INTEGER,
+        decision   TEXT NOT NULL,  -- the Decision as JSON, kept current
+        alert      TEXT NOT NULL,  -- the AlertBody that opened it
+        alert_at   INTEGER NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS decisions_state ON decisions(state);
+    CREATE TABLE IF NOT EXISTS blocks (
+        addr        TEXT PRIMARY KEY,
+        expires     INTEGER NOT NULL,
+        decision_id TEXT NOT NULL,
+        created     INTEGER NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS safe_targets (
+        addr        TEXT PRIMARY KEY,
+        until       INTEGER NOT NULL,
+        decision_id TEXT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS kills (
+        id         INTEGER PRIMARY KEY,
+        at         INTEGER NOT NULL,
+        pid        INTEGER NOT NULL,
+        exe        TEXT NOT NULL,
+        reason     TEXT NOT NULL,
+        confidence INTEGER NOT NULL
+    );
+";
+
+impl Ledger {
+    /// Open (creating the tables if needed) for the agent.
+    pub fn open(path: &Path) -> Result<Self, LedgerError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let conn = Connection::open(path).map_err(|e| sql(path, e))?;
+        let ledger = Self {
+            conn,
+            path: path.into(),
+        };
+        ledger.prepare(true)?;
+        Ok(ledger)
+    }
+
+    /// Open an existing ledger for the CLI; `write` for `unblock` while the agent is down.
+    pub fn open_existing(path: &Path, write: bool) -> Result<Self, LedgerError> {
+        if !path.exists() {
+            return Err(LedgerError::Missing(path.into()));
+        }
+        let flags = if write {
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+        } else {
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+        };
+        let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .map_err(|e| sql(path, e))?;
+        let ledger = Self {
+            conn,
+            path: path.into(),
+        };
+        ledger.prepare(write)?;
+        Ok(ledger)
+    }
+
+    fn prepare(&self, create: bool) -> Result<(), LedgerError> {
+        let p = &self.path;
+        self.conn
+            .busy_timeout(Duration::from_secs(5))
+            .map_err(|e| sql(p, e))?;
+        if create {
+            self.conn
+                .pragma_update(None, "journal_mode", "WAL")
+                .map_err(|e| sql(p, e))?;
+            self.conn
+                .pragma_update(None, "synchronous", "FULL")
+                .map_err(|e| sql(p, e))?;
+            self.conn.execute_batch(SCHEMA).map_err(|e| sql(p, e))?;
+        }
+        Ok(())
+    }
+
+    fn err(&self, e: rusqlite::Error) -> LedgerError {
+        sql(&self.path, e)
+    }
+
+    /// Record a new pending decision.
+    pub fn insert(&self, open: &Open) -> Result<(), LedgerError> {
+        let d = &open.decision;
+        self.conn
+            .execute(
+                "INSERT INTO decisions (id, state, deadline, target, decision, alert, alert_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    d.id,
+                    d.state.as_str(),
+                    ns(d.deadline),
+                    d.target_ip.map(|a| a.to_string()),
+                    json(d),
+                    json(&open.alert),
+                    ns(open.alert_at),
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Move `decision` (now in its final state) out of `pending`, with the block it brings, in
+    /// one transaction. False, and nothing written, when it was no longer pending.
+    pub fn end(&mut self, decision: &Decision, block: Option<&Block>) -> Result<bool, LedgerError> {
+        let p = self.path.clone();
+        let tx = self.conn.transaction().map_err(|e| sql(&p, e))?;
+        let changed = tx
+            .execute(
+                "UPDATE decisions SET state = ?2, decided_by = ?3, reason = ?4, ended = ?5,
+                        decision = ?6
+                 WHERE id = ?1 AND state = 'pending'",
+                params![
+                    decision.id,
+                    decision.state.as_str(),
+                    decision.decided_by,
+                    decision.reason,
+                    ns(SystemTime::now()),
+                    json(decision),
+                ],
+            )
+            .map_err(|e| sql(&p, e))?;
+        if changed != 1 {
+            return Ok(false);
+        }
+        if let Some(b) = block {
+            upsert_block(&tx, b).map_err(|e| sql(&p, e))?;
+        }
+        tx.commit().map_err(|e| sql(&p, e))?;
+        Ok(true)
+    }
+
+    /// Every pending decision, oldest deadline first.
+    pub fn pending(&self) -> Result<Vec<Open>, LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, decision, alert, alert_at FROM decisions
+                 WHERE state = 'pending' ORDER BY deadline",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, decision, alert, alert_at) = row.map_err(|e| self.err(e))?;
+            let corrupt = |source| LedgerError::Corrupt {
+                path: self.path.clone(),
+                id: id.clone(),
+                source,
+            };
+            out.push(Open {
+                decision: serde_json::from_str(&decision).map_err(corrupt)?,
+                alert: serde_json::from_str(&alert).map_err(corrupt)?,
+                alert_at: time(alert_at),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The decision `id`, whatever its state.
+    pub fn get(&self, id: &str) -> Result<Option<Decision>, LedgerError> {
+        let text: Option<String> = self
+            .conn
+            .query_row("SELECT decision FROM decisions WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| self.err(e))?;
+        text.map(|t| {
+            serde_json::from_str(&t).map_err(|source| LedgerError::Corrupt {
+                path: self.path.clone(),
+                id: id.into(),
+                source,
+            })
+        })
+        .transpose()
+    }
+
+    /// Record (or extend) a block.
+    pub fn add_block(&self, block: &Block) -> Result<(), LedgerError> {
+        upsert_block(&self.conn, block)
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Forget the block on `addr`; true if there was one.
+    pub fn remove_block(&self, addr: IpAddr) -> Result<bool, LedgerError> {
+        let n = self
+            .conn
+            .execute("DELETE FROM blocks WHERE addr = ?1", [addr.to_string()])
+            .map_err(|e| self.err(e))?;
+        Ok(n > 0)
+    }
+
+    /// Blocks that have not expired at `now`, soonest expiry first.
+    pub fn blocks(&self, now: SystemTime) -> Result<Vec<Block>, LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT addr, expires, decision_id FROM blocks WHERE expires > ?1 ORDER BY expires",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([ns(now)], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (addr, expires, decision_id) = row.map_err(|e| self.err(e))?;
+            // A row that is not an address cannot be enforced: skip it rather than fail all.
+            if let Ok(addr) = addr.parse() {
+                out.push(Block {
+                    addr,
+                    expires: time(expires),
+                    decision_id,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// `addr` was marked safe until `until`.
+    pub fn add_safe(
+        &self,
+        addr: IpAddr,
+        until: SystemTime,
+        decision_id: &str,
+    ) -> Result<(), LedgerError> {
+        self.conn
+            .execute(
+                "INSERT INTO safe_targets (addr, until, decision_id) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(addr) DO UPDATE SET until = excluded.until, decision_id = excluded.decision_id",
+                params![addr.to_string(), ns(until), decision_id],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Targets still marked safe at `now`.
+    pub fn safe_targets(&self, now: SystemTime) -> Result<Vec<(IpAddr, SystemTime)>, LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT addr, until FROM safe_targets WHERE until > ?1")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([ns(now)], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (addr, until) = row.map_err(|e| self.err(e))?;
+            if let Ok(addr) = addr.parse() {
+                out.push((addr, time(until)));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn add_kill(&self, kill: &Kill) -> Result<(), LedgerError> {
+        self.conn
+            .execute(
+                "INSERT INTO kills (at, pid, exe, reason, confidence) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    ns(kill.at),
+                    kill.pid,
+                    kill.exe,
+                    kill.reason,
+                    kill.confidence
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    pub fn kill_count(&self) -> Result<u64, LedgerError> {
+        self.conn
+            .query_row("SELECT COUNT(*) FROM kills", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(|e| self.err(e))
+    }
+}
+
+fn upsert_block(conn: &Connection, b: &Block) -> rusqlite::Result<usize> {
+    conn.execute(
+        "INSERT INTO blocks (addr, expires, decision_id, created) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT(addr) DO UPDATE SET expires = excluded.expires,
+                                         decision_id = excluded.decision_id",
+        params![
+            b.addr.to_string(),
+            ns(b.expires),
+            b.decision_id,
+            ns(SystemTime::now())
+        ],
+    )
+}
+
+fn json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("ledger rows serialise")
+}
+
+fn sql(path: &Path, source: rusqlite::Error) -> LedgerError {
+    LedgerError::Sqlite {
+        path: path.into(),
+        source,
+    }
+}

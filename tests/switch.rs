@@ -1,0 +1,478 @@
+//! End-to-end tests of the dead man's switch with real nftables: a connection to a test host
+//! (network namespace, documentation range the test GeoIP database puts in a high-risk
+//! country) opens a pending decision; silence blocks it, a human's `safe` or `block` decides
+//! it; blocks survive restarts and `kill -9`; `unblock` restores connectivity; dry-run touches
+//! nothing. Each test uses its own nftables table and removes it, even on failure.
+
+mod common;
+
+use std::{
+    io::ErrorKind,
+    net::{IpAddr, SocketAddr, TcpStream},
+    process::Command,
+    thread,
+    time::{Duration, SystemTime},
+};
+
+use common::{
+    Agent,
+    netns::{TestNet, knock},
+    require_root, serial,
+};
+use serde_json::Value;
+
+/// The agent's table for one test, deleted on drop.
+struct Table(String);
+
+impl Table {
+    fn new(tag: &str) -> Table {
+        let t = Table(format!("snt_{tag}_{}", std::process::id()));
+        t.delete();
+        t
+    }
+
+    fn delete(&self) {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", &self.0])
+            .output();
+    }
+
+    fn exists(&self) -> bool {
+        Command::new("nft")
+            .args(["list", "table", "inet", &self.0])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    }
+
+    /// Elements of `set` with their timeout (seconds), from `nft -j`.
+    fn elements(&self, set: &str) -> Vec<(String, Option<u64>)> {
+        let out = Command::new("nft")
+            .args(["-j", "list", "set", "inet", &self.0, set])
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            return Vec::new();
+        }
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mut els = Vec::new();
+        for item in v["nftables"].as_array().unwrap() {
+            for e in item["set"]["elem"].as_array().into_iter().flatten() {
+                let (val, timeout) = match e.get("elem") {
+                    Some(x) => (x["val"].as_str(), x["timeout"].as_u64()),
+                    None => (e.as_str(), None),
+                };
+                els.push((val.unwrap().to_string(), timeout));
+            }
+        }
+        els
+    }
+
+    fn delete_element(&self, set: &str, addr: &str) {
+        let out = Command::new("nft")
+            .args([
+                "delete",
+                "element",
+                "inet",
+                &self.0,
+                set,
+                &format!("{{ {addr} }}"),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Table {
+    fn drop(&mut self) {
+        self.delete();
+    }
+}
+
+fn config(table: &Table, countdown: &str, extra: &str) -> String {
+    format!(
+        "[switch]\ncountdown = \"{countdown}\"\n[enforce]\ntable = \"{}\"\nconnect_guard = false\n{extra}\n",
+        table.0
+    )
+}
+
+/// How a connection attempt to the test host ends.
+#[derive(Debug, PartialEq)]
+enum Reach {
+    /// The host answered (a reset: nothing listens there).
+    Reachable,
+    /// No answer: dropped.
+    Dropped,
+    /// Refused before leaving (the in-kernel connect guard).
+    Denied,
+}
+
+fn reach(addr: &str, port: u16) -> Reach {
+    let ip: IpAddr = addr.parse().unwrap();
+    match TcpStream::connect_timeout(&SocketAddr::new(ip, port), Duration::from_millis(1500)) {
+        Ok(_) => Reach::Reachable,
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => Reach::Reachable,
+        Err(e) if e.kind() == ErrorKind::TimedOut || e.kind() == ErrorKind::WouldBlock => {
+            Reach::Dropped
+        }
+        Err(e) if e.raw_os_error() == Some(libc_eperm()) => Reach::Denied,
+        Err(e) => panic!("unexpected connect error to {addr}: {e:?}"),
+    }
+}
+
+fn libc_eperm() -> i32 {
+    1
+}
+
+fn pending(agent: &Agent) -> Vec<Value> {
+    let out = agent.cli(&["pending", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn blocks(agent: &Agent) -> Vec<Value> {
+    let out = agent.cli(&["blocks", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Knock on `addr` and wait for the pending decision it opens.
+fn open_decision(agent: &Agent, addr: &str, port: u16) -> Value {
+    knock(addr, port);
+    agent.wait_for("decision", &format!("pending for {addr}"), |d| {
+        d["target_ip"] == addr && d["state"] == "pending"
+    })
+}
+
+fn ts(v: &Value, key: &str) -> SystemTime {
+    humantime::parse_rfc3339(v[key].as_str().unwrap()).unwrap()
+}
+
+#[test]
+fn silence_auto_blocks_the_target_and_only_it() {
+    if !require_root("silence_auto_blocks_the_target_and_only_it") {
+        return;
+    }
+    let _serial = serial();
+    let _net = TestNet::new("a");
+    let table = Table::new("auto");
+    let agent = Agent::start_with("", &config(&table, "2s", ""));
+    let d = open_decision(&agent, "192.0.2.2", 9101);
+    let id = d["id"].as_str().unwrap().to_string();
+    // The alert says so too, and `pending` lists it with its countdown.
+    let alert = agent.wait_for("alert", "in state pending", |a| {
+        a["id"] == id.as_str() && a["state"] == "pending"
+    });
+    assert!(alert["deadline"].is_string(), "{alert}");
+    let p = pending(&agent);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0]["id"], id.as_str());
+    assert_eq!(p[0]["target_ip"], "192.0.2.2");
+    assert!(p[0]["seconds_left"].as_u64().unwrap() <= 2, "{p:?}");
+
+    let ended = agent.wait_for("decision", "auto-blocked", |d| {
+        d["id"] == id.as_str() && d["state"] == "auto-blocked"
+    });
+    assert_eq!(ended["decided_by"], "timer", "{ended}");
+    let els = table.elements("block4");
+    assert_eq!(els.len(), 1, "{els:?}");
+    assert_eq!(els[0].0, "192.0.2.2");
+    assert_eq!(
+        els[0].1,
+        Some(86_400),
+        "element timeout = enforce.block_ttl: {els:?}"
+    );
+    assert_eq!(reach("192.0.2.2", 9102), Reach::Dropped);
+    assert_eq!(
+        reach("198.51.100.2", 9103),
+        Reach::Reachable,
+        "another host was cut off"
+    );
+    let b = blocks(&agent);
+    assert_eq!(b.len(), 1, "{b:?}");
+    assert_eq!(
+        (b[0]["addr"].as_str(), b[0]["decision_id"].as_str()),
+        (Some("192.0.2.2"), Some(id.as_str()))
+    );
+    agent.wait_for("alert", "in state auto-blocked", |a| {
+        a["id"] == id.as_str() && a["state"] == "auto-blocked"
+    });
+    let st = agent.status();
+    assert_eq!(
+        (st["pending"].as_u64(), st["blocks"].as_u64()),
+        (Some(0), Some(1)),
+        "{st}"
+    );
+}
+
+#[test]
+fn safe_before_the_deadline_means_no_block() {
+    if !require_root("safe_before_the_deadline_means_no_block") {
+        return;
+    }
+    let _serial = serial();
+    let _net = TestNet::new("s");
+    let table = Table::new("safe");
+    let agent = Agent::start_with("", &config(&table, "3s", ""));
+    let d = open_decision(&agent, "192.0.2.2", 9201);
+    let id = d["id"].as_str().unwrap();
+    let out = agent.cli(&["safe", id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("safe"));
+    thread::sleep(Duration::from_secs(4)); // past the deadline
+    assert!(table.elements("block4").is_empty());
+    assert_eq!(reach("192.0.2.2", 9202), Reach::Reachable);
+    let decisions = agent.events("decision");
+    let states: Vec<&str> = decisions
+        .iter()
+        .filter(|d| d["id"] == id)
+        .map(|d| d["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["pending", "safe"], "{decisions:?}");
+    // Answering again, or an unknown id, is a clear error that changes nothing.
+    let again = agent.cli(&["block", id]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already ended: safe"));
+    let unknown = agent.cli(&["safe", "nosuchid"]);
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no decision with id nosuchid"));
+    assert!(table.elements("block4").is_empty());
+    // Marked safe: the same target raises nothing new for switch.safe_ttl.
+    knock("192.0.2.2", 9203);
+    knock("198.51.100.2", 9204); // processed after it: a marker
+    agent.wait_for("connect", "marker", |c| {
+        c["daddr"] == "198.51.100.2" && c["dport"] == 9204
+    });
+    assert_eq!(
+        agent.events("alert").len(),
+        1,
+        "{:?}",
+        agent.events("alert")
+    );
+}
+
+#[test]
+fn confirm_block_over_ipv4_and_ipv6_then_unblock() {
+    if !require_root("confirm_block_over_ipv4_and_ipv6_then_unblock") {
+        return;
+    }
+    let _serial = serial();
+    let _net = TestNet::new("b");
+    let table = Table::new("block");
+    let agent = Agent::start_with("", &config(&table, "5m", ""));
+    for (addr, set, port) in [
+        ("192.0.2.2", "block4", 9301),
+        ("2001:db8:1::2", "block6", 9302),
+    ] {
+        let d = open_decision(&agent, addr, port);
+        let id = d["id"].as_str().unwrap();
+        let out = agent.cli(&["block", id]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The command returns once the element is in the kernel.
+        let els = table.elements(set);
+        assert!(els.iter().any(|(a, t)| a == addr && t.is_some()), "{els:?}");
+        assert_eq!(reach(addr, port + 10), Reach::Dropped);
+        let d = agent.wait_for("decision", "blocked", |d| {
+            d["id"] == id && d["state"] == "blocked"
+        });
+        assert_eq!(d["decided_by"], "cli");
+    }
+    assert_eq!(reach("198.51.100.2", 9310), Reach::Reachable);
+    assert_eq!(reach("2001:db8:2::2", 9311), Reach::Reachable);
+
+    // Unblock through the agent…
+    let out = agent.cli(&["unblock", "192.0.2.2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(table.elements("block4").is_empty());
+    assert_eq!(reach("192.0.2.2", 9320), Reach::Reachable);
+    // …and with the agent down.
+    let mut agent = agent;
+    assert!(agent.stop().success());
+    assert_eq!(
+        table.elements("block6").len(),
+        1,
+        "blocks stay in force while the agent is stopped"
+    );
+    let out = agent.cli(&["unblock", "2001:db8:1::2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(table.elements("block6").is_empty());
+    assert_eq!(reach("2001:db8:1::2", 9321), Reach::Reachable);
+    let out = agent.cli(&["unblock", "2001:db8:1::2"]);
+    assert!(
+        !out.status.success(),
+        "unblocking twice should say it is not blocked"
+    );
+    let out = agent.cli(&["unblock", "not-an-address"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn trusted_address_is_never_blocked() {
+    if !require_root("trusted_address_is_never_blocked") {
+        return;
+    }
+    let _serial = serial();
+    let _net = TestNet::new("t");
+    let table = Table::new("trust");
+    let agent = Agent::start_with(
+        "",
+        &format!(
+            "{}[trust]\nips = [\"192.0.2.0/24\"]\n",
+            config(&table, "1s", "")
+        ),
+    );
+    knock("192.0.2.2", 9401);
+    knock("198.51.100.2", 9402);
+    agent.wait_for("connect", "marker", |c| {
+        c["daddr"] == "198.51.100.2" && c["dport"] == 9402
+    });
+    thread::sleep(Duration::from_secs(2));
+    assert!(agent.events("alert").is_empty());
+    assert!(agent.events("decision").is_empty());
+    assert!(table.elements("block4").is_empty());
+    assert_eq!(reach("192.0.2.2", 9403), Reach::Reachable);
+}
+
+#[test]
+fn kill_9_during_the_countdown_keeps_the_original_deadline() {
+    if !require_root("kill_9_during_the_countdown_keeps_the_original_deadline") {
+        return;
+    }
+    let _serial = serial();
+    let _net = TestNet::new("k");
+    let table = Table::new("kill");
+    let mut agent = Agent::start_with("", &config(&table, "5s", ""));
+    let d = open_decision(&agent, "192.0.2.2", 9501);
+    let id = d["id"].as_str().unwrap().to_string();
+    let deadline = ts(&d, "deadline");
+    agent.kill9();
+    thread::sleep(Duration::from_millis(500));
+    agent.spawn();
+    let p = pending(&agent);
+    assert_eq!(
+        p.len(),
+        1,
+        "the pending decision did not survive kill -9: {p:?}"
+    );
+    assert_eq!(p[0]["deadline"], d["deadline"]);
+    let ended = agent.wait_for("decision", "auto-blocked after restart", |x| {
+        x["id"] == id.as_str() && x["state"] == "auto-blocked"
+    });
+    let at = ts(&ended, "ts");
+    // `deadline` is printed to the second: the block lands in [deadline, deadline + 1 s] plus
+    // the switch's 100 ms tick.
+    let late = at
+        .duration_since(deadline)
+        .unwrap_or_else(|e| panic!("blocked {:?} early", e.duration()));
+    assert!(
+        late < Duration::from_millis(2000),
+        "blocked {late:?} after the deadline"
+    );
+    assert_eq!(table.elements("block4").len(), 1);
+
+    // A deadline that passes while the agent is down is enforced at start.
+    let d2 = open_decision(&agent, "2001:db8:1::2", 9502);
+    let id2 = d2["id"].as_str().unwrap().to_string();
+    agent.kill9();
+    thread::sleep(Duration::from_secs(6));
+    agent.spawn();
+    agent.wait_for("decision", "auto-blocked at start", |x| {
+        x["id"] == id2.as_str() && x["state"] == "auto-blocked"
+    });
+    assert_eq!(table.elements("block6").len(), 1);
+}
+
+#[test]
+fn blocks_are_reasserted_at_start() {
+    if !require_root("blocks_are_reasserted_at_start") {
+        return;
+    }
+    let _serial = serial();
+    let _net = TestNet::new("r");
+    let table = Table::new("reassert");
+    let mut agent = Agent::start_with("", &config(&table, "5m", ""));
+    let d = open_decision(&agent, "192.0.2.2", 9601);
+    assert!(
+        agent
+            .cli(&["block", d["id"].as_str().unwrap()])
+            .status
+            .success()
+    );
+    assert!(agent.stop().success());
+    // Stopping removed nothing.
+    assert_eq!(table.elements("block4").len(), 1);
+    // The element vanishes behind the agent's back (a flush, a reboot without the table)…
+    table.delete_element("block4", "192.0.2.2");
+    table.delete();
+    agent.spawn();
+    // …and is back after the start, with its remaining time.
+    let els = table.elements("block4");
+    assert_eq!(els.len(), 1, "{els:?}");
+    let (addr, timeout) = &els[0];
+    assert_eq!(addr, "192.0.2.2");
+    let t = timeout.unwrap();
+    assert!(
+        (86_300..=86_400).contains(&t),
+        "timeout {t} is not the remaining time"
+    );
+    assert_eq!(reach("192.0.2.2", 9602), Reach::Dropped);
+}
+
+#[test]
+fn dry_run_records_and_touches_nothing() {
+    if !require_root("dry_run_records_and_touches_nothing") {
+        return;
+    }
+    let _serial = serial();
+    let _net = TestNet::new("d");
+    let table = Table::new("dry");
+    let agent = Agent::start_with("", &config(&table, "1s", "mode = \"dry-run\""));
+    let d = open_decision(&agent, "192.0.2.2", 9701);
+    let id = d["id"].as_str().unwrap();
+    let ended = agent.wait_for("decision", "auto-blocked (dry run)", |x| {
+        x["id"] == id && x["state"] == "auto-blocked"
+    });
+    assert!(
+        ended["reason"].as_str().unwrap().contains("dry-run"),
+        "{ended}"
+    );
+    assert!(!table.exists(), "dry-run created the table");
+    assert!(blocks(&agent).is_empty());
+    assert_eq!(reach("192.0.2.2", 9702), Reach::Reachable);
+}
