@@ -35,9 +35,14 @@ impl State {
     }
 
     pub fn parse(text: &str) -> Option<State> {
-        [State::Pending, State::Safe, State::Blocked, State::AutoBlocked]
-            .into_iter()
-            .find(|s| s.as_str() == text)
+        [
+            State::Pending,
+            State::Safe,
+            State::Blocked,
+            State::AutoBlocked,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
     }
 }
 
