@@ -476,3 +476,92 @@ fn dry_run_records_and_touches_nothing() {
     assert!(blocks(&agent).is_empty());
     assert_eq!(reach("192.0.2.2", 9702), Reach::Reachable);
 }
+
+#[test]
+fn connect_guard_refuses_blocked_addresses_in_the_kernel() {
+    if !require_root("connect_guard_refuses_blocked_addresses_in_the_kernel") {
+        return;
+    }
+    let _serial = serial();
+    let _net = TestNet::new("c");
+    let table = Table::new("guard");
+    let sections = format!(
+        "[switch]\ncountdown = \"5m\"\n[enforce]\ntable = \"{}\"\nconnect_guard = true\n",
+        table.0
+    );
+    let agent = Agent::start_with("", &sections);
+    assert!(agent.log().contains("connect guard attached"), "{}", agent.log());
+    for (addr, port) in [("192.0.2.2", 9801), ("2001:db8:1::2", 9802)] {
+        let d = open_decision(&agent, addr, port);
+        assert!(agent.cli(&["block", d["id"].as_str().unwrap()]).status.success());
+        // Refused at connect(), before a packet leaves.
+        assert_eq!(reach(addr, port + 10), Reach::Denied, "{addr}");
+    }
+    assert_eq!(reach("198.51.100.2", 9810), Reach::Reachable);
+    assert!(agent.cli(&["unblock", "192.0.2.2"]).status.success());
+    assert_eq!(reach("192.0.2.2", 9811), Reach::Reachable);
+    // Stopping the agent detaches the guard; nftables still drops.
+    let mut agent = agent;
+    assert!(agent.stop().success());
+    assert_eq!(reach("2001:db8:1::2", 9812), Reach::Dropped);
+}
+
+/// Whether `pid` is gone (or a zombie) within `within`.
+fn gone(pid: u32, within: Duration) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit(')').next().unwrap_or("").split_whitespace().next();
+        if stat.is_empty() || state == Some("Z") {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn kill_terminates_the_shell_tree_and_escalates_on_respawn() {
+    use std::os::unix::fs::PermissionsExt;
+    if !require_root("kill_terminates_the_shell_tree_and_escalates_on_respawn") {
+        return;
+    }
+    let _serial = serial();
+    let table = Table::new("killer");
+    let sections = format!(
+        "[enforce]\ntable = \"{}\"\nconnect_guard = false\nkill = true\nkill_grace = \"1s\"\n",
+        table.0
+    );
+    let agent = Agent::start_with("", &sections);
+    let node = agent.dir.path().join("node");
+    std::fs::copy("/bin/sh", &node).unwrap();
+    std::fs::set_permissions(&node, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    // A web server runs a shell once: the shell and its child die, the server lives.
+    let mut server = Command::new(&node)
+        .args(["-c", "/bin/sh -c 'sleep 60; true'; sleep 60"])
+        .spawn()
+        .unwrap();
+    let alert = agent.wait_for("alert", "lineage", |a| a["anomaly"] == "lineage");
+    let shell = alert["pid"].as_u64().unwrap() as u32;
+    assert!(gone(shell, Duration::from_secs(5)), "the shell {shell} survived");
+    assert!(!gone(server.id(), Duration::from_millis(300)), "the web server was killed too");
+    let st = agent.status();
+    assert!(st["kills"].as_u64().unwrap() >= 1, "{st}");
+    let _ = server.kill();
+    let _ = server.wait();
+
+    // A web server that respawns its shell: after the first kill, the respawner goes.
+    let mut respawner = Command::new(&node)
+        .args(["-c", "while :; do /bin/sh -c 'sleep 60; true'; done"])
+        .spawn()
+        .unwrap();
+    let pid = respawner.id();
+    let died = gone(pid, Duration::from_secs(10));
+    let _ = respawner.kill();
+    let _ = respawner.wait();
+    assert!(died, "the respawning parent {pid} was not terminated:\n{}", agent.log());
+    assert!(agent.log().contains("escalated") || agent.log().contains("respawned"), "{}", agent.log());
+}

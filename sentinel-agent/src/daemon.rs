@@ -19,11 +19,11 @@ use tracing::{error, info, warn};
 
 use crate::{
     btf,
-    config::Config,
+    config::{Config, EnforceMode},
     control::{self, Shared, Unblock},
     decision::Answer,
     detect::{self, Alerts},
-    enforce::Enforcer,
+    enforce::{Enforcer, guard::ConnectGuard, kill::Killer},
     event::BootClock,
     geo::Geo,
     ipc::Hub,
@@ -89,7 +89,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         cpu_sample_hz: agent.cpu_sample_hz,
     })?;
     let sensors::Sensors {
-        ebpf,
+        mut ebpf,
         attached,
         lost,
         exec_ring,
@@ -144,9 +144,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     drop(tx);
 
+    let mut enforcer = Enforcer::from_config(&config);
+    if config.enforce.connect_guard && !enforcer.is_dry_run() {
+        match ConnectGuard::attach(&mut ebpf) {
+            Ok(guard) => {
+                info!(cgroup = %guard.root().display(), "connect guard attached");
+                enforcer.set_guard(guard);
+            }
+            Err(e) => warn!("connect guard not attached (nftables still enforces blocks): {e}"),
+        }
+    }
     let mut switch = Switch::new(
         Ledger::open(&agent.db)?,
-        Enforcer::from_config(&config),
+        enforcer,
         Timings {
             countdown: config.switch.countdown,
             safe_ttl: config.switch.safe_ttl,
@@ -180,7 +190,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         switch,
         awaiting: HashMap::new(),
         last_connect: HashMap::new(),
+        killer: config.enforce.kill.then(|| {
+            Killer::new(
+                config.enforce.kill_grace,
+                config.enforce.protect.clone(),
+                agent_tgid,
+                Path::new("/proc"),
+            )
+        }),
+        dry_run: config.enforce.mode == EnforceMode::DryRun,
     };
+    if let Ok(n) = core.switch.ledger().kill_count() {
+        core.shared.kills.store(n, std::sync::atomic::Ordering::Relaxed);
+    }
     core.refresh_counts();
     let mut cpu_tick = tokio::time::interval(agent.cpu_interval);
     let mut gc_tick = tokio::time::interval(GC_EVERY);

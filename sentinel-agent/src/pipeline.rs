@@ -15,6 +15,8 @@ use crate::{
     control::{Shared, Unblock},
     decision::Answer,
     detect::{self, Alerts, Culprit, Finding, Outcome},
+    enforce::kill::Killer,
+    ledger::Kill,
     event::{AlertBody, Body, BootClock, ConnectBody, CpuBody, DecisionBody, ExecBody, Record},
     geo::Geo,
     sensors::{
@@ -59,6 +61,10 @@ pub struct Pipeline {
     pub awaiting: HashMap<u32, (AlertBody, SystemTime)>,
     /// The last untrusted address each process connected to.
     pub last_connect: HashMap<u32, Untrusted>,
+    /// `enforce.kill`: the process response, when on.
+    pub killer: Option<Killer>,
+    /// `enforce.mode = "dry-run"`: decide and record, touch nothing (no kills either).
+    pub dry_run: bool,
 }
 
 impl Pipeline {
@@ -108,6 +114,7 @@ impl Pipeline {
                     alert.detail
                 );
                 self.emit(now, Body::Alert(Box::new((*alert).clone())));
+                self.respond(culprit_pid, &alert);
                 match target {
                     Some(t) => self.open_decision(&alert, now, ancestors, t),
                     None if alert.anomaly != "geo" => {
@@ -118,9 +125,47 @@ impl Pipeline {
             }
             Outcome::Repeat(alert, first) => {
                 debug!(id = %alert.id, count = alert.count, "repeat of an open alert");
+                self.respond(culprit_pid, &alert);
                 let record = Record::new(first, &self.shared.host, Body::Alert(Box::new(alert)));
                 self.store(Write::Update(Arc::new(record)));
             }
+        }
+    }
+
+    /// `enforce.kill`: terminate the offending process tree of a lineage or resource alert.
+    fn respond(&mut self, culprit: u32, alert: &AlertBody) {
+        if !matches!(alert.anomaly.as_str(), "lineage" | "resource") {
+            return;
+        }
+        let Some(killer) = &mut self.killer else {
+            return;
+        };
+        let (targets, respawned) = killer.plan(&self.tree, culprit, Instant::now());
+        if targets.is_empty() {
+            return;
+        }
+        let pids: Vec<u32> = targets.iter().map(|t| t.pid).collect();
+        if self.dry_run {
+            info!(id = %alert.id, ?pids, respawned, "dry-run: would terminate");
+            return;
+        }
+        let mut reason = format!("{} alert {}: {}", alert.anomaly, alert.id, alert.detail);
+        if respawned {
+            reason.push_str(" (respawned: escalated to the parent that respawns it)");
+        }
+        for t in killer.terminate(targets) {
+            warn!(pid = t.pid, exe = %t.exe, id = %alert.id, respawned, "terminated");
+            let kill = Kill {
+                pid: t.pid,
+                exe: t.exe,
+                reason: reason.clone(),
+                confidence: alert.risk,
+                at: SystemTime::now(),
+            };
+            if let Err(e) = self.switch.ledger().add_kill(&kill) {
+                error!("recording a kill failed: {e}");
+            }
+            self.shared.kills.fetch_add(1, Ordering::Relaxed);
         }
     }
 

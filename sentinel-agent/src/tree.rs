@@ -183,6 +183,24 @@ impl ProcessTree {
         out
     }
 
+    /// `tgid`'s children, grandchildren, … (breadth first), with their start times.
+    pub fn descendants(&self, tgid: u32) -> Vec<(u32, u64)> {
+        let mut out: Vec<(u32, u64)> = Vec::new();
+        let mut frontier = vec![tgid];
+        while let Some(parent) = frontier.pop() {
+            for (&pid, p) in &self.procs {
+                if p.ppid == parent && pid != parent && !out.iter().any(|(q, _)| *q == pid) {
+                    out.push((pid, p.start));
+                    frontier.push(pid);
+                }
+            }
+            if out.len() > 10_000 {
+                break; // a damaged tree; enough
+            }
+        }
+        out
+    }
+
     /// Whether `ancestor` is `tgid` or above it in the tree.
     pub fn descends_from(&self, tgid: u32, ancestor: u32) -> bool {
         let mut cur = tgid;
@@ -260,6 +278,20 @@ mod tests {
         t.on_exit(200, 9 * NS);
         assert!(t.get(200).is_none());
         assert_eq!(t.len(), 3);
+    }
+
+    #[test]
+    fn descendants_of_a_subtree() {
+        let mut t = ProcessTree::new(TICKS);
+        t.on_exec(1, 0, 0, "init", "/init");
+        t.on_fork(1, 10, NS, "init");
+        t.on_fork(10, 11, 2 * NS, "a");
+        t.on_fork(11, 12, 3 * NS, "b");
+        t.on_fork(1, 20, 4 * NS, "init");
+        let mut d = t.descendants(10);
+        d.sort();
+        assert_eq!(d, [(11, 2), (12, 3)]);
+        assert!(t.descendants(12).is_empty());
     }
 
     #[test]

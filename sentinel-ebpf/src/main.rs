@@ -1,4 +1,5 @@
-//! Sentinel's kernel programs, one module per sensor (`exec`, `connect`, `cpu`), each named
+//! Sentinel's kernel programs, one module per sensor (`exec`, `connect`, `cpu`) plus the
+//! connect guard that enforces blocks (`guard`), each named
 //! `<sensor>_<hook>` and owning its maps. `task` holds what they share: the globals the agent
 //! fills in at load time and the header every record starts with.
 #![no_std]
@@ -7,6 +8,7 @@
 mod connect;
 mod cpu;
 mod exec;
+mod guard;
 mod task;
 
 #[cfg(not(test))]

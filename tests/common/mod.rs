@@ -70,8 +70,17 @@ impl Agent {
     }
 
     /// Start an agent with more config sections after `[agent]` and `[geo]`. It uses the test
-    /// GeoIP database ([`TEST_COUNTRIES`]).
+    /// GeoIP database ([`TEST_COUNTRIES`]); unless `sections` has an `[enforce]` section, it
+    /// runs in dry-run, so it never touches the host's firewall.
     pub fn start_with(agent_toml: &str, sections: &str) -> Agent {
+        let sections = if sections.contains("[enforce]") {
+            sections.to_string()
+        } else {
+            format!(
+                "{sections}\n[enforce]\nmode = \"dry-run\"\ntable = \"snt_h{}\"\n",
+                std::process::id()
+            )
+        };
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("sentinel.toml");
         let geo = dir.path().join("country.mmdb");

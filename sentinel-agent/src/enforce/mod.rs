@@ -4,6 +4,8 @@
 //! resolvers — and only what it admits can reach [`Enforcer::apply`]. The nftables table is
 //! the authority (it outlives the agent); the in-kernel connect guard mirrors it.
 
+pub mod guard;
+pub mod kill;
 pub mod nftables;
 
 use std::{
@@ -69,6 +71,8 @@ pub enum Backend {
 
 pub struct Enforcer {
     backend: Backend,
+    /// The in-kernel connect guard, when attached (`enforce.connect_guard`).
+    guard: Option<guard::ConnectGuard>,
     resolvers: HashSet<IpAddr>,
     /// (address, host name) of every chat endpoint.
     chat: Vec<(IpAddr, String)>,
@@ -114,6 +118,7 @@ impl Enforcer {
     pub fn new(backend: Backend) -> Self {
         Self {
             backend,
+            guard: None,
             resolvers: HashSet::new(),
             chat: Vec::new(),
         }
@@ -161,6 +166,11 @@ impl Enforcer {
         self.chat = chat;
     }
 
+    /// Mirror blocks into the in-kernel connect guard from now on.
+    pub fn set_guard(&mut self, guard: guard::ConnectGuard) {
+        self.guard = Some(guard);
+    }
+
     pub fn is_dry_run(&self) -> bool {
         matches!(self.backend, Backend::DryRun)
     }
@@ -189,7 +199,14 @@ impl Enforcer {
     /// Block `target` for `ttl` (refreshing the timeout if it is already blocked).
     pub fn apply(&mut self, target: Admitted, ttl: Duration) -> Result<(), EnforceError> {
         match &mut self.backend {
-            Backend::Nft(nft) => nft.add(target.0, ttl)?,
+            Backend::Nft(nft) => {
+                nft.add(target.0, ttl)?;
+                if let Some(g) = &mut self.guard
+                    && let Err(e) = g.insert(target.0, ttl)
+                {
+                    warn!("connect guard: cannot add {}: {e}", target.0);
+                }
+            }
             Backend::DryRun => info!(
                 "dry-run: would block {} for {}",
                 target.0,
@@ -203,6 +220,9 @@ impl Enforcer {
 
     /// Lift the block on `ip` (no error if there is none).
     pub fn remove(&mut self, ip: IpAddr) -> Result<(), EnforceError> {
+        if let Some(g) = &mut self.guard {
+            g.remove(canonical(ip));
+        }
         if let Backend::Nft(nft) = &self.backend {
             nft.remove(canonical(ip))?;
         }

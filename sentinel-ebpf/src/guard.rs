@@ -1,0 +1,51 @@
+//! The in-kernel connect guard: `cgroup/connect4` and `cgroup/connect6` programs on the
+//! cgroup v2 root refuse `connect()` (EPERM) to an address the agent has blocked, before a
+//! packet leaves. The agent mirrors its nftables block sets into these maps; nftables stays
+//! the authority that outlives the agent.
+
+use aya_ebpf::{
+    helpers::bpf_ktime_get_boot_ns,
+    macros::{cgroup_sock_addr, map},
+    maps::HashMap,
+    programs::SockAddrContext,
+};
+
+/// Blocked IPv4 addresses (network byte order, as in `bpf_sock_addr.user_ip4`) → expiry in
+/// `CLOCK_BOOTTIME` ns.
+#[map]
+static GUARD4: HashMap<u32, u64> = HashMap::with_max_entries(65536, 0);
+
+/// Blocked IPv6 addresses (`bpf_sock_addr.user_ip6`) → expiry in `CLOCK_BOOTTIME` ns.
+#[map]
+static GUARD6: HashMap<[u32; 4], u64> = HashMap::with_max_entries(65536, 0);
+
+const ALLOW: i32 = 1;
+const DENY: i32 = 0;
+
+#[inline(always)]
+fn verdict(expires: Option<&u64>) -> i32 {
+    match expires {
+        // SAFETY: no arguments; reads a kernel clock.
+        Some(&at) if at > unsafe { bpf_ktime_get_boot_ns() } => DENY,
+        _ => ALLOW,
+    }
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn guard_connect4(ctx: SockAddrContext) -> i32 {
+    // SAFETY: the kernel hands a valid bpf_sock_addr to this program type.
+    let addr = unsafe { (*ctx.sock_addr).user_ip4 };
+    // SAFETY: the value is a plain u64 read once.
+    verdict(unsafe { GUARD4.get(&addr) })
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn guard_connect6(ctx: SockAddrContext) -> i32 {
+    // SAFETY: as above; user_ip6 is read as four aligned words.
+    let addr = unsafe {
+        let s = &*ctx.sock_addr;
+        [s.user_ip6[0], s.user_ip6[1], s.user_ip6[2], s.user_ip6[3]]
+    };
+    // SAFETY: the value is a plain u64 read once.
+    verdict(unsafe { GUARD6.get(&addr) })
+}
