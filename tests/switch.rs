@@ -490,10 +490,19 @@ fn connect_guard_refuses_blocked_addresses_in_the_kernel() {
         table.0
     );
     let agent = Agent::start_with("", &sections);
-    assert!(agent.log().contains("connect guard attached"), "{}", agent.log());
+    assert!(
+        agent.log().contains("connect guard attached"),
+        "{}",
+        agent.log()
+    );
     for (addr, port) in [("192.0.2.2", 9801), ("2001:db8:1::2", 9802)] {
         let d = open_decision(&agent, addr, port);
-        assert!(agent.cli(&["block", d["id"].as_str().unwrap()]).status.success());
+        assert!(
+            agent
+                .cli(&["block", d["id"].as_str().unwrap()])
+                .status
+                .success()
+        );
         // Refused at connect(), before a packet leaves.
         assert_eq!(reach(addr, port + 10), Reach::Denied, "{addr}");
     }
@@ -511,7 +520,12 @@ fn gone(pid: u32, within: Duration) -> bool {
     let deadline = std::time::Instant::now() + within;
     loop {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let state = stat.rsplit(')').next().unwrap_or("").split_whitespace().next();
+        let state = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .next();
         if stat.is_empty() || state == Some("Z") {
             return true;
         }
@@ -546,8 +560,14 @@ fn kill_terminates_the_shell_tree_and_escalates_on_respawn() {
         .unwrap();
     let alert = agent.wait_for("alert", "lineage", |a| a["anomaly"] == "lineage");
     let shell = alert["pid"].as_u64().unwrap() as u32;
-    assert!(gone(shell, Duration::from_secs(5)), "the shell {shell} survived");
-    assert!(!gone(server.id(), Duration::from_millis(300)), "the web server was killed too");
+    assert!(
+        gone(shell, Duration::from_secs(5)),
+        "the shell {shell} survived"
+    );
+    assert!(
+        !gone(server.id(), Duration::from_millis(300)),
+        "the web server was killed too"
+    );
     let st = agent.status();
     assert!(st["kills"].as_u64().unwrap() >= 1, "{st}");
     let _ = server.kill();
@@ -562,6 +582,14 @@ fn kill_terminates_the_shell_tree_and_escalates_on_respawn() {
     let died = gone(pid, Duration::from_secs(10));
     let _ = respawner.kill();
     let _ = respawner.wait();
-    assert!(died, "the respawning parent {pid} was not terminated:\n{}", agent.log());
-    assert!(agent.log().contains("escalated") || agent.log().contains("respawned"), "{}", agent.log());
+    assert!(
+        died,
+        "the respawning parent {pid} was not terminated:\n{}",
+        agent.log()
+    );
+    assert!(
+        agent.log().contains("escalated") || agent.log().contains("respawned"),
+        "{}",
+        agent.log()
+    );
 }

@@ -89,18 +89,25 @@ impl Shared {
     }
 }
 
+/// Refuse to start beside an agent already answering on `path` (checked before anything is
+/// loaded or touched, and again when binding).
+pub fn ensure_not_running(path: &Path) -> anyhow::Result<()> {
+    if path.exists() && std::os::unix::net::UnixStream::connect(path).is_ok() {
+        bail!(
+            "another agent is already running on {} (stop it, or give this one another agent.socket)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// Bind the CLI socket (mode 0600), refusing to steal it from a running agent.
 pub fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!(
-                "another agent is already running on {} (stop it, or give this one another agent.socket)",
-                path.display()
-            );
-        }
+        ensure_not_running(path)?;
         std::fs::remove_file(path)
             .with_context(|| format!("removing stale socket {}", path.display()))?;
     }

@@ -40,13 +40,25 @@ use crate::{
 const GC_EVERY: Duration = Duration::from_secs(30);
 /// How often the live SSH sessions (trusted peers) are re-read.
 const SSH_REFRESH_EVERY: Duration = Duration::from_secs(2);
-/// How often pending deadlines are checked: blocks land within this of their deadline.
-const SWITCH_TICK: Duration = Duration::from_millis(100);
+/// Longest the loop sleeps without re-checking pending deadlines (a safety net: it wakes at
+/// the earliest deadline anyway).
+const SWITCH_TICK: Duration = Duration::from_secs(1);
+
+/// How long until the switch's next deadline (at most [`SWITCH_TICK`]).
+fn until_deadline(core: &Pipeline) -> Duration {
+    core.switch
+        .next_deadline()
+        .map_or(SWITCH_TICK, |d| {
+            d.duration_since(SystemTime::now()).unwrap_or_default()
+        })
+        .min(SWITCH_TICK)
+}
 
 /// Run the agent until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let agent = &config.agent;
     let agent_tgid = std::process::id();
+    control::ensure_not_running(&agent.socket)?;
     let geoip = if config.geo.enabled {
         let geo = Geo::open(&config.geo.database).with_context(|| {
             "the GeoIP database is needed for geo alerts (scripts/geoip.sh installs one; \
@@ -109,6 +121,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (store_tx, store_rx) = std_mpsc::channel();
     let writer = store::spawn_writer(store, store_rx, agent.retention);
 
+    // The switch resumes before the socket answers: "ready" means decisions and blocks are
+    // back in force.
+    let mut enforcer = Enforcer::from_config(&config);
+    if config.enforce.connect_guard && !enforcer.is_dry_run() {
+        match ConnectGuard::attach(&mut ebpf) {
+            Ok(guard) => {
+                info!(cgroup = %guard.root().display(), "connect guard attached");
+                enforcer.set_guard(guard);
+            }
+            Err(e) => warn!("connect guard not attached (nftables still enforces blocks): {e}"),
+        }
+    }
+    let mut switch = Switch::new(
+        Ledger::open(&agent.db)?,
+        enforcer,
+        Timings {
+            countdown: config.switch.countdown,
+            safe_ttl: config.switch.safe_ttl,
+            block_ttl: config.enforce.block_ttl,
+        },
+        config.host_id(),
+    );
+    switch.resume(&trust_for_resume, SystemTime::now())?;
+
     let (answers_tx, mut answers_rx) = mpsc::channel::<Answer>(64);
     let (unblock_tx, mut unblock_rx) = mpsc::channel::<Unblock>(16);
     let shared = Arc::new(Shared {
@@ -143,28 +179,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     drop(tx);
-
-    let mut enforcer = Enforcer::from_config(&config);
-    if config.enforce.connect_guard && !enforcer.is_dry_run() {
-        match ConnectGuard::attach(&mut ebpf) {
-            Ok(guard) => {
-                info!(cgroup = %guard.root().display(), "connect guard attached");
-                enforcer.set_guard(guard);
-            }
-            Err(e) => warn!("connect guard not attached (nftables still enforces blocks): {e}"),
-        }
-    }
-    let mut switch = Switch::new(
-        Ledger::open(&agent.db)?,
-        enforcer,
-        Timings {
-            countdown: config.switch.countdown,
-            safe_ttl: config.switch.safe_ttl,
-            block_ttl: config.enforce.block_ttl,
-        },
-        config.host_id(),
-    );
-    switch.resume(&trust_for_resume, SystemTime::now())?;
 
     let mut core = Pipeline {
         tree,
@@ -201,14 +215,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         dry_run: config.enforce.mode == EnforceMode::DryRun,
     };
     if let Ok(n) = core.switch.ledger().kill_count() {
-        core.shared.kills.store(n, std::sync::atomic::Ordering::Relaxed);
+        core.shared
+            .kills
+            .store(n, std::sync::atomic::Ordering::Relaxed);
     }
     core.refresh_counts();
     let mut cpu_tick = tokio::time::interval(agent.cpu_interval);
     let mut gc_tick = tokio::time::interval(GC_EVERY);
     let mut ssh_tick = tokio::time::interval(SSH_REFRESH_EVERY);
-    let mut switch_tick = tokio::time::interval(SWITCH_TICK);
-    switch_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
 
@@ -239,7 +254,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             _ = ssh_tick.tick() => {
                 core.detect.trust.refresh_ssh_peers(proc_net);
             }
-            _ = switch_tick.tick() => core.tick(),
+            _ = tokio::time::sleep(until_deadline(&core)) => core.tick(),
             Some(answer) = answers_rx.recv() => core.answer(answer),
             Some(request) = unblock_rx.recv() => core.unblock(request),
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }

@@ -16,9 +16,9 @@ use crate::{
     decision::Answer,
     detect::{self, Alerts, Culprit, Finding, Outcome},
     enforce::kill::Killer,
-    ledger::Kill,
     event::{AlertBody, Body, BootClock, ConnectBody, CpuBody, DecisionBody, ExecBody, Record},
     geo::Geo,
+    ledger::Kill,
     sensors::{
         KernelEvent,
         cpu::{CpuTracker, SampleMap, cpu_percent, read_totals},
@@ -197,7 +197,7 @@ impl Pipeline {
             comm: d.comm.clone(),
             target_ip: d.target_ip,
             country: d.country.clone(),
-            deadline: humantime::format_rfc3339_seconds(d.deadline).to_string(),
+            deadline: humantime::format_rfc3339_millis(d.deadline).to_string(),
             decided_by: d.decided_by.clone(),
             reason: d.reason.clone(),
         };

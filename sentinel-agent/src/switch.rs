@@ -155,7 +155,7 @@ impl Switch {
         let mut alert = alert.clone();
         alert.state = State::Pending.as_str().into();
         alert.target_ip = Some(target.ip());
-        alert.deadline = Some(humantime::format_rfc3339_seconds(deadline).to_string());
+        alert.deadline = Some(humantime::format_rfc3339_millis(deadline).to_string());
         let open = Open {
             decision: decision.clone(),
             alert: alert.clone(),

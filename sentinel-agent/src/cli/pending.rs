@@ -43,7 +43,7 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
                 "pid": d.pid,
                 "comm": d.comm,
                 "risk": d.risk,
-                "deadline": humantime::format_rfc3339_seconds(d.deadline).to_string(),
+                "deadline": humantime::format_rfc3339_millis(d.deadline).to_string(),
                 "seconds_left": left,
             });
             writeln!(out, "{line}")?;

@@ -124,13 +124,15 @@ impl Killer {
         let hit: Vec<Target> = targets
             .into_iter()
             .filter(|t| self.same(t))
-            .filter(|t| match kill(Pid::from_raw(t.pid as i32), Signal::SIGTERM) {
-                Ok(()) => true,
-                Err(e) => {
-                    warn!(pid = t.pid, "SIGTERM failed: {e}");
-                    false
-                }
-            })
+            .filter(
+                |t| match kill(Pid::from_raw(t.pid as i32), Signal::SIGTERM) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        warn!(pid = t.pid, "SIGTERM failed: {e}");
+                        false
+                    }
+                },
+            )
             .collect();
         if !hit.is_empty() {
             let survivors = hit.clone();
@@ -201,7 +203,12 @@ mod tests {
         assert!(protected_reason(10, "node", agent, &["node".into()], &t).is_some());
         assert!(protected_reason(20, "sh", agent, &[], &t).is_none());
         // Escalating to a protected parent leaves the parent alone.
-        let mut k = Killer::new(Duration::from_secs(1), vec!["node".into()], agent, Path::new("/proc"));
+        let mut k = Killer::new(
+            Duration::from_secs(1),
+            vec!["node".into()],
+            agent,
+            Path::new("/proc"),
+        );
         let now = Instant::now();
         k.plan(&t, 20, now);
         let (targets, respawned) = k.plan(&t, 20, now);
