@@ -42,6 +42,8 @@ pub struct Shared {
     pub pending: AtomicU64,
     pub blocks: AtomicU64,
     pub kills: AtomicU64,
+    /// Alerts raised since start, by anomaly.
+    pub alerts: Mutex<BTreeMap<String, u64>>,
     pub hub: Hub,
     /// Answers to pending decisions, to the switch.
     pub answers: mpsc::Sender<Answer>,
@@ -57,6 +59,32 @@ pub struct Unblock {
 }
 
 impl Shared {
+    /// The numbers behind a Prometheus scrape.
+    pub fn metrics_snapshot(&self) -> crate::metrics::Snapshot {
+        let status = self.status();
+        crate::metrics::Snapshot {
+            sensors: status
+                .sensors
+                .iter()
+                .map(|(name, s)| crate::metrics::SensorMetrics {
+                    name: name.clone(),
+                    attached: s.attached,
+                    seen: s.seen,
+                    lost: s.lost,
+                    // aya 0.14's RingBuf does not expose its producer/consumer positions.
+                    ring_fill_bytes: None,
+                    ring_size_bytes: None,
+                })
+                .collect(),
+            alerts_by_anomaly: self.alerts.lock().expect("alerts lock").clone(),
+            pending: status.pending,
+            blocks: status.blocks,
+            kills: status.kills,
+            notify_failures: BTreeMap::new(),
+            processes: status.processes,
+        }
+    }
+
     pub fn status(&self) -> Status {
         let lost = self.lost.lock().expect("lost lock");
         let sensors: BTreeMap<String, SensorStatus> = SENSORS

@@ -30,6 +30,7 @@ use crate::{
     ledger::Ledger,
     pipeline::{Detectors, Pipeline},
     sensors::{self, KernelEvent, LoadOptions, SENSORS, cpu::CpuTracker},
+    service,
     store::{self, Store},
     switch::{Switch, Timings},
     tree::ProcessTree,
@@ -157,6 +158,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         pending: AtomicU64::new(0),
         blocks: AtomicU64::new(0),
         kills: AtomicU64::new(0),
+        alerts: Default::default(),
         hub: Hub::default(),
         answers: answers_tx,
         unblocks: unblock_tx,
@@ -224,6 +226,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut gc_tick = tokio::time::interval(GC_EVERY);
     let mut ssh_tick = tokio::time::interval(SSH_REFRESH_EVERY);
 
+    if !config.metrics.listen.is_empty() {
+        let listener = tokio::net::TcpListener::bind(&config.metrics.listen)
+            .await
+            .with_context(|| format!("binding metrics.listen {}", config.metrics.listen))?;
+        let s = shared.clone();
+        let render = Arc::new(move || crate::metrics::render(&s.metrics_snapshot()));
+        tasks.push(tokio::spawn(crate::metrics::serve(listener, render)));
+    }
+
+    // Everything is loaded, attached and bound: keep only what running needs.
+    match service::drop_capabilities(service::RUNTIME_CAPS) {
+        Ok(dropped) => info!("least privilege: {dropped}"),
+        Err(e) => error!("could not drop capabilities (still defending): {e}"),
+    }
+    // systemd's watchdog: pinged from this loop, so a stalled loop gets the agent restarted.
+    let watchdog = service::watchdog_interval();
+    let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
 
@@ -239,6 +259,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         socket = %agent.socket.display(),
         "sentinel ready"
     );
+    service::notify_ready();
 
     loop {
         tokio::select! {
@@ -255,6 +276,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 core.detect.trust.refresh_ssh_peers(proc_net);
             }
             _ = tokio::time::sleep(until_deadline(&core)) => core.tick(),
+            _ = watchdog_tick.tick(), if watchdog.is_some() => service::notify_watchdog(),
             Some(answer) = answers_rx.recv() => core.answer(answer),
             Some(request) = unblock_rx.recv() => core.unblock(request),
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
@@ -262,6 +284,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
 
+    service::notify_stopping();
     // Detach first, then let the writer commit what it holds.
     for task in &tasks {
         task.abort();

@@ -113,6 +113,13 @@ impl Pipeline {
                     "alert: {}",
                     alert.detail
                 );
+                *self
+                    .shared
+                    .alerts
+                    .lock()
+                    .expect("alerts lock")
+                    .entry(alert.anomaly.clone())
+                    .or_default() += 1;
                 self.emit(now, Body::Alert(Box::new((*alert).clone())));
                 self.respond(culprit_pid, &alert);
                 match target {

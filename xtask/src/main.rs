@@ -1,7 +1,8 @@
-//! Project tasks that are not plain cargo commands: `cargo xtask build-ebpf` and
-//! `cargo xtask bench`.
+//! Project tasks that are not plain cargo commands: `cargo xtask build-ebpf`,
+//! `cargo xtask bench`, and `cargo xtask install` / `uninstall`.
 
 mod bench;
+mod install;
 
 use std::process::Command;
 
@@ -25,12 +26,19 @@ enum Task {
     },
     /// Overhead benchmark: exec and connect storms without and with the agent.
     Bench(bench::Args),
+    /// Install Sentinel as a hardened systemd service (binary, config, key, GeoIP, unit) and
+    /// start it.
+    Install(install::InstallArgs),
+    /// Stop and remove the service; blocks and data stay unless asked.
+    Uninstall(install::UninstallArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Task::BuildEbpf { toolchain } => build_ebpf(&toolchain),
         Task::Bench(args) => bench::run(&args),
+        Task::Install(args) => install::install(&args),
+        Task::Uninstall(args) => install::uninstall(&args),
     }
 }
 

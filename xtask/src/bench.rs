@@ -1,0 +1,1106 @@
+//! `cargo xtask bench`: how much the agent slows down the work it watches. An exec storm
+//! (sequential fork+exec of /bin/true) and a loopback connect storm are timed without and
+//! with the agent running, in alternating order within one run so that drift of the machine
+//! cancels out, and the median slowdown ratios are printed next to their targets. The agent's
+//! status counters prove it really observed every storm; its idle RSS and CPU are reported
+//! last. Rounds during which other processes used the CPU are flagged, since on a small
+//! machine they swamp the effect measured. This is a measurement, not a test: a missed
+//! target is printed, not an error.
+
+use std::{
+    fs::{self, File},
+    io::{BufRead as _, BufReader},
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, bail, ensure};
+
+/// Target slowdown of the exec storm with the agent running.
+const EXEC_TARGET: f64 = 1.05;
+/// Target slowdown of the connect storm with the agent running.
+const CONNECT_TARGET: f64 = 1.15;
+/// How long the agent may take to answer `status` after it starts.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the agent may take to drain its ring buffers after a storm.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the agent may take to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Other processes' CPU use (in cores) above which a round is flagged as disturbed.
+const DISTURBED_CORES: f64 = 0.1;
+/// How often a connect storm spoiled by accept-queue overflows is repeated.
+const MAX_CONNECT_REPEATS: u32 = 3;
+
+/// Options of `cargo xtask bench`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Rounds; each times both storms without and with the agent, in alternating order.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
+    /// Sequential fork+exec of /bin/true per exec storm.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
+    execs: u64,
+    /// Sequential loopback TCP connects per connect storm.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    connects: u64,
+    /// Seconds over which the idle agent's CPU use is measured.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    idle_secs: u64,
+    /// Skip `cargo build --release -p sentinel-agent`; use the binary already built.
+    #[arg(long)]
+    no_build: bool,
+    /// The agent binary to measure (default: the workspace's target/release/sentinel).
+    #[arg(long, value_name = "PATH")]
+    binary: Option<PathBuf>,
+}
+
+/// Run the benchmark and print its report.
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    ensure!(
+        effective_uid()? == 0,
+        "the agent loads eBPF programs and must run as root: run the bench as root"
+    );
+    let root = workspace_root();
+    if args.no_build {
+        eprintln!("skipping the build (--no-build)");
+    } else {
+        build_agent(&root)?;
+    }
+    let binary = match &args.binary {
+        Some(path) => path.clone(),
+        None => default_binary(&root),
+    };
+    ensure!(
+        binary.is_file(),
+        "no agent binary at {} (build it, or pass --binary)",
+        binary.display()
+    );
+    let others = other_agents(&binary);
+    if !others.is_empty() {
+        eprintln!(
+            "warning: other sentinel processes are running (pids {others:?}); they add their \
+             own overhead to the \"without\" timings"
+        );
+    }
+
+    if let Some(ports) = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| port_range_size(&text))
+        && args.connects > ports
+    {
+        eprintln!(
+            "warning: {} connects per storm outnumber the {ports} local ports: ports in \
+             TIME_WAIT get reused, which slows the storm down",
+            args.connects
+        );
+    }
+
+    let tmp = TempDir::create()?;
+    let config = tmp.path().join("bench.toml");
+    fs::write(&config, bench_config(tmp.path())).context("writing the bench config")?;
+    let addr = start_listener()?;
+    eprintln!(
+        "agent {}; work dir {}; loopback listener {addr}; load average {}",
+        binary.display(),
+        tmp.path().display(),
+        load_average()
+    );
+
+    let bench = Bench {
+        binary: &binary,
+        config: &config,
+        dir: tmp.path(),
+        addr,
+        execs: args.execs,
+        connects: args.connects,
+        hz: clock_ticks()?,
+    };
+    let mut rounds = Vec::new();
+    for r in 1..=args.rounds {
+        rounds.push(bench.round(r, args.rounds)?);
+    }
+    let idle = bench.idle(args.idle_secs)?;
+    print_report(args, &rounds, &idle);
+    Ok(())
+}
+
+/// What one round measured.
+struct Round {
+    /// Whether the "with agent" half ran first.
+    with_first: bool,
+    without: Timed,
+    with: Timed,
+    /// What the agent reported for the "with" half.
+    observed: Observed,
+}
+
+/// The two storms' durations in one half of a round.
+struct Timed {
+    exec: Duration,
+    connect: Duration,
+    /// Connect storms thrown away because the listener's accept queue overflowed.
+    connect_repeats: u32,
+    /// CPU the rest of the machine used meanwhile, in cores (0.0: nothing else ran).
+    others: f64,
+}
+
+/// The agent's own account of one "with" half.
+struct Observed {
+    exec_seen: u64,
+    exec_lost: u64,
+    connect_seen: u64,
+    connect_lost: u64,
+    /// The agent's CPU time (user + system) while the two storms ran.
+    agent_cpu: Duration,
+}
+
+/// The idle agent's footprint.
+struct Idle {
+    rss_kib: u64,
+    hwm_kib: u64,
+    cpu_percent: f64,
+    secs: f64,
+}
+
+/// Everything a round needs.
+struct Bench<'a> {
+    binary: &'a Path,
+    config: &'a Path,
+    dir: &'a Path,
+    addr: SocketAddr,
+    execs: u64,
+    connects: u64,
+    /// Clock ticks per second of /proc CPU times.
+    hz: u64,
+}
+
+impl Bench<'_> {
+    /// One round: both storms without and with the agent, "with" first on even rounds.
+    fn round(&self, r: u32, total: u32) -> anyhow::Result<Round> {
+        let with_first = r.is_multiple_of(2);
+        let mut without = None;
+        let mut with = None;
+        for half_is_with in [with_first, !with_first] {
+            if half_is_with {
+                with = Some(self.with_agent(r, total)?);
+            } else {
+                without =
+                    Some(self.storms(&format!("round {r}/{total}"), "without agent", None)?);
+            }
+        }
+        let (with, observed) = with.expect("ran the with half");
+        Ok(Round {
+            with_first,
+            without: without.expect("ran the without half"),
+            with,
+            observed,
+        })
+    }
+
+    /// Time the exec storm, then the connect storm. A connect storm during which the
+    /// listener's accept queue overflowed is repeated: the dropped SYN costs a 1 s
+    /// retransmit, which measures the bench's own listener thread falling behind (it was
+    /// not scheduled), not the cost of a connect.
+    ///
+    /// Also measures how much CPU the rest of the machine used meanwhile (everything but
+    /// this process, its children and the agent), to flag rounds that others disturbed.
+    fn storms(&self, round: &str, label: &str, agent: Option<u32>) -> anyhow::Result<Timed> {
+        let before = CpuSnapshot::take(agent);
+        let exec = exec_storm(self.execs)?;
+        eprintln!("{round}: exec {label}: {}", secs(exec));
+        let mut connect_repeats = 0;
+        let connect = loop {
+            let overflows = listen_overflows();
+            let connect = connect_storm(self.addr, self.connects)?;
+            let overflowed = listen_overflows().saturating_sub(overflows);
+            if overflowed == 0 || connect_repeats == MAX_CONNECT_REPEATS {
+                break connect;
+            }
+            connect_repeats += 1;
+            eprintln!(
+                "{round}: connect {label}: {} with {overflowed} accept-queue overflow(s) \
+                 (1 s SYN retransmits): repeating it",
+                secs(connect)
+            );
+        };
+        eprintln!("{round}: connect {label}: {}", secs(connect));
+        let others = match (before, CpuSnapshot::take(agent)) {
+            (Some(before), Some(after)) => others_cores(&before, &after, self.hz),
+            _ => 0.0,
+        };
+        Ok(Timed {
+            exec,
+            connect,
+            connect_repeats,
+            others,
+        })
+    }
+
+    /// The "with" half: start the agent, time the storms, check it saw them, stop it.
+    fn with_agent(&self, r: u32, total: u32) -> anyhow::Result<(Timed, Observed)> {
+        let round = format!("round {r}/{total}");
+        let mut agent = Agent::start(self, &format!("round{r}"))?;
+        let before = agent.wait_ready()?;
+        thread::sleep(Duration::from_secs(1));
+        let cpu_before = agent.cpu_ticks()?;
+        let timed = self.storms(&round, "with agent", Some(agent.pid()))?;
+        let cpu_after = agent.cpu_ticks()?;
+        let after = agent.wait_drained(&before, self.execs, self.connects)?;
+        let observed = Observed {
+            exec_seen: after.exec.seen - before.exec.seen,
+            exec_lost: after.exec.lost.saturating_sub(before.exec.lost),
+            connect_seen: after.connect.seen - before.connect.seen,
+            connect_lost: after.connect.lost.saturating_sub(before.connect.lost),
+            agent_cpu: ticks_to_duration(cpu_after.saturating_sub(cpu_before), self.hz),
+        };
+        eprintln!(
+            "{round}: agent saw {} exec-sensor records (lost {}), {} connects (lost {}); \
+             used {} of CPU",
+            observed.exec_seen,
+            observed.exec_lost,
+            observed.connect_seen,
+            observed.connect_lost,
+            secs(observed.agent_cpu)
+        );
+        ensure!(
+            observed.exec_seen >= self.execs && observed.connect_seen >= self.connects,
+            "the agent did not observe the storms: exec sensor saw {} (lost {}) for {} execs, \
+             connect sensor saw {} (lost {}) for {} connects{}",
+            observed.exec_seen,
+            observed.exec_lost,
+            self.execs,
+            observed.connect_seen,
+            observed.connect_lost,
+            self.connects,
+            agent.log_tail()
+        );
+        agent.stop()?;
+        Ok((timed, observed))
+    }
+
+    /// Start the agent once more, let it settle and measure what it costs doing nothing.
+    fn idle(&self, idle_secs: u64) -> anyhow::Result<Idle> {
+        eprintln!("idle: starting the agent, then measuring for {idle_secs} s");
+        let mut agent = Agent::start(self, "idle")?;
+        agent.wait_ready()?;
+        thread::sleep(Duration::from_secs(2));
+        let hz = self.hz;
+        let t0 = Instant::now();
+        let ticks0 = agent.cpu_ticks()?;
+        thread::sleep(Duration::from_secs(idle_secs));
+        let ticks1 = agent.cpu_ticks()?;
+        let elapsed = t0.elapsed();
+        let status = fs::read_to_string(format!("/proc/{}/status", agent.pid()))
+            .context("reading the agent's /proc status")?;
+        let rss_kib = status_kib(&status, "VmRSS").context("no VmRSS in /proc/PID/status")?;
+        let hwm_kib = status_kib(&status, "VmHWM").context("no VmHWM in /proc/PID/status")?;
+        agent.stop()?;
+        Ok(Idle {
+            rss_kib,
+            hwm_kib,
+            cpu_percent: cpu_percent(ticks1.saturating_sub(ticks0), hz, elapsed),
+            secs: elapsed.as_secs_f64(),
+        })
+    }
+}
+
+/// N sequential fork+exec+wait of /bin/true.
+fn exec_storm(n: u64) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    for _ in 0..n {
+        let status = Command::new("/bin/true")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .context("running /bin/true")?;
+        ensure!(status.success(), "/bin/true failed: {status}");
+    }
+    Ok(start.elapsed())
+}
+
+/// N sequential TCP connects to the loopback listener, each closed at once.
+fn connect_storm(addr: SocketAddr, n: u64) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    for i in 0..n {
+        let stream = TcpStream::connect(addr)
+            .with_context(|| format!("connect {} of {n} to {addr}", i + 1))?;
+        drop(stream);
+    }
+    Ok(start.elapsed())
+}
+
+/// Accept-queue length asked for the listener; the kernel caps it at net.core.somaxconn.
+const LISTEN_BACKLOG: i32 = 4096;
+
+unsafe extern "C" {
+    /// listen(2), from the C library std already links (xtask has no libc crate).
+    fn listen(fd: i32, backlog: i32) -> i32;
+}
+
+/// A listener on 127.0.0.1 (never anything else) that accepts and drops every connection,
+/// for the whole run.
+///
+/// std listens with a backlog of 128: a sequential storm fills that in about 1.5 ms whenever
+/// the listener thread is not scheduled, and every SYN dropped then costs a 1 s retransmit.
+/// Calling listen(2) again on the listening socket raises the backlog (Linux allows that).
+fn start_listener() -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("binding a loopback listener")?;
+    let addr = listener.local_addr()?;
+    // SAFETY: listen(2) on a socket descriptor the listener owns; no memory is shared.
+    if unsafe { listen(listener.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("raising the listen backlog");
+    }
+    thread::Builder::new()
+        .name("bench-listener".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                drop(stream);
+            }
+        })
+        .context("starting the listener thread")?;
+    Ok(addr)
+}
+
+/// A running agent, stopped when dropped.
+struct Agent {
+    child: Option<Child>,
+    binary: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// Start `sentinel run` with its stderr going to `DIR/agent-LABEL.log`.
+    fn start(bench: &Bench, label: &str) -> anyhow::Result<Self> {
+        let log = bench.dir.join(format!("agent-{label}.log"));
+        let stderr = File::create(&log).context("creating the agent log")?;
+        let child = Command::new(bench.binary)
+            .arg("run")
+            .arg("--config")
+            .arg(bench.config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("starting {}", bench.binary.display()))?;
+        Ok(Self {
+            child: Some(child),
+            binary: bench.binary.to_owned(),
+            config: bench.config.to_owned(),
+            log,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Fail, with the log's tail, if the agent has exited.
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(child) = &mut self.child
+            && let Some(status) = child.try_wait()?
+        {
+            self.child = None;
+            bail!("the agent exited ({status}){}", self.log_tail());
+        }
+        Ok(())
+    }
+
+    /// Poll `status --json` until the agent answers.
+    fn wait_ready(&mut self) -> anyhow::Result<Status> {
+        let start = Instant::now();
+        loop {
+            self.check_alive()?;
+            if let Ok(status) = self.status() {
+                return Ok(status);
+            }
+            if start.elapsed() > READY_TIMEOUT {
+                bail!(
+                    "the agent did not answer `status` within {} s{}",
+                    READY_TIMEOUT.as_secs(),
+                    self.log_tail()
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Poll `status --json` until the sensors' counts grew by at least `execs` and `connects`
+    /// since `before` (the ring buffers may still hold records right after a storm), or until
+    /// the drain timeout; returns the last status.
+    fn wait_drained(
+        &mut self,
+        before: &Status,
+        execs: u64,
+        connects: u64,
+    ) -> anyhow::Result<Status> {
+        let start = Instant::now();
+        loop {
+            self.check_alive()?;
+            let now = self.status()?;
+            let done = now.exec.seen >= before.exec.seen + execs
+                && now.connect.seen >= before.connect.seen + connects;
+            if done || start.elapsed() > DRAIN_TIMEOUT {
+                return Ok(now);
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The agent's `status --json`, reduced to what the bench needs.
+    fn status(&self) -> anyhow::Result<Status> {
+        let out = Command::new(&self.binary)
+            .args(["status", "--json", "--config"])
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .output()
+            .context("running `sentinel status`")?;
+        ensure!(
+            out.status.success(),
+            "`sentinel status` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        let json = String::from_utf8_lossy(&out.stdout);
+        Status::parse(&json).with_context(|| format!("unexpected `status --json` output: {json}"))
+    }
+
+    /// The agent's CPU time so far (utime + stime), in clock ticks.
+    fn cpu_ticks(&self) -> anyhow::Result<u64> {
+        let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .context("reading the agent's /proc stat")?;
+        stat_cpu_ticks(&stat).context("unparsable /proc/PID/stat")
+    }
+
+    /// SIGTERM, wait for the exit, SIGKILL after the timeout. Fails if it did not exit cleanly.
+    fn stop(&mut self) -> anyhow::Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        // Best effort: if `kill` cannot run, the timeout below escalates to SIGKILL.
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait()? {
+                ensure!(
+                    status.success(),
+                    "the agent exited with {status} after SIGTERM{}",
+                    self.log_tail()
+                );
+                return Ok(());
+            }
+            if start.elapsed() > STOP_TIMEOUT {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "the agent did not stop within {} s of SIGTERM and was killed{}",
+                    STOP_TIMEOUT.as_secs(),
+                    self.log_tail()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The last lines of the agent's log, ready to append to an error message.
+    fn log_tail(&self) -> String {
+        let lines: Vec<String> = match File::open(&self.log) {
+            Ok(f) => BufReader::new(f).lines().map_while(Result::ok).collect(),
+            Err(e) => return format!("\n(agent log {} unreadable: {e})", self.log.display()),
+        };
+        let tail = &lines[lines.len().saturating_sub(20)..];
+        format!(
+            "\n--- last lines of {} ---\n{}",
+            self.log.display(),
+            tail.join("\n")
+        )
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            eprintln!("while stopping the agent: {e:#}");
+        }
+    }
+}
+
+/// A fresh directory under /tmp, removed with everything in it when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn create() -> anyhow::Result<Self> {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos();
+        let path =
+            std::env::temp_dir().join(format!("sentinel-bench-{}-{nanos:09}", std::process::id()));
+        fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self(path))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_dir_all(&self.0) {
+            eprintln!("could not remove {}: {e}", self.0.display());
+        }
+    }
+}
+
+/// One sensor's counters from `status --json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Counts {
+    seen: u64,
+    lost: u64,
+}
+
+/// The part of `status --json` the bench uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Status {
+    exec: Counts,
+    connect: Counts,
+}
+
+impl Status {
+    fn parse(json: &str) -> Option<Self> {
+        Some(Self {
+            exec: sensor_counts(json, "exec")?,
+            connect: sensor_counts(json, "connect")?,
+        })
+    }
+}
+
+/// `seen` and `lost` of one sensor in `{"sensors":{"NAME":{"seen":N,"lost":N,…},…},…}`.
+/// A deliberately small reader for this one known shape (xtask has no JSON crate).
+fn sensor_counts(json: &str, sensor: &str) -> Option<Counts> {
+    let sensors = &json[json.find("\"sensors\"")?..];
+    let key = format!("\"{sensor}\"");
+    let mut rest = sensors;
+    // The sensor's key is the one followed by `:` and an object.
+    let object = loop {
+        let at = rest.find(&key)?;
+        rest = &rest[at + key.len()..];
+        let object = rest
+            .trim_start()
+            .strip_prefix(':')
+            .and_then(|after| after.trim_start().strip_prefix('{'));
+        if let Some(body) = object {
+            break &body[..body.find('}')?];
+        }
+    };
+    Some(Counts {
+        seen: json_u64(object, "seen")?,
+        lost: json_u64(object, "lost")?,
+    })
+}
+
+/// The unsigned integer value of `"key"` in a flat JSON object body.
+fn json_u64(object: &str, key: &str) -> Option<u64> {
+    let key = format!("\"{key}\"");
+    let rest = &object[object.find(&key)? + key.len()..];
+    let rest = rest.trim_start().strip_prefix(':')?.trim_start();
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// The system's TcpExt ListenOverflows counter (0 if unreadable: then nothing is repeated).
+fn listen_overflows() -> u64 {
+    fs::read_to_string("/proc/net/netstat")
+        .ok()
+        .and_then(|text| netstat_counter(&text, "TcpExt", "ListenOverflows"))
+        .unwrap_or(0)
+}
+
+/// A counter of `/proc/net/netstat`, where each group is a line of names followed by a line
+/// of values, both starting with `GROUP:`.
+fn netstat_counter(text: &str, group: &str, name: &str) -> Option<u64> {
+    let prefix = format!("{group}:");
+    let mut lines = text.lines().filter_map(|l| l.strip_prefix(&prefix));
+    let names = lines.next()?;
+    let values = lines.next()?;
+    let index = names.split_whitespace().position(|n| n == name)?;
+    values.split_whitespace().nth(index)?.parse().ok()
+}
+
+/// How many ports `net.ipv4.ip_local_port_range` (`LOW HIGH`) spans.
+fn port_range_size(text: &str) -> Option<u64> {
+    let mut bounds = text.split_whitespace().map(|v| v.parse::<u64>().ok());
+    let (low, high) = (bounds.next()??, bounds.next()??);
+    Some(high.checked_sub(low)? + 1)
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/PID/stat` line, in clock ticks.
+fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+    stat_sum(stat, 14..=15)
+}
+
+/// The sum of the numbered fields (1-based, as in proc(5)) of a `/proc/PID/stat` line. The
+/// command name (field 2) may hold spaces and parentheses, so fields are counted after its
+/// last `)`.
+fn stat_sum(stat: &str, fields: std::ops::RangeInclusive<usize>) -> Option<u64> {
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    let values: Vec<&str> = after_comm
+        .split_whitespace()
+        .skip(fields.start() - 3)
+        .take(fields.end() - fields.start() + 1)
+        .collect();
+    if values.len() != fields.end() - fields.start() + 1 {
+        return None;
+    }
+    values.iter().map(|v| v.parse::<u64>().ok()).sum()
+}
+
+/// Busy time (user + nice + system) of all CPUs from the `cpu` line of `/proc/stat`, in
+/// clock ticks. Interrupt time is left out: loopback traffic lands there.
+fn system_busy_ticks(stat: &str) -> Option<u64> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(3)
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    (fields.len() == 3).then(|| fields.iter().sum())
+}
+
+/// The machine's busy CPU time next to ours (this process, its waited-for children and the
+/// agent), at one instant.
+struct CpuSnapshot {
+    at: Instant,
+    system: u64,
+    ours: u64,
+}
+
+impl CpuSnapshot {
+    /// None if /proc cannot be read: the disturbance is then not reported.
+    fn take(agent: Option<u32>) -> Option<Self> {
+        let at = Instant::now();
+        let system = system_busy_ticks(&fs::read_to_string("/proc/stat").ok()?)?;
+        // Fields 14..=17: utime, stime, and cutime, cstime of the children waited for.
+        let mut ours = stat_sum(&fs::read_to_string("/proc/self/stat").ok()?, 14..=17)?;
+        if let Some(pid) = agent {
+            ours += stat_cpu_ticks(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?;
+        }
+        Some(Self { at, system, ours })
+    }
+}
+
+/// Average CPU used by everything else between two snapshots, in cores.
+fn others_cores(before: &CpuSnapshot, after: &CpuSnapshot, hz: u64) -> f64 {
+    let busy = after.system.saturating_sub(before.system);
+    let ours = after.ours.saturating_sub(before.ours);
+    let secs = after.at.duration_since(before.at).as_secs_f64();
+    if secs <= 0.0 {
+        return 0.0;
+    }
+    busy.saturating_sub(ours) as f64 / hz as f64 / secs
+}
+
+/// A `Key:   N kB` value of `/proc/PID/status`, in KiB.
+fn status_kib(status: &str, key: &str) -> Option<u64> {
+    status.lines().find_map(|line| {
+        let value = line.strip_prefix(key)?.strip_prefix(':')?;
+        value.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// The effective uid, from `/proc/self/status`.
+fn effective_uid() -> anyhow::Result<u32> {
+    let status = fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|uid| uid.parse().ok())
+        .context("no Uid line in /proc/self/status")
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`), the unit of /proc CPU times.
+fn clock_ticks() -> anyhow::Result<u64> {
+    let out = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .context("running getconf CLK_TCK")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    match text.trim().parse() {
+        Ok(hz) if out.status.success() && hz > 0 => Ok(hz),
+        _ => bail!("getconf CLK_TCK answered {:?}", text.trim()),
+    }
+}
+
+fn ticks_to_duration(ticks: u64, hz: u64) -> Duration {
+    Duration::from_secs_f64(ticks as f64 / hz as f64)
+}
+
+/// CPU use as a percentage of one CPU.
+fn cpu_percent(ticks: u64, hz: u64, elapsed: Duration) -> f64 {
+    let secs = elapsed.as_secs_f64();
+    if secs <= 0.0 {
+        return 0.0;
+    }
+    ticks as f64 / hz as f64 / secs * 100.0
+}
+
+/// The median; the mean of the middle two for an even count. NaN for no values.
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => sorted[n / 2],
+        _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+/// `ratio 1.034×  (target ≤ 1.05×) ok`, or `above target`. The ratio has three decimals so
+/// that a ratio just above the target never reads as equal to it.
+fn format_ratio(ratio: f64, target: f64) -> String {
+    let verdict = if ratio <= target {
+        "ok"
+    } else {
+        "above target"
+    };
+    format!("ratio {ratio:.3}×  (target ≤ {target:.2}×) {verdict}")
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.3} s", d.as_secs_f64())
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+fn print_report(args: &Args, rounds: &[Round], idle: &Idle) {
+    let col = |f: fn(&Round) -> Duration| -> Vec<f64> {
+        rounds.iter().map(|r| f(r).as_secs_f64()).collect()
+    };
+    let exec_without = median(&col(|r| r.without.exec));
+    let exec_with = median(&col(|r| r.with.exec));
+    let connect_without = median(&col(|r| r.without.connect));
+    let connect_with = median(&col(|r| r.with.connect));
+    let disturbed: Vec<usize> = rounds
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.without.others.max(r.with.others) > DISTURBED_CORES)
+        .map(|(i, _)| i + 1)
+        .collect();
+    let repeats: u32 = rounds
+        .iter()
+        .map(|r| r.without.connect_repeats + r.with.connect_repeats)
+        .sum();
+
+    println!();
+    println!(
+        "per round (seconds; ratio = with / without; \"others\": CPU used by other processes \
+         meanwhile, in cores, without/with):"
+    );
+    println!(
+        "round  first    exec without   with   ratio  connect without   with   ratio  \
+         agent CPU   seen exec/connect  lost    others"
+    );
+    for (i, r) in rounds.iter().enumerate() {
+        let o = &r.observed;
+        println!(
+            "{:>5}  {:<7} {:>13.3} {:>6.3} {:>6.3}× {:>16.3} {:>6.3} {:>6.3}× {:>9.3} s {:>11}/{:<6} {:>3}/{:<3} {:.2}/{:.2}",
+            i + 1,
+            if r.with_first { "with" } else { "without" },
+            r.without.exec.as_secs_f64(),
+            r.with.exec.as_secs_f64(),
+            r.with.exec.as_secs_f64() / r.without.exec.as_secs_f64(),
+            r.without.connect.as_secs_f64(),
+            r.with.connect.as_secs_f64(),
+            r.with.connect.as_secs_f64() / r.without.connect.as_secs_f64(),
+            o.agent_cpu.as_secs_f64(),
+            o.exec_seen,
+            o.connect_seen,
+            o.exec_lost,
+            o.connect_lost,
+            r.without.others,
+            r.with.others,
+        );
+    }
+    if !disturbed.is_empty() {
+        println!(
+            "rounds {disturbed:?}: other processes used more than {DISTURBED_CORES} of a core \
+             meanwhile (column \"others\"); their timings are suspect: rerun on a quiet machine"
+        );
+    }
+    if repeats > 0 {
+        println!(
+            "({repeats} connect storm(s) were repeated because the listener's accept queue \
+             overflowed; see the progress lines)"
+        );
+    }
+    println!();
+    println!(
+        "medians over {} round{}:",
+        rounds.len(),
+        if rounds.len() == 1 { "" } else { "s" }
+    );
+    let exec_label = format!("exec storm    ({} × /bin/true):", args.execs);
+    let connect_label = format!("connect storm ({} × loopback):", args.connects);
+    let width = exec_label
+        .chars()
+        .count()
+        .max(connect_label.chars().count());
+    for (label, without, with, target) in [
+        (exec_label, exec_without, exec_with, EXEC_TARGET),
+        (connect_label, connect_without, connect_with, CONNECT_TARGET),
+    ] {
+        let pad = width - label.chars().count();
+        println!(
+            "{label}{:pad$}  without {without:.3} s  with {with:.3} s  {}",
+            "",
+            format_ratio(with / without, target)
+        );
+    }
+    println!(
+        "idle: RSS {} (peak {}), CPU {:.2} % of one core over {:.0} s",
+        mib(idle.rss_kib),
+        mib(idle.hwm_kib),
+        idle.cpu_percent,
+        idle.secs
+    );
+    println!("load average at the end: {}", load_average());
+}
+
+fn bench_config(dir: &Path) -> String {
+    format!(
+        "[agent]\ndb = {:?}\nsocket = {:?}\n",
+        dir.join("bench.db").display().to_string(),
+        dir.join("bench.sock").display().to_string()
+    )
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+        .to_owned()
+}
+
+/// `target/release/sentinel`, honouring CARGO_TARGET_DIR as cargo does.
+fn default_binary(root: &Path) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target"));
+    root.join(target).join("release").join("sentinel")
+}
+
+fn build_agent(root: &Path) -> anyhow::Result<()> {
+    eprintln!("building… (cargo build --release -p sentinel-agent)");
+    let status = Command::new("cargo")
+        .args(["build", "--release", "-p", "sentinel-agent"])
+        .current_dir(root)
+        .status()
+        .context("running cargo")?;
+    ensure!(status.success(), "building the agent failed ({status})");
+    Ok(())
+}
+
+/// Pids of running processes of the agent binary that this bench did not start.
+fn other_agents(binary: &Path) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let name = binary.file_name();
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            fs::read_link(format!("/proc/{pid}/exe"))
+                .is_ok_and(|exe| exe.file_name() == name || exe == binary)
+        })
+        .collect()
+}
+
+fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STATUS_JSON: &str = r#"{"sensors":{"connect":{"attached":true,"seen":12,"lost":3},"cpu":{"attached":true,"seen":900,"lost":0},"exec":{"attached":true,"seen":4567,"lost":0}},"pending":0,"blocks":0,"uptime_s":0,"host":"vm","pid":123,"processes":66,"malformed":0}"#;
+
+    #[test]
+    fn parses_status_json() {
+        assert_eq!(
+            Status::parse(STATUS_JSON),
+            Some(Status {
+                exec: Counts {
+                    seen: 4567,
+                    lost: 0
+                },
+                connect: Counts { seen: 12, lost: 3 },
+            })
+        );
+    }
+
+    #[test]
+    fn parses_pretty_status_json() {
+        let json = "{ \"sensors\": {\n  \"exec\" : { \"lost\" : 7 , \"seen\" : 8 } } }";
+        assert_eq!(
+            sensor_counts(json, "exec"),
+            Some(Counts { seen: 8, lost: 7 })
+        );
+    }
+
+    #[test]
+    fn missing_sensor_is_none() {
+        assert_eq!(sensor_counts(STATUS_JSON, "dns"), None);
+        assert_eq!(Status::parse("{}"), None);
+        assert_eq!(Status::parse(""), None);
+    }
+
+    #[test]
+    fn sensor_name_as_a_value_is_skipped() {
+        let json =
+            r#"{"sensors":{"cpu":{"note":"exec","seen":1,"lost":0},"exec":{"seen":5,"lost":2}}}"#;
+        assert_eq!(
+            sensor_counts(json, "exec"),
+            Some(Counts { seen: 5, lost: 2 })
+        );
+    }
+
+    #[test]
+    fn stat_ticks_are_utime_plus_stime() {
+        let stat = "4242 (sentinel) S 1 4242 4242 0 -1 4194560 1234 0 0 0 17 5 0 0 20 0 3 0 \
+                    98765 123456789 3000 18446744073709551615";
+        assert_eq!(stat_cpu_ticks(stat), Some(22));
+    }
+
+    #[test]
+    fn stat_comm_with_spaces_and_parens() {
+        let stat = "7 (a) b (c) S 1 7 7 0 -1 0 0 0 0 0 100 200 0 0 20 0 1 0 1 2 3";
+        assert_eq!(stat_cpu_ticks(stat), Some(300));
+        assert_eq!(stat_cpu_ticks("garbage"), None);
+        assert_eq!(stat_cpu_ticks("1 (x) S 1 2"), None);
+    }
+
+    #[test]
+    fn stat_sums_children_too() {
+        let stat = "9 (x) S 1 9 9 0 -1 0 0 0 0 0 10 20 30 40 20 0 1 0 1 2 3";
+        assert_eq!(stat_sum(stat, 14..=17), Some(100));
+        assert_eq!(stat_sum(stat, 14..=15), Some(30));
+        assert_eq!(
+            stat_sum("9 (x) S 1 9 9 0 -1 0 0 0 0 0 10 20", 14..=17),
+            None
+        );
+    }
+
+    #[test]
+    fn system_busy_is_user_nice_system() {
+        let stat = "cpu  100 5 50 9000 3 7 11 0 0 0\ncpu0 50 2 25 4500 1 3 5 0 0 0\n";
+        assert_eq!(system_busy_ticks(stat), Some(155));
+        assert_eq!(system_busy_ticks("cpu0 1 2 3 4\n"), None);
+        assert_eq!(system_busy_ticks("cpu  1 2\n"), None);
+    }
+
+    #[test]
+    fn others_are_busy_minus_ours() {
+        let at = Instant::now();
+        let before = CpuSnapshot {
+            at,
+            system: 1000,
+            ours: 400,
+        };
+        let after = CpuSnapshot {
+            at: at + Duration::from_secs(2),
+            system: 1300,
+            ours: 600,
+        };
+        assert!((others_cores(&before, &after, 100) - 0.5).abs() < 1e-9);
+        let busier_ours = CpuSnapshot { ours: 900, ..after };
+        assert_eq!(others_cores(&before, &busier_ours, 100), 0.0);
+    }
+
+    #[test]
+    fn port_range() {
+        assert_eq!(port_range_size("32768\t60999\n"), Some(28232));
+        assert_eq!(port_range_size("1024 1024"), Some(1));
+        assert_eq!(port_range_size("60999 32768"), None);
+        assert_eq!(port_range_size(""), None);
+    }
+
+    #[test]
+    fn reads_status_kib() {
+        let status = "Name:\tsentinel\nVmHWM:\t   14336 kB\nVmRSS:\t   12595 kB\n";
+        assert_eq!(status_kib(status, "VmRSS"), Some(12595));
+        assert_eq!(status_kib(status, "VmHWM"), Some(14336));
+        assert_eq!(status_kib(status, "VmSwap"), None);
+    }
+
+    #[test]
+    fn reads_netstat_counters() {
+        let text = "TcpExt: SyncookiesSent TW ListenOverflows ListenDrops\n\
+                    TcpExt: 0 1059 7 8\n\
+                    IpExt: InNoRoutes ListenOverflows\n\
+                    IpExt: 0 99\n";
+        assert_eq!(netstat_counter(text, "TcpExt", "ListenOverflows"), Some(7));
+        assert_eq!(netstat_counter(text, "IpExt", "ListenOverflows"), Some(99));
+        assert_eq!(netstat_counter(text, "TcpExt", "Nope"), None);
+        assert_eq!(netstat_counter(text, "MPTcpExt", "TW"), None);
+    }
+
+    #[test]
+    fn medians() {
+        assert!(median(&[]).is_nan());
+        assert_eq!(median(&[2.0]), 2.0);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&[5.0, 1.0, 1.0, 9.0, 2.0]), 2.0);
+    }
+
+    #[test]
+    fn ratio_verdicts() {
+        assert_eq!(
+            format_ratio(1.03, 1.05),
+            "ratio 1.030×  (target ≤ 1.05×) ok"
+        );
+        assert_eq!(
+            format_ratio(1.05, 1.05),
+            "ratio 1.050×  (target ≤ 1.05×) ok"
+        );
+        assert_eq!(
+            format_ratio(1.054, 1.05),
+            "ratio 1.054×  (target ≤ 1.05×) above target"
+        );
+    }
+
+    #[test]
+    fn cpu_percent_of_one_core() {
+        assert_eq!(cpu_percent(50, 100, Duration::from_secs(10)), 5.0);
+        assert_eq!(cpu_percent(0, 100, Duration::from_secs(10)), 0.0);
+        assert_eq!(cpu_percent(10, 100, Duration::ZERO), 0.0);
+    }
+
+    #[test]
+    fn config_quotes_paths() {
+        let config = bench_config(Path::new("/tmp/sentinel-bench-1-2"));
+        assert_eq!(
+            config,
+            "[agent]\ndb = \"/tmp/sentinel-bench-1-2/bench.db\"\nsocket = \"/tmp/sentinel-bench-1-2/bench.sock\"\n"
+        );
+    }
+}

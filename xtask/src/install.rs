@@ -1,0 +1,553 @@
+//! `cargo xtask install` and `cargo xtask uninstall`: put Sentinel on a host as a hardened
+//! systemd service (the unit is `config/sentinel.service`) and take it off again.
+//!
+//! Install lays out the binary (`<prefix>/bin/sentinel`), the config (`/etc/sentinel`, never
+//! overwriting an operator's file), the override signing key, the GeoIP database, the state
+//! directory and the unit; on a live systemd host it then starts the service and waits until
+//! the agent answers. With `--destdir` everything lands under that directory instead and
+//! systemd is never touched, which is how packaging and the tests use it.
+
+use std::{
+    fs,
+    io::{Read as _, Write as _},
+    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+/// Where the config lives; the unit and the CLI default to it.
+const CONFIG: &str = "/etc/sentinel/sentinel.toml";
+const CONFIG_DIR: &str = "/etc/sentinel";
+const STATE_DIR: &str = "/var/lib/sentinel";
+const RUNTIME_DIR: &str = "/run/sentinel";
+const UNIT: &str = "/etc/systemd/system/sentinel.service";
+const UNIT_NAME: &str = "sentinel.service";
+/// The ExecStart path in `config/sentinel.service`, rewritten to `--prefix`.
+const SHIPPED_PREFIX: &str = "/usr/local";
+/// How long `install` waits for the started agent to answer `sentinel status`.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(clap::Args)]
+pub struct InstallArgs {
+    #[command(flatten)]
+    place: Place,
+    /// Do not build: install target/release/sentinel as it is.
+    #[arg(long)]
+    no_build: bool,
+    /// Install this `sentinel` binary instead of building one (implies --no-build).
+    #[arg(long, value_name = "FILE")]
+    binary: Option<PathBuf>,
+    /// Install this country database (.mmdb) instead of fetching the default one with
+    /// scripts/geoip.sh.
+    #[arg(long, value_name = "FILE")]
+    geoip: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct UninstallArgs {
+    #[command(flatten)]
+    place: Place,
+    /// Also delete the agent's nftables table (`table inet <enforce.table>`), lifting every
+    /// block now instead of letting them expire.
+    #[arg(long)]
+    remove_blocks: bool,
+    /// Also delete /etc/sentinel (config, override key) and /var/lib/sentinel (events,
+    /// decisions, GeoIP database).
+    #[arg(long)]
+    purge: bool,
+}
+
+/// Where things go.
+#[derive(clap::Args)]
+struct Place {
+    /// Stage the files under DIR instead of / (for packaging and tests); systemctl is never
+    /// run then.
+    #[arg(long, value_name = "DIR")]
+    destdir: Option<PathBuf>,
+    /// The binary goes to PREFIX/bin/sentinel.
+    #[arg(long, value_name = "PREFIX", default_value = SHIPPED_PREFIX)]
+    prefix: PathBuf,
+}
+
+impl Place {
+    fn check(&self) -> anyhow::Result<()> {
+        if !self.prefix.is_absolute() {
+            bail!(
+                "--prefix must be an absolute path, got {}",
+                self.prefix.display()
+            );
+        }
+        match &self.destdir {
+            Some(d) if !d.is_absolute() => {
+                bail!("--destdir must be an absolute path, got {}", d.display())
+            }
+            Some(_) => Ok(()),
+            None if !nix::unistd::geteuid().is_root() => bail!(
+                "installing into / needs root: run it as root (e.g. `sudo -E env \"PATH=$PATH\" \
+                 cargo xtask ...`), or give --destdir DIR to stage the files elsewhere"
+            ),
+            None => Ok(()),
+        }
+    }
+
+    /// `path` (absolute, as the running system sees it) on the target: under --destdir.
+    fn on_target(&self, path: impl AsRef<Path>) -> PathBuf {
+        let path = path.as_ref();
+        match &self.destdir {
+            Some(d) => d.join(path.strip_prefix("/").unwrap_or(path)),
+            None => path.to_path_buf(),
+        }
+    }
+
+    /// The binary as the running system sees it.
+    fn binary(&self) -> PathBuf {
+        self.prefix.join("bin/sentinel")
+    }
+
+    /// Whether to drive systemd: only on the real root of a host that runs it.
+    fn systemd(&self) -> bool {
+        self.destdir.is_none() && Path::new("/run/systemd/system").is_dir()
+    }
+}
+
+fn step(what: impl std::fmt::Display) {
+    println!("==> {what}");
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// The values of the config the installer acts on, with the agent's defaults.
+struct Settings {
+    geo_enabled: bool,
+    geo_database: PathBuf,
+    secret_file: PathBuf,
+    table: String,
+}
+
+impl Settings {
+    fn read(path: &Path) -> anyhow::Result<Settings> {
+        let text =
+            fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let doc: toml::Table = text.parse().with_context(|| {
+            format!(
+                "{} is not valid TOML (`sentinel check-config --config {}` says more)",
+                path.display(),
+                path.display()
+            )
+        })?;
+        let get = |section: &str, key: &str| doc.get(section).and_then(|s| s.get(key));
+        let string = |section: &str, key: &str, default: &str| {
+            get(section, key)
+                .and_then(toml::Value::as_str)
+                .filter(|s| !s.is_empty())
+                .unwrap_or(default)
+                .to_string()
+        };
+        let table = string("enforce", "table", "sentinel");
+        if table.is_empty()
+            || !table
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            bail!(
+                "enforce.table in {} is {table:?}: expected a plain nftables table name",
+                path.display()
+            );
+        }
+        Ok(Settings {
+            geo_enabled: get("geo", "enabled")
+                .and_then(toml::Value::as_bool)
+                .unwrap_or(true),
+            geo_database: string("geo", "database", "/var/lib/sentinel/country.mmdb").into(),
+            secret_file: string("override", "secret_file", "/etc/sentinel/override.key").into(),
+            table,
+        })
+    }
+}
+
+fn make_dir(path: &Path, mode: u32) -> anyhow::Result<()> {
+    fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting mode {mode:o} on {}", path.display()))
+}
+
+/// Write `bytes` to `path` with `mode`, atomically: a reader (or the running agent's binary)
+/// sees the old file or the new one, never half of one.
+fn write_file(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    let dir = path.parent().context("a file path has a parent")?;
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.xtask-tmp",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let _ = fs::remove_file(&tmp);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    drop(f);
+    // The mode given to open() is filtered by the umask; set it exactly.
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting mode {mode:o} on {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("moving {} into place", path.display()))
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let shown = format!("{cmd:?}").replace('"', "");
+    let status = cmd.status().with_context(|| format!("running {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
+}
+
+/// `cargo xtask install`.
+pub fn install(args: &InstallArgs) -> anyhow::Result<()> {
+    let place = &args.place;
+    place.check()?;
+    let root = workspace_root();
+
+    // 1. The binary.
+    let built = match &args.binary {
+        Some(b) => b.clone(),
+        None => {
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map_or_else(|| root.join("target"), PathBuf::from);
+            let built = target.join("release/sentinel");
+            if args.no_build {
+                step(format!("using {} (--no-build)", built.display()));
+            } else {
+                step("building release (cargo build --release -p sentinel-agent)");
+                run(
+                    Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
+                        .args(["build", "--release", "--package", "sentinel-agent"])
+                        .args(["--bin", "sentinel"])
+                        .current_dir(&root),
+                )
+                .context("the build failed: run scripts/setup.sh first, then retry")?;
+            }
+            built
+        }
+    };
+    if !built.is_file() {
+        bail!(
+            "no binary at {}: build it (cargo build --release) or drop --no-build",
+            built.display()
+        );
+    }
+    let binary = place.on_target(place.binary());
+    step(format!("installing {}", binary.display()));
+    let bytes = fs::read(&built).with_context(|| format!("reading {}", built.display()))?;
+    write_file(&binary, &bytes, 0o755)?;
+
+    // 2. The config: an operator's file is never overwritten.
+    let config_dir = place.on_target(CONFIG_DIR);
+    make_dir(&config_dir, 0o750)?;
+    let shipped = fs::read(root.join("config/sentinel.toml")).context("reading config/")?;
+    let config = place.on_target(CONFIG);
+    if !config.exists() {
+        step(format!("installing {}", config.display()));
+        write_file(&config, &shipped, 0o640)?;
+    } else if fs::read(&config).is_ok_and(|c| c == shipped) {
+        step(format!(
+            "keeping {} (already the shipped default)",
+            config.display()
+        ));
+    } else {
+        let new = config.with_extension("toml.new");
+        step(format!(
+            "keeping your {}; the new default is at {} (compare: diff {} {})",
+            config.display(),
+            new.display(),
+            config.display(),
+            new.display()
+        ));
+        write_file(&new, &shipped, 0o640)?;
+    }
+    let settings = Settings::read(&config)?;
+
+    // 3. The key that signs override links.
+    let key = place.on_target(&settings.secret_file);
+    if key.exists() {
+        let mode = fs::metadata(&key)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            step(format!(
+                "keeping {}, tightening its mode {mode:o} to 600",
+                key.display()
+            ));
+            fs::set_permissions(&key, fs::Permissions::from_mode(0o600))?;
+        } else {
+            step(format!("keeping the override key {}", key.display()));
+        }
+    } else {
+        step(format!(
+            "generating the override key {} (mode 600)",
+            key.display()
+        ));
+        let mut secret = [0u8; 32];
+        fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut secret))
+            .context("reading /dev/urandom")?;
+        let mut text: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+        text.push('\n');
+        write_file(&key, text.as_bytes(), 0o600)?;
+    }
+
+    // 4. State directory and GeoIP database.
+    let state = place.on_target(STATE_DIR);
+    step(format!("creating {} (mode 750)", state.display()));
+    make_dir(&state, 0o750)?;
+    if settings.geo_enabled {
+        let db = place.on_target(&settings.geo_database);
+        match &args.geoip {
+            Some(src) => {
+                step(format!(
+                    "installing the country database {} from {}",
+                    db.display(),
+                    src.display()
+                ));
+                let bytes = fs::read(src).with_context(|| format!("reading {}", src.display()))?;
+                write_file(&db, &bytes, 0o644)?;
+                let licence = PathBuf::from(format!("{}.LICENSE", src.display()));
+                if let Ok(text) = fs::read(&licence) {
+                    write_file(
+                        Path::new(&format!("{}.LICENSE", db.display())),
+                        &text,
+                        0o644,
+                    )?;
+                }
+            }
+            None => {
+                step(format!(
+                    "installing the country database {} (scripts/geoip.sh)",
+                    db.display()
+                ));
+                run(Command::new("bash")
+                    .arg(root.join("scripts/geoip.sh"))
+                    .arg(&db))
+                .context(
+                    "fetching the GeoIP database failed: see geoip.sh's message above, or pass \
+                     --geoip FILE with a country database you have",
+                )?;
+            }
+        }
+    } else {
+        step("geo.enabled = false: no country database");
+    }
+
+    // 5. The unit, pointing at the installed binary.
+    let unit = place.on_target(UNIT);
+    step(format!("installing {}", unit.display()));
+    let shipped_unit =
+        fs::read_to_string(root.join("config/sentinel.service")).context("reading config/")?;
+    let text = shipped_unit.replace(
+        &format!("{SHIPPED_PREFIX}/bin/sentinel"),
+        &place.binary().display().to_string(),
+    );
+    write_file(&unit, text.as_bytes(), 0o644)?;
+
+    // 6. Start it.
+    if place.destdir.is_some() {
+        step(format!(
+            "staged under {} (--destdir): systemd not touched",
+            place
+                .destdir
+                .as_ref()
+                .map_or("/".into(), |d| d.display().to_string())
+        ));
+        return Ok(());
+    }
+    if !place.systemd() {
+        step("systemd is not running here: the service was not started");
+        println!(
+            "    start the agent yourself: {} run --config {CONFIG}",
+            place.binary().display()
+        );
+        return Ok(());
+    }
+    step("systemctl daemon-reload");
+    run(Command::new("systemctl").arg("daemon-reload"))?;
+    step(format!("systemctl enable {UNIT_NAME}"));
+    run(Command::new("systemctl").args(["enable", UNIT_NAME]))?;
+    // restart, not start: after an upgrade the running agent must pick up the new binary.
+    step(format!("systemctl restart {UNIT_NAME}"));
+    let started = run(Command::new("systemctl").args(["restart", UNIT_NAME]));
+    if let Err(e) = started {
+        print_journal();
+        bail!("{e:#}: the agent did not start (its log is above: journalctl -u sentinel)");
+    }
+    wait_ready(&place.binary())?;
+    println!(
+        "Sentinel is running. Logs: journalctl -u sentinel -f. Status: {} status",
+        place.binary().display()
+    );
+    Ok(())
+}
+
+fn print_journal() {
+    let _ = Command::new("journalctl")
+        .args(["-u", UNIT_NAME, "-n", "30", "--no-pager"])
+        .status();
+}
+
+/// Poll `sentinel status` until the started agent answers.
+fn wait_ready(binary: &Path) -> anyhow::Result<()> {
+    step(format!(
+        "waiting for the agent to answer (up to {} s)",
+        READY_TIMEOUT.as_secs()
+    ));
+    let start = Instant::now();
+    let mut last_note = Instant::now();
+    loop {
+        let ok = Command::new(binary)
+            .args(["status", "--config", CONFIG])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            step(format!(
+                "the agent is ready after {:.1} s",
+                start.elapsed().as_secs_f64()
+            ));
+            let _ = Command::new(binary)
+                .args(["status", "--config", CONFIG])
+                .status();
+            return Ok(());
+        }
+        let failed = Command::new("systemctl")
+            .args(["is-failed", "--quiet", UNIT_NAME])
+            .status()
+            .is_ok_and(|s| s.success());
+        if failed || start.elapsed() > READY_TIMEOUT {
+            print_journal();
+            bail!(
+                "the agent {} (its log is above: journalctl -u sentinel); fix the cause and run \
+                 the install again",
+                if failed {
+                    "failed to start"
+                } else {
+                    "did not answer within 30 s"
+                }
+            );
+        }
+        if last_note.elapsed() >= Duration::from_secs(5) {
+            println!("    still waiting ({} s)", start.elapsed().as_secs());
+            last_note = Instant::now();
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// `cargo xtask uninstall`.
+pub fn uninstall(args: &UninstallArgs) -> anyhow::Result<()> {
+    let place = &args.place;
+    place.check()?;
+    let config = place.on_target(CONFIG);
+    let settings = Settings::read(&config).ok();
+
+    // 1. Stop the agent.
+    if place.systemd() {
+        step(format!("systemctl disable --now {UNIT_NAME}"));
+        if let Err(e) = run(Command::new("systemctl").args(["disable", "--now", UNIT_NAME])) {
+            println!("    {e:#} (continuing: the unit may not be installed)");
+        }
+    } else if place.destdir.is_none() {
+        step("systemd is not running here: stop a running `sentinel run` yourself");
+    }
+
+    // 2. Blocks: kept unless asked, they expire on their own.
+    let table = settings.as_ref().map_or("sentinel", |s| s.table.as_str());
+    if args.remove_blocks {
+        if place.destdir.is_some() {
+            step("--remove-blocks with --destdir: the host's nftables are not touched");
+        } else if Command::new("nft")
+            .args(["list", "table", "inet", table])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            step(format!(
+                "nft delete table inet {table} (every block lifted)"
+            ));
+            run(Command::new("nft").args(["delete", "table", "inet", table]))?;
+        } else {
+            step(format!("no nftables table inet {table}: no blocks to lift"));
+        }
+    } else if place.destdir.is_none() {
+        step(format!(
+            "keeping nftables table inet {table}: its blocks expire on their own \
+             (--remove-blocks lifts them now)"
+        ));
+    }
+
+    // 3. The unit and the binary.
+    let mut removed_unit = false;
+    for path in [place.on_target(UNIT), place.on_target(place.binary())] {
+        if path.exists() {
+            step(format!("removing {}", path.display()));
+            fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            removed_unit |= path.ends_with(UNIT_NAME);
+        } else {
+            step(format!("{} is not there", path.display()));
+        }
+    }
+    if removed_unit && place.systemd() {
+        step("systemctl daemon-reload");
+        run(Command::new("systemctl").arg("daemon-reload"))?;
+        let _ = Command::new("systemctl")
+            .args(["reset-failed", UNIT_NAME])
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    // 4. Data: only with --purge.
+    let dirs = [CONFIG_DIR, STATE_DIR, RUNTIME_DIR];
+    if args.purge {
+        for dir in dirs {
+            let path = place.on_target(dir);
+            if path.exists() {
+                step(format!("removing {}", path.display()));
+                fs::remove_dir_all(&path)
+                    .with_context(|| format!("removing {}", path.display()))?;
+            }
+        }
+        if let Some(s) = &settings {
+            for (what, path) in [
+                ("GeoIP database", &s.geo_database),
+                ("override key", &s.secret_file),
+            ] {
+                if !dirs.iter().any(|d| path.starts_with(d)) {
+                    println!(
+                        "    kept the {what} {} (outside Sentinel's directories)",
+                        path.display()
+                    );
+                }
+            }
+        }
+    } else {
+        step(format!(
+            "keeping {} (config, override key) and {} (events, decisions, GeoIP database): \
+             --purge removes them",
+            place.on_target(CONFIG_DIR).display(),
+            place.on_target(STATE_DIR).display()
+        ));
+    }
+    step("Sentinel is uninstalled");
+    Ok(())
+}
