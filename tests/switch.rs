@@ -214,6 +214,7 @@ fn silence_auto_blocks_the_target_and_only_it() {
         (b[0]["addr"].as_str(), b[0]["decision_id"].as_str()),
         (Some("192.0.2.2"), Some(id.as_str()))
     );
+    assert_eq!(b[0]["in_kernel"], true, "{b:?}");
     agent.wait_for("alert", "in state auto-blocked", |a| {
         a["id"] == id.as_str() && a["state"] == "auto-blocked"
     });

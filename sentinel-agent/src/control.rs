@@ -44,6 +44,8 @@ pub struct Shared {
     pub kills: AtomicU64,
     /// Alerts raised since start, by anomaly.
     pub alerts: Mutex<BTreeMap<String, u64>>,
+    /// Chat delivery counters.
+    pub notify: Arc<crate::notify::NotifyStats>,
     pub hub: Hub,
     /// Answers to pending decisions, to the switch.
     pub answers: mpsc::Sender<Answer>,
@@ -80,7 +82,11 @@ impl Shared {
             pending: status.pending,
             blocks: status.blocks,
             kills: status.kills,
-            notify_failures: BTreeMap::new(),
+            notify_failures: status
+                .notify
+                .iter()
+                .map(|(channel, s)| (channel.clone(), s.failed))
+                .collect(),
             processes: status.processes,
         }
     }
@@ -113,6 +119,7 @@ impl Shared {
                 .iter()
                 .map(|c| c.malformed.load(Ordering::Relaxed))
                 .sum(),
+            notify: self.notify.snapshot(),
         }
     }
 }

@@ -28,6 +28,11 @@ use crate::{
     geo::Geo,
     ipc::Hub,
     ledger::Ledger,
+    notify::{
+        self, NotifyStats,
+        summary::{Summary, SummarySource},
+    },
+    override_http::{self, Secret},
     pipeline::{Detectors, Pipeline},
     sensors::{self, KernelEvent, LoadOptions, SENSORS, cpu::CpuTracker},
     service,
@@ -144,10 +149,66 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
         config.host_id(),
     );
-    switch.resume(&trust_for_resume, SystemTime::now())?;
-
     let (answers_tx, mut answers_rx) = mpsc::channel::<Answer>(64);
     let (unblock_tx, mut unblock_rx) = mpsc::channel::<Unblock>(16);
+    let mut tasks = Vec::new();
+
+    // Chat: announced decisions go out through every configured channel; answers (signed
+    // links, Slack clicks, Telegram presses) come back on the same channel as the CLI's.
+    let (notices_tx, notices_rx) = mpsc::unbounded_channel();
+    switch.set_notices(notices_tx);
+    let notify_stats = Arc::new(NotifyStats::default());
+    let secret = if config.override_.public_url.is_empty() {
+        None
+    } else {
+        Some(Arc::new(
+            Secret::load(&config.override_.secret_file).with_context(|| {
+                "override.public_url is set: the override endpoint needs its key \
+             (cargo xtask install creates it)"
+            })?,
+        ))
+    };
+    if let Some(secret) = &secret {
+        let listener = tokio::net::TcpListener::bind(&config.override_.listen)
+            .await
+            .with_context(|| format!("binding override.listen {}", config.override_.listen))?;
+        let serve = override_http::serve(listener, &config, secret.clone(), answers_tx.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = serve.await {
+                error!("the override endpoint stopped: {e}");
+            }
+        }));
+    }
+    let summary_db = agent.db.clone();
+    let lost_for_summary = lost.clone();
+    let summary: SummarySource = Arc::new(move |since| {
+        let counts = Ledger::open_existing(&summary_db, false)
+            .and_then(|l| l.summary_since(since))
+            .unwrap_or_else(|e| {
+                warn!("daily summary: {e}");
+                Default::default()
+            });
+        let lost = lost_for_summary.lock().expect("lost lock");
+        Summary {
+            alerts_by_anomaly: counts.alerts_by_anomaly,
+            decisions_by_outcome: counts.decisions_by_outcome,
+            blocks: counts.blocks,
+            kills: counts.kills,
+            lost_events: SENSORS.iter().map(|s| lost.lost(s)).sum(),
+            ..Default::default()
+        }
+    });
+    tasks.extend(notify::spawn(
+        &config,
+        secret,
+        notices_rx,
+        answers_tx.clone(),
+        notify_stats.clone(),
+        Some(summary),
+    ));
+    // Resumed decisions are announced too.
+    switch.resume(&trust_for_resume, SystemTime::now())?;
+
     let shared = Arc::new(Shared {
         host: config.host_id(),
         started: Instant::now(),
@@ -159,6 +220,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         blocks: AtomicU64::new(0),
         kills: AtomicU64::new(0),
         alerts: Default::default(),
+        notify: notify_stats,
         hub: Hub::default(),
         answers: answers_tx,
         unblocks: unblock_tx,
@@ -166,7 +228,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let listener = control::bind_socket(&agent.socket)?;
 
     let (tx, mut rx) = mpsc::channel::<Vec<KernelEvent>>(1024);
-    let mut tasks = vec![tokio::spawn(control::serve(listener, shared.clone()))];
+    tasks.push(tokio::spawn(control::serve(listener, shared.clone())));
     for (name, ring, counters) in [
         ("exec", exec_ring, shared.counters[0].clone()),
         ("connect", connect_ring, shared.counters[1].clone()),

@@ -33,17 +33,6 @@ impl State {
             State::AutoBlocked => "auto-blocked",
         }
     }
-
-    pub fn parse(text: &str) -> Option<State> {
-        [
-            State::Pending,
-            State::Safe,
-            State::Blocked,
-            State::AutoBlocked,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == text)
-    }
 }
 
 impl fmt::Display for State {

@@ -55,6 +55,9 @@ pub struct Status {
     pub processes: u64,
     /// Records the agent could not decode (malformed or unknown kind).
     pub malformed: u64,
+    /// Chat delivery per channel: messages sent, failed after every attempt, last error.
+    #[serde(default)]
+    pub notify: BTreeMap<String, crate::notify::ChannelStatus>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

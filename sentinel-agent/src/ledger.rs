@@ -50,6 +50,15 @@ pub struct Kill {
     pub at: SystemTime,
 }
 
+/// Counts over a period, for the daily summary.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeriodCounts {
+    pub alerts_by_anomaly: std::collections::BTreeMap<String, u64>,
+    pub decisions_by_outcome: std::collections::BTreeMap<String, u64>,
+    pub blocks: u64,
+    pub kills: u64,
+}
+
 /// A pending decision with the alert that opened it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Open {
@@ -270,13 +279,6 @@ impl Ledger {
         .transpose()
     }
 
-    /// Record (or extend) a block.
-    pub fn add_block(&self, block: &Block) -> Result<(), LedgerError> {
-        upsert_block(&self.conn, block)
-            .map(drop)
-            .map_err(|e| self.err(e))
-    }
-
     /// Forget the block on `addr`; true if there was one.
     pub fn remove_block(&self, addr: IpAddr) -> Result<bool, LedgerError> {
         let n = self
@@ -370,6 +372,42 @@ impl Ledger {
             )
             .map_err(|e| self.err(e))?;
         Ok(())
+    }
+
+    /// What the daily summary reports since `since`: alerts by anomaly, decisions ended by
+    /// outcome, blocks made and processes killed.
+    pub fn summary_since(&self, since: SystemTime) -> Result<PeriodCounts, LedgerError> {
+        let t = ns(since);
+        let grouped = |sql: &str| -> Result<std::collections::BTreeMap<String, u64>, LedgerError> {
+            let mut stmt = self.conn.prepare(sql).map_err(|e| self.err(e))?;
+            let rows = stmt
+                .query_map([t], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                .map_err(|e| self.err(e))?;
+            let mut out = std::collections::BTreeMap::new();
+            for row in rows {
+                let (k, n) = row.map_err(|e| self.err(e))?;
+                out.insert(k, n as u64);
+            }
+            Ok(out)
+        };
+        let count = |sql: &str| -> Result<u64, LedgerError> {
+            self.conn
+                .query_row(sql, [t], |r| r.get::<_, i64>(0))
+                .map(|n| n as u64)
+                .map_err(|e| self.err(e))
+        };
+        Ok(PeriodCounts {
+            alerts_by_anomaly: grouped(
+                "SELECT json_extract(body, '$.anomaly'), COUNT(*) FROM events
+                 WHERE kind = 'alert' AND ts_ns >= ?1 GROUP BY 1",
+            )?,
+            decisions_by_outcome: grouped(
+                "SELECT state, COUNT(*) FROM decisions
+                 WHERE state != 'pending' AND ended >= ?1 GROUP BY 1",
+            )?,
+            blocks: count("SELECT COUNT(*) FROM blocks WHERE created >= ?1")?,
+            kills: count("SELECT COUNT(*) FROM kills WHERE at >= ?1")?,
+        })
     }
 
     pub fn kill_count(&self) -> Result<u64, LedgerError> {

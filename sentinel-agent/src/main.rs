@@ -13,6 +13,8 @@ mod geo;
 mod ipc;
 mod ledger;
 mod metrics;
+mod notify;
+mod override_http;
 mod pipeline;
 mod sensors;
 mod service;

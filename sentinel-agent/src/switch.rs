@@ -73,7 +73,7 @@ impl Switch {
 
     /// At start: prepare the table, re-assert every unexpired block with its remaining time,
     /// and resume pending decisions with their original deadlines (one that passed while the
-    /// agent was down is enforced at the next tick).
+    /// agent was down is enforced at the next tick), announcing them again.
     pub fn resume(&mut self, trust: &TrustSet, now: SystemTime) -> Result<(), LedgerError> {
         if let Err(e) = self.enforcer.prepare() {
             error!("preparing the enforcement table failed: {e}");
@@ -97,6 +97,8 @@ impl Switch {
         self.safe = self.ledger.safe_targets(now)?.into_iter().collect();
         for open in self.ledger.pending()? {
             info!(id = %open.decision.id, "resuming a pending decision");
+            // Announced again: the chat message from before the restart may never have left.
+            self.announce(Notice::Opened(open.decision.clone()));
             self.pending.insert(open.decision.id.clone(), open);
         }
         Ok(())

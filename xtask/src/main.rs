@@ -1,7 +1,8 @@
 //! Project tasks that are not plain cargo commands: `cargo xtask build-ebpf`,
-//! `cargo xtask bench`, and `cargo xtask install` / `uninstall`.
+//! `cargo xtask bench` / `bench-switch`, and `cargo xtask install` / `uninstall`.
 
 mod bench;
+mod bench_switch;
 mod install;
 
 use std::process::Command;
@@ -26,6 +27,8 @@ enum Task {
     },
     /// Overhead benchmark: exec and connect storms without and with the agent.
     Bench(bench::Args),
+    /// Enforcement latency: `block ID` and deadline expiry to the element in nftables.
+    BenchSwitch(bench_switch::Args),
     /// Install Sentinel as a hardened systemd service (binary, config, key, GeoIP, unit) and
     /// start it.
     Install(install::InstallArgs),
@@ -37,6 +40,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Task::BuildEbpf { toolchain } => build_ebpf(&toolchain),
         Task::Bench(args) => bench::run(&args),
+        Task::BenchSwitch(args) => bench_switch::run(&args),
         Task::Install(args) => install::install(&args),
         Task::Uninstall(args) => install::uninstall(&args),
     }

@@ -4,7 +4,7 @@
 use std::{io::Write, process::ExitCode, time::SystemTime};
 
 use super::Cli;
-use crate::ledger::Ledger;
+use crate::{config::EnforceMode, enforce::nftables::Nft, ledger::Ledger};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -18,6 +18,15 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     let ledger = Ledger::open_existing(&config.agent.db, false)?;
     let now = SystemTime::now();
     let blocks = ledger.blocks(now)?;
+    // What the kernel holds now: a recorded block missing there has lapsed behind the
+    // agent's back (it is re-asserted at the agent's next start).
+    let in_kernel = match config.enforce.mode {
+        EnforceMode::Nftables => Nft::new(&config.enforce.table)
+            .elements()
+            .map(|els| els.into_iter().map(|(a, _)| a).collect::<Vec<_>>())
+            .ok(),
+        EnforceMode::DryRun => None,
+    };
     let mut out = std::io::stdout().lock();
     if !args.json {
         if blocks.is_empty() {
@@ -32,21 +41,29 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     }
     for b in blocks {
         let expires = humantime::format_rfc3339_seconds(b.expires).to_string();
+        let present = in_kernel.as_ref().map(|els| els.contains(&b.addr));
         if args.json {
             let line = serde_json::json!({
                 "addr": b.addr,
                 "expires": expires,
                 "decision_id": b.decision_id,
+                "in_kernel": present,
             });
             writeln!(out, "{line}")?;
         } else {
             let left = b.expires.duration_since(now).unwrap_or_default().as_secs();
+            let present = match present {
+                Some(true) => "yes",
+                Some(false) => "NO",
+                None => "-",
+            };
             writeln!(
                 out,
-                "{:<40} {:<22} {:>9}s  {}",
+                "{:<40} {:<22} {:>9}s  {:<9} {}",
                 b.addr.to_string(),
                 expires,
                 left,
+                present,
                 b.decision_id
             )?;
         }

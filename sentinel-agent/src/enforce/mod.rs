@@ -47,12 +47,6 @@ impl fmt::Display for Refusal {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Admitted(IpAddr);
 
-impl Admitted {
-    pub fn ip(&self) -> IpAddr {
-        self.0
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum EnforceError {
     #[error("nftables: {0}")]
@@ -294,7 +288,7 @@ mod tests {
             Err(Refusal::ChatEndpoint(_))
         ));
         let ok = e.admit(&trust, ip("::ffff:192.0.2.9")).unwrap();
-        assert_eq!(ok.ip(), ip("192.0.2.9"));
+        assert_eq!(ok, Admitted(ip("192.0.2.9")));
         e.apply(ok, Duration::from_secs(1)).unwrap();
         assert_eq!(e.recorded(), [ip("192.0.2.9")]);
     }

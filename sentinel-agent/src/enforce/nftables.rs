@@ -38,10 +38,6 @@ impl Nft {
         }
     }
 
-    pub fn table(&self) -> &str {
-        &self.table
-    }
-
     /// Run an nft script in one transaction (all or nothing).
     fn run(&self, script: &str) -> Result<(), NftError> {
         let mut child = Command::new("nft")
@@ -129,11 +125,6 @@ impl Nft {
             out.extend(parse_elements(&o.stdout)?);
         }
         Ok(out)
-    }
-
-    /// Remove the whole table (uninstall only).
-    pub fn delete_table(&self) -> Result<(), NftError> {
-        self.run(&format!("delete table inet {}\n", self.table))
     }
 }
 

@@ -1,0 +1,110 @@
+//! The daily summary: what the agent saw and did over the last day, sent once a day to each
+//! channel whose `daily_summary` is on. The figures come from the store through a
+//! [`SummarySource`] the daemon provides; this module only schedules and words them.
+
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use serde::Serialize;
+
+use super::Channel;
+
+/// Counts over a period, for the daily summary.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    /// `agent.id` (filled in by the scheduler).
+    pub host: String,
+    /// Start of the period (filled in by the scheduler); it ends when the summary is made.
+    pub since: SystemTime,
+    /// Alerts raised, per anomaly (`geo`, `lineage`, …).
+    pub alerts_by_anomaly: BTreeMap<String, u64>,
+    /// Decisions ended, per outcome (`safe`, `blocked`, `auto-blocked`).
+    pub decisions_by_outcome: BTreeMap<String, u64>,
+    /// Addresses blocked.
+    pub blocks: u64,
+    /// Process trees killed.
+    pub kills: u64,
+    /// Events the sensors could not deliver.
+    pub lost_events: u64,
+}
+
+impl Default for Summary {
+    fn default() -> Self {
+        Summary {
+            host: String::new(),
+            since: SystemTime::UNIX_EPOCH,
+            alerts_by_anomaly: BTreeMap::new(),
+            decisions_by_outcome: BTreeMap::new(),
+            blocks: 0,
+            kills: 0,
+            lost_events: 0,
+        }
+    }
+}
+
+/// Makes a [`Summary`] of everything since the given time (called on a blocking thread, so
+/// it may query SQLite).
+pub type SummarySource = Arc<dyn Fn(SystemTime) -> Summary + Send + Sync>;
+
+/// `5 (geo 3, lineage 2)`, or `0`.
+fn breakdown(counts: &BTreeMap<String, u64>) -> String {
+    let total: u64 = counts.values().sum();
+    if total == 0 {
+        return "0".into();
+    }
+    let parts: Vec<String> = counts
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    format!("{total} ({})", parts.join(", "))
+}
+
+impl Summary {
+    /// `Sentinel daily summary for web-1 since 2026-05-01T12:00:00Z`.
+    pub fn heading(&self) -> String {
+        format!(
+            "Sentinel daily summary for {} since {}",
+            self.host,
+            humantime::format_rfc3339_seconds(self.since)
+        )
+    }
+
+    /// One `Label: value` line per figure.
+    pub fn lines(&self) -> Vec<String> {
+        vec![
+            format!("Alerts: {}", breakdown(&self.alerts_by_anomaly)),
+            format!("Decisions: {}", breakdown(&self.decisions_by_outcome)),
+            format!("Blocks: {}", self.blocks),
+            format!("Kills: {}", self.kills),
+            format!("Lost events: {}", self.lost_events),
+        ]
+    }
+}
+
+/// Send `channel` a summary every `period`, the first one `period` after start.
+pub async fn daily(period: Duration, source: SummarySource, channel: Arc<Channel>, host: String) {
+    let start = tokio::time::Instant::now() + period;
+    let mut ticks = tokio::time::interval_at(start, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let since = SystemTime::now()
+            .checked_sub(period)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let source = source.clone();
+        let Ok(mut summary) = tokio::task::spawn_blocking(move || source(since)).await else {
+            tracing::warn!(
+                channel = channel.name(),
+                "daily summary: the figures could not be read"
+            );
+            continue;
+        };
+        summary.host = host.clone();
+        summary.since = since;
+        let _ = channel.summary(&summary).await;
+    }
+}
