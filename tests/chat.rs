@@ -15,7 +15,6 @@ use std::{
     fs,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    process::Command,
     sync::{Arc, Mutex},
     thread,
     time::{Duration, Instant, SystemTime},
@@ -25,6 +24,7 @@ use axum::{Router, body::Bytes, extract::State, http::StatusCode, http::Uri};
 use common::{
     Agent,
     netns::{TestNet, knock},
+    nft::Table,
     require_root, serial,
 };
 use hmac::{Hmac, Mac};
@@ -38,29 +38,6 @@ const BOT_TOKEN: &str = "424242:telegram-token-secret";
 const CHAT: i64 = -100_777;
 /// The override key the tests write (mode 0600) and sign links with.
 const KEY: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
-
-/// The agent's nftables table for one test, deleted on drop.
-struct Table(String);
-
-impl Table {
-    fn new(tag: &str) -> Table {
-        let t = Table(format!("snt_chat{tag}_{}", std::process::id()));
-        t.delete();
-        t
-    }
-
-    fn delete(&self) {
-        let _ = Command::new("nft")
-            .args(["delete", "table", "inet", &self.0])
-            .output();
-    }
-}
-
-impl Drop for Table {
-    fn drop(&mut self) {
-        self.delete();
-    }
-}
 
 /// A request a fake chat service received.
 #[derive(Debug, Clone)]
@@ -286,19 +263,6 @@ fn open_decision(agent: &Agent, port: u16) -> String {
     d["id"].as_str().unwrap().to_string()
 }
 
-fn lines(agent: &Agent, args: &[&str]) -> Vec<Value> {
-    let out = agent.cli(args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 /// The decision's current state, from `tail --kind decision` (the latest event for `id`).
 fn state(agent: &Agent, id: &str) -> String {
     agent
@@ -385,7 +349,7 @@ fn teams_link_marks_safe_and_nothing_is_blocked() {
     }
     let _serial = serial();
     let _net = TestNet::new("ct");
-    let table = Table::new("t");
+    let table = Table::new("chat_t");
     let teams = Fake::teams();
     let (_keydir, key) = key_file();
     let port = free_port();
@@ -445,12 +409,12 @@ fn teams_link_marks_safe_and_nothing_is_blocked() {
         d["id"] == id.as_str() && d["state"] == "safe"
     });
     assert_eq!(ended["decided_by"], "teams-link", "{ended}");
-    let blocks = lines(&agent, &["blocks", "--json"]);
+    let blocks = agent.json_lines(&["blocks", "--json"]);
     assert!(
         blocks.iter().all(|b| b["addr"] != "192.0.2.2"),
         "{blocks:?}"
     );
-    assert!(lines(&agent, &["pending", "--json"]).is_empty());
+    assert!(agent.json_lines(&["pending", "--json"]).is_empty());
 
     let (status, _) = teams.post_form(&decide, &fields);
     assert_eq!(status, 409, "a link works once");
@@ -472,7 +436,7 @@ fn slack_click_confirms_block() {
     }
     let _serial = serial();
     let _net = TestNet::new("cs");
-    let table = Table::new("s");
+    let table = Table::new("chat_s");
     let slack = Fake::slack();
     let (_keydir, key) = key_file();
     let port = free_port();
@@ -513,7 +477,7 @@ fn slack_click_confirms_block() {
         d["id"] == id.as_str() && d["state"] == "blocked"
     });
     assert_eq!(ended["decided_by"], "slack:U42", "{ended}");
-    let blocks = lines(&agent, &["blocks", "--json"]);
+    let blocks = agent.json_lines(&["blocks", "--json"]);
     assert!(
         blocks
             .iter()
@@ -545,7 +509,7 @@ fn telegram_press_is_applied_and_answered() {
     }
     let _serial = serial();
     let _net = TestNet::new("cg");
-    let table = Table::new("g");
+    let table = Table::new("chat_g");
     let updates: Arc<Mutex<VecDeque<Value>>> = Arc::default();
     let telegram = Fake::telegram(updates.clone());
     let (_keydir, key) = key_file();
@@ -594,7 +558,8 @@ fn telegram_press_is_applied_and_answered() {
     assert_eq!(edit["message_id"], message_id, "{edit}");
     assert!(edit["text"].as_str().unwrap().contains("BLOCKED"), "{edit}");
     assert!(
-        lines(&agent, &["blocks", "--json"])
+        agent
+            .json_lines(&["blocks", "--json"])
             .iter()
             .any(|b| b["decision_id"] == id.as_str())
     );
@@ -611,7 +576,7 @@ fn forged_expired_replayed_and_foreign_answers_change_nothing() {
     }
     let _serial = serial();
     let _net = TestNet::new("cf");
-    let table = Table::new("f");
+    let table = Table::new("chat_f");
     let slack = Fake::slack();
     let teams = Fake::teams();
     let updates: Arc<Mutex<VecDeque<Value>>> = Arc::default();
@@ -687,7 +652,7 @@ fn forged_expired_replayed_and_foreign_answers_change_nothing() {
 
     thread::sleep(Duration::from_millis(500));
     assert_eq!(state(&agent, &id), "pending");
-    let pending = lines(&agent, &["pending", "--json"]);
+    let pending = agent.json_lines(&["pending", "--json"]);
     assert_eq!(pending.len(), 1, "{pending:?}");
     assert_eq!(pending[0]["id"], id.as_str());
     let log = agent.log();
@@ -741,7 +706,7 @@ fn unreachable_or_slow_chat_still_auto_blocks_on_time() {
     }
     let _serial = serial();
     let _net = TestNet::new("cd");
-    let table = Table::new("d");
+    let table = Table::new("chat_d");
     let slow = Fake::start(|_| (200, String::new(), Duration::from_secs(20)));
     let (_keydir, key) = key_file();
     let port = free_port();
@@ -768,7 +733,8 @@ fn unreachable_or_slow_chat_still_auto_blocks_on_time() {
         "auto-blocked {late:?} after the deadline"
     );
     assert!(
-        lines(&agent, &["blocks", "--json"])
+        agent
+            .json_lines(&["blocks", "--json"])
             .iter()
             .any(|b| b["addr"] == "192.0.2.2" && b["decision_id"] == id.as_str())
     );

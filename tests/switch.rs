@@ -17,83 +17,10 @@ use std::{
 use common::{
     Agent,
     netns::{TestNet, knock},
+    nft::Table,
     require_root, serial,
 };
 use serde_json::Value;
-
-/// The agent's table for one test, deleted on drop.
-struct Table(String);
-
-impl Table {
-    fn new(tag: &str) -> Table {
-        let t = Table(format!("snt_{tag}_{}", std::process::id()));
-        t.delete();
-        t
-    }
-
-    fn delete(&self) {
-        let _ = Command::new("nft")
-            .args(["delete", "table", "inet", &self.0])
-            .output();
-    }
-
-    fn exists(&self) -> bool {
-        Command::new("nft")
-            .args(["list", "table", "inet", &self.0])
-            .output()
-            .unwrap()
-            .status
-            .success()
-    }
-
-    /// Elements of `set` with their timeout (seconds), from `nft -j`.
-    fn elements(&self, set: &str) -> Vec<(String, Option<u64>)> {
-        let out = Command::new("nft")
-            .args(["-j", "list", "set", "inet", &self.0, set])
-            .output()
-            .unwrap();
-        if !out.status.success() {
-            return Vec::new();
-        }
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        let mut els = Vec::new();
-        for item in v["nftables"].as_array().unwrap() {
-            for e in item["set"]["elem"].as_array().into_iter().flatten() {
-                let (val, timeout) = match e.get("elem") {
-                    Some(x) => (x["val"].as_str(), x["timeout"].as_u64()),
-                    None => (e.as_str(), None),
-                };
-                els.push((val.unwrap().to_string(), timeout));
-            }
-        }
-        els
-    }
-
-    fn delete_element(&self, set: &str, addr: &str) {
-        let out = Command::new("nft")
-            .args([
-                "delete",
-                "element",
-                "inet",
-                &self.0,
-                set,
-                &format!("{{ {addr} }}"),
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-impl Drop for Table {
-    fn drop(&mut self) {
-        self.delete();
-    }
-}
 
 fn config(table: &Table, countdown: &str, extra: &str) -> String {
     format!(
@@ -131,29 +58,11 @@ fn libc_eperm() -> i32 {
 }
 
 fn pending(agent: &Agent) -> Vec<Value> {
-    let out = agent.cli(&["pending", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    agent.json_lines(&["pending", "--json"])
 }
 
 fn blocks(agent: &Agent) -> Vec<Value> {
-    let out = agent.cli(&["blocks", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    agent.json_lines(&["blocks", "--json"])
 }
 
 /// Knock on `addr` and wait for the pending decision it opens.

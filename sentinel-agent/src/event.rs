@@ -315,6 +315,28 @@ impl fmt::Display for Record {
     }
 }
 
+/// A geo alert on `target` for tests: the same fixture everywhere.
+#[cfg(test)]
+pub fn sample_alert(id: &str, target: &str) -> AlertBody {
+    use crate::detect::Anomaly;
+    AlertBody {
+        id: id.into(),
+        anomaly: "geo".into(),
+        severity: "critical".into(),
+        risk: 70,
+        mitre: Anomaly::Geo.mitre(),
+        pid: 9,
+        comm: "curl".into(),
+        exe: Some("/usr/bin/curl".into()),
+        target_ip: Some(target.parse().unwrap()),
+        country: Some("RU".into()),
+        state: "none".into(),
+        deadline: None,
+        count: 1,
+        detail: "curl connected".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -388,24 +410,9 @@ mod tests {
             ts: "2026-11-22T20:00:00.000Z".into(),
             host: "h".into(),
             body: Body::Alert(Box::new(AlertBody {
-                id: "0badc0de".into(),
-                anomaly: "geo".into(),
-                severity: "critical".into(),
                 risk: 85,
-                mitre: Mitre {
-                    technique: "T1071.001".into(),
-                    tactic: "Command and Control".into(),
-                    name: "Web Protocols".into(),
-                },
-                pid: 9,
-                comm: "curl".into(),
-                exe: Some("/usr/bin/curl".into()),
-                target_ip: Some("203.0.113.9".parse().unwrap()),
-                country: Some("RU".into()),
-                state: "none".into(),
-                deadline: None,
                 count: 3,
-                detail: "curl connected".into(),
+                ..sample_alert("0badc0de", "203.0.113.9")
             })),
         };
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();

@@ -351,7 +351,7 @@ mod tests {
 
     #[test]
     fn alert_updates_replace_the_stored_alert() {
-        use crate::event::{AlertBody, Mitre};
+        use crate::event::{AlertBody, sample_alert};
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(&dir.path().join("s.db")).unwrap();
         let alert = |id: &str, count| {
@@ -359,24 +359,8 @@ mod tests {
                 UNIX_EPOCH + Duration::from_secs(1),
                 "h",
                 Body::Alert(Box::new(AlertBody {
-                    id: id.into(),
-                    anomaly: "geo".into(),
-                    severity: "critical".into(),
-                    risk: 70,
-                    mitre: Mitre {
-                        technique: "T1071.001".into(),
-                        tactic: "Command and Control".into(),
-                        name: "Web Protocols".into(),
-                    },
-                    pid: 1,
-                    comm: "c".into(),
-                    exe: None,
-                    target_ip: None,
-                    country: None,
-                    state: "none".into(),
-                    deadline: None,
                     count,
-                    detail: String::new(),
+                    ..sample_alert(id, "203.0.113.9")
                 })),
             ))
         };

@@ -314,30 +314,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::{enforce::Backend, event::Mitre};
-
-    fn alert(id: &str, target: &str) -> AlertBody {
-        AlertBody {
-            id: id.into(),
-            anomaly: "geo".into(),
-            severity: "critical".into(),
-            risk: 70,
-            mitre: Mitre {
-                technique: "T1071.001".into(),
-                tactic: "Command and Control".into(),
-                name: "Web Protocols".into(),
-            },
-            pid: 9,
-            comm: "curl".into(),
-            exe: None,
-            target_ip: Some(target.parse().unwrap()),
-            country: Some("RU".into()),
-            state: "none".into(),
-            deadline: None,
-            count: 1,
-            detail: String::new(),
-        }
-    }
+    use crate::{enforce::Backend, event::sample_alert as alert};
 
     const T: Timings = Timings {
         countdown: Duration::from_secs(300),

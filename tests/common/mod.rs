@@ -20,6 +20,7 @@ use serde_json::Value;
 
 pub mod mmdb;
 pub mod netns;
+pub mod nft;
 
 /// The test GeoIP database: documentation ranges → countries (SPEC §8).
 pub const TEST_COUNTRIES: [(&str, &str); 5] = [
@@ -167,6 +168,21 @@ impl Agent {
             .arg(&self.config)
             .output()
             .unwrap()
+    }
+
+    /// A `--json` command's output, one object per line.
+    pub fn json_lines(&self, args: &[&str]) -> Vec<Value> {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+            .collect()
     }
 
     pub fn status(&self) -> Value {
