@@ -1,20 +1,24 @@
 //! `cargo xtask bench`: how much the agent slows down the work it watches. An exec storm
 //! (sequential fork+exec of /bin/true) and a loopback connect storm are timed without and
 //! with the agent running, in alternating order within one run so that drift of the machine
-//! cancels out, and the median slowdown ratios are printed next to their targets. The agent's
-//! status counters prove it really observed every storm; its idle RSS and CPU are reported
-//! last. Rounds during which other processes used the CPU are flagged, since on a small
-//! machine they swamp the effect measured. This is a measurement, not a test: a missed
-//! target is printed, not an error.
+//! cancels out, and the median slowdown ratios are printed next to their targets. The
+//! agent's status counters prove it really observed every storm; its idle RSS and CPU are
+//! measured first and reported last. Rounds during which other processes used the CPU are
+//! flagged, since on a small machine they swamp the effect measured. This is a measurement,
+//! not a test: a missed target is printed, not an error.
 
 use std::{
     fs::{self, File},
-    io::{BufRead as _, BufReader},
+    io::{BufRead as _, BufReader, Read as _},
     net::{SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    thread,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::{self, JoinHandle},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -32,7 +36,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Other processes' CPU use (in cores) above which a round is flagged as disturbed.
 const DISTURBED_CORES: f64 = 0.1;
-/// How often a connect storm spoiled by accept-queue overflows is repeated.
+/// How often a connect storm spoiled by SYN retransmits is repeated.
 const MAX_CONNECT_REPEATS: u32 = 3;
 
 /// Options of `cargo xtask bench`.
@@ -90,11 +94,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if let Some(ports) = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|text| port_range_size(&text))
-        && args.connects > ports
+        && args.connects > ports / 2
     {
         eprintln!(
-            "warning: {} connects per storm outnumber the {ports} local ports: ports in \
-             TIME_WAIT get reused, which slows the storm down",
+            "warning: {} connects per storm are more than half the {ports} local ports (the \
+             half connect(2) tries first): the storm will also time the kernel's search for \
+             a free port",
             args.connects
         );
     }
@@ -102,9 +107,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let tmp = TempDir::create()?;
     let config = tmp.path().join("bench.toml");
     fs::write(&config, bench_config(tmp.path())).context("writing the bench config")?;
-    let addr = start_listener()?;
     eprintln!(
-        "agent {}; work dir {}; loopback listener {addr}; load average {}",
+        "agent {}; work dir {}; load average {}",
         binary.display(),
         tmp.path().display(),
         load_average()
@@ -114,16 +118,17 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         binary: &binary,
         config: &config,
         dir: tmp.path(),
-        addr,
         execs: args.execs,
         connects: args.connects,
         hz: clock_ticks()?,
     };
+    // Idle first: every storm leaves thousands of sockets in TIME_WAIT for a minute, and
+    // an agent that scans /proc/net/tcp would then not be idle.
+    let idle = bench.idle(args.idle_secs)?;
     let mut rounds = Vec::new();
     for r in 1..=args.rounds {
         rounds.push(bench.round(r, args.rounds)?);
     }
-    let idle = bench.idle(args.idle_secs)?;
     print_report(args, &rounds, &idle);
     Ok(())
 }
@@ -142,9 +147,9 @@ struct Round {
 struct Timed {
     exec: Duration,
     connect: Duration,
-    /// Connect storms thrown away because the listener's accept queue overflowed.
+    /// Connect storms thrown away because a SYN had to be retransmitted.
     connect_repeats: u32,
-    /// CPU the rest of the machine used meanwhile, in cores (0.0: nothing else ran).
+    /// CPU the rest of the machine (or the hypervisor) took meanwhile, in cores.
     others: f64,
 }
 
@@ -164,6 +169,8 @@ struct Idle {
     hwm_kib: u64,
     cpu_percent: f64,
     secs: f64,
+    /// TCP sockets of all states (TIME_WAIT included) on the machine meanwhile.
+    tcp_sockets: Option<u64>,
 }
 
 /// Everything a round needs.
@@ -171,7 +178,6 @@ struct Bench<'a> {
     binary: &'a Path,
     config: &'a Path,
     dir: &'a Path,
-    addr: SocketAddr,
     execs: u64,
     connects: u64,
     /// Clock ticks per second of /proc CPU times.
@@ -201,29 +207,29 @@ impl Bench<'_> {
         })
     }
 
-    /// Time the exec storm, then the connect storm. A connect storm during which the
-    /// listener's accept queue overflowed is repeated: the dropped SYN costs a 1 s
-    /// retransmit, which measures the bench's own listener thread falling behind (it was
-    /// not scheduled), not the cost of a connect.
+    /// Time the exec storm, then the connect storm. A connect storm during which a SYN was
+    /// retransmitted is repeated: the retransmit costs a whole second, which measures a
+    /// hiccup of the bench (see [`Listener`]), not the cost of a connect.
     ///
     /// Also measures how much CPU the rest of the machine used meanwhile (everything but
-    /// this process, its children and the agent), to flag rounds that others disturbed.
+    /// this process, its children and the agent; hypervisor steal counts too), to flag rounds
+    /// that others disturbed.
     fn storms(&self, round: &str, label: &str, agent: Option<u32>) -> anyhow::Result<Timed> {
         let before = CpuSnapshot::take(agent);
         let exec = exec_storm(self.execs)?;
         eprintln!("{round}: exec {label}: {}", secs(exec));
         let mut connect_repeats = 0;
         let connect = loop {
-            let overflows = listen_overflows();
-            let connect = connect_storm(self.addr, self.connects)?;
-            let overflowed = listen_overflows().saturating_sub(overflows);
-            if overflowed == 0 || connect_repeats == MAX_CONNECT_REPEATS {
+            let retransmits = syn_retransmits();
+            let connect = connect_storm(self.connects)?;
+            let retransmitted = syn_retransmits().saturating_sub(retransmits);
+            if retransmitted == 0 || connect_repeats == MAX_CONNECT_REPEATS {
                 break connect;
             }
             connect_repeats += 1;
             eprintln!(
-                "{round}: connect {label}: {} with {overflowed} accept-queue overflow(s) \
-                 (1 s SYN retransmits): repeating it",
+                "{round}: connect {label}: {} with {retransmitted} SYN retransmit(s) (1 s \
+                 each): repeating it",
                 secs(connect)
             );
         };
@@ -251,9 +257,9 @@ impl Bench<'_> {
         let cpu_after = agent.cpu_ticks()?;
         let after = agent.wait_drained(&before, self.execs, self.connects)?;
         let observed = Observed {
-            exec_seen: after.exec.seen - before.exec.seen,
+            exec_seen: after.exec.seen.saturating_sub(before.exec.seen),
             exec_lost: after.exec.lost.saturating_sub(before.exec.lost),
-            connect_seen: after.connect.seen - before.connect.seen,
+            connect_seen: after.connect.seen.saturating_sub(before.connect.seen),
             connect_lost: after.connect.lost.saturating_sub(before.connect.lost),
             agent_cpu: ticks_to_duration(cpu_after.saturating_sub(cpu_before), self.hz),
         };
@@ -282,7 +288,7 @@ impl Bench<'_> {
         Ok((timed, observed))
     }
 
-    /// Start the agent once more, let it settle and measure what it costs doing nothing.
+    /// Start the agent, let it settle and measure what it costs doing nothing.
     fn idle(&self, idle_secs: u64) -> anyhow::Result<Idle> {
         eprintln!("idle: starting the agent, then measuring for {idle_secs} s");
         let mut agent = Agent::start(self, "idle")?;
@@ -294,6 +300,7 @@ impl Bench<'_> {
         thread::sleep(Duration::from_secs(idle_secs));
         let ticks1 = agent.cpu_ticks()?;
         let elapsed = t0.elapsed();
+        let tcp_sockets = tcp_socket_count();
         let status = fs::read_to_string(format!("/proc/{}/status", agent.pid()))
             .context("reading the agent's /proc status")?;
         let rss_kib = status_kib(&status, "VmRSS").context("no VmRSS in /proc/PID/status")?;
@@ -304,6 +311,7 @@ impl Bench<'_> {
             hwm_kib,
             cpu_percent: cpu_percent(ticks1.saturating_sub(ticks0), hz, elapsed),
             secs: elapsed.as_secs_f64(),
+            tcp_sockets,
         })
     }
 }
@@ -324,7 +332,12 @@ fn exec_storm(n: u64) -> anyhow::Result<Duration> {
 }
 
 /// N sequential TCP connects to the loopback listener, each closed at once.
-fn connect_storm(addr: SocketAddr, n: u64) -> anyhow::Result<Duration> {
+/// A fresh listener each time: connections of earlier storms linger in TIME_WAIT for a
+/// minute, and while those to the same address are younger than a second their local ports
+/// cannot be reused, which turns the kernel's search for a free port into a slow scan.
+fn connect_storm(n: u64) -> anyhow::Result<Duration> {
+    let listener = Listener::start()?;
+    let addr = listener.addr;
     let start = Instant::now();
     for i in 0..n {
         let stream = TcpStream::connect(addr)
@@ -342,28 +355,69 @@ unsafe extern "C" {
     fn listen(fd: i32, backlog: i32) -> i32;
 }
 
-/// A listener on 127.0.0.1 (never anything else) that accepts and drops every connection,
-/// for the whole run.
+/// How long the listener waits for a client to close its end.
+const LISTENER_READ_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A listener on 127.0.0.1 (never anything else) whose thread accepts every connection,
+/// waits for the client to close it and closes its end, until the listener is dropped. Two
+/// details keep SYNs from being dropped, each of which would cost a 1 s retransmit:
 ///
-/// std listens with a backlog of 128: a sequential storm fills that in about 1.5 ms whenever
-/// the listener thread is not scheduled, and every SYN dropped then costs a 1 s retransmit.
-/// Calling listen(2) again on the listening socket raises the backlog (Linux allows that).
-fn start_listener() -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("binding a loopback listener")?;
-    let addr = listener.local_addr()?;
-    // SAFETY: listen(2) on a socket descriptor the listener owns; no memory is shared.
-    if unsafe { listen(listener.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("raising the listen backlog");
-    }
-    thread::Builder::new()
-        .name("bench-listener".into())
-        .spawn(move || {
-            for stream in listener.incoming() {
-                drop(stream);
-            }
+/// - std listens with a backlog of 128: a sequential storm fills that in about 1.5 ms
+///   whenever the listener thread is not scheduled. Calling listen(2) again on the listening
+///   socket raises the backlog (Linux allows that).
+/// - Whichever side closes first keeps the connection in TIME_WAIT. On the listener's side
+///   that keeps the client from reusing its port (the new SYN is answered as part of the old
+///   connection). On the client's side the kernel reuses such ports cleanly
+///   (net.ipv4.tcp_tw_reuse, on for loopback by default), so the listener closes last.
+struct Listener {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Listener {
+    fn start() -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").context("binding a loopback listener")?;
+        let addr = listener.local_addr()?;
+        // SAFETY: listen(2) on a socket descriptor the listener owns; no memory is shared.
+        if unsafe { listen(listener.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("raising the listen backlog");
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = thread::Builder::new()
+            .name("bench-listener".into())
+            .spawn(move || {
+                let mut byte = [0u8; 1];
+                for stream in listener.incoming().flatten() {
+                    // Until end of file or the timeout: the bench's clients send nothing.
+                    let _ = stream.set_read_timeout(Some(LISTENER_READ_TIMEOUT));
+                    let _ = (&stream).read(&mut byte);
+                    if stopped.load(Ordering::Relaxed) {
+                        return;
+                    }
+                }
+            })
+            .context("starting the listener thread")?;
+        Ok(Self {
+            addr,
+            stop,
+            thread: Some(thread),
         })
-        .context("starting the listener thread")?;
-    Ok(addr)
+    }
+}
+
+impl Drop for Listener {
+    /// Raise the flag and wake the thread with one last connection; if that cannot connect,
+    /// leave the thread blocked in accept rather than hang here.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if TcpStream::connect(self.addr).is_ok()
+            && let Some(thread) = self.thread.take()
+        {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// A running agent, stopped when dropped.
@@ -618,11 +672,11 @@ fn json_u64(object: &str, key: &str) -> Option<u64> {
     rest[..end].parse().ok()
 }
 
-/// The system's TcpExt ListenOverflows counter (0 if unreadable: then nothing is repeated).
-fn listen_overflows() -> u64 {
+/// The system's TcpExt TCPSynRetrans counter (0 if unreadable: then nothing is repeated).
+fn syn_retransmits() -> u64 {
     fs::read_to_string("/proc/net/netstat")
         .ok()
-        .and_then(|text| netstat_counter(&text, "TcpExt", "ListenOverflows"))
+        .and_then(|text| netstat_counter(&text, "TcpExt", "TCPSynRetrans"))
         .unwrap_or(0)
 }
 
@@ -635,6 +689,17 @@ fn netstat_counter(text: &str, group: &str, name: &str) -> Option<u64> {
     let values = lines.next()?;
     let index = names.split_whitespace().position(|n| n == name)?;
     values.split_whitespace().nth(index)?.parse().ok()
+}
+
+/// Entries of /proc/net/tcp and tcp6 (one header line each), or None if unreadable.
+fn tcp_socket_count() -> Option<u64> {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .map(|path| {
+            let text = fs::read_to_string(path).ok()?;
+            Some(text.lines().count().saturating_sub(1) as u64)
+        })
+        .sum()
 }
 
 /// How many ports `net.ipv4.ip_local_port_range` (`LOW HIGH`) spans.
@@ -665,17 +730,18 @@ fn stat_sum(stat: &str, fields: std::ops::RangeInclusive<usize>) -> Option<u64> 
     values.iter().map(|v| v.parse::<u64>().ok()).sum()
 }
 
-/// Busy time (user + nice + system) of all CPUs from the `cpu` line of `/proc/stat`, in
-/// clock ticks. Interrupt time is left out: loopback traffic lands there.
+/// Busy time of all CPUs from the `cpu` line of `/proc/stat`, in clock ticks: user + nice +
+/// system, plus steal (time the hypervisor gave to someone else while a CPU wanted to run).
+/// Interrupt time is left out: loopback traffic lands there.
 fn system_busy_ticks(stat: &str) -> Option<u64> {
     let line = stat.lines().find(|l| l.starts_with("cpu "))?;
     let fields: Vec<u64> = line
         .split_whitespace()
         .skip(1)
-        .take(3)
+        .take(8)
         .map(|v| v.parse().ok())
         .collect::<Option<_>>()?;
-    (fields.len() == 3).then(|| fields.iter().sum())
+    (fields.len() == 8).then(|| fields[0] + fields[1] + fields[2] + fields[7])
 }
 
 /// The machine's busy CPU time next to ours (this process, its waited-for children and the
@@ -809,7 +875,7 @@ fn print_report(args: &Args, rounds: &[Round], idle: &Idle) {
     println!();
     println!(
         "per round (seconds; ratio = with / without; \"others\": CPU used by other processes \
-         meanwhile, in cores, without/with):"
+         or stolen by the hypervisor meanwhile, in cores, without/with):"
     );
     println!(
         "round  first    exec without   with   ratio  connect without   with   ratio  \
@@ -818,7 +884,8 @@ fn print_report(args: &Args, rounds: &[Round], idle: &Idle) {
     for (i, r) in rounds.iter().enumerate() {
         let o = &r.observed;
         println!(
-            "{:>5}  {:<7} {:>13.3} {:>6.3} {:>6.3}× {:>16.3} {:>6.3} {:>6.3}× {:>9.3} s {:>11}/{:<6} {:>3}/{:<3} {:.2}/{:.2}",
+            "{:>5}  {:<7} {:>13.3} {:>6.3} {:>6.3}× {:>16.3} {:>6.3} {:>6.3}× \
+             {:>9.3} s {:>11}/{:<6} {:>3}/{:<3} {:.2}/{:.2}",
             i + 1,
             if r.with_first { "with" } else { "without" },
             r.without.exec.as_secs_f64(),
@@ -838,14 +905,15 @@ fn print_report(args: &Args, rounds: &[Round], idle: &Idle) {
     }
     if !disturbed.is_empty() {
         println!(
-            "rounds {disturbed:?}: other processes used more than {DISTURBED_CORES} of a core \
-             meanwhile (column \"others\"); their timings are suspect: rerun on a quiet machine"
+            "rounds {disturbed:?}: other processes (or steal) took more than {DISTURBED_CORES} \
+             of a core meanwhile (column \"others\"); their timings are suspect: rerun on a \
+             quiet machine"
         );
     }
     if repeats > 0 {
         println!(
-            "({repeats} connect storm(s) were repeated because the listener's accept queue \
-             overflowed; see the progress lines)"
+            "({repeats} connect storm(s) were repeated because a SYN was retransmitted; see \
+             the progress lines)"
         );
     }
     println!();
@@ -871,8 +939,12 @@ fn print_report(args: &Args, rounds: &[Round], idle: &Idle) {
             format_ratio(with / without, target)
         );
     }
+    let sockets = idle
+        .tcp_sockets
+        .map(|n| format!(" ({n} TCP sockets on the machine)"))
+        .unwrap_or_default();
     println!(
-        "idle: RSS {} (peak {}), CPU {:.2} % of one core over {:.0} s",
+        "idle: RSS {} (peak {}), CPU {:.2} % of one core over {:.0} s{sockets}",
         mib(idle.rss_kib),
         mib(idle.hwm_kib),
         idle.cpu_percent,
@@ -941,7 +1013,13 @@ fn load_average() -> String {
 mod tests {
     use super::*;
 
-    const STATUS_JSON: &str = r#"{"sensors":{"connect":{"attached":true,"seen":12,"lost":3},"cpu":{"attached":true,"seen":900,"lost":0},"exec":{"attached":true,"seen":4567,"lost":0}},"pending":0,"blocks":0,"uptime_s":0,"host":"vm","pid":123,"processes":66,"malformed":0}"#;
+    const STATUS_JSON: &str = concat!(
+        r#"{"sensors":{"connect":{"attached":true,"seen":12,"lost":3},"#,
+        r#""cpu":{"attached":true,"seen":900,"lost":0},"#,
+        r#""exec":{"attached":true,"seen":4567,"lost":0}},"#,
+        r#""pending":0,"blocks":0,"uptime_s":0,"host":"vm","pid":123,"processes":66,"#,
+        r#""malformed":0}"#
+    );
 
     #[test]
     fn parses_status_json() {
@@ -1010,11 +1088,11 @@ mod tests {
     }
 
     #[test]
-    fn system_busy_is_user_nice_system() {
-        let stat = "cpu  100 5 50 9000 3 7 11 0 0 0\ncpu0 50 2 25 4500 1 3 5 0 0 0\n";
-        assert_eq!(system_busy_ticks(stat), Some(155));
-        assert_eq!(system_busy_ticks("cpu0 1 2 3 4\n"), None);
-        assert_eq!(system_busy_ticks("cpu  1 2\n"), None);
+    fn system_busy_is_user_nice_system_steal() {
+        let stat = "cpu  100 5 50 9000 3 7 11 2 0 0\ncpu0 50 2 25 4500 1 3 5 1 0 0\n";
+        assert_eq!(system_busy_ticks(stat), Some(157));
+        assert_eq!(system_busy_ticks("cpu0 1 2 3 4 5 6 7 8\n"), None);
+        assert_eq!(system_busy_ticks("cpu  1 2 3\n"), None);
     }
 
     #[test]
@@ -1100,7 +1178,9 @@ mod tests {
         let config = bench_config(Path::new("/tmp/sentinel-bench-1-2"));
         assert_eq!(
             config,
-            "[agent]\ndb = \"/tmp/sentinel-bench-1-2/bench.db\"\nsocket = \"/tmp/sentinel-bench-1-2/bench.sock\"\n"
+            "[agent]\n\
+             db = \"/tmp/sentinel-bench-1-2/bench.db\"\n\
+             socket = \"/tmp/sentinel-bench-1-2/bench.sock\"\n"
         );
     }
 }
