@@ -4,7 +4,8 @@
 //! event committed, the enforcement table left in force.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
+    net::IpAddr,
     path::{Path, PathBuf},
     sync::{Arc, atomic::AtomicU64, mpsc as std_mpsc},
     time::{Duration, Instant, SystemTime},
@@ -13,7 +14,7 @@ use std::{
 use anyhow::Context as _;
 use tokio::{
     signal::unix::{SignalKind, signal},
-    sync::mpsc,
+    sync::{mpsc, watch},
 };
 use tracing::{error, info, warn};
 
@@ -39,13 +40,42 @@ use crate::{
     store::{self, Store},
     switch::{Switch, Timings},
     tree::ProcessTree,
-    trust::TrustSet,
+    trust::{TrustSet, read_ssh_peers},
 };
 
 /// How often the tree is checked against `/proc` for exits the agent missed.
 const GC_EVERY: Duration = Duration::from_secs(30);
 /// How often the live SSH sessions (trusted peers) are re-read.
 const SSH_REFRESH_EVERY: Duration = Duration::from_secs(2);
+/// Re-read the trusted SSH peers every [`SSH_REFRESH_EVERY`] on a thread of its own; the
+/// receiver sees a change only when the set changed. Nothing runs when SSH trust is off.
+fn spawn_ssh_watch(ports: Vec<u16>) -> watch::Receiver<HashSet<IpAddr>> {
+    let (tx, rx) = watch::channel(HashSet::new());
+    if ports.is_empty() {
+        return rx;
+    }
+    std::thread::Builder::new()
+        .name("ssh-peers".into())
+        .spawn(move || {
+            loop {
+                let peers = read_ssh_peers(Path::new("/proc/net"), &ports);
+                tx.send_if_modified(|current| {
+                    let changed = *current != peers;
+                    if changed {
+                        *current = peers;
+                    }
+                    changed
+                });
+                if tx.is_closed() {
+                    return;
+                }
+                std::thread::sleep(SSH_REFRESH_EVERY);
+            }
+        })
+        .expect("spawn the ssh-peers thread");
+    rx
+}
+
 /// Longest the loop sleeps without re-checking pending deadlines (a safety net: it wakes at
 /// the earliest deadline anyway).
 const SWITCH_TICK: Duration = Duration::from_secs(1);
@@ -286,7 +316,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     core.refresh_counts();
     let mut cpu_tick = tokio::time::interval(agent.cpu_interval);
     let mut gc_tick = tokio::time::interval(GC_EVERY);
-    let mut ssh_tick = tokio::time::interval(SSH_REFRESH_EVERY);
+    // Live SSH sessions are re-read on their own thread: /proc/net/tcp lists every socket on
+    // the host, and reading it must never hold up draining the ring buffers.
+    let mut ssh_peers = spawn_ssh_watch(core.detect.trust.ssh_ports().to_vec());
 
     if !config.metrics.listen.is_empty() {
         let listener = tokio::net::TcpListener::bind(&config.metrics.listen)
@@ -334,8 +366,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             },
             _ = cpu_tick.tick() => core.sample_cpu(),
             _ = gc_tick.tick() => core.gc(),
-            _ = ssh_tick.tick() => {
-                core.detect.trust.refresh_ssh_peers(proc_net);
+            Ok(()) = ssh_peers.changed() => {
+                let peers = ssh_peers.borrow_and_update().clone();
+                core.detect.trust.set_ssh_peers(peers);
             }
             _ = tokio::time::sleep(until_deadline(&core)) => core.tick(),
             _ = watchdog_tick.tick(), if watchdog.is_some() => service::notify_watchdog(),

@@ -253,16 +253,22 @@ pub fn spawn_writer(
         .spawn(move || {
             let mut last_prune = Instant::now() - PRUNE_EVERY;
             let mut batch = Vec::with_capacity(BATCH_MAX);
+            let mut backlog = false;
             while let Ok(first) = rx.recv() {
                 batch.push(first);
-                let deadline = Instant::now() + BATCH_WINDOW;
+                // Sleep rather than wait on the channel: a sender wakes a waiting receiver on
+                // every message, and at thousands of events a second those wake-ups would
+                // cost more than the writes. With a backlog, write on at once.
+                if !backlog {
+                    thread::sleep(BATCH_WINDOW);
+                }
                 while batch.len() < BATCH_MAX {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    match rx.recv_timeout(left) {
+                    match rx.try_recv() {
                         Ok(r) => batch.push(r),
                         Err(_) => break,
                     }
                 }
+                backlog = batch.len() == BATCH_MAX;
                 write_with_retry(&mut store, &batch);
                 batch.clear();
                 if last_prune.elapsed() >= PRUNE_EVERY {

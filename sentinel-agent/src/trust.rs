@@ -111,17 +111,19 @@ impl TrustSet {
     /// Re-read the live inbound SSH sessions from `<proc_net>/tcp` and `tcp6`. Returns how
     /// many peers are trusted now.
     pub fn refresh_ssh_peers(&mut self, proc_net: &Path) -> usize {
-        if self.ssh_ports.is_empty() {
-            return 0;
-        }
-        let mut peers = HashSet::new();
-        for file in ["tcp", "tcp6"] {
-            if let Ok(text) = std::fs::read_to_string(proc_net.join(file)) {
-                peers.extend(established_peers(&text, &self.ssh_ports));
-            }
-        }
+        let peers = read_ssh_peers(proc_net, &self.ssh_ports);
+        self.set_ssh_peers(peers)
+    }
+
+    /// Replace the trusted SSH peers (read elsewhere with [`read_ssh_peers`]).
+    pub fn set_ssh_peers(&mut self, peers: HashSet<IpAddr>) -> usize {
         self.ssh_peers = peers;
         self.ssh_peers.len()
+    }
+
+    /// The ports whose inbound sessions are trusted (empty: SSH trust is off).
+    pub fn ssh_ports(&self) -> &[u16] {
+        &self.ssh_ports
     }
 
     #[cfg(test)]
@@ -129,6 +131,22 @@ impl TrustSet {
         self.ssh_peers = peers.into_iter().map(canonical).collect();
         self
     }
+}
+
+/// The peers of live inbound sessions on `ports`, from `<proc_net>/tcp` and `tcp6`. This
+/// reads every socket on the host (thousands after a connection burst), so the agent calls it
+/// off its event loop.
+pub fn read_ssh_peers(proc_net: &Path, ports: &[u16]) -> HashSet<IpAddr> {
+    let mut peers = HashSet::new();
+    if ports.is_empty() {
+        return peers;
+    }
+    for file in ["tcp", "tcp6"] {
+        if let Ok(text) = std::fs::read_to_string(proc_net.join(file)) {
+            peers.extend(established_peers(&text, ports));
+        }
+    }
+    peers
 }
 
 /// Remote addresses of ESTABLISHED connections whose local port is one of `ports`, from the

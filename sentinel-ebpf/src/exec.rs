@@ -1,6 +1,7 @@
 //! The `exec` sensor: process lineage. `sched_process_exec` says what ran and under which
 //! parent; `sched_process_fork` (new processes only, not threads) and `sched_process_exit`
-//! (whole processes only) let the agent keep an exact process tree.
+//! (whole processes only) let the agent keep an exact process tree. Exec records wake the
+//! agent at once; fork and exit records ride along with the next wake-up.
 
 use aya_ebpf::{
     EbpfContext,
@@ -16,7 +17,10 @@ use sentinel_common::{
     events::exec::{ARGV_LEN, ExecEvent, ExitEvent, ForkEvent},
 };
 
-use crate::task::{count_lost, current_tgid_unless_agent, fill_header, offsets, read_field};
+use crate::task::{
+    BPF_RB_FORCE_WAKEUP, count_lost, current_tgid_unless_agent, fill_header, offsets,
+    quiet_submit_flags, read_field,
+};
 
 /// Exec, fork and exit records, in order. The agent may resize it at load time.
 #[map]
@@ -100,7 +104,7 @@ fn on_exec(ctx: &TracePointContext) {
             }
         }
     }
-    entry.submit(0);
+    entry.submit(BPF_RB_FORCE_WAKEUP);
 }
 
 fn on_fork(ctx: &BtfTracePointContext) {
@@ -129,7 +133,7 @@ fn on_fork(ctx: &BtfTracePointContext) {
     event.data.child_tgid = child_tgid;
     event.data._pad = 0;
     event.data.child_start_ns = read_field(child, off.task_start_boottime).unwrap_or(0);
-    entry.submit(0);
+    entry.submit(quiet_submit_flags(&EXEC_EVENTS));
 }
 
 fn on_exit(ctx: &TracePointContext) {
@@ -154,5 +158,5 @@ fn on_exit(ctx: &TracePointContext) {
     // SAFETY: bpf_get_current_task has no preconditions.
     let task = unsafe { bpf_get_current_task() } as *const u8;
     event.data.start_ns = read_field(task, off.task_start_boottime).unwrap_or(0);
-    entry.submit(0);
+    entry.submit(quiet_submit_flags(&EXEC_EVENTS));
 }

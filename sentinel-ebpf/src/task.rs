@@ -8,13 +8,38 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
         bpf_probe_read_kernel, generated::bpf_get_current_comm,
     },
-    maps::PerCpuArray,
+    maps::{PerCpuArray, RingBuf},
 };
 use sentinel_common::{EventKind, Header, KernelOffsets};
 
 /// The agent's tgid, set by the loader: its own activity is not reported.
 #[unsafe(no_mangle)]
 static AGENT_TGID: Global<u32> = Global::new(0);
+
+/// Unread bytes in a ring buffer above which even a quiet record wakes the agent (set by the
+/// loader to half the ring buffer's size).
+#[unsafe(no_mangle)]
+static RING_WAKE_BYTES: Global<u64> = Global::new(128 * 1024);
+
+/// `BPF_RB_NO_WAKEUP`: submit without waking the reader.
+const BPF_RB_NO_WAKEUP: u64 = 1;
+/// `BPF_RB_FORCE_WAKEUP`: submit and wake the reader. Records that matter now (exec,
+/// connect) use it: the kernel's default (wake only a reader that has caught up) would leave
+/// the reader asleep behind an unread quiet record.
+pub const BPF_RB_FORCE_WAKEUP: u64 = 2;
+/// `BPF_RB_AVAIL_DATA` for `bpf_ringbuf_query`.
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
+/// Submit flags for a record that need not be read at once (fork, exit): it waits for the
+/// next wake-up, unless the buffer is filling, so bursts cost one wake-up, not one per record.
+#[inline(always)]
+pub fn quiet_submit_flags(ring: &RingBuf) -> u64 {
+    if ring.query(BPF_RB_AVAIL_DATA) >= RING_WAKE_BYTES.load() {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
 
 /// Struct offsets read by the agent from the kernel's BTF.
 #[unsafe(no_mangle)]

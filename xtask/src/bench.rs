@@ -953,9 +953,11 @@ fn print_report(args: &Args, rounds: &[Round], idle: &Idle) {
     println!("load average at the end: {}", load_average());
 }
 
+/// The agent's config for the benchmark: its own db and socket, and dry-run enforcement, so
+/// the host's firewall is never touched (the sensors are what is measured).
 fn bench_config(dir: &Path) -> String {
     format!(
-        "[agent]\ndb = {:?}\nsocket = {:?}\n",
+        "[agent]\ndb = {:?}\nsocket = {:?}\n[enforce]\nmode = \"dry-run\"\n",
         dir.join("bench.db").display().to_string(),
         dir.join("bench.sock").display().to_string()
     )
@@ -1180,7 +1182,9 @@ mod tests {
             config,
             "[agent]\n\
              db = \"/tmp/sentinel-bench-1-2/bench.db\"\n\
-             socket = \"/tmp/sentinel-bench-1-2/bench.sock\"\n"
+             socket = \"/tmp/sentinel-bench-1-2/bench.sock\"\n\
+             [enforce]\n\
+             mode = \"dry-run\"\n"
         );
     }
 }

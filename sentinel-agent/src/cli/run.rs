@@ -26,8 +26,10 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     if !nix::unistd::geteuid().is_root() {
         tracing::warn!("not running as root: loading eBPF programs will probably fail");
     }
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread runs the whole event loop: kernel records flow from the ring buffers to the
+    // pipeline without hopping threads (each hop is a wake-up that costs more than the work).
+    // Disk writes and other blocking work have threads of their own.
+    tokio::runtime::Builder::new_current_thread()
         .thread_name("sentinel")
         .enable_all()
         .build()

@@ -205,6 +205,11 @@ pub fn load(opts: &LoadOptions) -> Result<Sensors, SensorError> {
     let mut ebpf = EbpfLoader::new()
         .override_global("AGENT_TGID", &opts.agent_tgid, true)
         .override_global("OFFSETS", &opts.offsets, true)
+        .override_global(
+            "RING_WAKE_BYTES",
+            &(opts.ring_buffer_bytes as u64 / 2),
+            true,
+        )
         .map_max_entries("EXEC_EVENTS", opts.ring_buffer_bytes)
         .map_max_entries("CONNECT_EVENTS", opts.ring_buffer_bytes)
         .load(EBPF_OBJECT)?;
