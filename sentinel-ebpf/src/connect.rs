@@ -12,7 +12,7 @@ use sentinel_common::{
     events::connect::{AF_INET, AF_INET6, ConnectEvent},
 };
 
-use crate::task::{count_lost, current_tgid_unless_agent, fill_header};
+use crate::task::{count_lost, current_tgid_unless_agent, fill_header, quiet_submit_flags};
 
 #[map]
 static CONNECT_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
@@ -88,5 +88,5 @@ fn on_state_change(ctx: &TracePointContext) {
         data.saddr = addr16(field(ctx, SADDR_V6), field(ctx, SADDR_V6 + 8));
         data.daddr = addr16(field(ctx, DADDR_V6), field(ctx, DADDR_V6 + 8));
     }
-    entry.submit(0);
+    entry.submit(quiet_submit_flags(&CONNECT_EVENTS));
 }

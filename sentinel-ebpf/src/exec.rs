@@ -1,7 +1,6 @@
 //! The `exec` sensor: process lineage. `sched_process_exec` says what ran and under which
 //! parent; `sched_process_fork` (new processes only, not threads) and `sched_process_exit`
-//! (whole processes only) let the agent keep an exact process tree. Exec records wake the
-//! agent at once; fork and exit records ride along with the next wake-up.
+//! (whole processes only) let the agent keep an exact process tree.
 
 use aya_ebpf::{
     EbpfContext,
@@ -18,8 +17,7 @@ use sentinel_common::{
 };
 
 use crate::task::{
-    BPF_RB_FORCE_WAKEUP, count_lost, current_tgid_unless_agent, fill_header, offsets,
-    quiet_submit_flags, read_field,
+    count_lost, current_tgid_unless_agent, fill_header, offsets, quiet_submit_flags, read_field,
 };
 
 /// Exec, fork and exit records, in order. The agent may resize it at load time.
@@ -104,7 +102,7 @@ fn on_exec(ctx: &TracePointContext) {
             }
         }
     }
-    entry.submit(BPF_RB_FORCE_WAKEUP);
+    entry.submit(quiet_submit_flags(&EXEC_EVENTS));
 }
 
 fn on_fork(ctx: &BtfTracePointContext) {

@@ -23,15 +23,13 @@ static RING_WAKE_BYTES: Global<u64> = Global::new(128 * 1024);
 
 /// `BPF_RB_NO_WAKEUP`: submit without waking the reader.
 const BPF_RB_NO_WAKEUP: u64 = 1;
-/// `BPF_RB_FORCE_WAKEUP`: submit and wake the reader. Records that matter now (exec,
-/// connect) use it: the kernel's default (wake only a reader that has caught up) would leave
-/// the reader asleep behind an unread quiet record.
-pub const BPF_RB_FORCE_WAKEUP: u64 = 2;
+/// `BPF_RB_FORCE_WAKEUP`: submit and wake the reader.
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
 /// `BPF_RB_AVAIL_DATA` for `bpf_ringbuf_query`.
 const BPF_RB_AVAIL_DATA: u64 = 0;
 
-/// Submit flags for a record that need not be read at once (fork, exit): it waits for the
-/// next wake-up, unless the buffer is filling, so bursts cost one wake-up, not one per record.
+/// Submit flags for every record: it waits for the reader's next periodic drain (every 20 ms),
+/// unless the buffer is filling, so a burst costs a few wake-ups, not one per record.
 #[inline(always)]
 pub fn quiet_submit_flags(ring: &RingBuf) -> u64 {
     if ring.query(BPF_RB_AVAIL_DATA) >= RING_WAKE_BYTES.load() {

@@ -305,6 +305,27 @@ pub(crate) fn prog_err(
     }
 }
 
+/// How often a sensor's ring buffer is drained when the kernel does not wake the reader.
+pub const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Decode every record waiting in `ring` into `batch`.
+fn read_all(
+    sensor: &str,
+    ring: &mut RingBuf<MapData>,
+    counters: &Counters,
+    batch: &mut Vec<KernelEvent>,
+) {
+    while let Some(item) = ring.next() {
+        match decode(&item) {
+            Ok(ev) => batch.push(ev),
+            Err(e) => {
+                counters.malformed.fetch_add(1, Ordering::Relaxed);
+                warn!("{sensor} sensor: dropping a malformed record: {e}");
+            }
+        }
+    }
+}
+
 /// Read `ring` until the agent stops, decoding each record and handing batches to `tx`.
 pub async fn drain(
     sensor: &'static str,
@@ -320,26 +341,27 @@ pub async fn drain(
             return;
         }
     };
+    // Records are submitted quietly (no wake-up per record, see sentinel-ebpf's `task.rs`):
+    // the reader drains every DRAIN_EVERY, and at once when the kernel wakes it because the
+    // buffer is filling. A burst then costs a few wake-ups instead of one per record.
+    let mut tick = tokio::time::interval(DRAIN_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let mut guard = match fd.readable_mut().await {
-            Ok(g) => g,
-            Err(e) => {
-                error!("{sensor} sensor: polling its ring buffer failed: {e}");
-                return;
-            }
-        };
-        let ring = guard.get_inner_mut();
         let mut batch = Vec::new();
-        while let Some(item) = ring.next() {
-            match decode(&item) {
-                Ok(ev) => batch.push(ev),
-                Err(e) => {
-                    counters.malformed.fetch_add(1, Ordering::Relaxed);
-                    warn!("{sensor} sensor: dropping a malformed record: {e}");
-                }
+        tokio::select! {
+            guard = fd.readable_mut() => {
+                let mut guard = match guard {
+                    Ok(g) => g,
+                    Err(e) => {
+                        error!("{sensor} sensor: polling its ring buffer failed: {e}");
+                        return;
+                    }
+                };
+                read_all(sensor, guard.get_inner_mut(), &counters, &mut batch);
+                guard.clear_ready();
             }
+            _ = tick.tick() => read_all(sensor, fd.get_mut(), &counters, &mut batch),
         }
-        guard.clear_ready();
         if batch.is_empty() {
             continue;
         }
