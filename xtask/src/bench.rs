@@ -49,7 +49,7 @@ pub struct Args {
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
     execs: u64,
     /// Sequential loopback TCP connects per connect storm.
-    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 12000, value_parser = clap::value_parser!(u64).range(1..))]
     connects: u64,
     /// Seconds over which the idle agent's CPU use is measured.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
