@@ -503,3 +503,38 @@ fn kill_terminates_the_shell_tree_and_escalates_on_respawn() {
         agent.log()
     );
 }
+
+#[test]
+fn a_shell_under_a_web_server_gets_its_decision_when_it_connects_out() {
+    use std::os::unix::fs::PermissionsExt;
+    if !require_root("a_shell_under_a_web_server_gets_its_decision_when_it_connects_out") {
+        return;
+    }
+    let _serial = serial();
+    let _net = TestNet::new("l");
+    let table = Table::new("lineage");
+    let agent = Agent::start_with("", &config(&table, "5m", ""));
+    let node = agent.dir.path().join("node");
+    std::fs::copy("/bin/sh", &node).unwrap();
+    std::fs::set_permissions(&node, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // node → sh → python3, which connects out (to a low-risk country: only the lineage
+    // alert can give this connection a decision).
+    let connect = "import socket; s = socket.socket(); s.settimeout(0.5); \
+                   s.connect_ex(('198.51.100.2', 9901))";
+    let status = Command::new(&node)
+        .args([
+            "-c",
+            &format!("/bin/sh -c \"python3 -c \\\"{connect}\\\"; true\"; true"),
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let alert = agent.wait_for("alert", "lineage", |a| a["anomaly"] == "lineage");
+    let d = agent.wait_for("decision", "pending for the lineage alert", |d| {
+        d["id"] == alert["id"] && d["state"] == "pending"
+    });
+    assert_eq!(d["target_ip"], "198.51.100.2", "{d}");
+    assert_eq!(d["anomaly"], "lineage", "{d}");
+    let p = pending(&agent);
+    assert!(p.iter().any(|x| x["id"] == alert["id"]), "{p:?}");
+}

@@ -298,6 +298,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         switch,
         awaiting: HashMap::new(),
         last_connect: HashMap::new(),
+        exits: Default::default(),
         killer: config.enforce.kill.then(|| {
             Killer::new(
                 config.enforce.kill_grace,
@@ -358,13 +359,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             batch = rx.recv() => match batch {
-                Some(batch) => batch.into_iter().for_each(|e| core.handle(e)),
+                Some(batch) => {
+                    batch.into_iter().for_each(|e| core.handle(e));
+                    core.reap();
+                }
                 None => {
                     error!("every sensor reader stopped");
                     break;
                 }
             },
-            _ = cpu_tick.tick() => core.sample_cpu(),
+            _ = cpu_tick.tick() => {
+                core.sample_cpu();
+                core.reap();
+            }
             _ = gc_tick.tick() => core.gc(),
             Ok(()) = ssh_peers.changed() => {
                 let peers = ssh_peers.borrow_and_update().clone();

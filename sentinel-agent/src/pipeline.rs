@@ -3,10 +3,10 @@
 //! tree, the detectors' state and the switch never need a lock.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     path::PathBuf,
     sync::{Arc, atomic::Ordering, mpsc as std_mpsc},
-    time::{Instant, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use tracing::{debug, error, info, warn};
@@ -65,7 +65,14 @@ pub struct Pipeline {
     pub killer: Option<Killer>,
     /// `enforce.mode = "dry-run"`: decide and record, touch nothing (no kills either).
     pub dry_run: bool,
+    /// Exits not applied yet: (when seen, tgid, start). Each sensor has its own ring buffer,
+    /// so a process's connect can be read after its exit; the exit waits [`EXIT_GRACE`] so
+    /// the process (and its ancestry) is still known then.
+    pub exits: VecDeque<(Instant, u32, u64)>,
 }
+
+/// How long a process stays in the tree after its exit record.
+const EXIT_GRACE: Duration = Duration::from_secs(1);
 
 impl Pipeline {
     fn store(&self, write: Write) {
@@ -299,13 +306,7 @@ impl Pipeline {
                 .tree
                 .on_fork(f.parent, f.child, f.child_start_ns, &f.comm),
             KernelEvent::Exit(e) => {
-                self.tree.on_exit(e.tgid, e.start_ns);
-                self.detect.alerts.forget(e.tgid);
-                self.awaiting.remove(&e.tgid);
-                self.last_connect.remove(&e.tgid);
-                if let Some(map) = &mut self.cpu_map {
-                    let _ = map.remove(&e.tgid);
-                }
+                self.exits.push_back((Instant::now(), e.tgid, e.start_ns));
             }
             KernelEvent::Exec(e) => {
                 self.tree
@@ -338,14 +339,20 @@ impl Pipeline {
                 }
                 let comm = self.tree.get(c.tgid).map_or(c.comm, |p| p.comm.clone());
                 let country = self.detect.geoip.as_ref().and_then(|g| g.country(c.daddr));
-                let culprit = self.culprit(c.tgid, comm.clone(), Some(c.uid));
-                let finding = self.detect.geo.on_connect(
-                    &culprit,
-                    c.daddr,
-                    c.dport,
-                    country.as_deref(),
-                    &self.detect.trust,
-                );
+                // The process's identity and ancestry are only needed for a high-risk
+                // destination or an alert waiting for a target: most connects skip the walk.
+                let culprit = (self.detect.geo.is_high_risk(country.as_deref())
+                    || !self.awaiting.is_empty())
+                .then(|| self.culprit(c.tgid, comm.clone(), Some(c.uid)));
+                let finding = culprit.as_ref().and_then(|culprit| {
+                    self.detect.geo.on_connect(
+                        culprit,
+                        c.daddr,
+                        c.dport,
+                        country.as_deref(),
+                        &self.detect.trust,
+                    )
+                });
                 self.emit(
                     self.clock.wall(c.ts_ns),
                     Body::Connect(ConnectBody {
@@ -364,13 +371,32 @@ impl Pipeline {
                 }
                 if let Ok(target) = self.detect.trust.check(c.daddr) {
                     self.last_connect.insert(c.tgid, target);
-                    self.give_target(c.tgid, target, &culprit.ancestry);
+                    if let Some(culprit) = &culprit {
+                        self.give_target(c.tgid, target, &culprit.ancestry);
+                    }
                 }
             }
         }
         self.shared
             .processes
             .store(self.tree.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Apply the exits older than [`EXIT_GRACE`].
+    pub fn reap(&mut self) {
+        while let Some(&(seen, tgid, start_ns)) = self.exits.front() {
+            if seen.elapsed() < EXIT_GRACE {
+                break;
+            }
+            self.exits.pop_front();
+            self.tree.on_exit(tgid, start_ns);
+            self.detect.alerts.forget(tgid);
+            self.awaiting.remove(&tgid);
+            self.last_connect.remove(&tgid);
+            if let Some(map) = &mut self.cpu_map {
+                let _ = map.remove(&tgid);
+            }
+        }
     }
 
     /// Read the sample counts and emit a `cpu` event for every busy process.

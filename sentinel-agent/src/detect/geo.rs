@@ -19,6 +19,11 @@ impl Geo {
         }
     }
 
+    /// Whether `country` is one of `geo.high_risk_countries`.
+    pub fn is_high_risk(&self, country: Option<&str>) -> bool {
+        country.is_some_and(|c| self.high_risk.contains(c))
+    }
+
     /// `culprit` connected to `daddr:dport`, which GeoIP puts in `country`.
     pub fn on_connect(
         &self,
@@ -28,7 +33,7 @@ impl Geo {
         country: Option<&str>,
         trust: &TrustSet,
     ) -> Option<Finding> {
-        let country = country.filter(|c| self.high_risk.contains(*c))?;
+        let country = country.filter(|c| self.is_high_risk(Some(c)))?;
         // Trust first: a trusted address cannot become a target (there is no Untrusted).
         let target = trust.check(daddr).ok()?;
         Some(Finding {
