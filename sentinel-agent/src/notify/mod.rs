@@ -1702,6 +1702,20 @@ mod tests {
             telegram.get("parse_mode").is_none(),
             "plain text: {telegram}"
         );
+        // Teams: no markdown link and no bare URL in what the process chose.
+        d.comm = "[update](https://evil.example)".into();
+        d.detail = "see https://evil.example/x and [here](https://evil.example)".into();
+        let secret = Secret::from_bytes(&[7; 32]);
+        let card = teams::alert_card(&d, SystemTime::now(), "https://sentinel.example", &secret);
+        let body = card["attachments"][0]["content"]["body"].to_string();
+        assert!(
+            !body.contains("](") && !body.contains("https://evil"),
+            "{body}"
+        );
+        assert!(
+            body.contains("evil.example"),
+            "the text itself is kept: {body}"
+        );
     }
 
     #[test]

@@ -41,6 +41,15 @@ fn card(body: Vec<Value>, actions: Vec<Value>) -> Value {
     })
 }
 
+/// Text a process controls (its name, path, arguments) made inert for Teams' markdown: no link
+/// syntax and no bare URL it would turn into a link. A zero-width space breaks both, and the
+/// card still reads the same.
+fn inert(text: &str) -> String {
+    text.replace("](", "]\u{200B}(")
+        .replace("://", ":\u{200B}//")
+        .replace('<', "<\u{200B}")
+}
+
 fn text(text: &str, extra: Value) -> Value {
     let mut block = json!({"type": "TextBlock", "text": text, "wrap": true});
     if let (Some(block), Some(extra)) = (block.as_object_mut(), extra.as_object()) {
@@ -53,7 +62,7 @@ fn fact_set(d: &Decision, now: SystemTime, with_deadline: bool) -> Value {
     let facts: Vec<Value> = facts(d, now)
         .into_iter()
         .filter(|(label, _)| with_deadline || *label != "Auto-block")
-        .map(|(label, value)| json!({"title": label, "value": value}))
+        .map(|(label, value)| json!({"title": label, "value": inert(&value)}))
         .collect();
     json!({"type": "FactSet", "facts": facts})
 }
@@ -67,7 +76,7 @@ pub fn alert_card(d: &Decision, now: SystemTime, public_url: &str, secret: &Secr
                 &format!("Sentinel: {}", title(d)),
                 json!({"weight": "Bolder", "size": "Medium", "color": "Attention"}),
             ),
-            text(&d.detail, json!({})),
+            text(&inert(&d.detail), json!({})),
             fact_set(d, now, true),
             text(
                 &format!(
