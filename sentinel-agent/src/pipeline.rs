@@ -25,7 +25,7 @@ use crate::{
     },
     store::Write,
     switch::{Change, Switch},
-    tree::{ProcessTree, read_stat},
+    tree::{ProcessTree, is_alive, read_stat},
     trust::{TrustSet, Untrusted},
 };
 
@@ -479,7 +479,7 @@ impl Pipeline {
         let root = self.proc_root.clone();
         let dropped = self
             .tree
-            .retain_alive(|tgid, start| read_stat(&root, tgid).is_some_and(|s| s.start == start));
+            .retain_alive(|tgid, start| is_alive(&root, tgid, start));
         if dropped > 0 {
             debug!(dropped, "pruned processes whose exit was missed");
         }

@@ -60,6 +60,12 @@ pub fn read_stat(proc_root: &Path, pid: u32) -> Option<Stat> {
     parse_stat(&text)
 }
 
+/// Whether the process `pid` that started at `start` (clock ticks) is still running: a
+/// process that exited, or a pid reused by another process, is not.
+pub fn is_alive(proc_root: &Path, pid: u32, start: u64) -> bool {
+    read_stat(proc_root, pid).is_some_and(|s| s.start == start)
+}
+
 impl ProcessTree {
     /// An empty tree; `ticks_per_sec` is `sysconf(_SC_CLK_TCK)` (USER_HZ).
     pub fn new(ticks_per_sec: u64) -> Self {

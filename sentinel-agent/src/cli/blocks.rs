@@ -3,17 +3,10 @@
 
 use std::{io::Write, process::ExitCode, time::SystemTime};
 
-use super::Cli;
+use super::{Cli, JsonArgs};
 use crate::{config::EnforceMode, enforce::nftables::Nft, ledger::Ledger};
 
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    /// One JSON object per line.
-    #[arg(long)]
-    json: bool,
-}
-
-pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
+pub fn run(cli: &Cli, args: &JsonArgs) -> anyhow::Result<ExitCode> {
     let config = cli.load_config()?;
     let ledger = Ledger::open_existing(&config.agent.db, false)?;
     let now = SystemTime::now();

@@ -37,19 +37,27 @@ enum Command {
     /// Print recent events from the store; --follow streams live ones from the agent.
     Tail(tail::Args),
     /// Sensors attached, events seen and lost, pending decisions, blocks.
-    Status(status::Args),
+    Status(JsonArgs),
     /// Open decisions of the dead man's switch, with the time left.
-    Pending(pending::Args),
+    Pending(JsonArgs),
     /// Answer a pending decision: MARK AS SAFE (no block).
     Safe(answer::Args),
     /// Answer a pending decision: CONFIRM BLOCK now.
     Block(answer::Args),
     /// Blocks in force.
-    Blocks(blocks::Args),
+    Blocks(JsonArgs),
     /// Lift a block (works while the agent is down too).
     Unblock(unblock::Args),
     /// Validate the configuration and say precisely what is wrong.
     CheckConfig,
+}
+
+/// The `--json` flag of the listing commands (`status`, `pending`, `blocks`).
+#[derive(Debug, clap::Args)]
+pub struct JsonArgs {
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 impl Cli {

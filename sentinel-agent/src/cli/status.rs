@@ -2,17 +2,10 @@
 
 use std::{io::Write, process::ExitCode};
 
-use super::Cli;
+use super::{Cli, JsonArgs};
 use crate::ipc;
 
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    /// One JSON object.
-    #[arg(long)]
-    json: bool,
-}
-
-pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
+pub fn run(cli: &Cli, args: &JsonArgs) -> anyhow::Result<ExitCode> {
     let config = cli.load_config()?;
     let status = ipc::status(&config.agent.socket)?;
     let mut out = std::io::stdout().lock();

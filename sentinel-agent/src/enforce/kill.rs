@@ -17,7 +17,10 @@ use nix::{
 };
 use tracing::{info, warn};
 
-use crate::{config::name_matches, tree::ProcessTree};
+use crate::{
+    config::name_matches,
+    tree::{ProcessTree, is_alive},
+};
 
 /// A program killed again under the same parent within this window is a respawn.
 const RESPAWN_WINDOW: Duration = Duration::from_secs(120);
@@ -115,7 +118,7 @@ impl Killer {
 
     /// Whether `t` is still the process it was (not exited, pid not reused).
     fn same(&self, t: &Target) -> bool {
-        crate::tree::read_stat(&self.proc_root, t.pid).is_some_and(|s| s.start == t.start)
+        is_alive(&self.proc_root, t.pid, t.start)
     }
 
     /// SIGTERM every target now, SIGKILL the survivors after the grace period (on a thread,
@@ -141,7 +144,7 @@ impl Killer {
             std::thread::spawn(move || {
                 std::thread::sleep(grace);
                 for t in survivors {
-                    if crate::tree::read_stat(&root, t.pid).is_some_and(|s| s.start == t.start) {
+                    if is_alive(&root, t.pid, t.start) {
                         info!(pid = t.pid, "still alive after the grace period: SIGKILL");
                         let _ = kill(Pid::from_raw(t.pid as i32), Signal::SIGKILL);
                     }
