@@ -256,9 +256,9 @@ fn sections(table: &Table, countdown: &str, port: u16, key: &Path, chat: &Chat) 
 
 /// Knock on the RU test host and wait for the pending decision it opens; its id.
 fn open_decision(agent: &Agent, port: u16) -> String {
-    knock("192.0.2.2", port);
-    let d = agent.wait_for("decision", "pending for 192.0.2.2", |d| {
-        d["target_ip"] == "192.0.2.2" && d["state"] == "pending"
+    knock("198.51.100.2", port);
+    let d = agent.wait_for("decision", "pending for 198.51.100.2", |d| {
+        d["target_ip"] == "198.51.100.2" && d["state"] == "pending"
     });
     d["id"].as_str().unwrap().to_string()
 }
@@ -390,7 +390,12 @@ fn teams_link_marks_safe_and_nothing_is_blocked() {
         "{block_url}"
     );
     let text = card.to_string();
-    for fact in ["192.0.2.2 (RU)", "T1071.001", "Command and Control", "/100"] {
+    for fact in [
+        "198.51.100.2 (RU)",
+        "T1071.001",
+        "Command and Control",
+        "/100",
+    ] {
         assert!(text.contains(fact), "the card lacks {fact:?}: {text}");
     }
 
@@ -411,7 +416,7 @@ fn teams_link_marks_safe_and_nothing_is_blocked() {
     assert_eq!(ended["decided_by"], "teams-link", "{ended}");
     let blocks = agent.json_lines(&["blocks", "--json"]);
     assert!(
-        blocks.iter().all(|b| b["addr"] != "192.0.2.2"),
+        blocks.iter().all(|b| b["addr"] != "198.51.100.2"),
         "{blocks:?}"
     );
     assert!(agent.json_lines(&["pending", "--json"]).is_empty());
@@ -481,7 +486,7 @@ fn slack_click_confirms_block() {
     assert!(
         blocks
             .iter()
-            .any(|b| b["addr"] == "192.0.2.2" && b["decision_id"] == id.as_str()),
+            .any(|b| b["addr"] == "198.51.100.2" && b["decision_id"] == id.as_str()),
         "{blocks:?}"
     );
     let replaced = slack
@@ -716,9 +721,9 @@ fn unreachable_or_slow_chat_still_auto_blocks_on_time() {
         telegram: Some(&slow.base),
     };
     let agent = Agent::start_with("", &sections(&table, "3s", port, &key, &chat));
-    knock("192.0.2.2", 9305);
-    let opened = agent.wait_for("decision", "pending for 192.0.2.2", |d| {
-        d["target_ip"] == "192.0.2.2" && d["state"] == "pending"
+    knock("198.51.100.2", 9305);
+    let opened = agent.wait_for("decision", "pending for 198.51.100.2", |d| {
+        d["target_ip"] == "198.51.100.2" && d["state"] == "pending"
     });
     let id = opened["id"].as_str().unwrap().to_string();
     let deadline = humantime::parse_rfc3339(opened["deadline"].as_str().unwrap()).unwrap();
@@ -736,7 +741,7 @@ fn unreachable_or_slow_chat_still_auto_blocks_on_time() {
         agent
             .json_lines(&["blocks", "--json"])
             .iter()
-            .any(|b| b["addr"] == "192.0.2.2" && b["decision_id"] == id.as_str())
+            .any(|b| b["addr"] == "198.51.100.2" && b["decision_id"] == id.as_str())
     );
 
     let deadline = Instant::now() + Duration::from_secs(15);

@@ -29,18 +29,18 @@ fn geo_alerts_for_high_risk_countries_over_ipv4_and_ipv6() {
     }
     let _serial = serial();
     let _net = TestNet::new("g");
-    let agent = Agent::start_with("", "[trust]\nips = [\"203.0.113.0/24\"]\n");
+    let agent = Agent::start_with("", "[trust]\nips = [\"198.51.100.192/26\"]\n");
     let me = std::process::id();
 
     // Benign first: a low-risk country (v4, v6) and a trusted high-risk one.
-    knock("198.51.100.2", 8001);
+    knock("198.51.100.130", 8001);
     knock("2001:db8:2::2", 8002);
-    knock("203.0.113.2", 8003);
+    knock("198.51.100.194", 8003);
     // Then the anomalies.
-    knock("192.0.2.2", 8004);
+    knock("198.51.100.2", 8004);
     knock("2001:db8:1::2", 8005);
 
-    for (addr, port, country) in [("192.0.2.2", 8004, "RU"), ("2001:db8:1::2", 8005, "KP")] {
+    for (addr, port, country) in [("198.51.100.2", 8004, "RU"), ("2001:db8:1::2", 8005, "KP")] {
         let alert = agent.wait_for("alert", &format!("geo for {addr}"), |a| {
             a["anomaly"] == "geo" && a["target_ip"] == addr
         });
@@ -78,9 +78,9 @@ fn geo_alerts_for_high_risk_countries_over_ipv4_and_ipv6() {
 
     // The benign connects were seen, with their countries, and raised nothing.
     for (addr, country) in [
-        ("198.51.100.2", "DE"),
+        ("198.51.100.130", "DE"),
         ("2001:db8:2::2", "FR"),
-        ("203.0.113.2", "CN"),
+        ("198.51.100.194", "CN"),
     ] {
         let c = agent.wait_for("connect", &format!("to {addr}"), |c| c["daddr"] == addr);
         assert_eq!(s(&c["country"]), country, "{c}");
@@ -93,10 +93,10 @@ fn geo_alerts_for_high_risk_countries_over_ipv4_and_ipv6() {
     );
 
     // Repeats fold into the same alert with a count.
-    knock("192.0.2.2", 8004);
-    knock("192.0.2.2", 8004);
+    knock("198.51.100.2", 8004);
+    knock("198.51.100.2", 8004);
     let folded = agent.wait_for("alert", "counted three times", |a| {
-        a["target_ip"] == "192.0.2.2" && a["count"] == 3
+        a["target_ip"] == "198.51.100.2" && a["count"] == 3
     });
     assert_eq!(
         agent.events("alert").len(),

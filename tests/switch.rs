@@ -86,7 +86,7 @@ fn silence_auto_blocks_the_target_and_only_it() {
     let _net = TestNet::new("a");
     let table = Table::new("auto");
     let agent = Agent::start_with("", &config(&table, "2s", ""));
-    let d = open_decision(&agent, "192.0.2.2", 9101);
+    let d = open_decision(&agent, "198.51.100.2", 9101);
     let id = d["id"].as_str().unwrap().to_string();
     // The alert says so too, and `pending` lists it with its countdown.
     let alert = agent.wait_for("alert", "in state pending", |a| {
@@ -96,7 +96,7 @@ fn silence_auto_blocks_the_target_and_only_it() {
     let p = pending(&agent);
     assert_eq!(p.len(), 1, "{p:?}");
     assert_eq!(p[0]["id"], id.as_str());
-    assert_eq!(p[0]["target_ip"], "192.0.2.2");
+    assert_eq!(p[0]["target_ip"], "198.51.100.2");
     assert!(p[0]["seconds_left"].as_u64().unwrap() <= 2, "{p:?}");
 
     let ended = agent.wait_for("decision", "auto-blocked", |d| {
@@ -105,15 +105,15 @@ fn silence_auto_blocks_the_target_and_only_it() {
     assert_eq!(ended["decided_by"], "timer", "{ended}");
     let els = table.elements("block4");
     assert_eq!(els.len(), 1, "{els:?}");
-    assert_eq!(els[0].0, "192.0.2.2");
+    assert_eq!(els[0].0, "198.51.100.2");
     assert_eq!(
         els[0].1,
         Some(86_400),
         "element timeout = enforce.block_ttl: {els:?}"
     );
-    assert_eq!(reach("192.0.2.2", 9102), Reach::Dropped);
+    assert_eq!(reach("198.51.100.2", 9102), Reach::Dropped);
     assert_eq!(
-        reach("198.51.100.2", 9103),
+        reach("198.51.100.130", 9103),
         Reach::Reachable,
         "another host was cut off"
     );
@@ -121,7 +121,7 @@ fn silence_auto_blocks_the_target_and_only_it() {
     assert_eq!(b.len(), 1, "{b:?}");
     assert_eq!(
         (b[0]["addr"].as_str(), b[0]["decision_id"].as_str()),
-        (Some("192.0.2.2"), Some(id.as_str()))
+        (Some("198.51.100.2"), Some(id.as_str()))
     );
     assert_eq!(b[0]["in_kernel"], true, "{b:?}");
     agent.wait_for("alert", "in state auto-blocked", |a| {
@@ -144,7 +144,7 @@ fn safe_before_the_deadline_means_no_block() {
     let _net = TestNet::new("s");
     let table = Table::new("safe");
     let agent = Agent::start_with("", &config(&table, "3s", ""));
-    let d = open_decision(&agent, "192.0.2.2", 9201);
+    let d = open_decision(&agent, "198.51.100.2", 9201);
     let id = d["id"].as_str().unwrap();
     let out = agent.cli(&["safe", id]);
     assert!(
@@ -155,7 +155,7 @@ fn safe_before_the_deadline_means_no_block() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("safe"));
     thread::sleep(Duration::from_secs(4)); // past the deadline
     assert!(table.elements("block4").is_empty());
-    assert_eq!(reach("192.0.2.2", 9202), Reach::Reachable);
+    assert_eq!(reach("198.51.100.2", 9202), Reach::Reachable);
     let decisions = agent.events("decision");
     let states: Vec<&str> = decisions
         .iter()
@@ -172,10 +172,10 @@ fn safe_before_the_deadline_means_no_block() {
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no decision with id nosuchid"));
     assert!(table.elements("block4").is_empty());
     // Marked safe: the same target raises nothing new for switch.safe_ttl.
-    knock("192.0.2.2", 9203);
-    knock("198.51.100.2", 9204); // processed after it: a marker
+    knock("198.51.100.2", 9203);
+    knock("198.51.100.130", 9204); // processed after it: a marker
     agent.wait_for("connect", "marker", |c| {
-        c["daddr"] == "198.51.100.2" && c["dport"] == 9204
+        c["daddr"] == "198.51.100.130" && c["dport"] == 9204
     });
     assert_eq!(
         agent.events("alert").len(),
@@ -195,7 +195,7 @@ fn confirm_block_over_ipv4_and_ipv6_then_unblock() {
     let table = Table::new("block");
     let agent = Agent::start_with("", &config(&table, "5m", ""));
     for (addr, set, port) in [
-        ("192.0.2.2", "block4", 9301),
+        ("198.51.100.2", "block4", 9301),
         ("2001:db8:1::2", "block6", 9302),
     ] {
         let d = open_decision(&agent, addr, port);
@@ -215,18 +215,18 @@ fn confirm_block_over_ipv4_and_ipv6_then_unblock() {
         });
         assert_eq!(d["decided_by"], "cli");
     }
-    assert_eq!(reach("198.51.100.2", 9310), Reach::Reachable);
+    assert_eq!(reach("198.51.100.130", 9310), Reach::Reachable);
     assert_eq!(reach("2001:db8:2::2", 9311), Reach::Reachable);
 
     // Unblock through the agent…
-    let out = agent.cli(&["unblock", "192.0.2.2"]);
+    let out = agent.cli(&["unblock", "198.51.100.2"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(table.elements("block4").is_empty());
-    assert_eq!(reach("192.0.2.2", 9320), Reach::Reachable);
+    assert_eq!(reach("198.51.100.2", 9320), Reach::Reachable);
     // …and with the agent down.
     let mut agent = agent;
     assert!(agent.stop().success());
@@ -263,20 +263,20 @@ fn trusted_address_is_never_blocked() {
     let agent = Agent::start_with(
         "",
         &format!(
-            "{}[trust]\nips = [\"192.0.2.0/24\"]\n",
+            "{}[trust]\nips = [\"198.51.100.0/25\"]\n",
             config(&table, "1s", "")
         ),
     );
-    knock("192.0.2.2", 9401);
-    knock("198.51.100.2", 9402);
+    knock("198.51.100.2", 9401);
+    knock("198.51.100.130", 9402);
     agent.wait_for("connect", "marker", |c| {
-        c["daddr"] == "198.51.100.2" && c["dport"] == 9402
+        c["daddr"] == "198.51.100.130" && c["dport"] == 9402
     });
     thread::sleep(Duration::from_secs(2));
     assert!(agent.events("alert").is_empty());
     assert!(agent.events("decision").is_empty());
     assert!(table.elements("block4").is_empty());
-    assert_eq!(reach("192.0.2.2", 9403), Reach::Reachable);
+    assert_eq!(reach("198.51.100.2", 9403), Reach::Reachable);
 }
 
 #[test]
@@ -288,7 +288,7 @@ fn kill_9_during_the_countdown_keeps_the_original_deadline() {
     let _net = TestNet::new("k");
     let table = Table::new("kill");
     let mut agent = Agent::start_with("", &config(&table, "5s", ""));
-    let d = open_decision(&agent, "192.0.2.2", 9501);
+    let d = open_decision(&agent, "198.51.100.2", 9501);
     let id = d["id"].as_str().unwrap().to_string();
     let deadline = ts(&d, "deadline");
     agent.kill9();
@@ -337,7 +337,7 @@ fn blocks_are_reasserted_at_start() {
     let _net = TestNet::new("r");
     let table = Table::new("reassert");
     let mut agent = Agent::start_with("", &config(&table, "5m", ""));
-    let d = open_decision(&agent, "192.0.2.2", 9601);
+    let d = open_decision(&agent, "198.51.100.2", 9601);
     assert!(
         agent
             .cli(&["block", d["id"].as_str().unwrap()])
@@ -348,20 +348,20 @@ fn blocks_are_reasserted_at_start() {
     // Stopping removed nothing.
     assert_eq!(table.elements("block4").len(), 1);
     // The element vanishes behind the agent's back (a flush, a reboot without the table)…
-    table.delete_element("block4", "192.0.2.2");
+    table.delete_element("block4", "198.51.100.2");
     table.delete();
     agent.spawn();
     // …and is back after the start, with its remaining time.
     let els = table.elements("block4");
     assert_eq!(els.len(), 1, "{els:?}");
     let (addr, timeout) = &els[0];
-    assert_eq!(addr, "192.0.2.2");
+    assert_eq!(addr, "198.51.100.2");
     let t = timeout.unwrap();
     assert!(
         (86_300..=86_400).contains(&t),
         "timeout {t} is not the remaining time"
     );
-    assert_eq!(reach("192.0.2.2", 9602), Reach::Dropped);
+    assert_eq!(reach("198.51.100.2", 9602), Reach::Dropped);
 }
 
 #[test]
@@ -373,7 +373,7 @@ fn dry_run_records_and_touches_nothing() {
     let _net = TestNet::new("d");
     let table = Table::new("dry");
     let agent = Agent::start_with("", &config(&table, "1s", "mode = \"dry-run\""));
-    let d = open_decision(&agent, "192.0.2.2", 9701);
+    let d = open_decision(&agent, "198.51.100.2", 9701);
     let id = d["id"].as_str().unwrap();
     let ended = agent.wait_for("decision", "auto-blocked (dry run)", |x| {
         x["id"] == id && x["state"] == "auto-blocked"
@@ -384,7 +384,7 @@ fn dry_run_records_and_touches_nothing() {
     );
     assert!(!table.exists(), "dry-run created the table");
     assert!(blocks(&agent).is_empty());
-    assert_eq!(reach("192.0.2.2", 9702), Reach::Reachable);
+    assert_eq!(reach("198.51.100.2", 9702), Reach::Reachable);
 }
 
 #[test]
@@ -405,7 +405,7 @@ fn connect_guard_refuses_blocked_addresses_in_the_kernel() {
         "{}",
         agent.log()
     );
-    for (addr, port) in [("192.0.2.2", 9801), ("2001:db8:1::2", 9802)] {
+    for (addr, port) in [("198.51.100.2", 9801), ("2001:db8:1::2", 9802)] {
         let d = open_decision(&agent, addr, port);
         assert!(
             agent
@@ -416,9 +416,9 @@ fn connect_guard_refuses_blocked_addresses_in_the_kernel() {
         // Refused at connect(), before a packet leaves.
         assert_eq!(reach(addr, port + 10), Reach::Denied, "{addr}");
     }
-    assert_eq!(reach("198.51.100.2", 9810), Reach::Reachable);
-    assert!(agent.cli(&["unblock", "192.0.2.2"]).status.success());
-    assert_eq!(reach("192.0.2.2", 9811), Reach::Reachable);
+    assert_eq!(reach("198.51.100.130", 9810), Reach::Reachable);
+    assert!(agent.cli(&["unblock", "198.51.100.2"]).status.success());
+    assert_eq!(reach("198.51.100.2", 9811), Reach::Reachable);
     // Stopping the agent detaches the guard; nftables still drops.
     let mut agent = agent;
     assert!(agent.stop().success());
@@ -520,7 +520,7 @@ fn a_shell_under_a_web_server_gets_its_decision_when_it_connects_out() {
     // node → sh → python3, which connects out (to a low-risk country: only the lineage
     // alert can give this connection a decision).
     let connect = "import socket; s = socket.socket(); s.settimeout(0.5); \
-                   s.connect_ex(('198.51.100.2', 9901))";
+                   s.connect_ex(('198.51.100.130', 9901))";
     let status = Command::new(&node)
         .args([
             "-c",
@@ -533,7 +533,7 @@ fn a_shell_under_a_web_server_gets_its_decision_when_it_connects_out() {
     let d = agent.wait_for("decision", "pending for the lineage alert", |d| {
         d["id"] == alert["id"] && d["state"] == "pending"
     });
-    assert_eq!(d["target_ip"], "198.51.100.2", "{d}");
+    assert_eq!(d["target_ip"], "198.51.100.130", "{d}");
     assert_eq!(d["anomaly"], "lineage", "{d}");
     let p = pending(&agent);
     assert!(p.iter().any(|x| x["id"] == alert["id"]), "{p:?}");

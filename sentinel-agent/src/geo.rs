@@ -146,19 +146,19 @@ mod tests {
     }
 
     const DOC_RANGES: &[(&str, &str)] = &[
-        ("192.0.2.0/24", "RU"),
-        ("198.51.100.0/24", "CN"),
-        ("203.0.113.0/24", "DE"),
+        ("198.51.100.0/25", "RU"),
+        ("198.51.100.128/25", "CN"),
+        ("2001:db8:3::/48", "DE"),
         ("2001:db8:1::/48", "KP"),
         ("2001:db8:2::/48", "FR"),
     ];
 
     fn check_doc_ranges(geo: &Geo) {
         for (addr, want) in [
-            ("192.0.2.1", "RU"),
-            ("192.0.2.255", "RU"),
-            ("198.51.100.7", "CN"),
-            ("203.0.113.200", "DE"),
+            ("198.51.100.1", "RU"),
+            ("198.51.100.127", "RU"),
+            ("198.51.100.200", "CN"),
+            ("2001:db8:3::200", "DE"),
             ("2001:db8:1::1", "KP"),
             ("2001:db8:1:ffff:ffff:ffff:ffff:ffff", "KP"),
             ("2001:db8:2:3::4", "FR"),
@@ -183,11 +183,17 @@ mod tests {
     fn ipv4_mapped_ipv6_is_looked_up_as_ipv4() {
         for layout in [Layout::MaxMind, Layout::Flat] {
             let (_dir, geo) = db(layout, DOC_RANGES);
-            assert_eq!(geo.country(ip("::ffff:192.0.2.9")).as_deref(), Some("RU"));
-            assert_eq!(geo.country(ip("::ffff:203.0.113.1")).as_deref(), Some("DE"));
+            assert_eq!(
+                geo.country(ip("::ffff:198.51.100.9")).as_deref(),
+                Some("RU")
+            );
+            assert_eq!(
+                geo.country(ip("::ffff:198.51.100.201")).as_deref(),
+                Some("CN")
+            );
             assert_eq!(geo.country(ip("::ffff:198.51.101.1")), None);
             // The test database does not alias ::ffff:0:0/96 itself: the mapping is Geo's.
-            let raw = geo.reader.lookup(ip("::ffff:192.0.2.9")).unwrap();
+            let raw = geo.reader.lookup(ip("::ffff:198.51.100.9")).unwrap();
             assert!(!raw.has_data());
         }
     }
@@ -196,15 +202,15 @@ mod tests {
     fn addresses_not_in_the_database_are_none() {
         let (_dir, geo) = db(Layout::MaxMind, DOC_RANGES);
         for addr in [
-            "192.0.1.255",
-            "192.0.3.0",
+            "198.51.99.255",
+            "198.51.101.0",
             "0.0.0.0",
             "127.0.0.1",
             "255.255.255.255",
             "::",
             "::1",
             "2001:db8::1",
-            "2001:db8:3::1",
+            "2001:db8:4::1",
             "fe80::1",
             "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
         ] {
@@ -214,14 +220,14 @@ mod tests {
 
     #[test]
     fn only_one_family_or_nothing_at_all() {
-        let (_d4, v4) = db(Layout::Flat, &[("192.0.2.0/24", "RU")]);
-        assert_eq!(v4.country(ip("192.0.2.1")).as_deref(), Some("RU"));
+        let (_d4, v4) = db(Layout::Flat, &[("198.51.100.0/24", "RU")]);
+        assert_eq!(v4.country(ip("198.51.100.1")).as_deref(), Some("RU"));
         assert_eq!(v4.country(ip("2001:db8::1")), None);
         let (_d6, v6) = db(Layout::Flat, &[("2001:db8::/32", "IR")]);
         assert_eq!(v6.country(ip("2001:db8::1")).as_deref(), Some("IR"));
-        assert_eq!(v6.country(ip("192.0.2.1")), None);
+        assert_eq!(v6.country(ip("198.51.100.1")), None);
         let (_d0, empty) = db(Layout::Flat, &[]);
-        assert_eq!(empty.country(ip("192.0.2.1")), None);
+        assert_eq!(empty.country(ip("198.51.100.1")), None);
         assert_eq!(empty.country(ip("2001:db8::1")), None);
         let (_da, all_v4) = db(Layout::Flat, &[("0.0.0.0/0", "SY")]);
         assert_eq!(all_v4.country(ip("203.0.113.1")).as_deref(), Some("SY"));
@@ -233,28 +239,28 @@ mod tests {
         // In either order; hosts and single addresses too.
         for entries in [
             &[
-                ("192.0.2.0/24", "RU"),
-                ("192.0.2.128/25", "BY"),
-                ("192.0.2.200", "VE"),
+                ("198.51.100.0/24", "RU"),
+                ("198.51.100.128/25", "BY"),
+                ("198.51.100.200", "VE"),
                 ("2001:db8::/32", "CN"),
                 ("2001:db8:5::/48", "KP"),
             ][..],
             &[
                 ("2001:db8:5::/48", "KP"),
-                ("192.0.2.200/32", "VE"),
-                ("192.0.2.128/25", "BY"),
+                ("198.51.100.200/32", "VE"),
+                ("198.51.100.128/25", "BY"),
                 ("2001:db8::/32", "CN"),
-                ("192.0.2.0/24", "RU"),
+                ("198.51.100.0/24", "RU"),
             ][..],
         ] {
             let (_dir, geo) = db(Layout::MaxMind, entries);
             for (addr, want) in [
-                ("192.0.2.1", "RU"),
-                ("192.0.2.127", "RU"),
-                ("192.0.2.128", "BY"),
-                ("192.0.2.199", "BY"),
-                ("192.0.2.200", "VE"),
-                ("192.0.2.201", "BY"),
+                ("198.51.100.1", "RU"),
+                ("198.51.100.127", "RU"),
+                ("198.51.100.128", "BY"),
+                ("198.51.100.199", "BY"),
+                ("198.51.100.200", "VE"),
+                ("198.51.100.201", "BY"),
                 ("2001:db8:4::1", "CN"),
                 ("2001:db8:5::1", "KP"),
                 ("2001:db8:6::1", "CN"),
@@ -265,9 +271,9 @@ mod tests {
         // The same network twice: the later entry wins.
         let (_dir, geo) = db(
             Layout::Flat,
-            &[("192.0.2.0/24", "RU"), ("192.0.2.0/24", "CN")],
+            &[("198.51.100.0/24", "RU"), ("198.51.100.0/24", "CN")],
         );
-        assert_eq!(geo.country(ip("192.0.2.1")).as_deref(), Some("CN"));
+        assert_eq!(geo.country(ip("198.51.100.1")).as_deref(), Some("CN"));
     }
 
     #[test]
@@ -275,17 +281,22 @@ mod tests {
         let (_dir, geo) = db(
             Layout::Flat,
             &[
-                ("192.0.2.0/26", "ru"),
-                ("192.0.2.64/26", "Cn"),
-                ("192.0.2.128/26", "RUS"),
-                ("192.0.2.192/27", "1A"),
-                ("192.0.2.224/27", ""),
+                ("198.51.100.0/26", "ru"),
+                ("198.51.100.64/26", "Cn"),
+                ("198.51.100.128/26", "RUS"),
+                ("198.51.100.192/27", "1A"),
+                ("198.51.100.224/27", ""),
                 ("2001:db8::/32", "é1"),
             ],
         );
-        assert_eq!(geo.country(ip("192.0.2.1")).as_deref(), Some("RU"));
-        assert_eq!(geo.country(ip("192.0.2.65")).as_deref(), Some("CN"));
-        for addr in ["192.0.2.129", "192.0.2.193", "192.0.2.225", "2001:db8::1"] {
+        assert_eq!(geo.country(ip("198.51.100.1")).as_deref(), Some("RU"));
+        assert_eq!(geo.country(ip("198.51.100.65")).as_deref(), Some("CN"));
+        for addr in [
+            "198.51.100.129",
+            "198.51.100.193",
+            "198.51.100.225",
+            "2001:db8::1",
+        ] {
             assert_eq!(geo.country(ip(addr)), None, "{addr}");
         }
     }
@@ -385,8 +396,8 @@ mod tests {
                 (6, 24, 2)
             );
             assert_eq!(meta.languages, ["en"]);
-            let found = reader.lookup(ip("192.0.2.1")).unwrap();
-            assert_eq!(found.network().unwrap().to_string(), "192.0.2.0/24");
+            let found = reader.lookup(ip("198.51.100.1")).unwrap();
+            assert_eq!(found.network().unwrap().to_string(), "198.51.100.0/24");
             let found = reader.lookup(ip("2001:db8:1::1")).unwrap();
             assert_eq!(found.network().unwrap().to_string(), "2001:db8:1::/48");
         }
@@ -396,11 +407,11 @@ mod tests {
     fn bad_networks_are_refused_by_the_writer() {
         let dir = tempfile::tempdir().unwrap();
         for cidr in [
-            "192.0.2.0/33",
+            "198.51.100.0/33",
             "2001:db8::/129",
-            "192.0.2/24",
+            "198.51.100/24",
             "x",
-            "192.0.2.0/",
+            "198.51.100.0/",
         ] {
             let err = write_country_db(&dir.path().join("x.mmdb"), Layout::Flat, &[(cidr, "RU")])
                 .unwrap_err();

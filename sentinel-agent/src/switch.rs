@@ -343,7 +343,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut sw = switch(dir.path());
         let t0 = SystemTime::now();
-        let c = open(&mut sw, "a1", "203.0.113.9", t0).unwrap();
+        let c = open(&mut sw, "a1", "198.51.100.9", t0).unwrap();
         assert_eq!(c.alert.state, "pending");
         assert!(c.alert.deadline.is_some());
         let trust = TrustSet::default();
@@ -354,7 +354,7 @@ mod tests {
         assert_eq!(ended[0].alert.state, "auto-blocked");
         assert_eq!(
             sw.enforcer.recorded(),
-            ["203.0.113.9".parse::<IpAddr>().unwrap()]
+            ["198.51.100.9".parse::<IpAddr>().unwrap()]
         );
         let blocks = sw.ledger.blocks(t0).unwrap();
         assert_eq!(blocks.len(), 1);
@@ -379,7 +379,7 @@ mod tests {
         let mut sw = switch(dir.path());
         let t0 = SystemTime::now();
         let trust = TrustSet::default();
-        open(&mut sw, "a1", "203.0.113.9", t0).unwrap();
+        open(&mut sw, "a1", "198.51.100.9", t0).unwrap();
         let c = sw
             .answer(&trust, "a1", Verdict::Safe, "slack:U1", t0)
             .unwrap();
@@ -387,9 +387,17 @@ mod tests {
         assert_eq!(c.decision.decided_by.as_deref(), Some("slack:U1"));
         assert!(sw.tick(&trust, t0 + Duration::from_secs(1000)).is_empty());
         assert!(sw.enforcer.recorded().is_empty());
-        assert!(open(&mut sw, "a2", "203.0.113.9", t0 + Duration::from_secs(10)).is_none());
+        assert!(open(&mut sw, "a2", "198.51.100.9", t0 + Duration::from_secs(10)).is_none());
         // Once safe_ttl is over, the target can be decided on again.
-        assert!(open(&mut sw, "a3", "203.0.113.9", t0 + Duration::from_secs(3601)).is_some());
+        assert!(
+            open(
+                &mut sw,
+                "a3",
+                "198.51.100.9",
+                t0 + Duration::from_secs(3601)
+            )
+            .is_some()
+        );
         assert_eq!(
             sw.answer(&trust, "nope", Verdict::Block, "cli", t0)
                 .unwrap_err(),
@@ -404,7 +412,7 @@ mod tests {
         let trust = TrustSet::default();
         {
             let mut sw = switch(dir.path());
-            open(&mut sw, "a1", "203.0.113.9", t0).unwrap();
+            open(&mut sw, "a1", "198.51.100.9", t0).unwrap();
             open(&mut sw, "a2", "2001:db8::9", t0).unwrap();
             sw.answer(&trust, "a2", Verdict::Block, "cli", t0).unwrap();
         } // "killed"
@@ -425,9 +433,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut sw = switch(dir.path());
         let t0 = SystemTime::now();
-        open(&mut sw, "a1", "203.0.113.9", t0).unwrap();
+        open(&mut sw, "a1", "198.51.100.9", t0).unwrap();
         // The operator trusts the address while the decision is pending.
-        let trust = TrustSet::new(&["203.0.113.0/24".parse().unwrap()], &[]);
+        let trust = TrustSet::new(&["198.51.100.0/24".parse().unwrap()], &[]);
         let c = sw.answer(&trust, "a1", Verdict::Block, "cli", t0).unwrap();
         assert_eq!(c.decision.state, State::Blocked);
         assert!(c.decision.reason.unwrap().contains("trusted"));

@@ -39,7 +39,7 @@ pub fn write_country_db(path: &Path, layout: Layout, entries: &[(&str, &str)]) -
     fs::write(path, bytes)
 }
 
-/// A country database mapping each `(network, code)` entry's network (`"192.0.2.0/24"`,
+/// A country database mapping each `(network, code)` entry's network (`"198.51.100.0/24"`,
 /// `"2001:db8:1::/48"`, or a bare address for a single host) to its country code, written
 /// as given. Host bits below the prefix are ignored. Panics on a malformed network.
 #[allow(
@@ -121,7 +121,7 @@ fn build(layout: Layout, entries: &[(&str, &str)]) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// `"192.0.2.0/24"` → (`::192.0.2.0` as 128 bits, masked; 120).
+/// `"198.51.100.0/24"` → (`::198.51.100.0` as 128 bits, masked; 120).
 fn parse_network(cidr: &str) -> Result<(u128, u32), String> {
     let (addr, len) = match cidr.split_once('/') {
         Some((addr, len)) => (addr, Some(len)),

@@ -24,9 +24,9 @@ pub mod nft;
 
 /// The test GeoIP database: documentation ranges → countries (SPEC §8).
 pub const TEST_COUNTRIES: [(&str, &str); 5] = [
-    ("192.0.2.0/24", "RU"),
-    ("198.51.100.0/24", "DE"),
-    ("203.0.113.0/24", "CN"),
+    ("198.51.100.0/25", "RU"),
+    ("198.51.100.128/26", "DE"),
+    ("198.51.100.192/26", "CN"),
     ("2001:db8:1::/48", "KP"),
     ("2001:db8:2::/48", "FR"),
 ];

@@ -1,6 +1,7 @@
 //! `cargo xtask bench-switch`: how fast a decision becomes a block in the kernel. It runs the
-//! real agent against a test host in a network namespace (documentation range that its own
-//! GeoIP database puts in a high-risk country), opens many decisions, and measures (1) from
+//! real agent against a test host in a network namespace (the shared test-host harness,
+//! `tests/common/netns.rs`, which refuses to shadow the machine's own network; its own GeoIP
+//! database puts the addresses in a high-risk country), opens many decisions, and measures (1) from
 //! `sentinel block ID` to the command returning with the element applied, (2) from a
 //! decision's deadline to its element being in the nftables set. Medians are printed. A
 //! measurement, not a test.
@@ -17,6 +18,9 @@ use anyhow::{Context as _, bail, ensure};
 
 #[path = "../../tests/common/mmdb.rs"]
 mod mmdb;
+#[path = "../../tests/common/netns.rs"]
+#[allow(dead_code, reason = "the benchmark uses part of the test harness")]
+mod netns;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -31,10 +35,10 @@ pub struct Args {
 /// Everything the run created, removed on drop even when it fails.
 struct Scene {
     dir: PathBuf,
-    ns: String,
-    veth: String,
     table: String,
     agent: Option<Child>,
+    // Dropped after the agent is stopped (fields drop in declaration order after `drop`).
+    _net: netns::TestNet,
 }
 
 impl Drop for Scene {
@@ -43,10 +47,6 @@ impl Drop for Scene {
             let _ = Command::new("kill").arg(a.id().to_string()).status();
             let _ = a.wait();
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.veth])
-            .output();
         let _ = Command::new("nft")
             .args(["delete", "table", "inet", &self.table])
             .output();
@@ -106,53 +106,31 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let id = std::process::id();
     let dir = std::env::temp_dir().join(format!("sentinel-bench-switch-{id}"));
     std::fs::create_dir_all(&dir)?;
+    ensure!(
+        args.runs <= 50,
+        "--runs is at most 50 (each run uses its own test-host address)"
+    );
+    eprintln!("==> test host in a network namespace");
+    // Host-side addresses: .10.. for `block ID`, .70.. for deadlines (RU /25 of the harness).
+    let extra: Vec<String> = (0..args.runs)
+        .flat_map(|i| {
+            [
+                format!("198.51.100.{}", 10 + i),
+                format!("198.51.100.{}", 70 + i),
+            ]
+        })
+        .collect();
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let net = netns::TestNet::try_new("B", &extra).map_err(|e| anyhow::anyhow!(e))?;
     let mut scene = Scene {
         dir: dir.clone(),
-        ns: format!("sentinel-bench-{id}"),
-        veth: format!("sbv{}", id % 100_000),
         table: format!("snt_bench_{id}"),
         agent: None,
+        _net: net,
     };
-    eprintln!("==> test host in network namespace {}", scene.ns);
-    let peer = format!("sbp{}", id % 100_000);
-    sh("ip", &["netns", "add", &scene.ns])?;
-    sh(
-        "ip",
-        &[
-            "link",
-            "add",
-            &scene.veth,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &peer,
-        ],
-    )?;
-    sh("ip", &["link", "set", &peer, "netns", &scene.ns])?;
-    sh("ip", &["addr", "add", "192.0.2.1/24", "dev", &scene.veth])?;
-    sh("ip", &["link", "set", &scene.veth, "up"])?;
-    sh(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &scene.ns,
-            "ip",
-            "addr",
-            "add",
-            "192.0.2.2/24",
-            "dev",
-            &peer,
-        ],
-    )?;
-    sh(
-        "ip",
-        &["netns", "exec", &scene.ns, "ip", "link", "set", &peer, "up"],
-    )?;
 
     let geo = dir.join("country.mmdb");
-    mmdb::write_country_db(&geo, mmdb::Layout::Flat, &[("192.0.2.0/24", "RU")])?;
+    mmdb::write_country_db(&geo, mmdb::Layout::Flat, &[("198.51.100.0/25", "RU")])?;
     let config = dir.join("sentinel.toml");
     std::fs::write(
         &config,
@@ -214,7 +192,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     eprintln!("==> {} × `sentinel block ID`", args.runs);
     let mut by_hand = Vec::new();
     for i in 0..args.runs {
-        let addr = format!("192.0.2.{}", 10 + i);
+        let addr = format!("198.51.100.{}", 10 + i);
         knock(&addr);
         let (id, _) = pending_for(&addr)?;
         let t0 = Instant::now();
@@ -235,7 +213,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     eprintln!("==> {} × deadline expiry (countdown 1s)", args.runs);
     let mut by_timer = Vec::new();
     for i in 0..args.runs {
-        let addr = format!("192.0.2.{}", 100 + i);
+        let addr = format!("198.51.100.{}", 70 + i);
         knock(&addr);
         let (_, deadline) = pending_for(&addr)?;
         loop {

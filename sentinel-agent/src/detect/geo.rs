@@ -67,7 +67,7 @@ mod tests {
         let f = geo()
             .on_connect(
                 &c,
-                "203.0.113.9".parse().unwrap(),
+                "198.51.100.9".parse().unwrap(),
                 443,
                 Some("RU"),
                 &TrustSet::default(),
@@ -76,7 +76,7 @@ mod tests {
         assert_eq!(f.anomaly, Anomaly::Geo);
         assert_eq!(
             f.target.unwrap().ip(),
-            "203.0.113.9".parse::<IpAddr>().unwrap()
+            "198.51.100.9".parse::<IpAddr>().unwrap()
         );
         assert_eq!(f.country.as_deref(), Some("RU"));
     }
@@ -84,11 +84,11 @@ mod tests {
     #[test]
     fn low_risk_unknown_and_trusted_raise_nothing() {
         let c = culprit(9, "curl", &[]);
-        let ip: IpAddr = "203.0.113.9".parse().unwrap();
+        let ip: IpAddr = "198.51.100.9".parse().unwrap();
         let open = TrustSet::default();
         assert!(geo().on_connect(&c, ip, 443, Some("DE"), &open).is_none());
         assert!(geo().on_connect(&c, ip, 443, None, &open).is_none());
-        let trusted = TrustSet::new(&["203.0.113.0/24".parse().unwrap()], &[]);
+        let trusted = TrustSet::new(&["198.51.100.0/24".parse().unwrap()], &[]);
         assert!(
             geo()
                 .on_connect(&c, ip, 443, Some("RU"), &trusted)

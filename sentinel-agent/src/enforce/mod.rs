@@ -243,9 +243,9 @@ mod tests {
     #[test]
     fn resolvers_are_read() {
         let r = parse_resolvers(
-            "# comment\nnameserver 192.0.2.53\nnameserver fe80::1%eth0\noptions edns0\nnameserver   2001:db8::53\n",
+            "# comment\nnameserver 198.51.100.153\nnameserver fe80::1%eth0\noptions edns0\nnameserver   2001:db8::53\n",
         );
-        assert!(r.contains(&ip("192.0.2.53")));
+        assert!(r.contains(&ip("198.51.100.153")));
         assert!(r.contains(&ip("fe80::1")));
         assert!(r.contains(&ip("2001:db8::53")));
         assert_eq!(r.len(), 3);
@@ -272,24 +272,24 @@ mod tests {
     fn guard_refuses_protected_addresses() {
         let mut e = Enforcer::new(Backend::Recording(Vec::new()));
         e.resolvers = parse_resolvers("nameserver 198.51.100.53\n");
-        e.refresh_chat_endpoints(["http://192.0.2.80:8080/hook"].into_iter());
-        let trust = TrustSet::new(&["203.0.113.0/24".parse().unwrap()], &[]);
+        e.refresh_chat_endpoints(["http://198.51.100.80:8080/hook"].into_iter());
+        let trust = TrustSet::new(&["198.51.100.192/26".parse().unwrap()], &[]);
         assert!(matches!(
             e.admit(&trust, ip("127.0.0.1")),
             Err(Refusal::Trusted(TrustReason::Loopback))
         ));
         assert!(matches!(
-            e.admit(&trust, ip("203.0.113.7")),
+            e.admit(&trust, ip("198.51.100.207")),
             Err(Refusal::Trusted(_))
         ));
         assert_eq!(e.admit(&trust, ip("198.51.100.53")), Err(Refusal::Resolver));
         assert!(matches!(
-            e.admit(&trust, ip("192.0.2.80")),
+            e.admit(&trust, ip("198.51.100.80")),
             Err(Refusal::ChatEndpoint(_))
         ));
-        let ok = e.admit(&trust, ip("::ffff:192.0.2.9")).unwrap();
-        assert_eq!(ok, Admitted(ip("192.0.2.9")));
+        let ok = e.admit(&trust, ip("::ffff:198.51.100.9")).unwrap();
+        assert_eq!(ok, Admitted(ip("198.51.100.9")));
         e.apply(ok, Duration::from_secs(1)).unwrap();
-        assert_eq!(e.recorded(), [ip("192.0.2.9")]);
+        assert_eq!(e.recorded(), [ip("198.51.100.9")]);
     }
 }

@@ -656,9 +656,9 @@ pub(crate) mod testing {
             comm: "curl".into(),
             exe: Some("/usr/bin/curl".into()),
             ancestors: vec!["bash".into(), "node".into(), "systemd".into()],
-            target_ip: Some("192.0.2.2".parse::<IpAddr>().unwrap()),
+            target_ip: Some("198.51.100.2".parse::<IpAddr>().unwrap()),
             country: Some("RU".into()),
-            detail: "curl connected to 192.0.2.2:443 (RU)".into(),
+            detail: "curl connected to 198.51.100.2:443 (RU)".into(),
             created: now,
             deadline: now + left,
             state: State::Pending,
@@ -942,7 +942,7 @@ mod tests {
 
     fn with_detail(id: &str) -> Decision {
         let mut d = decision(id, Duration::from_secs(300));
-        d.detail = format!("{id}-detail: curl connected to 192.0.2.2:443 (RU)");
+        d.detail = format!("{id}-detail: curl connected to 198.51.100.2:443 (RU)");
         d
     }
 
@@ -1082,7 +1082,7 @@ mod tests {
             "curl (pid 4242)",
             "/usr/bin/curl",
             "bash ← node ← systemd",
-            "192.0.2.2 (RU)",
+            "198.51.100.2 (RU)",
             "T1071.001",
             "Command and Control",
             "92/100",
@@ -1132,7 +1132,7 @@ mod tests {
         for fact in [
             "web-1",
             "curl (pid 4242)",
-            "192.0.2.2 (RU)",
+            "198.51.100.2 (RU)",
             "T1071.001",
             "92/100",
             "in 4m",
@@ -1167,7 +1167,7 @@ mod tests {
         for fact in [
             "web-1",
             "curl (pid 4242)",
-            "192.0.2.2 (RU)",
+            "198.51.100.2 (RU)",
             "T1071.001",
             "92/100",
             "in 4m",
@@ -1750,14 +1750,14 @@ mod tests {
         let mut d = decision("o1", Duration::from_secs(60));
         d.state = State::Blocked;
         d.decided_by = Some("cli".into());
-        assert_eq!(outcome(&d), "BLOCKED by cli (192.0.2.2)");
+        assert_eq!(outcome(&d), "BLOCKED by cli (198.51.100.2)");
         d.state = State::Safe;
         assert_eq!(outcome(&d), "MARKED SAFE by cli: no block");
         d.state = State::AutoBlocked;
         d.reason = Some("the trust guard refused it".into());
         assert_eq!(
             outcome(&d),
-            "AUTO-BLOCKED: nobody answered before the deadline (192.0.2.2). the trust guard refused it"
+            "AUTO-BLOCKED: nobody answered before the deadline (198.51.100.2). the trust guard refused it"
         );
     }
 

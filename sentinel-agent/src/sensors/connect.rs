@@ -99,7 +99,7 @@ mod tests {
         };
         assert_eq!(c.family, 4);
         assert_eq!(c.daddr, "203.0.113.9".parse::<IpAddr>().unwrap());
-        assert_eq!(c.saddr, "192.0.2.1".parse::<IpAddr>().unwrap());
+        assert_eq!(c.saddr, "198.51.100.1".parse::<IpAddr>().unwrap());
         assert_eq!((c.dport, c.tgid, c.comm.as_str()), (443, 900, "curl"));
     }
 
