@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use super::Cli;
 use crate::{
-    decision::{Decision, Verdict},
-    ipc::{Client, IpcError, Request},
+    daemon::ipc::{Client, IpcError, Request},
+    switch::decision::{Decision, Verdict},
 };
 
 #[derive(Debug, clap::Args)]

@@ -4,7 +4,7 @@
 use std::{io::Write, process::ExitCode, time::SystemTime};
 
 use super::{Cli, JsonArgs};
-use crate::{config::EnforceMode, enforce::nftables::Nft, ledger::Ledger};
+use crate::{config::EnforceMode, enforce::nftables::Nft, switch::ledger::Ledger};
 
 pub fn run(cli: &Cli, args: &JsonArgs) -> anyhow::Result<ExitCode> {
     let config = cli.load_config()?;

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use super::Cli;
-use crate::{config::Config, geo::Geo};
+use crate::{config::Config, enrich::geo::Geo};
 
 pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     // Unlike the other commands, a missing file is an error here: it is what is checked.

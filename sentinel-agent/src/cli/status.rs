@@ -3,7 +3,7 @@
 use std::{io::Write, process::ExitCode};
 
 use super::{Cli, JsonArgs};
-use crate::ipc;
+use crate::daemon::ipc;
 
 pub fn run(cli: &Cli, args: &JsonArgs) -> anyhow::Result<ExitCode> {
     let config = cli.load_config()?;

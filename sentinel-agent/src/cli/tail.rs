@@ -10,8 +10,8 @@ use anyhow::Context as _;
 
 use super::Cli;
 use crate::{
+    daemon::ipc::{Client, Notice, Request},
     event::{Kind, Record},
-    ipc::{Client, Notice, Request},
     store::Store,
 };
 

@@ -8,9 +8,9 @@ use anyhow::{Context as _, bail};
 
 use super::Cli;
 use crate::{
+    daemon::ipc::{Client, IpcError, Request},
     enforce::nftables::Nft,
-    ipc::{Client, IpcError, Request},
-    ledger::Ledger,
+    switch::ledger::Ledger,
 };
 
 #[derive(Debug, clap::Args)]
@@ -21,7 +21,7 @@ pub struct Args {
 
 pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     let config = cli.load_config()?;
-    let addr = crate::trust::canonical(args.addr);
+    let addr = crate::enrich::trust::canonical(args.addr);
     let was_blocked = match Client::send(&config.agent.socket, &Request::Unblock { addr }) {
         Ok(mut client) => {
             let value = client

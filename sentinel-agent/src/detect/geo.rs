@@ -4,7 +4,7 @@
 
 use std::{collections::HashSet, net::IpAddr};
 
-use crate::trust::TrustSet;
+use crate::enrich::trust::TrustSet;
 
 use super::{Anomaly, Culprit, Finding};
 

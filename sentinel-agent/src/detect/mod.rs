@@ -14,8 +14,8 @@ use std::{
 };
 
 use crate::{
+    enrich::trust::Untrusted,
     event::{AlertBody, Mitre},
-    trust::Untrusted,
 };
 
 /// How bad an anomaly is on its own.
@@ -278,7 +278,7 @@ fn random_id() -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::trust::TrustSet;
+    use crate::enrich::trust::TrustSet;
 
     pub(crate) fn culprit(pid: u32, comm: &str, ancestry: &[(u32, &str)]) -> Culprit {
         Culprit {

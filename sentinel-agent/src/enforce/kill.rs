@@ -19,7 +19,7 @@ use tracing::{info, warn};
 
 use crate::{
     config::name_matches,
-    tree::{ProcessTree, is_alive},
+    enrich::tree::{ProcessTree, is_alive},
 };
 
 /// A program killed again under the same parent within this window is a respawn.

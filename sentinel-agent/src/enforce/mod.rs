@@ -20,7 +20,7 @@ use tracing::{info, warn};
 
 use crate::{
     config::{Config, EnforceMode},
-    trust::{TrustReason, TrustSet, canonical},
+    enrich::trust::{TrustReason, TrustSet, canonical},
 };
 
 /// Why an address may not be blocked.

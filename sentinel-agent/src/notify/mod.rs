@@ -33,8 +33,8 @@ pub use summary::{Summary, SummarySource};
 
 use crate::{
     config::Config,
-    decision::{Answer, Decision, Notice, State},
     override_http::Secret,
+    switch::decision::{Answer, Decision, Notice, State},
 };
 
 /// How often the daily summary goes out.
@@ -634,8 +634,8 @@ pub(crate) mod testing {
     use tokio::sync::mpsc;
 
     use crate::{
-        decision::{Answer, AnswerError, Decision, State, Verdict},
         event::Mitre,
+        switch::decision::{Answer, AnswerError, Decision, State, Verdict},
     };
 
     /// A pending geo decision `id` whose deadline is `left` from now.
@@ -852,8 +852,8 @@ mod tests {
         *,
     };
     use crate::{
-        decision::{Decision, Notice, State},
         override_http::{Secret, serve},
+        switch::decision::{Decision, Notice, State},
     };
 
     const SLACK_SECRET: &str = "slack-signing-secret-for-tests";

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use serde_json::{Value, json};
 
 use super::{Http, Summary, Undelivered, facts, outcome, title};
-use crate::{decision::Decision, override_http::action};
+use crate::{override_http::action, switch::decision::Decision};
 
 /// The Slack channel: where alerts go and how.
 pub struct Slack {
@@ -45,7 +45,12 @@ fn fields(d: &Decision, now: SystemTime, with_deadline: bool) -> Vec<Value> {
         .collect()
 }
 
-fn button(text: &str, style: &str, d: &Decision, verdict: crate::decision::Verdict) -> Value {
+fn button(
+    text: &str,
+    style: &str,
+    d: &Decision,
+    verdict: crate::switch::decision::Verdict,
+) -> Value {
     let action = action(verdict);
     json!({
         "type": "button",
@@ -59,7 +64,7 @@ fn button(text: &str, style: &str, d: &Decision, verdict: crate::decision::Verdi
 /// The alert: header, facts, what was seen, and the MARK AS SAFE / CONFIRM BLOCK buttons
 /// whose values are `safe:<id>` / `block:<id>`.
 pub fn alert_message(d: &Decision, now: SystemTime) -> Value {
-    use crate::decision::Verdict;
+    use crate::switch::decision::Verdict;
     let title = title(d);
     json!({
         "text": escape(&format!("{title}: {} — automatic block in {}", d.detail, super::time_left(d, now))),

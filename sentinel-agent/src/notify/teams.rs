@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 
 use super::{Http, Summary, Undelivered, facts, outcome, title};
 use crate::{
-    decision::{Decision, Verdict},
     override_http::{Secret, decide_link},
+    switch::decision::{Decision, Verdict},
 };
 
 /// The Teams channel.
@@ -95,7 +95,7 @@ pub fn alert_card(d: &Decision, now: SystemTime, public_url: &str, secret: &Secr
 
 /// The follow-up card: what happened, and the decision's facts.
 pub fn outcome_card(d: &Decision) -> Value {
-    let good = d.state == crate::decision::State::Safe;
+    let good = d.state == crate::switch::decision::State::Safe;
     card(
         vec![
             text(

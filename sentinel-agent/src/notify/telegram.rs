@@ -18,8 +18,8 @@ use tokio::sync::mpsc;
 use super::{Http, Summary, Undelivered, facts, outcome, title};
 use crate::{
     config::TelegramConfig,
-    decision::{Answer, AnswerError, Decision, Verdict},
     override_http::{Unanswered, action, parse_button, submit},
+    switch::decision::{Answer, AnswerError, Decision, Verdict},
 };
 
 /// How long one `getUpdates` call waits for a button press.

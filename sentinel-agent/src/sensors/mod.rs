@@ -3,6 +3,7 @@
 //! they share: the loader, tracefs, ring-buffer draining, record decoding and the counters
 //! behind `sentinel status`.
 
+pub mod btf;
 pub mod connect;
 pub mod cpu;
 pub mod exec;

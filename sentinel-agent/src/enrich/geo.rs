@@ -119,7 +119,7 @@ impl Geo {
 }
 
 #[cfg(test)]
-#[path = "../../tests/common/mmdb.rs"]
+#[path = "../../../tests/common/mmdb.rs"]
 mod mmdb;
 
 #[cfg(test)]

@@ -23,9 +23,9 @@ use tokio::{
 use tracing::{debug, warn};
 
 use crate::{
-    decision::{Answer, AnswerError},
-    ipc::{Hub, Notice, Request, SensorStatus, Status, wanted},
+    daemon::ipc::{Hub, Notice, Request, SensorStatus, Status, wanted},
     sensors::{Counters, LostMaps, SENSORS},
+    switch::decision::{Answer, AnswerError},
 };
 
 /// Longest request line the socket accepts.
@@ -62,13 +62,13 @@ pub struct Unblock {
 
 impl Shared {
     /// The numbers behind a Prometheus scrape.
-    pub fn metrics_snapshot(&self) -> crate::metrics::Snapshot {
+    pub fn metrics_snapshot(&self) -> crate::daemon::metrics::Snapshot {
         let status = self.status();
-        crate::metrics::Snapshot {
+        crate::daemon::metrics::Snapshot {
             sensors: status
                 .sensors
                 .iter()
-                .map(|(name, s)| crate::metrics::SensorMetrics {
+                .map(|(name, s)| crate::daemon::metrics::SensorMetrics {
                     name: name.clone(),
                     attached: s.attached,
                     seen: s.seen,

@@ -39,7 +39,7 @@ use tokio::{
 
 use crate::{
     config::Config,
-    decision::{Answer, AnswerError, Decision, Verdict},
+    switch::decision::{Answer, AnswerError, Decision, Verdict},
 };
 
 type HmacSha256 = Hmac<Sha256>;
@@ -792,8 +792,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        decision::State,
         notify::testing::{FakeApi, FakeSwitch, decision},
+        switch::decision::State,
     };
 
     const KEY: &[u8] = b"0123456789abcdef0123456789abcdef-test-key";

@@ -4,6 +4,9 @@
 //! (nobody answered in time). Silence is consent to defend. Pending deadlines and blocks
 //! survive restarts: they are resumed and re-asserted from the ledger at start.
 
+pub mod decision;
+pub mod ledger;
+
 use std::{
     collections::HashMap,
     net::IpAddr,
@@ -14,11 +17,11 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::{error, info, warn};
 
 use crate::{
-    decision::{AnswerError, Decision, Notice, State, Verdict},
     enforce::Enforcer,
+    enrich::trust::{TrustSet, Untrusted},
     event::AlertBody,
-    ledger::{Block, Ledger, LedgerError, Open},
-    trust::{TrustSet, Untrusted},
+    switch::decision::{AnswerError, Decision, Notice, State, Verdict},
+    switch::ledger::{Block, Ledger, LedgerError, Open},
 };
 
 /// The switch's timings (`[switch]`, `enforce.block_ttl`).

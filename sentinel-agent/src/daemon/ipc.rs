@@ -27,7 +27,7 @@ pub enum Request {
     /// Answer a pending decision (`sentinel safe|block ID`).
     Answer {
         id: String,
-        verdict: crate::decision::Verdict,
+        verdict: crate::switch::decision::Verdict,
     },
     /// Lift a block (`sentinel unblock ADDR`).
     Unblock {

@@ -3,6 +3,12 @@
 //! timer ticks and human answers until SIGTERM, and stops cleanly: programs detached, every
 //! event committed, the enforcement table left in force.
 
+pub mod control;
+pub mod ipc;
+pub mod metrics;
+pub mod pipeline;
+pub mod service;
+
 use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
@@ -18,29 +24,30 @@ use tokio::{
 };
 use tracing::{error, info, warn};
 
+use self::{
+    control::{Shared, Unblock},
+    ipc::Hub,
+    pipeline::{Detectors, Pipeline},
+};
 use crate::{
-    btf,
     config::{Config, EnforceMode},
-    control::{self, Shared, Unblock},
-    decision::Answer,
     detect::{self, Alerts},
     enforce::{Enforcer, guard::ConnectGuard, kill::Killer},
+    enrich::geo::Geo,
+    enrich::tree::ProcessTree,
+    enrich::trust::{TrustSet, read_ssh_peers},
     event::BootClock,
-    geo::Geo,
-    ipc::Hub,
-    ledger::Ledger,
     notify::{
         self, NotifyStats,
         summary::{Summary, SummarySource},
     },
     override_http::{self, Secret},
-    pipeline::{Detectors, Pipeline},
+    sensors::btf,
     sensors::{self, KernelEvent, LoadOptions, SENSORS, cpu::CpuTracker},
-    service,
     store::{self, Store},
+    switch::decision::Answer,
+    switch::ledger::Ledger,
     switch::{Switch, Timings},
-    tree::ProcessTree,
-    trust::{TrustSet, read_ssh_peers},
 };
 
 /// How often the tree is checked against `/proc` for exits the agent missed.
@@ -326,8 +333,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding metrics.listen {}", config.metrics.listen))?;
         let s = shared.clone();
-        let render = Arc::new(move || crate::metrics::render(&s.metrics_snapshot()));
-        tasks.push(tokio::spawn(crate::metrics::serve(listener, render)));
+        let render = Arc::new(move || crate::daemon::metrics::render(&s.metrics_snapshot()));
+        tasks.push(tokio::spawn(crate::daemon::metrics::serve(
+            listener, render,
+        )));
     }
 
     // Everything is loaded, attached and bound: keep only what running needs.

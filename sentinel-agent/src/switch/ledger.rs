@@ -12,7 +12,7 @@ use std::{
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use crate::{decision::Decision, event::AlertBody};
+use crate::{event::AlertBody, switch::decision::Decision};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {

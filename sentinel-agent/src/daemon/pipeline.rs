@@ -12,21 +12,21 @@ use std::{
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    control::{Shared, Unblock},
-    decision::Answer,
+    daemon::control::{Shared, Unblock},
     detect::{self, Alerts, Culprit, Finding, Outcome},
     enforce::kill::Killer,
+    enrich::geo::Geo,
+    enrich::tree::{ProcessTree, is_alive, read_stat},
+    enrich::trust::{TrustSet, Untrusted},
     event::{AlertBody, Body, BootClock, ConnectBody, CpuBody, DecisionBody, ExecBody, Record},
-    geo::Geo,
-    ledger::Kill,
     sensors::{
         KernelEvent,
         cpu::{CpuTracker, SampleMap, cpu_percent, read_totals},
     },
     store::Write,
+    switch::decision::Answer,
+    switch::ledger::Kill,
     switch::{Change, Switch},
-    tree::{ProcessTree, is_alive, read_stat},
-    trust::{TrustSet, Untrusted},
 };
 
 /// The detectors and what they need beside the tree.

@@ -1,0 +1,9 @@
+//! Enrichment: what the agent knows about an event beyond the kernel record. In: decoded exec,
+//! fork, exit and connect records from `sensors`. Out: the same records with their process
+//! lineage (`tree`: identity as tgid + start time, ancestors, exe), the destination's country
+//! (`geo`: a MaxMind-format database), and whether an address is trusted (`trust`: `trust.ips`,
+//! loopback, live SSH peers), which `detect` and the `switch` consult before they act.
+
+pub mod geo;
+pub mod tree;
+pub mod trust;
