@@ -529,7 +529,11 @@ mod tests {
             return;
         }
         let out = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "service::tests::drop_child", "--nocapture"])
+            .args([
+                "--exact",
+                "daemon::service::tests::drop_child",
+                "--nocapture",
+            ])
             .env(CHILD, "1")
             .output()
             .unwrap();

@@ -397,7 +397,7 @@ mod tests {
             );
             assert_eq!(meta.languages, ["en"]);
             let found = reader.lookup(ip("198.51.100.1")).unwrap();
-            assert_eq!(found.network().unwrap().to_string(), "198.51.100.0/24");
+            assert_eq!(found.network().unwrap().to_string(), "198.51.100.0/25");
             let found = reader.lookup(ip("2001:db8:1::1")).unwrap();
             assert_eq!(found.network().unwrap().to_string(), "2001:db8:1::/48");
         }

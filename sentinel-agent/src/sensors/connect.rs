@@ -91,7 +91,7 @@ mod tests {
         let mut d = [0u8; 16];
         d[..4].copy_from_slice(&[203, 0, 113, 9]);
         let mut s = [0u8; 16];
-        s[..4].copy_from_slice(&[192, 0, 2, 1]);
+        s[..4].copy_from_slice(&[198, 51, 100, 1]);
         let KernelEvent::Connect(c) =
             crate::sensors::decode(&as_bytes(&event(AF_INET, s, d))).unwrap()
         else {
