@@ -68,6 +68,10 @@ pub struct SwitchConfig {
     /// A target marked safe is not alerted on again for this long.
     #[serde(deserialize_with = "duration")]
     pub safe_ttl: Duration,
+    /// Most targets one decision holds; reaching it ends the countdown at once (fail closed).
+    pub max_targets: usize,
+    /// Most decisions pending at once; beyond it a new decision is blocked at once.
+    pub max_pending: usize,
 }
 
 impl Default for SwitchConfig {
@@ -75,6 +79,8 @@ impl Default for SwitchConfig {
         Self {
             countdown: Duration::from_secs(300),
             safe_ttl: Duration::from_secs(24 * 3600),
+            max_targets: 16_384,
+            max_pending: 256,
         }
     }
 }
@@ -107,6 +113,8 @@ pub struct EnforceConfig {
     pub protect: Vec<String>,
     /// Also refuse `connect()` to blocked addresses in the kernel (cgroup connect4/6).
     pub connect_guard: bool,
+    /// Allow blocking private and unique-local addresses (RFC 1918, 100.64/10, fc00::/7).
+    pub block_private: bool,
 }
 
 impl Default for EnforceConfig {
@@ -119,6 +127,7 @@ impl Default for EnforceConfig {
             kill_grace: Duration::from_secs(2),
             protect: Vec::new(),
             connect_guard: true,
+            block_private: false,
         }
     }
 }
@@ -624,6 +633,18 @@ impl Config {
         if sw.safe_ttl > Duration::from_secs(365 * 86_400) {
             bad("switch.safe_ttl", "is longer than a year".into());
         }
+        if !(1..=65_536).contains(&sw.max_targets) {
+            bad(
+                "switch.max_targets",
+                format!("{} is not between 1 and 65536", sw.max_targets),
+            );
+        }
+        if !(1..=100_000).contains(&sw.max_pending) {
+            bad(
+                "switch.max_pending",
+                format!("{} is not between 1 and 100000", sw.max_pending),
+            );
+        }
         let e = &self.enforce;
         if e.table.is_empty()
             || e.table.len() > 32
@@ -788,7 +809,15 @@ mod tests {
         );
         assert_eq!(c.alerts.dedup_window, AlertsConfig::default().dedup_window);
         let (sw, dsw) = (&c.switch, SwitchConfig::default());
-        assert_eq!((sw.countdown, sw.safe_ttl), (dsw.countdown, dsw.safe_ttl));
+        assert_eq!(
+            (sw.countdown, sw.safe_ttl, sw.max_targets, sw.max_pending),
+            (
+                dsw.countdown,
+                dsw.safe_ttl,
+                dsw.max_targets,
+                dsw.max_pending
+            )
+        );
         let (e, de) = (&c.enforce, EnforceConfig::default());
         assert_eq!(
             (
@@ -798,7 +827,8 @@ mod tests {
                 e.kill,
                 e.kill_grace,
                 &e.protect,
-                e.connect_guard
+                e.connect_guard,
+                e.block_private
             ),
             (
                 de.mode,
@@ -807,7 +837,8 @@ mod tests {
                 de.kill,
                 de.kill_grace,
                 &de.protect,
-                de.connect_guard
+                de.connect_guard,
+                de.block_private
             )
         );
         let (o, d) = (&c.override_, OverrideConfig::default());

@@ -14,7 +14,7 @@ use std::{
     net::IpAddr,
     path::{Path, PathBuf},
     sync::{Arc, atomic::AtomicU64, mpsc as std_mpsc},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -32,7 +32,7 @@ use self::{
 use crate::{
     config::{Config, EnforceMode},
     detect::{self, Alerts},
-    enforce::{Enforcer, guard::ConnectGuard, kill::Killer},
+    enforce::{self, BlockGuard, Enforcer, guard::ConnectGuard, kill::Killer},
     enrich::geo::Geo,
     enrich::tree::ProcessTree,
     enrich::trust::{TrustSet, read_ssh_peers},
@@ -47,7 +47,11 @@ use crate::{
     store::{self, Store},
     switch::decision::Answer,
     switch::ledger::Ledger,
-    switch::{Switch, Timings},
+    switch::{
+        Limits, Switch, Timings,
+        clock::Now,
+        worker::{Health, Worker},
+    },
 };
 
 /// How often the tree is checked against `/proc` for exits the agent missed.
@@ -87,14 +91,11 @@ fn spawn_ssh_watch(ports: Vec<u16>) -> watch::Receiver<HashSet<IpAddr>> {
 /// the earliest deadline anyway).
 const SWITCH_TICK: Duration = Duration::from_secs(1);
 
-/// How long until the switch's next deadline (at most [`SWITCH_TICK`]).
+/// How long until the switch's next deadline on the boot clock (at most [`SWITCH_TICK`]).
 fn until_deadline(core: &Pipeline) -> Duration {
     core.switch
-        .next_deadline()
-        .map_or(SWITCH_TICK, |d| {
-            d.duration_since(SystemTime::now()).unwrap_or_default()
-        })
-        .min(SWITCH_TICK)
+        .next_due(Now::read())
+        .map_or(SWITCH_TICK, |d| d.min(SWITCH_TICK))
 }
 
 /// Run the agent until SIGTERM or SIGINT.
@@ -167,7 +168,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // The switch resumes before the socket answers: "ready" means decisions and blocks are
     // back in force.
     let mut enforcer = Enforcer::from_config(&config);
-    if config.enforce.connect_guard && !enforcer.is_dry_run() {
+    let dry_run = enforcer.is_dry_run();
+    if config.enforce.connect_guard && !dry_run {
         match ConnectGuard::attach(&mut ebpf) {
             Ok(guard) => {
                 info!(cgroup = %guard.root().display(), "connect guard attached");
@@ -176,15 +178,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Err(e) => warn!("connect guard not attached (nftables still enforces blocks): {e}"),
         }
     }
+    // The switch decides on the loop; its worker thread commits, enforces and announces.
+    let enforce_health = Arc::new(Health::default());
+    let mut worker = Worker::new(Ledger::open(&agent.db)?, enforcer, enforce_health.clone());
+    worker.prepare();
+    let (jobs_tx, jobs_rx) = std_mpsc::channel();
+    let (reports_tx, mut reports_rx) = mpsc::unbounded_channel();
+    worker.set_reports(reports_tx);
+    let mut infra = enforce::infra::watch(&config);
+    let gate = BlockGuard::from_config(&config, infra.borrow_and_update().clone());
     let mut switch = Switch::new(
-        Ledger::open(&agent.db)?,
-        enforcer,
+        Ledger::open_existing(&agent.db, false)?,
+        jobs_tx,
         Timings {
             countdown: config.switch.countdown,
             safe_ttl: config.switch.safe_ttl,
             block_ttl: config.enforce.block_ttl,
         },
+        Limits {
+            max_targets: config.switch.max_targets,
+            max_pending: config.switch.max_pending,
+        },
         config.host_id(),
+        dry_run,
+        gate,
     );
     let (answers_tx, mut answers_rx) = mpsc::channel::<Answer>(64);
     let (unblock_tx, mut unblock_rx) = mpsc::channel::<Unblock>(16);
@@ -193,7 +210,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Chat: announced decisions go out through every configured channel; answers (signed
     // links, Slack clicks, Telegram presses) come back on the same channel as the CLI's.
     let (notices_tx, notices_rx) = mpsc::unbounded_channel();
-    switch.set_notices(notices_tx);
+    worker.set_notices(notices_tx);
+    let worker_thread = worker.spawn(jobs_rx);
     let notify_stats = Arc::new(NotifyStats::default());
     let secret = if config.override_.public_url.is_empty() {
         None
@@ -244,7 +262,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(summary),
     ));
     // Resumed decisions are announced too.
-    switch.resume(&trust_for_resume, SystemTime::now())?;
+    switch.resume(&trust_for_resume, Now::read())?;
 
     let shared = Arc::new(Shared {
         host: config.host_id(),
@@ -258,6 +276,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         kills: AtomicU64::new(0),
         alerts: Default::default(),
         notify: notify_stats,
+        enforce: enforce_health,
         hub: Hub::default(),
         answers: answers_tx,
         unblocks: unblock_tx,
@@ -303,7 +322,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             alerts: Alerts::new(config.alerts.dedup_window),
         },
         switch,
-        awaiting: HashMap::new(),
+        tracked: HashMap::new(),
+        groups: HashMap::new(),
         last_connect: HashMap::new(),
         exits: Default::default(),
         killer: config.enforce.kill.then(|| {
@@ -316,7 +336,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }),
         dry_run: config.enforce.mode == EnforceMode::DryRun,
     };
-    if let Ok(n) = core.switch.ledger().kill_count() {
+    if let Ok(n) = core.switch.reader().kill_count() {
         core.shared
             .kills
             .store(n, std::sync::atomic::Ordering::Relaxed);
@@ -371,6 +391,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 Some(batch) => {
                     batch.into_iter().for_each(|e| core.handle(e));
                     core.reap();
+                    core.flush();
                 }
                 None => {
                     error!("every sensor reader stopped");
@@ -389,6 +410,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             _ = tokio::time::sleep(until_deadline(&core)) => core.tick(),
             _ = watchdog_tick.tick(), if watchdog.is_some() => service::notify_watchdog(),
             Some(answer) = answers_rx.recv() => core.answer(answer),
+            Some(report) = reports_rx.recv() => core.report(report),
+            Ok(()) = infra.changed() => {
+                core.switch.gate.infra = infra.borrow_and_update().clone();
+            }
             Some(request) = unblock_rx.recv() => core.unblock(request),
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
@@ -401,7 +426,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         task.abort();
     }
     drop(ebpf);
+    // The worker finishes what is queued (commits, blocks) once the switch is gone.
     drop(core);
+    tokio::task::spawn_blocking(move || worker_thread.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the switch worker panicked"))?;
     tokio::task::spawn_blocking(move || writer.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the store writer panicked"))?;
