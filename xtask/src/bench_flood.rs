@@ -22,12 +22,7 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 
-#[path = "../../tests/common/mmdb.rs"]
-#[allow(dead_code, reason = "the benchmark uses part of the test harness")]
-mod mmdb;
-#[path = "../../tests/common/netns.rs"]
-#[allow(dead_code, reason = "the benchmark uses part of the test harness")]
-mod netns;
+use crate::harness::{mmdb, netns};
 
 /// The flood's destinations: every address of it answers (a `local` route in the test host).
 const PREFIX: &str = "2001:db8:5::/48";

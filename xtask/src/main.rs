@@ -2,6 +2,13 @@
 //! `cargo xtask bench` / `bench-switch` / `bench-flood`, and `cargo xtask install` / `uninstall`.
 
 mod bench;
+/// The test harness's test hosts and GeoIP writer, shared by the benchmarks.
+#[path = "../../tests/common"]
+#[allow(dead_code, reason = "the benchmarks use part of the test harness")]
+mod harness {
+    pub mod mmdb;
+    pub mod netns;
+}
 mod bench_flood;
 mod bench_switch;
 mod install;
