@@ -367,7 +367,7 @@ impl Pipeline {
 
     /// The end of a loop round: decisions whose target set grew go to the worker once.
     pub fn flush(&mut self) {
-        self.switch.flush();
+        self.switch.flush(Now::read());
     }
 
     /// What the switch's worker learnt while enforcing.

@@ -79,12 +79,16 @@ struct Pending {
     due: Duration,
     /// Target count at the last announcement (follow-ups at each order of magnitude).
     announced: usize,
+    /// When it was last announced, on the boot clock.
+    announced_at: Duration,
     /// Its target set changed since the worker last wrote it.
     dirty: bool,
 }
 
 /// The order of magnitude that earns a follow-up message.
 const GROWTH_FACTOR: usize = 10;
+/// At most one follow-up message per decision this often.
+const FOLLOW_UP_EVERY: Duration = Duration::from_secs(60);
 
 pub struct Switch {
     /// Reads only: answers about decisions that ended before this run.
@@ -189,6 +193,7 @@ impl Switch {
                     open,
                     due,
                     announced,
+                    announced_at: now.boot,
                     dirty: false,
                 },
             );
@@ -318,6 +323,7 @@ impl Switch {
                 open,
                 due: now.boot + self.timings.countdown,
                 announced: 1,
+                announced_at: now.boot,
                 dirty: false,
             },
         );
@@ -384,15 +390,17 @@ impl Switch {
 
     /// Hand the worker every decision whose target set changed (once per loop round, so a
     /// burst of joins costs one write). A set that grew by an order of magnitude since it was
-    /// last announced gets a follow-up message.
-    pub fn flush(&mut self) {
+    /// last announced gets a follow-up message, at most one every [`FOLLOW_UP_EVERY`].
+    pub fn flush(&mut self, now: Now) {
         let mut jobs = Vec::new();
         for p in self.pending.values_mut().filter(|p| p.dirty) {
             p.dirty = false;
             let n = p.open.decision.targets.len();
-            let announce = n >= p.announced * GROWTH_FACTOR;
+            let announce = n >= p.announced * GROWTH_FACTOR
+                && now.boot.saturating_sub(p.announced_at) >= FOLLOW_UP_EVERY;
             if announce {
                 p.announced = n;
+                p.announced_at = now.boot;
             }
             jobs.push(Job::Grow {
                 decision: Box::new(p.open.decision.clone()),
@@ -650,7 +658,7 @@ mod tests {
         fn join(&mut self, id: &str, target: &str, now: Now) -> bool {
             let t = TrustSet::default().check(target.parse().unwrap()).unwrap();
             let joined = self.sw.join(id, t, now);
-            self.sw.flush();
+            self.sw.flush(now);
             self.sync();
             joined
         }
@@ -823,6 +831,31 @@ mod tests {
     }
 
     #[test]
+    fn growth_earns_one_follow_up_a_minute_at_most() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Rig::new(dir.path());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        r.worker.set_notices(tx);
+        let t0 = t0();
+        r.open("a1", "198.51.100.1", t0).unwrap();
+        for i in 2..=20 {
+            r.join("a1", &format!("198.51.100.{i}"), t0);
+        }
+        let later = t0.after(FOLLOW_UP_EVERY);
+        r.join("a1", "198.51.100.21", later);
+        r.join("a1", "198.51.100.22", later);
+        let mut kinds = Vec::new();
+        while let Ok(n) = rx.try_recv() {
+            kinds.push(match n {
+                Notice::Opened(d) => format!("opened {}", d.targets.len()),
+                Notice::Grew(d) => format!("grew {}", d.targets.len()),
+                Notice::Ended(d) => format!("ended {}", d.targets.len()),
+            });
+        }
+        assert_eq!(kinds, ["opened 1", "grew 21"]);
+    }
+
+    #[test]
     fn caps_fail_closed() {
         let dir = tempfile::tempdir().unwrap();
         let mut r = Rig::with_limits(
@@ -963,7 +996,7 @@ mod tests {
                         r.sw.tick(&trust, now);
                     }
                 }
-                r.sw.flush();
+                r.sw.flush(now);
                 r.sync();
                 let mut held = std::collections::HashSet::new();
                 for d in r.sw.pending() {
