@@ -249,9 +249,9 @@ pub struct TrustConfig {
     /// IPs and CIDRs (v4 and v6) never alerted on as geo anomalies and never blocked.
     #[serde(deserialize_with = "networks")]
     pub ips: Vec<ipnet::IpNet>,
-    /// Peers of live inbound SSH sessions are trusted while connected.
+    /// Peers of live authenticated SSH sessions are trusted while the session lasts.
     pub ssh_peers: bool,
-    /// Local ports whose established inbound connections count as SSH sessions.
+    /// Local ports sshd listens on: only sessions connected to one of these count.
     pub ssh_ports: Vec<u16>,
 }
 
