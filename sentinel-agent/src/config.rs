@@ -109,7 +109,9 @@ pub struct EnforceConfig {
     /// Time between SIGTERM and SIGKILL.
     #[serde(deserialize_with = "duration")]
     pub kill_grace: Duration,
-    /// Process names never killed (pid 1, the agent and sshd never are).
+    /// Executables never killed: a name matches the executable's file name (`node` also
+    /// `node18`), an absolute path that one file (pid 1, the agent, sshd, systemd and login
+    /// never are).
     pub protect: Vec<String>,
     /// Also refuse `connect()` to blocked addresses in the kernel (cgroup connect4/6).
     pub connect_guard: bool,
@@ -258,9 +260,9 @@ pub struct TrustConfig {
     /// IPs and CIDRs (v4 and v6) never alerted on as geo anomalies and never blocked.
     #[serde(deserialize_with = "networks")]
     pub ips: Vec<ipnet::IpNet>,
-    /// Peers of live inbound SSH sessions are trusted while connected.
+    /// Peers of live authenticated SSH sessions are trusted while the session lasts.
     pub ssh_peers: bool,
-    /// Local ports whose established inbound connections count as SSH sessions.
+    /// Local ports sshd listens on: only sessions connected to one of these count.
     pub ssh_ports: Vec<u16>,
 }
 
@@ -674,6 +676,15 @@ impl Config {
         if e.kill_grace > Duration::from_secs(60) {
             bad("enforce.kill_grace", "is longer than 60s".into());
         }
+        for p in &e.protect {
+            let path = p.starts_with('/') && !p.split('/').any(|c| c == "..");
+            if p.is_empty() || (p.contains('/') && !path) {
+                bad(
+                    "enforce.protect",
+                    format!("{p:?} is neither an executable name nor an absolute path"),
+                );
+            }
+        }
         let o = &self.override_;
         if o.listen.parse::<std::net::SocketAddr>().is_err() {
             bad(
@@ -995,6 +1006,13 @@ mod tests {
         assert!(err.contains("mode") && err.contains("yolo"), "{err}");
         let c = parse("[enforce]\nmode = \"dry-run\"\n").unwrap();
         assert_eq!(c.enforce.mode, EnforceMode::DryRun);
+        assert!(parse("[enforce]\nprotect = [\"node\", \"/opt/app/bin/worker\"]\n").is_ok());
+        for bad in ["", "bin/node", "/opt/../tmp/x"] {
+            let err = parse(&format!("[enforce]\nprotect = [{bad:?}]\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("enforce.protect"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -35,7 +35,10 @@ use crate::{
     enforce::{self, BlockGuard, Enforcer, guard::ConnectGuard, kill::Killer},
     enrich::geo::Geo,
     enrich::tree::ProcessTree,
-    enrich::trust::{TrustSet, read_ssh_peers},
+    enrich::{
+        ssh::{Sources, authenticated_peers},
+        trust::TrustSet,
+    },
     event::BootClock,
     notify::{
         self, NotifyStats,
@@ -56,7 +59,7 @@ use crate::{
 
 /// How often the tree is checked against `/proc` for exits the agent missed.
 const GC_EVERY: Duration = Duration::from_secs(30);
-/// How often the live SSH sessions (trusted peers) are re-read.
+/// How often the live authenticated SSH sessions (trusted peers) are re-read.
 const SSH_REFRESH_EVERY: Duration = Duration::from_secs(2);
 /// Re-read the trusted SSH peers every [`SSH_REFRESH_EVERY`] on a thread of its own; the
 /// receiver sees a change only when the set changed. Nothing runs when SSH trust is off.
@@ -69,7 +72,7 @@ fn spawn_ssh_watch(ports: Vec<u16>) -> watch::Receiver<HashSet<IpAddr>> {
         .name("ssh-peers".into())
         .spawn(move || {
             loop {
-                let peers = read_ssh_peers(Path::new("/proc/net"), &ports);
+                let peers = authenticated_peers(&Sources::default(), &ports);
                 tx.send_if_modified(|current| {
                     let changed = *current != peers;
                     if changed {
@@ -122,8 +125,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             &[]
         },
     );
-    let proc_net = Path::new("/proc/net");
-    trust.refresh_ssh_peers(proc_net);
+    trust.refresh_ssh_peers(&Sources::default());
     let trust_for_resume = trust.clone();
     sensors::ensure_tracefs()?;
 
@@ -344,8 +346,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     core.refresh_counts();
     let mut cpu_tick = tokio::time::interval(agent.cpu_interval);
     let mut gc_tick = tokio::time::interval(GC_EVERY);
-    // Live SSH sessions are re-read on their own thread: /proc/net/tcp lists every socket on
-    // the host, and reading it must never hold up draining the ring buffers.
+    // Live SSH sessions are re-read on their own thread: login records and /proc are files,
+    // and reading them (and /proc/net/tcp while someone is logged in) must never hold up
+    // draining the ring buffers.
     let mut ssh_peers = spawn_ssh_watch(core.detect.trust.ssh_ports().to_vec());
 
     if !config.metrics.listen.is_empty() {
@@ -405,6 +408,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             _ = gc_tick.tick() => core.gc(),
             Ok(()) = ssh_peers.changed() => {
                 let peers = ssh_peers.borrow_and_update().clone();
+                info!(?peers, "authenticated SSH peers (trusted) changed");
                 core.detect.trust.set_ssh_peers(peers);
             }
             _ = tokio::time::sleep(until_deadline(&core)) => core.tick(),

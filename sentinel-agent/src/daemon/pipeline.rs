@@ -264,7 +264,17 @@ impl Pipeline {
         let Some(killer) = &mut self.killer else {
             return;
         };
-        let (targets, respawned) = killer.plan(&self.tree, culprit, Instant::now());
+        // A repeat about a process already dealt with costs no /proc scan.
+        let start = self.tree.get(culprit).map(|p| p.start);
+        if start.is_some_and(|s| killer.settled(&alert.id, culprit, s)) {
+            return;
+        }
+        let snapshot = killer.snapshot(&self.tree);
+        let plan = killer.plan(&snapshot, &alert.id, culprit, Instant::now());
+        if let Some(note) = &plan.note {
+            info!(id = %alert.id, pid = culprit, "process response: {note}");
+        }
+        let (targets, respawned) = (plan.targets, plan.escalated);
         if targets.is_empty() {
             return;
         }
@@ -276,6 +286,8 @@ impl Pipeline {
         let mut reason = format!("{} alert {}: {}", alert.anomaly, alert.id, alert.detail);
         if respawned {
             reason.push_str(" (respawned: escalated to the parent that respawns it)");
+        } else if let Some(note) = plan.note {
+            reason.push_str(&format!(" ({note})"));
         }
         for t in killer.terminate(targets) {
             warn!(pid = t.pid, exe = %t.exe, id = %alert.id, respawned, "terminated");
