@@ -685,3 +685,43 @@ fn a_block_nft_refuses_is_block_failed_until_a_retry_lands() {
     assert_eq!(els, ["198.51.100.2"]);
     assert_eq!(agent.status()["enforce"]["healthy"], true);
 }
+
+#[test]
+fn a_burnt_dedup_window_still_gets_the_reverse_shell_blocked() {
+    if !require_root("a_burnt_dedup_window_still_gets_the_reverse_shell_blocked") {
+        return;
+    }
+    let _serial = serial();
+    let _net = TestNet::new("w");
+    let table = Table::new("burnt");
+    let agent = Agent::start_with("", &config(&table, "3s", ""));
+    let nginx = fake_nginx(&agent);
+    // One web server: first a harmless RCE (`id`), then one that connects out. Both fall in
+    // the same de-duplication window: one alert, counted twice.
+    let script = agent.dir.path().join("rce.sh");
+    std::fs::write(
+        &script,
+        "/bin/sh -c 'id >/dev/null'\n\
+         /bin/sh -c \"python3 -c \\\"import socket; s = socket.socket(); s.settimeout(0.5); \
+         s.connect_ex(('198.51.100.130', 9931))\\\"\"\n",
+    )
+    .unwrap();
+    let status = Command::new(&nginx).arg(&script).status().unwrap();
+    assert!(status.success());
+    let alert = agent.wait_for("alert", "lineage counted twice", |a| {
+        a["anomaly"] == "lineage" && a["count"] == 2
+    });
+    let lineage: Vec<Value> = agent
+        .events("alert")
+        .into_iter()
+        .filter(|a| a["anomaly"] == "lineage")
+        .collect();
+    assert_eq!(lineage.len(), 1, "{lineage:?}");
+    // The repeat still costs the attacker the C2: decided and blocked.
+    let d = agent.wait_for("decision", "auto-blocked", |d| {
+        d["id"] == alert["id"] && d["state"] == "auto-blocked"
+    });
+    assert_eq!(d["targets"], serde_json::json!(["198.51.100.130"]), "{d}");
+    let els: Vec<String> = table.elements("block4").into_iter().map(|e| e.0).collect();
+    assert_eq!(els, ["198.51.100.130"]);
+}
