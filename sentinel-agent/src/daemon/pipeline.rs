@@ -326,7 +326,7 @@ impl Pipeline {
                     return;
                 }
                 let culprit = self.culprit(e.tgid, e.comm.clone(), Some(e.uid));
-                let finding = self.lineage(&culprit, &e.filename, &e.argv);
+                let finding = self.lineage(&culprit, &e.filename, &e.argv, e.exe);
                 let ppid = self.tree.get(e.tgid).map_or(e.ppid, |p| p.ppid);
                 self.emit(
                     self.clock.wall(e.ts_ns),
@@ -421,7 +421,13 @@ impl Pipeline {
 
     /// `lineage` for the exec of `culprit`: its ancestors' roles come from the tree, and the
     /// executable is hashed (cached) only when a web server is above it.
-    fn lineage(&mut self, culprit: &Culprit, filename: &str, argv: &[String]) -> Option<Finding> {
+    fn lineage(
+        &mut self,
+        culprit: &Culprit,
+        filename: &str,
+        argv: &[String],
+        exe: ExeId,
+    ) -> Option<Finding> {
         let ancestors: Vec<Ancestor<'_>> = culprit
             .ancestry
             .iter()
@@ -440,7 +446,7 @@ impl Pipeline {
         } = &mut self.detect;
         let proc_root = &self.proc_root;
         lineage.on_exec(culprit, argv, &ancestors, || {
-            shells.is_shell(proc_root, culprit.pid, filename, &culprit.comm)
+            shells.is_shell(proc_root, culprit.pid, filename, &culprit.comm, exe)
         })
     }
 

@@ -14,6 +14,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use sentinel_common::events::exec::ExeId;
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
@@ -149,24 +150,45 @@ impl Shells {
         Ok(verdict)
     }
 
-    /// Whether process `pid`, which exec'd `filename` as `comm`, runs a shell. Its executable
-    /// is read through `/proc/<pid>/exe` (right even when the path was replaced or deleted);
-    /// when the process is already gone, through `filename` if absolute; when neither can be
-    /// read, by name (`lineage.shells`).
-    pub fn is_shell(&mut self, proc_root: &Path, pid: u32, filename: &str, comm: &str) -> bool {
-        let exe = proc_root.join(pid.to_string()).join("exe");
-        let file = File::open(exe).or_else(|e| {
-            if filename.starts_with('/') {
-                File::open(filename)
-            } else {
-                Err(e)
+    /// Whether process `pid`, which exec'd `filename` as `comm`, runs a shell. `exe` is the
+    /// kernel's identity of what it exec'd: the file read must be that one, since the process
+    /// may have exec'd again by now (`sh -c 'python3 …'` replaces sh at once). The file is
+    /// `/proc/<pid>/exe` (right even when the path was replaced or deleted), else `filename`
+    /// if absolute; when neither is the exec'd file, the name decides (`lineage.shells`).
+    pub fn is_shell(
+        &mut self,
+        proc_root: &Path,
+        pid: u32,
+        filename: &str,
+        comm: &str,
+        exe: ExeId,
+    ) -> bool {
+        let candidates = [
+            Some(proc_root.join(pid.to_string()).join("exe")),
+            filename.starts_with('/').then(|| PathBuf::from(filename)),
+        ];
+        for path in candidates.into_iter().flatten() {
+            let Ok(file) = File::open(path) else { continue };
+            let Ok(meta) = file.metadata() else { continue };
+            if !is_same_file(exe, &meta) {
+                continue;
             }
-        });
-        match file.and_then(|f| self.is_shell_file(&f)) {
-            Ok(verdict) => verdict,
-            Err(_) => self.names.iter().any(|n| name_matches(n, comm)),
+            if let Ok(verdict) = self.is_shell_file(&file) {
+                return verdict;
+            }
         }
+        self.names.iter().any(|n| name_matches(n, comm))
     }
+}
+
+/// Whether `meta` is the file the kernel identified as `exe` (unknown identities match).
+fn is_same_file(exe: ExeId, meta: &std::fs::Metadata) -> bool {
+    if exe == ExeId::default() {
+        return true;
+    }
+    // The kernel's dev_t is MAJOR << 20 | MINOR; userspace encodes it its own way.
+    let dev = libc::makedev(exe.dev >> 20, exe.dev & 0xf_ffff);
+    meta.ino() == exe.ino && meta.dev() == dev
 }
 
 #[cfg(test)]
@@ -198,11 +220,11 @@ mod tests {
         std::fs::copy(dir.path().join("bin/mysh"), &copy).unwrap();
         std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
         let none = Path::new("/nonexistent-proc");
-        assert!(shells.is_shell(none, 1, copy.to_str().unwrap(), "kworker"));
+        assert!(shells.is_shell(none, 1, copy.to_str().unwrap(), "kworker", ExeId::default()));
         // Same size, other content: not a shell, even when named like one.
         let fake = dir.path().join("mysh");
         std::fs::write(&fake, b"#!shell content, 2").unwrap();
-        assert!(!shells.is_shell(none, 1, fake.to_str().unwrap(), "mysh"));
+        assert!(!shells.is_shell(none, 1, fake.to_str().unwrap(), "mysh", ExeId::default()));
     }
 
     #[test]
@@ -211,19 +233,47 @@ mod tests {
         let none = Path::new("/nonexistent-proc");
         let f = dir.path().join("tool");
         std::fs::write(&f, b"not a shell at all").unwrap();
-        assert!(!shells.is_shell(none, 1, f.to_str().unwrap(), "tool"));
+        assert!(!shells.is_shell(none, 1, f.to_str().unwrap(), "tool", ExeId::default()));
         // Same inode, new content and mtime.
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(&f, b"#!shell content, 1").unwrap();
-        assert!(shells.is_shell(none, 1, f.to_str().unwrap(), "tool"));
+        assert!(shells.is_shell(none, 1, f.to_str().unwrap(), "tool", ExeId::default()));
+    }
+
+    /// The kernel's identity of `path`.
+    fn kernel_id(path: &Path) -> ExeId {
+        let meta = std::fs::metadata(path).unwrap();
+        let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
+        ExeId {
+            ino: meta.ino(),
+            dev: major << 20 | minor,
+            _pad: 0,
+        }
+    }
+
+    #[test]
+    fn the_exec_d_file_is_judged_not_what_the_process_runs_now() {
+        let (dir, mut shells) = fixture();
+        let copy = dir.path().join("kworker");
+        std::fs::copy(dir.path().join("bin/mysh"), &copy).unwrap();
+        let id = kernel_id(&copy);
+        // This process's /proc exe is the test binary, not the file the kernel named: the
+        // path is read instead.
+        let me = std::process::id();
+        let path = copy.to_str().unwrap();
+        assert!(shells.is_shell(Path::new("/proc"), me, path, "kworker", id));
+        // A shell exec'd, then replaced by another program at the same path: the name decides.
+        let other = kernel_id(&dir.path().join("bin/other"));
+        assert!(!shells.is_shell(Path::new("/proc"), me, path, "kworker", other));
+        assert!(shells.is_shell(Path::new("/proc"), me, path, "mysh", other));
     }
 
     #[test]
     fn unreadable_falls_back_to_the_name() {
         let (_dir, mut shells) = fixture();
         let none = Path::new("/nonexistent-proc");
-        assert!(shells.is_shell(none, 1, "relative/path", "mysh"));
-        assert!(!shells.is_shell(none, 1, "/gone/for/good", "git"));
+        assert!(shells.is_shell(none, 1, "relative/path", "mysh", ExeId::default()));
+        assert!(!shells.is_shell(none, 1, "/gone/for/good", "git", ExeId::default()));
     }
 
     #[test]
@@ -240,10 +290,10 @@ mod tests {
         let pid = child.id();
         // Give exec a moment to land; the verdict comes from /proc/<pid>/exe.
         std::thread::sleep(std::time::Duration::from_millis(100));
-        assert!(shells.is_shell(Path::new("/proc"), pid, "", "whatever"));
+        assert!(shells.is_shell(Path::new("/proc"), pid, "", "whatever", ExeId::default()));
         drop(child.stdin.take());
         child.wait().unwrap();
         let me = std::process::id();
-        assert!(!shells.is_shell(Path::new("/proc"), me, "", "sh"));
+        assert!(!shells.is_shell(Path::new("/proc"), me, "", "sh", ExeId::default()));
     }
 }
