@@ -133,29 +133,28 @@ fn shell_under_a_web_server_raises_lineage_and_its_twin_does_not() {
     }
     let _serial = serial();
     let agent = Agent::start("");
-    // A process named `node`: a copy of the shell under that name.
+    // A process named `node` (a copy of python3): a web server only while it listens.
     let node = agent.dir.path().join("node");
-    std::fs::copy("/bin/sh", &node).unwrap();
+    std::fs::copy("/usr/bin/python3", &node).unwrap();
     std::fs::set_permissions(&node, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = |listen: bool, shell: &str| {
+        let script = format!(
+            "import socket, subprocess\n\
+             s = socket.socket()\n\
+             if {listen}:\n    s.bind(('127.0.0.1', 0)); s.listen()\n\
+             for _ in range(3):\n    subprocess.run(['/bin/sh', '-c', '{shell}'])\n",
+            listen = if listen { "True" } else { "False" }
+        );
+        let child = Command::new(&node).args(["-c", &script]).spawn().unwrap();
+        let pid = child.id();
+        assert!(child.wait_with_output().unwrap().status.success());
+        pid
+    };
 
-    // Benign: a web server that runs a program but no shell.
-    let benign = Command::new(&node)
-        .args(["-c", "/bin/true benign; true"])
-        .spawn()
-        .unwrap();
-    let benign_pid = benign.id();
-    benign.wait_with_output().unwrap();
-
-    // The anomaly, three times from the same web server.
-    let bad = Command::new(&node)
-        .args([
-            "-c",
-            "for i in 1 2 3; do /bin/sh -c 'true lineage-marker'; done; true",
-        ])
-        .spawn()
-        .unwrap();
-    let bad_pid = bad.id();
-    bad.wait_with_output().unwrap();
+    // Benign: the same program running shells while it does not accept connections.
+    let benign_pid = run(false, "true benign");
+    // The anomaly, three times from the same (listening) web server.
+    let bad_pid = run(true, "true lineage-marker");
 
     let alert = agent.wait_for("alert", "lineage, counted three times", |a| {
         a["anomaly"] == "lineage" && a["count"] == 3

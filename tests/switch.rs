@@ -22,6 +22,10 @@ use common::{
 };
 use serde_json::Value;
 
+/// These tests' web server is a copy of the shell named `node` that never listens: name it a
+/// server daemon (by name) instead of making it accept connections.
+const NODE_BY_NAME: &str = "[lineage]\nweb_servers = [\"node\"]\n";
+
 fn config(table: &Table, countdown: &str, extra: &str) -> String {
     format!(
         "[switch]\ncountdown = \"{countdown}\"\n[enforce]\ntable = \"{}\"\nconnect_guard = false\n{extra}\n",
@@ -455,7 +459,7 @@ fn kill_terminates_the_shell_tree_and_escalates_on_respawn() {
     let _serial = serial();
     let table = Table::new("killer");
     let sections = format!(
-        "[enforce]\ntable = \"{}\"\nconnect_guard = false\nkill = true\nkill_grace = \"1s\"\n",
+        "[enforce]\ntable = \"{}\"\nconnect_guard = false\nkill = true\nkill_grace = \"1s\"\n{NODE_BY_NAME}",
         table.0
     );
     let agent = Agent::start_with("", &sections);
@@ -513,7 +517,8 @@ fn a_shell_under_a_web_server_gets_its_decision_when_it_connects_out() {
     let _serial = serial();
     let _net = TestNet::new("l");
     let table = Table::new("lineage");
-    let agent = Agent::start_with("", &config(&table, "5m", ""));
+    let sections = format!("{}{NODE_BY_NAME}", config(&table, "5m", ""));
+    let agent = Agent::start_with("", &sections);
     let node = agent.dir.path().join("node");
     std::fs::copy("/bin/sh", &node).unwrap();
     std::fs::set_permissions(&node, std::fs::Permissions::from_mode(0o755)).unwrap();

@@ -58,6 +58,9 @@ use crate::{
 };
 
 /// How often the tree is checked against `/proc` for exits the agent missed.
+/// `PATH` for finding `lineage.shells` when the agent has none (systemd gives one).
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 const GC_EVERY: Duration = Duration::from_secs(30);
 /// How often the live authenticated SSH sessions (trusted peers) are re-read.
 const SSH_REFRESH_EVERY: Duration = Duration::from_secs(2);
@@ -150,8 +153,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         mut ebpf,
         attached,
         lost,
-        exec_ring,
-        connect_ring,
+        ring,
         cpu_samples,
     } = sensors;
 
@@ -161,7 +163,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .flatten()
         .unwrap_or(100) as u64;
     let proc_root = PathBuf::from("/proc");
-    let tree = ProcessTree::seed(&proc_root, ticks).context("reading /proc")?;
+    let mut tree = ProcessTree::seed(&proc_root, ticks).context("reading /proc")?;
+    // Servers started before the agent never call listen() again: find them now.
+    for pid in crate::enrich::listeners::listening_pids(&proc_root) {
+        tree.on_listen(pid, &proc_root);
+    }
 
     let store = Store::open(&agent.db)?;
     let (store_tx, store_rx) = std_mpsc::channel();
@@ -287,18 +293,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let (tx, mut rx) = mpsc::channel::<Vec<KernelEvent>>(1024);
     tasks.push(tokio::spawn(control::serve(listener, shared.clone())));
-    for (name, ring, counters) in [
-        ("exec", exec_ring, shared.counters[0].clone()),
-        ("connect", connect_ring, shared.counters[1].clone()),
-    ] {
-        if let Some(ring) = ring {
-            tasks.push(tokio::spawn(sensors::drain(
-                name,
-                ring,
-                tx.clone(),
-                counters,
-            )));
-        }
+    if let Some(ring) = ring {
+        let counters = shared.counters.to_vec();
+        tasks.push(tokio::spawn(sensors::drain(ring, tx.clone(), counters)));
     }
     drop(tx);
 
@@ -319,6 +316,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             geoip,
             trust,
             lineage: detect::lineage::Lineage::new(config.lineage.clone()),
+            shells: crate::enrich::shells::Shells::load(
+                &config.lineage.shells,
+                Path::new("/etc/shells"),
+                &std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.into()),
+            ),
+            reverse_shell: detect::reverse_shell::ReverseShell,
             geo: detect::geo::Geo::new(&config.geo.high_risk_countries),
             resource: detect::resource::Resource::new(config.resource.clone()),
             alerts: Alerts::new(config.alerts.dedup_window),

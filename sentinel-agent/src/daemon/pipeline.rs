@@ -9,19 +9,22 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use sentinel_common::events::exec::ExeId;
 use tracing::{debug, error, info, warn};
 
 use crate::{
     daemon::control::{Shared, Unblock},
-    detect::{self, Alerts, Culprit, Finding, Outcome},
+    detect::{self, Alerts, Culprit, Finding, Outcome, lineage::Ancestor},
     enforce::kill::Killer,
     enrich::geo::Geo,
+    enrich::shells::Shells,
     enrich::tree::{ProcessTree, is_alive, read_stat},
     enrich::trust::{TrustSet, Untrusted},
     event::{AlertBody, Body, BootClock, ConnectBody, CpuBody, DecisionBody, ExecBody, Record},
     sensors::{
         KernelEvent,
         cpu::{CpuTracker, SampleMap, cpu_percent, read_totals},
+        stdio::Stdio,
     },
     store::Write,
     switch::{
@@ -38,6 +41,9 @@ pub struct Detectors {
     pub geoip: Option<Geo>,
     pub trust: TrustSet,
     pub lineage: detect::lineage::Lineage,
+    /// Which executables are shells (by content), for `lineage`.
+    pub shells: Shells,
+    pub reverse_shell: detect::reverse_shell::ReverseShell,
     pub geo: detect::geo::Geo,
     pub resource: detect::resource::Resource,
     pub alerts: Alerts,
@@ -71,9 +77,9 @@ pub struct Pipeline {
     pub killer: Option<Killer>,
     /// `enforce.mode = "dry-run"`: decide and record, touch nothing (no kills either).
     pub dry_run: bool,
-    /// Exits not applied yet: (when seen, tgid, start). Each sensor has its own ring buffer,
-    /// so a process's connect can be read after its exit; the exit waits [`EXIT_GRACE`] so
-    /// the process (and its ancestry) is still known then.
+    /// Exits not applied yet: (when seen, tgid, start). Records arrive in order, but an alert
+    /// raised on a process may still want its ancestry (a decision's ancestors, a late
+    /// connect of a child) just after it ends: the exit waits [`EXIT_GRACE`].
     pub exits: VecDeque<(Instant, u32, u64)>,
 }
 
@@ -258,7 +264,10 @@ impl Pipeline {
 
     /// `enforce.kill`: terminate the offending process tree of a lineage or resource alert.
     fn respond(&mut self, culprit: u32, alert: &AlertBody) {
-        if !matches!(alert.anomaly.as_str(), "lineage" | "resource") {
+        if !matches!(
+            alert.anomaly.as_str(),
+            "lineage" | "resource" | "reverse_shell"
+        ) {
             return;
         }
         let Some(killer) = &mut self.killer else {
@@ -432,6 +441,8 @@ impl Pipeline {
             KernelEvent::Exec(e) => {
                 self.tree
                     .on_exec(e.tgid, e.ppid, e.start_ns, &e.comm, &e.filename);
+                let package_manager = self.detect.lineage.is_package_manager(&e.filename, &e.argv);
+                self.tree.set_exec_details(e.tgid, e.exe, package_manager);
                 if self.is_agent(e.tgid) {
                     return;
                 }
@@ -443,7 +454,7 @@ impl Pipeline {
                 {
                     self.track(&id, e.tgid);
                 }
-                let finding = self.detect.lineage.on_exec(&culprit, &e.argv);
+                let finding = self.lineage(&culprit, &e.filename, &e.argv, e.exe);
                 let ppid = self.tree.get(e.tgid).map_or(e.ppid, |p| p.ppid);
                 self.emit(
                     self.clock.wall(e.ts_ns),
@@ -461,17 +472,43 @@ impl Pipeline {
                     self.raise(finding, Some(e.ts_ns));
                 }
             }
+            KernelEvent::Listen(l) => {
+                debug!(pid = l.tgid, comm = %l.comm, fd = l.fd, "listens");
+                self.tree.on_listen(l.tgid, &self.proc_root);
+            }
+            KernelEvent::Stdio(s) => self.on_stdio(s),
             KernelEvent::Connect(c) => {
                 if self.is_agent(c.tgid) {
                     return;
                 }
-                let comm = self.tree.get(c.tgid).map_or(c.comm, |p| p.comm.clone());
+                // Who connected is what the kernel saw at connect time, not what the process
+                // may have exec'd since.
+                let comm = if c.comm.is_empty() {
+                    self.tree
+                        .get(c.tgid)
+                        .map_or_else(String::new, |p| p.comm.clone())
+                } else {
+                    c.comm
+                };
                 let country = self.detect.geoip.as_ref().and_then(|g| g.country(c.daddr));
                 // The process's identity and ancestry are only needed for a high-risk
                 // destination or an alert waiting for a target: most connects skip the walk.
                 let culprit = (self.detect.geo.is_high_risk(country.as_deref())
                     || !self.tracked.is_empty())
-                .then(|| self.culprit(c.tgid, comm.clone(), Some(c.uid)));
+                .then(|| {
+                    let mut culprit = self.culprit(c.tgid, comm.clone(), Some(c.uid));
+                    // The tree's executable is the connecting program's only when the kernel's
+                    // identity at connect time agrees.
+                    let known = |id: ExeId| id != ExeId::default();
+                    if let Some(p) = self.tree.get(c.tgid)
+                        && known(p.exe)
+                        && known(c.exe)
+                        && p.exe != c.exe
+                    {
+                        culprit.exe = None;
+                    }
+                    culprit
+                });
                 let finding = culprit.as_ref().and_then(|culprit| {
                     self.detect.geo.on_connect(
                         culprit,
@@ -514,6 +551,58 @@ impl Pipeline {
         self.shared
             .processes
             .store(self.tree.len() as u64, Ordering::Relaxed);
+    }
+
+    /// `lineage` for the exec of `culprit`: its ancestors' roles come from the tree, and the
+    /// executable is hashed (cached) only when a web server is above it.
+    fn lineage(
+        &mut self,
+        culprit: &Culprit,
+        filename: &str,
+        argv: &[String],
+        exe: ExeId,
+    ) -> Option<Finding> {
+        let ancestors: Vec<Ancestor<'_>> = culprit
+            .ancestry
+            .iter()
+            .map(|(pid, comm)| {
+                let p = self.tree.get(*pid);
+                Ancestor {
+                    pid: *pid,
+                    comm,
+                    listening: p.is_some_and(|p| p.listening),
+                    package_manager: p.is_some_and(|p| p.package_manager),
+                }
+            })
+            .collect();
+        let Detectors {
+            lineage, shells, ..
+        } = &mut self.detect;
+        let proc_root = &self.proc_root;
+        lineage.on_exec(culprit, argv, &ancestors, || {
+            shells.is_shell(proc_root, culprit.pid, filename, &culprit.comm, exe)
+        })
+    }
+
+    /// A TCP socket on a standard stream: `reverse_shell` when the peer is untrusted.
+    fn on_stdio(&mut self, s: Stdio) {
+        if self.is_agent(s.tgid) {
+            return;
+        }
+        debug!(pid = s.tgid, comm = %s.comm, fd = s.newfd, peer = %s.peer, "socket on stdio");
+        let country = self.detect.geoip.as_ref().and_then(|g| g.country(s.peer));
+        let culprit = self.culprit(s.tgid, s.comm.clone(), Some(s.uid));
+        let finding = self.detect.reverse_shell.on_stdio(
+            &culprit,
+            s.newfd,
+            s.peer,
+            s.dport,
+            country.as_deref(),
+            &self.detect.trust,
+        );
+        if let Some(finding) = finding {
+            self.raise(finding, Some(s.ts_ns));
+        }
     }
 
     /// Apply the exits older than [`EXIT_GRACE`].

@@ -1,11 +1,12 @@
 //! Detectors: turn enriched events into alerts an operator can act on. Each detector is a
 //! small unit with a name, a severity and a MITRE ATT&CK mapping (`lineage`, `geo`,
-//! `resource`), tested on plain data. This module holds what they share: the alert, its risk
+//! `resource`, `reverse_shell`), tested on plain data. This module holds what they share: the alert, its risk
 //! score, the per-process signals the score combines, and de-duplication.
 
 pub mod geo;
 pub mod lineage;
 pub mod resource;
+pub mod reverse_shell;
 
 use std::{
     collections::HashMap,
@@ -42,6 +43,8 @@ pub enum Anomaly {
     Geo,
     /// CPU abuse: T1496 Resource Hijacking (Impact).
     Resource,
+    /// Standard input/output on a TCP socket to an untrusted peer: T1059 (Execution).
+    ReverseShell,
 }
 
 impl Anomaly {
@@ -50,19 +53,22 @@ impl Anomaly {
             Anomaly::Lineage => "lineage",
             Anomaly::Geo => "geo",
             Anomaly::Resource => "resource",
+            Anomaly::ReverseShell => "reverse_shell",
         }
     }
 
     pub fn severity(self) -> Severity {
         match self {
-            Anomaly::Lineage | Anomaly::Geo => Severity::Critical,
+            Anomaly::Lineage | Anomaly::Geo | Anomaly::ReverseShell => Severity::Critical,
             Anomaly::Resource => Severity::High,
         }
     }
 
     pub fn mitre(self) -> Mitre {
         let (technique, tactic, name) = match self {
-            Anomaly::Lineage => ("T1059", "Execution", "Command and Scripting Interpreter"),
+            Anomaly::Lineage | Anomaly::ReverseShell => {
+                ("T1059", "Execution", "Command and Scripting Interpreter")
+            }
             Anomaly::Geo => ("T1071.001", "Command and Control", "Web Protocols"),
             Anomaly::Resource => ("T1496", "Impact", "Resource Hijacking"),
         };
@@ -78,6 +84,7 @@ impl Anomaly {
             Anomaly::Lineage => 1,
             Anomaly::Geo => 2,
             Anomaly::Resource => 4,
+            Anomaly::ReverseShell => 8,
         }
     }
 }
@@ -321,6 +328,9 @@ pub(crate) mod tests {
         assert_eq!(Anomaly::Lineage.severity(), Severity::Critical);
         assert_eq!(Anomaly::Geo.severity(), Severity::Critical);
         assert_eq!(Anomaly::Resource.severity(), Severity::High);
+        assert_eq!(Anomaly::ReverseShell.severity(), Severity::Critical);
+        assert_eq!(Anomaly::ReverseShell.mitre().technique, "T1059");
+        assert_eq!(Anomaly::ReverseShell.name(), "reverse_shell");
     }
 
     #[test]
