@@ -214,7 +214,8 @@ fn ip(args: &[&str]) -> Result<(), String> {
     }
 }
 
-/// Waits (up to 5 minutes) for the machine-wide test-host lock.
+/// Waits (up to 20 minutes: another run may hold it for a whole test binary) for the
+/// machine-wide test-host lock.
 fn take_lock() -> Result<File, String> {
     let f = File::options()
         .create(true)
@@ -229,8 +230,8 @@ fn take_lock() -> Result<File, String> {
             Err(std::fs::TryLockError::WouldBlock) => {}
             Err(std::fs::TryLockError::Error(e)) => return Err(format!("{LOCK}: {e}")),
         }
-        if start.elapsed() > Duration::from_secs(300) {
-            return Err(format!("{LOCK}: another test host held it for 5 minutes"));
+        if start.elapsed() > Duration::from_secs(1200) {
+            return Err(format!("{LOCK}: another test host held it for 20 minutes"));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
