@@ -52,6 +52,8 @@ use crate::{
 
 /// How often the tree is checked against `/proc` for exits the agent missed.
 const GC_EVERY: Duration = Duration::from_secs(30);
+/// How often the kernel's lost counters are read for `blind`.
+const BLIND_EVERY: Duration = Duration::from_secs(1);
 /// How often the live SSH sessions (trusted peers) are re-read.
 const SSH_REFRESH_EVERY: Duration = Duration::from_secs(2);
 /// Re-read the trusted SSH peers every [`SSH_REFRESH_EVERY`] on a thread of its own; the
@@ -300,6 +302,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             lineage: detect::lineage::Lineage::new(config.lineage.clone()),
             geo: detect::geo::Geo::new(&config.geo.high_risk_countries),
             resource: detect::resource::Resource::new(config.resource.clone()),
+            blind: detect::blind::Blind::new(),
             alerts: Alerts::new(config.alerts.dedup_window),
         },
         switch,
@@ -324,6 +327,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     core.refresh_counts();
     let mut cpu_tick = tokio::time::interval(agent.cpu_interval);
     let mut gc_tick = tokio::time::interval(GC_EVERY);
+    let mut blind_tick = tokio::time::interval(BLIND_EVERY);
     // Live SSH sessions are re-read on their own thread: /proc/net/tcp lists every socket on
     // the host, and reading it must never hold up draining the ring buffers.
     let mut ssh_peers = spawn_ssh_watch(core.detect.trust.ssh_ports().to_vec());
@@ -382,6 +386,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 core.reap();
             }
             _ = gc_tick.tick() => core.gc(),
+            _ = blind_tick.tick() => core.check_blind(),
             Ok(()) = ssh_peers.changed() => {
                 let peers = ssh_peers.borrow_and_update().clone();
                 core.detect.trust.set_ssh_peers(peers);

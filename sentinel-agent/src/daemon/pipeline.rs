@@ -20,7 +20,7 @@ use crate::{
     enrich::trust::{TrustSet, Untrusted},
     event::{AlertBody, Body, BootClock, ConnectBody, CpuBody, DecisionBody, ExecBody, Record},
     sensors::{
-        KernelEvent,
+        KernelEvent, SENSORS,
         cpu::{CpuTracker, SampleMap, cpu_percent, read_totals},
     },
     store::Write,
@@ -36,6 +36,7 @@ pub struct Detectors {
     pub lineage: detect::lineage::Lineage,
     pub geo: detect::geo::Geo,
     pub resource: detect::resource::Resource,
+    pub blind: detect::blind::Blind,
     pub alerts: Alerts,
 }
 
@@ -131,7 +132,7 @@ impl Pipeline {
                 self.respond(culprit_pid, &alert);
                 match target {
                     Some(t) => self.open_decision(&alert, now, ancestors, t),
-                    None if alert.anomaly != "geo" => {
+                    None if !matches!(alert.anomaly.as_str(), "geo" | "blind") => {
                         self.awaiting.insert(culprit_pid, (*alert, now));
                     }
                     None => {}
@@ -396,6 +397,17 @@ impl Pipeline {
             if let Some(map) = &mut self.cpu_map {
                 let _ = map.remove(&tgid);
             }
+        }
+    }
+
+    /// Read the kernel's lost counters: a sensor that lost events raises `blind`.
+    pub fn check_blind(&mut self) {
+        let counts: Vec<(&'static str, u64)> = {
+            let lost = self.shared.lost.lock().expect("lost lock");
+            SENSORS.iter().map(|s| (*s, lost.lost(s))).collect()
+        };
+        for finding in self.detect.blind.observe(&counts) {
+            self.raise(finding, None);
         }
     }
 

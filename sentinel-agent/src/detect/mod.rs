@@ -1,8 +1,9 @@
 //! Detectors: turn enriched events into alerts an operator can act on. Each detector is a
 //! small unit with a name, a severity and a MITRE ATT&CK mapping (`lineage`, `geo`,
-//! `resource`), tested on plain data. This module holds what they share: the alert, its risk
+//! `resource`, `blind`), tested on plain data. This module holds what they share: the alert, its risk
 //! score, the per-process signals the score combines, and de-duplication.
 
+pub mod blind;
 pub mod geo;
 pub mod lineage;
 pub mod resource;
@@ -16,6 +17,7 @@ use std::{
 use crate::{
     enrich::trust::Untrusted,
     event::{AlertBody, Mitre},
+    untrusted::escaped,
 };
 
 /// How bad an anomaly is on its own.
@@ -43,6 +45,8 @@ pub enum Anomaly {
     Geo,
     /// CPU abuse: T1496 Resource Hijacking (Impact).
     Resource,
+    /// A sensor lost events: T1562 Impair Defenses (Defense Evasion).
+    Blind,
 }
 
 impl Anomaly {
@@ -51,13 +55,14 @@ impl Anomaly {
             Anomaly::Lineage => "lineage",
             Anomaly::Geo => "geo",
             Anomaly::Resource => "resource",
+            Anomaly::Blind => "blind",
         }
     }
 
     pub fn severity(self) -> Severity {
         match self {
             Anomaly::Lineage | Anomaly::Geo => Severity::Critical,
-            Anomaly::Resource => Severity::High,
+            Anomaly::Resource | Anomaly::Blind => Severity::High,
         }
     }
 
@@ -66,6 +71,7 @@ impl Anomaly {
             Anomaly::Lineage => ("T1059", "Execution", "Command and Scripting Interpreter"),
             Anomaly::Geo => ("T1071.001", "Command and Control", "Web Protocols"),
             Anomaly::Resource => ("T1496", "Impact", "Resource Hijacking"),
+            Anomaly::Blind => ("T1562", "Defense Evasion", "Impair Defenses"),
         };
         Mitre {
             technique: technique.into(),
@@ -79,6 +85,7 @@ impl Anomaly {
             Anomaly::Lineage => 1,
             Anomaly::Geo => 2,
             Anomaly::Resource => 4,
+            Anomaly::Blind => 8,
         }
     }
 }
@@ -229,14 +236,15 @@ impl Alerts {
             risk,
             mitre: finding.anomaly.mitre(),
             pid: finding.culprit.pid,
-            comm: finding.culprit.comm,
-            exe: finding.culprit.exe,
+            // Escaped at intake already; again here so no detector can let raw text through.
+            comm: escaped(finding.culprit.comm),
+            exe: finding.culprit.exe.map(escaped),
             target_ip: finding.target.map(|t| t.ip()),
             country: finding.country,
             state: "none".into(),
             deadline: None,
             count: 1,
-            detail: finding.detail,
+            detail: escaped(finding.detail),
         };
         self.open.insert(key, (now, wall, alert.clone()));
         Outcome::New(alert)
@@ -321,6 +329,10 @@ pub(crate) mod tests {
         assert_eq!(Anomaly::Lineage.severity(), Severity::Critical);
         assert_eq!(Anomaly::Geo.severity(), Severity::Critical);
         assert_eq!(Anomaly::Resource.severity(), Severity::High);
+        assert_eq!(Anomaly::Blind.severity(), Severity::High);
+        assert_eq!(Anomaly::Blind.mitre().technique, "T1562");
+        assert_eq!(Anomaly::Blind.mitre().tactic, "Defense Evasion");
+        assert_eq!(Anomaly::Blind.mitre().name, "Impair Defenses");
     }
 
     #[test]
