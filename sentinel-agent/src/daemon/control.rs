@@ -23,7 +23,7 @@ use tokio::{
 use tracing::{debug, warn};
 
 use crate::{
-    daemon::ipc::{Hub, Notice, Request, SensorStatus, Status, wanted},
+    daemon::ipc::{Hub, Notice, Request, SensorStatus, Status, StoreStatus, wanted},
     sensors::{Counters, LostMaps, SENSORS},
     switch::decision::{Answer, AnswerError},
 };
@@ -46,6 +46,8 @@ pub struct Shared {
     pub alerts: Mutex<BTreeMap<String, u64>>,
     /// Chat delivery counters.
     pub notify: Arc<crate::notify::NotifyStats>,
+    /// The event store's queue, size and evictions.
+    pub store: Arc<crate::store::StoreStats>,
     pub hub: Hub,
     /// Answers to pending decisions, to the switch.
     pub answers: mpsc::Sender<Answer>,
@@ -88,6 +90,7 @@ impl Shared {
                 .map(|(channel, s)| (channel.clone(), s.failed))
                 .collect(),
             processes: status.processes,
+            store: status.store,
         }
     }
 
@@ -120,6 +123,7 @@ impl Shared {
                 .map(|c| c.malformed.load(Ordering::Relaxed))
                 .sum(),
             notify: self.notify.snapshot(),
+            store: StoreStatus::of(&self.store),
         }
     }
 }

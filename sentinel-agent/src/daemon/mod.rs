@@ -13,7 +13,7 @@ use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
     path::{Path, PathBuf},
-    sync::{Arc, atomic::AtomicU64, mpsc as std_mpsc},
+    sync::{Arc, atomic::AtomicU64},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -162,9 +162,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let proc_root = PathBuf::from("/proc");
     let tree = ProcessTree::seed(&proc_root, ticks).context("reading /proc")?;
 
-    let store = Store::open(&agent.db)?;
-    let (store_tx, store_rx) = std_mpsc::channel();
-    let writer = store::spawn_writer(store, store_rx, agent.retention);
+    let max_bytes = agent.max_db_mb * 1024 * 1024;
+    let store = Store::open(&agent.db, max_bytes)?;
+    let store_stats = Arc::new(store::StoreStats::default());
+    let (store_tx, store_rx) = store::queue::channel(store::QUEUE_MAX, store_stats.clone());
+    let limits = store::Limits {
+        retention: agent.retention,
+        max_bytes,
+    };
+    let writer = store::spawn_writer(store, store_rx, limits);
 
     // The switch resumes before the socket answers: "ready" means decisions and blocks are
     // back in force.
@@ -260,6 +266,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         kills: AtomicU64::new(0),
         alerts: Default::default(),
         notify: notify_stats,
+        store: store_stats,
         hub: Hub::default(),
         answers: answers_tx,
         unblocks: unblock_tx,

@@ -5,7 +5,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     path::PathBuf,
-    sync::{Arc, atomic::Ordering, mpsc as std_mpsc},
+    sync::{Arc, atomic::Ordering},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -23,7 +23,7 @@ use crate::{
         KernelEvent, SENSORS,
         cpu::{CpuTracker, SampleMap, cpu_percent, read_totals},
     },
-    store::Write,
+    store::{StoreTx, Write, queue::NotQueued},
     switch::decision::Answer,
     switch::ledger::Kill,
     switch::{Change, Switch},
@@ -47,7 +47,7 @@ pub struct Pipeline {
     pub clock: BootClock,
     pub agent_tgid: u32,
     pub proc_root: PathBuf,
-    pub store_tx: std_mpsc::Sender<Write>,
+    pub store_tx: StoreTx,
     pub shared: Arc<Shared>,
     pub cpu: CpuTracker,
     pub cpu_map: Option<SampleMap>,
@@ -77,7 +77,8 @@ const EXIT_GRACE: Duration = Duration::from_secs(1);
 
 impl Pipeline {
     fn store(&self, write: Write) {
-        if self.store_tx.send(write).is_err() {
+        // A full queue drops (and counts) the write itself: never wait for the disk here.
+        if self.store_tx.send(write) == Err(NotQueued::Stopped) {
             error!("the store writer has stopped; event not stored");
         }
     }
