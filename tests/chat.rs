@@ -866,14 +866,15 @@ fn text_a_process_chose_stays_text_everywhere() {
     });
     fs::write(&go, "").unwrap();
     let run = child.wait_with_output().unwrap();
-    let pending = |anomaly: &str| {
-        agent.wait_for("decision", &format!("{anomaly} pending"), |d| {
-            d["anomaly"] == anomaly && d["state"] == "pending"
-        })
-    };
-    let (geo, lineage) = (pending("geo"), pending("lineage"));
+    // The geo decision names the process by its (escaped) name; the lineage one is the same
+    // process, the shell it was before.
+    let geo = agent.wait_for("decision", "geo pending", |d| {
+        d["anomaly"] == "geo" && d["state"] == "pending" && d["comm"] == escaped_name
+    });
+    let lineage = agent.wait_for("decision", "lineage pending", |d| {
+        d["anomaly"] == "lineage" && d["state"] == "pending" && d["pid"] == geo["pid"]
+    });
     eprintln!("ran: {run:?}\ngeo: {geo}\nlineage: {lineage}");
-    assert_eq!(geo["comm"], escaped_name, "the name, escaped: {geo}");
 
     // Chat: both alerts reach every channel.
     let alert_of = |fake: &Fake, what: &str, id: &Value| {

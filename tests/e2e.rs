@@ -71,6 +71,15 @@ fn exec_of_a_short_process_carries_its_lineage() {
         st["uptime_s"].is_u64() && st["pending"] == 0 && st["blocks"] == 0,
         "{st}"
     );
+    // The store's bounds: the default cap, and what the queue dropped and the cap evicted.
+    let store = &st["store"];
+    assert_eq!(store["max_bytes"], 1024 * 1024 * 1024, "{st}");
+    assert!(
+        ["queued", "dropped", "evicted", "bytes"]
+            .iter()
+            .all(|k| store[k].is_u64()),
+        "{st}"
+    );
 
     // Only root may talk to the agent.
     use std::os::unix::fs::PermissionsExt;
@@ -221,8 +230,9 @@ fn flooded_ring_buffer_raises_one_blind_alert() {
     }
     let _serial = serial();
     let agent = Agent::start("ring_buffer_kib = 4");
+    // (Other work on a busy machine may fill so small a buffer too: the alert may come
+    // before the burst. Either way there must be exactly one.)
     let lost = |agent: &Agent| agent.status()["sensors"]["exec"]["lost"].as_u64().unwrap();
-    assert!(exec_blind_alerts(&agent).is_empty());
 
     exec_burst(8, 200);
     let first_lost = lost(&agent);
@@ -264,8 +274,13 @@ fn flooded_ring_buffer_raises_one_blind_alert() {
         .filter(|l| l.contains("alert:") && l.contains("the exec sensor lost"))
         .count();
     assert_eq!(logged, 1, "logged once:\n{}", agent.log());
-    // Nothing to block and nobody to kill: no decision.
-    assert!(agent.json_lines(&["pending", "--json"]).is_empty());
+    // Nothing to block and nobody to kill: no decision (other work on the machine may open
+    // some of its own: only this alert's id counts).
+    let decisions = agent.events("decision");
+    assert!(
+        decisions.iter().all(|d| d["id"] != alert["id"]),
+        "{decisions:?}"
+    );
 }
 
 #[test]
