@@ -7,7 +7,7 @@ set -euo pipefail
 
 BPF_LINKER_VERSION=0.10.4
 NIGHTLY=${SENTINEL_BPF_TOOLCHAIN:-nightly}
-APT_PACKAGES=(nftables iproute2 bpftool gcc libc6-dev pkg-config ca-certificates systemd)
+APT_PACKAGES=(nftables iproute2 bpftool gcc libc6-dev pkg-config ca-certificates systemd openssh-server openssh-client)
 
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'setup: %s\n' "$*" >&2; exit 1; }

@@ -38,7 +38,16 @@ fn geo_alerts_for_high_risk_countries_over_ipv4_and_ipv6() {
     knock("198.51.100.194", 8003);
     // Then the anomalies.
     knock("198.51.100.2", 8004);
-    knock("2001:db8:1::2", 8005);
+    // The IPv6 one from a child: another process, another alert, but the same decision.
+    let child = Command::new("python3")
+        .args([
+            "-c",
+            "import socket; s = socket.socket(socket.AF_INET6); s.settimeout(1); \
+             s.connect_ex(('2001:db8:1::2', 8005))",
+        ])
+        .status()
+        .unwrap();
+    assert!(child.success());
 
     for (addr, port, country) in [("198.51.100.2", 8004, "RU"), ("2001:db8:1::2", 8005, "KP")] {
         let alert = agent.wait_for("alert", &format!("geo for {addr}"), |a| {
@@ -52,9 +61,13 @@ fn geo_alerts_for_high_risk_countries_over_ipv4_and_ipv6() {
             "Command and Control",
             "{alert}"
         );
-        assert_eq!(alert["pid"], me, "{alert}");
+        if country == "RU" {
+            assert_eq!(alert["pid"], me, "{alert}");
+        }
         // A target to act on: the dead man's switch has a decision pending (dry-run here).
-        assert_eq!(s(&alert["state"]), "pending", "{alert}");
+        let alert = agent.wait_for("alert", &format!("pending geo for {addr}"), |a| {
+            a["id"] == alert["id"] && a["state"] == "pending"
+        });
         assert!(alert["deadline"].is_string(), "{alert}");
         let risk = alert["risk"].as_u64().unwrap();
         assert!((70..=100).contains(&risk), "{alert}");
@@ -90,6 +103,14 @@ fn geo_alerts_for_high_risk_countries_over_ipv4_and_ipv6() {
         alerts.len(),
         2,
         "expected exactly the two geo alerts: {alerts:?}"
+    );
+    // One decision for the process tree, holding both destinations.
+    let pending = agent.json_lines(&["pending", "--json"]);
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!(
+        pending[0]["targets"],
+        serde_json::json!(["198.51.100.2", "2001:db8:1::2"]),
+        "{pending:?}"
     );
 
     // Repeats fold into the same alert with a count.

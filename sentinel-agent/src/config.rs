@@ -68,6 +68,10 @@ pub struct SwitchConfig {
     /// A target marked safe is not alerted on again for this long.
     #[serde(deserialize_with = "duration")]
     pub safe_ttl: Duration,
+    /// Most targets one decision holds; reaching it ends the countdown at once (fail closed).
+    pub max_targets: usize,
+    /// Most decisions pending at once; beyond it a new decision is blocked at once.
+    pub max_pending: usize,
 }
 
 impl Default for SwitchConfig {
@@ -75,6 +79,8 @@ impl Default for SwitchConfig {
         Self {
             countdown: Duration::from_secs(300),
             safe_ttl: Duration::from_secs(24 * 3600),
+            max_targets: 16_384,
+            max_pending: 256,
         }
     }
 }
@@ -103,10 +109,14 @@ pub struct EnforceConfig {
     /// Time between SIGTERM and SIGKILL.
     #[serde(deserialize_with = "duration")]
     pub kill_grace: Duration,
-    /// Process names never killed (pid 1, the agent and sshd never are).
+    /// Executables never killed: a name matches the executable's file name (`node` also
+    /// `node18`), an absolute path that one file (pid 1, the agent, sshd, systemd and login
+    /// never are).
     pub protect: Vec<String>,
     /// Also refuse `connect()` to blocked addresses in the kernel (cgroup connect4/6).
     pub connect_guard: bool,
+    /// Allow blocking private and unique-local addresses (RFC 1918, 100.64/10, fc00::/7).
+    pub block_private: bool,
 }
 
 impl Default for EnforceConfig {
@@ -119,6 +129,7 @@ impl Default for EnforceConfig {
             kill_grace: Duration::from_secs(2),
             protect: Vec::new(),
             connect_guard: true,
+            block_private: false,
         }
     }
 }
@@ -249,9 +260,9 @@ pub struct TrustConfig {
     /// IPs and CIDRs (v4 and v6) never alerted on as geo anomalies and never blocked.
     #[serde(deserialize_with = "networks")]
     pub ips: Vec<ipnet::IpNet>,
-    /// Peers of live inbound SSH sessions are trusted while connected.
+    /// Peers of live authenticated SSH sessions are trusted while the session lasts.
     pub ssh_peers: bool,
-    /// Local ports whose established inbound connections count as SSH sessions.
+    /// Local ports sshd listens on: only sessions connected to one of these count.
     pub ssh_ports: Vec<u16>,
 }
 
@@ -627,6 +638,18 @@ impl Config {
         if sw.safe_ttl > Duration::from_secs(365 * 86_400) {
             bad("switch.safe_ttl", "is longer than a year".into());
         }
+        if !(1..=65_536).contains(&sw.max_targets) {
+            bad(
+                "switch.max_targets",
+                format!("{} is not between 1 and 65536", sw.max_targets),
+            );
+        }
+        if !(1..=100_000).contains(&sw.max_pending) {
+            bad(
+                "switch.max_pending",
+                format!("{} is not between 1 and 100000", sw.max_pending),
+            );
+        }
         let e = &self.enforce;
         if e.table.is_empty()
             || e.table.len() > 32
@@ -655,6 +678,15 @@ impl Config {
         }
         if e.kill_grace > Duration::from_secs(60) {
             bad("enforce.kill_grace", "is longer than 60s".into());
+        }
+        for p in &e.protect {
+            let path = p.starts_with('/') && !p.split('/').any(|c| c == "..");
+            if p.is_empty() || (p.contains('/') && !path) {
+                bad(
+                    "enforce.protect",
+                    format!("{p:?} is neither an executable name nor an absolute path"),
+                );
+            }
         }
         let o = &self.override_;
         if o.listen.parse::<std::net::SocketAddr>().is_err() {
@@ -798,7 +830,15 @@ mod tests {
         );
         assert_eq!(c.alerts.dedup_window, AlertsConfig::default().dedup_window);
         let (sw, dsw) = (&c.switch, SwitchConfig::default());
-        assert_eq!((sw.countdown, sw.safe_ttl), (dsw.countdown, dsw.safe_ttl));
+        assert_eq!(
+            (sw.countdown, sw.safe_ttl, sw.max_targets, sw.max_pending),
+            (
+                dsw.countdown,
+                dsw.safe_ttl,
+                dsw.max_targets,
+                dsw.max_pending
+            )
+        );
         let (e, de) = (&c.enforce, EnforceConfig::default());
         assert_eq!(
             (
@@ -808,7 +848,8 @@ mod tests {
                 e.kill,
                 e.kill_grace,
                 &e.protect,
-                e.connect_guard
+                e.connect_guard,
+                e.block_private
             ),
             (
                 de.mode,
@@ -817,7 +858,8 @@ mod tests {
                 de.kill,
                 de.kill_grace,
                 &de.protect,
-                de.connect_guard
+                de.connect_guard,
+                de.block_private
             )
         );
         let (o, d) = (&c.override_, OverrideConfig::default());
@@ -994,6 +1036,13 @@ mod tests {
         assert!(err.contains("mode") && err.contains("yolo"), "{err}");
         let c = parse("[enforce]\nmode = \"dry-run\"\n").unwrap();
         assert_eq!(c.enforce.mode, EnforceMode::DryRun);
+        assert!(parse("[enforce]\nprotect = [\"node\", \"/opt/app/bin/worker\"]\n").is_ok());
+        for bad in ["", "bin/node", "/opt/../tmp/x"] {
+            let err = parse(&format!("[enforce]\nprotect = [{bad:?}]\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("enforce.protect"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -318,6 +318,28 @@ impl TestNet {
         Ok(())
     }
 
+    /// Make the test host answer every address of an IPv6 `prefix` (a `local` route on its
+    /// loopback) and route the prefix to it from this side — after the same overlap checks.
+    /// For floods of distinct destinations.
+    pub fn answer_prefix_v6(&self, prefix: &str) -> Result<(), String> {
+        let net = Net::parse(prefix)?;
+        if net.addr.is_ipv4() {
+            return Err(format!("{prefix}: an IPv6 prefix is needed"));
+        }
+        let mine: Vec<Net> = NETWORKS
+            .iter()
+            .map(|(l, _)| Net::parse(l).map(|n| network_of(&n)))
+            .collect::<Result<_, _>>()?;
+        if let Some(m) = mine.iter().find(|m| m.overlaps(&net)) {
+            return Err(format!("{prefix} overlaps the test network {m}"));
+        }
+        check_no_overlap(&[net], &machine_network()?)?;
+        ip(&[
+            "netns", "exec", &self.ns, "ip", "-6", "route", "add", "local", prefix, "dev", "lo",
+        ])?;
+        ip(&["-6", "route", "add", prefix, "via", KP6, "dev", &self.veth])
+    }
+
     /// The namespace's name, for `ip netns exec`.
     pub fn ns(&self) -> &str {
         &self.ns

@@ -48,6 +48,8 @@ pub struct Shared {
     pub notify: Arc<crate::notify::NotifyStats>,
     /// The event store's queue, size and evictions.
     pub store: Arc<crate::store::StoreStats>,
+    /// Whether blocks land (written by the switch's worker).
+    pub enforce: Arc<crate::switch::worker::Health>,
     pub hub: Hub,
     /// Answers to pending decisions, to the switch.
     pub answers: mpsc::Sender<Answer>,
@@ -91,6 +93,7 @@ impl Shared {
                 .collect(),
             processes: status.processes,
             store: status.store,
+            enforce_healthy: status.enforce.healthy,
         }
     }
 
@@ -124,6 +127,10 @@ impl Shared {
                 .sum(),
             notify: self.notify.snapshot(),
             store: StoreStatus::of(&self.store),
+            enforce: crate::daemon::ipc::EnforceStatus {
+                healthy: self.enforce.healthy(),
+                last_error: self.enforce.last_error(),
+            },
         }
     }
 }

@@ -61,6 +61,16 @@ pub struct Status {
     /// The event store: its queue, size and what it dropped or evicted.
     #[serde(default)]
     pub store: StoreStatus,
+    /// Whether blocks land in nftables (false while one is `block-failed`).
+    #[serde(default)]
+    pub enforce: EnforceStatus,
+}
+
+/// Enforcement health in `status --json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnforceStatus {
+    pub healthy: bool,
+    pub last_error: Option<String>,
 }
 
 /// `status.store`: what bounds the event store did their work on.

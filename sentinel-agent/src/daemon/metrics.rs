@@ -50,6 +50,8 @@ pub struct Snapshot {
     pub processes: u64,
     /// The event store's queue, size and what it dropped or evicted.
     pub store: crate::daemon::ipc::StoreStatus,
+    /// Whether blocks land in nftables.
+    pub enforce_healthy: bool,
 }
 
 /// One metric family being written: its HELP and TYPE lines, then its samples.
@@ -184,6 +186,13 @@ pub fn render(s: &Snapshot) -> String {
     )
     .sample(&[], s.processes);
     store_families(o, &s.store);
+    family(
+        o,
+        "sentinel_enforce_healthy",
+        "gauge",
+        "1 while blocks land in nftables, 0 while one is block-failed and being retried.",
+    )
+    .sample(&[], u8::from(s.enforce_healthy));
     out
 }
 
@@ -295,6 +304,7 @@ mod tests {
                 bytes: 900_000,
                 max_bytes: 1_048_576,
             },
+            enforce_healthy: true,
         }
     }
 

@@ -13,8 +13,8 @@ use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
     path::{Path, PathBuf},
-    sync::{Arc, atomic::AtomicU64},
-    time::{Duration, Instant, SystemTime},
+    sync::{Arc, atomic::AtomicU64, mpsc as std_mpsc},
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -32,10 +32,13 @@ use self::{
 use crate::{
     config::{Config, EnforceMode},
     detect::{self, Alerts},
-    enforce::{Enforcer, guard::ConnectGuard, kill::Killer},
+    enforce::{self, BlockGuard, Enforcer, guard::ConnectGuard, kill::Killer},
     enrich::geo::Geo,
     enrich::tree::ProcessTree,
-    enrich::trust::{TrustSet, read_ssh_peers},
+    enrich::{
+        ssh::{Sources, authenticated_peers},
+        trust::TrustSet,
+    },
     event::BootClock,
     notify::{
         self, NotifyStats,
@@ -47,14 +50,18 @@ use crate::{
     store::{self, Store},
     switch::decision::Answer,
     switch::ledger::Ledger,
-    switch::{Switch, Timings},
+    switch::{
+        Limits, Switch, Timings,
+        clock::Now,
+        worker::{Health, Worker},
+    },
 };
 
 /// How often the tree is checked against `/proc` for exits the agent missed.
 const GC_EVERY: Duration = Duration::from_secs(30);
 /// How often the kernel's lost counters are read for `blind`.
 const BLIND_EVERY: Duration = Duration::from_secs(1);
-/// How often the live SSH sessions (trusted peers) are re-read.
+/// How often the live authenticated SSH sessions (trusted peers) are re-read.
 const SSH_REFRESH_EVERY: Duration = Duration::from_secs(2);
 /// Re-read the trusted SSH peers every [`SSH_REFRESH_EVERY`] on a thread of its own; the
 /// receiver sees a change only when the set changed. Nothing runs when SSH trust is off.
@@ -67,7 +74,7 @@ fn spawn_ssh_watch(ports: Vec<u16>) -> watch::Receiver<HashSet<IpAddr>> {
         .name("ssh-peers".into())
         .spawn(move || {
             loop {
-                let peers = read_ssh_peers(Path::new("/proc/net"), &ports);
+                let peers = authenticated_peers(&Sources::default(), &ports);
                 tx.send_if_modified(|current| {
                     let changed = *current != peers;
                     if changed {
@@ -89,14 +96,11 @@ fn spawn_ssh_watch(ports: Vec<u16>) -> watch::Receiver<HashSet<IpAddr>> {
 /// the earliest deadline anyway).
 const SWITCH_TICK: Duration = Duration::from_secs(1);
 
-/// How long until the switch's next deadline (at most [`SWITCH_TICK`]).
+/// How long until the switch's next deadline on the boot clock (at most [`SWITCH_TICK`]).
 fn until_deadline(core: &Pipeline) -> Duration {
     core.switch
-        .next_deadline()
-        .map_or(SWITCH_TICK, |d| {
-            d.duration_since(SystemTime::now()).unwrap_or_default()
-        })
-        .min(SWITCH_TICK)
+        .next_due(Now::read())
+        .map_or(SWITCH_TICK, |d| d.min(SWITCH_TICK))
 }
 
 /// Run the agent until SIGTERM or SIGINT.
@@ -123,8 +127,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             &[]
         },
     );
-    let proc_net = Path::new("/proc/net");
-    trust.refresh_ssh_peers(proc_net);
+    trust.refresh_ssh_peers(&Sources::default());
     let trust_for_resume = trust.clone();
     sensors::ensure_tracefs()?;
 
@@ -175,7 +178,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // The switch resumes before the socket answers: "ready" means decisions and blocks are
     // back in force.
     let mut enforcer = Enforcer::from_config(&config);
-    if config.enforce.connect_guard && !enforcer.is_dry_run() {
+    let dry_run = enforcer.is_dry_run();
+    if config.enforce.connect_guard && !dry_run {
         match ConnectGuard::attach(&mut ebpf) {
             Ok(guard) => {
                 info!(cgroup = %guard.root().display(), "connect guard attached");
@@ -184,15 +188,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Err(e) => warn!("connect guard not attached (nftables still enforces blocks): {e}"),
         }
     }
+    // The switch decides on the loop; its worker thread commits, enforces and announces.
+    let enforce_health = Arc::new(Health::default());
+    let mut worker = Worker::new(Ledger::open(&agent.db)?, enforcer, enforce_health.clone());
+    worker.prepare();
+    let (jobs_tx, jobs_rx) = std_mpsc::channel();
+    let (reports_tx, mut reports_rx) = mpsc::unbounded_channel();
+    worker.set_reports(reports_tx);
+    let mut infra = enforce::infra::watch(&config);
+    let gate = BlockGuard::from_config(&config, infra.borrow_and_update().clone());
     let mut switch = Switch::new(
-        Ledger::open(&agent.db)?,
-        enforcer,
+        Ledger::open_existing(&agent.db, false)?,
+        jobs_tx,
         Timings {
             countdown: config.switch.countdown,
             safe_ttl: config.switch.safe_ttl,
             block_ttl: config.enforce.block_ttl,
         },
+        Limits {
+            max_targets: config.switch.max_targets,
+            max_pending: config.switch.max_pending,
+        },
         config.host_id(),
+        dry_run,
+        gate,
     );
     let (answers_tx, mut answers_rx) = mpsc::channel::<Answer>(64);
     let (unblock_tx, mut unblock_rx) = mpsc::channel::<Unblock>(16);
@@ -201,7 +220,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Chat: announced decisions go out through every configured channel; answers (signed
     // links, Slack clicks, Telegram presses) come back on the same channel as the CLI's.
     let (notices_tx, notices_rx) = mpsc::unbounded_channel();
-    switch.set_notices(notices_tx);
+    worker.set_notices(notices_tx);
+    let worker_thread = worker.spawn(jobs_rx);
     let notify_stats = Arc::new(NotifyStats::default());
     let secret = if config.override_.public_url.is_empty() {
         None
@@ -252,7 +272,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(summary),
     ));
     // Resumed decisions are announced too.
-    switch.resume(&trust_for_resume, SystemTime::now())?;
+    switch.resume(&trust_for_resume, Now::read())?;
 
     let shared = Arc::new(Shared {
         host: config.host_id(),
@@ -267,6 +287,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         alerts: Default::default(),
         notify: notify_stats,
         store: store_stats,
+        enforce: enforce_health,
         hub: Hub::default(),
         answers: answers_tx,
         unblocks: unblock_tx,
@@ -313,7 +334,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             alerts: Alerts::new(config.alerts.dedup_window),
         },
         switch,
-        awaiting: HashMap::new(),
+        tracked: HashMap::new(),
+        groups: HashMap::new(),
         last_connect: HashMap::new(),
         exits: Default::default(),
         killer: config.enforce.kill.then(|| {
@@ -326,7 +348,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }),
         dry_run: config.enforce.mode == EnforceMode::DryRun,
     };
-    if let Ok(n) = core.switch.ledger().kill_count() {
+    if let Ok(n) = core.switch.reader().kill_count() {
         core.shared
             .kills
             .store(n, std::sync::atomic::Ordering::Relaxed);
@@ -335,8 +357,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut cpu_tick = tokio::time::interval(agent.cpu_interval);
     let mut gc_tick = tokio::time::interval(GC_EVERY);
     let mut blind_tick = tokio::time::interval(BLIND_EVERY);
-    // Live SSH sessions are re-read on their own thread: /proc/net/tcp lists every socket on
-    // the host, and reading it must never hold up draining the ring buffers.
+    // Live SSH sessions are re-read on their own thread: login records and /proc are files,
+    // and reading them (and /proc/net/tcp while someone is logged in) must never hold up
+    // draining the ring buffers.
     let mut ssh_peers = spawn_ssh_watch(core.detect.trust.ssh_ports().to_vec());
 
     if !config.metrics.listen.is_empty() {
@@ -382,6 +405,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 Some(batch) => {
                     batch.into_iter().for_each(|e| core.handle(e));
                     core.reap();
+                    core.flush();
                 }
                 None => {
                     error!("every sensor reader stopped");
@@ -396,11 +420,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             _ = blind_tick.tick() => core.check_blind(),
             Ok(()) = ssh_peers.changed() => {
                 let peers = ssh_peers.borrow_and_update().clone();
+                info!(?peers, "authenticated SSH peers (trusted) changed");
                 core.detect.trust.set_ssh_peers(peers);
             }
             _ = tokio::time::sleep(until_deadline(&core)) => core.tick(),
             _ = watchdog_tick.tick(), if watchdog.is_some() => service::notify_watchdog(),
             Some(answer) = answers_rx.recv() => core.answer(answer),
+            Some(report) = reports_rx.recv() => core.report(report),
+            Ok(()) = infra.changed() => {
+                core.switch.gate.infra = infra.borrow_and_update().clone();
+            }
             Some(request) = unblock_rx.recv() => core.unblock(request),
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
@@ -413,7 +442,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         task.abort();
     }
     drop(ebpf);
+    // The worker finishes what is queued (commits, blocks) once the switch is gone.
     drop(core);
+    tokio::task::spawn_blocking(move || worker_thread.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the switch worker panicked"))?;
     tokio::task::spawn_blocking(move || writer.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the store writer panicked"))?;

@@ -2,8 +2,9 @@
 //! fork, exit and connect records from `sensors`. Out: the same records with their process
 //! lineage (`tree`: identity as tgid + start time, ancestors, exe), the destination's country
 //! (`geo`: a MaxMind-format database), and whether an address is trusted (`trust`: `trust.ips`,
-//! loopback, live SSH peers), which `detect` and the `switch` consult before they act.
+//! loopback, peers of authenticated SSH sessions read by `ssh`), which `detect` and the `switch` consult before they act.
 
 pub mod geo;
+pub mod ssh;
 pub mod tree;
 pub mod trust;

@@ -18,6 +18,9 @@ pub struct Proc {
     pub comm: String,
     /// What the process last exec'd, when the agent saw it.
     pub filename: Option<String>,
+    /// The process that forked it, when the agent saw the fork (0: unknown). Differs from
+    /// `ppid` once an orphan was adopted by a subreaper or pid 1.
+    pub forked_by: u32,
 }
 
 #[derive(Debug)]
@@ -33,6 +36,10 @@ pub struct Stat {
     pub comm: String,
     pub ppid: u32,
     pub start: u64,
+    /// Session id: a login shell leads its session.
+    pub session: u32,
+    /// Controlling terminal (`tty_nr`, 0: none).
+    pub tty: u32,
 }
 
 /// Parse one `/proc/<pid>/stat` line. The comm sits in parentheses and may itself contain
@@ -46,12 +53,16 @@ pub fn parse_stat(line: &str) -> Option<Stat> {
     // After ")": state(3) ppid(4) ... starttime(22): index 0 is the state.
     let rest: Vec<&str> = line[close + 1..].split_whitespace().collect();
     let ppid = rest.get(1)?.parse().ok()?;
+    let session = rest.get(3)?.parse().ok()?;
+    let tty = rest.get(4)?.parse().ok()?;
     let start = rest.get(19)?.parse().ok()?;
     Some(Stat {
         pid,
         comm,
         ppid,
         start,
+        session,
+        tty,
     })
 }
 
@@ -104,6 +115,7 @@ impl ProcessTree {
                 start: s.start,
                 comm: s.comm,
                 filename: None,
+                forked_by: 0,
             },
         );
     }
@@ -132,6 +144,7 @@ impl ProcessTree {
                 start,
                 comm: comm.to_string(),
                 filename,
+                forked_by: parent,
             },
         );
     }
@@ -144,6 +157,7 @@ impl ProcessTree {
             start,
             comm: String::new(),
             filename: None,
+            forked_by: 0,
         });
         if ppid != 0 {
             p.ppid = ppid;
@@ -191,6 +205,11 @@ impl ProcessTree {
     }
 
     /// `tgid`'s children, grandchildren, … (breadth first), with their start times.
+    #[allow(
+        dead_code,
+        reason = "the killer walks live parents from /proc instead; kept for tree consumers \
+                  (decision target sets follow a process tree)"
+    )]
     pub fn descendants(&self, tgid: u32) -> Vec<(u32, u64)> {
         let mut out: Vec<(u32, u64)> = Vec::new();
         let mut frontier = vec![tgid];
@@ -247,6 +266,7 @@ mod tests {
         assert_eq!(s.comm, "we ird) (x)");
         assert_eq!(s.ppid, 77);
         assert_eq!(s.start, 98765);
+        assert_eq!((s.session, s.tty), (1234, 0));
         let s =
             parse_stat("9 (a\nb\x1b[2J) S 1 9 9 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 5 0 0 0").unwrap();
         assert_eq!(s.comm, "a\\nb\\x1b[2J", "escaped like the kernel's copy");

@@ -1,5 +1,7 @@
-//! Who is never a target: loopback, the operator's `trust.ips`, and the peers of live inbound
-//! SSH sessions. Trust comes before every detector and every block.
+//! Who is never a target: loopback, the operator's `trust.ips`, and the peers of live
+//! **authenticated** SSH sessions (found by `enrich::ssh`: a login record, a live sshd session,
+//! and its connection to a `trust.ssh_ports` port; a bare TCP connection is not one). Trust
+//! comes before every detector and every block.
 //!
 //! A detector can only name a remote address in an alert through [`Untrusted`], and the only
 //! way to get one is [`TrustSet::check`]: a trusted address cannot reach an alert or a block by
@@ -9,10 +11,11 @@ use std::{
     collections::HashSet,
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    path::Path,
 };
 
 use ipnet::IpNet;
+
+use crate::enrich::ssh::{Sources, authenticated_peers};
 use serde::{Serialize, Serializer};
 
 /// Why an address is trusted.
@@ -22,7 +25,7 @@ pub enum TrustReason {
     Unspecified,
     /// Inside this `trust.ips` entry.
     Configured(IpNet),
-    /// The peer of a live inbound SSH session.
+    /// The peer of a live authenticated SSH session.
     SshPeer,
 }
 
@@ -32,7 +35,7 @@ impl fmt::Display for TrustReason {
             TrustReason::Loopback => write!(f, "loopback"),
             TrustReason::Unspecified => write!(f, "unspecified address"),
             TrustReason::Configured(net) => write!(f, "in trust.ips ({net})"),
-            TrustReason::SshPeer => write!(f, "peer of a live SSH session"),
+            TrustReason::SshPeer => write!(f, "peer of a live authenticated SSH session"),
         }
     }
 }
@@ -108,14 +111,14 @@ impl TrustSet {
         }
     }
 
-    /// Re-read the live inbound SSH sessions from `<proc_net>/tcp` and `tcp6`. Returns how
-    /// many peers are trusted now.
-    pub fn refresh_ssh_peers(&mut self, proc_net: &Path) -> usize {
-        let peers = read_ssh_peers(proc_net, &self.ssh_ports);
+    /// Re-read the live authenticated SSH sessions from `src`. Returns how many peers are
+    /// trusted now.
+    pub fn refresh_ssh_peers(&mut self, src: &Sources) -> usize {
+        let peers = authenticated_peers(src, &self.ssh_ports);
         self.set_ssh_peers(peers)
     }
 
-    /// Replace the trusted SSH peers (read elsewhere with [`read_ssh_peers`]).
+    /// Replace the trusted SSH peers (read elsewhere with [`authenticated_peers`]).
     pub fn set_ssh_peers(&mut self, peers: HashSet<IpAddr>) -> usize {
         self.ssh_peers = peers;
         self.ssh_peers.len()
@@ -133,24 +136,9 @@ impl TrustSet {
     }
 }
 
-/// The peers of live inbound sessions on `ports`, from `<proc_net>/tcp` and `tcp6`. This
-/// reads every socket on the host (thousands after a connection burst), so the agent calls it
-/// off its event loop.
-pub fn read_ssh_peers(proc_net: &Path, ports: &[u16]) -> HashSet<IpAddr> {
-    let mut peers = HashSet::new();
-    if ports.is_empty() {
-        return peers;
-    }
-    for file in ["tcp", "tcp6"] {
-        if let Ok(text) = std::fs::read_to_string(proc_net.join(file)) {
-            peers.extend(established_peers(&text, ports));
-        }
-    }
-    peers
-}
-
 /// Remote addresses of ESTABLISHED connections whose local port is one of `ports`, from the
-/// text of `/proc/net/tcp` or `/proc/net/tcp6`.
+/// text of `/proc/net/tcp` or `/proc/net/tcp6`. On its own this is no proof of a session:
+/// `enrich::ssh` only asks it about peers that hold a login.
 pub fn established_peers(text: &str, ports: &[u16]) -> Vec<IpAddr> {
     const ESTABLISHED: &str = "01";
     text.lines()
@@ -225,25 +213,21 @@ mod tests {
     }
 
     #[test]
-    fn refresh_reads_both_files() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("tcp"), TCP).unwrap();
-        std::fs::write(dir.path().join("tcp6"), TCP6).unwrap();
+    fn ssh_peers_are_trusted_until_replaced() {
         let mut t = TrustSet::new(&[], &[22]);
-        assert_eq!(t.refresh_ssh_peers(dir.path()), 3);
+        let peers = HashSet::from([ip("2001:db8::9"), ip("198.51.0.10")]);
+        assert_eq!(t.set_ssh_peers(peers), 2);
         assert_eq!(t.why_trusted(ip("2001:db8::9")), Some(TrustReason::SshPeer));
         assert_eq!(
             t.why_trusted(ip("::ffff:198.51.0.10")),
             Some(TrustReason::SshPeer)
         );
         // Sessions end: trust ends with them.
-        std::fs::write(dir.path().join("tcp"), "header\n").unwrap();
-        std::fs::write(dir.path().join("tcp6"), "header\n").unwrap();
-        assert_eq!(t.refresh_ssh_peers(dir.path()), 0);
+        assert_eq!(t.set_ssh_peers(HashSet::new()), 0);
         assert!(t.check(ip("2001:db8::9")).is_ok());
         // With SSH trust off, nothing is read.
         let mut off = TrustSet::new(&[], &[]);
-        assert_eq!(off.refresh_ssh_peers(dir.path()), 0);
+        assert_eq!(off.refresh_ssh_peers(&Sources::default()), 0);
     }
 
     #[test]

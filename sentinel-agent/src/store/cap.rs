@@ -135,7 +135,7 @@ mod tests {
     use crate::{
         event::{Body, DecisionBody, ExecBody, Kind, Record, sample_alert},
         store::{Store, Write},
-        switch::ledger::{Kill, Ledger},
+        switch::ledger::{Kill, Ledger, add_kill_in, add_safe_in},
     };
 
     const CAP: u64 = 2 * 1024 * 1024;
@@ -179,6 +179,8 @@ mod tests {
                 deadline: "2026-11-22T21:00:00Z".into(),
                 decided_by: None,
                 reason: None,
+                targets: vec!["198.51.100.2".parse().unwrap()],
+                refused: Vec::new(),
             })),
         )))
     }
@@ -195,22 +197,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
         let mut store = Store::open(&path, CAP).unwrap();
-        let ledger = Ledger::open(&path).unwrap();
+        let mut ledger = Ledger::open(&path).unwrap();
         ledger
-            .add_kill(&Kill {
-                pid: 7,
-                exe: "/tmp/xmrig".into(),
-                reason: "test".into(),
-                confidence: 90,
-                at: SystemTime::now(),
+            .batch(|conn| {
+                add_kill_in(
+                    conn,
+                    &Kill {
+                        pid: 7,
+                        exe: "/tmp/xmrig".into(),
+                        reason: "test".into(),
+                        confidence: 90,
+                        at: SystemTime::now(),
+                    },
+                )?;
+                add_safe_in(
+                    conn,
+                    "198.51.100.130".parse().unwrap(),
+                    SystemTime::now() + Duration::from_secs(3600),
+                    "a0",
+                )
             })
-            .unwrap();
-        ledger
-            .add_safe(
-                "198.51.100.130".parse().unwrap(),
-                SystemTime::now() + Duration::from_secs(3600),
-                "a0",
-            )
             .unwrap();
         let mut n = 0;
         let mut evicted = 0;
