@@ -13,7 +13,7 @@ mod common;
 use std::{
     collections::VecDeque,
     fs,
-    os::unix::fs::PermissionsExt,
+    os::unix::{fs::PermissionsExt, process::CommandExt},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     thread,
@@ -769,4 +769,214 @@ fn unreachable_or_slow_chat_still_auto_blocks_on_time() {
     ] {
         assert!(!text.contains(secret), "status shows a secret: {text}");
     }
+}
+
+/// Every string in a JSON payload.
+fn strings(v: &Value) -> Vec<&str> {
+    match v {
+        Value::String(s) => vec![s.as_str()],
+        Value::Array(a) => a.iter().flat_map(strings).collect(),
+        Value::Object(o) => o.values().flat_map(strings).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Kills a process group on drop: what a test started never outlives it, even on failure.
+struct KillGroup(i32);
+
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.0),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// What the attacker's process is called (the kernel keeps 15 bytes of it: all of it).
+const EVIL_NAME: &str = "\x1b[31mevil\nname";
+/// Its arguments: a forged second line, a colour escape, a markdown link, a bare URL.
+const EVIL_ARGS: [&str; 3] = [
+    "\x1b[31mred\nline two",
+    "[x](http://evil.example)",
+    "http://evil.example/bare",
+];
+
+/// A process whose name, path and arguments carry a newline, `ESC[31m`, a markdown link and
+/// a bare URL runs as a shell below a web server and connects to a high-risk test host. The
+/// lineage and geo alerts it raises each make one log line, `tail` shows no escape byte and
+/// one line per event, and no chat payload (Teams, Slack, Telegram) holds a control
+/// character or anything a chat client would make a link of; Slack goes out verbatim without
+/// unfurling, Telegram without entity parsing or previews.
+#[test]
+fn text_a_process_chose_stays_text_everywhere() {
+    if !require_root("text_a_process_chose_stays_text_everywhere") {
+        return;
+    }
+    let _serial = serial();
+    let _net = TestNet::new("cu");
+    let table = Table::new("chat_u");
+    let (slack, teams) = (Fake::slack(), Fake::teams());
+    let telegram = Fake::telegram(Arc::default());
+    let (_keydir, key) = key_file();
+    let port = free_port();
+    let chat = Chat {
+        slack: Some(format!("{}{SLACK_HOOK}", slack.base)),
+        teams: Some(format!("{}{TEAMS_HOOK}", teams.base)),
+        telegram: Some(&telegram.base),
+    };
+    let mut config = sections(&table, "60s", port, &key, &chat);
+    config.push_str("[lineage]\nweb_servers = [\"snt-web\"]\n");
+    let agent = Agent::start_with("", &config);
+
+    // The "web server" (a shell called snt-web) runs a shell whose arguments are hostile; that
+    // shell becomes a bash whose name and path are hostile and which connects to RU.
+    let bin = tempfile::tempdir().unwrap();
+    let web = bin.path().join("snt-web");
+    std::os::unix::fs::symlink("/bin/sh", &web).unwrap();
+    fs::create_dir_all(bin.path().join("[x](http:/evil.example)")).unwrap();
+    std::os::unix::fs::symlink(
+        "/bin/bash",
+        bin.path().join("[x](http:/evil.example)").join(EVIL_NAME),
+    )
+    .unwrap();
+    let evil_path = format!(
+        "{}/[x](http://evil.example)/{EVIL_NAME}",
+        bin.path().display()
+    );
+    // It connects once the test has seen its exec: the exec and connect sensors have ring
+    // buffers of their own, and the agent may read a connect before the exec before it.
+    let go = bin.path().join("go");
+    let script = r#"/bin/sh -c 'exec "$0" -c "while [ ! -e \"\$GO\" ]; do sleep 0.05; done; exec 3<>/dev/tcp/198.51.100.2/9306" evil "$@"' "$0" "$@"; exit 0"#;
+    let child = std::process::Command::new(&web)
+        .arg("-c")
+        .arg(script)
+        .arg(&evil_path)
+        .args(EVIL_ARGS)
+        .env("GO", &go)
+        .process_group(0)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _group = KillGroup(child.id() as i32);
+    let escaped_name = r"\x1b[31mevil\nname";
+    agent.wait_for("exec", "of the hostile process", |e| {
+        e["comm"] == escaped_name
+    });
+    fs::write(&go, "").unwrap();
+    let run = child.wait_with_output().unwrap();
+    // The geo decision names the process by its (escaped) name; the lineage one is the same
+    // process, the shell it was before.
+    let geo = agent.wait_for("decision", "geo pending", |d| {
+        d["anomaly"] == "geo" && d["state"] == "pending" && d["comm"] == escaped_name
+    });
+    let lineage = agent.wait_for("decision", "lineage pending", |d| {
+        d["anomaly"] == "lineage" && d["state"] == "pending" && d["pid"] == geo["pid"]
+    });
+    eprintln!("ran: {run:?}\ngeo: {geo}\nlineage: {lineage}");
+
+    // Chat: both alerts reach every channel.
+    let alert_of = |fake: &Fake, what: &str, id: &Value| {
+        let id = id.as_str().unwrap().to_string();
+        fake.wait_for(what, move |r| r.text().contains(&id)).json()
+    };
+    let mut payloads = Vec::new();
+    for d in [&geo, &lineage] {
+        payloads.push(("teams", alert_of(&teams, "a Teams card", &d["id"])));
+        payloads.push(("slack", alert_of(&slack, "a Slack message", &d["id"])));
+        payloads.push((
+            "telegram",
+            alert_of(&telegram, "a Telegram message", &d["id"]),
+        ));
+    }
+    let all: Vec<&str> = payloads.iter().flat_map(|(_, p)| strings(p)).collect();
+    assert!(
+        all.iter().any(|s| s.contains(escaped_name)),
+        "the name arrives, escaped"
+    );
+    assert!(
+        all.iter().any(|s| s.contains(r"red\nline two")),
+        "the arguments arrive, escaped"
+    );
+    for (channel, payload) in &payloads {
+        let checked = match *channel {
+            // The card's buttons are the agent's own signed links.
+            "teams" => &payload["attachments"][0]["content"]["body"],
+            _ => payload,
+        };
+        for s in strings(checked) {
+            // The agent's own layout may use newlines; the process's text may not.
+            assert!(
+                !s.chars().any(|c| c.is_control() && c != '\n'),
+                "{channel}: control character in {s:?}"
+            );
+            for raw in ["evil\nname", "red\nline"] {
+                assert!(!s.contains(raw), "{channel}: raw newline in {s:?}");
+            }
+            for link in ["://evil", "](", "www.evil"] {
+                assert!(!s.contains(link), "{channel}: a link ({link}) in {s:?}");
+            }
+        }
+        match *channel {
+            "slack" => {
+                assert_eq!(payload["unfurl_links"], false, "{payload}");
+                assert_eq!(payload["unfurl_media"], false, "{payload}");
+                let text = payload.to_string();
+                assert!(!text.contains(r#""verbatim":false"#), "{payload}");
+                assert!(text.contains(r#""verbatim":true"#), "{payload}");
+            }
+            "telegram" => {
+                assert!(payload.get("parse_mode").is_none(), "{payload}");
+                assert!(payload.get("entities").is_none(), "{payload}");
+                assert_eq!(payload["link_preview_options"]["is_disabled"], true);
+            }
+            _ => {}
+        }
+    }
+
+    // The log: no escape byte, and each alert is one line that holds all of its detail.
+    let log = agent.log();
+    assert!(!log.contains('\x1b'), "an escape reached the log");
+    let alert_lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("alert:") && l.contains("evil"))
+        .collect();
+    assert_eq!(alert_lines.len(), 2, "one line per alert:\n{log}");
+    assert!(
+        alert_lines
+            .iter()
+            .any(|l| l.contains("shell below a web server")
+                && l.contains(r"red\nline two")
+                && l.contains("http://evil.example/bare")),
+        "{alert_lines:#?}"
+    );
+    assert!(
+        !log.lines()
+            .any(|l| l.starts_with("line two") || l.starts_with("name")),
+        "a forged line in the log:\n{log}"
+    );
+
+    // `tail`: one line per event, no escape byte, the hostile exec shown whole.
+    let tail = agent.cli(&["tail", "-n", "100000"]);
+    assert!(tail.status.success());
+    let out = String::from_utf8(tail.stdout).unwrap();
+    assert!(
+        !out.chars().any(|c| c.is_control() && c != '\n'),
+        "a control character in tail's output"
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines.iter().any(|l| l.contains(" exec ")
+            && l.contains(escaped_name)
+            && l.contains("[x](http://evil.example)")
+            && l.contains("http://evil.example/bare")),
+        "the hostile exec on one line:\n{out}"
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.starts_with("line two") || l.starts_with("name")),
+        "a forged line in tail:\n{out}"
+    );
 }

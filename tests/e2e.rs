@@ -71,6 +71,15 @@ fn exec_of_a_short_process_carries_its_lineage() {
         st["uptime_s"].is_u64() && st["pending"] == 0 && st["blocks"] == 0,
         "{st}"
     );
+    // The store's bounds: the default cap, and what the queue dropped and the cap evicted.
+    let store = &st["store"];
+    assert_eq!(store["max_bytes"], 1024 * 1024 * 1024, "{st}");
+    assert!(
+        ["queued", "dropped", "evicted", "bytes"]
+            .iter()
+            .all(|k| store[k].is_u64()),
+        "{st}"
+    );
 
     // Only root may talk to the agent.
     use std::os::unix::fs::PermissionsExt;
@@ -187,6 +196,91 @@ fn full_ring_buffer_counts_lost_events_and_keeps_running() {
     let pid = child.id();
     child.wait_with_output().unwrap();
     agent.wait_for("exec", "after the burst", |e| e["pid"] == pid);
+}
+
+/// Start `threads` × `each` `/bin/true` processes as fast as possible.
+fn exec_burst(threads: usize, each: usize) {
+    let spawned: Vec<_> = (0..threads)
+        .map(|_| {
+            thread::spawn(move || {
+                for _ in 0..each {
+                    Command::new("/bin/true").status().unwrap();
+                }
+            })
+        })
+        .collect();
+    spawned.into_iter().for_each(|t| t.join().unwrap());
+}
+
+/// The `blind` alerts about the exec sensor.
+fn exec_blind_alerts(agent: &Agent) -> Vec<Value> {
+    agent
+        .events("alert")
+        .into_iter()
+        .filter(|a| a["anomaly"] == "blind" && a["comm"] == "exec sensor")
+        .collect()
+}
+
+/// Flooding a (tiny) exec ring buffer until it loses events raises a `blind` alert — high,
+/// T1562 — and a second flood does not raise another: the alert's count goes up.
+#[test]
+fn flooded_ring_buffer_raises_one_blind_alert() {
+    if !require_root("flooded_ring_buffer_raises_one_blind_alert") {
+        return;
+    }
+    let _serial = serial();
+    let agent = Agent::start("ring_buffer_kib = 4");
+    // (Other work on a busy machine may fill so small a buffer too: the alert may come
+    // before the burst. Either way there must be exactly one.)
+    let lost = |agent: &Agent| agent.status()["sensors"]["exec"]["lost"].as_u64().unwrap();
+
+    exec_burst(8, 200);
+    let first_lost = lost(&agent);
+    assert!(first_lost > 0, "a 4 KiB ring buffer lost nothing");
+    let alert = agent.wait_for("alert", "blind for the exec sensor", |a| {
+        a["anomaly"] == "blind" && a["comm"] == "exec sensor"
+    });
+    assert_eq!(s(&alert["severity"]), "high", "{alert}");
+    assert_eq!(s(&alert["mitre"]["technique"]), "T1562", "{alert}");
+    assert_eq!(s(&alert["mitre"]["name"]), "Impair Defenses", "{alert}");
+    assert_eq!(
+        (alert["pid"].as_u64(), s(&alert["state"])),
+        (Some(0), "none")
+    );
+    assert!(alert["target_ip"].is_null(), "{alert}");
+    assert!(s(&alert["detail"]).contains("ring buffer"), "{alert}");
+
+    // A second flood, after the first was reported: the same alert, counted again.
+    exec_burst(8, 200);
+    assert!(lost(&agent) > first_lost, "the second burst lost nothing");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let alerts = loop {
+        let alerts = exec_blind_alerts(&agent);
+        if alerts.iter().any(|a| a["count"].as_u64() >= Some(2)) || Instant::now() > deadline {
+            break alerts;
+        }
+        thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        alerts.len(),
+        1,
+        "one blind alert, not one per lost batch: {alerts:?}"
+    );
+    assert_eq!(alerts[0]["id"], alert["id"]);
+    assert!(alerts[0]["count"].as_u64() >= Some(2), "{alerts:?}");
+    let logged = agent
+        .log()
+        .lines()
+        .filter(|l| l.contains("alert:") && l.contains("the exec sensor lost"))
+        .count();
+    assert_eq!(logged, 1, "logged once:\n{}", agent.log());
+    // Nothing to block and nobody to kill: no decision (other work on the machine may open
+    // some of its own: only this alert's id counts).
+    let decisions = agent.events("decision");
+    assert!(
+        decisions.iter().all(|d| d["id"] != alert["id"]),
+        "{decisions:?}"
+    );
 }
 
 #[test]

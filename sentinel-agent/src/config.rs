@@ -422,6 +422,8 @@ pub struct AgentConfig {
     /// Events older than this are deleted from the store.
     #[serde(deserialize_with = "duration")]
     pub retention: Duration,
+    /// The store's size cap in MiB: the oldest exec/connect/cpu events make room.
+    pub max_db_mb: u64,
 }
 
 impl Default for AgentConfig {
@@ -436,6 +438,7 @@ impl Default for AgentConfig {
             cpu_interval: Duration::from_secs(2),
             cpu_report_percent: 10.0,
             retention: Duration::from_secs(14 * 24 * 3600),
+            max_db_mb: 1024,
         }
     }
 }
@@ -805,6 +808,12 @@ impl Config {
                 format!("{:?} is not an address:port", self.metrics.listen),
             );
         }
+        if !(16..=1024 * 1024).contains(&a.max_db_mb) {
+            bad(
+                "agent.max_db_mb",
+                format!("{} is not between 16 and 1048576 (MiB)", a.max_db_mb),
+            );
+        }
         if a.retention < Duration::from_secs(3600) {
             bad(
                 "agent.retention",
@@ -855,6 +864,7 @@ mod tests {
         assert_eq!(c.agent.ring_buffer_kib, d.ring_buffer_kib);
         assert_eq!(c.agent.cpu_interval, d.cpu_interval);
         assert_eq!(c.agent.retention, d.retention);
+        assert_eq!(c.agent.max_db_mb, d.max_db_mb);
         let (g, dg) = (&c.geo, GeoConfig::default());
         assert_eq!(
             (g.enabled, &g.database, &g.high_risk_countries),
@@ -968,6 +978,26 @@ mod tests {
                 "agent.cpu_sample_hz"
             ]
         );
+    }
+
+    #[test]
+    fn max_db_mb_is_validated() {
+        assert_eq!(
+            parse("[agent]\nmax_db_mb = 64\n").unwrap().agent.max_db_mb,
+            64
+        );
+        for bad in ["0", "15", "1048577"] {
+            let err = parse(&format!("[agent]\nmax_db_mb = {bad}\n")).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.contains("agent.max_db_mb") && text.contains(bad),
+                "{text}"
+            );
+        }
+        let err = parse("[agent]\nmax_db_mb = \"1G\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_db_mb"), "{err}");
     }
 
     #[test]

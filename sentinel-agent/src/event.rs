@@ -12,6 +12,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use crate::untrusted::escape;
+
 /// One event as stored, streamed and printed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
@@ -310,14 +312,16 @@ impl fmt::Display for Record {
                 (b.pid, &b.comm, d)
             }
         };
+        // Escaped at intake; again here for events an older agent stored: one event, one
+        // line, and no escape sequence reaches the terminal.
         write!(
             f,
             "{:<24} {:<8} {:>7}  {:<16} {}",
             self.ts,
             self.body.kind().as_str(),
             pid,
-            comm,
-            detail
+            escape(comm),
+            escape(&detail)
         )
     }
 }
@@ -479,6 +483,17 @@ mod tests {
         let line = r.to_string();
         assert!(!line.contains('\n'), "{line}");
         assert!(line.contains(r#""a\nb""#), "{line}");
+        // An alert stored by an older agent, raw: its line is escaped too.
+        let mut alert = sample_alert("a1", "198.51.100.2");
+        alert.comm = "\x1b[31mx\ny".into();
+        alert.detail = "line\nforged 2026-11-22T20:00:00Z alert\u{9b}2J".into();
+        let line = Record::new(UNIX_EPOCH, "h", Body::Alert(Box::new(alert))).to_string();
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert!(line.contains(r"\x1b[31mx\ny"), "{line}");
+        assert!(
+            line.contains(r"line\nforged") && line.contains(r"\u{9b}2J"),
+            "{line}"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod override_http;
 mod sensors;
 mod store;
 mod switch;
+mod untrusted;
 
 fn main() -> std::process::ExitCode {
     cli::main()

@@ -39,5 +39,16 @@ pub fn run(cli: &Cli, args: &JsonArgs) -> anyhow::Result<ExitCode> {
         "pending decisions: {}   blocks: {}   processes tracked: {}   malformed records: {}",
         status.pending, status.blocks, status.processes, status.malformed
     )?;
+    let s = &status.store;
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    writeln!(
+        out,
+        "store: {:.1} of {:.0} MiB   queued: {}   dropped (queue full): {}   evicted (size cap): {}",
+        mib(s.bytes),
+        mib(s.max_bytes),
+        s.queued,
+        s.dropped,
+        s.evicted
+    )?;
     Ok(ExitCode::SUCCESS)
 }

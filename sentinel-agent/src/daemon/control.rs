@@ -23,7 +23,7 @@ use tokio::{
 use tracing::{debug, warn};
 
 use crate::{
-    daemon::ipc::{Hub, Notice, Request, SensorStatus, Status, wanted},
+    daemon::ipc::{Hub, Notice, Request, SensorStatus, Status, StoreStatus, wanted},
     sensors::{Counters, LostMaps, SENSORS},
     switch::decision::{Answer, AnswerError},
 };
@@ -46,6 +46,8 @@ pub struct Shared {
     pub alerts: Mutex<BTreeMap<String, u64>>,
     /// Chat delivery counters.
     pub notify: Arc<crate::notify::NotifyStats>,
+    /// The event store's queue, size and evictions.
+    pub store: Arc<crate::store::StoreStats>,
     /// Whether blocks land (written by the switch's worker).
     pub enforce: Arc<crate::switch::worker::Health>,
     pub hub: Hub,
@@ -90,6 +92,7 @@ impl Shared {
                 .map(|(channel, s)| (channel.clone(), s.failed))
                 .collect(),
             processes: status.processes,
+            store: status.store,
             enforce_healthy: status.enforce.healthy,
         }
     }
@@ -123,6 +126,7 @@ impl Shared {
                 .map(|c| c.malformed.load(Ordering::Relaxed))
                 .sum(),
             notify: self.notify.snapshot(),
+            store: StoreStatus::of(&self.store),
             enforce: crate::daemon::ipc::EnforceStatus {
                 healthy: self.enforce.healthy(),
                 last_error: self.enforce.last_error(),

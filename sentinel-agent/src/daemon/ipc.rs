@@ -58,6 +58,9 @@ pub struct Status {
     /// Chat delivery per channel: messages sent, failed after every attempt, last error.
     #[serde(default)]
     pub notify: BTreeMap<String, crate::notify::ChannelStatus>,
+    /// The event store: its queue, size and what it dropped or evicted.
+    #[serde(default)]
+    pub store: StoreStatus,
     /// Whether blocks land in nftables (false while one is `block-failed`).
     #[serde(default)]
     pub enforce: EnforceStatus,
@@ -68,6 +71,34 @@ pub struct Status {
 pub struct EnforceStatus {
     pub healthy: bool,
     pub last_error: Option<String>,
+}
+
+/// `status.store`: what bounds the event store did their work on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreStatus {
+    /// Events waiting for the writer.
+    pub queued: u64,
+    /// Events dropped because the writer's queue was full.
+    pub dropped: u64,
+    /// Routine events deleted to stay under `agent.max_db_mb`.
+    pub evicted: u64,
+    /// Database and WAL on disk, in bytes.
+    pub bytes: u64,
+    /// `agent.max_db_mb` in bytes.
+    pub max_bytes: u64,
+}
+
+impl StoreStatus {
+    pub fn of(stats: &crate::store::StoreStats) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        Self {
+            queued: stats.queued.load(Relaxed),
+            dropped: stats.dropped.load(Relaxed),
+            evicted: stats.evicted.load(Relaxed),
+            bytes: stats.bytes.load(Relaxed),
+            max_bytes: stats.max_bytes.load(Relaxed),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -48,6 +48,8 @@ pub struct Snapshot {
     pub notify_failures: BTreeMap<String, u64>,
     /// Processes in the agent's process tree.
     pub processes: u64,
+    /// The event store's queue, size and what it dropped or evicted.
+    pub store: crate::daemon::ipc::StoreStatus,
     /// Whether blocks land in nftables.
     pub enforce_healthy: bool,
 }
@@ -183,6 +185,7 @@ pub fn render(s: &Snapshot) -> String {
         "Processes in the agent's process tree.",
     )
     .sample(&[], s.processes);
+    store_families(o, &s.store);
     family(
         o,
         "sentinel_enforce_healthy",
@@ -191,6 +194,45 @@ pub fn render(s: &Snapshot) -> String {
     )
     .sample(&[], u8::from(s.enforce_healthy));
     out
+}
+
+/// The event store's bounds at work (`agent.max_db_mb`, the writer's queue).
+fn store_families(o: &mut String, s: &crate::daemon::ipc::StoreStatus) {
+    let families: [(&'static str, &str, &str, u64); 5] = [
+        (
+            "sentinel_store_dropped_total",
+            "counter",
+            "Events dropped because the store's queue was full.",
+            s.dropped,
+        ),
+        (
+            "sentinel_store_evicted_total",
+            "counter",
+            "Exec, connect and cpu events deleted to keep the store under agent.max_db_mb.",
+            s.evicted,
+        ),
+        (
+            "sentinel_store_queued",
+            "gauge",
+            "Events waiting for the store writer.",
+            s.queued,
+        ),
+        (
+            "sentinel_store_bytes",
+            "gauge",
+            "The event store on disk (database and WAL), in bytes.",
+            s.bytes,
+        ),
+        (
+            "sentinel_store_max_bytes",
+            "gauge",
+            "agent.max_db_mb, in bytes.",
+            s.max_bytes,
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        family(o, name, kind, help).sample(&[], value);
+    }
 }
 
 /// The renderer [`serve`] calls on every scrape.
@@ -255,6 +297,13 @@ mod tests {
             kills: 0,
             notify_failures: [("slack".to_string(), 5), ("we\"ird\\\n".to_string(), 1)].into(),
             processes: 321,
+            store: crate::daemon::ipc::StoreStatus {
+                queued: 7,
+                dropped: 1500,
+                evicted: 20_000,
+                bytes: 900_000,
+                max_bytes: 1_048_576,
+            },
             enforce_healthy: true,
         }
     }
@@ -316,6 +365,11 @@ mod tests {
             1.0
         );
         assert_eq!(m["sentinel_processes"], 321.0);
+        assert_eq!(m["sentinel_store_dropped_total"], 1500.0);
+        assert_eq!(m["sentinel_store_evicted_total"], 20_000.0);
+        assert_eq!(m["sentinel_store_queued"], 7.0);
+        assert_eq!(m["sentinel_store_bytes"], 900_000.0);
+        assert_eq!(m["sentinel_store_max_bytes"], 1_048_576.0);
     }
 
     #[test]
@@ -333,6 +387,9 @@ mod tests {
             "sentinel_processes",
             "sentinel_ring_buffer_fill_ratio",
             "sentinel_sensor_attached",
+            "sentinel_store_dropped_total",
+            "sentinel_store_evicted_total",
+            "sentinel_store_bytes",
         ] {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name}");
         }

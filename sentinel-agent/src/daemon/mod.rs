@@ -62,6 +62,8 @@ use crate::{
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 const GC_EVERY: Duration = Duration::from_secs(30);
+/// How often the kernel's lost counters are read for `blind`.
+const BLIND_EVERY: Duration = Duration::from_secs(1);
 /// How often the live authenticated SSH sessions (trusted peers) are re-read.
 const SSH_REFRESH_EVERY: Duration = Duration::from_secs(2);
 /// Re-read the trusted SSH peers every [`SSH_REFRESH_EVERY`] on a thread of its own; the
@@ -169,9 +171,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tree.on_listen(pid, &proc_root);
     }
 
-    let store = Store::open(&agent.db)?;
-    let (store_tx, store_rx) = std_mpsc::channel();
-    let writer = store::spawn_writer(store, store_rx, agent.retention);
+    let max_bytes = agent.max_db_mb * 1024 * 1024;
+    let store = Store::open(&agent.db, max_bytes)?;
+    let store_stats = Arc::new(store::StoreStats::default());
+    let (store_tx, store_rx) = store::queue::channel(store::QUEUE_MAX, store_stats.clone());
+    let limits = store::Limits {
+        retention: agent.retention,
+        max_bytes,
+    };
+    let writer = store::spawn_writer(store, store_rx, limits);
 
     // The switch resumes before the socket answers: "ready" means decisions and blocks are
     // back in force.
@@ -284,6 +292,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         kills: AtomicU64::new(0),
         alerts: Default::default(),
         notify: notify_stats,
+        store: store_stats,
         enforce: enforce_health,
         hub: Hub::default(),
         answers: answers_tx,
@@ -324,6 +333,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             reverse_shell: detect::reverse_shell::ReverseShell,
             geo: detect::geo::Geo::new(&config.geo.high_risk_countries),
             resource: detect::resource::Resource::new(config.resource.clone()),
+            blind: detect::blind::Blind::new(),
             alerts: Alerts::new(config.alerts.dedup_window),
         },
         switch,
@@ -349,6 +359,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     core.refresh_counts();
     let mut cpu_tick = tokio::time::interval(agent.cpu_interval);
     let mut gc_tick = tokio::time::interval(GC_EVERY);
+    let mut blind_tick = tokio::time::interval(BLIND_EVERY);
     // Live SSH sessions are re-read on their own thread: login records and /proc are files,
     // and reading them (and /proc/net/tcp while someone is logged in) must never hold up
     // draining the ring buffers.
@@ -409,6 +420,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 core.reap();
             }
             _ = gc_tick.tick() => core.gc(),
+            _ = blind_tick.tick() => core.check_blind(),
             Ok(()) = ssh_peers.changed() => {
                 let peers = ssh_peers.borrow_and_update().clone();
                 info!(?peers, "authenticated SSH peers (trusted) changed");

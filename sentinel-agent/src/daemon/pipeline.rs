@@ -5,7 +5,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     path::PathBuf,
-    sync::{Arc, atomic::Ordering, mpsc as std_mpsc},
+    sync::{Arc, atomic::Ordering},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -22,11 +22,11 @@ use crate::{
     enrich::trust::{TrustSet, Untrusted},
     event::{AlertBody, Body, BootClock, ConnectBody, CpuBody, DecisionBody, ExecBody, Record},
     sensors::{
-        KernelEvent,
+        KernelEvent, SENSORS,
         cpu::{CpuTracker, SampleMap, cpu_percent, read_totals},
         stdio::Stdio,
     },
-    store::Write,
+    store::{StoreTx, Write, queue::NotQueued},
     switch::{
         Change, Switch,
         clock::Now,
@@ -46,6 +46,7 @@ pub struct Detectors {
     pub reverse_shell: detect::reverse_shell::ReverseShell,
     pub geo: detect::geo::Geo,
     pub resource: detect::resource::Resource,
+    pub blind: detect::blind::Blind,
     pub alerts: Alerts,
 }
 
@@ -56,7 +57,7 @@ pub struct Pipeline {
     pub clock: BootClock,
     pub agent_tgid: u32,
     pub proc_root: PathBuf,
-    pub store_tx: std_mpsc::Sender<Write>,
+    pub store_tx: StoreTx,
     pub shared: Arc<Shared>,
     pub cpu: CpuTracker,
     pub cpu_map: Option<SampleMap>,
@@ -107,7 +108,8 @@ const EXIT_GRACE: Duration = Duration::from_secs(1);
 
 impl Pipeline {
     fn store(&self, write: Write) {
-        if self.store_tx.send(write).is_err() {
+        // A full queue drops (and counts) the write itself: never wait for the disk here.
+        if self.store_tx.send(write) == Err(NotQueued::Stopped) {
             error!("the store writer has stopped; event not stored");
         }
     }
@@ -131,6 +133,8 @@ impl Pipeline {
             return;
         }
         let culprit_pid = finding.culprit.pid;
+        // `blind` names no process: no tree to track, nothing to decide.
+        let has_process = finding.anomaly != detect::Anomaly::Blind;
         let subject = finding.subject;
         let chain: Vec<u32> = finding.culprit.ancestry.iter().map(|(p, _)| *p).collect();
         // What the tree reached before the alert: the culprit's and its ancestors' below the
@@ -202,7 +206,9 @@ impl Pipeline {
                 id
             }
         };
-        self.track(&id, culprit_pid);
+        if has_process {
+            self.track(&id, culprit_pid);
+        }
         for target in targets {
             self.offer(&id, target);
         }
@@ -626,6 +632,17 @@ impl Pipeline {
             if let Some(map) = &mut self.cpu_map {
                 let _ = map.remove(&tgid);
             }
+        }
+    }
+
+    /// Read the kernel's lost counters: a sensor that lost events raises `blind`.
+    pub fn check_blind(&mut self) {
+        let counts: Vec<(&'static str, u64)> = {
+            let lost = self.shared.lost.lock().expect("lost lock");
+            SENSORS.iter().map(|s| (*s, lost.lost(s))).collect()
+        };
+        for finding in self.detect.blind.observe(&counts) {
+            self.raise(finding, None);
         }
     }
 

@@ -1,8 +1,10 @@
 //! Detectors: turn enriched events into alerts an operator can act on. Each detector is a
 //! small unit with a name, a severity and a MITRE ATT&CK mapping (`lineage`, `geo`,
-//! `resource`, `reverse_shell`), tested on plain data. This module holds what they share: the alert, its risk
-//! score, the per-process signals the score combines, and de-duplication.
+//! `resource`, `reverse_shell`, `blind`), tested on plain data. This module holds what they
+//! share: the alert, its risk score, the per-process signals the score combines, and
+//! de-duplication.
 
+pub mod blind;
 pub mod geo;
 pub mod lineage;
 pub mod resource;
@@ -16,6 +18,7 @@ use std::{
 use crate::{
     enrich::trust::Untrusted,
     event::{AlertBody, Mitre},
+    untrusted::escaped,
 };
 
 /// How bad an anomaly is on its own.
@@ -45,6 +48,8 @@ pub enum Anomaly {
     Resource,
     /// Standard input/output on a TCP socket to an untrusted peer: T1059 (Execution).
     ReverseShell,
+    /// A sensor lost events: T1562 Impair Defenses (Defense Evasion).
+    Blind,
 }
 
 impl Anomaly {
@@ -54,13 +59,14 @@ impl Anomaly {
             Anomaly::Geo => "geo",
             Anomaly::Resource => "resource",
             Anomaly::ReverseShell => "reverse_shell",
+            Anomaly::Blind => "blind",
         }
     }
 
     pub fn severity(self) -> Severity {
         match self {
             Anomaly::Lineage | Anomaly::Geo | Anomaly::ReverseShell => Severity::Critical,
-            Anomaly::Resource => Severity::High,
+            Anomaly::Resource | Anomaly::Blind => Severity::High,
         }
     }
 
@@ -71,6 +77,7 @@ impl Anomaly {
             }
             Anomaly::Geo => ("T1071.001", "Command and Control", "Web Protocols"),
             Anomaly::Resource => ("T1496", "Impact", "Resource Hijacking"),
+            Anomaly::Blind => ("T1562", "Defense Evasion", "Impair Defenses"),
         };
         Mitre {
             technique: technique.into(),
@@ -85,6 +92,7 @@ impl Anomaly {
             Anomaly::Geo => 2,
             Anomaly::Resource => 4,
             Anomaly::ReverseShell => 8,
+            Anomaly::Blind => 16,
         }
     }
 }
@@ -236,14 +244,15 @@ impl Alerts {
             risk,
             mitre: finding.anomaly.mitre(),
             pid: finding.culprit.pid,
-            comm: finding.culprit.comm,
-            exe: finding.culprit.exe,
+            // Escaped at intake already; again here so no detector can let raw text through.
+            comm: escaped(finding.culprit.comm),
+            exe: finding.culprit.exe.map(escaped),
             target_ip: finding.target.map(|t| t.ip()),
             country: finding.country,
             state: "none".into(),
             deadline: None,
             count: 1,
-            detail: finding.detail,
+            detail: escaped(finding.detail),
         };
         self.open.insert(key, (now, wall, alert.clone()));
         Outcome::New(alert)
@@ -331,6 +340,10 @@ pub(crate) mod tests {
         assert_eq!(Anomaly::ReverseShell.severity(), Severity::Critical);
         assert_eq!(Anomaly::ReverseShell.mitre().technique, "T1059");
         assert_eq!(Anomaly::ReverseShell.name(), "reverse_shell");
+        assert_eq!(Anomaly::Blind.severity(), Severity::High);
+        assert_eq!(Anomaly::Blind.mitre().technique, "T1562");
+        assert_eq!(Anomaly::Blind.mitre().tactic, "Defense Evasion");
+        assert_eq!(Anomaly::Blind.mitre().name, "Impair Defenses");
     }
 
     #[test]

@@ -58,7 +58,8 @@ pub fn parse_stat(line: &str) -> Option<Stat> {
     let open = line.find('(')?;
     let close = line.rfind(')')?;
     let pid = line[..open].trim().parse().ok()?;
-    let comm = line.get(open + 1..close)?.to_string();
+    // The process chose its name: escaped like the kernel's copy (see `crate::untrusted`).
+    let comm = crate::untrusted::escape(line.get(open + 1..close)?).into_owned();
     // After ")": state(3) ppid(4) ... starttime(22): index 0 is the state.
     let rest: Vec<&str> = line[close + 1..].split_whitespace().collect();
     let ppid = rest.get(1)?.parse().ok()?;
@@ -311,6 +312,9 @@ mod tests {
         assert_eq!(s.ppid, 77);
         assert_eq!(s.start, 98765);
         assert_eq!((s.session, s.tty), (1234, 0));
+        let s =
+            parse_stat("9 (a\nb\x1b[2J) S 1 9 9 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 5 0 0 0").unwrap();
+        assert_eq!(s.comm, "a\\nb\\x1b[2J", "escaped like the kernel's copy");
     }
 
     #[test]

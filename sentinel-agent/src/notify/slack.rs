@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use serde_json::{Value, json};
 
 use super::{Http, Summary, Undelivered, facts, outcome, title};
-use crate::{override_http::action, switch::decision::Decision};
+use crate::{override_http::action, switch::decision::Decision, untrusted::defang};
 
 /// The Slack channel: where alerts go and how.
 pub struct Slack {
@@ -23,6 +23,18 @@ pub fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+/// Text a process could have chosen, for mrkdwn: control characters escaped, links broken
+/// (see [`defang`]), markup escaped. The messages also go out `verbatim` with unfurling off.
+fn inert(text: &str) -> String {
+    escape(&defang(text))
+}
+
+/// A mrkdwn text object that Slack shows as written: `verbatim` (no auto-linking of URLs or
+/// channel names).
+fn mrkdwn(text: String) -> Value {
+    json!({"type": "mrkdwn", "text": text, "verbatim": true})
 }
 
 /// Cut `text` to at most `max` characters.
@@ -39,9 +51,7 @@ fn fields(d: &Decision, now: SystemTime, with_deadline: bool) -> Vec<Value> {
     facts(d, now)
         .into_iter()
         .filter(|(label, _)| with_deadline || *label != "Auto-block")
-        .map(|(label, value)| {
-            json!({"type": "mrkdwn", "text": clip(&format!("*{label}*\n{}", escape(&value)), 2000)})
-        })
+        .map(|(label, value)| mrkdwn(clip(&format!("*{label}*\n{}", inert(&value)), 2000)))
         .collect()
 }
 
@@ -67,11 +77,13 @@ pub fn alert_message(d: &Decision, now: SystemTime) -> Value {
     use crate::switch::decision::Verdict;
     let title = title(d);
     json!({
-        "text": escape(&format!("{title}: {} — automatic block in {}", d.detail, super::time_left(d, now))),
+        "text": inert(&format!("{title}: {} — automatic block in {}", d.detail, super::time_left(d, now))),
+        "unfurl_links": false,
+        "unfurl_media": false,
         "blocks": [
             {"type": "header", "text": {"type": "plain_text", "text": clip(&title, 150)}},
             {"type": "section", "fields": fields(d, now, true)},
-            {"type": "section", "text": {"type": "mrkdwn", "text": clip(&escape(&d.detail), 3000)}},
+            {"type": "section", "text": mrkdwn(clip(&inert(&d.detail), 3000))},
             {
                 "type": "actions",
                 "block_id": format!("sentinel_decision_{}", d.id),
@@ -88,10 +100,12 @@ pub fn alert_message(d: &Decision, now: SystemTime) -> Value {
 pub fn outcome_message(d: &Decision) -> Value {
     let line = outcome(d);
     json!({
-        "text": escape(&format!("{}: {line}", title(d))),
+        "text": inert(&format!("{}: {line}", title(d))),
+        "unfurl_links": false,
+        "unfurl_media": false,
         "blocks": [
             {"type": "header", "text": {"type": "plain_text", "text": clip(&title(d), 150)}},
-            {"type": "section", "text": {"type": "mrkdwn", "text": clip(&format!("*{}*", escape(&line)), 3000)}},
+            {"type": "section", "text": mrkdwn(clip(&format!("*{}*", inert(&line)), 3000))},
             {"type": "section", "fields": fields(d, SystemTime::now(), false)},
         ],
     })
@@ -102,9 +116,11 @@ pub fn summary_message(s: &Summary) -> Value {
     let text = s.lines().join("\n");
     json!({
         "text": escape(&s.heading()),
+        "unfurl_links": false,
+        "unfurl_media": false,
         "blocks": [
             {"type": "header", "text": {"type": "plain_text", "text": clip(&s.heading(), 150)}},
-            {"type": "section", "text": {"type": "mrkdwn", "text": clip(&escape(&text), 3000)}},
+            {"type": "section", "text": mrkdwn(clip(&escape(&text), 3000))},
         ],
     })
 }
@@ -149,5 +165,39 @@ impl Slack {
             .post("daily summary", &self.webhook_url, &summary_message(s))
             .await
             .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::untrusted::testing::{assert_inert, hostile_decision, strings};
+
+    #[test]
+    fn process_text_goes_out_verbatim_without_links_or_unfurls() {
+        let mut d = hostile_decision();
+        let alert = alert_message(&d, SystemTime::now());
+        d.state = crate::switch::decision::State::AutoBlocked;
+        for message in [alert, outcome_message(&d)] {
+            assert_eq!(message["unfurl_links"], false, "{message}");
+            assert_eq!(message["unfurl_media"], false, "{message}");
+            assert!(message.get("mrkdwn").is_none(), "{message}");
+            let blocks = message["blocks"].as_array().unwrap();
+            let texts: Vec<&Value> = blocks
+                .iter()
+                .flat_map(|b| {
+                    b["fields"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .chain([&b["text"]])
+                })
+                .filter(|t| t["type"] == "mrkdwn")
+                .collect();
+            assert!(!texts.is_empty());
+            assert!(texts.iter().all(|t| t["verbatim"] == true), "{message}");
+            assert_inert(&message, true);
+            assert!(strings(&message).iter().all(|s| !s.contains("<!")));
+        }
     }
 }

@@ -12,6 +12,7 @@ use super::{Http, Summary, Undelivered, facts, outcome, title};
 use crate::{
     override_http::{Secret, decide_link},
     switch::decision::{Decision, Verdict},
+    untrusted::defang,
 };
 
 /// The Teams channel.
@@ -41,13 +42,10 @@ fn card(body: Vec<Value>, actions: Vec<Value>) -> Value {
     })
 }
 
-/// Text a process controls (its name, path, arguments) made inert for Teams' markdown: no link
-/// syntax and no bare URL it would turn into a link. A zero-width space breaks both, and the
-/// card still reads the same.
+/// Text a process controls (its name, path, arguments) made inert for Teams' markdown: no
+/// link syntax, no bare URL and no `<…>` it would turn into a link (see [`defang`]).
 fn inert(text: &str) -> String {
-    text.replace("](", "]\u{200B}(")
-        .replace("://", ":\u{200B}//")
-        .replace('<', "<\u{200B}")
+    defang(text).replace('<', "<\u{200B}")
 }
 
 fn text(text: &str, extra: Value) -> Value {
@@ -163,5 +161,24 @@ impl Teams {
             .post("daily summary", &self.webhook_url, &summary_card(s))
             .await
             .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::untrusted::testing::{assert_inert, hostile_decision};
+
+    #[test]
+    fn process_text_forms_no_link() {
+        let d = hostile_decision();
+        let secret = Secret::from_bytes(&[7; 32]);
+        let card = alert_card(&d, SystemTime::now(), "https://sentinel.example", &secret);
+        // The buttons are the only links: the signed ones.
+        assert_inert(&card["attachments"][0]["content"]["body"], false);
+        assert_inert(
+            &outcome_card(&d)["attachments"][0]["content"]["body"],
+            false,
+        );
     }
 }

@@ -20,6 +20,7 @@ use crate::{
     config::TelegramConfig,
     override_http::{Unanswered, action, parse_button, submit},
     switch::decision::{Answer, AnswerError, Decision, Verdict},
+    untrusted::defang,
 };
 
 /// How long one `getUpdates` call waits for a button press.
@@ -78,15 +79,22 @@ fn clip(text: String) -> String {
     text.chars().take(MAX_TEXT - 1).chain(['…']).collect()
 }
 
-/// The alert's text (plain: nothing a process chose is read as markup).
+/// The alert's text: plain (sent without `parse_mode`, so nothing a process chose is read as
+/// markup), control characters escaped and links broken so Telegram's own URL detection finds
+/// nothing to make clickable (see [`defang`]).
 pub fn alert_text(d: &Decision, now: SystemTime, with_deadline: bool) -> String {
-    let mut text = format!("🚨 {}\n{}\n", title(d), d.detail);
+    let mut text = format!("🚨 {}\n{}\n", title(d), defang(&d.detail));
     for (label, value) in facts(d, now) {
         if with_deadline || label != "Auto-block" {
-            text.push_str(&format!("\n{label}: {value}"));
+            text.push_str(&format!("\n{label}: {}", defang(&value)));
         }
     }
     text
+}
+
+/// No link previews, whatever the text holds.
+fn no_preview() -> Value {
+    json!({"is_disabled": true})
 }
 
 /// `sendMessage` parameters for an alert with its two buttons.
@@ -95,7 +103,7 @@ pub fn alert_message(d: &Decision, now: SystemTime, chat_id: &str) -> Value {
     json!({
         "chat_id": chat_json(chat_id),
         "text": clip(alert_text(d, now, true)),
-        "link_preview_options": {"is_disabled": true},
+        "link_preview_options": no_preview(),
         "reply_markup": {"inline_keyboard": [[
             button("✅ MARK AS SAFE", Verdict::Safe),
             button("⛔ CONFIRM BLOCK", Verdict::Block),
@@ -153,11 +161,11 @@ impl Telegram {
         let what = format!("outcome {}", d.id);
         match sent.filter(|id| *id != 0) {
             Some(message_id) => {
-                let body = json!({"chat_id": chat_json(&self.chat_id), "message_id": message_id, "text": text});
+                let body = json!({"chat_id": chat_json(&self.chat_id), "message_id": message_id, "text": text, "link_preview_options": no_preview()});
                 self.call(&what, "editMessageText", &body).await.map(drop)
             }
             None => {
-                let body = json!({"chat_id": chat_json(&self.chat_id), "text": text});
+                let body = json!({"chat_id": chat_json(&self.chat_id), "text": text, "link_preview_options": no_preview()});
                 self.call(&what, "sendMessage", &body).await.map(drop)
             }
         }
@@ -165,7 +173,7 @@ impl Telegram {
 
     pub async fn summary(&self, s: &Summary) -> Result<(), Undelivered> {
         let text = format!("{}\n\n{}", s.heading(), s.lines().join("\n"));
-        let body = json!({"chat_id": chat_json(&self.chat_id), "text": clip(text)});
+        let body = json!({"chat_id": chat_json(&self.chat_id), "text": clip(text), "link_preview_options": no_preview()});
         self.call("daily summary", "sendMessage", &body)
             .await
             .map(drop)
@@ -223,11 +231,12 @@ impl Telegram {
                 tracing::info!(id = %d.id, state = %d.state, by = press.from.id, "decision answered in Telegram");
                 self.acknowledge(&press, &outcome(&d)).await;
                 if let Some(message) = &press.message {
+                    // The text Telegram returns is the one sent, links already broken.
                     let text = match &message.text {
                         Some(text) => clip(format!("{text}\n\n{}", outcome(&d))),
                         None => outcome_text(&d),
                     };
-                    let body = json!({"chat_id": message.chat.id, "message_id": message.message_id, "text": text});
+                    let body = json!({"chat_id": message.chat.id, "message_id": message.message_id, "text": text, "link_preview_options": no_preview()});
                     let _ = self
                         .call(&format!("outcome {}", d.id), "editMessageText", &body)
                         .await;
@@ -294,5 +303,23 @@ pub async fn poll(telegram: Arc<Telegram>, answers: mpsc::Sender<Answer>, wait: 
                 Err(e) => tracing::warn!(error = %e, "malformed Telegram update: ignored"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::untrusted::testing::{assert_inert, hostile_decision};
+
+    #[test]
+    fn process_text_is_plain_without_links_or_previews() {
+        let d = hostile_decision();
+        let message = alert_message(&d, SystemTime::now(), "-1");
+        assert!(message.get("parse_mode").is_none(), "{message}");
+        assert!(message.get("entities").is_none(), "{message}");
+        assert_eq!(message["link_preview_options"]["is_disabled"], true);
+        assert_inert(&message, true);
+        let outcome = outcome_text(&d);
+        assert_inert(&Value::from(outcome), true);
     }
 }

@@ -101,7 +101,7 @@ fn parse_field_offset(format: &str, name: &str) -> u32 {
         .unwrap_or(0)
 }
 
-/// Split the kernel's NUL-separated argv copy into arguments.
+/// Split the kernel's NUL-separated argv copy into arguments, control characters escaped.
 fn split_argv(bytes: &[u8]) -> Vec<String> {
     let bytes = bytes.strip_suffix(&[0]).unwrap_or(bytes);
     if bytes.is_empty() {
@@ -109,7 +109,7 @@ fn split_argv(bytes: &[u8]) -> Vec<String> {
     }
     bytes
         .split(|&b| b == 0)
-        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .map(|a| crate::untrusted::escape(&String::from_utf8_lossy(a)).into_owned())
         .collect()
 }
 
@@ -210,6 +210,23 @@ mod tests {
         assert_eq!(e.start_ns, 42_000_000);
         assert_eq!((e.exe.ino, e.exe.dev), (99, 7));
         assert_eq!(e.ts_ns, 123_456_789);
+    }
+
+    #[test]
+    fn what_the_process_chose_is_escaped() {
+        let mut ev = exec_event(
+            "/tmp/[x](http://evil.example)/\x1b[31mred\nx",
+            b"sh\0line1\nline2\0\x1b[31m[x](http://evil.example)\0",
+            false,
+        );
+        ev.header.comm[..6].copy_from_slice(b"a\nb\x1b[c");
+        let e = decode_exec(&as_bytes(&ev)).unwrap();
+        assert_eq!(e.comm, "a\\nb\\x1b[c");
+        assert_eq!(e.filename, "/tmp/[x](http://evil.example)/\\x1b[31mred\\nx");
+        assert_eq!(
+            e.argv,
+            ["sh", "line1\\nline2", "\\x1b[31m[x](http://evil.example)"]
+        );
     }
 
     #[test]

@@ -143,10 +143,11 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
     })
 }
 
-/// A NUL-padded kernel string as UTF-8 (lossy).
+/// A NUL-padded kernel string as UTF-8 (lossy), its control characters escaped: the process
+/// chose it (see [`crate::untrusted`]).
 pub(crate) fn c_str(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
+    crate::untrusted::escape(&String::from_utf8_lossy(&bytes[..end])).into_owned()
 }
 
 /// Seen and lost counts of one sensor.
@@ -438,5 +439,10 @@ pub(crate) mod tests {
     fn c_str_stops_at_nul() {
         assert_eq!(c_str(b"bash\0\0garbage"), "bash");
         assert_eq!(c_str(b"full"), "full");
+    }
+
+    #[test]
+    fn c_str_escapes_what_the_process_chose() {
+        assert_eq!(c_str(b"a\nb\x1b[31m\0junk"), "a\\nb\\x1b[31m");
     }
 }

@@ -1,9 +1,14 @@
 //! The SQLite event store: every event the agent emits, in one WAL-mode database file,
-//! written in batched transactions by one thread so the event loop never waits on disk.
+//! written in batched transactions by one thread so the event loop never waits on disk. The
+//! way in is a bounded queue ([`queue`]) and the file has a size cap ([`cap`]): a flood costs
+//! routine events, never memory without end, a full disk, alerts or decisions.
+
+pub mod cap;
+pub mod queue;
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, mpsc},
+    sync::{Arc, atomic::Ordering},
     thread,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -12,6 +17,7 @@ use rusqlite::{Connection, OpenFlags, params};
 use tracing::{debug, error, warn};
 
 use crate::event::{Body, Kind, Record};
+pub use queue::{QUEUE_MAX, StoreRx, StoreStats, StoreTx};
 
 /// One change for the writer thread.
 #[derive(Debug, Clone)]
@@ -28,6 +34,17 @@ const BATCH_MAX: usize = 2000;
 const BATCH_WINDOW: Duration = Duration::from_millis(100);
 /// How often old events are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// How often the writer says that the cap cannot be kept (only alerts and decisions left).
+const OVER_CAP_WARN_EVERY: Duration = Duration::from_secs(3600);
+
+/// What the writer keeps the store within.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Events older than this are deleted (`agent.retention`).
+    pub retention: Duration,
+    /// The size cap in bytes (`agent.max_db_mb`).
+    pub max_bytes: u64,
+}
 
 const SCHEMA_VERSION: i64 = 1;
 
@@ -58,11 +75,13 @@ pub enum StoreError {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// The size cap in bytes (0 for a read-only store).
+    max_bytes: u64,
 }
 
 impl Store {
-    /// Open (creating if needed) the store for writing.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    /// Open (creating if needed) the store for writing, kept under `max_bytes`.
+    pub fn open(path: &Path, max_bytes: u64) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
                 path: dir.into(),
@@ -73,6 +92,7 @@ impl Store {
         let store = Self {
             conn,
             path: path.into(),
+            max_bytes,
         };
         store.init()?;
         Ok(store)
@@ -93,6 +113,7 @@ impl Store {
         let store = Self {
             conn,
             path: path.into(),
+            max_bytes: 0,
         };
         store.check_version()?;
         Ok(store)
@@ -103,6 +124,8 @@ impl Store {
         self.conn
             .busy_timeout(Duration::from_secs(5))
             .map_err(|e| sql(p, e))?;
+        // Before any table exists: incremental auto-vacuum cannot be turned on later.
+        cap::prepare(&self.conn, self.max_bytes).map_err(|e| sql(p, e))?;
         self.conn
             .pragma_update(None, "journal_mode", "WAL")
             .map_err(|e| sql(p, e))?;
@@ -242,16 +265,16 @@ fn sql(path: &Path, source: rusqlite::Error) -> StoreError {
 }
 
 /// Run the writer on its own thread until every sender is dropped; it commits what is left
-/// before returning, so a clean stop loses nothing.
-pub fn spawn_writer(
-    mut store: Store,
-    rx: mpsc::Receiver<Write>,
-    retention: Duration,
-) -> thread::JoinHandle<()> {
+/// before returning, so a clean stop loses nothing. After each batch it keeps the store under
+/// its cap ([`cap::enforce`]) and publishes the size in `stats`.
+pub fn spawn_writer(mut store: Store, rx: StoreRx, limits: Limits) -> thread::JoinHandle<()> {
     thread::Builder::new()
         .name("store".into())
         .spawn(move || {
+            let stats = rx.stats().clone();
+            stats.max_bytes.store(limits.max_bytes, Ordering::Relaxed);
             let mut last_prune = Instant::now() - PRUNE_EVERY;
+            let mut over_cap_warned: Option<Instant> = None;
             let mut batch = Vec::with_capacity(BATCH_MAX);
             let mut backlog = false;
             while let Ok(first) = rx.recv() {
@@ -271,9 +294,10 @@ pub fn spawn_writer(
                 backlog = batch.len() == BATCH_MAX;
                 write_with_retry(&mut store, &batch);
                 batch.clear();
+                store.keep_under_cap(&stats, &mut over_cap_warned);
                 if last_prune.elapsed() >= PRUNE_EVERY {
                     last_prune = Instant::now();
-                    match store.prune_before(SystemTime::now() - retention) {
+                    match store.prune_before(SystemTime::now() - limits.retention) {
                         Ok(n) if n > 0 => debug!(deleted = n, "pruned old events"),
                         Ok(_) => {}
                         Err(e) => warn!("pruning old events failed: {e}"),
@@ -282,6 +306,35 @@ pub fn spawn_writer(
             }
         })
         .expect("spawn store thread")
+}
+
+impl Store {
+    /// Evict what the cap requires, count it, and publish the size on disk.
+    fn keep_under_cap(&mut self, stats: &StoreStats, warned: &mut Option<Instant>) {
+        match cap::enforce(&self.conn, self.max_bytes) {
+            Ok(0) => {}
+            Ok(n) => {
+                stats.evicted.fetch_add(n as u64, Ordering::Relaxed);
+                debug!(
+                    evicted = n,
+                    "store at agent.max_db_mb: oldest routine events deleted"
+                );
+            }
+            Err(e) => warn!("keeping the store under agent.max_db_mb failed: {e}"),
+        }
+        let bytes = cap::on_disk(&self.path);
+        stats.bytes.store(bytes, Ordering::Relaxed);
+        let live = cap::usage(&self.conn).map_or(0, |u| u.live);
+        if live > self.max_bytes && warned.is_none_or(|t| t.elapsed() >= OVER_CAP_WARN_EVERY) {
+            *warned = Some(Instant::now());
+            warn!(
+                bytes,
+                max_bytes = self.max_bytes,
+                "the store is over agent.max_db_mb with no routine event left to evict: \
+                 alerts and decisions are kept; raise agent.max_db_mb or lower agent.retention"
+            );
+        }
+    }
 }
 
 fn write_with_retry(store: &mut Store, batch: &[Write]) {
@@ -308,6 +361,9 @@ mod tests {
     use super::*;
     use crate::event::{Body, CpuBody};
 
+    /// A cap no test reaches.
+    const BIG: u64 = 1 << 40;
+
     fn cpu(pid: u32, at_ms: u64) -> Arc<Record> {
         Arc::new(Record::new(
             UNIX_EPOCH + Duration::from_millis(at_ms),
@@ -324,7 +380,7 @@ mod tests {
     fn writes_and_reads_back_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/sentinel.db");
-        let mut store = Store::open(&path).unwrap();
+        let mut store = Store::open(&path, BIG).unwrap();
         store
             .insert(&[cpu(1, 1000), cpu(2, 2000), cpu(3, 3000)])
             .unwrap();
@@ -339,11 +395,14 @@ mod tests {
     fn writer_thread_flushes_on_close() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = queue::channel(QUEUE_MAX, Arc::default());
         let handle = spawn_writer(
-            Store::open(&path).unwrap(),
+            Store::open(&path, BIG).unwrap(),
             rx,
-            Duration::from_secs(86400 * 365 * 100),
+            Limits {
+                retention: Duration::from_secs(86400 * 365 * 100),
+                max_bytes: BIG,
+            },
         );
         for i in 0..5000 {
             tx.send(Write::Insert(cpu(i, 1_000_000 + i as u64)))
@@ -355,11 +414,58 @@ mod tests {
         assert_eq!(ro.recent(&[], 10_000).unwrap().len(), 5000);
     }
 
+    /// The writer keeps the smallest cap the config allows, and says what it did.
+    #[test]
+    fn writer_keeps_the_cap_and_counts_evictions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let max_bytes = 16 * 1024 * 1024;
+        let stats = Arc::new(StoreStats::default());
+        let (tx, rx) = queue::channel(QUEUE_MAX, stats.clone());
+        let limits = Limits {
+            retention: Duration::from_secs(86400 * 365 * 100),
+            max_bytes,
+        };
+        let handle = spawn_writer(Store::open(&path, max_bytes).unwrap(), rx, limits);
+        let padding = "x".repeat(1000);
+        let mut sent = 0;
+        for i in 0..40_000u32 {
+            let record = Record::new(
+                UNIX_EPOCH + Duration::from_millis(i as u64),
+                "h",
+                Body::Cpu(CpuBody {
+                    pid: i,
+                    comm: padding.clone(),
+                    cpu_pct: 1.0,
+                }),
+            );
+            // A full queue drops: wait for room, as a steady (not flooding) source would.
+            while tx.send(Write::Insert(Arc::new(record.clone()))).is_err() {
+                thread::sleep(Duration::from_millis(5));
+            }
+            sent += 1;
+        }
+        drop(tx);
+        handle.join().unwrap();
+        let evicted = stats.evicted.load(Ordering::Relaxed);
+        let bytes = stats.bytes.load(Ordering::Relaxed);
+        eprintln!("{sent} events of ~1 KiB into a 16 MiB store: {evicted} evicted, {bytes} bytes");
+        assert!(evicted > 10_000, "{evicted}");
+        assert!(bytes > max_bytes / 2 && bytes <= max_bytes, "{bytes}");
+        assert!(cap::on_disk(&path) <= max_bytes);
+        assert_eq!(stats.max_bytes.load(Ordering::Relaxed), max_bytes);
+        let left = Store::open_read_only(&path)
+            .unwrap()
+            .recent(&[], 100_000)
+            .unwrap();
+        assert_eq!(left.len() as u64, sent - evicted);
+    }
+
     #[test]
     fn alert_updates_replace_the_stored_alert() {
         use crate::event::{AlertBody, sample_alert};
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        let mut store = Store::open(&dir.path().join("s.db"), BIG).unwrap();
         let alert = |id: &str, count| {
             Arc::new(Record::new(
                 UNIX_EPOCH + Duration::from_secs(1),
@@ -390,7 +496,7 @@ mod tests {
     #[test]
     fn prunes_old_events() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        let mut store = Store::open(&dir.path().join("s.db"), BIG).unwrap();
         store.insert(&[cpu(1, 1000), cpu(2, 5000)]).unwrap();
         let n = store
             .prune_before(UNIX_EPOCH + Duration::from_millis(2000))
