@@ -5,6 +5,7 @@
 //! loopback, peers of authenticated SSH sessions read by `ssh`), which `detect` and the `switch` consult before they act.
 
 pub mod geo;
+pub mod sockets;
 pub mod ssh;
 pub mod tree;
 pub mod trust;
