@@ -7,7 +7,7 @@ set -euo pipefail
 
 BPF_LINKER_VERSION=0.10.4
 NIGHTLY=${SENTINEL_BPF_TOOLCHAIN:-nightly}
-APT_PACKAGES=(nftables iproute2 bpftool gcc libc6-dev pkg-config ca-certificates systemd openssh-server openssh-client)
+APT_PACKAGES=(nftables iproute2 bpftool gcc libc6-dev pkg-config ca-certificates systemd openssh-server openssh-client nginx php-fpm)
 
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'setup: %s\n' "$*" >&2; exit 1; }
@@ -24,10 +24,25 @@ missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
+# Node.js and npm for tests/realworld.rs: Debian's packages unless a node and an npm are already
+# installed some other way (e.g. NodeSource's nodejs, which bundles npm and conflicts with
+# Debian's npm package).
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing apt packages: ${missing[*]}"
   "${SUDO[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+  # The tests start nginx and php-fpm on their own configs: the services Debian starts on
+  # install (when this script just installed them) are not wanted.
+  for p in "${missing[@]}"; do
+    case "$p" in
+      nginx|php-fpm)
+        for unit in $(systemctl list-unit-files --no-legend 'nginx.service' 'php*-fpm.service' 2>/dev/null | awk '{print $1}'); do
+          "${SUDO[@]}" systemctl disable --now "$unit" >/dev/null 2>&1 || true
+        done ;;
+    esac
+  done
 else
   say "apt packages present"
 fi

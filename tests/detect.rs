@@ -38,7 +38,16 @@ fn geo_alerts_for_high_risk_countries_over_ipv4_and_ipv6() {
     knock("198.51.100.194", 8003);
     // Then the anomalies.
     knock("198.51.100.2", 8004);
-    knock("2001:db8:1::2", 8005);
+    // The IPv6 one from a child: another process, another alert, but the same decision.
+    let child = Command::new("python3")
+        .args([
+            "-c",
+            "import socket; s = socket.socket(socket.AF_INET6); s.settimeout(1); \
+             s.connect_ex(('2001:db8:1::2', 8005))",
+        ])
+        .status()
+        .unwrap();
+    assert!(child.success());
 
     for (addr, port, country) in [("198.51.100.2", 8004, "RU"), ("2001:db8:1::2", 8005, "KP")] {
         let alert = agent.wait_for("alert", &format!("geo for {addr}"), |a| {
@@ -52,9 +61,13 @@ fn geo_alerts_for_high_risk_countries_over_ipv4_and_ipv6() {
             "Command and Control",
             "{alert}"
         );
-        assert_eq!(alert["pid"], me, "{alert}");
+        if country == "RU" {
+            assert_eq!(alert["pid"], me, "{alert}");
+        }
         // A target to act on: the dead man's switch has a decision pending (dry-run here).
-        assert_eq!(s(&alert["state"]), "pending", "{alert}");
+        let alert = agent.wait_for("alert", &format!("pending geo for {addr}"), |a| {
+            a["id"] == alert["id"] && a["state"] == "pending"
+        });
         assert!(alert["deadline"].is_string(), "{alert}");
         let risk = alert["risk"].as_u64().unwrap();
         assert!((70..=100).contains(&risk), "{alert}");
@@ -91,6 +104,14 @@ fn geo_alerts_for_high_risk_countries_over_ipv4_and_ipv6() {
         2,
         "expected exactly the two geo alerts: {alerts:?}"
     );
+    // One decision for the process tree, holding both destinations.
+    let pending = agent.json_lines(&["pending", "--json"]);
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!(
+        pending[0]["targets"],
+        serde_json::json!(["198.51.100.2", "2001:db8:1::2"]),
+        "{pending:?}"
+    );
 
     // Repeats fold into the same alert with a count.
     knock("198.51.100.2", 8004);
@@ -112,29 +133,28 @@ fn shell_under_a_web_server_raises_lineage_and_its_twin_does_not() {
     }
     let _serial = serial();
     let agent = Agent::start("");
-    // A process named `node`: a copy of the shell under that name.
+    // A process named `node` (a copy of python3): a web server only while it listens.
     let node = agent.dir.path().join("node");
-    std::fs::copy("/bin/sh", &node).unwrap();
+    std::fs::copy("/usr/bin/python3", &node).unwrap();
     std::fs::set_permissions(&node, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = |listen: bool, shell: &str| {
+        let script = format!(
+            "import socket, subprocess\n\
+             s = socket.socket()\n\
+             if {listen}:\n    s.bind(('127.0.0.1', 0)); s.listen()\n\
+             for _ in range(3):\n    subprocess.run(['/bin/sh', '-c', '{shell}'])\n",
+            listen = if listen { "True" } else { "False" }
+        );
+        let child = Command::new(&node).args(["-c", &script]).spawn().unwrap();
+        let pid = child.id();
+        assert!(child.wait_with_output().unwrap().status.success());
+        pid
+    };
 
-    // Benign: a web server that runs a program but no shell.
-    let benign = Command::new(&node)
-        .args(["-c", "/bin/true benign; true"])
-        .spawn()
-        .unwrap();
-    let benign_pid = benign.id();
-    benign.wait_with_output().unwrap();
-
-    // The anomaly, three times from the same web server.
-    let bad = Command::new(&node)
-        .args([
-            "-c",
-            "for i in 1 2 3; do /bin/sh -c 'true lineage-marker'; done; true",
-        ])
-        .spawn()
-        .unwrap();
-    let bad_pid = bad.id();
-    bad.wait_with_output().unwrap();
+    // Benign: the same program running shells while it does not accept connections.
+    let benign_pid = run(false, "true benign");
+    // The anomaly, three times from the same (listening) web server.
+    let bad_pid = run(true, "true lineage-marker");
 
     let alert = agent.wait_for("alert", "lineage, counted three times", |a| {
         a["anomaly"] == "lineage" && a["count"] == 3

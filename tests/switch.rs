@@ -22,6 +22,10 @@ use common::{
 };
 use serde_json::Value;
 
+/// These tests' web server is a copy of the shell named `node` that never listens: name it a
+/// server daemon (by name) instead of making it accept connections.
+const NODE_BY_NAME: &str = "[lineage]\nweb_servers = [\"node\"]\n";
+
 fn config(table: &Table, countdown: &str, extra: &str) -> String {
     format!(
         "[switch]\ncountdown = \"{countdown}\"\n[enforce]\ntable = \"{}\"\nconnect_guard = false\n{extra}\n",
@@ -455,7 +459,7 @@ fn kill_terminates_the_shell_tree_and_escalates_on_respawn() {
     let _serial = serial();
     let table = Table::new("killer");
     let sections = format!(
-        "[enforce]\ntable = \"{}\"\nconnect_guard = false\nkill = true\nkill_grace = \"1s\"\n",
+        "[enforce]\ntable = \"{}\"\nconnect_guard = false\nkill = true\nkill_grace = \"1s\"\n{NODE_BY_NAME}",
         table.0
     );
     let agent = Agent::start_with("", &sections);
@@ -513,7 +517,8 @@ fn a_shell_under_a_web_server_gets_its_decision_when_it_connects_out() {
     let _serial = serial();
     let _net = TestNet::new("l");
     let table = Table::new("lineage");
-    let agent = Agent::start_with("", &config(&table, "5m", ""));
+    let sections = format!("{}{NODE_BY_NAME}", config(&table, "5m", ""));
+    let agent = Agent::start_with("", &sections);
     let node = agent.dir.path().join("node");
     std::fs::copy("/bin/sh", &node).unwrap();
     std::fs::set_permissions(&node, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -537,4 +542,191 @@ fn a_shell_under_a_web_server_gets_its_decision_when_it_connects_out() {
     assert_eq!(d["anomaly"], "lineage", "{d}");
     let p = pending(&agent);
     assert!(p.iter().any(|x| x["id"] == alert["id"]), "{p:?}");
+}
+
+/// A copy of /bin/sh named `nginx` (a dedicated web server by name): what it runs is "a
+/// shell under a web server".
+fn fake_nginx(agent: &Agent) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let nginx = agent.dir.path().join("nginx");
+    std::fs::copy("/bin/sh", &nginx).unwrap();
+    std::fs::set_permissions(&nginx, std::fs::Permissions::from_mode(0o755)).unwrap();
+    nginx
+}
+
+#[test]
+fn a_decoy_does_not_shield_the_real_c2() {
+    if !require_root("a_decoy_does_not_shield_the_real_c2") {
+        return;
+    }
+    let _serial = serial();
+    let _net = TestNet::new("y");
+    let table = Table::new("decoy");
+    let agent = Agent::start_with("", &config(&table, "4s", ""));
+    let nginx = fake_nginx(&agent);
+    // nginx → sh → python3: first a decoy (low-risk, v4), then the real C2 (low-risk, v6).
+    let connect = "import socket, time\n\
+                   for a, f in (('198.51.100.130', socket.AF_INET), ('2001:db8:2::2', socket.AF_INET6)):\n\
+                   \x20   s = socket.socket(f); s.settimeout(0.5); s.connect_ex((a, 9911)); time.sleep(0.3)\n";
+    let script = agent.dir.path().join("c2.py");
+    std::fs::write(&script, connect).unwrap();
+    let status = Command::new(&nginx)
+        .args([
+            "-c",
+            &format!("/bin/sh -c \"python3 {}; true\"; true", script.display()),
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let alert = agent.wait_for("alert", "lineage", |a| a["anomaly"] == "lineage");
+    let opened = agent.wait_for("decision", "pending for the lineage alert", |d| {
+        d["id"] == alert["id"] && d["state"] == "pending"
+    });
+    assert_eq!(opened["target_ip"], "198.51.100.130", "{opened}");
+    // The C2 joins the same decision: one decision, both targets, shown by `pending`.
+    let mut joined = Value::Null;
+    for _ in 0..50 {
+        joined = pending(&agent)
+            .into_iter()
+            .find(|p| p["id"] == alert["id"])
+            .unwrap_or_default();
+        if joined["targets"].as_array().is_some_and(|t| t.len() == 2) {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        joined["targets"],
+        serde_json::json!(["198.51.100.130", "2001:db8:2::2"]),
+        "{joined}"
+    );
+    assert_eq!(pending(&agent).len(), 1, "one decision, not two");
+    // Silence: both are blocked together.
+    let ended = agent.wait_for("decision", "auto-blocked", |d| {
+        d["id"] == alert["id"] && d["state"] == "auto-blocked"
+    });
+    assert_eq!(ended["targets"].as_array().unwrap().len(), 2, "{ended}");
+    let v4: Vec<String> = table.elements("block4").into_iter().map(|e| e.0).collect();
+    let v6: Vec<String> = table.elements("block6").into_iter().map(|e| e.0).collect();
+    assert_eq!(v4, ["198.51.100.130"]);
+    assert_eq!(v6, ["2001:db8:2::2"]);
+    let b = blocks(&agent);
+    assert_eq!(b.len(), 2, "{b:?}");
+    assert!(b.iter().all(|x| x["decision_id"] == alert["id"]), "{b:?}");
+}
+
+#[test]
+fn a_block_nft_refuses_is_block_failed_until_a_retry_lands() {
+    use std::os::unix::fs::PermissionsExt;
+    if !require_root("a_block_nft_refuses_is_block_failed_until_a_retry_lands") {
+        return;
+    }
+    let _serial = serial();
+    let _net = TestNet::new("f");
+    let table = Table::new("failing");
+    // An `nft` that fails while the flag file exists, and is the real one otherwise.
+    let bin = tempfile::tempdir().unwrap();
+    let flag = bin.path().join("broken");
+    std::fs::write(&flag, "").unwrap();
+    let real = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("nft installed");
+    let fake = bin.path().join("nft");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\nif [ -e {} ]; then echo 'nft: simulated failure' >&2; exit 1; fi\nexec {real} \"$@\"\n",
+            flag.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let sections = format!(
+        "[switch]\ncountdown = \"2s\"\n[enforce]\ntable = \"{}\"\nconnect_guard = true\n",
+        table.0
+    );
+    let agent = Agent::start_with_env("", &sections, &[("PATH", &path)]);
+    let d = open_decision(&agent, "198.51.100.2", 9961);
+    let id = d["id"].as_str().unwrap().to_string();
+    let failed = agent.wait_for("decision", "block-failed", |x| {
+        x["id"] == id.as_str() && x["state"] == "block-failed"
+    });
+    assert!(
+        failed["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("simulated failure"),
+        "{failed}"
+    );
+    let status = agent.status();
+    assert_eq!(status["enforce"]["healthy"], false, "{status}");
+    assert!(
+        status["enforce"]["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("simulated failure"),
+        "{status}"
+    );
+    // Never reported as blocked, and the connect guard holds the address meanwhile.
+    assert!(
+        !agent
+            .events("decision")
+            .iter()
+            .any(|x| x["id"] == id.as_str() && x["state"] == "auto-blocked")
+    );
+    assert_eq!(reach("198.51.100.2", 9962), Reach::Denied);
+    // nft works again: the retry lands and the decision becomes auto-blocked.
+    std::fs::remove_file(&flag).unwrap();
+    agent.wait_for("decision", "auto-blocked after the retry", |x| {
+        x["id"] == id.as_str() && x["state"] == "auto-blocked"
+    });
+    let els: Vec<String> = table.elements("block4").into_iter().map(|e| e.0).collect();
+    assert_eq!(els, ["198.51.100.2"]);
+    assert_eq!(agent.status()["enforce"]["healthy"], true);
+}
+
+#[test]
+fn a_burnt_dedup_window_still_gets_the_reverse_shell_blocked() {
+    if !require_root("a_burnt_dedup_window_still_gets_the_reverse_shell_blocked") {
+        return;
+    }
+    let _serial = serial();
+    let _net = TestNet::new("w");
+    let table = Table::new("burnt");
+    let agent = Agent::start_with("", &config(&table, "3s", ""));
+    let nginx = fake_nginx(&agent);
+    // One web server: first a harmless RCE (`id`), then one that connects out. Both fall in
+    // the same de-duplication window: one alert, counted twice.
+    let script = agent.dir.path().join("rce.sh");
+    std::fs::write(
+        &script,
+        "/bin/sh -c 'id >/dev/null'\n\
+         /bin/sh -c \"python3 -c \\\"import socket; s = socket.socket(); s.settimeout(0.5); \
+         s.connect_ex(('198.51.100.130', 9931))\\\"\"\n",
+    )
+    .unwrap();
+    let status = Command::new(&nginx).arg(&script).status().unwrap();
+    assert!(status.success());
+    let alert = agent.wait_for("alert", "lineage counted twice", |a| {
+        a["anomaly"] == "lineage" && a["count"] == 2
+    });
+    let lineage: Vec<Value> = agent
+        .events("alert")
+        .into_iter()
+        .filter(|a| a["anomaly"] == "lineage")
+        .collect();
+    assert_eq!(lineage.len(), 1, "{lineage:?}");
+    // The repeat still costs the attacker the C2: decided and blocked.
+    let d = agent.wait_for("decision", "auto-blocked", |d| {
+        d["id"] == alert["id"] && d["state"] == "auto-blocked"
+    });
+    assert_eq!(d["targets"], serde_json::json!(["198.51.100.130"]), "{d}");
+    let els: Vec<String> = table.elements("block4").into_iter().map(|e| e.0).collect();
+    assert_eq!(els, ["198.51.100.130"]);
 }

@@ -68,6 +68,10 @@ pub struct SwitchConfig {
     /// A target marked safe is not alerted on again for this long.
     #[serde(deserialize_with = "duration")]
     pub safe_ttl: Duration,
+    /// Most targets one decision holds; reaching it ends the countdown at once (fail closed).
+    pub max_targets: usize,
+    /// Most decisions pending at once; beyond it a new decision is blocked at once.
+    pub max_pending: usize,
 }
 
 impl Default for SwitchConfig {
@@ -75,6 +79,8 @@ impl Default for SwitchConfig {
         Self {
             countdown: Duration::from_secs(300),
             safe_ttl: Duration::from_secs(24 * 3600),
+            max_targets: 16_384,
+            max_pending: 256,
         }
     }
 }
@@ -109,6 +115,8 @@ pub struct EnforceConfig {
     pub protect: Vec<String>,
     /// Also refuse `connect()` to blocked addresses in the kernel (cgroup connect4/6).
     pub connect_guard: bool,
+    /// Allow blocking private and unique-local addresses (RFC 1918, 100.64/10, fc00::/7).
+    pub block_private: bool,
 }
 
 impl Default for EnforceConfig {
@@ -121,6 +129,7 @@ impl Default for EnforceConfig {
             kill_grace: Duration::from_secs(2),
             protect: Vec::new(),
             connect_guard: true,
+            block_private: false,
         }
     }
 }
@@ -270,10 +279,24 @@ impl Default for TrustConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LineageConfig {
-    /// Process names (comm) of web servers. A name also matches its versioned binary
-    /// (`python3` matches `python3.11`, `php-fpm` matches `php-fpm8.2`).
+    /// Process names (comm) of dedicated server daemons: web servers by name, listening or
+    /// not. A name also matches its versioned binary (`php-fpm` matches `php-fpm8.2`).
     pub web_servers: Vec<String>,
-    /// Process names of shells; one anywhere below a web server raises `lineage`.
+    /// General interpreters (`node`, `python3`, …): web servers only while they accept
+    /// connections (they, or the master of their worker pool, called `listen`).
+    pub interpreters: Vec<String>,
+    /// Any other program that accepts connections (a renamed server binary) is a web server
+    /// too. Off: only `web_servers` and listening `interpreters` are.
+    pub any_listener: bool,
+    /// Package managers (apt, dpkg, npm, pip, …), by process name or by the script an
+    /// interpreter runs: never web servers, and the shells they run (install scripts) are
+    /// theirs, not the server's above them.
+    pub package_managers: Vec<String>,
+    /// Services that accept connections and hand out shells by design (init, logins,
+    /// terminal multiplexers, container runtimes): never web servers.
+    pub shell_services: Vec<String>,
+    /// Names of shells, found in `PATH`; with `/etc/shells` they say which executables are
+    /// shells, compared by content, whatever a copy is called.
     pub shells: Vec<String>,
     /// Known-good web server → shell patterns that raise nothing.
     pub allow: Vec<LineageAllow>,
@@ -281,15 +304,44 @@ pub struct LineageConfig {
 
 impl Default for LineageConfig {
     fn default() -> Self {
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect();
         Self {
-            web_servers: [
-                "node", "python", "python3", "nginx", "apache2", "httpd", "php-fpm", "java", "ruby",
-            ]
-            .map(String::from)
-            .to_vec(),
-            shells: ["sh", "bash", "dash", "zsh", "ash", "ksh", "busybox"]
-                .map(String::from)
-                .to_vec(),
+            web_servers: names(&["nginx", "apache2", "httpd", "php-fpm"]),
+            interpreters: names(&["node", "python", "python3", "ruby", "java"]),
+            any_listener: true,
+            package_managers: names(&[
+                "apt",
+                "apt-get",
+                "aptitude",
+                "dpkg",
+                "unattended-upgr",
+                "npm",
+                "npm-cli",
+                "npx",
+                "npx-cli",
+                "yarn",
+                "yarnpkg",
+                "pnpm",
+                "pip",
+                "pip3",
+            ]),
+            shell_services: names(&[
+                "systemd",
+                "init",
+                "sshd",
+                "sshd-session",
+                "login",
+                "agetty",
+                "tmux",
+                "screen",
+                "containerd",
+                "containerd-shim",
+                "dockerd",
+                "runc",
+                "cron",
+                "atd",
+            ]),
+            shells: names(&["sh", "bash", "dash", "zsh", "ash", "ksh", "busybox"]),
             allow: Vec::new(),
         }
     }
@@ -299,7 +351,8 @@ impl Default for LineageConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LineageAllow {
-    /// The web server's name (as in `web_servers`).
+    /// The web server's name (as in `web_servers` or `interpreters`, or any name with
+    /// `any_listener`).
     pub parent: String,
     /// The shell's name (as in `shells`).
     pub child: String,
@@ -553,6 +606,9 @@ impl Config {
         let l = &self.lineage;
         for (key, names) in [
             ("lineage.web_servers", &l.web_servers),
+            ("lineage.interpreters", &l.interpreters),
+            ("lineage.package_managers", &l.package_managers),
+            ("lineage.shell_services", &l.shell_services),
             ("lineage.shells", &l.shells),
         ] {
             for name in names {
@@ -565,10 +621,18 @@ impl Config {
             }
         }
         for rule in &l.allow {
-            if !l.web_servers.iter().any(|w| name_matches(w, &rule.parent)) {
+            let known = l
+                .web_servers
+                .iter()
+                .chain(&l.interpreters)
+                .any(|w| name_matches(w, &rule.parent));
+            if !known && !l.any_listener {
                 bad(
                     "lineage.allow.parent",
-                    format!("{:?} is not one of lineage.web_servers", rule.parent),
+                    format!(
+                        "{:?} is not one of lineage.web_servers or lineage.interpreters",
+                        rule.parent
+                    ),
                 );
             }
             if !l.shells.iter().any(|s| name_matches(s, &rule.child)) {
@@ -625,6 +689,18 @@ impl Config {
         }
         if sw.safe_ttl > Duration::from_secs(365 * 86_400) {
             bad("switch.safe_ttl", "is longer than a year".into());
+        }
+        if !(1..=65_536).contains(&sw.max_targets) {
+            bad(
+                "switch.max_targets",
+                format!("{} is not between 1 and 65536", sw.max_targets),
+            );
+        }
+        if !(1..=100_000).contains(&sw.max_pending) {
+            bad(
+                "switch.max_pending",
+                format!("{} is not between 1 and 100000", sw.max_pending),
+            );
         }
         let e = &self.enforce;
         if e.table.is_empty()
@@ -791,6 +867,20 @@ mod tests {
         );
         let (l, dl) = (&c.lineage, LineageConfig::default());
         assert_eq!((&l.web_servers, &l.shells), (&dl.web_servers, &dl.shells));
+        assert_eq!(
+            (
+                &l.interpreters,
+                l.any_listener,
+                &l.package_managers,
+                &l.shell_services
+            ),
+            (
+                &dl.interpreters,
+                dl.any_listener,
+                &dl.package_managers,
+                &dl.shell_services
+            )
+        );
         assert!(l.allow.is_empty());
         let (r, dr) = (&c.resource, ResourceConfig::default());
         assert_eq!(
@@ -799,7 +889,15 @@ mod tests {
         );
         assert_eq!(c.alerts.dedup_window, AlertsConfig::default().dedup_window);
         let (sw, dsw) = (&c.switch, SwitchConfig::default());
-        assert_eq!((sw.countdown, sw.safe_ttl), (dsw.countdown, dsw.safe_ttl));
+        assert_eq!(
+            (sw.countdown, sw.safe_ttl, sw.max_targets, sw.max_pending),
+            (
+                dsw.countdown,
+                dsw.safe_ttl,
+                dsw.max_targets,
+                dsw.max_pending
+            )
+        );
         let (e, de) = (&c.enforce, EnforceConfig::default());
         assert_eq!(
             (
@@ -809,7 +907,8 @@ mod tests {
                 e.kill,
                 e.kill_grace,
                 &e.protect,
-                e.connect_guard
+                e.connect_guard,
+                e.block_private
             ),
             (
                 de.mode,
@@ -818,7 +917,8 @@ mod tests {
                 de.kill,
                 de.kill_grace,
                 &de.protect,
-                de.connect_guard
+                de.connect_guard,
+                de.block_private
             )
         );
         let (o, d) = (&c.override_, OverrideConfig::default());
@@ -875,6 +975,7 @@ mod tests {
         let err = parse(
             "[geo]\nhigh_risk_countries = [\"RU\", \"russia\", \"cn\"]\n\
              [lineage]\nweb_servers = [\"a-name-longer-than-fifteen\"]\n\
+             interpreters = [\"\"]\npackage_managers = [\"bin/npm\"]\n\
              [resource]\ncpu_percent = 0\nbaseline_deviation = 500\nsustain = \"100ms\"\n",
         )
         .unwrap_err();
@@ -888,6 +989,8 @@ mod tests {
                 "geo.high_risk_countries",
                 "geo.high_risk_countries",
                 "lineage.web_servers",
+                "lineage.interpreters",
+                "lineage.package_managers",
                 "resource.cpu_percent",
                 "resource.sustain",
                 "resource.baseline_deviation",
@@ -927,9 +1030,13 @@ mod tests {
             err.contains("argv") && err.contains("regular expression"),
             "{err}"
         );
-        let err = parse("[[lineage.allow]]\nparent = \"vim\"\nchild = \"sh\"\n")
-            .unwrap_err()
-            .to_string();
+        // Any listening program can be a web server: any parent name goes, unless that is off.
+        assert!(parse("[[lineage.allow]]\nparent = \"app\"\nchild = \"sh\"\n").is_ok());
+        let err = parse(
+            "[lineage]\nany_listener = false\n[[lineage.allow]]\nparent = \"vim\"\nchild = \"sh\"\n",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("lineage.allow.parent"), "{err}");
         let err = parse("[[lineage.allow]]\nparent = \"node\"\nkid = \"sh\"\n")
             .unwrap_err()

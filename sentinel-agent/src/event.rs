@@ -39,11 +39,18 @@ pub struct DecisionBody {
     /// The decision's id (the alert's).
     pub id: String,
     pub anomaly: String,
-    /// `pending`, `safe`, `blocked` or `auto-blocked`.
+    /// `pending`, `safe`, `blocked`, `auto-blocked` or `block-failed`.
     pub state: String,
     pub pid: u32,
     pub comm: String,
+    /// The first target (`targets[0]`).
     pub target_ip: Option<IpAddr>,
+    /// Every destination the decision blocks together.
+    #[serde(default)]
+    pub targets: Vec<IpAddr>,
+    /// Targets the enforcement gate refused to block (infrastructure, trusted, …).
+    #[serde(default)]
+    pub refused: Vec<IpAddr>,
     pub country: Option<String>,
     /// RFC 3339: when silence becomes a block.
     pub deadline: String,

@@ -1,4 +1,6 @@
-//! The one event shape every sensor writes to its ring buffer: `Event<T> { header, data }`.
+//! The one event shape every sensor writes to the shared ring buffer: `Event<T> { header, data }`.
+//! Exec, fork, exit, connect, listen and stdio records share one ring, so the agent reads a
+//! process's records in the order they happened.
 //!
 //! The header says which sensor and which task produced the record; `EventKind` numbers are
 //! part of the wire format and are never reused.
@@ -6,6 +8,7 @@
 pub mod connect;
 pub mod cpu;
 pub mod exec;
+pub mod stdio;
 
 /// Length of a task's `comm` in the kernel (`TASK_COMM_LEN`).
 pub const COMM_LEN: usize = 16;
@@ -22,6 +25,10 @@ pub enum EventKind {
     Exit = 3,
     /// An outbound TCP connection started (`inet_sock_set_state` → `SYN_SENT`).
     Connect = 4,
+    /// A process called `listen(2)` (TCP or unix stream): it accepts connections.
+    Listen = 5,
+    /// A process put a TCP socket on its standard input, output or error (`dup2`/`dup3`).
+    Stdio = 6,
 }
 
 impl EventKind {
@@ -32,6 +39,8 @@ impl EventKind {
             2 => Some(Self::Fork),
             3 => Some(Self::Exit),
             4 => Some(Self::Connect),
+            5 => Some(Self::Listen),
+            6 => Some(Self::Stdio),
             _ => None,
         }
     }

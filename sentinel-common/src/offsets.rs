@@ -27,6 +27,43 @@ pub struct KernelOffsets {
     /// Offset of `group_dead` in the `sched_process_exit` tracepoint record (Linux 6.x adds
     /// it). Zero when absent: the program then reports an exit when the group leader exits.
     pub tp_exit_group_dead: u32,
+    /// `mm_struct.exe_file` (a `file *`): the executable, for the exec identity.
+    pub mm_exe_file: u32,
+    /// `task_struct.files` (a `files_struct *`).
+    pub task_files: u32,
+    /// `files_struct.fdt` (a `fdtable *`).
+    pub files_fdt: u32,
+    /// `fdtable.max_fds`.
+    pub fdt_max_fds: u32,
+    /// `fdtable.fd` (a `file **`).
+    pub fdt_fd: u32,
+    /// `file.f_inode`.
+    pub file_inode: u32,
+    /// `file.private_data` (a `socket *` for a socket).
+    pub file_private_data: u32,
+    /// `inode.i_mode` (u16).
+    pub inode_mode: u32,
+    /// `inode.i_ino` (unsigned long).
+    pub inode_ino: u32,
+    /// `inode.i_sb` (a `super_block *`).
+    pub inode_sb: u32,
+    /// `super_block.s_dev` (dev_t, u32).
+    pub sb_dev: u32,
+    /// `socket.sk` (a `sock *`).
+    pub socket_sk: u32,
+    /// `sock_common.skc_family` (u16; `sock_common` opens `struct sock`).
+    pub sk_family: u32,
+    /// `sock_common.skc_daddr` (IPv4 peer). Legitimately 0 (the first field): the programs
+    /// trust it when `sk_family` is known.
+    pub sk_daddr: u32,
+    /// `sock_common.skc_dport` (peer port, network order).
+    pub sk_dport: u32,
+    /// `sock_common.skc_v6_daddr` (IPv6 peer).
+    pub sk_v6_daddr: u32,
+    /// `sock.sk_protocol` (u16).
+    pub sk_protocol: u32,
+    /// Unused; keeps the size a multiple of 8.
+    pub _pad: u32,
 }
 
 impl KernelOffsets {
@@ -40,10 +77,28 @@ impl KernelOffsets {
         mm_arg_start: 0,
         mm_arg_end: 0,
         tp_exit_group_dead: 0,
+        mm_exe_file: 0,
+        task_files: 0,
+        files_fdt: 0,
+        fdt_max_fds: 0,
+        fdt_fd: 0,
+        file_inode: 0,
+        file_private_data: 0,
+        inode_mode: 0,
+        inode_ino: 0,
+        inode_sb: 0,
+        sb_dev: 0,
+        socket_sk: 0,
+        sk_family: 0,
+        sk_daddr: 0,
+        sk_dport: 0,
+        sk_v6_daddr: 0,
+        sk_protocol: 0,
+        _pad: 0,
     };
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 32);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 104);
 
 #[cfg(feature = "user")]
 mod user {

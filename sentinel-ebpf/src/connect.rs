@@ -1,27 +1,35 @@
 //! The `connect` sensor: outbound TCP connects, IPv4 and IPv6, seen when a socket enters
-//! `SYN_SENT` (`sock/inet_sock_set_state`), which runs in the connecting process.
+//! `SYN_SENT` (`sock/inet_sock_set_state`), which runs in the connecting process; and
+//! `listen(2)` (`syscalls/sys_enter_listen`, TCP and unix stream sockets alike): which
+//! processes accept connections.
 
 use aya_ebpf::{
     EbpfContext,
     macros::{map, tracepoint},
-    maps::{PerCpuArray, RingBuf},
+    maps::{LruHashMap, PerCpuArray},
     programs::TracePointContext,
 };
 use sentinel_common::{
     EventKind,
-    events::connect::{AF_INET, AF_INET6, ConnectEvent},
+    events::connect::{AF_INET, AF_INET6, ConnectEvent, ListenEvent},
 };
 
-use crate::task::{count_lost, current_tgid_unless_agent, fill_header, quiet_submit_flags};
+use crate::task::{
+    EVENTS, count_lost, current_exe, current_tgid_unless_agent, fill_header, quiet_submit_flags,
+};
 
-#[map]
-static CONNECT_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
-
-/// Records dropped because `CONNECT_EVENTS` was full.
+/// Connect and listen records dropped because `EVENTS` was full.
 #[map]
 static CONNECT_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// Sockets this host connected out with (`struct sock *`), most recent first out of the LRU:
+/// the `stdio` sensor tells a reverse shell (an outbound connection on stdio) from a server
+/// handing an accepted connection to its child as stdio (inetd, `sshd -i`, socket activation).
+#[map]
+pub static OUTBOUND: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);
+
 // Field offsets of the `inet_sock_set_state` record (stable tracepoint ABI).
+const SKADDR: usize = 8;
 const NEWSTATE: usize = 20;
 const SPORT: usize = 24;
 const DPORT: usize = 26;
@@ -32,6 +40,9 @@ const DADDR: usize = 36;
 const SADDR_V6: usize = 40;
 const DADDR_V6: usize = 56;
 
+/// `sys_enter_listen`: `int fd` at offset 16.
+const LISTEN_FD: usize = 16;
+
 const TCP_SYN_SENT: i32 = 2;
 const IPPROTO_TCP: u16 = 6;
 
@@ -39,6 +50,28 @@ const IPPROTO_TCP: u16 = 6;
 pub fn connect_inet_sock_set_state(ctx: TracePointContext) -> u32 {
     on_state_change(&ctx);
     0
+}
+
+#[tracepoint]
+pub fn connect_sys_enter_listen(ctx: TracePointContext) -> u32 {
+    on_listen(&ctx);
+    0
+}
+
+fn on_listen(ctx: &TracePointContext) {
+    if current_tgid_unless_agent().is_none() {
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<ListenEvent>(0) else {
+        count_lost(&CONNECT_LOST);
+        return;
+    };
+    // SAFETY: sized for a ListenEvent; every field is written below.
+    let event = unsafe { &mut *entry.as_mut_ptr() };
+    fill_header(&mut event.header, EventKind::Listen);
+    event.data.fd = field::<u64>(ctx, LISTEN_FD) as u32;
+    event.data._pad = 0;
+    entry.submit(quiet_submit_flags(&EVENTS));
 }
 
 /// Read a field of the tracepoint record in place (direct context access: no helper call).
@@ -68,7 +101,8 @@ fn on_state_change(ctx: &TracePointContext) {
     if current_tgid_unless_agent().is_none() {
         return;
     }
-    let Some(mut entry) = CONNECT_EVENTS.reserve::<ConnectEvent>(0) else {
+    let _ = OUTBOUND.insert(field::<u64>(ctx, SKADDR), 1, 0);
+    let Some(mut entry) = EVENTS.reserve::<ConnectEvent>(0) else {
         count_lost(&CONNECT_LOST);
         return;
     };
@@ -88,5 +122,6 @@ fn on_state_change(ctx: &TracePointContext) {
         data.saddr = addr16(field(ctx, SADDR_V6), field(ctx, SADDR_V6 + 8));
         data.daddr = addr16(field(ctx, DADDR_V6), field(ctx, DADDR_V6 + 8));
     }
-    entry.submit(quiet_submit_flags(&CONNECT_EVENTS));
+    data.exe = current_exe();
+    entry.submit(quiet_submit_flags(&EVENTS));
 }

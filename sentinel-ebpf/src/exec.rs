@@ -8,7 +8,7 @@ use aya_ebpf::{
         bpf_get_current_task, bpf_probe_read_kernel_str_bytes, generated::bpf_probe_read_user,
     },
     macros::{btf_tracepoint, map, tracepoint},
-    maps::{PerCpuArray, RingBuf},
+    maps::PerCpuArray,
     programs::{BtfTracePointContext, TracePointContext},
 };
 use sentinel_common::{
@@ -17,16 +17,13 @@ use sentinel_common::{
 };
 
 use crate::task::{
-    count_lost, current_tgid_unless_agent, fill_header, offsets, quiet_submit_flags, read_field,
+    EVENTS, count_lost, current_exe, current_tgid_unless_agent, fill_header, offsets,
+    quiet_submit_flags, read_field,
 };
 
-/// Exec, fork and exit records, in order. The agent may resize it at load time.
+/// Exec, fork, exit (and stdio) records dropped because `EVENTS` was full.
 #[map]
-static EXEC_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
-
-/// Records dropped because `EXEC_EVENTS` was full.
-#[map]
-static EXEC_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+pub static EXEC_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// `sched_process_exec`: `__data_loc char[] filename` at offset 8.
 const TP_EXEC_FILENAME_LOC: usize = 8;
@@ -53,7 +50,7 @@ fn on_exec(ctx: &TracePointContext) {
     if current_tgid_unless_agent().is_none() {
         return;
     }
-    let Some(mut entry) = EXEC_EVENTS.reserve::<ExecEvent>(0) else {
+    let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
         count_lost(&EXEC_LOST);
         return;
     };
@@ -71,6 +68,7 @@ fn on_exec(ctx: &TracePointContext) {
         .and_then(|p| read_field::<u32>(p, off.task_tgid))
         .unwrap_or(0);
     data.start_ns = read_field(task, off.task_start_boottime).unwrap_or(0);
+    data.exe = current_exe();
 
     // SAFETY: the tracepoint record is readable at its own offsets.
     let loc: u32 = unsafe { ctx.read_at(TP_EXEC_FILENAME_LOC) }.unwrap_or(0);
@@ -102,7 +100,7 @@ fn on_exec(ctx: &TracePointContext) {
             }
         }
     }
-    entry.submit(quiet_submit_flags(&EXEC_EVENTS));
+    entry.submit(quiet_submit_flags(&EVENTS));
 }
 
 fn on_fork(ctx: &BtfTracePointContext) {
@@ -121,7 +119,7 @@ fn on_fork(ctx: &BtfTracePointContext) {
     if child_pid != child_tgid {
         return; // a new thread, not a new process
     }
-    let Some(mut entry) = EXEC_EVENTS.reserve::<ForkEvent>(0) else {
+    let Some(mut entry) = EVENTS.reserve::<ForkEvent>(0) else {
         count_lost(&EXEC_LOST);
         return;
     };
@@ -131,7 +129,7 @@ fn on_fork(ctx: &BtfTracePointContext) {
     event.data.child_tgid = child_tgid;
     event.data._pad = 0;
     event.data.child_start_ns = read_field(child, off.task_start_boottime).unwrap_or(0);
-    entry.submit(quiet_submit_flags(&EXEC_EVENTS));
+    entry.submit(quiet_submit_flags(&EVENTS));
 }
 
 fn on_exit(ctx: &TracePointContext) {
@@ -146,7 +144,7 @@ fn on_exit(ctx: &TracePointContext) {
     if !last_thread || current_tgid_unless_agent().is_none() {
         return;
     }
-    let Some(mut entry) = EXEC_EVENTS.reserve::<ExitEvent>(0) else {
+    let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {
         count_lost(&EXEC_LOST);
         return;
     };
@@ -156,5 +154,5 @@ fn on_exit(ctx: &TracePointContext) {
     // SAFETY: bpf_get_current_task has no preconditions.
     let task = unsafe { bpf_get_current_task() } as *const u8;
     event.data.start_ns = read_field(task, off.task_start_boottime).unwrap_or(0);
-    entry.submit(quiet_submit_flags(&EXEC_EVENTS));
+    entry.submit(quiet_submit_flags(&EVENTS));
 }

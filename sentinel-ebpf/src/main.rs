@@ -1,7 +1,8 @@
-//! Sentinel's kernel programs, one module per sensor (`exec`, `connect`, `cpu`) plus the
-//! connect guard that enforces blocks (`guard`), each named
+//! Sentinel's kernel programs, one module per sensor (`exec`, `connect`, `stdio`, `cpu`) plus
+//! the connect guard that enforces blocks (`guard`), each named
 //! `<sensor>_<hook>` and owning its maps. `task` holds what they share: the globals the agent
-//! fills in at load time and the header every record starts with.
+//! fills in at load time, the header every record starts with, and the one ring buffer the
+//! process-and-network records travel on, in order.
 #![no_std]
 #![no_main]
 
@@ -9,6 +10,7 @@ mod connect;
 mod cpu;
 mod exec;
 mod guard;
+mod stdio;
 mod task;
 
 #[cfg(not(test))]

@@ -1,16 +1,24 @@
 //! What every sensor needs about the current task: the agent's own tgid (whose activity is
-//! never reported), kernel struct offsets from the agent, the common record header, and the
-//! per-sensor "could not deliver" counters.
+//! never reported), kernel struct offsets from the agent, the common record header, the one
+//! ring buffer the process-and-network records share, and the per-sensor "could not deliver"
+//! counters.
 
 use aya_ebpf::{
     Global,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
-        bpf_probe_read_kernel, generated::bpf_get_current_comm,
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid,
+        bpf_ktime_get_boot_ns, bpf_probe_read_kernel, generated::bpf_get_current_comm,
     },
+    macros::map,
     maps::{PerCpuArray, RingBuf},
 };
-use sentinel_common::{EventKind, Header, KernelOffsets};
+use sentinel_common::{EventKind, Header, KernelOffsets, events::exec::ExeId};
+
+/// Exec, fork, exit, connect, listen and stdio records, in the order they happened: one
+/// ring buffer (shared by every CPU) keeps a process's exec before its connect. The agent
+/// may resize it at load time.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(512 * 1024, 0);
 
 /// The agent's tgid, set by the loader: its own activity is not reported.
 #[unsafe(no_mangle)]
@@ -92,11 +100,44 @@ pub fn read_field<T>(base: *const u8, offset: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }.ok()
 }
 
+/// Read a `T` at `base + offset` in kernel memory, for offsets that may legitimately be 0;
+/// `None` when the base is null or the read faults.
+#[inline(always)]
+pub fn read_at<T>(base: *const u8, offset: usize) -> Option<T> {
+    if base.is_null() {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel checks the address; a bad one is an error, not a fault.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset).cast::<T>()) }.ok()
+}
+
 /// Count one record a sensor could not deliver (its ring buffer or map was full).
 #[inline(always)]
 pub fn count_lost(counter: &PerCpuArray<u64>) {
     if let Some(slot) = counter.get_ptr_mut(0) {
         // SAFETY: per-CPU slot: only this CPU writes it while this program runs.
         unsafe { *slot += 1 };
+    }
+}
+
+/// The executable the current task runs (`task->mm->exe_file->f_inode`): (inode, device).
+/// Zeroes when unknown.
+#[inline(always)]
+pub fn current_exe() -> ExeId {
+    let off = offsets();
+    // SAFETY: bpf_get_current_task has no preconditions.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let inode = read_field::<*const u8>(task, off.task_mm)
+        .and_then(|mm| read_field::<*const u8>(mm, off.mm_exe_file))
+        .and_then(|file| read_field::<*const u8>(file, off.file_inode));
+    let Some(inode) = inode else {
+        return ExeId::default();
+    };
+    ExeId {
+        ino: read_field(inode, off.inode_ino).unwrap_or(0),
+        dev: read_field::<*const u8>(inode, off.inode_sb)
+            .and_then(|sb| read_field(sb, off.sb_dev))
+            .unwrap_or(0),
+        _pad: 0,
     }
 }

@@ -62,6 +62,8 @@ pub struct Agent {
     child: Option<Child>,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
+    /// Extra environment for the agent process (e.g. a `PATH` with a failing `nft`).
+    env: Vec<(String, String)>,
 }
 
 impl Agent {
@@ -74,6 +76,11 @@ impl Agent {
     /// GeoIP database ([`TEST_COUNTRIES`]); unless `sections` has an `[enforce]` section, it
     /// runs in dry-run, so it never touches the host's firewall.
     pub fn start_with(agent_toml: &str, sections: &str) -> Agent {
+        Self::start_with_env(agent_toml, sections, &[])
+    }
+
+    /// [`Agent::start_with`], the agent running with `env` added to its environment.
+    pub fn start_with_env(agent_toml: &str, sections: &str, env: &[(&str, &str)]) -> Agent {
         let sections = if sections.contains("[enforce]") {
             sections.to_string()
         } else {
@@ -101,6 +108,10 @@ impl Agent {
             child: None,
             dir,
             config,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         agent.spawn();
         agent
@@ -118,6 +129,7 @@ impl Agent {
             .args(["run", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "sentinel=debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

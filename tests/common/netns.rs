@@ -214,7 +214,8 @@ fn ip(args: &[&str]) -> Result<(), String> {
     }
 }
 
-/// Waits (up to 5 minutes) for the machine-wide test-host lock.
+/// Waits (up to 20 minutes: another run may hold it for a whole test binary) for the
+/// machine-wide test-host lock.
 fn take_lock() -> Result<File, String> {
     let f = File::options()
         .create(true)
@@ -229,8 +230,8 @@ fn take_lock() -> Result<File, String> {
             Err(std::fs::TryLockError::WouldBlock) => {}
             Err(std::fs::TryLockError::Error(e)) => return Err(format!("{LOCK}: {e}")),
         }
-        if start.elapsed() > Duration::from_secs(300) {
-            return Err(format!("{LOCK}: another test host held it for 5 minutes"));
+        if start.elapsed() > Duration::from_secs(1200) {
+            return Err(format!("{LOCK}: another test host held it for 20 minutes"));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -316,6 +317,28 @@ impl TestNet {
             }
         }
         Ok(())
+    }
+
+    /// Make the test host answer every address of an IPv6 `prefix` (a `local` route on its
+    /// loopback) and route the prefix to it from this side — after the same overlap checks.
+    /// For floods of distinct destinations.
+    pub fn answer_prefix_v6(&self, prefix: &str) -> Result<(), String> {
+        let net = Net::parse(prefix)?;
+        if net.addr.is_ipv4() {
+            return Err(format!("{prefix}: an IPv6 prefix is needed"));
+        }
+        let mine: Vec<Net> = NETWORKS
+            .iter()
+            .map(|(l, _)| Net::parse(l).map(|n| network_of(&n)))
+            .collect::<Result<_, _>>()?;
+        if let Some(m) = mine.iter().find(|m| m.overlaps(&net)) {
+            return Err(format!("{prefix} overlaps the test network {m}"));
+        }
+        check_no_overlap(&[net], &machine_network()?)?;
+        ip(&[
+            "netns", "exec", &self.ns, "ip", "-6", "route", "add", "local", prefix, "dev", "lo",
+        ])?;
+        ip(&["-6", "route", "add", prefix, "via", KP6, "dev", &self.veth])
     }
 
     /// The namespace's name, for `ip netns exec`.

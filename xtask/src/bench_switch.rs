@@ -16,11 +16,7 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 
-#[path = "../../tests/common/mmdb.rs"]
-mod mmdb;
-#[path = "../../tests/common/netns.rs"]
-#[allow(dead_code, reason = "the benchmark uses part of the test harness")]
-mod netns;
+use crate::harness::{mmdb, netns};
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -1,7 +1,15 @@
 //! Project tasks that are not plain cargo commands: `cargo xtask build-ebpf`,
-//! `cargo xtask bench` / `bench-switch`, and `cargo xtask install` / `uninstall`.
+//! `cargo xtask bench` / `bench-switch` / `bench-flood`, and `cargo xtask install` / `uninstall`.
 
 mod bench;
+/// The test harness's test hosts and GeoIP writer, shared by the benchmarks.
+#[path = "../../tests/common"]
+#[allow(dead_code, reason = "the benchmarks use part of the test harness")]
+mod harness {
+    pub mod mmdb;
+    pub mod netns;
+}
+mod bench_flood;
 mod bench_switch;
 mod install;
 
@@ -29,6 +37,8 @@ enum Task {
     Bench(bench::Args),
     /// Enforcement latency: `block ID` and deadline expiry to the element in nftables.
     BenchSwitch(bench_switch::Args),
+    /// The switch under a flood of decisions: thousands of destinations from one process.
+    BenchFlood(bench_flood::Args),
     /// Install Sentinel as a hardened systemd service (binary, config, key, GeoIP, unit) and
     /// start it.
     Install(install::InstallArgs),
@@ -41,6 +51,7 @@ fn main() -> anyhow::Result<()> {
         Task::BuildEbpf { toolchain } => build_ebpf(&toolchain),
         Task::Bench(args) => bench::run(&args),
         Task::BenchSwitch(args) => bench_switch::run(&args),
+        Task::BenchFlood(args) => bench_flood::run(&args),
         Task::Install(args) => install::install(&args),
         Task::Uninstall(args) => install::uninstall(&args),
     }

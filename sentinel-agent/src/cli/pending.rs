@@ -32,6 +32,7 @@ pub fn run(cli: &Cli, args: &JsonArgs) -> anyhow::Result<ExitCode> {
                 "id": d.id,
                 "anomaly": d.anomaly,
                 "target_ip": target,
+                "targets": d.targets,
                 "country": d.country,
                 "pid": d.pid,
                 "comm": d.comm,
@@ -46,7 +47,11 @@ pub fn run(cli: &Cli, args: &JsonArgs) -> anyhow::Result<ExitCode> {
                 "{:<10} {:<9} {:<40} {:<7} {:>8}s  {} (pid {})",
                 d.id,
                 d.anomaly,
-                target.as_deref().unwrap_or("-"),
+                if target.is_some() {
+                    d.targets_summary()
+                } else {
+                    "-".into()
+                },
                 d.country.as_deref().unwrap_or("-"),
                 left,
                 d.comm,

@@ -46,6 +46,8 @@ pub struct Shared {
     pub alerts: Mutex<BTreeMap<String, u64>>,
     /// Chat delivery counters.
     pub notify: Arc<crate::notify::NotifyStats>,
+    /// Whether blocks land (written by the switch's worker).
+    pub enforce: Arc<crate::switch::worker::Health>,
     pub hub: Hub,
     /// Answers to pending decisions, to the switch.
     pub answers: mpsc::Sender<Answer>,
@@ -88,6 +90,7 @@ impl Shared {
                 .map(|(channel, s)| (channel.clone(), s.failed))
                 .collect(),
             processes: status.processes,
+            enforce_healthy: status.enforce.healthy,
         }
     }
 
@@ -120,6 +123,10 @@ impl Shared {
                 .map(|c| c.malformed.load(Ordering::Relaxed))
                 .sum(),
             notify: self.notify.snapshot(),
+            enforce: crate::daemon::ipc::EnforceStatus {
+                healthy: self.enforce.healthy(),
+                last_error: self.enforce.last_error(),
+            },
         }
     }
 }

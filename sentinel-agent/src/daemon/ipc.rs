@@ -58,6 +58,16 @@ pub struct Status {
     /// Chat delivery per channel: messages sent, failed after every attempt, last error.
     #[serde(default)]
     pub notify: BTreeMap<String, crate::notify::ChannelStatus>,
+    /// Whether blocks land in nftables (false while one is `block-failed`).
+    #[serde(default)]
+    pub enforce: EnforceStatus,
+}
+
+/// Enforcement health in `status --json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnforceStatus {
+    pub healthy: bool,
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -48,6 +48,8 @@ pub struct Snapshot {
     pub notify_failures: BTreeMap<String, u64>,
     /// Processes in the agent's process tree.
     pub processes: u64,
+    /// Whether blocks land in nftables.
+    pub enforce_healthy: bool,
 }
 
 /// One metric family being written: its HELP and TYPE lines, then its samples.
@@ -181,6 +183,13 @@ pub fn render(s: &Snapshot) -> String {
         "Processes in the agent's process tree.",
     )
     .sample(&[], s.processes);
+    family(
+        o,
+        "sentinel_enforce_healthy",
+        "gauge",
+        "1 while blocks land in nftables, 0 while one is block-failed and being retried.",
+    )
+    .sample(&[], u8::from(s.enforce_healthy));
     out
 }
 
@@ -246,6 +255,7 @@ mod tests {
             kills: 0,
             notify_failures: [("slack".to_string(), 5), ("we\"ird\\\n".to_string(), 1)].into(),
             processes: 321,
+            enforce_healthy: true,
         }
     }
 

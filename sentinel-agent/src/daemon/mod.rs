@@ -14,7 +14,7 @@ use std::{
     net::IpAddr,
     path::{Path, PathBuf},
     sync::{Arc, atomic::AtomicU64, mpsc as std_mpsc},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -32,7 +32,7 @@ use self::{
 use crate::{
     config::{Config, EnforceMode},
     detect::{self, Alerts},
-    enforce::{Enforcer, guard::ConnectGuard, kill::Killer},
+    enforce::{self, BlockGuard, Enforcer, guard::ConnectGuard, kill::Killer},
     enrich::geo::Geo,
     enrich::tree::ProcessTree,
     enrich::{
@@ -50,10 +50,17 @@ use crate::{
     store::{self, Store},
     switch::decision::Answer,
     switch::ledger::Ledger,
-    switch::{Switch, Timings},
+    switch::{
+        Limits, Switch, Timings,
+        clock::Now,
+        worker::{Health, Worker},
+    },
 };
 
 /// How often the tree is checked against `/proc` for exits the agent missed.
+/// `PATH` for finding `lineage.shells` when the agent has none (systemd gives one).
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 const GC_EVERY: Duration = Duration::from_secs(30);
 /// How often the live authenticated SSH sessions (trusted peers) are re-read.
 const SSH_REFRESH_EVERY: Duration = Duration::from_secs(2);
@@ -90,14 +97,11 @@ fn spawn_ssh_watch(ports: Vec<u16>) -> watch::Receiver<HashSet<IpAddr>> {
 /// the earliest deadline anyway).
 const SWITCH_TICK: Duration = Duration::from_secs(1);
 
-/// How long until the switch's next deadline (at most [`SWITCH_TICK`]).
+/// How long until the switch's next deadline on the boot clock (at most [`SWITCH_TICK`]).
 fn until_deadline(core: &Pipeline) -> Duration {
     core.switch
-        .next_deadline()
-        .map_or(SWITCH_TICK, |d| {
-            d.duration_since(SystemTime::now()).unwrap_or_default()
-        })
-        .min(SWITCH_TICK)
+        .next_due(Now::read())
+        .map_or(SWITCH_TICK, |d| d.min(SWITCH_TICK))
 }
 
 /// Run the agent until SIGTERM or SIGINT.
@@ -149,8 +153,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         mut ebpf,
         attached,
         lost,
-        exec_ring,
-        connect_ring,
+        ring,
         cpu_samples,
     } = sensors;
 
@@ -160,7 +163,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .flatten()
         .unwrap_or(100) as u64;
     let proc_root = PathBuf::from("/proc");
-    let tree = ProcessTree::seed(&proc_root, ticks).context("reading /proc")?;
+    let mut tree = ProcessTree::seed(&proc_root, ticks).context("reading /proc")?;
+    // Servers started before the agent never call listen() again: find them now.
+    for pid in crate::enrich::listeners::listening_pids(&proc_root) {
+        tree.on_listen(pid, &proc_root);
+    }
 
     let store = Store::open(&agent.db)?;
     let (store_tx, store_rx) = std_mpsc::channel();
@@ -169,7 +176,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // The switch resumes before the socket answers: "ready" means decisions and blocks are
     // back in force.
     let mut enforcer = Enforcer::from_config(&config);
-    if config.enforce.connect_guard && !enforcer.is_dry_run() {
+    let dry_run = enforcer.is_dry_run();
+    if config.enforce.connect_guard && !dry_run {
         match ConnectGuard::attach(&mut ebpf) {
             Ok(guard) => {
                 info!(cgroup = %guard.root().display(), "connect guard attached");
@@ -178,15 +186,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Err(e) => warn!("connect guard not attached (nftables still enforces blocks): {e}"),
         }
     }
+    // The switch decides on the loop; its worker thread commits, enforces and announces.
+    let enforce_health = Arc::new(Health::default());
+    let mut worker = Worker::new(Ledger::open(&agent.db)?, enforcer, enforce_health.clone());
+    worker.prepare();
+    let (jobs_tx, jobs_rx) = std_mpsc::channel();
+    let (reports_tx, mut reports_rx) = mpsc::unbounded_channel();
+    worker.set_reports(reports_tx);
+    let mut infra = enforce::infra::watch(&config);
+    let gate = BlockGuard::from_config(&config, infra.borrow_and_update().clone());
     let mut switch = Switch::new(
-        Ledger::open(&agent.db)?,
-        enforcer,
+        Ledger::open_existing(&agent.db, false)?,
+        jobs_tx,
         Timings {
             countdown: config.switch.countdown,
             safe_ttl: config.switch.safe_ttl,
             block_ttl: config.enforce.block_ttl,
         },
+        Limits {
+            max_targets: config.switch.max_targets,
+            max_pending: config.switch.max_pending,
+        },
         config.host_id(),
+        dry_run,
+        gate,
     );
     let (answers_tx, mut answers_rx) = mpsc::channel::<Answer>(64);
     let (unblock_tx, mut unblock_rx) = mpsc::channel::<Unblock>(16);
@@ -195,7 +218,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Chat: announced decisions go out through every configured channel; answers (signed
     // links, Slack clicks, Telegram presses) come back on the same channel as the CLI's.
     let (notices_tx, notices_rx) = mpsc::unbounded_channel();
-    switch.set_notices(notices_tx);
+    worker.set_notices(notices_tx);
+    let worker_thread = worker.spawn(jobs_rx);
     let notify_stats = Arc::new(NotifyStats::default());
     let secret = if config.override_.public_url.is_empty() {
         None
@@ -246,7 +270,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(summary),
     ));
     // Resumed decisions are announced too.
-    switch.resume(&trust_for_resume, SystemTime::now())?;
+    switch.resume(&trust_for_resume, Now::read())?;
 
     let shared = Arc::new(Shared {
         host: config.host_id(),
@@ -260,6 +284,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         kills: AtomicU64::new(0),
         alerts: Default::default(),
         notify: notify_stats,
+        enforce: enforce_health,
         hub: Hub::default(),
         answers: answers_tx,
         unblocks: unblock_tx,
@@ -268,18 +293,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let (tx, mut rx) = mpsc::channel::<Vec<KernelEvent>>(1024);
     tasks.push(tokio::spawn(control::serve(listener, shared.clone())));
-    for (name, ring, counters) in [
-        ("exec", exec_ring, shared.counters[0].clone()),
-        ("connect", connect_ring, shared.counters[1].clone()),
-    ] {
-        if let Some(ring) = ring {
-            tasks.push(tokio::spawn(sensors::drain(
-                name,
-                ring,
-                tx.clone(),
-                counters,
-            )));
-        }
+    if let Some(ring) = ring {
+        let counters = shared.counters.to_vec();
+        tasks.push(tokio::spawn(sensors::drain(ring, tx.clone(), counters)));
     }
     drop(tx);
 
@@ -300,12 +316,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             geoip,
             trust,
             lineage: detect::lineage::Lineage::new(config.lineage.clone()),
+            shells: crate::enrich::shells::Shells::load(
+                &config.lineage.shells,
+                Path::new("/etc/shells"),
+                &std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.into()),
+            ),
+            reverse_shell: detect::reverse_shell::ReverseShell,
             geo: detect::geo::Geo::new(&config.geo.high_risk_countries),
             resource: detect::resource::Resource::new(config.resource.clone()),
             alerts: Alerts::new(config.alerts.dedup_window),
         },
         switch,
-        awaiting: HashMap::new(),
+        tracked: HashMap::new(),
+        groups: HashMap::new(),
         last_connect: HashMap::new(),
         exits: Default::default(),
         killer: config.enforce.kill.then(|| {
@@ -318,7 +341,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }),
         dry_run: config.enforce.mode == EnforceMode::DryRun,
     };
-    if let Ok(n) = core.switch.ledger().kill_count() {
+    if let Ok(n) = core.switch.reader().kill_count() {
         core.shared
             .kills
             .store(n, std::sync::atomic::Ordering::Relaxed);
@@ -374,6 +397,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 Some(batch) => {
                     batch.into_iter().for_each(|e| core.handle(e));
                     core.reap();
+                    core.flush();
                 }
                 None => {
                     error!("every sensor reader stopped");
@@ -393,6 +417,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             _ = tokio::time::sleep(until_deadline(&core)) => core.tick(),
             _ = watchdog_tick.tick(), if watchdog.is_some() => service::notify_watchdog(),
             Some(answer) = answers_rx.recv() => core.answer(answer),
+            Some(report) = reports_rx.recv() => core.report(report),
+            Ok(()) = infra.changed() => {
+                core.switch.gate.infra = infra.borrow_and_update().clone();
+            }
             Some(request) = unblock_rx.recv() => core.unblock(request),
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
@@ -405,7 +433,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         task.abort();
     }
     drop(ebpf);
+    // The worker finishes what is queued (commits, blocks) once the switch is gone.
     drop(core);
+    tokio::task::spawn_blocking(move || worker_thread.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the switch worker panicked"))?;
     tokio::task::spawn_blocking(move || writer.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the store writer panicked"))?;

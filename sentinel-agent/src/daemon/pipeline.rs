@@ -9,24 +9,31 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use sentinel_common::events::exec::ExeId;
 use tracing::{debug, error, info, warn};
 
 use crate::{
     daemon::control::{Shared, Unblock},
-    detect::{self, Alerts, Culprit, Finding, Outcome},
+    detect::{self, Alerts, Culprit, Finding, Outcome, lineage::Ancestor},
     enforce::kill::Killer,
     enrich::geo::Geo,
+    enrich::shells::Shells,
     enrich::tree::{ProcessTree, is_alive, read_stat},
     enrich::trust::{TrustSet, Untrusted},
     event::{AlertBody, Body, BootClock, ConnectBody, CpuBody, DecisionBody, ExecBody, Record},
     sensors::{
         KernelEvent,
         cpu::{CpuTracker, SampleMap, cpu_percent, read_totals},
+        stdio::Stdio,
     },
     store::Write,
-    switch::decision::Answer,
-    switch::ledger::Kill,
-    switch::{Change, Switch},
+    switch::{
+        Change, Switch,
+        clock::Now,
+        decision::{Answer, State},
+        ledger::Kill,
+        worker::Report,
+    },
 };
 
 /// The detectors and what they need beside the tree.
@@ -34,6 +41,9 @@ pub struct Detectors {
     pub geoip: Option<Geo>,
     pub trust: TrustSet,
     pub lineage: detect::lineage::Lineage,
+    /// Which executables are shells (by content), for `lineage`.
+    pub shells: Shells,
+    pub reverse_shell: detect::reverse_shell::ReverseShell,
     pub geo: detect::geo::Geo,
     pub resource: detect::resource::Resource,
     pub alerts: Alerts,
@@ -56,19 +66,40 @@ pub struct Pipeline {
     pub ncpus: usize,
     pub detect: Detectors,
     pub switch: Switch,
-    /// `lineage`/`resource` alerts with nothing to block yet: the first outbound connection
-    /// of the process (or a descendant) gives their decision its target.
-    pub awaiting: HashMap<u32, (AlertBody, SystemTime)>,
+    /// Alerted process trees: root pid → the alert whose decision their untrusted
+    /// destinations join.
+    pub tracked: HashMap<u32, String>,
+    /// The alerts with a tracked tree, by id.
+    pub groups: HashMap<String, Group>,
     /// The last untrusted address each process connected to.
     pub last_connect: HashMap<u32, Untrusted>,
     /// `enforce.kill`: the process response, when on.
     pub killer: Option<Killer>,
     /// `enforce.mode = "dry-run"`: decide and record, touch nothing (no kills either).
     pub dry_run: bool,
-    /// Exits not applied yet: (when seen, tgid, start). Each sensor has its own ring buffer,
-    /// so a process's connect can be read after its exit; the exit waits [`EXIT_GRACE`] so
-    /// the process (and its ancestry) is still known then.
+    /// Exits not applied yet: (when seen, tgid, start). Records arrive in order, but an alert
+    /// raised on a process may still want its ancestry (a decision's ancestors, a late
+    /// connect of a child) just after it ends: the exit waits [`EXIT_GRACE`].
     pub exits: VecDeque<(Instant, u32, u64)>,
+}
+
+/// An alert whose process tree is tracked, and its current decision.
+#[derive(Debug, Clone)]
+pub struct Group {
+    pub alert: AlertBody,
+    pub at: SystemTime,
+    /// The pending (or last) decision every new destination joins.
+    pub decision: Option<String>,
+    /// Trees alerted for this group.
+    pub roots: Vec<u32>,
+}
+
+impl Group {
+    /// `geo` is about the destination: only its high-risk destinations join (through the
+    /// detector). Every other anomaly is about the process: all its untrusted destinations do.
+    fn joins_every_destination(&self) -> bool {
+        self.alert.anomaly != "geo"
+    }
 }
 
 /// How long a process stays in the tree after its exit record.
@@ -88,7 +119,9 @@ impl Pipeline {
     }
 
     /// Score, de-duplicate and emit what a detector found; `origin_ns` is the kernel time
-    /// (CLOCK_BOOTTIME) of the event that triggered it, for the latency in the log.
+    /// (CLOCK_BOOTTIME) of the event that triggered it, for the latency in the log. A repeat
+    /// folds into the alert but never costs a decision: its tree is tracked and its target
+    /// joins the alert's decision.
     fn raise(&mut self, finding: Finding, origin_ns: Option<u64>) {
         let now = SystemTime::now();
         if let Some(t) = finding.target
@@ -98,18 +131,29 @@ impl Pipeline {
             return;
         }
         let culprit_pid = finding.culprit.pid;
-        let ancestors: Vec<String> = finding
-            .culprit
-            .ancestry
-            .iter()
-            .map(|(_, c)| c.clone())
-            .collect();
-        let target = finding
-            .target
-            .or_else(|| self.last_connect.get(&culprit_pid).copied());
-        match self.detect.alerts.raise(finding, Instant::now()) {
+        let subject = finding.subject;
+        let chain: Vec<u32> = finding.culprit.ancestry.iter().map(|(p, _)| *p).collect();
+        // What the tree reached before the alert: the culprit's and its ancestors' below the
+        // subject (a python that connects, then runs a shell).
+        let mut targets: Vec<Untrusted> = finding.target.into_iter().collect();
+        for pid in
+            std::iter::once(culprit_pid).chain(chain.iter().copied().take_while(|p| *p != subject))
+        {
+            if let Some(t) = self.last_connect.get(&pid) {
+                targets.push(*t);
+            }
+        }
+        if finding.anomaly == detect::Anomaly::Geo {
+            targets.truncate(1);
+        }
+        // A descendant of a tree already alerted for the same anomaly joins its decision.
+        let inherited = self
+            .group_of(culprit_pid, &finding.culprit.ancestry)
+            .and_then(|id| self.groups.get(&id))
+            .filter(|g| g.alert.anomaly == finding.anomaly.name())
+            .and_then(|g| g.decision.clone());
+        let id = match self.detect.alerts.raise(finding, Instant::now()) {
             Outcome::New(alert) => {
-                let alert = Box::new(alert);
                 let latency_us = origin_ns.map(|t| boot_ns().saturating_sub(t) / 1000);
                 warn!(
                     id = %alert.id,
@@ -127,28 +171,103 @@ impl Pipeline {
                     .expect("alerts lock")
                     .entry(alert.anomaly.clone())
                     .or_default() += 1;
-                self.emit(now, Body::Alert(Box::new((*alert).clone())));
+                self.emit(now, Body::Alert(Box::new(alert.clone())));
                 self.respond(culprit_pid, &alert);
-                match target {
-                    Some(t) => self.open_decision(&alert, now, ancestors, t),
-                    None if alert.anomaly != "geo" => {
-                        self.awaiting.insert(culprit_pid, (*alert, now));
-                    }
-                    None => {}
-                }
+                let id = alert.id.clone();
+                self.groups.insert(
+                    id.clone(),
+                    Group {
+                        alert,
+                        at: now,
+                        decision: inherited,
+                        roots: Vec::new(),
+                    },
+                );
+                id
             }
             Outcome::Repeat(alert, first) => {
                 debug!(id = %alert.id, count = alert.count, "repeat of an open alert");
                 self.respond(culprit_pid, &alert);
+                let id = alert.id.clone();
+                let g = self.groups.entry(id.clone()).or_insert_with(|| Group {
+                    alert: alert.clone(),
+                    at: first,
+                    decision: None,
+                    roots: Vec::new(),
+                });
+                g.alert.risk = g.alert.risk.max(alert.risk);
+                g.alert.count = alert.count;
                 let record = Record::new(first, &self.shared.host, Body::Alert(Box::new(alert)));
                 self.store(Write::Update(Arc::new(record)));
+                id
+            }
+        };
+        self.track(&id, culprit_pid);
+        for target in targets {
+            self.offer(&id, target);
+        }
+    }
+
+    /// Untrusted destinations of `root`'s tree join alert `id`'s decision from now on.
+    fn track(&mut self, id: &str, root: u32) {
+        self.tracked.insert(root, id.to_string());
+        if let Some(g) = self.groups.get_mut(id)
+            && !g.roots.contains(&root)
+        {
+            g.roots.push(root);
+        }
+    }
+
+    /// The alert whose tracked tree holds `pid` (itself or an ancestor).
+    fn group_of(&self, pid: u32, ancestry: &[(u32, String)]) -> Option<String> {
+        std::iter::once(pid)
+            .chain(ancestry.iter().map(|(p, _)| *p))
+            .find_map(|p| self.tracked.get(&p).cloned())
+    }
+
+    /// `target` joins alert `id`'s pending decision, or opens a new one.
+    fn offer(&mut self, id: &str, target: Untrusted) {
+        let Some(group) = self.groups.get(id) else {
+            return;
+        };
+        let now = Now::read();
+        if let Some(d) = group.decision.clone()
+            && self.switch.is_pending(&d)
+        {
+            if self.switch.join(&d, target, now) && group.alert.state != "pending" {
+                self.mark_pending(id, &d);
+            }
+            return;
+        }
+        let mut alert = group.alert.clone();
+        alert.target_ip = Some(target.ip());
+        let at = group.at;
+        let ancestors = self
+            .tree
+            .ancestry(alert.pid, &self.proc_root)
+            .into_iter()
+            .map(|(_, c)| c)
+            .collect();
+        if let Some(change) =
+            self.switch
+                .open(&alert, at, ancestors, target, &self.detect.trust, now)
+        {
+            if let Some(g) = self.groups.get_mut(id) {
+                g.decision = Some(change.decision.id.clone());
+            }
+            // An ending (past `switch.max_pending`) is reported by the worker once enforced.
+            if change.decision.state == State::Pending {
+                self.apply(change);
             }
         }
     }
 
     /// `enforce.kill`: terminate the offending process tree of a lineage or resource alert.
     fn respond(&mut self, culprit: u32, alert: &AlertBody) {
-        if !matches!(alert.anomaly.as_str(), "lineage" | "resource") {
+        if !matches!(
+            alert.anomaly.as_str(),
+            "lineage" | "resource" | "reverse_shell"
+        ) {
             return;
         }
         let Some(killer) = &mut self.killer else {
@@ -188,28 +307,24 @@ impl Pipeline {
                 confidence: alert.risk,
                 at: SystemTime::now(),
             };
-            if let Err(e) = self.switch.ledger().add_kill(&kill) {
-                error!("recording a kill failed: {e}");
-            }
+            self.switch.record_kill(kill);
             self.shared.kills.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    fn open_decision(
-        &mut self,
-        alert: &AlertBody,
-        at: SystemTime,
-        ancestors: Vec<String>,
-        target: Untrusted,
-    ) {
-        match self
-            .switch
-            .open(alert, at, ancestors, target, SystemTime::now())
-        {
-            Ok(Some(change)) => self.apply(change),
-            Ok(None) => {}
-            Err(e) => error!(id = %alert.id, "opening a decision failed: {e}"),
-        }
+    /// Alert `id` now has its targets in pending decision `decision` (joined, not opened).
+    fn mark_pending(&mut self, id: &str, decision: &str) {
+        let Some(deadline) = self.switch.deadline_of(decision) else {
+            return;
+        };
+        let Some(g) = self.groups.get_mut(id) else {
+            return;
+        };
+        g.alert.state = "pending".into();
+        g.alert.deadline = Some(humantime::format_rfc3339_millis(deadline).to_string());
+        let alert = self.detect.alerts.sync_state(g.alert.clone());
+        let record = Record::new(g.at, &self.shared.host, Body::Alert(Box::new(alert)));
+        self.store(Write::Update(Arc::new(record)));
     }
 
     /// Store and announce a decision's transition.
@@ -222,6 +337,8 @@ impl Pipeline {
             pid: d.pid,
             comm: d.comm.clone(),
             target_ip: d.target_ip,
+            targets: d.targets.clone(),
+            refused: d.refused.iter().map(|r| r.ip).collect(),
             country: d.country.clone(),
             deadline: humantime::format_rfc3339_millis(d.deadline).to_string(),
             decided_by: d.decided_by.clone(),
@@ -238,57 +355,58 @@ impl Pipeline {
         self.refresh_counts();
     }
 
-    /// Keep the status counters (pending decisions, blocks in force) current.
+    /// Keep the status counter of pending decisions current.
     pub fn refresh_counts(&self) {
         self.shared
             .pending
-            .store(self.switch.pending().count() as u64, Ordering::Relaxed);
-        let blocks = self
-            .switch
-            .ledger()
-            .blocks(SystemTime::now())
-            .map_or(0, |b| b.len());
-        self.shared.blocks.store(blocks as u64, Ordering::Relaxed);
+            .store(self.switch.pending_count() as u64, Ordering::Relaxed);
     }
 
-    /// A human answered (CLI, chat, signed link).
+    /// A human answered (CLI, chat, signed link). The reply leaves once the outcome is
+    /// committed and enforced.
     pub fn answer(&mut self, answer: Answer) {
         let outcome = self.switch.answer(
             &self.detect.trust,
             &answer.id,
             answer.verdict,
             &answer.via,
-            SystemTime::now(),
+            Now::read(),
+            Some(answer.reply),
         );
-        let reply = match outcome {
-            Ok(change) => {
-                let decision = change.decision.clone();
-                self.apply(change);
-                Ok(decision)
-            }
-            Err(e) => {
-                warn!(id = %answer.id, via = %answer.via, "answer not applied: {e}");
-                Err(e)
-            }
-        };
-        let _ = answer.reply.send(reply);
+        // The outcome is stored and streamed when the worker reports it committed/enforced.
+        if let Err(e) = outcome {
+            warn!(id = %answer.id, via = %answer.via, "answer not applied: {e}");
+        }
+        self.refresh_counts();
     }
 
-    /// Enforce the decisions whose deadline passed.
+    /// End the decisions whose deadline passed (their outcome comes back as a report).
     pub fn tick(&mut self) {
-        for change in self.switch.tick(&self.detect.trust, SystemTime::now()) {
-            self.apply(change);
+        self.switch.tick(&self.detect.trust, Now::read());
+        self.refresh_counts();
+    }
+
+    /// The end of a loop round: decisions whose target set grew go to the worker once.
+    pub fn flush(&mut self) {
+        self.switch.flush(Now::read());
+    }
+
+    /// What the switch's worker learnt while enforcing.
+    pub fn report(&mut self, report: Report) {
+        match report {
+            Report::Changed(changes) => {
+                for change in changes {
+                    self.switch.note_changed(&change);
+                    self.apply(change);
+                }
+            }
+            Report::Blocks(n) => self.shared.blocks.store(n, Ordering::Relaxed),
         }
     }
 
     pub fn unblock(&mut self, request: Unblock) {
-        let outcome = self.switch.unblock(request.addr);
-        match &outcome {
-            Ok(was) => info!(addr = %request.addr, recorded = was, "unblocked"),
-            Err(e) => warn!(addr = %request.addr, "unblock failed: {e}"),
-        }
-        self.refresh_counts();
-        let _ = request.reply.send(outcome);
+        info!(addr = %request.addr, "unblock requested");
+        self.switch.unblock(request.addr, Some(request.reply));
     }
 
     /// The process `tgid` as the detectors see it.
@@ -323,11 +441,20 @@ impl Pipeline {
             KernelEvent::Exec(e) => {
                 self.tree
                     .on_exec(e.tgid, e.ppid, e.start_ns, &e.comm, &e.filename);
+                let package_manager = self.detect.lineage.is_package_manager(&e.filename, &e.argv);
+                self.tree.set_exec_details(e.tgid, e.exe, package_manager);
                 if self.is_agent(e.tgid) {
                     return;
                 }
                 let culprit = self.culprit(e.tgid, e.comm.clone(), Some(e.uid));
-                let finding = self.detect.lineage.on_exec(&culprit, &e.argv);
+                // A tracked tree's new programs stay tracked, even after their root exits.
+                if !self.tracked.is_empty()
+                    && !self.tracked.contains_key(&e.tgid)
+                    && let Some(id) = self.group_of(e.tgid, &culprit.ancestry)
+                {
+                    self.track(&id, e.tgid);
+                }
+                let finding = self.lineage(&culprit, &e.filename, &e.argv, e.exe);
                 let ppid = self.tree.get(e.tgid).map_or(e.ppid, |p| p.ppid);
                 self.emit(
                     self.clock.wall(e.ts_ns),
@@ -345,17 +472,43 @@ impl Pipeline {
                     self.raise(finding, Some(e.ts_ns));
                 }
             }
+            KernelEvent::Listen(l) => {
+                debug!(pid = l.tgid, comm = %l.comm, fd = l.fd, "listens");
+                self.tree.on_listen(l.tgid, &self.proc_root);
+            }
+            KernelEvent::Stdio(s) => self.on_stdio(s),
             KernelEvent::Connect(c) => {
                 if self.is_agent(c.tgid) {
                     return;
                 }
-                let comm = self.tree.get(c.tgid).map_or(c.comm, |p| p.comm.clone());
+                // Who connected is what the kernel saw at connect time, not what the process
+                // may have exec'd since.
+                let comm = if c.comm.is_empty() {
+                    self.tree
+                        .get(c.tgid)
+                        .map_or_else(String::new, |p| p.comm.clone())
+                } else {
+                    c.comm
+                };
                 let country = self.detect.geoip.as_ref().and_then(|g| g.country(c.daddr));
                 // The process's identity and ancestry are only needed for a high-risk
                 // destination or an alert waiting for a target: most connects skip the walk.
                 let culprit = (self.detect.geo.is_high_risk(country.as_deref())
-                    || !self.awaiting.is_empty())
-                .then(|| self.culprit(c.tgid, comm.clone(), Some(c.uid)));
+                    || !self.tracked.is_empty())
+                .then(|| {
+                    let mut culprit = self.culprit(c.tgid, comm.clone(), Some(c.uid));
+                    // The tree's executable is the connecting program's only when the kernel's
+                    // identity at connect time agrees.
+                    let known = |id: ExeId| id != ExeId::default();
+                    if let Some(p) = self.tree.get(c.tgid)
+                        && known(p.exe)
+                        && known(c.exe)
+                        && p.exe != c.exe
+                    {
+                        culprit.exe = None;
+                    }
+                    culprit
+                });
                 let finding = culprit.as_ref().and_then(|culprit| {
                     self.detect.geo.on_connect(
                         culprit,
@@ -383,8 +536,14 @@ impl Pipeline {
                 }
                 if let Ok(target) = self.detect.trust.check(c.daddr) {
                     self.last_connect.insert(c.tgid, target);
-                    if let Some(culprit) = &culprit {
-                        self.give_target(c.tgid, target, &culprit.ancestry);
+                    if let Some(culprit) = &culprit
+                        && let Some(id) = self.group_of(c.tgid, &culprit.ancestry)
+                        && self
+                            .groups
+                            .get(&id)
+                            .is_some_and(Group::joins_every_destination)
+                    {
+                        self.offer(&id, target);
                     }
                 }
             }
@@ -392,6 +551,58 @@ impl Pipeline {
         self.shared
             .processes
             .store(self.tree.len() as u64, Ordering::Relaxed);
+    }
+
+    /// `lineage` for the exec of `culprit`: its ancestors' roles come from the tree, and the
+    /// executable is hashed (cached) only when a web server is above it.
+    fn lineage(
+        &mut self,
+        culprit: &Culprit,
+        filename: &str,
+        argv: &[String],
+        exe: ExeId,
+    ) -> Option<Finding> {
+        let ancestors: Vec<Ancestor<'_>> = culprit
+            .ancestry
+            .iter()
+            .map(|(pid, comm)| {
+                let p = self.tree.get(*pid);
+                Ancestor {
+                    pid: *pid,
+                    comm,
+                    listening: p.is_some_and(|p| p.listening),
+                    package_manager: p.is_some_and(|p| p.package_manager),
+                }
+            })
+            .collect();
+        let Detectors {
+            lineage, shells, ..
+        } = &mut self.detect;
+        let proc_root = &self.proc_root;
+        lineage.on_exec(culprit, argv, &ancestors, || {
+            shells.is_shell(proc_root, culprit.pid, filename, &culprit.comm, exe)
+        })
+    }
+
+    /// A TCP socket on a standard stream: `reverse_shell` when the peer is untrusted.
+    fn on_stdio(&mut self, s: Stdio) {
+        if self.is_agent(s.tgid) {
+            return;
+        }
+        debug!(pid = s.tgid, comm = %s.comm, fd = s.newfd, peer = %s.peer, "socket on stdio");
+        let country = self.detect.geoip.as_ref().and_then(|g| g.country(s.peer));
+        let culprit = self.culprit(s.tgid, s.comm.clone(), Some(s.uid));
+        let finding = self.detect.reverse_shell.on_stdio(
+            &culprit,
+            s.newfd,
+            s.peer,
+            s.dport,
+            country.as_deref(),
+            &self.detect.trust,
+        );
+        if let Some(finding) = finding {
+            self.raise(finding, Some(s.ts_ns));
+        }
     }
 
     /// Apply the exits older than [`EXIT_GRACE`].
@@ -403,8 +614,15 @@ impl Pipeline {
             self.exits.pop_front();
             self.tree.on_exit(tgid, start_ns);
             self.detect.alerts.forget(tgid);
-            self.awaiting.remove(&tgid);
             self.last_connect.remove(&tgid);
+            if let Some(id) = self.tracked.remove(&tgid)
+                && let Some(g) = self.groups.get_mut(&id)
+            {
+                g.roots.retain(|r| *r != tgid);
+                if g.roots.is_empty() {
+                    self.groups.remove(&id);
+                }
+            }
             if let Some(map) = &mut self.cpu_map {
                 let _ = map.remove(&tgid);
             }
@@ -454,27 +672,6 @@ impl Pipeline {
                     cpu_pct: (pct * 10.0).round() / 10.0,
                 }),
             );
-        }
-    }
-
-    /// A process connected to `target`: an alert waiting for a target on it or one of its
-    /// ancestors (a shell under a web server, then its reverse shell) gets its decision.
-    fn give_target(&mut self, tgid: u32, target: Untrusted, ancestry: &[(u32, String)]) {
-        let owner = std::iter::once(tgid)
-            .chain(ancestry.iter().map(|(p, _)| *p))
-            .find(|p| self.awaiting.contains_key(p));
-        if let Some(owner) = owner
-            && let Some((alert, at)) = self.awaiting.remove(&owner)
-        {
-            let ancestors = self
-                .tree
-                .ancestry(alert.pid, &self.proc_root)
-                .into_iter()
-                .map(|(_, c)| c)
-                .collect();
-            let mut alert = alert;
-            alert.target_ip = Some(target.ip());
-            self.open_decision(&alert, at, ancestors, target);
         }
     }
 

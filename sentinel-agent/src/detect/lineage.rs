@@ -1,10 +1,33 @@
-//! `lineage`: a web server with a shell anywhere below it in the process tree (node → sh,
-//! node → sh → bash, python3 → dash): the classic sign of remote code execution. Evaluated at
-//! exec time from the process tree. Critical, T1059.
+//! `lineage`: a shell anywhere below a web server in the process tree — the classic sign of
+//! remote code execution. Critical, T1059. Evaluated at exec time.
+//!
+//! Both ends are judged by behaviour, not by name:
+//! - a *web server* is a process that accepts connections: it called `listen(2)` (TCP or a
+//!   unix stream socket, as php-fpm behind nginx), or it is a worker forked by a process that
+//!   did. Dedicated daemons (`lineage.web_servers`: nginx, apache2, httpd, php-fpm) count by
+//!   name; general interpreters (`lineage.interpreters`) and any other program
+//!   (`lineage.any_listener`) count only while they accept connections. Package managers
+//!   (`lineage.package_managers`) never count, and the walk up the tree stops at one: the
+//!   shells an install runs are the package manager's, not the server's above it. Services
+//!   that hand out shells by design (`lineage.shell_services`: init, sshd, tmux, …) are not
+//!   web servers either, so an SSH login below a listening sshd raises nothing.
+//! - a *shell* is a program whose executable is an installed shell (`enrich::shells`:
+//!   same content as `/etc/shells` or `lineage.shells`), whatever it is called.
 
 use crate::config::{LineageConfig, name_matches};
 
 use super::{Anomaly, Culprit, Finding};
+
+/// What the pipeline knows about one ancestor of the new process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ancestor<'a> {
+    pub pid: u32,
+    pub comm: &'a str,
+    /// It accepts connections (it, or the pool master that forked it, called `listen`).
+    pub listening: bool,
+    /// It runs a package manager.
+    pub package_manager: bool,
+}
 
 pub struct Lineage {
     config: LineageConfig,
@@ -15,47 +38,86 @@ impl Lineage {
         Self { config }
     }
 
-    fn is_shell(&self, comm: &str) -> bool {
-        self.config.shells.iter().any(|s| name_matches(s, comm))
+    fn named(names: &[String], comm: &str) -> bool {
+        names.iter().any(|n| name_matches(n, comm))
     }
 
-    fn is_web_server(&self, comm: &str) -> bool {
-        self.config
-            .web_servers
-            .iter()
-            .any(|w| name_matches(w, comm))
+    /// Whether a process that exec'd `filename` with `argv` runs a package manager: by the
+    /// program's name, or, for an interpreter, by the script it runs (`node /usr/bin/npm`,
+    /// `python3 -m pip`).
+    pub fn is_package_manager(&self, filename: &str, argv: &[String]) -> bool {
+        let stem = |path: &str| {
+            let base = path.rsplit('/').next().unwrap_or(path);
+            base.strip_suffix(".js").unwrap_or(base).to_string()
+        };
+        let names = &self.config.package_managers;
+        if Self::named(names, &stem(filename)) {
+            return true;
+        }
+        let script = match argv.get(1).map(String::as_str) {
+            Some("-m") => argv.get(2).map(String::as_str),
+            other => other,
+        };
+        script.is_some_and(|s| Self::named(names, &stem(s)))
     }
 
-    /// `culprit` just exec'd with `argv`: a finding when it is a shell below a web server and
-    /// no allow rule covers it.
-    pub fn on_exec(&self, culprit: &Culprit, argv: &[String]) -> Option<Finding> {
-        if !self.is_shell(&culprit.comm) {
+    /// The nearest ancestor that is a web server, unless a package manager comes first.
+    pub fn web_server<'a>(&self, ancestors: &'a [Ancestor<'a>]) -> Option<&'a Ancestor<'a>> {
+        let c = &self.config;
+        for a in ancestors {
+            if a.package_manager || Self::named(&c.package_managers, a.comm) {
+                return None;
+            }
+            if Self::named(&c.shell_services, a.comm) {
+                continue;
+            }
+            if Self::named(&c.web_servers, a.comm) {
+                return Some(a);
+            }
+            if a.listening && (c.any_listener || Self::named(&c.interpreters, a.comm)) {
+                return Some(a);
+            }
+        }
+        None
+    }
+
+    /// `culprit` just exec'd with `argv` under `ancestors` (parent first): a finding when it
+    /// is a shell (`is_shell`, asked only below a web server) and no allow rule covers it.
+    pub fn on_exec(
+        &self,
+        culprit: &Culprit,
+        argv: &[String],
+        ancestors: &[Ancestor<'_>],
+        is_shell: impl FnOnce() -> bool,
+    ) -> Option<Finding> {
+        let server = self.web_server(ancestors)?;
+        if !is_shell() {
             return None;
         }
-        let (server_pid, server) = culprit
-            .ancestry
-            .iter()
-            .find(|(_, comm)| self.is_web_server(comm))?;
         let args = argv.join(" ");
         let allowed = self.config.allow.iter().any(|rule| {
-            name_matches(&rule.parent, server)
+            name_matches(&rule.parent, server.comm)
                 && name_matches(&rule.child, &culprit.comm)
                 && rule.argv.as_ref().is_none_or(|re| re.is_match(&args))
         });
         if allowed {
             return None;
         }
-        let mut chain: Vec<&str> = culprit
-            .ancestry
+        let mut chain: Vec<&str> = ancestors
             .iter()
-            .take_while(|(pid, _)| pid != server_pid)
-            .map(|(_, c)| c.as_str())
+            .take_while(|a| a.pid != server.pid)
+            .map(|a| a.comm)
             .collect();
         chain.reverse();
         let path = if chain.is_empty() {
-            format!("{server} → {}", culprit.comm)
+            format!("{} → {}", server.comm, culprit.comm)
         } else {
-            format!("{server} → {} → {}", chain.join(" → "), culprit.comm)
+            format!("{} → {} → {}", server.comm, chain.join(" → "), culprit.comm)
+        };
+        let how = if server.listening {
+            "accepts connections"
+        } else {
+            "server daemon"
         };
         Some(Finding {
             anomaly: Anomaly::Lineage,
@@ -63,9 +125,10 @@ impl Lineage {
             target: None,
             country: None,
             detail: format!(
-                "shell below a web server: {path} (web server pid {server_pid}): {args}"
+                "shell below a web server: {path} (web server pid {}, {how}): {args}",
+                server.pid
             ),
-            subject: *server_pid,
+            subject: server.pid,
         })
     }
 }
@@ -87,38 +150,124 @@ mod tests {
         s.split(' ').map(String::from).collect()
     }
 
-    #[test]
-    fn shell_anywhere_below_a_web_server() {
-        let l = lineage("");
-        let direct = culprit(20, "sh", &[(10, "node"), (1, "systemd")]);
-        let f = l.on_exec(&direct, &argv("sh -c id")).unwrap();
-        assert_eq!(f.anomaly, Anomaly::Lineage);
-        assert_eq!(f.subject, 10);
-        assert!(f.detail.contains("node → sh"), "{}", f.detail);
-        let deep = culprit(30, "bash", &[(20, "sh"), (10, "node"), (1, "systemd")]);
-        let f = l.on_exec(&deep, &argv("bash -i")).unwrap();
-        assert!(f.detail.contains("node → sh → bash"), "{}", f.detail);
-        let py = culprit(40, "dash", &[(39, "python3.11"), (1, "systemd")]);
-        assert!(l.on_exec(&py, &argv("dash")).is_some());
+    /// (pid, comm, listening, package manager).
+    fn up(list: &[(u32, &'static str, bool, bool)]) -> Vec<Ancestor<'static>> {
+        list.iter()
+            .map(|&(pid, comm, listening, package_manager)| Ancestor {
+                pid,
+                comm,
+                listening,
+                package_manager,
+            })
+            .collect()
+    }
+
+    fn shell() -> bool {
+        true
     }
 
     #[test]
-    fn benign_trees_raise_nothing() {
+    fn shell_below_a_listening_interpreter() {
         let l = lineage("");
-        // A shell under sshd, a non-shell under a web server, a web server under a shell.
+        let c = culprit(20, "sh", &[(10, "node")]);
+        let a = up(&[(10, "node", true, false), (1, "systemd", false, false)]);
+        let f = l.on_exec(&c, &argv("sh -c id"), &a, shell).unwrap();
+        assert_eq!((f.anomaly, f.subject), (Anomaly::Lineage, 10));
+        assert!(f.detail.contains("node → sh"), "{}", f.detail);
+        assert!(f.detail.contains("accepts connections"), "{}", f.detail);
+        let deep = culprit(30, "bash", &[(20, "sh"), (10, "node")]);
+        let a = up(&[(20, "sh", false, false), (10, "node", true, false)]);
+        let f = l.on_exec(&deep, &argv("bash -i"), &a, shell).unwrap();
+        assert!(f.detail.contains("node → sh → bash"), "{}", f.detail);
+    }
+
+    #[test]
+    fn interpreters_that_do_not_listen_are_not_servers() {
+        let l = lineage("");
+        // python3 admin script → sh -c "apt-get --version"; node deploy script → sh -c git.
+        for server in ["python3.11", "node", "ruby", "java"] {
+            let c = culprit(20, "sh", &[(10, server)]);
+            let a = up(&[(10, server, false, false), (1, "cron", false, false)]);
+            assert!(
+                l.on_exec(&c, &argv("sh -c x"), &a, shell).is_none(),
+                "{server}"
+            );
+        }
+    }
+
+    #[test]
+    fn daemons_count_by_name_and_others_by_listening() {
+        let l = lineage("");
+        let c = culprit(20, "sh", &[(10, "php-fpm8.2")]);
+        let a = up(&[(10, "php-fpm8.2", false, false)]);
+        assert!(l.on_exec(&c, &[], &a, shell).is_some());
+        // A renamed server binary that listens.
+        let a = up(&[(10, "app", true, false)]);
+        assert!(l.on_exec(&c, &[], &a, shell).is_some());
+        let a = up(&[(10, "app", false, false)]);
+        assert!(l.on_exec(&c, &[], &a, shell).is_none());
+        // With any_listener off, only interpreters do.
+        let strict = lineage("[lineage]\nany_listener = false\n");
+        let a = up(&[(10, "app", true, false)]);
+        assert!(strict.on_exec(&c, &[], &a, shell).is_none());
+        let a = up(&[(10, "node", true, false)]);
+        assert!(strict.on_exec(&c, &[], &a, shell).is_some());
+    }
+
+    #[test]
+    fn package_managers_never_and_they_shield_what_is_above() {
+        let l = lineage("");
+        let c = culprit(30, "sh", &[(20, "npm"), (10, "node")]);
+        // npm listening briefly is still not a server.
+        let a = up(&[(20, "npm", true, false)]);
+        assert!(l.on_exec(&c, &[], &a, shell).is_none());
+        // A deploy webhook (listening node) running `npm install`: the lifecycle shell is npm's.
+        let a = up(&[(20, "node", false, true), (10, "node", true, false)]);
+        assert!(l.on_exec(&c, &[], &a, shell).is_none());
+        assert!(l.is_package_manager("/usr/bin/node", &argv("node /usr/bin/npm install")));
+        assert!(l.is_package_manager(
+            "/usr/bin/node",
+            &argv("node /usr/lib/node_modules/npm/bin/npm-cli.js run x")
+        ));
+        assert!(l.is_package_manager("/usr/bin/python3", &argv("python3 -m pip install x")));
+        assert!(l.is_package_manager("/usr/bin/apt-get", &argv("apt-get update")));
+        assert!(l.is_package_manager("/usr/bin/dpkg", &argv("dpkg -i x.deb")));
+        assert!(!l.is_package_manager("/usr/bin/node", &argv("node server.js")));
+        assert!(!l.is_package_manager("/usr/bin/python3", &argv("python3 -c x")));
+    }
+
+    #[test]
+    fn services_that_hand_out_shells_are_not_servers() {
+        let l = lineage("");
+        // An SSH login: bash below sshd (listening), below systemd (listening).
+        let c = culprit(30, "bash", &[(20, "sshd"), (10, "sshd"), (1, "systemd")]);
+        let a = up(&[
+            (20, "sshd", true, false),
+            (10, "sshd", true, false),
+            (1, "systemd", true, false),
+        ]);
+        assert!(l.on_exec(&c, &[], &a, shell).is_none());
+        // A tmux window.
+        let a = up(&[(9, "tmux", true, false), (1, "systemd", true, false)]);
+        assert!(l.on_exec(&c, &[], &a, shell).is_none());
+        // But a web server started from a login is still one.
+        let a = up(&[
+            (40, "node", true, false),
+            (30, "bash", false, false),
+            (20, "sshd", true, false),
+        ]);
+        assert!(l.on_exec(&c, &[], &a, shell).is_some());
+    }
+
+    #[test]
+    fn not_a_shell_is_not_asked_unless_below_a_server() {
+        let l = lineage("");
+        let c = culprit(20, "git", &[(10, "node")]);
+        let a = up(&[(10, "node", true, false)]);
+        assert!(l.on_exec(&c, &[], &a, || false).is_none());
+        let none = up(&[(10, "bash", false, false)]);
         assert!(
-            l.on_exec(&culprit(5, "bash", &[(4, "sshd"), (1, "systemd")]), &[])
-                .is_none()
-        );
-        assert!(l.on_exec(&culprit(6, "git", &[(3, "node")]), &[]).is_none());
-        assert!(
-            l.on_exec(&culprit(7, "node", &[(2, "bash")]), &[])
-                .is_none()
-        );
-        // Names must match whole (or with a version suffix).
-        assert!(l.on_exec(&culprit(8, "shx", &[(3, "node")]), &[]).is_none());
-        assert!(
-            l.on_exec(&culprit(9, "sh", &[(3, "nodemon")]), &[])
+            l.on_exec(&c, &[], &none, || panic!("asked without a server"))
                 .is_none()
         );
     }
@@ -129,35 +278,45 @@ mod tests {
             "[[lineage.allow]]\nparent = \"node\"\nchild = \"sh\"\nargv = \"^sh -c git \"\n",
         );
         let sh = culprit(20, "sh", &[(10, "node")]);
-        assert!(l.on_exec(&sh, &argv("sh -c git pull")).is_none());
-        // Other arguments, another shell or another server are still alerts.
-        assert!(l.on_exec(&sh, &argv("sh -c curl evil")).is_some());
+        let node = up(&[(10, "node", true, false)]);
         assert!(
-            l.on_exec(
-                &culprit(21, "bash", &[(10, "node")]),
-                &argv("bash -c git pull")
-            )
-            .is_some()
+            l.on_exec(&sh, &argv("sh -c git pull"), &node, shell)
+                .is_none()
         );
+        // Other arguments, another shell or another server are still alerts.
         assert!(
-            l.on_exec(
-                &culprit(22, "sh", &[(11, "python3")]),
-                &argv("sh -c git pull")
-            )
-            .is_some()
+            l.on_exec(&sh, &argv("sh -c curl evil"), &node, shell)
+                .is_some()
+        );
+        let bash = culprit(21, "bash", &[(10, "node")]);
+        assert!(
+            l.on_exec(&bash, &argv("bash -c git pull"), &node, shell)
+                .is_some()
+        );
+        let py = up(&[(11, "python3", true, false)]);
+        assert!(
+            l.on_exec(&sh, &argv("sh -c git pull"), &py, shell)
+                .is_some()
         );
         // A rule without argv allows every invocation.
         let any = lineage("[[lineage.allow]]\nparent = \"node\"\nchild = \"sh\"\n");
-        assert!(any.on_exec(&sh, &argv("sh -c anything")).is_none());
+        assert!(
+            any.on_exec(&sh, &argv("sh -c anything"), &node, shell)
+                .is_none()
+        );
     }
 
     #[test]
     fn configured_names_are_used() {
-        let l = lineage("[lineage]\nweb_servers = [\"gunicorn\"]\nshells = [\"fish\"]\n");
+        let l = lineage("[lineage]\nweb_servers = [\"gunicorn\"]\n");
+        let c = culprit(2, "fish", &[(1, "gunicorn")]);
         assert!(
-            l.on_exec(&culprit(2, "fish", &[(1, "gunicorn")]), &[])
+            l.on_exec(&c, &[], &up(&[(1, "gunicorn", false, false)]), shell)
                 .is_some()
         );
-        assert!(l.on_exec(&culprit(2, "sh", &[(1, "node")]), &[]).is_none());
+        assert!(
+            l.on_exec(&c, &[], &up(&[(1, "nginx", false, false)]), shell)
+                .is_none()
+        );
     }
 }

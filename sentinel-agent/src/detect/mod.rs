@@ -1,15 +1,15 @@
 //! Detectors: turn enriched events into alerts an operator can act on. Each detector is a
 //! small unit with a name, a severity and a MITRE ATT&CK mapping (`lineage`, `geo`,
-//! `resource`), tested on plain data. This module holds what they share: the alert, its risk
+//! `resource`, `reverse_shell`), tested on plain data. This module holds what they share: the alert, its risk
 //! score, the per-process signals the score combines, and de-duplication.
 
 pub mod geo;
 pub mod lineage;
 pub mod resource;
+pub mod reverse_shell;
 
 use std::{
     collections::HashMap,
-    net::IpAddr,
     time::{Duration, Instant, SystemTime},
 };
 
@@ -43,6 +43,8 @@ pub enum Anomaly {
     Geo,
     /// CPU abuse: T1496 Resource Hijacking (Impact).
     Resource,
+    /// Standard input/output on a TCP socket to an untrusted peer: T1059 (Execution).
+    ReverseShell,
 }
 
 impl Anomaly {
@@ -51,19 +53,22 @@ impl Anomaly {
             Anomaly::Lineage => "lineage",
             Anomaly::Geo => "geo",
             Anomaly::Resource => "resource",
+            Anomaly::ReverseShell => "reverse_shell",
         }
     }
 
     pub fn severity(self) -> Severity {
         match self {
-            Anomaly::Lineage | Anomaly::Geo => Severity::Critical,
+            Anomaly::Lineage | Anomaly::Geo | Anomaly::ReverseShell => Severity::Critical,
             Anomaly::Resource => Severity::High,
         }
     }
 
     pub fn mitre(self) -> Mitre {
         let (technique, tactic, name) = match self {
-            Anomaly::Lineage => ("T1059", "Execution", "Command and Scripting Interpreter"),
+            Anomaly::Lineage | Anomaly::ReverseShell => {
+                ("T1059", "Execution", "Command and Scripting Interpreter")
+            }
             Anomaly::Geo => ("T1071.001", "Command and Control", "Web Protocols"),
             Anomaly::Resource => ("T1496", "Impact", "Resource Hijacking"),
         };
@@ -79,6 +84,7 @@ impl Anomaly {
             Anomaly::Lineage => 1,
             Anomaly::Geo => 2,
             Anomaly::Resource => 4,
+            Anomaly::ReverseShell => 8,
         }
     }
 }
@@ -177,11 +183,12 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
     anomaly: Anomaly,
-    target: Option<IpAddr>,
     subject: u32,
 }
 
-/// Scores findings and folds repeats into one alert per (anomaly, target, process) and window.
+/// Scores findings and folds repeats into one alert per (anomaly, process) and window. A
+/// repeat never costs a decision (its target joins the alert's decision, see the pipeline) and
+/// raises the alert's risk when new signals joined since.
 pub struct Alerts {
     window: Duration,
     open: HashMap<Key, (Instant, SystemTime, AlertBody)>,
@@ -213,11 +220,11 @@ impl Alerts {
             .retain(|_, (since, _, _)| now.duration_since(*since) < self.window);
         let key = Key {
             anomaly: finding.anomaly,
-            target: finding.target.map(|t| t.ip()),
             subject: finding.subject,
         };
         if let Some((_, first, alert)) = self.open.get_mut(&key) {
             alert.count += 1;
+            alert.risk = alert.risk.max(risk(&finding, &self.signals));
             return Outcome::Repeat(alert.clone(), *first);
         }
         let risk = risk(&finding, &self.signals);
@@ -321,6 +328,9 @@ pub(crate) mod tests {
         assert_eq!(Anomaly::Lineage.severity(), Severity::Critical);
         assert_eq!(Anomaly::Geo.severity(), Severity::Critical);
         assert_eq!(Anomaly::Resource.severity(), Severity::High);
+        assert_eq!(Anomaly::ReverseShell.severity(), Severity::Critical);
+        assert_eq!(Anomaly::ReverseShell.mitre().technique, "T1059");
+        assert_eq!(Anomaly::ReverseShell.name(), "reverse_shell");
     }
 
     #[test]
@@ -390,15 +400,36 @@ pub(crate) mod tests {
                 matches!(again, Outcome::Repeat(ref a, _) if a.id == "id1" && a.count == n as u32)
             );
         }
-        // Another target is another alert.
+        // Another target of the same process folds in too (its target joins the decision).
         let other = alerts.raise(finding(Anomaly::Geo, c.clone(), Some("203.0.113.10")), t0);
-        assert!(matches!(other, Outcome::New(ref a) if a.id == "id2"));
+        assert!(matches!(other, Outcome::Repeat(ref a, _) if a.id == "id1" && a.count == 6));
+        // Another process is another alert.
+        let elsewhere = alerts.raise(
+            finding(Anomaly::Geo, culprit(8, "wget", &[]), Some("203.0.113.9")),
+            t0,
+        );
+        assert!(matches!(elsewhere, Outcome::New(ref a) if a.id == "id2"));
         // After the window, a new alert.
         let later = alerts.raise(
             finding(Anomaly::Geo, c, Some("203.0.113.9")),
             t0 + Duration::from_secs(61),
         );
         assert!(matches!(later, Outcome::New(ref a) if a.id == "id3" && a.count == 1));
+    }
+
+    #[test]
+    fn a_repeat_with_new_signals_raises_the_risk() {
+        let mut alerts = Alerts::with_ids(Duration::from_secs(60), ids());
+        let t0 = Instant::now();
+        let web = culprit(7, "sh", &[(5, "node")]);
+        let first = alerts.raise(finding(Anomaly::Lineage, web.clone(), None), t0);
+        let Outcome::New(a) = first else { panic!() };
+        // The shell's tree connects to a high-risk country: a new signal on the tree.
+        alerts.signals.mark(7, Anomaly::Geo);
+        let Outcome::Repeat(b, _) = alerts.raise(finding(Anomaly::Lineage, web, None), t0) else {
+            panic!()
+        };
+        assert!(b.risk > a.risk, "{} then {}", a.risk, b.risk);
     }
 
     #[test]

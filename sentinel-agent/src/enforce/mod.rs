@@ -1,20 +1,20 @@
 //! Enforcement: turning a block decision into kernel state, and never against the wrong
-//! address. Every block target passes [`Enforcer::admit`] — the one guard that refuses
-//! loopback, trusted addresses, live SSH peers, the chat endpoints and the host's DNS
-//! resolvers — and only what it admits can reach [`Enforcer::apply`]. The nftables table is
-//! the authority (it outlives the agent); the in-kernel connect guard mirrors it.
+//! address. Every block target passes [`BlockGuard::admit`] — the one gate that refuses
+//! loopback, trusted addresses, live SSH peers, link-local addresses (cloud metadata), the
+//! default gateways, the DNS resolvers in use, the chat endpoints and private ranges — and
+//! only what it admits can reach [`Enforcer::apply`]. The nftables table is the authority
+//! (it outlives the agent); the in-kernel connect guard mirrors it and is written first, so it
+//! holds an address even when `nft` fails.
+//!
+//! The gate runs on the event loop (pure look-ups); the [`Enforcer`] runs on the switch's
+//! worker thread, because `nft` is a child process the loop must never wait for.
 
 pub mod guard;
+pub mod infra;
 pub mod kill;
 pub mod nftables;
 
-use std::{
-    collections::HashSet,
-    fmt,
-    net::{IpAddr, ToSocketAddrs},
-    path::Path,
-    time::Duration,
-};
+use std::{fmt, net::IpAddr, time::Duration};
 
 use tracing::{info, warn};
 
@@ -22,30 +22,52 @@ use crate::{
     config::{Config, EnforceMode},
     enrich::trust::{TrustReason, TrustSet, canonical},
 };
+pub use infra::Infrastructure;
 
 /// Why an address may not be blocked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     Trusted(TrustReason),
-    /// One of the host's DNS resolvers (`/etc/resolv.conf`).
+    /// Link-local (169.254.0.0/16, fe80::/10): the cloud metadata service lives there.
+    LinkLocal,
+    /// Multicast or broadcast: never a peer.
+    NotUnicast,
+    /// One of the host's default gateways.
+    Gateway,
+    /// One of the host's DNS resolvers (resolv.conf, systemd-resolved's upstreams).
     Resolver,
     /// The address of a configured chat endpoint: blocking it would cut the alerts.
     ChatEndpoint(String),
+    /// A private or unique-local address, and `enforce.block_private` is off.
+    Private,
 }
 
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Refusal::Trusted(r) => write!(f, "trusted address ({r})"),
+            Refusal::LinkLocal => write!(f, "link-local address (cloud metadata lives there)"),
+            Refusal::NotUnicast => write!(f, "not a unicast address"),
+            Refusal::Gateway => write!(f, "one of this host's default gateways"),
             Refusal::Resolver => write!(f, "one of this host's DNS resolvers"),
             Refusal::ChatEndpoint(host) => write!(f, "the address of chat endpoint {host}"),
+            Refusal::Private => write!(
+                f,
+                "private address (set enforce.block_private = true to allow)"
+            ),
         }
     }
 }
 
-/// An address the guard admitted as a block target. Only [`Enforcer::admit`] makes one.
+/// An address the gate admitted as a block target. Only [`BlockGuard::admit`] makes one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Admitted(IpAddr);
+
+impl Admitted {
+    pub fn ip(self) -> IpAddr {
+        self.0
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnforceError {
@@ -53,12 +75,76 @@ pub enum EnforceError {
     Nft(#[from] nftables::NftError),
 }
 
+/// The one gate every block target passes: trust first, then the host's infrastructure.
+#[derive(Debug, Clone, Default)]
+pub struct BlockGuard {
+    pub infra: Infrastructure,
+    /// `enforce.block_private`.
+    pub block_private: bool,
+}
+
+/// RFC 1918, CGNAT (100.64/10) and IPv6 unique-local (fc00::/7).
+fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => a.is_private() || (a.octets()[0] == 100 && a.octets()[1] & 0xc0 == 64),
+        IpAddr::V6(a) => a.segments()[0] & 0xfe00 == 0xfc00,
+    }
+}
+
+fn is_link_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => a.is_link_local(),
+        IpAddr::V6(a) => a.segments()[0] & 0xffc0 == 0xfe80,
+    }
+}
+
+fn is_not_unicast(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => a.is_multicast() || a.is_broadcast(),
+        IpAddr::V6(a) => a.is_multicast(),
+    }
+}
+
+impl BlockGuard {
+    pub fn from_config(config: &Config, infra: Infrastructure) -> Self {
+        Self {
+            infra,
+            block_private: config.enforce.block_private,
+        }
+    }
+
+    /// The gate every block target passes through.
+    pub fn admit(&self, trust: &TrustSet, ip: IpAddr) -> Result<Admitted, Refusal> {
+        let ip = canonical(ip);
+        trust.check(ip).map_err(Refusal::Trusted)?;
+        if is_link_local(ip) {
+            return Err(Refusal::LinkLocal);
+        }
+        if is_not_unicast(ip) {
+            return Err(Refusal::NotUnicast);
+        }
+        if self.infra.gateways.contains(&ip) {
+            return Err(Refusal::Gateway);
+        }
+        if self.infra.resolvers.contains(&ip) {
+            return Err(Refusal::Resolver);
+        }
+        if let Some((_, host)) = self.infra.chat.iter().find(|(a, _)| *a == ip) {
+            return Err(Refusal::ChatEndpoint(host.clone()));
+        }
+        if !self.block_private && is_private(ip) {
+            return Err(Refusal::Private);
+        }
+        Ok(Admitted(ip))
+    }
+}
+
 /// Where blocks go.
 pub enum Backend {
     Nft(nftables::Nft),
     /// `enforce.mode = "dry-run"`: decide and record, touch nothing.
     DryRun,
-    /// Tests of the guard: remember what would have been added.
+    /// Tests: remember what would have been added.
     #[cfg(test)]
     Recording(Vec<IpAddr>),
 }
@@ -67,45 +153,6 @@ pub struct Enforcer {
     backend: Backend,
     /// The in-kernel connect guard, when attached (`enforce.connect_guard`).
     guard: Option<guard::ConnectGuard>,
-    resolvers: HashSet<IpAddr>,
-    /// (address, host name) of every chat endpoint.
-    chat: Vec<(IpAddr, String)>,
-}
-
-/// `nameserver` lines of a resolv.conf.
-pub fn parse_resolvers(text: &str) -> HashSet<IpAddr> {
-    text.lines()
-        .filter_map(|l| l.trim().strip_prefix("nameserver"))
-        .filter_map(|rest| {
-            rest.split_whitespace()
-                .next()?
-                .split('%')
-                .next()?
-                .parse()
-                .ok()
-        })
-        .map(canonical)
-        .collect()
-}
-
-/// The host part of an http(s) URL, if it has one.
-fn url_host(url: &str) -> Option<(String, u16)> {
-    let (scheme, rest) = url.split_once("://")?;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let authority = authority.rsplit('@').next()?;
-    let default = if scheme == "https" { 443 } else { 80 };
-    if let Some(v6) = authority.strip_prefix('[') {
-        let (host, after) = v6.split_once(']')?;
-        let port = after
-            .strip_prefix(':')
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(default);
-        return Some((host.to_string(), port));
-    }
-    match authority.rsplit_once(':') {
-        Some((host, port)) => Some((host.to_string(), port.parse().ok()?)),
-        None => Some((authority.to_string(), default)),
-    }
 }
 
 impl Enforcer {
@@ -113,51 +160,14 @@ impl Enforcer {
         Self {
             backend,
             guard: None,
-            resolvers: HashSet::new(),
-            chat: Vec::new(),
         }
     }
 
-    /// The enforcer for `config`, knowing this host's resolvers and chat endpoints.
     pub fn from_config(config: &Config) -> Self {
-        let backend = match config.enforce.mode {
+        Self::new(match config.enforce.mode {
             EnforceMode::Nftables => Backend::Nft(nftables::Nft::new(&config.enforce.table)),
             EnforceMode::DryRun => Backend::DryRun,
-        };
-        let mut enforcer = Self::new(backend);
-        enforcer.resolvers = std::fs::read_to_string(Path::new("/etc/resolv.conf"))
-            .map(|t| parse_resolvers(&t))
-            .unwrap_or_default();
-        let n = &config.notify;
-        let urls = [
-            n.slack.webhook_url.clone(),
-            n.teams.webhook_url.clone(),
-            if n.telegram.bot_token.is_empty() {
-                String::new()
-            } else {
-                n.telegram.api_base.clone()
-            },
-        ];
-        enforcer.refresh_chat_endpoints(urls.iter().filter(|u| !u.is_empty()).map(String::as_str));
-        enforcer
-    }
-
-    /// Resolve the chat endpoints' addresses (at start; DNS can change, so the daemon may
-    /// call this again).
-    pub fn refresh_chat_endpoints<'a>(&mut self, urls: impl Iterator<Item = &'a str>) {
-        let mut chat = Vec::new();
-        for url in urls {
-            let Some((host, port)) = url_host(url) else {
-                continue;
-            };
-            match (host.as_str(), port).to_socket_addrs() {
-                Ok(addrs) => chat.extend(addrs.map(|a| (canonical(a.ip()), host.clone()))),
-                Err(e) => warn!(
-                    "cannot resolve chat endpoint {host} (it is not protected from blocks until it resolves): {e}"
-                ),
-            }
-        }
-        self.chat = chat;
+        })
     }
 
     /// Mirror blocks into the in-kernel connect guard from now on.
@@ -169,19 +179,6 @@ impl Enforcer {
         matches!(self.backend, Backend::DryRun)
     }
 
-    /// The guard every block target passes through.
-    pub fn admit(&self, trust: &TrustSet, ip: IpAddr) -> Result<Admitted, Refusal> {
-        let ip = canonical(ip);
-        trust.check(ip).map_err(Refusal::Trusted)?;
-        if self.resolvers.contains(&ip) {
-            return Err(Refusal::Resolver);
-        }
-        if let Some((_, host)) = self.chat.iter().find(|(a, _)| *a == ip) {
-            return Err(Refusal::ChatEndpoint(host.clone()));
-        }
-        Ok(Admitted(ip))
-    }
-
     /// Make sure the table, its sets and its rules exist.
     pub fn prepare(&mut self) -> Result<(), EnforceError> {
         if let Backend::Nft(nft) = &self.backend {
@@ -190,24 +187,36 @@ impl Enforcer {
         Ok(())
     }
 
-    /// Block `target` for `ttl` (refreshing the timeout if it is already blocked).
-    pub fn apply(&mut self, target: Admitted, ttl: Duration) -> Result<(), EnforceError> {
+    /// Block every target for its time, in one nftables transaction (refreshing the timeout
+    /// of those already blocked). The connect guard takes them first, whatever nft says.
+    pub fn apply(&mut self, targets: &[(Admitted, Duration)]) -> Result<(), EnforceError> {
+        if targets.is_empty() {
+            return Ok(());
+        }
         match &mut self.backend {
             Backend::Nft(nft) => {
-                nft.add(target.0, ttl)?;
-                if let Some(g) = &mut self.guard
-                    && let Err(e) = g.insert(target.0, ttl)
-                {
-                    warn!("connect guard: cannot add {}: {e}", target.0);
+                if let Some(g) = &mut self.guard {
+                    for (t, ttl) in targets {
+                        if let Err(e) = g.insert(t.0, *ttl) {
+                            warn!("connect guard: cannot add {}: {e}", t.0);
+                        }
+                    }
+                }
+                let plain: Vec<(IpAddr, Duration)> =
+                    targets.iter().map(|(t, ttl)| (t.0, *ttl)).collect();
+                nft.add_all(&plain)?;
+            }
+            Backend::DryRun => {
+                for (t, ttl) in targets {
+                    info!(
+                        "dry-run: would block {} for {}",
+                        t.0,
+                        humantime::format_duration(*ttl)
+                    );
                 }
             }
-            Backend::DryRun => info!(
-                "dry-run: would block {} for {}",
-                target.0,
-                humantime::format_duration(ttl)
-            ),
             #[cfg(test)]
-            Backend::Recording(seen) => seen.push(target.0),
+            Backend::Recording(seen) => seen.extend(targets.iter().map(|(t, _)| t.0)),
         }
         Ok(())
     }
@@ -235,44 +244,28 @@ impl Enforcer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::enforce::infra::parse_resolvers;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
 
-    #[test]
-    fn resolvers_are_read() {
-        let r = parse_resolvers(
-            "# comment\nnameserver 198.51.100.153\nnameserver fe80::1%eth0\noptions edns0\nnameserver   2001:db8::53\n",
-        );
-        assert!(r.contains(&ip("198.51.100.153")));
-        assert!(r.contains(&ip("fe80::1")));
-        assert!(r.contains(&ip("2001:db8::53")));
-        assert_eq!(r.len(), 3);
-    }
-
-    #[test]
-    fn url_hosts() {
-        assert_eq!(
-            url_host("https://hooks.example.com/services/x"),
-            Some(("hooks.example.com".into(), 443))
-        );
-        assert_eq!(
-            url_host("http://127.0.0.1:9000/x"),
-            Some(("127.0.0.1".into(), 9000))
-        );
-        assert_eq!(
-            url_host("http://[2001:db8::1]:81/"),
-            Some(("2001:db8::1".into(), 81))
-        );
-        assert_eq!(url_host("nonsense"), None);
+    fn guard() -> BlockGuard {
+        let mut infra = Infrastructure {
+            resolvers: parse_resolvers("nameserver 198.51.100.53\n"),
+            ..Default::default()
+        };
+        infra.resolve_chat(["http://198.51.100.80:8080/hook"].into_iter());
+        infra.gateways = [ip("198.51.100.254"), ip("2001:db8:ff::1")].into();
+        BlockGuard {
+            infra,
+            block_private: false,
+        }
     }
 
     #[test]
     fn guard_refuses_protected_addresses() {
-        let mut e = Enforcer::new(Backend::Recording(Vec::new()));
-        e.resolvers = parse_resolvers("nameserver 198.51.100.53\n");
-        e.refresh_chat_endpoints(["http://198.51.100.80:8080/hook"].into_iter());
+        let e = guard();
         let trust = TrustSet::new(&["198.51.100.192/26".parse().unwrap()], &[]);
         assert!(matches!(
             e.admit(&trust, ip("127.0.0.1")),
@@ -289,7 +282,50 @@ mod tests {
         ));
         let ok = e.admit(&trust, ip("::ffff:198.51.100.9")).unwrap();
         assert_eq!(ok, Admitted(ip("198.51.100.9")));
-        e.apply(ok, Duration::from_secs(1)).unwrap();
-        assert_eq!(e.recorded(), [ip("198.51.100.9")]);
+        let mut enforcer = Enforcer::new(Backend::Recording(Vec::new()));
+        enforcer.apply(&[(ok, Duration::from_secs(1))]).unwrap();
+        assert_eq!(enforcer.recorded(), [ip("198.51.100.9")]);
+    }
+
+    #[test]
+    fn infrastructure_is_never_admitted() {
+        let e = guard();
+        let open = TrustSet::default();
+        for (addr, want) in [
+            ("169.254.169.254", Refusal::LinkLocal),
+            ("fe80::1", Refusal::LinkLocal),
+            ("198.51.100.254", Refusal::Gateway),
+            ("2001:db8:ff::1", Refusal::Gateway),
+            ("10.1.2.3", Refusal::Private),
+            ("172.16.0.1", Refusal::Private),
+            ("192.168.1.1", Refusal::Private),
+            ("100.64.0.1", Refusal::Private),
+            ("fd00::5", Refusal::Private),
+            ("224.0.0.1", Refusal::NotUnicast),
+            ("255.255.255.255", Refusal::NotUnicast),
+            ("ff02::1", Refusal::NotUnicast),
+        ] {
+            assert_eq!(e.admit(&open, ip(addr)), Err(want), "{addr}");
+        }
+        assert!(matches!(
+            e.admit(&open, ip("::")),
+            Err(Refusal::Trusted(TrustReason::Unspecified))
+        ));
+        assert!(matches!(
+            e.admit(&open, ip("::1")),
+            Err(Refusal::Trusted(TrustReason::Loopback))
+        ));
+        // Private ranges only when enabled; never link-local or gateways.
+        let mut private = guard();
+        private.block_private = true;
+        assert!(private.admit(&open, ip("10.1.2.3")).is_ok());
+        assert!(private.admit(&open, ip("fd00::5")).is_ok());
+        assert_eq!(
+            private.admit(&open, ip("169.254.169.254")),
+            Err(Refusal::LinkLocal)
+        );
+        // Public addresses pass.
+        assert!(e.admit(&open, ip("198.51.100.2")).is_ok());
+        assert!(e.admit(&open, ip("2001:db8:1::2")).is_ok());
     }
 }

@@ -84,17 +84,15 @@ impl Nft {
         ))
     }
 
-    /// Block `ip` for `ttl`. An element already there gets the new timeout: it is re-added
-    /// (add, delete, add in one transaction, so it never disappears in between).
-    pub fn add(&self, ip: IpAddr, ttl: Duration) -> Result<(), NftError> {
-        let (t, s) = (&self.table, set_of(ip));
-        let secs = ttl.as_secs().max(1);
-        self.run(&format!(
-            "add element inet {t} {s} {{ {ip} }}
-             delete element inet {t} {s} {{ {ip} }}
-             add element inet {t} {s} {{ {ip} timeout {secs}s }}
-             "
-        ))
+    /// Block every address for its time, in one transaction. An element already there gets
+    /// the new timeout: it is re-added (add, delete, add in the same transaction, so it never
+    /// disappears in between).
+    pub fn add_all(&self, targets: &[(IpAddr, Duration)]) -> Result<(), NftError> {
+        let script = add_script(&self.table, targets);
+        if script.is_empty() {
+            return Ok(());
+        }
+        self.run(&script)
     }
 
     /// Lift the block on `ip`; nothing happens if it is not blocked.
@@ -128,6 +126,37 @@ impl Nft {
     }
 }
 
+/// Elements per `add element` statement (keeps each line of the script reasonable).
+const CHUNK: usize = 2048;
+
+/// The script [`Nft::add_all`] runs: for each set and chunk, add, delete, add with timeout.
+pub fn add_script(table: &str, targets: &[(IpAddr, Duration)]) -> String {
+    use std::fmt::Write as _;
+    let mut script = String::new();
+    for set in [SET4, SET6] {
+        let mine: Vec<&(IpAddr, Duration)> = targets
+            .iter()
+            .filter(|(ip, _)| set_of(*ip) == set)
+            .collect();
+        for chunk in mine.chunks(CHUNK) {
+            let bare: Vec<String> = chunk.iter().map(|(ip, _)| ip.to_string()).collect();
+            let bare = bare.join(", ");
+            let timed: Vec<String> = chunk
+                .iter()
+                .map(|(ip, ttl)| format!("{ip} timeout {}s", ttl.as_secs().max(1)))
+                .collect();
+            let _ = writeln!(script, "add element inet {table} {set} {{ {bare} }}");
+            let _ = writeln!(script, "delete element inet {table} {set} {{ {bare} }}");
+            let _ = writeln!(
+                script,
+                "add element inet {table} {set} {{ {} }}",
+                timed.join(", ")
+            );
+        }
+    }
+    script
+}
+
 /// Elements of an `nft -j list set` answer.
 pub fn parse_elements(json: &[u8]) -> Result<Vec<(IpAddr, Option<Duration>)>, NftError> {
     let v: serde_json::Value =
@@ -150,6 +179,42 @@ pub fn parse_elements(json: &[u8]) -> Result<Vec<(IpAddr, Option<Duration>)>, Nf
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_script_adds_every_target_per_family() {
+        let t = |s: &str, secs| (s.parse::<IpAddr>().unwrap(), Duration::from_secs(secs));
+        let script = add_script(
+            "snt",
+            &[
+                t("198.51.100.2", 10),
+                t("2001:db8:1::2", 0),
+                t("198.51.100.3", 20),
+            ],
+        );
+        assert_eq!(
+            script,
+            "add element inet snt block4 { 198.51.100.2, 198.51.100.3 }\n\
+             delete element inet snt block4 { 198.51.100.2, 198.51.100.3 }\n\
+             add element inet snt block4 { 198.51.100.2 timeout 10s, 198.51.100.3 timeout 20s }\n\
+             add element inet snt block6 { 2001:db8:1::2 }\n\
+             delete element inet snt block6 { 2001:db8:1::2 }\n\
+             add element inet snt block6 { 2001:db8:1::2 timeout 1s }\n"
+        );
+        assert!(add_script("snt", &[]).is_empty());
+        let many: Vec<_> = (0..5000u32)
+            .map(|i| {
+                (
+                    IpAddr::from(std::net::Ipv4Addr::from(0xc633_6400 + i)),
+                    Duration::from_secs(5),
+                )
+            })
+            .collect();
+        assert_eq!(
+            add_script("snt", &many).lines().count(),
+            9,
+            "chunks of {CHUNK}"
+        );
+    }
 
     #[test]
     fn parses_elements_with_and_without_timeouts() {

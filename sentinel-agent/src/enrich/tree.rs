@@ -7,6 +7,8 @@
 
 use std::{collections::HashMap, fs, path::Path};
 
+use sentinel_common::events::exec::ExeId;
+
 /// Deepest ancestry walked; also guards against cycles in a damaged tree.
 const MAX_DEPTH: usize = 64;
 
@@ -21,6 +23,14 @@ pub struct Proc {
     /// The process that forked it, when the agent saw the fork (0: unknown). Differs from
     /// `ppid` once an orphan was adopted by a subreaper or pid 1.
     pub forked_by: u32,
+    /// The executable's (inode, device) from the kernel; zero when unknown.
+    pub exe: ExeId,
+    /// It called `listen(2)` since its last exec, or it is a forked worker of a process that
+    /// did (a pool's worker holds the pool's listening socket): it accepts connections.
+    pub listening: bool,
+    /// It runs a package manager (apt, dpkg, npm, pip, …), directly or as an interpreter's
+    /// script; set by the pipeline at exec, inherited by forks.
+    pub package_manager: bool,
 }
 
 #[derive(Debug)]
@@ -115,6 +125,9 @@ impl ProcessTree {
                 comm: s.comm,
                 filename: None,
                 forked_by: 0,
+                exe: ExeId::default(),
+                listening: false,
+                package_manager: false,
             },
         );
     }
@@ -135,7 +148,12 @@ impl ProcessTree {
     /// `parent` created the new process `child`, which starts with the forking task's comm.
     pub fn on_fork(&mut self, parent: u32, child: u32, child_start_ns: u64, comm: &str) {
         let start = self.ticks(child_start_ns);
-        let filename = self.procs.get(&parent).and_then(|p| p.filename.clone());
+        let (filename, exe, listening, package_manager) = self
+            .procs
+            .get(&parent)
+            .map_or((None, ExeId::default(), false, false), |p| {
+                (p.filename.clone(), p.exe, p.listening, p.package_manager)
+            });
         self.procs.insert(
             child,
             Proc {
@@ -144,11 +162,15 @@ impl ProcessTree {
                 comm: comm.to_string(),
                 filename,
                 forked_by: parent,
+                exe,
+                listening,
+                package_manager,
             },
         );
     }
 
-    /// `tgid` (child of `ppid`) now runs `filename` as `comm`.
+    /// `tgid` (child of `ppid`) now runs `filename` as `comm`. A new program has not
+    /// listened yet (listening sockets are close-on-exec by convention).
     pub fn on_exec(&mut self, tgid: u32, ppid: u32, start_ns: u64, comm: &str, filename: &str) {
         let start = self.ticks(start_ns);
         let p = self.procs.entry(tgid).or_insert_with(|| Proc {
@@ -157,6 +179,9 @@ impl ProcessTree {
             comm: String::new(),
             filename: None,
             forked_by: 0,
+            exe: ExeId::default(),
+            listening: false,
+            package_manager: false,
         });
         if ppid != 0 {
             p.ppid = ppid;
@@ -164,6 +189,26 @@ impl ProcessTree {
         p.start = start;
         p.comm = comm.to_string();
         p.filename = Some(filename.to_string());
+        p.exe = ExeId::default();
+        p.listening = false;
+        p.package_manager = false;
+    }
+
+    /// The exec identity and role of `tgid`, set after [`ProcessTree::on_exec`].
+    pub fn set_exec_details(&mut self, tgid: u32, exe: ExeId, package_manager: bool) {
+        if let Some(p) = self.procs.get_mut(&tgid) {
+            p.exe = exe;
+            p.package_manager = package_manager;
+        }
+    }
+
+    /// `tgid` called `listen(2)`: it accepts connections (TCP or unix stream).
+    pub fn on_listen(&mut self, tgid: u32, proc_root: &Path) {
+        if self.lookup_or_load(tgid, proc_root).is_some()
+            && let Some(p) = self.procs.get_mut(&tgid)
+        {
+            p.listening = true;
+        }
     }
 
     /// The process `tgid` started at `start_ns` ended. A later process that reused the pid
@@ -328,6 +373,45 @@ mod tests {
         let c = t.get(11).unwrap();
         assert_eq!((c.ppid, c.comm.as_str(), c.start), (10, "bash", 2));
         assert_eq!(c.filename.as_deref(), Some("/bin/bash"));
+    }
+
+    #[test]
+    fn listening_is_inherited_by_forks_and_reset_by_exec() {
+        let mut t = ProcessTree::new(TICKS);
+        let root = Path::new("/nonexistent");
+        t.on_exec(10, 1, NS, "php-fpm8.2", "/usr/sbin/php-fpm8.2");
+        t.on_listen(10, root);
+        t.on_fork(10, 11, 2 * NS, "php-fpm8.2");
+        assert!(
+            t.get(11).unwrap().listening,
+            "a pool worker holds the socket"
+        );
+        t.on_exec(11, 10, 2 * NS, "sh", "/bin/sh");
+        assert!(
+            !t.get(11).unwrap().listening,
+            "a new program has not listened"
+        );
+        // An unknown process that is not in /proc either is not invented.
+        t.on_listen(999_999, root);
+        assert!(t.get(999_999).is_none());
+    }
+
+    #[test]
+    fn exec_details_are_kept_and_inherited() {
+        let mut t = ProcessTree::new(TICKS);
+        t.on_exec(10, 1, NS, "node", "/usr/bin/node");
+        let id = ExeId {
+            ino: 5,
+            dev: 8,
+            _pad: 0,
+        };
+        t.set_exec_details(10, id, true);
+        t.on_fork(10, 11, 2 * NS, "node");
+        let c = t.get(11).unwrap();
+        assert_eq!((c.exe, c.package_manager), (id, true));
+        t.on_exec(11, 10, 2 * NS, "sh", "/bin/sh");
+        let c = t.get(11).unwrap();
+        assert_eq!((c.exe, c.package_manager), (ExeId::default(), false));
     }
 
     #[test]

@@ -506,6 +506,15 @@ async fn dispatch(mut notices: UnboundedReceiver<Notice>, channels: Vec<Arc<Chan
                     .collect();
                 open.insert(d.id.clone(), outcomes);
             }
+            Notice::Grew(d) => {
+                // One follow-up message (the webhooks cannot edit what they sent).
+                for channel in &channels {
+                    let (channel, d) = (channel.clone(), d.clone());
+                    tokio::spawn(async move {
+                        let _ = channel.opened(&d).await;
+                    });
+                }
+            }
             Notice::Ended(d) => match open.remove(&d.id) {
                 Some(outcomes) => {
                     for tx in outcomes {
@@ -567,11 +576,23 @@ pub fn facts(d: &Decision, now: SystemTime) -> Vec<(&'static str, String)> {
         facts.push(("Ancestors", d.ancestors.join(" ← ")));
     }
     let target = match (&d.target_ip, &d.country) {
-        (Some(ip), Some(cc)) => format!("{ip} ({cc})"),
-        (Some(ip), None) => ip.to_string(),
+        (Some(_), Some(cc)) => format!("{} ({cc})", d.targets_summary()),
+        (Some(_), None) => d.targets_summary(),
         (None, _) => "none".into(),
     };
     facts.push(("Target", target));
+    if !d.refused.is_empty() {
+        let first = &d.refused[0];
+        facts.push((
+            "Never blocked",
+            format!(
+                "{} ({}), {} in all",
+                first.ip,
+                first.reason,
+                d.refused.len()
+            ),
+        ));
+    }
     facts.push((
         "MITRE",
         format!(
@@ -599,12 +620,18 @@ pub fn outcome(d: &Decision) -> String {
         State::Safe => format!("MARKED SAFE by {by}: no block"),
         State::Blocked => format!("BLOCKED by {by}"),
         State::AutoBlocked => "AUTO-BLOCKED: nobody answered before the deadline".to_string(),
+        State::BlockFailed => format!(
+            "BLOCK FAILED (decided by {by}): nftables refused it; retrying, the in-kernel \
+             connect guard holds the address meanwhile"
+        ),
     };
-    if let Some(target) = d
-        .target_ip
-        .filter(|_| matches!(d.state, State::Blocked | State::AutoBlocked))
+    if d.target_ip.is_some()
+        && matches!(
+            d.state,
+            State::Blocked | State::AutoBlocked | State::BlockFailed
+        )
     {
-        line.push_str(&format!(" ({target})"));
+        line.push_str(&format!(" ({})", d.targets_summary()));
     }
     if let Some(reason) = &d.reason {
         line.push_str(&format!(". {reason}"));
@@ -657,6 +684,9 @@ pub(crate) mod testing {
             exe: Some("/usr/bin/curl".into()),
             ancestors: vec!["bash".into(), "node".into(), "systemd".into()],
             target_ip: Some("198.51.100.2".parse::<IpAddr>().unwrap()),
+            targets: vec!["198.51.100.2".parse::<IpAddr>().unwrap()],
+            refused: Vec::new(),
+            overflow: 0,
             country: Some("RU".into()),
             detail: "curl connected to 198.51.100.2:443 (RU)".into(),
             created: now,

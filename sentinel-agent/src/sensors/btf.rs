@@ -477,10 +477,14 @@ impl Btf {
 
     /// All the `task_struct`/`mm_struct` offsets the kernel programs need; any missing field
     /// is an error. `tp_exit_group_dead` is a tracepoint offset, not BTF: left at 0 here.
+    /// The offsets behind the exec identity and the `stdio` sensor (files, inodes, sockets)
+    /// are best effort: one missing leaves it 0, and the programs then report no identity
+    /// or no socket on stdio rather than read a wrong address.
     pub fn kernel_offsets(&self) -> Result<KernelOffsets, BtfError> {
         let task = |member| self.member_offset("task_struct", member);
         let mm = |member| self.member_offset("mm_struct", member);
-        Ok(KernelOffsets {
+        let opt = |strukt, member| self.member_offset(strukt, member).unwrap_or(0);
+        let mut o = KernelOffsets {
             task_real_parent: task("real_parent")?,
             task_tgid: task("tgid")?,
             task_pid: task("pid")?,
@@ -488,8 +492,30 @@ impl Btf {
             task_start_boottime: task("start_boottime")?,
             mm_arg_start: mm("arg_start")?,
             mm_arg_end: mm("arg_end")?,
-            tp_exit_group_dead: 0,
-        })
+            mm_exe_file: opt("mm_struct", "exe_file"),
+            task_files: opt("task_struct", "files"),
+            files_fdt: opt("files_struct", "fdt"),
+            fdt_max_fds: opt("fdtable", "max_fds"),
+            fdt_fd: opt("fdtable", "fd"),
+            file_inode: opt("file", "f_inode"),
+            file_private_data: opt("file", "private_data"),
+            inode_mode: opt("inode", "i_mode"),
+            inode_ino: opt("inode", "i_ino"),
+            inode_sb: opt("inode", "i_sb"),
+            sb_dev: opt("super_block", "s_dev"),
+            socket_sk: opt("socket", "sk"),
+            sk_family: opt("sock_common", "skc_family"),
+            sk_daddr: opt("sock_common", "skc_daddr"),
+            sk_dport: opt("sock_common", "skc_dport"),
+            sk_v6_daddr: opt("sock_common", "skc_v6_daddr"),
+            sk_protocol: opt("sock", "sk_protocol"),
+            ..KernelOffsets::UNKNOWN
+        };
+        // `skc_daddr` is legitimately 0; without the family the socket fields mean nothing.
+        if o.sk_family == 0 || self.member_offset("sock_common", "skc_daddr").is_err() {
+            o.sk_family = 0;
+        }
+        Ok(o)
     }
 
     fn last_id(&self) -> u32 {
@@ -834,6 +860,7 @@ mod tests {
         let btf = Btf::parse(&raw).unwrap();
         assert_eq!(btf.types.len(), 27);
         let offsets = kernel_offsets_from(&raw).unwrap();
+        // The optional file/socket offsets are absent from this blob: left unknown.
         let expected = KernelOffsets {
             task_real_parent: 24,
             task_tgid: 20,
@@ -842,7 +869,7 @@ mod tests {
             task_start_boottime: 32,
             mm_arg_start: 16,
             mm_arg_end: 24,
-            tp_exit_group_dead: 0,
+            ..KernelOffsets::UNKNOWN
         };
         assert_eq!(offsets, expected);
     }
@@ -1119,6 +1146,26 @@ mod tests {
         assert_eq!(o.task_pid + 4, o.task_tgid);
         assert_eq!(o.mm_arg_start + 8, o.mm_arg_end);
         assert_eq!(o.tp_exit_group_dead, 0);
+        for (name, v) in [
+            ("mm_exe_file", o.mm_exe_file),
+            ("task_files", o.task_files),
+            ("files_fdt", o.files_fdt),
+            ("fdt_fd", o.fdt_fd),
+            ("file_inode", o.file_inode),
+            ("file_private_data", o.file_private_data),
+            ("inode_ino", o.inode_ino),
+            ("inode_sb", o.inode_sb),
+            ("sb_dev", o.sb_dev),
+            ("socket_sk", o.socket_sk),
+            ("sk_family", o.sk_family),
+            ("sk_dport", o.sk_dport),
+            ("sk_v6_daddr", o.sk_v6_daddr),
+            ("sk_protocol", o.sk_protocol),
+        ] {
+            assert_ne!(v, 0, "{name}");
+        }
+        // Fields at the start of their struct.
+        assert_eq!((o.fdt_max_fds, o.inode_mode, o.sk_daddr), (0, 0, 0));
         assert_eq!(kernel_offsets().unwrap(), o);
     }
 
@@ -1282,6 +1329,20 @@ mod tests {
         );
         assert_eq!(o.mm_arg_start, dumped("mm_struct", "arg_start"));
         assert_eq!(o.mm_arg_end, dumped("mm_struct", "arg_end"));
+        assert_eq!(o.mm_exe_file, dumped("mm_struct", "exe_file"));
+        assert_eq!(o.task_files, dumped("task_struct", "files"));
+        assert_eq!(o.files_fdt, dumped("files_struct", "fdt"));
+        assert_eq!(o.fdt_fd, dumped("fdtable", "fd"));
+        assert_eq!(o.file_inode, dumped("file", "f_inode"));
+        assert_eq!(o.file_private_data, dumped("file", "private_data"));
+        assert_eq!(o.inode_ino, dumped("inode", "i_ino"));
+        assert_eq!(o.inode_sb, dumped("inode", "i_sb"));
+        assert_eq!(o.sb_dev, dumped("super_block", "s_dev"));
+        assert_eq!(o.socket_sk, dumped("socket", "sk"));
+        assert_eq!(o.sk_family, dumped("sock_common", "skc_family"));
+        assert_eq!(o.sk_dport, dumped("sock_common", "skc_dport"));
+        assert_eq!(o.sk_v6_daddr, dumped("sock_common", "skc_v6_daddr"));
+        assert_eq!(o.sk_protocol, dumped("sock", "sk_protocol"));
 
         // Every member of every struct and union, bitfields included.
         let mut checked = 0;

@@ -1,13 +1,19 @@
-//! The `connect` sensor, userspace side: attaching `connect_inet_sock_set_state` and decoding
-//! its records (IPv4 and IPv6) into owned values.
+//! The `connect` sensor, userspace side: attaching `connect_inet_sock_set_state` and
+//! `connect_sys_enter_listen`, and decoding their records (connects over IPv4 and IPv6,
+//! listens) into owned values.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::{Ebpf, programs::TracePoint};
 use sentinel_common::{
     EventKind,
-    events::connect::{AF_INET, ConnectEvent},
+    events::{
+        connect::{AF_INET, ConnectEvent, ListenEvent},
+        exec::ExeId,
+    },
 };
+
+use tracing::error;
 
 use super::{DecodeError, SensorError, c_str, prog_err, program, read_exact};
 
@@ -27,6 +33,17 @@ pub struct Connect {
     pub daddr: IpAddr,
     pub sport: u16,
     pub dport: u16,
+    /// The executable of the connecting process when it connected.
+    pub exe: ExeId,
+}
+
+/// A process called `listen(2)`: it accepts connections.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listen {
+    pub ts_ns: u64,
+    pub tgid: u32,
+    pub comm: String,
+    pub fd: u32,
 }
 
 pub fn attach(ebpf: &mut Ebpf) -> Result<(), SensorError> {
@@ -35,7 +52,30 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<(), SensorError> {
         .map_err(prog_err(SENSOR, "loading connect_inet_sock_set_state"))?;
     tp.attach("sock", "inet_sock_set_state")
         .map_err(prog_err(SENSOR, "attaching to sock/inet_sock_set_state"))?;
+    // Without it web servers are known by name only: reported, not fatal.
+    if let Err(e) = attach_listen(ebpf) {
+        error!("{e}: processes that listen are not seen; lineage knows web servers by name only");
+    }
     Ok(())
+}
+
+fn attach_listen(ebpf: &mut Ebpf) -> Result<(), SensorError> {
+    let tp: &mut TracePoint = program(ebpf, SENSOR, "connect_sys_enter_listen")?;
+    tp.load()
+        .map_err(prog_err(SENSOR, "loading connect_sys_enter_listen"))?;
+    tp.attach("syscalls", "sys_enter_listen")
+        .map_err(prog_err(SENSOR, "attaching to syscalls/sys_enter_listen"))?;
+    Ok(())
+}
+
+pub fn decode_listen(bytes: &[u8]) -> Result<Listen, DecodeError> {
+    let ev: ListenEvent = read_exact(bytes, EventKind::Listen)?;
+    Ok(Listen {
+        ts_ns: ev.header.ts_ns,
+        tgid: ev.header.tgid,
+        comm: c_str(&ev.header.comm),
+        fd: ev.data.fd,
+    })
 }
 
 fn addr(family: u16, bytes: [u8; 16]) -> IpAddr {
@@ -59,12 +99,13 @@ pub fn decode(bytes: &[u8]) -> Result<Connect, DecodeError> {
         daddr: addr(d.family, d.daddr),
         sport: d.sport,
         dport: d.dport,
+        exe: d.exe,
     })
 }
 
 #[cfg(test)]
 mod tests {
-    use sentinel_common::events::connect::{AF_INET6, ConnectData};
+    use sentinel_common::events::connect::{AF_INET6, ConnectData, ListenData};
 
     use super::*;
     use crate::sensors::{
@@ -82,6 +123,11 @@ mod tests {
                 _pad: 0,
                 saddr,
                 daddr,
+                exe: ExeId {
+                    ino: 4242,
+                    dev: 0x80_0001,
+                    _pad: 0,
+                },
             },
         }
     }
@@ -101,6 +147,7 @@ mod tests {
         assert_eq!(c.daddr, "203.0.113.9".parse::<IpAddr>().unwrap());
         assert_eq!(c.saddr, "198.51.100.1".parse::<IpAddr>().unwrap());
         assert_eq!((c.dport, c.tgid, c.comm.as_str()), (443, 900, "curl"));
+        assert_eq!((c.exe.ino, c.exe.dev), (4242, 0x80_0001));
     }
 
     #[test]
@@ -109,5 +156,18 @@ mod tests {
         let c = decode(&as_bytes(&event(AF_INET6, [0; 16], d.octets()))).unwrap();
         assert_eq!(c.family, 6);
         assert_eq!(c.daddr, IpAddr::V6(d));
+    }
+
+    #[test]
+    fn listen_round_trip() {
+        let ev = ListenEvent {
+            header: header(EventKind::Listen, 77, "php-fpm8.2"),
+            data: ListenData { fd: 9, _pad: 0 },
+        };
+        let KernelEvent::Listen(l) = crate::sensors::decode(&as_bytes(&ev)).unwrap() else {
+            panic!("not a listen");
+        };
+        assert_eq!((l.tgid, l.fd, l.comm.as_str()), (77, 9, "php-fpm8.2"));
+        assert_eq!(l.ts_ns, 123_456_789);
     }
 }

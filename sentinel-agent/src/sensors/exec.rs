@@ -7,7 +7,7 @@ use aya::{
 };
 use sentinel_common::{
     EventKind, Header,
-    events::exec::{ExecEvent, ExitEvent, ForkEvent},
+    events::exec::{ExeId, ExecEvent, ExitEvent, ForkEvent},
 };
 
 use super::{DecodeError, SensorError, c_str, prog_err, program, read_exact};
@@ -26,6 +26,8 @@ pub struct Exec {
     pub argv: Vec<String>,
     pub argv_truncated: bool,
     pub start_ns: u64,
+    /// The new image's executable (device, inode), as the kernel saw it.
+    pub exe: ExeId,
 }
 
 /// `parent` created the process `child`.
@@ -66,6 +68,10 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<(), SensorError> {
         .map_err(prog_err(SENSOR, "loading exec_sched_process_exit"))?;
     exit.attach("sched", "sched_process_exit")
         .map_err(prog_err(SENSOR, "attaching to sched/sched_process_exit"))?;
+    // The stdio hooks feed `reverse_shell`: their failure is reported, not fatal to `exec`.
+    if let Err(e) = super::stdio::attach(ebpf) {
+        tracing::error!("{e}: reverse shells (a socket on stdio) are not seen");
+    }
     Ok(())
 }
 
@@ -131,6 +137,7 @@ pub fn decode_exec(bytes: &[u8]) -> Result<Exec, DecodeError> {
         argv,
         argv_truncated: truncated,
         start_ns: d.start_ns,
+        exe: d.exe,
     })
 }
 
@@ -171,6 +178,11 @@ mod tests {
             argv_len: argv.len() as u32,
             argv_truncated: truncated as u32,
             start_ns: 42_000_000,
+            exe: ExeId {
+                ino: 99,
+                dev: 7,
+                _pad: 0,
+            },
             filename: [0xAA; FILENAME_LEN], // garbage past the length, as in the kernel
             argv: [0xBB; ARGV_LEN],
         };
@@ -196,6 +208,7 @@ mod tests {
         assert_eq!(e.filename, "/bin/true");
         assert_eq!(e.argv, ["/bin/true", "--marker", "x y"]);
         assert_eq!(e.start_ns, 42_000_000);
+        assert_eq!((e.exe.ino, e.exe.dev), (99, 7));
         assert_eq!(e.ts_ns, 123_456_789);
     }
 

@@ -1,12 +1,14 @@
 //! Loading the kernel programs and reading what they report. One module per sensor, named as
-//! in `sentinel-ebpf` and `sentinel-common`: `exec`, `connect`, `cpu`. This module holds what
-//! they share: the loader, tracefs, ring-buffer draining, record decoding and the counters
-//! behind `sentinel status`.
+//! in `sentinel-ebpf` and `sentinel-common`: `exec`, `connect`, `stdio`, `cpu`. This module
+//! holds what they share: the loader, tracefs, draining the one ring buffer the
+//! process-and-network records share (so they arrive in the order they happened), record
+//! decoding and the counters behind `sentinel status`.
 
 pub mod btf;
 pub mod connect;
 pub mod cpu;
 pub mod exec;
+pub mod stdio;
 
 use std::{
     path::Path,
@@ -80,6 +82,20 @@ pub enum KernelEvent {
     Fork(exec::Fork),
     Exit(exec::Exit),
     Connect(connect::Connect),
+    Listen(connect::Listen),
+    Stdio(stdio::Stdio),
+}
+
+impl KernelEvent {
+    /// Which sensor's counters the record counts in (an index into [`SENSORS`]): `stdio`
+    /// records count with `exec` (the process sensor), `listen` with `connect`.
+    pub fn sensor(&self) -> usize {
+        match self {
+            KernelEvent::Exec(_) | KernelEvent::Fork(_) | KernelEvent::Exit(_) => 0,
+            KernelEvent::Stdio(_) => 0,
+            KernelEvent::Connect(_) | KernelEvent::Listen(_) => 1,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -122,6 +138,8 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         EventKind::Fork => KernelEvent::Fork(exec::decode_fork(bytes)?),
         EventKind::Exit => KernelEvent::Exit(exec::decode_exit(bytes)?),
         EventKind::Connect => KernelEvent::Connect(connect::decode(bytes)?),
+        EventKind::Listen => KernelEvent::Listen(connect::decode_listen(bytes)?),
+        EventKind::Stdio => KernelEvent::Stdio(stdio::decode(bytes)?),
     })
 }
 
@@ -168,8 +186,8 @@ pub struct Sensors {
     pub ebpf: Ebpf,
     pub attached: [bool; 3],
     pub lost: Arc<Mutex<LostMaps>>,
-    pub exec_ring: Option<RingBuf<MapData>>,
-    pub connect_ring: Option<RingBuf<MapData>>,
+    /// The process-and-network records (exec, fork, exit, stdio, connect, listen), in order.
+    pub ring: Option<RingBuf<MapData>>,
     pub cpu_samples: Option<cpu::SampleMap>,
 }
 
@@ -203,16 +221,13 @@ pub fn load(opts: &LoadOptions) -> Result<Sensors, SensorError> {
     // SAFETY: plain syscall with a valid struct.
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
 
+    // One ring for what used to be two per-sensor rings of `ring_buffer_bytes`: same memory.
+    let ring_bytes = opts.ring_buffer_bytes.saturating_mul(2);
     let mut ebpf = EbpfLoader::new()
         .override_global("AGENT_TGID", &opts.agent_tgid, true)
         .override_global("OFFSETS", &opts.offsets, true)
-        .override_global(
-            "RING_WAKE_BYTES",
-            &(opts.ring_buffer_bytes as u64 / 2),
-            true,
-        )
-        .map_max_entries("EXEC_EVENTS", opts.ring_buffer_bytes)
-        .map_max_entries("CONNECT_EVENTS", opts.ring_buffer_bytes)
+        .override_global("RING_WAKE_BYTES", &(ring_bytes as u64 / 2), true)
+        .map_max_entries("EVENTS", ring_bytes)
         .load(EBPF_OBJECT)?;
 
     let mut attached = [false; 3];
@@ -243,11 +258,8 @@ pub fn load(opts: &LoadOptions) -> Result<Sensors, SensorError> {
     ] {
         lost.push((sensor, take_map(&mut ebpf, sensor, map)?));
     }
-    let exec_ring = attached[0]
-        .then(|| take_map(&mut ebpf, "exec", "EXEC_EVENTS"))
-        .transpose()?;
-    let connect_ring = attached[1]
-        .then(|| take_map(&mut ebpf, "connect", "CONNECT_EVENTS"))
+    let ring = (attached[0] || attached[1])
+        .then(|| take_map(&mut ebpf, "exec", "EVENTS"))
         .transpose()?;
     let cpu_samples = attached[2]
         .then(|| take_map(&mut ebpf, "cpu", "CPU_SAMPLES"))
@@ -256,8 +268,7 @@ pub fn load(opts: &LoadOptions) -> Result<Sensors, SensorError> {
         ebpf,
         attached,
         lost: Arc::new(Mutex::new(LostMaps { maps: lost })),
-        exec_ring,
-        connect_ring,
+        ring,
         cpu_samples,
     })
 }
@@ -309,31 +320,34 @@ pub(crate) fn prog_err(
 /// How often a sensor's ring buffer is drained when the kernel does not wake the reader.
 pub const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// Decode every record waiting in `ring` into `batch`.
-fn read_all(
-    sensor: &str,
-    ring: &mut RingBuf<MapData>,
-    counters: &Counters,
-    batch: &mut Vec<KernelEvent>,
-) {
+/// Decode every record waiting in `ring` into `batch`, counting each with its sensor.
+fn read_all(ring: &mut RingBuf<MapData>, counters: &[Arc<Counters>], batch: &mut Vec<KernelEvent>) {
     while let Some(item) = ring.next() {
         match decode(&item) {
-            Ok(ev) => batch.push(ev),
+            Ok(ev) => {
+                if let Some(c) = counters.get(ev.sensor()) {
+                    c.seen.fetch_add(1, Ordering::Relaxed);
+                }
+                batch.push(ev);
+            }
             Err(e) => {
-                counters.malformed.fetch_add(1, Ordering::Relaxed);
-                warn!("{sensor} sensor: dropping a malformed record: {e}");
+                if let Some(c) = counters.first() {
+                    c.malformed.fetch_add(1, Ordering::Relaxed);
+                }
+                warn!("dropping a malformed kernel record: {e}");
             }
         }
     }
 }
 
-/// Read `ring` until the agent stops, decoding each record and handing batches to `tx`.
+/// Read the shared ring until the agent stops, decoding each record and handing batches to
+/// `tx` in ring order. `counters` are indexed like [`SENSORS`].
 pub async fn drain(
-    sensor: &'static str,
     ring: RingBuf<MapData>,
     tx: mpsc::Sender<Vec<KernelEvent>>,
-    counters: Arc<Counters>,
+    counters: Vec<Arc<Counters>>,
 ) {
+    let sensor = "exec/connect";
     // SAFETY: the AsyncFd owns the ring buffer, hence its fd, and deregisters before dropping it.
     let mut fd = match unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) } {
         Ok(fd) => fd,
@@ -358,17 +372,14 @@ pub async fn drain(
                         return;
                     }
                 };
-                read_all(sensor, guard.get_inner_mut(), &counters, &mut batch);
+                read_all(guard.get_inner_mut(), &counters, &mut batch);
                 guard.clear_ready();
             }
-            _ = tick.tick() => read_all(sensor, fd.get_mut(), &counters, &mut batch),
+            _ = tick.tick() => read_all(fd.get_mut(), &counters, &mut batch),
         }
         if batch.is_empty() {
             continue;
         }
-        counters
-            .seen
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         if tx.send(batch).await.is_err() {
             return; // the agent is stopping
         }

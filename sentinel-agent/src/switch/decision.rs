@@ -22,6 +22,9 @@ pub enum State {
     Blocked,
     /// Nobody answered before the deadline: blocked automatically.
     AutoBlocked,
+    /// Blocked (by a human or the timer) but nftables refused the block: retried until it
+    /// lands (then `blocked` / `auto-blocked`); the in-kernel connect guard holds meanwhile.
+    BlockFailed,
 }
 
 impl State {
@@ -31,6 +34,7 @@ impl State {
             State::Safe => "safe",
             State::Blocked => "blocked",
             State::AutoBlocked => "auto-blocked",
+            State::BlockFailed => "block-failed",
         }
     }
 }
@@ -67,8 +71,18 @@ pub struct Decision {
     pub exe: Option<String>,
     /// Comms of the process's parent, grandparent, … (parent first).
     pub ancestors: Vec<String>,
-    /// The address a block would cut off (never a trusted one).
+    /// The first address a block would cut off (never a trusted one): `targets[0]`.
     pub target_ip: Option<IpAddr>,
+    /// Every untrusted destination the offending process tree reached while the decision was
+    /// pending, in order; all are blocked together.
+    #[serde(default)]
+    pub targets: Vec<IpAddr>,
+    /// Targets the guard refused to block, with the reason (kept on the decision for humans).
+    #[serde(default)]
+    pub refused: Vec<Refused>,
+    /// Destinations beyond `switch.max_targets` that could not join.
+    #[serde(default)]
+    pub overflow: u64,
     pub country: Option<String>,
     pub detail: String,
     pub created: SystemTime,
@@ -81,7 +95,26 @@ pub struct Decision {
     pub reason: Option<String>,
 }
 
+/// A target the enforcement guard would not block, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refused {
+    pub ip: IpAddr,
+    pub reason: String,
+}
+
 impl Decision {
+    /// `198.51.100.2`, or `198.51.100.2 and 41 more`.
+    pub fn targets_summary(&self) -> String {
+        match (
+            self.targets.first().or(self.target_ip.as_ref()),
+            self.targets.len(),
+        ) {
+            (None, _) => "-".into(),
+            (Some(first), 0 | 1) => first.to_string(),
+            (Some(first), n) => format!("{first} and {} more", n - 1),
+        }
+    }
+
     /// Time left before the automatic block (zero once passed).
     pub fn time_left(&self, now: SystemTime) -> std::time::Duration {
         self.deadline.duration_since(now).unwrap_or_default()
@@ -116,4 +149,6 @@ pub enum Notice {
     Opened(Decision),
     /// The decision ended (its `state` says how): show the outcome.
     Ended(Decision),
+    /// Its target set grew by an order of magnitude while pending: one follow-up message.
+    Grew(Decision),
 }

@@ -173,68 +173,111 @@ impl Ledger {
         sql(&self.path, e)
     }
 
-    /// Record a new pending decision.
-    pub fn insert(&self, open: &Open) -> Result<(), LedgerError> {
-        let d = &open.decision;
-        self.conn
-            .execute(
-                "INSERT INTO decisions (id, state, deadline, target, decision, alert, alert_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    d.id,
-                    d.state.as_str(),
-                    ns(d.deadline),
-                    d.target_ip.map(|a| a.to_string()),
-                    json(d),
-                    json(&open.alert),
-                    ns(open.alert_at),
-                ],
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-
-    /// Move `decision` (now in its final state) out of `pending`, with the block it brings, in
-    /// one transaction. False, and nothing written, when it was no longer pending.
-    pub fn end(&mut self, decision: &Decision, block: Option<&Block>) -> Result<bool, LedgerError> {
+    /// Run `f` in one transaction (one fsync for a whole batch of switch work).
+    pub fn batch<T>(
+        &mut self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, LedgerError> {
         let p = self.path.clone();
         let tx = self.conn.transaction().map_err(|e| sql(&p, e))?;
-        let changed = tx
-            .execute(
-                "UPDATE decisions SET state = ?2, decided_by = ?3, reason = ?4, ended = ?5,
-                        decision = ?6
-                 WHERE id = ?1 AND state = 'pending'",
-                params![
-                    decision.id,
-                    decision.state.as_str(),
-                    decision.decided_by,
-                    decision.reason,
-                    ns(SystemTime::now()),
-                    json(decision),
-                ],
-            )
-            .map_err(|e| sql(&p, e))?;
-        if changed != 1 {
-            return Ok(false);
-        }
-        if let Some(b) = block {
-            upsert_block(&tx, b).map_err(|e| sql(&p, e))?;
-        }
+        let out = f(&tx).map_err(|e| sql(&p, e))?;
         tx.commit().map_err(|e| sql(&p, e))?;
-        Ok(true)
+        Ok(out)
     }
 
+    /// Decisions whose block nftables refused (retried until it lands).
+    pub fn block_failed(&self) -> Result<Vec<Open>, LedgerError> {
+        self.decisions_in("block-failed")
+    }
+
+    /// How many blocks are in force at `now`.
+    pub fn block_count(&self, now: SystemTime) -> Result<u64, LedgerError> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*) FROM blocks WHERE expires > ?1",
+                [ns(now)],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(|e| self.err(e))
+    }
+}
+
+/// Record a new pending decision (inside a batch).
+pub fn insert_in(conn: &Connection, open: &Open) -> rusqlite::Result<usize> {
+    let d = &open.decision;
+    conn.execute(
+        "INSERT INTO decisions (id, state, deadline, target, decision, alert, alert_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            d.id,
+            d.state.as_str(),
+            ns(d.deadline),
+            d.target_ip.map(|a| a.to_string()),
+            json(d),
+            json(&open.alert),
+            ns(open.alert_at),
+        ],
+    )
+}
+
+/// Rewrite a pending decision (its target set grew; inside a batch).
+pub fn update_pending_in(conn: &Connection, d: &Decision) -> rusqlite::Result<usize> {
+    conn.execute(
+        "UPDATE decisions SET decision = ?2, deadline = ?3 WHERE id = ?1 AND state = 'pending'",
+        params![d.id, json(d), ns(d.deadline)],
+    )
+}
+
+/// Move a decision from `from` to its current state (`block-failed` ⇄ blocked).
+pub fn transition_in(conn: &Connection, d: &Decision, from: &str) -> rusqlite::Result<usize> {
+    conn.execute(
+        "UPDATE decisions SET state = ?2, reason = ?3, decision = ?4 WHERE id = ?1 AND state = ?5",
+        params![d.id, d.state.as_str(), d.reason, json(d), from],
+    )
+}
+
+/// [`Ledger::end`] inside a batch: false when it was no longer pending.
+pub fn end_in(conn: &Connection, decision: &Decision, blocks: &[Block]) -> rusqlite::Result<bool> {
+    let changed = conn.execute(
+        "UPDATE decisions SET state = ?2, decided_by = ?3, reason = ?4, ended = ?5,
+                decision = ?6
+         WHERE id = ?1 AND state = 'pending'",
+        params![
+            decision.id,
+            decision.state.as_str(),
+            decision.decided_by,
+            decision.reason,
+            ns(SystemTime::now()),
+            json(decision),
+        ],
+    )?;
+    if changed != 1 {
+        return Ok(false);
+    }
+    for b in blocks {
+        upsert_block(conn, b)?;
+    }
+    Ok(true)
+}
+
+impl Ledger {
     /// Every pending decision, oldest deadline first.
     pub fn pending(&self) -> Result<Vec<Open>, LedgerError> {
+        self.decisions_in("pending")
+    }
+
+    /// Every decision in `state`, oldest deadline first.
+    fn decisions_in(&self, state: &str) -> Result<Vec<Open>, LedgerError> {
         let mut stmt = self
             .conn
             .prepare(
                 "SELECT id, decision, alert, alert_at FROM decisions
-                 WHERE state = 'pending' ORDER BY deadline",
+                 WHERE state = ?1 ORDER BY deadline",
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map([], |r| {
+            .query_map([state], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
@@ -320,23 +363,6 @@ impl Ledger {
         Ok(out)
     }
 
-    /// `addr` was marked safe until `until`.
-    pub fn add_safe(
-        &self,
-        addr: IpAddr,
-        until: SystemTime,
-        decision_id: &str,
-    ) -> Result<(), LedgerError> {
-        self.conn
-            .execute(
-                "INSERT INTO safe_targets (addr, until, decision_id) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(addr) DO UPDATE SET until = excluded.until, decision_id = excluded.decision_id",
-                params![addr.to_string(), ns(until), decision_id],
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-
     /// Targets still marked safe at `now`.
     pub fn safe_targets(&self, now: SystemTime) -> Result<Vec<(IpAddr, SystemTime)>, LedgerError> {
         let mut stmt = self
@@ -356,22 +382,6 @@ impl Ledger {
             }
         }
         Ok(out)
-    }
-
-    pub fn add_kill(&self, kill: &Kill) -> Result<(), LedgerError> {
-        self.conn
-            .execute(
-                "INSERT INTO kills (at, pid, exe, reason, confidence) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    ns(kill.at),
-                    kill.pid,
-                    kill.exe,
-                    kill.reason,
-                    kill.confidence
-                ],
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(())
     }
 
     /// What the daily summary reports since `since`: alerts by anomaly, decisions ended by
@@ -416,6 +426,34 @@ impl Ledger {
             .map(|n| n as u64)
             .map_err(|e| self.err(e))
     }
+}
+
+/// Record a kill (inside a batch).
+pub fn add_kill_in(conn: &Connection, kill: &Kill) -> rusqlite::Result<usize> {
+    conn.execute(
+        "INSERT INTO kills (at, pid, exe, reason, confidence) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            ns(kill.at),
+            kill.pid,
+            kill.exe,
+            kill.reason,
+            kill.confidence
+        ],
+    )
+}
+
+/// Record `addr` as safe until `until` (inside a batch).
+pub fn add_safe_in(
+    conn: &Connection,
+    addr: IpAddr,
+    until: SystemTime,
+    decision_id: &str,
+) -> rusqlite::Result<usize> {
+    conn.execute(
+        "INSERT INTO safe_targets (addr, until, decision_id) VALUES (?1, ?2, ?3)
+         ON CONFLICT(addr) DO UPDATE SET until = excluded.until, decision_id = excluded.decision_id",
+        params![addr.to_string(), ns(until), decision_id],
+    )
 }
 
 fn upsert_block(conn: &Connection, b: &Block) -> rusqlite::Result<usize> {

@@ -1,27 +1,42 @@
 //! The dead man's switch. An alert with a remote address to act on opens a pending decision
-//! (committed to the ledger before anything is sent or enforced) with a deadline; it ends
-//! exactly once: `safe` (a human said so), `blocked` (a human confirmed) or `auto-blocked`
-//! (nobody answered in time). Silence is consent to defend. Pending deadlines and blocks
-//! survive restarts: they are resumed and re-asserted from the ledger at start.
+//! with a deadline; it ends exactly once: `safe` (a human said so), `blocked` (a human
+//! confirmed) or `auto-blocked` (nobody answered in time). Silence is consent to defend.
+//!
+//! A decision holds a *set* of targets: every untrusted destination the offending process tree
+//! reaches while it is pending joins it (an attacker cannot shield a C2 behind a decoy), and
+//! one address never has two open decisions. All targets pass the enforcement gate
+//! ([`BlockGuard`]) when the decision ends; what it refuses is recorded on the decision.
+//!
+//! This state machine lives on the event loop and never blocks: committing to the ledger,
+//! running `nft` and announcing in chat are jobs for the [`worker`] thread, which does them in
+//! order (committed before announced or enforced) and in batches. Countdowns run on the boot
+//! clock ([`clock`]); pending deadlines and blocks survive restarts.
 
+pub mod clock;
 pub mod decision;
 pub mod ledger;
+pub mod worker;
 
 use std::{
     collections::HashMap,
     net::IpAddr,
+    sync::mpsc::Sender,
     time::{Duration, SystemTime},
 };
 
-use tokio::sync::mpsc::UnboundedSender;
-use tracing::{error, info, warn};
+use tokio::sync::oneshot;
+use tracing::{info, warn};
 
 use crate::{
-    enforce::Enforcer,
+    enforce::BlockGuard,
     enrich::trust::{TrustSet, Untrusted},
     event::AlertBody,
-    switch::decision::{AnswerError, Decision, Notice, State, Verdict},
-    switch::ledger::{Block, Ledger, LedgerError, Open},
+    switch::{
+        clock::Now,
+        decision::{AnswerError, Decision, Notice, Refused, State, Verdict},
+        ledger::{Kill, Ledger, LedgerError, Open},
+        worker::{Ending, Job},
+    },
 };
 
 /// The switch's timings (`[switch]`, `enforce.block_ttl`).
@@ -32,6 +47,22 @@ pub struct Timings {
     pub block_ttl: Duration,
 }
 
+/// Caps that keep a flood of decisions bounded (`switch.max_targets`, `switch.max_pending`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_targets: usize,
+    pub max_pending: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_targets: 16_384,
+            max_pending: 256,
+        }
+    }
+}
+
 /// A decision changed: the alert's new state (to store) and the decision (to emit).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Change {
@@ -40,69 +71,132 @@ pub struct Change {
     pub decision: Decision,
 }
 
+/// A pending decision as the switch keeps it.
+#[derive(Debug, Clone)]
+struct Pending {
+    open: Open,
+    /// The deadline on the boot clock.
+    due: Duration,
+    /// Target count at the last announcement (follow-ups at each order of magnitude).
+    announced: usize,
+    /// When it was last announced, on the boot clock.
+    announced_at: Duration,
+    /// Its target set changed since the worker last wrote it.
+    dirty: bool,
+}
+
+/// The order of magnitude that earns a follow-up message.
+const GROWTH_FACTOR: usize = 10;
+/// At most one follow-up message per decision this often.
+const FOLLOW_UP_EVERY: Duration = Duration::from_secs(60);
+
 pub struct Switch {
-    ledger: Ledger,
-    enforcer: Enforcer,
+    /// Reads only: answers about decisions that ended before this run.
+    reader: Ledger,
+    jobs: Sender<Job>,
     timings: Timings,
+    limits: Limits,
     host: String,
-    pending: HashMap<String, Open>,
+    dry_run: bool,
+    pub gate: BlockGuard,
+    pending: HashMap<String, Pending>,
+    /// Which pending decision holds each target.
+    by_target: HashMap<IpAddr, String>,
     safe: HashMap<IpAddr, SystemTime>,
-    notices: Option<UnboundedSender<Notice>>,
+    /// Addresses blocked now (decided this run or re-asserted at start): never decided again.
+    blocked: std::collections::HashSet<IpAddr>,
+    /// Decisions ended during this run, and how.
+    ended: HashMap<String, State>,
 }
 
 impl Switch {
-    pub fn new(ledger: Ledger, enforcer: Enforcer, timings: Timings, host: String) -> Self {
+    pub fn new(
+        reader: Ledger,
+        jobs: Sender<Job>,
+        timings: Timings,
+        limits: Limits,
+        host: String,
+        dry_run: bool,
+        gate: BlockGuard,
+    ) -> Self {
         Self {
-            ledger,
-            enforcer,
+            reader,
+            jobs,
             timings,
+            limits,
             host,
+            dry_run,
+            gate,
             pending: HashMap::new(),
+            by_target: HashMap::new(),
             safe: HashMap::new(),
-            notices: None,
+            blocked: Default::default(),
+            ended: HashMap::new(),
         }
     }
 
-    /// Where opened and ended decisions are announced (the chat channels).
-    pub fn set_notices(&mut self, notices: UnboundedSender<Notice>) {
-        self.notices = Some(notices);
-    }
-
-    fn announce(&self, notice: Notice) {
-        if let Some(tx) = &self.notices {
-            let _ = tx.send(notice);
+    fn send(&self, job: Job) {
+        if self.jobs.send(job).is_err() {
+            warn!("the switch worker has stopped: a decision's work is lost");
         }
     }
 
-    /// At start: prepare the table, re-assert every unexpired block with its remaining time,
-    /// and resume pending decisions with their original deadlines (one that passed while the
-    /// agent was down is enforced at the next tick), announcing them again.
-    pub fn resume(&mut self, trust: &TrustSet, now: SystemTime) -> Result<(), LedgerError> {
-        if let Err(e) = self.enforcer.prepare() {
-            error!("preparing the enforcement table failed: {e}");
-        }
-        for block in self.ledger.blocks(now)? {
-            let left = block.expires.duration_since(now).unwrap_or_default();
-            match self.enforcer.admit(trust, block.addr) {
-                Ok(target) => match self.enforcer.apply(target, left) {
-                    Ok(()) => {
-                        info!(addr = %block.addr, left = %humantime::format_duration(round(left)), "block re-asserted")
-                    }
-                    Err(e) => error!(addr = %block.addr, "re-asserting a block failed: {e}"),
-                },
+    /// At start: re-assert every unexpired block with its remaining time (dropping any the
+    /// gate refuses now), retry blocks that had failed, and resume pending decisions with their
+    /// original deadlines (one that passed while the agent was down is enforced at the next
+    /// tick), announcing them again.
+    pub fn resume(&mut self, trust: &TrustSet, now: Now) -> Result<(), LedgerError> {
+        let mut reassert = Vec::new();
+        for block in self.reader.blocks(now.wall)? {
+            let left = block.expires.duration_since(now.wall).unwrap_or_default();
+            match self.gate.admit(trust, block.addr) {
+                Ok(target) => {
+                    self.blocked.insert(target.ip());
+                    reassert.push((target, left));
+                }
                 Err(why) => {
                     warn!(addr = %block.addr, "dropping a recorded block: {why}");
-                    self.enforcer.remove(block.addr).ok();
-                    self.ledger.remove_block(block.addr)?;
+                    self.send(Job::Unblock {
+                        ip: block.addr,
+                        reply: None,
+                    });
                 }
             }
         }
-        self.safe = self.ledger.safe_targets(now)?.into_iter().collect();
-        for open in self.ledger.pending()? {
+        if !reassert.is_empty() {
+            info!(blocks = reassert.len(), "re-asserting recorded blocks");
+            self.send(Job::Reassert(reassert));
+        }
+        let mut retry = Vec::new();
+        for open in self.reader.block_failed()? {
+            let targets = self.admitted(trust, &open.decision.targets).0;
+            retry.push((open, targets));
+        }
+        if !retry.is_empty() {
+            self.send(Job::Retry(retry));
+        }
+        self.safe = self.reader.safe_targets(now.wall)?.into_iter().collect();
+        for open in self.reader.pending()? {
             info!(id = %open.decision.id, "resuming a pending decision");
             // Announced again: the chat message from before the restart may never have left.
-            self.announce(Notice::Opened(open.decision.clone()));
-            self.pending.insert(open.decision.id.clone(), open);
+            self.send(Job::Announce(Box::new(Notice::Opened(
+                open.decision.clone(),
+            ))));
+            let due = now.boot_deadline(open.decision.deadline);
+            for t in targets_of(&open.decision) {
+                self.by_target.insert(t, open.decision.id.clone());
+            }
+            let announced = open.decision.targets.len().max(1);
+            self.pending.insert(
+                open.decision.id.clone(),
+                Pending {
+                    open,
+                    due,
+                    announced,
+                    announced_at: now.boot,
+                    dirty: false,
+                },
+            );
         }
         Ok(())
     }
@@ -112,33 +206,82 @@ impl Switch {
         self.safe.get(&ip).is_some_and(|until| *until > now)
     }
 
+    /// Whether a decision on `ip` would be moot: held by a pending decision, marked safe, or
+    /// blocked already.
+    fn is_decided(&self, ip: IpAddr, now: SystemTime) -> bool {
+        self.by_target.contains_key(&ip) || self.is_safe(ip, now) || self.blocked.contains(&ip)
+    }
+
+    #[cfg(test)]
     pub fn pending(&self) -> impl Iterator<Item = &Decision> {
-        self.pending.values().map(|o| &o.decision)
+        self.pending.values().map(|p| &p.open.decision)
     }
 
-    pub fn ledger(&self) -> &Ledger {
-        &self.ledger
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
     }
 
-    /// Open a pending decision for `alert` against `target`. None when this alert already
-    /// has a decision (one per alert, pending or ended), or the target was marked safe.
+    /// Whether decision `id` is pending.
+    pub fn is_pending(&self, id: &str) -> bool {
+        self.pending.contains_key(id)
+    }
+
+    /// The wall-clock deadline of pending decision `id`.
+    pub fn deadline_of(&self, id: &str) -> Option<SystemTime> {
+        self.pending.get(id).map(|p| p.open.decision.deadline)
+    }
+
+    /// The pending decision holding `ip`, if any.
+    #[cfg(test)]
+    pub fn holder_of(&self, ip: IpAddr) -> Option<&str> {
+        self.by_target.get(&ip).map(String::as_str)
+    }
+
+    pub fn reader(&self) -> &Ledger {
+        &self.reader
+    }
+
+    /// Record a process the agent terminated.
+    pub fn record_kill(&self, kill: Kill) {
+        self.send(Job::Kill(Box::new(kill)));
+    }
+
+    /// A fresh decision id for `alert`: its own id the first time, then `ID.2`, `ID.3`, …
+    fn fresh_id(&self, alert_id: &str) -> String {
+        let taken = |id: &str| {
+            self.pending.contains_key(id)
+                || self.ended.contains_key(id)
+                || self.reader.get(id).ok().flatten().is_some()
+        };
+        if !taken(alert_id) {
+            return alert_id.to_string();
+        }
+        (2..)
+            .map(|n| format!("{alert_id}.{n}"))
+            .find(|id| !taken(id))
+            .expect("an unused id")
+    }
+
+    /// Open a pending decision for `alert` against `target`. None when the target was marked
+    /// safe or another pending decision already holds it. Past `switch.max_pending` the new
+    /// decision is blocked at once (fail closed) and not announced.
     pub fn open(
         &mut self,
         alert: &AlertBody,
         alert_at: SystemTime,
         ancestors: Vec<String>,
         target: Untrusted,
-        now: SystemTime,
-    ) -> Result<Option<Change>, LedgerError> {
-        if self.pending.contains_key(&alert.id)
-            || self.is_safe(target.ip(), now)
-            || self.ledger.get(&alert.id)?.is_some()
-        {
-            return Ok(None);
+        trust: &TrustSet,
+        now: Now,
+    ) -> Option<Change> {
+        let ip = target.ip();
+        if self.is_decided(ip, now.wall) {
+            return None;
         }
-        let deadline = now + self.timings.countdown;
+        let id = self.fresh_id(&alert.id);
+        let deadline = now.wall + self.timings.countdown;
         let decision = Decision {
-            id: alert.id.clone(),
+            id: id.clone(),
             anomaly: alert.anomaly.clone(),
             severity: alert.severity.clone(),
             risk: alert.risk,
@@ -148,10 +291,13 @@ impl Switch {
             comm: alert.comm.clone(),
             exe: alert.exe.clone(),
             ancestors,
-            target_ip: Some(target.ip()),
+            target_ip: Some(ip),
+            targets: vec![ip],
+            refused: Vec::new(),
+            overflow: 0,
             country: alert.country.clone(),
             detail: alert.detail.clone(),
-            created: now,
+            created: now.wall,
             deadline,
             state: State::Pending,
             decided_by: None,
@@ -159,165 +305,294 @@ impl Switch {
         };
         let mut alert = alert.clone();
         alert.state = State::Pending.as_str().into();
-        alert.target_ip = Some(target.ip());
+        alert.target_ip = Some(ip);
         alert.deadline = Some(humantime::format_rfc3339_millis(deadline).to_string());
         let open = Open {
             decision: decision.clone(),
             alert: alert.clone(),
             alert_at,
         };
-        // Committed before anything is sent or enforced.
-        self.ledger.insert(&open)?;
-        self.pending.insert(decision.id.clone(), open);
-        info!(id = %decision.id, target = %target, deadline = %humantime::format_rfc3339_seconds(deadline), "pending decision opened");
-        self.announce(Notice::Opened(decision.clone()));
-        Ok(Some(Change {
+        let full = self.pending.len() >= self.limits.max_pending;
+        if !full {
+            self.send(Job::Open(Box::new(open.clone())));
+        }
+        self.by_target.insert(ip, id.clone());
+        self.pending.insert(
+            id.clone(),
+            Pending {
+                open,
+                due: now.boot + self.timings.countdown,
+                announced: 1,
+                announced_at: now.boot,
+                dirty: false,
+            },
+        );
+        info!(id = %id, target = %ip, deadline = %humantime::format_rfc3339_seconds(deadline), "pending decision opened");
+        if full {
+            warn!(id = %id, max_pending = self.limits.max_pending, "switch.max_pending reached: blocking at once (fail closed)");
+            let mut ending = self.finish(trust, &id, State::AutoBlocked, "max-pending", now)?;
+            ending.quiet = true;
+            ending.change.decision.reason = Some(format!(
+                "switch.max_pending ({}) reached: blocked at once (fail closed)",
+                self.limits.max_pending
+            ));
+            let change = ending.change.clone();
+            self.send(Job::Open(Box::new(Open {
+                decision: decision.clone(),
+                alert: change.alert.clone(),
+                alert_at,
+            })));
+            self.send(Job::End(vec![ending]));
+            return Some(change);
+        }
+        Some(Change {
             alert,
             alert_at,
             decision,
-        }))
+        })
     }
 
-    /// A human's answer.
+    /// `target` joins pending decision `id` (another destination of the same offending process
+    /// tree). False when it did not: already held by a pending decision, marked safe, or the
+    /// decision is full (counted as overflow). Reaching `switch.max_targets` makes the decision
+    /// due at once (fail closed).
+    pub fn join(&mut self, id: &str, target: Untrusted, now: Now) -> bool {
+        let ip = target.ip();
+        if self.is_decided(ip, now.wall) {
+            return false;
+        }
+        let max = self.limits.max_targets;
+        let Some(p) = self.pending.get_mut(id) else {
+            return false;
+        };
+        let d = &mut p.open.decision;
+        if d.targets.len() >= max {
+            d.overflow += 1;
+            p.dirty = true;
+            return false;
+        }
+        d.targets.push(ip);
+        p.dirty = true;
+        self.by_target.insert(ip, id.to_string());
+        if d.targets.len() == max {
+            warn!(
+                id,
+                max_targets = max,
+                "switch.max_targets reached: blocking now (fail closed)"
+            );
+            d.reason = Some(format!(
+                "switch.max_targets ({max}) reached: blocked without waiting (fail closed)"
+            ));
+            p.due = now.boot;
+        }
+        true
+    }
+
+    /// Hand the worker every decision whose target set changed (once per loop round, so a
+    /// burst of joins costs one write). A set that grew by an order of magnitude since it was
+    /// last announced gets a follow-up message, at most one every [`FOLLOW_UP_EVERY`].
+    pub fn flush(&mut self, now: Now) {
+        let mut jobs = Vec::new();
+        for p in self.pending.values_mut().filter(|p| p.dirty) {
+            p.dirty = false;
+            let n = p.open.decision.targets.len();
+            let announce = n >= p.announced * GROWTH_FACTOR
+                && now.boot.saturating_sub(p.announced_at) >= FOLLOW_UP_EVERY;
+            if announce {
+                p.announced = n;
+                p.announced_at = now.boot;
+            }
+            jobs.push(Job::Grow {
+                decision: Box::new(p.open.decision.clone()),
+                announce,
+            });
+        }
+        for job in jobs {
+            self.send(job);
+        }
+    }
+
+    /// A human's answer. The reply goes out once the outcome is committed (and enforced).
     pub fn answer(
         &mut self,
         trust: &TrustSet,
         id: &str,
         verdict: Verdict,
         via: &str,
-        now: SystemTime,
+        now: Now,
+        reply: Option<oneshot::Sender<Result<Decision, AnswerError>>>,
     ) -> Result<Change, AnswerError> {
-        if !self.pending.contains_key(id) {
-            return Err(match self.ledger.get(id) {
-                Ok(Some(d)) => AnswerError::Ended {
-                    id: id.into(),
-                    state: d.state,
-                },
-                _ => AnswerError::Unknown(id.into()),
-            });
-        }
         let state = match verdict {
             Verdict::Safe => State::Safe,
             Verdict::Block => State::Blocked,
         };
-        self.finish(trust, id, state, via, now)
-            .ok_or_else(|| AnswerError::Unknown(id.into()))
+        let Some(mut ending) = self.finish(trust, id, state, via, now) else {
+            let err = match self.ended.get(id).copied() {
+                Some(state) => AnswerError::Ended {
+                    id: id.into(),
+                    state,
+                },
+                None => match self.reader.get(id) {
+                    Ok(Some(d)) => AnswerError::Ended {
+                        id: id.into(),
+                        state: d.state,
+                    },
+                    _ => AnswerError::Unknown(id.into()),
+                },
+            };
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(err.clone()));
+            }
+            return Err(err);
+        };
+        ending.reply = reply;
+        let change = ending.change.clone();
+        self.send(Job::End(vec![ending]));
+        Ok(change)
     }
 
-    /// Enforce every decision whose deadline has passed.
-    pub fn tick(&mut self, trust: &TrustSet, now: SystemTime) -> Vec<Change> {
+    /// End every decision whose deadline has passed on the boot clock, as one batch.
+    pub fn tick(&mut self, trust: &TrustSet, now: Now) -> Vec<Change> {
         let due: Vec<String> = self
             .pending
-            .values()
-            .filter(|o| o.decision.deadline <= now)
-            .map(|o| o.decision.id.clone())
+            .iter()
+            .filter(|(_, p)| p.due <= now.boot)
+            .map(|(id, _)| id.clone())
             .collect();
-        due.iter()
+        let endings: Vec<Ending> = due
+            .iter()
             .filter_map(|id| self.finish(trust, id, State::AutoBlocked, "timer", now))
-            .collect()
+            .collect();
+        let changes = endings.iter().map(|e| e.change.clone()).collect();
+        if !endings.is_empty() {
+            self.send(Job::End(endings));
+        }
+        changes
     }
 
-    /// End decision `id` in `state`. None if it was not pending (here or in the ledger).
+    /// Admit each target through the gate: (blocks to make, refusals).
+    fn admitted(
+        &self,
+        trust: &TrustSet,
+        targets: &[IpAddr],
+    ) -> (Vec<(crate::enforce::Admitted, Duration)>, Vec<Refused>) {
+        let mut blocks = Vec::new();
+        let mut refused = Vec::new();
+        for ip in targets {
+            match self.gate.admit(trust, *ip) {
+                Ok(a) => blocks.push((a, self.timings.block_ttl)),
+                Err(why) => refused.push(Refused {
+                    ip: *ip,
+                    reason: why.to_string(),
+                }),
+            }
+        }
+        (blocks, refused)
+    }
+
+    /// End decision `id` in `state`. None if it was not pending.
     fn finish(
         &mut self,
         trust: &TrustSet,
         id: &str,
         state: State,
         via: &str,
-        now: SystemTime,
-    ) -> Option<Change> {
-        let open = self.pending.get(id)?.clone();
-        let mut decision = open.decision.clone();
+        now: Now,
+    ) -> Option<Ending> {
+        let p = self.pending.remove(id)?;
+        let mut decision = p.open.decision;
+        for t in targets_of(&decision) {
+            self.by_target.remove(&t);
+        }
         decision.state = state;
         decision.decided_by = Some(via.to_string());
-        let target = decision.target_ip?;
-        let mut block = None;
-        let mut admitted = None;
+        let mut blocks = Vec::new();
+        let mut safe_until = None;
         match state {
             State::Safe => {
-                let until = now + self.timings.safe_ttl;
-                if let Err(e) = self.ledger.add_safe(target, until, id) {
-                    error!("recording {target} as safe failed: {e}");
+                let until = now.wall + self.timings.safe_ttl;
+                for t in targets_of(&decision) {
+                    self.safe.insert(t, until);
                 }
-                self.safe.insert(target, until);
+                safe_until = Some(until);
             }
-            State::Blocked | State::AutoBlocked => match self.enforcer.admit(trust, target) {
-                Ok(t) if self.enforcer.is_dry_run() => {
+            _ => {
+                let (admitted, refused) = self.admitted(trust, &targets_of(&decision));
+                for r in &refused {
+                    warn!(id, target = %r.ip, "block refused: {}", r.reason);
+                }
+                if admitted.is_empty()
+                    && let Some(first) = refused.first()
+                {
+                    decision.reason = Some(format!("block refused: {}", first.reason));
+                } else if self.dry_run {
                     decision.reason =
                         Some("dry-run: decided and recorded, nothing enforced".into());
-                    admitted = Some(t);
+                } else {
+                    self.blocked.extend(admitted.iter().map(|(a, _)| a.ip()));
+                    blocks = admitted;
                 }
-                Ok(t) => {
-                    admitted = Some(t);
-                    block = Some(Block {
-                        addr: target,
-                        expires: now + self.timings.block_ttl,
-                        decision_id: id.into(),
-                    });
-                }
-                Err(why) => {
-                    warn!(id, %target, "block refused: {why}");
-                    decision.reason = Some(format!("block refused: {why}"));
-                }
-            },
-            State::Pending => return None,
-        }
-        // The outcome is committed first; a crash after this re-asserts the block at start.
-        match self.ledger.end(&decision, block.as_ref()) {
-            Ok(true) => {}
-            Ok(false) => {
-                self.pending.remove(id);
-                return None;
-            }
-            Err(e) => {
-                error!(
-                    id,
-                    "recording the outcome failed, decision stays pending: {e}"
-                );
-                return None;
+                decision.refused = refused;
             }
         }
-        self.pending.remove(id);
-        if let Some(t) = admitted {
-            if let Err(e) = self.enforcer.apply(t, self.timings.block_ttl) {
-                error!(id, %target, "enforcing the block failed (it is recorded and re-asserted at restart): {e}");
-            } else if !self.enforcer.is_dry_run() {
-                info!(id, %target, ttl = %humantime::format_duration(self.timings.block_ttl), "blocked");
-            }
-        }
-        info!(id, state = %state, by = via, "decision ended");
-        self.announce(Notice::Ended(decision.clone()));
-        let mut alert = open.alert;
+        self.ended.insert(id.to_string(), state);
+        let mut alert = p.open.alert;
         alert.state = state.as_str().into();
-        Some(Change {
-            alert,
-            alert_at: open.alert_at,
-            decision,
+        Some(Ending {
+            change: Change {
+                alert,
+                alert_at: p.open.alert_at,
+                decision,
+            },
+            blocks,
+            safe_until,
+            reply: None,
+            quiet: false,
         })
     }
 
-    /// Lift the block on `ip`; true if one was recorded.
-    pub fn unblock(&mut self, ip: IpAddr) -> Result<bool, String> {
-        self.enforcer.remove(ip).map_err(|e| e.to_string())?;
-        self.ledger.remove_block(ip).map_err(|e| e.to_string())
+    /// Lift the block on `ip`; the reply says whether one was recorded.
+    pub fn unblock(&mut self, ip: IpAddr, reply: Option<oneshot::Sender<Result<bool, String>>>) {
+        self.blocked.remove(&crate::enrich::trust::canonical(ip));
+        self.send(Job::Unblock { ip, reply });
     }
 
-    /// The earliest pending deadline.
-    pub fn next_deadline(&self) -> Option<SystemTime> {
-        self.pending.values().map(|o| o.decision.deadline).min()
+    /// Time until the earliest pending deadline on the boot clock.
+    pub fn next_due(&self, now: Now) -> Option<Duration> {
+        self.pending
+            .values()
+            .map(|p| p.due.saturating_sub(now.boot))
+            .min()
+    }
+
+    /// The worker reported a state known only after enforcement.
+    pub fn note_changed(&mut self, change: &Change) {
+        self.ended
+            .insert(change.decision.id.clone(), change.decision.state);
     }
 }
 
-fn round(d: Duration) -> Duration {
-    Duration::from_secs(d.as_secs())
+/// A decision's targets (older rows have only `target_ip`).
+fn targets_of(d: &Decision) -> Vec<IpAddr> {
+    if d.targets.is_empty() {
+        d.target_ip.into_iter().collect()
+    } else {
+        d.targets.clone()
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, mpsc};
+
     use proptest::prelude::*;
 
     use super::*;
-    use crate::{enforce::Backend, event::sample_alert as alert};
+    use crate::{
+        enforce::{Backend, Enforcer},
+        event::sample_alert as alert,
+        switch::worker::{Health, Worker},
+    };
 
     const T: Timings = Timings {
         countdown: Duration::from_secs(300),
@@ -325,46 +600,125 @@ mod tests {
         block_ttl: Duration::from_secs(86400),
     };
 
-    fn switch(dir: &std::path::Path) -> Switch {
-        let ledger = Ledger::open(&dir.join("s.db")).unwrap();
-        Switch::new(
-            ledger,
-            Enforcer::new(Backend::Recording(Vec::new())),
-            T,
-            "h".into(),
-        )
+    /// The switch with its worker run synchronously: `sync()` carries out the queued jobs.
+    struct Rig {
+        sw: Switch,
+        worker: Worker,
+        rx: mpsc::Receiver<Job>,
     }
 
-    fn open(sw: &mut Switch, id: &str, target: &str, now: SystemTime) -> Option<Change> {
-        let trust = TrustSet::default();
-        let t = trust.check(target.parse().unwrap()).unwrap();
-        sw.open(&alert(id, target), now, vec![], t, now).unwrap()
+    impl Rig {
+        fn new(dir: &std::path::Path) -> Rig {
+            Self::with_limits(dir, Limits::default())
+        }
+
+        fn with_limits(dir: &std::path::Path, limits: Limits) -> Rig {
+            let path = dir.join("s.db");
+            let ledger = Ledger::open(&path).unwrap();
+            let worker = Worker::new(
+                ledger,
+                Enforcer::new(Backend::Recording(Vec::new())),
+                Arc::new(Health::default()),
+            );
+            let (tx, rx) = mpsc::channel();
+            let reader = Ledger::open_existing(&path, false).unwrap();
+            let sw = Switch::new(
+                reader,
+                tx,
+                T,
+                limits,
+                "h".into(),
+                false,
+                BlockGuard::default(),
+            );
+            Rig { sw, worker, rx }
+        }
+
+        fn sync(&mut self) {
+            let jobs: Vec<Job> = self.rx.try_iter().collect();
+            if !jobs.is_empty() {
+                self.worker.run(jobs);
+            }
+        }
+
+        fn recorded(&self) -> Vec<IpAddr> {
+            self.worker.enforcer().recorded().to_vec()
+        }
+
+        fn open(&mut self, id: &str, target: &str, now: Now) -> Option<Change> {
+            let trust = TrustSet::default();
+            let t = trust.check(target.parse().unwrap()).unwrap();
+            let c = self
+                .sw
+                .open(&alert(id, target), now.wall, vec![], t, &trust, now);
+            self.sync();
+            c
+        }
+
+        fn join(&mut self, id: &str, target: &str, now: Now) -> bool {
+            let t = TrustSet::default().check(target.parse().unwrap()).unwrap();
+            let joined = self.sw.join(id, t, now);
+            self.sw.flush(now);
+            self.sync();
+            joined
+        }
+
+        fn tick(&mut self, trust: &TrustSet, now: Now) -> Vec<Change> {
+            let c = self.sw.tick(trust, now);
+            self.sync();
+            c
+        }
+
+        fn answer(
+            &mut self,
+            trust: &TrustSet,
+            id: &str,
+            v: Verdict,
+            now: Now,
+        ) -> Result<Change, AnswerError> {
+            let c = self.sw.answer(trust, id, v, "cli", now, None);
+            self.sync();
+            c
+        }
+    }
+
+    fn t0() -> Now {
+        Now::read()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
     }
 
     #[test]
     fn silence_blocks_at_the_deadline() {
         let dir = tempfile::tempdir().unwrap();
-        let mut sw = switch(dir.path());
-        let t0 = SystemTime::now();
-        let c = open(&mut sw, "a1", "198.51.100.9", t0).unwrap();
+        let mut r = Rig::new(dir.path());
+        let t0 = t0();
+        let c = r.open("a1", "198.51.100.9", t0).unwrap();
         assert_eq!(c.alert.state, "pending");
         assert!(c.alert.deadline.is_some());
         let trust = TrustSet::default();
-        assert!(sw.tick(&trust, t0 + Duration::from_secs(299)).is_empty());
-        let ended = sw.tick(&trust, t0 + Duration::from_secs(300));
+        assert!(
+            r.tick(&trust, t0.after(Duration::from_secs(299)))
+                .is_empty()
+        );
+        let ended = r.tick(&trust, t0.after(Duration::from_secs(300)));
         assert_eq!(ended.len(), 1);
         assert_eq!(ended[0].decision.state, State::AutoBlocked);
         assert_eq!(ended[0].alert.state, "auto-blocked");
-        assert_eq!(
-            sw.enforcer.recorded(),
-            ["198.51.100.9".parse::<IpAddr>().unwrap()]
-        );
-        let blocks = sw.ledger.blocks(t0).unwrap();
+        assert_eq!(r.recorded(), [ip("198.51.100.9")]);
+        let blocks = r.worker.ledger().blocks(t0.wall).unwrap();
         assert_eq!(blocks.len(), 1);
         assert_eq!(blocks[0].decision_id, "a1");
         // Exactly once: answering now says it ended, and changes nothing.
-        let err = sw
-            .answer(&trust, "a1", Verdict::Safe, "cli", t0)
+        let err = r
+            .answer(
+                &trust,
+                "a1",
+                Verdict::Safe,
+                t0.after(Duration::from_secs(301)),
+            )
             .unwrap_err();
         assert_eq!(
             err,
@@ -373,37 +727,38 @@ mod tests {
                 state: State::AutoBlocked
             }
         );
-        assert_eq!(sw.enforcer.recorded().len(), 1);
+        assert_eq!(r.recorded().len(), 1);
     }
 
     #[test]
     fn safe_means_no_block_and_no_new_decision() {
         let dir = tempfile::tempdir().unwrap();
-        let mut sw = switch(dir.path());
-        let t0 = SystemTime::now();
+        let mut r = Rig::new(dir.path());
+        let t0 = t0();
         let trust = TrustSet::default();
-        open(&mut sw, "a1", "198.51.100.9", t0).unwrap();
-        let c = sw
-            .answer(&trust, "a1", Verdict::Safe, "slack:U1", t0)
-            .unwrap();
+        r.open("a1", "198.51.100.9", t0).unwrap();
+        let c =
+            r.sw.answer(&trust, "a1", Verdict::Safe, "slack:U1", t0, None)
+                .unwrap();
+        r.sync();
         assert_eq!(c.decision.state, State::Safe);
         assert_eq!(c.decision.decided_by.as_deref(), Some("slack:U1"));
-        assert!(sw.tick(&trust, t0 + Duration::from_secs(1000)).is_empty());
-        assert!(sw.enforcer.recorded().is_empty());
-        assert!(open(&mut sw, "a2", "198.51.100.9", t0 + Duration::from_secs(10)).is_none());
+        assert!(
+            r.tick(&trust, t0.after(Duration::from_secs(1000)))
+                .is_empty()
+        );
+        assert!(r.recorded().is_empty());
+        assert!(
+            r.open("a2", "198.51.100.9", t0.after(Duration::from_secs(10)))
+                .is_none()
+        );
         // Once safe_ttl is over, the target can be decided on again.
         assert!(
-            open(
-                &mut sw,
-                "a3",
-                "198.51.100.9",
-                t0 + Duration::from_secs(3601)
-            )
-            .is_some()
+            r.open("a3", "198.51.100.9", t0.after(Duration::from_secs(3601)))
+                .is_some()
         );
         assert_eq!(
-            sw.answer(&trust, "nope", Verdict::Block, "cli", t0)
-                .unwrap_err(),
+            r.answer(&trust, "nope", Verdict::Block, t0).unwrap_err(),
             AnswerError::Unknown("nope".into())
         );
     }
@@ -411,44 +766,173 @@ mod tests {
     #[test]
     fn pending_decisions_and_blocks_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let t0 = SystemTime::now();
+        let t0 = t0();
         let trust = TrustSet::default();
         {
-            let mut sw = switch(dir.path());
-            open(&mut sw, "a1", "198.51.100.9", t0).unwrap();
-            open(&mut sw, "a2", "2001:db8::9", t0).unwrap();
-            sw.answer(&trust, "a2", Verdict::Block, "cli", t0).unwrap();
+            let mut r = Rig::new(dir.path());
+            r.open("a1", "198.51.100.9", t0).unwrap();
+            r.join("a1", "198.51.100.10", t0);
+            r.open("a2", "2001:db8::9", t0).unwrap();
+            r.answer(&trust, "a2", Verdict::Block, t0).unwrap();
         } // "killed"
-        let mut sw = switch(dir.path());
-        sw.resume(&trust, t0 + Duration::from_secs(10)).unwrap();
-        // The block is re-asserted; the pending one keeps its original deadline.
-        assert_eq!(
-            sw.enforcer.recorded(),
-            ["2001:db8::9".parse::<IpAddr>().unwrap()]
+        let mut r = Rig::new(dir.path());
+        let later = t0.after(Duration::from_secs(10));
+        r.sw.resume(&trust, later).unwrap();
+        r.sync();
+        // The block is re-asserted; the pending one keeps its original deadline and targets.
+        assert_eq!(r.recorded(), [ip("2001:db8::9")]);
+        assert_eq!(r.sw.next_due(later), Some(Duration::from_secs(290)));
+        assert_eq!(r.sw.holder_of(ip("198.51.100.10")), Some("a1"));
+        assert!(
+            r.tick(&trust, t0.after(Duration::from_secs(299)))
+                .is_empty()
         );
-        assert_eq!(sw.next_deadline(), Some(t0 + Duration::from_secs(300)));
-        assert!(sw.tick(&trust, t0 + Duration::from_secs(299)).is_empty());
-        assert_eq!(sw.tick(&trust, t0 + Duration::from_secs(301)).len(), 1);
+        let ended = r.tick(&trust, t0.after(Duration::from_secs(301)));
+        assert_eq!(ended.len(), 1);
+        assert_eq!(ended[0].decision.targets.len(), 2);
     }
 
     #[test]
     fn a_trusted_target_is_refused_and_the_decision_says_why() {
         let dir = tempfile::tempdir().unwrap();
-        let mut sw = switch(dir.path());
-        let t0 = SystemTime::now();
-        open(&mut sw, "a1", "198.51.100.9", t0).unwrap();
+        let mut r = Rig::new(dir.path());
+        let t0 = t0();
+        r.open("a1", "198.51.100.9", t0).unwrap();
         // The operator trusts the address while the decision is pending.
         let trust = TrustSet::new(&["198.51.100.0/24".parse().unwrap()], &[]);
-        let c = sw.answer(&trust, "a1", Verdict::Block, "cli", t0).unwrap();
+        let c = r.answer(&trust, "a1", Verdict::Block, t0).unwrap();
         assert_eq!(c.decision.state, State::Blocked);
         assert!(c.decision.reason.unwrap().contains("trusted"));
-        assert!(sw.enforcer.recorded().is_empty());
-        assert!(sw.ledger.blocks(t0).unwrap().is_empty());
+        assert_eq!(c.decision.refused.len(), 1);
+        assert!(r.recorded().is_empty());
+        assert!(r.worker.ledger().blocks(t0.wall).unwrap().is_empty());
+    }
+
+    #[test]
+    fn every_destination_joins_and_all_are_blocked_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Rig::new(dir.path());
+        let t0 = t0();
+        let trust = TrustSet::default();
+        r.open("a1", "198.51.100.9", t0).unwrap(); // the decoy
+        assert!(r.join("a1", "198.51.100.77", t0)); // the real C2
+        assert!(!r.join("a1", "198.51.100.77", t0), "already held");
+        // One address never has two open decisions.
+        assert!(r.open("b1", "198.51.100.77", t0).is_none());
+        let ended = r.tick(&trust, t0.after(T.countdown));
+        assert_eq!(ended.len(), 1);
+        assert_eq!(
+            ended[0].decision.targets,
+            [ip("198.51.100.9"), ip("198.51.100.77")]
+        );
+        let mut got = r.recorded();
+        got.sort();
+        assert_eq!(got, [ip("198.51.100.9"), ip("198.51.100.77")]);
+    }
+
+    #[test]
+    fn growth_earns_one_follow_up_a_minute_at_most() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Rig::new(dir.path());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        r.worker.set_notices(tx);
+        let t0 = t0();
+        r.open("a1", "198.51.100.1", t0).unwrap();
+        for i in 2..=20 {
+            r.join("a1", &format!("198.51.100.{i}"), t0);
+        }
+        let later = t0.after(FOLLOW_UP_EVERY);
+        r.join("a1", "198.51.100.21", later);
+        r.join("a1", "198.51.100.22", later);
+        let mut kinds = Vec::new();
+        while let Ok(n) = rx.try_recv() {
+            kinds.push(match n {
+                Notice::Opened(d) => format!("opened {}", d.targets.len()),
+                Notice::Grew(d) => format!("grew {}", d.targets.len()),
+                Notice::Ended(d) => format!("ended {}", d.targets.len()),
+            });
+        }
+        assert_eq!(kinds, ["opened 1", "grew 21"]);
+    }
+
+    #[test]
+    fn caps_fail_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Rig::with_limits(
+            dir.path(),
+            Limits {
+                max_targets: 3,
+                max_pending: 2,
+            },
+        );
+        let t0 = t0();
+        let trust = TrustSet::default();
+        r.open("a1", "198.51.100.1", t0).unwrap();
+        assert!(r.join("a1", "198.51.100.2", t0));
+        assert!(r.join("a1", "198.51.100.3", t0));
+        // Full: the next one overflows, and the decision is due now, not in 5 minutes.
+        assert!(!r.join("a1", "198.51.100.4", t0));
+        let ended = r.tick(&trust, t0);
+        assert_eq!(ended.len(), 1);
+        assert_eq!(ended[0].decision.overflow, 1);
+        assert!(
+            ended[0]
+                .decision
+                .reason
+                .as_deref()
+                .unwrap()
+                .contains("max_targets")
+        );
+        // Past max_pending, a new decision is blocked at once.
+        r.open("b1", "198.51.100.11", t0).unwrap();
+        r.open("b2", "198.51.100.12", t0).unwrap();
+        let c = r.open("b3", "198.51.100.13", t0).unwrap();
+        assert_eq!(c.decision.state, State::AutoBlocked);
+        assert!(r.recorded().contains(&ip("198.51.100.13")));
+        assert_eq!(r.sw.pending_count(), 2);
+        let stored = r.worker.ledger().get(&c.decision.id).unwrap().unwrap();
+        assert_eq!(stored.state, State::AutoBlocked);
+    }
+
+    #[test]
+    fn a_wall_clock_step_neither_fires_nor_delays() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Rig::new(dir.path());
+        let t0 = t0();
+        let trust = TrustSet::default();
+        r.open("a1", "198.51.100.9", t0).unwrap();
+        // NTP steps the wall clock an hour forward: nothing fires.
+        let stepped = Now {
+            wall: t0.wall + Duration::from_secs(3600),
+            boot: t0.boot + Duration::from_secs(1),
+        };
+        assert!(r.tick(&trust, stepped).is_empty());
+        // An hour back: the deadline still comes after the countdown on the boot clock.
+        let back = Now {
+            wall: t0.wall - Duration::from_secs(3600),
+            boot: t0.boot + T.countdown,
+        };
+        assert_eq!(r.tick(&trust, back).len(), 1);
+    }
+
+    #[test]
+    fn the_ids_of_later_decisions_of_one_alert_are_fresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Rig::new(dir.path());
+        let t0 = t0();
+        let trust = TrustSet::default();
+        r.open("a1", "198.51.100.9", t0).unwrap();
+        r.tick(&trust, t0.after(T.countdown));
+        let c = r
+            .open("a1", "198.51.100.10", t0.after(T.countdown))
+            .unwrap();
+        assert_eq!(c.decision.id, "a1.2");
     }
 
     #[derive(Debug, Clone)]
     enum Step {
         Open(u8, u32),
+        Join(u8, u32),
         Answer(u8, bool),
         Tick(u16),
     }
@@ -456,6 +940,7 @@ mod tests {
     fn step() -> impl Strategy<Value = Step> {
         prop_oneof![
             (any::<u8>(), any::<u32>()).prop_map(|(i, a)| Step::Open(i, a)),
+            (any::<u8>(), any::<u32>()).prop_map(|(i, a)| Step::Join(i, a)),
             (any::<u8>(), any::<bool>()).prop_map(|(i, b)| Step::Answer(i, b)),
             any::<u16>().prop_map(Step::Tick),
         ]
@@ -464,52 +949,69 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
-        /// Whatever happens — decisions opened on any address (trust changing under them),
-        /// answers, timers, restarts — no trusted address is ever put in a set.
+        /// Whatever happens — decisions opened and joined on any address (trust changing under
+        /// them), answers, timers, restarts — no trusted address is ever put in a set, and no
+        /// address is ever held by two pending decisions.
         #[test]
         fn no_sequence_blocks_a_trusted_address(steps in prop::collection::vec(step(), 1..40),
                                                 trusted in prop::collection::vec(any::<u32>(), 1..4)) {
             let dir = tempfile::tempdir().unwrap();
-            let mut sw = switch(dir.path());
+            let mut r = Rig::new(dir.path());
             let nets: Vec<ipnet::IpNet> = trusted
                 .iter()
                 .map(|a| ipnet::IpNet::new(IpAddr::V4((*a).into()), 24).unwrap().trunc())
                 .collect();
             let open_trust = TrustSet::default();
             let trust = TrustSet::new(&nets, &[]);
-            let mut now = SystemTime::now();
+            let mut now = Now::read();
+            let pick = |i: u8, a: u32| {
+                // Half the time, pick an address inside a trusted network.
+                if a.is_multiple_of(2) {
+                    let IpNet::V4(n) = nets[i as usize % nets.len()] else { unreachable!() };
+                    IpAddr::V4((u32::from(n.network()) | (a & 0xff)).into())
+                } else {
+                    IpAddr::V4(a.into())
+                }
+            };
             for s in steps {
                 match s {
                     Step::Open(i, a) => {
-                        // Half the time, pick an address inside a trusted network.
-                        let addr = if a % 2 == 0 {
-                            let n = nets[i as usize % nets.len()];
-                            let IpNet::V4(n) = n else { unreachable!() };
-                            IpAddr::V4((u32::from(n.network()) | (a & 0xff)).into())
-                        } else {
-                            IpAddr::V4(a.into())
-                        };
+                        let addr = pick(i, a);
                         // Decisions open while the address was not (yet) trusted.
                         if let Ok(t) = open_trust.check(addr) {
-                            sw.open(&alert(&format!("d{i}"), &addr.to_string()), now, vec![], t, now).unwrap();
+                            r.sw.open(&alert(&format!("d{i}"), &addr.to_string()), now.wall, vec![], t, &open_trust, now);
+                        }
+                    }
+                    Step::Join(i, a) => {
+                        if let Ok(t) = open_trust.check(pick(i, a)) {
+                            r.sw.join(&format!("d{}", i % 8), t, now);
                         }
                     }
                     Step::Answer(i, block) => {
                         let v = if block { Verdict::Block } else { Verdict::Safe };
-                        let _ = sw.answer(&trust, &format!("d{i}"), v, "cli", now);
+                        let _ = r.sw.answer(&trust, &format!("d{i}"), v, "cli", now, None);
                     }
                     Step::Tick(secs) => {
-                        now += Duration::from_secs(secs as u64);
-                        sw.tick(&trust, now);
+                        now = now.after(Duration::from_secs(secs as u64));
+                        r.sw.tick(&trust, now);
+                    }
+                }
+                r.sw.flush(now);
+                r.sync();
+                let mut held = std::collections::HashSet::new();
+                for d in r.sw.pending() {
+                    for t in &d.targets {
+                        prop_assert!(held.insert(*t), "{t} held twice");
                     }
                 }
             }
             // And a restart re-asserts nothing trusted either.
-            let recorded = sw.enforcer.recorded().to_vec();
-            drop(sw);
-            let mut again = switch(dir.path());
-            again.resume(&trust, now).unwrap();
-            for ip in recorded.iter().chain(again.enforcer.recorded()) {
+            let recorded = r.recorded();
+            drop(r);
+            let mut again = Rig::new(dir.path());
+            again.sw.resume(&trust, now).unwrap();
+            again.sync();
+            for ip in recorded.iter().chain(again.recorded().iter()) {
                 prop_assert!(trust.check(*ip).is_ok(), "{ip} was blocked");
             }
         }

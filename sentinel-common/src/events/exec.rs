@@ -25,8 +25,22 @@ pub struct ExecData {
     pub argv_truncated: u32,
     /// The process's `start_boottime` in nanoseconds since boot.
     pub start_ns: u64,
+    /// The new image's identity: see [`ExeId`].
+    pub exe: ExeId,
     pub filename: [u8; FILENAME_LEN],
     pub argv: [u8; ARGV_LEN],
+}
+
+/// Which executable file a process runs (`mm->exe_file`): device and inode as the kernel
+/// numbers them. Zero when unknown (a kernel thread, or offsets missing).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ExeId {
+    /// The inode number.
+    pub ino: u64,
+    /// The kernel's `dev_t` (major << 20 | minor).
+    pub dev: u32,
+    pub _pad: u32,
 }
 
 /// A new process was created by the header's task.
@@ -52,14 +66,16 @@ pub type ExecEvent = Event<ExecData>;
 pub type ForkEvent = Event<ForkData>;
 pub type ExitEvent = Event<ExitData>;
 
-const _: () = assert!(core::mem::size_of::<ExecData>() == 24 + FILENAME_LEN + ARGV_LEN);
-const _: () = assert!(core::mem::size_of::<ExecEvent>() == 48 + 792);
+const _: () = assert!(core::mem::size_of::<ExeId>() == 16);
+const _: () = assert!(core::mem::size_of::<ExecData>() == 40 + FILENAME_LEN + ARGV_LEN);
+const _: () = assert!(core::mem::size_of::<ExecEvent>() == 48 + 808);
 const _: () = assert!(core::mem::size_of::<ForkEvent>() == 64);
 const _: () = assert!(core::mem::size_of::<ExitEvent>() == 56);
 
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: integers and byte arrays only, no padding (sizes asserted above).
+    unsafe impl aya::Pod for super::ExeId {}
     unsafe impl aya::Pod for super::ExecData {}
     unsafe impl aya::Pod for super::ForkData {}
     unsafe impl aya::Pod for super::ExitData {}

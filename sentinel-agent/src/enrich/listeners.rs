@@ -1,0 +1,94 @@
+//! Which processes already accept connections when the agent starts. The `connect` sensor sees
+//! every later `listen(2)`, but a server started before the agent never calls it again: its
+//! listening sockets (TCP v4/v6 in state LISTEN, unix stream sockets with `SO_ACCEPTCON`) are
+//! read from `/proc/net/*` and matched to their owners through `/proc/<pid>/fd`.
+
+use std::{collections::HashSet, fs, path::Path};
+
+/// `TCP_LISTEN` as `/proc/net/tcp` writes it.
+const TCP_LISTEN: &str = "0A";
+/// `__SO_ACCEPTCON` in the flags column of `/proc/net/unix`.
+const SO_ACCEPTCON: u32 = 1 << 16;
+
+/// Socket inodes in state LISTEN in a `/proc/net/tcp`-format table.
+pub fn tcp_listening(table: &str) -> HashSet<u64> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (f.get(3) == Some(&TCP_LISTEN)).then(|| f.get(9)?.parse().ok())?
+        })
+        .collect()
+}
+
+/// Listening socket inodes in a `/proc/net/unix` table.
+pub fn unix_listening(table: &str) -> HashSet<u64> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let flags = u32::from_str_radix(f.get(3)?, 16).ok()?;
+            (flags & SO_ACCEPTCON != 0).then(|| f.get(6)?.parse().ok())?
+        })
+        .collect()
+}
+
+/// Processes in `proc_root` that hold a listening socket.
+pub fn listening_pids(proc_root: &Path) -> Vec<u32> {
+    let net = proc_root.join("net");
+    let read = |name: &str| fs::read_to_string(net.join(name)).unwrap_or_default();
+    let mut inodes = tcp_listening(&read("tcp"));
+    inodes.extend(tcp_listening(&read("tcp6")));
+    inodes.extend(unix_listening(&read("unix")));
+    if inodes.is_empty() {
+        return Vec::new();
+    }
+    let Ok(entries) = fs::read_dir(proc_root) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| holds_any(&proc_root.join(pid.to_string()).join("fd"), &inodes))
+        .collect()
+}
+
+/// Whether the fd directory links to one of the socket `inodes`.
+fn holds_any(fd_dir: &Path, inodes: &HashSet<u64>) -> bool {
+    let Ok(fds) = fs::read_dir(fd_dir) else {
+        return false;
+    };
+    fds.filter_map(Result::ok).any(|fd| {
+        fs::read_link(fd.path()).ok().is_some_and(|target| {
+            target
+                .to_str()
+                .and_then(|t| t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok())
+                .is_some_and(|ino: u64| inodes.contains(&ino))
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_tcp_and_unix_tables() {
+        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 100 0 0 10 0\n   1: 0100007F:C350 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 4343 1 0000000000000000 20 4 30 10 -1\n";
+        assert_eq!(tcp_listening(tcp), HashSet::from([4242]));
+        let unix = "Num       RefCount Protocol Flags    Type St Inode Path\n0000000000000000: 00000002 00000000 00010000 0001 01 777 /run/php/php-fpm.sock\n0000000000000000: 00000003 00000000 00000000 0001 03 778\n";
+        assert_eq!(unix_listening(unix), HashSet::from([777]));
+        assert!(tcp_listening("").is_empty());
+        assert!(unix_listening("garbage\nmore garbage here x y z").is_empty());
+    }
+
+    #[test]
+    fn finds_a_real_listener() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let pids = listening_pids(Path::new("/proc"));
+        assert!(pids.contains(&std::process::id()), "{pids:?}");
+        drop(listener);
+    }
+}

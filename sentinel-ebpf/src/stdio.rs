@@ -1,0 +1,139 @@
+//! The `stdio` sensor: a TCP socket duplicated onto standard input, output or error
+//! (`syscalls/sys_enter_dup2`, `sys_enter_dup3`) — the move every classic reverse shell makes
+//! before it runs commands. Shells call `dup2` all the time, so the program looks at the
+//! descriptor first and reports only a TCP socket this host connected out with (`OUTBOUND`,
+//! kept by the `connect` sensor), with its peer read from the socket. An accepted connection
+//! handed to a child as stdio (inetd, `sshd -i`, socket activation) is a server, not a
+//! reverse shell: not reported.
+
+use aya_ebpf::{
+    EbpfContext, helpers::bpf_get_current_task, macros::tracepoint, programs::TracePointContext,
+};
+use sentinel_common::{
+    EventKind,
+    events::{
+        connect::{AF_INET, AF_INET6},
+        stdio::StdioEvent,
+    },
+};
+
+use crate::{
+    connect::OUTBOUND,
+    exec::EXEC_LOST,
+    task::{
+        EVENTS, count_lost, current_tgid_unless_agent, fill_header, offsets, quiet_submit_flags,
+        read_at, read_field,
+    },
+};
+
+/// `sys_enter_dup2` / `sys_enter_dup3`: `oldfd` at 16, `newfd` at 24 (8-byte slots).
+const OLDFD: usize = 16;
+const NEWFD: usize = 24;
+
+const S_IFMT: u16 = 0o170000;
+const S_IFSOCK: u16 = 0o140000;
+const IPPROTO_TCP: u16 = 6;
+
+#[tracepoint]
+pub fn stdio_sys_enter_dup2(ctx: TracePointContext) -> u32 {
+    on_dup(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn stdio_sys_enter_dup3(ctx: TracePointContext) -> u32 {
+    on_dup(&ctx);
+    0
+}
+
+/// A syscall argument slot of the record.
+#[inline(always)]
+fn arg(ctx: &TracePointContext, offset: usize) -> u64 {
+    // SAFETY: offsets are those of the record's format, 8-byte aligned and in bounds.
+    unsafe { *(ctx.as_ptr() as *const u8).add(offset).cast::<u64>() }
+}
+
+/// The current task's `struct file *` for `fd`, when it has one.
+#[inline(always)]
+fn file_of(fd: u32) -> Option<*const u8> {
+    let off = offsets();
+    // SAFETY: bpf_get_current_task has no preconditions.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let files: *const u8 = read_field(task, off.task_files)?;
+    let fdt: *const u8 = read_field(files, off.files_fdt)?;
+    // `max_fds` and `i_mode` open their structs: offset 0 is their real offset here.
+    let max: u32 = read_at(fdt, off.fdt_max_fds as usize)?;
+    if fd >= max {
+        return None;
+    }
+    let array: *const u8 = read_field(fdt, off.fdt_fd)?;
+    // `fd < max_fds` keeps the slot inside the array; the helper checks the address anyway.
+    let file: *const u8 = read_at(array, fd as usize * 8)?;
+    (!file.is_null()).then_some(file)
+}
+
+/// Read `T` at `base + offset` for offsets that may legitimately be 0 (`skc_daddr`).
+#[inline(always)]
+fn read_sk<T>(sk: *const u8, offset: u32) -> Option<T> {
+    read_at(sk, offset as usize)
+}
+
+fn on_dup(ctx: &TracePointContext) {
+    let newfd = arg(ctx, NEWFD);
+    let oldfd = arg(ctx, OLDFD);
+    if newfd > 2 || oldfd > u32::MAX as u64 || oldfd == newfd {
+        return;
+    }
+    let off = offsets();
+    // Without these the socket cannot be found (the zero-valued ones are checked by BTF).
+    if off.sk_family == 0 || off.socket_sk == 0 || off.fdt_fd == 0 {
+        return;
+    }
+    if current_tgid_unless_agent().is_none() {
+        return;
+    }
+    let Some(file) = file_of(oldfd as u32) else {
+        return;
+    };
+    let mode: u16 = read_field::<*const u8>(file, off.file_inode)
+        .and_then(|inode| read_at(inode, off.inode_mode as usize))
+        .unwrap_or(0);
+    if mode & S_IFMT != S_IFSOCK {
+        return;
+    }
+    let Some(sk) = read_field::<*const u8>(file, off.file_private_data)
+        .and_then(|socket| read_field::<*const u8>(socket, off.socket_sk))
+    else {
+        return;
+    };
+    // SAFETY: a plain lookup; the value is not kept.
+    if unsafe { OUTBOUND.get(sk as u64) }.is_none() {
+        return;
+    }
+    let family: u16 = read_sk(sk, off.sk_family).unwrap_or(0);
+    let protocol: u16 = read_sk(sk, off.sk_protocol).unwrap_or(0);
+    if (family != AF_INET && family != AF_INET6) || protocol != IPPROTO_TCP {
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<StdioEvent>(0) else {
+        count_lost(&EXEC_LOST);
+        return;
+    };
+    // SAFETY: sized for a StdioEvent; every field is written below.
+    let event = unsafe { &mut *entry.as_mut_ptr() };
+    fill_header(&mut event.header, EventKind::Stdio);
+    let data = &mut event.data;
+    data.oldfd = oldfd as u32;
+    data.newfd = newfd as u32;
+    data.family = family;
+    data.dport = u16::from_be(read_sk(sk, off.sk_dport).unwrap_or(0));
+    data._pad = 0;
+    data.daddr = [0; 16];
+    if family == AF_INET {
+        let v4: u32 = read_sk(sk, off.sk_daddr).unwrap_or(0);
+        data.daddr[..4].copy_from_slice(&v4.to_ne_bytes());
+    } else {
+        data.daddr = read_sk(sk, off.sk_v6_daddr).unwrap_or([0; 16]);
+    }
+    entry.submit(quiet_submit_flags(&EVENTS));
+}
