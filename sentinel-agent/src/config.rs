@@ -104,7 +104,7 @@ pub struct EnforceConfig {
     /// How long a block lasts (the nftables element timeout).
     #[serde(deserialize_with = "duration")]
     pub block_ttl: Duration,
-    /// Also terminate the offending process tree (`lineage`, `resource`).
+    /// Also terminate the offending process tree (`lineage`, `resource`, `reverse_shell`).
     pub kill: bool,
     /// Time between SIGTERM and SIGKILL.
     #[serde(deserialize_with = "duration")]
