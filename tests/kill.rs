@@ -8,8 +8,9 @@
 //! session (and so a scheduler autogroup) of its own at autogroup nice -15, so it takes most of
 //! the machine's two CPUs however busy the machine is, and `resource.cpu_percent` is set above
 //! what any single-threaded process can reach (150 % of one CPU for 2 s), which nothing else
-//! reaches while the burner runs. Lineage is pointed at a web server name nobody runs, and
-//! common heavy tools are in `enforce.protect` besides.
+//! reaches while the burner runs. Only resource alerts get the process response
+//! (`enforce.kill_on`: other tests' shells under their web servers are none of this agent's
+//! business), and common heavy tools are in `enforce.protect` besides.
 
 mod common;
 
@@ -73,8 +74,8 @@ fn build_burner(dir: &Path) -> PathBuf {
 fn config(table: &Table) -> String {
     format!(
         "[resource]\ncpu_percent = 150\nsustain = \"2s\"\nbaseline_deviation = 100\n\
-         [lineage]\nweb_servers = [\"snt-nosuchweb\"]\n\
          [enforce]\ntable = \"{}\"\nconnect_guard = false\nkill = true\nkill_grace = \"1s\"\n\
+         kill_on = [\"resource\"]\n\
          protect = [\"rustc\", \"cargo\", \"cc1\", \"ld\", \"node\", \"clippy-driver\", \"sentinel\"]\n",
         table.0
     )

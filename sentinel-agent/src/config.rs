@@ -104,11 +104,13 @@ pub struct EnforceConfig {
     /// How long a block lasts (the nftables element timeout).
     #[serde(deserialize_with = "duration")]
     pub block_ttl: Duration,
-    /// Also terminate the offending process tree (`lineage`, `resource`).
+    /// Also terminate the offending process tree (`lineage`, `resource`, `reverse_shell`).
     pub kill: bool,
     /// Time between SIGTERM and SIGKILL.
     #[serde(deserialize_with = "duration")]
     pub kill_grace: Duration,
+    /// The anomalies whose process tree is terminated (a subset of [`KILLABLE`]).
+    pub kill_on: Vec<String>,
     /// Executables never killed: a name matches the executable's file name (`node` also
     /// `node18`), an absolute path that one file (pid 1, the agent, sshd, systemd and login
     /// never are).
@@ -119,6 +121,9 @@ pub struct EnforceConfig {
     pub block_private: bool,
 }
 
+/// Anomalies whose culprit is a process that `enforce.kill` can terminate.
+pub const KILLABLE: [&str; 3] = ["lineage", "resource", "reverse_shell"];
+
 impl Default for EnforceConfig {
     fn default() -> Self {
         Self {
@@ -127,6 +132,7 @@ impl Default for EnforceConfig {
             block_ttl: Duration::from_secs(24 * 3600),
             kill: false,
             kill_grace: Duration::from_secs(2),
+            kill_on: KILLABLE.iter().map(|a| a.to_string()).collect(),
             protect: Vec::new(),
             connect_guard: true,
             block_private: false,
@@ -734,6 +740,14 @@ impl Config {
         if e.kill_grace > Duration::from_secs(60) {
             bad("enforce.kill_grace", "is longer than 60s".into());
         }
+        for a in &e.kill_on {
+            if !KILLABLE.contains(&a.as_str()) {
+                bad(
+                    "enforce.kill_on",
+                    format!("{a:?} is not one of {}", KILLABLE.join(", ")),
+                );
+            }
+        }
         for p in &e.protect {
             let path = p.starts_with('/') && !p.split('/').any(|c| c == "..");
             if p.is_empty() || (p.contains('/') && !path) {
@@ -916,6 +930,7 @@ mod tests {
                 e.block_ttl,
                 e.kill,
                 e.kill_grace,
+                &e.kill_on,
                 &e.protect,
                 e.connect_guard,
                 e.block_private
@@ -926,6 +941,7 @@ mod tests {
                 de.block_ttl,
                 de.kill,
                 de.kill_grace,
+                &de.kill_on,
                 &de.protect,
                 de.connect_guard,
                 de.block_private
@@ -1113,6 +1129,15 @@ mod tests {
         let c = parse("[enforce]\nmode = \"dry-run\"\n").unwrap();
         assert_eq!(c.enforce.mode, EnforceMode::DryRun);
         assert!(parse("[enforce]\nprotect = [\"node\", \"/opt/app/bin/worker\"]\n").is_ok());
+        let c = parse("[enforce]\nkill_on = [\"resource\"]\n").unwrap();
+        assert_eq!(c.enforce.kill_on, ["resource"]);
+        let err = parse("[enforce]\nkill_on = [\"geo\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("enforce.kill_on") && err.contains("geo"),
+            "{err}"
+        );
         for bad in ["", "bin/node", "/opt/../tmp/x"] {
             let err = parse(&format!("[enforce]\nprotect = [{bad:?}]\n"))
                 .unwrap_err()

@@ -348,6 +348,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 agent_tgid,
                 Path::new("/proc"),
             )
+            .responding_to(config.enforce.kill_on.clone())
         }),
         dry_run: config.enforce.mode == EnforceMode::DryRun,
     };

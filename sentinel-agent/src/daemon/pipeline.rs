@@ -270,15 +270,12 @@ impl Pipeline {
 
     /// `enforce.kill`: terminate the offending process tree of a lineage or resource alert.
     fn respond(&mut self, culprit: u32, alert: &AlertBody) {
-        if !matches!(
-            alert.anomaly.as_str(),
-            "lineage" | "resource" | "reverse_shell"
-        ) {
-            return;
-        }
         let Some(killer) = &mut self.killer else {
             return;
         };
+        if !killer.responds_to(&alert.anomaly) {
+            return;
+        }
         // A repeat about a process already dealt with costs no /proc scan.
         let start = self.tree.get(culprit).map(|p| p.start);
         if start.is_some_and(|s| killer.settled(&alert.id, culprit, s)) {

@@ -1,5 +1,6 @@
-//! Process response (`enforce.kill`): terminate the offending process tree of a `lineage` or
-//! `resource` alert — SIGTERM, then SIGKILL after `enforce.kill_grace` — once per alert.
+//! Process response (`enforce.kill`): terminate the offending process tree of a `lineage`,
+//! `resource` or `reverse_shell` alert (`enforce.kill_on`) — SIGTERM, then SIGKILL after
+//! `enforce.kill_grace` — once per alert.
 //!
 //! It widens to the parent only on a **real respawn**: after a kill, a *new* process running
 //! the same executable appears under the same parent (same pid and start time) and is itself
@@ -159,6 +160,8 @@ pub struct Plan {
 }
 
 pub struct Killer {
+    /// `enforce.kill_on`: the anomalies responded to.
+    anomalies: Vec<String>,
     grace: Duration,
     protect: Vec<String>,
     agent_tgid: u32,
@@ -178,12 +181,24 @@ fn names(entry: &str, exe: &str) -> bool {
 impl Killer {
     pub fn new(grace: Duration, protect: Vec<String>, agent_tgid: u32, proc_root: &Path) -> Self {
         Self {
+            anomalies: crate::config::KILLABLE.map(String::from).to_vec(),
             grace,
             protect,
             agent_tgid,
             proc_root: proc_root.into(),
             acted: Vec::new(),
         }
+    }
+
+    /// Respond only to these anomalies (`enforce.kill_on`).
+    pub fn responding_to(mut self, anomalies: Vec<String>) -> Self {
+        self.anomalies = anomalies;
+        self
+    }
+
+    /// Whether an alert of `anomaly` gets the process response.
+    pub fn responds_to(&self, anomaly: &str) -> bool {
+        self.anomalies.iter().any(|a| a == anomaly)
     }
 
     /// The live processes, for [`Killer::plan`].

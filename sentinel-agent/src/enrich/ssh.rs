@@ -20,9 +20,10 @@
 //!    with `-9` leaves one behind), a reused pid, or a record written by something else
 //!    (tmux, mosh, a serial `login`) grants nothing.
 //! 3. **Its connection is still up, to an SSH port.** An ESTABLISHED TCP connection from that
-//!    peer to a local port in `trust.ssh_ports` exists. The socket tables are read only when
-//!    step 1 and 2 left a candidate, so a host with nobody logged in never scans them (the scan
-//!    costs CPU under TIME_WAIT storms).
+//!    peer to a local port in `trust.ssh_ports` exists, asked of the kernel through sock_diag
+//!    netlink (`enrich::sockets`: filtered on state in the kernel, so TIME_WAIT storms cost
+//!    nothing), with `/proc/net/tcp{,6}` as the fallback. Only asked when steps 1 and 2 left a
+//!    candidate: a host with nobody logged in never looks at its sockets.
 //!
 //! Limits: a session without a pty under `UsePAM no` writes no record and is not trusted
 //! (set `trust.ips` for such automation); a peer behind the same NAT as a logged-in operator
@@ -35,7 +36,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use tracing::debug;
+
 use crate::enrich::{
+    sockets,
     tree::read_stat,
     trust::{canonical, established_peers},
 };
@@ -56,6 +60,8 @@ pub struct Sources {
     pub logind: PathBuf,
     /// `/proc`.
     pub proc_root: PathBuf,
+    /// Ask the kernel for the connections (sock_diag); false: read `<proc_root>/net/tcp*`.
+    pub netlink: bool,
 }
 
 impl Default for Sources {
@@ -64,6 +70,7 @@ impl Default for Sources {
             utmp: PathBuf::from("/run/utmp"),
             logind: PathBuf::from("/run/systemd/sessions"),
             proc_root: PathBuf::from("/proc"),
+            netlink: true,
         }
     }
 }
@@ -95,13 +102,19 @@ pub fn authenticated_peers(src: &Sources, ports: &[u16]) -> HashSet<IpAddr> {
     if candidates.is_empty() {
         return candidates;
     }
-    let connected = connected_peers(&src.proc_root, ports);
+    let connected = connected_peers(src, ports);
     candidates.intersection(&connected).copied().collect()
 }
 
 /// Remote addresses of ESTABLISHED TCP connections to a local port in `ports`.
-fn connected_peers(proc_root: &Path, ports: &[u16]) -> HashSet<IpAddr> {
-    let net = proc_root.join("net");
+fn connected_peers(src: &Sources, ports: &[u16]) -> HashSet<IpAddr> {
+    if src.netlink {
+        match sockets::established_peers(ports) {
+            Ok(peers) => return peers,
+            Err(e) => debug!("sock_diag failed, reading /proc/net/tcp instead: {e}"),
+        }
+    }
+    let net = src.proc_root.join("net");
     ["tcp", "tcp6"]
         .iter()
         .filter_map(|f| fs::read_to_string(net.join(f)).ok())
@@ -255,6 +268,7 @@ mod tests {
                 utmp: self.0.path().join("utmp"),
                 logind: self.0.path().join("sessions"),
                 proc_root: self.0.path().into(),
+                netlink: false,
             }
         }
     }
