@@ -623,22 +623,27 @@ fn a_reverse_shell_is_killed_with_enforce_kill() {
     let table = Table::new("rwkill");
     let _c2 = c2(&net, C2_SILENT_PORT, false);
     let agent = attack_agent(&table, true);
-    let mut shell = Group::spawn("python", &mut python_reverse_shell(C2_SILENT_PORT));
-    let pid = shell.pid();
-    let alert = wait_event(&agent, "alert", "reverse_shell", |a| {
-        a["anomaly"] == "reverse_shell" && a["pid"] == pid
-    });
-    assert_eq!(alert["target_ip"], DE4, "{alert}");
-    let killed = wait_until("the shell killed", WAIT, || {
-        shell.child.try_wait().ok().flatten().is_some()
-    });
-    assert!(killed, "the reverse shell {pid} survived:\n{}", agent.log());
-    assert!(agent.status()["kills"].as_u64().unwrap() >= 1);
-    assert!(
-        wait_until("the C2 blocked", WAIT, || blocked(&table)),
-        "{:?}",
-        agent.events("decision")
+    // The C2 never answers: each shell lives until the agent kills it.
+    let survived = std::cell::Cell::new(0);
+    attack_rounds(
+        "reverse shell killed",
+        &agent,
+        &table,
+        &["reverse_shell"],
+        |_| {
+            let mut shell = Group::spawn("python", &mut python_reverse_shell(C2_SILENT_PORT));
+            let killed = wait_until("the shell killed", WAIT, || {
+                shell.child.try_wait().ok().flatten().is_some()
+            });
+            if !killed {
+                eprintln!("the reverse shell {} survived", shell.pid());
+                survived.set(survived.get() + 1);
+            }
+        },
     );
+    assert_eq!(survived.get(), 0, "{}", agent.log());
+    let kills = agent.status()["kills"].as_u64().unwrap();
+    assert!(kills >= rounds() as u64, "{kills} kills");
 }
 
 /// A local npm package with lifecycle scripts, packed and installed offline, then `npm run`.
