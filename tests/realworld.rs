@@ -631,7 +631,21 @@ fn a_reverse_shell_is_killed_with_enforce_kill() {
         &table,
         &["reverse_shell"],
         |_| {
-            let mut shell = Group::spawn("python", &mut python_reverse_shell(C2_SILENT_PORT));
+            // Each shell under a parent of its own: the same program killed twice under one
+            // parent is a respawn, and the killer would go for the parent (this test's tree).
+            let python = python_reverse_shell(C2_SILENT_PORT);
+            let line = std::iter::once(python.get_program())
+                .chain(python.get_args())
+                .map(|a| format!("'{}'", a.to_str().unwrap().replace('\'', "'\\''")))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let mut wrapper = Command::new("/bin/sh");
+            wrapper
+                .args(["-c", &format!("{line}; true")])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let mut shell = Group::spawn("python below sh", &mut wrapper);
             let killed = wait_until("the shell killed", WAIT, || {
                 shell.child.try_wait().ok().flatten().is_some()
             });
