@@ -353,8 +353,8 @@ fn blocked(table: &Table) -> bool {
 }
 
 /// One attack round: `attack` runs it; then the expected anomalies must be alerted and a
-/// decision of theirs must block the C2. Returns what went wrong, if anything; leaves the C2
-/// unblocked for the next round.
+/// decision of theirs must block the C2. Returns what went wrong, if anything; whatever
+/// happened, leaves the C2 unblocked for the next round.
 fn attack_round(
     agent: &Agent,
     table: &Table,
@@ -363,6 +363,34 @@ fn attack_round(
 ) -> Result<(), String> {
     let before = ids(&agent.events("alert"));
     attack();
+    let outcome = judge_round(agent, table, expected, &before);
+    // Every decision of the round ends (auto-blocked), then the C2 is unblocked again.
+    let settled = wait_until("no pending decision", WAIT, || {
+        !agent.json_lines(&["pending", "--json"]).iter().any(|p| {
+            p["target_ip"] == DE4 && !before.contains(p["id"].as_str().unwrap_or_default())
+        })
+    });
+    let out = agent.cli(&["unblock", DE4]);
+    let reset = settled
+        && (out.status.success() || !blocked(table))
+        && wait_until("C2 unblocked", WAIT, || !blocked(table));
+    match (outcome, reset) {
+        (Ok(()), true) => Ok(()),
+        (Ok(()), false) => Err(format!(
+            "could not reset: settled {settled}, unblock: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )),
+        (Err(e), _) => Err(e),
+    }
+}
+
+/// Whether the round's alerts and block are there.
+fn judge_round(
+    agent: &Agent,
+    table: &Table,
+    expected: &[&str],
+    before: &HashSet<String>,
+) -> Result<(), String> {
     let new_alerts = || -> Vec<Value> {
         our_alerts(agent)
             .into_iter()
@@ -402,23 +430,6 @@ fn attack_round(
             "no decision blocked {DE4}: alerts {alerts:?}, decisions {:?}",
             agent.events("decision")
         ));
-    }
-    // Every decision of the round ends (auto-blocked), then the C2 is unblocked again.
-    let settled = wait_until("no pending decision", WAIT, || {
-        !agent
-            .json_lines(&["pending", "--json"])
-            .iter()
-            .any(|p| mine.contains(p["id"].as_str().unwrap_or_default()))
-    });
-    let out = agent.cli(&["unblock", DE4]);
-    if !settled || !out.status.success() {
-        return Err(format!(
-            "could not reset: settled {settled}, unblock: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    if !wait_until("C2 unblocked", WAIT, || !blocked(table)) {
-        return Err("the C2 stayed blocked after unblock".into());
     }
     Ok(())
 }
