@@ -353,8 +353,8 @@ fn blocked(table: &Table) -> bool {
 }
 
 /// One attack round: `attack` runs it; then the expected anomalies must be alerted and a
-/// decision of theirs must block the C2. Returns what went wrong, if anything; leaves the C2
-/// unblocked for the next round.
+/// decision of theirs must block the C2. Returns what went wrong, if anything; whatever
+/// happened, leaves the C2 unblocked for the next round.
 fn attack_round(
     agent: &Agent,
     table: &Table,
@@ -363,6 +363,34 @@ fn attack_round(
 ) -> Result<(), String> {
     let before = ids(&agent.events("alert"));
     attack();
+    let outcome = judge_round(agent, table, expected, &before);
+    // Every decision of the round ends (auto-blocked), then the C2 is unblocked again.
+    let settled = wait_until("no pending decision", WAIT, || {
+        !agent.json_lines(&["pending", "--json"]).iter().any(|p| {
+            p["target_ip"] == DE4 && !before.contains(p["id"].as_str().unwrap_or_default())
+        })
+    });
+    let out = agent.cli(&["unblock", DE4]);
+    let reset = settled
+        && (out.status.success() || !blocked(table))
+        && wait_until("C2 unblocked", WAIT, || !blocked(table));
+    match (outcome, reset) {
+        (Ok(()), true) => Ok(()),
+        (Ok(()), false) => Err(format!(
+            "could not reset: settled {settled}, unblock: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )),
+        (Err(e), _) => Err(e),
+    }
+}
+
+/// Whether the round's alerts and block are there.
+fn judge_round(
+    agent: &Agent,
+    table: &Table,
+    expected: &[&str],
+    before: &HashSet<String>,
+) -> Result<(), String> {
     let new_alerts = || -> Vec<Value> {
         our_alerts(agent)
             .into_iter()
@@ -402,23 +430,6 @@ fn attack_round(
             "no decision blocked {DE4}: alerts {alerts:?}, decisions {:?}",
             agent.events("decision")
         ));
-    }
-    // Every decision of the round ends (auto-blocked), then the C2 is unblocked again.
-    let settled = wait_until("no pending decision", WAIT, || {
-        !agent
-            .json_lines(&["pending", "--json"])
-            .iter()
-            .any(|p| mine.contains(p["id"].as_str().unwrap_or_default()))
-    });
-    let out = agent.cli(&["unblock", DE4]);
-    if !settled || !out.status.success() {
-        return Err(format!(
-            "could not reset: settled {settled}, unblock: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    if !wait_until("C2 unblocked", WAIT, || !blocked(table)) {
-        return Err("the C2 stayed blocked after unblock".into());
     }
     Ok(())
 }
@@ -623,22 +634,41 @@ fn a_reverse_shell_is_killed_with_enforce_kill() {
     let table = Table::new("rwkill");
     let _c2 = c2(&net, C2_SILENT_PORT, false);
     let agent = attack_agent(&table, true);
-    let mut shell = Group::spawn("python", &mut python_reverse_shell(C2_SILENT_PORT));
-    let pid = shell.pid();
-    let alert = wait_event(&agent, "alert", "reverse_shell", |a| {
-        a["anomaly"] == "reverse_shell" && a["pid"] == pid
-    });
-    assert_eq!(alert["target_ip"], DE4, "{alert}");
-    let killed = wait_until("the shell killed", WAIT, || {
-        shell.child.try_wait().ok().flatten().is_some()
-    });
-    assert!(killed, "the reverse shell {pid} survived:\n{}", agent.log());
-    assert!(agent.status()["kills"].as_u64().unwrap() >= 1);
-    assert!(
-        wait_until("the C2 blocked", WAIT, || blocked(&table)),
-        "{:?}",
-        agent.events("decision")
+    // The C2 never answers: each shell lives until the agent kills it.
+    let survived = std::cell::Cell::new(0);
+    attack_rounds(
+        "reverse shell killed",
+        &agent,
+        &table,
+        &["reverse_shell"],
+        |_| {
+            // Each shell under a parent of its own: the same program killed twice under one
+            // parent is a respawn, and the killer would go for the parent (this test's tree).
+            let python = python_reverse_shell(C2_SILENT_PORT);
+            let line = std::iter::once(python.get_program())
+                .chain(python.get_args())
+                .map(|a| format!("'{}'", a.to_str().unwrap().replace('\'', "'\\''")))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let mut wrapper = Command::new("/bin/sh");
+            wrapper
+                .args(["-c", &format!("{line}; true")])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let mut shell = Group::spawn("python below sh", &mut wrapper);
+            let killed = wait_until("the shell killed", WAIT, || {
+                shell.child.try_wait().ok().flatten().is_some()
+            });
+            if !killed {
+                eprintln!("the reverse shell {} survived", shell.pid());
+                survived.set(survived.get() + 1);
+            }
+        },
     );
+    assert_eq!(survived.get(), 0, "{}", agent.log());
+    let kills = agent.status()["kills"].as_u64().unwrap();
+    assert!(kills >= rounds() as u64, "{kills} kills");
 }
 
 /// A local npm package with lifecycle scripts, packed and installed offline, then `npm run`.

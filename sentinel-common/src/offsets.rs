@@ -62,6 +62,10 @@ pub struct KernelOffsets {
     pub sk_v6_daddr: u32,
     /// `sock.sk_protocol` (u16).
     pub sk_protocol: u32,
+    /// `task_struct.group_leader` (a `task_struct *`): whose comm names a process.
+    pub task_group_leader: u32,
+    /// `task_struct.comm`.
+    pub task_comm: u32,
     /// Unused; keeps the size a multiple of 8.
     pub _pad: u32,
 }
@@ -94,11 +98,13 @@ impl KernelOffsets {
         sk_dport: 0,
         sk_v6_daddr: 0,
         sk_protocol: 0,
+        task_group_leader: 0,
+        task_comm: 0,
         _pad: 0,
     };
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 104);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 112);
 
 #[cfg(feature = "user")]
 mod user {

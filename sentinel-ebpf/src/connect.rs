@@ -16,6 +16,7 @@ use sentinel_common::{
 
 use crate::task::{
     EVENTS, count_lost, current_exe, current_tgid_unless_agent, fill_header, quiet_submit_flags,
+    use_process_comm,
 };
 
 /// Connect and listen records dropped because `EVENTS` was full.
@@ -69,6 +70,7 @@ fn on_listen(ctx: &TracePointContext) {
     // SAFETY: sized for a ListenEvent; every field is written below.
     let event = unsafe { &mut *entry.as_mut_ptr() };
     fill_header(&mut event.header, EventKind::Listen);
+    use_process_comm(&mut event.header);
     event.data.fd = field::<u64>(ctx, LISTEN_FD) as u32;
     event.data._pad = 0;
     entry.submit(quiet_submit_flags(&EVENTS));
@@ -109,6 +111,7 @@ fn on_state_change(ctx: &TracePointContext) {
     // SAFETY: sized for a ConnectEvent; every field is written below.
     let event = unsafe { &mut *entry.as_mut_ptr() };
     fill_header(&mut event.header, EventKind::Connect);
+    use_process_comm(&mut event.header);
     let data = &mut event.data;
     data.family = family;
     data.dport = field(ctx, DPORT);

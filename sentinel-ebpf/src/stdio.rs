@@ -22,7 +22,7 @@ use crate::{
     exec::EXEC_LOST,
     task::{
         EVENTS, count_lost, current_tgid_unless_agent, fill_header, offsets, quiet_submit_flags,
-        read_at, read_field,
+        read_at, read_field, use_process_comm,
     },
 };
 
@@ -122,6 +122,7 @@ fn on_dup(ctx: &TracePointContext) {
     // SAFETY: sized for a StdioEvent; every field is written below.
     let event = unsafe { &mut *entry.as_mut_ptr() };
     fill_header(&mut event.header, EventKind::Stdio);
+    use_process_comm(&mut event.header);
     let data = &mut event.data;
     data.oldfd = oldfd as u32;
     data.newfd = newfd as u32;

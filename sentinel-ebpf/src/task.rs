@@ -7,7 +7,8 @@ use aya_ebpf::{
     Global,
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid,
-        bpf_ktime_get_boot_ns, bpf_probe_read_kernel, generated::bpf_get_current_comm,
+        bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
+        generated::bpf_get_current_comm,
     },
     macros::map,
     maps::{PerCpuArray, RingBuf},
@@ -117,6 +118,25 @@ pub fn count_lost(counter: &PerCpuArray<u64>) {
     if let Some(slot) = counter.get_ptr_mut(0) {
         // SAFETY: per-CPU slot: only this CPU writes it while this program runs.
         unsafe { *slot += 1 };
+    }
+}
+
+/// Name the record after the process, not the thread: a connect from a worker thread of
+/// `java` is java's (the group leader's comm), as `/proc/<pid>/comm` would say.
+#[inline(always)]
+pub fn use_process_comm(header: &mut Header) {
+    let off = offsets();
+    if header.pid == header.tgid || off.task_comm == 0 {
+        return;
+    }
+    // SAFETY: bpf_get_current_task has no preconditions.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    if let Some(leader) = read_field::<*const u8>(task, off.task_group_leader) {
+        // SAFETY: the helper checks the address and copies at most the 16-byte field.
+        let src = leader.wrapping_add(off.task_comm as usize);
+        if unsafe { bpf_probe_read_kernel_buf(src, &mut header.comm) }.is_err() {
+            header.comm = [0; 16];
+        }
     }
 }
 

@@ -497,7 +497,7 @@ impl Pipeline {
                 // The process's identity and ancestry are only needed for a high-risk
                 // destination or an alert waiting for a target: most connects skip the walk.
                 let culprit = (self.detect.geo.is_high_risk(country.as_deref())
-                    || !self.tracked.is_empty())
+                    || self.in_tracked_tree(c.tgid))
                 .then(|| {
                     let mut culprit = self.culprit(c.tgid, comm.clone(), Some(c.uid));
                     // The tree's executable is the connecting program's only when the kernel's
@@ -687,6 +687,27 @@ impl Pipeline {
                 }),
             );
         }
+    }
+
+    /// Whether `tgid` or one of its ancestors is a tracked (alerted) tree: a walk over the
+    /// tree only (no allocation, no /proc), so most connects skip building a culprit.
+    fn in_tracked_tree(&self, tgid: u32) -> bool {
+        if self.tracked.is_empty() {
+            return false;
+        }
+        let mut cur = tgid;
+        for _ in 0..64 {
+            if self.tracked.contains_key(&cur) {
+                return true;
+            }
+            match self.tree.get(cur) {
+                Some(p) if p.ppid != 0 && p.ppid != cur => cur = p.ppid,
+                // Not in the tree: let the culprit walk (which reads /proc) decide.
+                None => return true,
+                _ => return false,
+            }
+        }
+        false
     }
 
     fn comm_of(&self, tgid: u32) -> Option<String> {

@@ -509,6 +509,8 @@ impl Btf {
             sk_dport: opt("sock_common", "skc_dport"),
             sk_v6_daddr: opt("sock_common", "skc_v6_daddr"),
             sk_protocol: opt("sock", "sk_protocol"),
+            task_group_leader: opt("task_struct", "group_leader"),
+            task_comm: opt("task_struct", "comm"),
             ..KernelOffsets::UNKNOWN
         };
         // `skc_daddr` is legitimately 0; without the family the socket fields mean nothing.
@@ -1161,6 +1163,8 @@ mod tests {
             ("sk_dport", o.sk_dport),
             ("sk_v6_daddr", o.sk_v6_daddr),
             ("sk_protocol", o.sk_protocol),
+            ("task_group_leader", o.task_group_leader),
+            ("task_comm", o.task_comm),
         ] {
             assert_ne!(v, 0, "{name}");
         }
@@ -1343,6 +1347,8 @@ mod tests {
         assert_eq!(o.sk_dport, dumped("sock_common", "skc_dport"));
         assert_eq!(o.sk_v6_daddr, dumped("sock_common", "skc_v6_daddr"));
         assert_eq!(o.sk_protocol, dumped("sock", "sk_protocol"));
+        assert_eq!(o.task_group_leader, dumped("task_struct", "group_leader"));
+        assert_eq!(o.task_comm, dumped("task_struct", "comm"));
 
         // Every member of every struct and union, bitfields included.
         let mut checked = 0;
