@@ -803,11 +803,11 @@ const EVIL_ARGS: [&str; 3] = [
 ];
 
 /// A process whose name, path and arguments carry a newline, `ESC[31m`, a markdown link and
-/// a bare URL runs as a shell below a web server and connects to a high-risk test host. The
-/// lineage and geo alerts it raises each make one log line, `tail` shows no escape byte and
-/// one line per event, and no chat payload (Teams, Slack, Telegram) holds a control
-/// character or anything a chat client would make a link of; Slack goes out verbatim without
-/// unfurling, Telegram without entity parsing or previews.
+/// a bare URL runs as a shell below a web server and connects to a test host, which gives
+/// the lineage alert's decision its target. The alert makes one log line, `tail` shows no
+/// escape byte and one line per event, and no chat payload (Teams, Slack, Telegram) holds a
+/// control character or anything a chat client would make a link of; Slack goes out verbatim
+/// without unfurling, Telegram without entity parsing or previews.
 #[test]
 fn text_a_process_chose_stays_text_everywhere() {
     if !require_root("text_a_process_chose_stays_text_everywhere") {
@@ -830,7 +830,8 @@ fn text_a_process_chose_stays_text_everywhere() {
     let agent = Agent::start_with("", &config);
 
     // The "web server" (a shell called snt-web) runs a shell whose arguments are hostile; that
-    // shell becomes a bash whose name and path are hostile and which connects to RU.
+    // shell becomes a bash whose name and path are hostile and which connects out (to a
+    // low-risk host: the lineage decision, whose detail holds the arguments, is the one).
     let bin = tempfile::tempdir().unwrap();
     let web = bin.path().join("snt-web");
     std::os::unix::fs::symlink("/bin/sh", &web).unwrap();
@@ -847,7 +848,7 @@ fn text_a_process_chose_stays_text_everywhere() {
     // It connects once the test has seen its exec: the exec and connect sensors have ring
     // buffers of their own, and the agent may read a connect before the exec before it.
     let go = bin.path().join("go");
-    let script = r#"/bin/sh -c 'exec "$0" -c "while [ ! -e \"\$GO\" ]; do sleep 0.05; done; exec 3<>/dev/tcp/198.51.100.2/9306" evil "$@"' "$0" "$@"; exit 0"#;
+    let script = r#"/bin/sh -c 'exec "$0" -c "while [ ! -e \"\$GO\" ]; do sleep 0.05; done; exec 3<>/dev/tcp/198.51.100.130/9306" evil "$@"' "$0" "$@"; exit 0"#;
     let child = std::process::Command::new(&web)
         .arg("-c")
         .arg(script)
@@ -866,30 +867,28 @@ fn text_a_process_chose_stays_text_everywhere() {
     });
     fs::write(&go, "").unwrap();
     let run = child.wait_with_output().unwrap();
-    // The geo decision names the process by its (escaped) name; the lineage one is the same
-    // process, the shell it was before.
-    let geo = agent.wait_for("decision", "geo pending", |d| {
-        d["anomaly"] == "geo" && d["state"] == "pending" && d["comm"] == escaped_name
+    let connect = agent.wait_for("connect", "of the hostile process", |c| {
+        c["daddr"] == "198.51.100.130" && c["dport"] == 9306
     });
+    assert_eq!(
+        connect["comm"], escaped_name,
+        "the name, escaped: {connect}"
+    );
     let lineage = agent.wait_for("decision", "lineage pending", |d| {
-        d["anomaly"] == "lineage" && d["state"] == "pending" && d["pid"] == geo["pid"]
+        d["anomaly"] == "lineage" && d["state"] == "pending" && d["pid"] == connect["pid"]
     });
-    eprintln!("ran: {run:?}\ngeo: {geo}\nlineage: {lineage}");
+    eprintln!("ran: {run:?}\nlineage: {lineage}");
 
-    // Chat: both alerts reach every channel.
+    // Chat: the alert reaches every channel.
     let alert_of = |fake: &Fake, what: &str, id: &Value| {
         let id = id.as_str().unwrap().to_string();
         fake.wait_for(what, move |r| r.text().contains(&id)).json()
     };
     let mut payloads = Vec::new();
-    for d in [&geo, &lineage] {
-        payloads.push(("teams", alert_of(&teams, "a Teams card", &d["id"])));
-        payloads.push(("slack", alert_of(&slack, "a Slack message", &d["id"])));
-        payloads.push((
-            "telegram",
-            alert_of(&telegram, "a Telegram message", &d["id"]),
-        ));
-    }
+    let id = &lineage["id"];
+    payloads.push(("teams", alert_of(&teams, "a Teams card", id)));
+    payloads.push(("slack", alert_of(&slack, "a Slack message", id)));
+    payloads.push(("telegram", alert_of(&telegram, "a Telegram message", id)));
     let all: Vec<&str> = payloads.iter().flat_map(|(_, p)| strings(p)).collect();
     assert!(
         all.iter().any(|s| s.contains(escaped_name)),
@@ -942,7 +941,7 @@ fn text_a_process_chose_stays_text_everywhere() {
         .lines()
         .filter(|l| l.contains("alert:") && l.contains("evil"))
         .collect();
-    assert_eq!(alert_lines.len(), 2, "one line per alert:\n{log}");
+    assert_eq!(alert_lines.len(), 1, "one line for the alert:\n{log}");
     assert!(
         alert_lines
             .iter()
