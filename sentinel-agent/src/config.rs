@@ -51,6 +51,11 @@ pub struct Config {
     pub lineage: LineageConfig,
     pub resource: ResourceConfig,
     pub alerts: AlertsConfig,
+    pub cron: crate::detect::cron::CronConfig,
+    pub npm: crate::detect::npm::NpmConfig,
+    pub miner: crate::detect::miner::MinerConfig,
+    pub respawn: crate::detect::respawn::RespawnConfig,
+    pub node_abuse: crate::detect::node_abuse::NodeAbuseConfig,
     pub switch: SwitchConfig,
     pub enforce: EnforceConfig,
     #[serde(rename = "override")]
@@ -386,7 +391,7 @@ impl Default for AgentConfig {
 }
 
 /// A human duration string (`"30s"`, `"5m"`, `"24h"`, `"1h 30m"`).
-fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
+pub(crate) fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(de)?;
     humantime::parse_duration(&text)
         .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e}")))
@@ -601,6 +606,17 @@ impl Config {
                     r.baseline_deviation
                 ),
             );
+        }
+        for (key, reason) in self
+            .cron
+            .problems()
+            .into_iter()
+            .chain(self.npm.problems())
+            .chain(self.miner.problems(a.cpu_interval))
+            .chain(self.respawn.problems())
+            .chain(self.node_abuse.problems(a.cpu_interval))
+        {
+            bad(key, reason);
         }
         if self.alerts.dedup_window > Duration::from_secs(7 * 86_400) {
             bad(

@@ -27,6 +27,8 @@ pub struct KernelOffsets {
     /// Offset of `group_dead` in the `sched_process_exit` tracepoint record (Linux 6.x adds
     /// it). Zero when absent: the program then reports an exit when the group leader exits.
     pub tp_exit_group_dead: u32,
+    /// `task_struct.exit_code` (int): how an exiting process ended (killed by a signal?).
+    pub task_exit_code: u32,
 }
 
 impl KernelOffsets {
@@ -40,10 +42,11 @@ impl KernelOffsets {
         mm_arg_start: 0,
         mm_arg_end: 0,
         tp_exit_group_dead: 0,
+        task_exit_code: 0,
     };
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 32);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 36);
 
 #[cfg(feature = "user")]
 mod user {

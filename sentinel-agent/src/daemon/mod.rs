@@ -3,6 +3,7 @@
 //! timer ticks and human answers until SIGTERM, and stops cleanly: programs detached, every
 //! event committed, the enforcement table left in force.
 
+pub mod behaviour;
 pub mod control;
 pub mod ipc;
 pub mod metrics;
@@ -161,6 +162,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let tree = ProcessTree::seed(&proc_root, ticks).context("reading /proc")?;
 
     let store = Store::open(&agent.db)?;
+    // The behaviour detectors' background work (cron-file watcher, npm scanner) comes back
+    // to the event loop on this channel.
+    let (work_tx, mut work_rx) = mpsc::unbounded_channel::<detect::Work>();
+    if let Err(e) = sensors::cron::spawn(&config.cron.paths, &agent.db, work_tx.clone()) {
+        warn!("cron files not watched: {e}");
+    }
+    let (behaviour, intel) = behaviour::Behaviour::start(&config, &agent.db, work_tx);
     let (store_tx, store_rx) = std_mpsc::channel();
     let writer = store::spawn_writer(store, store_rx, agent.retention);
 
@@ -300,6 +308,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             lineage: detect::lineage::Lineage::new(config.lineage.clone()),
             geo: detect::geo::Geo::new(&config.geo.high_risk_countries),
             resource: detect::resource::Resource::new(config.resource.clone()),
+            behaviour,
             alerts: Alerts::new(config.alerts.dedup_window),
         },
         switch,
@@ -316,6 +325,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }),
         dry_run: config.enforce.mode == EnforceMode::DryRun,
     };
+    core.detect.alerts.signals.intel = intel;
     if let Ok(n) = core.switch.ledger().kill_count() {
         core.shared
             .kills
@@ -390,6 +400,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             _ = watchdog_tick.tick(), if watchdog.is_some() => service::notify_watchdog(),
             Some(answer) = answers_rx.recv() => core.answer(answer),
             Some(request) = unblock_rx.recv() => core.unblock(request),
+            Some(work) = work_rx.recv() => core.work(work),
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
         }
@@ -401,6 +412,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         task.abort();
     }
     drop(ebpf);
+    core.save_intel();
     drop(core);
     tokio::task::spawn_blocking(move || writer.join())
         .await?

@@ -36,6 +36,8 @@ pub struct Detectors {
     pub lineage: detect::lineage::Lineage,
     pub geo: detect::geo::Geo,
     pub resource: detect::resource::Resource,
+    /// `miner`, `respawn`, `node_abuse`, `npm` (`cron` comes back as [`detect::Work`]).
+    pub behaviour: super::behaviour::Behaviour,
     pub alerts: Alerts,
 }
 
@@ -89,7 +91,7 @@ impl Pipeline {
 
     /// Score, de-duplicate and emit what a detector found; `origin_ns` is the kernel time
     /// (CLOCK_BOOTTIME) of the event that triggered it, for the latency in the log.
-    fn raise(&mut self, finding: Finding, origin_ns: Option<u64>) {
+    pub(super) fn raise(&mut self, finding: Finding, origin_ns: Option<u64>) {
         let now = SystemTime::now();
         if let Some(t) = finding.target
             && self.switch.is_safe(t.ip(), now)
@@ -131,7 +133,7 @@ impl Pipeline {
                 self.respond(culprit_pid, &alert);
                 match target {
                     Some(t) => self.open_decision(&alert, now, ancestors, t),
-                    None if alert.anomaly != "geo" => {
+                    None if detect::awaits_target(&alert.anomaly) && culprit_pid != 0 => {
                         self.awaiting.insert(culprit_pid, (*alert, now));
                     }
                     None => {}
@@ -148,7 +150,7 @@ impl Pipeline {
 
     /// `enforce.kill`: terminate the offending process tree of a lineage or resource alert.
     fn respond(&mut self, culprit: u32, alert: &AlertBody) {
-        if !matches!(alert.anomaly.as_str(), "lineage" | "resource") {
+        if !detect::kills(alert) {
             return;
         }
         let Some(killer) = &mut self.killer else {
@@ -167,7 +169,8 @@ impl Pipeline {
         if respawned {
             reason.push_str(" (respawned: escalated to the parent that respawns it)");
         }
-        for t in killer.terminate(targets) {
+        let hit = killer.terminate(targets);
+        for t in hit {
             warn!(pid = t.pid, exe = %t.exe, id = %alert.id, respawned, "terminated");
             let kill = Kill {
                 pid: t.pid,
@@ -180,6 +183,7 @@ impl Pipeline {
                 error!("recording a kill failed: {e}");
             }
             self.shared.kills.fetch_add(1, Ordering::Relaxed);
+            self.killed_by_agent(t.pid);
         }
     }
 
@@ -280,7 +284,7 @@ impl Pipeline {
     }
 
     /// The process `tgid` as the detectors see it.
-    fn culprit(&mut self, tgid: u32, comm: String, uid: Option<u32>) -> Culprit {
+    pub(super) fn culprit(&mut self, tgid: u32, comm: String, uid: Option<u32>) -> Culprit {
         let exe = self.tree.get(tgid).and_then(|p| p.filename.clone());
         let uid = uid.unwrap_or_else(|| {
             use std::os::unix::fs::MetadataExt;
@@ -306,6 +310,7 @@ impl Pipeline {
                 .tree
                 .on_fork(f.parent, f.child, f.child_start_ns, &f.comm),
             KernelEvent::Exit(e) => {
+                self.behaviour_exit(&e);
                 self.exits.push_back((Instant::now(), e.tgid, e.start_ns));
             }
             KernelEvent::Exec(e) => {
@@ -316,6 +321,7 @@ impl Pipeline {
                 }
                 let culprit = self.culprit(e.tgid, e.comm.clone(), Some(e.uid));
                 let finding = self.detect.lineage.on_exec(&culprit, &e.argv);
+                let behaviour = self.behaviour_exec(&culprit, &e.argv);
                 let ppid = self.tree.get(e.tgid).map_or(e.ppid, |p| p.ppid);
                 self.emit(
                     self.clock.wall(e.ts_ns),
@@ -329,7 +335,7 @@ impl Pipeline {
                         ancestors: culprit.ancestry.into_iter().map(|(_, c)| c).collect(),
                     }),
                 );
-                if let Some(finding) = finding {
+                for finding in finding.into_iter().chain(behaviour) {
                     self.raise(finding, Some(e.ts_ns));
                 }
             }
@@ -353,6 +359,7 @@ impl Pipeline {
                         &self.detect.trust,
                     )
                 });
+                self.behaviour_connect(c.tgid, &comm, c.uid, c.dport);
                 self.emit(
                     self.clock.wall(c.ts_ns),
                     Body::Connect(ConnectBody {
@@ -427,6 +434,7 @@ impl Pipeline {
             let culprit = self.culprit(hit.pid, comm, None);
             self.raise(detect::resource::Resource::finding(culprit, hit), None);
         }
+        self.behaviour_cpu(&procs);
         for (tgid, pct) in procs {
             if pct < self.cpu_report_percent {
                 continue;
@@ -466,7 +474,7 @@ impl Pipeline {
         }
     }
 
-    fn comm_of(&self, tgid: u32) -> Option<String> {
+    pub(super) fn comm_of(&self, tgid: u32) -> Option<String> {
         match self.tree.get(tgid) {
             Some(p) => Some(p.comm.clone()),
             None => read_stat(&self.proc_root, tgid).map(|s| s.comm),
@@ -480,6 +488,7 @@ impl Pipeline {
         let dropped = self
             .tree
             .retain_alive(|tgid, start| is_alive(&root, tgid, start));
+        self.behaviour_gc();
         if dropped > 0 {
             debug!(dropped, "pruned processes whose exit was missed");
         }

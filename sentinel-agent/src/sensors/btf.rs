@@ -489,6 +489,9 @@ impl Btf {
             mm_arg_start: mm("arg_start")?,
             mm_arg_end: mm("arg_end")?,
             tp_exit_group_dead: 0,
+            // Optional: without it exits carry no exit code and `respawn` only knows the
+            // agent's own kills.
+            task_exit_code: task("exit_code").unwrap_or(0),
         })
     }
 
@@ -843,6 +846,7 @@ mod tests {
             mm_arg_start: 16,
             mm_arg_end: 24,
             tp_exit_group_dead: 0,
+            task_exit_code: 0,
         };
         assert_eq!(offsets, expected);
     }
@@ -1113,6 +1117,7 @@ mod tests {
             ("task_start_boottime", o.task_start_boottime),
             ("mm_arg_start", o.mm_arg_start),
             ("mm_arg_end", o.mm_arg_end),
+            ("task_exit_code", o.task_exit_code),
         ] {
             assert_ne!(v, 0, "{name}");
         }

@@ -6,6 +6,7 @@
 pub mod btf;
 pub mod connect;
 pub mod cpu;
+pub mod cron;
 pub mod exec;
 
 use std::{

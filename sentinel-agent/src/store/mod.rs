@@ -1,6 +1,8 @@
 //! The SQLite event store: every event the agent emits, in one WAL-mode database file,
 //! written in batched transactions by one thread so the event loop never waits on disk.
 
+pub mod history;
+
 use std::{
     path::{Path, PathBuf},
     sync::{Arc, mpsc},

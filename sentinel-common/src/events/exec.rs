@@ -46,6 +46,10 @@ pub struct ForkData {
 pub struct ExitData {
     /// The process's `start_boottime`, to tell it from a later process with the same pid.
     pub start_ns: u64,
+    /// `task_struct.exit_code` of the last thread: `status << 8` after `exit(status)`, or the
+    /// number of the signal that killed it in the low 7 bits (0x80: core dumped).
+    pub exit_code: u32,
+    pub _pad: u32,
 }
 
 pub type ExecEvent = Event<ExecData>;
@@ -55,7 +59,7 @@ pub type ExitEvent = Event<ExitData>;
 const _: () = assert!(core::mem::size_of::<ExecData>() == 24 + FILENAME_LEN + ARGV_LEN);
 const _: () = assert!(core::mem::size_of::<ExecEvent>() == 48 + 792);
 const _: () = assert!(core::mem::size_of::<ForkEvent>() == 64);
-const _: () = assert!(core::mem::size_of::<ExitEvent>() == 56);
+const _: () = assert!(core::mem::size_of::<ExitEvent>() == 64);
 
 #[cfg(feature = "user")]
 mod user {
