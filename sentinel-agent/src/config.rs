@@ -803,6 +803,18 @@ mod tests {
             (dr.cpu_percent, dr.sustain, dr.baseline_deviation)
         );
         assert_eq!(c.alerts.dedup_window, AlertsConfig::default().dedup_window);
+        use crate::detect::{cron, miner, node_abuse, respawn};
+        assert_eq!(c.cron.paths, cron::CronConfig::default().paths);
+        assert!(c.npm.blocklist.is_empty());
+        let (m, dm) = (&c.miner, miner::MinerConfig::default());
+        assert_eq!(
+            (&m.ports, m.cpu_percent, m.sustain),
+            (&dm.ports, dm.cpu_percent, dm.sustain)
+        );
+        let (r, dr) = (&c.respawn, respawn::RespawnConfig::default());
+        assert_eq!((r.window, r.max_spawns), (dr.window, dr.max_spawns));
+        let (n, dn) = (&c.node_abuse, node_abuse::NodeAbuseConfig::default());
+        assert_eq!((n.cpu_percent, n.sustain), (dn.cpu_percent, dn.sustain));
         let (sw, dsw) = (&c.switch, SwitchConfig::default());
         assert_eq!((sw.countdown, sw.safe_ttl), (dsw.countdown, dsw.safe_ttl));
         let (e, de) = (&c.enforce, EnforceConfig::default());
@@ -836,6 +848,33 @@ mod tests {
         assert_eq!(n.telegram.api_base, d.telegram.api_base);
         assert!(n.slack.webhook_url.is_empty() && n.teams.webhook_url.is_empty());
         assert!(n.telegram.bot_token.is_empty() && c.metrics.listen.is_empty());
+    }
+
+    #[test]
+    fn behaviour_detector_sections_name_their_keys() {
+        let err = parse(
+            "[cron]\npaths = [\"etc/crontab\"]\n[npm]\nblocklist = [\"bad name\"]\n\
+             [miner]\nports = [0]\ncpu_percent = 0\nsustain = \"1ms\"\n\
+             [respawn]\nwindow = \"0s\"\nmax_spawns = 1\n\
+             [node_abuse]\ncpu_percent = 0\nsustain = \"100d\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "cron.paths:",
+            "npm.blocklist:",
+            "miner.ports:",
+            "miner.cpu_percent:",
+            "miner.sustain:",
+            "respawn.window:",
+            "respawn.max_spawns:",
+            "node_abuse.cpu_percent:",
+            "node_abuse.sustain:",
+        ] {
+            assert!(err.contains(key), "{key} missing from {err}");
+        }
+        let err = parse("[miner]\nbogus = 1\n").unwrap_err().to_string();
+        assert!(err.contains("bogus"), "{err}");
     }
 
     #[test]
