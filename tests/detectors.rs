@@ -22,7 +22,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Agent, require_root, serial};
+use common::{
+    Agent,
+    netns::{DE4, TestNet},
+    require_root, serial,
+};
 use serde_json::Value;
 
 fn s(v: &Value) -> &str {
@@ -37,13 +41,16 @@ fn enforce(kill: bool) -> String {
     )
 }
 
-/// Processes a test started: SIGKILLed and reaped on drop, even when the test fails.
+/// Processes a test started, each leading its own process group: the groups (the processes
+/// and whatever they started) are SIGKILLed and reaped on drop, even when the test fails.
 #[derive(Default)]
 struct Procs(Vec<Child>);
 
 impl Procs {
     fn spawn(&mut self, cmd: &mut Command) -> u32 {
+        use std::os::unix::process::CommandExt;
         let child = cmd
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -58,9 +65,35 @@ impl Procs {
 impl Drop for Procs {
     fn drop(&mut self) {
         for child in &mut self.0 {
-            let _ = child.kill();
+            let group = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
             let _ = child.wait();
         }
+    }
+}
+
+/// Wait up to 30 s for an alert matching `pred` about the CPU use of `pid`; on timeout the
+/// panic shows what the agent saw of that process (its `cpu` events) and its state.
+fn wait_cpu_alert(agent: &Agent, what: &str, pid: u32, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(a) = agent.events("alert").into_iter().find(|a| pred(a)) {
+            return a;
+        }
+        if Instant::now() > deadline {
+            let cpu: Vec<String> = agent
+                .events("cpu")
+                .into_iter()
+                .filter(|c| c["pid"] == pid)
+                .map(|c| format!("{} {}", s(&c["ts"]), c["cpu_pct"]))
+                .collect();
+            let state = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            panic!(
+                "no {what} within 30 s. cpu events of {pid}: {cpu:?}\nstat: {state}\nagent log:\n{}",
+                agent.log()
+            );
+        }
+        thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -285,10 +318,14 @@ fn a_temp_executable_with_a_stratum_argv_burning_cpu_is_a_critical_miner_and_gzi
         return;
     }
     let _serial = serial();
+    // The pool: a test host (low-risk country, so no `geo` alert) on a stratum port.
+    let _net = TestNet::new("m");
+    // Low thresholds: on a loaded machine the burner gets a small share of a CPU. Only
+    // suspects (temp executables, miner markers) are measured against them.
     let agent = Agent::start_with(
-        "",
+        "cpu_report_percent = 1",
         &format!(
-            "[miner]\ncpu_percent = 10\nsustain = \"3s\"\n{}",
+            "[miner]\ncpu_percent = 2\nsustain = \"3s\"\n{}",
             enforce(true)
         ),
     );
@@ -296,10 +333,13 @@ fn a_temp_executable_with_a_stratum_argv_burning_cpu_is_a_critical_miner_and_gzi
     let _rm = RemoveOnDrop(exe.clone());
     copy_exe("/bin/bash", &exe);
     let mut procs = Procs::default();
-    // The miner: a busy loop whose argv looks like xmrig's (bash ignores the extra words).
+    // The miner: it connects to its pool (from its own process: a brace group, no fork; the
+    // test host resets the connection), then busy-loops; its argv looks like xmrig's (bash
+    // ignores the extra words).
+    let script = format!("{{ : < /dev/tcp/{DE4}/3333; }} 2>/dev/null; while :; do :; done");
     let miner = procs.spawn(Command::new(&exe).args([
         "-c",
-        "while :; do :; done",
+        &script,
         "xm",
         "-o",
         "stratum+tcp://198.51.100.2:3333",
@@ -320,7 +360,7 @@ fn a_temp_executable_with_a_stratum_argv_burning_cpu_is_a_critical_miner_and_gzi
     );
     assert!(detail.contains("stratum+tcp://"), "{high}");
     assert_eq!(s(&high["mitre"]["technique"]), "T1496", "{high}");
-    let critical = agent.wait_for("alert", "critical miner with CPU", |a| {
+    let critical = wait_cpu_alert(&agent, "critical miner alert", miner, |a| {
         a["anomaly"] == "miner" && a["pid"] == miner && a["severity"] == "critical"
     });
     assert!(s(&critical["detail"]).contains("% CPU for"), "{critical}");
@@ -346,6 +386,11 @@ fn a_temp_executable_with_a_stratum_argv_burning_cpu_is_a_critical_miner_and_gzi
     );
     // gzip burnt CPU just as long and raised no miner alert.
     assert!(alerts_for(&agent, "miner", gzip).is_empty());
+    // Its pool connection gave the first alert a decision: the pool is what gets blocked.
+    let decided = agent.wait_for("alert", "the miner alert pending on its pool", |a| {
+        a["id"] == high["id"] && a["state"] == "pending"
+    });
+    assert_eq!(s(&decided["target_ip"]), DE4, "{decided}");
     let gzip_cpu = agent.events("cpu").into_iter().any(|c| c["pid"] == gzip);
     assert!(
         gzip_cpu,
@@ -429,9 +474,27 @@ fn a_killed_program_that_a_bash_loop_restarts_raises_respawn_naming_the_loop() {
         );
         thread::sleep(Duration::from_millis(20));
     };
-    let alert = agent.wait_for("alert", "respawn of the payload", |a| {
-        a["anomaly"] == "respawn" && a["pid"] == second
-    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let alert = loop {
+        if let Some(a) = alerts_for(&agent, "respawn", second).pop() {
+            break a;
+        }
+        if Instant::now() > deadline {
+            let execs: Vec<String> = agent
+                .events("exec")
+                .into_iter()
+                .filter(|e| e["filename"] == payload.display().to_string().as_str())
+                .map(|e| e.to_string())
+                .collect();
+            panic!(
+                "no respawn alert for {second} (first {first}, loop {loop_pid}) within 30 s.\n\
+                 payload execs: {execs:#?}\nsensors: {}\nagent log:\n{}",
+                agent.status()["sensors"],
+                agent.log()
+            );
+        }
+        thread::sleep(Duration::from_millis(200));
+    };
     assert_eq!(s(&alert["severity"]), "high", "{alert}");
     assert_eq!(s(&alert["mitre"]["technique"]), "T1543", "{alert}");
     let detail = s(&alert["detail"]);
@@ -465,14 +528,16 @@ fn a_killed_program_that_a_bash_loop_restarts_raises_respawn_naming_the_loop() {
     );
 }
 
-/// A node program listening on an ephemeral loopback port (when `listen`) and burning CPU
-/// (when `busy`: 80 ms of every 100 ms).
-fn node(listen: bool, busy: bool) -> Command {
+/// A node program listening on an ephemeral loopback port (when `listen`; it then creates
+/// `flag`) and burning CPU (when `busy`: 80 ms of every 100 ms).
+fn node(listen: bool, busy: bool, flag: &Path) -> Command {
     let mut code = String::new();
     if listen {
-        code.push_str(
-            "require('http').createServer((q, r) => r.end('ok')).listen(0, '127.0.0.1');",
-        );
+        code.push_str(&format!(
+            "require('http').createServer((q, r) => r.end('ok')).listen(0, '127.0.0.1', \
+             () => require('fs').writeFileSync({:?}, ''));",
+            flag.display().to_string()
+        ));
     }
     if busy {
         code.push_str(
@@ -486,25 +551,43 @@ fn node(listen: bool, busy: bool) -> Command {
     cmd
 }
 
+fn wait_file(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn a_listening_node_server_burning_cpu_raises_node_abuse_and_its_twins_do_not() {
     if !require_root("a_listening_node_server_burning_cpu_raises_node_abuse_and_its_twins_do_not") {
         return;
     }
     let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let flag = |name: &str| dir.path().join(name);
+    let mut procs = Procs::default();
+    // The idle server starts first and settles (node's start-up burns some CPU): the low
+    // threshold below is for a loaded machine, where the busy server gets a small share.
+    let idle = procs.spawn(&mut node(true, false, &flag("idle")));
+    wait_file(&flag("idle"));
     let agent = Agent::start_with(
-        "",
+        "cpu_report_percent = 1",
         &format!(
-            "[node_abuse]\ncpu_percent = 10\nsustain = \"3s\"\n{}",
+            "[node_abuse]\ncpu_percent = 2\nsustain = \"3s\"\n{}",
             enforce(true)
         ),
     );
-    let mut procs = Procs::default();
-    let abused = procs.spawn(&mut node(true, true));
-    let idle = procs.spawn(&mut node(true, false));
-    let unlistening = procs.spawn(&mut node(false, true));
+    let abused = procs.spawn(&mut node(true, true, &flag("abused")));
+    let unlistening = procs.spawn(&mut node(false, true, &flag("none")));
+    wait_file(&flag("abused"));
 
-    let alert = agent.wait_for("alert", "node_abuse for the busy server", |a| {
+    let alert = wait_cpu_alert(&agent, "node_abuse alert", abused, |a| {
         a["anomaly"] == "node_abuse" && a["pid"] == abused
     });
     assert_eq!(s(&alert["severity"]), "high", "{alert}");

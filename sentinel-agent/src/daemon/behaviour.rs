@@ -205,3 +205,81 @@ impl Pipeline {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{
+        detect::Anomaly,
+        event::{Body, Record, sample_alert},
+        notify::summary::Summary,
+        store::Store,
+        switch::ledger::Ledger,
+    };
+
+    #[test]
+    fn the_daily_summary_counts_the_behaviour_anomalies() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("s.db");
+        let mut store = Store::open(&db).unwrap();
+        let anomalies = [
+            Anomaly::Cron { critical: true },
+            Anomaly::Npm,
+            Anomaly::Miner { cpu: false },
+            Anomaly::Miner { cpu: true },
+            Anomaly::Respawn { cron: false },
+            Anomaly::NodeAbuse {
+                dynamic_code: false,
+            },
+        ];
+        let records: Vec<Arc<Record>> = anomalies
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let mut alert = sample_alert(&format!("id{i}"), "198.51.100.2");
+                alert.anomaly = a.name().into();
+                alert.severity = a.severity().as_str().into();
+                alert.mitre = a.mitre();
+                alert.target_ip = None;
+                Arc::new(Record::new(
+                    SystemTime::now(),
+                    "h",
+                    Body::Alert(Box::new(alert)),
+                ))
+            })
+            .collect();
+        store.insert(&records).unwrap();
+        let counts = Ledger::open(&db)
+            .unwrap()
+            .summary_since(SystemTime::UNIX_EPOCH)
+            .unwrap();
+        let summary = Summary {
+            alerts_by_anomaly: counts.alerts_by_anomaly,
+            ..Default::default()
+        };
+        assert_eq!(
+            summary.lines()[0],
+            "Alerts: 6 (cron 1, miner 2, node_abuse 1, npm 1, respawn 1)"
+        );
+    }
+
+    #[test]
+    fn relative_and_descriptor_executables_resolve_through_proc() {
+        let me = std::process::id();
+        let real = std::fs::read_link("/proc/self/exe").unwrap();
+        let proc_root = Path::new("/proc");
+        assert_eq!(resolve_exe(proc_root, me, "/usr/bin/x"), "/usr/bin/x");
+        assert_eq!(
+            resolve_exe(proc_root, me, "./x"),
+            real.display().to_string()
+        );
+        assert_eq!(
+            resolve_exe(proc_root, me, "/dev/fd/3"),
+            real.display().to_string()
+        );
+        // Gone: the record's own name stays.
+        assert_eq!(resolve_exe(proc_root, u32::MAX, "./x"), "./x");
+    }
+}
