@@ -318,8 +318,6 @@ fn a_temp_executable_with_a_stratum_argv_burning_cpu_is_a_critical_miner_and_gzi
         return;
     }
     let _serial = serial();
-    // The pool: a test host (low-risk country, so no `geo` alert) on a stratum port.
-    let _net = TestNet::new("m");
     // Low thresholds: on a loaded machine the burner gets a small share of a CPU. Only
     // suspects (temp executables, miner markers) are measured against them.
     let agent = Agent::start_with(
@@ -333,13 +331,10 @@ fn a_temp_executable_with_a_stratum_argv_burning_cpu_is_a_critical_miner_and_gzi
     let _rm = RemoveOnDrop(exe.clone());
     copy_exe("/bin/bash", &exe);
     let mut procs = Procs::default();
-    // The miner: it connects to its pool (from its own process: a brace group, no fork; the
-    // test host resets the connection), then busy-loops; its argv looks like xmrig's (bash
-    // ignores the extra words).
-    let script = format!("{{ : < /dev/tcp/{DE4}/3333; }} 2>/dev/null; while :; do :; done");
+    // The miner: a busy loop whose argv looks like xmrig's (bash ignores the extra words).
     let miner = procs.spawn(Command::new(&exe).args([
         "-c",
-        &script,
+        "while :; do :; done",
         "xm",
         "-o",
         "stratum+tcp://198.51.100.2:3333",
@@ -386,15 +381,40 @@ fn a_temp_executable_with_a_stratum_argv_burning_cpu_is_a_critical_miner_and_gzi
     );
     // gzip burnt CPU just as long and raised no miner alert.
     assert!(alerts_for(&agent, "miner", gzip).is_empty());
-    // Its pool connection gave the first alert a decision: the pool is what gets blocked.
-    let decided = agent.wait_for("alert", "the miner alert pending on its pool", |a| {
-        a["id"] == high["id"] && a["state"] == "pending"
-    });
-    assert_eq!(s(&decided["target_ip"]), DE4, "{decided}");
     let gzip_cpu = agent.events("cpu").into_iter().any(|c| c["pid"] == gzip);
     assert!(
         gzip_cpu,
         "gzip never burnt CPU: the benign twin proved nothing"
+    );
+}
+
+#[test]
+fn a_miner_reaching_its_pool_gets_a_decision_on_the_pool() {
+    if !require_root("a_miner_reaching_its_pool_gets_a_decision_on_the_pool") {
+        return;
+    }
+    let _serial = serial();
+    // The pool: a test host (low-risk country, so no `geo` alert) on a stratum port.
+    let _net = TestNet::new("m");
+    let agent = Agent::start_with("", &enforce(false));
+    let exe = Path::new("/dev/shm").join(format!("snt-pool-{}", std::process::id()));
+    let _rm = RemoveOnDrop(exe.clone());
+    copy_exe("/bin/bash", &exe);
+    let mut procs = Procs::default();
+    // It connects from its own process (a brace group, no fork; the test host resets the
+    // connection), then waits.
+    let script = format!("{{ : < /dev/tcp/{DE4}/3333; }} 2>/dev/null; sleep 60");
+    let miner = procs.spawn(Command::new(&exe).args(["-c", &script]));
+    let alert = agent.wait_for("alert", "the miner alert pending on its pool", |a| {
+        a["anomaly"] == "miner" && a["pid"] == miner && a["state"] == "pending"
+    });
+    assert_eq!(s(&alert["target_ip"]), DE4, "{alert}");
+    let pending = agent.json_lines(&["pending", "--json"]);
+    assert!(
+        pending
+            .iter()
+            .any(|p| p["id"] == alert["id"] && p["anomaly"] == "miner" && p["target_ip"] == DE4),
+        "{pending:?}"
     );
 }
 
