@@ -47,6 +47,17 @@ else
   say "apt packages present"
 fi
 
+# Node.js and npm for the npm and node_abuse detectors' end-to-end tests (tests/detectors.rs).
+# Debian's packages, unless a node and npm are already installed (e.g. from NodeSource, whose
+# nodejs package bundles npm and conflicts with Debian's npm).
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  say "installing nodejs and npm"
+  "${SUDO[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq nodejs npm >/dev/null
+else
+  say "node $(node --version) and npm $(npm --version) present"
+fi
+
 # 2. Rust: stable builds the agent; a nightly with rust-src builds the kernel programs.
 command -v rustup >/dev/null || die "rustup not found: install Rust with rustup first (https://rustup.rs)"
 if ! rustup run "$NIGHTLY" rustc --version >/dev/null 2>&1; then

@@ -17,9 +17,9 @@ use std::{
 
 use common::{Agent, BIN, TEST_COUNTRIES, mmdb, require_root, serial};
 
-/// `service::RUNTIME_CAPS`: CAP_KILL (5), CAP_NET_ADMIN (12), CAP_BPF (39). The agent's unit
-/// tests pin the same mask, so the two cannot drift apart silently.
-const RUNTIME_CAPS_MASK: u64 = 1 << 5 | 1 << 12 | 1 << 39;
+/// `service::RUNTIME_CAPS`: CAP_KILL (5), CAP_NET_ADMIN (12), CAP_SYS_PTRACE (19), CAP_BPF
+/// (39). The agent's unit tests pin the same mask, so the two cannot drift apart silently.
+const RUNTIME_CAPS_MASK: u64 = 1 << 5 | 1 << 12 | 1 << 19 | 1 << 39;
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -220,7 +220,7 @@ fn unit_has_the_hardening_the_design_asks_for() {
         "Type=notify",
         "WatchdogSec=30s",
         "Restart=always",
-        "CapabilityBoundingSet=CAP_BPF CAP_PERFMON CAP_NET_ADMIN CAP_KILL",
+        "CapabilityBoundingSet=CAP_BPF CAP_PERFMON CAP_NET_ADMIN CAP_KILL CAP_SYS_PTRACE",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
         "ReadWritePaths=/var/lib/sentinel /run/sentinel",

@@ -181,12 +181,13 @@ fn safe_before_the_deadline_means_no_block() {
     agent.wait_for("connect", "marker", |c| {
         c["daddr"] == "198.51.100.130" && c["dport"] == 9204
     });
-    assert_eq!(
-        agent.events("alert").len(),
-        1,
-        "{:?}",
-        agent.events("alert")
-    );
+    // (Other processes on the machine may raise alerts of their own: only ours count.)
+    let ours: Vec<Value> = agent
+        .events("alert")
+        .into_iter()
+        .filter(|a| a["pid"] == std::process::id())
+        .collect();
+    assert_eq!(ours.len(), 1, "{ours:?}");
 }
 
 #[test]
@@ -277,7 +278,12 @@ fn trusted_address_is_never_blocked() {
         c["daddr"] == "198.51.100.130" && c["dport"] == 9402
     });
     thread::sleep(Duration::from_secs(2));
-    assert!(agent.events("alert").is_empty());
+    assert!(
+        !agent
+            .events("alert")
+            .iter()
+            .any(|a| a["pid"] == std::process::id())
+    );
     assert!(agent.events("decision").is_empty());
     assert!(table.elements("block4").is_empty());
     assert_eq!(reach("198.51.100.2", 9403), Reach::Reachable);
@@ -459,9 +465,12 @@ fn kill_terminates_the_shell_tree_and_escalates_on_respawn() {
     let _serial = serial();
     let table = Table::new("killer");
     let sections = format!(
-        "[enforce]\ntable = \"{}\"\nconnect_guard = false\nkill = true\nkill_grace = \"1s\"\n{NODE_BY_NAME}",
+        "[enforce]\ntable = \"{}\"\nconnect_guard = false\nkill = true\nkill_grace = \"1s\"\n\
+         [miner]\ncpu_percent = 100000\n[node_abuse]\ncpu_percent = 100000\n{NODE_BY_NAME}",
         table.0
     );
+    // (This agent kills for real: the CPU kills of `miner` and `node_abuse` are kept out of
+    // reach of other processes on the machine.)
     let agent = Agent::start_with("", &sections);
     let node = agent.dir.path().join("node");
     std::fs::copy("/bin/sh", &node).unwrap();

@@ -51,6 +51,11 @@ pub struct Config {
     pub lineage: LineageConfig,
     pub resource: ResourceConfig,
     pub alerts: AlertsConfig,
+    pub cron: crate::detect::cron::CronConfig,
+    pub npm: crate::detect::npm::NpmConfig,
+    pub miner: crate::detect::miner::MinerConfig,
+    pub respawn: crate::detect::respawn::RespawnConfig,
+    pub node_abuse: crate::detect::node_abuse::NodeAbuseConfig,
     pub switch: SwitchConfig,
     pub enforce: EnforceConfig,
     #[serde(rename = "override")]
@@ -122,7 +127,17 @@ pub struct EnforceConfig {
 }
 
 /// Anomalies whose culprit is a process that `enforce.kill` can terminate.
-pub const KILLABLE: [&str; 3] = ["lineage", "resource", "reverse_shell"];
+/// Anomalies whose process tree `enforce.kill` may terminate (each still only when its own
+/// rule allows: a miner only once it burns CPU, `node_abuse` only for CPU abuse, `respawn` only
+/// after the agent's own kill; see `detect::kills`).
+pub const KILLABLE: [&str; 6] = [
+    "lineage",
+    "resource",
+    "reverse_shell",
+    "miner",
+    "node_abuse",
+    "respawn",
+];
 
 impl Default for EnforceConfig {
     fn default() -> Self {
@@ -450,7 +465,7 @@ impl Default for AgentConfig {
 }
 
 /// A human duration string (`"30s"`, `"5m"`, `"24h"`, `"1h 30m"`).
-fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
+pub(crate) fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(de)?;
     humantime::parse_duration(&text)
         .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e}")))
@@ -676,6 +691,17 @@ impl Config {
                     r.baseline_deviation
                 ),
             );
+        }
+        for (key, reason) in self
+            .cron
+            .problems()
+            .into_iter()
+            .chain(self.npm.problems())
+            .chain(self.miner.problems(a.cpu_interval))
+            .chain(self.respawn.problems())
+            .chain(self.node_abuse.problems(a.cpu_interval))
+        {
+            bad(key, reason);
         }
         if self.alerts.dedup_window > Duration::from_secs(7 * 86_400) {
             bad(
@@ -912,6 +938,18 @@ mod tests {
             (dr.cpu_percent, dr.sustain, dr.baseline_deviation)
         );
         assert_eq!(c.alerts.dedup_window, AlertsConfig::default().dedup_window);
+        use crate::detect::{cron, miner, node_abuse, respawn};
+        assert_eq!(c.cron.paths, cron::CronConfig::default().paths);
+        assert!(c.npm.blocklist.is_empty());
+        let (m, dm) = (&c.miner, miner::MinerConfig::default());
+        assert_eq!(
+            (&m.ports, m.cpu_percent, m.sustain),
+            (&dm.ports, dm.cpu_percent, dm.sustain)
+        );
+        let (r, dr) = (&c.respawn, respawn::RespawnConfig::default());
+        assert_eq!((r.window, r.max_spawns), (dr.window, dr.max_spawns));
+        let (n, dn) = (&c.node_abuse, node_abuse::NodeAbuseConfig::default());
+        assert_eq!((n.cpu_percent, n.sustain), (dn.cpu_percent, dn.sustain));
         let (sw, dsw) = (&c.switch, SwitchConfig::default());
         assert_eq!(
             (sw.countdown, sw.safe_ttl, sw.max_targets, sw.max_pending),
@@ -957,6 +995,33 @@ mod tests {
         assert_eq!(n.telegram.api_base, d.telegram.api_base);
         assert!(n.slack.webhook_url.is_empty() && n.teams.webhook_url.is_empty());
         assert!(n.telegram.bot_token.is_empty() && c.metrics.listen.is_empty());
+    }
+
+    #[test]
+    fn behaviour_detector_sections_name_their_keys() {
+        let err = parse(
+            "[cron]\npaths = [\"etc/crontab\"]\n[npm]\nblocklist = [\"bad name\"]\n\
+             [miner]\nports = [0]\ncpu_percent = 0\nsustain = \"1ms\"\n\
+             [respawn]\nwindow = \"0s\"\nmax_spawns = 1\n\
+             [node_abuse]\ncpu_percent = 0\nsustain = \"100d\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "cron.paths:",
+            "npm.blocklist:",
+            "miner.ports:",
+            "miner.cpu_percent:",
+            "miner.sustain:",
+            "respawn.window:",
+            "respawn.max_spawns:",
+            "node_abuse.cpu_percent:",
+            "node_abuse.sustain:",
+        ] {
+            assert!(err.contains(key), "{key} missing from {err}");
+        }
+        let err = parse("[miner]\nbogus = 1\n").unwrap_err().to_string();
+        assert!(err.contains("bogus"), "{err}");
     }
 
     #[test]

@@ -66,8 +66,8 @@ pub struct KernelOffsets {
     pub task_group_leader: u32,
     /// `task_struct.comm`.
     pub task_comm: u32,
-    /// Unused; keeps the size a multiple of 8.
-    pub _pad: u32,
+    /// `task_struct.exit_code` (int): how an exiting process ended (killed by a signal?).
+    pub task_exit_code: u32,
 }
 
 impl KernelOffsets {
@@ -100,7 +100,7 @@ impl KernelOffsets {
         sk_protocol: 0,
         task_group_leader: 0,
         task_comm: 0,
-        _pad: 0,
+        task_exit_code: 0,
     };
 }
 

@@ -154,5 +154,7 @@ fn on_exit(ctx: &TracePointContext) {
     // SAFETY: bpf_get_current_task has no preconditions.
     let task = unsafe { bpf_get_current_task() } as *const u8;
     event.data.start_ns = read_field(task, off.task_start_boottime).unwrap_or(0);
+    event.data.exit_code = read_field(task, off.task_exit_code).unwrap_or(0);
+    event.data._pad = 0;
     entry.submit(quiet_submit_flags(&EVENTS));
 }

@@ -3,6 +3,7 @@
 //! timer ticks and human answers until SIGTERM, and stops cleanly: programs detached, every
 //! event committed, the enforcement table left in force.
 
+pub mod behaviour;
 pub mod control;
 pub mod ipc;
 pub mod metrics;
@@ -180,6 +181,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_bytes,
     };
     let writer = store::spawn_writer(store, store_rx, limits);
+    // The behaviour detectors' background work (cron-file watcher, npm scanner) comes back
+    // to the event loop on this channel.
+    let (work_tx, mut work_rx) = mpsc::unbounded_channel::<detect::Work>();
+    if let Err(e) = sensors::cron::spawn(&config.cron.paths, &agent.db, work_tx.clone()) {
+        warn!("cron files not watched: {e}");
+    }
+    let (behaviour, intel) = behaviour::Behaviour::start(&config, &agent.db, work_tx);
 
     // The switch resumes before the socket answers: "ready" means decisions and blocks are
     // back in force.
@@ -334,6 +342,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             geo: detect::geo::Geo::new(&config.geo.high_risk_countries),
             resource: detect::resource::Resource::new(config.resource.clone()),
             blind: detect::blind::Blind::new(),
+            behaviour,
             alerts: Alerts::new(config.alerts.dedup_window),
         },
         switch,
@@ -352,6 +361,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }),
         dry_run: config.enforce.mode == EnforceMode::DryRun,
     };
+    core.detect.alerts.signals.intel = intel;
     if let Ok(n) = core.switch.reader().kill_count() {
         core.shared
             .kills
@@ -435,6 +445,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 core.switch.gate.infra = infra.borrow_and_update().clone();
             }
             Some(request) = unblock_rx.recv() => core.unblock(request),
+            Some(work) = work_rx.recv() => core.work(work),
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
         }
@@ -446,6 +457,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         task.abort();
     }
     drop(ebpf);
+    core.save_intel();
     // The worker finishes what is queued (commits, blocks) once the switch is gone.
     drop(core);
     tokio::task::spawn_blocking(move || worker_thread.join())

@@ -47,6 +47,8 @@ pub struct Detectors {
     pub geo: detect::geo::Geo,
     pub resource: detect::resource::Resource,
     pub blind: detect::blind::Blind,
+    /// `miner`, `respawn`, `node_abuse`, `npm` (`cron` comes back as [`detect::Work`]).
+    pub behaviour: super::behaviour::Behaviour,
     pub alerts: Alerts,
 }
 
@@ -124,7 +126,7 @@ impl Pipeline {
     /// (CLOCK_BOOTTIME) of the event that triggered it, for the latency in the log. A repeat
     /// folds into the alert but never costs a decision: its tree is tracked and its target
     /// joins the alert's decision.
-    fn raise(&mut self, finding: Finding, origin_ns: Option<u64>) {
+    pub(super) fn raise(&mut self, finding: Finding, origin_ns: Option<u64>) {
         let now = SystemTime::now();
         if let Some(t) = finding.target
             && self.switch.is_safe(t.ip(), now)
@@ -133,8 +135,10 @@ impl Pipeline {
             return;
         }
         let culprit_pid = finding.culprit.pid;
-        // `blind` names no process: no tree to track, nothing to decide.
-        let has_process = finding.anomaly != detect::Anomaly::Blind;
+        // `blind` names no process, `cron` and `npm` name files: no tree to track.
+        let has_process = culprit_pid != 0
+            && finding.anomaly != detect::Anomaly::Blind
+            && detect::awaits_target(finding.anomaly.name());
         let subject = finding.subject;
         let chain: Vec<u32> = finding.culprit.ancestry.iter().map(|(p, _)| *p).collect();
         // What the tree reached before the alert: the culprit's and its ancestors' below the
@@ -270,6 +274,9 @@ impl Pipeline {
 
     /// `enforce.kill`: terminate the offending process tree of a lineage or resource alert.
     fn respond(&mut self, culprit: u32, alert: &AlertBody) {
+        if !detect::kills(alert) {
+            return;
+        }
         let Some(killer) = &mut self.killer else {
             return;
         };
@@ -301,7 +308,8 @@ impl Pipeline {
         } else if let Some(note) = plan.note {
             reason.push_str(&format!(" ({note})"));
         }
-        for t in killer.terminate(targets) {
+        let hit = killer.terminate(targets);
+        for t in hit {
             warn!(pid = t.pid, exe = %t.exe, id = %alert.id, respawned, "terminated");
             let kill = Kill {
                 pid: t.pid,
@@ -312,6 +320,7 @@ impl Pipeline {
             };
             self.switch.record_kill(kill);
             self.shared.kills.fetch_add(1, Ordering::Relaxed);
+            self.killed_by_agent(t.pid);
         }
     }
 
@@ -413,7 +422,7 @@ impl Pipeline {
     }
 
     /// The process `tgid` as the detectors see it.
-    fn culprit(&mut self, tgid: u32, comm: String, uid: Option<u32>) -> Culprit {
+    pub(super) fn culprit(&mut self, tgid: u32, comm: String, uid: Option<u32>) -> Culprit {
         let exe = self.tree.get(tgid).and_then(|p| p.filename.clone());
         let uid = uid.unwrap_or_else(|| {
             use std::os::unix::fs::MetadataExt;
@@ -439,6 +448,7 @@ impl Pipeline {
                 .tree
                 .on_fork(f.parent, f.child, f.child_start_ns, &f.comm),
             KernelEvent::Exit(e) => {
+                self.behaviour_exit(&e);
                 self.exits.push_back((Instant::now(), e.tgid, e.start_ns));
             }
             KernelEvent::Exec(e) => {
@@ -458,6 +468,7 @@ impl Pipeline {
                     self.track(&id, e.tgid);
                 }
                 let finding = self.lineage(&culprit, &e.filename, &e.argv, e.exe);
+                let behaviour = self.behaviour_exec(&culprit, &e.argv);
                 let ppid = self.tree.get(e.tgid).map_or(e.ppid, |p| p.ppid);
                 self.emit(
                     self.clock.wall(e.ts_ns),
@@ -471,7 +482,7 @@ impl Pipeline {
                         ancestors: culprit.ancestry.into_iter().map(|(_, c)| c).collect(),
                     }),
                 );
-                if let Some(finding) = finding {
+                for finding in finding.into_iter().chain(behaviour) {
                     self.raise(finding, Some(e.ts_ns));
                 }
             }
@@ -521,6 +532,7 @@ impl Pipeline {
                         &self.detect.trust,
                     )
                 });
+                self.behaviour_connect(c.tgid, &comm, c.uid, c.dport);
                 self.emit(
                     self.clock.wall(c.ts_ns),
                     Body::Connect(ConnectBody {
@@ -671,6 +683,7 @@ impl Pipeline {
             let culprit = self.culprit(hit.pid, comm, None);
             self.raise(detect::resource::Resource::finding(culprit, hit), None);
         }
+        self.behaviour_cpu(&procs);
         for (tgid, pct) in procs {
             if pct < self.cpu_report_percent {
                 continue;
@@ -710,7 +723,7 @@ impl Pipeline {
         false
     }
 
-    fn comm_of(&self, tgid: u32) -> Option<String> {
+    pub(super) fn comm_of(&self, tgid: u32) -> Option<String> {
         match self.tree.get(tgid) {
             Some(p) => Some(p.comm.clone()),
             None => read_stat(&self.proc_root, tgid).map(|s| s.comm),
@@ -724,6 +737,7 @@ impl Pipeline {
         let dropped = self
             .tree
             .retain_alive(|tgid, start| is_alive(&root, tgid, start));
+        self.behaviour_gc();
         if dropped > 0 {
             debug!(dropped, "pruned processes whose exit was missed");
         }

@@ -38,6 +38,10 @@ pub const RUNTIME_CAPS: &[Capability] = &[
     Capability::CAP_NET_ADMIN,
     // `enforce.kill`: signalling offending processes that belong to other users.
     Capability::CAP_KILL,
+    // Reading other processes' /proc/<pid>/{cwd,exe,fd} (ptrace read access): the project an
+    // npm install or a node server uses, a memfd or relative executable's real path, whether
+    // a node process listens. Never used to attach to or write into a process.
+    Capability::CAP_SYS_PTRACE,
 ];
 
 /// A realtime signal the agent does not otherwise use, borrowed while capabilities are
@@ -444,8 +448,8 @@ mod tests {
 
     #[test]
     fn status_masks_decode_proc_status() {
-        let text = "Name:\tsentinel\nCapInh:\t0000000000000000\nCapPrm:\t0000008000001020\n\
-                    CapEff:\t0000008000001020\nCapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\n";
+        let text = "Name:\tsentinel\nCapInh:\t0000000000000000\nCapPrm:\t0000008000081020\n\
+                    CapEff:\t0000008000081020\nCapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\n";
         let m = status_masks(text);
         assert_eq!(m.effective, mask_of(RUNTIME_CAPS.iter().copied()));
         let mut runtime = RUNTIME_CAPS.to_vec();

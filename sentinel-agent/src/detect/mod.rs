@@ -1,13 +1,21 @@
 //! Detectors: turn enriched events into alerts an operator can act on. Each detector is a
 //! small unit with a name, a severity and a MITRE ATT&CK mapping (`lineage`, `geo`,
-//! `resource`, `reverse_shell`, `blind`), tested on plain data. This module holds what they
-//! share: the alert, its risk score, the per-process signals the score combines, and
+//! `resource`, `reverse_shell`, `blind`, `cron`, `npm`, `miner`, `respawn`, `node_abuse`),
+//! tested on plain data. This module holds what they share: the alert, its risk score, the
+//! per-process signals and the behaviour history ([`intel`]) the score combines, and
 //! de-duplication.
 
 pub mod blind;
+pub mod cron;
 pub mod geo;
+pub mod intel;
 pub mod lineage;
+pub mod miner;
+pub mod node_abuse;
+pub mod npm;
+pub mod patterns;
 pub mod resource;
+pub mod respawn;
 pub mod reverse_shell;
 
 use std::{
@@ -50,6 +58,20 @@ pub enum Anomaly {
     ReverseShell,
     /// A sensor lost events: T1562 Impair Defenses (Defense Evasion).
     Blind,
+    /// A cron file gained a suspicious line: T1053.003 (Persistence); critical when the line
+    /// also carries a miner or reverse-shell pattern.
+    Cron { critical: bool },
+    /// A suspicious installed Node.js package: T1195.002 (Initial Access).
+    Npm,
+    /// A miner: temp/memory executable, miner markers, stratum ports; critical (and only
+    /// then killable) once it also burns CPU. T1496 (Impact).
+    Miner { cpu: bool },
+    /// A killed program came back, or one spawns far too often: T1053 when cron restarts
+    /// it, T1543 otherwise (Persistence).
+    Respawn { cron: bool },
+    /// A listening Node.js server burning CPU (T1496), or dynamic code execution markers
+    /// (T1059.007).
+    NodeAbuse { dynamic_code: bool },
 }
 
 impl Anomaly {
@@ -60,13 +82,22 @@ impl Anomaly {
             Anomaly::Resource => "resource",
             Anomaly::ReverseShell => "reverse_shell",
             Anomaly::Blind => "blind",
+            Anomaly::Cron { .. } => "cron",
+            Anomaly::Npm => "npm",
+            Anomaly::Miner { .. } => "miner",
+            Anomaly::Respawn { .. } => "respawn",
+            Anomaly::NodeAbuse { .. } => "node_abuse",
         }
     }
 
     pub fn severity(self) -> Severity {
         match self {
-            Anomaly::Lineage | Anomaly::Geo | Anomaly::ReverseShell => Severity::Critical,
-            Anomaly::Resource | Anomaly::Blind => Severity::High,
+            Anomaly::Lineage
+            | Anomaly::Geo
+            | Anomaly::ReverseShell
+            | Anomaly::Cron { critical: true }
+            | Anomaly::Miner { cpu: true } => Severity::Critical,
+            _ => Severity::High,
         }
     }
 
@@ -76,7 +107,26 @@ impl Anomaly {
                 ("T1059", "Execution", "Command and Scripting Interpreter")
             }
             Anomaly::Geo => ("T1071.001", "Command and Control", "Web Protocols"),
-            Anomaly::Resource => ("T1496", "Impact", "Resource Hijacking"),
+            Anomaly::Resource
+            | Anomaly::Miner { .. }
+            | Anomaly::NodeAbuse {
+                dynamic_code: false,
+            } => ("T1496", "Impact", "Resource Hijacking"),
+            Anomaly::Cron { .. } => ("T1053.003", "Persistence", "Scheduled Task/Job: Cron"),
+            Anomaly::Npm => (
+                "T1195.002",
+                "Initial Access",
+                "Supply Chain Compromise: Compromise Software Supply Chain",
+            ),
+            Anomaly::Respawn { cron: true } => ("T1053", "Persistence", "Scheduled Task/Job"),
+            Anomaly::Respawn { cron: false } => {
+                ("T1543", "Persistence", "Create or Modify System Process")
+            }
+            Anomaly::NodeAbuse { dynamic_code: true } => (
+                "T1059.007",
+                "Execution",
+                "Command and Scripting Interpreter: JavaScript",
+            ),
             Anomaly::Blind => ("T1562", "Defense Evasion", "Impair Defenses"),
         };
         Mitre {
@@ -86,14 +136,34 @@ impl Anomaly {
         }
     }
 
-    fn bit(self) -> u8 {
+    fn bit(self) -> u16 {
         match self {
             Anomaly::Lineage => 1,
             Anomaly::Geo => 2,
             Anomaly::Resource => 4,
             Anomaly::ReverseShell => 8,
             Anomaly::Blind => 16,
+            Anomaly::Cron { .. } => 32,
+            Anomaly::Npm => 64,
+            Anomaly::Miner { .. } => 128,
+            Anomaly::Respawn { .. } => 256,
+            Anomaly::NodeAbuse { .. } => 512,
         }
+    }
+}
+
+/// Whether `enforce.kill` terminates the offending process tree of `alert`: a shell under a
+/// web server, CPU abuse, a miner that burns CPU (never a temp executable alone), a Node.js
+/// server burning CPU, and a
+/// `respawn` of a program the agent itself killed (its detail says so), where the kill
+/// engine escalates to the origin that restarts it.
+pub fn kills(alert: &AlertBody) -> bool {
+    match alert.anomaly.as_str() {
+        "lineage" | "resource" | "reverse_shell" => true,
+        "miner" => alert.severity == "critical",
+        "node_abuse" => alert.mitre.technique == "T1496",
+        "respawn" => alert.detail.contains(respawn::AFTER_AGENT_KILL),
+        _ => false,
     }
 }
 
@@ -123,10 +193,29 @@ pub struct Finding {
     pub subject: u32,
 }
 
+/// Whether an alert of `anomaly` without an address waits for its process (or a descendant)
+/// to connect somewhere, to open its decision then. `cron` and `npm` have no live process
+/// to follow; `geo` always has its address.
+pub fn awaits_target(anomaly: &str) -> bool {
+    !matches!(anomaly, "geo" | "cron" | "npm")
+}
+
+/// What the detectors' background threads (the cron-file watcher, the npm scanner) hand
+/// to the event loop.
+#[derive(Debug)]
+pub enum Work {
+    /// A cron file changed: judge what it gained ([`cron::judge`]).
+    CronChanged(cron::Change),
+    /// A finding ready to raise.
+    Found(Box<Finding>),
+}
+
 /// What each process (by pid) has been flagged for: the signals a risk score combines.
 #[derive(Debug, Default)]
 pub struct Signals {
-    flags: HashMap<u32, u8>,
+    flags: HashMap<u32, u16>,
+    /// What the agent remembers about executables (across restarts).
+    pub intel: intel::Intel,
 }
 
 impl Signals {
@@ -135,7 +224,7 @@ impl Signals {
     }
 
     /// Anomalies flagged on `culprit` or any of its ancestors.
-    fn around(&self, culprit: &Culprit) -> u8 {
+    fn around(&self, culprit: &Culprit) -> u16 {
         std::iter::once(culprit.pid)
             .chain(culprit.ancestry.iter().map(|(pid, _)| *pid))
             .filter_map(|pid| self.flags.get(&pid))
@@ -148,7 +237,16 @@ impl Signals {
 }
 
 /// Where miners and droppers like to run from.
-const TEMP_DIRS: [&str; 3] = ["/tmp/", "/var/tmp/", "/dev/shm/"];
+pub const TEMP_DIRS: [&str; 3] = ["/tmp/", "/var/tmp/", "/dev/shm/"];
+
+/// Whether `exe` lives in a temporary directory or in memory (`memfd:`, or a file deleted
+/// after it was started).
+pub fn temp_or_memory(exe: &str) -> bool {
+    TEMP_DIRS.iter().any(|d| exe.starts_with(d))
+        || exe.starts_with("/memfd:")
+        || exe.starts_with("memfd:")
+        || exe.ends_with(" (deleted)")
+}
 
 /// Risk score 0–100 of `finding`, given what else was seen around the same process.
 ///
@@ -159,6 +257,9 @@ const TEMP_DIRS: [&str; 3] = ["/tmp/", "/var/tmp/", "/dev/shm/"];
 /// - +10 when the process runs from a temporary directory (`/tmp`, `/var/tmp`, `/dev/shm`)
 ///   or from memory (`memfd:`), where droppers and miners live;
 /// - +5 when it runs as root: whatever it does, it can do anywhere;
+/// - the behaviour history of its executable ([`intel::Intel::terms`]): +10 seen before in
+///   an alert, +10 respawned after being killed, +5 a high spawn count, +10 a miner keyword
+///   in its name or path;
 /// - capped at 100.
 pub fn risk(finding: &Finding, signals: &Signals) -> u8 {
     let base: u32 = match finding.anomaly.severity() {
@@ -168,13 +269,19 @@ pub fn risk(finding: &Finding, signals: &Signals) -> u8 {
     let others = signals.around(&finding.culprit) & !finding.anomaly.bit();
     let mut score = base + 15 * others.count_ones();
     if let Some(exe) = &finding.culprit.exe
-        && (TEMP_DIRS.iter().any(|d| exe.starts_with(d)) || exe.starts_with("/memfd:"))
+        && temp_or_memory(exe)
     {
         score += 10;
     }
     if finding.culprit.uid == 0 {
         score += 5;
     }
+    score += signals
+        .intel
+        .terms(&finding.culprit)
+        .iter()
+        .map(|t| t.points())
+        .sum::<u32>();
     score.min(100) as u8
 }
 
@@ -237,6 +344,9 @@ impl Alerts {
         }
         let risk = risk(&finding, &self.signals);
         self.signals.mark(finding.culprit.pid, finding.anomaly);
+        if let Some(exe) = &finding.culprit.exe {
+            self.signals.intel.alerted(exe);
+        }
         let alert = AlertBody {
             id: (self.next_id)(),
             anomaly: finding.anomaly.name().into(),
@@ -363,7 +473,8 @@ pub(crate) mod tests {
             panic!()
         };
         // The same connection from an unrelated process.
-        let other = culprit(400, "curl", &[(1, "systemd")]);
+        // (Another program: the same one would score "seen before in an alert".)
+        let other = culprit(400, "wget", &[(1, "systemd")]);
         let Outcome::New(plain) =
             alerts.raise(finding(Anomaly::Geo, other, Some("203.0.113.9")), now)
         else {
@@ -378,8 +489,8 @@ pub(crate) mod tests {
     #[test]
     fn context_raises_risk_and_it_is_capped() {
         let signals = Signals::default();
-        let mut c = culprit(5, "xmrig", &[]);
-        c.exe = Some("/dev/shm/xmrig".into());
+        let mut c = culprit(5, "kthreadd2", &[]);
+        c.exe = Some("/dev/shm/kthreadd2".into());
         c.uid = 0;
         assert_eq!(
             risk(&finding(Anomaly::Resource, c.clone(), None), &signals),
@@ -395,6 +506,103 @@ pub(crate) mod tests {
         signals.mark(6, Anomaly::Resource);
         signals.mark(6, Anomaly::Geo);
         assert_eq!(risk(&finding(Anomaly::Lineage, c, None), &signals), 100);
+    }
+
+    #[test]
+    fn behaviour_history_terms_add_to_the_score() {
+        let mut alerts = Alerts::with_ids(Duration::from_secs(60), ids());
+        let now = Instant::now();
+        let mut c = culprit(10, "xmrig", &[]);
+        c.exe = Some("/opt/x/xmrig".into());
+        // Miner keyword in the name: 50 + 10.
+        let Outcome::New(first) =
+            alerts.raise(finding(Anomaly::Miner { cpu: false }, c.clone(), None), now)
+        else {
+            panic!()
+        };
+        assert_eq!(first.risk, 60);
+        // The same program again, another process: seen before in an alert, +10.
+        let mut again = c.clone();
+        again.pid = 11;
+        alerts.signals.intel.respawned("/opt/x/xmrig");
+        let Outcome::New(second) =
+            alerts.raise(finding(Anomaly::Miner { cpu: false }, again, None), now)
+        else {
+            panic!()
+        };
+        // +10 keyword, +10 seen before, +10 respawned.
+        assert_eq!(second.risk, 80);
+    }
+
+    #[test]
+    fn new_anomalies_have_their_severity_mitre_and_kill_policy() {
+        use Anomaly::*;
+        let cases = [
+            (
+                Cron { critical: false },
+                "cron",
+                Severity::High,
+                "T1053.003",
+            ),
+            (
+                Cron { critical: true },
+                "cron",
+                Severity::Critical,
+                "T1053.003",
+            ),
+            (Npm, "npm", Severity::High, "T1195.002"),
+            (Miner { cpu: false }, "miner", Severity::High, "T1496"),
+            (Miner { cpu: true }, "miner", Severity::Critical, "T1496"),
+            (Respawn { cron: true }, "respawn", Severity::High, "T1053"),
+            (Respawn { cron: false }, "respawn", Severity::High, "T1543"),
+            (
+                NodeAbuse {
+                    dynamic_code: false,
+                },
+                "node_abuse",
+                Severity::High,
+                "T1496",
+            ),
+            (
+                NodeAbuse { dynamic_code: true },
+                "node_abuse",
+                Severity::High,
+                "T1059.007",
+            ),
+        ];
+        for (a, name, severity, technique) in cases {
+            assert_eq!(
+                (a.name(), a.severity(), a.mitre().technique.as_str()),
+                (name, severity, technique)
+            );
+        }
+        let mut alerts = Alerts::with_ids(Duration::from_secs(60), ids());
+        let mut kill = |a: Anomaly, detail: &str| {
+            let mut f = finding(a, culprit(1, "x", &[]), None);
+            f.detail = detail.into();
+            f.subject = alerts.open.len() as u32 + 100;
+            let Outcome::New(alert) = alerts.raise(f, Instant::now()) else {
+                panic!()
+            };
+            kills(&alert)
+        };
+        assert!(!kill(Miner { cpu: false }, "temp executable alone"));
+        assert!(kill(Miner { cpu: true }, "with CPU"));
+        assert!(kill(
+            NodeAbuse {
+                dynamic_code: false
+            },
+            "cpu"
+        ));
+        assert!(!kill(NodeAbuse { dynamic_code: true }, "eval"));
+        assert!(!kill(Cron { critical: true }, "x"));
+        assert!(!kill(Npm, "x"));
+        assert!(!kill(
+            Respawn { cron: false },
+            "came back after it was killed by signal 9"
+        ));
+        assert!(kill(Respawn { cron: false }, respawn::AFTER_AGENT_KILL));
+        assert!(awaits_target("miner") && !awaits_target("cron") && !awaits_target("npm"));
     }
 
     #[test]

@@ -511,6 +511,9 @@ impl Btf {
             sk_protocol: opt("sock", "sk_protocol"),
             task_group_leader: opt("task_struct", "group_leader"),
             task_comm: opt("task_struct", "comm"),
+            // Optional: without it exits carry no exit code and `respawn` only knows the
+            // agent's own kills.
+            task_exit_code: task("exit_code").unwrap_or(0),
             ..KernelOffsets::UNKNOWN
         };
         // `skc_daddr` is legitimately 0; without the family the socket fields mean nothing.
@@ -1142,6 +1145,7 @@ mod tests {
             ("task_start_boottime", o.task_start_boottime),
             ("mm_arg_start", o.mm_arg_start),
             ("mm_arg_end", o.mm_arg_end),
+            ("task_exit_code", o.task_exit_code),
         ] {
             assert_ne!(v, 0, "{name}");
         }

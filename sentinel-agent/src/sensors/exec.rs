@@ -47,6 +47,9 @@ pub struct Exit {
     pub ts_ns: u64,
     pub tgid: u32,
     pub start_ns: u64,
+    /// The signal that ended it (SIGKILL = 9, SIGTERM = 15, …), 0 for a normal exit or when
+    /// the kernel's BTF did not locate `task_struct.exit_code`.
+    pub signal: u8,
 }
 
 pub fn attach(ebpf: &mut Ebpf) -> Result<(), SensorError> {
@@ -158,6 +161,7 @@ pub fn decode_exit(bytes: &[u8]) -> Result<Exit, DecodeError> {
         ts_ns: ev.header.ts_ns,
         tgid: ev.header.tgid,
         start_ns: ev.data.start_ns,
+        signal: (ev.data.exit_code & 0x7f) as u8,
     })
 }
 
@@ -278,15 +282,32 @@ mod tests {
     fn exit_round_trip() {
         let ev = ExitEvent {
             header: header(EventKind::Exit, 12, "sleep"),
-            data: ExitData { start_ns: 5 },
+            data: ExitData {
+                start_ns: 5,
+                exit_code: 0x80 | 9, // SIGKILL, core dumped
+                _pad: 0,
+            },
         };
         assert_eq!(
             decode(&as_bytes(&ev)).unwrap(),
             KernelEvent::Exit(Exit {
                 ts_ns: 123_456_789,
                 tgid: 12,
-                start_ns: 5
+                start_ns: 5,
+                signal: 9,
             })
         );
+        // exit(3): status in the high byte, no signal.
+        let ev = ExitEvent {
+            data: ExitData {
+                exit_code: 3 << 8,
+                ..ev.data
+            },
+            ..ev
+        };
+        let KernelEvent::Exit(e) = decode(&as_bytes(&ev)).unwrap() else {
+            panic!("not an exit");
+        };
+        assert_eq!(e.signal, 0);
     }
 }

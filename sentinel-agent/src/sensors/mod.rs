@@ -7,6 +7,7 @@
 pub mod btf;
 pub mod connect;
 pub mod cpu;
+pub mod cron;
 pub mod exec;
 pub mod stdio;
 

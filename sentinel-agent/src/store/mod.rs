@@ -6,6 +6,8 @@
 pub mod cap;
 pub mod queue;
 
+pub mod history;
+
 use std::{
     path::{Path, PathBuf},
     sync::{Arc, atomic::Ordering},

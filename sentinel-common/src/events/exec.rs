@@ -60,6 +60,10 @@ pub struct ForkData {
 pub struct ExitData {
     /// The process's `start_boottime`, to tell it from a later process with the same pid.
     pub start_ns: u64,
+    /// `task_struct.exit_code` of the last thread: `status << 8` after `exit(status)`, or the
+    /// number of the signal that killed it in the low 7 bits (0x80: core dumped).
+    pub exit_code: u32,
+    pub _pad: u32,
 }
 
 pub type ExecEvent = Event<ExecData>;
@@ -70,7 +74,7 @@ const _: () = assert!(core::mem::size_of::<ExeId>() == 16);
 const _: () = assert!(core::mem::size_of::<ExecData>() == 40 + FILENAME_LEN + ARGV_LEN);
 const _: () = assert!(core::mem::size_of::<ExecEvent>() == 48 + 808);
 const _: () = assert!(core::mem::size_of::<ForkEvent>() == 64);
-const _: () = assert!(core::mem::size_of::<ExitEvent>() == 56);
+const _: () = assert!(core::mem::size_of::<ExitEvent>() == 64);
 
 #[cfg(feature = "user")]
 mod user {

