@@ -132,6 +132,10 @@ pub struct OverrideConfig {
     pub public_url: String,
     /// The key signing override links (HMAC-SHA256); created by the installer, mode 0600.
     pub secret_file: PathBuf,
+    /// Reverse proxies (IPs and CIDRs) in front of the endpoint: for requests from them the
+    /// client is the last `X-Forwarded-For` address that is not a proxy.
+    #[serde(deserialize_with = "networks")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for OverrideConfig {
@@ -140,6 +144,7 @@ impl Default for OverrideConfig {
             listen: "127.0.0.1:8787".into(),
             public_url: String::new(),
             secret_file: "/etc/sentinel/override.key".into(),
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -209,7 +209,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(&config.override_.listen)
             .await
             .with_context(|| format!("binding override.listen {}", config.override_.listen))?;
-        let serve = override_http::serve(listener, &config, secret.clone(), answers_tx.clone());
+        let serve = override_http::serve(
+            listener,
+            &config,
+            secret.clone(),
+            answers_tx.clone(),
+            notify::slack::outcome_message,
+        );
         tasks.push(tokio::spawn(async move {
             if let Err(e) = serve.await {
                 error!("the override endpoint stopped: {e}");

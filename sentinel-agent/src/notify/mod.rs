@@ -985,6 +985,7 @@ mod tests {
                 &config,
                 secret.clone(),
                 switch.answers.clone(),
+                slack::outcome_message,
             ));
             let (notices, rx) = mpsc::unbounded_channel();
             let stats = Arc::new(NotifyStats::default());

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use serde_json::{Value, json};
 
 use super::{Http, Summary, Undelivered, facts, outcome, title};
-use crate::{override_http::action, switch::decision::Decision};
+use crate::switch::{answer::action, decision::Decision};
 
 /// The Slack channel: where alerts go and how.
 pub struct Slack {

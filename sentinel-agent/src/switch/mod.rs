@@ -4,6 +4,7 @@
 //! (nobody answered in time). Silence is consent to defend. Pending deadlines and blocks
 //! survive restarts: they are resumed and re-asserted from the ledger at start.
 
+pub mod answer;
 pub mod decision;
 pub mod ledger;
 
