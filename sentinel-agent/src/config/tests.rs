@@ -1,0 +1,235 @@
+//! Parsing and validation of the config, shipped file included.
+
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("test.toml"))
+}
+
+#[test]
+fn empty_file_gives_defaults() {
+    let c = parse("").unwrap();
+    assert_eq!(c.agent.db, PathBuf::from("/var/lib/sentinel/sentinel.db"));
+    assert_eq!(c.agent.cpu_interval, Duration::from_secs(2));
+    assert_eq!(c.agent.ring_buffer_kib, 256);
+}
+
+#[test]
+fn shipped_config_is_valid_and_matches_defaults() {
+    let text = include_str!("../../../config/sentinel.toml");
+    let c = parse(text).unwrap();
+    let d = AgentConfig::default();
+    assert_eq!(c.agent.db, d.db);
+    assert_eq!(c.agent.socket, d.socket);
+    assert_eq!(c.agent.ring_buffer_kib, d.ring_buffer_kib);
+    assert_eq!(c.agent.cpu_interval, d.cpu_interval);
+    assert_eq!(c.agent.retention, d.retention);
+    let (g, dg) = (&c.geo, GeoConfig::default());
+    assert_eq!(
+        (g.enabled, &g.database, &g.high_risk_countries),
+        (dg.enabled, &dg.database, &dg.high_risk_countries)
+    );
+    let (t, dt) = (&c.trust, TrustConfig::default());
+    assert_eq!(
+        (&t.ips, t.ssh_peers, &t.ssh_ports),
+        (&dt.ips, dt.ssh_peers, &dt.ssh_ports)
+    );
+    let (l, dl) = (&c.lineage, LineageConfig::default());
+    assert_eq!((&l.web_servers, &l.shells), (&dl.web_servers, &dl.shells));
+    assert!(l.allow.is_empty());
+    let (r, dr) = (&c.resource, ResourceConfig::default());
+    assert_eq!(
+        (r.cpu_percent, r.sustain, r.baseline_deviation),
+        (dr.cpu_percent, dr.sustain, dr.baseline_deviation)
+    );
+    assert_eq!(c.alerts.dedup_window, AlertsConfig::default().dedup_window);
+    let (sw, dsw) = (&c.switch, SwitchConfig::default());
+    assert_eq!((sw.countdown, sw.safe_ttl), (dsw.countdown, dsw.safe_ttl));
+    let (e, de) = (&c.enforce, EnforceConfig::default());
+    assert_eq!(
+        (
+            e.mode,
+            &e.table,
+            e.block_ttl,
+            e.kill,
+            e.kill_grace,
+            &e.protect,
+            e.connect_guard
+        ),
+        (
+            de.mode,
+            &de.table,
+            de.block_ttl,
+            de.kill,
+            de.kill_grace,
+            &de.protect,
+            de.connect_guard
+        )
+    );
+    let (o, d) = (&c.override_, OverrideConfig::default());
+    assert_eq!(
+        (&o.listen, &o.public_url, &o.secret_file),
+        (&d.listen, &d.public_url, &d.secret_file)
+    );
+    let (n, d) = (&c.notify, NotifyConfig::default());
+    assert_eq!((n.timeout, n.attempts), (d.timeout, d.attempts));
+    assert_eq!(n.telegram.api_base, d.telegram.api_base);
+    assert!(n.slack.webhook_url.is_empty() && n.teams.webhook_url.is_empty());
+    assert!(n.telegram.bot_token.is_empty() && c.metrics.listen.is_empty());
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let err = parse("[agent]\nbogus_key = 1\n").unwrap_err().to_string();
+    assert!(err.contains("bogus_key"), "{err}");
+    let err = parse("[nonsense]\n").unwrap_err().to_string();
+    assert!(err.contains("nonsense"), "{err}");
+}
+
+#[test]
+fn bad_duration_is_named() {
+    let err = parse("[agent]\ncpu_interval = \"soon\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cpu_interval") && err.contains("soon"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_values_each_name_their_key() {
+    let err = parse("[agent]\nring_buffer_kib = 5\ncpu_sample_hz = 0\nlog_level = \"loud\"\n")
+        .unwrap_err();
+    let ConfigError::Invalid { problems, .. } = err else {
+        panic!("expected Invalid, got {err}");
+    };
+    let keys: Vec<_> = problems.iter().map(|p| p.key).collect();
+    assert_eq!(
+        keys,
+        [
+            "agent.log_level",
+            "agent.ring_buffer_kib",
+            "agent.cpu_sample_hz"
+        ]
+    );
+}
+
+#[test]
+fn detector_sections_validate_each_key() {
+    let err = parse(
+        "[geo]\nhigh_risk_countries = [\"RU\", \"russia\", \"cn\"]\n\
+         [lineage]\nweb_servers = [\"a-name-longer-than-fifteen\"]\n\
+         [resource]\ncpu_percent = 0\nbaseline_deviation = 500\nsustain = \"100ms\"\n",
+    )
+    .unwrap_err();
+    let ConfigError::Invalid { problems, .. } = err else {
+        panic!("expected Invalid, got {err}");
+    };
+    let keys: Vec<_> = problems.iter().map(|p| p.key).collect();
+    assert_eq!(
+        keys,
+        [
+            "geo.high_risk_countries",
+            "geo.high_risk_countries",
+            "lineage.web_servers",
+            "resource.cpu_percent",
+            "resource.sustain",
+            "resource.baseline_deviation",
+        ]
+    );
+    assert!(problems[0].reason.contains("russia"));
+}
+
+#[test]
+fn trust_ips_parse_addresses_and_cidrs() {
+    let c = parse("[trust]\nips = [\"203.0.113.7\", \"198.51.100.9/24\", \"2001:db8::/32\"]\n")
+        .unwrap();
+    let ips: Vec<String> = c.trust.ips.iter().map(|n| n.to_string()).collect();
+    assert_eq!(ips, ["203.0.113.7/32", "198.51.100.0/24", "2001:db8::/32"]);
+    let err = parse("[trust]\nips = [\"10.0.0.0/33\"]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ips") && err.contains("10.0.0.0/33"), "{err}");
+}
+
+#[test]
+fn lineage_allow_rules_are_checked() {
+    let c = parse("[[lineage.allow]]\nparent = \"node\"\nchild = \"sh\"\nargv = \"^sh -c git \"\n")
+        .unwrap();
+    assert!(
+        c.lineage.allow[0]
+            .argv
+            .as_ref()
+            .unwrap()
+            .is_match("sh -c git pull")
+    );
+    let err = parse("[[lineage.allow]]\nparent = \"node\"\nchild = \"sh\"\nargv = \"(\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("argv") && err.contains("regular expression"),
+        "{err}"
+    );
+    let err = parse("[[lineage.allow]]\nparent = \"vim\"\nchild = \"sh\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("lineage.allow.parent"), "{err}");
+    let err = parse("[[lineage.allow]]\nparent = \"node\"\nkid = \"sh\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("kid"), "{err}");
+}
+
+#[test]
+fn versioned_binaries_match_their_name() {
+    assert!(name_matches("python3", "python3"));
+    assert!(name_matches("python3", "python3.11"));
+    assert!(name_matches("php-fpm", "php-fpm8.2"));
+    assert!(!name_matches("sh", "sshd"));
+    assert!(!name_matches("node", "nodejs-helper"));
+    assert!(!name_matches("python3", "python"));
+}
+
+#[test]
+fn switch_enforce_override_notify_are_checked() {
+    let err = parse(
+        "[switch]\ncountdown = \"0s\"\n[enforce]\nmode = \"dry-run\"\ntable = \"bad table\"\n\
+         [override]\nlisten = \"nowhere\"\n[notify.slack]\nwebhook_url = \"ftp://x\"\n",
+    )
+    .unwrap_err();
+    let ConfigError::Invalid { problems, .. } = err else {
+        panic!("expected Invalid, got {err}");
+    };
+    let keys: Vec<_> = problems.iter().map(|p| p.key).collect();
+    assert_eq!(
+        keys,
+        [
+            "switch.countdown",
+            "enforce.table",
+            "override.listen",
+            "notify.slack.webhook_url",
+            "notify.slack.signing_secret",
+            "override.public_url",
+        ]
+    );
+    let err = parse("[enforce]\nmode = \"yolo\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("mode") && err.contains("yolo"), "{err}");
+    let c = parse("[enforce]\nmode = \"dry-run\"\n").unwrap();
+    assert_eq!(c.enforce.mode, EnforceMode::DryRun);
+}
+
+#[test]
+fn wrong_type_is_an_error() {
+    assert!(parse("[agent]\nring_buffer_kib = \"big\"\n").is_err());
+}
+
+#[test]
+fn missing_optional_file_gives_defaults_but_explicit_one_errors() {
+    let missing = Path::new("/nonexistent/sentinel.toml");
+    assert!(Config::load(missing, true).is_ok());
+    let err = Config::load(missing, false).unwrap_err().to_string();
+    assert!(err.contains("/nonexistent/sentinel.toml"), "{err}");
+}
