@@ -12,6 +12,7 @@ use serde::{Deserialize, Deserializer};
 
 pub use self::validate::name_matches;
 
+mod check;
 #[cfg(test)]
 mod tests;
 mod validate;
@@ -26,8 +27,6 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("invalid config {path}: {message}")]
-    Parse { path: PathBuf, message: String },
     #[error("invalid config {path}:\n{}", .problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
     Invalid {
         path: PathBuf,
@@ -35,16 +34,42 @@ pub enum ConfigError {
     },
 }
 
-/// One bad value: which key, and why.
+/// One problem: which key (dotted, e.g. `switch.countdown`; empty when the TOML itself is
+/// broken), why, and where in the file (line, column) when known.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
-    pub key: &'static str,
+    pub key: String,
     pub reason: String,
+    pub at: Option<(usize, usize)>,
+}
+
+impl Problem {
+    /// A problem with `key`, not yet placed in the file.
+    pub fn new(key: &str, reason: impl Into<String>) -> Problem {
+        Problem {
+            key: key.into(),
+            reason: reason.into(),
+            at: None,
+        }
+    }
 }
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.key, self.reason)
+        match (self.key.is_empty(), self.at) {
+            (true, Some((line, column))) => {
+                write!(f, "line {line}, column {column}: {}", self.reason)
+            }
+            (true, None) => f.write_str(&self.reason),
+            (false, Some((line, column))) => {
+                write!(
+                    f,
+                    "{}: {} (line {line}, column {column})",
+                    self.key, self.reason
+                )
+            }
+            (false, None) => write!(f, "{}: {}", self.key, self.reason),
+        }
     }
 }
 
@@ -421,7 +446,10 @@ fn networks<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<ipnet::IpNet>, D::Er
 
 fn optional_regex<'de, D: Deserializer<'de>>(de: D) -> Result<Option<regex::Regex>, D::Error> {
     let text = String::deserialize(de)?;
+    // The pattern must match the whole string: `^sh -c git (pull|fetch)` must not allow
+    // `sh -c git pull; curl … | sh`.
     regex::Regex::new(&text)
+        .and_then(|_| regex::Regex::new(&format!("^(?:{text})$")))
         .map(Some)
         .map_err(|e| serde::de::Error::custom(format!("invalid regular expression {text:?}: {e}")))
 }
@@ -443,21 +471,23 @@ impl Config {
         Self::parse(&text, path)
     }
 
-    /// Parse and validate TOML text; `path` only names the source in errors.
+    /// Parse and validate TOML text; `path` only names the source in errors, which list
+    /// every problem found.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.into(),
-            message: e.to_string().trim_end().to_string(),
-        })?;
-        let problems = config.problems();
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigError::Invalid {
+        match Self::check(text) {
+            (Some(config), problems) if problems.is_empty() => Ok(config),
+            (_, problems) => Err(ConfigError::Invalid {
                 path: path.into(),
                 problems,
-            })
+            }),
         }
+    }
+
+    /// Parse TOML text and find every problem: the config as far as it could be read
+    /// (defaults in place of the keys that failed; `None` when the TOML itself is broken),
+    /// and the problems.
+    pub fn check(text: &str) -> (Option<Self>, Vec<Problem>) {
+        check::read(text)
     }
 
     /// The host name alerts carry: `agent.id`, or the machine's hostname.

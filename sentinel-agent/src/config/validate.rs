@@ -27,7 +27,7 @@ impl Config {
     /// Everything wrong with the values, each naming its key.
     pub fn problems(&self) -> Vec<Problem> {
         let mut out = Vec::new();
-        let mut bad = |key, reason: String| out.push(Problem { key, reason });
+        let mut bad = |key: &str, reason: String| out.push(Problem::new(key, reason));
         let a = &self.agent;
         if a.db.as_os_str().is_empty() {
             bad("agent.db", "must not be empty".into());

