@@ -321,6 +321,45 @@ fn second_agent_on_the_same_socket_is_refused() {
 // --- no root needed ---------------------------------------------------------------------
 
 #[test]
+fn readme_and_docs_link_only_to_files_in_the_repository() {
+    let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let mut pages = vec![root.join("README.md")];
+    for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+        pages.push(entry.unwrap().path());
+    }
+    let mut checked = 0;
+    for page in &pages {
+        let text = std::fs::read_to_string(page).unwrap();
+        assert!(
+            !text.contains("../shared/"),
+            "{} points outside the repository",
+            page.display()
+        );
+        for link in text.split("](").skip(1) {
+            let target = &link[..link.find(')').unwrap()];
+            if target.starts_with("http://") || target.starts_with("https://") {
+                continue;
+            }
+            let file = target.split('#').next().unwrap();
+            let path = page.parent().unwrap().join(file);
+            assert!(
+                path.canonicalize()
+                    .is_ok_and(|p| p.starts_with(root.canonicalize().unwrap())),
+                "{}: link {target} is not a file in the repository",
+                page.display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 5, "only {checked} links found");
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    assert!(
+        !manifest.contains("../shared/"),
+        "Cargo.toml points outside the repository"
+    );
+}
+
+#[test]
 fn check_config_accepts_the_shipped_config() {
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/sentinel.toml");
     let out = Command::new(BIN)

@@ -233,3 +233,78 @@ fn missing_optional_file_gives_defaults_but_explicit_one_errors() {
     let err = Config::load(missing, false).unwrap_err().to_string();
     assert!(err.contains("/nonexistent/sentinel.toml"), "{err}");
 }
+
+/// `docs/configuration.md`, generated from the shipped config: each key with its default and
+/// the comment above it; comments not followed by a key are kept as a block.
+fn reference(shipped: &str) -> String {
+    let mut out = String::from(
+        "# Configuration reference\n\n\
+         Generated from [`config/sentinel.toml`](../config/sentinel.toml) (the shipped file, \
+         every key at its default) and checked against it by the test \
+         `config::tests::configuration_reference_matches_the_shipped_config`; regenerate with \
+         `SENTINEL_BLESS=1 cargo test --bin sentinel configuration_reference`.\n\n\
+         `sentinel check-config --config FILE` reports every problem of a file at once, as \
+         `section.key: reason (line L, column C)`.\n",
+    );
+    let mut comments: Vec<&str> = Vec::new();
+    let mut section = String::new();
+    let flush = |out: &mut String, comments: &mut Vec<&str>, in_section: bool| {
+        if comments.is_empty() {
+            return;
+        }
+        if in_section {
+            out.push_str("\n```toml\n");
+            for c in comments.iter() {
+                out.push_str(&format!("# {c}\n"));
+            }
+            out.push_str("```\n");
+        } else {
+            out.push('\n');
+            out.push_str(&comments.join(" "));
+            out.push('\n');
+        }
+        comments.clear();
+    };
+    for line in shipped.lines().map(str::trim) {
+        if let Some(comment) = line.strip_prefix('#') {
+            comments.push(comment.trim());
+        } else if line.is_empty() {
+            if section.is_empty() {
+                flush(&mut out, &mut comments, false);
+            }
+        } else if let Some(name) = line.strip_prefix('[') {
+            flush(&mut out, &mut comments, !section.is_empty());
+            section = name.trim_end_matches(']').to_string();
+            out.push_str(&format!(
+                "\n## `[{section}]`\n\n| key | default | meaning |\n|---|---|---|\n"
+            ));
+        } else if let Some((key, value)) = line.split_once('=') {
+            let cell = |text: &str| text.replace('|', "\\|");
+            out.push_str(&format!(
+                "| `{section}.{}` | `{}` | {} |\n",
+                key.trim(),
+                cell(value.trim()),
+                cell(&comments.join(" "))
+            ));
+            comments.clear();
+        }
+    }
+    flush(&mut out, &mut comments, true);
+    out
+}
+
+#[test]
+fn configuration_reference_matches_the_shipped_config() {
+    let shipped = include_str!("../../../config/sentinel.toml");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/configuration.md");
+    let want = reference(shipped);
+    if std::env::var_os("SENTINEL_BLESS").is_some() {
+        std::fs::write(path, &want).unwrap();
+    }
+    let have = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        have == want,
+        "docs/configuration.md is not what config/sentinel.toml says: regenerate it with \
+         SENTINEL_BLESS=1 cargo test --bin sentinel configuration_reference"
+    );
+}
