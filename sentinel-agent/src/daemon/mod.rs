@@ -1,7 +1,12 @@
-//! `sentinel run`: start-up and the event loop. It loads the sensors, opens the store and the
-//! ledger, resumes the dead man's switch, then feeds the [`Pipeline`] with kernel records,
-//! timer ticks and human answers until SIGTERM, and stops cleanly: programs detached, every
-//! event committed, the enforcement table left in force.
+//! `sentinel run`: start-up and the event loop. [`run`] is a list of named start-up steps,
+//! each building one part (GeoIP, trust, sensors, process tree, store, switch, override
+//! endpoint, chat, CLI socket, ring-buffer readers, pipeline, metrics); then it feeds the
+//! [`Pipeline`] with kernel records, timer ticks and human answers until SIGTERM, and stops
+//! cleanly: programs detached, every event committed, the enforcement table left in force.
+//!
+//! In: the config. Out: a running agent. The order of the steps matters and is explained
+//! where it does: sensors attach before the tree is seeded from `/proc`, the switch resumes
+//! before the socket answers, capabilities drop only once everything is bound.
 
 pub mod control;
 pub mod ipc;
@@ -18,9 +23,11 @@ use std::{
 };
 
 use anyhow::Context as _;
+use aya::Ebpf;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{mpsc, watch},
+    task::JoinHandle,
 };
 use tracing::{error, info, warn};
 
@@ -43,7 +50,7 @@ use crate::{
     },
     override_http::{self, Secret},
     sensors::btf,
-    sensors::{self, KernelEvent, LoadOptions, SENSORS, cpu::CpuTracker},
+    sensors::{self, KernelEvent, LoadOptions, LostMaps, SENSORS, cpu::CpuTracker},
     store::{self, Store},
     switch::decision::Answer,
     switch::ledger::Ledger,
@@ -102,47 +109,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let agent = &config.agent;
     let agent_tgid = std::process::id();
     control::ensure_not_running(&agent.socket)?;
-    let geoip = if config.geo.enabled {
-        let geo = Geo::open(&config.geo.database).with_context(|| {
-            "the GeoIP database is needed for geo alerts (scripts/geoip.sh installs one; \
-             or set geo.enabled = false)"
-        })?;
-        info!("GeoIP: {}", geo.describe());
-        Some(geo)
-    } else {
-        warn!("geo.enabled = false: connections get no country and geo alerts are off");
-        None
-    };
-    let mut trust = TrustSet::new(
-        &config.trust.ips,
-        if config.trust.ssh_peers {
-            &config.trust.ssh_ports
-        } else {
-            &[]
-        },
-    );
-    let proc_net = Path::new("/proc/net");
-    trust.refresh_ssh_peers(proc_net);
-    let trust_for_resume = trust.clone();
-    sensors::ensure_tracefs()?;
-
-    let mut offsets = match btf::kernel_offsets() {
-        Ok(o) => o,
-        Err(e) => {
-            warn!(
-                "kernel BTF unreadable ({e}): exec events will lack ppid, start time and argv, and forks are not seen"
-            );
-            sentinel_common::KernelOffsets::UNKNOWN
-        }
-    };
-    offsets.tp_exit_group_dead = sensors::exec::exit_group_dead_offset();
-
-    let sensors = sensors::load(&LoadOptions {
-        agent_tgid,
-        offsets,
-        ring_buffer_bytes: agent.ring_buffer_kib * 1024,
-        cpu_sample_hz: agent.cpu_sample_hz,
-    })?;
+    let geoip = open_geoip(&config)?;
+    let trust = load_trust(&config);
+    let sensors = load_sensors(&config, agent_tgid)?;
     let sensors::Sensors {
         mut ebpf,
         attached,
@@ -151,107 +120,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         connect_ring,
         cpu_samples,
     } = sensors;
-
     // Seed after attaching: a process started in between is then in both, never in neither.
-    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as u64;
-    let proc_root = PathBuf::from("/proc");
-    let tree = ProcessTree::seed(&proc_root, ticks).context("reading /proc")?;
-
-    let store = Store::open(&agent.db)?;
-    let (store_tx, store_rx) = std_mpsc::channel();
-    let writer = store::spawn_writer(store, store_rx, agent.retention);
-
+    let (tree, proc_root) = seed_tree()?;
+    let (store_tx, writer) = start_store(&config)?;
+    let (answers_tx, answers_rx) = mpsc::channel::<Answer>(64);
+    let (unblock_tx, unblock_rx) = mpsc::channel::<Unblock>(16);
+    let mut tasks = Vec::new();
     // The switch resumes before the socket answers: "ready" means decisions and blocks are
     // back in force.
-    let mut enforcer = Enforcer::from_config(&config);
-    if config.enforce.connect_guard && !enforcer.is_dry_run() {
-        match ConnectGuard::attach(&mut ebpf) {
-            Ok(guard) => {
-                info!(cgroup = %guard.root().display(), "connect guard attached");
-                enforcer.set_guard(guard);
-            }
-            Err(e) => warn!("connect guard not attached (nftables still enforces blocks): {e}"),
-        }
-    }
-    let mut switch = Switch::new(
-        Ledger::open(&agent.db)?,
-        enforcer,
-        Timings {
-            countdown: config.switch.countdown,
-            safe_ttl: config.switch.safe_ttl,
-            block_ttl: config.enforce.block_ttl,
-        },
-        config.host_id(),
-    );
-    let (answers_tx, mut answers_rx) = mpsc::channel::<Answer>(64);
-    let (unblock_tx, mut unblock_rx) = mpsc::channel::<Unblock>(16);
-    let mut tasks = Vec::new();
-
+    let mut switch = open_switch(&config, &mut ebpf)?;
     // Chat: announced decisions go out through every configured channel; answers (signed
     // links, Slack clicks, Telegram presses) come back on the same channel as the CLI's.
     let (notices_tx, notices_rx) = mpsc::unbounded_channel();
     switch.set_notices(notices_tx);
     let notify_stats = Arc::new(NotifyStats::default());
-    let secret = if config.override_.public_url.is_empty() {
-        None
-    } else {
-        Some(Arc::new(
-            Secret::load(&config.override_.secret_file).with_context(|| {
-                "override.public_url is set: the override endpoint needs its key \
-             (cargo xtask install creates it)"
-            })?,
-        ))
-    };
-    if let Some(secret) = &secret {
-        let listener = tokio::net::TcpListener::bind(&config.override_.listen)
-            .await
-            .with_context(|| format!("binding override.listen {}", config.override_.listen))?;
-        let serve = override_http::serve(
-            listener,
-            &config,
-            secret.clone(),
-            answers_tx.clone(),
-            notify::slack::outcome_message,
-        );
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = serve.await {
-                error!("the override endpoint stopped: {e}");
-            }
-        }));
-    }
-    let summary_db = agent.db.clone();
-    let lost_for_summary = lost.clone();
-    let summary: SummarySource = Arc::new(move |since| {
-        let counts = Ledger::open_existing(&summary_db, false)
-            .and_then(|l| l.summary_since(since))
-            .unwrap_or_else(|e| {
-                warn!("daily summary: {e}");
-                Default::default()
-            });
-        let lost = lost_for_summary.lock().expect("lost lock");
-        Summary {
-            alerts_by_anomaly: counts.alerts_by_anomaly,
-            decisions_by_outcome: counts.decisions_by_outcome,
-            blocks: counts.blocks,
-            kills: counts.kills,
-            lost_events: SENSORS.iter().map(|s| lost.lost(s)).sum(),
-            ..Default::default()
-        }
-    });
+    let secret = load_override_key(&config)?;
+    tasks.extend(start_override_endpoint(&config, secret.as_ref(), &answers_tx).await?);
     tasks.extend(notify::spawn(
         &config,
         secret,
         notices_rx,
         answers_tx.clone(),
         notify_stats.clone(),
-        Some(summary),
+        Some(summary_source(&config, lost.clone())),
     ));
     // Resumed decisions are announced too.
-    switch.resume(&trust_for_resume, SystemTime::now())?;
-
+    switch.resume(&trust, SystemTime::now())?;
     let shared = Arc::new(Shared {
         host: config.host_id(),
         started: Instant::now(),
@@ -269,9 +163,196 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         unblocks: unblock_tx,
     });
     let listener = control::bind_socket(&agent.socket)?;
-
-    let (tx, mut rx) = mpsc::channel::<Vec<KernelEvent>>(1024);
     tasks.push(tokio::spawn(control::serve(listener, shared.clone())));
+    let (batches, readers) = start_readers(exec_ring, connect_ring, &shared);
+    tasks.extend(readers);
+    let mut core = build_pipeline(
+        &config,
+        Parts {
+            tree,
+            proc_root,
+            store_tx,
+            shared: shared.clone(),
+            cpu_map: cpu_samples,
+            detect: build_detectors(&config, geoip, trust),
+            switch,
+            agent_tgid,
+        },
+    );
+    tasks.extend(start_metrics(&config, &shared).await?);
+    drop_capabilities();
+    let inbox = Inbox {
+        batches,
+        answers: answers_rx,
+        unblocks: unblock_rx,
+    };
+    event_loop(&config, &mut core, attached, inbox).await?;
+    stop(&config, tasks, ebpf, core, writer).await
+}
+
+/// The GeoIP country database, unless `geo.enabled` is off.
+fn open_geoip(config: &Config) -> anyhow::Result<Option<Geo>> {
+    if !config.geo.enabled {
+        warn!("geo.enabled = false: connections get no country and geo alerts are off");
+        return Ok(None);
+    }
+    let geo = Geo::open(&config.geo.database).with_context(|| {
+        "the GeoIP database is needed for geo alerts (scripts/geoip.sh installs one; \
+         or set geo.enabled = false)"
+    })?;
+    info!("GeoIP: {}", geo.describe());
+    Ok(Some(geo))
+}
+
+/// The trusted addresses, with the SSH sessions live right now.
+fn load_trust(config: &Config) -> TrustSet {
+    let mut trust = TrustSet::new(
+        &config.trust.ips,
+        if config.trust.ssh_peers {
+            &config.trust.ssh_ports
+        } else {
+            &[]
+        },
+    );
+    trust.refresh_ssh_peers(Path::new("/proc/net"));
+    trust
+}
+
+/// Mount tracefs if needed, read the kernel's struct offsets, load and attach the programs.
+fn load_sensors(config: &Config, agent_tgid: u32) -> anyhow::Result<sensors::Sensors> {
+    sensors::ensure_tracefs()?;
+    let mut offsets = match btf::kernel_offsets() {
+        Ok(o) => o,
+        Err(e) => {
+            warn!(
+                "kernel BTF unreadable ({e}): exec events will lack ppid, start time and argv, and forks are not seen"
+            );
+            sentinel_common::KernelOffsets::UNKNOWN
+        }
+    };
+    offsets.tp_exit_group_dead = sensors::exec::exit_group_dead_offset();
+    let agent = &config.agent;
+    Ok(sensors::load(&LoadOptions {
+        agent_tgid,
+        offsets,
+        ring_buffer_bytes: agent.ring_buffer_kib * 1024,
+        cpu_sample_hz: agent.cpu_sample_hz,
+    })?)
+}
+
+/// The process tree, seeded from `/proc`.
+fn seed_tree() -> anyhow::Result<(ProcessTree, PathBuf)> {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as u64;
+    let proc_root = PathBuf::from("/proc");
+    let tree = ProcessTree::seed(&proc_root, ticks).context("reading /proc")?;
+    Ok((tree, proc_root))
+}
+
+/// The event store and its writer thread.
+fn start_store(
+    config: &Config,
+) -> anyhow::Result<(std_mpsc::Sender<store::Write>, std::thread::JoinHandle<()>)> {
+    let store = Store::open(&config.agent.db)?;
+    let (store_tx, store_rx) = std_mpsc::channel();
+    let writer = store::spawn_writer(store, store_rx, config.agent.retention);
+    Ok((store_tx, writer))
+}
+
+/// The enforcer (with the in-kernel connect guard when enabled) and the switch on its ledger.
+fn open_switch(config: &Config, ebpf: &mut Ebpf) -> anyhow::Result<Switch> {
+    let mut enforcer = Enforcer::from_config(config);
+    if config.enforce.connect_guard && !enforcer.is_dry_run() {
+        match ConnectGuard::attach(ebpf) {
+            Ok(guard) => {
+                info!(cgroup = %guard.root().display(), "connect guard attached");
+                enforcer.set_guard(guard);
+            }
+            Err(e) => warn!("connect guard not attached (nftables still enforces blocks): {e}"),
+        }
+    }
+    Ok(Switch::new(
+        Ledger::open(&config.agent.db)?,
+        enforcer,
+        Timings {
+            countdown: config.switch.countdown,
+            safe_ttl: config.switch.safe_ttl,
+            block_ttl: config.enforce.block_ttl,
+        },
+        config.host_id(),
+    ))
+}
+
+/// The key signing override links; needed only when chat users can reach the endpoint.
+fn load_override_key(config: &Config) -> anyhow::Result<Option<Arc<Secret>>> {
+    if config.override_.public_url.is_empty() {
+        return Ok(None);
+    }
+    let secret = Secret::load(&config.override_.secret_file).with_context(|| {
+        "override.public_url is set: the override endpoint needs its key \
+         (cargo xtask install creates it)"
+    })?;
+    Ok(Some(Arc::new(secret)))
+}
+
+/// The override endpoint (chat buttons), when there is a key.
+async fn start_override_endpoint(
+    config: &Config,
+    secret: Option<&Arc<Secret>>,
+    answers: &mpsc::Sender<Answer>,
+) -> anyhow::Result<Option<JoinHandle<()>>> {
+    let Some(secret) = secret else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(&config.override_.listen)
+        .await
+        .with_context(|| format!("binding override.listen {}", config.override_.listen))?;
+    let serve = override_http::serve(
+        listener,
+        config,
+        secret.clone(),
+        answers.clone(),
+        notify::slack::outcome_message,
+    );
+    Ok(Some(tokio::spawn(async move {
+        if let Err(e) = serve.await {
+            error!("the override endpoint stopped: {e}");
+        }
+    })))
+}
+
+/// What the daily chat summary counts, read from the ledger when it is due.
+fn summary_source(config: &Config, lost: Arc<std::sync::Mutex<LostMaps>>) -> SummarySource {
+    let summary_db = config.agent.db.clone();
+    Arc::new(move |since| {
+        let counts = Ledger::open_existing(&summary_db, false)
+            .and_then(|l| l.summary_since(since))
+            .unwrap_or_else(|e| {
+                warn!("daily summary: {e}");
+                Default::default()
+            });
+        let lost = lost.lock().expect("lost lock");
+        Summary {
+            alerts_by_anomaly: counts.alerts_by_anomaly,
+            decisions_by_outcome: counts.decisions_by_outcome,
+            blocks: counts.blocks,
+            kills: counts.kills,
+            lost_events: SENSORS.iter().map(|s| lost.lost(s)).sum(),
+            ..Default::default()
+        }
+    })
+}
+
+/// One task per ring buffer, sending batches of decoded records to the loop.
+fn start_readers(
+    exec_ring: Option<aya::maps::RingBuf<aya::maps::MapData>>,
+    connect_ring: Option<aya::maps::RingBuf<aya::maps::MapData>>,
+    shared: &Shared,
+) -> (mpsc::Receiver<Vec<KernelEvent>>, Vec<JoinHandle<()>>) {
+    let (tx, rx) = mpsc::channel::<Vec<KernelEvent>>(1024);
+    let mut tasks = Vec::new();
     for (name, ring, counters) in [
         ("exec", exec_ring, shared.counters[0].clone()),
         ("connect", connect_ring, shared.counters[1].clone()),
@@ -285,30 +366,51 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             )));
         }
     }
-    drop(tx);
+    (rx, tasks)
+}
 
-    let mut core = Pipeline {
-        tree,
+/// The detectors, with the GeoIP reader and the trust set they consult.
+fn build_detectors(config: &Config, geoip: Option<Geo>, trust: TrustSet) -> Detectors {
+    Detectors {
+        geoip,
+        trust,
+        lineage: detect::lineage::Lineage::new(config.lineage.clone()),
+        geo: detect::geo::Geo::new(&config.geo.high_risk_countries),
+        resource: detect::resource::Resource::new(config.resource.clone()),
+        alerts: Alerts::new(config.alerts.dedup_window),
+    }
+}
+
+/// What the pipeline is built from.
+struct Parts {
+    tree: ProcessTree,
+    proc_root: PathBuf,
+    store_tx: std_mpsc::Sender<store::Write>,
+    shared: Arc<Shared>,
+    cpu_map: Option<sensors::cpu::SampleMap>,
+    detect: Detectors,
+    switch: Switch,
+    agent_tgid: u32,
+}
+
+/// The event loop's state, with the counters `status` shows brought up to date.
+fn build_pipeline(config: &Config, parts: Parts) -> Pipeline {
+    let agent = &config.agent;
+    let core = Pipeline {
+        tree: parts.tree,
         clock: BootClock::now(),
-        agent_tgid,
-        proc_root,
-        store_tx,
-        shared: shared.clone(),
+        agent_tgid: parts.agent_tgid,
+        proc_root: parts.proc_root,
+        store_tx: parts.store_tx,
+        shared: parts.shared,
         cpu: CpuTracker::default(),
-        cpu_map: cpu_samples,
+        cpu_map: parts.cpu_map,
         cpu_hz: agent.cpu_sample_hz,
         cpu_report_percent: agent.cpu_report_percent,
         cpu_last: Instant::now(),
         ncpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        detect: Detectors {
-            geoip,
-            trust,
-            lineage: detect::lineage::Lineage::new(config.lineage.clone()),
-            geo: detect::geo::Geo::new(&config.geo.high_risk_countries),
-            resource: detect::resource::Resource::new(config.resource.clone()),
-            alerts: Alerts::new(config.alerts.dedup_window),
-        },
-        switch,
+        detect: parts.detect,
+        switch: parts.switch,
         awaiting: HashMap::new(),
         last_connect: HashMap::new(),
         exits: Default::default(),
@@ -316,7 +418,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Killer::new(
                 config.enforce.kill_grace,
                 config.enforce.protect.clone(),
-                agent_tgid,
+                parts.agent_tgid,
                 Path::new("/proc"),
             )
         }),
@@ -328,32 +430,59 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .store(n, std::sync::atomic::Ordering::Relaxed);
     }
     core.refresh_counts();
+    core
+}
+
+/// The Prometheus endpoint, when `metrics.listen` is set.
+async fn start_metrics(
+    config: &Config,
+    shared: &Arc<Shared>,
+) -> anyhow::Result<Option<JoinHandle<()>>> {
+    if config.metrics.listen.is_empty() {
+        return Ok(None);
+    }
+    let listener = tokio::net::TcpListener::bind(&config.metrics.listen)
+        .await
+        .with_context(|| format!("binding metrics.listen {}", config.metrics.listen))?;
+    let s = shared.clone();
+    let render = Arc::new(move || crate::daemon::metrics::render(&s.metrics_snapshot()));
+    Ok(Some(tokio::spawn(crate::daemon::metrics::serve(
+        listener, render,
+    ))))
+}
+
+/// Everything is loaded, attached and bound: keep only what running needs.
+fn drop_capabilities() {
+    match service::drop_capabilities(service::RUNTIME_CAPS) {
+        Ok(dropped) => info!("least privilege: {dropped}"),
+        Err(e) => error!("could not drop capabilities (still defending): {e}"),
+    }
+}
+
+/// What the loop receives besides timers and signals.
+struct Inbox {
+    batches: mpsc::Receiver<Vec<KernelEvent>>,
+    answers: mpsc::Receiver<Answer>,
+    unblocks: mpsc::Receiver<Unblock>,
+}
+
+/// Tell systemd the agent is ready, then handle kernel batches, ticks, deadlines, answers and
+/// the watchdog until SIGTERM or SIGINT (or every sensor reader stopped).
+async fn event_loop(
+    config: &Config,
+    core: &mut Pipeline,
+    attached: [bool; 3],
+    mut inbox: Inbox,
+) -> anyhow::Result<()> {
+    let agent = &config.agent;
     let mut cpu_tick = tokio::time::interval(agent.cpu_interval);
     let mut gc_tick = tokio::time::interval(GC_EVERY);
     // Live SSH sessions are re-read on their own thread: /proc/net/tcp lists every socket on
     // the host, and reading it must never hold up draining the ring buffers.
     let mut ssh_peers = spawn_ssh_watch(core.detect.trust.ssh_ports().to_vec());
-
-    if !config.metrics.listen.is_empty() {
-        let listener = tokio::net::TcpListener::bind(&config.metrics.listen)
-            .await
-            .with_context(|| format!("binding metrics.listen {}", config.metrics.listen))?;
-        let s = shared.clone();
-        let render = Arc::new(move || crate::daemon::metrics::render(&s.metrics_snapshot()));
-        tasks.push(tokio::spawn(crate::daemon::metrics::serve(
-            listener, render,
-        )));
-    }
-
-    // Everything is loaded, attached and bound: keep only what running needs.
-    match service::drop_capabilities(service::RUNTIME_CAPS) {
-        Ok(dropped) => info!("least privilege: {dropped}"),
-        Err(e) => error!("could not drop capabilities (still defending): {e}"),
-    }
     // systemd's watchdog: pinged from this loop, so a stalled loop gets the agent restarted.
     let watchdog = service::watchdog_interval();
     let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
-
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
 
@@ -373,7 +502,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     loop {
         tokio::select! {
-            batch = rx.recv() => match batch {
+            batch = inbox.batches.recv() => match batch {
                 Some(batch) => {
                     batch.into_iter().for_each(|e| core.handle(e));
                     core.reap();
@@ -392,17 +521,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 let peers = ssh_peers.borrow_and_update().clone();
                 core.detect.trust.set_ssh_peers(peers);
             }
-            _ = tokio::time::sleep(until_deadline(&core)) => core.tick(),
+            _ = tokio::time::sleep(until_deadline(core)) => core.tick(),
             _ = watchdog_tick.tick(), if watchdog.is_some() => service::notify_watchdog(),
-            Some(answer) = answers_rx.recv() => core.answer(answer),
-            Some(request) = unblock_rx.recv() => core.unblock(request),
+            Some(answer) = inbox.answers.recv() => core.answer(answer),
+            Some(request) = inbox.unblocks.recv() => core.unblock(request),
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
         }
     }
+    Ok(())
+}
 
+/// Stop: detach first, then let the writer commit what it holds, then remove the socket.
+async fn stop(
+    config: &Config,
+    tasks: Vec<JoinHandle<()>>,
+    ebpf: Ebpf,
+    core: Pipeline,
+    writer: std::thread::JoinHandle<()>,
+) -> anyhow::Result<()> {
     service::notify_stopping();
-    // Detach first, then let the writer commit what it holds.
     for task in &tasks {
         task.abort();
     }
@@ -411,7 +549,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || writer.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the store writer panicked"))?;
-    let _ = std::fs::remove_file(&agent.socket);
+    let _ = std::fs::remove_file(&config.agent.socket);
     info!("stopped");
     Ok(())
 }
