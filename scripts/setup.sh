@@ -7,7 +7,8 @@ set -euo pipefail
 
 BPF_LINKER_VERSION=0.10.4
 NIGHTLY=${SENTINEL_BPF_TOOLCHAIN:-nightly}
-APT_PACKAGES=(nftables iproute2 bpftool gcc libc6-dev pkg-config ca-certificates systemd)
+# chromium: the confirmation-page test drives a real headless browser.
+APT_PACKAGES=(nftables iproute2 bpftool gcc libc6-dev pkg-config ca-certificates systemd chromium)
 
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'setup: %s\n' "$*" >&2; exit 1; }

@@ -12,6 +12,8 @@
 //! charged to their source ([`limit`]), and connections are capped and timed out so slow
 //! clients cannot hold the door shut.
 
+#[cfg(test)]
+mod chromium;
 pub mod limit;
 pub mod links;
 mod page;

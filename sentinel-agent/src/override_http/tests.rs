@@ -250,6 +250,74 @@ async fn signed_link_marks_safe_once() {
     assert_eq!(e.switch.state("d1"), State::Safe);
 }
 
+/// Run blocking browser work off the runtime.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(work).await.unwrap()
+}
+
+/// The confirmation page in a real browser (headless Chromium over DevTools): opening the
+/// MARK AS SAFE link, as a link preview does, changes nothing; pressing the page's button ends
+/// the decision; pressing it again on a second copy of the page shows "already used" and
+/// changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_confirmation_page_works_in_headless_chromium() {
+    let binary = super::chromium::binary()
+        .expect("chromium is not installed: run scripts/setup.sh (it installs Debian's chromium)");
+    let e = endpoint().await;
+    let link = e.link(
+        "d1",
+        Verdict::Safe,
+        SystemTime::now() + Duration::from_secs(300),
+    );
+    let browser = blocking(move || super::chromium::Browser::start(binary)).await;
+    let browser = Arc::new(browser);
+
+    // Previews: the page is shown twice, nothing is decided.
+    let (b, l) = (browser.clone(), link.clone());
+    let (mut first, mut second, page) = blocking(move || {
+        let mut first = b.open(&l);
+        let page = first.text();
+        (first, b.open(&l), page)
+    })
+    .await;
+    assert!(
+        page.contains("MARK AS SAFE") && page.contains("d1"),
+        "{page}"
+    );
+    assert_eq!(
+        e.switch.state("d1"),
+        State::Pending,
+        "opening the link decided"
+    );
+    assert!(e.switch.answers_seen().is_empty());
+
+    let (first, page) = blocking(move || {
+        first.press("MARK AS SAFE");
+        let page = first.text();
+        (first, page)
+    })
+    .await;
+    assert!(page.contains("is now safe"), "{page}");
+    assert_eq!(e.switch.state("d1"), State::Safe);
+    assert_eq!(e.switch.decided_by("d1").as_deref(), Some("teams-link"));
+
+    let (b, l) = (browser.clone(), link.clone());
+    let (again, reopened) = blocking(move || {
+        second.press("MARK AS SAFE");
+        let again = second.text();
+        (again, b.open(&l).text())
+    })
+    .await;
+    assert!(again.contains("already used"), "{again}");
+    assert!(reopened.contains("already used"), "{reopened}");
+    assert_eq!(
+        e.switch.answers_seen().len(),
+        1,
+        "the second press reached the switch"
+    );
+    drop(first);
+}
+
 #[tokio::test]
 async fn signed_link_confirms_block() {
     let e = endpoint().await;
