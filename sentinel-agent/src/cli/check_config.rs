@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use super::Cli;
 use crate::{
     config::{Config, Problem},
-    enrich::geo::Geo,
+    enrich::geo::CountryDb,
     override_http::Secret,
 };
 
@@ -41,7 +41,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
 fn start_problems(config: &Config) -> Vec<Problem> {
     let mut out = Vec::new();
     if config.geo.enabled
-        && let Err(e) = Geo::open(&config.geo.database)
+        && let Err(e) = CountryDb::open(&config.geo.database)
     {
         out.push(Problem::new("geo.database", e.to_string()));
     }

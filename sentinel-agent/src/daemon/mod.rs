@@ -40,7 +40,7 @@ use crate::{
     config::{Config, EnforceMode},
     detect::{self, Alerts},
     enforce::{Enforcer, guard::ConnectGuard, kill::Killer},
-    enrich::geo::Geo,
+    enrich::geo::CountryDb,
     enrich::tree::ProcessTree,
     enrich::trust::{TrustSet, read_ssh_peers},
     event::BootClock,
@@ -191,12 +191,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// The GeoIP country database, unless `geo.enabled` is off.
-fn open_geoip(config: &Config) -> anyhow::Result<Option<Geo>> {
+fn open_geoip(config: &Config) -> anyhow::Result<Option<CountryDb>> {
     if !config.geo.enabled {
         warn!("geo.enabled = false: connections get no country and geo alerts are off");
         return Ok(None);
     }
-    let geo = Geo::open(&config.geo.database).with_context(|| {
+    let geo = CountryDb::open(&config.geo.database).with_context(|| {
         "the GeoIP database is needed for geo alerts (scripts/geoip.sh installs one; \
          or set geo.enabled = false)"
     })?;
@@ -370,7 +370,7 @@ fn start_readers(
 }
 
 /// The detectors, with the GeoIP reader and the trust set they consult.
-fn build_detectors(config: &Config, geoip: Option<Geo>, trust: TrustSet) -> Detectors {
+fn build_detectors(config: &Config, geoip: Option<CountryDb>, trust: TrustSet) -> Detectors {
     Detectors {
         geoip,
         trust,

@@ -15,7 +15,7 @@ use crate::{
     daemon::control::{Shared, Unblock},
     detect::{self, Alerts, Culprit, Finding, Outcome},
     enforce::kill::Killer,
-    enrich::geo::Geo,
+    enrich::geo::CountryDb,
     enrich::tree::{ProcessTree, is_alive, read_stat},
     enrich::trust::{TrustSet, Untrusted},
     event::{AlertBody, Body, BootClock, ConnectBody, CpuBody, DecisionBody, ExecBody, Record},
@@ -31,7 +31,7 @@ use crate::{
 
 /// The detectors and what they need beside the tree.
 pub struct Detectors {
-    pub geoip: Option<Geo>,
+    pub geoip: Option<CountryDb>,
     pub trust: TrustSet,
     pub lineage: detect::lineage::Lineage,
     pub geo: detect::geo::Geo,
