@@ -75,7 +75,7 @@ fn quota(burst: u32, per_sec: u32) -> Quota {
     Quota::per_second(nonzero(per_sec)).allow_burst(nonzero(burst))
 }
 
-/// Refusal budgets per source and overall.
+/// HttpRefusal budgets per source and overall.
 pub struct RefusalLimiter {
     per_source: RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, DefaultClock>,
     overall: RateLimiter<NotKeyed, InMemoryState, DefaultClock>,

@@ -16,7 +16,7 @@ use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 
-use super::Refusal;
+use super::HttpRefusal;
 use crate::switch::{
     answer::{action, parse_action, valid_id},
     decision::Verdict,
@@ -170,17 +170,17 @@ pub(super) struct Link {
 impl Link {
     /// Check the link's form and signature and that it has not expired; the verdict it
     /// carries.
-    pub fn check(&self, secret: &Secret, now: u64) -> Result<Verdict, Refusal> {
+    pub fn check(&self, secret: &Secret, now: u64) -> Result<Verdict, HttpRefusal> {
         let verdict = parse_action(&self.action)
-            .ok_or_else(|| Refusal::new(StatusCode::BAD_REQUEST, "unknown action"))?;
+            .ok_or_else(|| HttpRefusal::new(StatusCode::BAD_REQUEST, "unknown action"))?;
         if !valid_id(&self.id) || self.sig.len() != 64 {
-            return Err(Refusal::new(StatusCode::BAD_REQUEST, "malformed link"));
+            return Err(HttpRefusal::new(StatusCode::BAD_REQUEST, "malformed link"));
         }
         if !secret.verify(&self.id, verdict, self.exp, &self.sig) {
-            return Err(Refusal::new(StatusCode::FORBIDDEN, "bad signature"));
+            return Err(HttpRefusal::new(StatusCode::FORBIDDEN, "bad signature"));
         }
         if now >= self.exp {
-            return Err(Refusal::new(
+            return Err(HttpRefusal::new(
                 StatusCode::GONE,
                 format!("link for decision {} has expired", self.id),
             ));
@@ -194,8 +194,8 @@ impl Link {
         Some(key)
     }
 
-    fn already_used(&self) -> Refusal {
-        Refusal::new(
+    fn already_used(&self) -> HttpRefusal {
+        HttpRefusal::new(
             StatusCode::CONFLICT,
             format!("link for decision {} was already used", self.id),
         )
@@ -208,7 +208,7 @@ pub(super) struct UsedLinks(Mutex<HashMap<[u8; 32], u64>>);
 
 impl UsedLinks {
     /// Refuse a link that was already used (the confirmation page of a used link).
-    pub fn check_unused(&self, link: &Link) -> Result<(), Refusal> {
+    pub fn check_unused(&self, link: &Link) -> Result<(), HttpRefusal> {
         let used = link.key().is_some_and(|key| {
             self.0
                 .lock()
@@ -223,10 +223,10 @@ impl UsedLinks {
 
     /// Remember a link as used; refused if it already was. Expired entries are dropped first,
     /// so memory stays bounded by the links still valid.
-    pub fn mark(&self, link: &Link, now: u64) -> Result<(), Refusal> {
+    pub fn mark(&self, link: &Link, now: u64) -> Result<(), HttpRefusal> {
         let key = link
             .key()
-            .ok_or_else(|| Refusal::new(StatusCode::BAD_REQUEST, "malformed link"))?;
+            .ok_or_else(|| HttpRefusal::new(StatusCode::BAD_REQUEST, "malformed link"))?;
         let mut used = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if used.contains_key(&key) {
             return Err(link.already_used());
@@ -234,7 +234,7 @@ impl UsedLinks {
         if used.len() >= MAX_USED_LINKS {
             used.retain(|_, exp| *exp > now);
             if used.len() >= MAX_USED_LINKS {
-                return Err(Refusal::new(
+                return Err(HttpRefusal::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "too many links in use",
                 ));

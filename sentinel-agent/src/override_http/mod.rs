@@ -84,7 +84,7 @@ pub(crate) fn serve_with(
     limits: Limits,
 ) -> impl Future<Output = std::io::Result<()>> + Send + 'static {
     let slack = &config.notify.slack.signing_secret;
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(EndpointState {
         secret,
         slack_signing_secret: (!slack.is_empty()).then(|| slack.clone().into_bytes()),
         slack_outcome,
@@ -100,7 +100,7 @@ pub(crate) fn serve_with(
     limit::serve_connections(listener, router(shared), limits)
 }
 
-struct Shared {
+struct EndpointState {
     secret: Arc<Secret>,
     /// `notify.slack.signing_secret`; `None`: Slack is off and its route is not served.
     slack_signing_secret: Option<Vec<u8>>,
@@ -113,7 +113,7 @@ struct Shared {
     client: reqwest::Client,
 }
 
-fn router(shared: Arc<Shared>) -> Router {
+fn router(shared: Arc<EndpointState>) -> Router {
     let mut app = Router::new()
         .route(
             "/v1/decide",
@@ -125,14 +125,14 @@ fn router(shared: Arc<Shared>) -> Router {
     if shared.slack_signing_secret.is_some() {
         app = app.route("/slack/actions", post(slack::actions));
     }
-    app.fallback(|| async { Refusal::new(StatusCode::NOT_FOUND, "no such route") })
+    app.fallback(|| async { HttpRefusal::new(StatusCode::NOT_FOUND, "no such route") })
         .layer(middleware::from_fn_with_state(shared.clone(), account))
         .with_state(shared)
 }
 
 /// A refused request: its status, and the reason logged and shown to the client.
 #[derive(Debug)]
-struct Refusal {
+struct HttpRefusal {
     status: StatusCode,
     reason: String,
 }
@@ -141,16 +141,16 @@ struct Refusal {
 #[derive(Clone)]
 struct Reason(String);
 
-impl Refusal {
-    fn new(status: StatusCode, reason: impl Into<String>) -> Refusal {
-        Refusal {
+impl HttpRefusal {
+    fn new(status: StatusCode, reason: impl Into<String>) -> HttpRefusal {
+        HttpRefusal {
             status,
             reason: reason.into(),
         }
     }
 }
 
-impl IntoResponse for Refusal {
+impl IntoResponse for HttpRefusal {
     fn into_response(self) -> Response {
         let mut response = (self.status, format!("{}\n", self.reason)).into_response();
         response.extensions_mut().insert(Reason(self.reason));
@@ -163,7 +163,7 @@ impl IntoResponse for Refusal {
 /// its reason; beyond, it becomes a quiet 429, so a flood costs neither the log nor the
 /// admin's answer. Only the path is logged: a link's query holds its signature.
 async fn account(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<EndpointState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
     next: Next,
@@ -181,7 +181,7 @@ async fn account(
     }
     if !shared.limiter.charge(source) {
         tracing::debug!(%source, %method, path, status = status.as_u16(), "override refused (rate limited)");
-        return Refusal::new(StatusCode::TOO_MANY_REQUESTS, "rate limited").into_response();
+        return HttpRefusal::new(StatusCode::TOO_MANY_REQUESTS, "rate limited").into_response();
     }
     tracing::warn!(%source, %method, path, status = status.as_u16(), reason = reason(&response), "override refused");
     response
@@ -197,16 +197,21 @@ fn reason(response: &Response) -> String {
     )
 }
 
-impl Shared {
+impl EndpointState {
     /// Hand an answer to the switch and wait for its reply.
-    async fn answer(&self, id: &str, verdict: Verdict, via: String) -> Result<Decision, Refusal> {
+    async fn answer(
+        &self,
+        id: &str,
+        verdict: Verdict,
+        via: String,
+    ) -> Result<Decision, HttpRefusal> {
         submit(&self.answers, id, verdict, via).await.map_err(|e| {
             let status = match &e {
                 Unanswered::Refused(AnswerError::Unknown(_)) => StatusCode::NOT_FOUND,
                 Unanswered::Refused(AnswerError::Ended { .. }) => StatusCode::CONFLICT,
                 _ => StatusCode::SERVICE_UNAVAILABLE,
             };
-            Refusal::new(status, e.to_string())
+            HttpRefusal::new(status, e.to_string())
         })
     }
 }

@@ -12,7 +12,7 @@ use axum::{
 };
 
 use super::{
-    Reason, Refusal, Shared,
+    EndpointState, HttpRefusal, Reason,
     links::{Link, unix},
 };
 use crate::switch::{answer::action, decision::Verdict};
@@ -73,10 +73,11 @@ fn verdict_title(verdict: Verdict) -> &'static str {
 /// `GET /v1/decide`: check the link and show a page whose button applies it. Opening a link
 /// changes nothing.
 pub(super) async fn confirm_page(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<EndpointState>>,
     query: Result<Query<Link>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, Refusal> {
-    let Query(link) = query.map_err(|_| Refusal::new(StatusCode::BAD_REQUEST, "malformed link"))?;
+) -> Result<Response, HttpRefusal> {
+    let Query(link) =
+        query.map_err(|_| HttpRefusal::new(StatusCode::BAD_REQUEST, "malformed link"))?;
     let now = unix(SystemTime::now());
     let verdict = link.check(&shared.secret, now)?;
     shared.used.check_unused(&link)?;
@@ -100,12 +101,12 @@ pub(super) async fn confirm_page(
 
 /// `POST /v1/decide`: apply a signed link's answer, once.
 pub(super) async fn decide(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<EndpointState>>,
     form: Result<Form<Link>, axum::extract::rejection::FormRejection>,
-) -> Result<Response, Refusal> {
+) -> Result<Response, HttpRefusal> {
     let Form(link) = form.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => Refusal::new(e.status(), "body too large"),
-        _ => Refusal::new(StatusCode::BAD_REQUEST, "malformed request"),
+        StatusCode::PAYLOAD_TOO_LARGE => HttpRefusal::new(e.status(), "body too large"),
+        _ => HttpRefusal::new(StatusCode::BAD_REQUEST, "malformed request"),
     })?;
     let now = unix(SystemTime::now());
     let verdict = link.check(&shared.secret, now)?;

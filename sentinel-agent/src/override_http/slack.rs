@@ -16,7 +16,7 @@ use hmac::Mac;
 use serde::Deserialize;
 
 use super::{
-    Refusal, Shared,
+    EndpointState, HttpRefusal,
     links::{HmacSha256, unix},
 };
 use crate::switch::answer::{parse_button, valid_id};
@@ -29,8 +29,8 @@ const SLACK_MAX_SKEW: u64 = 5 * 60;
 /// Check Slack's request signature: `X-Slack-Signature` = `v0=` + hex HMAC-SHA256 of
 /// `v0:{X-Slack-Request-Timestamp}:{body}` under the signing secret, with the timestamp
 /// within [`SLACK_MAX_SKEW`] of `now` (unix seconds).
-fn verify(key: &[u8], headers: &HeaderMap, body: &[u8], now: u64) -> Result<(), Refusal> {
-    let bad = |reason| Refusal::new(StatusCode::UNAUTHORIZED, reason);
+fn verify(key: &[u8], headers: &HeaderMap, body: &[u8], now: u64) -> Result<(), HttpRefusal> {
+    let bad = |reason| HttpRefusal::new(StatusCode::UNAUTHORIZED, reason);
     let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
     let timestamp =
         header("x-slack-request-timestamp").ok_or_else(|| bad("missing Slack timestamp"))?;
@@ -82,21 +82,21 @@ struct SlackAction {
 /// `POST /slack/actions`: a verified `block_actions` click answers the decision in its
 /// button's value; the outcome replaces the message through the payload's `response_url`.
 pub(super) async fn actions(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<EndpointState>>,
     headers: HeaderMap,
     request: Request,
-) -> Result<Response, Refusal> {
+) -> Result<Response, HttpRefusal> {
     let body = axum::body::to_bytes(request.into_body(), SLACK_BODY_LIMIT)
         .await
-        .map_err(|_| Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "body too large"))?;
+        .map_err(|_| HttpRefusal::new(StatusCode::PAYLOAD_TOO_LARGE, "body too large"))?;
     let key = shared
         .slack_signing_secret
         .as_deref()
-        .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, "no such route"))?;
+        .ok_or_else(|| HttpRefusal::new(StatusCode::NOT_FOUND, "no such route"))?;
     verify(key, &headers, &body, unix(SystemTime::now()))?;
     let payload = parse_payload(&headers, body).await?;
     if payload.kind != "block_actions" {
-        return Err(Refusal::new(
+        return Err(HttpRefusal::new(
             StatusCode::BAD_REQUEST,
             format!("unsupported Slack interaction {:?}", payload.kind),
         ));
@@ -106,9 +106,9 @@ pub(super) async fn actions(
         .first()
         .and_then(|a| a.value.as_deref())
         .and_then(parse_button)
-        .ok_or_else(|| Refusal::new(StatusCode::BAD_REQUEST, "malformed Slack action"))?;
+        .ok_or_else(|| HttpRefusal::new(StatusCode::BAD_REQUEST, "malformed Slack action"))?;
     if !valid_id(&payload.user.id) {
-        return Err(Refusal::new(
+        return Err(HttpRefusal::new(
             StatusCode::BAD_REQUEST,
             "malformed Slack user",
         ));
@@ -149,8 +149,8 @@ pub(super) async fn actions(
 }
 
 /// Parse Slack's form body and the JSON in its `payload` field.
-async fn parse_payload(headers: &HeaderMap, body: Bytes) -> Result<SlackPayload, Refusal> {
-    let malformed = || Refusal::new(StatusCode::BAD_REQUEST, "malformed Slack payload");
+async fn parse_payload(headers: &HeaderMap, body: Bytes) -> Result<SlackPayload, HttpRefusal> {
+    let malformed = || HttpRefusal::new(StatusCode::BAD_REQUEST, "malformed Slack payload");
     let mut request = Request::new(Body::from(body));
     *request.method_mut() = axum::http::Method::POST;
     if let Some(kind) = headers.get(header::CONTENT_TYPE) {
