@@ -17,7 +17,7 @@ use crate::{
     enforce::kill::Killer,
     enrich::geo::CountryDb,
     enrich::tree::{ProcessTree, is_alive, read_stat},
-    enrich::trust::{TrustSet, Untrusted},
+    enrich::trust::{ActionableAddr, TrustSet},
     event::{AlertBody, Body, BootClock, ConnectBody, CpuBody, DecisionBody, ExecBody, Record},
     sensors::{
         KernelEvent,
@@ -60,7 +60,7 @@ pub struct Pipeline {
     /// of the process (or a descendant) gives their decision its target.
     pub awaiting: HashMap<u32, (AlertBody, SystemTime)>,
     /// The last untrusted address each process connected to.
-    pub last_connect: HashMap<u32, Untrusted>,
+    pub last_connect: HashMap<u32, ActionableAddr>,
     /// `enforce.kill`: the process response, when on.
     pub killer: Option<Killer>,
     /// `enforce.mode = "dry-run"`: decide and record, touch nothing (no kills either).
@@ -188,7 +188,7 @@ impl Pipeline {
         alert: &AlertBody,
         at: SystemTime,
         ancestors: Vec<String>,
-        target: Untrusted,
+        target: ActionableAddr,
     ) {
         match self
             .switch
@@ -447,7 +447,7 @@ impl Pipeline {
 
     /// A process connected to `target`: an alert waiting for a target on it or one of its
     /// ancestors (a shell under a web server, then its reverse shell) gets its decision.
-    fn give_target(&mut self, tgid: u32, target: Untrusted, ancestry: &[(u32, String)]) {
+    fn give_target(&mut self, tgid: u32, target: ActionableAddr, ancestry: &[(u32, String)]) {
         let owner = std::iter::once(tgid)
             .chain(ancestry.iter().map(|(p, _)| *p))
             .find(|p| self.awaiting.contains_key(p));

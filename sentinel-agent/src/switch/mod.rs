@@ -19,7 +19,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     enforce::Enforcer,
-    enrich::trust::{TrustSet, Untrusted},
+    enrich::trust::{ActionableAddr, TrustSet},
     event::AlertBody,
     switch::decision::{AnswerError, Decision, Notice, State, Verdict},
     switch::ledger::{Block, Ledger, LedgerError, Open},
@@ -128,7 +128,7 @@ impl Switch {
         alert: &AlertBody,
         alert_at: SystemTime,
         ancestors: Vec<String>,
-        target: Untrusted,
+        target: ActionableAddr,
         now: SystemTime,
     ) -> Result<Option<Change>, LedgerError> {
         if self.pending.contains_key(&alert.id)
