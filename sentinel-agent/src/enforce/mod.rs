@@ -1,5 +1,5 @@
 //! Enforcement: turning a block decision into kernel state, and never against the wrong
-//! address. Every block target passes [`Enforcer::admit`] — the one guard that refuses
+//! address. Every block target passes [`Enforcer::admit`] — the one admission check that refuses
 //! loopback, trusted addresses, live SSH peers, the chat endpoints and the host's DNS
 //! resolvers — and only what it admits can reach [`Enforcer::apply`]. The nftables table is
 //! the authority (it outlives the agent); the in-kernel connect guard mirrors it.
@@ -43,7 +43,7 @@ impl fmt::Display for Refusal {
     }
 }
 
-/// An address the guard admitted as a block target. Only [`Enforcer::admit`] makes one.
+/// An address the admission check admitted as a block target. Only [`Enforcer::admit`] makes one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Admitted(IpAddr);
 
@@ -58,7 +58,7 @@ pub enum Backend {
     Nft(nftables::Nft),
     /// `enforce.mode = "dry-run"`: decide and record, touch nothing.
     DryRun,
-    /// Tests of the guard: remember what would have been added.
+    /// Tests of the admission check: remember what would have been added.
     #[cfg(test)]
     Recording(Vec<IpAddr>),
 }
@@ -66,7 +66,7 @@ pub enum Backend {
 pub struct Enforcer {
     backend: Backend,
     /// The in-kernel connect guard, when attached (`enforce.connect_guard`).
-    guard: Option<guard::ConnectGuard>,
+    connect_guard: Option<guard::ConnectGuard>,
     resolvers: HashSet<IpAddr>,
     /// (address, host name) of every chat endpoint.
     chat: Vec<(IpAddr, String)>,
@@ -112,7 +112,7 @@ impl Enforcer {
     pub fn new(backend: Backend) -> Self {
         Self {
             backend,
-            guard: None,
+            connect_guard: None,
             resolvers: HashSet::new(),
             chat: Vec::new(),
         }
@@ -162,14 +162,14 @@ impl Enforcer {
 
     /// Mirror blocks into the in-kernel connect guard from now on.
     pub fn set_guard(&mut self, guard: guard::ConnectGuard) {
-        self.guard = Some(guard);
+        self.connect_guard = Some(guard);
     }
 
     pub fn is_dry_run(&self) -> bool {
         matches!(self.backend, Backend::DryRun)
     }
 
-    /// The guard every block target passes through.
+    /// The admission check every block target passes through.
     pub fn admit(&self, trust: &TrustSet, ip: IpAddr) -> Result<Admitted, Refusal> {
         let ip = canonical(ip);
         trust.check(ip).map_err(Refusal::Trusted)?;
@@ -195,7 +195,7 @@ impl Enforcer {
         match &mut self.backend {
             Backend::Nft(nft) => {
                 nft.add(target.0, ttl)?;
-                if let Some(g) = &mut self.guard
+                if let Some(g) = &mut self.connect_guard
                     && let Err(e) = g.insert(target.0, ttl)
                 {
                     warn!("connect guard: cannot add {}: {e}", target.0);
@@ -214,7 +214,7 @@ impl Enforcer {
 
     /// Lift the block on `ip` (no error if there is none).
     pub fn remove(&mut self, ip: IpAddr) -> Result<(), EnforceError> {
-        if let Some(g) = &mut self.guard {
+        if let Some(g) = &mut self.connect_guard {
             g.remove(canonical(ip));
         }
         if let Backend::Nft(nft) = &self.backend {
@@ -269,7 +269,7 @@ mod tests {
     }
 
     #[test]
-    fn guard_refuses_protected_addresses() {
+    fn admit_refuses_protected_addresses() {
         let mut e = Enforcer::new(Backend::Recording(Vec::new()));
         e.resolvers = parse_resolvers("nameserver 198.51.100.53\n");
         e.refresh_chat_endpoints(["http://198.51.100.80:8080/hook"].into_iter());

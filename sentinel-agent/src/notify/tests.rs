@@ -918,10 +918,10 @@ fn outcomes_say_who_and_what() {
     d.state = State::Safe;
     assert_eq!(outcome(&d), "MARKED SAFE by cli: no block");
     d.state = State::AutoBlocked;
-    d.reason = Some("the trust guard refused it".into());
+    d.reason = Some("the admission check refused it".into());
     assert_eq!(
         outcome(&d),
-        "AUTO-BLOCKED: nobody answered before the deadline (198.51.100.2). the trust guard refused it"
+        "AUTO-BLOCKED: nobody answered before the deadline (198.51.100.2). the admission check refused it"
     );
 }
 
