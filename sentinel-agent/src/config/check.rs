@@ -13,9 +13,11 @@ use toml::{
 
 use super::{Config, Problem};
 
-/// A key path (`["switch", "countdown"]`) with the span of its last key.
+/// A key path (`["switch", "countdown"]`) with the span of its last key, and the path to
+/// leave out of the file when the rest is read (an array of tables goes as a whole).
 struct BadKey {
     path: Vec<String>,
+    prune: Vec<String>,
     span: Range<usize>,
     reason: String,
 }
@@ -42,11 +44,13 @@ pub(super) fn read(text: &str) -> (Option<Config>, Vec<Problem>) {
         .iter()
         .map(|b| Problem {
             key: b.path.join("."),
-            reason: b.reason.clone(),
+            reason: one_line(&b.reason),
             at: Some(at(b.span.start)),
         })
         .collect();
-    let bad_paths: Vec<&[String]> = bad.iter().map(|b| b.path.as_slice()).collect();
+    // Keys that did not parse, in the order of the file; the value checks follow.
+    problems.sort_by_key(|p| p.at);
+    let bad_paths: Vec<&[String]> = bad.iter().map(|b| b.prune.as_slice()).collect();
     let rest = Spanned::new(root.span(), without(root.get_ref(), &[], &bad_paths));
     let config = match Config::deserialize(Deserializer::from(rest)) {
         Ok(config) => config,
@@ -54,7 +58,7 @@ pub(super) fn read(text: &str) -> (Option<Config>, Vec<Problem>) {
             // Each key parses alone but not together: name the file-wide reason.
             problems.push(Problem {
                 key: String::new(),
-                reason: e.message().trim_end().to_string(),
+                reason: one_line(e.message()),
                 at: e.span().map(|s| at(s.start)),
             });
             return (None, problems);
@@ -90,6 +94,7 @@ fn find_bad_keys<'i>(
         }
         if out.len() == before {
             let mut names: Vec<String> = path.iter().map(|k| k.get_ref().to_string()).collect();
+            let prune = names.clone();
             let mut span = key.span();
             // In an array of tables (`[[lineage.allow]]`), name the key the error points at.
             if let (DeValue::Array(items), Some(at)) = (value.get_ref(), e.span())
@@ -102,6 +107,7 @@ fn find_bad_keys<'i>(
             }
             out.push(BadKey {
                 path: names,
+                prune,
                 span,
                 reason: e.message().trim_end().to_string(),
             });
@@ -173,6 +179,11 @@ fn key_span(table: &DeTable<'_>, dotted: &str) -> Option<Range<usize>> {
     found
 }
 
+/// A reason on one line (some, like a regex error, come on several).
+fn one_line(reason: &str) -> String {
+    reason.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// 1-based line and column (in characters) of byte `offset` in `text`.
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
@@ -232,6 +243,23 @@ mod tests {
             );
         }
         assert_eq!(lines.len(), 4, "{lines:#?}");
+    }
+
+    #[test]
+    fn a_bad_array_of_tables_is_named_once_and_the_rest_still_read() {
+        let text = "[switch]\ncountdown = \"1m\"\n[[lineage.allow]]\nparent = \"node\"\nchild = \"sh\"\nargv = \"(\"\n[agent]\nid = \"web1\"\n";
+        let (config, problems) = read(text);
+        let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(lines.len(), 1, "{lines:#?}");
+        assert!(
+            lines[0].starts_with("lineage.allow.argv: invalid regular expression")
+                && lines[0].ends_with("(line 6, column 1)")
+                && !lines[0].contains('\n'),
+            "{lines:#?}"
+        );
+        let config = config.expect("the rest is read");
+        assert_eq!(config.agent.id, "web1");
+        assert_eq!(config.switch.countdown.as_secs(), 60);
     }
 
     #[test]
