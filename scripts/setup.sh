@@ -7,7 +7,12 @@ set -euo pipefail
 
 BPF_LINKER_VERSION=0.10.4
 NIGHTLY=${SENTINEL_BPF_TOOLCHAIN:-nightly}
-APT_PACKAGES=(nftables iproute2 bpftool gcc libc6-dev pkg-config ca-certificates systemd openssh-server openssh-client nginx php-fpm)
+# openssh: SSH trust is tested against a real sshd. nginx, php-fpm (and Node.js below): the
+# real-world detection suite. chromium: the confirmation-page test drives a real headless
+# browser. debootstrap and systemd-container (systemd-nspawn): the unit is tested in a
+# container booted with systemd.
+APT_PACKAGES=(nftables iproute2 bpftool gcc libc6-dev pkg-config ca-certificates systemd
+  openssh-server openssh-client nginx php-fpm chromium debootstrap systemd-container)
 
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'setup: %s\n' "$*" >&2; exit 1; }

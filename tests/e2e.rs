@@ -415,6 +415,45 @@ fn second_agent_on_the_same_socket_is_refused() {
 // --- no root needed ---------------------------------------------------------------------
 
 #[test]
+fn readme_and_docs_link_only_to_files_in_the_repository() {
+    let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let mut pages = vec![root.join("README.md")];
+    for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+        pages.push(entry.unwrap().path());
+    }
+    let mut checked = 0;
+    for page in &pages {
+        let text = std::fs::read_to_string(page).unwrap();
+        assert!(
+            !text.contains("../shared/"),
+            "{} points outside the repository",
+            page.display()
+        );
+        for link in text.split("](").skip(1) {
+            let target = &link[..link.find(')').unwrap()];
+            if target.starts_with("http://") || target.starts_with("https://") {
+                continue;
+            }
+            let file = target.split('#').next().unwrap();
+            let path = page.parent().unwrap().join(file);
+            assert!(
+                path.canonicalize()
+                    .is_ok_and(|p| p.starts_with(root.canonicalize().unwrap())),
+                "{}: link {target} is not a file in the repository",
+                page.display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 5, "only {checked} links found");
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    assert!(
+        !manifest.contains("../shared/"),
+        "Cargo.toml points outside the repository"
+    );
+}
+
+#[test]
 fn check_config_accepts_the_shipped_config() {
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/sentinel.toml");
     let out = Command::new(BIN)
@@ -426,6 +465,60 @@ fn check_config_accepts_the_shipped_config() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn check_config_reports_every_problem_at_once_and_what_run_would_refuse() {
+    use std::{fs, os::unix::fs::PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("override.key");
+    fs::write(&key, "ab".repeat(32)).unwrap();
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+    let text = format!(
+        "[geo]\nenabled = false\n\n[switch]\ncountdown = \"soon\"\n\n[enforce]\nbogus_key = 1\n\n\
+         [override]\npublic_url = \"https://sentinel.example\"\nsecret_file = \"{}\"\n",
+        key.display()
+    );
+    let path = write(dir.path(), "bad.toml", &text);
+    let check = || {
+        let out = Command::new(BIN)
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = check();
+    assert!(!ok, "accepted {text}");
+    for line in [
+        "switch.countdown: invalid duration \"soon\"",
+        "(line 5, column 1)",
+        "enforce.bogus_key: unknown field `bogus_key`",
+        "(line 8, column 1)",
+        "override.secret_file: override secret",
+        "chmod 600",
+    ] {
+        assert!(err.contains(line), "{line:?} missing from:\n{err}");
+    }
+    // With the other two fixed, the key's mode alone still fails the check; fixed, it passes.
+    let fixed = text
+        .replace("countdown = \"soon\"", "countdown = \"1m\"")
+        .replace("bogus_key = 1\n", "");
+    fs::write(&path, &fixed).unwrap();
+    let (ok, err) = check();
+    assert!(
+        !ok && err.contains("override.secret_file") && err.lines().count() == 2,
+        "{err}"
+    );
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+    let (ok, err) = check();
+    assert!(ok, "{err}");
+    fs::remove_file(&key).unwrap();
+    let (ok, err) = check();
+    assert!(!ok && err.contains("cannot read"), "{err}");
 }
 
 #[test]

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 
 use super::Cli;
 use crate::{
-    daemon::ipc::{Client, Notice, Request},
+    daemon::ipc::{Client, Request, StreamNotice},
     event::{Kind, Record},
     store::Store,
 };
@@ -59,11 +59,11 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     while let Some(value) = client.next_line()? {
         match serde_json::from_value::<Record>(value.clone()) {
             Ok(record) => print(&mut out, &record, args.json)?,
-            Err(_) => match serde_json::from_value::<Notice>(value) {
-                Ok(Notice::Lagged(n)) => {
+            Err(_) => match serde_json::from_value::<StreamNotice>(value) {
+                Ok(StreamNotice::Lagged(n)) => {
                     eprintln!("sentinel: fell behind the agent: {n} events skipped")
                 }
-                Ok(Notice::Error(e)) => anyhow::bail!("the agent said: {e}"),
+                Ok(StreamNotice::Error(e)) => anyhow::bail!("the agent said: {e}"),
                 Err(e) => return Err(e).context("unreadable line from the agent"),
             },
         }

@@ -23,7 +23,7 @@ use tokio::{
 use tracing::{debug, warn};
 
 use crate::{
-    daemon::ipc::{Hub, Notice, Request, SensorStatus, Status, StoreStatus, wanted},
+    daemon::ipc::{Hub, Request, SensorStatus, Status, StoreStatus, StreamNotice, wanted},
     sensors::{Counters, LostMaps, SENSORS},
     switch::decision::{Answer, AnswerError},
 };
@@ -201,14 +201,18 @@ async fn handle_client(stream: UnixStream, shared: &Shared) -> std::io::Result<(
         Ok(Ok(_)) => serde_json::from_str::<Request>(line.trim_end()),
         Ok(Err(e)) => return Err(e),
         Err(_) => {
-            return write_json(&mut w, &Notice::Error("no request within 5 s".into())).await;
+            return write_json(&mut w, &StreamNotice::Error("no request within 5 s".into())).await;
         }
     };
     let request = match request {
         Ok(r) => r,
         Err(e) => {
             warn!("refusing a malformed CLI request: {e}");
-            return write_json(&mut w, &Notice::Error(format!("malformed request: {e}"))).await;
+            return write_json(
+                &mut w,
+                &StreamNotice::Error(format!("malformed request: {e}")),
+            )
+            .await;
         }
     };
     match request {
@@ -227,7 +231,7 @@ async fn handle_client(stream: UnixStream, shared: &Shared) -> std::io::Result<(
             };
             match outcome {
                 Ok(decision) => write_json(&mut w, &decision).await,
-                Err(e) => write_json(&mut w, &Notice::Error(e.to_string())).await,
+                Err(e) => write_json(&mut w, &StreamNotice::Error(e.to_string())).await,
             }
         }
         Request::Unblock { addr } => {
@@ -240,7 +244,7 @@ async fn handle_client(stream: UnixStream, shared: &Shared) -> std::io::Result<(
                 Ok(was) => {
                     write_json(&mut w, &serde_json::json!({"addr": addr, "unblocked": was})).await
                 }
-                Err(e) => write_json(&mut w, &Notice::Error(e)).await,
+                Err(e) => write_json(&mut w, &StreamNotice::Error(e)).await,
             }
         }
         Request::Follow { kinds, backlog } => {
@@ -255,7 +259,7 @@ async fn handle_client(stream: UnixStream, shared: &Shared) -> std::io::Result<(
                     }
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(n)) => {
-                        write_json(&mut w, &Notice::Lagged(n)).await?
+                        write_json(&mut w, &StreamNotice::Lagged(n)).await?
                     }
                     Err(broadcast::error::RecvError::Closed) => return Ok(()),
                 }

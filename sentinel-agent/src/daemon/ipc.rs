@@ -111,7 +111,7 @@ pub struct SensorStatus {
 /// A stream line that is not an event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Notice {
+pub enum StreamNotice {
     /// The follower fell behind and this many events were skipped.
     Lagged(u64),
     Error(String),

@@ -34,7 +34,7 @@ use crate::{
     config::{Config, EnforceMode},
     detect::{self, Alerts},
     enforce::{self, BlockGuard, Enforcer, guard::ConnectGuard, kill::Killer},
-    enrich::geo::Geo,
+    enrich::geo::CountryDb,
     enrich::tree::ProcessTree,
     enrich::{
         ssh::{Sources, authenticated_peers},
@@ -113,7 +113,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let agent_tgid = std::process::id();
     control::ensure_not_running(&agent.socket)?;
     let geoip = if config.geo.enabled {
-        let geo = Geo::open(&config.geo.database).with_context(|| {
+        let geo = CountryDb::open(&config.geo.database).with_context(|| {
             "the GeoIP database is needed for geo alerts (scripts/geoip.sh installs one; \
              or set geo.enabled = false)"
         })?;
@@ -251,7 +251,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(&config.override_.listen)
             .await
             .with_context(|| format!("binding override.listen {}", config.override_.listen))?;
-        let serve = override_http::serve(listener, &config, secret.clone(), answers_tx.clone());
+        let serve = override_http::serve(
+            listener,
+            &config,
+            secret.clone(),
+            answers_tx.clone(),
+            notify::slack::outcome_message,
+        );
         tasks.push(tokio::spawn(async move {
             if let Err(e) = serve.await {
                 error!("the override endpoint stopped: {e}");

@@ -16,10 +16,10 @@ use crate::{
     daemon::control::{Shared, Unblock},
     detect::{self, Alerts, Culprit, Finding, Outcome, lineage::Ancestor},
     enforce::kill::Killer,
-    enrich::geo::Geo,
+    enrich::geo::CountryDb,
     enrich::shells::Shells,
     enrich::tree::{ProcessTree, is_alive, read_stat},
-    enrich::trust::{TrustSet, Untrusted},
+    enrich::trust::{ActionableAddr, TrustSet},
     event::{AlertBody, Body, BootClock, ConnectBody, CpuBody, DecisionBody, ExecBody, Record},
     sensors::{
         KernelEvent, SENSORS,
@@ -38,7 +38,7 @@ use crate::{
 
 /// The detectors and what they need beside the tree.
 pub struct Detectors {
-    pub geoip: Option<Geo>,
+    pub geoip: Option<CountryDb>,
     pub trust: TrustSet,
     pub lineage: detect::lineage::Lineage,
     /// Which executables are shells (by content), for `lineage`.
@@ -75,7 +75,7 @@ pub struct Pipeline {
     /// The alerts with a tracked tree, by id.
     pub groups: HashMap<String, Group>,
     /// The last untrusted address each process connected to.
-    pub last_connect: HashMap<u32, Untrusted>,
+    pub last_connect: HashMap<u32, ActionableAddr>,
     /// `enforce.kill`: the process response, when on.
     pub killer: Option<Killer>,
     /// `enforce.mode = "dry-run"`: decide and record, touch nothing (no kills either).
@@ -143,7 +143,7 @@ impl Pipeline {
         let chain: Vec<u32> = finding.culprit.ancestry.iter().map(|(p, _)| *p).collect();
         // What the tree reached before the alert: the culprit's and its ancestors' below the
         // subject (a python that connects, then runs a shell).
-        let mut targets: Vec<Untrusted> = finding.target.into_iter().collect();
+        let mut targets: Vec<ActionableAddr> = finding.target.into_iter().collect();
         for pid in
             std::iter::once(culprit_pid).chain(chain.iter().copied().take_while(|p| *p != subject))
         {
@@ -218,7 +218,7 @@ impl Pipeline {
         }
     }
 
-    /// Untrusted destinations of `root`'s tree join alert `id`'s decision from now on.
+    /// ActionableAddr destinations of `root`'s tree join alert `id`'s decision from now on.
     fn track(&mut self, id: &str, root: u32) {
         self.tracked.insert(root, id.to_string());
         if let Some(g) = self.groups.get_mut(id)
@@ -236,7 +236,7 @@ impl Pipeline {
     }
 
     /// `target` joins alert `id`'s pending decision, or opens a new one.
-    fn offer(&mut self, id: &str, target: Untrusted) {
+    fn offer(&mut self, id: &str, target: ActionableAddr) {
         let Some(group) = self.groups.get(id) else {
             return;
         };

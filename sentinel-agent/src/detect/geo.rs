@@ -34,7 +34,7 @@ impl Geo {
         trust: &TrustSet,
     ) -> Option<Finding> {
         let country = country.filter(|c| self.is_high_risk(Some(c)))?;
-        // Trust first: a trusted address cannot become a target (there is no Untrusted).
+        // Trust first: a trusted address cannot become a target (there is no ActionableAddr).
         let target = trust.check(daddr).ok()?;
         Some(Finding {
             anomaly: Anomaly::Geo,

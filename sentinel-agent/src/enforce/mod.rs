@@ -152,14 +152,14 @@ pub enum Backend {
 pub struct Enforcer {
     backend: Backend,
     /// The in-kernel connect guard, when attached (`enforce.connect_guard`).
-    guard: Option<guard::ConnectGuard>,
+    connect_guard: Option<guard::ConnectGuard>,
 }
 
 impl Enforcer {
     pub fn new(backend: Backend) -> Self {
         Self {
             backend,
-            guard: None,
+            connect_guard: None,
         }
     }
 
@@ -172,7 +172,7 @@ impl Enforcer {
 
     /// Mirror blocks into the in-kernel connect guard from now on.
     pub fn set_guard(&mut self, guard: guard::ConnectGuard) {
-        self.guard = Some(guard);
+        self.connect_guard = Some(guard);
     }
 
     pub fn is_dry_run(&self) -> bool {
@@ -195,7 +195,7 @@ impl Enforcer {
         }
         match &mut self.backend {
             Backend::Nft(nft) => {
-                if let Some(g) = &mut self.guard {
+                if let Some(g) = &mut self.connect_guard {
                     for (t, ttl) in targets {
                         if let Err(e) = g.insert(t.0, *ttl) {
                             warn!("connect guard: cannot add {}: {e}", t.0);
@@ -223,7 +223,7 @@ impl Enforcer {
 
     /// Lift the block on `ip` (no error if there is none).
     pub fn remove(&mut self, ip: IpAddr) -> Result<(), EnforceError> {
-        if let Some(g) = &mut self.guard {
+        if let Some(g) = &mut self.connect_guard {
             g.remove(canonical(ip));
         }
         if let Backend::Nft(nft) = &self.backend {

@@ -36,7 +36,7 @@ pub enum GeoError {
 
 /// A country database, loaded into memory. Lookups never fail: they answer `None`.
 #[derive(Debug)]
-pub struct Geo {
+pub struct CountryDb {
     path: PathBuf,
     reader: Reader<Vec<u8>>,
 }
@@ -72,9 +72,9 @@ impl CountryRecord<'_> {
     }
 }
 
-impl Geo {
+impl CountryDb {
     /// Open a MaxMind-format (.mmdb) database; errors name the path and the reason.
-    pub fn open(path: &Path) -> Result<Geo, GeoError> {
+    pub fn open(path: &Path) -> Result<CountryDb, GeoError> {
         let bytes = std::fs::read(path).map_err(|source| GeoError::Open {
             path: path.to_owned(),
             source,
@@ -83,7 +83,7 @@ impl Geo {
             path: path.to_owned(),
             source,
         })?;
-        Ok(Geo {
+        Ok(CountryDb {
             path: path.to_owned(),
             reader,
         })
@@ -137,11 +137,11 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn db(layout: Layout, entries: &[(&str, &str)]) -> (tempfile::TempDir, Geo) {
+    fn db(layout: Layout, entries: &[(&str, &str)]) -> (tempfile::TempDir, CountryDb) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("country.mmdb");
         write_country_db(&path, layout, entries).unwrap();
-        let geo = Geo::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let geo = CountryDb::open(&path).unwrap_or_else(|e| panic!("{e}"));
         (dir, geo)
     }
 
@@ -153,7 +153,7 @@ mod tests {
         ("2001:db8:2::/48", "FR"),
     ];
 
-    fn check_doc_ranges(geo: &Geo) {
+    fn check_doc_ranges(geo: &CountryDb) {
         for (addr, want) in [
             ("198.51.100.1", "RU"),
             ("198.51.100.127", "RU"),
@@ -192,7 +192,7 @@ mod tests {
                 Some("CN")
             );
             assert_eq!(geo.country(ip("::ffff:198.51.101.1")), None);
-            // The test database does not alias ::ffff:0:0/96 itself: the mapping is Geo's.
+            // The test database does not alias ::ffff:0:0/96 itself: the mapping is CountryDb's.
             let raw = geo.reader.lookup(ip("::ffff:198.51.100.9")).unwrap();
             assert!(!raw.has_data());
         }
@@ -338,7 +338,7 @@ mod tests {
     fn missing_file_error_names_the_path() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("no-such.mmdb");
-        let err = Geo::open(&path).unwrap_err();
+        let err = CountryDb::open(&path).unwrap_err();
         assert!(matches!(err, GeoError::Open { .. }), "{err:?}");
         let msg = err.to_string();
         assert!(msg.contains(&*path.to_string_lossy()), "{msg}");
@@ -348,7 +348,7 @@ mod tests {
     #[test]
     fn a_directory_is_an_open_error() {
         let dir = tempfile::tempdir().unwrap();
-        let err = Geo::open(dir.path()).unwrap_err();
+        let err = CountryDb::open(dir.path()).unwrap_err();
         assert!(matches!(err, GeoError::Open { .. }), "{err:?}");
         assert!(err.to_string().contains(&*dir.path().to_string_lossy()));
     }
@@ -369,7 +369,7 @@ mod tests {
         ] {
             let path = dir.path().join(name);
             fs::write(&path, bytes).unwrap();
-            let err = Geo::open(&path).unwrap_err();
+            let err = CountryDb::open(&path).unwrap_err();
             assert!(matches!(err, GeoError::Invalid { .. }), "{name}: {err:?}");
             let msg = err.to_string();
             assert!(msg.contains(&*path.to_string_lossy()), "{msg}");
@@ -447,7 +447,7 @@ mod tests {
             );
             return;
         }
-        let geo = Geo::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let geo = CountryDb::open(&path).unwrap_or_else(|e| panic!("{e}"));
         let line = geo.describe();
         eprintln!("real database: {line}");
         let database_type = &geo.reader.metadata().database_type;

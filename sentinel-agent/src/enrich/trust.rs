@@ -3,7 +3,7 @@
 //! and its connection to a `trust.ssh_ports` port; a bare TCP connection is not one). Trust
 //! comes before every detector and every block.
 //!
-//! A detector can only name a remote address in an alert through [`Untrusted`], and the only
+//! A detector can only name a remote address in an alert through [`ActionableAddr`], and the only
 //! way to get one is [`TrustSet::check`]: a trusted address cannot reach an alert or a block by
 //! construction, whatever path the code takes.
 
@@ -42,21 +42,21 @@ impl fmt::Display for TrustReason {
 
 /// An address that passed [`TrustSet::check`]. Only this module can make one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Untrusted(IpAddr);
+pub struct ActionableAddr(IpAddr);
 
-impl Untrusted {
+impl ActionableAddr {
     pub fn ip(&self) -> IpAddr {
         self.0
     }
 }
 
-impl fmt::Display for Untrusted {
+impl fmt::Display for ActionableAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
     }
 }
 
-impl Serialize for Untrusted {
+impl Serialize for ActionableAddr {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         self.0.serialize(s)
     }
@@ -104,10 +104,10 @@ impl TrustSet {
     }
 
     /// The gate every alert and block target passes through.
-    pub fn check(&self, ip: IpAddr) -> Result<Untrusted, TrustReason> {
+    pub fn check(&self, ip: IpAddr) -> Result<ActionableAddr, TrustReason> {
         match self.why_trusted(ip) {
             Some(reason) => Err(reason),
-            None => Ok(Untrusted(canonical(ip))),
+            None => Ok(ActionableAddr(canonical(ip))),
         }
     }
 

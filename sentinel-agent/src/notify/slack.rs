@@ -9,7 +9,10 @@ use std::time::SystemTime;
 use serde_json::{Value, json};
 
 use super::{Http, Summary, Undelivered, facts, outcome, title};
-use crate::{override_http::action, switch::decision::Decision, untrusted::defang};
+use crate::{
+    switch::{answer::action, decision::Decision},
+    untrusted::defang,
+};
 
 /// The Slack channel: where alerts go and how.
 pub struct Slack {

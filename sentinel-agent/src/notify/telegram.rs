@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use super::{Http, Summary, Undelivered, facts, outcome, title};
 use crate::{
     config::TelegramConfig,
-    override_http::{Unanswered, action, parse_button, submit},
+    switch::answer::{Unanswered, action, parse_button, submit},
     switch::decision::{Answer, AnswerError, Decision, Verdict},
     untrusted::defang,
 };

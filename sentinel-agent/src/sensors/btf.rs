@@ -1,7 +1,17 @@
 //! Minimal reader for the running kernel's BTF (`/sys/kernel/btf/vmlinux`). Rust eBPF has no
 //! CO-RE relocations, so the agent looks up the byte offsets of the few kernel struct fields its
-//! programs read and hands them over as [`KernelOffsets`]. No permissively licensed crate exposes
-//! member offsets, hence this small parser of the raw (little-endian) BTF format.
+//! programs read and hands them over as [`KernelOffsets`].
+//!
+//! Why a parser of our own (evaluated for issue 15):
+//! - `aya-obj` 0.3 (already a dependency, through aya) parses BTF, but keeps what is needed
+//!   here private: `Btf::type_by_id` and the members of `Struct`/`Union` are `pub(crate)`, so
+//!   a member's offset cannot be read from outside the crate.
+//! - `btfparse` 1.3 (Apache-2.0) does answer the question (`TypeInformation::offset_of(type,
+//!   "a.b")`, anonymous members included), but its `offset_of` follows typedef and qualifier
+//!   chains in an unbounded loop (read in 1.3.9's `type_information.rs`): a cyclic chain in
+//!   damaged BTF would hang the agent at start, which this parser refuses (`MAX_DEPTH`; see
+//!   the `bad_references_and_cycles` and garbled-input tests). The swap was therefore not
+//!   made; it is worth revisiting if btfparse bounds that walk.
 
 use std::path::{Path, PathBuf};
 

@@ -67,7 +67,11 @@ pub enum SensorError {
         what: String,
         source: std::io::Error,
     },
-    #[error("mounting tracefs on {path}: {source}")]
+    #[error(
+        "tracefs is not mounted on {path} and mounting it failed ({source}): the tracepoint \
+         sensors need it. Mount it with `mount -t tracefs nodev {path}` (under systemd: \
+         `systemctl start sys-kernel-tracing.mount`; the unit requires it)"
+    )]
     Tracefs {
         path: &'static str,
         source: nix::Error,

@@ -91,7 +91,7 @@ pub struct Decision {
     pub state: State,
     /// Who ended it (`cli`, `slack:U123`, `teams-link`, `telegram:42`, `timer`), once ended.
     pub decided_by: Option<String>,
-    /// Why, when the outcome needs explaining (e.g. a block refused by the trust guard).
+    /// Why, when the outcome needs explaining (e.g. a block refused by the admission check).
     pub reason: Option<String>,
 }
 

@@ -12,6 +12,7 @@
 //! order (committed before announced or enforced) and in batches. Countdowns run on the boot
 //! clock ([`clock`]); pending deadlines and blocks survive restarts.
 
+pub mod answer;
 pub mod clock;
 pub mod decision;
 pub mod ledger;
@@ -29,7 +30,7 @@ use tracing::{info, warn};
 
 use crate::{
     enforce::BlockGuard,
-    enrich::trust::{TrustSet, Untrusted},
+    enrich::trust::{ActionableAddr, TrustSet},
     event::AlertBody,
     switch::{
         clock::Now,
@@ -270,7 +271,7 @@ impl Switch {
         alert: &AlertBody,
         alert_at: SystemTime,
         ancestors: Vec<String>,
-        target: Untrusted,
+        target: ActionableAddr,
         trust: &TrustSet,
         now: Now,
     ) -> Option<Change> {
@@ -356,7 +357,7 @@ impl Switch {
     /// tree). False when it did not: already held by a pending decision, marked safe, or the
     /// decision is full (counted as overflow). Reaching `switch.max_targets` makes the decision
     /// due at once (fail closed).
-    pub fn join(&mut self, id: &str, target: Untrusted, now: Now) -> bool {
+    pub fn join(&mut self, id: &str, target: ActionableAddr, now: Now) -> bool {
         let ip = target.ip();
         if self.is_decided(ip, now.wall) {
             return false;
