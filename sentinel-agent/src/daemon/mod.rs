@@ -5,6 +5,7 @@
 
 pub mod behaviour;
 pub mod control;
+pub mod decisions;
 pub mod ipc;
 pub mod metrics;
 pub mod pipeline;

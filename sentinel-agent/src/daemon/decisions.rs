@@ -1,0 +1,228 @@
+//! From findings to decisions. A detector's finding is scored and de-duplicated into an alert;
+//! the alert's process tree is *tracked*, so every untrusted destination the tree reaches joins
+//! the alert's decision (or opens one when the last has ended): a repeat folds into its alert
+//! but never costs a decision, and a decoy cannot shield the real C2. Part of the [`Pipeline`]
+//! (same loop, same state), kept apart so the event loop's file reads as the data flow.
+
+use std::{
+    sync::Arc,
+    time::{Instant, SystemTime},
+};
+
+use tracing::{debug, warn};
+
+use super::pipeline::{Pipeline, boot_ns};
+use crate::{
+    detect::{self, Finding, Outcome},
+    enrich::trust::ActionableAddr,
+    event::{AlertBody, Body, Record},
+    store::Write,
+    switch::{clock::Now, decision::State},
+};
+
+/// An alert whose process tree is tracked, and its current decision.
+#[derive(Debug, Clone)]
+pub struct Group {
+    pub alert: AlertBody,
+    pub at: SystemTime,
+    /// The pending (or last) decision every new destination joins.
+    pub decision: Option<String>,
+    /// Trees alerted for this group.
+    pub roots: Vec<u32>,
+}
+
+impl Group {
+    /// `geo` is about the destination: only its high-risk destinations join (through the
+    /// detector). Every other anomaly is about the process: all its untrusted destinations do.
+    pub(super) fn joins_every_destination(&self) -> bool {
+        self.alert.anomaly != "geo"
+    }
+}
+
+impl Pipeline {
+    /// Score, de-duplicate and emit what a detector found; `origin_ns` is the kernel time
+    /// (CLOCK_BOOTTIME) of the event that triggered it, for the latency in the log. A repeat
+    /// folds into the alert but never costs a decision: its tree is tracked and its target
+    /// joins the alert's decision.
+    pub(super) fn raise(&mut self, finding: Finding, origin_ns: Option<u64>) {
+        let now = SystemTime::now();
+        if let Some(t) = finding.target
+            && self.switch.is_safe(t.ip(), now)
+        {
+            debug!(target = %t, "not alerting: marked safe");
+            return;
+        }
+        let culprit_pid = finding.culprit.pid;
+        // `blind` names no process, `cron` and `npm` name files: no tree to track.
+        let has_process = culprit_pid != 0
+            && finding.anomaly != detect::Anomaly::Blind
+            && detect::awaits_target(finding.anomaly.name());
+        let subject = finding.subject;
+        let chain: Vec<u32> = finding.culprit.ancestry.iter().map(|(p, _)| *p).collect();
+        // What the tree reached before the alert: the culprit's and its ancestors' below the
+        // subject (a python that connects, then runs a shell).
+        let mut targets: Vec<ActionableAddr> = finding.target.into_iter().collect();
+        for pid in
+            std::iter::once(culprit_pid).chain(chain.iter().copied().take_while(|p| *p != subject))
+        {
+            if let Some(t) = self.last_connect.get(&pid) {
+                targets.push(*t);
+            }
+        }
+        if finding.anomaly == detect::Anomaly::Geo {
+            targets.truncate(1);
+        }
+        // A descendant of a tree already alerted for the same anomaly joins its decision.
+        let inherited = self
+            .group_of(culprit_pid, &finding.culprit.ancestry)
+            .and_then(|id| self.groups.get(&id))
+            .filter(|g| g.alert.anomaly == finding.anomaly.name())
+            .and_then(|g| g.decision.clone());
+        let id = match self.detect.alerts.raise(finding, Instant::now()) {
+            Outcome::New(alert) => {
+                let latency_us = origin_ns.map(|t| boot_ns().saturating_sub(t) / 1000);
+                warn!(
+                    id = %alert.id,
+                    anomaly = %alert.anomaly,
+                    risk = alert.risk,
+                    pid = alert.pid,
+                    latency_us,
+                    "alert: {}",
+                    alert.detail
+                );
+                *self
+                    .shared
+                    .alerts
+                    .lock()
+                    .expect("alerts lock")
+                    .entry(alert.anomaly.clone())
+                    .or_default() += 1;
+                self.emit(now, Body::Alert(Box::new(alert.clone())));
+                self.respond(culprit_pid, &alert);
+                let id = alert.id.clone();
+                self.groups.insert(
+                    id.clone(),
+                    Group {
+                        alert,
+                        at: now,
+                        decision: inherited,
+                        roots: Vec::new(),
+                    },
+                );
+                id
+            }
+            Outcome::Repeat(alert, first) => {
+                debug!(id = %alert.id, count = alert.count, "repeat of an open alert");
+                self.respond(culprit_pid, &alert);
+                let id = alert.id.clone();
+                let g = self.groups.entry(id.clone()).or_insert_with(|| Group {
+                    alert: alert.clone(),
+                    at: first,
+                    decision: None,
+                    roots: Vec::new(),
+                });
+                g.alert.risk = g.alert.risk.max(alert.risk);
+                g.alert.count = alert.count;
+                let record = Record::new(first, &self.shared.host, Body::Alert(Box::new(alert)));
+                self.store(Write::Update(Arc::new(record)));
+                id
+            }
+        };
+        if has_process {
+            self.track(&id, culprit_pid);
+        }
+        for target in targets {
+            self.offer(&id, target);
+        }
+    }
+
+    /// ActionableAddr destinations of `root`'s tree join alert `id`'s decision from now on.
+    pub(super) fn track(&mut self, id: &str, root: u32) {
+        self.tracked.insert(root, id.to_string());
+        if let Some(g) = self.groups.get_mut(id)
+            && !g.roots.contains(&root)
+        {
+            g.roots.push(root);
+        }
+    }
+
+    /// The alert whose tracked tree holds `pid` (itself or an ancestor).
+    pub(super) fn group_of(&self, pid: u32, ancestry: &[(u32, String)]) -> Option<String> {
+        std::iter::once(pid)
+            .chain(ancestry.iter().map(|(p, _)| *p))
+            .find_map(|p| self.tracked.get(&p).cloned())
+    }
+
+    /// `target` joins alert `id`'s pending decision, or opens a new one.
+    pub(super) fn offer(&mut self, id: &str, target: ActionableAddr) {
+        let Some(group) = self.groups.get(id) else {
+            return;
+        };
+        let now = Now::read();
+        if let Some(d) = group.decision.clone()
+            && self.switch.is_pending(&d)
+        {
+            if self.switch.join(&d, target, now) && group.alert.state != "pending" {
+                self.mark_pending(id, &d);
+            }
+            return;
+        }
+        let mut alert = group.alert.clone();
+        alert.target_ip = Some(target.ip());
+        let at = group.at;
+        let ancestors = self
+            .tree
+            .ancestry(alert.pid, &self.proc_root)
+            .into_iter()
+            .map(|(_, c)| c)
+            .collect();
+        if let Some(change) =
+            self.switch
+                .open(&alert, at, ancestors, target, &self.detect.trust, now)
+        {
+            if let Some(g) = self.groups.get_mut(id) {
+                g.decision = Some(change.decision.id.clone());
+            }
+            // An ending (past `switch.max_pending`) is reported by the worker once enforced.
+            if change.decision.state == State::Pending {
+                self.apply(change);
+            }
+        }
+    }
+
+    /// Alert `id` now has its targets in pending decision `decision` (joined, not opened).
+    fn mark_pending(&mut self, id: &str, decision: &str) {
+        let Some(deadline) = self.switch.deadline_of(decision) else {
+            return;
+        };
+        let Some(g) = self.groups.get_mut(id) else {
+            return;
+        };
+        g.alert.state = "pending".into();
+        g.alert.deadline = Some(humantime::format_rfc3339_millis(deadline).to_string());
+        let alert = self.detect.alerts.sync_state(g.alert.clone());
+        let record = Record::new(g.at, &self.shared.host, Body::Alert(Box::new(alert)));
+        self.store(Write::Update(Arc::new(record)));
+    }
+
+    /// Whether `tgid` or one of its ancestors is a tracked (alerted) tree: a walk over the
+    /// tree only (no allocation, no /proc), so most connects skip building a culprit.
+    pub(super) fn in_tracked_tree(&self, tgid: u32) -> bool {
+        if self.tracked.is_empty() {
+            return false;
+        }
+        let mut cur = tgid;
+        for _ in 0..64 {
+            if self.tracked.contains_key(&cur) {
+                return true;
+            }
+            match self.tree.get(cur) {
+                Some(p) if p.ppid != 0 && p.ppid != cur => cur = p.ppid,
+                // Not in the tree: let the culprit walk (which reads /proc) decide.
+                None => return true,
+                _ => return false,
+            }
+        }
+        false
+    }
+}
