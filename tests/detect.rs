@@ -39,15 +39,16 @@ fn geo_alerts_for_high_risk_countries_over_ipv4_and_ipv6() {
     // Then the anomalies.
     knock("198.51.100.2", 8004);
     // The IPv6 one from a child: another process, another alert, but the same decision.
-    let child = Command::new("python3")
+    let mut child = Command::new("python3")
         .args([
             "-c",
             "import socket; s = socket.socket(socket.AF_INET6); s.settimeout(1); \
              s.connect_ex(('2001:db8:1::2', 8005))",
         ])
-        .status()
+        .spawn()
         .unwrap();
-    assert!(child.success());
+    let child_pid = child.id();
+    assert!(child.wait().unwrap().success());
 
     for (addr, port, country) in [("198.51.100.2", 8004, "RU"), ("2001:db8:1::2", 8005, "KP")] {
         let alert = agent.wait_for("alert", &format!("geo for {addr}"), |a| {
@@ -103,7 +104,7 @@ fn geo_alerts_for_high_risk_countries_over_ipv4_and_ipv6() {
         agent
             .events("alert")
             .into_iter()
-            .filter(|a| a["pid"] == me)
+            .filter(|a| a["pid"] == me || a["pid"] == child_pid)
             .collect()
     };
     let alerts = ours();

@@ -55,8 +55,10 @@ impl Pipeline {
         let culprit_pid = finding.culprit.pid;
         // `blind` names no process, `cron` and `npm` name files: no tree to track.
         let has_process = culprit_pid != 0
-            && finding.anomaly != detect::Anomaly::Blind
-            && detect::awaits_target(finding.anomaly.name());
+            && !matches!(
+                finding.anomaly,
+                detect::Anomaly::Blind | detect::Anomaly::Cron { .. } | detect::Anomaly::Npm
+            );
         let subject = finding.subject;
         let chain: Vec<u32> = finding.culprit.ancestry.iter().map(|(p, _)| *p).collect();
         // What the tree reached before the alert: the culprit's and its ancestors' below the

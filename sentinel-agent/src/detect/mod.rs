@@ -193,13 +193,6 @@ pub struct Finding {
     pub subject: u32,
 }
 
-/// Whether an alert of `anomaly` without an address waits for its process (or a descendant)
-/// to connect somewhere, to open its decision then. `cron` and `npm` have no live process
-/// to follow; `geo` always has its address.
-pub fn awaits_target(anomaly: &str) -> bool {
-    !matches!(anomaly, "geo" | "cron" | "npm")
-}
-
 /// What the detectors' background threads (the cron-file watcher, the npm scanner) hand
 /// to the event loop.
 #[derive(Debug)]
@@ -602,7 +595,6 @@ pub(crate) mod tests {
             "came back after it was killed by signal 9"
         ));
         assert!(kill(Respawn { cron: false }, respawn::AFTER_AGENT_KILL));
-        assert!(awaits_target("miner") && !awaits_target("cron") && !awaits_target("npm"));
     }
 
     #[test]
