@@ -24,7 +24,7 @@ use std::{
 
 use common::{
     Agent,
-    netns::{RU4, TestNet, knock},
+    netns::{RU4, TestNet},
     nft::Table,
     require_root, serial,
 };
@@ -258,6 +258,44 @@ fn bare_connect(ns: &str, src: &str, to: SocketAddr) -> TcpStream {
     .unwrap()
 }
 
+/// Connect from this host to `addr` on fresh ports (from `first_port`) until the agent has
+/// stored an event of `kind` that `pred` accepts for that port. On this busy shared machine a
+/// record can be lost to a full ring buffer: that costs a retry, not the test. Connection
+/// errors other than a reset are kept for the failure message (another agent's connect
+/// guard refusing the address, say).
+fn knock_until(
+    agent: &Agent,
+    addr: &str,
+    first_port: u16,
+    kind: &str,
+    what: &str,
+    pred: impl Fn(&serde_json::Value, u16) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut errors = Vec::new();
+    for port in first_port.. {
+        let to = SocketAddr::new(addr.parse().unwrap(), port);
+        if let Err(e) = TcpStream::connect_timeout(&to, Duration::from_secs(2))
+            && e.kind() != std::io::ErrorKind::ConnectionRefused
+        {
+            errors.push(format!("{port}: {e}"));
+        }
+        let round = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < round {
+            if let Some(ev) = agent.events(kind).into_iter().find(|e| pred(e, port)) {
+                return ev;
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {kind} event {what} within 20 s; connect errors: {errors:?}\nagent log:\n{}",
+            agent.log()
+        );
+    }
+    unreachable!()
+}
+
 /// The agent's sensors are host-wide, so they also see the clients in the namespace connect
 /// to [`LOCAL4`], which the test GeoIP db puts in Russia too: that address is trusted, as a
 /// host's own address would be.
@@ -290,11 +328,12 @@ fn wait_peers(agent: &Agent, peers: &str) {
     }
 }
 
-fn alerts_for(agent: &Agent, addr: &str) -> Vec<serde_json::Value> {
+/// Geo alerts naming `addr`.
+fn geo_alerts_for(agent: &Agent, addr: &str) -> Vec<serde_json::Value> {
     agent
         .events("alert")
         .into_iter()
-        .filter(|a| a["target_ip"] == addr)
+        .filter(|a| a["target_ip"] == addr && a["anomaly"] == "geo")
         .collect()
 }
 
@@ -321,14 +360,22 @@ fn only_an_authenticated_ssh_session_is_trusted_and_only_while_it_lasts() {
     wait_peers(&agent, &format!("{{{RU4}}}"));
 
     // This host connects to both: the logged-in peer is trusted, the bare one is not.
-    knock(RU4, 9201);
-    knock(RU4_BARE, 9202);
-    agent.wait_for("connect", "to the logged-in peer", |c| {
-        c["daddr"] == RU4 && c["dport"] == 9201 && c["pid"] == me
-    });
-    let alert = agent.wait_for("alert", "on the bare connection's peer", |a| {
-        a["target_ip"] == RU4_BARE && a["anomaly"] == "geo"
-    });
+    knock_until(
+        &agent,
+        RU4,
+        9201,
+        "connect",
+        "to the logged-in peer",
+        |c, port| c["daddr"] == RU4 && c["dport"] == port && c["pid"] == me,
+    );
+    let alert = knock_until(
+        &agent,
+        RU4_BARE,
+        9221,
+        "alert",
+        "on the bare connection's peer",
+        |a, _| a["target_ip"] == RU4_BARE && a["anomaly"] == "geo",
+    );
     let id = alert["id"].as_str().unwrap().to_string();
     agent.wait_for("decision", "auto-blocked", |d| {
         d["id"] == id.as_str() && d["state"] == "auto-blocked"
@@ -339,23 +386,36 @@ fn only_an_authenticated_ssh_session_is_trusted_and_only_while_it_lasts() {
         [RU4_BARE],
         "only the unauthenticated peer is blocked"
     );
+    // Geo alerts only: sshd's re-exec'd connection child holds the client's socket on its
+    // stdin, which other detectors may read as they will; whatever they decide, the peer of a
+    // live authenticated session is never blocked (checked above and below).
     assert!(
-        alerts_for(&agent, RU4).is_empty(),
+        geo_alerts_for(&agent, RU4).is_empty(),
         "the logged-in peer was alerted on: {:?}",
-        alerts_for(&agent, RU4)
+        geo_alerts_for(&agent, RU4)
     );
     // Still trusted later in the session (and still not in any block).
-    knock(RU4, 9203);
-    agent.wait_for("connect", "to the logged-in peer again", |c| {
-        c["daddr"] == RU4 && c["dport"] == 9203 && c["pid"] == me
-    });
-    assert!(alerts_for(&agent, RU4).is_empty());
+    knock_until(
+        &agent,
+        RU4,
+        9241,
+        "connect",
+        "to the logged-in peer again",
+        |c, port| c["daddr"] == RU4 && c["dport"] == port && c["pid"] == me,
+    );
+    assert!(geo_alerts_for(&agent, RU4).is_empty());
+    let blocked: Vec<String> = table.elements("block4").into_iter().map(|e| e.0).collect();
+    assert_eq!(blocked, [RU4_BARE], "the logged-in peer was blocked");
 
     // The session ends: so does the trust.
     drop(session);
     wait_peers(&agent, "{}");
-    knock(RU4, 9204);
-    agent.wait_for("alert", "on the peer once logged out", |a| {
-        a["target_ip"] == RU4 && a["anomaly"] == "geo"
-    });
+    knock_until(
+        &agent,
+        RU4,
+        9261,
+        "alert",
+        "on the peer once logged out",
+        |a, _| a["target_ip"] == RU4 && a["anomaly"] == "geo",
+    );
 }
