@@ -139,7 +139,20 @@ impl Pipeline {
     }
 
     /// ActionableAddr destinations of `root`'s tree join alert `id`'s decision from now on.
+    /// A process alerted twice stays with the more severe alert (a `lineage` shell that runs
+    /// from /tmp is also a `miner` suspect: its destinations join the critical decision).
     pub(super) fn track(&mut self, id: &str, root: u32) {
+        let severity = |id: &str| {
+            self.groups
+                .get(id)
+                .map_or(0, |g| u8::from(g.alert.severity == "critical"))
+        };
+        if let Some(current) = self.tracked.get(&root)
+            && current != id
+            && severity(current) > severity(id)
+        {
+            return;
+        }
         self.tracked.insert(root, id.to_string());
         if let Some(g) = self.groups.get_mut(id)
             && !g.roots.contains(&root)
