@@ -73,6 +73,15 @@ struct Suspect {
     raised_cpu: bool,
 }
 
+/// Whether `path` is a script (`#!`): the kernel ran its interpreter, not the file itself.
+fn is_script(path: &str) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 2];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok_and(|()| &head == b"#!")
+}
+
 pub struct Miner {
     config: MinerConfig,
     suspects: HashMap<u32, Suspect>,
@@ -90,7 +99,13 @@ impl Miner {
     /// memory or carries miner markers.
     pub fn on_exec(&mut self, culprit: &Culprit, argv: &[String]) -> Option<Finding> {
         let mut why = Vec::new();
-        if let Some(exe) = culprit.exe.as_deref().filter(|e| temp_or_memory(e)) {
+        // A script run from a temp directory (an installer, a test's run-parts) is executed by
+        // its interpreter: only a binary placed there is a miner's habit.
+        if let Some(exe) = culprit
+            .exe
+            .as_deref()
+            .filter(|e| temp_or_memory(e) && !is_script(e))
+        {
             why.push(format!("runs from {exe}"));
         }
         let args = argv.join(" ");
@@ -220,6 +235,22 @@ mod tests {
             sustain: Duration::from_secs(10),
             ..Default::default()
         })
+    }
+
+    #[test]
+    fn a_script_in_a_temp_directory_is_not_a_miner_by_location() {
+        let dir = tempfile::tempdir_in("/tmp").unwrap();
+        let script = dir.path().join("10-logs");
+        std::fs::write(&script, "#!/bin/sh\necho rotated\n").unwrap();
+        let mut m = miner();
+        let mut c = culprit(7, "10-logs", &[]);
+        c.exe = Some(script.display().to_string());
+        assert!(m.on_exec(&c, &[script.display().to_string()]).is_none());
+        // A binary there still is.
+        let bin = dir.path().join("kworker");
+        std::fs::write(&bin, b"\x7fELF....").unwrap();
+        c.exe = Some(bin.display().to_string());
+        assert!(m.on_exec(&c, &[bin.display().to_string()]).is_some());
     }
 
     #[test]
