@@ -722,8 +722,8 @@ fn a_burnt_dedup_window_still_gets_the_reverse_shell_blocked() {
     .unwrap();
     let status = Command::new(&nginx).arg(&script).status().unwrap();
     assert!(status.success());
-    let alert = agent.wait_for("alert", "lineage counted twice", |a| {
-        a["anomaly"] == "lineage" && a["count"] == 2
+    let alert = agent.wait_for("alert", "lineage counted again", |a| {
+        a["anomaly"] == "lineage" && a["count"].as_u64().is_some_and(|n| n >= 2)
     });
     let lineage: Vec<Value> = agent
         .events("alert")
