@@ -57,6 +57,7 @@ pub struct Config {
     pub override_: OverrideConfig,
     pub notify: NotifyConfig,
     pub metrics: MetricsConfig,
+    pub fleet: crate::fleet::FleetConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -386,7 +387,7 @@ impl Default for AgentConfig {
 }
 
 /// A human duration string (`"30s"`, `"5m"`, `"24h"`, `"1h 30m"`).
-fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
+pub(crate) fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(de)?;
     humantime::parse_duration(&text)
         .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e}")))
@@ -727,6 +728,7 @@ impl Config {
                 ),
             );
         }
+        out.extend(self.fleet.problems());
         out
     }
 

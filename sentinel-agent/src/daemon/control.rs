@@ -51,6 +51,8 @@ pub struct Shared {
     pub answers: mpsc::Sender<Answer>,
     /// Requests to lift a block, to the switch.
     pub unblocks: mpsc::Sender<Unblock>,
+    /// The fleet shipper's state, when `fleet.postgres_url` is set.
+    pub fleet: Option<Arc<crate::fleet::Stats>>,
 }
 
 /// `sentinel unblock ADDR` on its way to the switch.
@@ -88,6 +90,7 @@ impl Shared {
                 .map(|(channel, s)| (channel.clone(), s.failed))
                 .collect(),
             processes: status.processes,
+            fleet: status.fleet,
         }
     }
 
@@ -120,6 +123,7 @@ impl Shared {
                 .map(|c| c.malformed.load(Ordering::Relaxed))
                 .sum(),
             notify: self.notify.snapshot(),
+            fleet: self.fleet.as_ref().map(|f| f.snapshot()),
         }
     }
 }

@@ -58,6 +58,10 @@ pub struct Status {
     /// Chat delivery per channel: messages sent, failed after every attempt, last error.
     #[serde(default)]
     pub notify: BTreeMap<String, crate::notify::ChannelStatus>,
+    /// The fleet store (`connected`, `outbox`, `last_shipped`, `last_error`); null when
+    /// `fleet.postgres_url` is empty.
+    #[serde(default)]
+    pub fleet: Option<crate::fleet::FleetStatus>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

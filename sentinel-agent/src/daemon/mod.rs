@@ -259,9 +259,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         alerts: Default::default(),
         notify: notify_stats,
         hub: Hub::default(),
-        answers: answers_tx,
+        answers: answers_tx.clone(),
         unblocks: unblock_tx,
+        fleet: config.fleet.enabled().then(Default::default),
     });
+    let (fleet_tx, mut fleet_rx) = mpsc::channel::<crate::fleet::Command>(256);
+    if let Some(stats) = &shared.fleet {
+        tasks.push(tokio::spawn(crate::fleet::ship::run(
+            crate::fleet::ship::Context {
+                config: config.fleet.clone(),
+                host: config.host_id(),
+                db: agent.db.clone(),
+                shared: shared.clone(),
+                stats: stats.clone(),
+                answers: answers_tx,
+                commands: fleet_tx,
+            },
+        )));
+    }
     let listener = control::bind_socket(&agent.socket)?;
 
     let (tx, mut rx) = mpsc::channel::<Vec<KernelEvent>>(1024);
@@ -315,6 +330,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             )
         }),
         dry_run: config.enforce.mode == EnforceMode::DryRun,
+        fleet: if config.fleet.enabled() {
+            Some(crate::fleet::Recorder::open(&agent.db)?)
+        } else {
+            None
+        },
     };
     if let Ok(n) = core.switch.ledger().kill_count() {
         core.shared
@@ -390,6 +410,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             _ = watchdog_tick.tick(), if watchdog.is_some() => service::notify_watchdog(),
             Some(answer) = answers_rx.recv() => core.answer(answer),
             Some(request) = unblock_rx.recv() => core.unblock(request),
+            Some(command) = fleet_rx.recv() => core.fleet_command(command),
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
         }

@@ -69,6 +69,8 @@ pub struct Pipeline {
     /// so a process's connect can be read after its exit; the exit waits [`EXIT_GRACE`] so
     /// the process (and its ancestry) is still known then.
     pub exits: VecDeque<(Instant, u32, u64)>,
+    /// `[fleet]`: the outbox every commit point writes to, when the fleet store is on.
+    pub fleet: Option<crate::fleet::Recorder>,
 }
 
 /// How long a process stays in the tree after its exit record.
@@ -76,6 +78,9 @@ const EXIT_GRACE: Duration = Duration::from_secs(1);
 
 impl Pipeline {
     fn store(&self, write: Write) {
+        if let (Some(fleet), Write::Insert(r) | Write::Update(r)) = (&self.fleet, &write) {
+            fleet.alert(r);
+        }
         if self.store_tx.send(write).is_err() {
             error!("the store writer has stopped; event not stored");
         }
@@ -179,6 +184,9 @@ impl Pipeline {
             if let Err(e) = self.switch.ledger().add_kill(&kill) {
                 error!("recording a kill failed: {e}");
             }
+            if let Some(fleet) = &self.fleet {
+                fleet.kill(&kill);
+            }
             self.shared.kills.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -203,6 +211,13 @@ impl Pipeline {
     /// Store and announce a decision's transition.
     fn apply(&mut self, change: Change) {
         let d = &change.decision;
+        if let Some(fleet) = &self.fleet {
+            fleet.decision(d);
+            let blocks = self.switch.ledger().blocks(SystemTime::now());
+            for b in blocks.iter().flatten().filter(|b| b.decision_id == d.id) {
+                fleet.block(b, false);
+            }
+        }
         let body = DecisionBody {
             id: d.id.clone(),
             anomaly: d.anomaly.clone(),
@@ -270,13 +285,61 @@ impl Pipeline {
     }
 
     pub fn unblock(&mut self, request: Unblock) {
-        let outcome = self.switch.unblock(request.addr);
+        let outcome = self.lift(request.addr);
+        let _ = request.reply.send(outcome);
+    }
+
+    /// Lift the block on `addr` (recording it for the fleet).
+    fn lift(&mut self, addr: std::net::IpAddr) -> Result<bool, String> {
+        let now = SystemTime::now();
+        let held = self.switch.ledger().blocks(now).unwrap_or_default();
+        let outcome = self.switch.unblock(addr);
+        if let (Some(fleet), Ok(true)) = (&self.fleet, &outcome) {
+            for b in held.iter().filter(|b| b.addr == addr) {
+                fleet.block(b, true);
+            }
+        }
         match &outcome {
-            Ok(was) => info!(addr = %request.addr, recorded = was, "unblocked"),
-            Err(e) => warn!(addr = %request.addr, "unblock failed: {e}"),
+            Ok(was) => info!(%addr, recorded = was, "unblocked"),
+            Err(e) => warn!(%addr, "unblock failed: {e}"),
         }
         self.refresh_counts();
-        let _ = request.reply.send(outcome);
+        outcome
+    }
+
+    /// A shared block or a lift from the fleet (`fleet.share_blocks`).
+    pub fn fleet_command(&mut self, command: crate::fleet::Command) {
+        let now = SystemTime::now();
+        match command {
+            crate::fleet::Command::Block { addr, tag } => {
+                match self
+                    .switch
+                    .block_shared(&self.detect.trust, addr, &tag, now)
+                {
+                    Ok(Some(block)) => {
+                        info!(%addr, by = %tag, "blocked: shared by the fleet");
+                        if let Some(fleet) = &self.fleet {
+                            fleet.block(&block, false);
+                        }
+                        self.refresh_counts();
+                    }
+                    Ok(None) => {
+                        debug!(%addr, by = %tag, "shared block: already held here (or dry-run)")
+                    }
+                    Err(why) => warn!(%addr, by = %tag, "shared block refused: {why}"),
+                }
+            }
+            crate::fleet::Command::Lift { addr, only_shared } => {
+                let held = self.switch.ledger().blocks(now).unwrap_or_default();
+                let Some(b) = held.iter().find(|b| b.addr == addr) else {
+                    return;
+                };
+                if only_shared && !b.decision_id.starts_with("fleet:") {
+                    return;
+                }
+                let _ = self.lift(addr);
+            }
+        }
     }
 
     /// The process `tgid` as the detectors see it.

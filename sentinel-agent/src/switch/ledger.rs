@@ -279,6 +279,12 @@ impl Ledger {
         .transpose()
     }
 
+    /// Record a block that no local decision brought (a shared block from the fleet).
+    pub fn add_block(&self, block: &Block) -> Result<(), LedgerError> {
+        upsert_block(&self.conn, block).map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     /// Forget the block on `addr`; true if there was one.
     pub fn remove_block(&self, addr: IpAddr) -> Result<bool, LedgerError> {
         let n = self

@@ -296,6 +296,36 @@ impl Switch {
         })
     }
 
+    /// Block `ip` because a human confirmed it as hostile on another host of the fleet: through
+    /// this host's own guard, recorded under `tag` like any block. Ok(None) when it is
+    /// already blocked here (or in dry-run), Err(why) when the guard refuses it.
+    pub fn block_shared(
+        &mut self,
+        trust: &TrustSet,
+        ip: IpAddr,
+        tag: &str,
+        now: SystemTime,
+    ) -> Result<Option<Block>, String> {
+        let admitted = self
+            .enforcer
+            .admit(trust, ip)
+            .map_err(|why| why.to_string())?;
+        let held = self.ledger.blocks(now).map_err(|e| e.to_string())?;
+        if self.enforcer.is_dry_run() || held.iter().any(|b| b.addr == ip) {
+            return Ok(None);
+        }
+        let block = Block {
+            addr: ip,
+            expires: now + self.timings.block_ttl,
+            decision_id: tag.into(),
+        };
+        self.ledger.add_block(&block).map_err(|e| e.to_string())?;
+        self.enforcer
+            .apply(admitted, self.timings.block_ttl)
+            .map_err(|e| e.to_string())?;
+        Ok(Some(block))
+    }
+
     /// Lift the block on `ip`; true if one was recorded.
     pub fn unblock(&mut self, ip: IpAddr) -> Result<bool, String> {
         self.enforcer.remove(ip).map_err(|e| e.to_string())?;
