@@ -79,7 +79,14 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
             let (client, _notes) = postgres::connect(&pg)
                 .await
                 .with_context(|| format!("fleet store {}", describe(&pg)))?;
-            dispatch(&client, &args.command).await
+            dispatch(&client, &args.command).await.map_err(|e| {
+                match e.downcast_ref::<view::ViewError>() {
+                    Some(view::ViewError::Pg(pg)) if pg.is_missing_schema() => e.context(
+                        "the fleet store has no Sentinel tables yet: no agent has connected to it",
+                    ),
+                    _ => e,
+                }
+            })
         })
 }
 

@@ -24,8 +24,9 @@ const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("schema_v1.sql"))];
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
-    #[error("{0}")]
-    Pg(#[from] tokio_postgres::Error),
+    /// Shown whole (the server's message, detail and hint), not as a chain of causes.
+    #[error("{}", explain(.0))]
+    Pg(tokio_postgres::Error),
     #[error(
         "the fleet store has schema version {found}, newer than this sentinel's {known}: upgrade the agent"
     )]
@@ -34,7 +35,40 @@ pub enum PgError {
     Tls(String),
 }
 
+impl From<tokio_postgres::Error> for PgError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        PgError::Pg(e)
+    }
+}
+
+/// A PostgreSQL error in one line: the server's own words when it sent some (`FATAL: password
+/// authentication failed for user "sentinel"`), else the client's with its cause.
+pub fn explain(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut text = format!("{}: {}", db.severity(), db.message());
+        if let Some(detail) = db.detail() {
+            text.push_str(&format!(" ({detail})"));
+        }
+        if let Some(hint) = db.hint() {
+            text.push_str(&format!(" hint: {hint}"));
+        }
+        return text;
+    }
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
+}
+
 impl PgError {
+    /// The store has no Sentinel tables yet (no agent ever connected to it).
+    pub fn is_missing_schema(&self) -> bool {
+        matches!(self, PgError::Pg(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE))
+    }
+
     /// A problem with the rows themselves (bad data, a constraint), not with the connection:
     /// retrying the same batch would fail the same way.
     pub fn is_data(&self) -> bool {
@@ -111,7 +145,7 @@ async fn forward(
 pub async fn migrate(client: &mut Client) -> Result<i32, PgError> {
     let known = MIGRATIONS.last().map_or(0, |m| m.0);
     let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock(7365746e6c)", &[])
+    tx.execute("SELECT pg_advisory_xact_lock(1936027252)", &[])
         .await?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS sentinel_migrations (
