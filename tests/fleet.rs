@@ -116,7 +116,12 @@ fn two_hosts_ship_and_a_fleet_answer_reaches_the_right_agent() {
     let pg = Postgres::start();
     let (ha, hb) = (host_id("a"), host_id("b"));
     let (a, _pa) = agent(&pg, &ha, "[switch]\ncountdown = \"5m\"", "");
-    let (b, _pb) = agent(&pg, &hb, "[switch]\ncountdown = \"5m\"", "");
+    let (b, _pb) = agent(
+        &pg,
+        &hb,
+        "[switch]\ncountdown = \"5m\"",
+        "ship_events = true",
+    );
     knock(RU4, 9201);
 
     // Both hosts' alerts and pending decisions reach the store.
@@ -152,6 +157,17 @@ fn two_hosts_ship_and_a_fleet_answer_reaches_the_right_agent() {
         let left = p["seconds_left"].as_i64().unwrap();
         assert!((250..=300).contains(&left), "{p}");
     }
+    // Raw events only from the host that ships them.
+    let connects = format!(
+        "SELECT host FROM fleet_events WHERE kind = 'connect' AND body->>'daddr' = '{RU4}' \
+         AND body->>'pid' = '{}' AND host IN ('{ha}', '{hb}')",
+        std::process::id()
+    );
+    let shipped = eventually(15, "B's connect event in fleet_events", || {
+        let rows = pg.sql(&connects);
+        (!rows.is_empty()).then_some(rows)
+    });
+    assert_eq!(shipped, std::slice::from_ref(&hb));
     let hosts = fleet(&a, &["hosts"]);
     for h in [&ha, &hb] {
         let row = hosts.iter().find(|x| x["host"] == h.as_str()).unwrap();

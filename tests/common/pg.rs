@@ -19,6 +19,8 @@ pub struct Postgres {
     pub port: u16,
     uid: u32,
     gid: u32,
+    /// Flush to disk on commit, as a production server does (tests turn it off for speed).
+    fsync: bool,
 }
 
 /// The newest `/usr/lib/postgresql/<version>/bin` that has `initdb`.
@@ -48,8 +50,17 @@ fn free_port() -> u16 {
 }
 
 impl Postgres {
-    /// initdb and start a server.
+    /// initdb and start a server without fsync (fast; for tests).
     pub fn start() -> Postgres {
+        Self::start_with(false)
+    }
+
+    /// initdb and start a server that flushes every commit (for measurements).
+    pub fn start_durable() -> Postgres {
+        Self::start_with(true)
+    }
+
+    fn start_with(fsync: bool) -> Postgres {
         let user = nix::unistd::User::from_name("postgres")
             .unwrap()
             .expect("the postgres system user (created by the postgresql package)");
@@ -65,6 +76,7 @@ impl Postgres {
             port: free_port(),
             uid: user.uid.as_raw(),
             gid: user.gid.as_raw(),
+            fsync,
         };
         let pwfile = pg.dir.path().join("pwfile");
         std::fs::write(&pwfile, PASSWORD).unwrap();
@@ -112,9 +124,10 @@ impl Postgres {
     /// (Re)start the server on the same port and data.
     pub fn start_server(&self) {
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=40",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync={} -c max_connections=40",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            if self.fsync { "on" } else { "off" }
         );
         let log = self.dir.path().join("server.log");
         let out = self.run(

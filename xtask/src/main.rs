@@ -1,7 +1,8 @@
 //! Project tasks that are not plain cargo commands: `cargo xtask build-ebpf`,
-//! `cargo xtask bench` / `bench-switch`, and `cargo xtask install` / `uninstall`.
+//! `cargo xtask bench` / `bench-switch` / `bench-fleet`, and `cargo xtask install` / `uninstall`.
 
 mod bench;
+mod bench_fleet;
 mod bench_switch;
 mod install;
 
@@ -29,6 +30,8 @@ enum Task {
     Bench(bench::Args),
     /// Enforcement latency: `block ID` and deadline expiry to the element in nftables.
     BenchSwitch(bench_switch::Args),
+    /// Fleet shipping: outbox drain rate to a real PostgreSQL, per batch size.
+    BenchFleet(bench_fleet::Args),
     /// Install Sentinel as a hardened systemd service (binary, config, key, GeoIP, unit) and
     /// start it.
     Install(install::InstallArgs),
@@ -41,6 +44,7 @@ fn main() -> anyhow::Result<()> {
         Task::BuildEbpf { toolchain } => build_ebpf(&toolchain),
         Task::Bench(args) => bench::run(&args),
         Task::BenchSwitch(args) => bench_switch::run(&args),
+        Task::BenchFleet(args) => bench_fleet::run(&args),
         Task::Install(args) => install::install(&args),
         Task::Uninstall(args) => install::uninstall(&args),
     }

@@ -254,6 +254,23 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_config_comments_the_defaults() {
+        let text = include_str!("../../../config/sentinel.toml");
+        let c = crate::config::Config::parse(text, std::path::Path::new("sentinel.toml"))
+            .unwrap()
+            .fleet;
+        let d = FleetConfig::default();
+        assert_eq!(
+            (&c.postgres_url, &c.postgres_password_file, c.batch),
+            (&d.postgres_url, &d.postgres_password_file, d.batch)
+        );
+        assert_eq!(
+            (c.interval, c.heartbeat, c.ship_events, c.share_blocks),
+            (d.interval, d.heartbeat, d.ship_events, d.share_blocks)
+        );
+    }
+
+    #[test]
     fn a_bad_url_is_named_but_never_repeated() {
         let c = cfg("postgresql://u:s3cret@host:notaport/db");
         let p = c.problems();
