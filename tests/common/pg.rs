@@ -81,7 +81,32 @@ impl Postgres {
         let pwfile = pg.dir.path().join("pwfile");
         std::fs::write(&pwfile, PASSWORD).unwrap();
         nix::unistd::chown(&pwfile, Some(user.uid), Some(user.gid)).unwrap();
-        let out = pg.run(
+        pg.initdb(&pwfile);
+        pg.start_server();
+        pg
+    }
+
+    /// `initdb`, tried up to 3 times: on a machine shared with other agents under test, a
+    /// process-response detector (respawn: "spawns far too often") may terminate initdb's
+    /// rapid `sh -c postgres …` probes; the retry is said out loud.
+    fn initdb(&self, pwfile: &Path) {
+        let mut last = String::new();
+        for attempt in 1..=3 {
+            let _ = std::fs::remove_dir_all(self.data());
+            let out = self.try_initdb(pwfile);
+            if out.status.success() {
+                return;
+            }
+            last = text(&out);
+            eprintln!("*** initdb attempt {attempt} failed ({}): {last}", out.status);
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+        panic!("initdb: {last}");
+    }
+
+    fn try_initdb(&self, pwfile: &Path) -> Output {
+        let pg = self;
+        pg.run(
             "initdb",
             &[
                 "-D",
@@ -96,10 +121,7 @@ impl Postgres {
                 "UTF8",
                 "--no-sync",
             ],
-        );
-        assert!(out.status.success(), "initdb: {}", text(&out));
-        pg.start_server();
-        pg
+        )
     }
 
     fn data(&self) -> PathBuf {
