@@ -98,7 +98,10 @@ impl Postgres {
                 return;
             }
             last = text(&out);
-            eprintln!("*** initdb attempt {attempt} failed ({}): {last}", out.status);
+            eprintln!(
+                "*** initdb attempt {attempt} failed ({}): {last}",
+                out.status
+            );
             std::thread::sleep(std::time::Duration::from_secs(1));
         }
         panic!("initdb: {last}");
