@@ -242,6 +242,21 @@ fn two_hosts_ship_and_a_fleet_answer_reaches_the_right_agent() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no host \"no-such-host\""));
     let out = a.cli(&["fleet", "decide", "nohostid", "safe"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not HOST/ID"));
+
+    // A silenced agent is itself a signal: B stops, and after 3 missed heartbeats (2 s each)
+    // the fleet view marks it silent while A stays fine.
+    let mut b = b;
+    b.stop();
+    eventually(20, "B marked silent", || {
+        let hosts = try_fleet(&a, &["hosts"])?;
+        let silent = |h: &str| {
+            hosts
+                .iter()
+                .find(|x| x["host"] == h)
+                .map(|x| x["silent"].clone())
+        };
+        (silent(&hb)? == true && silent(&ha)? == false).then_some(())
+    });
 }
 
 #[test]
