@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian/Ubuntu machine lacks to build, run and test Sentinel:
-# apt packages, the nightly toolchain's rust-src, bpf-linker 0.10.4, and the GeoIP country
+# apt packages (postgresql: the fleet tests start their own server from it), the nightly toolchain's rust-src, bpf-linker 0.10.4, and the GeoIP country
 # database at /var/lib/sentinel/country.mmdb.
 # Idempotent, and quick when everything is already there. Run as root (or with sudo).
 set -euo pipefail
 
 BPF_LINKER_VERSION=0.10.4
 NIGHTLY=${SENTINEL_BPF_TOOLCHAIN:-nightly}
-APT_PACKAGES=(nftables iproute2 bpftool gcc libc6-dev pkg-config ca-certificates systemd openssh-server openssh-client nginx php-fpm)
+APT_PACKAGES=(nftables iproute2 bpftool gcc libc6-dev pkg-config ca-certificates systemd openssh-server openssh-client nginx php-fpm postgresql)
 
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'setup: %s\n' "$*" >&2; exit 1; }

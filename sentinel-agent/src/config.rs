@@ -62,6 +62,7 @@ pub struct Config {
     pub override_: OverrideConfig,
     pub notify: NotifyConfig,
     pub metrics: MetricsConfig,
+    pub fleet: crate::fleet::FleetConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -863,6 +864,7 @@ impl Config {
                 ),
             );
         }
+        out.extend(self.fleet.problems());
         out
     }
 

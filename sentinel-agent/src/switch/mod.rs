@@ -34,7 +34,7 @@ use crate::{
     switch::{
         clock::Now,
         decision::{AnswerError, Decision, Notice, Refused, State, Verdict},
-        ledger::{Kill, Ledger, LedgerError, Open},
+        ledger::{Block, Kill, Ledger, LedgerError, Open},
         worker::{Ending, Job},
     },
 };
@@ -555,6 +555,35 @@ impl Switch {
     pub fn unblock(&mut self, ip: IpAddr, reply: Option<oneshot::Sender<Result<bool, String>>>) {
         self.blocked.remove(&crate::enrich::trust::canonical(ip));
         self.send(Job::Unblock { ip, reply });
+    }
+
+    /// Block `ip` because a human confirmed it as hostile on another host of the fleet:
+    /// through this host's own gate, recorded under `tag` (`fleet:HOST/ID`) for
+    /// `switch.block_ttl`, and never decided again here. Ok(false) when it is blocked here
+    /// already (or in dry-run); Err(why) when the gate refuses it.
+    pub fn block_shared(
+        &mut self,
+        trust: &TrustSet,
+        ip: IpAddr,
+        tag: &str,
+        now: SystemTime,
+    ) -> Result<bool, String> {
+        let target = self.gate.admit(trust, ip).map_err(|why| why.to_string())?;
+        if self.dry_run || self.blocked.contains(&target.ip()) {
+            return Ok(false);
+        }
+        self.blocked.insert(target.ip());
+        let ttl = self.timings.block_ttl;
+        self.send(Job::SharedBlock {
+            block: Block {
+                addr: target.ip(),
+                expires: now + ttl,
+                decision_id: tag.into(),
+            },
+            target,
+            ttl,
+        });
+        Ok(true)
     }
 
     /// Time until the earliest pending deadline on the boot clock.
