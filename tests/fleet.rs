@@ -284,9 +284,11 @@ fn an_outage_loses_nothing_duplicates_nothing_and_the_switch_keeps_time() {
     pg.stop_server();
     let down = Instant::now();
     let before = local_decisions(&a).len();
-    for port in 9302..9307 {
+    // A process's destinations join its pending decision: each knock waits for the last
+    // decision to end (countdown 3 s), so each opens one of its own during the outage.
+    for port in 9302..9305 {
+        thread::sleep(Duration::from_millis(4500));
         knock(RU4, port);
-        thread::sleep(Duration::from_millis(300));
     }
     // The agent notices, says why, and keeps everything in its outbox.
     let status = eventually(15, "status reports the outage", || {
@@ -300,7 +302,7 @@ fn an_outage_loses_nothing_duplicates_nothing_and_the_switch_keeps_time() {
     // The switch does not wait for the store: every decision auto-blocks on time.
     eventually(15, "decisions auto-blocked while the store is down", || {
         let d = local_decisions(&a);
-        (d.len() >= before + 5 && d.values().all(|s| s == "auto-blocked")).then_some(())
+        (d.len() >= before + 3 && d.values().all(|s| s == "auto-blocked")).then_some(())
     });
     // A restart during the outage: the outbox is on disk.
     a.kill9();
@@ -344,7 +346,7 @@ fn an_outage_loses_nothing_duplicates_nothing_and_the_switch_keeps_time() {
             .collect();
         (shipped == want && dec == want_dec).then_some(())
     });
-    assert!(local_alerts.len() >= 7, "{}", local_alerts.len());
+    assert!(local_alerts.len() >= 5, "{}", local_alerts.len());
     // Keyed by (host, id): nothing twice, whatever was re-sent.
     let dups = pg.sql(&format!(
         "SELECT count(*) - count(DISTINCT id) FROM fleet_alerts WHERE host = '{h}'"
@@ -426,29 +428,24 @@ fn a_confirmed_block_is_shared_across_the_fleet_and_lifted_from_the_view() {
     );
     knock(RU4, 9401);
     knock(CN4, 9402);
-    let ids: Vec<(String, String)> = eventually(15, "two pending decisions on A", || {
-        let p = a.json_lines(&["pending", "--json"]);
-        let v: Vec<(String, String)> = p
-            .iter()
-            .map(|x| {
-                (
-                    x["id"].as_str().unwrap().into(),
-                    x["target_ip"].as_str().unwrap().into(),
-                )
+    // One process reached both: its decision holds both targets (the switch's target sets).
+    let id: String = eventually(15, "A's pending decision on RU4 and CN4", || {
+        a.json_lines(&["pending", "--json"])
+            .into_iter()
+            .find(|x| {
+                let targets = x["targets"].as_array().cloned().unwrap_or_default();
+                mine(x) && [RU4, CN4].iter().all(|t| targets.iter().any(|v| v == *t))
             })
-            .collect();
-        (v.len() == 2).then_some(v)
+            .map(|x| x["id"].as_str().unwrap().to_string())
     });
     // The alert B raised on RU4 (B's own detector) would block RU4 on B by itself only in 5
     // minutes: within this test, a block on B can only come from the fleet.
-    for (id, _) in &ids {
-        let out = a.cli(&["block", id]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let out = a.cli(&["block", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let started = Instant::now();
     eventually(10, "B blocks RU4, shared by A", || {
         tb.elements("block4")
