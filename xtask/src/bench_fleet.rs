@@ -214,10 +214,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         ensure!(ok, "cargo build failed");
     }
     let bin = root.join("target/release/sentinel");
-    let dir: PathBuf = tempfile::Builder::new()
+    // Removed on drop, also when a run fails.
+    let tmp = tempfile::Builder::new()
         .prefix("sentinel-bench-fleet")
-        .tempdir()?
-        .keep();
+        .tempdir()?;
+    let dir: PathBuf = tmp.path().into();
     eprintln!("==> PostgreSQL in {}", dir.display());
     let server = pg::Postgres::start_durable();
     println!("outbox drain after an outage, one agent, PostgreSQL on loopback (fsync on):");
@@ -232,6 +233,6 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         println!("  fleet.batch = {batch:>5}: {rows:>6} rows in the outbox, {rate:>8.0} rows/s");
     }
     drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(tmp);
     Ok(())
 }
