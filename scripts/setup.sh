@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian/Ubuntu machine lacks to build, run and test Sentinel:
-# apt packages, the nightly toolchain's rust-src, bpf-linker 0.10.4, and the GeoIP country
+# apt packages (postgresql: the fleet tests start their own server from it), the nightly toolchain's rust-src, bpf-linker 0.10.4, and the GeoIP country
 # database at /var/lib/sentinel/country.mmdb.
 # Idempotent, and quick when everything is already there. Run as root (or with sudo).
 set -euo pipefail
@@ -10,9 +10,9 @@ NIGHTLY=${SENTINEL_BPF_TOOLCHAIN:-nightly}
 # openssh: SSH trust is tested against a real sshd. nginx, php-fpm (and Node.js below): the
 # real-world detection suite. chromium: the confirmation-page test drives a real headless
 # browser. debootstrap and systemd-container (systemd-nspawn): the unit is tested in a
-# container booted with systemd.
+# container booted with systemd. postgresql: the fleet tests start their own server.
 APT_PACKAGES=(nftables iproute2 bpftool gcc libc6-dev pkg-config ca-certificates systemd
-  openssh-server openssh-client nginx php-fpm chromium debootstrap systemd-container)
+  openssh-server openssh-client nginx php-fpm chromium debootstrap systemd-container postgresql)
 
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'setup: %s\n' "$*" >&2; exit 1; }

@@ -7,6 +7,7 @@ mod detect;
 mod enforce;
 mod enrich;
 mod event;
+mod fleet;
 mod notify;
 mod override_http;
 mod sensors;

@@ -21,6 +21,7 @@ use serde_json::Value;
 pub mod mmdb;
 pub mod netns;
 pub mod nft;
+pub mod pg;
 
 /// The test GeoIP database: documentation ranges → countries (SPEC §8).
 pub const TEST_COUNTRIES: [(&str, &str); 5] = [

@@ -1,5 +1,6 @@
 //! Project tasks that are not plain cargo commands: `cargo xtask build-ebpf`,
-//! `cargo xtask bench` / `bench-switch` / `bench-flood`, and `cargo xtask install` / `uninstall`.
+//! `cargo xtask bench` / `bench-switch` / `bench-flood` / `bench-fleet`, and `cargo xtask install` /
+//! `uninstall`.
 
 mod bench;
 /// The test harness's test hosts and GeoIP writer, shared by the benchmarks.
@@ -9,6 +10,7 @@ mod harness {
     pub mod mmdb;
     pub mod netns;
 }
+mod bench_fleet;
 mod bench_flood;
 mod bench_switch;
 mod install;
@@ -39,6 +41,8 @@ enum Task {
     BenchSwitch(bench_switch::Args),
     /// The switch under a flood of decisions: thousands of destinations from one process.
     BenchFlood(bench_flood::Args),
+    /// Fleet shipping: outbox drain rate to a real PostgreSQL, per batch size.
+    BenchFleet(bench_fleet::Args),
     /// Install Sentinel as a hardened systemd service (binary, config, key, GeoIP, unit) and
     /// start it.
     Install(install::InstallArgs),
@@ -52,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         Task::Bench(args) => bench::run(&args),
         Task::BenchSwitch(args) => bench_switch::run(&args),
         Task::BenchFlood(args) => bench_flood::run(&args),
+        Task::BenchFleet(args) => bench_fleet::run(&args),
         Task::Install(args) => install::install(&args),
         Task::Uninstall(args) => install::uninstall(&args),
     }

@@ -4,6 +4,7 @@
 mod answer;
 mod blocks;
 mod check_config;
+mod fleet;
 mod pending;
 mod run;
 mod status;
@@ -50,6 +51,8 @@ enum Command {
     Unblock(unblock::Args),
     /// Validate the configuration and say precisely what is wrong.
     CheckConfig,
+    /// The fleet view on PostgreSQL (`[fleet] postgres_url`): hosts, alerts, pending, decide.
+    Fleet(fleet::Args),
 }
 
 /// The `--json` flag of the listing commands (`status`, `pending`, `blocks`).
@@ -81,6 +84,7 @@ pub fn main() -> ExitCode {
         Command::Blocks(args) => blocks::run(&cli, args),
         Command::Unblock(args) => unblock::run(&cli, args),
         Command::CheckConfig => check_config::run(&cli),
+        Command::Fleet(args) => fleet::run(&cli, args),
     };
     match result {
         Ok(code) => code,

@@ -50,5 +50,22 @@ pub fn run(cli: &Cli, args: &JsonArgs) -> anyhow::Result<ExitCode> {
         s.dropped,
         s.evicted
     )?;
+    if let Some(f) = &status.fleet {
+        writeln!(
+            out,
+            "fleet store: {}   outbox: {}   last shipped: {}{}",
+            if f.connected {
+                "connected"
+            } else {
+                "NOT CONNECTED"
+            },
+            f.outbox,
+            f.last_shipped.as_deref().unwrap_or("never"),
+            f.last_error
+                .as_deref()
+                .map(|e| format!("   last error: {e}"))
+                .unwrap_or_default()
+        )?;
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -93,6 +93,7 @@ pub struct Config {
     pub override_: OverrideConfig,
     pub notify: NotifyConfig,
     pub metrics: MetricsConfig,
+    pub fleet: crate::fleet::FleetConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -341,6 +341,7 @@ impl Config {
                 ),
             );
         }
+        out.extend(self.fleet.problems());
         out
     }
 }

@@ -55,6 +55,8 @@ pub struct Shared {
     pub answers: mpsc::Sender<Answer>,
     /// Requests to lift a block, to the switch.
     pub unblocks: mpsc::Sender<Unblock>,
+    /// The fleet shipper's state, when `fleet.postgres_url` is set.
+    pub fleet: Option<Arc<crate::fleet::Stats>>,
 }
 
 /// `sentinel unblock ADDR` on its way to the switch.
@@ -94,6 +96,7 @@ impl Shared {
             processes: status.processes,
             store: status.store,
             enforce_healthy: status.enforce.healthy,
+            fleet: status.fleet,
         }
     }
 
@@ -131,6 +134,7 @@ impl Shared {
                 healthy: self.enforce.healthy(),
                 last_error: self.enforce.last_error(),
             },
+            fleet: self.fleet.as_ref().map(|f| f.snapshot()),
         }
     }
 }

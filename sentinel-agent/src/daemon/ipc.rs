@@ -64,6 +64,10 @@ pub struct Status {
     /// Whether blocks land in nftables (false while one is `block-failed`).
     #[serde(default)]
     pub enforce: EnforceStatus,
+    /// The fleet store (`connected`, `outbox`, `last_shipped`, `last_error`); null when
+    /// `fleet.postgres_url` is empty.
+    #[serde(default)]
+    pub fleet: Option<crate::fleet::FleetStatus>,
 }
 
 /// Enforcement health in `status --json`.

@@ -52,6 +52,8 @@ pub struct Snapshot {
     pub store: crate::daemon::ipc::StoreStatus,
     /// Whether blocks land in nftables.
     pub enforce_healthy: bool,
+    /// The fleet shipper, when `fleet.postgres_url` is set.
+    pub fleet: Option<crate::fleet::FleetStatus>,
 }
 
 /// One metric family being written: its HELP and TYPE lines, then its samples.
@@ -193,6 +195,9 @@ pub fn render(s: &Snapshot) -> String {
         "1 while blocks land in nftables, 0 while one is block-failed and being retried.",
     )
     .sample(&[], u8::from(s.enforce_healthy));
+    if let Some(f) = &s.fleet {
+        fleet(o, f);
+    }
     out
 }
 
@@ -233,6 +238,51 @@ fn store_families(o: &mut String, s: &crate::daemon::ipc::StoreStatus) {
     for (name, kind, help, value) in families {
         family(o, name, kind, help).sample(&[], value);
     }
+}
+
+/// The `fleet` object of `status --json`, as metrics.
+fn fleet(o: &mut String, f: &crate::fleet::FleetStatus) {
+    family(
+        o,
+        "sentinel_fleet_connected",
+        "gauge",
+        "1 while the agent holds a working connection to the fleet store.",
+    )
+    .sample(&[], u8::from(f.connected));
+    family(
+        o,
+        "sentinel_fleet_outbox_rows",
+        "gauge",
+        "Rows waiting in the outbox for the fleet store.",
+    )
+    .sample(&[], f.outbox);
+    family(
+        o,
+        "sentinel_fleet_shipped_total",
+        "counter",
+        "Rows shipped to the fleet store since the agent started.",
+    )
+    .sample(&[], f.shipped);
+    let last = f
+        .last_shipped
+        .as_deref()
+        .and_then(|t| humantime::parse_rfc3339(t).ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0.0, |d| d.as_secs_f64());
+    family(
+        o,
+        "sentinel_fleet_last_shipped_timestamp_seconds",
+        "gauge",
+        "When a batch last reached the fleet store (Unix time; 0: never).",
+    )
+    .sample(&[], last);
+    family(
+        o,
+        "sentinel_fleet_error",
+        "gauge",
+        "1 while the last attempt to reach or write the fleet store failed (see status).",
+    )
+    .sample(&[], u8::from(f.last_error.is_some()));
 }
 
 /// The renderer [`serve`] calls on every scrape.
@@ -305,6 +355,13 @@ mod tests {
                 max_bytes: 1_048_576,
             },
             enforce_healthy: true,
+            fleet: Some(crate::fleet::FleetStatus {
+                connected: false,
+                outbox: 17,
+                last_shipped: Some("2027-01-15T08:00:00.000Z".into()),
+                last_error: Some("connection refused".into()),
+                shipped: 40,
+            }),
         }
     }
 
@@ -370,6 +427,16 @@ mod tests {
         assert_eq!(m["sentinel_store_queued"], 7.0);
         assert_eq!(m["sentinel_store_bytes"], 900_000.0);
         assert_eq!(m["sentinel_store_max_bytes"], 1_048_576.0);
+        assert_eq!(m["sentinel_fleet_connected"], 0.0);
+        assert_eq!(m["sentinel_fleet_outbox_rows"], 17.0);
+        assert_eq!(m["sentinel_fleet_shipped_total"], 40.0);
+        assert_eq!(
+            m["sentinel_fleet_last_shipped_timestamp_seconds"],
+            1_800_000_000.0
+        );
+        assert_eq!(m["sentinel_fleet_error"], 1.0);
+        // Without a fleet store, no fleet families.
+        assert!(!render(&Snapshot::default()).contains("sentinel_fleet_"));
     }
 
     #[test]

@@ -310,9 +310,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         store: store_stats,
         enforce: enforce_health,
         hub: Hub::default(),
-        answers: answers_tx,
+        answers: answers_tx.clone(),
         unblocks: unblock_tx,
+        fleet: config.fleet.enabled().then(Default::default),
     });
+    let (fleet_tx, mut fleet_rx) = mpsc::channel::<crate::fleet::Command>(256);
+    if let Some(stats) = &shared.fleet {
+        tasks.push(tokio::spawn(crate::fleet::ship::run(
+            crate::fleet::ship::Context {
+                config: config.fleet.clone(),
+                host: config.host_id(),
+                db: agent.db.clone(),
+                shared: shared.clone(),
+                stats: stats.clone(),
+                answers: answers_tx,
+                commands: fleet_tx,
+            },
+        )));
+    }
     let listener = control::bind_socket(&agent.socket)?;
 
     let (tx, mut rx) = mpsc::channel::<Vec<KernelEvent>>(1024);
@@ -367,6 +382,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .responding_to(config.enforce.kill_on.clone())
         }),
         dry_run: config.enforce.mode == EnforceMode::DryRun,
+        fleet: if config.fleet.enabled() {
+            Some(crate::fleet::Recorder::open(&agent.db)?)
+        } else {
+            None
+        },
     };
     core.detect.alerts.signals.intel = intel;
     if let Ok(n) = core.switch.reader().kill_count() {
@@ -453,6 +473,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
             Some(request) = unblock_rx.recv() => core.unblock(request),
             Some(work) = work_rx.recv() => core.work(work),
+            Some(command) = fleet_rx.recv() => core.fleet_command(command),
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
         }

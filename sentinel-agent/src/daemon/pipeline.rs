@@ -79,6 +79,8 @@ pub struct Pipeline {
     /// raised on a process may still want its ancestry (a decision's ancestors, a late
     /// connect of a child) just after it ends: the exit waits [`EXIT_GRACE`].
     pub exits: VecDeque<(Instant, u32, u64)>,
+    /// `[fleet]`: the outbox every commit point writes to, when the fleet store is on.
+    pub fleet: Option<crate::fleet::Recorder>,
 }
 
 /// How long a process stays in the tree after its exit record.
@@ -86,6 +88,9 @@ const EXIT_GRACE: Duration = Duration::from_secs(1);
 
 impl Pipeline {
     pub(super) fn store(&self, write: Write) {
+        if let (Some(fleet), Write::Insert(r) | Write::Update(r)) = (&self.fleet, &write) {
+            fleet.alert(r);
+        }
         // A full queue drops (and counts) the write itself: never wait for the disk here.
         if self.store_tx.send(write) == Err(NotQueued::Stopped) {
             error!("the store writer has stopped; event not stored");
@@ -144,6 +149,9 @@ impl Pipeline {
                 confidence: alert.risk,
                 at: SystemTime::now(),
             };
+            if let Some(fleet) = &self.fleet {
+                fleet.kill(&kill);
+            }
             self.switch.record_kill(kill);
             self.shared.kills.fetch_add(1, Ordering::Relaxed);
             self.killed_by_agent(t.pid);
@@ -153,6 +161,9 @@ impl Pipeline {
     /// Store and announce a decision's transition.
     pub(super) fn apply(&mut self, change: Change) {
         let d = &change.decision;
+        if let Some(fleet) = &self.fleet {
+            fleet.decision(d);
+        }
         let body = DecisionBody {
             id: d.id.clone(),
             anomaly: d.anomaly.clone(),
@@ -224,12 +235,56 @@ impl Pipeline {
                 }
             }
             Report::Blocks(n) => self.shared.blocks.store(n, Ordering::Relaxed),
+            Report::Enforced(blocks) => {
+                if let Some(fleet) = &self.fleet {
+                    for b in &blocks {
+                        fleet.block(b, false);
+                    }
+                }
+            }
+            Report::Lifted(block) => {
+                info!(addr = %block.addr, "unblocked");
+                if let Some(fleet) = &self.fleet {
+                    fleet.block(&block, true);
+                }
+            }
         }
     }
 
     pub fn unblock(&mut self, request: Unblock) {
         info!(addr = %request.addr, "unblock requested");
         self.switch.unblock(request.addr, Some(request.reply));
+    }
+
+    /// A shared block or a lift from the fleet (`fleet.share_blocks`). The worker records and
+    /// enforces it; the fleet hears of it when it reports the block in force (or lifted).
+    pub fn fleet_command(&mut self, command: crate::fleet::Command) {
+        match command {
+            crate::fleet::Command::Block { addr, tag } => {
+                match self
+                    .switch
+                    .block_shared(&self.detect.trust, addr, &tag, SystemTime::now())
+                {
+                    Ok(true) => debug!(%addr, by = %tag, "shared block: queued"),
+                    Ok(false) => {
+                        debug!(%addr, by = %tag, "shared block: already held here (or dry-run)")
+                    }
+                    Err(why) => warn!(%addr, by = %tag, "shared block refused: {why}"),
+                }
+            }
+            crate::fleet::Command::Lift { addr, only_shared } => {
+                let held = self.switch.reader().blocks(SystemTime::now());
+                let held = held.unwrap_or_default();
+                let Some(b) = held.iter().find(|b| b.addr == addr) else {
+                    return;
+                };
+                if only_shared && !b.decision_id.starts_with("fleet:") {
+                    return;
+                }
+                info!(%addr, "unblock requested by the fleet");
+                self.switch.unblock(addr, None);
+            }
+        }
     }
 
     /// The process `tgid` as the detectors see it.

@@ -331,6 +331,24 @@ impl Ledger {
         Ok(n > 0)
     }
 
+    /// Forget the block on `addr` and return it (what the fleet is told was lifted).
+    pub fn take_block(&self, addr: IpAddr) -> Result<Option<Block>, LedgerError> {
+        let row = self
+            .conn
+            .query_row(
+                "DELETE FROM blocks WHERE addr = ?1 RETURNING expires, decision_id",
+                [addr.to_string()],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        Ok(row.map(|(expires, decision_id)| Block {
+            addr,
+            expires: time(expires),
+            decision_id,
+        }))
+    }
+
     /// Blocks that have not expired at `now`, soonest expiry first.
     pub fn blocks(&self, now: SystemTime) -> Result<Vec<Block>, LedgerError> {
         let mut stmt = self
@@ -454,6 +472,11 @@ pub fn add_safe_in(
          ON CONFLICT(addr) DO UPDATE SET until = excluded.until, decision_id = excluded.decision_id",
         params![addr.to_string(), ns(until), decision_id],
     )
+}
+
+/// Record a block that no local decision brought (a shared block from the fleet).
+pub fn add_block_in(conn: &Connection, block: &Block) -> rusqlite::Result<usize> {
+    upsert_block(conn, block)
 }
 
 fn upsert_block(conn: &Connection, b: &Block) -> rusqlite::Result<usize> {

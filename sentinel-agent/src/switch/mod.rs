@@ -35,7 +35,7 @@ use crate::{
     switch::{
         clock::Now,
         decision::{AnswerError, Decision, Notice, Refused, State, Verdict},
-        ledger::{Kill, Ledger, LedgerError, Open},
+        ledger::{Block, Kill, Ledger, LedgerError, Open},
         worker::{Ending, Job},
     },
 };
@@ -558,6 +558,35 @@ impl Switch {
         self.send(Job::Unblock { ip, reply });
     }
 
+    /// Block `ip` because a human confirmed it as hostile on another host of the fleet:
+    /// through this host's own gate, recorded under `tag` (`fleet:HOST/ID`) for
+    /// `switch.block_ttl`, and never decided again here. Ok(false) when it is blocked here
+    /// already (or in dry-run); Err(why) when the gate refuses it.
+    pub fn block_shared(
+        &mut self,
+        trust: &TrustSet,
+        ip: IpAddr,
+        tag: &str,
+        now: SystemTime,
+    ) -> Result<bool, String> {
+        let target = self.gate.admit(trust, ip).map_err(|why| why.to_string())?;
+        if self.dry_run || self.blocked.contains(&target.ip()) {
+            return Ok(false);
+        }
+        self.blocked.insert(target.ip());
+        let ttl = self.timings.block_ttl;
+        self.send(Job::SharedBlock {
+            block: Block {
+                addr: target.ip(),
+                expires: now + ttl,
+                decision_id: tag.into(),
+            },
+            target,
+            ttl,
+        });
+        Ok(true)
+    }
+
     /// Time until the earliest pending deadline on the boot clock.
     pub fn next_due(&self, now: Now) -> Option<Duration> {
         self.pending
@@ -1016,6 +1045,84 @@ mod tests {
                 prop_assert!(trust.check(*ip).is_ok(), "{ip} was blocked");
             }
         }
+    }
+
+    #[test]
+    fn a_shared_block_passes_the_gate_is_enforced_reported_and_lifted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Rig::new(dir.path());
+        let (tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
+        r.worker.set_reports(tx);
+        let t0 = t0();
+        let trust = TrustSet::new(&["198.51.100.128/25".parse().unwrap()], &[]);
+        // This host's own trust wins over the fleet.
+        let err =
+            r.sw.block_shared(&trust, ip("198.51.100.130"), "fleet:b/x", t0.wall)
+                .unwrap_err();
+        assert!(err.contains("trust"), "{err}");
+        assert_eq!(
+            r.sw.block_shared(&trust, ip("198.51.100.2"), "fleet:b/x", t0.wall),
+            Ok(true)
+        );
+        assert_eq!(
+            r.sw.block_shared(&trust, ip("198.51.100.2"), "fleet:c/y", t0.wall),
+            Ok(false),
+            "held already"
+        );
+        r.sync();
+        assert_eq!(r.recorded(), [ip("198.51.100.2")]);
+        let rows = r.worker.ledger().blocks(t0.wall).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].decision_id, "fleet:b/x");
+        assert!(rows[0].expires >= t0.wall + T.block_ttl);
+        let mut enforced = Vec::new();
+        while let Ok(report) = reports.try_recv() {
+            if let worker::Report::Enforced(b) = report {
+                enforced.extend(b);
+            }
+        }
+        assert_eq!(enforced, rows);
+        // A blocked address is never decided again.
+        assert!(r.open("a1", "198.51.100.2", t0).is_none());
+
+        let (reply, answer) = oneshot::channel();
+        r.sw.unblock(ip("198.51.100.2"), Some(reply));
+        r.sync();
+        assert_eq!(answer.blocking_recv().unwrap(), Ok(true));
+        let lifted: Vec<Block> = std::iter::from_fn(|| reports.try_recv().ok())
+            .filter_map(|report| match report {
+                worker::Report::Lifted(b) => Some(b),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(lifted, rows);
+        assert!(r.worker.ledger().blocks(t0.wall).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_decisions_block_rows_are_reported_once_enforced() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Rig::new(dir.path());
+        let (tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
+        r.worker.set_reports(tx);
+        let t0 = t0();
+        r.open("a1", "198.51.100.9", t0).unwrap();
+        r.join("a1", "198.51.100.10", t0);
+        r.tick(&TrustSet::default(), t0.after(T.countdown));
+        let enforced: Vec<Block> = std::iter::from_fn(|| reports.try_recv().ok())
+            .filter_map(|report| match report {
+                worker::Report::Enforced(b) => Some(b),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let mut rows = r.worker.ledger().blocks(t0.wall).unwrap();
+        rows.sort_by_key(|b| b.addr);
+        assert_eq!(rows.len(), 2);
+        let mut enforced = enforced;
+        enforced.sort_by_key(|b| b.addr);
+        assert_eq!(enforced, rows, "the rows the ledger holds, as committed");
+        assert!(enforced.iter().all(|b| b.decision_id == "a1"));
     }
 
     use ipnet::IpNet;

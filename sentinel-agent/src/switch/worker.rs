@@ -65,6 +65,13 @@ pub enum Job {
         reply: Option<oneshot::Sender<Result<bool, String>>>,
     },
     Kill(Box<Kill>),
+    /// A block no local decision brought (a fleet-shared block), admitted by the gate:
+    /// record it, then enforce it with the batch.
+    SharedBlock {
+        block: Block,
+        target: Admitted,
+        ttl: Duration,
+    },
     /// At start: blocks recorded before, put back with their remaining time.
     Reassert(Vec<(Admitted, Duration)>),
     /// At start: decisions left `block-failed`, with their targets, to retry.
@@ -81,6 +88,10 @@ pub enum Report {
     Changed(Vec<Change>),
     /// Blocks in force now.
     Blocks(u64),
+    /// Block rows that went into force (a decision's, after enforcement; a shared one).
+    Enforced(Vec<Block>),
+    /// A block row lifted (`unblock`).
+    Lifted(Block),
 }
 
 /// Enforcement health, for `status` and Prometheus.
@@ -116,10 +127,12 @@ impl Health {
     }
 }
 
-/// A decision whose block has not landed yet.
+/// Blocks that have not landed yet: a decision's (`change`), or a shared block's (none).
 struct Failed {
-    change: Change,
+    change: Option<Change>,
     targets: Vec<(Admitted, Duration)>,
+    /// The rows recorded for them, reported once they land.
+    rows: Vec<Block>,
 }
 
 pub struct Worker {
@@ -216,6 +229,7 @@ impl Worker {
                 last_grow.insert(decision.id.clone(), i);
             }
         }
+        let at = SystemTime::now();
         let committed = self.ledger.batch(|tx| {
             let mut ended = Vec::new();
             for (i, job) in jobs.iter().enumerate() {
@@ -228,11 +242,14 @@ impl Worker {
                     }
                     Job::End(endings) => {
                         for e in endings {
-                            ended.push(commit_ending(tx, e)?);
+                            ended.push(commit_ending(tx, e, at)?);
                         }
                     }
                     Job::Kill(kill) => {
                         ledger::add_kill_in(tx, kill)?;
+                    }
+                    Job::SharedBlock { block, .. } => {
+                        ledger::add_block_in(tx, block)?;
                     }
                     _ => {}
                 }
@@ -249,6 +266,7 @@ impl Worker {
         };
         let mut blocks_changed = false;
         let mut to_block: Vec<(Admitted, Duration)> = Vec::new();
+        let mut shared: Vec<(Admitted, Duration, Block)> = Vec::new();
         let mut endings = Vec::new();
         let mut i_end = 0;
         for job in jobs {
@@ -275,19 +293,25 @@ impl Worker {
                         }
                     }
                 }
+                Job::SharedBlock { block, target, ttl } => {
+                    to_block.push((target, ttl));
+                    shared.push((target, ttl, block));
+                }
                 Job::Reassert(list) => {
                     blocks_changed = true;
                     to_block.extend(list);
                 }
                 Job::Retry(list) => {
                     for (open, targets) in list {
+                        let rows = rows_of(&open.decision.id, &targets, SystemTime::now());
                         self.failed.push(Failed {
-                            change: Change {
+                            change: Some(Change {
                                 alert: open.alert,
                                 alert_at: open.alert_at,
                                 decision: open.decision,
-                            },
+                            }),
                             targets,
+                            rows,
                         });
                     }
                     self.next_retry = Some(Instant::now());
@@ -295,8 +319,11 @@ impl Worker {
                 Job::Unblock { ip, reply } => {
                     blocks_changed = true;
                     let outcome = self.unblock(ip);
+                    if let Ok(Some(block)) = &outcome {
+                        self.report(Report::Lifted(block.clone()));
+                    }
                     if let Some(reply) = reply {
-                        let _ = reply.send(outcome);
+                        let _ = reply.send(outcome.map(|b| b.is_some()));
                     }
                 }
                 Job::Announce(notice) => self.announce(*notice),
@@ -304,9 +331,24 @@ impl Worker {
         }
         let enforced = self.enforce(&to_block);
         blocks_changed |= !to_block.is_empty();
+        let mut in_force = Vec::new();
+        for (target, ttl, block) in shared {
+            if enforced.is_ok() {
+                info!(addr = %block.addr, by = %block.decision_id, "blocked: shared by the fleet");
+                in_force.push(block);
+            } else {
+                self.failed.push(Failed {
+                    change: None,
+                    targets: vec![(target, ttl)],
+                    rows: vec![block],
+                });
+                self.next_retry.get_or_insert(Instant::now() + self.backoff);
+            }
+        }
         let mut changed = Vec::new();
         for mut e in endings {
             let blocking = !e.blocks.is_empty();
+            let rows = rows_of(&e.change.decision.id, &e.blocks, at);
             if blocking && let Err(err) = &enforced {
                 e.change.decision.state = State::BlockFailed;
                 e.change.decision.reason = Some(format!("nftables refused the block: {err}"));
@@ -319,8 +361,9 @@ impl Worker {
                     error!("recording block-failed failed: {x}");
                 }
                 self.failed.push(Failed {
-                    change: e.change.clone(),
+                    change: Some(e.change.clone()),
                     targets: e.blocks.clone(),
+                    rows,
                 });
                 self.next_retry.get_or_insert(Instant::now() + self.backoff);
                 changed.push(e.change.clone());
@@ -328,6 +371,7 @@ impl Worker {
                 if blocking {
                     info!(id = %e.change.decision.id, targets = e.blocks.len(), "blocked");
                 }
+                in_force.extend(rows);
                 changed.push(e.change.clone());
             }
             info!(id = %e.change.decision.id, state = %e.change.decision.state, "decision ended");
@@ -340,6 +384,9 @@ impl Worker {
         }
         if !changed.is_empty() {
             self.report(Report::Changed(changed));
+        }
+        if !in_force.is_empty() {
+            self.report(Report::Enforced(in_force));
         }
         if blocks_changed {
             self.report_blocks();
@@ -372,13 +419,17 @@ impl Worker {
         outcome
     }
 
-    fn unblock(&mut self, ip: IpAddr) -> Result<bool, String> {
+    /// Lift the block on `ip`: the row it had, if one was recorded.
+    fn unblock(&mut self, ip: IpAddr) -> Result<Option<Block>, String> {
         self.enforcer.remove(ip).map_err(|e| e.to_string())?;
         // A decision still retrying this address stops trying.
         for f in &mut self.failed {
             f.targets.retain(|(a, _)| a.ip() != ip);
+            f.rows.retain(|b| b.addr != ip);
         }
-        self.ledger.remove_block(ip).map_err(|e| e.to_string())
+        self.failed
+            .retain(|f| f.change.is_some() || !f.targets.is_empty());
+        self.ledger.take_block(ip).map_err(|e| e.to_string())
     }
 
     /// Retry failed blocks whose time has come.
@@ -398,11 +449,16 @@ impl Worker {
         match self.enforce(&targets) {
             Ok(()) => {
                 let mut changed = Vec::new();
-                for mut f in std::mem::take(&mut self.failed) {
-                    let d = &mut f.change.decision;
+                let mut in_force = Vec::new();
+                for f in std::mem::take(&mut self.failed) {
+                    in_force.extend(f.rows);
+                    let Some(mut change) = f.change else {
+                        continue;
+                    };
+                    let d = &mut change.decision;
                     d.state = intended(d);
                     d.reason = None;
-                    f.change.alert.state = d.state.as_str().into();
+                    change.alert.state = d.state.as_str().into();
                     if let Err(e) = self
                         .ledger
                         .batch(|tx| ledger::transition_in(tx, d, State::BlockFailed.as_str()))
@@ -411,9 +467,14 @@ impl Worker {
                     }
                     info!(id = %d.id, state = %d.state, "block landed after a retry");
                     self.announce(Notice::Ended(d.clone()));
-                    changed.push(f.change);
+                    changed.push(change);
                 }
-                self.report(Report::Changed(changed));
+                if !changed.is_empty() {
+                    self.report(Report::Changed(changed));
+                }
+                if !in_force.is_empty() {
+                    self.report(Report::Enforced(in_force));
+                }
                 self.report_blocks();
                 self.backoff = Duration::from_secs(1);
                 self.next_retry = None;
@@ -446,19 +507,23 @@ fn intended(d: &Decision) -> State {
     }
 }
 
-/// Record one ending in the batch's transaction; false when it had already ended.
-fn commit_ending(tx: &rusqlite::Connection, e: &Ending) -> rusqlite::Result<bool> {
-    let d = &e.change.decision;
-    let expires = SystemTime::now();
-    let blocks: Vec<Block> = e
-        .blocks
+/// The block rows of decision `id`'s admitted targets, from `at`.
+fn rows_of(id: &str, targets: &[(Admitted, Duration)], at: SystemTime) -> Vec<Block> {
+    targets
         .iter()
         .map(|(a, ttl)| Block {
             addr: a.ip(),
-            expires: expires + *ttl,
-            decision_id: d.id.clone(),
+            expires: at + *ttl,
+            decision_id: id.to_string(),
         })
-        .collect();
+        .collect()
+}
+
+/// Record one ending in the batch's transaction (its blocks from `at`); false when it had
+/// already ended.
+fn commit_ending(tx: &rusqlite::Connection, e: &Ending, at: SystemTime) -> rusqlite::Result<bool> {
+    let d = &e.change.decision;
+    let blocks = rows_of(&d.id, &e.blocks, at);
     let fresh = ledger::end_in(tx, d, &blocks)?;
     if fresh && let Some(until) = e.safe_until {
         for t in &d.targets {

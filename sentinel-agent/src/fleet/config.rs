@@ -1,0 +1,353 @@
+//! `[fleet]`: where the fleet store is and how the agent ships to it. The URL is parsed and
+//! checked like every other key, but it may carry a password, so no message here (or
+//! anywhere) ever repeats it; the password is better kept in `postgres_password_file` or the
+//! standard `PGPASSWORD`. The connection settings libpq users expect from the environment
+//! (`PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`, `PGSSLMODE`) fill in whatever
+//! the URL leaves out.
+
+use std::{path::PathBuf, str::FromStr, time::Duration};
+
+use serde::Deserialize;
+use tokio_postgres::config::{Host, SslMode};
+
+use crate::config::{Problem, duration};
+
+/// The `[fleet]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FleetConfig {
+    /// `postgresql://user@host:port/db?sslmode=require` (or libpq `key=value` form); empty:
+    /// the agent ships nothing and `sentinel fleet` has nowhere to look.
+    pub postgres_url: String,
+    /// A file holding the password (first line), read at start; empty: the URL's, or
+    /// `PGPASSWORD`.
+    pub postgres_password_file: PathBuf,
+    /// Most rows sent in one transaction.
+    pub batch: usize,
+    /// How often the outbox is shipped (and answers polled when notifications are missed).
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
+    /// How often the host reports that it is alive; `sentinel fleet hosts` marks a host
+    /// silent after three missed heartbeats.
+    #[serde(deserialize_with = "duration")]
+    pub heartbeat: Duration,
+    /// Also ship raw exec/connect/cpu events (many rows: size the database for it).
+    pub ship_events: bool,
+    /// Block on this host what a human confirmed as hostile on any host of the fleet (each
+    /// address still passes this host's own guard), and lift it when the fleet view does.
+    pub share_blocks: bool,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        Self {
+            postgres_url: String::new(),
+            postgres_password_file: PathBuf::new(),
+            batch: 500,
+            interval: Duration::from_secs(1),
+            heartbeat: Duration::from_secs(10),
+            ship_events: false,
+            share_blocks: false,
+        }
+    }
+}
+
+/// Why the PostgreSQL settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PgConfigError {
+    #[error("fleet.postgres_url is empty: the fleet store is off")]
+    Off,
+    /// The parser's message can quote the URL: only say where the problem is.
+    #[error("fleet.postgres_url is not a PostgreSQL URL or key=value string")]
+    Url,
+    #[error("fleet.postgres_password_file {path}: {source}")]
+    PasswordFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{var}: {reason}")]
+    Env { var: &'static str, reason: String },
+}
+
+impl FleetConfig {
+    pub fn enabled(&self) -> bool {
+        !self.postgres_url.is_empty()
+    }
+
+    /// Everything wrong with the section, each naming its key.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut bad = |key: &str, reason: String| out.push(Problem::new(key, reason));
+        if self.enabled() && tokio_postgres::Config::from_str(&self.postgres_url).is_err() {
+            bad(
+                "fleet.postgres_url",
+                "is not a PostgreSQL URL (postgresql://user@host:port/db) or key=value string \
+                 (not repeated here: it may hold a password)"
+                    .into(),
+            );
+        }
+        let file = &self.postgres_password_file;
+        if !file.as_os_str().is_empty() {
+            if !self.enabled() {
+                bad(
+                    "fleet.postgres_password_file",
+                    "is set but fleet.postgres_url is empty".into(),
+                );
+            } else if let Err(e) = std::fs::metadata(file) {
+                bad(
+                    "fleet.postgres_password_file",
+                    format!("{}: {e}", file.display()),
+                );
+            }
+        }
+        if !(1..=10_000).contains(&self.batch) {
+            bad(
+                "fleet.batch",
+                format!("{} is not between 1 and 10000", self.batch),
+            );
+        }
+        if self.interval < Duration::from_millis(100) || self.interval > Duration::from_secs(300) {
+            bad(
+                "fleet.interval",
+                format!(
+                    "{} is not between 100ms and 5m",
+                    humantime::format_duration(self.interval)
+                ),
+            );
+        }
+        if self.heartbeat < Duration::from_secs(1) || self.heartbeat > Duration::from_secs(3600) {
+            bad(
+                "fleet.heartbeat",
+                format!(
+                    "{} is not between 1s and 1h",
+                    humantime::format_duration(self.heartbeat)
+                ),
+            );
+        }
+        out
+    }
+
+    /// The connection settings: the URL, then the password file, then the `PG*` environment
+    /// for what is still missing. A connect timeout of 5 s unless the URL sets one.
+    pub fn pg_config(&self) -> Result<tokio_postgres::Config, PgConfigError> {
+        self.pg_config_with(|var| std::env::var(var).ok())
+    }
+
+    fn pg_config_with(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<tokio_postgres::Config, PgConfigError> {
+        if !self.enabled() {
+            return Err(PgConfigError::Off);
+        }
+        let mut c =
+            tokio_postgres::Config::from_str(&self.postgres_url).map_err(|_| PgConfigError::Url)?;
+        if c.get_hosts().is_empty() {
+            match env("PGHOST") {
+                Some(hosts) => {
+                    for h in hosts.split(',') {
+                        if h.starts_with('/') {
+                            c.host_path(h);
+                        } else {
+                            c.host(h);
+                        }
+                    }
+                }
+                None => {
+                    c.host_path("/var/run/postgresql");
+                }
+            }
+        }
+        if c.get_ports().is_empty()
+            && let Some(port) = env("PGPORT")
+        {
+            let port = port.parse().map_err(|_| PgConfigError::Env {
+                var: "PGPORT",
+                reason: format!("{port:?} is not a port"),
+            })?;
+            c.port(port);
+        }
+        if c.get_user().is_none()
+            && let Some(user) = env("PGUSER")
+        {
+            c.user(&user);
+        }
+        if c.get_dbname().is_none()
+            && let Some(db) = env("PGDATABASE")
+        {
+            c.dbname(&db);
+        }
+        if !self.postgres_url.contains("sslmode")
+            && let Some(mode) = env("PGSSLMODE")
+        {
+            c.ssl_mode(match mode.as_str() {
+                "disable" => SslMode::Disable,
+                "prefer" | "allow" => SslMode::Prefer,
+                "require" | "verify-ca" | "verify-full" => SslMode::Require,
+                other => {
+                    return Err(PgConfigError::Env {
+                        var: "PGSSLMODE",
+                        reason: format!("{other:?} is not an sslmode"),
+                    });
+                }
+            });
+        }
+        if c.get_password().is_none() {
+            let file = &self.postgres_password_file;
+            if !file.as_os_str().is_empty() {
+                let text = std::fs::read_to_string(file).map_err(|source| {
+                    PgConfigError::PasswordFile {
+                        path: file.clone(),
+                        source,
+                    }
+                })?;
+                c.password(text.lines().next().unwrap_or_default());
+            } else if let Some(pw) = env("PGPASSWORD") {
+                c.password(pw);
+            }
+        }
+        if c.get_connect_timeout().is_none() {
+            c.connect_timeout(Duration::from_secs(5));
+        }
+        if c.get_application_name().is_none() {
+            c.application_name("sentinel");
+        }
+        Ok(c)
+    }
+}
+
+/// Where the store is, for messages: hosts and port, never user or password.
+pub fn describe(c: &tokio_postgres::Config) -> String {
+    let hosts: Vec<String> = c
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            Host::Tcp(name) => name.clone(),
+            Host::Unix(path) => path.display().to_string(),
+        })
+        .collect();
+    let port = c.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "{}:{port}/{}",
+        hosts.join(","),
+        c.get_dbname().unwrap_or("(default db)")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(url: &str) -> FleetConfig {
+        FleetConfig {
+            postgres_url: url.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_are_off_and_valid() {
+        let c = FleetConfig::default();
+        assert!(!c.enabled());
+        assert!(c.problems().is_empty());
+        assert!(matches!(c.pg_config(), Err(PgConfigError::Off)));
+    }
+
+    #[test]
+    fn the_shipped_config_comments_the_defaults() {
+        let text = include_str!("../../../config/sentinel.toml");
+        let c = crate::config::Config::parse(text, std::path::Path::new("sentinel.toml"))
+            .unwrap()
+            .fleet;
+        let d = FleetConfig::default();
+        assert_eq!(
+            (&c.postgres_url, &c.postgres_password_file, c.batch),
+            (&d.postgres_url, &d.postgres_password_file, d.batch)
+        );
+        assert_eq!(
+            (c.interval, c.heartbeat, c.ship_events, c.share_blocks),
+            (d.interval, d.heartbeat, d.ship_events, d.share_blocks)
+        );
+    }
+
+    #[test]
+    fn a_bad_url_is_named_but_never_repeated() {
+        let c = cfg("postgresql://u:s3cret@host:notaport/db");
+        let p = c.problems();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].key, "fleet.postgres_url");
+        assert!(!p[0].reason.contains("s3cret"));
+        let e = c.pg_config().unwrap_err().to_string();
+        assert!(!e.contains("s3cret"), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_named() {
+        let c = FleetConfig {
+            batch: 0,
+            interval: Duration::from_millis(10),
+            heartbeat: Duration::from_secs(7200),
+            postgres_password_file: "/nonexistent/pw".into(),
+            ..Default::default()
+        };
+        let problems = c.problems();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "fleet.postgres_password_file",
+                "fleet.batch",
+                "fleet.interval",
+                "fleet.heartbeat"
+            ]
+        );
+    }
+
+    #[test]
+    fn environment_fills_what_the_url_leaves_out() {
+        let env = |var: &str| {
+            Some(
+                match var {
+                    "PGHOST" => "/tmp/pg",
+                    "PGPORT" => "6543",
+                    "PGUSER" => "envuser",
+                    "PGPASSWORD" => "envpw",
+                    "PGDATABASE" => "envdb",
+                    "PGSSLMODE" => "require",
+                    _ => return None,
+                }
+                .to_string(),
+            )
+        };
+        let c = cfg("postgresql://").pg_config_with(env).unwrap();
+        assert_eq!(c.get_ports(), [6543]);
+        assert_eq!(c.get_user(), Some("envuser"));
+        assert_eq!(c.get_password(), Some(&b"envpw"[..]));
+        assert_eq!(c.get_dbname(), Some("envdb"));
+        assert_eq!(c.get_ssl_mode(), SslMode::Require);
+        assert_eq!(describe(&c), "/tmp/pg:6543/envdb");
+        // The URL wins over the environment.
+        let c = cfg("postgresql://u:urlpw@db.example:5433/fleet?sslmode=disable")
+            .pg_config_with(env)
+            .unwrap();
+        assert_eq!(c.get_user(), Some("u"));
+        assert_eq!(c.get_password(), Some(&b"urlpw"[..]));
+        assert_eq!(c.get_ssl_mode(), SslMode::Disable);
+        assert_eq!(describe(&c), "db.example:5433/fleet");
+    }
+
+    #[test]
+    fn the_password_file_comes_before_pgpassword() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let c = FleetConfig {
+            postgres_password_file: file,
+            ..cfg("postgresql://u@localhost/db")
+        };
+        let pg = c
+            .pg_config_with(|v| (v == "PGPASSWORD").then(|| "env".to_string()))
+            .unwrap();
+        assert_eq!(pg.get_password(), Some(&b"from-file"[..]));
+    }
+}

@@ -1,0 +1,305 @@
+//! The outbox: what still has to reach the fleet store, kept in the agent's own SQLite file so
+//! that shipping never holds up the switch and an outage or a restart loses nothing. The event
+//! loop pushes a row at each commit point (an alert raised or changed, a decision opened or
+//! ended, a block, a kill); the shipper takes rows in order, upserts them into PostgreSQL and
+//! only then acknowledges them. A row shipped twice (a crash between the two) is harmless:
+//! the fleet store keeps the newest version of each (host, id) by its sequence number.
+//!
+//! One row per (kind, key): a newer version of an alert that was not shipped yet replaces the
+//! older one (with a new, higher sequence number), so a burst of repeats costs one row.
+//! Raw events are not copied here: with `fleet.ship_events` the shipper reads the event
+//! store after a cursor kept in this file.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+#[derive(Debug, thiserror::Error)]
+#[error("fleet outbox {path}: {source}")]
+pub struct OutboxError {
+    path: PathBuf,
+    source: rusqlite::Error,
+}
+
+/// What a row carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Alert,
+    Decision,
+    Block,
+    Kill,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Alert => "alert",
+            Kind::Decision => "decision",
+            Kind::Block => "block",
+            Kind::Kill => "kill",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Kind> {
+        Some(match s {
+            "alert" => Kind::Alert,
+            "decision" => Kind::Decision,
+            "block" => Kind::Block,
+            "kill" => Kind::Kill,
+            _ => return None,
+        })
+    }
+}
+
+/// One row waiting to be shipped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// Increases with every push, across restarts: the order of the host's changes.
+    pub seq: i64,
+    pub kind: Kind,
+    /// The row's id in the fleet store (with the host): alert or decision id, address, …
+    pub key: String,
+    pub body: serde_json::Value,
+}
+
+/// A raw event from the store, after the shipping cursor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRow {
+    pub id: i64,
+    pub kind: String,
+    pub body: serde_json::Value,
+}
+
+const SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS fleet_outbox (
+        seq  INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        key  TEXT NOT NULL,
+        body TEXT NOT NULL,
+        UNIQUE (kind, key)
+    );
+    CREATE TABLE IF NOT EXISTS fleet_cursor (
+        name  TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    );
+";
+
+pub struct Outbox {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Outbox {
+    /// Open (creating the tables if needed) the outbox in the agent's database.
+    pub fn open(path: &Path) -> Result<Self, OutboxError> {
+        let err = |source| OutboxError {
+            path: path.into(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(err)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        // WAL + NORMAL survives the agent being killed (only a power cut can lose the last
+        // commits), and keeps a push off the disk's flush latency.
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(err)?;
+        conn.execute_batch(SCHEMA).map_err(err)?;
+        Ok(Self {
+            conn,
+            path: path.into(),
+        })
+    }
+
+    fn err(&self, source: rusqlite::Error) -> OutboxError {
+        OutboxError {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Queue the newest version of (kind, key), replacing an unshipped older one.
+    pub fn push(&self, kind: Kind, key: &str, body: &serde_json::Value) -> Result<(), OutboxError> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO fleet_outbox (kind, key, body) VALUES (?1, ?2, ?3)",
+                params![kind.as_str(), key, body.to_string()],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The oldest `limit` rows, in order.
+    pub fn take(&self, limit: usize) -> Result<Vec<Row>, OutboxError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT seq, kind, key, body FROM fleet_outbox ORDER BY seq LIMIT ?1")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([limit as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, kind, key, body) = row.map_err(|e| self.err(e))?;
+            // A row this version cannot read would block the queue forever: skip it.
+            let (Some(kind), Ok(body)) = (Kind::parse(&kind), serde_json::from_str(&body)) else {
+                tracing::warn!(seq, "dropping an unreadable fleet outbox row");
+                self.ack(&[seq])?;
+                continue;
+            };
+            out.push(Row {
+                seq,
+                kind,
+                key,
+                body,
+            });
+        }
+        Ok(out)
+    }
+
+    /// These rows reached the fleet store: forget them.
+    pub fn ack(&self, seqs: &[i64]) -> Result<(), OutboxError> {
+        let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
+        {
+            let mut stmt = tx
+                .prepare_cached("DELETE FROM fleet_outbox WHERE seq = ?1")
+                .map_err(|e| self.err(e))?;
+            for seq in seqs {
+                stmt.execute([seq]).map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Rows waiting.
+    pub fn len(&self) -> Result<u64, OutboxError> {
+        self.conn
+            .query_row("SELECT COUNT(*) FROM fleet_outbox", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n as u64)
+            .map_err(|e| self.err(e))
+    }
+
+    /// The shipping cursor over the event store (0 before the first shipment).
+    pub fn cursor(&self) -> Result<i64, OutboxError> {
+        self.conn
+            .query_row(
+                "SELECT value FROM fleet_cursor WHERE name = 'events'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map(|v| v.unwrap_or(0))
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn set_cursor(&self, value: i64) -> Result<(), OutboxError> {
+        self.conn
+            .execute(
+                "INSERT INTO fleet_cursor (name, value) VALUES ('events', ?1)
+                 ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                [value],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Raw exec/connect/cpu events stored after `cursor`, oldest first. None when the event
+    /// store does not exist yet.
+    pub fn events_after(&self, cursor: i64, limit: usize) -> Result<Vec<EventRow>, OutboxError> {
+        let exists: bool = self
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'events'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)
+            .map_err(|e| self.err(e))?;
+        if !exists {
+            return Ok(Vec::new());
+        }
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id, kind, body FROM events
+                 WHERE id > ?1 AND kind IN ('exec', 'connect', 'cpu') ORDER BY id LIMIT ?2",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![cursor, limit as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, kind, body) = row.map_err(|e| self.err(e))?;
+            if let Ok(body) = serde_json::from_str(&body) {
+                out.push(EventRow { id, kind, body });
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn rows_come_out_in_order_and_newer_versions_replace_unshipped_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(&dir.path().join("a.db")).unwrap();
+        ob.push(Kind::Alert, "a1", &json!({"v": 1})).unwrap();
+        ob.push(Kind::Decision, "a1", &json!({"v": 1})).unwrap();
+        ob.push(Kind::Alert, "a1", &json!({"v": 2})).unwrap();
+        let rows = ob.take(10).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!((rows[0].kind, rows[1].kind), (Kind::Decision, Kind::Alert));
+        assert!(rows[0].seq < rows[1].seq);
+        assert_eq!(rows[1].body["v"], 2);
+        // Acknowledged rows are gone; a row pushed meanwhile (a newer version) stays.
+        ob.push(Kind::Decision, "a1", &json!({"v": 3})).unwrap();
+        ob.ack(&rows.iter().map(|r| r.seq).collect::<Vec<_>>())
+            .unwrap();
+        let left = ob.take(10).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].body["v"], 3);
+        assert!(left[0].seq > rows[1].seq, "sequence numbers only grow");
+    }
+
+    #[test]
+    fn the_outbox_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        {
+            let ob = Outbox::open(&path).unwrap();
+            for i in 0..5 {
+                ob.push(Kind::Kill, &format!("k{i}"), &json!({})).unwrap();
+            }
+            ob.set_cursor(42).unwrap();
+        }
+        let ob = Outbox::open(&path).unwrap();
+        assert_eq!(ob.len().unwrap(), 5);
+        assert_eq!(ob.cursor().unwrap(), 42);
+        assert_eq!(ob.take(2).unwrap().len(), 2);
+        assert!(ob.events_after(0, 10).unwrap().is_empty());
+    }
+}

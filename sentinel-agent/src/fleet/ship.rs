@@ -1,0 +1,280 @@
+//! The agent's fleet task: connect (and reconnect, with backoff, forever), migrate the schema,
+//! then ship the outbox every `fleet.interval`, send a heartbeat every `fleet.heartbeat`, and
+//! hand answers and shared blocks to [`decide`](super::decide). It runs beside the event
+//! loop and never inside it: an outage only grows the outbox, and `status` says why.
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::{
+    daemon::control::Shared,
+    fleet::{
+        FleetConfig, Stats, decide,
+        outbox::{EventRow, Outbox, Row},
+        postgres::{self, Heartbeat, PgError},
+    },
+    switch::decision::Answer,
+};
+
+/// Longest wait between two connection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often waiting answers are polled when no notification came (LISTEN is the fast path).
+const ANSWER_POLL: Duration = Duration::from_secs(1);
+/// How often shared blocks are re-read without a notification.
+const SHARED_POLL: Duration = Duration::from_secs(5);
+
+/// What the fleet task needs from the agent.
+pub struct Context {
+    pub config: FleetConfig,
+    pub host: String,
+    pub db: PathBuf,
+    pub shared: Arc<Shared>,
+    pub stats: Arc<Stats>,
+    /// Answers go the same way as the chat buttons' (exactly once, in the switch).
+    pub answers: mpsc::Sender<Answer>,
+    /// Shared blocks and lifts, to the event loop.
+    pub commands: mpsc::Sender<super::Command>,
+}
+
+/// The fleet task: runs until the agent stops.
+pub async fn run(ctx: Context) {
+    let outbox = match Outbox::open(&ctx.db) {
+        Ok(o) => Arc::new(Mutex::new(o)),
+        Err(e) => {
+            ctx.stats.update(|s| s.last_error = Some(e.to_string()));
+            warn!("fleet shipping is off: {e}");
+            return;
+        }
+    };
+    let mut shared_view = decide::SharedView::default();
+    let mut backoff = ctx.config.interval;
+    loop {
+        refresh_outbox_len(&ctx, &outbox).await;
+        let error = session(&ctx, &outbox, &mut shared_view).await;
+        let was_connected = ctx.stats.snapshot().connected;
+        ctx.stats.update(|s| {
+            s.connected = false;
+            s.last_error = Some(error.clone());
+        });
+        // A store that worked is retried at once at the normal pace; one that keeps failing
+        // less and less often.
+        backoff = if was_connected {
+            ctx.config.interval
+        } else {
+            (backoff * 2).min(MAX_BACKOFF)
+        };
+        warn!(
+            retry_in = %humantime::format_duration(backoff),
+            "fleet store: {error} (the outbox keeps everything until it is back)"
+        );
+        tokio::time::sleep(backoff).await;
+    }
+}
+
+/// One connection's life, until it fails: why it ended.
+async fn session(
+    ctx: &Context,
+    outbox: &Arc<Mutex<Outbox>>,
+    shared_view: &mut decide::SharedView,
+) -> String {
+    match connected(ctx, outbox, shared_view).await {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+async fn connected(
+    ctx: &Context,
+    outbox: &Arc<Mutex<Outbox>>,
+    shared_view: &mut decide::SharedView,
+) -> Result<std::convert::Infallible, String> {
+    let pg = ctx.config.pg_config().map_err(|e| e.to_string())?;
+    let (mut client, mut notes) = postgres::connect(&pg)
+        .await
+        .map_err(|e| format!("{}: {e}", super::config::describe(&pg)))?;
+    postgres::migrate(&mut client)
+        .await
+        .map_err(|e| format!("migrating the schema: {e}"))?;
+    client
+        .batch_execute(&format!("LISTEN {}", postgres::CHANNEL))
+        .await
+        .map_err(|e| e.to_string())?;
+    info!(store = %super::config::describe(&pg), "fleet store connected");
+    ctx.stats.update(|s| {
+        s.connected = true;
+        s.last_error = None;
+    });
+    let pg_err = |e: PgError| e.to_string();
+    heartbeat(ctx, &client).await.map_err(pg_err)?;
+    shared_view
+        .sync(&client, &ctx.host, ctx.config.share_blocks, &ctx.commands)
+        .await
+        .map_err(pg_err)?;
+    decide::pickup(&client, &ctx.host, &ctx.answers)
+        .await
+        .map_err(pg_err)?;
+
+    let mut ship_tick = tokio::time::interval(ctx.config.interval);
+    let mut heartbeat_tick = tokio::time::interval(ctx.config.heartbeat);
+    let mut answer_tick = tokio::time::interval(ANSWER_POLL);
+    let mut shared_tick = tokio::time::interval(SHARED_POLL);
+    let answer_note = format!("answer {}", ctx.host);
+    loop {
+        tokio::select! {
+            _ = ship_tick.tick() => drain(ctx, &mut client, outbox).await.map_err(pg_err)?,
+            _ = heartbeat_tick.tick() => heartbeat(ctx, &client).await.map_err(pg_err)?,
+            note = notes.recv() => match note {
+                Some(n) if n == answer_note => {
+                    decide::pickup(&client, &ctx.host, &ctx.answers).await.map_err(pg_err)?
+                }
+                Some(n) if n == "shared" => shared_view
+                    .sync(&client, &ctx.host, ctx.config.share_blocks, &ctx.commands)
+                    .await
+                    .map_err(pg_err)?,
+                Some(_) => {}
+                None => return Err("the connection to the fleet store was lost".into()),
+            },
+            _ = answer_tick.tick() => {
+                decide::pickup(&client, &ctx.host, &ctx.answers).await.map_err(pg_err)?
+            }
+            _ = shared_tick.tick() => shared_view
+                .sync(&client, &ctx.host, ctx.config.share_blocks, &ctx.commands)
+                .await
+                .map_err(pg_err)?,
+        }
+    }
+}
+
+async fn refresh_outbox_len(ctx: &Context, outbox: &Arc<Mutex<Outbox>>) {
+    let ob = outbox.clone();
+    if let Ok(Ok(n)) = tokio::task::spawn_blocking(move || ob.lock().expect("outbox").len()).await {
+        ctx.stats.update(|s| s.outbox = n);
+    }
+}
+
+/// One batch from the outbox (and the event store after the cursor, with `ship_events`).
+async fn take(
+    outbox: &Arc<Mutex<Outbox>>,
+    batch: usize,
+    events: bool,
+) -> Result<(Vec<Row>, Vec<EventRow>), String> {
+    let ob = outbox.clone();
+    tokio::task::spawn_blocking(move || {
+        let ob = ob.lock().expect("outbox");
+        let rows = ob.take(batch).map_err(|e| e.to_string())?;
+        let events = if events {
+            let cursor = ob.cursor().map_err(|e| e.to_string())?;
+            ob.events_after(cursor, batch.saturating_sub(rows.len()).max(1))
+                .map_err(|e| e.to_string())?
+        } else {
+            Vec::new()
+        };
+        Ok((rows, events))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+async fn ack(outbox: &Arc<Mutex<Outbox>>, rows: &[Row], events: &[EventRow]) -> Result<(), String> {
+    let ob = outbox.clone();
+    let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+    let cursor = events.last().map(|e| e.id);
+    tokio::task::spawn_blocking(move || {
+        let ob = ob.lock().expect("outbox");
+        ob.ack(&seqs).map_err(|e| e.to_string())?;
+        if let Some(c) = cursor {
+            ob.set_cursor(c).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// Ship until the outbox is empty, one transaction per batch, acknowledging each batch only
+/// once PostgreSQL committed it.
+async fn drain(
+    ctx: &Context,
+    client: &mut tokio_postgres::Client,
+    outbox: &Arc<Mutex<Outbox>>,
+) -> Result<(), PgError> {
+    let cfg = &ctx.config;
+    loop {
+        let (rows, events) = match take(outbox, cfg.batch, cfg.ship_events).await {
+            Ok(b) => b,
+            Err(e) => {
+                ctx.stats.update(|s| s.last_error = Some(e.clone()));
+                warn!("reading the fleet outbox: {e}");
+                return Ok(());
+            }
+        };
+        if rows.is_empty() && events.is_empty() {
+            refresh_outbox_len(ctx, outbox).await;
+            return Ok(());
+        }
+        match postgres::ship(client, &ctx.host, &rows, &events, cfg.share_blocks).await {
+            Ok(()) => {}
+            Err(e) if e.is_data() => {
+                // One bad row must not hold up the rest: ship them one by one, dropping what
+                // the store refuses.
+                warn!("the fleet store refused a batch ({e}); shipping it row by row");
+                ship_one_by_one(ctx, client, &rows, &events).await?;
+            }
+            Err(e) => return Err(e),
+        }
+        if let Err(e) = ack(outbox, &rows, &events).await {
+            warn!("acknowledging shipped fleet rows: {e} (they will be shipped again, harmlessly)");
+        }
+        let n = (rows.len() + events.len()) as u64;
+        ctx.stats.update(|s| {
+            s.shipped += n;
+            s.last_shipped = Some(super::rfc3339(SystemTime::now()));
+            s.last_error = None;
+        });
+    }
+}
+
+async fn ship_one_by_one(
+    ctx: &Context,
+    client: &mut tokio_postgres::Client,
+    rows: &[Row],
+    events: &[EventRow],
+) -> Result<(), PgError> {
+    let share = ctx.config.share_blocks;
+    for r in rows {
+        match postgres::ship(client, &ctx.host, std::slice::from_ref(r), &[], share).await {
+            Err(e) if e.is_data() => {
+                warn!(seq = r.seq, kind = r.kind.as_str(), key = %r.key, "dropped a row the fleet store refuses: {e}")
+            }
+            other => other?,
+        }
+    }
+    for ev in events {
+        match postgres::ship(client, &ctx.host, &[], std::slice::from_ref(ev), false).await {
+            Err(e) if e.is_data() => {
+                warn!(id = ev.id, "dropped an event the fleet store refuses: {e}")
+            }
+            other => other?,
+        }
+    }
+    Ok(())
+}
+
+async fn heartbeat(ctx: &Context, client: &tokio_postgres::Client) -> Result<(), PgError> {
+    let status = ctx.shared.status();
+    let hb = Heartbeat {
+        version: env!("CARGO_PKG_VERSION"),
+        heartbeat_s: ctx.config.heartbeat.as_secs().max(1) as i32,
+        sensors: serde_json::to_value(&status.sensors).unwrap_or_default(),
+        lost: status.sensors.values().map(|s| s.lost as i64).sum(),
+        pending: status.pending as i64,
+        outbox: ctx.stats.snapshot().outbox as i64,
+    };
+    postgres::heartbeat(client, &ctx.host, &hb).await
+}
