@@ -275,17 +275,26 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let geo = dir.join("country.mmdb");
     mmdb::write_country_db(&geo, mmdb::Layout::Flat, &[(PREFIX, "RU")])?;
     let (chat_port, posts) = chat_counter()?;
+    // Slack buttons need the override endpoint: its key (mode 0600) and a free loopback port.
+    let key = dir.join("override.key");
+    std::fs::write(&key, "ab".repeat(32))?;
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    let override_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let config = dir.join("sentinel.toml");
     std::fs::write(
         &config,
         format!(
             "[agent]\ndb = \"{d}/s.db\"\nsocket = \"{d}/s.sock\"\n[geo]\ndatabase = \"{g}\"\n\
              [switch]\ncountdown = \"{c}\"\n[enforce]\ntable = \"{t}\"\n\
-             [notify.slack]\nwebhook_url = \"http://127.0.0.1:{chat_port}/hook\"\n",
+             [override]\nlisten = \"127.0.0.1:{override_port}\"\n\
+             public_url = \"http://127.0.0.1:{override_port}\"\nsecret_file = \"{k}\"\n\
+             [notify.slack]\nwebhook_url = \"http://127.0.0.1:{chat_port}/hook\"\n\
+             signing_secret = \"bench-flood\"\n",
             d = dir.display(),
             g = geo.display(),
             c = args.countdown,
-            t = scene.table
+            t = scene.table,
+            k = key.display()
         ),
     )?;
     eprintln!("==> starting the agent ({})", bin.display());
