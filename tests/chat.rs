@@ -937,9 +937,12 @@ fn text_a_process_chose_stays_text_everywhere() {
     // The log: no escape byte, and each alert is one line that holds all of its detail.
     let log = agent.log();
     assert!(!log.contains('\x1b'), "an escape reached the log");
+    // (The hostile program also runs from a temp directory, a `miner` signal of its own, and
+    // this test process listens for the fake chat services, so `snt-web` under it is a shell
+    // under a server too: the alert about `snt-web → sh` is the one with the arguments.)
     let alert_lines: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("alert:") && l.contains("evil"))
+        .filter(|l| l.contains("alert:") && l.contains("snt-web → sh"))
         .collect();
     assert_eq!(alert_lines.len(), 1, "one line for the alert:\n{log}");
     assert!(
