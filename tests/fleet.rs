@@ -317,22 +317,25 @@ fn an_outage_loses_nothing_duplicates_nothing_and_the_switch_keeps_time() {
         let s = a.status();
         (s["fleet"]["connected"] == true && s["fleet"]["outbox"] == 0).then_some(())
     });
-    let local_alerts: BTreeMap<String, Value> = a
-        .events("alert")
-        .into_iter()
-        .filter(mine)
-        .map(|x| (x["id"].as_str().unwrap().to_string(), x))
-        .collect();
+    let local_alerts = || -> BTreeMap<String, Value> {
+        a.events("alert")
+            .into_iter()
+            .filter(mine)
+            .map(|x| (x["id"].as_str().unwrap().to_string(), x))
+            .collect()
+    };
     let decisions = eventually(15, "every decision ended auto-blocked", || {
         let d = local_decisions(&a);
         d.values().all(|s| s == "auto-blocked").then_some(d)
     });
-    eventually(15, "the store holds exactly what the host holds", || {
+    // Compared as both sides stand now: an alert's state may still move after the snapshot
+    // of the decisions (its last update ships a moment later).
+    eventually(30, "the store holds exactly what the host holds", || {
         let shipped = pg.sql(&format!(
             "SELECT id || ' ' || state FROM fleet_alerts WHERE host = '{h}' AND body->>'pid' = '{}' ORDER BY id",
             std::process::id()
         ));
-        let want: Vec<String> = local_alerts
+        let want: Vec<String> = local_alerts()
             .iter()
             .map(|(id, x)| format!("{id} {}", x["state"].as_str().unwrap()))
             .collect();
@@ -340,12 +343,13 @@ fn an_outage_loses_nothing_duplicates_nothing_and_the_switch_keeps_time() {
             "SELECT id || ' ' || state FROM fleet_decisions WHERE host = '{h}' AND body->>'pid' = '{}' ORDER BY id",
             std::process::id()
         ));
-        let want_dec: Vec<String> = decisions
+        let want_dec: Vec<String> = local_decisions(&a)
             .iter()
             .map(|(id, s)| format!("{id} {s}"))
             .collect();
         (shipped == want && dec == want_dec).then_some(())
     });
+    let local_alerts = local_alerts();
     assert!(local_alerts.len() >= 5, "{}", local_alerts.len());
     // Keyed by (host, id): nothing twice, whatever was re-sent.
     let dups = pg.sql(&format!(
