@@ -11,7 +11,7 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -22,7 +22,11 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 
-use crate::harness::{mmdb, netns};
+use crate::{
+    bench::{build_agent, default_binary, workspace_root},
+    harness::{mmdb, netns},
+    scene::Scene,
+};
 
 /// The flood's destinations: every address of it answers (a `local` route in the test host).
 const PREFIX: &str = "2001:db8:5::/48";
@@ -41,28 +45,6 @@ pub struct Args {
     /// The agent binary to measure (default: target/release/sentinel), e.g. an older build.
     #[arg(long)]
     bin: Option<PathBuf>,
-}
-
-/// Everything the run created, removed on drop even when it fails.
-struct Scene {
-    dir: PathBuf,
-    table: String,
-    agent: Option<Child>,
-    // Dropped after the agent is stopped.
-    _net: netns::TestNet,
-}
-
-impl Drop for Scene {
-    fn drop(&mut self) {
-        if let Some(mut a) = self.agent.take() {
-            let _ = Command::new("kill").arg(a.id().to_string()).status();
-            let _ = a.wait();
-        }
-        let _ = Command::new("nft")
-            .args(["delete", "table", "inet", &self.table])
-            .output();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// A loopback "Slack webhook" that counts the posts it receives.
@@ -244,21 +226,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     );
     let countdown = humantime::parse_duration(&args.countdown)
         .with_context(|| format!("--countdown {}", args.countdown))?;
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf();
+    let root = workspace_root();
     if !args.no_build && args.bin.is_none() {
-        eprintln!("==> building the agent (release)");
-        let st = Command::new("cargo")
-            .args(["build", "--release", "-q", "-p", "sentinel-agent"])
-            .status()?;
-        ensure!(st.success(), "cargo build failed");
+        build_agent(&root)?;
     }
-    let bin = args
-        .bin
-        .clone()
-        .unwrap_or_else(|| root.join("target/release/sentinel"));
+    let bin = args.bin.clone().unwrap_or_else(|| default_binary(&root));
     let id = std::process::id();
     let dir = std::env::temp_dir().join(format!("sentinel-bench-flood-{id}"));
     std::fs::create_dir_all(&dir)?;

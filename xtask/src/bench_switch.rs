@@ -8,15 +8,18 @@
 
 use std::{
     net::{IpAddr, SocketAddr, TcpStream},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     thread,
     time::{Duration, Instant, SystemTime},
 };
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{bail, ensure};
 
-use crate::harness::{mmdb, netns};
+use crate::{
+    bench::{build_agent, default_binary, workspace_root},
+    harness::{mmdb, netns},
+    scene::Scene,
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -26,42 +29,6 @@ pub struct Args {
     /// Skip `cargo build --release` and use the existing binary.
     #[arg(long)]
     no_build: bool,
-}
-
-/// Everything the run created, removed on drop even when it fails.
-struct Scene {
-    dir: PathBuf,
-    table: String,
-    agent: Option<Child>,
-    // Dropped after the agent is stopped (fields drop in declaration order after `drop`).
-    _net: netns::TestNet,
-}
-
-impl Drop for Scene {
-    fn drop(&mut self) {
-        if let Some(mut a) = self.agent.take() {
-            let _ = Command::new("kill").arg(a.id().to_string()).status();
-            let _ = a.wait();
-        }
-        let _ = Command::new("nft")
-            .args(["delete", "table", "inet", &self.table])
-            .output();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn sh(cmd: &str, args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {cmd}"))?;
-    ensure!(
-        out.status.success(),
-        "{cmd} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
 }
 
 fn median(v: &mut [Duration]) -> Duration {
@@ -87,18 +54,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         nix::unistd::geteuid().is_root(),
         "bench-switch needs root (eBPF, nftables, netns)"
     );
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf();
+    let root = workspace_root();
     if !args.no_build {
-        eprintln!("==> building the agent (release)");
-        sh(
-            "cargo",
-            &["build", "--release", "-q", "-p", "sentinel-agent"],
-        )?;
+        build_agent(&root)?;
     }
-    let bin = root.join("target/release/sentinel");
+    let bin = default_binary(&root);
     let id = std::process::id();
     let dir = std::env::temp_dir().join(format!("sentinel-bench-switch-{id}"));
     std::fs::create_dir_all(&dir)?;

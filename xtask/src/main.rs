@@ -14,6 +14,7 @@ mod bench_fleet;
 mod bench_flood;
 mod bench_switch;
 mod install;
+mod scene;
 
 use std::process::Command;
 

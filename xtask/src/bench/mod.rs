@@ -567,7 +567,7 @@ fn bench_config(dir: &Path) -> String {
     )
 }
 
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives inside the workspace")
@@ -575,14 +575,14 @@ fn workspace_root() -> PathBuf {
 }
 
 /// `target/release/sentinel`, honouring CARGO_TARGET_DIR as cargo does.
-fn default_binary(root: &Path) -> PathBuf {
+pub(crate) fn default_binary(root: &Path) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("target"));
     root.join(target).join("release").join("sentinel")
 }
 
-fn build_agent(root: &Path) -> anyhow::Result<()> {
+pub(crate) fn build_agent(root: &Path) -> anyhow::Result<()> {
     eprintln!("building… (cargo build --release -p sentinel-agent)");
     let status = Command::new("cargo")
         .args(["build", "--release", "-p", "sentinel-agent"])
