@@ -1,5 +1,5 @@
 //! Project tasks that are not plain cargo commands: `cargo xtask build-ebpf`,
-//! `cargo xtask bench` / `bench-switch` / `bench-flood` / `bench-fleet`, and `cargo xtask install` /
+//! `cargo xtask bench` / `bench-cost` / `bench-switch` / `bench-flood` / `bench-fleet`, and `cargo xtask install` /
 //! `uninstall`.
 
 mod bench;
@@ -38,6 +38,8 @@ enum Task {
     },
     /// Overhead benchmark: exec and connect storms without and with the agent.
     Bench(bench::Args),
+    /// CPU time per exec, per connect and at idle (BPF programs + agent), beside bpftrace.
+    BenchCost(bench::cost::Args),
     /// Enforcement latency: `block ID` and deadline expiry to the element in nftables.
     BenchSwitch(bench_switch::Args),
     /// The switch under a flood of decisions: thousands of destinations from one process.
@@ -55,6 +57,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Task::BuildEbpf { toolchain } => build_ebpf(&toolchain),
         Task::Bench(args) => bench::run(&args),
+        Task::BenchCost(args) => bench::cost::run(&args),
         Task::BenchSwitch(args) => bench_switch::run(&args),
         Task::BenchFlood(args) => bench_flood::run(&args),
         Task::BenchFleet(args) => bench_fleet::run(&args),

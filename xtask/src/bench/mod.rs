@@ -8,6 +8,7 @@
 //! not a test: a missed target is printed, not an error.
 
 mod agent;
+pub mod cost;
 mod host;
 
 use agent::*;
