@@ -15,7 +15,7 @@ use sentinel_common::{
 };
 
 use crate::task::{
-    EVENTS, count_lost, current_exe, current_tgid_unless_agent, fill_header, quiet_submit_flags,
+    EVENTS, count_lost, current_exe, current_tgid_unless_agent, fill_header, submit_flags,
     use_process_comm,
 };
 
@@ -73,7 +73,7 @@ fn on_listen(ctx: &TracePointContext) {
     use_process_comm(&mut event.header);
     event.data.fd = field::<u64>(ctx, LISTEN_FD) as u32;
     event.data._pad = 0;
-    entry.submit(quiet_submit_flags(&EVENTS));
+    entry.submit(submit_flags(&EVENTS));
 }
 
 /// Read a field of the tracepoint record in place (direct context access: no helper call).
@@ -126,5 +126,5 @@ fn on_state_change(ctx: &TracePointContext) {
         data.daddr = addr16(field(ctx, DADDR_V6), field(ctx, DADDR_V6 + 8));
     }
     data.exe = current_exe();
-    entry.submit(quiet_submit_flags(&EVENTS));
+    entry.submit(submit_flags(&EVENTS));
 }

@@ -12,9 +12,11 @@ use sentinel_common::events::cpu::MAX_TRACKED;
 
 use crate::task::{count_lost, current_tgid_unless_agent};
 
-/// Samples per tgid, per CPU (each CPU's program only touches its own slot: no atomics).
+/// Samples per tgid, per CPU (each CPU's program only touches its own slot: no atomics). The
+/// `exec` sensor removes a process's entry when it exits, so the agent needs no system call
+/// per exit (the agent's periodic clean-up catches what that misses).
 #[map]
-static CPU_SAMPLES: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(MAX_TRACKED, 0);
+pub static CPU_SAMPLES: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(MAX_TRACKED, 0);
 
 /// Samples dropped because `CPU_SAMPLES` was full.
 #[map]

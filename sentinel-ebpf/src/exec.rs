@@ -16,9 +16,10 @@ use sentinel_common::{
     events::exec::{ARGV_LEN, ExecEvent, ExitEvent, ForkEvent},
 };
 
+use crate::cpu::CPU_SAMPLES;
 use crate::task::{
-    EVENTS, count_lost, current_exe, current_tgid_unless_agent, fill_header, offsets,
-    quiet_submit_flags, read_field,
+    EVENTS, count_lost, current_exe, current_tgid_unless_agent, fill_header, offsets, read_field,
+    submit_flags,
 };
 
 /// Exec, fork, exit (and stdio) records dropped because `EVENTS` was full.
@@ -100,7 +101,7 @@ fn on_exec(ctx: &TracePointContext) {
             }
         }
     }
-    entry.submit(quiet_submit_flags(&EVENTS));
+    entry.submit(submit_flags(&EVENTS));
 }
 
 fn on_fork(ctx: &BtfTracePointContext) {
@@ -129,7 +130,7 @@ fn on_fork(ctx: &BtfTracePointContext) {
     event.data.child_tgid = child_tgid;
     event.data._pad = 0;
     event.data.child_start_ns = read_field(child, off.task_start_boottime).unwrap_or(0);
-    entry.submit(quiet_submit_flags(&EVENTS));
+    entry.submit(submit_flags(&EVENTS));
 }
 
 fn on_exit(ctx: &TracePointContext) {
@@ -141,9 +142,14 @@ fn on_exit(ctx: &TracePointContext) {
         let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
         pid_tgid as u32 == (pid_tgid >> 32) as u32
     };
-    if !last_thread || current_tgid_unless_agent().is_none() {
+    if !last_thread {
         return;
     }
+    let Some(tgid) = current_tgid_unless_agent() else {
+        return;
+    };
+    // Its CPU samples end with it (the agent read them at its last interval).
+    let _ = CPU_SAMPLES.remove(&tgid);
     let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {
         count_lost(&EXEC_LOST);
         return;
@@ -156,5 +162,5 @@ fn on_exit(ctx: &TracePointContext) {
     event.data.start_ns = read_field(task, off.task_start_boottime).unwrap_or(0);
     event.data.exit_code = read_field(task, off.task_exit_code).unwrap_or(0);
     event.data._pad = 0;
-    entry.submit(quiet_submit_flags(&EVENTS));
+    entry.submit(submit_flags(&EVENTS));
 }

@@ -21,8 +21,8 @@ use crate::{
     connect::OUTBOUND,
     exec::EXEC_LOST,
     task::{
-        EVENTS, count_lost, current_tgid_unless_agent, fill_header, offsets, quiet_submit_flags,
-        read_at, read_field, use_process_comm,
+        EVENTS, count_lost, current_tgid_unless_agent, fill_header, offsets, read_at, read_field,
+        submit_flags, use_process_comm,
     },
 };
 
@@ -136,5 +136,5 @@ fn on_dup(ctx: &TracePointContext) {
     } else {
         data.daddr = read_sk(sk, off.sk_v6_daddr).unwrap_or([0; 16]);
     }
-    entry.submit(quiet_submit_flags(&EVENTS));
+    entry.submit(submit_flags(&EVENTS));
 }

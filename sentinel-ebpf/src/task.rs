@@ -11,7 +11,7 @@ use aya_ebpf::{
         generated::bpf_get_current_comm,
     },
     macros::map,
-    maps::{PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray, RingBuf},
 };
 use sentinel_common::{EventKind, Header, KernelOffsets, events::exec::ExeId};
 
@@ -37,10 +37,27 @@ const BPF_RB_FORCE_WAKEUP: u64 = 2;
 /// `BPF_RB_AVAIL_DATA` for `bpf_ringbuf_query`.
 const BPF_RB_AVAIL_DATA: u64 = 0;
 
-/// Submit flags for every record: it waits for the reader's next periodic drain (every 20 ms),
-/// unless the buffer is filling, so a burst costs a few wake-ups, not one per record.
+/// Slot 0 is 1 while the agent sleeps until the next record (its last drain found `EVENTS`
+/// empty). The record that finds it set wakes the agent and clears it; while the agent is
+/// busy it drains on its own timer and records wake nobody.
+#[map]
+pub static READER_ASLEEP: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Submit flags for every record: wake the agent when it sleeps waiting for one (the first
+/// record after a quiet spell: detection at once, no timer ticking while idle) or when the
+/// buffer is filling; otherwise let it take the record on its next periodic drain, so a burst
+/// costs one wake-up per drain instead of one per record.
 #[inline(always)]
-pub fn quiet_submit_flags(ring: &RingBuf) -> u64 {
+pub fn submit_flags(ring: &RingBuf) -> u64 {
+    if let Some(asleep) = READER_ASLEEP.get_ptr_mut(0) {
+        // SAFETY: a plain u32 slot; two CPUs racing here both wake the agent, which is harmless.
+        unsafe {
+            if *asleep != 0 {
+                *asleep = 0;
+                return BPF_RB_FORCE_WAKEUP;
+            }
+        }
+    }
     if ring.query(BPF_RB_AVAIL_DATA) >= RING_WAKE_BYTES.load() {
         BPF_RB_FORCE_WAKEUP
     } else {

@@ -325,7 +325,7 @@ impl Pipeline {
                 if self.is_agent(e.tgid) {
                     return;
                 }
-                let culprit = self.culprit(e.tgid, e.comm.clone(), Some(e.uid));
+                let mut culprit = self.culprit(e.tgid, e.comm.clone(), Some(e.uid));
                 // A tracked tree's new programs stay tracked, even after their root exits.
                 if !self.tracked.is_empty()
                     && !self.tracked.contains_key(&e.tgid)
@@ -334,7 +334,7 @@ impl Pipeline {
                     self.track(&id, e.tgid);
                 }
                 let finding = self.lineage(&culprit, &e.filename, &e.argv, e.exe);
-                let behaviour = self.behaviour_exec(&culprit, &e.argv);
+                let behaviour = self.behaviour_exec(&mut culprit, &e.argv);
                 let ppid = self.tree.get(e.tgid).map_or(e.ppid, |p| p.ppid);
                 self.emit(
                     self.clock.wall(e.ts_ns),
@@ -504,9 +504,7 @@ impl Pipeline {
                     self.groups.remove(&id);
                 }
             }
-            if let Some(map) = &mut self.cpu_map {
-                let _ = map.remove(&tgid);
-            }
+            // Its CPU-sample entry was removed by the kernel at exit (no system call here).
         }
     }
 

@@ -21,7 +21,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader, Pod,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{Array, MapData, PerCpuArray, RingBuf},
 };
 use sentinel_common::{EventKind, Header, KernelOffsets};
 use tokio::{
@@ -193,7 +193,7 @@ pub struct Sensors {
     pub attached: [bool; 3],
     pub lost: Arc<Mutex<LostMaps>>,
     /// The process-and-network records (exec, fork, exit, stdio, connect, listen), in order.
-    pub ring: Option<RingBuf<MapData>>,
+    pub ring: Option<Ring>,
     pub cpu_samples: Option<cpu::SampleMap>,
 }
 
@@ -265,7 +265,12 @@ pub fn load(opts: &LoadOptions) -> Result<Sensors, SensorError> {
         lost.push((sensor, take_map(&mut ebpf, sensor, map)?));
     }
     let ring = (attached[0] || attached[1])
-        .then(|| take_map(&mut ebpf, "exec", "EVENTS"))
+        .then(|| -> Result<Ring, SensorError> {
+            Ok(Ring {
+                records: take_map(&mut ebpf, "exec", "EVENTS")?,
+                asleep: take_map(&mut ebpf, "exec", "READER_ASLEEP")?,
+            })
+        })
         .transpose()?;
     let cpu_samples = attached[2]
         .then(|| take_map(&mut ebpf, "cpu", "CPU_SAMPLES"))
@@ -323,8 +328,22 @@ pub(crate) fn prog_err(
     }
 }
 
-/// How often a sensor's ring buffer is drained when the kernel does not wake the reader.
-pub const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
+/// How often the ring buffer is drained while records keep coming (the kernel does not wake
+/// the reader for each one): each wake-up of the agent costs about as much as handling tens of
+/// records, so a busy agent takes them in batches. The first record after a quiet spell wakes
+/// it at once; the buffer filling up (half full) wakes it early.
+pub const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(40);
+/// The drain after the one a wake-up started: soon, because a process's records come in quick
+/// succession (fork, then exec a moment later), and an exec after a quiet spell should be
+/// seen in a few milliseconds, not after a whole [`DRAIN_EVERY`].
+const DRAIN_AFTER_WAKE: std::time::Duration = std::time::Duration::from_millis(4);
+
+/// The shared ring buffer and the kernel's "wake the reader with the next record" switch
+/// (`READER_ASLEEP` in sentinel-ebpf's `task.rs`).
+pub struct Ring {
+    records: RingBuf<MapData>,
+    asleep: Array<MapData, u32>,
+}
 
 /// Decode every record waiting in `ring` into `batch`, counting each with its sensor.
 fn read_all(ring: &mut RingBuf<MapData>, counters: &[Arc<Counters>], batch: &mut Vec<KernelEvent>) {
@@ -346,49 +365,91 @@ fn read_all(ring: &mut RingBuf<MapData>, counters: &[Arc<Counters>], batch: &mut
     }
 }
 
+/// Wait until the kernel wakes the reader (it then clears `READER_ASLEEP`, or the buffer is
+/// filling), or until `timeout` when one is given. The readiness is consumed: the caller
+/// drains next, so no record is left behind by clearing it.
+async fn woken(fd: &mut AsyncFd<RingBuf<MapData>>, timeout: Option<std::time::Duration>) -> bool {
+    let ready = async {
+        match fd.readable_mut().await {
+            Ok(mut guard) => {
+                guard.clear_ready();
+                true
+            }
+            Err(e) => {
+                error!("exec/connect sensors: polling the ring buffer failed: {e}");
+                false
+            }
+        }
+    };
+    match timeout {
+        Some(t) => tokio::select! {
+            ok = ready => ok,
+            _ = tokio::time::sleep(t) => true,
+        },
+        None => ready.await,
+    }
+}
+
 /// Read the shared ring until the agent stops, decoding each record and handing batches to
 /// `tx` in ring order. `counters` are indexed like [`SENSORS`].
-pub async fn drain(
-    ring: RingBuf<MapData>,
-    tx: mpsc::Sender<Vec<KernelEvent>>,
-    counters: Vec<Arc<Counters>>,
-) {
-    let sensor = "exec/connect";
+///
+/// Records are submitted without a wake-up while the reader is busy, so a burst costs one
+/// wake-up per [`DRAIN_EVERY`], not one per record; when a drain finds the ring empty the
+/// reader arms `READER_ASLEEP` and sleeps with no timer until the next record wakes it: an
+/// idle agent does not run at all, and a record after a quiet spell is read at once.
+pub async fn drain(ring: Ring, tx: mpsc::Sender<Vec<KernelEvent>>, counters: Vec<Arc<Counters>>) {
+    let Ring {
+        records,
+        mut asleep,
+    } = ring;
     // SAFETY: the AsyncFd owns the ring buffer, hence its fd, and deregisters before dropping it.
-    let mut fd = match unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) } {
+    let mut fd = match unsafe { AsyncFd::register_with_interest(records, Interest::READABLE) } {
         Ok(fd) => fd,
         Err(e) => {
-            error!("{sensor} sensor: cannot poll its ring buffer: {e}");
+            error!("exec/connect sensors: cannot poll their ring buffer: {e}");
             return;
         }
     };
-    // Records are submitted quietly (no wake-up per record, see sentinel-ebpf's `task.rs`):
-    // the reader drains every DRAIN_EVERY, and at once when the kernel wakes it because the
-    // buffer is filling. A burst then costs a few wake-ups instead of one per record.
-    let mut tick = tokio::time::interval(DRAIN_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut armable = true;
+    let mut just_woken = false;
     loop {
         let mut batch = Vec::new();
-        tokio::select! {
-            guard = fd.readable_mut() => {
-                let mut guard = match guard {
-                    Ok(g) => g,
-                    Err(e) => {
-                        error!("{sensor} sensor: polling its ring buffer failed: {e}");
-                        return;
-                    }
-                };
-                read_all(guard.get_inner_mut(), &counters, &mut batch);
-                guard.clear_ready();
+        read_all(fd.get_mut(), &counters, &mut batch);
+        if !batch.is_empty() {
+            if tx.send(batch).await.is_err() {
+                return; // the agent is stopping
             }
-            _ = tick.tick() => read_all(fd.get_mut(), &counters, &mut batch),
-        }
-        if batch.is_empty() {
+            let next = if just_woken {
+                DRAIN_AFTER_WAKE
+            } else {
+                DRAIN_EVERY
+            };
+            just_woken = false;
+            if !woken(&mut fd, Some(next)).await {
+                return;
+            }
             continue;
         }
-        if tx.send(batch).await.is_err() {
-            return; // the agent is stopping
+        // Quiet: ask for a wake-up with the next record, then take any record that came
+        // between the drain above and the arming (it woke nobody) before sleeping.
+        if armable && let Err(e) = asleep.set(0, 1, 0) {
+            error!(
+                "exec/connect sensors: cannot arm the kernel's wake-up ({e}): polling every {DRAIN_EVERY:?} instead"
+            );
+            armable = false;
         }
+        read_all(fd.get_mut(), &counters, &mut batch);
+        if !batch.is_empty() {
+            if tx.send(batch).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let timeout = (!armable).then_some(DRAIN_EVERY);
+        if !woken(&mut fd, timeout).await {
+            return;
+        }
+        just_woken = true;
     }
 }
 
