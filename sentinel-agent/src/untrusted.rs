@@ -31,7 +31,8 @@ fn is_hostile(c: char) -> bool {
 /// kept as they are (a path or a regular expression reads as typed), which is what makes the
 /// escape idempotent. Borrows when there is nothing to escape (the common case).
 pub fn escape(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(is_hostile) {
+    // Printable ASCII (nearly every name and argument) needs no decoding to know it is safe.
+    if text.bytes().all(|b| (b' '..=b'~').contains(&b)) || !text.chars().any(is_hostile) {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 8);

@@ -86,34 +86,40 @@ fn read_unit(proc_root: &Path, pid: u32) -> Option<String> {
 }
 
 impl Pipeline {
-    /// A process exec'd: what `respawn`, `miner`, `node_abuse` and `npm` make of it.
-    pub(super) fn behaviour_exec(&mut self, culprit: &Culprit, argv: &[String]) -> Vec<Finding> {
+    /// A process exec'd: what `respawn`, `miner`, `node_abuse` and `npm` make of it. They see
+    /// the culprit with its executable resolved; `culprit` is handed back as it came.
+    pub(super) fn behaviour_exec(
+        &mut self,
+        culprit: &mut Culprit,
+        argv: &[String],
+    ) -> Vec<Finding> {
         let now = Instant::now();
         let root = self.proc_root.clone();
         let pid = culprit.pid;
         let filename = culprit.exe.as_deref().unwrap_or(&culprit.comm);
         let exe = resolve_exe(&root, pid, filename);
-        let mut c = culprit.clone();
-        c.exe = Some(exe.clone());
+        let given = culprit.exe.replace(exe.clone());
+        let c = &*culprit;
         let intel = &mut self.detect.alerts.signals.intel;
         intel.spawned(&exe, SystemTime::now());
         let b = &mut self.detect.behaviour;
-        let origin = Origin::of(&c, || read_unit(&root, pid));
+        let origin = Origin::of(c, || read_unit(&root, pid));
         let mut out = Vec::new();
-        if let Some(f) = b.respawn.on_exec(&c, &exe, origin.clone(), now) {
+        if let Some(f) = b.respawn.on_exec(c, &exe, origin.clone(), now) {
             if detect::respawn::is_comeback(&f) {
                 intel.respawned(&exe);
             }
             out.push(f);
         }
+        out.extend(b.miner.on_exec(c, argv));
+        out.extend(b.node_abuse.on_exec(c, argv));
+        b.npm.on_exec(c, argv, || {
+            std::fs::read_link(root.join(pid.to_string()).join("cwd")).ok()
+        });
         if let Some(origin) = origin {
             b.origins.insert(pid, (exe, origin));
         }
-        out.extend(b.miner.on_exec(&c, argv));
-        out.extend(b.node_abuse.on_exec(&c, argv));
-        b.npm.on_exec(&c, argv, || {
-            std::fs::read_link(root.join(pid.to_string()).join("cwd")).ok()
-        });
+        culprit.exe = given;
         out
     }
 
