@@ -9,6 +9,7 @@ pub mod control;
 pub mod decisions;
 pub mod ipc;
 pub mod metrics;
+mod outcomes;
 pub mod pipeline;
 pub mod service;
 mod startup;
