@@ -1,6 +1,8 @@
 //! The agent's data flow, in order: kernel records → process tree → events (stored and
 //! streamed) → detectors → alerts → the dead man's switch. One task owns all of it, so the
-//! tree, the detectors' state and the switch never need a lock.
+//! tree, the detectors' state and the switch never need a lock. Findings become decisions in
+//! `decisions.rs`; what comes back about them (answers, deadlines, the worker's reports) is
+//! handled in `outcomes.rs`; the behaviour detectors' hooks are in `behaviour.rs`.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -14,21 +16,21 @@ use tracing::{debug, error, info, warn};
 
 use super::decisions::Group;
 use crate::{
-    daemon::control::{Shared, Unblock},
+    daemon::control::Shared,
     detect::{self, Alerts, Culprit, Finding, lineage::Ancestor},
     enforce::kill::Killer,
     enrich::geo::CountryDb,
     enrich::shells::Shells,
     enrich::tree::{ProcessTree, is_alive, read_stat},
     enrich::trust::{ActionableAddr, TrustSet},
-    event::{AlertBody, Body, BootClock, ConnectBody, CpuBody, DecisionBody, ExecBody, Record},
+    event::{AlertBody, Body, BootClock, ConnectBody, CpuBody, ExecBody, Record},
     sensors::{
         KernelEvent, SENSORS,
         cpu::{CpuTracker, SampleMap, cpu_percent, read_totals},
         stdio::Stdio,
     },
     store::{StoreTx, Write, queue::NotQueued},
-    switch::{Change, Switch, clock::Now, decision::Answer, ledger::Kill, worker::Report},
+    switch::{Switch, ledger::Kill},
 };
 
 /// The detectors and what they need beside the tree.
@@ -155,135 +157,6 @@ impl Pipeline {
             self.switch.record_kill(kill);
             self.shared.kills.fetch_add(1, Ordering::Relaxed);
             self.killed_by_agent(t.pid);
-        }
-    }
-
-    /// Store and announce a decision's transition.
-    pub(super) fn apply(&mut self, change: Change) {
-        let d = &change.decision;
-        if let Some(fleet) = &self.fleet {
-            fleet.decision(d);
-        }
-        let body = DecisionBody {
-            id: d.id.clone(),
-            anomaly: d.anomaly.clone(),
-            state: d.state.as_str().into(),
-            pid: d.pid,
-            comm: d.comm.clone(),
-            target_ip: d.target_ip,
-            targets: d.targets.clone(),
-            refused: d.refused.iter().map(|r| r.ip).collect(),
-            country: d.country.clone(),
-            deadline: humantime::format_rfc3339_millis(d.deadline).to_string(),
-            decided_by: d.decided_by.clone(),
-            reason: d.reason.clone(),
-        };
-        let alert = self.detect.alerts.sync_state(change.alert);
-        let alert = Record::new(
-            change.alert_at,
-            &self.shared.host,
-            Body::Alert(Box::new(alert)),
-        );
-        self.store(Write::Update(Arc::new(alert)));
-        self.emit(SystemTime::now(), Body::Decision(Box::new(body)));
-        self.refresh_counts();
-    }
-
-    /// Keep the status counter of pending decisions current.
-    pub fn refresh_counts(&self) {
-        self.shared
-            .pending
-            .store(self.switch.pending_count() as u64, Ordering::Relaxed);
-    }
-
-    /// A human answered (CLI, chat, signed link). The reply leaves once the outcome is
-    /// committed and enforced.
-    pub fn answer(&mut self, answer: Answer) {
-        let outcome = self.switch.answer(
-            &self.detect.trust,
-            &answer.id,
-            answer.verdict,
-            &answer.via,
-            Now::read(),
-            Some(answer.reply),
-        );
-        // The outcome is stored and streamed when the worker reports it committed/enforced.
-        if let Err(e) = outcome {
-            warn!(id = %answer.id, via = %answer.via, "answer not applied: {e}");
-        }
-        self.refresh_counts();
-    }
-
-    /// End the decisions whose deadline passed (their outcome comes back as a report).
-    pub fn tick(&mut self) {
-        self.switch.tick(&self.detect.trust, Now::read());
-        self.refresh_counts();
-    }
-
-    /// The end of a loop round: decisions whose target set grew go to the worker once.
-    pub fn flush(&mut self) {
-        self.switch.flush(Now::read());
-    }
-
-    /// What the switch's worker learnt while enforcing.
-    pub fn report(&mut self, report: Report) {
-        match report {
-            Report::Changed(changes) => {
-                for change in changes {
-                    self.switch.note_changed(&change);
-                    self.apply(change);
-                }
-            }
-            Report::Blocks(n) => self.shared.blocks.store(n, Ordering::Relaxed),
-            Report::Enforced(blocks) => {
-                if let Some(fleet) = &self.fleet {
-                    for b in &blocks {
-                        fleet.block(b, false);
-                    }
-                }
-            }
-            Report::Lifted(block) => {
-                info!(addr = %block.addr, "unblocked");
-                if let Some(fleet) = &self.fleet {
-                    fleet.block(&block, true);
-                }
-            }
-        }
-    }
-
-    pub fn unblock(&mut self, request: Unblock) {
-        info!(addr = %request.addr, "unblock requested");
-        self.switch.unblock(request.addr, Some(request.reply));
-    }
-
-    /// A shared block or a lift from the fleet (`fleet.share_blocks`). The worker records and
-    /// enforces it; the fleet hears of it when it reports the block in force (or lifted).
-    pub fn fleet_command(&mut self, command: crate::fleet::Command) {
-        match command {
-            crate::fleet::Command::Block { addr, tag } => {
-                match self
-                    .switch
-                    .block_shared(&self.detect.trust, addr, &tag, SystemTime::now())
-                {
-                    Ok(true) => debug!(%addr, by = %tag, "shared block: queued"),
-                    Ok(false) => {
-                        debug!(%addr, by = %tag, "shared block: already held here (or dry-run)")
-                    }
-                    Err(why) => warn!(%addr, by = %tag, "shared block refused: {why}"),
-                }
-            }
-            crate::fleet::Command::Lift { addr, only_shared } => {
-                let held = self.switch.reader().blocks(SystemTime::now());
-                let held = held.unwrap_or_default();
-                let Some(b) = held.iter().find(|b| b.addr == addr) else {
-                    return;
-                };
-                if only_shared && !b.decision_id.starts_with("fleet:") {
-                    return;
-                }
-                info!(%addr, "unblock requested by the fleet");
-                self.switch.unblock(addr, None);
-            }
         }
     }
 

@@ -10,12 +10,13 @@
 //! This state machine lives on the event loop and never blocks: committing to the ledger,
 //! running `nft` and announcing in chat are jobs for the [`worker`] thread, which does them in
 //! order (committed before announced or enforced) and in batches. Countdowns run on the boot
-//! clock ([`clock`]); pending deadlines and blocks survive restarts.
+//! clock ([`clock`]); pending deadlines and blocks survive restarts ([`resume`]).
 
 pub mod answer;
 pub mod clock;
 pub mod decision;
 pub mod ledger;
+mod resume;
 pub mod worker;
 
 use std::{
@@ -34,8 +35,8 @@ use crate::{
     event::AlertBody,
     switch::{
         clock::Now,
-        decision::{AnswerError, Decision, Notice, Refused, State, Verdict},
-        ledger::{Block, Kill, Ledger, LedgerError, Open},
+        decision::{AnswerError, Decision, Refused, State, Verdict},
+        ledger::{Block, Kill, Ledger, Open},
         worker::{Ending, Job},
     },
 };
@@ -140,66 +141,6 @@ impl Switch {
         if self.jobs.send(job).is_err() {
             warn!("the switch worker has stopped: a decision's work is lost");
         }
-    }
-
-    /// At start: re-assert every unexpired block with its remaining time (dropping any the
-    /// gate refuses now), retry blocks that had failed, and resume pending decisions with their
-    /// original deadlines (one that passed while the agent was down is enforced at the next
-    /// tick), announcing them again.
-    pub fn resume(&mut self, trust: &TrustSet, now: Now) -> Result<(), LedgerError> {
-        let mut reassert = Vec::new();
-        for block in self.reader.blocks(now.wall)? {
-            let left = block.expires.duration_since(now.wall).unwrap_or_default();
-            match self.gate.admit(trust, block.addr) {
-                Ok(target) => {
-                    self.blocked.insert(target.ip());
-                    reassert.push((target, left));
-                }
-                Err(why) => {
-                    warn!(addr = %block.addr, "dropping a recorded block: {why}");
-                    self.send(Job::Unblock {
-                        ip: block.addr,
-                        reply: None,
-                    });
-                }
-            }
-        }
-        if !reassert.is_empty() {
-            info!(blocks = reassert.len(), "re-asserting recorded blocks");
-            self.send(Job::Reassert(reassert));
-        }
-        let mut retry = Vec::new();
-        for open in self.reader.block_failed()? {
-            let targets = self.admitted(trust, &open.decision.targets).0;
-            retry.push((open, targets));
-        }
-        if !retry.is_empty() {
-            self.send(Job::Retry(retry));
-        }
-        self.safe = self.reader.safe_targets(now.wall)?.into_iter().collect();
-        for open in self.reader.pending()? {
-            info!(id = %open.decision.id, "resuming a pending decision");
-            // Announced again: the chat message from before the restart may never have left.
-            self.send(Job::Announce(Box::new(Notice::Opened(
-                open.decision.clone(),
-            ))));
-            let due = now.boot_deadline(open.decision.deadline);
-            for t in targets_of(&open.decision) {
-                self.by_target.insert(t, open.decision.id.clone());
-            }
-            let announced = open.decision.targets.len().max(1);
-            self.pending.insert(
-                open.decision.id.clone(),
-                Pending {
-                    open,
-                    due,
-                    announced,
-                    announced_at: now.boot,
-                    dirty: false,
-                },
-            );
-        }
-        Ok(())
     }
 
     /// Whether `ip` was marked safe and is still within `switch.safe_ttl`.
@@ -621,7 +562,10 @@ mod tests {
     use crate::{
         enforce::{Backend, Enforcer},
         event::sample_alert as alert,
-        switch::worker::{Health, Worker},
+        switch::{
+            decision::Notice,
+            worker::{Health, Worker},
+        },
     };
 
     const T: Timings = Timings {

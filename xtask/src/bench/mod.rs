@@ -6,13 +6,21 @@
 //! measured first and reported last. Rounds during which other processes used the CPU are
 //! flagged, since on a small machine they swamp the effect measured. This is a measurement,
 //! not a test: a missed target is printed, not an error.
+//!
+//! Here: the options, the rounds and the idle measurement. Beside it: `storm.rs` (the timed
+//! workloads), `agent.rs` (the agent under measurement), `host.rs` (what is read from
+//! `/proc`), `report.rs` (the printout).
 
 mod agent;
 pub mod cost;
 mod host;
+mod report;
+mod storm;
 
 use agent::*;
 use host::*;
+use report::*;
+use storm::*;
 
 use std::{
     fs::{self, File},
@@ -323,241 +331,6 @@ impl Bench<'_> {
     }
 }
 
-/// N sequential fork+exec+wait of /bin/true.
-fn exec_storm(n: u64) -> anyhow::Result<Duration> {
-    let start = Instant::now();
-    for _ in 0..n {
-        let status = Command::new("/bin/true")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .context("running /bin/true")?;
-        ensure!(status.success(), "/bin/true failed: {status}");
-    }
-    Ok(start.elapsed())
-}
-
-/// N sequential TCP connects to the loopback listener, each closed at once.
-/// A fresh listener each time: connections of earlier storms linger in TIME_WAIT for a
-/// minute, and while those to the same address are younger than a second their local ports
-/// cannot be reused, which turns the kernel's search for a free port into a slow scan.
-fn connect_storm(n: u64) -> anyhow::Result<Duration> {
-    let listener = Listener::start()?;
-    let addr = listener.addr;
-    let start = Instant::now();
-    for i in 0..n {
-        let stream = TcpStream::connect(addr)
-            .with_context(|| format!("connect {} of {n} to {addr}", i + 1))?;
-        drop(stream);
-    }
-    Ok(start.elapsed())
-}
-
-/// Accept-queue length asked for the listener; the kernel caps it at net.core.somaxconn.
-const LISTEN_BACKLOG: i32 = 4096;
-
-unsafe extern "C" {
-    /// listen(2), from the C library std already links (xtask has no libc crate).
-    fn listen(fd: i32, backlog: i32) -> i32;
-}
-
-/// How long the listener waits for a client to close its end.
-const LISTENER_READ_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// A listener on 127.0.0.1 (never anything else) whose thread accepts every connection,
-/// waits for the client to close it and closes its end, until the listener is dropped. Two
-/// details keep SYNs from being dropped, each of which would cost a 1 s retransmit:
-///
-/// - std listens with a backlog of 128: a sequential storm fills that in about 1.5 ms
-///   whenever the listener thread is not scheduled. Calling listen(2) again on the listening
-///   socket raises the backlog (Linux allows that).
-/// - Whichever side closes first keeps the connection in TIME_WAIT. On the listener's side
-///   that keeps the client from reusing its port (the new SYN is answered as part of the old
-///   connection). On the client's side the kernel reuses such ports cleanly
-///   (net.ipv4.tcp_tw_reuse, on for loopback by default), so the listener closes last.
-struct Listener {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Listener {
-    fn start() -> anyhow::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").context("binding a loopback listener")?;
-        let addr = listener.local_addr()?;
-        // SAFETY: listen(2) on a socket descriptor the listener owns; no memory is shared.
-        if unsafe { listen(listener.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
-            return Err(std::io::Error::last_os_error()).context("raising the listen backlog");
-        }
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = Arc::clone(&stop);
-        let thread = thread::Builder::new()
-            .name("bench-listener".into())
-            .spawn(move || {
-                let mut byte = [0u8; 1];
-                for stream in listener.incoming().flatten() {
-                    // Until end of file or the timeout: the bench's clients send nothing.
-                    let _ = stream.set_read_timeout(Some(LISTENER_READ_TIMEOUT));
-                    let _ = (&stream).read(&mut byte);
-                    if stopped.load(Ordering::Relaxed) {
-                        return;
-                    }
-                }
-            })
-            .context("starting the listener thread")?;
-        Ok(Self {
-            addr,
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for Listener {
-    /// Raise the flag and wake the thread with one last connection; if that cannot connect,
-    /// leave the thread blocked in accept rather than hang here.
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if TcpStream::connect(self.addr).is_ok()
-            && let Some(thread) = self.thread.take()
-        {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// The median; the mean of the middle two for an even count. NaN for no values.
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let n = sorted.len();
-    match n {
-        0 => f64::NAN,
-        _ if n % 2 == 1 => sorted[n / 2],
-        _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
-    }
-}
-
-/// `ratio 1.034×  (target ≤ 1.05×) ok`, or `above target`. The ratio has three decimals so
-/// that a ratio just above the target never reads as equal to it.
-fn format_ratio(ratio: f64, target: f64) -> String {
-    let verdict = if ratio <= target {
-        "ok"
-    } else {
-        "above target"
-    };
-    format!("ratio {ratio:.3}×  (target ≤ {target:.2}×) {verdict}")
-}
-
-fn secs(d: Duration) -> String {
-    format!("{:.3} s", d.as_secs_f64())
-}
-
-fn mib(kib: u64) -> String {
-    format!("{:.1} MiB", kib as f64 / 1024.0)
-}
-
-fn print_report(args: &Args, rounds: &[Round], idle: &Idle) {
-    let col = |f: fn(&Round) -> Duration| -> Vec<f64> {
-        rounds.iter().map(|r| f(r).as_secs_f64()).collect()
-    };
-    let exec_without = median(&col(|r| r.without.exec));
-    let exec_with = median(&col(|r| r.with.exec));
-    let connect_without = median(&col(|r| r.without.connect));
-    let connect_with = median(&col(|r| r.with.connect));
-    let disturbed: Vec<usize> = rounds
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| r.without.others.max(r.with.others) > DISTURBED_CORES)
-        .map(|(i, _)| i + 1)
-        .collect();
-    let repeats: u32 = rounds
-        .iter()
-        .map(|r| r.without.connect_repeats + r.with.connect_repeats)
-        .sum();
-
-    println!();
-    println!(
-        "per round (seconds; ratio = with / without; \"others\": CPU used by other processes \
-         or stolen by the hypervisor meanwhile, in cores, without/with):"
-    );
-    println!(
-        "round  first    exec without   with   ratio  connect without   with   ratio  \
-         agent CPU   seen exec/connect  lost    others"
-    );
-    for (i, r) in rounds.iter().enumerate() {
-        let o = &r.observed;
-        println!(
-            "{:>5}  {:<7} {:>13.3} {:>6.3} {:>6.3}× {:>16.3} {:>6.3} {:>6.3}× \
-             {:>9.3} s {:>11}/{:<6} {:>3}/{:<3} {:.2}/{:.2}",
-            i + 1,
-            if r.with_first { "with" } else { "without" },
-            r.without.exec.as_secs_f64(),
-            r.with.exec.as_secs_f64(),
-            r.with.exec.as_secs_f64() / r.without.exec.as_secs_f64(),
-            r.without.connect.as_secs_f64(),
-            r.with.connect.as_secs_f64(),
-            r.with.connect.as_secs_f64() / r.without.connect.as_secs_f64(),
-            o.agent_cpu.as_secs_f64(),
-            o.exec_seen,
-            o.connect_seen,
-            o.exec_lost,
-            o.connect_lost,
-            r.without.others,
-            r.with.others,
-        );
-    }
-    if !disturbed.is_empty() {
-        println!(
-            "rounds {disturbed:?}: other processes (or steal) took more than {DISTURBED_CORES} \
-             of a core meanwhile (column \"others\"); their timings are suspect: rerun on a \
-             quiet machine"
-        );
-    }
-    if repeats > 0 {
-        println!(
-            "({repeats} connect storm(s) were repeated because a SYN was retransmitted; see \
-             the progress lines)"
-        );
-    }
-    println!();
-    println!(
-        "medians over {} round{}:",
-        rounds.len(),
-        if rounds.len() == 1 { "" } else { "s" }
-    );
-    let exec_label = format!("exec storm    ({} × /bin/true):", args.execs);
-    let connect_label = format!("connect storm ({} × loopback):", args.connects);
-    let width = exec_label
-        .chars()
-        .count()
-        .max(connect_label.chars().count());
-    for (label, without, with, target) in [
-        (exec_label, exec_without, exec_with, EXEC_TARGET),
-        (connect_label, connect_without, connect_with, CONNECT_TARGET),
-    ] {
-        let pad = width - label.chars().count();
-        println!(
-            "{label}{:pad$}  without {without:.3} s  with {with:.3} s  {}",
-            "",
-            format_ratio(with / without, target)
-        );
-    }
-    let sockets = idle
-        .tcp_sockets
-        .map(|n| format!(" ({n} TCP sockets on the machine)"))
-        .unwrap_or_default();
-    println!(
-        "idle: RSS {} (peak {}), CPU {:.2} % of one core over {:.0} s{sockets}",
-        mib(idle.rss_kib),
-        mib(idle.hwm_kib),
-        idle.cpu_percent,
-        idle.secs
-    );
-    println!("load average at the end: {}", load_average());
-}
-
 /// The agent's config for the benchmark: its own db and socket, and dry-run enforcement, so
 /// the host's firewall is never touched (the sensors are what is measured).
 fn bench_config(dir: &Path) -> String {
@@ -608,12 +381,6 @@ fn other_agents(binary: &Path) -> Vec<u32> {
                 .is_ok_and(|exe| exe.file_name() == name || exe == binary)
         })
         .collect()
-}
-
-fn load_average() -> String {
-    fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
 }
 
 #[cfg(test)]
@@ -746,31 +513,6 @@ mod tests {
         assert_eq!(netstat_counter(text, "IpExt", "ListenOverflows"), Some(99));
         assert_eq!(netstat_counter(text, "TcpExt", "Nope"), None);
         assert_eq!(netstat_counter(text, "MPTcpExt", "TW"), None);
-    }
-
-    #[test]
-    fn medians() {
-        assert!(median(&[]).is_nan());
-        assert_eq!(median(&[2.0]), 2.0);
-        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
-        assert_eq!(median(&[5.0, 1.0, 1.0, 9.0, 2.0]), 2.0);
-    }
-
-    #[test]
-    fn ratio_verdicts() {
-        assert_eq!(
-            format_ratio(1.03, 1.05),
-            "ratio 1.030×  (target ≤ 1.05×) ok"
-        );
-        assert_eq!(
-            format_ratio(1.05, 1.05),
-            "ratio 1.050×  (target ≤ 1.05×) ok"
-        );
-        assert_eq!(
-            format_ratio(1.054, 1.05),
-            "ratio 1.054×  (target ≤ 1.05×) above target"
-        );
     }
 
     #[test]
