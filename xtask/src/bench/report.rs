@@ -4,7 +4,7 @@
 use super::*;
 
 /// The median; the mean of the middle two for an even count. NaN for no values.
-fn median(values: &[f64]) -> f64 {
+pub(super) fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     let n = sorted.len();
