@@ -274,6 +274,20 @@ fn flooded_ring_buffer_raises_one_blind_alert() {
         .filter(|l| l.contains("alert:") && l.contains("the exec sensor lost"))
         .count();
     assert_eq!(logged, 1, "logged once:\n{}", agent.log());
+    // The kernel programs report the drops themselves (aya-log, target `sentinel::kernel`), at each
+    // doubling of a CPU's count: a few lines, never one per dropped record.
+    let total_lost = lost(&agent);
+    let log = agent.log();
+    let kernel = log
+        .lines()
+        .filter(|l| l.contains("sentinel::kernel:") && l.contains("buffer full, record dropped"))
+        .count() as u64;
+    let cpus = thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let per_cpu_bound = u64::from(64 - total_lost.leading_zeros());
+    assert!(
+        kernel >= 1 && kernel <= cpus * per_cpu_bound,
+        "{kernel} kernel lines for {total_lost} drops on {cpus} CPUs:\n{log}"
+    );
     // Nothing to block and nobody to kill: no decision (other work on the machine may open
     // some of its own: only this alert's id counts).
     let decisions = agent.events("decision");

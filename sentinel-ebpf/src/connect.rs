@@ -14,9 +14,9 @@ use sentinel_common::{
     events::connect::{AF_INET, AF_INET6, ConnectEvent, ListenEvent},
 };
 
+use crate::rare::{record_dropped, unexpected_family};
 use crate::task::{
-    EVENTS, count_lost, current_exe, current_tgid_unless_agent, fill_header, submit_flags,
-    use_process_comm,
+    EVENTS, current_exe, current_tgid_unless_agent, fill_header, submit_flags, use_process_comm,
 };
 
 /// Connect and listen records dropped because `EVENTS` was full.
@@ -64,7 +64,7 @@ fn on_listen(ctx: &TracePointContext) {
         return;
     }
     let Some(mut entry) = EVENTS.reserve::<ListenEvent>(0) else {
-        count_lost(&CONNECT_LOST);
+        record_dropped(ctx, &CONNECT_LOST, "connect");
         return;
     };
     // SAFETY: sized for a ListenEvent; every field is written below.
@@ -98,6 +98,7 @@ fn on_state_change(ctx: &TracePointContext) {
     }
     let family = field::<u16>(ctx, FAMILY);
     if family != AF_INET && family != AF_INET6 {
+        unexpected_family(ctx, "connect", family);
         return;
     }
     if current_tgid_unless_agent().is_none() {
@@ -105,7 +106,7 @@ fn on_state_change(ctx: &TracePointContext) {
     }
     let _ = OUTBOUND.insert(field::<u64>(ctx, SKADDR), 1, 0);
     let Some(mut entry) = EVENTS.reserve::<ConnectEvent>(0) else {
-        count_lost(&CONNECT_LOST);
+        record_dropped(ctx, &CONNECT_LOST, "connect");
         return;
     };
     // SAFETY: sized for a ConnectEvent; every field is written below.

@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use sentinel_common::events::cpu::MAX_TRACKED;
 
-use crate::task::{count_lost, current_tgid_unless_agent};
+use crate::{rare::record_dropped, task::current_tgid_unless_agent};
 
 /// Samples per tgid, per CPU (each CPU's program only touches its own slot: no atomics). The
 /// `exec` sensor removes a process's entry when it exits, so the agent needs no system call
@@ -23,12 +23,12 @@ pub static CPU_SAMPLES: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entrie
 static CPU_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 #[perf_event]
-pub fn cpu_perf_event(_ctx: PerfEventContext) -> u32 {
-    on_sample();
+pub fn cpu_perf_event(ctx: PerfEventContext) -> u32 {
+    on_sample(&ctx);
     0
 }
 
-fn on_sample() {
+fn on_sample(ctx: &PerfEventContext) {
     let Some(tgid) = current_tgid_unless_agent() else {
         return;
     };
@@ -41,7 +41,7 @@ fn on_sample() {
     if CPU_SAMPLES.insert(&tgid, &1, BPF_NOEXIST.into()).is_ok() || bump(tgid) {
         return;
     }
-    count_lost(&CPU_LOST);
+    record_dropped(ctx, &CPU_LOST, "cpu");
 }
 
 /// Add one sample to an existing entry; false when `tgid` has none yet.

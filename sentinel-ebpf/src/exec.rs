@@ -17,9 +17,9 @@ use sentinel_common::{
 };
 
 use crate::cpu::CPU_SAMPLES;
+use crate::rare::{read_failed, record_dropped};
 use crate::task::{
-    EVENTS, count_lost, current_exe, current_tgid_unless_agent, fill_header, offsets, read_field,
-    submit_flags,
+    EVENTS, current_exe, current_tgid_unless_agent, fill_header, offsets, read_field, submit_flags,
 };
 
 /// Exec, fork, exit (and stdio) records dropped because `EVENTS` was full.
@@ -52,7 +52,7 @@ fn on_exec(ctx: &TracePointContext) {
         return;
     }
     let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
-        count_lost(&EXEC_LOST);
+        record_dropped(ctx, &EXEC_LOST, "exec");
         return;
     };
     // SAFETY: the reservation is sized for an ExecEvent, which is plain integers and bytes;
@@ -65,10 +65,20 @@ fn on_exec(ctx: &TracePointContext) {
     let data = &mut event.data;
 
     let parent: Option<*const u8> = read_field(task, off.task_real_parent);
-    data.ppid = parent
-        .and_then(|p| read_field::<u32>(p, off.task_tgid))
-        .unwrap_or(0);
-    data.start_ns = read_field(task, off.task_start_boottime).unwrap_or(0);
+    data.ppid = match parent.and_then(|p| read_field::<u32>(p, off.task_tgid)) {
+        Some(ppid) => ppid,
+        None => {
+            read_failed(ctx, "the parent's tgid");
+            0
+        }
+    };
+    data.start_ns = match read_field(task, off.task_start_boottime) {
+        Some(start) => start,
+        None => {
+            read_failed(ctx, "the start time");
+            0
+        }
+    };
     data.exe = current_exe();
 
     // SAFETY: the tracepoint record is readable at its own offsets.
@@ -115,13 +125,14 @@ fn on_fork(ctx: &BtfTracePointContext) {
         read_field::<u32>(child, off.task_pid),
         read_field::<u32>(child, off.task_tgid),
     ) else {
+        read_failed(ctx, "the new process's pid");
         return;
     };
     if child_pid != child_tgid {
         return; // a new thread, not a new process
     }
     let Some(mut entry) = EVENTS.reserve::<ForkEvent>(0) else {
-        count_lost(&EXEC_LOST);
+        record_dropped(ctx, &EXEC_LOST, "exec");
         return;
     };
     // SAFETY: sized for a ForkEvent; every field is written below.
@@ -151,7 +162,7 @@ fn on_exit(ctx: &TracePointContext) {
     // Its CPU samples end with it (the agent read them at its last interval).
     let _ = CPU_SAMPLES.remove(&tgid);
     let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {
-        count_lost(&EXEC_LOST);
+        record_dropped(ctx, &EXEC_LOST, "exec");
         return;
     };
     // SAFETY: sized for an ExitEvent; every field is written below.

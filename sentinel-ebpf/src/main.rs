@@ -1,6 +1,7 @@
 //! Sentinel's kernel programs, one module per sensor (`exec`, `connect`, `stdio`, `cpu`) plus
 //! the connect guard that enforces blocks (`guard`), each named
-//! `<sensor>_<hook>` and owning its maps. `task` holds what they share: the globals the agent
+//! `<sensor>_<hook>` and owning its maps. `rare` reports their rare failures through aya-log;
+//! `task` holds what they share: the globals the agent
 //! fills in at load time, the header every record starts with, and the one ring buffer the
 //! process-and-network records travel on, in order.
 #![no_std]
@@ -10,6 +11,7 @@ mod connect;
 mod cpu;
 mod exec;
 mod guard;
+mod rare;
 mod stdio;
 mod task;
 

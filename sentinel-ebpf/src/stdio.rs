@@ -20,9 +20,10 @@ use sentinel_common::{
 use crate::{
     connect::OUTBOUND,
     exec::EXEC_LOST,
+    rare::{record_dropped, unexpected_family},
     task::{
-        EVENTS, count_lost, current_tgid_unless_agent, fill_header, offsets, read_at, read_field,
-        submit_flags, use_process_comm,
+        EVENTS, current_tgid_unless_agent, fill_header, offsets, read_at, read_field, submit_flags,
+        use_process_comm,
     },
 };
 
@@ -112,11 +113,15 @@ fn on_dup(ctx: &TracePointContext) {
     }
     let family: u16 = read_sk(sk, off.sk_family).unwrap_or(0);
     let protocol: u16 = read_sk(sk, off.sk_protocol).unwrap_or(0);
-    if (family != AF_INET && family != AF_INET6) || protocol != IPPROTO_TCP {
+    if family != AF_INET && family != AF_INET6 {
+        unexpected_family(ctx, "stdio", family);
+        return;
+    }
+    if protocol != IPPROTO_TCP {
         return;
     }
     let Some(mut entry) = EVENTS.reserve::<StdioEvent>(0) else {
-        count_lost(&EXEC_LOST);
+        record_dropped(ctx, &EXEC_LOST, "stdio");
         return;
     };
     // SAFETY: sized for a StdioEvent; every field is written below.

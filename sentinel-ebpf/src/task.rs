@@ -129,15 +129,6 @@ pub fn read_at<T>(base: *const u8, offset: usize) -> Option<T> {
     unsafe { bpf_probe_read_kernel(base.wrapping_add(offset).cast::<T>()) }.ok()
 }
 
-/// Count one record a sensor could not deliver (its ring buffer or map was full).
-#[inline(always)]
-pub fn count_lost(counter: &PerCpuArray<u64>) {
-    if let Some(slot) = counter.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot: only this CPU writes it while this program runs.
-        unsafe { *slot += 1 };
-    }
-}
-
 /// Name the record after the process, not the thread: a connect from a worker thread of
 /// `java` is java's (the group leader's comm), as `/proc/<pid>/comm` would say.
 #[inline(always)]

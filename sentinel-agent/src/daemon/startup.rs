@@ -392,13 +392,17 @@ pub fn open_control_socket(
     Ok(tokio::spawn(control::serve(listener, shared.clone())))
 }
 
-/// Drain the kernel's ring buffer into batches for the loop. The channel closes when every
-/// reader has stopped.
+/// Drain the kernel's ring buffer into batches for the loop (the channel closes when every
+/// reader has stopped), and relay the kernel programs' log into the agent's.
 pub fn start_readers(
     sensors: &mut sensors::Sensors,
     shared: &Shared,
 ) -> (Option<JoinHandle<()>>, mpsc::Receiver<Vec<KernelEvent>>) {
     let (tx, rx) = mpsc::channel::<Vec<KernelEvent>>(1024);
+    if let Some(log) = sensors.kernel_log.take() {
+        // Ends with the runtime: nothing to flush at stop.
+        tokio::spawn(sensors::kernel_log::relay(log));
+    }
     let task = sensors.ring.take().map(|ring| {
         let counters = shared.counters.to_vec();
         tokio::spawn(sensors::drain(ring, tx, counters))

@@ -9,6 +9,7 @@ pub mod connect;
 pub mod cpu;
 pub mod cron;
 pub mod exec;
+pub mod kernel_log;
 pub mod stdio;
 
 use std::{
@@ -195,6 +196,8 @@ pub struct Sensors {
     /// The process-and-network records (exec, fork, exit, stdio, connect, listen), in order.
     pub ring: Option<Ring>,
     pub cpu_samples: Option<cpu::SampleMap>,
+    /// The kernel programs' reports of their rare failures (aya-log).
+    pub kernel_log: Option<kernel_log::KernelLog>,
 }
 
 /// The classic tracepoints need tracefs; mount it when the system has not.
@@ -275,12 +278,14 @@ pub fn load(opts: &LoadOptions) -> Result<Sensors, SensorError> {
     let cpu_samples = attached[2]
         .then(|| take_map(&mut ebpf, "cpu", "CPU_SAMPLES"))
         .transpose()?;
+    let kernel_log = kernel_log::take(&mut ebpf);
     Ok(Sensors {
         ebpf,
         attached,
         lost: Arc::new(Mutex::new(LostMaps { maps: lost })),
         ring,
         cpu_samples,
+        kernel_log,
     })
 }
 
