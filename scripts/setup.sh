@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian/Ubuntu machine lacks to build, run and test Sentinel:
 # apt packages (postgresql: the fleet tests start their own server from it), the nightly toolchain's rust-src, bpf-linker 0.10.4, and the GeoIP country
-# database at /var/lib/sentinel/country.mmdb.
+# database at /var/lib/sentinel/country.mmdb. With --bench it also installs bpftrace, the
+# baseline `cargo xtask bench-cost` measures beside the agent (not needed to build or test).
 # Idempotent, and quick when everything is already there. Run as root (or with sudo).
 set -euo pipefail
 
@@ -13,6 +14,12 @@ NIGHTLY=${SENTINEL_BPF_TOOLCHAIN:-nightly}
 # container booted with systemd. postgresql: the fleet tests start their own server.
 APT_PACKAGES=(nftables iproute2 bpftool gcc libc6-dev pkg-config ca-certificates systemd
   openssh-server openssh-client nginx php-fpm chromium debootstrap systemd-container postgresql)
+for arg in "$@"; do
+  case "$arg" in
+    --bench) APT_PACKAGES+=(bpftrace) ;;
+    *) printf 'setup: unknown option %s (known: --bench)\n' "$arg" >&2; exit 2 ;;
+  esac
+done
 
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'setup: %s\n' "$*" >&2; exit 1; }

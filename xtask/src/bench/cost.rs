@@ -110,8 +110,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let bpftrace = which("bpftrace");
     if bpftrace.is_none() {
         eprintln!(
-            "bpftrace is not installed (scripts/setup.sh installs it): measuring Sentinel \
-             alone, without the baseline"
+            "bpftrace is not installed (`scripts/setup.sh --bench` installs it): measuring \
+             Sentinel alone, without the baseline"
         );
     }
     let _stats = BpfStats::enable()?;
