@@ -159,8 +159,12 @@ fn on_exit(ctx: &TracePointContext) {
     let Some(tgid) = current_tgid_unless_agent() else {
         return;
     };
-    // Its CPU samples end with it (the agent read them at its last interval).
-    let _ = CPU_SAMPLES.remove(&tgid);
+    // Its CPU samples end with it (the agent read them at its last interval). Most processes
+    // never took a sample: a lookup is cheaper than a delete that finds nothing.
+    // SAFETY: the value is not kept.
+    if unsafe { CPU_SAMPLES.get(&tgid) }.is_some() {
+        let _ = CPU_SAMPLES.remove(&tgid);
+    }
     let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {
         record_dropped(ctx, &EXEC_LOST, "exec");
         return;

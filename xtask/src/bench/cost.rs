@@ -10,6 +10,9 @@ use std::{collections::BTreeMap, io::BufRead as _, sync::mpsc};
 
 use super::*;
 
+mod report;
+use report::*;
+
 /// Targets, all in, on the reference machine.
 const EXEC_TARGET_US: f64 = 8.0;
 const CONNECT_TARGET_US: f64 = 2.0;
@@ -286,6 +289,7 @@ fn charge(pid: u32, work: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result
 /// Each BPF program `pid` holds open: id → (name, run_time_ns, run_cnt).
 fn bpf_run_times(pid: u32) -> anyhow::Result<BTreeMap<u64, (String, u64, u64)>> {
     let mut programs = BTreeMap::new();
+    let attached = attach_points();
     let fds = fs::read_dir(format!("/proc/{pid}/fd")).context("listing the tool's fds")?;
     for fd in fds.filter_map(Result::ok) {
         let is_prog =
@@ -302,7 +306,7 @@ fn bpf_run_times(pid: u32) -> anyhow::Result<BTreeMap<u64, (String, u64, u64)>> 
         ) else {
             continue;
         };
-        programs.insert(id, (program_name(id), ns, runs));
+        programs.insert(id, (program_name(id, &attached), ns, runs));
     }
     Ok(programs)
 }
@@ -316,18 +320,42 @@ fn fdinfo_u64(info: &str, key: &str) -> Option<u64> {
 }
 
 /// The program's name as `bpftool prog show id ID` prints it (`ID: TYPE  name NAME  tag …`).
-fn program_name(id: u64) -> String {
+/// The kernel keeps 15 characters of a name without BTF (bpftrace's `sched_process_e` is
+/// both exec and exit): such a name gives way to the tracepoint it is attached to.
+fn program_name(id: u64, attached: &BTreeMap<u64, String>) -> String {
     let out = Command::new("bpftool")
         .args(["prog", "show", "id", &id.to_string()])
         .output();
     let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-    text.ok()
-        .and_then(|t| {
-            let mut words = t.split_whitespace();
-            words.find(|w| *w == "name")?;
-            words.next().map(str::to_owned)
-        })
-        .unwrap_or_else(|| format!("prog {id}"))
+    let name = text.ok().and_then(|t| {
+        let mut words = t.split_whitespace();
+        words.find(|w| *w == "name")?;
+        words.next().map(str::to_owned)
+    });
+    match (name, attached.get(&id)) {
+        (Some(name), Some(point)) if name.len() == 15 => format!("{point} ({name})"),
+        (Some(name), _) => name,
+        (None, Some(point)) => point.clone(),
+        (None, None) => format!("prog {id}"),
+    }
+}
+
+/// Tracepoint of each program attached through perf (`bpftool perf show`:
+/// `pid P  fd F: prog_id ID  tracepoint  NAME`), by program id.
+fn attach_points() -> BTreeMap<u64, String> {
+    let out = Command::new("bpftool").args(["perf", "show"]).output();
+    let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    text.unwrap_or_default()
+        .lines()
+        .filter_map(perf_line)
+        .collect()
+}
+
+fn perf_line(line: &str) -> Option<(u64, String)> {
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == "prog_id")?;
+    let id = words.next()?.parse().ok()?;
+    Some((id, words.last()?.to_owned()))
 }
 
 /// Time on CPU of every live thread of `pid`, by tid (`/proc/PID/task/TID/schedstat`).
@@ -452,161 +480,6 @@ fn wait_for(mut done: impl FnMut() -> anyhow::Result<bool>, what: &str) -> anyho
     Ok(())
 }
 
-/// `12.3 µs each (BPF 4.1 + process 8.2)` for a storm of `n`, `0.42 % of a core (…)` idle.
-fn describe(charge: &Charge, n: Option<u64>) -> String {
-    let (bpf, user) = (charge.bpf_ns() as f64, charge.user as f64);
-    match n {
-        Some(n) => {
-            let n = n as f64;
-            format!(
-                "{:.2} µs each (BPF {:.2} + process {:.2})",
-                (bpf + user) / n / 1e3,
-                bpf / n / 1e3,
-                user / n / 1e3
-            )
-        }
-        None => {
-            let e = charge.elapsed.as_nanos() as f64 / 100.0;
-            format!(
-                "{:.3} % of a core (BPF {:.3} + process {:.3})",
-                (bpf + user) / e,
-                bpf / e,
-                user / e
-            )
-        }
-    }
-}
-
-fn per_event_us(costs: &[Costs], pick: fn(&Costs) -> &Charge, n: u64) -> f64 {
-    median(
-        &costs
-            .iter()
-            .map(|c| pick(c).total_ns() as f64 / n as f64 / 1e3)
-            .collect::<Vec<_>>(),
-    )
-}
-
-fn idle_percent(costs: &[Costs]) -> f64 {
-    median(
-        &costs
-            .iter()
-            .map(|c| c.idle.total_ns() as f64 / c.idle.elapsed.as_nanos() as f64 * 100.0)
-            .collect::<Vec<_>>(),
-    )
-}
-
-fn verdict(value: f64, target: f64) -> &'static str {
-    if value <= target {
-        "ok"
-    } else {
-        "above target"
-    }
-}
-
-fn print_cost_report(args: &Args, sentinel: &[Costs], baseline: &[Costs]) {
-    let (execs, connects) = (args.execs, args.connects);
-    println!();
-    println!(
-        "medians over {} round(s); CPU time all in (BPF programs + the tool's own threads):",
-        sentinel.len()
-    );
-    println!(
-        "{:<22} {:>16} {:>16} {:>14}",
-        "", "per exec", "per connect", "idle"
-    );
-    let row = |name: &str, costs: &[Costs]| {
-        println!(
-            "{name:<22} {:>13.2} µs {:>13.2} µs {:>12.3} %",
-            per_event_us(costs, |c| &c.exec, execs),
-            per_event_us(costs, |c| &c.connect, connects),
-            idle_percent(costs),
-        )
-    };
-    row("sentinel", sentinel);
-    if !baseline.is_empty() {
-        row("bpftrace, same hooks", baseline);
-    }
-    let exec = per_event_us(sentinel, |c| &c.exec, execs);
-    let connect = per_event_us(sentinel, |c| &c.connect, connects);
-    let idle = idle_percent(sentinel);
-    let latencies: Vec<f64> = sentinel
-        .iter()
-        .flat_map(|c| c.latencies.iter().map(|l| l.as_secs_f64() * 1e3))
-        .collect();
-    println!();
-    println!("sentinel against its targets:");
-    println!(
-        "  per exec    {exec:.2} µs (≤ {EXEC_TARGET_US} µs) {}",
-        verdict(exec, EXEC_TARGET_US)
-    );
-    println!(
-        "  per connect {connect:.2} µs (≤ {CONNECT_TARGET_US} µs) {}",
-        verdict(connect, CONNECT_TARGET_US)
-    );
-    println!(
-        "  idle        {idle:.3} % of a core (≤ {IDLE_TARGET_PERCENT} %) {}",
-        verdict(idle, IDLE_TARGET_PERCENT)
-    );
-    if !latencies.is_empty() {
-        let worst = latencies.iter().copied().fold(0.0, f64::max);
-        println!(
-            "  detection latency at idle: median {:.1} ms, worst {worst:.1} ms of {} probes \
-             (≤ {LATENCY_TARGET_MS} ms) {}",
-            median(&latencies),
-            latencies.len(),
-            verdict(worst, LATENCY_TARGET_MS)
-        );
-    }
-    println!();
-    println!("sentinel's split (median µs per event; idle: % of a core):");
-    print_split(sentinel, execs, connects);
-    if !baseline.is_empty() {
-        println!("bpftrace's split:");
-        print_split(baseline, execs, connects);
-    }
-    println!("load average at the end: {}", load_average());
-}
-
-/// Each BPF program and the process, per exec, per connect and idle.
-fn print_split(costs: &[Costs], execs: u64, connects: u64) {
-    let mut names: Vec<String> = costs
-        .iter()
-        .flat_map(|c| [&c.exec, &c.connect, &c.idle])
-        .flat_map(|ch| ch.bpf.keys().cloned())
-        .collect();
-    names.sort();
-    names.dedup();
-    let column = |pick: fn(&Costs) -> &Charge, n: Option<u64>, part: &dyn Fn(&Charge) -> u64| {
-        median(
-            &costs
-                .iter()
-                .map(|c| {
-                    let ch = pick(c);
-                    match n {
-                        Some(n) => part(ch) as f64 / n as f64 / 1e3,
-                        None => part(ch) as f64 / ch.elapsed.as_nanos() as f64 * 100.0,
-                    }
-                })
-                .collect::<Vec<_>>(),
-        )
-    };
-    let line = |label: &str, part: &dyn Fn(&Charge) -> u64| {
-        println!(
-            "  {label:<24} {:>9.3} {:>9.3} {:>9.4} %",
-            column(|c| &c.exec, Some(execs), part),
-            column(|c| &c.connect, Some(connects), part),
-            column(|c| &c.idle, None, part),
-        );
-    };
-    println!("  {:<24} {:>9} {:>9} {:>11}", "", "exec", "connect", "idle");
-    for name in &names {
-        line(&format!("BPF {name}"), &|ch| {
-            ch.bpf.get(name).map_or(0, |(ns, _)| *ns)
-        });
-    }
-    line("process (user+system)", &|ch| ch.user);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -619,6 +492,15 @@ mod tests {
         assert_eq!(fdinfo_u64(info, "run_time_ns"), Some(98765));
         assert_eq!(fdinfo_u64(info, "run_cnt"), Some(42));
         assert_eq!(fdinfo_u64(info, "verified_insns"), None);
+    }
+
+    #[test]
+    fn perf_lines_give_the_tracepoint() {
+        assert_eq!(
+            perf_line("pid 10822  fd 11: prog_id 17213  tracepoint  sched_process_exec"),
+            Some((17213, "sched_process_exec".into()))
+        );
+        assert_eq!(perf_line("garbage"), None);
     }
 
     #[test]

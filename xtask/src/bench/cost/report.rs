@@ -1,0 +1,159 @@
+//! bench-cost's printout: per-event and idle CPU time of both tools, Sentinel against its
+//! targets, and the split by BPF program and process.
+
+use super::*;
+
+/// `12.3 µs each (BPF 4.1 + process 8.2)` for a storm of `n`, `0.42 % of a core (…)` idle.
+pub(super) fn describe(charge: &Charge, n: Option<u64>) -> String {
+    let (bpf, user) = (charge.bpf_ns() as f64, charge.user as f64);
+    match n {
+        Some(n) => {
+            let n = n as f64;
+            format!(
+                "{:.2} µs each (BPF {:.2} + process {:.2})",
+                (bpf + user) / n / 1e3,
+                bpf / n / 1e3,
+                user / n / 1e3
+            )
+        }
+        None => {
+            let e = charge.elapsed.as_nanos() as f64 / 100.0;
+            format!(
+                "{:.3} % of a core (BPF {:.3} + process {:.3})",
+                (bpf + user) / e,
+                bpf / e,
+                user / e
+            )
+        }
+    }
+}
+
+fn per_event_us(costs: &[Costs], pick: fn(&Costs) -> &Charge, n: u64) -> f64 {
+    median(
+        &costs
+            .iter()
+            .map(|c| pick(c).total_ns() as f64 / n as f64 / 1e3)
+            .collect::<Vec<_>>(),
+    )
+}
+
+fn idle_percent(costs: &[Costs]) -> f64 {
+    median(
+        &costs
+            .iter()
+            .map(|c| c.idle.total_ns() as f64 / c.idle.elapsed.as_nanos() as f64 * 100.0)
+            .collect::<Vec<_>>(),
+    )
+}
+
+fn verdict(value: f64, target: f64) -> &'static str {
+    if value <= target {
+        "ok"
+    } else {
+        "above target"
+    }
+}
+
+pub(super) fn print_cost_report(args: &Args, sentinel: &[Costs], baseline: &[Costs]) {
+    let (execs, connects) = (args.execs, args.connects);
+    println!();
+    println!(
+        "medians over {} round(s); CPU time all in (BPF programs + the tool's own threads):",
+        sentinel.len()
+    );
+    println!(
+        "{:<22} {:>16} {:>16} {:>14}",
+        "", "per exec", "per connect", "idle"
+    );
+    let row = |name: &str, costs: &[Costs]| {
+        println!(
+            "{name:<22} {:>13.2} µs {:>13.2} µs {:>12.3} %",
+            per_event_us(costs, |c| &c.exec, execs),
+            per_event_us(costs, |c| &c.connect, connects),
+            idle_percent(costs),
+        )
+    };
+    row("sentinel", sentinel);
+    if !baseline.is_empty() {
+        row("bpftrace, same hooks", baseline);
+    }
+    let exec = per_event_us(sentinel, |c| &c.exec, execs);
+    let connect = per_event_us(sentinel, |c| &c.connect, connects);
+    let idle = idle_percent(sentinel);
+    let latencies: Vec<f64> = sentinel
+        .iter()
+        .flat_map(|c| c.latencies.iter().map(|l| l.as_secs_f64() * 1e3))
+        .collect();
+    println!();
+    println!("sentinel against its targets:");
+    println!(
+        "  per exec    {exec:.2} µs (≤ {EXEC_TARGET_US} µs) {}",
+        verdict(exec, EXEC_TARGET_US)
+    );
+    println!(
+        "  per connect {connect:.2} µs (≤ {CONNECT_TARGET_US} µs) {}",
+        verdict(connect, CONNECT_TARGET_US)
+    );
+    println!(
+        "  idle        {idle:.3} % of a core (≤ {IDLE_TARGET_PERCENT} %) {}",
+        verdict(idle, IDLE_TARGET_PERCENT)
+    );
+    if !latencies.is_empty() {
+        let worst = latencies.iter().copied().fold(0.0, f64::max);
+        println!(
+            "  detection latency at idle: median {:.1} ms, worst {worst:.1} ms of {} probes \
+             (≤ {LATENCY_TARGET_MS} ms) {}",
+            median(&latencies),
+            latencies.len(),
+            verdict(worst, LATENCY_TARGET_MS)
+        );
+    }
+    println!();
+    println!("sentinel's split (median µs per event; idle: % of a core):");
+    print_split(sentinel, execs, connects);
+    if !baseline.is_empty() {
+        println!("bpftrace's split:");
+        print_split(baseline, execs, connects);
+    }
+    println!("load average at the end: {}", load_average());
+}
+
+/// Each BPF program and the process, per exec, per connect and idle.
+fn print_split(costs: &[Costs], execs: u64, connects: u64) {
+    let mut names: Vec<String> = costs
+        .iter()
+        .flat_map(|c| [&c.exec, &c.connect, &c.idle])
+        .flat_map(|ch| ch.bpf.keys().cloned())
+        .collect();
+    names.sort();
+    names.dedup();
+    let column = |pick: fn(&Costs) -> &Charge, n: Option<u64>, part: &dyn Fn(&Charge) -> u64| {
+        median(
+            &costs
+                .iter()
+                .map(|c| {
+                    let ch = pick(c);
+                    match n {
+                        Some(n) => part(ch) as f64 / n as f64 / 1e3,
+                        None => part(ch) as f64 / ch.elapsed.as_nanos() as f64 * 100.0,
+                    }
+                })
+                .collect::<Vec<_>>(),
+        )
+    };
+    let line = |label: &str, part: &dyn Fn(&Charge) -> u64| {
+        println!(
+            "  {label:<24} {:>9.3} {:>9.3} {:>9.4} %",
+            column(|c| &c.exec, Some(execs), part),
+            column(|c| &c.connect, Some(connects), part),
+            column(|c| &c.idle, None, part),
+        );
+    };
+    println!("  {:<24} {:>9} {:>9} {:>11}", "", "exec", "connect", "idle");
+    for name in &names {
+        line(&format!("BPF {name}"), &|ch| {
+            ch.bpf.get(name).map_or(0, |(ns, _)| *ns)
+        });
+    }
+    line("process (user+system)", &|ch| ch.user);
+}
