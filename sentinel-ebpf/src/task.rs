@@ -11,7 +11,7 @@ use aya_ebpf::{
         generated::bpf_get_current_comm,
     },
     macros::map,
-    maps::{Array, PerCpuArray, RingBuf},
+    maps::{Array, RingBuf},
 };
 use sentinel_common::{EventKind, Header, KernelOffsets, events::exec::ExeId};
 
