@@ -4,8 +4,8 @@
 //! history ([`detect::intel`]) is kept current and saved. The pipeline calls one hook per
 //! record kind; the detectors themselves live in `detect/`.
 
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::{
-    collections::{HashMap, HashSet},
     path::Path,
     time::{Instant, SystemTime},
 };
@@ -37,9 +37,9 @@ pub struct Behaviour {
     /// Where the behaviour history is saved (none when the store could not be opened).
     history: Option<History>,
     /// Executable and origin of each process seen starting, for `respawn` at its exit.
-    origins: HashMap<u32, (String, Origin)>,
+    origins: FxHashMap<u32, (String, Origin)>,
     /// Processes the kill engine signalled, so their exit counts as a kill.
-    killed_by_agent: HashSet<u32>,
+    killed_by_agent: FxHashSet<u32>,
 }
 
 impl Behaviour {
@@ -60,8 +60,8 @@ impl Behaviour {
             node_abuse: NodeAbuse::new(config.node_abuse.clone()),
             npm: Npm::new(scanner),
             history,
-            origins: HashMap::new(),
-            killed_by_agent: HashSet::new(),
+            origins: FxHashMap::default(),
+            killed_by_agent: FxHashSet::default(),
         };
         (behaviour, intel)
     }

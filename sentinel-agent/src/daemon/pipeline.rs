@@ -4,6 +4,7 @@
 //! `decisions.rs`; what comes back about them (answers, deadlines, the worker's reports) is
 //! handled in `outcomes.rs`; the behaviour detectors' hooks are in `behaviour.rs`.
 
+use rustc_hash::FxHashMap;
 use std::{
     collections::{HashMap, VecDeque},
     path::PathBuf,
@@ -68,11 +69,11 @@ pub struct Pipeline {
     pub switch: Switch,
     /// Alerted process trees: root pid → the alert whose decision their untrusted
     /// destinations join.
-    pub tracked: HashMap<u32, String>,
+    pub tracked: FxHashMap<u32, String>,
     /// The alerts with a tracked tree, by id.
     pub groups: HashMap<String, Group>,
     /// The last untrusted address each process connected to.
-    pub last_connect: HashMap<u32, ActionableAddr>,
+    pub last_connect: FxHashMap<u32, ActionableAddr>,
     /// `enforce.kill`: the process response, when on.
     pub killer: Option<Killer>,
     /// `enforce.mode = "dry-run"`: decide and record, touch nothing (no kills either).

@@ -6,6 +6,7 @@
 //! resumes its decisions and blocks before the CLI socket answers, and systemd hears READY=1
 //! only once everything is up.
 
+use rustc_hash::FxHashMap;
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
@@ -465,9 +466,9 @@ pub fn build_pipeline(
         ncpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         detect,
         switch,
-        tracked: HashMap::new(),
+        tracked: FxHashMap::default(),
         groups: HashMap::new(),
-        last_connect: HashMap::new(),
+        last_connect: FxHashMap::default(),
         exits: Default::default(),
         killer: config.enforce.kill.then(|| {
             Killer::new(

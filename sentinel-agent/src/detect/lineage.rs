@@ -14,6 +14,8 @@
 //! - a *shell* is a program whose executable is an installed shell (`enrich::shells`:
 //!   same content as `/etc/shells` or `lineage.shells`), whatever it is called.
 
+use rustc_hash::FxHashMap;
+
 use crate::config::{LineageConfig, name_matches};
 
 use super::{Anomaly, Culprit, Finding};
@@ -29,17 +31,65 @@ pub struct Ancestor<'a> {
     pub package_manager: bool,
 }
 
+/// What a process name is to `lineage`, from the configured lists (a name may be in several).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Roles {
+    package_manager: bool,
+    shell_service: bool,
+    web_server: bool,
+    interpreter: bool,
+}
+
+/// The configured names, looked up by hash: every exec asks about each of its ancestors, and
+/// comparing each against every list was a large share of the agent's work per exec.
+#[derive(Debug, Default)]
+struct Names(FxHashMap<String, Roles>);
+
+impl Names {
+    fn new(config: &LineageConfig) -> Self {
+        let mut names = Names::default();
+        let mut mark = |list: &[String], set: fn(&mut Roles)| {
+            for name in list {
+                set(names.0.entry(name.clone()).or_default());
+            }
+        };
+        mark(&config.package_managers, |r| r.package_manager = true);
+        mark(&config.shell_services, |r| r.shell_service = true);
+        mark(&config.web_servers, |r| r.web_server = true);
+        mark(&config.interpreters, |r| r.interpreter = true);
+        names
+    }
+
+    /// The roles of every name `comm` matches ([`name_matches`]: the name itself or the name
+    /// and a version, `python3.11`, `php-fpm8.2`): `comm` and each of its prefixes that only
+    /// drops digits and dots from the end.
+    fn roles(&self, comm: &str) -> Roles {
+        let mut out = Roles::default();
+        let mut end = comm.len();
+        loop {
+            if let Some(r) = self.0.get(&comm[..end]) {
+                out.package_manager |= r.package_manager;
+                out.shell_service |= r.shell_service;
+                out.web_server |= r.web_server;
+                out.interpreter |= r.interpreter;
+            }
+            match comm.as_bytes()[..end].last() {
+                Some(c) if c.is_ascii_digit() || *c == b'.' => end -= 1,
+                _ => return out,
+            }
+        }
+    }
+}
+
 pub struct Lineage {
     config: LineageConfig,
+    names: Names,
 }
 
 impl Lineage {
     pub fn new(config: LineageConfig) -> Self {
-        Self { config }
-    }
-
-    fn named(names: &[String], comm: &str) -> bool {
-        names.iter().any(|n| name_matches(n, comm))
+        let names = Names::new(&config);
+        Self { config, names }
     }
 
     /// Whether a process that exec'd `filename` with `argv` runs a package manager: by the
@@ -50,31 +100,30 @@ impl Lineage {
             let base = path.rsplit('/').next().unwrap_or(path);
             base.strip_suffix(".js").unwrap_or(base).to_string()
         };
-        let names = &self.config.package_managers;
-        if Self::named(names, &stem(filename)) {
+        if self.names.roles(&stem(filename)).package_manager {
             return true;
         }
         let script = match argv.get(1).map(String::as_str) {
             Some("-m") => argv.get(2).map(String::as_str),
             other => other,
         };
-        script.is_some_and(|s| Self::named(names, &stem(s)))
+        script.is_some_and(|s| self.names.roles(&stem(s)).package_manager)
     }
 
     /// The nearest ancestor that is a web server, unless a package manager comes first.
     pub fn web_server<'a>(&self, ancestors: &'a [Ancestor<'a>]) -> Option<&'a Ancestor<'a>> {
-        let c = &self.config;
         for a in ancestors {
-            if a.package_manager || Self::named(&c.package_managers, a.comm) {
+            let roles = self.names.roles(a.comm);
+            if a.package_manager || roles.package_manager {
                 return None;
             }
-            if Self::named(&c.shell_services, a.comm) {
+            if roles.shell_service {
                 continue;
             }
-            if Self::named(&c.web_servers, a.comm) {
+            if roles.web_server {
                 return Some(a);
             }
-            if a.listening && (c.any_listener || Self::named(&c.interpreters, a.comm)) {
+            if a.listening && (self.config.any_listener || roles.interpreter) {
                 return Some(a);
             }
         }
@@ -137,6 +186,52 @@ impl Lineage {
 mod tests {
     use super::*;
     use crate::{config::Config, detect::tests::culprit};
+
+    /// The hash lookup answers exactly as comparing with every name does.
+    #[test]
+    fn name_roles_agree_with_name_matches() {
+        let config = Config::parse("", std::path::Path::new("t.toml"))
+            .unwrap()
+            .lineage;
+        let names = Names::new(&config);
+        let comms = [
+            "nginx",
+            "nginx1.2",
+            "php-fpm8.2",
+            "php-fpm",
+            "php-fpm8.2x",
+            "python3",
+            "python3.11",
+            "python",
+            "python3.",
+            "node",
+            "node20",
+            "apt",
+            "apt-get",
+            "dpkg",
+            "sshd",
+            "tmux",
+            "bash",
+            "",
+            "1",
+            "3.11",
+            "nginxx",
+            "ngin",
+            "npm",
+            "pip3",
+            "pip3.11",
+        ];
+        for comm in comms {
+            let any = |list: &[String]| list.iter().any(|n| name_matches(n, comm));
+            let want = Roles {
+                package_manager: any(&config.package_managers),
+                shell_service: any(&config.shell_services),
+                web_server: any(&config.web_servers),
+                interpreter: any(&config.interpreters),
+            };
+            assert_eq!(names.roles(comm), want, "{comm:?}");
+        }
+    }
 
     fn lineage(toml: &str) -> Lineage {
         Lineage::new(

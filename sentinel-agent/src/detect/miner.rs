@@ -5,10 +5,8 @@
 //! `miner.sustain` raises a critical alert — the only one the kill engine acts on: legitimate
 //! programs run from memfd too (container runtimes, some service managers). T1496.
 
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
+use rustc_hash::FxHashMap;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
@@ -84,14 +82,14 @@ fn is_script(path: &str) -> bool {
 
 pub struct Miner {
     config: MinerConfig,
-    suspects: HashMap<u32, Suspect>,
+    suspects: FxHashMap<u32, Suspect>,
 }
 
 impl Miner {
     pub fn new(config: MinerConfig) -> Self {
         Self {
             config,
-            suspects: HashMap::new(),
+            suspects: FxHashMap::default(),
         }
     }
 

@@ -18,6 +18,7 @@ pub mod resource;
 pub mod respawn;
 pub mod reverse_shell;
 
+use rustc_hash::FxHashMap;
 use std::{
     collections::HashMap,
     time::{Duration, Instant, SystemTime},
@@ -206,7 +207,7 @@ pub enum Work {
 /// What each process (by pid) has been flagged for: the signals a risk score combines.
 #[derive(Debug, Default)]
 pub struct Signals {
-    flags: HashMap<u32, u16>,
+    flags: FxHashMap<u32, u16>,
     /// What the agent remembers about executables (across restarts).
     pub intel: intel::Intel,
 }

@@ -4,8 +4,9 @@
 //! process — or a child of one — whose argv carries dynamic code execution (`eval(`,
 //! `Function(`, `vm.runIn…`) (T1059.007). High.
 
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     path::Path,
     time::{Duration, Instant},
 };
@@ -70,8 +71,8 @@ pub fn is_node(comm: &str) -> bool {
 pub struct NodeAbuse {
     config: NodeAbuseConfig,
     dynamic: Regex,
-    busy_since: HashMap<u32, Instant>,
-    raised: HashSet<u32>,
+    busy_since: FxHashMap<u32, Instant>,
+    raised: FxHashSet<u32>,
 }
 
 impl NodeAbuse {
@@ -79,8 +80,8 @@ impl NodeAbuse {
         Self {
             config,
             dynamic: Regex::new(DYNAMIC_CODE).expect("the dynamic-code markers compile"),
-            busy_since: HashMap::new(),
-            raised: HashSet::new(),
+            busy_since: FxHashMap::default(),
+            raised: FxHashSet::default(),
         }
     }
 

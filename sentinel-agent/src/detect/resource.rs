@@ -2,10 +2,8 @@
 //! for `resource.sustain`, or the whole host more than `resource.baseline_deviation` points
 //! above its learned baseline for as long; the alert names the top CPU process. High, T1496.
 
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
+use rustc_hash::FxHashMap;
+use std::time::{Duration, Instant};
 
 use crate::config::ResourceConfig;
 
@@ -26,7 +24,7 @@ pub struct Hit {
 
 pub struct Resource {
     config: ResourceConfig,
-    over_since: HashMap<u32, Instant>,
+    over_since: FxHashMap<u32, Instant>,
     baseline: Option<f64>,
     watched: Duration,
     host_over_since: Option<Instant>,
@@ -37,7 +35,7 @@ impl Resource {
     pub fn new(config: ResourceConfig) -> Self {
         Self {
             config,
-            over_since: HashMap::new(),
+            over_since: FxHashMap::default(),
             baseline: None,
             watched: Duration::ZERO,
             host_over_since: None,

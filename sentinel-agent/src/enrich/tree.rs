@@ -5,7 +5,8 @@
 //! times are kept in clock ticks since boot, the unit of `/proc/<pid>/stat`, so kernel
 //! (`start_boottime`, ns) and `/proc` views of the same process compare equal.
 
-use std::{collections::HashMap, fs, path::Path};
+use rustc_hash::FxHashMap;
+use std::{fs, path::Path};
 
 use sentinel_common::events::exec::ExeId;
 
@@ -35,7 +36,8 @@ pub struct Proc {
 
 #[derive(Debug)]
 pub struct ProcessTree {
-    procs: HashMap<u32, Proc>,
+    /// By pid: a fast hash (pids are the kernel's, not an attacker's choice of keys).
+    procs: FxHashMap<u32, Proc>,
     ns_per_tick: u64,
 }
 
@@ -92,7 +94,7 @@ impl ProcessTree {
     /// An empty tree; `ticks_per_sec` is `sysconf(_SC_CLK_TCK)` (USER_HZ).
     pub fn new(ticks_per_sec: u64) -> Self {
         Self {
-            procs: HashMap::new(),
+            procs: FxHashMap::default(),
             ns_per_tick: 1_000_000_000 / ticks_per_sec.max(1),
         }
     }

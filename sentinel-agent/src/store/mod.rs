@@ -30,6 +30,10 @@ pub enum Write {
     Update(Arc<Record>),
 }
 
+/// The condition of the kind index (`events_rare`): every kind but exec and connect. A query
+/// for the other kinds repeats it so that SQLite uses the index.
+pub const RARE_KINDS: &str = "WHERE kind NOT IN ('exec', 'connect')";
+
 /// Largest batch written in one transaction.
 const BATCH_MAX: usize = 2000;
 /// Longest an event waits before its batch is committed. Each commit rewrites the table's and
@@ -153,16 +157,21 @@ impl Store {
                          body  TEXT NOT NULL
                      );
                      CREATE INDEX IF NOT EXISTS events_ref ON events(ref) WHERE ref IS NOT NULL;
-                     CREATE INDEX IF NOT EXISTS events_kind ON events(kind, id);
                      PRAGMA user_version = 1;
                      COMMIT;",
                 )
                 .map_err(|e| sql(p, e))?;
         }
-        // Stores made before 0.2 carry a timestamp index: one more b-tree insert per event,
-        // only ever used by the hourly prune, which now walks ids instead.
+        // Indexes cost a b-tree insert per event. Stores made before 0.2 carry one on the
+        // timestamp (only the hourly prune used it; it walks ids now) and one on every kind;
+        // the kind index now leaves out exec and connect, the bulk of the events, whose
+        // queries find them walking ids from the newest (see `recent`).
         self.conn
-            .execute_batch("DROP INDEX IF EXISTS events_ts;")
+            .execute_batch(&format!(
+                "DROP INDEX IF EXISTS events_ts;
+                 DROP INDEX IF EXISTS events_kind;
+                 CREATE INDEX IF NOT EXISTS events_rare ON events(kind, id) {RARE_KINDS};"
+            ))
             .map_err(|e| sql(p, e))?;
         self.check_version()
     }
@@ -234,6 +243,12 @@ impl Store {
         if !kinds.is_empty() {
             let list: Vec<String> = kinds.iter().map(|k| format!("'{}'", k.as_str())).collect();
             query.push_str(&format!(" WHERE kind IN ({})", list.join(",")));
+            if !kinds
+                .iter()
+                .any(|k| matches!(k, Kind::Exec | Kind::Connect))
+            {
+                query.push_str(&RARE_KINDS.replacen("WHERE", " AND", 1));
+            }
         }
         query.push_str(" ORDER BY id DESC LIMIT ?1");
         let mut stmt = self.conn.prepare(&query).map_err(|e| sql(p, e))?;
@@ -381,6 +396,18 @@ mod tests {
     /// A cap no test reaches.
     const BIG: u64 = 1 << 40;
 
+    fn alert(id: &str, count: u32) -> Arc<Record> {
+        use crate::event::{AlertBody, sample_alert};
+        Arc::new(Record::new(
+            UNIX_EPOCH + Duration::from_secs(1),
+            "h",
+            Body::Alert(Box::new(AlertBody {
+                count,
+                ..sample_alert(id, "203.0.113.9")
+            })),
+        ))
+    }
+
     fn cpu(pid: u32, at_ms: u64) -> Arc<Record> {
         Arc::new(Record::new(
             UNIX_EPOCH + Duration::from_millis(at_ms),
@@ -480,19 +507,8 @@ mod tests {
 
     #[test]
     fn alert_updates_replace_the_stored_alert() {
-        use crate::event::{AlertBody, sample_alert};
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(&dir.path().join("s.db"), BIG).unwrap();
-        let alert = |id: &str, count| {
-            Arc::new(Record::new(
-                UNIX_EPOCH + Duration::from_secs(1),
-                "h",
-                Body::Alert(Box::new(AlertBody {
-                    count,
-                    ..sample_alert(id, "203.0.113.9")
-                })),
-            ))
-        };
         store
             .apply(&[Write::Insert(alert("a1", 1)), Write::Insert(alert("a2", 1))])
             .unwrap();
@@ -520,6 +536,53 @@ mod tests {
             .unwrap();
         assert_eq!(n, 1);
         assert_eq!(store.recent(&[], 10).unwrap()[0].body.pid(), 2);
+    }
+
+    /// A store made before 0.2 loses its timestamp and all-kinds indexes for the partial one,
+    /// and a query for alerts uses it.
+    #[test]
+    fn old_indexes_give_way_to_the_partial_kind_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        drop(Store::open(&path, BIG).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "DROP INDEX events_rare;
+             CREATE INDEX events_kind ON events(kind, id);
+             CREATE INDEX events_ts ON events(ts_ns);",
+        )
+        .unwrap();
+        drop(conn);
+        let mut store = Store::open(&path, BIG).unwrap();
+        store.insert(&[cpu(1, 1000), alert("a1", 1)]).unwrap();
+        let names: Vec<String> = store
+            .conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert!(names.contains(&"events_rare".to_string()), "{names:?}");
+        assert!(
+            !names.iter().any(|n| n == "events_kind" || n == "events_ts"),
+            "{names:?}"
+        );
+        let plan: String = store
+            .conn
+            .query_row(
+                &format!(
+                    "EXPLAIN QUERY PLAN SELECT id FROM events WHERE kind IN ('alert') \
+                     {} ORDER BY id DESC",
+                    RARE_KINDS.replacen("WHERE", "AND", 1)
+                ),
+                [],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("events_rare"), "{plan}");
+        assert_eq!(store.recent(&[Kind::Alert], 10).unwrap().len(), 1);
+        assert_eq!(store.recent(&[Kind::Cpu], 10).unwrap().len(), 1);
     }
 
     #[test]

@@ -425,10 +425,11 @@ impl Ledger {
                 .map_err(|e| self.err(e))
         };
         Ok(PeriodCounts {
-            alerts_by_anomaly: grouped(
-                "SELECT json_extract(body, '$.anomaly'), COUNT(*) FROM events
-                 WHERE kind = 'alert' AND ts_ns >= ?1 GROUP BY 1",
-            )?,
+            alerts_by_anomaly: grouped(&format!(
+                "SELECT json_extract(body, '$.anomaly'), COUNT(*) FROM events {} AND \
+                     kind = 'alert' AND ts_ns >= ?1 GROUP BY 1",
+                crate::store::RARE_KINDS
+            ))?,
             decisions_by_outcome: grouped(
                 "SELECT state, COUNT(*) FROM decisions
                  WHERE state != 'pending' AND ended >= ?1 GROUP BY 1",
