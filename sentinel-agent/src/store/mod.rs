@@ -190,40 +190,44 @@ impl Store {
         Ok(())
     }
 
-    /// Apply `writes` in one transaction.
+    /// Apply `writes` in one transaction, in order. Runs of inserts go in as multi-row
+    /// `INSERT`s of [`ROWS_PER_INSERT`] rows: one statement run per that many events.
     pub fn apply(&mut self, writes: &[Write]) -> Result<(), StoreError> {
         let p = self.path.clone();
         let tx = self.conn.transaction().map_err(|e| sql(&p, e))?;
         {
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT INTO events (ts_ns, kind, pid, ref, body) VALUES (?1, ?2, ?3, ?4, ?5)",
-                )
-                .map_err(|e| sql(&p, e))?;
-            let mut update = tx
-                .prepare_cached("UPDATE events SET body = ?2 WHERE ref = ?1")
-                .map_err(|e| sql(&p, e))?;
-            let mut json = Vec::with_capacity(512);
-            for w in writes {
-                let (Write::Insert(r) | Write::Update(r)) = w;
-                json.clear();
-                serde_json::to_writer(&mut json, r.as_ref()).expect("records serialise");
-                let body = std::str::from_utf8(&json).expect("serde_json writes UTF-8");
-                let reference = match &r.body {
-                    Body::Alert(a) => Some(a.id.as_str()),
-                    _ => None,
-                };
-                match w {
-                    Write::Insert(_) => insert.execute(params![
-                        r.ts_ns(),
-                        r.body.kind().as_str(),
-                        r.body.pid(),
-                        reference,
-                        body
-                    ]),
-                    Write::Update(_) => update.execute(params![reference, body]),
+            let mut bodies = Bodies::default();
+            let mut start = 0;
+            while start < writes.len() {
+                let run = writes[start..]
+                    .iter()
+                    .take_while(|w| matches!(w, Write::Insert(_)))
+                    .count();
+                if run == 0 {
+                    let (Write::Insert(r) | Write::Update(r)) = &writes[start];
+                    let body = bodies.fill(std::slice::from_ref(r))[0].as_str();
+                    tx.prepare_cached("UPDATE events SET body = ?2 WHERE ref = ?1")
+                        .and_then(|mut update| update.execute(params![reference(r), body]))
+                        .map_err(|e| sql(&p, e))?;
+                    start += 1;
+                    continue;
                 }
-                .map_err(|e| sql(&p, e))?;
+                let records: Vec<&Arc<Record>> = writes[start..start + run]
+                    .iter()
+                    .map(|w| match w {
+                        Write::Insert(r) | Write::Update(r) => r,
+                    })
+                    .collect();
+                // Whole chunks in one statement, the rest row by row: two cached statements.
+                let mut chunks = records.chunks_exact(ROWS_PER_INSERT);
+                for chunk in chunks.by_ref() {
+                    insert_rows(&tx, chunk, &mut bodies).map_err(|e| sql(&p, e))?;
+                }
+                for row in chunks.remainder() {
+                    insert_rows(&tx, std::slice::from_ref(row), &mut bodies)
+                        .map_err(|e| sql(&p, e))?;
+                }
+                start += run;
             }
         }
         tx.commit().map_err(|e| sql(&p, e))
@@ -287,6 +291,71 @@ impl Store {
             )
             .map_err(|e| sql(&self.path, e))
     }
+}
+
+/// Rows per multi-row `INSERT` (5 parameters each, far below SQLite's limit).
+const ROWS_PER_INSERT: usize = 32;
+
+/// `INSERT INTO events … VALUES (…), (…), …` for `rows` rows.
+fn insert_sql(rows: usize) -> String {
+    let mut sql = String::from("INSERT INTO events (ts_ns, kind, pid, ref, body) VALUES ");
+    for i in 0..rows {
+        sql.push_str(if i == 0 {
+            "(?,?,?,?,?)"
+        } else {
+            ",(?,?,?,?,?)"
+        });
+    }
+    sql
+}
+
+/// The alert id an alert's row is found by; `None` for other events.
+fn reference(r: &Record) -> Option<&str> {
+    match &r.body {
+        Body::Alert(a) => Some(a.id.as_str()),
+        _ => None,
+    }
+}
+
+/// JSON bodies of the rows being written, their buffers kept from one statement to the next.
+#[derive(Default)]
+struct Bodies(Vec<String>);
+
+impl Bodies {
+    fn fill<R: AsRef<Record>>(&mut self, records: &[R]) -> &[String] {
+        if self.0.len() < records.len() {
+            self.0
+                .resize_with(records.len(), || String::with_capacity(512));
+        }
+        for (body, r) in self.0.iter_mut().zip(records) {
+            // The buffer is reused: taken out as bytes, refilled, put back.
+            let mut bytes = std::mem::take(body).into_bytes();
+            bytes.clear();
+            serde_json::to_writer(&mut bytes, r.as_ref()).expect("records serialise");
+            *body = String::from_utf8(bytes).expect("serde_json writes UTF-8");
+        }
+        &self.0[..records.len()]
+    }
+}
+
+/// One `INSERT` of all of `records` (its statement is cached per row count).
+fn insert_rows(
+    tx: &rusqlite::Transaction<'_>,
+    records: &[&Arc<Record>],
+    bodies: &mut Bodies,
+) -> rusqlite::Result<()> {
+    let mut insert = tx.prepare_cached(&insert_sql(records.len()))?;
+    let bodies = bodies.fill(records);
+    for (i, (r, body)) in records.iter().zip(bodies).enumerate() {
+        let at = i * 5;
+        insert.raw_bind_parameter(at + 1, r.ts_ns())?;
+        insert.raw_bind_parameter(at + 2, r.body.kind().as_str())?;
+        insert.raw_bind_parameter(at + 3, r.body.pid())?;
+        insert.raw_bind_parameter(at + 4, reference(r))?;
+        insert.raw_bind_parameter(at + 5, body.as_str())?;
+    }
+    insert.raw_execute()?;
+    Ok(())
 }
 
 fn sql(path: &Path, source: rusqlite::Error) -> StoreError {
@@ -583,6 +652,29 @@ mod tests {
         assert!(plan.contains("events_rare"), "{plan}");
         assert_eq!(store.recent(&[Kind::Alert], 10).unwrap().len(), 1);
         assert_eq!(store.recent(&[Kind::Cpu], 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn multi_row_inserts_keep_order_and_interleaved_updates() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db"), BIG).unwrap();
+        // An alert, a run longer than one multi-row insert, its update, then a run of one
+        // whole chunk and a remainder.
+        let n = ROWS_PER_INSERT as u32;
+        let mut writes = vec![Write::Insert(alert("a1", 1))];
+        writes.extend((0..40).map(|i| Write::Insert(cpu(100 + i, 1000 + u64::from(i)))));
+        writes.push(Write::Update(alert("a1", 7)));
+        writes.extend((40..40 + n + 3).map(|i| Write::Insert(cpu(100 + i, 1000 + u64::from(i)))));
+        store.apply(&writes).unwrap();
+        let all = store.recent(&[], 1000).unwrap();
+        assert_eq!(all.len(), (1 + 40 + n + 3) as usize);
+        let pids: Vec<u32> = all.iter().skip(1).map(|r| r.body.pid()).collect();
+        let want: Vec<u32> = (100..100 + 40 + n + 3).collect();
+        assert_eq!(pids, want, "stored in the order written");
+        match &all[0].body {
+            Body::Alert(a) => assert_eq!((a.id.as_str(), a.count), ("a1", 7)),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
