@@ -143,13 +143,13 @@ fn print_split(costs: &[Costs], execs: u64, connects: u64) {
     };
     let line = |label: &str, part: &dyn Fn(&Charge) -> u64| {
         println!(
-            "  {label:<24} {:>9.3} {:>9.3} {:>9.4} %",
+            "  {label:<48} {:>9.3} {:>9.3} {:>9.4} %",
             column(|c| &c.exec, Some(execs), part),
             column(|c| &c.connect, Some(connects), part),
             column(|c| &c.idle, None, part),
         );
     };
-    println!("  {:<24} {:>9} {:>9} {:>11}", "", "exec", "connect", "idle");
+    println!("  {:<48} {:>9} {:>9} {:>11}", "", "exec", "connect", "idle");
     for name in &names {
         line(&format!("BPF {name}"), &|ch| {
             ch.bpf.get(name).map_or(0, |(ns, _)| *ns)
