@@ -36,8 +36,9 @@ pub const RARE_KINDS: &str = "WHERE kind NOT IN ('exec', 'connect')";
 
 /// Largest batch written in one transaction.
 const BATCH_MAX: usize = 2000;
-/// Longest an event waits before its batch is committed. Each commit rewrites the table's and
-/// the indexes' last pages into the WAL: fewer, larger commits write less per event.
+/// Longest a routine event waits before its batch is committed (an alert or a decision wakes
+/// the writer at once). Each commit rewrites the table's and the indexes' last pages into the
+/// WAL: fewer, larger commits write less per event.
 const BATCH_WINDOW: Duration = Duration::from_millis(250);
 /// How often old events are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
@@ -378,13 +379,16 @@ pub fn spawn_writer(mut store: Store, rx: StoreRx, limits: Limits) -> thread::Jo
             let mut over_cap_warned: Option<Instant> = None;
             let mut batch = Vec::with_capacity(BATCH_MAX);
             let mut backlog = false;
+            let _ = stats.writer.set(thread::current());
             while let Ok(first) = rx.recv() {
+                let urgent = !queue::is_routine(&first);
                 batch.push(first);
-                // Sleep rather than wait on the channel: a sender wakes a waiting receiver on
-                // every message, and at thousands of events a second those wake-ups would
-                // cost more than the writes. With a backlog, write on at once.
-                if !backlog {
-                    thread::sleep(BATCH_WINDOW);
+                // Wait out the window parked rather than on the channel: a sender wakes a
+                // waiting receiver on every message, and at thousands of events a second
+                // those wake-ups would cost more than the writes. An alert or a decision
+                // unparks the writer (it is written at once); with a backlog, write on.
+                if !backlog && !urgent {
+                    thread::park_timeout(BATCH_WINDOW);
                 }
                 while batch.len() < BATCH_MAX {
                     match rx.try_recv() {

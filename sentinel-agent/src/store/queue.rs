@@ -33,6 +33,8 @@ pub struct StoreStats {
     pub bytes: AtomicU64,
     /// `agent.max_db_mb` in bytes.
     pub max_bytes: AtomicU64,
+    /// The writer thread, woken early for an alert or a decision (see [`StoreTx::send`]).
+    pub writer: std::sync::OnceLock<std::thread::Thread>,
 }
 
 /// Why a write was not queued.
@@ -89,7 +91,14 @@ impl StoreTx {
             return Err(NotQueued::Full);
         }
         match self.tx.try_send(write) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                // Routine events wait for the writer's next batch; an alert or a decision is
+                // committed at once, so a crash right after it was raised does not lose it.
+                if !routine && let Some(writer) = self.stats.writer.get() {
+                    writer.unpark();
+                }
+                Ok(())
+            }
             Err(TrySendError::Full(write)) => {
                 self.stats.queued.fetch_sub(1, Ordering::Relaxed);
                 self.dropped(&write);
@@ -170,6 +179,34 @@ mod tests {
                 ..sample_alert(id, "198.51.100.2")
             })),
         )))
+    }
+
+    /// The writer waits out its batch window parked; an alert wakes it, a routine event not.
+    #[test]
+    fn an_alert_wakes_the_parked_writer() {
+        let stats = Arc::new(StoreStats::default());
+        let (tx, _rx) = channel(16, stats.clone());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let writer = std::thread::spawn({
+            let stats = stats.clone();
+            move || {
+                stats.writer.set(std::thread::current()).unwrap();
+                ready_tx.send(()).unwrap();
+                let start = std::time::Instant::now();
+                std::thread::park_timeout(Duration::from_secs(60));
+                start.elapsed()
+            }
+        });
+        ready_rx.recv().unwrap();
+        tx.send(cpu(1)).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!writer.is_finished(), "a routine event woke the writer");
+        tx.send(alert("a1")).unwrap();
+        let parked = writer.join().unwrap();
+        assert!(
+            parked < Duration::from_secs(30),
+            "parked {parked:?}: the alert did not wake it"
+        );
     }
 
     #[test]
