@@ -98,18 +98,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         effective_uid()? == 0,
         "the agent loads eBPF programs and BPF run-time statistics are root's: run as root"
     );
-    let root = workspace_root();
-    if args.no_build {
-        eprintln!("skipping the build (--no-build)");
-    } else {
-        build_agent(&root)?;
-    }
-    let binary = args.binary.clone().unwrap_or_else(|| default_binary(&root));
-    ensure!(
-        binary.is_file(),
-        "no agent binary at {} (build it, or pass --binary)",
-        binary.display()
-    );
+    let binary = agent_binary(args.no_build, args.binary.as_deref())?;
     let bpftrace = which("bpftrace");
     if bpftrace.is_none() {
         eprintln!(

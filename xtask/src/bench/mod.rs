@@ -83,21 +83,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         effective_uid()? == 0,
         "the agent loads eBPF programs and must run as root: run the bench as root"
     );
-    let root = workspace_root();
-    if args.no_build {
-        eprintln!("skipping the build (--no-build)");
-    } else {
-        build_agent(&root)?;
-    }
-    let binary = match &args.binary {
-        Some(path) => path.clone(),
-        None => default_binary(&root),
-    };
-    ensure!(
-        binary.is_file(),
-        "no agent binary at {} (build it, or pass --binary)",
-        binary.display()
-    );
+    let binary = agent_binary(args.no_build, args.binary.as_deref())?;
     let others = other_agents(&binary);
     if !others.is_empty() {
         eprintln!(
@@ -339,6 +325,24 @@ fn bench_config(dir: &Path) -> String {
         dir.join("bench.db").display().to_string(),
         dir.join("bench.sock").display().to_string()
     )
+}
+
+/// The agent to measure: `binary`, or the workspace's release build (built first unless
+/// `no_build`).
+pub(crate) fn agent_binary(no_build: bool, binary: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let root = workspace_root();
+    if no_build {
+        eprintln!("skipping the build (--no-build)");
+    } else {
+        build_agent(&root)?;
+    }
+    let binary = binary.map_or_else(|| default_binary(&root), Path::to_path_buf);
+    ensure!(
+        binary.is_file(),
+        "no agent binary at {} (build it, or pass --binary)",
+        binary.display()
+    );
+    Ok(binary)
 }
 
 pub(crate) fn workspace_root() -> PathBuf {
