@@ -25,6 +25,8 @@ pub const SET6: &str = "block6";
 
 pub struct Nft {
     table: String,
+    /// The `nft` to run (found on `PATH`; a test points it elsewhere).
+    program: std::path::PathBuf,
 }
 
 fn set_of(ip: IpAddr) -> &'static str {
@@ -35,33 +37,34 @@ impl Nft {
     pub fn new(table: &str) -> Self {
         Self {
             table: table.to_string(),
+            program: "nft".into(),
         }
     }
 
     /// Run an nft script in one transaction (all or nothing).
     fn run(&self, script: &str) -> Result<(), NftError> {
-        let mut child = Command::new("nft")
+        let mut child = Command::new(&self.program)
             .args(["-f", "-"])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(NftError::Spawn)?;
-        child
+        let written = child
             .stdin
             .take()
             .expect("piped stdin")
-            .write_all(script.as_bytes())
-            .map_err(NftError::Spawn)?;
+            .write_all(script.as_bytes());
+        // nft may stop reading and exit before the script is written (it refused it): its
+        // own message says more than the broken pipe, and it is waited for either way.
         let out = child.wait_with_output().map_err(NftError::Spawn)?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(NftError::Refused {
+        if !out.status.success() {
+            return Err(NftError::Refused {
                 script: script.trim().replace('\n', "; "),
                 stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            })
+            });
         }
+        written.map_err(NftError::Spawn)
     }
 
     /// Create the table, its sets and chains if missing, and (re)write its four rules —
@@ -179,6 +182,30 @@ pub fn parse_elements(json: &[u8]) -> Result<Vec<(IpAddr, Option<Duration>)>, Nf
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An nft that refuses a script without reading it (the script is larger than a pipe
+    /// holds, so the agent's write breaks): nft's own message is the error, not the pipe.
+    #[test]
+    fn an_nft_that_stops_reading_is_heard_and_waited_for() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let program = dir.path().join("nft");
+        std::fs::write(
+            &program,
+            "#!/bin/sh\necho 'nft: no such table' >&2\nexit 1\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let nft = Nft {
+            table: "t".into(),
+            program,
+        };
+        let err = nft.run(&"add element inet t block4 { 198.51.100.2 }\n".repeat(40_000));
+        match err {
+            Err(NftError::Refused { stderr, .. }) => assert_eq!(stderr, "nft: no such table"),
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn one_script_adds_every_target_per_family() {
