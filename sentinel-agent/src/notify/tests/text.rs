@@ -1,0 +1,102 @@
+//! What the messages say: process-chosen text stays text, webhook URLs stay secret, callback
+//! data fits, outcomes name who and what.
+
+use super::*;
+
+#[test]
+fn process_chosen_text_is_not_markup() {
+    let mut d = decision("m1", Duration::from_secs(60));
+    d.comm = "<!channel>".into();
+    d.detail = "x <https://evil|click> & more".into();
+    let text = slack::alert_message(&d, SystemTime::now()).to_string();
+    assert!(
+        !text.contains("<!channel>") && !text.contains("<https://evil"),
+        "{text}"
+    );
+    assert!(text.contains("&lt;!channel&gt;"), "{text}");
+    let telegram = telegram::alert_message(&d, SystemTime::now(), "-1");
+    assert!(
+        telegram.get("parse_mode").is_none(),
+        "plain text: {telegram}"
+    );
+    // Teams: no markdown link and no bare URL in what the process chose.
+    d.comm = "[update](https://evil.example)".into();
+    d.detail = "see https://evil.example/x and [here](https://evil.example)".into();
+    let secret = Secret::from_bytes(&[7; 32]);
+    let card = teams::alert_card(&d, SystemTime::now(), "https://sentinel.example", &secret);
+    let body = card["attachments"][0]["content"]["body"].to_string();
+    assert!(
+        !body.contains("](") && !body.contains("https://evil"),
+        "{body}"
+    );
+    assert!(
+        body.contains("evil.example"),
+        "the text itself is kept: {body}"
+    );
+}
+
+#[test]
+fn webhook_url_parts_are_secrets() {
+    let secrets = url_secrets(
+        "https://prod-1.westus.logic.azure.com/workflows/0123456789abcdef/triggers/manual/paths/invoke?api-version=2016-06-01&sig=AbCdEfGhIjKlMnOpQrStUv",
+    );
+    for part in [
+        "0123456789abcdef",
+        "AbCdEfGhIjKlMnOpQrStUv",
+        "/workflows/0123456789abcdef/triggers/manual/paths/invoke",
+    ] {
+        assert!(secrets.iter().any(|s| s == part), "{part}: {secrets:?}");
+    }
+    assert!(
+        !secrets.iter().any(|s| s == "manual" || s == "2016-06-01"),
+        "{secrets:?}"
+    );
+}
+
+#[test]
+fn telegram_callback_data_fits() {
+    let d = decision("ffffffff", Duration::from_secs(60));
+    let m = telegram::alert_message(&d, SystemTime::now(), "-1");
+    for b in m["reply_markup"]["inline_keyboard"][0].as_array().unwrap() {
+        assert!(b["callback_data"].as_str().unwrap().len() <= 64);
+    }
+}
+
+#[test]
+fn outcomes_say_who_and_what() {
+    let mut d = decision("o1", Duration::from_secs(60));
+    d.state = State::Blocked;
+    d.decided_by = Some("cli".into());
+    assert_eq!(outcome(&d), "BLOCKED by cli (198.51.100.2)");
+    d.state = State::Safe;
+    assert_eq!(outcome(&d), "MARKED SAFE by cli: no block");
+    d.state = State::AutoBlocked;
+    d.reason = Some("the admission check refused it".into());
+    assert_eq!(
+        outcome(&d),
+        "AUTO-BLOCKED: nobody answered before the deadline (198.51.100.2). the admission check refused it"
+    );
+}
+
+#[test]
+fn no_channel_configured_starts_nothing() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (_tx, rx) = mpsc::unbounded_channel();
+        let switch = FakeSwitch::start();
+        let stats = Arc::new(NotifyStats::default());
+        let handles = spawn(
+            &Config::default(),
+            None,
+            rx,
+            switch.answers.clone(),
+            stats.clone(),
+            None,
+        );
+        assert!(handles.is_empty());
+        assert!(stats.snapshot().is_empty());
+    });
+}
