@@ -107,17 +107,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         );
     }
     let _stats = BpfStats::enable()?;
-    let tmp = TempDir::create()?;
-    let config = tmp.path().join("bench.toml");
-    fs::write(&config, bench_config(tmp.path())).context("writing the bench config")?;
+    let (tmp, config) = work_dir(&binary)?;
     let script = tmp.path().join("same-hooks.bt");
     fs::write(&script, BPFTRACE_SCRIPT).context("writing the bpftrace script")?;
-    eprintln!(
-        "agent {}; work dir {}; load average {}",
-        binary.display(),
-        tmp.path().display(),
-        load_average()
-    );
     let bench = Bench {
         binary: &binary,
         config: &config,

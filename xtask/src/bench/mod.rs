@@ -105,15 +105,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         );
     }
 
-    let tmp = TempDir::create()?;
-    let config = tmp.path().join("bench.toml");
-    fs::write(&config, bench_config(tmp.path())).context("writing the bench config")?;
-    eprintln!(
-        "agent {}; work dir {}; load average {}",
-        binary.display(),
-        tmp.path().display(),
-        load_average()
-    );
+    let (tmp, config) = work_dir(&binary)?;
 
     let bench = Bench {
         binary: &binary,
@@ -325,6 +317,21 @@ fn bench_config(dir: &Path) -> String {
         dir.join("bench.db").display().to_string(),
         dir.join("bench.sock").display().to_string()
     )
+}
+
+/// A fresh work dir holding the agent's bench config (its own db and socket, dry-run), and
+/// the config's path; says where it is.
+fn work_dir(binary: &Path) -> anyhow::Result<(TempDir, PathBuf)> {
+    let tmp = TempDir::create()?;
+    let config = tmp.path().join("bench.toml");
+    fs::write(&config, bench_config(tmp.path())).context("writing the bench config")?;
+    eprintln!(
+        "agent {}; work dir {}; load average {}",
+        binary.display(),
+        tmp.path().display(),
+        load_average()
+    );
+    Ok((tmp, config))
 }
 
 /// The agent to measure: `binary`, or the workspace's release build (built first unless
