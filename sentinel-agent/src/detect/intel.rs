@@ -76,16 +76,23 @@ impl Intel {
     }
 
     fn entry(&mut self, exe: &str) -> &mut ExeHistory {
-        if !self.exes.contains_key(exe) && self.exes.len() >= MAX_EXES {
-            self.evict();
+        // A program seen before (nearly every start) costs two lookups and no allocation.
+        if !self.changed.contains(exe) {
+            self.changed.insert(exe.to_string());
         }
-        self.changed.insert(exe.to_string());
-        self.exes
-            .entry(exe.to_string())
-            .or_insert_with(|| ExeHistory {
-                exe: exe.to_string(),
-                ..Default::default()
-            })
+        if !self.exes.contains_key(exe) {
+            if self.exes.len() >= MAX_EXES {
+                self.evict();
+            }
+            self.exes.insert(
+                exe.to_string(),
+                ExeHistory {
+                    exe: exe.to_string(),
+                    ..Default::default()
+                },
+            );
+        }
+        self.exes.get_mut(exe).expect("inserted above")
     }
 
     /// Forget the tenth of executables started longest ago (never those alerted on).

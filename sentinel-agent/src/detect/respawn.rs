@@ -137,8 +137,9 @@ pub struct Respawn {
     config: RespawnConfig,
     /// (exe, origin) of killed programs.
     killed: HashMap<(String, Origin), Killed>,
-    /// Start times of each (exe, parent pid) within the last minute.
-    starts: HashMap<(String, u32), VecDeque<Instant>>,
+    /// Start times of each program by each parent pid within the last minute (parent first:
+    /// a program started again looks its entry up without allocating a key).
+    starts: HashMap<u32, HashMap<String, VecDeque<Instant>>>,
 }
 
 impl Respawn {
@@ -182,10 +183,14 @@ impl Respawn {
         origin: Option<Origin>,
         now: Instant,
     ) -> Option<Finding> {
-        let back = origin.as_ref().and_then(|o| {
-            let k = self.killed.remove(&(exe.to_string(), o.clone()))?;
-            (now.duration_since(k.at) < self.config.window).then_some((o, k))
-        });
+        // Nothing killed (nearly always): no key to build.
+        let back = origin
+            .as_ref()
+            .filter(|_| !self.killed.is_empty())
+            .and_then(|o| {
+                let k = self.killed.remove(&(exe.to_string(), o.clone()))?;
+                (now.duration_since(k.at) < self.config.window).then_some((o, k))
+            });
         if let Some((origin, k)) = back {
             let how = if k.by_agent {
                 AFTER_AGENT_KILL.to_string()
@@ -214,7 +219,11 @@ impl Respawn {
         now: Instant,
     ) -> Option<Finding> {
         let parent = culprit.ancestry.first().map_or(0, |(p, _)| *p);
-        let starts = self.starts.entry((exe.to_string(), parent)).or_default();
+        let by_parent = self.starts.entry(parent).or_default();
+        if !by_parent.contains_key(exe) {
+            by_parent.insert(exe.to_string(), VecDeque::new());
+        }
+        let starts = by_parent.get_mut(exe).expect("inserted above");
         while starts
             .front()
             .is_some_and(|t| now.duration_since(*t) >= MINUTE)
@@ -254,8 +263,10 @@ impl Respawn {
     pub fn expire(&mut self, now: Instant) {
         let window = self.config.window;
         self.killed.retain(|_, k| now.duration_since(k.at) < window);
-        self.starts
-            .retain(|_, s| s.back().is_some_and(|t| now.duration_since(*t) < MINUTE));
+        for by_parent in self.starts.values_mut() {
+            by_parent.retain(|_, s| s.back().is_some_and(|t| now.duration_since(*t) < MINUTE));
+        }
+        self.starts.retain(|_, by_parent| !by_parent.is_empty());
     }
 }
 

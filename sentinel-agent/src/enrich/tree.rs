@@ -236,7 +236,8 @@ impl ProcessTree {
 
     /// (pid, comm) of `tgid`'s parent, grandparent, … (parent first), up to pid 1.
     pub fn ancestry(&mut self, tgid: u32, proc_root: &Path) -> Vec<(u32, String)> {
-        let mut out = Vec::new();
+        // Most processes sit a handful of levels below pid 1: one allocation, no regrowth.
+        let mut out = Vec::with_capacity(8);
         let mut cur = self.procs.get(&tgid).map_or(0, |p| p.ppid);
         while cur != 0 && out.len() < MAX_DEPTH {
             let Some(p) = self.lookup_or_load(cur, proc_root) else {

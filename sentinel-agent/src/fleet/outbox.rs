@@ -233,23 +233,24 @@ impl Outbox {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT id, kind, body FROM events
+                "SELECT id, kind, ts_ns, body FROM events
                  WHERE id > ?1 AND kind IN ('exec', 'connect', 'cpu') ORDER BY id LIMIT ?2",
             )
             .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![cursor, limit as i64], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                ))
-            })
+        let mut rows = stmt
+            .query(params![cursor, limit as i64])
             .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
-        for row in rows {
-            let (id, kind, body) = row.map_err(|e| self.err(e))?;
-            if let Ok(body) = serde_json::from_str(&body) {
+        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            let id: i64 = r.get(0).map_err(|e| self.err(e))?;
+            let kind: String = r.get(1).map_err(|e| self.err(e))?;
+            let ts_ns: i64 = r.get(2).map_err(|e| self.err(e))?;
+            let value = r.get_ref(3).map_err(|e| self.err(e))?;
+            // The fleet gets the JSON of SPEC §5 whatever the local encoding; a row that
+            // cannot be read is skipped, as before.
+            if let Ok(record) = crate::store::body::decode(ts_ns, value)
+                && let Ok(body) = serde_json::to_value(&record)
+            {
                 out.push(EventRow { id, kind, body });
             }
         }

@@ -153,7 +153,7 @@ mod tests {
                 uid: 0,
                 comm: "true".into(),
                 filename: "/bin/true".into(),
-                argv: vec!["/bin/true".into(), format!("--run-{n:0>200}")],
+                argv: vec!["/bin/true".into(), format!("--run-{n:0>400}")],
                 ancestors: vec!["bash".into(), "sshd".into()],
             }),
         )))
@@ -245,7 +245,7 @@ mod tests {
         eprintln!(
             "{inserted} exec events (~{} KiB of rows) into a {} KiB cap: evicted {evicted}, \
              largest on disk {} KiB, now {} KiB",
-            inserted * 400 / 1024,
+            inserted * 450 / 1024,
             CAP / 1024,
             largest / 1024,
             on_disk(&path) / 1024

@@ -3,6 +3,7 @@
 //! way in is a bounded queue ([`queue`]) and the file has a size cap ([`cap`]): a flood costs
 //! routine events, never memory without end, a full disk, alerts or decisions.
 
+pub mod body;
 pub mod cap;
 pub mod queue;
 
@@ -15,7 +16,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use rusqlite::{Connection, OpenFlags, params};
+use rusqlite::{Connection, OpenFlags};
 use tracing::{debug, error, warn};
 
 use crate::event::{Body, Kind, Record};
@@ -54,7 +55,9 @@ pub struct Limits {
     pub max_bytes: u64,
 }
 
-const SCHEMA_VERSION: i64 = 1;
+/// 2: exec and connect bodies may be binary ([`body`]); a version-1 store is taken over as it
+/// is (its JSON rows stay readable), and an older agent refuses a version-2 one by name.
+const SCHEMA_VERSION: i64 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -76,7 +79,7 @@ pub enum StoreError {
     Corrupt {
         path: PathBuf,
         id: i64,
-        source: serde_json::Error,
+        source: body::BodyError,
     },
 }
 
@@ -158,9 +161,13 @@ impl Store {
                          body  TEXT NOT NULL
                      );
                      CREATE INDEX IF NOT EXISTS events_ref ON events(ref) WHERE ref IS NOT NULL;
-                     PRAGMA user_version = 1;
+                     PRAGMA user_version = 2;
                      COMMIT;",
                 )
+                .map_err(|e| sql(p, e))?;
+        } else if version == 1 {
+            self.conn
+                .pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(|e| sql(p, e))?;
         }
         // Indexes cost a b-tree insert per event. Stores made before 0.2 carry one on the
@@ -206,9 +213,13 @@ impl Store {
                     .count();
                 if run == 0 {
                     let (Write::Insert(r) | Write::Update(r)) = &writes[start];
-                    let body = bodies.fill(std::slice::from_ref(r))[0].as_str();
+                    let body = &bodies.fill(std::slice::from_ref(r))[0];
                     tx.prepare_cached("UPDATE events SET body = ?2 WHERE ref = ?1")
-                        .and_then(|mut update| update.execute(params![reference(r), body]))
+                        .and_then(|mut update| {
+                            update.raw_bind_parameter(1, reference(r))?;
+                            bind_body(&mut update, 2, body)?;
+                            update.raw_execute()
+                        })
                         .map_err(|e| sql(&p, e))?;
                     start += 1;
                     continue;
@@ -244,7 +255,7 @@ impl Store {
     /// The newest `limit` events of the given kinds (all kinds when empty), oldest first.
     pub fn recent(&self, kinds: &[Kind], limit: usize) -> Result<Vec<Record>, StoreError> {
         let p = &self.path;
-        let mut query = String::from("SELECT id, body FROM events");
+        let mut query = String::from("SELECT id, ts_ns, body FROM events");
         if !kinds.is_empty() {
             let list: Vec<String> = kinds.iter().map(|k| format!("'{}'", k.as_str())).collect();
             query.push_str(&format!(" WHERE kind IN ({})", list.join(",")));
@@ -257,15 +268,13 @@ impl Store {
         }
         query.push_str(" ORDER BY id DESC LIMIT ?1");
         let mut stmt = self.conn.prepare(&query).map_err(|e| sql(p, e))?;
-        let rows = stmt
-            .query_map([limit as i64], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-            })
-            .map_err(|e| sql(p, e))?;
+        let mut rows = stmt.query([limit as i64]).map_err(|e| sql(p, e))?;
         let mut out = Vec::new();
-        for row in rows {
-            let (id, body) = row.map_err(|e| sql(p, e))?;
-            let record = serde_json::from_str(&body).map_err(|source| StoreError::Corrupt {
+        while let Some(row) = rows.next().map_err(|e| sql(p, e))? {
+            let id: i64 = row.get(0).map_err(|e| sql(p, e))?;
+            let ts_ns: i64 = row.get(1).map_err(|e| sql(p, e))?;
+            let value = row.get_ref(2).map_err(|e| sql(p, e))?;
+            let record = body::decode(ts_ns, value).map_err(|source| StoreError::Corrupt {
                 path: p.clone(),
                 id,
                 source,
@@ -318,24 +327,37 @@ fn reference(r: &Record) -> Option<&str> {
     }
 }
 
-/// JSON bodies of the rows being written, their buffers kept from one statement to the next.
+/// Encoded bodies of the rows being written, their buffers kept from one statement to the
+/// next.
 #[derive(Default)]
-struct Bodies(Vec<String>);
+struct Bodies(Vec<(body::Encoding, Vec<u8>)>);
 
 impl Bodies {
-    fn fill<R: AsRef<Record>>(&mut self, records: &[R]) -> &[String] {
+    fn fill<R: AsRef<Record>>(&mut self, records: &[R]) -> &[(body::Encoding, Vec<u8>)] {
         if self.0.len() < records.len() {
-            self.0
-                .resize_with(records.len(), || String::with_capacity(512));
+            self.0.resize_with(records.len(), || {
+                (body::Encoding::Binary, Vec::with_capacity(256))
+            });
         }
-        for (body, r) in self.0.iter_mut().zip(records) {
-            // The buffer is reused: taken out as bytes, refilled, put back.
-            let mut bytes = std::mem::take(body).into_bytes();
-            bytes.clear();
-            serde_json::to_writer(&mut bytes, r.as_ref()).expect("records serialise");
-            *body = String::from_utf8(bytes).expect("serde_json writes UTF-8");
+        for ((encoding, buf), r) in self.0.iter_mut().zip(records) {
+            *encoding = body::encode(r.as_ref(), buf);
         }
         &self.0[..records.len()]
+    }
+}
+
+/// Bind an encoded body: JSON as text (readable by `json_extract`), binary as a blob.
+fn bind_body(
+    stmt: &mut rusqlite::Statement<'_>,
+    at: usize,
+    (encoding, bytes): &(body::Encoding, Vec<u8>),
+) -> rusqlite::Result<()> {
+    match encoding {
+        body::Encoding::Binary => stmt.raw_bind_parameter(at, bytes.as_slice()),
+        body::Encoding::Json => {
+            let text = std::str::from_utf8(bytes).expect("serde_json writes UTF-8");
+            stmt.raw_bind_parameter(at, text)
+        }
     }
 }
 
@@ -353,7 +375,7 @@ fn insert_rows(
         insert.raw_bind_parameter(at + 2, r.body.kind().as_str())?;
         insert.raw_bind_parameter(at + 3, r.body.pid())?;
         insert.raw_bind_parameter(at + 4, reference(r))?;
-        insert.raw_bind_parameter(at + 5, body.as_str())?;
+        bind_body(&mut insert, at + 5, body)?;
     }
     insert.raw_execute()?;
     Ok(())
@@ -491,6 +513,22 @@ mod tests {
                 cpu_pct: 12.5,
             }),
         ))
+    }
+
+    fn exec_record(pid: u32, at_ms: u64) -> Record {
+        Record::new(
+            UNIX_EPOCH + Duration::from_millis(at_ms),
+            "h",
+            Body::Exec(crate::event::ExecBody {
+                pid,
+                ppid: 1,
+                uid: 0,
+                comm: "sh".into(),
+                filename: "/bin/sh".into(),
+                argv: vec!["sh".into(), "-c".into(), "id".into()],
+                ancestors: vec!["nginx".into()],
+            }),
+        )
     }
 
     #[test]
@@ -656,6 +694,67 @@ mod tests {
         assert!(plan.contains("events_rare"), "{plan}");
         assert_eq!(store.recent(&[Kind::Alert], 10).unwrap().len(), 1);
         assert_eq!(store.recent(&[Kind::Cpu], 10).unwrap().len(), 1);
+    }
+
+    /// A store written by an agent that kept every body as JSON (schema 1) is taken over: its
+    /// rows read back beside new binary ones, and an agent that only knows schema 1 would
+    /// now refuse the file by name instead of misreading a blob.
+    #[test]
+    fn a_json_store_is_taken_over_and_reads_back_beside_binary_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        drop(Store::open(&path, BIG).unwrap());
+        let old = Record::new(
+            UNIX_EPOCH + Duration::from_millis(5),
+            "h",
+            Body::Cpu(crate::event::CpuBody {
+                pid: 1,
+                comm: "old".into(),
+                cpu_pct: 1.0,
+            }),
+        );
+        let old_exec = exec_record(2, 6);
+        let conn = Connection::open(&path).unwrap();
+        for r in [&old, &old_exec] {
+            conn.execute(
+                "INSERT INTO events (ts_ns, kind, pid, ref, body) VALUES (?1, ?2, ?3, NULL, ?4)",
+                rusqlite::params![
+                    r.ts_ns(),
+                    r.body.kind().as_str(),
+                    r.body.pid(),
+                    serde_json::to_string(r).unwrap()
+                ],
+            )
+            .unwrap();
+        }
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        drop(conn);
+        let mut store = Store::open(&path, BIG).unwrap();
+        let new_exec = exec_record(3, 7);
+        store.insert(&[Arc::new(new_exec.clone())]).unwrap();
+        let all = store.recent(&[], 10).unwrap();
+        assert_eq!(all, vec![old, old_exec, new_exec]);
+        let (version, blob): (i64, String) = (
+            store
+                .conn
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .unwrap(),
+            store
+                .conn
+                .query_row("SELECT typeof(body) FROM events WHERE pid = 3", [], |r| {
+                    r.get(0)
+                })
+                .unwrap(),
+        );
+        assert_eq!((version, blob.as_str()), (SCHEMA_VERSION, "blob"));
+        drop(store);
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", 3).unwrap();
+        drop(conn);
+        let err = Store::open(&path, BIG)
+            .err()
+            .expect("a newer schema is refused");
+        assert!(err.to_string().contains("schema version 3"), "{err}");
     }
 
     #[test]
