@@ -623,6 +623,89 @@ fn python_and_perl_socket_reverse_shells_are_alerted_and_their_c2_blocked() {
     assert_eq!(alert["comm"], "python3", "{alert}");
 }
 
+/// inetd's way of serving: each accepted connection becomes a child's stdin and stdout. That
+/// child's stdio is a TCP socket to an untrusted peer, as a reverse shell's is, but nothing
+/// here connected out to that peer: the agent sees the socket and raises nothing. A python
+/// reverse shell in the same run is alerted, and since records are handled in order, its
+/// alert also says the server's were handled by then.
+#[test]
+fn an_accepted_connection_on_stdio_is_a_server_not_a_reverse_shell() {
+    if !require_root("an_accepted_connection_on_stdio_is_a_server_not_a_reverse_shell") {
+        return;
+    }
+    let _serial = serial();
+    let net = TestNet::new("rwi");
+    let table = Table::new("rwinetd");
+    let _c2 = c2(&net, C2_PORT, true);
+    let agent = attack_agent(&table, false);
+    // This side of the DE test network; the clients connect from DE4.
+    let (addr, port) = ("198.51.100.129", free_port());
+    let server = "import socket, subprocess, sys\n\
+        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+        s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(8)\n\
+        print('ready', flush=True)\n\
+        while True:\n    c, _ = s.accept()\n    \
+        subprocess.Popen(['/bin/cat'], stdin=c, stdout=c, stderr=subprocess.DEVNULL)\n    \
+        c.close()\n";
+    let mut inetd = Group::spawn(
+        "the inetd-style server",
+        Command::new("/usr/bin/python3")
+            .args(["-c", server, addr, &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped()),
+    );
+    inetd.ready_line();
+    let client = "import socket, sys\n\
+        for _ in range(3):\n    \
+        c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)\n    \
+        c.sendall(b'ping\\n'); assert c.recv(5) == b'ping\\n'; c.close()\n";
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            net.ns(),
+            "/usr/bin/python3",
+            "-c",
+            client,
+            addr,
+        ])
+        .arg(port.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut shell = Group::spawn("python", &mut python_reverse_shell(C2_PORT));
+    let alert = wait_event(&agent, "alert", "reverse_shell of python3", |a| {
+        a["anomaly"] == "reverse_shell" && a["comm"] == "python3"
+    });
+    let _ = shell.child.wait();
+    assert_eq!(alert["target_ip"], DE4, "{alert}");
+    // The server's children put the socket on stdio between fork and exec (as python3).
+    let log = agent.log();
+    let served: HashSet<String> = log
+        .lines()
+        .filter(|l| l.contains("accepted connection on stdio") && l.contains(DE4))
+        .filter_map(|l| l.split(" pid=").nth(1)?.split(' ').next().map(String::from))
+        .collect();
+    assert!(
+        served.len() >= 3,
+        "the server's children were not seen:\n{log}"
+    );
+    let wrong: Vec<Value> = agent
+        .events("alert")
+        .into_iter()
+        .filter(|a| served.contains(&a["pid"].to_string()))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "a served connection was taken for a reverse shell: {wrong:?}"
+    );
+}
+
 #[test]
 fn a_reverse_shell_is_killed_with_enforce_kill() {
     if !require_root("a_reverse_shell_is_killed_with_enforce_kill") {

@@ -6,7 +6,7 @@
 use aya_ebpf::{
     EbpfContext,
     macros::{map, tracepoint},
-    maps::{LruHashMap, PerCpuArray},
+    maps::PerCpuArray,
     programs::TracePointContext,
 };
 use sentinel_common::{
@@ -23,14 +23,7 @@ use crate::task::{
 #[map]
 static CONNECT_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// Sockets this host connected out with (`struct sock *`), most recent first out of the LRU:
-/// the `stdio` sensor tells a reverse shell (an outbound connection on stdio) from a server
-/// handing an accepted connection to its child as stdio (inetd, `sshd -i`, socket activation).
-#[map]
-pub static OUTBOUND: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);
-
 // Field offsets of the `inet_sock_set_state` record (stable tracepoint ABI).
-const SKADDR: usize = 8;
 const NEWSTATE: usize = 20;
 const SPORT: usize = 24;
 const DPORT: usize = 26;
@@ -104,7 +97,6 @@ fn on_state_change(ctx: &TracePointContext) {
     if current_tgid_unless_agent().is_none() {
         return;
     }
-    let _ = OUTBOUND.insert(field::<u64>(ctx, SKADDR), 1, 0);
     let Some(mut entry) = EVENTS.reserve::<ConnectEvent>(0) else {
         record_dropped(ctx, &CONNECT_LOST, "connect");
         return;

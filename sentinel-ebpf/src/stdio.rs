@@ -1,10 +1,11 @@
 //! The `stdio` sensor: a TCP socket duplicated onto standard input, output or error
 //! (`syscalls/sys_enter_dup2`, `sys_enter_dup3`) — the move every classic reverse shell makes
 //! before it runs commands. Shells call `dup2` all the time, so the program looks at the
-//! descriptor first and reports only a TCP socket this host connected out with (`OUTBOUND`,
-//! kept by the `connect` sensor), with its peer read from the socket. An accepted connection
-//! handed to a child as stdio (inetd, `sshd -i`, socket activation) is a server, not a
-//! reverse shell: not reported.
+//! descriptor first and reports only a TCP socket, with its peer read from the socket. The
+//! agent tells a reverse shell (a peer a local process connected out to) from an accepted
+//! connection handed to a child as stdio (inetd, `sshd -i`, socket activation): tracking
+//! every outbound socket here cost kernel time on every connect, for the rare socket that
+//! lands on stdio.
 
 use aya_ebpf::{
     EbpfContext, helpers::bpf_get_current_task, macros::tracepoint, programs::TracePointContext,
@@ -18,7 +19,6 @@ use sentinel_common::{
 };
 
 use crate::{
-    connect::OUTBOUND,
     exec::EXEC_LOST,
     rare::{record_dropped, unexpected_family},
     task::{
@@ -107,10 +107,6 @@ fn on_dup(ctx: &TracePointContext) {
     else {
         return;
     };
-    // SAFETY: a plain lookup; the value is not kept.
-    if unsafe { OUTBOUND.get(sk as u64) }.is_none() {
-        return;
-    }
     let family: u16 = read_sk(sk, off.sk_family).unwrap_or(0);
     let protocol: u16 = read_sk(sk, off.sk_protocol).unwrap_or(0);
     if family != AF_INET && family != AF_INET6 {

@@ -21,6 +21,7 @@ use crate::{
     detect::{self, Alerts, Culprit, Finding, lineage::Ancestor},
     enforce::kill::Killer,
     enrich::geo::CountryDb,
+    enrich::outbound::Outbound,
     enrich::shells::Shells,
     enrich::tree::{ProcessTree, is_alive, read_stat},
     enrich::trust::{ActionableAddr, TrustSet},
@@ -74,6 +75,9 @@ pub struct Pipeline {
     pub groups: HashMap<String, Group>,
     /// The last untrusted address each process connected to.
     pub last_connect: FxHashMap<u32, ActionableAddr>,
+    /// The peers of recent outbound connects: a socket on stdio that reaches one is a
+    /// reverse shell, any other an accepted connection.
+    pub outbound: Outbound,
     /// `enforce.kill`: the process response, when on.
     pub killer: Option<Killer>,
     /// `enforce.mode = "dry-run"`: decide and record, touch nothing (no kills either).
@@ -235,6 +239,7 @@ impl Pipeline {
                 if self.is_agent(c.tgid) {
                     return;
                 }
+                self.outbound.connected(c.daddr, c.dport);
                 // Who connected is what the kernel saw at connect time, not what the process
                 // may have exec'd since.
                 let comm = if c.comm.is_empty() {
@@ -342,6 +347,11 @@ impl Pipeline {
     /// A TCP socket on a standard stream: `reverse_shell` when the peer is untrusted.
     fn on_stdio(&mut self, s: Stdio) {
         if self.is_agent(s.tgid) {
+            return;
+        }
+        if !self.outbound.reaches(s.peer, s.dport) {
+            debug!(pid = s.tgid, comm = %s.comm, fd = s.newfd, peer = %s.peer,
+                   "accepted connection on stdio (a server's child): not a reverse shell");
             return;
         }
         debug!(pid = s.tgid, comm = %s.comm, fd = s.newfd, peer = %s.peer, "socket on stdio");

@@ -469,6 +469,7 @@ pub fn build_pipeline(
         tracked: FxHashMap::default(),
         groups: HashMap::new(),
         last_connect: FxHashMap::default(),
+        outbound: Default::default(),
         exits: Default::default(),
         killer: config.enforce.kill.then(|| {
             Killer::new(

@@ -9,6 +9,7 @@
 
 pub mod geo;
 pub mod listeners;
+pub mod outbound;
 pub mod shells;
 pub mod sockets;
 pub mod ssh;
