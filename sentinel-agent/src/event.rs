@@ -181,7 +181,7 @@ impl Body {
 impl Record {
     pub fn new(at: SystemTime, host: &str, body: Body) -> Self {
         Self {
-            ts: humantime::format_rfc3339_millis(at).to_string(),
+            ts: rfc3339_millis(at),
             host: host.to_string(),
             body,
         }
@@ -189,11 +189,80 @@ impl Record {
 
     /// Nanoseconds since the Unix epoch of `ts` (0 if it does not parse).
     pub fn ts_ns(&self) -> i64 {
-        humantime::parse_rfc3339(&self.ts)
+        if let Some(ns) = SECOND.with(|s| s.borrow().ns_of(&self.ts)) {
+            return ns;
+        }
+        let ns = humantime::parse_rfc3339(&self.ts)
             .ok()
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos() as i64)
+            .map_or(0, |d| d.as_nanos() as i64);
+        SECOND.with(|s| s.borrow_mut().learn(&self.ts, ns));
+        ns
     }
+}
+
+/// The last whole second a thread wrote or read a timestamp in: events come by the hundred
+/// per second, and formatting or parsing a date for each was a few percent of the agent's
+/// work per event. humantime does the first of each second; the milliseconds are appended
+/// or read here.
+#[derive(Default)]
+struct Second {
+    /// Its Unix time in seconds.
+    secs: u64,
+    /// `YYYY-MM-DDTHH:MM:SS.` as humantime writes it (empty: none yet).
+    prefix: String,
+}
+
+thread_local! {
+    static SECOND: std::cell::RefCell<Second> = std::cell::RefCell::new(Second::default());
+}
+
+impl Second {
+    /// The epoch ns of `ts` when it is `prefix` + three digits + `Z`.
+    fn ns_of(&self, ts: &str) -> Option<i64> {
+        let millis = ts.strip_prefix(self.prefix.as_str())?.strip_suffix('Z')?;
+        if self.prefix.is_empty() || millis.len() != 3 || !millis.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let ms: u64 = millis.parse().ok()?;
+        i64::try_from(self.secs * 1_000_000_000 + ms * 1_000_000).ok()
+    }
+
+    /// Remember the second of `ts` (stamped `ns`) when it has the millisecond shape.
+    fn learn(&mut self, ts: &str, ns: i64) {
+        if ns <= 0 || ts.len() < 5 || !ts.ends_with('Z') || ts.as_bytes()[ts.len() - 5] != b'.' {
+            return;
+        }
+        let secs = ns as u64 / 1_000_000_000;
+        self.secs = secs;
+        self.prefix.clear();
+        self.prefix.push_str(&ts[..ts.len() - 4]);
+    }
+}
+
+/// `at` in RFC 3339, UTC, millisecond precision (as `humantime::format_rfc3339_millis`).
+pub fn rfc3339_millis(at: SystemTime) -> String {
+    let Ok(since) = at.duration_since(UNIX_EPOCH) else {
+        return humantime::format_rfc3339_millis(at).to_string();
+    };
+    let (secs, ms) = (since.as_secs(), since.subsec_millis());
+    SECOND.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.prefix.is_empty() || s.secs != secs {
+            let full = humantime::format_rfc3339_millis(at).to_string();
+            s.learn(&full, (secs * 1_000_000_000) as i64);
+            if s.secs != secs || s.prefix.is_empty() {
+                return full; // not the usual shape: no cache
+            }
+        }
+        let mut out = String::with_capacity(s.prefix.len() + 4);
+        out.push_str(&s.prefix);
+        out.push(char::from(b'0' + (ms / 100) as u8));
+        out.push(char::from(b'0' + (ms / 10 % 10) as u8));
+        out.push(char::from(b'0' + (ms % 10) as u8));
+        out.push('Z');
+        out
+    })
 }
 
 /// Turns kernel `CLOCK_BOOTTIME` stamps into wall-clock time.
@@ -351,6 +420,38 @@ pub fn sample_alert(id: &str, target: &str) -> AlertBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The per-second cache agrees with humantime, across second, day and year boundaries,
+    /// in both directions, whatever order the times come in.
+    #[test]
+    fn cached_timestamps_agree_with_humantime() {
+        let base = UNIX_EPOCH + Duration::from_secs(1_798_761_599); // 2026-12-31T23:59:59Z
+        let mut times = Vec::new();
+        for ms in [0u64, 1, 999, 1000, 1001, 1999, 2000, 61_000, 86_400_000, 3_000] {
+            times.push(base + Duration::from_millis(ms));
+            times.push(base + Duration::from_millis(ms) + Duration::from_nanos(999_999));
+        }
+        times.push(UNIX_EPOCH);
+        for at in times.iter().chain(times.iter().rev()) {
+            let want = humantime::format_rfc3339_millis(*at).to_string();
+            assert_eq!(rfc3339_millis(*at), want);
+            let r = Record::new(*at, "h", Body::Cpu(CpuBody { pid: 1, comm: "x".into(), cpu_pct: 0.0 }));
+            let parsed = humantime::parse_rfc3339(&want)
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos() as i64);
+            assert_eq!(r.ts_ns(), parsed, "{want}");
+        }
+        // Shapes the cache does not know are parsed as before.
+        for ts in ["2026-12-31T23:59:59Z", "2026-12-31T23:59:59.5Z", "garbage", ""] {
+            let r = Record { ts: ts.into(), ..exec() };
+            let want = humantime::parse_rfc3339(ts)
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos() as i64);
+            assert_eq!(r.ts_ns(), want, "{ts}");
+        }
+    }
 
     fn exec() -> Record {
         Record {

@@ -49,6 +49,16 @@ pub fn escape(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// Bytes a process chose (a name, a path, an argument) as escaped text: invalid UTF-8 is
+/// replaced, hostile characters escaped. Printable ASCII, nearly every such text, is copied
+/// as it is after one pass.
+pub fn text_from(bytes: &[u8]) -> String {
+    if bytes.iter().all(|b| (b' '..=b'~').contains(b)) {
+        return String::from_utf8(bytes.to_vec()).expect("printable ASCII is UTF-8");
+    }
+    escape(&String::from_utf8_lossy(bytes)).into_owned()
+}
+
 /// [`escape`] for an owned string: no copy when there is nothing to escape.
 pub fn escaped(text: String) -> String {
     match escape(&text) {
@@ -189,6 +199,13 @@ mod tests {
             let chat = defang(&text);
             prop_assert!(!chat.chars().any(is_hostile));
             prop_assert!(!chat.contains("://") && !chat.contains("]("));
+        }
+
+        /// Bytes from the kernel read as the slow path (lossy decoding, then escaping) would.
+        #[test]
+        fn text_from_bytes_is_lossy_decoding_then_escaping(bytes in any::<Vec<u8>>()) {
+            let want = escape(&String::from_utf8_lossy(&bytes)).into_owned();
+            prop_assert_eq!(text_from(&bytes), want);
         }
 
         /// Escaping loses nothing printable: removing the escapes of a string that had no

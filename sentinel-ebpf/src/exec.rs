@@ -13,13 +13,14 @@ use aya_ebpf::{
 };
 use sentinel_common::{
     EventKind,
-    events::exec::{ARGV_LEN, ExecEvent, ExitEvent, ForkEvent},
+    events::exec::{ARGV_LEN, ExeId, ExecEvent, ExitEvent, ForkEvent},
 };
 
 use crate::cpu::CPU_SAMPLES;
 use crate::rare::{read_failed, record_dropped};
 use crate::task::{
-    EVENTS, current_exe, current_tgid_unless_agent, fill_header, offsets, read_field, submit_flags,
+    EVENTS, current_tgid_unless_agent, exe_of_mm, fill_header, fill_lean_header, offsets,
+    read_field, submit_flags,
 };
 
 /// Exec, fork, exit (and stdio) records dropped because `EVENTS` was full.
@@ -79,7 +80,6 @@ fn on_exec(ctx: &TracePointContext) {
             0
         }
     };
-    data.exe = current_exe();
 
     // SAFETY: the tracepoint record is readable at its own offsets.
     let loc: u32 = unsafe { ctx.read_at(TP_EXEC_FILENAME_LOC) }.unwrap_or(0);
@@ -93,9 +93,9 @@ fn on_exec(ctx: &TracePointContext) {
     data.argv_len = 0;
     data.argv_truncated = 0;
     let mm: Option<*const u8> = read_field(task, off.task_mm);
+    data.exe = mm.map_or(ExeId::default(), exe_of_mm);
     if let Some(mm) = mm {
-        let start: u64 = read_field(mm, off.mm_arg_start).unwrap_or(0);
-        let end: u64 = read_field(mm, off.mm_arg_end).unwrap_or(0);
+        let (start, end) = arg_span(mm);
         if end > start {
             let mut len = end - start;
             if len > ARGV_LEN as u64 {
@@ -112,6 +112,21 @@ fn on_exec(ctx: &TracePointContext) {
         }
     }
     entry.submit(submit_flags(&EVENTS));
+}
+
+/// `mm->arg_start` and `mm->arg_end`: one read when they are adjacent (they are, in every
+/// kernel since 2.6), two otherwise; zeroes when unknown.
+#[inline(always)]
+fn arg_span(mm: *const u8) -> (u64, u64) {
+    let off = offsets();
+    if off.mm_arg_end == off.mm_arg_start + 8 {
+        read_field::<[u64; 2]>(mm, off.mm_arg_start).map_or((0, 0), |[s, e]| (s, e))
+    } else {
+        (
+            read_field(mm, off.mm_arg_start).unwrap_or(0),
+            read_field(mm, off.mm_arg_end).unwrap_or(0),
+        )
+    }
 }
 
 fn on_fork(ctx: &BtfTracePointContext) {
@@ -171,7 +186,8 @@ fn on_exit(ctx: &TracePointContext) {
     };
     // SAFETY: sized for an ExitEvent; every field is written below.
     let event = unsafe { &mut *entry.as_mut_ptr() };
-    fill_header(&mut event.header, EventKind::Exit);
+    // Who it was is in the agent's tree already: no comm, no uid.
+    fill_lean_header(&mut event.header, EventKind::Exit);
     // SAFETY: bpf_get_current_task has no preconditions.
     let task = unsafe { bpf_get_current_task() } as *const u8;
     event.data.start_ns = read_field(task, off.task_start_boottime).unwrap_or(0);

@@ -62,12 +62,18 @@ fn file_of(fd: u32) -> Option<*const u8> {
     let task = unsafe { bpf_get_current_task() } as *const u8;
     let files: *const u8 = read_field(task, off.task_files)?;
     let fdt: *const u8 = read_field(files, off.files_fdt)?;
-    // `max_fds` and `i_mode` open their structs: offset 0 is their real offset here.
-    let max: u32 = read_at(fdt, off.fdt_max_fds as usize)?;
+    // `max_fds` and `i_mode` open their structs: offset 0 is their real offset here. `fd`
+    // follows `max_fds` (and its padding) in every kernel: one read for both.
+    let (max, array) = if off.fdt_fd == off.fdt_max_fds + 8 {
+        let [max, array] = read_at::<[u64; 2]>(fdt, off.fdt_max_fds as usize)?;
+        (max as u32, array as *const u8)
+    } else {
+        let max: u32 = read_at(fdt, off.fdt_max_fds as usize)?;
+        (max, read_field(fdt, off.fdt_fd)?)
+    };
     if fd >= max {
         return None;
     }
-    let array: *const u8 = read_field(fdt, off.fdt_fd)?;
     // `fd < max_fds` keeps the slot inside the array; the helper checks the address anyway.
     let file: *const u8 = read_at(array, fd as usize * 8)?;
     (!file.is_null()).then_some(file)

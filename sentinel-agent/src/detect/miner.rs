@@ -107,11 +107,13 @@ impl Miner {
             why.push(format!("runs from {exe}"));
         }
         let args = argv.join(" ");
-        let marker = patterns::first_miner_marker(&[
+        let marker = [
             culprit.comm.as_str(),
             culprit.exe.as_deref().unwrap_or(""),
             &args,
-        ]);
+        ]
+        .into_iter()
+        .find_map(patterns::miner_marker);
         if let Some(m) = marker {
             why.push(format!("miner marker {m:?}"));
         }

@@ -100,20 +100,6 @@ pub fn miner_marker(text: &str) -> Option<&str> {
     MINER.find(text).map(|m| m.as_str())
 }
 
-/// The first miner marker in any of `texts`, in their order: one search over them joined by
-/// NUL, which no marker matches and no escaped text holds (a search's set-up costs more than
-/// a short text's scan).
-pub fn first_miner_marker(texts: &[&str]) -> Option<String> {
-    let mut hay = String::with_capacity(texts.iter().map(|t| t.len() + 1).sum());
-    for (i, t) in texts.iter().enumerate() {
-        if i > 0 {
-            hay.push('\0');
-        }
-        hay.push_str(t);
-    }
-    miner_marker(&hay).map(str::to_string)
-}
-
 /// `a, b` for the alert's detail.
 pub fn describe(hits: &[Hit]) -> String {
     let mut names: Vec<&str> = hits.iter().map(|h| h.what).collect();
@@ -124,23 +110,6 @@ pub fn describe(hits: &[Hit]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn joined_texts_find_what_each_text_finds_and_no_more() {
-        let texts = ["xmrig", "/usr/bin/x", "x -o pool.example"];
-        assert_eq!(first_miner_marker(&texts).as_deref(), Some("xmrig"));
-        assert_eq!(
-            first_miner_marker(&["a", "b", "x -o pool.x"]).as_deref(),
-            Some("-o pool.")
-        );
-        // A marker split across two texts is not a marker.
-        assert_eq!(first_miner_marker(&["-o", "pool.x", ""]), None);
-        assert_eq!(first_miner_marker(&["kin", "sing", "x"]), None);
-        assert_eq!(
-            first_miner_marker(&["bash", "/bin/bash", "bash -c true"]),
-            None
-        );
-    }
 
     fn classes(line: &str) -> Vec<Class> {
         scan(line).into_iter().map(|h| h.class).collect()

@@ -112,7 +112,7 @@ fn split_argv(bytes: &[u8]) -> Vec<String> {
     }
     bytes
         .split(|&b| b == 0)
-        .map(|a| crate::untrusted::escape(&String::from_utf8_lossy(a)).into_owned())
+        .map(crate::untrusted::text_from)
         .collect()
 }
 

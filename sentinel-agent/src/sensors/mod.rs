@@ -153,7 +153,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
 /// chose it (see [`crate::untrusted`]).
 pub(crate) fn c_str(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    crate::untrusted::escape(&String::from_utf8_lossy(&bytes[..end])).into_owned()
+    crate::untrusted::text_from(&bytes[..end])
 }
 
 /// Seen and lost counts of one sensor.
