@@ -221,7 +221,10 @@ impl Second {
     /// The epoch ns of `ts` when it is `prefix` + three digits + `Z`.
     fn ns_of(&self, ts: &str) -> Option<i64> {
         let millis = ts.strip_prefix(self.prefix.as_str())?.strip_suffix('Z')?;
-        if self.prefix.is_empty() || millis.len() != 3 || !millis.bytes().all(|b| b.is_ascii_digit()) {
+        if self.prefix.is_empty()
+            || millis.len() != 3
+            || !millis.bytes().all(|b| b.is_ascii_digit())
+        {
             return None;
         }
         let ms: u64 = millis.parse().ok()?;
@@ -427,7 +430,9 @@ mod tests {
     fn cached_timestamps_agree_with_humantime() {
         let base = UNIX_EPOCH + Duration::from_secs(1_798_761_599); // 2026-12-31T23:59:59Z
         let mut times = Vec::new();
-        for ms in [0u64, 1, 999, 1000, 1001, 1999, 2000, 61_000, 86_400_000, 3_000] {
+        for ms in [
+            0u64, 1, 999, 1000, 1001, 1999, 2000, 61_000, 86_400_000, 3_000,
+        ] {
             times.push(base + Duration::from_millis(ms));
             times.push(base + Duration::from_millis(ms) + Duration::from_nanos(999_999));
         }
@@ -435,7 +440,15 @@ mod tests {
         for at in times.iter().chain(times.iter().rev()) {
             let want = humantime::format_rfc3339_millis(*at).to_string();
             assert_eq!(rfc3339_millis(*at), want);
-            let r = Record::new(*at, "h", Body::Cpu(CpuBody { pid: 1, comm: "x".into(), cpu_pct: 0.0 }));
+            let r = Record::new(
+                *at,
+                "h",
+                Body::Cpu(CpuBody {
+                    pid: 1,
+                    comm: "x".into(),
+                    cpu_pct: 0.0,
+                }),
+            );
             let parsed = humantime::parse_rfc3339(&want)
                 .ok()
                 .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
@@ -443,8 +456,16 @@ mod tests {
             assert_eq!(r.ts_ns(), parsed, "{want}");
         }
         // Shapes the cache does not know are parsed as before.
-        for ts in ["2026-12-31T23:59:59Z", "2026-12-31T23:59:59.5Z", "garbage", ""] {
-            let r = Record { ts: ts.into(), ..exec() };
+        for ts in [
+            "2026-12-31T23:59:59Z",
+            "2026-12-31T23:59:59.5Z",
+            "garbage",
+            "",
+        ] {
+            let r = Record {
+                ts: ts.into(),
+                ..exec()
+            };
             let want = humantime::parse_rfc3339(ts)
                 .ok()
                 .and_then(|t| t.duration_since(UNIX_EPOCH).ok())

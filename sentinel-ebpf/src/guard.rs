@@ -22,6 +22,21 @@ static GUARD6: HashMap<[u32; 4], u64> = HashMap::with_max_entries(65536, 0);
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
 
+/// Whether the guard refuses connects to `addr` (`user_ip4`) now: the `connect` sensor does
+/// not report a connect that never happens. Empty maps (no guard) refuse nothing.
+#[inline(always)]
+pub fn refuses4(addr: u32) -> bool {
+    // SAFETY: the value is a plain u64 read once.
+    verdict(unsafe { GUARD4.get(&addr) }) == DENY
+}
+
+/// [`refuses4`] for `user_ip6`.
+#[inline(always)]
+pub fn refuses6(addr: [u32; 4]) -> bool {
+    // SAFETY: the value is a plain u64 read once.
+    verdict(unsafe { GUARD6.get(&addr) }) == DENY
+}
+
 #[inline(always)]
 fn verdict(expires: Option<&u64>) -> i32 {
     match expires {

@@ -39,16 +39,6 @@ pub enum GuardError {
     MissingMap(&'static str),
 }
 
-/// Where the cgroup v2 hierarchy is mounted, from mountinfo text.
-pub fn cgroup2_root(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        let (pre, post) = line.split_once(" - ")?;
-        let fstype = post.split_whitespace().next()?;
-        (fstype == "cgroup2").then_some(())?;
-        pre.split_whitespace().nth(4).map(PathBuf::from)
-    })
-}
-
 pub struct ConnectGuard {
     v4: HashMap<MapData, u32, u64>,
     v6: HashMap<MapData, [u32; 4], u64>,
@@ -58,8 +48,7 @@ pub struct ConnectGuard {
 impl ConnectGuard {
     /// Load and attach both programs on the cgroup v2 root, next to whatever else is there.
     pub fn attach(ebpf: &mut Ebpf) -> Result<Self, GuardError> {
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let root = cgroup2_root(&mountinfo).ok_or(GuardError::NoCgroup2)?;
+        let root = crate::sensors::cgroup::root().ok_or(GuardError::NoCgroup2)?;
         for program in ["guard_connect4", "guard_connect6"] {
             let cgroup = std::fs::File::open(&root).map_err(|source| GuardError::Cgroup {
                 path: root.clone(),
@@ -128,20 +117,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn finds_the_cgroup2_mount() {
-        let hybrid = "35 25 0:30 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n\
-                      36 35 0:31 / /sys/fs/cgroup/unified rw,nosuid,nodev - cgroup2 cgroup2 rw\n";
-        assert_eq!(
-            cgroup2_root(hybrid),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
-        let unified =
-            "30 24 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
-        assert_eq!(cgroup2_root(unified), Some(PathBuf::from("/sys/fs/cgroup")));
-        assert_eq!(cgroup2_root("1 2 0:1 / / rw - ext4 /dev/vda rw\n"), None);
-    }
 
     #[test]
     fn ipv6_keys_keep_byte_order() {

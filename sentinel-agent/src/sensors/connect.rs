@@ -1,10 +1,18 @@
-//! The `connect` sensor, userspace side: attaching `connect_inet_sock_set_state` and
-//! `connect_sys_enter_listen`, and decoding their records (connects over IPv4 and IPv6,
-//! listens) into owned values.
+//! The `connect` sensor, userspace side: attaching `connect_cg4`/`connect_cg6` (or, without
+//! cgroup v2, `connect_inet_sock_set_state`) and `connect_sys_enter_listen`, and decoding
+//! their records (connects over IPv4 and IPv6, listens) into owned values. A connect record
+//! from the cgroup programs is taken before the kernel picks the source address and port:
+//! `saddr` is then unspecified unless the socket was bound first.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+};
 
-use aya::{Ebpf, programs::TracePoint};
+use aya::{
+    Ebpf,
+    programs::{CgroupSockAddr, TracePoint, links::CgroupAttachMode},
+};
 use sentinel_common::{
     EventKind,
     events::{
@@ -13,7 +21,7 @@ use sentinel_common::{
     },
 };
 
-use tracing::error;
+use tracing::{error, info, warn};
 
 use super::{DecodeError, SensorError, c_str, prog_err, program, read_exact};
 
@@ -46,16 +54,52 @@ pub struct Listen {
     pub fd: u32,
 }
 
+/// Attach the connect programs: `cgroup/connect4` and `connect6` on the cgroup v2 root (one
+/// run per connect), or, without a cgroup v2 hierarchy, `sock/inet_sock_set_state` (a run on
+/// every TCP state change); and the listen program.
 pub fn attach(ebpf: &mut Ebpf) -> Result<(), SensorError> {
+    match attach_cgroup(ebpf) {
+        Ok(root) => {
+            info!(cgroup = %root.display(), "connects seen at connect() (cgroup connect4/connect6)")
+        }
+        Err(e) => {
+            warn!("{e}; connects are seen through sock/inet_sock_set_state instead");
+            attach_state_change(ebpf)?;
+        }
+    }
+    // Without it web servers are known by name only: reported, not fatal.
+    if let Err(e) = attach_listen(ebpf) {
+        error!("{e}: processes that listen are not seen; lineage knows web servers by name only");
+    }
+    Ok(())
+}
+
+fn attach_cgroup(ebpf: &mut Ebpf) -> Result<PathBuf, SensorError> {
+    let root = super::cgroup::root().ok_or(SensorError::NoCgroup2)?;
+    for program_name in ["connect_cg4", "connect_cg6"] {
+        let cgroup = std::fs::File::open(&root).map_err(|source| SensorError::Cgroup {
+            path: root.clone(),
+            source,
+        })?;
+        let p: &mut CgroupSockAddr = program(ebpf, SENSOR, program_name)?;
+        p.load()
+            .map_err(prog_err(SENSOR, format!("loading {program_name}")))?;
+        // A bpf_link on a cgroup always runs beside other programs; the kernel wants flags 0.
+        p.attach(cgroup, CgroupAttachMode::Single)
+            .map_err(prog_err(
+                SENSOR,
+                format!("attaching {program_name} to {}", root.display()),
+            ))?;
+    }
+    Ok(root)
+}
+
+fn attach_state_change(ebpf: &mut Ebpf) -> Result<(), SensorError> {
     let tp: &mut TracePoint = program(ebpf, SENSOR, "connect_inet_sock_set_state")?;
     tp.load()
         .map_err(prog_err(SENSOR, "loading connect_inet_sock_set_state"))?;
     tp.attach("sock", "inet_sock_set_state")
         .map_err(prog_err(SENSOR, "attaching to sock/inet_sock_set_state"))?;
-    // Without it web servers are known by name only: reported, not fatal.
-    if let Err(e) = attach_listen(ebpf) {
-        error!("{e}: processes that listen are not seen; lineage knows web servers by name only");
-    }
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 //! decoding and the counters behind `sentinel status`.
 
 pub mod btf;
+pub mod cgroup;
 pub mod connect;
 pub mod cpu;
 pub mod cron;
@@ -56,6 +57,13 @@ pub enum SensorError {
     MissingMap {
         sensor: &'static str,
         map: &'static str,
+    },
+    #[error("no cgroup v2 hierarchy is mounted (looked in /proc/self/mountinfo)")]
+    NoCgroup2,
+    #[error("opening cgroup {path}: {source}")]
+    Cgroup {
+        path: std::path::PathBuf,
+        source: std::io::Error,
     },
     #[error("{sensor} sensor: program {program} missing from the eBPF object")]
     MissingProgram {
