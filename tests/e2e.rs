@@ -113,6 +113,50 @@ fn loopback_connects_over_ipv4_and_ipv6() {
     }
 }
 
+/// Without a cgroup v2 hierarchy the connect sensor falls back to `sock/inet_sock_set_state`:
+/// the agent runs in a mount namespace of its own where every cgroup2 mount is gone (the
+/// machine's own mounts are untouched), says so, and still sees connects over IPv4 and IPv6.
+#[test]
+fn connects_are_seen_through_the_tracepoint_without_cgroup_v2() {
+    if !require_root("connects_are_seen_through_the_tracepoint_without_cgroup_v2") {
+        return;
+    }
+    let _serial = serial();
+    let no_cgroup2 = "grep -F ' - cgroup2 ' /proc/self/mountinfo | cut -d' ' -f5 | \
+                      while read -r m; do umount -l \"$m\" || exit 1; done; exec \"$@\"";
+    let agent = Agent::start_wrapped(&[
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+        no_cgroup2,
+        "sh",
+    ]);
+    let log = agent.log();
+    assert!(
+        log.contains("connects are seen through sock/inet_sock_set_state instead"),
+        "{log}"
+    );
+    let me = std::process::id();
+    for (bind, daddr) in [("127.0.0.1:0", "127.0.0.1"), ("[::1]:0", "::1")] {
+        let listener = TcpListener::bind(bind).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let _conn = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let ev = agent.wait_for("connect", &format!("to {daddr}:{port}"), |e| {
+            e["pid"] == me && e["dport"] == port
+        });
+        assert_eq!(s(&ev["daddr"]), daddr, "{ev}");
+        // The tracepoint sees the connect once the source is chosen.
+        assert_eq!(s(&ev["saddr"]), daddr, "{ev}");
+    }
+    // The machine's own cgroup2 mount is still there.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(mounts.contains(" - cgroup2 "), "{mounts}");
+}
+
 #[test]
 fn busy_process_shows_high_cpu() {
     if !require_root("busy_process_shows_high_cpu") {

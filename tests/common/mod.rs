@@ -65,6 +65,8 @@ pub struct Agent {
     pub config: PathBuf,
     /// Extra environment for the agent process (e.g. a `PATH` with a failing `nft`).
     env: Vec<(String, String)>,
+    /// A command the agent runs under (it ends by exec'ing the agent: same pid).
+    wrapper: Vec<String>,
 }
 
 impl Agent {
@@ -82,6 +84,12 @@ impl Agent {
 
     /// [`Agent::start_with`], the agent running with `env` added to its environment.
     pub fn start_with_env(agent_toml: &str, sections: &str, env: &[(&str, &str)]) -> Agent {
+        let mut agent = Agent::start_with_env_unspawned(agent_toml, sections, env);
+        agent.spawn();
+        agent
+    }
+
+    fn start_with_env_unspawned(agent_toml: &str, sections: &str, env: &[(&str, &str)]) -> Agent {
         let sections = if sections.contains("[enforce]") {
             sections.to_string()
         } else {
@@ -113,7 +121,16 @@ impl Agent {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            wrapper: Vec::new(),
         };
+        agent
+    }
+
+    /// Start an agent (default config) under `wrapper`, a command that ends by exec'ing the
+    /// agent's command line it is given as arguments.
+    pub fn start_wrapped(wrapper: &[&str]) -> Agent {
+        let mut agent = Agent::start_with_env_unspawned("", "", &[]);
+        agent.wrapper = wrapper.iter().map(|w| w.to_string()).collect();
         agent.spawn();
         agent
     }
@@ -126,7 +143,15 @@ impl Agent {
             .append(true)
             .open(self.dir.path().join("agent.log"))
             .unwrap();
-        let child = Command::new(BIN)
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = command
             .args(["run", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "sentinel=debug")

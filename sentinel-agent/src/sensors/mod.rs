@@ -351,6 +351,9 @@ pub const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(40
 /// seen in a few milliseconds, not after a whole [`DRAIN_EVERY`].
 const DRAIN_AFTER_WAKE: std::time::Duration = std::time::Duration::from_millis(4);
 
+/// Most records a drain reserves room for up front.
+const BATCH_RESERVE_MAX: usize = 4096;
+
 /// The shared ring buffer and the kernel's "wake the reader with the next record" switch
 /// (`READER_ASLEEP` in sentinel-ebpf's `task.rs`).
 pub struct Ring {
@@ -425,9 +428,13 @@ pub async fn drain(ring: Ring, tx: mpsc::Sender<Vec<KernelEvent>>, counters: Vec
     };
     let mut armable = true;
     let mut just_woken = false;
+    // Room for as many records as the last drain found: a burst's batch is allocated once
+    // instead of doubling its way up.
+    let mut expected = 0;
     loop {
-        let mut batch = Vec::new();
+        let mut batch = Vec::with_capacity(expected);
         read_all(fd.get_mut(), &counters, &mut batch);
+        expected = batch.len().min(BATCH_RESERVE_MAX);
         if !batch.is_empty() {
             if tx.send(batch).await.is_err() {
                 return; // the agent is stopping
