@@ -113,7 +113,7 @@ impl Agent {
             ),
         )
         .unwrap();
-        let mut agent = Agent {
+        Agent {
             child: None,
             dir,
             config,
@@ -122,8 +122,7 @@ impl Agent {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             wrapper: Vec::new(),
-        };
-        agent
+        }
     }
 
     /// Start an agent (default config) under `wrapper`, a command that ends by exec'ing the
