@@ -8,7 +8,8 @@
 //! `sendmsg`), and always allow it. `sock/inet_sock_set_state` also sees every connect (when
 //! the socket enters `SYN_SENT`), but it runs on each of the ten or so state changes of a
 //! connection's two ends, each run costing about 60 ns here for nothing: it is kept as the
-//! fallback for a host without a cgroup v2 hierarchy.
+//! fallback for a host without a cgroup v2 hierarchy, and for an agent in a container, whose
+//! cgroup namespace shows it a root that has only the container below it.
 
 use aya_ebpf::{
     EbpfContext,

@@ -4,7 +4,7 @@
 //! store at start and writes back what changed ([`Intel::take_changes`]).
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     time::{Duration, SystemTime},
 };
 
@@ -56,8 +56,17 @@ pub struct ExeHistory {
 
 #[derive(Debug, Default)]
 pub struct Intel {
-    exes: HashMap<String, ExeHistory>,
-    changed: HashSet<String>,
+    exes: HashMap<String, Tracked>,
+    /// The executables whose history changed since the store last took them.
+    changed: Vec<String>,
+}
+
+/// A history and whether it is in `changed` already: a program started again costs one
+/// lookup and no allocation.
+#[derive(Debug)]
+struct Tracked {
+    history: ExeHistory,
+    changed: bool,
 }
 
 fn epoch_secs(t: SystemTime) -> u64 {
@@ -70,29 +79,46 @@ impl Intel {
     /// The history read back from the store.
     pub fn load(rows: impl IntoIterator<Item = ExeHistory>) -> Self {
         Self {
-            exes: rows.into_iter().map(|r| (r.exe.clone(), r)).collect(),
-            changed: HashSet::new(),
+            exes: rows
+                .into_iter()
+                .map(|history| {
+                    let tracked = Tracked {
+                        changed: false,
+                        history,
+                    };
+                    (tracked.history.exe.clone(), tracked)
+                })
+                .collect(),
+            changed: Vec::new(),
         }
     }
 
-    fn entry(&mut self, exe: &str) -> &mut ExeHistory {
-        // A program seen before (nearly every start) costs two lookups and no allocation.
-        if !self.changed.contains(exe) {
-            self.changed.insert(exe.to_string());
-        }
-        if !self.exes.contains_key(exe) {
-            if self.exes.len() >= MAX_EXES {
-                self.evict();
+    /// Apply `update` to `exe`'s history (a new one when unknown) and mark it changed.
+    fn update(&mut self, exe: &str, update: impl FnOnce(&mut ExeHistory)) {
+        if let Some(t) = self.exes.get_mut(exe) {
+            update(&mut t.history);
+            if !t.changed {
+                t.changed = true;
+                self.changed.push(exe.to_string());
             }
-            self.exes.insert(
-                exe.to_string(),
-                ExeHistory {
-                    exe: exe.to_string(),
-                    ..Default::default()
-                },
-            );
+            return;
         }
-        self.exes.get_mut(exe).expect("inserted above")
+        if self.exes.len() >= MAX_EXES {
+            self.evict();
+        }
+        let mut history = ExeHistory {
+            exe: exe.to_string(),
+            ..Default::default()
+        };
+        update(&mut history);
+        self.exes.insert(
+            exe.to_string(),
+            Tracked {
+                history,
+                changed: true,
+            },
+        );
+        self.changed.push(exe.to_string());
     }
 
     /// Forget the tenth of executables started longest ago (never those alerted on).
@@ -100,6 +126,7 @@ impl Intel {
         let mut quiet: Vec<(u64, String)> = self
             .exes
             .values()
+            .map(|t| &t.history)
             .filter(|h| h.alerts == 0 && h.respawns == 0)
             .map(|h| (h.last_seen, h.exe.clone()))
             .collect();
@@ -112,38 +139,37 @@ impl Intel {
     /// `exe` was started at `now`.
     pub fn spawned(&mut self, exe: &str, now: SystemTime) {
         let secs = epoch_secs(now);
-        let h = self.entry(exe);
         let hour = secs / HOUR;
-        if h.hour != hour {
-            h.hour = hour;
-            h.spawns = 0;
-        }
-        h.spawns = h.spawns.saturating_add(1);
-        h.peak_spawns = h.peak_spawns.max(h.spawns);
-        h.last_seen = secs;
+        self.update(exe, |h| {
+            if h.hour != hour {
+                h.hour = hour;
+                h.spawns = 0;
+            }
+            h.spawns = h.spawns.saturating_add(1);
+            h.peak_spawns = h.peak_spawns.max(h.spawns);
+            h.last_seen = secs;
+        });
     }
 
     /// An alert was raised on `exe`.
     pub fn alerted(&mut self, exe: &str) {
-        let h = self.entry(exe);
-        h.alerts = h.alerts.saturating_add(1);
+        self.update(exe, |h| h.alerts = h.alerts.saturating_add(1));
     }
 
     /// `exe` came back after being killed.
     pub fn respawned(&mut self, exe: &str) {
-        let h = self.entry(exe);
-        h.respawns = h.respawns.saturating_add(1);
+        self.update(exe, |h| h.respawns = h.respawns.saturating_add(1));
     }
 
-    #[cfg(test)]
+    /// What is remembered about `exe`.
     pub fn get(&self, exe: &str) -> Option<&ExeHistory> {
-        self.exes.get(exe)
+        self.exes.get(exe).map(|t| &t.history)
     }
 
     /// The risk terms that apply to `culprit`.
     pub fn terms(&self, culprit: &Culprit) -> Vec<Term> {
         let mut terms = Vec::new();
-        if let Some(h) = culprit.exe.as_deref().and_then(|e| self.exes.get(e)) {
+        if let Some(h) = culprit.exe.as_deref().and_then(|e| self.get(e)) {
             if h.alerts > 0 {
                 terms.push(Term::SeenBefore);
             }
@@ -165,12 +191,17 @@ impl Intel {
         terms
     }
 
-    /// The histories changed since the last call, for the store.
+    /// The histories changed since the last call, for the store (one that was evicted in the
+    /// meantime is gone).
     pub fn take_changes(&mut self) -> Vec<ExeHistory> {
         let changed = std::mem::take(&mut self.changed);
         changed
             .into_iter()
-            .filter_map(|exe| self.exes.get(&exe).cloned())
+            .filter_map(|exe| {
+                let t = self.exes.get_mut(&exe)?;
+                t.changed = false;
+                Some(t.history.clone())
+            })
             .collect()
     }
 }

@@ -96,18 +96,18 @@ impl Lineage {
     /// program's name, or, for an interpreter, by the script it runs (`node /usr/bin/npm`,
     /// `python3 -m pip`).
     pub fn is_package_manager(&self, filename: &str, argv: &[String]) -> bool {
-        let stem = |path: &str| {
+        fn stem(path: &str) -> &str {
             let base = path.rsplit('/').next().unwrap_or(path);
-            base.strip_suffix(".js").unwrap_or(base).to_string()
-        };
-        if self.names.roles(&stem(filename)).package_manager {
+            base.strip_suffix(".js").unwrap_or(base)
+        }
+        if self.names.roles(stem(filename)).package_manager {
             return true;
         }
         let script = match argv.get(1).map(String::as_str) {
             Some("-m") => argv.get(2).map(String::as_str),
             other => other,
         };
-        script.is_some_and(|s| self.names.roles(&stem(s)).package_manager)
+        script.is_some_and(|s| self.names.roles(stem(s)).package_manager)
     }
 
     /// The nearest ancestor that is a web server, unless a package manager comes first.

@@ -200,7 +200,9 @@ struct PackageJson {
 /// Whether `comm`/`argv` is a package manager installing (`npm install`, `npm ci`,
 /// `yarn add`, `pnpm i`, also `node /usr/bin/npm install`).
 pub fn is_install(comm: &str, argv: &[String]) -> bool {
-    let base = |s: &str| s.rsplit('/').next().unwrap_or(s).to_string();
+    fn base(s: &str) -> &str {
+        s.rsplit('/').next().unwrap_or(s)
+    }
     let managers = [
         "npm",
         "npm-cli.js",
@@ -212,11 +214,11 @@ pub fn is_install(comm: &str, argv: &[String]) -> bool {
     ];
     let mut args = argv.iter().map(|a| base(a));
     let first = args.next().unwrap_or_default();
-    let found = if managers.contains(&comm) || managers.contains(&first.as_str()) {
+    let found = if managers.contains(&comm) || managers.contains(&first) {
         true
     } else {
         // `node /usr/bin/npm install`: the manager is the script.
-        args.next().is_some_and(|a| managers.contains(&a.as_str()))
+        args.next().is_some_and(|a| managers.contains(&a))
     };
     found
         && argv.iter().skip(1).any(|a| {
@@ -504,6 +506,9 @@ impl Npm {
 
     /// The process ended: an install it ran is scanned now, with everything in place.
     pub fn on_exit(&mut self, pid: u32) {
+        if self.installs.is_empty() {
+            return; // nearly always: no install under way
+        }
         if let Some(job) = self.installs.remove(&pid) {
             let _ = self.scanner.send(job);
         }

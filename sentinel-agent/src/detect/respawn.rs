@@ -220,18 +220,22 @@ impl Respawn {
     ) -> Option<Finding> {
         let parent = culprit.ancestry.first().map_or(0, |(p, _)| *p);
         let by_parent = self.starts.entry(parent).or_default();
-        if !by_parent.contains_key(exe) {
-            by_parent.insert(exe.to_string(), VecDeque::new());
-        }
-        let starts = by_parent.get_mut(exe).expect("inserted above");
-        while starts
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= MINUTE)
-        {
-            starts.pop_front();
-        }
-        starts.push_back(now);
-        let n = starts.len();
+        let n = match by_parent.get_mut(exe) {
+            Some(starts) => {
+                while starts
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) >= MINUTE)
+                {
+                    starts.pop_front();
+                }
+                starts.push_back(now);
+                starts.len()
+            }
+            None => {
+                by_parent.insert(exe.to_string(), VecDeque::from([now]));
+                1
+            }
+        };
         // Raise once when the limit is crossed, not on every start after it.
         if n as u64 != u64::from(self.config.max_spawns) + 1 {
             return None;

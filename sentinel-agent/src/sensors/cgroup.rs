@@ -1,12 +1,21 @@
 //! Where the cgroup v2 hierarchy is mounted: the `connect` sensor's programs and the connect
 //! guard attach to its root, so that they see every process, in containers too.
 
-use std::path::PathBuf;
+use std::{
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
 
 /// The cgroup v2 root, from `/proc/self/mountinfo`; `None` without a cgroup v2 mount.
 pub fn root() -> Option<PathBuf> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     cgroup2_root(&mountinfo)
+}
+
+/// Whether `root` is the whole machine's cgroup v2 root and not a cgroup namespace's (a
+/// container's): the machine's root directory is kernfs node 1.
+pub fn is_machine_root(root: &Path) -> bool {
+    std::fs::metadata(root).is_ok_and(|m| m.ino() == 1)
 }
 
 /// Where the cgroup v2 hierarchy is mounted, from mountinfo text.

@@ -76,6 +76,11 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<(), SensorError> {
 
 fn attach_cgroup(ebpf: &mut Ebpf) -> Result<PathBuf, SensorError> {
     let root = super::cgroup::root().ok_or(SensorError::NoCgroup2)?;
+    // Programs on a cgroup see the processes below it only. In a container (a cgroup
+    // namespace) the root mounted here is the container's: the tracepoint sees the machine.
+    if !super::cgroup::is_machine_root(&root) {
+        return Err(SensorError::NotMachineRoot(root));
+    }
     for program_name in ["connect_cg4", "connect_cg6"] {
         let cgroup = std::fs::File::open(&root).map_err(|source| SensorError::Cgroup {
             path: root.clone(),

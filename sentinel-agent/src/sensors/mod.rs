@@ -60,6 +60,10 @@ pub enum SensorError {
     },
     #[error("no cgroup v2 hierarchy is mounted (looked in /proc/self/mountinfo)")]
     NoCgroup2,
+    #[error(
+        "the cgroup v2 root mounted at {0} is not the machine's (a cgroup namespace: running in a container?)"
+    )]
+    NotMachineRoot(std::path::PathBuf),
     #[error("opening cgroup {path}: {source}")]
     Cgroup {
         path: std::path::PathBuf,
