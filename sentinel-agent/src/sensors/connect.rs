@@ -55,7 +55,8 @@ pub struct Listen {
 }
 
 /// Attach the connect programs: `cgroup/connect4` and `connect6` on the cgroup v2 root (one
-/// run per connect), or, without a cgroup v2 hierarchy, `sock/inet_sock_set_state` (a run on
+/// run per connect), or, without a cgroup v2 hierarchy of the machine (none, or a container's
+/// cgroup namespace), `sock/inet_sock_set_state` (a run on
 /// every TCP state change); and the listen program.
 pub fn attach(ebpf: &mut Ebpf) -> Result<(), SensorError> {
     match attach_cgroup(ebpf) {
