@@ -61,8 +61,12 @@ pub fn connect_cg4(ctx: SockAddrContext) -> i32 {
         (s.protocol, s.user_ip4, s.user_port)
     };
     if is_tcp(protocol) && !guard::refuses4(ip) {
-        let daddr = addr16(ip as u64, 0);
-        on_connect(&ctx, AF_INET, daddr, port);
+        let to = Peer {
+            addr: addr16(ip as u64, 0),
+            // `user_port`: network byte order in its low 16 bits.
+            port: u16::from_be(port as u16),
+        };
+        on_connect(&ctx, AF_INET, Peer::UNCHOSEN, to);
     }
     ALLOW
 }
@@ -75,11 +79,14 @@ pub fn connect_cg6(ctx: SockAddrContext) -> i32 {
         (s.protocol, s.user_ip6, s.user_port)
     };
     if is_tcp(protocol) && !guard::refuses6(ip) {
-        let daddr = addr16(
-            ip[0] as u64 | (ip[1] as u64) << 32,
-            ip[2] as u64 | (ip[3] as u64) << 32,
-        );
-        on_connect(&ctx, AF_INET6, daddr, port);
+        let to = Peer {
+            addr: addr16(
+                ip[0] as u64 | (ip[1] as u64) << 32,
+                ip[2] as u64 | (ip[3] as u64) << 32,
+            ),
+            port: u16::from_be(port as u16),
+        };
+        on_connect(&ctx, AF_INET6, Peer::UNCHOSEN, to);
     }
     ALLOW
 }
@@ -89,9 +96,23 @@ fn is_tcp(protocol: u32) -> bool {
     protocol == IPPROTO_TCP as u32 || protocol == IPPROTO_MPTCP
 }
 
-/// Report a connect to `daddr` (address bytes in order) port `port` (`user_port`: network
-/// byte order in its low 16 bits). The source is not chosen yet: reported unspecified.
-fn on_connect<C: EbpfContext>(ctx: &C, family: u16, daddr: [u8; 16], port: u32) {
+/// One end of a connection: address bytes in order, port in host byte order.
+struct Peer {
+    addr: [u8; 16],
+    port: u16,
+}
+
+impl Peer {
+    /// The source of a connect seen before the kernel picked it: unspecified.
+    const UNCHOSEN: Peer = Peer {
+        addr: [0; 16],
+        port: 0,
+    };
+}
+
+/// Report a connect of the current process from `from` to `to`.
+#[inline(always)]
+fn on_connect<C: EbpfContext>(ctx: &C, family: u16, from: Peer, to: Peer) {
     if current_tgid_unless_agent().is_none() {
         return;
     }
@@ -105,11 +126,11 @@ fn on_connect<C: EbpfContext>(ctx: &C, family: u16, daddr: [u8; 16], port: u32) 
     use_process_comm(&mut event.header);
     let data = &mut event.data;
     data.family = family;
-    data.dport = u16::from_be(port as u16);
-    data.sport = 0;
+    data.dport = to.port;
+    data.sport = from.port;
     data._pad = 0;
-    data.saddr = [0; 16];
-    data.daddr = daddr;
+    data.saddr = from.addr;
+    data.daddr = to.addr;
     data.exe = current_exe();
     entry.submit(submit_flags(&EVENTS));
 }
@@ -168,30 +189,25 @@ fn on_state_change(ctx: &TracePointContext) {
         unexpected_family(ctx, "connect", family);
         return;
     }
-    if current_tgid_unless_agent().is_none() {
-        return;
-    }
-    let Some(mut entry) = EVENTS.reserve::<ConnectEvent>(0) else {
-        record_dropped(ctx, &CONNECT_LOST, "connect");
-        return;
-    };
-    // SAFETY: sized for a ConnectEvent; every field is written below.
-    let event = unsafe { &mut *entry.as_mut_ptr() };
-    fill_header(&mut event.header, EventKind::Connect);
-    use_process_comm(&mut event.header);
-    let data = &mut event.data;
-    data.family = family;
-    data.dport = field(ctx, DPORT);
-    data.sport = field(ctx, SPORT);
-    data._pad = 0;
     // Addresses are copied as whole words: the verifier refuses byte loops over the context.
-    if family == AF_INET {
-        data.saddr = addr16(field::<u32>(ctx, SADDR) as u64, 0);
-        data.daddr = addr16(field::<u32>(ctx, DADDR) as u64, 0);
+    let (saddr, daddr) = if family == AF_INET {
+        (
+            addr16(field::<u32>(ctx, SADDR) as u64, 0),
+            addr16(field::<u32>(ctx, DADDR) as u64, 0),
+        )
     } else {
-        data.saddr = addr16(field(ctx, SADDR_V6), field(ctx, SADDR_V6 + 8));
-        data.daddr = addr16(field(ctx, DADDR_V6), field(ctx, DADDR_V6 + 8));
-    }
-    data.exe = current_exe();
-    entry.submit(submit_flags(&EVENTS));
+        (
+            addr16(field(ctx, SADDR_V6), field(ctx, SADDR_V6 + 8)),
+            addr16(field(ctx, DADDR_V6), field(ctx, DADDR_V6 + 8)),
+        )
+    };
+    let from = Peer {
+        addr: saddr,
+        port: field(ctx, SPORT),
+    };
+    let to = Peer {
+        addr: daddr,
+        port: field(ctx, DPORT),
+    };
+    on_connect(ctx, family, from, to);
 }
