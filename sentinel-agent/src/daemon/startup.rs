@@ -182,7 +182,17 @@ pub fn start_enforcer(config: &Config, ebpf: &mut aya::Ebpf) -> Enforcer {
     if config.enforce.connect_guard && !enforcer.is_dry_run() {
         match ConnectGuard::attach(ebpf) {
             Ok(guard) => {
-                info!(cgroup = %guard.root().display(), "connect guard attached");
+                if crate::sensors::cgroup::is_machine_root(guard.root()) {
+                    info!(cgroup = %guard.root().display(), "connect guard attached");
+                } else {
+                    // A container's cgroup namespace: programs on its root see only it.
+                    warn!(
+                        cgroup = %guard.root().display(),
+                        "connect guard attached to a cgroup namespace's root: it refuses \
+                         connects of the processes below it only (nftables enforces blocks \
+                         for the whole network namespace)"
+                    );
+                }
                 enforcer.set_guard(guard);
             }
             Err(e) => warn!("connect guard not attached (nftables still enforces blocks): {e}"),
