@@ -55,6 +55,9 @@ pub struct Args {
     /// The agent binary to measure (default: the workspace's target/release/sentinel).
     #[arg(long, value_name = "PATH")]
     binary: Option<PathBuf>,
+    /// Measure Sentinel alone, without bpftrace's baseline (quicker A/B runs of two builds).
+    #[arg(long)]
+    no_baseline: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -99,8 +102,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "the agent loads eBPF programs and BPF run-time statistics are root's: run as root"
     );
     let binary = agent_binary(args.no_build, args.binary.as_deref())?;
-    let bpftrace = which("bpftrace");
-    if bpftrace.is_none() {
+    let bpftrace = (!args.no_baseline).then(|| which("bpftrace")).flatten();
+    if args.no_baseline {
+        eprintln!("--no-baseline: measuring Sentinel alone");
+    } else if bpftrace.is_none() {
         eprintln!(
             "bpftrace is not installed (`scripts/setup.sh --bench` installs it): measuring \
              Sentinel alone, without the baseline"
