@@ -3,10 +3,9 @@
 //! to an alert's risk score. The history outlives restarts: the daemon loads it from the
 //! store at start and writes back what changed ([`Intel::take_changes`]).
 
-use std::{
-    collections::HashMap,
-    time::{Duration, SystemTime},
-};
+use std::time::{Duration, SystemTime};
+
+use foldhash::HashMap;
 
 use super::{Culprit, patterns};
 
@@ -56,6 +55,7 @@ pub struct ExeHistory {
 
 #[derive(Debug, Default)]
 pub struct Intel {
+    /// By executable path (a process may choose it): foldhash, seeded per map.
     exes: HashMap<String, Tracked>,
     /// The executables whose history changed since the store last took them.
     changed: Vec<String>,
