@@ -43,9 +43,10 @@ pub fn run(cli: &Cli, args: &JsonArgs) -> anyhow::Result<ExitCode> {
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     writeln!(
         out,
-        "store: {:.1} of {:.0} MiB   queued: {}   dropped (queue full): {}   evicted (size cap): {}",
+        "store: {:.1} of {:.0} MiB   written: {}   queued: {}   dropped (queue full): {}   evicted (size cap): {}",
         mib(s.bytes),
         mib(s.max_bytes),
+        s.written,
         s.queued,
         s.dropped,
         s.evicted

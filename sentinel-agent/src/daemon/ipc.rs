@@ -84,6 +84,9 @@ pub struct StoreStatus {
     pub queued: u64,
     /// Events dropped because the writer's queue was full.
     pub dropped: u64,
+    /// New events committed to the store since the agent started.
+    #[serde(default)]
+    pub written: u64,
     /// Routine events deleted to stay under `agent.max_db_mb`.
     pub evicted: u64,
     /// Database and WAL on disk, in bytes.
@@ -98,6 +101,7 @@ impl StoreStatus {
         Self {
             queued: stats.queued.load(Relaxed),
             dropped: stats.dropped.load(Relaxed),
+            written: stats.written.load(Relaxed),
             evicted: stats.evicted.load(Relaxed),
             bytes: stats.bytes.load(Relaxed),
             max_bytes: stats.max_bytes.load(Relaxed),

@@ -203,7 +203,13 @@ pub fn render(s: &Snapshot) -> String {
 
 /// The event store's bounds at work (`agent.max_db_mb`, the writer's queue).
 fn store_families(o: &mut String, s: &crate::daemon::ipc::StoreStatus) {
-    let families: [(&'static str, &str, &str, u64); 5] = [
+    let families: [(&'static str, &str, &str, u64); 6] = [
+        (
+            "sentinel_store_written_total",
+            "counter",
+            "New events committed to the store.",
+            s.written,
+        ),
         (
             "sentinel_store_dropped_total",
             "counter",
@@ -350,6 +356,7 @@ mod tests {
             store: crate::daemon::ipc::StoreStatus {
                 queued: 7,
                 dropped: 1500,
+                written: 123_456,
                 evicted: 20_000,
                 bytes: 900_000,
                 max_bytes: 1_048_576,
@@ -422,6 +429,7 @@ mod tests {
             1.0
         );
         assert_eq!(m["sentinel_processes"], 321.0);
+        assert_eq!(m["sentinel_store_written_total"], 123_456.0);
         assert_eq!(m["sentinel_store_dropped_total"], 1500.0);
         assert_eq!(m["sentinel_store_evicted_total"], 20_000.0);
         assert_eq!(m["sentinel_store_queued"], 7.0);
@@ -454,6 +462,7 @@ mod tests {
             "sentinel_processes",
             "sentinel_ring_buffer_fill_ratio",
             "sentinel_sensor_attached",
+            "sentinel_store_written_total",
             "sentinel_store_dropped_total",
             "sentinel_store_evicted_total",
             "sentinel_store_bytes",

@@ -419,7 +419,13 @@ pub fn spawn_writer(mut store: Store, rx: StoreRx, limits: Limits) -> thread::Jo
                     }
                 }
                 backlog = batch.len() == BATCH_MAX;
-                write_with_retry(&mut store, &batch);
+                if write_with_retry(&mut store, &batch) {
+                    let new = batch
+                        .iter()
+                        .filter(|w| matches!(w, Write::Insert(_)))
+                        .count();
+                    stats.written.fetch_add(new as u64, Ordering::Relaxed);
+                }
                 batch.clear();
                 store.keep_under_cap(&stats, &mut over_cap_warned);
                 if last_prune.elapsed() >= PRUNE_EVERY {
@@ -464,10 +470,11 @@ impl Store {
     }
 }
 
-fn write_with_retry(store: &mut Store, batch: &[Write]) {
+/// Apply `batch`, retrying a failure a few times; whether it was written.
+fn write_with_retry(store: &mut Store, batch: &[Write]) -> bool {
     for attempt in 1..=5 {
         match store.apply(batch) {
-            Ok(()) => return,
+            Ok(()) => return true,
             Err(e) if attempt < 5 => {
                 warn!(
                     "writing {} events failed (attempt {attempt}): {e}",
@@ -481,6 +488,7 @@ fn write_with_retry(store: &mut Store, batch: &[Write]) {
             ),
         }
     }
+    false
 }
 
 #[cfg(test)]
@@ -550,7 +558,8 @@ mod tests {
     fn writer_thread_flushes_on_close() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
-        let (tx, rx) = queue::channel(QUEUE_MAX, Arc::default());
+        let stats = Arc::new(StoreStats::default());
+        let (tx, rx) = queue::channel(QUEUE_MAX, stats.clone());
         let handle = spawn_writer(
             Store::open(&path, BIG).unwrap(),
             rx,
@@ -565,6 +574,11 @@ mod tests {
         }
         drop(tx);
         handle.join().unwrap();
+        assert_eq!(
+            stats.written.load(Ordering::Relaxed),
+            5000,
+            "committed, counted"
+        );
         let ro = Store::open_read_only(&path).unwrap();
         assert_eq!(ro.recent(&[], 10_000).unwrap().len(), 5000);
     }

@@ -27,6 +27,8 @@ pub struct StoreStats {
     pub queued: AtomicU64,
     /// Writes dropped because the queue was full.
     pub dropped: AtomicU64,
+    /// New events committed to the store.
+    pub written: AtomicU64,
     /// Routine events deleted to keep the store under `agent.max_db_mb`.
     pub evicted: AtomicU64,
     /// The store's size on disk (database and WAL), as last measured.

@@ -80,8 +80,15 @@ impl Agent {
         loop {
             self.check_alive()?;
             let now = self.status()?;
+            // Seen by the sensors, and written by the store (its batches wait up to a quarter
+            // of a second): the storm's cost includes the writing.
+            let stored = match (before.stored, now.stored) {
+                (Some(before), Some(now)) => now >= before + execs + connects,
+                _ => true,
+            };
             let done = now.exec.seen >= before.exec.seen + execs
-                && now.connect.seen >= before.connect.seen + connects;
+                && now.connect.seen >= before.connect.seen + connects
+                && stored;
             if done || start.elapsed() > DRAIN_TIMEOUT {
                 return Ok(now);
             }
@@ -209,6 +216,9 @@ pub(super) struct Counts {
 pub(super) struct Status {
     pub(super) exec: Counts,
     pub(super) connect: Counts,
+    /// Events the store committed or dropped (`store.written + store.dropped`); `None` from
+    /// an agent too old to say.
+    pub(super) stored: Option<u64>,
 }
 
 impl Status {
@@ -216,8 +226,16 @@ impl Status {
         Some(Self {
             exec: sensor_counts(json, "exec")?,
             connect: sensor_counts(json, "connect")?,
+            stored: store_counts(json),
         })
     }
+}
+
+/// `written + dropped` of `{"store":{"written":N,"dropped":N,…},…}`.
+fn store_counts(json: &str) -> Option<u64> {
+    let store = &json[json.find("\"store\"")?..];
+    let object = &store[..store.find('}')?];
+    Some(json_u64(object, "written")? + json_u64(object, "dropped")?)
 }
 
 /// `seen` and `lost` of one sensor in `{"sensors":{"NAME":{"seen":N,"lost":N,…},…},…}`.

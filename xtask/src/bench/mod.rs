@@ -403,7 +403,7 @@ mod tests {
         r#""cpu":{"attached":true,"seen":900,"lost":0},"#,
         r#""exec":{"attached":true,"seen":4567,"lost":0}},"#,
         r#""pending":0,"blocks":0,"uptime_s":0,"host":"vm","pid":123,"processes":66,"#,
-        r#""malformed":0}"#
+        r#""malformed":0,"store":{"queued":1,"dropped":2,"written":40,"bytes":9}}"#
     );
 
     #[test]
@@ -416,8 +416,11 @@ mod tests {
                     lost: 0
                 },
                 connect: Counts { seen: 12, lost: 3 },
+                stored: Some(42),
             })
         );
+        let old = STATUS_JSON.split(",\"store\"").next().unwrap().to_string() + "}";
+        assert_eq!(Status::parse(&old).unwrap().stored, None, "{old}");
     }
 
     #[test]
