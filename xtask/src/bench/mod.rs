@@ -47,6 +47,10 @@ const CONNECT_TARGET: f64 = 1.15;
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long the agent may take to drain its ring buffers after a storm.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the agent's status is read while its sensors catch up with a storm.
+const SEEN_POLL: Duration = Duration::from_millis(100);
+/// How often while its store writes the last of it (it commits every quarter of a second).
+const STORE_POLL: Duration = Duration::from_millis(250);
 /// How long the agent may take to exit after SIGTERM before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Other processes' CPU use (in cores) above which a round is flagged as disturbed.
