@@ -349,9 +349,9 @@ pub(crate) fn prog_err(
 /// the reader for each one). A wake-up of a busy agent costs far more than its system calls,
 /// most likely because the pipeline's code and data must come back into caches the workload
 /// evicted in between: in the exec storm of `cargo xtask bench-cost` the agent's CPU per exec
-/// fell by about a quarter from 40 ms to 100 ms, and no further at 250 ms. The first record after a quiet spell wakes
-/// it at once; the buffer filling up (half full) wakes it early, so a faster burst is drained
-/// sooner instead of lost.
+/// fell by about a quarter from 40 ms to 100 ms, and no further at 250 ms. The first record
+/// after a quiet spell wakes it at once; the buffer filling up (half full) wakes it early, so
+/// a faster burst is drained sooner instead of lost.
 pub const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 /// The drain after the one a wake-up started: soon, because a process's records come in quick
 /// succession (fork, then exec a moment later), and an exec after a quiet spell should be
