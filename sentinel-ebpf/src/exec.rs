@@ -4,9 +4,7 @@
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{
-        bpf_get_current_task, bpf_probe_read_kernel_str_bytes, generated::bpf_probe_read_user,
-    },
+    helpers::{bpf_probe_read_kernel_str_bytes, generated::bpf_probe_read_user},
     macros::{btf_tracepoint, map, tracepoint},
     maps::PerCpuArray,
     programs::{BtfTracePointContext, TracePointContext},
@@ -19,8 +17,8 @@ use sentinel_common::{
 use crate::cpu::CPU_SAMPLES;
 use crate::rare::{read_failed, record_dropped};
 use crate::task::{
-    EVENTS, current_tgid_unless_agent, exe_of_mm, fill_header, fill_lean_header, offsets,
-    read_field, submit_flags,
+    EVENTS, current_task, current_tgid_unless_agent, exe_of_mm, fill_header, fill_lean_header,
+    load_field, offsets, submit_flags,
 };
 
 /// Exec, fork, exit (and stdio) records dropped because `EVENTS` was full.
@@ -61,19 +59,18 @@ fn on_exec(ctx: &TracePointContext) {
     let event = unsafe { &mut *entry.as_mut_ptr() };
     fill_header(&mut event.header, EventKind::Exec);
     let off = offsets();
-    // SAFETY: bpf_get_current_task has no preconditions.
-    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let task = current_task();
     let data = &mut event.data;
 
-    let parent: Option<*const u8> = read_field(task, off.task_real_parent);
-    data.ppid = match parent.and_then(|p| read_field::<u32>(p, off.task_tgid)) {
+    let parent: Option<*const u8> = load_field(task, off.task_real_parent);
+    data.ppid = match parent.and_then(|p| load_field::<u32>(p, off.task_tgid)) {
         Some(ppid) => ppid,
         None => {
             read_failed(ctx, "the parent's tgid");
             0
         }
     };
-    data.start_ns = match read_field(task, off.task_start_boottime) {
+    data.start_ns = match load_field(task, off.task_start_boottime) {
         Some(start) => start,
         None => {
             read_failed(ctx, "the start time");
@@ -81,8 +78,12 @@ fn on_exec(ctx: &TracePointContext) {
         }
     };
 
-    // SAFETY: the tracepoint record is readable at its own offsets.
-    let loc: u32 = unsafe { ctx.read_at(TP_EXEC_FILENAME_LOC) }.unwrap_or(0);
+    // SAFETY: a constant offset inside the record's format: a direct context load.
+    let loc = unsafe {
+        *(ctx.as_ptr() as *const u8)
+            .add(TP_EXEC_FILENAME_LOC)
+            .cast::<u32>()
+    };
     let name = (ctx.as_ptr() as *const u8).wrapping_add((loc & 0xffff) as usize);
     // SAFETY: the helper checks the address and bounds the copy by the buffer.
     data.filename_len = match unsafe { bpf_probe_read_kernel_str_bytes(name, &mut data.filename) } {
@@ -92,7 +93,7 @@ fn on_exec(ctx: &TracePointContext) {
 
     data.argv_len = 0;
     data.argv_truncated = 0;
-    let mm: Option<*const u8> = read_field(task, off.task_mm);
+    let mm: Option<*const u8> = load_field(task, off.task_mm);
     data.exe = mm.map_or(ExeId::default(), exe_of_mm);
     if let Some(mm) = mm {
         let (start, end) = arg_span(mm);
@@ -114,19 +115,14 @@ fn on_exec(ctx: &TracePointContext) {
     entry.submit(submit_flags(&EVENTS));
 }
 
-/// `mm->arg_start` and `mm->arg_end`: one read when they are adjacent (they are, in every
-/// kernel since 2.6), two otherwise; zeroes when unknown.
+/// `mm->arg_start` and `mm->arg_end`; zeroes when unknown.
 #[inline(always)]
 fn arg_span(mm: *const u8) -> (u64, u64) {
     let off = offsets();
-    if off.mm_arg_end == off.mm_arg_start + 8 {
-        read_field::<[u64; 2]>(mm, off.mm_arg_start).map_or((0, 0), |[s, e]| (s, e))
-    } else {
-        (
-            read_field(mm, off.mm_arg_start).unwrap_or(0),
-            read_field(mm, off.mm_arg_end).unwrap_or(0),
-        )
-    }
+    (
+        load_field(mm, off.mm_arg_start).unwrap_or(0),
+        load_field(mm, off.mm_arg_end).unwrap_or(0),
+    )
 }
 
 fn on_fork(ctx: &BtfTracePointContext) {
@@ -134,11 +130,12 @@ fn on_fork(ctx: &BtfTracePointContext) {
         return;
     }
     let off = offsets();
-    // sched_process_fork(struct task_struct *parent, struct task_struct *child)
+    // sched_process_fork(struct task_struct *parent, struct task_struct *child): typed
+    // arguments, so the child's fields are plain loads.
     let child: *const u8 = ctx.arg(1);
     let (Some(child_pid), Some(child_tgid)) = (
-        read_field::<u32>(child, off.task_pid),
-        read_field::<u32>(child, off.task_tgid),
+        load_field::<u32>(child, off.task_pid),
+        load_field::<u32>(child, off.task_tgid),
     ) else {
         read_failed(ctx, "the new process's pid");
         return;
@@ -155,7 +152,7 @@ fn on_fork(ctx: &BtfTracePointContext) {
     fill_header(&mut event.header, EventKind::Fork);
     event.data.child_tgid = child_tgid;
     event.data._pad = 0;
-    event.data.child_start_ns = read_field(child, off.task_start_boottime).unwrap_or(0);
+    event.data.child_start_ns = load_field(child, off.task_start_boottime).unwrap_or(0);
     entry.submit(submit_flags(&EVENTS));
 }
 
@@ -188,10 +185,9 @@ fn on_exit(ctx: &TracePointContext) {
     let event = unsafe { &mut *entry.as_mut_ptr() };
     // Who it was is in the agent's tree already: no comm, no uid.
     fill_lean_header(&mut event.header, EventKind::Exit);
-    // SAFETY: bpf_get_current_task has no preconditions.
-    let task = unsafe { bpf_get_current_task() } as *const u8;
-    event.data.start_ns = read_field(task, off.task_start_boottime).unwrap_or(0);
-    event.data.exit_code = read_field(task, off.task_exit_code).unwrap_or(0);
+    let task = current_task();
+    event.data.start_ns = load_field(task, off.task_start_boottime).unwrap_or(0);
+    event.data.exit_code = load_field(task, off.task_exit_code).unwrap_or(0);
     event.data._pad = 0;
     entry.submit(submit_flags(&EVENTS));
 }

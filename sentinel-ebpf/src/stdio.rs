@@ -7,9 +7,7 @@
 //! every outbound socket here cost kernel time on every connect, for the rare socket that
 //! lands on stdio.
 
-use aya_ebpf::{
-    EbpfContext, helpers::bpf_get_current_task, macros::tracepoint, programs::TracePointContext,
-};
+use aya_ebpf::{EbpfContext, macros::tracepoint, programs::TracePointContext};
 use sentinel_common::{
     EventKind,
     events::{
@@ -22,8 +20,8 @@ use crate::{
     exec::EXEC_LOST,
     rare::{record_dropped, unexpected_family},
     task::{
-        EVENTS, current_tgid_unless_agent, fill_header, offsets, read_at, read_field, submit_flags,
-        use_process_comm,
+        EVENTS, current_task, current_tgid_unless_agent, fill_header, load_field, offsets, read_at,
+        read_field, submit_flags, use_process_comm,
     },
 };
 
@@ -58,19 +56,16 @@ fn arg(ctx: &TracePointContext, offset: usize) -> u64 {
 #[inline(always)]
 fn file_of(fd: u32) -> Option<*const u8> {
     let off = offsets();
-    // SAFETY: bpf_get_current_task has no preconditions.
-    let task = unsafe { bpf_get_current_task() } as *const u8;
-    let files: *const u8 = read_field(task, off.task_files)?;
-    let fdt: *const u8 = read_field(files, off.files_fdt)?;
-    // `max_fds` and `i_mode` open their structs: offset 0 is their real offset here. `fd`
-    // follows `max_fds` (and its padding) in every kernel: one read for both.
-    let (max, array) = if off.fdt_fd == off.fdt_max_fds + 8 {
-        let [max, array] = read_at::<[u64; 2]>(fdt, off.fdt_max_fds as usize)?;
-        (max as u32, array as *const u8)
-    } else {
-        let max: u32 = read_at(fdt, off.fdt_max_fds as usize)?;
-        (max, read_field(fdt, off.fdt_fd)?)
+    let files: *const u8 = load_field(current_task(), off.task_files)?;
+    let fdt: *const u8 = load_field(files, off.files_fdt)?;
+    // `max_fds` opens its struct: offset 0 is its real offset here.
+    // SAFETY: a typed pointer and a field BTF places at that offset (see `load_field`).
+    let max = unsafe {
+        core::ptr::read_volatile(fdt.wrapping_add(off.fdt_max_fds as usize).cast::<u32>())
     };
+    // A `struct file **` is not a struct pointer to the verifier: the slot is read with the
+    // helper, as is everything behind the file.
+    let array: *const u8 = load_field(fdt, off.fdt_fd)?;
     if fd >= max {
         return None;
     }
