@@ -7,6 +7,7 @@
 use std::{
     fmt,
     net::IpAddr,
+    sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -70,8 +71,9 @@ pub struct ExecBody {
     pub comm: String,
     pub filename: String,
     pub argv: Vec<String>,
-    /// Comms of the parent, grandparent, … (parent first).
-    pub ancestors: Vec<String>,
+    /// Comms of the parent, grandparent, … (parent first): shared with the process tree's
+    /// entries, not copied for every exec.
+    pub ancestors: Vec<Arc<str>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -94,16 +94,16 @@ impl Pipeline {
         argv: &[String],
     ) -> Vec<Finding> {
         let now = Instant::now();
-        let root = self.proc_root.clone();
+        let root = &self.proc_root;
         let pid = culprit.pid;
         let filename = culprit.exe.as_deref().unwrap_or(&culprit.comm);
-        let exe = resolve_exe(&root, pid, filename);
+        let exe = resolve_exe(root, pid, filename);
         let given = culprit.exe.replace(exe.clone());
         let c = &*culprit;
         let intel = &mut self.detect.alerts.signals.intel;
         intel.spawned(&exe, SystemTime::now());
         let b = &mut self.detect.behaviour;
-        let origin = Origin::of(c, || read_unit(&root, pid));
+        let origin = Origin::of(c, || read_unit(root, pid));
         let mut out = Vec::new();
         if let Some(f) = b.respawn.on_exec(c, &exe, origin.clone(), now) {
             if detect::respawn::is_comeback(&f) {

@@ -162,7 +162,7 @@ impl Pipeline {
     }
 
     /// The alert whose tracked tree holds `pid` (itself or an ancestor).
-    pub(super) fn group_of(&self, pid: u32, ancestry: &[(u32, String)]) -> Option<String> {
+    pub(super) fn group_of(&self, pid: u32, ancestry: &[(u32, Arc<str>)]) -> Option<String> {
         std::iter::once(pid)
             .chain(ancestry.iter().map(|(p, _)| *p))
             .find_map(|p| self.tracked.get(&p).cloned())
@@ -189,7 +189,7 @@ impl Pipeline {
             .tree
             .ancestry(alert.pid, &self.proc_root)
             .into_iter()
-            .map(|(_, c)| c)
+            .map(|(_, c)| c.to_string())
             .collect();
         if let Some(change) =
             self.switch

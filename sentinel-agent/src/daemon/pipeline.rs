@@ -245,7 +245,7 @@ impl Pipeline {
                 let comm = if c.comm.is_empty() {
                     self.tree
                         .get(c.tgid)
-                        .map_or_else(String::new, |p| p.comm.clone())
+                        .map_or_else(String::new, |p| p.comm.to_string())
                 } else {
                     c.comm
                 };
@@ -452,7 +452,7 @@ impl Pipeline {
 
     pub(super) fn comm_of(&self, tgid: u32) -> Option<String> {
         match self.tree.get(tgid) {
-            Some(p) => Some(p.comm.clone()),
+            Some(p) => Some(p.comm.to_string()),
             None => read_stat(&self.proc_root, tgid).map(|s| s.comm),
         }
     }

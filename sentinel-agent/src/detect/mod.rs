@@ -21,6 +21,7 @@ pub mod reverse_shell;
 use rustc_hash::FxHashMap;
 use std::{
     collections::HashMap,
+    sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
@@ -176,8 +177,9 @@ pub struct Culprit {
     /// What it executed, when known.
     pub exe: Option<String>,
     pub uid: u32,
-    /// (pid, comm) of its parent, grandparent, … (parent first).
-    pub ancestry: Vec<(u32, String)>,
+    /// (pid, comm) of its parent, grandparent, … (parent first); the comms are the process
+    /// tree's own.
+    pub ancestry: Vec<(u32, Arc<str>)>,
 }
 
 /// A detector's finding, before scoring and de-duplication.
@@ -406,7 +408,7 @@ pub(crate) mod tests {
             comm: comm.into(),
             exe: Some(format!("/usr/bin/{comm}")),
             uid: 1000,
-            ancestry: ancestry.iter().map(|(p, c)| (*p, c.to_string())).collect(),
+            ancestry: ancestry.iter().map(|(p, c)| (*p, Arc::from(*c))).collect(),
         }
     }
 

@@ -7,6 +7,7 @@
 
 use std::{
     collections::VecDeque,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -77,9 +78,18 @@ impl RespawnConfig {
 /// Who starts a process again: its cron daemon, its systemd unit, or its parent.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Origin {
-    Cron { pid: u32, comm: String },
-    Systemd { unit: String },
-    Parent { pid: u32, comm: String },
+    /// The comms are the process tree's (shared, not copied per exec).
+    Cron {
+        pid: u32,
+        comm: Arc<str>,
+    },
+    Systemd {
+        unit: String,
+    },
+    Parent {
+        pid: u32,
+        comm: Arc<str>,
+    },
 }
 
 impl Origin {
@@ -89,7 +99,7 @@ impl Origin {
         if let Some((pid, comm)) = culprit
             .ancestry
             .iter()
-            .find(|(_, c)| matches!(c.as_str(), "cron" | "crond" | "anacron" | "atd"))
+            .find(|(_, c)| matches!(&**c, "cron" | "crond" | "anacron" | "atd"))
         {
             return Some(Origin::Cron {
                 pid: *pid,
@@ -97,7 +107,7 @@ impl Origin {
             });
         }
         let (pid, comm) = culprit.ancestry.first()?;
-        if (*pid == 1 || comm == "systemd")
+        if (*pid == 1 || &**comm == "systemd")
             && let Some(unit) = unit()
         {
             return Some(Origin::Systemd { unit });

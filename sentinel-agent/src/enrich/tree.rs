@@ -6,7 +6,7 @@
 //! (`start_boottime`, ns) and `/proc` views of the same process compare equal.
 
 use rustc_hash::FxHashMap;
-use std::{fs, path::Path};
+use std::{fs, path::Path, sync::Arc};
 
 use sentinel_common::events::exec::ExeId;
 
@@ -18,7 +18,8 @@ pub struct Proc {
     pub ppid: u32,
     /// Start time in clock ticks since boot.
     pub start: u64,
-    pub comm: String,
+    /// Shared: every exec below it copies the pointer into its ancestry, not the name.
+    pub comm: Arc<str>,
     /// What the process last exec'd, when the agent saw it.
     pub filename: Option<String>,
     /// The process that forked it, when the agent saw the fork (0: unknown). Differs from
@@ -125,7 +126,7 @@ impl ProcessTree {
             Proc {
                 ppid: s.ppid,
                 start: s.start,
-                comm: s.comm,
+                comm: s.comm.into(),
                 filename: None,
                 forked_by: 0,
                 exe: ExeId::default(),
@@ -151,18 +152,29 @@ impl ProcessTree {
     /// `parent` created the new process `child`, which starts with the forking task's comm.
     pub fn on_fork(&mut self, parent: u32, child: u32, child_start_ns: u64, comm: &str) {
         let start = self.ticks(child_start_ns);
-        let (filename, exe, listening, package_manager) = self
+        let (filename, exe, listening, package_manager, parent_comm) = self
             .procs
             .get(&parent)
-            .map_or((None, ExeId::default(), false, false), |p| {
-                (p.filename.clone(), p.exe, p.listening, p.package_manager)
+            .map_or((None, ExeId::default(), false, false, None), |p| {
+                (
+                    p.filename.clone(),
+                    p.exe,
+                    p.listening,
+                    p.package_manager,
+                    Some(&p.comm),
+                )
             });
+        // The child starts with the forking task's comm: nearly always the parent's own.
+        let comm = match parent_comm {
+            Some(c) if **c == *comm => c.clone(),
+            _ => Arc::from(comm),
+        };
         self.procs.insert(
             child,
             Proc {
                 ppid: parent,
                 start,
-                comm: comm.to_string(),
+                comm,
                 filename,
                 forked_by: parent,
                 exe,
@@ -179,7 +191,7 @@ impl ProcessTree {
         let p = self.procs.entry(tgid).or_insert_with(|| Proc {
             ppid,
             start,
-            comm: String::new(),
+            comm: Arc::from(""),
             filename: None,
             forked_by: 0,
             exe: ExeId::default(),
@@ -190,7 +202,9 @@ impl ProcessTree {
             p.ppid = ppid;
         }
         p.start = start;
-        p.comm = comm.to_string();
+        if *p.comm != *comm {
+            p.comm = Arc::from(comm);
+        }
         p.filename = Some(filename.to_string());
         p.exe = ExeId::default();
         p.listening = false;
@@ -235,7 +249,7 @@ impl ProcessTree {
     }
 
     /// (pid, comm) of `tgid`'s parent, grandparent, … (parent first), up to pid 1.
-    pub fn ancestry(&mut self, tgid: u32, proc_root: &Path) -> Vec<(u32, String)> {
+    pub fn ancestry(&mut self, tgid: u32, proc_root: &Path) -> Vec<(u32, Arc<str>)> {
         // Most processes sit a handful of levels below pid 1: one allocation, no regrowth.
         let mut out = Vec::with_capacity(8);
         let mut cur = self.procs.get(&tgid).map_or(0, |p| p.ppid);
@@ -378,7 +392,7 @@ mod tests {
         t.on_exec(10, 1, NS, "bash", "/bin/bash");
         t.on_fork(10, 11, 2 * NS, "bash");
         let c = t.get(11).unwrap();
-        assert_eq!((c.ppid, c.comm.as_str(), c.start), (10, "bash", 2));
+        assert_eq!((c.ppid, &*c.comm, c.start), (10, "bash", 2));
         assert_eq!(c.filename.as_deref(), Some("/bin/bash"));
     }
 
