@@ -18,7 +18,10 @@ use tracing::{debug, error, info, warn};
 use super::decisions::Group;
 use crate::{
     daemon::control::Shared,
-    detect::{self, Alerts, Culprit, Finding, lineage::Ancestor},
+    detect::{
+        self, Alerts, Culprit, Finding,
+        lineage::{Ancestor, Roles},
+    },
     enforce::kill::Killer,
     enrich::geo::CountryDb,
     enrich::outbound::Outbound,
@@ -322,19 +325,37 @@ impl Pipeline {
         argv: &[String],
         exe: ExeId,
     ) -> Option<Finding> {
-        let ancestors: Vec<Ancestor<'_>> = culprit
-            .ancestry
-            .iter()
-            .map(|(pid, comm)| {
-                let p = self.tree.get(*pid);
-                Ancestor {
+        let mut ancestors: Vec<Ancestor<'_>> = Vec::with_capacity(culprit.ancestry.len());
+        for (pid, comm) in &culprit.ancestry {
+            let Some(p) = self.tree.get(*pid) else {
+                ancestors.push(Ancestor {
                     pid: *pid,
                     comm,
-                    listening: p.is_some_and(|p| p.listening),
-                    package_manager: p.is_some_and(|p| p.package_manager),
+                    listening: false,
+                    package_manager: false,
+                    roles: None,
+                });
+                continue;
+            };
+            // The node's comm is the one in the ancestry (the walk just copied it).
+            let (listening, package_manager, class) =
+                (p.listening, p.package_manager, p.comm_class);
+            let roles = match class {
+                Some(bits) => Roles::from_bits(bits),
+                None => {
+                    let roles = self.detect.lineage.roles(comm);
+                    self.tree.set_comm_class(*pid, roles.to_bits());
+                    roles
                 }
-            })
-            .collect();
+            };
+            ancestors.push(Ancestor {
+                pid: *pid,
+                comm,
+                listening,
+                package_manager,
+                roles: Some(roles),
+            });
+        }
         let Detectors {
             lineage, shells, ..
         } = &mut self.detect;

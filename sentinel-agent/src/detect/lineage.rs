@@ -29,15 +29,37 @@ pub struct Ancestor<'a> {
     pub listening: bool,
     /// It runs a package manager.
     pub package_manager: bool,
+    /// What its comm is to `lineage` ([`Lineage::roles`]) when the caller kept it from an
+    /// earlier exec; looked up otherwise.
+    pub roles: Option<Roles>,
 }
 
 /// What a process name is to `lineage`, from the configured lists (a name may be in several).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct Roles {
+pub struct Roles {
     package_manager: bool,
     shell_service: bool,
     web_server: bool,
     interpreter: bool,
+}
+
+impl Roles {
+    /// The roles as one byte, for a cache that should not know this type.
+    pub fn to_bits(self) -> u8 {
+        u8::from(self.package_manager)
+            | u8::from(self.shell_service) << 1
+            | u8::from(self.web_server) << 2
+            | u8::from(self.interpreter) << 3
+    }
+
+    pub fn from_bits(bits: u8) -> Self {
+        Roles {
+            package_manager: bits & 1 != 0,
+            shell_service: bits & 2 != 0,
+            web_server: bits & 4 != 0,
+            interpreter: bits & 8 != 0,
+        }
+    }
 }
 
 /// The configured names, looked up by hash: every exec asks about each of its ancestors, and
@@ -92,6 +114,12 @@ impl Lineage {
         Self { config, names }
     }
 
+    /// What the process name `comm` is to `lineage` (a hash lookup or a few: worth caching
+    /// per process, since every exec asks about each of its ancestors).
+    pub fn roles(&self, comm: &str) -> Roles {
+        self.names.roles(comm)
+    }
+
     /// Whether a process that exec'd `filename` with `argv` runs a package manager: by the
     /// program's name, or, for an interpreter, by the script it runs (`node /usr/bin/npm`,
     /// `python3 -m pip`).
@@ -113,7 +141,7 @@ impl Lineage {
     /// The nearest ancestor that is a web server, unless a package manager comes first.
     pub fn web_server<'a>(&self, ancestors: &'a [Ancestor<'a>]) -> Option<&'a Ancestor<'a>> {
         for a in ancestors {
-            let roles = self.names.roles(a.comm);
+            let roles = a.roles.unwrap_or_else(|| self.names.roles(a.comm));
             if a.package_manager || roles.package_manager {
                 return None;
             }
@@ -230,6 +258,7 @@ mod tests {
                 interpreter: any(&config.interpreters),
             };
             assert_eq!(names.roles(comm), want, "{comm:?}");
+            assert_eq!(Roles::from_bits(want.to_bits()), want, "{comm:?}");
         }
     }
 
@@ -253,6 +282,7 @@ mod tests {
                 comm,
                 listening,
                 package_manager,
+                roles: None,
             })
             .collect()
     }

@@ -20,6 +20,9 @@ pub struct Proc {
     pub start: u64,
     /// Shared: every exec below it copies the pointer into its ancestry, not the name.
     pub comm: Arc<str>,
+    /// What a detector made of `comm` (`lineage`'s roles, as bits), kept here because every
+    /// exec below this process asks again; `None` until asked and whenever `comm` changes.
+    pub comm_class: Option<u8>,
     /// What the process last exec'd, when the agent saw it.
     pub filename: Option<String>,
     /// The process that forked it, when the agent saw the fork (0: unknown). Differs from
@@ -127,6 +130,7 @@ impl ProcessTree {
                 ppid: s.ppid,
                 start: s.start,
                 comm: s.comm.into(),
+                comm_class: None,
                 filename: None,
                 forked_by: 0,
                 exe: ExeId::default(),
@@ -161,13 +165,13 @@ impl ProcessTree {
                     p.exe,
                     p.listening,
                     p.package_manager,
-                    Some(&p.comm),
+                    Some((&p.comm, p.comm_class)),
                 )
             });
         // The child starts with the forking task's comm: nearly always the parent's own.
-        let comm = match parent_comm {
-            Some(c) if **c == *comm => c.clone(),
-            _ => Arc::from(comm),
+        let (comm, comm_class) = match parent_comm {
+            Some((c, class)) if **c == *comm => (c.clone(), class),
+            _ => (Arc::from(comm), None),
         };
         self.procs.insert(
             child,
@@ -175,6 +179,7 @@ impl ProcessTree {
                 ppid: parent,
                 start,
                 comm,
+                comm_class,
                 filename,
                 forked_by: parent,
                 exe,
@@ -192,6 +197,7 @@ impl ProcessTree {
             ppid,
             start,
             comm: Arc::from(""),
+            comm_class: None,
             filename: None,
             forked_by: 0,
             exe: ExeId::default(),
@@ -204,11 +210,19 @@ impl ProcessTree {
         p.start = start;
         if *p.comm != *comm {
             p.comm = Arc::from(comm);
+            p.comm_class = None;
         }
         p.filename = Some(filename.to_string());
         p.exe = ExeId::default();
         p.listening = false;
         p.package_manager = false;
+    }
+
+    /// Keep what a detector made of `tgid`'s current comm (see [`Proc::comm_class`]).
+    pub fn set_comm_class(&mut self, tgid: u32, class: u8) {
+        if let Some(p) = self.procs.get_mut(&tgid) {
+            p.comm_class = Some(class);
+        }
     }
 
     /// The exec identity and role of `tgid`, set after [`ProcessTree::on_exec`].
@@ -394,6 +408,24 @@ mod tests {
         let c = t.get(11).unwrap();
         assert_eq!((c.ppid, &*c.comm, c.start), (10, "bash", 2));
         assert_eq!(c.filename.as_deref(), Some("/bin/bash"));
+    }
+
+    /// A cached classification belongs to a comm: a fork with the same comm keeps it, a fork
+    /// under another name (the forking thread renamed itself) and an exec drop it.
+    #[test]
+    fn comm_class_follows_the_comm() {
+        let mut t = ProcessTree::new(TICKS);
+        t.on_exec(10, 1, NS, "nginx", "/usr/sbin/nginx");
+        t.set_comm_class(10, 4);
+        t.on_fork(10, 11, 2 * NS, "nginx");
+        assert_eq!(t.get(11).unwrap().comm_class, Some(4));
+        t.on_fork(10, 12, 2 * NS, "worker");
+        assert_eq!(t.get(12).unwrap().comm_class, None);
+        t.on_exec(11, 10, 2 * NS, "sh", "/bin/sh");
+        assert_eq!(t.get(11).unwrap().comm_class, None);
+        t.set_comm_class(11, 1);
+        t.on_exec(11, 10, 2 * NS, "sh", "/bin/sh");
+        assert_eq!(t.get(11).unwrap().comm_class, Some(1), "same comm, same class");
     }
 
     #[test]
