@@ -20,7 +20,8 @@ use crate::untrusted::escape;
 pub struct Record {
     /// RFC 3339, UTC, millisecond precision.
     pub ts: String,
-    pub host: String,
+    /// One allocation for the agent's life, shared by every record it makes.
+    pub host: Arc<str>,
     #[serde(flatten)]
     pub body: Body,
 }
@@ -181,10 +182,10 @@ impl Body {
 }
 
 impl Record {
-    pub fn new(at: SystemTime, host: &str, body: Body) -> Self {
+    pub fn new(at: SystemTime, host: impl Into<Arc<str>>, body: Body) -> Self {
         Self {
             ts: rfc3339_millis(at),
-            host: host.to_string(),
+            host: host.into(),
             body,
         }
     }

@@ -33,7 +33,8 @@ const MAX_REQUEST: u64 = 64 * 1024;
 
 /// State the socket handlers read while the event loop runs.
 pub struct Shared {
-    pub host: String,
+    /// Shared with every record ([`crate::event::Record::host`]).
+    pub host: Arc<str>,
     pub started: Instant,
     pub attached: [bool; 3],
     pub counters: [Arc<Counters>; 3],
@@ -120,7 +121,7 @@ impl Shared {
             blocks: self.blocks.load(Ordering::Relaxed),
             kills: self.kills.load(Ordering::Relaxed),
             uptime_s: self.started.elapsed().as_secs(),
-            host: self.host.clone(),
+            host: self.host.to_string(),
             pid: std::process::id(),
             processes: self.processes.load(Ordering::Relaxed),
             malformed: self

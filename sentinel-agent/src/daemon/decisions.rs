@@ -125,7 +125,11 @@ impl Pipeline {
                 });
                 g.alert.risk = g.alert.risk.max(alert.risk);
                 g.alert.count = alert.count;
-                let record = Record::new(first, &self.shared.host, Body::Alert(Box::new(alert)));
+                let record = Record::new(
+                    first,
+                    self.shared.host.clone(),
+                    Body::Alert(Box::new(alert)),
+                );
                 self.store(Write::Update(Arc::new(record)));
                 id
             }
@@ -216,7 +220,7 @@ impl Pipeline {
         g.alert.state = "pending".into();
         g.alert.deadline = Some(humantime::format_rfc3339_millis(deadline).to_string());
         let alert = self.detect.alerts.sync_state(g.alert.clone());
-        let record = Record::new(g.at, &self.shared.host, Body::Alert(Box::new(alert)));
+        let record = Record::new(g.at, self.shared.host.clone(), Body::Alert(Box::new(alert)));
         self.store(Write::Update(Arc::new(record)));
     }
 

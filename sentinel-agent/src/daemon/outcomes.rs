@@ -42,7 +42,7 @@ impl Pipeline {
         let alert = self.detect.alerts.sync_state(change.alert);
         let alert = Record::new(
             change.alert_at,
-            &self.shared.host,
+            self.shared.host.clone(),
             Body::Alert(Box::new(alert)),
         );
         self.store(Write::Update(Arc::new(alert)));

@@ -108,7 +108,7 @@ impl Pipeline {
     }
 
     pub(super) fn emit(&self, at: SystemTime, body: Body) {
-        let record = Arc::new(Record::new(at, &self.shared.host, body));
+        let record = Arc::new(Record::new(at, self.shared.host.clone(), body));
         self.store(Write::Insert(record.clone()));
         self.shared.hub.publish(record);
     }

@@ -352,7 +352,7 @@ pub fn share_state(
 ) -> (Arc<Shared>, mpsc::Receiver<Unblock>) {
     let (unblock_tx, unblocks) = mpsc::channel::<Unblock>(16);
     let shared = Arc::new(Shared {
-        host: config.host_id(),
+        host: config.host_id().into(),
         started: Instant::now(),
         attached: sensors.attached,
         counters: Default::default(),

@@ -425,7 +425,11 @@ mod tests {
         assert_eq!(t.get(11).unwrap().comm_class, None);
         t.set_comm_class(11, 1);
         t.on_exec(11, 10, 2 * NS, "sh", "/bin/sh");
-        assert_eq!(t.get(11).unwrap().comm_class, Some(1), "same comm, same class");
+        assert_eq!(
+            t.get(11).unwrap().comm_class,
+            Some(1),
+            "same comm, same class"
+        );
     }
 
     #[test]

@@ -7,7 +7,10 @@
 //! each value's type, so a text body is JSON and a blob is binary. JSON is for what leaves
 //! the agent: `tail`, the live stream and the fleet.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::{
+    sync::Arc,
+    time::{Duration, UNIX_EPOCH},
+};
 
 use rusqlite::types::ValueRef;
 use serde::{Deserialize, Serialize};
@@ -64,7 +67,7 @@ pub fn encode(r: &Record, buf: &mut Vec<u8>) -> Encoding {
         }
     };
     buf.push(BINARY_V1);
-    let out = postcard::to_extend(&(r.host.as_str(), compact), std::mem::take(buf))
+    let out = postcard::to_extend(&(&*r.host, compact), std::mem::take(buf))
         .expect("a Vec takes any postcard output");
     *buf = out;
     Encoding::Binary
@@ -86,7 +89,7 @@ fn decode_binary(ts_ns: i64, blob: &[u8]) -> Result<Record, BodyError> {
     if format != BINARY_V1 {
         return Err(BodyError::UnknownFormat(format));
     }
-    let (host, compact): (String, Compact) = postcard::from_bytes(rest)?;
+    let (host, compact): (Arc<str>, Compact) = postcard::from_bytes(rest)?;
     let body = match compact {
         Compact::Exec(b) => Body::Exec(b),
         Compact::Connect(b) => Body::Connect(b),
