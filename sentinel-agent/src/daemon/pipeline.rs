@@ -393,8 +393,9 @@ impl Pipeline {
 
     /// Apply the exits older than [`EXIT_GRACE`].
     pub fn reap(&mut self) {
+        let now = Instant::now();
         while let Some(&(seen, tgid, start_ns)) = self.exits.front() {
-            if seen.elapsed() < EXIT_GRACE {
+            if now.saturating_duration_since(seen) < EXIT_GRACE {
                 break;
             }
             self.exits.pop_front();

@@ -6,7 +6,7 @@
 //! (`start_boottime`, ns) and `/proc` views of the same process compare equal.
 
 use rustc_hash::FxHashMap;
-use std::{fs, path::Path, sync::Arc};
+use std::{collections::hash_map::Entry, fs, path::Path, sync::Arc};
 
 use sentinel_common::events::exec::ExeId;
 
@@ -36,6 +36,23 @@ pub struct Proc {
     /// It runs a package manager (apt, dpkg, npm, pip, …), directly or as an interpreter's
     /// script; set by the pipeline at exec, inherited by forks.
     pub package_manager: bool,
+}
+
+impl Proc {
+    /// A process the tree learns of from `/proc`: no exec or fork seen.
+    fn from_stat(s: Stat) -> Self {
+        Proc {
+            ppid: s.ppid,
+            start: s.start,
+            comm: s.comm.into(),
+            comm_class: None,
+            filename: None,
+            forked_by: 0,
+            exe: ExeId::default(),
+            listening: false,
+            package_manager: false,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -124,20 +141,7 @@ impl ProcessTree {
     }
 
     fn insert_stat(&mut self, s: Stat) {
-        self.procs.insert(
-            s.pid,
-            Proc {
-                ppid: s.ppid,
-                start: s.start,
-                comm: s.comm.into(),
-                comm_class: None,
-                filename: None,
-                forked_by: 0,
-                exe: ExeId::default(),
-                listening: false,
-                package_manager: false,
-            },
-        );
+        self.procs.insert(s.pid, Proc::from_stat(s));
     }
 
     /// Kernel ns since boot → clock ticks, exactly as `/proc` rounds them.
@@ -255,11 +259,14 @@ impl ProcessTree {
 
     /// Look `tgid` up, filling it in from `/proc` if the tree missed it (lost records).
     fn lookup_or_load(&mut self, tgid: u32, proc_root: &Path) -> Option<&Proc> {
-        if !self.procs.contains_key(&tgid) {
-            let stat = read_stat(proc_root, tgid)?;
-            self.insert_stat(stat);
+        // One hash lookup for the common case: every exec walks its ancestors through here.
+        match self.procs.entry(tgid) {
+            Entry::Occupied(known) => Some(known.into_mut()),
+            Entry::Vacant(missed) => {
+                let stat = read_stat(proc_root, tgid).filter(|s| s.pid == tgid)?;
+                Some(missed.insert(Proc::from_stat(stat)))
+            }
         }
-        self.procs.get(&tgid)
     }
 
     /// (pid, comm) of `tgid`'s parent, grandparent, … (parent first), up to pid 1.
