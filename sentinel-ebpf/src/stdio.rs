@@ -91,16 +91,14 @@ fn on_dup(ctx: &TracePointContext) {
     if off.sk_family == 0 || off.socket_sk == 0 || off.fdt_fd == 0 {
         return;
     }
-    if current_tgid_unless_agent().is_none() {
-        return;
-    }
     let Some(file) = file_of(oldfd as u32) else {
         return;
     };
     let mode: u16 = read_field::<*const u8>(file, off.file_inode)
         .and_then(|inode| read_at(inode, off.inode_mode as usize))
         .unwrap_or(0);
-    if mode & S_IFMT != S_IFSOCK {
+    // Nearly every dup2 is of a file or a pipe: the agent check waits until it is a socket.
+    if mode & S_IFMT != S_IFSOCK || current_tgid_unless_agent().is_none() {
         return;
     }
     let Some(sk) = read_field::<*const u8>(file, off.file_private_data)
