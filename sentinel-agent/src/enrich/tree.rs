@@ -41,10 +41,15 @@ pub struct Proc {
 impl Proc {
     /// A process the tree learns of from `/proc`: no exec or fork seen.
     fn from_stat(s: Stat) -> Self {
+        Proc::known_only_as(s.ppid, s.start, s.comm.into())
+    }
+
+    /// A process of which the tree knows only its parent, start and name.
+    fn known_only_as(ppid: u32, start: u64, comm: Arc<str>) -> Self {
         Proc {
-            ppid: s.ppid,
-            start: s.start,
-            comm: s.comm.into(),
+            ppid,
+            start,
+            comm,
             comm_class: None,
             filename: None,
             forked_by: 0,
@@ -197,17 +202,10 @@ impl ProcessTree {
     /// listened yet (listening sockets are close-on-exec by convention).
     pub fn on_exec(&mut self, tgid: u32, ppid: u32, start_ns: u64, comm: &str, filename: &str) {
         let start = self.ticks(start_ns);
-        let p = self.procs.entry(tgid).or_insert_with(|| Proc {
-            ppid,
-            start,
-            comm: Arc::from(""),
-            comm_class: None,
-            filename: None,
-            forked_by: 0,
-            exe: ExeId::default(),
-            listening: false,
-            package_manager: false,
-        });
+        let p = self
+            .procs
+            .entry(tgid)
+            .or_insert_with(|| Proc::known_only_as(ppid, start, Arc::from("")));
         if ppid != 0 {
             p.ppid = ppid;
         }
