@@ -20,8 +20,8 @@ use crate::{
     exec::EXEC_LOST,
     rare::{record_dropped, unexpected_family},
     task::{
-        EVENTS, current_task, current_tgid_unless_agent, fill_header, load_field, offsets, read_at,
-        read_field, submit_flags, use_process_comm,
+        EVENTS, current_task, current_tgid_unless_agent, fill_header, load_at, load_field, offsets,
+        read_at, read_field, submit_flags, use_process_comm,
     },
 };
 
@@ -59,10 +59,7 @@ fn file_of(fd: u32) -> Option<*const u8> {
     let files: *const u8 = load_field(current_task(), off.task_files)?;
     let fdt: *const u8 = load_field(files, off.files_fdt)?;
     // `max_fds` opens its struct: offset 0 is its real offset here.
-    // SAFETY: a typed pointer and a field BTF places at that offset (see `load_field`).
-    let max = unsafe {
-        core::ptr::read_volatile(fdt.wrapping_add(off.fdt_max_fds as usize).cast::<u32>())
-    };
+    let max: u32 = load_at(fdt, off.fdt_max_fds)?;
     // A `struct file **` is not a struct pointer to the verifier: the slot is read with the
     // helper, as is everything behind the file.
     let array: *const u8 = load_field(fdt, off.fdt_fd)?;

@@ -144,7 +144,17 @@ pub fn current_task() -> *const u8 {
 /// against the kernel's BTF). `None` when the offset is unknown (0) or the base is null.
 #[inline(always)]
 pub fn load_field<T: Copy>(base: *const u8, offset: u32) -> Option<T> {
-    if offset == 0 || base.is_null() {
+    if offset == 0 {
+        return None;
+    }
+    load_at(base, offset)
+}
+
+/// [`load_field`] for offsets that may legitimately be 0 (`fdtable.max_fds`); `None` when the
+/// base is null.
+#[inline(always)]
+pub fn load_at<T: Copy>(base: *const u8, offset: u32) -> Option<T> {
+    if base.is_null() {
         return None;
     }
     // SAFETY: the verifier admits only loads inside the field BTF places at `offset`, and the

@@ -327,33 +327,17 @@ impl Pipeline {
     ) -> Option<Finding> {
         let mut ancestors: Vec<Ancestor<'_>> = Vec::with_capacity(culprit.ancestry.len());
         for (pid, comm) in &culprit.ancestry {
-            let Some(p) = self.tree.get(*pid) else {
-                ancestors.push(Ancestor {
-                    pid: *pid,
-                    comm,
-                    listening: false,
-                    package_manager: false,
-                    roles: None,
-                });
-                continue;
-            };
-            // The node's comm is the one in the ancestry (the walk just copied it).
+            // `None` for a process the tree does not hold; else its cached class, if any.
             let (listening, package_manager, class) =
-                (p.listening, p.package_manager, p.comm_class);
-            let roles = match class {
-                Some(bits) => Roles::from_bits(bits),
-                None => {
-                    let roles = self.detect.lineage.roles(comm);
-                    self.tree.set_comm_class(*pid, roles.to_bits());
-                    roles
-                }
-            };
+                self.tree.get(*pid).map_or((false, false, None), |p| {
+                    (p.listening, p.package_manager, Some(p.comm_class))
+                });
             ancestors.push(Ancestor {
                 pid: *pid,
                 comm,
                 listening,
                 package_manager,
-                roles: Some(roles),
+                roles: class.map(|class| self.roles_of(*pid, comm, class)),
             });
         }
         let Detectors {
@@ -363,6 +347,20 @@ impl Pipeline {
         lineage.on_exec(culprit, argv, &ancestors, || {
             shells.is_shell(proc_root, culprit.pid, filename, &culprit.comm, exe)
         })
+    }
+
+    /// What `comm`, the name of tree node `pid` (the ancestry walk just copied it from the
+    /// node), is to `lineage`: the node's cached `class` when an earlier exec asked, else
+    /// looked up and kept on the node.
+    fn roles_of(&mut self, pid: u32, comm: &str, class: Option<u8>) -> Roles {
+        match class {
+            Some(bits) => Roles::from_bits(bits),
+            None => {
+                let roles = self.detect.lineage.roles(comm);
+                self.tree.set_comm_class(pid, roles.to_bits());
+                roles
+            }
+        }
     }
 
     /// A TCP socket on a standard stream: `reverse_shell` when the peer is untrusted.
