@@ -136,13 +136,23 @@ impl Pipeline {
         b.node_abuse.forget(e.tgid);
     }
 
-    /// An outbound connection: a stratum port makes the process a `miner` suspect.
-    pub(super) fn behaviour_connect(&mut self, tgid: u32, comm: &str, uid: u32, dport: u16) {
+    /// An outbound connection: a stratum port makes the process a `miner` suspect, and a
+    /// temp-location binary talking stratum a high alert whose target is the pool.
+    pub(super) fn behaviour_connect(
+        &mut self,
+        tgid: u32,
+        comm: &str,
+        uid: u32,
+        daddr: std::net::IpAddr,
+        dport: u16,
+    ) -> Option<Finding> {
         if !self.detect.behaviour.miner.watches_port(dport) {
-            return;
+            return None;
         }
         let c = self.culprit(tgid, comm.to_string(), Some(uid));
-        self.detect.behaviour.miner.on_connect(|| c, dport);
+        let mut f = self.detect.behaviour.miner.on_connect(|| c, dport)?;
+        f.target = self.detect.trust.check(daddr).ok();
+        Some(f)
     }
 
     /// One CPU interval (pid, % of one CPU): miners at work, node servers burning CPU.

@@ -60,6 +60,9 @@ pub struct Pipeline {
     pub tree: ProcessTree,
     pub clock: BootClock,
     pub agent_tgid: u32,
+    /// The agent's own executable: its CLI (`sentinel status`, run by the admin or a test from
+    /// wherever the binary lives) is the agent's own activity, never a finding.
+    pub agent_exe: ExeId,
     pub proc_root: PathBuf,
     pub store_tx: StoreTx,
     pub shared: Arc<Shared>,
@@ -214,8 +217,15 @@ impl Pipeline {
                 {
                     self.track(&id, e.tgid);
                 }
-                let finding = self.lineage(&culprit, &e.filename, &e.argv, e.exe);
-                let behaviour = self.behaviour_exec(&mut culprit, &e.argv);
+                let own_cli = e.exe == self.agent_exe && e.exe != ExeId::default();
+                let (finding, behaviour) = if own_cli {
+                    (None, Vec::new())
+                } else {
+                    (
+                        self.lineage(&culprit, &e.filename, &e.argv, e.exe),
+                        self.behaviour_exec(&mut culprit, &e.argv),
+                    )
+                };
                 let ppid = self.tree.get(e.tgid).map_or(e.ppid, |p| p.ppid);
                 self.emit(
                     self.clock.wall(e.ts_ns),
@@ -280,7 +290,7 @@ impl Pipeline {
                         &self.detect.trust,
                     )
                 });
-                self.behaviour_connect(c.tgid, &comm, c.uid, c.dport);
+                let miner = self.behaviour_connect(c.tgid, &comm, c.uid, c.daddr, c.dport);
                 self.emit(
                     self.clock.wall(c.ts_ns),
                     Body::Connect(ConnectBody {
@@ -294,7 +304,7 @@ impl Pipeline {
                         country,
                     }),
                 );
-                if let Some(finding) = finding {
+                for finding in finding.into_iter().chain(miner) {
                     self.raise(finding, Some(c.ts_ns));
                 }
                 if let Ok(target) = self.detect.trust.check(c.daddr) {

@@ -465,6 +465,10 @@ pub fn build_pipeline(
         tree: seeded.tree,
         clock: BootClock::now(),
         agent_tgid,
+        agent_exe: std::fs::metadata("/proc/self/exe").map_or_else(
+            |_| sentinel_common::events::exec::ExeId::default(),
+            |m| crate::enrich::shells::exe_id(&m),
+        ),
         proc_root: seeded.proc_root,
         store_tx: store,
         shared,

@@ -1,9 +1,12 @@
-//! `miner`: crypto-miners. At exec, an executable in `/tmp`, `/var/tmp`, `/dev/shm` or memory
-//! (memfd, deleted file), or miner markers in its name or argv (`xmrig`, `stratum+tcp://`,
-//! `--donate-level`, …), raise a high alert; at connect, a stratum port (`miner.ports`)
-//! makes the process a suspect. A suspect that then holds `miner.cpu_percent` for
-//! `miner.sustain` raises a critical alert — the only one the kill engine acts on: legitimate
-//! programs run from memfd too (container runtimes, some service managers). T1496.
+//! `miner`: crypto-miners. Miner markers in a program's name or argv (`xmrig`,
+//! `stratum+tcp://`, `--donate-level`, …) raise a high alert at exec. An executable in `/tmp`,
+//! `/var/tmp`, `/dev/shm` or memory (memfd, deleted file) only makes the process a *suspect*:
+//! `go run`, installers, test binaries and build trees run from there every day, so location
+//! alone is a risk term, never an alert. A suspect that connects to a stratum port
+//! (`miner.ports`) raises the high alert then; any suspect (location, marker or stratum port)
+//! that holds `miner.cpu_percent` for `miner.sustain` raises a critical alert — the only one
+//! the kill engine acts on: legitimate programs run from memfd too (container runtimes, some
+//! service managers). T1496.
 
 use rustc_hash::FxHashMap;
 use std::time::{Duration, Instant};
@@ -67,6 +70,10 @@ impl MinerConfig {
 struct Suspect {
     culprit: Culprit,
     why: Vec<String>,
+    /// It runs from a temp location or memory (a risk term, not an alert on its own).
+    located: bool,
+    /// The high alert (marker, or location with a stratum port) was raised.
+    raised: bool,
     busy_since: Option<Instant>,
     raised_cpu: bool,
 }
@@ -93,17 +100,18 @@ impl Miner {
         }
     }
 
-    /// `culprit` exec'd with `argv`: a high alert when it runs from a temp location or
-    /// memory or carries miner markers.
+    /// `culprit` exec'd with `argv`: a high alert when its name or argv carry miner markers.
+    /// A temp-location or in-memory executable makes it a suspect without an alert.
     pub fn on_exec(&mut self, culprit: &Culprit, argv: &[String]) -> Option<Finding> {
+        self.suspects.remove(&culprit.pid);
         let mut why = Vec::new();
         // A script run from a temp directory (an installer, a test's run-parts) is executed by
         // its interpreter: only a binary placed there is a miner's habit.
-        if let Some(exe) = culprit
+        let located = culprit
             .exe
             .as_deref()
-            .filter(|e| temp_or_memory(e) && !is_script(e))
-        {
+            .filter(|e| temp_or_memory(e) && !is_script(e));
+        if let Some(exe) = located {
             why.push(format!("runs from {exe}"));
         }
         let args = argv.join(" ");
@@ -117,21 +125,24 @@ impl Miner {
         if let Some(m) = marker {
             why.push(format!("miner marker {m:?}"));
         }
-        self.suspects.remove(&culprit.pid);
         if why.is_empty() {
             return None;
         }
-        let finding = self.finding(culprit, &why, Anomaly::Miner { cpu: false }, &args);
+        let finding = marker
+            .is_some()
+            .then(|| self.finding(culprit, &why, Anomaly::Miner { cpu: false }, &args));
         self.suspects.insert(
             culprit.pid,
             Suspect {
                 culprit: culprit.clone(),
                 why,
+                located: located.is_some(),
+                raised: finding.is_some(),
                 busy_since: None,
                 raised_cpu: false,
             },
         );
-        Some(finding)
+        finding
     }
 
     /// Whether `dport` is a stratum port (`miner.ports`).
@@ -139,23 +150,31 @@ impl Miner {
         self.config.ports.contains(&dport)
     }
 
-    /// `tgid` connects to `dport`: a stratum port makes it a suspect (no alert on its own).
-    pub fn on_connect(&mut self, culprit: impl FnOnce() -> Culprit, dport: u16) -> bool {
+    /// The process connects to `dport`: a stratum port makes it a suspect, and raises the
+    /// high alert when it already was one by location (a temp binary talking stratum).
+    pub fn on_connect(&mut self, culprit: impl FnOnce() -> Culprit, dport: u16) -> Option<Finding> {
         if !self.config.ports.contains(&dport) {
-            return false;
+            return None;
         }
         let culprit = culprit();
         let why = format!("connects to stratum port {dport}");
         let s = self.suspects.entry(culprit.pid).or_insert_with(|| Suspect {
             culprit,
             why: Vec::new(),
+            located: false,
+            raised: false,
             busy_since: None,
             raised_cpu: false,
         });
         if !s.why.contains(&why) {
             s.why.push(why);
         }
-        true
+        if !s.located || s.raised {
+            return None;
+        }
+        s.raised = true;
+        let (culprit, why) = (s.culprit.clone(), s.why.clone());
+        Some(self.finding(&culprit, &why, Anomaly::Miner { cpu: false }, ""))
     }
 
     /// One CPU interval (pid, % of one CPU): a suspect holding `cpu_percent` for `sustain`
@@ -244,26 +263,46 @@ mod tests {
         let mut c = culprit(7, "10-logs", &[]);
         c.exe = Some(script.display().to_string());
         assert!(m.on_exec(&c, &[script.display().to_string()]).is_none());
-        // A binary there still is.
+        assert!(m.on_connect(|| c.clone(), 3333).is_none());
+        // A binary there is a suspect: with a stratum port, an alert.
         let bin = dir.path().join("kworker");
         std::fs::write(&bin, b"\x7fELF....").unwrap();
         c.exe = Some(bin.display().to_string());
-        assert!(m.on_exec(&c, &[bin.display().to_string()]).is_some());
+        assert!(m.on_exec(&c, &[bin.display().to_string()]).is_none());
+        assert!(m.on_connect(|| c.clone(), 3333).is_some());
     }
 
     #[test]
-    fn temp_executable_alone_is_a_high_alert_and_cpu_makes_it_critical() {
+    fn a_temp_binary_talking_stratum_is_a_high_alert_once() {
         let mut m = miner();
-        let mut c = culprit(50, "kworkerds", &[(1, "systemd")]);
-        c.exe = Some("/dev/shm/kworkerds".into());
-        let f = m.on_exec(&c, &argv("kworkerds")).unwrap();
+        let mut c = culprit(51, "kthreadd2", &[(1, "systemd")]);
+        c.exe = Some("/var/tmp/.x/kthreadd2".into());
+        assert!(m.on_exec(&c, &argv("kthreadd2")).is_none());
+        assert!(m.on_connect(|| c.clone(), 443).is_none());
+        let f = m.on_connect(|| c.clone(), 14444).unwrap();
         assert_eq!(f.anomaly, Anomaly::Miner { cpu: false });
-        assert_eq!(f.anomaly.severity(), Severity::High);
         assert!(
-            f.detail.contains("runs from /dev/shm/kworkerds"),
+            f.detail.contains("runs from /var/tmp/.x/kthreadd2"),
             "{}",
             f.detail
         );
+        assert!(f.detail.contains("stratum port 14444"), "{}", f.detail);
+        assert!(
+            m.on_connect(|| c.clone(), 3333).is_none(),
+            "once per process"
+        );
+        // A marker already alerted at exec: the port adds no second alert.
+        let x = culprit(52, "xmrig", &[]);
+        assert!(m.on_exec(&x, &argv("xmrig")).is_some());
+        assert!(m.on_connect(|| x.clone(), 3333).is_none());
+    }
+
+    #[test]
+    fn temp_executable_alone_is_no_alert_but_cpu_makes_it_critical() {
+        let mut m = miner();
+        let mut c = culprit(50, "kworkerds", &[(1, "systemd")]);
+        c.exe = Some("/dev/shm/kworkerds".into());
+        assert!(m.on_exec(&c, &argv("kworkerds")).is_none());
         let t0 = Instant::now();
         assert!(m.on_cpu(t0, &[(50, 99.0)]).is_empty());
         assert!(
@@ -275,6 +314,11 @@ mod tests {
         assert_eq!(hits[0].anomaly, Anomaly::Miner { cpu: true });
         assert_eq!(hits[0].anomaly.severity(), Severity::Critical);
         assert!(hits[0].detail.contains("99% CPU"), "{}", hits[0].detail);
+        assert!(
+            hits[0].detail.contains("runs from /dev/shm/kworkerds"),
+            "{}",
+            hits[0].detail
+        );
         // Once per process.
         assert!(
             m.on_cpu(t0 + Duration::from_secs(20), &[(50, 99.0)])
@@ -301,8 +345,8 @@ mod tests {
         let mut m = miner();
         let c = culprit(70, "worker", &[]);
         assert!(m.on_exec(&c, &argv("worker --threads 2")).is_none());
-        assert!(!m.on_connect(|| c.clone(), 443));
-        assert!(m.on_connect(|| c.clone(), 3333));
+        assert!(m.on_connect(|| c.clone(), 443).is_none());
+        assert!(m.on_connect(|| c.clone(), 3333).is_none());
         let t0 = Instant::now();
         m.on_cpu(t0, &[(70, 80.0)]);
         let hits = m.on_cpu(t0 + Duration::from_secs(11), &[(70, 80.0)]);
@@ -327,10 +371,10 @@ mod tests {
                     .is_empty()
             );
         }
-        // A temp executable that stays idle is never escalated.
+        // A temp executable that stays idle raises nothing at all.
         let mut idle = culprit(81, "installer", &[]);
         idle.exe = Some("/tmp/installer".into());
-        assert!(m.on_exec(&idle, &[]).is_some());
+        assert!(m.on_exec(&idle, &[]).is_none());
         for s in 0..30 {
             assert!(
                 m.on_cpu(t0 + Duration::from_secs(s), &[(81, 3.0)])
@@ -349,7 +393,8 @@ mod tests {
         ] {
             let mut c = culprit(90, "x", &[]);
             c.exe = Some(exe.into());
-            assert!(m.on_exec(&c, &[]).is_some(), "{exe}");
+            assert!(m.on_exec(&c, &[]).is_none(), "{exe}");
+            assert!(m.on_connect(|| c.clone(), 3333).is_some(), "{exe}");
         }
     }
 

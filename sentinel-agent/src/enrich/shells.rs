@@ -183,12 +183,18 @@ impl Shells {
 
 /// Whether `meta` is the file the kernel identified as `exe` (unknown identities match).
 fn is_same_file(exe: ExeId, meta: &std::fs::Metadata) -> bool {
-    if exe == ExeId::default() {
-        return true;
-    }
+    exe == ExeId::default() || exe == exe_id(meta)
+}
+
+/// The kernel's identity ([`ExeId`]) of the file `meta` describes.
+pub fn exe_id(meta: &std::fs::Metadata) -> ExeId {
     // The kernel's dev_t is MAJOR << 20 | MINOR; userspace encodes it its own way.
-    let dev = libc::makedev(exe.dev >> 20, exe.dev & 0xf_ffff);
-    meta.ino() == exe.ino && meta.dev() == dev
+    let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
+    ExeId {
+        ino: meta.ino(),
+        dev: major << 20 | minor,
+        _pad: 0,
+    }
 }
 
 #[cfg(test)]
@@ -242,13 +248,7 @@ mod tests {
 
     /// The kernel's identity of `path`.
     fn kernel_id(path: &Path) -> ExeId {
-        let meta = std::fs::metadata(path).unwrap();
-        let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
-        ExeId {
-            ino: meta.ino(),
-            dev: major << 20 | minor,
-            _pad: 0,
-        }
+        exe_id(&std::fs::metadata(path).unwrap())
     }
 
     #[test]
