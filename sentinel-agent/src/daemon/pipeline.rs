@@ -21,6 +21,7 @@ use crate::{
     detect::{
         self, Alerts, Culprit, Finding,
         lineage::{Ancestor, Roles},
+        reverse_shell::{self, Verdict},
     },
     enforce::kill::Killer,
     enrich::geo::CountryDb,
@@ -94,6 +95,17 @@ pub struct Pipeline {
     pub exits: VecDeque<(Instant, u32, u64)>,
     /// `[fleet]`: the outbox every commit point writes to, when the fleet store is on.
     pub fleet: Option<crate::fleet::Recorder>,
+}
+
+/// What descriptor `fd` of `tgid` points at (`socket:[inode]`, a path, `pipe:[…]`).
+fn stream_of(proc_root: &std::path::Path, tgid: u32, fd: u32) -> Option<String> {
+    let link = std::fs::read_link(proc_root.join(format!("{tgid}/fd/{fd}"))).ok()?;
+    link.into_os_string().into_string().ok()
+}
+
+/// What descriptor `fd` of `tgid` points at when it is a socket.
+fn socket_on(proc_root: &std::path::Path, tgid: u32, fd: u32) -> Option<String> {
+    stream_of(proc_root, tgid, fd).filter(|l| l.starts_with("socket:"))
 }
 
 /// How long a process stays in the tree after its exit record.
@@ -208,6 +220,9 @@ impl Pipeline {
                 self.tree.set_exec_details(e.tgid, e.exe, package_manager);
                 if self.is_agent(e.tgid) {
                     return;
+                }
+                if self.detect.reverse_shell.waits(e.tgid) {
+                    self.stdio_at_exec(e.tgid, &e.filename, e.ts_ns);
                 }
                 let mut culprit = self.culprit(e.tgid, e.comm.clone(), Some(e.uid));
                 // A tracked tree's new programs stay tracked, even after their root exits.
@@ -386,21 +401,62 @@ impl Pipeline {
         debug!(pid = s.tgid, comm = %s.comm, fd = s.newfd, peer = %s.peer, "socket on stdio");
         let country = self.detect.geoip.as_ref().and_then(|g| g.country(s.peer));
         let culprit = self.culprit(s.tgid, s.comm.clone(), Some(s.uid));
-        let finding = self.detect.reverse_shell.on_stdio(
+        let held = socket_on(&self.proc_root, s.tgid, s.newfd);
+        let verdict = self.detect.reverse_shell.on_stdio(
             &culprit,
             s.newfd,
             s.peer,
             s.dport,
             country.as_deref(),
             &self.detect.trust,
+            held,
+            Instant::now(),
         );
-        if let Some(finding) = finding {
-            self.raise(finding, Some(s.ts_ns));
+        if let Verdict::Shell(finding) = verdict {
+            self.raise(*finding, Some(s.ts_ns));
         }
     }
 
-    /// Apply the exits older than [`EXIT_GRACE`].
+    /// A process that holds a socket on one standard stream exec'd `filename`: with the
+    /// socket still there, the program runs driven by it — a reverse shell.
+    fn stdio_at_exec(&mut self, tgid: u32, filename: &str, ts_ns: u64) {
+        let Some((fd, held)) = self.detect.reverse_shell.stream_of(tgid) else {
+            return;
+        };
+        // Gone by now (the program ran and ended): it exec'd with the socket on its stream all
+        // the same. Only a stream that now points elsewhere was let go before the exec.
+        if stream_of(&self.proc_root, tgid, fd).is_some_and(|now| now != held) {
+            self.detect.reverse_shell.dismiss(tgid);
+            return;
+        }
+        let why = format!(", and exec'd {filename} with it there");
+        if let Some(f) = self.detect.reverse_shell.confirm(tgid, &why) {
+            self.raise(f, Some(ts_ns));
+        }
+    }
+
+    /// Sockets held on one standard stream for [`reverse_shell::HOLD`]: still there, a
+    /// reverse shell; gone, a connectivity check.
+    fn judge_stdio_candidates(&mut self) {
+        for (tgid, fd, held) in self.detect.reverse_shell.due(Instant::now()) {
+            if socket_on(&self.proc_root, tgid, fd).as_deref() == Some(held.as_str()) {
+                let why = format!(", held for {} s", reverse_shell::HOLD.as_secs());
+                if let Some(f) = self.detect.reverse_shell.confirm(tgid, &why) {
+                    self.raise(f, None);
+                }
+            } else {
+                debug!(
+                    pid = tgid,
+                    fd, "socket on stdio let go at once: a check, not a shell"
+                );
+                self.detect.reverse_shell.dismiss(tgid);
+            }
+        }
+    }
+
+    /// Apply the exits older than [`EXIT_GRACE`], and judge the sockets held on stdio.
     pub fn reap(&mut self) {
+        self.judge_stdio_candidates();
         let now = Instant::now();
         while let Some(&(seen, tgid, start_ns)) = self.exits.front() {
             if now.saturating_duration_since(seen) < EXIT_GRACE {
@@ -409,6 +465,7 @@ impl Pipeline {
             self.exits.pop_front();
             self.tree.on_exit(tgid, start_ns);
             self.detect.alerts.forget(tgid);
+            self.detect.reverse_shell.dismiss(tgid);
             self.last_connect.remove(&tgid);
             if let Some(id) = self.tracked.remove(&tgid)
                 && let Some(g) = self.groups.get_mut(&id)

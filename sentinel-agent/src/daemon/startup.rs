@@ -439,7 +439,7 @@ pub fn build_detectors(
             Path::new("/etc/shells"),
             &std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.into()),
         ),
-        reverse_shell: detect::reverse_shell::ReverseShell,
+        reverse_shell: detect::reverse_shell::ReverseShell::default(),
         geo: detect::geo::Geo::new(&config.geo.high_risk_countries),
         resource: detect::resource::Resource::new(config.resource.clone()),
         blind: detect::blind::Blind::new(),

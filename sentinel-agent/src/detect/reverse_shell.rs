@@ -1,19 +1,34 @@
-//! `reverse_shell`: a process whose standard input, output or error is a TCP socket to an
+//! `reverse_shell`: a process whose standard streams are driven by a TCP socket to an
 //! untrusted, non-loopback peer — what bash `/dev/tcp`, python/perl `socket` + `dup2`,
 //! `nc -e` and php one-liners all do before they run commands, whatever the program is
 //! called. Critical, T1059. The peer is the target: the dead man's switch opens a decision
 //! that blocks it, and `enforce.kill` terminates the process. Found from the kernel's
 //! `stdio` sensor (a TCP socket duplicated onto fd 0, 1 or 2). Trust comes first: loopback,
 //! `trust.ips` and live SSH peers never raise it.
+//!
+//! One redirect is not a shell: the admin's port check (`bash -c '</dev/tcp/host/443'`) and a
+//! bash port scan (`echo > /dev/tcp/host/$port`) put one standard stream on a socket for an
+//! instant and close it. So a socket on *two* standard streams is a reverse shell at once;
+//! a socket on one stream is a [`Candidate`] that becomes one when the process execs a
+//! program with it still there, or still holds it [`HOLD`] later. The event loop does the
+//! looking (`/proc/PID/fd`); this module keeps the candidates and words the findings.
 
-use std::net::IpAddr;
+use rustc_hash::FxHashMap;
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
 
 use crate::enrich::trust::TrustSet;
 
 use super::{Anomaly, Culprit, Finding};
 
-#[derive(Debug, Default)]
-pub struct ReverseShell;
+/// How long a socket must stay on a single standard stream to be a shell's.
+pub const HOLD: Duration = Duration::from_secs(1);
+
+/// At most this many candidates wait; past it a new one is judged at once (a flood of port
+/// checks costs the flooder alerts, never a missed shell).
+const MAX_CANDIDATES: usize = 4096;
 
 /// fd 0, 1, 2 by name.
 fn stream(fd: u32) -> &'static str {
@@ -24,35 +39,151 @@ fn stream(fd: u32) -> &'static str {
     }
 }
 
+/// A socket seen on one standard stream, not judged yet.
+#[derive(Debug)]
+struct Candidate {
+    finding: Finding,
+    peer: IpAddr,
+    dport: u16,
+    /// The standard stream it is on.
+    fd: u32,
+    /// What `/proc/PID/fd/<fd>` pointed at when the record was handled (`socket:[inode]`).
+    held: String,
+    since: Instant,
+}
+
+/// What one socket-on-stdio record comes to.
+#[derive(Debug)]
+pub enum Verdict {
+    /// A reverse shell: raise it.
+    Shell(Box<Finding>),
+    /// One stream: wait and see ([`ReverseShell::due`]).
+    Wait,
+    /// Trusted, closed already, or not a standard stream.
+    Nothing,
+}
+
+/// The candidates by process.
+#[derive(Debug, Default)]
+pub struct ReverseShell {
+    candidates: FxHashMap<u32, Candidate>,
+}
+
 impl ReverseShell {
-    /// `culprit` put a TCP socket connected to `peer:dport` on standard stream `newfd`.
+    /// `culprit` put a TCP socket connected to `peer:dport` on standard stream `newfd`;
+    /// `held` is what that stream points at now (None: no longer a socket, or the process is
+    /// gone).
+    #[expect(clippy::too_many_arguments, reason = "one record's fields, named")]
     pub fn on_stdio(
-        &self,
+        &mut self,
         culprit: &Culprit,
         newfd: u32,
         peer: IpAddr,
         dport: u16,
         country: Option<&str>,
         trust: &TrustSet,
-    ) -> Option<Finding> {
+        held: Option<String>,
+        now: Instant,
+    ) -> Verdict {
         if newfd > 2 || peer.is_unspecified() {
-            return None;
+            return Verdict::Nothing;
         }
         // Trust first: loopback, trust.ips and SSH peers have no ActionableAddr, so no finding.
-        let target = trust.check(peer).ok()?;
-        Some(Finding {
+        let Ok(target) = trust.check(peer) else {
+            return Verdict::Nothing;
+        };
+        let pid = culprit.pid;
+        if let Some(c) = self.candidates.get(&pid)
+            && c.fd != newfd
+            && c.peer == peer
+            && c.dport == dport
+        {
+            let c = self.candidates.remove(&pid).expect("just seen");
+            return Verdict::Shell(Box::new(Self::word(
+                c.finding,
+                dport,
+                &format!("its {} and {}", stream(c.fd), stream(newfd)),
+                "",
+            )));
+        }
+        let finding = Finding {
             anomaly: Anomaly::ReverseShell,
             culprit: culprit.clone(),
             target: Some(target),
             country: country.map(str::to_string),
-            detail: format!(
-                "{} (pid {}) has its {} on a TCP connection to {target} port {dport}",
-                culprit.comm,
-                culprit.pid,
-                stream(newfd)
-            ),
-            subject: culprit.pid,
-        })
+            detail: String::new(),
+            subject: pid,
+        };
+        let Some(held) = held else {
+            // Closed before the agent looked: a port check, not a shell.
+            self.candidates.remove(&pid);
+            return Verdict::Nothing;
+        };
+        if self.candidates.len() >= MAX_CANDIDATES && !self.candidates.contains_key(&pid) {
+            return Verdict::Shell(Box::new(Self::word(
+                finding,
+                dport,
+                &format!("its {}", stream(newfd)),
+                " (judged at once: too many sockets on stdio at the same time)",
+            )));
+        }
+        self.candidates.insert(
+            pid,
+            Candidate {
+                finding,
+                peer,
+                dport,
+                fd: newfd,
+                held,
+                since: now,
+            },
+        );
+        Verdict::Wait
+    }
+
+    /// Whether `pid` waits to be judged.
+    pub fn waits(&self, pid: u32) -> bool {
+        self.candidates.contains_key(&pid)
+    }
+
+    /// The candidates whose [`HOLD`] has passed: (pid, stream, what it pointed at).
+    pub fn due(&self, now: Instant) -> Vec<(u32, u32, String)> {
+        self.candidates
+            .iter()
+            .filter(|(_, c)| now.saturating_duration_since(c.since) >= HOLD)
+            .map(|(pid, c)| (*pid, c.fd, c.held.clone()))
+            .collect()
+    }
+
+    /// The stream `pid` waits on and what it pointed at.
+    pub fn stream_of(&self, pid: u32) -> Option<(u32, &str)> {
+        self.candidates.get(&pid).map(|c| (c.fd, c.held.as_str()))
+    }
+
+    /// `pid`'s socket is still on its stream and `why` says how it drives the process: the
+    /// reverse shell.
+    pub fn confirm(&mut self, pid: u32, why: &str) -> Option<Finding> {
+        let c = self.candidates.remove(&pid)?;
+        Some(Self::word(
+            c.finding,
+            c.dport,
+            &format!("its {}", stream(c.fd)),
+            why,
+        ))
+    }
+
+    /// `pid` let go of the socket (or ended): it was a check, not a shell.
+    pub fn dismiss(&mut self, pid: u32) {
+        self.candidates.remove(&pid);
+    }
+
+    fn word(mut f: Finding, dport: u16, streams: &str, why: &str) -> Finding {
+        let target = f.target.expect("candidates have a target");
+        let (comm, pid) = (&f.culprit.comm, f.culprit.pid);
+        f.detail = format!(
+            "{comm} (pid {pid}) has {streams} on a TCP connection to {target} port {dport}{why}"
+        );
+        f
     }
 }
 
@@ -61,47 +192,137 @@ mod tests {
     use super::*;
     use crate::detect::tests::culprit;
 
+    const PEER: &str = "198.51.100.130";
+
+    fn sock() -> Option<String> {
+        Some("socket:[4242]".into())
+    }
+
+    fn stdio(
+        rs: &mut ReverseShell,
+        c: &Culprit,
+        fd: u32,
+        held: Option<String>,
+        at: Instant,
+    ) -> Verdict {
+        let peer: IpAddr = PEER.parse().unwrap();
+        rs.on_stdio(
+            c,
+            fd,
+            peer,
+            4444,
+            Some("DE"),
+            &TrustSet::default(),
+            held,
+            at,
+        )
+    }
+
     #[test]
-    fn socket_on_stdio_to_an_untrusted_peer() {
+    fn a_socket_on_two_streams_is_a_reverse_shell_at_once() {
+        let mut rs = ReverseShell::default();
         let c = culprit(7, "python3", &[(1, "bash")]);
-        let peer: IpAddr = "198.51.100.130".parse().unwrap();
-        let f = ReverseShell
-            .on_stdio(&c, 0, peer, 4444, Some("DE"), &TrustSet::default())
-            .unwrap();
+        let t0 = Instant::now();
+        assert!(matches!(stdio(&mut rs, &c, 0, sock(), t0), Verdict::Wait));
+        let Verdict::Shell(f) = stdio(&mut rs, &c, 1, sock(), t0) else {
+            panic!("stdin and stdout on the socket is a shell");
+        };
         assert_eq!(f.anomaly, Anomaly::ReverseShell);
-        assert_eq!(f.target.unwrap().ip(), peer);
+        assert_eq!(f.target.unwrap().ip(), PEER.parse::<IpAddr>().unwrap());
         assert_eq!(f.subject, 7);
-        assert!(f.detail.contains("stdin"), "{}", f.detail);
+        assert!(f.detail.contains("its stdin and stdout"), "{}", f.detail);
         assert!(
             f.detail.contains("198.51.100.130 port 4444"),
             "{}",
             f.detail
         );
+        assert!(!rs.waits(7));
+    }
+
+    #[test]
+    fn one_stream_held_is_a_shell_and_one_let_go_is_a_check() {
+        let mut rs = ReverseShell::default();
+        let t0 = Instant::now();
+        // `cat <&5` of the cheat sheets: stdin only, held.
+        let cat = culprit(8, "cat", &[]);
+        assert!(matches!(stdio(&mut rs, &cat, 0, sock(), t0), Verdict::Wait));
+        // `echo > /dev/tcp/host/port`: stdout, already closed when the agent looked.
+        let check = culprit(9, "bash", &[]);
+        assert!(matches!(
+            stdio(&mut rs, &check, 1, None, t0),
+            Verdict::Nothing
+        ));
+        assert!(!rs.waits(9));
+        assert!(rs.due(t0 + HOLD / 2).is_empty());
+        let due = rs.due(t0 + HOLD);
+        assert_eq!(due, vec![(8, 0, "socket:[4242]".to_string())]);
+        let f = rs.confirm(8, ", held for 1 s").unwrap();
+        assert!(
+            f.detail.contains("its stdin on a TCP connection"),
+            "{}",
+            f.detail
+        );
+        assert!(f.detail.ends_with("held for 1 s"), "{}", f.detail);
+        assert!(rs.confirm(8, "").is_none(), "judged once");
+        // A check that was still open when looked at, let go before the hold ends.
+        let slow = culprit(10, "bash", &[]);
+        assert!(matches!(
+            stdio(&mut rs, &slow, 0, sock(), t0),
+            Verdict::Wait
+        ));
+        rs.dismiss(10);
+        assert!(rs.due(t0 + HOLD).is_empty());
+    }
+
+    #[test]
+    fn a_scan_of_many_ports_keeps_one_candidate_per_process() {
+        let mut rs = ReverseShell::default();
+        let c = culprit(11, "bash", &[]);
+        let t0 = Instant::now();
+        for port in 1..500u16 {
+            let peer: IpAddr = PEER.parse().unwrap();
+            let v = rs.on_stdio(&c, 1, peer, port, None, &TrustSet::default(), sock(), t0);
+            assert!(matches!(v, Verdict::Wait), "port {port}");
+        }
+        assert_eq!(rs.due(t0 + HOLD).len(), 1);
+    }
+
+    #[test]
+    fn a_flood_of_candidates_is_judged_at_once_never_dropped() {
+        let mut rs = ReverseShell::default();
+        let t0 = Instant::now();
+        for pid in 0..MAX_CANDIDATES as u32 {
+            let c = culprit(100 + pid, "bash", &[]);
+            assert!(matches!(stdio(&mut rs, &c, 0, sock(), t0), Verdict::Wait));
+        }
+        let last = culprit(1, "sh", &[]);
+        let Verdict::Shell(f) = stdio(&mut rs, &last, 0, sock(), t0) else {
+            panic!("past the bound a candidate is judged at once");
+        };
+        assert!(f.detail.contains("judged at once"), "{}", f.detail);
     }
 
     #[test]
     fn loopback_trusted_and_odd_input_raise_nothing() {
+        let mut rs = ReverseShell::default();
         let c = culprit(7, "bash", &[]);
         let open = TrustSet::default();
+        let now = Instant::now();
         for peer in ["127.0.0.1", "::1", "0.0.0.0"] {
             let peer: IpAddr = peer.parse().unwrap();
-            assert!(
-                ReverseShell
-                    .on_stdio(&c, 1, peer, 80, None, &open)
-                    .is_none()
-            );
+            for fd in [0, 1] {
+                let v = rs.on_stdio(&c, fd, peer, 80, None, &open, sock(), now);
+                assert!(matches!(v, Verdict::Nothing));
+            }
         }
-        let peer: IpAddr = "198.51.100.130".parse().unwrap();
+        let peer: IpAddr = PEER.parse().unwrap();
         let trusted = TrustSet::new(&["198.51.100.128/26".parse().unwrap()], &[]);
-        assert!(
-            ReverseShell
-                .on_stdio(&c, 1, peer, 80, None, &trusted)
-                .is_none()
-        );
-        assert!(
-            ReverseShell
-                .on_stdio(&c, 5, peer, 80, None, &open)
-                .is_none()
-        );
+        for fd in [0, 1, 2] {
+            let v = rs.on_stdio(&c, fd, peer, 80, None, &trusted, sock(), now);
+            assert!(matches!(v, Verdict::Nothing));
+        }
+        let v = rs.on_stdio(&c, 5, peer, 80, None, &open, sock(), now);
+        assert!(matches!(v, Verdict::Nothing));
+        assert!(!rs.waits(7));
     }
 }

