@@ -67,8 +67,9 @@ fn exec_of_a_short_process_carries_its_lineage() {
         assert!(st["sensors"][sensor]["lost"].is_u64(), "{st}");
     }
     assert!(st["sensors"]["exec"]["seen"].as_u64().unwrap() >= 2, "{st}");
+    // (The counts are the whole machine's: any process may have a decision by now.)
     assert!(
-        st["uptime_s"].is_u64() && st["pending"] == 0 && st["blocks"] == 0,
+        st["uptime_s"].is_u64() && st["pending"].is_u64() && st["blocks"].is_u64(),
         "{st}"
     );
     // The store's bounds: the default cap, and what the queue dropped and the cap evicted.
