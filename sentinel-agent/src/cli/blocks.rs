@@ -57,7 +57,8 @@ pub fn run(cli: &Cli, args: &JsonArgs) -> anyhow::Result<ExitCode> {
                 expires,
                 left,
                 present,
-                b.decision_id
+                // A fleet-shared block names another host's decision: text it wrote.
+                crate::untrusted::escape(&b.decision_id)
             )?;
         }
     }

@@ -15,6 +15,7 @@ use crate::{
         view::{self, DecideOutcome},
     },
     switch::decision::Verdict,
+    untrusted::escape,
 };
 
 #[derive(Debug, ClapArgs)]
@@ -109,12 +110,7 @@ async fn dispatch(
                 if a.json {
                     writeln!(out, "{}", serde_json::to_string(&h)?)?;
                 } else {
-                    let state = if h.silent { "SILENT" } else { "ok" };
-                    writeln!(
-                        out,
-                        "{:<24} {:<9} {:<26} {state:<7} {}",
-                        h.host, h.version, h.last_seen, h.pending
-                    )?;
+                    writeln!(out, "{}", host_line(&h))?;
                 }
             }
         }
@@ -123,19 +119,7 @@ async fn dispatch(
                 if a.json {
                     writeln!(out, "{alert}")?;
                 } else {
-                    let s = |k: &str| alert[k].as_str().unwrap_or("-").to_string();
-                    writeln!(
-                        out,
-                        "{} {:<16} {:<10} {:<9} {:<8} risk {:>3}  {:<13} {}",
-                        s("ts"),
-                        s("host"),
-                        s("id"),
-                        s("anomaly"),
-                        s("severity"),
-                        alert["risk"],
-                        s("state"),
-                        s("detail")
-                    )?;
+                    writeln!(out, "{}", alert_line(&alert))?;
                 }
             }
         }
@@ -152,15 +136,7 @@ async fn dispatch(
                 if a.json {
                     writeln!(out, "{}", serde_json::to_string(&p)?)?;
                 } else {
-                    writeln!(
-                        out,
-                        "{:<24} {:<10} {:<9} {:<40} {:>5}s",
-                        p.host,
-                        p.id,
-                        p.anomaly,
-                        p.target_ip.as_deref().unwrap_or("-"),
-                        p.seconds_left
-                    )?;
+                    writeln!(out, "{}", pending_line(&p))?;
                 }
             }
         }
@@ -174,7 +150,7 @@ async fn dispatch(
                 if held.is_empty() {
                     "none reported".into()
                 } else {
-                    held.join(", ")
+                    escape(&held.join(", ")).into_owned()
                 }
             )?;
         }
@@ -198,14 +174,112 @@ async fn decide(
             Ok(ExitCode::SUCCESS)
         }
         DecideOutcome::Refused(why) => {
-            anyhow::bail!("{host}/{id}: refused by the agent: {why}")
+            anyhow::bail!("{host}/{id}: refused by the agent: {}", escape(&why))
         }
         DecideOutcome::Waiting { last_seen } => anyhow::bail!(
             "{host}/{id}: the agent has not picked the answer up within {} (last heartbeat {}); \
              it stays queued and is applied when the agent reads it, unless the decision has \
              ended by then",
             humantime::format_duration(a.wait),
-            last_seen.as_deref().unwrap_or("never")
+            escape(last_seen.as_deref().unwrap_or("never"))
         ),
+    }
+}
+
+// Every string below was written by a host, and a compromised host writes what it likes:
+// terminal escapes and newlines reach the operator's terminal only as visible escapes.
+
+/// One `fleet hosts` line.
+fn host_line(h: &view::HostRow) -> String {
+    let state = if h.silent { "SILENT" } else { "ok" };
+    format!(
+        "{:<24} {:<9} {:<26} {state:<7} {}",
+        escape(&h.host),
+        escape(&h.version),
+        escape(&h.last_seen),
+        h.pending
+    )
+}
+
+/// One `fleet alerts` line, from the alert's JSON as the host shipped it.
+fn alert_line(alert: &serde_json::Value) -> String {
+    let s = |k: &str| escape(alert[k].as_str().unwrap_or("-")).into_owned();
+    let risk = alert["risk"]
+        .as_u64()
+        .map_or_else(|| "-".into(), |r| r.to_string());
+    format!(
+        "{} {:<16} {:<10} {:<9} {:<8} risk {:>3}  {:<13} {}",
+        s("ts"),
+        s("host"),
+        s("id"),
+        s("anomaly"),
+        s("severity"),
+        risk,
+        s("state"),
+        s("detail")
+    )
+}
+
+/// One `fleet pending` line.
+fn pending_line(p: &view::PendingRow) -> String {
+    format!(
+        "{:<24} {:<10} {:<9} {:<40} {:>5}s",
+        escape(&p.host),
+        escape(&p.id),
+        escape(&p.anomaly),
+        escape(p.target_ip.as_deref().unwrap_or("-")),
+        p.seconds_left
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Whether `line` is one line of visible text (no control character, no bidi override).
+    fn inert(line: &str) -> bool {
+        line.chars().all(|c| !c.is_control())
+            && !line.contains(['\u{202E}', '\u{2028}', '\u{2066}'])
+    }
+
+    proptest! {
+        #[test]
+        fn hosts_lines_are_inert(host in any::<String>(), version in any::<String>(), seen in any::<String>()) {
+            let h = view::HostRow { host, version, last_seen: seen, silent: false, pending: 1 };
+            prop_assert!(inert(&host_line(&h)));
+        }
+
+        #[test]
+        fn alert_lines_are_inert(fields in proptest::collection::vec(any::<String>(), 8)) {
+            let keys = ["ts", "host", "id", "anomaly", "severity", "state", "detail", "risk"];
+            let alert: serde_json::Map<String, serde_json::Value> = keys
+                .iter()
+                .zip(fields)
+                .map(|(k, v)| (k.to_string(), serde_json::Value::String(v)))
+                .collect();
+            prop_assert!(inert(&alert_line(&serde_json::Value::Object(alert))));
+        }
+
+        #[test]
+        fn pending_lines_are_inert(host in any::<String>(), id in any::<String>(), anomaly in any::<String>(), target in any::<String>()) {
+            let p = view::PendingRow {
+                host, id, anomaly, target_ip: Some(target), deadline: String::new(), seconds_left: 3,
+            };
+            prop_assert!(inert(&pending_line(&p)));
+        }
+    }
+
+    #[test]
+    fn an_escape_from_a_host_is_shown_not_obeyed() {
+        let h = view::HostRow {
+            host: "web1\x1b]0;owned\x07\nfake line".into(),
+            version: "1".into(),
+            last_seen: "now".into(),
+            silent: false,
+            pending: 0,
+        };
+        let line = host_line(&h);
+        assert!(line.contains(r"web1\x1b]0;owned\x07\nfake line"), "{line}");
     }
 }
