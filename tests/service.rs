@@ -119,6 +119,7 @@ fn install_lays_out_files_with_their_modes_and_keeps_an_edited_config() {
     let config = stage.path("/etc/sentinel/sentinel.toml");
     let key = stage.path("/etc/sentinel/override.key");
     let unit = stage.path("/etc/systemd/system/sentinel.service");
+    let socket = stage.path("/etc/systemd/system/sentinel.socket");
     let state = stage.path("/var/lib/sentinel");
     for (path, want) in [
         (&binary, 0o755),
@@ -128,6 +129,7 @@ fn install_lays_out_files_with_their_modes_and_keeps_an_edited_config() {
         (&state, 0o750),
         (&state.join("country.mmdb"), 0o644),
         (&unit, 0o644),
+        (&socket, 0o644),
     ] {
         assert_eq!(mode(path), want, "mode of {}", path.display());
     }
@@ -268,9 +270,17 @@ fn installed_unit_passes_systemd_analyze_verify() {
         installed.replace("/usr/local/bin/sentinel", staged_binary.to_str().unwrap()),
     )
     .unwrap();
+    // The socket unit, with override.listen as the config has it.
+    let socket = fs::read_to_string(stage.path("/etc/systemd/system/sentinel.socket")).unwrap();
+    assert!(
+        socket.contains("\nListenStream=127.0.0.1:8787\n"),
+        "{socket}"
+    );
+    fs::write(unit_dir.join("sentinel.socket"), socket).unwrap();
     let out = Command::new("systemd-analyze")
         .args(["verify", "--man=no"])
         .arg(&unit)
+        .arg(unit_dir.join("sentinel.socket"))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

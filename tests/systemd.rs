@@ -4,7 +4,9 @@
 //! through `cargo xtask install --destdir`, and the test checks what an operator relies on:
 //! `systemctl start` returns once the agent said READY=1 and the unit is active; the watchdog
 //! keeps it alive past 60 s; `kill -9` of the main process is restarted; a block lands in
-//! nftables from inside the sandbox; `systemctl stop` is clean.
+//! nftables from inside the sandbox; `systemctl stop` is clean. The override endpoint's port
+//! is `sentinel.socket`'s from boot (a user process cannot take it before the agent starts),
+//! and the agent serves on that socket, again after its restart.
 //!
 //! This host has no systemd as PID 1, so the container runs unregistered
 //! (`--register=no --keep-unit`), with every capability and the `bpf`/`perf_event_open`
@@ -303,6 +305,63 @@ impl Drop for Container {
     }
 }
 
+/// Point the staged `sentinel.socket` at a free port and enable it (as `systemctl enable`
+/// would); the port.
+fn override_socket_at_boot(staged: &Path) -> u16 {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let unit = staged.join("etc/systemd/system/sentinel.socket");
+    let text = fs::read_to_string(&unit).unwrap();
+    assert!(text.contains("ListenStream=127.0.0.1:8787"), "{text}");
+    fs::write(
+        &unit,
+        text.replace("127.0.0.1:8787", &format!("127.0.0.1:{port}")),
+    )
+    .unwrap();
+    let wants = staged.join("etc/systemd/system/sockets.target.wants");
+    fs::create_dir_all(&wants).unwrap();
+    std::os::unix::fs::symlink(
+        "/etc/systemd/system/sentinel.socket",
+        wants.join("sentinel.socket"),
+    )
+    .unwrap();
+    port
+}
+
+/// The agent says it listens on systemd's socket, and answers HTTP there.
+fn assert_override_served(container: &Container, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = container.exec(&["sentinel", "status", "--json"]);
+        let status: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        if status["override"]["listening"] == true {
+            assert_eq!(status["override"]["socket"], "systemd", "{status}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the override endpoint is not served: {status}\n{}",
+            container.journal()
+        );
+        thread::sleep(Duration::from_millis(250));
+    }
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    conn.write_all(b"GET /decide HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    let _ = conn.read_to_string(&mut reply);
+    assert!(
+        reply.starts_with("HTTP/1.1 "),
+        "no HTTP answer on the socket: {reply:?}"
+    );
+}
+
 fn run(command: &mut Command) {
     let out = command.output().unwrap();
     assert!(
@@ -326,12 +385,29 @@ fn the_unit_runs_under_systemd() {
     let staged = install(stage.path());
     let table = Table::new("sd");
     let _net = TestNet::new("sd");
+    // The override endpoint on a free port (the container shares the host's network), its
+    // socket unit enabled as on an installed host: systemd binds it at boot.
+    let port = override_socket_at_boot(&staged);
     let container = Container::boot(&root, &staged, |config| {
         config
             .replace("table = \"sentinel\"", &format!("table = \"{}\"", table.0))
             .replace("connect_guard = true", "connect_guard = false")
             .replace("countdown = \"5m\"", "countdown = \"2s\"")
+            .replace(
+                "listen = \"127.0.0.1:8787\"",
+                &format!("listen = \"127.0.0.1:{port}\""),
+            )
+            .replace(
+                "public_url = \"\"",
+                &format!("public_url = \"http://127.0.0.1:{port}\""),
+            )
     });
+    // Booted, agent not started yet: the port is systemd's, so no user can take it first.
+    let squat = std::net::TcpListener::bind(("127.0.0.1", port));
+    assert!(
+        squat.is_err(),
+        "a user could take the override port before the agent started"
+    );
     eprintln!("container booted in {:.1?}", started.elapsed());
 
     // Type=notify: `systemctl start` returns once the agent sent READY=1, i.e. with the
@@ -353,6 +429,8 @@ fn the_unit_runs_under_systemd() {
     );
     let main_pid = container.unit("MainPID");
     assert_ne!(main_pid, "0");
+    // The agent serves the override endpoint on systemd's socket.
+    assert_override_served(&container, port);
 
     // A block lands in the test's nftables table, installed from inside the sandbox.
     knock(RU4, 9311);
@@ -398,6 +476,8 @@ fn the_unit_runs_under_systemd() {
         status.status.success(),
         "the restarted agent does not answer"
     );
+    // systemd kept the socket across the restart and handed it over again.
+    assert_override_served(&container, port);
 
     // A clean stop.
     let stop = container.exec(&["systemctl", "stop", "sentinel"]);

@@ -26,6 +26,11 @@ const STATE_DIR: &str = "/var/lib/sentinel";
 const RUNTIME_DIR: &str = "/run/sentinel";
 const UNIT: &str = "/etc/systemd/system/sentinel.service";
 const UNIT_NAME: &str = "sentinel.service";
+/// The override endpoint's socket, bound by systemd at boot (`config/sentinel.socket`).
+const SOCKET_UNIT: &str = "/etc/systemd/system/sentinel.socket";
+const SOCKET_NAME: &str = "sentinel.socket";
+/// `ListenStream=` in the shipped socket unit, rewritten to `override.listen`.
+const SHIPPED_LISTEN: &str = "ListenStream=127.0.0.1:8787";
 /// The ExecStart path in `config/sentinel.service`, rewritten to `--prefix`.
 const SHIPPED_PREFIX: &str = "/usr/local";
 /// How long `install` waits for the started agent to answer `sentinel status`.
@@ -131,6 +136,8 @@ struct Settings {
     geo_database: PathBuf,
     secret_file: PathBuf,
     table: String,
+    /// `override.listen`, for the socket unit.
+    listen: std::net::SocketAddr,
 }
 
 impl Settings {
@@ -163,7 +170,15 @@ impl Settings {
                 path.display()
             );
         }
+        let listen = string("override", "listen", "127.0.0.1:8787");
+        let listen = listen.parse().map_err(|e| {
+            anyhow::anyhow!(
+                "override.listen in {} is {listen:?}: {e} (expected address:port)",
+                path.display()
+            )
+        })?;
         Ok(Settings {
+            listen,
             geo_enabled: get("geo", "enabled")
                 .and_then(toml::Value::as_bool)
                 .unwrap_or(true),
@@ -359,6 +374,16 @@ pub fn install(args: &InstallArgs) -> anyhow::Result<()> {
         &place.binary().display().to_string(),
     );
     write_file(&unit, text.as_bytes(), 0o644)?;
+    let socket = place.on_target(SOCKET_UNIT);
+    step(format!(
+        "installing {} (override.listen {}, bound by systemd at boot)",
+        socket.display(),
+        settings.listen
+    ));
+    let shipped_socket =
+        fs::read_to_string(root.join("config/sentinel.socket")).context("reading config/")?;
+    let text = shipped_socket.replace(SHIPPED_LISTEN, &format!("ListenStream={}", settings.listen));
+    write_file(&socket, text.as_bytes(), 0o644)?;
 
     // 6. Start it.
     if place.destdir.is_some() {
@@ -381,8 +406,11 @@ pub fn install(args: &InstallArgs) -> anyhow::Result<()> {
     }
     step("systemctl daemon-reload");
     run(Command::new("systemctl").arg("daemon-reload"))?;
-    step(format!("systemctl enable {UNIT_NAME}"));
-    run(Command::new("systemctl").args(["enable", UNIT_NAME]))?;
+    step(format!("systemctl enable {UNIT_NAME} {SOCKET_NAME}"));
+    run(Command::new("systemctl").args(["enable", UNIT_NAME, SOCKET_NAME]))?;
+    // The socket first: a restart of the service alone would not rebind a changed address.
+    step(format!("systemctl restart {SOCKET_NAME}"));
+    run(Command::new("systemctl").args(["restart", SOCKET_NAME]))?;
     // restart, not start: after an upgrade the running agent must pick up the new binary.
     step(format!("systemctl restart {UNIT_NAME}"));
     let started = run(Command::new("systemctl").args(["restart", UNIT_NAME]));
@@ -462,8 +490,10 @@ pub fn uninstall(args: &UninstallArgs) -> anyhow::Result<()> {
 
     // 1. Stop the agent.
     if place.systemd() {
-        step(format!("systemctl disable --now {UNIT_NAME}"));
-        if let Err(e) = run(Command::new("systemctl").args(["disable", "--now", UNIT_NAME])) {
+        step(format!("systemctl disable --now {UNIT_NAME} {SOCKET_NAME}"));
+        if let Err(e) =
+            run(Command::new("systemctl").args(["disable", "--now", UNIT_NAME, SOCKET_NAME]))
+        {
             println!("    {e:#} (continuing: the unit may not be installed)");
         }
     } else if place.destdir.is_none() {
@@ -498,7 +528,11 @@ pub fn uninstall(args: &UninstallArgs) -> anyhow::Result<()> {
 
     // 3. The unit and the binary.
     let mut removed_unit = false;
-    for path in [place.on_target(UNIT), place.on_target(place.binary())] {
+    for path in [
+        place.on_target(UNIT),
+        place.on_target(SOCKET_UNIT),
+        place.on_target(place.binary()),
+    ] {
         if path.exists() {
             step(format!("removing {}", path.display()));
             fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;

@@ -68,5 +68,16 @@ pub fn run(cli: &Cli, args: &JsonArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or_default()
         )?;
     }
+    let o = &status.override_;
+    if o.enabled {
+        match (&o.socket, &o.last_error) {
+            (Some(socket), _) => writeln!(out, "override endpoint: listening (socket: {socket})")?,
+            (None, why) => writeln!(
+                out,
+                "override endpoint: NOT LISTENING: {}",
+                why.as_deref().unwrap_or("starting")
+            )?,
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -51,6 +51,8 @@ pub struct Shared {
     pub store: Arc<crate::store::StoreStats>,
     /// Whether blocks land (written by the switch's worker).
     pub enforce: Arc<crate::switch::worker::Health>,
+    /// Whether the override endpoint listens, and why not.
+    pub override_: Arc<crate::override_http::listener::Health>,
     pub hub: Hub,
     /// Answers to pending decisions, to the switch.
     pub answers: mpsc::Sender<Answer>,
@@ -136,6 +138,7 @@ impl Shared {
                 last_error: self.enforce.last_error(),
             },
             fleet: self.fleet.as_ref().map(|f| f.snapshot()),
+            override_: self.override_.status(),
         }
     }
 }

@@ -68,6 +68,10 @@ pub struct Status {
     /// `fleet.postgres_url` is empty.
     #[serde(default)]
     pub fleet: Option<crate::fleet::FleetStatus>,
+    /// The override endpoint: `enabled`, `listening`, `socket` (`systemd` or `agent`),
+    /// `last_error` while it could not bind.
+    #[serde(default, rename = "override")]
+    pub override_: crate::override_http::listener::OverrideStatus,
 }
 
 /// Enforcement health in `status --json`.

@@ -39,6 +39,8 @@ use crate::{
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let agent = &config.agent;
     control::ensure_not_running(&agent.socket)?;
+    // First, before a user's process could take its port: the override endpoint's socket.
+    let override_socket = startup::take_override_socket(&config);
     let enrich = startup::open_enrichment(&config)?;
     let mut sensors = startup::load_sensors(agent, std::process::id())?;
     let seeded = startup::seed_tree()?;
@@ -51,9 +53,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (answers_tx, answers_rx) = mpsc::channel::<Answer>(64);
     let mut tasks = Vec::new();
     let secret = startup::load_override_key(&config)?;
-    tasks.extend(
-        startup::start_override_endpoint(&config, secret.as_ref(), answers_tx.clone()).await?,
-    );
+    let override_health = std::sync::Arc::new(crate::override_http::listener::Health::default());
+    tasks.extend(startup::start_override_endpoint(
+        &config,
+        secret.as_ref(),
+        override_socket,
+        override_health.clone(),
+        answers_tx.clone(),
+    ));
     let (chat, notify_stats) = startup::start_chat(
         &config,
         secret,
@@ -69,9 +76,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         &config,
         &sensors,
         seeded.tree.len(),
-        notify_stats,
-        store.stats,
-        switch.health,
+        startup::HealthReports {
+            notify: notify_stats,
+            store: store.stats,
+            enforce: switch.health,
+            override_: override_health,
+        },
         answers_tx.clone(),
     );
     let (fleet_task, fleet_rx) = startup::start_fleet(&config, &shared, answers_tx);

@@ -270,30 +270,38 @@ pub fn load_override_key(config: &Config) -> anyhow::Result<Option<Arc<Secret>>>
     Ok(Some(Arc::new(secret)))
 }
 
-/// Serve signed links and Slack clicks on `override.listen`, when there is a key.
-pub async fn start_override_endpoint(
+/// The override endpoint's socket, taken as the agent's first step: systemd's
+/// (`sentinel.socket`), else `override.listen` bound now. None when the endpoint is off.
+pub fn take_override_socket(config: &Config) -> Option<override_http::listener::Early> {
+    (!config.override_.public_url.is_empty())
+        .then(|| override_http::listener::early(&config.override_.listen))
+}
+
+/// Serve signed links and Slack clicks on `override.listen`, when there is a key. A socket
+/// that could not be had yet is retried in the background (`health` says so meanwhile).
+pub fn start_override_endpoint(
     config: &Config,
     secret: Option<&Arc<Secret>>,
+    socket: Option<override_http::listener::Early>,
+    health: Arc<override_http::listener::Health>,
     answers: mpsc::Sender<Answer>,
-) -> anyhow::Result<Option<JoinHandle<()>>> {
-    let Some(secret) = secret else {
-        return Ok(None);
-    };
-    let listener = tokio::net::TcpListener::bind(&config.override_.listen)
-        .await
-        .with_context(|| format!("binding override.listen {}", config.override_.listen))?;
-    let serve = override_http::serve(
-        listener,
-        config,
-        secret.clone(),
-        answers,
-        notify::slack::outcome_message,
-    );
-    Ok(Some(tokio::spawn(async move {
+) -> Option<JoinHandle<()>> {
+    let (secret, socket) = (secret?.clone(), socket?);
+    let config = config.clone();
+    Some(tokio::spawn(async move {
+        let listen = config.override_.listen.clone();
+        let listener = override_http::listener::listener(socket, &listen, &health).await;
+        let serve = override_http::serve(
+            listener,
+            &config,
+            secret,
+            answers,
+            notify::slack::outcome_message,
+        );
         if let Err(e) = serve.await {
             error!("the override endpoint stopped: {e}");
         }
-    })))
+    }))
 }
 
 /// Chat: announced decisions go out through every configured channel; answers (signed links,
@@ -345,11 +353,15 @@ pub fn share_state(
     config: &Config,
     sensors: &sensors::Sensors,
     processes: usize,
-    notify: Arc<NotifyStats>,
-    store: Arc<StoreStats>,
-    enforce: Arc<Health>,
+    health: HealthReports,
     answers: mpsc::Sender<Answer>,
 ) -> (Arc<Shared>, mpsc::Receiver<Unblock>) {
+    let HealthReports {
+        notify,
+        store,
+        enforce,
+        override_,
+    } = health;
     let (unblock_tx, unblocks) = mpsc::channel::<Unblock>(16);
     let shared = Arc::new(Shared {
         host: config.host_id().into(),
@@ -365,12 +377,21 @@ pub fn share_state(
         notify,
         store,
         enforce,
+        override_,
         hub: Hub::default(),
         answers,
         unblocks: unblock_tx,
         fleet: config.fleet.enabled().then(Default::default),
     });
     (shared, unblocks)
+}
+
+/// What the parts started before the shared state report about themselves, for `status`.
+pub struct HealthReports {
+    pub notify: Arc<NotifyStats>,
+    pub store: Arc<StoreStats>,
+    pub enforce: Arc<Health>,
+    pub override_: Arc<override_http::listener::Health>,
 }
 
 /// Ship to the fleet store when `[fleet]` is on; its commands come back to the loop.

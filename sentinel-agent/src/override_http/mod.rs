@@ -16,6 +16,7 @@
 mod chromium;
 pub mod limit;
 pub mod links;
+pub mod listener;
 mod page;
 mod slack;
 #[cfg(test)]
