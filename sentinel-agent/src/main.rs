@@ -14,6 +14,7 @@ mod sensors;
 mod store;
 mod switch;
 mod untrusted;
+mod untrusted_file;
 
 /// mimalloc: the agent allocates and frees a dozen small strings per event; glibc's malloc
 /// spent a fifth of the agent's time on them (fastbin consolidation included).

@@ -9,11 +9,15 @@
 //! service managers). T1496.
 
 use rustc_hash::FxHashMap;
-use std::time::{Duration, Instant};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use serde::Deserialize;
 
 use super::{Anomaly, Culprit, Finding, patterns, temp_or_memory};
+use crate::untrusted_file::{Links, Unreadable, read_head};
 
 /// `[miner]`: what counts as a miner's port and CPU use.
 #[derive(Debug, Clone, Deserialize)]
@@ -79,12 +83,22 @@ struct Suspect {
 }
 
 /// Whether `path` is a script (`#!`): the kernel ran its interpreter, not the file itself.
-fn is_script(path: &str) -> bool {
-    use std::io::Read;
-    let mut head = [0u8; 2];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut head))
-        .is_ok_and(|()| &head == b"#!")
+/// The path is the process's choice (it may be a FIFO by now), so it is read as an
+/// [`UntrustedFile`](crate::untrusted_file): a symlink is followed (scripts are often run
+/// through one, `node_modules/.bin/tsc`), to a regular file only. `Err` says why it could not
+/// be read; the caller takes that as "not a script".
+fn is_script(path: &str) -> Result<bool, Unreadable> {
+    Ok(read_head(Path::new(path), Links::Follow, 2)? == b"#!")
+}
+
+/// Why a temp or memory executable is a suspect: where it runs from, and what made its file
+/// unreadable when that is a trap (a FIFO or device swapped in after the exec).
+fn located_why(exe: &str) -> Option<String> {
+    match is_script(exe) {
+        Ok(true) => None,
+        Err(e) if e.is_trap() => Some(format!("runs from {exe} ({e})")),
+        Ok(false) | Err(_) => Some(format!("runs from {exe}")),
+    }
 }
 
 pub struct Miner {
@@ -110,10 +124,10 @@ impl Miner {
         let located = culprit
             .exe
             .as_deref()
-            .filter(|e| temp_or_memory(e) && !is_script(e));
-        if let Some(exe) = located {
-            why.push(format!("runs from {exe}"));
-        }
+            .filter(|e| temp_or_memory(e))
+            .and_then(located_why);
+        let is_located = located.is_some();
+        why.extend(located);
         let args = argv.join(" ");
         let marker = [
             culprit.comm.as_str(),
@@ -136,7 +150,7 @@ impl Miner {
             Suspect {
                 culprit: culprit.clone(),
                 why,
-                located: located.is_some(),
+                located: is_located,
                 raised: finding.is_some(),
                 busy_since: None,
                 raised_cpu: false,
@@ -270,6 +284,25 @@ mod tests {
         c.exe = Some(bin.display().to_string());
         assert!(m.on_exec(&c, &[bin.display().to_string()]).is_none());
         assert!(m.on_connect(|| c.clone(), 3333).is_some());
+    }
+
+    #[test]
+    fn a_fifo_swapped_in_after_the_exec_is_answered_at_once() {
+        use crate::untrusted_file::testing::{answers_at_once, mkfifo};
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let path = dir.path().join("a");
+        mkfifo(&path);
+        let exe = path.display().to_string();
+        let (mut m, c) = answers_at_once(move || {
+            let mut m = miner();
+            let mut c = culprit(8, "a", &[]);
+            c.exe = Some(exe.clone());
+            assert!(m.on_exec(&c, &[exe]).is_none());
+            (m, c)
+        });
+        // Not a script, so a suspect; its alert says what the agent found there.
+        let f = m.on_connect(|| c.clone(), 3333).unwrap();
+        assert!(f.detail.contains("(unreadable: fifo)"), "{}", f.detail);
     }
 
     #[test]

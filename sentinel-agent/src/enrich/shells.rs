@@ -16,9 +16,12 @@ use std::{
 
 use sentinel_common::events::exec::ExeId;
 use sha2::{Digest, Sha256};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use crate::config::name_matches;
+use crate::{
+    config::name_matches,
+    untrusted_file::{Links, UntrustedFile},
+};
 
 /// Verdicts kept before the cache is emptied (a host runs far fewer distinct executables).
 const CACHE_MAX: usize = 4096;
@@ -57,10 +60,11 @@ pub struct Shells {
     cache: HashMap<FileKey, bool>,
 }
 
-/// SHA-256 of an open file's content.
-fn hash(mut file: &File) -> std::io::Result<[u8; 32]> {
+/// SHA-256 of an open file's content, at most `limit` bytes of it.
+fn hash(file: &File, limit: u64) -> std::io::Result<[u8; 32]> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
+    let mut file = file.take(limit);
     loop {
         let n = file.read(&mut buf)?;
         if n == 0 {
@@ -102,7 +106,7 @@ impl Shells {
             if !seen.insert((meta.dev(), meta.ino())) {
                 continue;
             }
-            match (file.metadata(), hash(&file)) {
+            match (file.metadata(), hash(&file, u64::MAX)) {
                 (Ok(meta), Ok(digest)) if meta.is_file() => {
                     shells.sizes.insert(meta.size());
                     shells.hashes.insert(digest);
@@ -133,16 +137,18 @@ impl Shells {
         self.hashes.len()
     }
 
-    /// Whether the file open as `file` is a shell.
-    fn is_shell_file(&mut self, file: &File) -> std::io::Result<bool> {
-        let meta = file.metadata()?;
-        let key = FileKey::of(&meta);
+    /// Whether the regular file open as `file` is a shell. One byte past its size is hashed,
+    /// so a file that grows while it is read never keeps the hash going, and is no shell.
+    fn is_shell_file(&mut self, file: &UntrustedFile) -> std::io::Result<bool> {
+        let meta = file.metadata();
+        let key = FileKey::of(meta);
         if let Some(&verdict) = self.cache.get(&key) {
             return Ok(verdict);
         }
-        let verdict = meta.is_file()
-            && self.sizes.contains(&meta.size())
-            && self.hashes.contains(&hash(file)?);
+        let verdict = self.sizes.contains(&meta.size())
+            && self
+                .hashes
+                .contains(&hash(file.file(), meta.size().saturating_add(1))?);
         if self.cache.len() >= CACHE_MAX {
             self.cache.clear();
         }
@@ -155,6 +161,8 @@ impl Shells {
     /// may have exec'd again by now (`sh -c 'python3 …'` replaces sh at once). The file is
     /// `/proc/<pid>/exe` (right even when the path was replaced or deleted), else `filename`
     /// if absolute; when neither is the exec'd file, the name decides (`lineage.shells`).
+    /// Both are opened as an [`UntrustedFile`]: a FIFO or device put at `filename` after the
+    /// exec is refused at once (the name decides), never waited on.
     pub fn is_shell(
         &mut self,
         proc_root: &Path,
@@ -168,9 +176,14 @@ impl Shells {
             filename.starts_with('/').then(|| PathBuf::from(filename)),
         ];
         for path in candidates.into_iter().flatten() {
-            let Ok(file) = File::open(path) else { continue };
-            let Ok(meta) = file.metadata() else { continue };
-            if !is_same_file(exe, &meta) {
+            let file = match UntrustedFile::open(&path, Links::Follow) {
+                Ok(file) => file,
+                Err(e) => {
+                    debug!(path = %path.display(), "shell check: {e}");
+                    continue;
+                }
+            };
+            if !is_same_file(exe, file.metadata()) {
                 continue;
             }
             if let Ok(verdict) = self.is_shell_file(&file) {
@@ -274,6 +287,25 @@ mod tests {
         let none = Path::new("/nonexistent-proc");
         assert!(shells.is_shell(none, 1, "relative/path", "mysh", ExeId::default()));
         assert!(!shells.is_shell(none, 1, "/gone/for/good", "git", ExeId::default()));
+    }
+
+    #[test]
+    fn a_fifo_at_the_exec_d_path_is_answered_at_once_by_the_name() {
+        use crate::untrusted_file::testing::{answers_at_once, mkfifo};
+        let (dir, shells) = fixture();
+        let fifo = dir.path().join("kworker");
+        mkfifo(&fifo);
+        let path = fifo.display().to_string();
+        let verdicts = answers_at_once(move || {
+            let mut shells = shells;
+            let none = Path::new("/nonexistent-proc");
+            [
+                shells.is_shell(none, 1, &path, "mysh", ExeId::default()),
+                shells.is_shell(none, 1, &path, "kworker", ExeId::default()),
+            ]
+        });
+        assert_eq!(verdicts, [true, false]);
+        drop(dir);
     }
 
     #[test]

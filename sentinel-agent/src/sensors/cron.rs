@@ -7,7 +7,6 @@
 use std::{
     collections::HashMap,
     ffi::OsString,
-    io::Read,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
@@ -23,6 +22,7 @@ use crate::{
         cron::{Change, added_lines},
     },
     store::history::{History, Snapshot},
+    untrusted_file::{Links, UntrustedFile},
 };
 
 /// Bytes of a cron file read at most (cron files are small; a huge one is cut).
@@ -173,16 +173,19 @@ impl Watcher {
     }
 }
 
-/// A regular file's text (at most [`MAX_FILE`] bytes) and owner.
+/// A regular file's text (at most [`MAX_FILE`] bytes) and owner. Opened as an
+/// [`UntrustedFile`]: a FIFO or device in a cron directory is skipped at once, not waited on
+/// (this thread would stop watching); a symlink is followed (cron files may be links).
 fn read_file(path: &Path) -> Option<(String, u32)> {
-    let file = std::fs::File::open(path).ok()?;
-    let meta = file.metadata().ok()?;
-    if !meta.is_file() {
-        return None;
+    let read = UntrustedFile::open(path, Links::Follow)
+        .and_then(|file| Ok((file.head(MAX_FILE)?, file.metadata().uid())));
+    match read {
+        Ok((bytes, uid)) => Some((String::from_utf8_lossy(&bytes).into_owned(), uid)),
+        Err(e) => {
+            debug!(path = %path.display(), "cron file {e}");
+            None
+        }
     }
-    let mut bytes = Vec::new();
-    file.take(MAX_FILE).read_to_end(&mut bytes).ok()?;
-    Some((String::from_utf8_lossy(&bytes).into_owned(), meta.uid()))
 }
 
 #[cfg(test)]
@@ -240,5 +243,11 @@ mod tests {
                 .is_err(),
             "unchanged content reported"
         );
+        // A FIFO moved into place is skipped, and the watcher goes on.
+        crate::untrusted_file::testing::mkfifo(&dir.path().join("trap"));
+        std::fs::rename(dir.path().join("trap"), cron_d.join("trap")).unwrap();
+        std::fs::write(cron_d.join("after"), "* * * * * root wget -q x.example\n").unwrap();
+        let c = next(&mut rx).await;
+        assert_eq!(c.path, cron_d.join("after"));
     }
 }
