@@ -208,6 +208,50 @@ fn shell_under_a_web_server_raises_lineage_and_its_twin_does_not() {
     assert_eq!(s(&exec["ancestors"][0]), "node", "{exec}");
 }
 
+/// `python3 /tmp/…/pip` is a script somebody uploaded, not pip: its name (argv) buys no
+/// package-manager exemption, so the shell it runs below a listening server is `lineage`.
+#[test]
+fn a_script_named_pip_below_a_server_buys_no_exemption() {
+    if !require_root("a_script_named_pip_below_a_server_buys_no_exemption") {
+        return;
+    }
+    let _serial = serial();
+    let agent = Agent::start("");
+    // The upload, owned by nobody (65534) like a file a web exploit drops.
+    let upload = tempfile::tempdir().unwrap();
+    let pip = upload.path().join("pip");
+    std::fs::write(
+        &pip,
+        "import subprocess\nsubprocess.run(['/bin/sh', '-c', 'id >/dev/null'])\n",
+    )
+    .unwrap();
+    std::os::unix::fs::chown(&pip, Some(65534), Some(65534)).unwrap();
+    // A listening python3 server runs it.
+    let server = format!(
+        "import socket, subprocess\n\
+         s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n\
+         subprocess.run(['/usr/bin/python3', '{}'], check=True)\n",
+        pip.display()
+    );
+    let child = Command::new("/usr/bin/python3")
+        .args(["-c", &server])
+        .spawn()
+        .unwrap();
+    let server_pid = child.id();
+    assert!(child.wait_with_output().unwrap().status.success());
+
+    // Only alerts about this test's server count: other tests run on this kernel too.
+    let about = format!("web server pid {server_pid}");
+    let alert = agent.wait_for("alert", "lineage below the upload named pip", |a| {
+        a["anomaly"] == "lineage" && s(&a["detail"]).contains(&about)
+    });
+    assert_eq!(s(&alert["comm"]), "sh", "{alert}");
+    assert!(
+        s(&alert["detail"]).contains("python3 → python3 → sh"),
+        "{alert}"
+    );
+}
+
 #[test]
 fn sustained_cpu_raises_resource() {
     if !require_root("sustained_cpu_raises_resource") {

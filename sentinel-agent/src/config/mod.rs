@@ -346,9 +346,10 @@ pub struct LineageConfig {
     /// Any other program that accepts connections (a renamed server binary) is a web server
     /// too. Off: only `web_servers` and listening `interpreters` are.
     pub any_listener: bool,
-    /// Package managers (apt, dpkg, npm, pip, …), by process name or by the script an
-    /// interpreter runs: never web servers, and the shells they run (install scripts) are
-    /// theirs, not the server's above them.
+    /// Package managers (apt, dpkg, npm, pip, …), by the name of the program or of the script
+    /// an interpreter runs, which must also be the installed system's root-owned file: never
+    /// web servers, and the shells they run (install scripts) are theirs. Never below a web
+    /// server, and never by comm or argv alone.
     pub package_managers: Vec<String>,
     /// Services that accept connections and hand out shells by design (init, logins,
     /// terminal multiplexers, container runtimes): never web servers.
@@ -372,7 +373,7 @@ impl Default for LineageConfig {
                 "apt-get",
                 "aptitude",
                 "dpkg",
-                "unattended-upgr",
+                "unattended-upgrade",
                 "npm",
                 "npm-cli",
                 "npx",

@@ -23,6 +23,9 @@ pub fn name_matches(name: &str, comm: &str) -> bool {
 /// Kernel comms are at most 15 bytes: a longer name can never match.
 const COMM_MAX: usize = 15;
 
+/// A file name (NAME_MAX).
+const FILE_NAME_MAX: usize = 255;
+
 impl Config {
     /// Everything wrong with the values, each naming its key.
     pub fn problems(&self) -> Vec<Problem> {
@@ -109,7 +112,6 @@ impl Config {
         for (key, names) in [
             ("lineage.web_servers", &l.web_servers),
             ("lineage.interpreters", &l.interpreters),
-            ("lineage.package_managers", &l.package_managers),
             ("lineage.shell_services", &l.shell_services),
             ("lineage.shells", &l.shells),
         ] {
@@ -120,6 +122,15 @@ impl Config {
                         format!("{name:?} is not a process name (1 to {COMM_MAX} bytes, no '/')"),
                     );
                 }
+            }
+        }
+        // Package managers are matched on file names (the program or script), not on comm.
+        for name in &l.package_managers {
+            if name.is_empty() || name.len() > FILE_NAME_MAX || name.contains('/') {
+                bad(
+                    "lineage.package_managers",
+                    format!("{name:?} is not a file name (1 to {FILE_NAME_MAX} bytes, no '/')"),
+                );
             }
         }
         for rule in &l.allow {

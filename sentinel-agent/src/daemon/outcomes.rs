@@ -124,7 +124,7 @@ impl Pipeline {
             crate::fleet::Command::Block { addr, tag } => {
                 match self
                     .switch
-                    .block_shared(&self.detect.trust, addr, &tag, SystemTime::now())
+                    .block_shared(&self.detect.trust, addr, &tag, Now::read())
                 {
                     Ok(true) => debug!(%addr, by = %tag, "shared block: queued"),
                     Ok(false) => {

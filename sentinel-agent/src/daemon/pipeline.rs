@@ -216,8 +216,7 @@ impl Pipeline {
             KernelEvent::Exec(e) => {
                 self.tree
                     .on_exec(e.tgid, e.ppid, e.start_ns, &e.comm, &e.filename);
-                let package_manager = self.detect.lineage.is_package_manager(&e.filename, &e.argv);
-                self.tree.set_exec_details(e.tgid, e.exe, package_manager);
+                self.tree.set_exec_details(e.tgid, e.exe);
                 if self.is_agent(e.tgid) {
                     return;
                 }
@@ -342,7 +341,9 @@ impl Pipeline {
     }
 
     /// `lineage` for the exec of `culprit`: its ancestors' roles come from the tree, and the
-    /// executable is hashed (cached) only when a web server is above it.
+    /// executable is hashed (cached) only when a web server is above it. Whether the new
+    /// program is a package manager (for the walks of its descendants) is settled here too:
+    /// it needs the same ancestors, since none below a web server is one.
     fn lineage(
         &mut self,
         culprit: &Culprit,
@@ -364,6 +365,14 @@ impl Pipeline {
                 package_manager,
                 roles: class.map(|class| self.roles_of(*pid, comm, class)),
             });
+        }
+        let below_server = || self.detect.lineage.web_server(&ancestors).is_some();
+        if self
+            .detect
+            .lineage
+            .is_package_manager(filename, argv, below_server)
+        {
+            self.tree.mark_package_manager(culprit.pid);
         }
         let Detectors {
             lineage, shells, ..

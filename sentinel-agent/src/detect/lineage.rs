@@ -7,8 +7,10 @@
 //!   did. Dedicated daemons (`lineage.web_servers`: nginx, apache2, httpd, php-fpm) count by
 //!   name; general interpreters (`lineage.interpreters`) and any other program
 //!   (`lineage.any_listener`) count only while they accept connections. Package managers
-//!   (`lineage.package_managers`) never count, and the walk up the tree stops at one: the
-//!   shells an install runs are the package manager's, not the server's above it. Services
+//!   never count, and the walk up the tree stops at one: the shells an install runs are the
+//!   package manager's. A package manager is recognised by its installed, root-owned file
+//!   ([`super::package_manager`]), never by its comm or argv alone, and never below a web
+//!   server: the real `npm` run by an exploited server is still the server's. Services
 //!   that hand out shells by design (`lineage.shell_services`: init, sshd, tmux, …) are not
 //!   web servers either, so an SSH login below a listening sshd raises nothing.
 //! - a *shell* is a program whose executable is an installed shell (`enrich::shells`:
@@ -16,9 +18,12 @@
 
 use rustc_hash::FxHashMap;
 
-use crate::config::{LineageConfig, name_matches};
+use crate::{
+    config::{LineageConfig, name_matches},
+    enrich::installed::SystemFiles,
+};
 
-use super::{Anomaly, Culprit, Finding};
+use super::{Anomaly, Culprit, Finding, package_manager};
 
 /// What the pipeline knows about one ancestor of the new process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,7 +32,8 @@ pub struct Ancestor<'a> {
     pub comm: &'a str,
     /// It accepts connections (it, or the pool master that forked it, called `listen`).
     pub listening: bool,
-    /// It runs a package manager.
+    /// It runs a package manager (an installed one, not below a web server:
+    /// [`Lineage::is_package_manager`]).
     pub package_manager: bool,
     /// What its comm is to `lineage` ([`Lineage::roles`]) when the caller kept it from an
     /// earlier exec; looked up otherwise.
@@ -106,12 +112,23 @@ impl Names {
 pub struct Lineage {
     config: LineageConfig,
     names: Names,
+    /// The host's installed files, where package managers are looked up.
+    files: SystemFiles,
 }
 
 impl Lineage {
     pub fn new(config: LineageConfig) -> Self {
+        Self::with_files(config, SystemFiles::default())
+    }
+
+    /// [`Lineage::new`], looking package managers up in `files`.
+    pub fn with_files(config: LineageConfig, files: SystemFiles) -> Self {
         let names = Names::new(&config);
-        Self { config, names }
+        Self {
+            config,
+            names,
+            files,
+        }
     }
 
     /// What the process name `comm` is to `lineage` (a hash lookup or a few: worth caching
@@ -120,29 +137,29 @@ impl Lineage {
         self.names.roles(comm)
     }
 
-    /// Whether a process that exec'd `filename` with `argv` runs a package manager: by the
-    /// program's name, or, for an interpreter, by the script it runs (`node /usr/bin/npm`,
-    /// `python3 -m pip`).
-    pub fn is_package_manager(&self, filename: &str, argv: &[String]) -> bool {
-        fn stem(path: &str) -> &str {
-            let base = path.rsplit('/').next().unwrap_or(path);
-            base.strip_suffix(".js").unwrap_or(base)
-        }
-        if self.names.roles(stem(filename)).package_manager {
-            return true;
-        }
-        let script = match argv.get(1).map(String::as_str) {
-            Some("-m") => argv.get(2).map(String::as_str),
-            other => other,
-        };
-        script.is_some_and(|s| self.names.roles(stem(s)).package_manager)
+    /// Whether a process that exec'd `filename` with `argv` runs a package manager: the
+    /// program, or for an interpreter the script it runs (`node /usr/bin/npm`), is named in
+    /// `lineage.package_managers` and is the installed system's file, and the process is not
+    /// below a web server (`below_server`, asked only when the rest holds).
+    pub fn is_package_manager(
+        &self,
+        filename: &str,
+        argv: &[String],
+        below_server: impl FnOnce() -> bool,
+    ) -> bool {
+        package_manager::claim(filename, argv, |name| {
+            self.names.roles(name).package_manager
+        })
+        .is_some_and(|claim| !below_server() && claim.holds(&self.files))
     }
 
-    /// The nearest ancestor that is a web server, unless a package manager comes first.
+    /// The nearest ancestor that is a web server, unless a package manager comes first. Only
+    /// a recognised package manager ([`Ancestor::package_manager`]) stops the walk: a comm is
+    /// whatever its process chose.
     pub fn web_server<'a>(&self, ancestors: &'a [Ancestor<'a>]) -> Option<&'a Ancestor<'a>> {
         for a in ancestors {
             let roles = a.roles.unwrap_or_else(|| self.names.roles(a.comm));
-            if a.package_manager || roles.package_manager {
+            if a.package_manager {
                 return None;
             }
             if roles.shell_service {
@@ -340,25 +357,71 @@ mod tests {
     }
 
     #[test]
-    fn package_managers_never_and_they_shield_what_is_above() {
+    fn a_recognised_package_manager_is_never_a_server_and_shields_what_is_below() {
         let l = lineage("");
-        let c = culprit(30, "sh", &[(20, "npm"), (10, "node")]);
-        // npm listening briefly is still not a server.
-        let a = up(&[(20, "npm", true, false)]);
+        let c = culprit(30, "sh", &[(20, "npm"), (10, "systemd")]);
+        // The real npm listening briefly is still not a server.
+        let a = up(&[(20, "npm", true, true)]);
         assert!(l.on_exec(&c, &[], &a, shell).is_none());
-        // A deploy webhook (listening node) running `npm install`: the lifecycle shell is npm's.
         let a = up(&[(20, "node", false, true), (10, "node", true, false)]);
         assert!(l.on_exec(&c, &[], &a, shell).is_none());
-        assert!(l.is_package_manager("/usr/bin/node", &argv("node /usr/bin/npm install")));
-        assert!(l.is_package_manager(
-            "/usr/bin/node",
-            &argv("node /usr/lib/node_modules/npm/bin/npm-cli.js run x")
+    }
+
+    #[test]
+    fn a_comm_buys_no_exemption() {
+        let l = lineage("");
+        let c = culprit(30, "sh", &[(20, "pip"), (10, "python3")]);
+        // A listener that calls itself `pip` is a server like any other.
+        let a = up(&[(20, "pip", true, false)]);
+        assert!(l.on_exec(&c, &[], &a, shell).is_some());
+        // A process named `pip` (comm only) does not shield the listening server above it.
+        let a = up(&[(20, "pip", false, false), (10, "python3", true, false)]);
+        let f = l.on_exec(&c, &[], &a, shell).unwrap();
+        assert_eq!(f.subject, 10);
+    }
+
+    /// A fake host with Debian's npm and node, and an upload in the web root.
+    fn on_host(dir: &std::path::Path) -> Lineage {
+        use crate::enrich::installed::testing::{file, foreign, link};
+        file(dir, "usr/share/nodejs/npm/bin/npm-cli.js", 0o755);
+        link(dir, "usr/bin/npm", "../share/nodejs/npm/bin/npm-cli.js");
+        file(dir, "usr/bin/node", 0o755);
+        file(dir, "usr/bin/python3", 0o755);
+        file(dir, "usr/bin/apt-get", 0o755);
+        file(dir, "var/www/up/pip", 0o755);
+        let files = foreign(dir, "var/www/up/pip", 33);
+        let config = Config::parse("", std::path::Path::new("t.toml"))
+            .unwrap()
+            .lineage;
+        Lineage::with_files(config, files)
+    }
+
+    #[test]
+    fn package_managers_are_installed_files_never_below_a_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = on_host(dir.path());
+        let top = || false;
+        let is_pm = |filename: &str, args: &str| l.is_package_manager(filename, &argv(args), top);
+        if nix::unistd::geteuid().is_root() {
+            assert!(is_pm("/usr/bin/node", "node /usr/bin/npm install"));
+            assert!(is_pm("/usr/bin/apt-get", "apt-get update"));
+        }
+        assert!(!is_pm(
+            "/usr/bin/python3",
+            "python3 /var/www/up/pip install"
         ));
-        assert!(l.is_package_manager("/usr/bin/python3", &argv("python3 -m pip install x")));
-        assert!(l.is_package_manager("/usr/bin/apt-get", &argv("apt-get update")));
-        assert!(l.is_package_manager("/usr/bin/dpkg", &argv("dpkg -i x.deb")));
-        assert!(!l.is_package_manager("/usr/bin/node", &argv("node server.js")));
-        assert!(!l.is_package_manager("/usr/bin/python3", &argv("python3 -c x")));
+        assert!(!is_pm("/usr/bin/python3", "python3 -m pip install x"));
+        assert!(!is_pm("/usr/bin/node", "node server.js"));
+        assert!(
+            !is_pm("/usr/bin/dpkg", "dpkg -i x.deb"),
+            "not installed here"
+        );
+        // The real npm, run by an exploited server, is the server's.
+        let npm = argv("node /usr/bin/npm install");
+        assert!(!l.is_package_manager("/usr/bin/node", &npm, || true));
+        // Below a server is asked only of a claim that could hold.
+        let server = || panic!("asked without a claim");
+        assert!(!l.is_package_manager("/usr/bin/node", &argv("node app.js"), server));
     }
 
     #[test]

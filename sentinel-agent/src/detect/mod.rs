@@ -13,6 +13,7 @@ pub mod lineage;
 pub mod miner;
 pub mod node_abuse;
 pub mod npm;
+pub mod package_manager;
 pub mod patterns;
 pub mod resource;
 pub mod respawn;

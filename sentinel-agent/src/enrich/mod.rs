@@ -4,10 +4,12 @@
 //! (`geo`: a MaxMind-format database), and whether an address is trusted (`trust`: `trust.ips`,
 //! loopback, peers of authenticated SSH sessions read by `ssh`, their connections asked of the
 //! kernel by `sockets`), which `detect` and the `switch` consult before they act; and what a
-//! program is (`shells`: an installed shell, by content; `listeners`: which processes already
-//! accept connections when the agent starts).
+//! program is (`shells`: an installed shell, by content; `installed`: a root-owned file of the
+//! installed system; `listeners`: which processes already accept connections when the agent
+//! starts).
 
 pub mod geo;
+pub mod installed;
 pub mod listeners;
 pub mod outbound;
 pub mod shells;

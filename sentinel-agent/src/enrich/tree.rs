@@ -33,8 +33,9 @@ pub struct Proc {
     /// It called `listen(2)` since its last exec, or it is a forked worker of a process that
     /// did (a pool's worker holds the pool's listening socket): it accepts connections.
     pub listening: bool,
-    /// It runs a package manager (apt, dpkg, npm, pip, …), directly or as an interpreter's
-    /// script; set by the pipeline at exec, inherited by forks.
+    /// It runs an installed package manager (apt, dpkg, npm, pip, …), directly or as an
+    /// interpreter's script, and is not below a web server; set by the pipeline at exec
+    /// (`lineage`), inherited by forks.
     pub package_manager: bool,
 }
 
@@ -227,11 +228,17 @@ impl ProcessTree {
         }
     }
 
-    /// The exec identity and role of `tgid`, set after [`ProcessTree::on_exec`].
-    pub fn set_exec_details(&mut self, tgid: u32, exe: ExeId, package_manager: bool) {
+    /// The exec identity of `tgid`, set after [`ProcessTree::on_exec`].
+    pub fn set_exec_details(&mut self, tgid: u32, exe: ExeId) {
         if let Some(p) = self.procs.get_mut(&tgid) {
             p.exe = exe;
-            p.package_manager = package_manager;
+        }
+    }
+
+    /// `tgid`'s new program is a package manager (until its next exec; its forks too).
+    pub fn mark_package_manager(&mut self, tgid: u32) {
+        if let Some(p) = self.procs.get_mut(&tgid) {
+            p.package_manager = true;
         }
     }
 
@@ -467,7 +474,8 @@ mod tests {
             dev: 8,
             _pad: 0,
         };
-        t.set_exec_details(10, id, true);
+        t.set_exec_details(10, id);
+        t.mark_package_manager(10);
         t.on_fork(10, 11, 2 * NS, "node");
         let c = t.get(11).unwrap();
         assert_eq!((c.exe, c.package_manager), (id, true));

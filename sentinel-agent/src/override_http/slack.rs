@@ -19,7 +19,7 @@ use super::{
     EndpointState, HttpRefusal,
     links::{HmacSha256, unix},
 };
-use crate::switch::answer::{parse_button, valid_id};
+use crate::switch::answer::{parse_button, valid_token};
 
 /// Largest accepted Slack interaction payload (it carries a copy of the message's blocks).
 pub(super) const SLACK_BODY_LIMIT: usize = 64 * 1024;
@@ -107,7 +107,7 @@ pub(super) async fn actions(
         .and_then(|a| a.value.as_deref())
         .and_then(parse_button)
         .ok_or_else(|| HttpRefusal::new(StatusCode::BAD_REQUEST, "malformed Slack action"))?;
-    if !valid_id(&payload.user.id) {
+    if !valid_token(&payload.user.id) {
         return Err(HttpRefusal::new(
             StatusCode::BAD_REQUEST,
             "malformed Slack user",

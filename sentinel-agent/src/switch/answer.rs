@@ -29,12 +29,32 @@ pub fn parse_action(text: &str) -> Option<Verdict> {
     }
 }
 
-/// Decision ids are short tokens; anything else in a request is malformed.
-pub fn valid_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
+/// A short token of letters, digits, `-` and `_` (an alert's id, a chat user's id).
+pub fn valid_token(token: &str) -> bool {
+    (1..=64).contains(&token.len())
+        && token
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Decision ids have exactly the shapes the switch mints: an alert's token, or a later
+/// decision of the same alert `TOKEN.N` (N = 2, 3, …). Anything else in a request is
+/// malformed.
+pub fn valid_id(id: &str) -> bool {
+    if id.len() > 64 {
+        return false;
+    }
+    match id.split_once('.') {
+        None => valid_token(id),
+        Some((base, n)) => valid_token(base) && is_follow_up_number(n),
+    }
+}
+
+/// The `N` of a follow-up decision id: plain decimal digits, from 2, no leading zero.
+fn is_follow_up_number(n: &str) -> bool {
+    !n.starts_with('0')
+        && n.bytes().all(|b| b.is_ascii_digit())
+        && n.parse::<u32>().is_ok_and(|n| n >= 2)
 }
 
 /// Split a button value `safe:<id>` / `block:<id>` (Slack values, Telegram callback data).
@@ -91,5 +111,33 @@ mod tests {
         for bad in ["", "safe", "safe:", "nuke:d1", "safe:a|b", "block:a b"] {
             assert_eq!(parse_button(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn follow_up_ids_are_valid_in_exactly_the_minted_shape() {
+        for good in ["abc", "abc.2", "0a1b2c3d.17", "a-b_c.2"] {
+            assert!(valid_id(good), "{good}");
+        }
+        let long = format!("{}.2", "a".repeat(63));
+        for bad in [
+            "", "abc.", ".2", "a..2", "abc.2x", "abc.2.3", "abc.02", "abc.1", "abc.0", "abc.-2",
+            "abc.+2", "abc. 2", "a/b.2", &long,
+        ] {
+            assert!(!valid_id(bad), "{bad}");
+        }
+        assert_eq!(parse_button("safe:abc.2"), Some((Verdict::Safe, "abc.2")));
+        assert_eq!(
+            parse_button("block:abc.12"),
+            Some((Verdict::Block, "abc.12"))
+        );
+        for bad in ["safe:abc.", "safe:.2", "safe:a..2", "block:abc.2x"] {
+            assert_eq!(parse_button(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn chat_user_tokens_take_no_dot() {
+        assert!(valid_token("U123"));
+        assert!(!valid_token("U1.2"));
     }
 }

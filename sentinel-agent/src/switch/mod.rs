@@ -13,6 +13,7 @@
 //! clock ([`clock`]); pending deadlines and blocks survive restarts ([`resume`]).
 
 pub mod answer;
+mod blocked;
 pub mod clock;
 pub mod decision;
 pub mod ledger;
@@ -105,8 +106,9 @@ pub struct Switch {
     /// Which pending decision holds each target.
     by_target: HashMap<IpAddr, String>,
     safe: HashMap<IpAddr, SystemTime>,
-    /// Addresses blocked now (decided this run or re-asserted at start): never decided again.
-    blocked: std::collections::HashSet<IpAddr>,
+    /// Addresses blocked now (decided this run, shared by the fleet or re-asserted at start):
+    /// not decided again until their block ends.
+    blocked: blocked::Blocked,
     /// Decisions ended during this run, and how.
     ended: HashMap<String, State>,
 }
@@ -149,9 +151,11 @@ impl Switch {
     }
 
     /// Whether a decision on `ip` would be moot: held by a pending decision, marked safe, or
-    /// blocked already.
-    fn is_decided(&self, ip: IpAddr, now: SystemTime) -> bool {
-        self.by_target.contains_key(&ip) || self.is_safe(ip, now) || self.blocked.contains(&ip)
+    /// blocked (and its block has not ended).
+    fn is_decided(&self, ip: IpAddr, now: Now) -> bool {
+        self.by_target.contains_key(&ip)
+            || self.is_safe(ip, now.wall)
+            || self.blocked.holds(ip, now.boot)
     }
 
     #[cfg(test)]
@@ -217,7 +221,7 @@ impl Switch {
         now: Now,
     ) -> Option<Change> {
         let ip = target.ip();
-        if self.is_decided(ip, now.wall) {
+        if self.is_decided(ip, now) {
             return None;
         }
         let id = self.fresh_id(&alert.id);
@@ -300,7 +304,7 @@ impl Switch {
     /// due at once (fail closed).
     pub fn join(&mut self, id: &str, target: ActionableAddr, now: Now) -> bool {
         let ip = target.ip();
-        if self.is_decided(ip, now.wall) {
+        if self.is_decided(ip, now) {
             return false;
         }
         let max = self.limits.max_targets;
@@ -393,8 +397,16 @@ impl Switch {
         Ok(change)
     }
 
-    /// End every decision whose deadline has passed on the boot clock, as one batch.
+    /// End every decision whose deadline has passed on the boot clock, as one batch, and
+    /// forget the blocks that have ended.
     pub fn tick(&mut self, trust: &TrustSet, now: Now) -> Vec<Change> {
+        let ended = self.blocked.prune(now.boot);
+        if ended > 0 {
+            info!(
+                blocks = ended,
+                "blocks ended: their addresses are judged afresh"
+            );
+        }
         let due: Vec<String> = self
             .pending
             .iter()
@@ -471,7 +483,9 @@ impl Switch {
                     decision.reason =
                         Some("dry-run: decided and recorded, nothing enforced".into());
                 } else {
-                    self.blocked.extend(admitted.iter().map(|(a, _)| a.ip()));
+                    for (a, ttl) in &admitted {
+                        self.blocked.insert(a.ip(), now.boot + *ttl);
+                    }
                     blocks = admitted;
                 }
                 decision.refused = refused;
@@ -495,31 +509,31 @@ impl Switch {
 
     /// Lift the block on `ip`; the reply says whether one was recorded.
     pub fn unblock(&mut self, ip: IpAddr, reply: Option<oneshot::Sender<Result<bool, String>>>) {
-        self.blocked.remove(&crate::enrich::trust::canonical(ip));
+        self.blocked.remove(crate::enrich::trust::canonical(ip));
         self.send(Job::Unblock { ip, reply });
     }
 
     /// Block `ip` because a human confirmed it as hostile on another host of the fleet:
     /// through this host's own gate, recorded under `tag` (`fleet:HOST/ID`) for
-    /// `switch.block_ttl`, and never decided again here. Ok(false) when it is blocked here
-    /// already (or in dry-run); Err(why) when the gate refuses it.
+    /// `enforce.block_ttl`, and not decided again here until the block ends. Ok(false) when it
+    /// is blocked here already (or in dry-run); Err(why) when the gate refuses it.
     pub fn block_shared(
         &mut self,
         trust: &TrustSet,
         ip: IpAddr,
         tag: &str,
-        now: SystemTime,
+        now: Now,
     ) -> Result<bool, String> {
         let target = self.gate.admit(trust, ip).map_err(|why| why.to_string())?;
-        if self.dry_run || self.blocked.contains(&target.ip()) {
+        if self.dry_run || self.blocked.holds(target.ip(), now.boot) {
             return Ok(false);
         }
-        self.blocked.insert(target.ip());
         let ttl = self.timings.block_ttl;
+        self.blocked.insert(target.ip(), now.boot + ttl);
         self.send(Job::SharedBlock {
             block: Block {
                 addr: target.ip(),
-                expires: now + ttl,
+                expires: now.wall + ttl,
                 decision_id: tag.into(),
             },
             target,
@@ -1001,15 +1015,15 @@ mod tests {
         let trust = TrustSet::new(&["198.51.100.128/25".parse().unwrap()], &[]);
         // This host's own trust wins over the fleet.
         let err =
-            r.sw.block_shared(&trust, ip("198.51.100.130"), "fleet:b/x", t0.wall)
+            r.sw.block_shared(&trust, ip("198.51.100.130"), "fleet:b/x", t0)
                 .unwrap_err();
         assert!(err.contains("trust"), "{err}");
         assert_eq!(
-            r.sw.block_shared(&trust, ip("198.51.100.2"), "fleet:b/x", t0.wall),
+            r.sw.block_shared(&trust, ip("198.51.100.2"), "fleet:b/x", t0),
             Ok(true)
         );
         assert_eq!(
-            r.sw.block_shared(&trust, ip("198.51.100.2"), "fleet:c/y", t0.wall),
+            r.sw.block_shared(&trust, ip("198.51.100.2"), "fleet:c/y", t0),
             Ok(false),
             "held already"
         );
@@ -1070,4 +1084,6 @@ mod tests {
     }
 
     use ipnet::IpNet;
+
+    mod expiry;
 }

@@ -22,7 +22,7 @@ impl Switch {
             let left = block.expires.duration_since(now.wall).unwrap_or_default();
             match self.gate.admit(trust, block.addr) {
                 Ok(target) => {
-                    self.blocked.insert(target.ip());
+                    self.blocked.insert(target.ip(), now.boot + left);
                     reassert.push((target, left));
                 }
                 Err(why) => {

@@ -216,4 +216,5 @@ async fn wait_state(switch: &FakeSwitch, id: &str, want: State) {
 
 mod buttons;
 mod delivery;
+mod follow_up;
 mod text;
