@@ -62,6 +62,12 @@ pub struct DecisionBody {
     pub decided_by: Option<String>,
     /// Why, when the outcome needs explaining (dry-run, a refused block, …).
     pub reason: Option<String>,
+    /// Who the decision is charged to (`uid 33`, or root's tree).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    /// Why the timer will not block it: it waits for a human.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -253,11 +253,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     let override_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let config = dir.join("sentinel.toml");
+    // The flood is one origin: `switch.max_auto_blocks` is lifted so the timer blocks every
+    // address (this measures the batch, not the per-origin budget).
     std::fs::write(
         &config,
         format!(
             "[agent]\ndb = \"{d}/s.db\"\nsocket = \"{d}/s.sock\"\n[geo]\ndatabase = \"{g}\"\n\
-             [switch]\ncountdown = \"{c}\"\n[enforce]\ntable = \"{t}\"\n\
+             [switch]\ncountdown = \"{c}\"\nmax_auto_blocks = 100000\n[enforce]\ntable = \"{t}\"\n\
              [override]\nlisten = \"127.0.0.1:{override_port}\"\n\
              public_url = \"http://127.0.0.1:{override_port}\"\nsecret_file = \"{k}\"\n\
              [notify.slack]\nwebhook_url = \"http://127.0.0.1:{chat_port}/hook\"\n\

@@ -39,12 +39,20 @@ pub fn run(cli: &Cli, args: &JsonArgs) -> anyhow::Result<ExitCode> {
                 "risk": d.risk,
                 "deadline": humantime::format_rfc3339_millis(d.deadline).to_string(),
                 "seconds_left": left,
+                "origin": d.origin,
+                "waiting": d.waiting,
             });
             writeln!(out, "{line}")?;
         } else {
+            // A decision that waits for a human has no time left to show.
+            let left = if d.waiting.is_some() {
+                "waits".to_string()
+            } else {
+                format!("{left}s")
+            };
             writeln!(
                 out,
-                "{:<10} {:<9} {:<40} {:<7} {:>8}s  {} (pid {})",
+                "{:<10} {:<9} {:<40} {:<7} {:>9}  {} (pid {})",
                 d.id,
                 d.anomaly,
                 if target.is_some() {
@@ -57,6 +65,9 @@ pub fn run(cli: &Cli, args: &JsonArgs) -> anyhow::Result<ExitCode> {
                 d.comm,
                 d.pid
             )?;
+            if let Some(why) = &d.waiting {
+                writeln!(out, "{:<10} {why}", "")?;
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

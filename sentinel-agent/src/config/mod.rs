@@ -107,8 +107,11 @@ pub struct SwitchConfig {
     pub safe_ttl: Duration,
     /// Most targets one decision holds; reaching it ends the countdown at once (fail closed).
     pub max_targets: usize,
-    /// Most decisions pending at once; beyond it a new decision is blocked at once.
+    /// Most decisions pending at once; beyond it a new decision waits for a human.
     pub max_pending: usize,
+    /// Most addresses the timer blocks per origin (user, or root's tree) in any hour; beyond
+    /// it the targets wait for a human.
+    pub max_auto_blocks: usize,
 }
 
 impl Default for SwitchConfig {
@@ -118,6 +121,7 @@ impl Default for SwitchConfig {
             safe_ttl: Duration::from_secs(24 * 3600),
             max_targets: 16_384,
             max_pending: 256,
+            max_auto_blocks: 32,
         }
     }
 }

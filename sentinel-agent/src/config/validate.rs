@@ -226,6 +226,12 @@ impl Config {
                 format!("{} is not between 1 and 100000", sw.max_pending),
             );
         }
+        if !(1..=100_000).contains(&sw.max_auto_blocks) {
+            bad(
+                "switch.max_auto_blocks",
+                format!("{} is not between 1 and 100000", sw.max_auto_blocks),
+            );
+        }
         let e = &self.enforce;
         if e.table.is_empty()
             || e.table.len() > 32

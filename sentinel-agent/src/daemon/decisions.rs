@@ -17,7 +17,7 @@ use crate::{
     enrich::trust::ActionableAddr,
     event::{AlertBody, Body, Record},
     store::Write,
-    switch::{clock::Now, decision::State},
+    switch::clock::Now,
 };
 
 /// An alert whose process tree is tracked, and its current decision.
@@ -29,6 +29,8 @@ pub struct Group {
     pub decision: Option<String>,
     /// Trees alerted for this group.
     pub roots: Vec<u32>,
+    /// Who its decisions are charged to ([`crate::switch::origin`]).
+    pub origin: String,
 }
 
 impl Group {
@@ -53,6 +55,12 @@ impl Pipeline {
             return;
         }
         let culprit_pid = finding.culprit.pid;
+        let origin = crate::switch::origin::of(
+            finding.culprit.uid,
+            culprit_pid,
+            &finding.culprit.comm,
+            &finding.culprit.ancestry,
+        );
         // `blind` names no process, `cron` and `npm` name files: no tree to track.
         let has_process = culprit_pid != 0
             && !matches!(
@@ -109,6 +117,7 @@ impl Pipeline {
                         at: now,
                         decision: inherited,
                         roots: Vec::new(),
+                        origin,
                     },
                 );
                 id
@@ -122,6 +131,7 @@ impl Pipeline {
                     at: first,
                     decision: None,
                     roots: Vec::new(),
+                    origin,
                 });
                 g.alert.risk = g.alert.risk.max(alert.risk);
                 g.alert.count = alert.count;
@@ -178,9 +188,19 @@ impl Pipeline {
             return;
         };
         let now = Now::read();
-        if let Some(d) = group.decision.clone()
-            && self.switch.is_pending(&d)
-        {
+        // The alert's own decision, else its origin's open one: one origin, one decision.
+        let open = group
+            .decision
+            .clone()
+            .filter(|d| self.switch.is_pending(d))
+            .or_else(|| self.switch.pending_of(&group.origin).map(str::to_string));
+        if let Some(d) = open {
+            if let Some(g) = self.groups.get_mut(id) {
+                g.decision = Some(d.clone());
+            }
+            let Some(group) = self.groups.get(id) else {
+                return;
+            };
             if self.switch.join(&d, target, now) && group.alert.state != "pending" {
                 self.mark_pending(id, &d);
             }
@@ -188,24 +208,21 @@ impl Pipeline {
         }
         let mut alert = group.alert.clone();
         alert.target_ip = Some(target.ip());
-        let at = group.at;
+        let (at, origin) = (group.at, group.origin.clone());
         let ancestors = self
             .tree
             .ancestry(alert.pid, &self.proc_root)
             .into_iter()
             .map(|(_, c)| c.to_string())
             .collect();
-        if let Some(change) =
-            self.switch
-                .open(&alert, at, ancestors, target, &self.detect.trust, now)
+        if let Some(change) = self
+            .switch
+            .open(&alert, at, ancestors, target, &origin, now)
         {
             if let Some(g) = self.groups.get_mut(id) {
                 g.decision = Some(change.decision.id.clone());
             }
-            // An ending (past `switch.max_pending`) is reported by the worker once enforced.
-            if change.decision.state == State::Pending {
-                self.apply(change);
-            }
+            self.apply(change);
         }
     }
 

@@ -38,6 +38,8 @@ impl Pipeline {
             deadline: humantime::format_rfc3339_millis(d.deadline).to_string(),
             decided_by: d.decided_by.clone(),
             reason: d.reason.clone(),
+            origin: d.origin.clone(),
+            waiting: d.waiting.clone(),
         };
         let alert = self.detect.alerts.sync_state(change.alert);
         let alert = Record::new(

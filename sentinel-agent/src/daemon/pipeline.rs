@@ -21,7 +21,7 @@ use crate::{
     detect::{
         self, Alerts, Culprit, Finding,
         lineage::{Ancestor, Roles},
-        reverse_shell::{self, Verdict},
+        reverse_shell::{Stream, Verdict},
     },
     enforce::kill::Killer,
     enrich::geo::CountryDb,
@@ -97,15 +97,13 @@ pub struct Pipeline {
     pub fleet: Option<crate::fleet::Recorder>,
 }
 
-/// What descriptor `fd` of `tgid` points at (`socket:[inode]`, a path, `pipe:[…]`).
-fn stream_of(proc_root: &std::path::Path, tgid: u32, fd: u32) -> Option<String> {
-    let link = std::fs::read_link(proc_root.join(format!("{tgid}/fd/{fd}"))).ok()?;
-    link.into_os_string().into_string().ok()
-}
-
-/// What descriptor `fd` of `tgid` points at when it is a socket.
-fn socket_on(proc_root: &std::path::Path, tgid: u32, fd: u32) -> Option<String> {
-    stream_of(proc_root, tgid, fd).filter(|l| l.starts_with("socket:"))
+/// What descriptor `fd` of `tgid` points at, as far as the agent can see.
+fn stream_of(proc_root: &std::path::Path, tgid: u32, fd: u32) -> Stream {
+    match std::fs::read_link(proc_root.join(format!("{tgid}/fd/{fd}"))) {
+        Ok(link) => Stream::Link(link.to_string_lossy().into_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Stream::Gone,
+        Err(_) => Stream::Hidden,
+    }
 }
 
 /// How long a process stays in the tree after its exit record.
@@ -410,7 +408,7 @@ impl Pipeline {
         debug!(pid = s.tgid, comm = %s.comm, fd = s.newfd, peer = %s.peer, "socket on stdio");
         let country = self.detect.geoip.as_ref().and_then(|g| g.country(s.peer));
         let culprit = self.culprit(s.tgid, s.comm.clone(), Some(s.uid));
-        let held = socket_on(&self.proc_root, s.tgid, s.newfd);
+        let stream = stream_of(&self.proc_root, s.tgid, s.newfd);
         let verdict = self.detect.reverse_shell.on_stdio(
             &culprit,
             s.newfd,
@@ -418,7 +416,7 @@ impl Pipeline {
             s.dport,
             country.as_deref(),
             &self.detect.trust,
-            held,
+            stream,
             Instant::now(),
         );
         if let Verdict::Shell(finding) = verdict {
@@ -429,17 +427,11 @@ impl Pipeline {
     /// A process that holds a socket on one standard stream exec'd `filename`: with the
     /// socket still there, the program runs driven by it — a reverse shell.
     fn stdio_at_exec(&mut self, tgid: u32, filename: &str, ts_ns: u64) {
-        let Some((fd, held)) = self.detect.reverse_shell.stream_of(tgid) else {
+        let Some(fd) = self.detect.reverse_shell.stream_of(tgid) else {
             return;
         };
-        // Gone by now (the program ran and ended): it exec'd with the socket on its stream all
-        // the same. Only a stream that now points elsewhere was let go before the exec.
-        if stream_of(&self.proc_root, tgid, fd).is_some_and(|now| now != held) {
-            self.detect.reverse_shell.dismiss(tgid);
-            return;
-        }
-        let why = format!(", and exec'd {filename} with it there");
-        if let Some(f) = self.detect.reverse_shell.confirm(tgid, &why) {
+        let now = stream_of(&self.proc_root, tgid, fd);
+        if let Some(f) = self.detect.reverse_shell.judge_exec(tgid, filename, &now) {
             self.raise(f, Some(ts_ns));
         }
     }
@@ -447,18 +439,14 @@ impl Pipeline {
     /// Sockets held on one standard stream for [`reverse_shell::HOLD`]: still there, a
     /// reverse shell; gone, a connectivity check.
     fn judge_stdio_candidates(&mut self) {
-        for (tgid, fd, held) in self.detect.reverse_shell.due(Instant::now()) {
-            if socket_on(&self.proc_root, tgid, fd).as_deref() == Some(held.as_str()) {
-                let why = format!(", held for {} s", reverse_shell::HOLD.as_secs());
-                if let Some(f) = self.detect.reverse_shell.confirm(tgid, &why) {
-                    self.raise(f, None);
-                }
-            } else {
-                debug!(
+        for (tgid, fd) in self.detect.reverse_shell.due(Instant::now()) {
+            let now = stream_of(&self.proc_root, tgid, fd);
+            match self.detect.reverse_shell.judge_hold(tgid, &now) {
+                Some(f) => self.raise(f, None),
+                None => debug!(
                     pid = tgid,
                     fd, "socket on stdio let go at once: a check, not a shell"
-                );
-                self.detect.reverse_shell.dismiss(tgid);
+                ),
             }
         }
     }

@@ -240,6 +240,7 @@ pub fn open_ledger_and_switch(config: &Config, enforcer: Enforcer) -> anyhow::Re
         Limits {
             max_targets: config.switch.max_targets,
             max_pending: config.switch.max_pending,
+            max_auto_blocks: config.switch.max_auto_blocks,
         },
         config.host_id(),
         dry_run,

@@ -31,7 +31,7 @@ pub const HOLD: Duration = Duration::from_secs(1);
 const MAX_CANDIDATES: usize = 4096;
 
 /// fd 0, 1, 2 by name.
-fn stream(fd: u32) -> &'static str {
+fn stream_name(fd: u32) -> &'static str {
     match fd {
         0 => "stdin",
         1 => "stdout",
@@ -47,9 +47,35 @@ struct Candidate {
     dport: u16,
     /// The standard stream it is on.
     fd: u32,
-    /// What `/proc/PID/fd/<fd>` pointed at when the record was handled (`socket:[inode]`).
-    held: String,
+    /// What `/proc/PID/fd/<fd>` pointed at when the record was handled (`socket:[inode]`);
+    /// None when it could not be looked at.
+    held: Option<String>,
     since: Instant,
+}
+
+/// What a standard stream of a process points at, as far as the agent can see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stream {
+    /// `/proc/PID/fd/N`'s link: `socket:[inode]`, a path, `pipe:[…]`.
+    Link(String),
+    /// No such descriptor (closed), or no such process (ended).
+    Gone,
+    /// It could not be looked at (another user's process without the capability to search
+    /// its descriptors).
+    Hidden,
+}
+
+impl Stream {
+    /// Whether the socket seen as `held` (None: it could not be looked at then) is still on
+    /// the stream. What cannot be looked at counts as still there: a shell is never missed
+    /// for want of a capability, it is only no longer told from a port check.
+    fn still_holds(&self, held: Option<&str>) -> bool {
+        match self {
+            Stream::Link(now) => held.map_or(now.starts_with("socket:"), |h| h == now),
+            Stream::Gone => false,
+            Stream::Hidden => true,
+        }
+    }
 }
 
 /// What one socket-on-stdio record comes to.
@@ -71,8 +97,7 @@ pub struct ReverseShell {
 
 impl ReverseShell {
     /// `culprit` put a TCP socket connected to `peer:dport` on standard stream `newfd`;
-    /// `held` is what that stream points at now (None: no longer a socket, or the process is
-    /// gone).
+    /// `now` is what that stream points at as the record is handled.
     #[expect(clippy::too_many_arguments, reason = "one record's fields, named")]
     pub fn on_stdio(
         &mut self,
@@ -82,7 +107,7 @@ impl ReverseShell {
         dport: u16,
         country: Option<&str>,
         trust: &TrustSet,
-        held: Option<String>,
+        seen: Stream,
         now: Instant,
     ) -> Verdict {
         if newfd > 2 || peer.is_unspecified() {
@@ -102,7 +127,7 @@ impl ReverseShell {
             return Verdict::Shell(Box::new(Self::word(
                 c.finding,
                 dport,
-                &format!("its {} and {}", stream(c.fd), stream(newfd)),
+                &format!("its {} and {}", stream_name(c.fd), stream_name(newfd)),
                 "",
             )));
         }
@@ -114,16 +139,20 @@ impl ReverseShell {
             detail: String::new(),
             subject: pid,
         };
-        let Some(held) = held else {
+        let held = match seen {
+            Stream::Link(link) if link.starts_with("socket:") => Some(link),
+            Stream::Hidden => None,
             // Closed before the agent looked: a port check, not a shell.
-            self.candidates.remove(&pid);
-            return Verdict::Nothing;
+            Stream::Link(_) | Stream::Gone => {
+                self.candidates.remove(&pid);
+                return Verdict::Nothing;
+            }
         };
         if self.candidates.len() >= MAX_CANDIDATES && !self.candidates.contains_key(&pid) {
             return Verdict::Shell(Box::new(Self::word(
                 finding,
                 dport,
-                &format!("its {}", stream(newfd)),
+                &format!("its {}", stream_name(newfd)),
                 " (judged at once: too many sockets on stdio at the same time)",
             )));
         }
@@ -146,18 +175,41 @@ impl ReverseShell {
         self.candidates.contains_key(&pid)
     }
 
-    /// The candidates whose [`HOLD`] has passed: (pid, stream, what it pointed at).
-    pub fn due(&self, now: Instant) -> Vec<(u32, u32, String)> {
+    /// The candidates whose [`HOLD`] has passed: (pid, the stream to look at).
+    pub fn due(&self, now: Instant) -> Vec<(u32, u32)> {
         self.candidates
             .iter()
             .filter(|(_, c)| now.saturating_duration_since(c.since) >= HOLD)
-            .map(|(pid, c)| (*pid, c.fd, c.held.clone()))
+            .map(|(pid, c)| (*pid, c.fd))
             .collect()
     }
 
-    /// The stream `pid` waits on and what it pointed at.
-    pub fn stream_of(&self, pid: u32) -> Option<(u32, &str)> {
-        self.candidates.get(&pid).map(|c| (c.fd, c.held.as_str()))
+    /// The stream `pid` waits on.
+    pub fn stream_of(&self, pid: u32) -> Option<u32> {
+        self.candidates.get(&pid).map(|c| c.fd)
+    }
+
+    /// `pid`'s hold is over and its stream points at `now`: a reverse shell (the finding) when
+    /// the socket is still there, else a check (forgotten).
+    pub fn judge_hold(&mut self, pid: u32, now: &Stream) -> Option<Finding> {
+        let c = self.candidates.get(&pid)?;
+        if now.still_holds(c.held.as_deref()) {
+            self.confirm(pid, &format!(", held for {} s", HOLD.as_secs()))
+        } else {
+            self.dismiss(pid);
+            None
+        }
+    }
+
+    /// `pid` exec'd `filename` while its stream points at `now`: a reverse shell unless the
+    /// stream was let go before (a process that ran and ended exec'd with it all the same).
+    pub fn judge_exec(&mut self, pid: u32, filename: &str, now: &Stream) -> Option<Finding> {
+        let c = self.candidates.get(&pid)?;
+        if matches!(now, Stream::Link(_)) && !now.still_holds(c.held.as_deref()) {
+            self.dismiss(pid);
+            return None;
+        }
+        self.confirm(pid, &format!(", and exec'd {filename} with it there"))
     }
 
     /// `pid`'s socket is still on its stream and `why` says how it drives the process: the
@@ -167,7 +219,7 @@ impl ReverseShell {
         Some(Self::word(
             c.finding,
             c.dport,
-            &format!("its {}", stream(c.fd)),
+            &format!("its {}", stream_name(c.fd)),
             why,
         ))
     }
@@ -194,17 +246,11 @@ mod tests {
 
     const PEER: &str = "198.51.100.130";
 
-    fn sock() -> Option<String> {
-        Some("socket:[4242]".into())
+    fn sock() -> Stream {
+        Stream::Link("socket:[4242]".into())
     }
 
-    fn stdio(
-        rs: &mut ReverseShell,
-        c: &Culprit,
-        fd: u32,
-        held: Option<String>,
-        at: Instant,
-    ) -> Verdict {
+    fn stdio(rs: &mut ReverseShell, c: &Culprit, fd: u32, seen: Stream, at: Instant) -> Verdict {
         let peer: IpAddr = PEER.parse().unwrap();
         rs.on_stdio(
             c,
@@ -213,7 +259,7 @@ mod tests {
             4444,
             Some("DE"),
             &TrustSet::default(),
-            held,
+            seen,
             at,
         )
     }
@@ -249,29 +295,78 @@ mod tests {
         // `echo > /dev/tcp/host/port`: stdout, already closed when the agent looked.
         let check = culprit(9, "bash", &[]);
         assert!(matches!(
-            stdio(&mut rs, &check, 1, None, t0),
+            stdio(&mut rs, &check, 1, Stream::Gone, t0),
             Verdict::Nothing
         ));
         assert!(!rs.waits(9));
         assert!(rs.due(t0 + HOLD / 2).is_empty());
-        let due = rs.due(t0 + HOLD);
-        assert_eq!(due, vec![(8, 0, "socket:[4242]".to_string())]);
-        let f = rs.confirm(8, ", held for 1 s").unwrap();
+        assert_eq!(rs.due(t0 + HOLD), vec![(8, 0)]);
+        let f = rs.judge_hold(8, &sock()).unwrap();
         assert!(
             f.detail.contains("its stdin on a TCP connection"),
             "{}",
             f.detail
         );
         assert!(f.detail.ends_with("held for 1 s"), "{}", f.detail);
-        assert!(rs.confirm(8, "").is_none(), "judged once");
-        // A check that was still open when looked at, let go before the hold ends.
+        assert!(rs.judge_hold(8, &sock()).is_none(), "judged once");
+        // A check still open when looked at, let go before the hold ends, or whose stream now
+        // holds another socket.
         let slow = culprit(10, "bash", &[]);
         assert!(matches!(
             stdio(&mut rs, &slow, 0, sock(), t0),
             Verdict::Wait
         ));
-        rs.dismiss(10);
+        assert!(
+            rs.judge_hold(10, &Stream::Link("/dev/null".into()))
+                .is_none()
+        );
+        assert!(matches!(
+            stdio(&mut rs, &slow, 0, sock(), t0),
+            Verdict::Wait
+        ));
+        assert!(
+            rs.judge_hold(10, &Stream::Link("socket:[7]".into()))
+                .is_none()
+        );
         assert!(rs.due(t0 + HOLD).is_empty());
+    }
+
+    #[test]
+    fn what_cannot_be_looked_at_is_judged_a_shell_never_a_check() {
+        let mut rs = ReverseShell::default();
+        let t0 = Instant::now();
+        let c = culprit(12, "python3", &[]);
+        assert!(matches!(
+            stdio(&mut rs, &c, 0, Stream::Hidden, t0),
+            Verdict::Wait
+        ));
+        assert!(rs.judge_hold(12, &Stream::Hidden).is_some());
+        // Two streams need no look at all.
+        assert!(matches!(
+            stdio(&mut rs, &c, 0, Stream::Hidden, t0),
+            Verdict::Wait
+        ));
+        assert!(matches!(
+            stdio(&mut rs, &c, 1, Stream::Hidden, t0),
+            Verdict::Shell(_)
+        ));
+    }
+
+    #[test]
+    fn an_exec_with_the_socket_there_is_a_shell_one_after_letting_go_is_not() {
+        let mut rs = ReverseShell::default();
+        let t0 = Instant::now();
+        let c = culprit(13, "bash", &[]);
+        assert!(matches!(stdio(&mut rs, &c, 0, sock(), t0), Verdict::Wait));
+        let f = rs.judge_exec(13, "/usr/bin/cat", &sock()).unwrap();
+        assert!(f.detail.contains("exec'd /usr/bin/cat"), "{}", f.detail);
+        // Ran and ended already: it exec'd with the socket all the same.
+        assert!(matches!(stdio(&mut rs, &c, 0, sock(), t0), Verdict::Wait));
+        assert!(rs.judge_exec(13, "/usr/bin/cat", &Stream::Gone).is_some());
+        // `</dev/tcp/h/p && exec foo`: the redirect was undone before the exec.
+        assert!(matches!(stdio(&mut rs, &c, 0, sock(), t0), Verdict::Wait));
+        let undone = Stream::Link("/dev/pts/1".into());
+        assert!(rs.judge_exec(13, "/usr/bin/foo", &undone).is_none());
     }
 
     #[test]

@@ -194,6 +194,8 @@ mod tests {
             state: State::Pending,
             decided_by: None,
             reason: None,
+            origin: None,
+            waiting: None,
         };
         let doc = decision_doc(&d, t);
         assert_eq!(doc["deadline"], "2027-01-15T08:05:00.000Z");

@@ -402,14 +402,18 @@ pub fn facts(d: &Decision, now: SystemTime) -> Vec<(&'static str, String)> {
         ),
     ));
     facts.push(("Risk", format!("{}/100", d.risk)));
-    facts.push((
-        "Auto-block",
-        format!(
+    let auto_block = match &d.waiting {
+        Some(why) => format!("none: {why}"),
+        None => format!(
             "in {} (at {})",
             time_left(d, now),
             humantime::format_rfc3339_seconds(d.deadline)
         ),
-    ));
+    };
+    facts.push(("Auto-block", auto_block));
+    if let Some(origin) = &d.origin {
+        facts.push(("Charged to", origin.clone()));
+    }
     facts
 }
 

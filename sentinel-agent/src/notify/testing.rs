@@ -52,6 +52,8 @@ pub fn decision(id: &str, left: Duration) -> Decision {
         state: State::Pending,
         decided_by: None,
         reason: None,
+        origin: None,
+        waiting: None,
     }
 }
 

@@ -182,6 +182,8 @@ mod tests {
                 deadline: "2026-11-22T21:00:00Z".into(),
                 decided_by: None,
                 reason: None,
+                origin: None,
+                waiting: None,
                 targets: vec!["198.51.100.2".parse().unwrap()],
                 refused: Vec::new(),
             })),

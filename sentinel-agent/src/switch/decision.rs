@@ -93,6 +93,12 @@ pub struct Decision {
     pub decided_by: Option<String>,
     /// Why, when the outcome needs explaining (e.g. a block refused by the admission check).
     pub reason: Option<String>,
+    /// Who the decision is charged to ([`super::origin`]): `uid 33`, or root's tree.
+    #[serde(default)]
+    pub origin: Option<String>,
+    /// Why the timer will not block it (a budget or cap reached): it waits for a human.
+    #[serde(default)]
+    pub waiting: Option<String>,
 }
 
 /// A target the enforcement guard would not block, and why.

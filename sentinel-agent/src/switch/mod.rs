@@ -14,9 +14,11 @@
 
 pub mod answer;
 mod blocked;
+mod charge;
 pub mod clock;
 pub mod decision;
 pub mod ledger;
+pub mod origin;
 mod resume;
 pub mod worker;
 
@@ -50,11 +52,14 @@ pub struct Timings {
     pub block_ttl: Duration,
 }
 
-/// Caps that keep a flood of decisions bounded (`switch.max_targets`, `switch.max_pending`).
+/// Caps that keep a flood of decisions bounded (`switch.max_targets`, `switch.max_pending`,
+/// `switch.max_auto_blocks`).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_targets: usize,
     pub max_pending: usize,
+    /// Addresses the timer may block per origin in any hour ([`origin::Budget`]).
+    pub max_auto_blocks: usize,
 }
 
 impl Default for Limits {
@@ -62,9 +67,13 @@ impl Default for Limits {
         Self {
             max_targets: 16_384,
             max_pending: 256,
+            max_auto_blocks: 32,
         }
     }
 }
+
+/// How far off a decision that waits for a human is due: never, in practice.
+const NEVER: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 /// A decision changed: the alert's new state (to store) and the decision (to emit).
 #[derive(Debug, Clone, PartialEq)]
@@ -86,6 +95,8 @@ struct Pending {
     announced_at: Duration,
     /// Its target set changed since the worker last wrote it.
     dirty: bool,
+    /// Who it is charged to ([`origin`]).
+    origin: String,
 }
 
 /// The order of magnitude that earns a follow-up message.
@@ -105,6 +116,10 @@ pub struct Switch {
     pending: HashMap<String, Pending>,
     /// Which pending decision holds each target.
     by_target: HashMap<IpAddr, String>,
+    /// The one open decision of each origin.
+    by_origin: HashMap<String, String>,
+    /// What the timer blocked per origin in the last hour.
+    budget: origin::Budget,
     safe: HashMap<IpAddr, SystemTime>,
     /// Addresses blocked now (decided this run, shared by the fleet or re-asserted at start):
     /// not decided again until their block ends.
@@ -133,6 +148,8 @@ impl Switch {
             gate,
             pending: HashMap::new(),
             by_target: HashMap::new(),
+            by_origin: HashMap::new(),
+            budget: Default::default(),
             safe: HashMap::new(),
             blocked: Default::default(),
             ended: HashMap::new(),
@@ -172,6 +189,11 @@ impl Switch {
         self.pending.contains_key(id)
     }
 
+    /// The open decision charged to `origin`, if any: a new finding of the origin joins it.
+    pub fn pending_of(&self, origin: &str) -> Option<&str> {
+        self.by_origin.get(origin).map(String::as_str)
+    }
+
     /// The wall-clock deadline of pending decision `id`.
     pub fn deadline_of(&self, id: &str) -> Option<SystemTime> {
         self.pending.get(id).map(|p| p.open.decision.deadline)
@@ -208,16 +230,18 @@ impl Switch {
             .expect("an unused id")
     }
 
-    /// Open a pending decision for `alert` against `target`. None when the target was marked
-    /// safe or another pending decision already holds it. Past `switch.max_pending` the new
-    /// decision is blocked at once (fail closed) and not announced.
+    /// Open a pending decision for `alert` against `target`, charged to `origin` (the caller
+    /// first offers the target to the origin's open decision, [`Switch::pending_of`]). None when
+    /// the target was marked safe or another pending decision already holds it. Past
+    /// `switch.max_pending` the new decision waits for a human: no countdown, never blocked at
+    /// once (a flood must not turn the switch into an instant block).
     pub fn open(
         &mut self,
         alert: &AlertBody,
         alert_at: SystemTime,
         ancestors: Vec<String>,
         target: ActionableAddr,
-        trust: &TrustSet,
+        origin: &str,
         now: Now,
     ) -> Option<Change> {
         let ip = target.ip();
@@ -225,7 +249,15 @@ impl Switch {
             return None;
         }
         let id = self.fresh_id(&alert.id);
-        let deadline = now.wall + self.timings.countdown;
+        let full = self.pending.len() >= self.limits.max_pending;
+        let waiting = full.then(|| {
+            format!(
+                "switch.max_pending ({}) reached: it waits for a human, no automatic block",
+                self.limits.max_pending
+            )
+        });
+        let wait = if full { NEVER } else { self.timings.countdown };
+        let deadline = now.wall + wait;
         let decision = Decision {
             id: id.clone(),
             anomaly: alert.anomaly.clone(),
@@ -248,6 +280,8 @@ impl Switch {
             state: State::Pending,
             decided_by: None,
             reason: None,
+            origin: Some(origin.to_string()),
+            waiting,
         };
         let mut alert = alert.clone();
         alert.state = State::Pending.as_str().into();
@@ -258,38 +292,24 @@ impl Switch {
             alert: alert.clone(),
             alert_at,
         };
-        let full = self.pending.len() >= self.limits.max_pending;
-        if !full {
-            self.send(Job::Open(Box::new(open.clone())));
-        }
+        self.send(Job::Open(Box::new(open.clone())));
         self.by_target.insert(ip, id.clone());
+        self.by_origin.insert(origin.to_string(), id.clone());
         self.pending.insert(
             id.clone(),
             Pending {
                 open,
-                due: now.boot + self.timings.countdown,
+                due: now.boot + wait,
                 announced: 1,
                 announced_at: now.boot,
                 dirty: false,
+                origin: origin.to_string(),
             },
         );
-        info!(id = %id, target = %ip, deadline = %humantime::format_rfc3339_seconds(deadline), "pending decision opened");
         if full {
-            warn!(id = %id, max_pending = self.limits.max_pending, "switch.max_pending reached: blocking at once (fail closed)");
-            let mut ending = self.finish(trust, &id, State::AutoBlocked, "max-pending", now)?;
-            ending.quiet = true;
-            ending.change.decision.reason = Some(format!(
-                "switch.max_pending ({}) reached: blocked at once (fail closed)",
-                self.limits.max_pending
-            ));
-            let change = ending.change.clone();
-            self.send(Job::Open(Box::new(Open {
-                decision: decision.clone(),
-                alert: change.alert.clone(),
-                alert_at,
-            })));
-            self.send(Job::End(vec![ending]));
-            return Some(change);
+            warn!(id = %id, %origin, max_pending = self.limits.max_pending, "switch.max_pending reached: the decision waits for a human");
+        } else {
+            info!(id = %id, target = %ip, %origin, deadline = %humantime::format_rfc3339_seconds(deadline), "pending decision opened");
         }
         Some(Change {
             alert,
@@ -413,10 +433,13 @@ impl Switch {
             .filter(|(_, p)| p.due <= now.boot)
             .map(|(id, _)| id.clone())
             .collect();
-        let endings: Vec<Ending> = due
-            .iter()
-            .filter_map(|id| self.finish(trust, id, State::AutoBlocked, "timer", now))
-            .collect();
+        let mut endings: Vec<Ending> = Vec::new();
+        for id in &due {
+            if let Some(ending) = self.charge_timer(trust, id, now) {
+                endings.push(ending);
+            }
+        }
+        self.budget.prune(now.boot);
         let changes = endings.iter().map(|e| e.change.clone()).collect();
         if !endings.is_empty() {
             self.send(Job::End(endings));
@@ -454,6 +477,9 @@ impl Switch {
         now: Now,
     ) -> Option<Ending> {
         let p = self.pending.remove(id)?;
+        if self.by_origin.get(&p.origin).is_some_and(|d| d == id) {
+            self.by_origin.remove(&p.origin);
+        }
         let mut decision = p.open.decision;
         for t in targets_of(&decision) {
             self.by_target.remove(&t);
@@ -636,9 +662,11 @@ mod tests {
         fn open(&mut self, id: &str, target: &str, now: Now) -> Option<Change> {
             let trust = TrustSet::default();
             let t = trust.check(target.parse().unwrap()).unwrap();
+            // Each alert its own origin here; tests/origin.rs charges several to one.
+            let origin = format!("origin of {id}");
             let c = self
                 .sw
-                .open(&alert(id, target), now.wall, vec![], t, &trust, now);
+                .open(&alert(id, target), now.wall, vec![], t, &origin, now);
             self.sync();
             c
         }
@@ -844,13 +872,14 @@ mod tests {
     }
 
     #[test]
-    fn caps_fail_closed() {
+    fn caps_fail_closed_and_a_full_switch_waits_for_a_human() {
         let dir = tempfile::tempdir().unwrap();
         let mut r = Rig::with_limits(
             dir.path(),
             Limits {
                 max_targets: 3,
                 max_pending: 2,
+                max_auto_blocks: 32,
             },
         );
         let t0 = t0();
@@ -871,15 +900,34 @@ mod tests {
                 .unwrap()
                 .contains("max_targets")
         );
-        // Past max_pending, a new decision is blocked at once.
+        // Past max_pending, a new decision is never blocked at once: it waits for a human,
+        // past its countdown too.
         r.open("b1", "198.51.100.11", t0).unwrap();
         r.open("b2", "198.51.100.12", t0).unwrap();
         let c = r.open("b3", "198.51.100.13", t0).unwrap();
-        assert_eq!(c.decision.state, State::AutoBlocked);
+        assert_eq!(c.decision.state, State::Pending);
+        assert!(
+            c.decision
+                .waiting
+                .as_deref()
+                .unwrap()
+                .contains("max_pending")
+        );
+        let later = t0.after(Duration::from_secs(3600));
+        let mut ended: Vec<String> = r
+            .tick(&trust, later)
+            .into_iter()
+            .map(|c| c.decision.id)
+            .collect();
+        ended.sort();
+        assert_eq!(ended, ["b1", "b2"]);
+        assert!(!r.recorded().contains(&ip("198.51.100.13")));
+        assert!(r.sw.is_pending("b3"));
+        let stored = r.worker.ledger().get("b3").unwrap().unwrap();
+        assert_eq!(stored.state, State::Pending);
+        // A human's answer still blocks it.
+        r.answer(&trust, "b3", Verdict::Block, later).unwrap();
         assert!(r.recorded().contains(&ip("198.51.100.13")));
-        assert_eq!(r.sw.pending_count(), 2);
-        let stored = r.worker.ledger().get(&c.decision.id).unwrap().unwrap();
-        assert_eq!(stored.state, State::AutoBlocked);
     }
 
     #[test]
@@ -967,7 +1015,7 @@ mod tests {
                         let addr = pick(i, a);
                         // Decisions open while the address was not (yet) trusted.
                         if let Ok(t) = open_trust.check(addr) {
-                            r.sw.open(&alert(&format!("d{i}"), &addr.to_string()), now.wall, vec![], t, &open_trust, now);
+                            r.sw.open(&alert(&format!("d{i}"), &addr.to_string()), now.wall, vec![], t, &format!("o{i}"), now);
                         }
                     }
                     Step::Join(i, a) => {
@@ -1086,4 +1134,5 @@ mod tests {
     use ipnet::IpNet;
 
     mod expiry;
+    mod origin;
 }

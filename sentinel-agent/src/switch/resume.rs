@@ -58,6 +58,14 @@ impl Switch {
                 self.by_target.insert(t, open.decision.id.clone());
             }
             let announced = open.decision.targets.len().max(1);
+            // A decision recorded before origins existed is its own origin.
+            let origin = open
+                .decision
+                .origin
+                .clone()
+                .unwrap_or_else(|| format!("decision {}", open.decision.id));
+            self.by_origin
+                .insert(origin.clone(), open.decision.id.clone());
             self.pending.insert(
                 open.decision.id.clone(),
                 Pending {
@@ -66,6 +74,7 @@ impl Switch {
                     announced,
                     announced_at: now.boot,
                     dirty: false,
+                    origin,
                 },
             );
         }
