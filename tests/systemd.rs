@@ -412,6 +412,10 @@ fn assert_user_crontab_seen(container: &Container) {
             })
         };
         if about_it("cron") {
+            assert!(
+                !about_it("switch_flood"),
+                "the agent could not read {file}: {alerts:?}"
+            );
             return;
         }
         assert!(
