@@ -17,9 +17,10 @@ use std::{
 
 use common::{Agent, BIN, TEST_COUNTRIES, mmdb, require_root, serial};
 
-/// `service::RUNTIME_CAPS`: CAP_KILL (5), CAP_NET_ADMIN (12), CAP_SYS_PTRACE (19), CAP_BPF
-/// (39). The agent's unit tests pin the same mask, so the two cannot drift apart silently.
-const RUNTIME_CAPS_MASK: u64 = 1 << 5 | 1 << 12 | 1 << 19 | 1 << 39;
+/// `service::RUNTIME_CAPS`: CAP_DAC_READ_SEARCH (2), CAP_KILL (5), CAP_NET_ADMIN (12),
+/// CAP_SYS_PTRACE (19), CAP_BPF (39). The agent's unit tests pin the same mask, so the two
+/// cannot drift apart silently.
+const RUNTIME_CAPS_MASK: u64 = 1 << 2 | 1 << 5 | 1 << 12 | 1 << 19 | 1 << 39;
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -222,13 +223,14 @@ fn unit_has_the_hardening_the_design_asks_for() {
         "Type=notify",
         "WatchdogSec=30s",
         "Restart=always",
-        "CapabilityBoundingSet=CAP_BPF CAP_PERFMON CAP_NET_ADMIN CAP_KILL CAP_SYS_PTRACE",
+        "CapabilityBoundingSet=CAP_BPF CAP_PERFMON CAP_NET_ADMIN CAP_KILL CAP_SYS_PTRACE \
+         CAP_DAC_READ_SEARCH",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
         "ReadWritePaths=/var/lib/sentinel /run/sentinel",
         "StateDirectory=sentinel",
         "RuntimeDirectory=sentinel",
-        "ProtectHome=yes",
+        "ProtectHome=read-only",
         "PrivateTmp=yes",
         "ProtectKernelModules=yes",
         "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
@@ -240,10 +242,12 @@ fn unit_has_the_hardening_the_design_asks_for() {
     ] {
         assert!(directives.contains(&want), "unit lacks {want}");
     }
-    assert!(
-        !directives.iter().any(|d| d.contains("CAP_SYS_ADMIN")),
-        "the unit grants CAP_SYS_ADMIN"
-    );
+    for never in ["CAP_SYS_ADMIN", "CAP_DAC_OVERRIDE"] {
+        assert!(
+            !directives.iter().any(|d| d.contains(never)),
+            "the unit grants {never}"
+        );
+    }
 }
 
 #[test]

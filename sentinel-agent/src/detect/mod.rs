@@ -1,6 +1,7 @@
 //! Detectors: turn enriched events into alerts an operator can act on. Each detector is a
 //! small unit with a name, a severity and a MITRE ATT&CK mapping (`lineage`, `geo`,
-//! `resource`, `reverse_shell`, `blind`, `cron`, `npm`, `miner`, `respawn`, `node_abuse`),
+//! `resource`, `reverse_shell`, `blind`, `cron`, `npm`, `miner`, `respawn`, `node_abuse`,
+//! `switch_flood`),
 //! tested on plain data. This module holds what they share: the alert, its risk score, the
 //! per-process signals and the behaviour history ([`intel`]) the score combines, and
 //! de-duplication.
@@ -18,6 +19,7 @@ pub mod patterns;
 pub mod resource;
 pub mod respawn;
 pub mod reverse_shell;
+pub mod switch_flood;
 
 use rustc_hash::FxHashMap;
 use std::{
@@ -75,6 +77,10 @@ pub enum Anomaly {
     /// A listening Node.js server burning CPU (T1496), or dynamic code execution markers
     /// (T1059.007).
     NodeAbuse { dynamic_code: bool },
+    /// The agent is being impaired: T1562 Impair Defenses (Defense Evasion); T1562.001
+    /// Disable or Modify Tools when a watched path refuses to be read (the only cause raised
+    /// so far, see [`switch_flood`]).
+    SwitchFlood { unreadable: bool },
 }
 
 impl Anomaly {
@@ -90,6 +96,7 @@ impl Anomaly {
             Anomaly::Miner { .. } => "miner",
             Anomaly::Respawn { .. } => "respawn",
             Anomaly::NodeAbuse { .. } => "node_abuse",
+            Anomaly::SwitchFlood { .. } => "switch_flood",
         }
     }
 
@@ -130,7 +137,14 @@ impl Anomaly {
                 "Execution",
                 "Command and Scripting Interpreter: JavaScript",
             ),
-            Anomaly::Blind => ("T1562", "Defense Evasion", "Impair Defenses"),
+            Anomaly::Blind | Anomaly::SwitchFlood { unreadable: false } => {
+                ("T1562", "Defense Evasion", "Impair Defenses")
+            }
+            Anomaly::SwitchFlood { unreadable: true } => (
+                "T1562.001",
+                "Defense Evasion",
+                "Impair Defenses: Disable or Modify Tools",
+            ),
         };
         Mitre {
             technique: technique.into(),
@@ -151,6 +165,7 @@ impl Anomaly {
             Anomaly::Miner { .. } => 128,
             Anomaly::Respawn { .. } => 256,
             Anomaly::NodeAbuse { .. } => 512,
+            Anomaly::SwitchFlood { .. } => 1024,
         }
     }
 }
@@ -203,7 +218,7 @@ pub struct Finding {
 pub enum Work {
     /// A cron file changed: judge what it gained ([`cron::judge`]).
     CronChanged(cron::Change),
-    /// A finding ready to raise.
+    /// A finding ready to raise (an npm package; a watched path the agent cannot read).
     Found(Box<Finding>),
 }
 
@@ -566,6 +581,18 @@ pub(crate) mod tests {
                 Severity::High,
                 "T1059.007",
             ),
+            (
+                SwitchFlood { unreadable: true },
+                "switch_flood",
+                Severity::High,
+                "T1562.001",
+            ),
+            (
+                SwitchFlood { unreadable: false },
+                "switch_flood",
+                Severity::High,
+                "T1562",
+            ),
         ];
         for (a, name, severity, technique) in cases {
             assert_eq!(
@@ -594,6 +621,7 @@ pub(crate) mod tests {
         assert!(!kill(NodeAbuse { dynamic_code: true }, "eval"));
         assert!(!kill(Cron { critical: true }, "x"));
         assert!(!kill(Npm, "x"));
+        assert!(!kill(SwitchFlood { unreadable: true }, "cannot read"));
         assert!(!kill(
             Respawn { cron: false },
             "came back after it was killed by signal 9"

