@@ -253,7 +253,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     let override_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let config = dir.join("sentinel.toml");
-    std::fs::write(
+    write_private(
         &config,
         format!(
             "[agent]\ndb = \"{d}/s.db\"\nsocket = \"{d}/s.sock\"\n[geo]\ndatabase = \"{g}\"\n\
@@ -380,4 +380,21 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         bail!("not every destination was blocked");
     }
     Ok(())
+}
+
+/// Write a file holding secrets (the config with the Slack signing secret) mode 0600, as the
+/// agent requires.
+fn write_private(path: &std::path::Path, text: String) -> std::io::Result<()> {
+    use std::{
+        io::Write as _,
+        os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
+    };
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(text.as_bytes())?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
 }

@@ -1,6 +1,7 @@
 //! `sentinel check-config`: validate the configuration file and name every problem in one
 //! run (`section.key: reason (line L, column C)`), including what `sentinel run` would refuse
-//! at start: the GeoIP database it names and the override key (present, private, long
+//! at start: files holding secrets that are not root's alone (the config itself, the fleet
+//! password file), the GeoIP database it names, the override key (root's, private, long
 //! enough). The unit runs it as `ExecStartPre`, so a config the agent cannot start with stops
 //! there with its reasons instead of restarting the service for ever.
 
@@ -8,7 +9,7 @@ use std::process::ExitCode;
 
 use super::Cli;
 use crate::{
-    config::{Config, Problem},
+    config::{self, Config, Problem},
     enrich::geo::CountryDb,
     override_http::Secret,
 };
@@ -24,6 +25,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     };
     let (config, mut problems) = Config::check(&text);
     if let Some(config) = &config {
+        problems.extend(config::secret_file_problems(&cli.config, config));
         problems.extend(start_problems(config));
     }
     if problems.is_empty() {

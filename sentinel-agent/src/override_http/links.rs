@@ -5,7 +5,8 @@
 use std::{
     collections::HashMap,
     fmt,
-    os::unix::fs::PermissionsExt,
+    io::Read as _,
+    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
     sync::Mutex,
     time::SystemTime,
@@ -17,9 +18,12 @@ use serde::Deserialize;
 use sha2::Sha256;
 
 use super::HttpRefusal;
-use crate::switch::{
-    answer::{action, parse_action, valid_id},
-    decision::Verdict,
+use crate::{
+    secret_file::{self, Readers},
+    switch::{
+        answer::{action, parse_action, valid_id},
+        decision::Verdict,
+    },
 };
 
 pub(super) type HmacSha256 = Hmac<Sha256>;
@@ -39,10 +43,9 @@ pub enum SecretError {
     },
     #[error("override secret {path}: not a regular file")]
     NotAFile { path: PathBuf },
-    #[error(
-        "override secret {path}: mode {mode:04o} lets group or others access it (run `chmod 600 {path}`)"
-    )]
-    Mode { path: PathBuf, mode: u32 },
+    /// Not root's, or others than root may read or write it.
+    #[error("override secret {0}")]
+    Unsafe(#[from] secret_file::Unsafe),
     #[error(
         "override secret {path}: {len} bytes is too short, at least {MIN_SECRET_LEN} are needed \
          (e.g. `openssl rand -hex 32 > {path}`)"
@@ -64,24 +67,26 @@ impl Secret {
     /// Load `override.secret_file`. The key is the file's content with surrounding ASCII
     /// whitespace removed, used as is (so `openssl rand -hex 32` text and raw random bytes
     /// both work); it must be at least [`MIN_SECRET_LEN`] bytes. The file must be a regular
-    /// file that neither group nor others can read or write (mode 0600 or 0400).
+    /// file owned by root that neither group nor others can read or write (mode 0600 or
+    /// 0400); it is judged on the open file, so the file judged is the file read.
     pub fn load(path: &Path) -> Result<Secret, SecretError> {
         let read = |source| SecretError::Read {
             path: path.into(),
             source,
         };
-        let meta = std::fs::metadata(path).map_err(read)?;
+        // Non-blocking: a FIFO put in the key's place is refused below, not waited on.
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+            .open(path)
+            .map_err(read)?;
+        let meta = file.metadata().map_err(read)?;
         if !meta.is_file() {
             return Err(SecretError::NotAFile { path: path.into() });
         }
-        let mode = meta.permissions().mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            return Err(SecretError::Mode {
-                path: path.into(),
-                mode,
-            });
-        }
-        let bytes = std::fs::read(path).map_err(read)?;
+        secret_file::check(path, &meta, "the override key", Readers::Owner)?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(read)?;
         let key = bytes.trim_ascii();
         if key.len() < MIN_SECRET_LEN {
             return Err(SecretError::TooShort {

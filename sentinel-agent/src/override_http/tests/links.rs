@@ -48,9 +48,21 @@ fn secret_file_must_be_private_and_long_enough() {
     std::fs::write(&path, format!("{}\n", "ab".repeat(32))).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     let err = Secret::load(&path).unwrap_err().to_string();
-    assert!(err.contains("0644") && err.contains("chmod 600"), "{err}");
+    assert!(
+        err.contains("readable by others") && err.contains("chmod go-rwx"),
+        "{err}"
+    );
 
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    if nix::unistd::geteuid().is_root() {
+        nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+        let err = Secret::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("owned by uid 65534, not root") && err.contains("chown root"),
+            "{err}"
+        );
+        nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(0)), None).unwrap();
+    }
     let s = Secret::load(&path).unwrap();
     assert_eq!(s.len(), 64, "the trailing newline is not part of the key");
 
