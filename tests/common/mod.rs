@@ -127,7 +127,12 @@ impl Agent {
     /// Start an agent (default config) under `wrapper`, a command that ends by exec'ing the
     /// agent's command line it is given as arguments.
     pub fn start_wrapped(wrapper: &[&str]) -> Agent {
-        let mut agent = Agent::start_with_env_unspawned("", "", &[]);
+        Self::start_wrapped_with("", "", wrapper)
+    }
+
+    /// [`Agent::start_with`] under `wrapper` (see [`Agent::start_wrapped`]).
+    pub fn start_wrapped_with(agent_toml: &str, sections: &str, wrapper: &[&str]) -> Agent {
+        let mut agent = Agent::start_with_env_unspawned(agent_toml, sections, &[]);
         agent.wrapper = wrapper.iter().map(|w| w.to_string()).collect();
         agent.spawn();
         agent
