@@ -527,6 +527,49 @@ fn check_config_accepts_the_shipped_config() {
 }
 
 #[test]
+fn a_config_others_can_read_is_refused_when_it_holds_a_secret() {
+    use std::{fs, os::unix::fs::PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[agent]\ndb = \"{0}/s.db\"\nsocket = \"{0}/s.sock\"\n[geo]\nenabled = false\n\
+         [enforce]\nmode = \"dry-run\"\n\
+         [notify.telegram]\nbot_token = \"123456:not-a-real-token\"\nchat_id = \"42\"\n",
+        dir.path().display()
+    );
+    let path = write(dir.path(), "sentinel.toml", &text);
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+    let want = format!(
+        "config: {p} is readable by others and holds notify.telegram.bot_token: chmod o-rwx {p}",
+        p = path.display()
+    );
+    for command in ["check-config", "run"] {
+        let out = Command::new(BIN)
+            .args([command, "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{command} accepted it");
+        assert!(err.contains(&want), "{command}: {err}");
+        assert!(
+            !err.contains("not-a-real-token"),
+            "{command} showed the secret: {err}"
+        );
+    }
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn check_config_reports_every_problem_at_once_and_what_run_would_refuse() {
     use std::{fs, os::unix::fs::PermissionsExt};
     let dir = tempfile::tempdir().unwrap();
@@ -558,7 +601,7 @@ fn check_config_reports_every_problem_at_once_and_what_run_would_refuse() {
         "enforce.bogus_key: unknown field `bogus_key`",
         "(line 8, column 1)",
         "override.secret_file: override secret",
-        "chmod 600",
+        "chmod go-rwx",
     ] {
         assert!(err.contains(line), "{line:?} missing from:\n{err}");
     }

@@ -39,7 +39,7 @@ fn eventually<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 
 fn password_file(dir: &std::path::Path, password: &str) -> PathBuf {
     let p = dir.join("pg.password");
-    std::fs::write(&p, format!("{password}\n")).unwrap();
+    common::write_private(&p, &format!("{password}\n"));
     p
 }
 

@@ -667,34 +667,49 @@ fn a_block_nft_refuses_is_block_failed_until_a_retry_lands() {
     let _serial = serial();
     let _net = TestNet::new("f");
     let table = Table::new("failing");
-    // An `nft` that fails while the flag file exists, and is the real one otherwise.
+    // An `nft` that fails while the flag file exists, and is (a copy of) the real one
+    // otherwise. The agent finds `nft` only in the system directories, never on PATH: it runs
+    // in a private mount namespace where the fake is bind-mounted over the system's nft.
     let bin = tempfile::tempdir().unwrap();
     let flag = bin.path().join("broken");
     std::fs::write(&flag, "").unwrap();
-    let real = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
+    let system = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft", "/bin/nft"]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())
         .expect("nft installed");
+    let real = bin.path().join("real-nft");
+    std::fs::copy(system, &real).unwrap();
     let fake = bin.path().join("nft");
     std::fs::write(
         &fake,
         format!(
-            "#!/bin/sh\nif [ -e {} ]; then echo 'nft: simulated failure' >&2; exit 1; fi\nexec {real} \"$@\"\n",
-            flag.display()
+            "#!/bin/sh\nif [ -e {} ]; then echo 'nft: simulated failure' >&2; exit 1; fi\nexec {} \"$@\"\n",
+            flag.display(),
+            real.display()
         ),
     )
     .unwrap();
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let path = format!(
-        "{}:{}",
-        bin.path().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let mount = format!("mount --bind {} {system} && exec \"$@\"", fake.display());
     let sections = format!(
         "[switch]\ncountdown = \"2s\"\n[enforce]\ntable = \"{}\"\nconnect_guard = true\n",
         table.0
     );
-    let agent = Agent::start_with_env("", &sections, &[("PATH", &path)]);
+    let agent = Agent::start_wrapped_with(
+        "",
+        &sections,
+        &[
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            &mount,
+            "sh",
+        ],
+    );
     let d = open_decision(&agent, "198.51.100.2", 9961);
     let id = d["id"].as_str().unwrap().to_string();
     let failed = agent.wait_for("decision", "block-failed", |x| {

@@ -10,6 +10,7 @@ mod event;
 mod fleet;
 mod notify;
 mod override_http;
+mod secret_file;
 mod sensors;
 mod store;
 mod switch;

@@ -102,17 +102,16 @@ impl Agent {
         let config = dir.path().join("sentinel.toml");
         let geo = dir.path().join("country.mmdb");
         mmdb::write_country_db(&geo, mmdb::Layout::Flat, &TEST_COUNTRIES).unwrap();
-        fs::write(
+        write_private(
             &config,
-            format!(
+            &format!(
                 "[agent]\ndb = \"{}\"\nsocket = \"{}\"\ncpu_interval = \"1s\"\n{agent_toml}\n\
                  [geo]\ndatabase = \"{}\"\n{sections}\n",
                 dir.path().join("sentinel.db").display(),
                 dir.path().join("sentinel.sock").display(),
                 geo.display(),
             ),
-        )
-        .unwrap();
+        );
         Agent {
             child: None,
             dir,
@@ -128,7 +127,12 @@ impl Agent {
     /// Start an agent (default config) under `wrapper`, a command that ends by exec'ing the
     /// agent's command line it is given as arguments.
     pub fn start_wrapped(wrapper: &[&str]) -> Agent {
-        let mut agent = Agent::start_with_env_unspawned("", "", &[]);
+        Self::start_wrapped_with("", "", wrapper)
+    }
+
+    /// [`Agent::start_with`] under `wrapper` (see [`Agent::start_wrapped`]).
+    pub fn start_wrapped_with(agent_toml: &str, sections: &str, wrapper: &[&str]) -> Agent {
+        let mut agent = Agent::start_with_env_unspawned(agent_toml, sections, &[]);
         agent.wrapper = wrapper.iter().map(|w| w.to_string()).collect();
         agent.spawn();
         agent
@@ -295,6 +299,19 @@ impl Drop for Agent {
             self.stop();
         }
     }
+}
+
+/// Write `text` to a new file at `path`, mode 0600: what the agent requires of a file holding
+/// secrets (configs with chat tokens, password files), as the installer does.
+pub fn write_private(path: &Path, text: &str) {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap();
+    file.write_all(text.as_bytes()).unwrap();
 }
 
 /// Write `text` to a file in `dir`, returning its path.

@@ -134,6 +134,8 @@ fn drain(
     fill_outbox(&db, rows)?;
     let pw = run.join("pw");
     std::fs::write(&pw, pg::PASSWORD)?;
+    // The agent refuses a password file that others than root may read.
+    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     let config = run.join("sentinel.toml");
     std::fs::write(
         &config,

@@ -255,7 +255,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let config = dir.join("sentinel.toml");
     // The flood is one origin: `switch.max_auto_blocks` is lifted so the timer blocks every
     // address (this measures the batch, not the per-origin budget).
-    std::fs::write(
+    write_private(
         &config,
         format!(
             "[agent]\ndb = \"{d}/s.db\"\nsocket = \"{d}/s.sock\"\n[geo]\ndatabase = \"{g}\"\n\
@@ -382,4 +382,21 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         bail!("not every destination was blocked");
     }
     Ok(())
+}
+
+/// Write a file holding secrets (the config with the Slack signing secret) mode 0600, as the
+/// agent requires.
+fn write_private(path: &std::path::Path, text: String) -> std::io::Result<()> {
+    use std::{
+        io::Write as _,
+        os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
+    };
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(text.as_bytes())?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
 }

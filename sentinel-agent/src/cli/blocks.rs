@@ -15,7 +15,7 @@ pub fn run(cli: &Cli, args: &JsonArgs) -> anyhow::Result<ExitCode> {
     // agent's back (it is re-asserted at the agent's next start).
     let in_kernel = match config.enforce.mode {
         EnforceMode::Nftables => Nft::new(&config.enforce.table)
-            .elements()
+            .and_then(|nft| nft.elements())
             .map(|els| els.into_iter().map(|(a, _)| a).collect::<Vec<_>>())
             .ok(),
         EnforceMode::DryRun => None,

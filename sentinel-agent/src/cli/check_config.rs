@@ -1,14 +1,16 @@
 //! `sentinel check-config`: validate the configuration file and name every problem in one
 //! run (`section.key: reason (line L, column C)`), including what `sentinel run` would refuse
-//! at start: the GeoIP database it names and the override key (present, private, long
-//! enough). The unit runs it as `ExecStartPre`, so a config the agent cannot start with stops
+//! at start: files holding secrets that are not root's alone (the config itself, the fleet
+//! password file), the GeoIP database it names, the override key (root's, private, long
+//! enough) and the `nft` program. The unit runs it as `ExecStartPre`, so a config the agent cannot start with stops
 //! there with its reasons instead of restarting the service for ever.
 
 use std::process::ExitCode;
 
 use super::Cli;
 use crate::{
-    config::{Config, Problem},
+    config::{self, Config, EnforceMode, Problem},
+    enforce::nftables,
     enrich::geo::CountryDb,
     override_http::Secret,
 };
@@ -24,6 +26,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     };
     let (config, mut problems) = Config::check(&text);
     if let Some(config) = &config {
+        problems.extend(config::secret_file_problems(&cli.config, config));
         problems.extend(start_problems(config));
     }
     if problems.is_empty() {
@@ -52,6 +55,11 @@ fn start_problems(config: &Config) -> Vec<Problem> {
             "override.secret_file",
             format!("{e} (needed because override.public_url is set)"),
         ));
+    }
+    if config.enforce.mode == EnforceMode::Nftables
+        && let Err(e) = nftables::locate()
+    {
+        out.push(Problem::new("enforce.mode", e.to_string()));
     }
     out
 }

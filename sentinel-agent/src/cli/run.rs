@@ -1,4 +1,5 @@
-//! `sentinel run`: set up logging and start the agent's event loop.
+//! `sentinel run`: refuse secret-holding files that are not root's alone, set up logging and
+//! start the agent's event loop.
 
 use std::process::ExitCode;
 
@@ -6,10 +7,18 @@ use anyhow::Context as _;
 use tracing_subscriber::EnvFilter;
 
 use super::Cli;
-use crate::daemon;
+use crate::{config, daemon};
 
 pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let config = cli.load_config()?;
+    let unsafe_files = config::secret_file_problems(&cli.config, &config);
+    if !unsafe_files.is_empty() {
+        let lines: Vec<String> = unsafe_files.iter().map(|p| format!("  {p}")).collect();
+        anyhow::bail!(
+            "refusing to start: a file holding secrets is not the admin's alone:\n{}",
+            lines.join("\n")
+        );
+    }
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("sentinel={}", config.agent.log_level)));
     tracing_subscriber::fmt()

@@ -33,7 +33,7 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
             // The agent is down: the table and the ledger are still there.
             let ledger = Ledger::open_existing(&config.agent.db, true)?;
             Nft::new(&config.enforce.table)
-                .remove(addr)
+                .and_then(|nft| nft.remove(addr))
                 .context("removing the element from nftables")?;
             ledger.remove_block(addr)?
         }

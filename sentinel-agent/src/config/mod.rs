@@ -10,9 +10,10 @@ use std::{
 
 use serde::{Deserialize, Deserializer};
 
-pub use self::validate::name_matches;
+pub use self::{secrets::secret_file_problems, validate::name_matches};
 
 mod check;
+mod secrets;
 #[cfg(test)]
 mod tests;
 mod validate;

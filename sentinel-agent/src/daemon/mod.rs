@@ -46,7 +46,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let seeded = startup::seed_tree()?;
     let store = startup::open_store(agent)?;
     let behaviour = startup::start_behaviour(&config);
-    let enforcer = startup::start_enforcer(&config, &mut sensors.ebpf);
+    let enforcer = startup::start_enforcer(&config, &mut sensors.ebpf)?;
     let mut switch = startup::open_ledger_and_switch(&config, enforcer)?;
 
     // Human answers reach the loop on one channel: chat, signed links, the CLI, the fleet.

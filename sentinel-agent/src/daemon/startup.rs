@@ -177,8 +177,8 @@ pub fn start_behaviour(config: &Config) -> BehaviourParts {
 }
 
 /// The enforcer of `enforce.mode`, with the cgroup connect guard when it attaches.
-pub fn start_enforcer(config: &Config, ebpf: &mut aya::Ebpf) -> Enforcer {
-    let mut enforcer = Enforcer::from_config(config);
+pub fn start_enforcer(config: &Config, ebpf: &mut aya::Ebpf) -> anyhow::Result<Enforcer> {
+    let mut enforcer = Enforcer::from_config(config).context("enforce.mode = \"nftables\"")?;
     if config.enforce.connect_guard && !enforcer.is_dry_run() {
         match ConnectGuard::attach(ebpf) {
             Ok(guard) => {
@@ -198,7 +198,7 @@ pub fn start_enforcer(config: &Config, ebpf: &mut aya::Ebpf) -> Enforcer {
             Err(e) => warn!("connect guard not attached (nftables still enforces blocks): {e}"),
         }
     }
-    enforcer
+    Ok(enforcer)
 }
 
 /// The dead man's switch: the state machine the loop drives, the worker thread that commits,

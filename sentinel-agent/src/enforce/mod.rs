@@ -163,11 +163,13 @@ impl Enforcer {
         }
     }
 
-    pub fn from_config(config: &Config) -> Self {
-        Self::new(match config.enforce.mode {
-            EnforceMode::Nftables => Backend::Nft(nftables::Nft::new(&config.enforce.table)),
+    /// The backend `enforce.mode` asks for; in nftables mode, fails when the system has no
+    /// `nft` (see [`nftables::locate`]).
+    pub fn from_config(config: &Config) -> Result<Self, nftables::NftError> {
+        Ok(Self::new(match config.enforce.mode {
+            EnforceMode::Nftables => Backend::Nft(nftables::Nft::new(&config.enforce.table)?),
             EnforceMode::DryRun => Backend::DryRun,
-        })
+        }))
     }
 
     /// Mirror blocks into the in-kernel connect guard from now on.

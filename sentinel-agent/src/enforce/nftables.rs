@@ -2,18 +2,41 @@
 //! with one timeout set per family, dropping traffic to set members on output and from them
 //! on input. Nothing outside this table is ever touched, and the table stays when the agent
 //! stops: removing it is an explicit uninstall step.
+//!
+//! `nft` runs as root with the agent's rules, so it must be the system's own: it is found
+//! once, at start, in a fixed list of system directories ([`NFT_DIRS`]) and run by that
+//! absolute path; `PATH` is never consulted (a root service's `PATH` is not under a user's
+//! control, but `sudo sentinel unblock` from a shell with a doctored `PATH` would be). There
+//! is deliberately no override, not even for tests: unit tests set [`Nft`]'s `program`, and the
+//! end-to-end test that needs a failing `nft` runs the agent in a private mount namespace with
+//! a fake bind-mounted over the system one (`tests/switch.rs`), so the resolution under test
+//! is the real one.
 
 use std::{
     io::Write,
     net::IpAddr,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Duration,
 };
 
+/// Where `nft` is looked for, in this order.
+pub const NFT_DIRS: [&str; 4] = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
+
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
-    #[error("cannot run nft (is the nftables package installed?): {0}")]
-    Spawn(std::io::Error),
+    #[error(
+        "nft not found in {} (is the nftables package installed? `enforce.mode = \"dry-run\"` \
+         needs no nft)",
+        .searched.join(", ")
+    )]
+    NotFound { searched: Vec<String> },
+    #[error("cannot run {program}: {source}")]
+    Spawn {
+        program: PathBuf,
+        source: std::io::Error,
+    },
     #[error("nft refused `{script}`: {stderr}")]
     Refused { script: String, stderr: String },
     #[error("unreadable `nft -j` output: {0}")]
@@ -25,19 +48,44 @@ pub const SET6: &str = "block6";
 
 pub struct Nft {
     table: String,
-    /// The `nft` to run (found on `PATH`; a test points it elsewhere).
-    program: std::path::PathBuf,
+    /// The `nft` to run: an absolute path found by [`locate`] (a unit test sets its own).
+    program: PathBuf,
 }
 
 fn set_of(ip: IpAddr) -> &'static str {
     if ip.is_ipv4() { SET4 } else { SET6 }
 }
 
+/// The system's `nft`: the first executable regular file named `nft` in [`NFT_DIRS`].
+pub fn locate() -> Result<PathBuf, NftError> {
+    locate_in(&NFT_DIRS)
+}
+
+fn locate_in(dirs: &[&str]) -> Result<PathBuf, NftError> {
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    dirs.iter()
+        .map(|dir| Path::new(dir).join("nft"))
+        .find(|p| executable(p))
+        .ok_or_else(|| NftError::NotFound {
+            searched: dirs.iter().map(|d| d.to_string()).collect(),
+        })
+}
+
 impl Nft {
-    pub fn new(table: &str) -> Self {
-        Self {
+    /// The agent's table, driven by the system's `nft` (found now, see [`locate`]).
+    pub fn new(table: &str) -> Result<Self, NftError> {
+        Ok(Self {
             table: table.to_string(),
-            program: "nft".into(),
+            program: locate()?,
+        })
+    }
+
+    fn spawn_error(&self) -> impl Fn(std::io::Error) -> NftError + '_ {
+        |source| NftError::Spawn {
+            program: self.program.clone(),
+            source,
         }
     }
 
@@ -49,7 +97,7 @@ impl Nft {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(NftError::Spawn)?;
+            .map_err(self.spawn_error())?;
         let written = child
             .stdin
             .take()
@@ -57,14 +105,14 @@ impl Nft {
             .write_all(script.as_bytes());
         // nft may stop reading and exit before the script is written (it refused it): its
         // own message says more than the broken pipe, and it is waited for either way.
-        let out = child.wait_with_output().map_err(NftError::Spawn)?;
+        let out = child.wait_with_output().map_err(self.spawn_error())?;
         if !out.status.success() {
             return Err(NftError::Refused {
                 script: script.trim().replace('\n', "; "),
                 stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
             });
         }
-        written.map_err(NftError::Spawn)
+        written.map_err(self.spawn_error())
     }
 
     /// Create the table, its sets and chains if missing, and (re)write its four rules —
@@ -113,10 +161,10 @@ impl Nft {
     pub fn elements(&self) -> Result<Vec<(IpAddr, Option<Duration>)>, NftError> {
         let mut out = Vec::new();
         for set in [SET4, SET6] {
-            let o = Command::new("nft")
+            let o = Command::new(&self.program)
                 .args(["-j", "list", "set", "inet", &self.table, set])
                 .output()
-                .map_err(NftError::Spawn)?;
+                .map_err(self.spawn_error())?;
             if !o.status.success() {
                 return Err(NftError::Refused {
                     script: format!("list set inet {} {set}", self.table),
@@ -205,6 +253,26 @@ mod tests {
             Err(NftError::Refused { stderr, .. }) => assert_eq!(stderr, "nft: no such table"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn nft_is_found_only_in_the_listed_directories() {
+        use std::os::unix::fs::PermissionsExt;
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let dirs = [a.path().to_str().unwrap(), b.path().to_str().unwrap()];
+        let err = locate_in(&dirs).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("nft not found in {}, {} (", dirs[0], dirs[1])),
+            "{err}"
+        );
+        // Not executable: not a candidate.
+        std::fs::write(a.path().join("nft"), "").unwrap();
+        let found = b.path().join("nft");
+        std::fs::write(&found, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&found, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(locate_in(&dirs).unwrap(), found);
+        // The real list holds absolute system directories only.
+        assert!(NFT_DIRS.iter().all(|d| d.starts_with('/')));
     }
 
     #[test]

@@ -74,6 +74,14 @@ impl FleetConfig {
         !self.postgres_url.is_empty()
     }
 
+    /// Whether `postgres_url` itself carries a password (which makes the config file a
+    /// secret-holding file).
+    pub fn url_has_password(&self) -> bool {
+        self.enabled()
+            && tokio_postgres::Config::from_str(&self.postgres_url)
+                .is_ok_and(|c| c.get_password().is_some())
+    }
+
     /// Everything wrong with the section, each naming its key.
     pub fn problems(&self) -> Vec<Problem> {
         let mut out = Vec::new();

@@ -7,19 +7,35 @@
 //! - The source is the connection's address, or behind a proxy listed in
 //!   `override.trusted_proxies` the last `X-Forwarded-For` address that is not a proxy.
 //! - Connections are capped ([`Limits::max_connections`]; more wait in the listen backlog),
-//!   must send their headers within [`Limits::header_timeout`], and live at most
-//!   [`Limits::connection_timeout`] (one request each: no idle keep-alive), so slow clients
-//!   free their slot quickly.
+//!   must send their headers within [`Limits::header_timeout`] and their body within
+//!   [`Limits::body_timeout`] (5 s each), and live at most [`Limits::connection_timeout`]
+//!   (one request each: no idle keep-alive; the rest of that time is the switch's to answer),
+//!   so slow clients free their slot quickly.
+//! - One address holds at most [`Limits::per_address`] of those connections at once (an IPv6
+//!   /64 counts as one address: it is what one host gets); the next ones from it are closed at
+//!   once. So slow clients on one address cannot queue the admin's click from another. A
+//!   trusted proxy carries everyone's requests, its own clients' included, so it gets the
+//!   larger [`Limits::per_proxy`]: enough for busy traffic, and still leaving the other slots
+//!   to direct clients. Behind a proxy, bounding slow clients is the proxy's job (nginx, for
+//!   one, buffers a request before it forwards it).
 
 use std::{
+    collections::HashMap,
     convert::Infallible,
     net::{IpAddr, SocketAddr},
     num::NonZeroU32,
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
-use axum::{Router, extract::ConnectInfo, http::HeaderMap};
+use axum::{
+    Router,
+    body::Body,
+    extract::{ConnectInfo, Request, State},
+    http::{HeaderMap, StatusCode},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
 use governor::{
     Quota, RateLimiter,
     clock::DefaultClock,
@@ -33,6 +49,8 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
 };
 use tower_service::Service as _;
+
+use super::{EndpointState, HttpRefusal};
 
 /// Sources whose refusal budget is tracked before idle ones are forgotten.
 const MAX_SOURCES: usize = 4096;
@@ -50,8 +68,14 @@ pub struct Limits {
     pub overall_per_sec: u32,
     /// Connections served at once.
     pub max_connections: usize,
+    /// Connections one address (an IPv6 /64) may hold at once.
+    pub per_address: usize,
+    /// Connections a trusted proxy may hold at once.
+    pub per_proxy: usize,
     /// Time a connection has to send its request headers.
     pub header_timeout: Duration,
+    /// Time a request has to send its body, once its headers are in.
+    pub body_timeout: Duration,
     /// Longest a connection lives (request, body, answer from the switch, response).
     pub connection_timeout: Duration,
 }
@@ -64,9 +88,107 @@ impl Default for Limits {
             overall_burst: 120,
             overall_per_sec: 10,
             max_connections: 256,
+            per_address: 8,
+            per_proxy: 128,
             header_timeout: Duration::from_secs(5),
+            body_timeout: Duration::from_secs(5),
             connection_timeout: Duration::from_secs(30),
         }
+    }
+}
+
+/// Largest body read by [`body_in_time`]; each route's own, smaller limit applies after.
+pub(super) const MAX_BODY: usize = 64 * 1024;
+
+/// Whether `ip` is one of the trusted proxies.
+fn is_proxy(proxies: &[IpNet], ip: IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    proxies.iter().any(|net| net.contains(&ip))
+}
+
+/// Connections open per address, each within its cap.
+struct PerAddress {
+    open: Mutex<HashMap<IpAddr, usize>>,
+    per_address: usize,
+    per_proxy: usize,
+    trusted_proxies: Vec<IpNet>,
+}
+
+/// One open connection counted on its address; uncounted when dropped.
+struct AddressSlot {
+    counts: Arc<PerAddress>,
+    key: IpAddr,
+}
+
+impl PerAddress {
+    fn new(limits: &Limits, trusted_proxies: Vec<IpNet>) -> Arc<PerAddress> {
+        Arc::new(PerAddress {
+            open: Mutex::default(),
+            per_address: limits.per_address.max(1),
+            per_proxy: limits.per_proxy.max(1),
+            trusted_proxies,
+        })
+    }
+
+    /// What connections are counted on: the address, or for IPv6 its /64.
+    fn key(ip: IpAddr) -> IpAddr {
+        match ip.to_canonical() {
+            IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+            v4 => v4,
+        }
+    }
+
+    /// Count a connection from `peer`; `None` when its address already holds its cap.
+    fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<AddressSlot> {
+        let cap = if is_proxy(&self.trusted_proxies, peer) {
+            self.per_proxy
+        } else {
+            self.per_address
+        };
+        let key = Self::key(peer);
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(key).or_default();
+        if *count >= cap {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            counts: self.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.counts.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Read the whole request body within [`Limits::body_timeout`] (and [`MAX_BODY`]) before the
+/// handler runs, so a client trickling its body frees its connection in seconds.
+pub(super) async fn body_in_time(
+    State(shared): State<Arc<EndpointState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let read = tokio::time::timeout(shared.body_timeout, axum::body::to_bytes(body, MAX_BODY));
+    match read.await {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Ok(Err(_)) => {
+            HttpRefusal::new(StatusCode::PAYLOAD_TOO_LARGE, "body too large").into_response()
+        }
+        Err(_) => HttpRefusal::new(StatusCode::REQUEST_TIMEOUT, "body too slow").into_response(),
     }
 }
 
@@ -116,8 +238,7 @@ impl RefusalLimiter {
     }
 
     fn is_proxy(&self, ip: IpAddr) -> bool {
-        let ip = ip.to_canonical();
-        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+        is_proxy(&self.trusted_proxies, ip)
     }
 
     /// Charge one refusal to `source`; false when its budget or the overall one is spent.
@@ -133,12 +254,15 @@ impl RefusalLimiter {
 }
 
 /// Accept connections on `listener` and serve `app` on each, within `limits`, until dropped.
+/// A connection past its address's cap is closed at once.
 pub(super) async fn serve_connections(
     listener: TcpListener,
     app: Router,
     limits: Limits,
+    trusted_proxies: Vec<IpNet>,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let per_address = PerAddress::new(&limits, trusted_proxies);
     loop {
         let slot = slots
             .clone()
@@ -147,7 +271,12 @@ pub(super) async fn serve_connections(
             .map_err(std::io::Error::other)?;
         match listener.accept().await {
             Ok((stream, peer)) => {
-                tokio::spawn(serve_connection(stream, peer, app.clone(), limits, slot));
+                let Some(counted) = per_address.admit(peer.ip()) else {
+                    tracing::debug!(%peer, "override connection closed: too many from its address");
+                    continue;
+                };
+                let slots = (slot, counted);
+                tokio::spawn(serve_connection(stream, peer, app.clone(), limits, slots));
             }
             Err(e) => {
                 tracing::debug!("override endpoint: accept failed: {e}");
@@ -164,7 +293,7 @@ async fn serve_connection(
     peer: SocketAddr,
     app: Router,
     limits: Limits,
-    _slot: OwnedSemaphorePermit,
+    _slots: (OwnedSemaphorePermit, AddressSlot),
 ) {
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
@@ -190,6 +319,45 @@ mod tests {
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()
+    }
+
+    #[test]
+    fn connections_are_capped_per_address_and_higher_for_proxies() {
+        let limits = Limits {
+            per_address: 2,
+            per_proxy: 3,
+            ..Limits::default()
+        };
+        let counts = PerAddress::new(&limits, vec!["10.0.0.0/8".parse().unwrap()]);
+        let a = ip("198.51.100.1");
+        let first: Vec<_> = (0..2)
+            .map(|_| counts.admit(a).expect("within cap"))
+            .collect();
+        assert!(counts.admit(a).is_none(), "third from one address");
+        assert!(
+            counts.admit(ip("198.51.100.2")).is_some(),
+            "another address"
+        );
+        assert!(
+            counts.admit(ip("::ffff:198.51.100.1")).is_none(),
+            "the v4-mapped form is the same address"
+        );
+        drop(first);
+        assert!(
+            counts.admit(a).is_some(),
+            "closed connections free their count"
+        );
+        // One IPv6 /64 is one host.
+        let _v6: Vec<_> = ["2001:db8::1", "2001:db8::2"]
+            .iter()
+            .map(|x| counts.admit(ip(x)).unwrap())
+            .collect();
+        assert!(counts.admit(ip("2001:db8::ffff:3")).is_none());
+        assert!(counts.admit(ip("2001:db8:0:1::1")).is_some(), "another /64");
+        let proxy = ip("10.1.2.3");
+        let _p: Vec<_> = (0..3).map(|_| counts.admit(proxy).unwrap()).collect();
+        assert!(counts.admit(proxy).is_none(), "a proxy's cap is its own");
+        assert!(counts.open.lock().unwrap().len() <= 6);
     }
 
     #[test]

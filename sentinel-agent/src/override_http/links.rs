@@ -1,11 +1,13 @@
 //! Signed links: the Teams buttons. A link answers one decision with one verdict until the
 //! decision's deadline, and carries its HMAC-SHA256 signature under the override key; a used
-//! link is remembered until it expires, so it works once.
+//! link is remembered until it expires, so it works once. A link counts as used only once the
+//! switch took its answer: a click that met a busy switch can be repeated.
 
 use std::{
     collections::HashMap,
     fmt,
-    os::unix::fs::PermissionsExt,
+    io::Read as _,
+    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
     sync::Mutex,
     time::SystemTime,
@@ -17,9 +19,12 @@ use serde::Deserialize;
 use sha2::Sha256;
 
 use super::HttpRefusal;
-use crate::switch::{
-    answer::{action, parse_action, valid_id},
-    decision::Verdict,
+use crate::{
+    secret_file::{self, Readers},
+    switch::{
+        answer::{action, parse_action, valid_id},
+        decision::Verdict,
+    },
 };
 
 pub(super) type HmacSha256 = Hmac<Sha256>;
@@ -39,10 +44,9 @@ pub enum SecretError {
     },
     #[error("override secret {path}: not a regular file")]
     NotAFile { path: PathBuf },
-    #[error(
-        "override secret {path}: mode {mode:04o} lets group or others access it (run `chmod 600 {path}`)"
-    )]
-    Mode { path: PathBuf, mode: u32 },
+    /// Not root's, or others than root may read or write it.
+    #[error("override secret {0}")]
+    Unsafe(#[from] secret_file::Unsafe),
     #[error(
         "override secret {path}: {len} bytes is too short, at least {MIN_SECRET_LEN} are needed \
          (e.g. `openssl rand -hex 32 > {path}`)"
@@ -64,24 +68,26 @@ impl Secret {
     /// Load `override.secret_file`. The key is the file's content with surrounding ASCII
     /// whitespace removed, used as is (so `openssl rand -hex 32` text and raw random bytes
     /// both work); it must be at least [`MIN_SECRET_LEN`] bytes. The file must be a regular
-    /// file that neither group nor others can read or write (mode 0600 or 0400).
+    /// file owned by root that neither group nor others can read or write (mode 0600 or
+    /// 0400); it is judged on the open file, so the file judged is the file read.
     pub fn load(path: &Path) -> Result<Secret, SecretError> {
         let read = |source| SecretError::Read {
             path: path.into(),
             source,
         };
-        let meta = std::fs::metadata(path).map_err(read)?;
+        // Non-blocking: a FIFO put in the key's place is refused below, not waited on.
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+            .open(path)
+            .map_err(read)?;
+        let meta = file.metadata().map_err(read)?;
         if !meta.is_file() {
             return Err(SecretError::NotAFile { path: path.into() });
         }
-        let mode = meta.permissions().mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            return Err(SecretError::Mode {
-                path: path.into(),
-                mode,
-            });
-        }
-        let bytes = std::fs::read(path).map_err(read)?;
+        secret_file::check(path, &meta, "the override key", Readers::Owner)?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(read)?;
         let key = bytes.trim_ascii();
         if key.len() < MIN_SECRET_LEN {
             return Err(SecretError::TooShort {
@@ -194,45 +200,83 @@ impl Link {
         Some(key)
     }
 
-    fn already_used(&self) -> HttpRefusal {
+    fn refusal(&self, entry: Use) -> HttpRefusal {
+        let how = if entry.in_flight {
+            "is being used"
+        } else {
+            "was already used"
+        };
         HttpRefusal::new(
             StatusCode::CONFLICT,
-            format!("link for decision {} was already used", self.id),
+            format!("link for decision {} {how}", self.id),
         )
     }
 }
 
-/// Link signatures already used, with their expiry (unix seconds).
+/// Link signatures already used (or being used), with their expiry (unix seconds).
 #[derive(Default)]
-pub(super) struct UsedLinks(Mutex<HashMap<[u8; 32], u64>>);
+pub(super) struct UsedLinks(Mutex<HashMap<[u8; 32], Use>>);
+
+/// Where a link stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Use {
+    exp: u64,
+    /// Its answer is with the switch now; it is spent only once the switch takes it.
+    in_flight: bool,
+}
+
+/// A link held while its answer is with the switch: [`Claim::spend`] it when the switch took
+/// the answer; dropped unspent (the switch was busy, stopping or refused), the link can be used
+/// again.
+pub(super) struct Claim<'a> {
+    used: &'a UsedLinks,
+    key: [u8; 32],
+    spent: bool,
+}
+
+impl Claim<'_> {
+    /// The switch took the answer: the link is used for good.
+    pub fn spend(mut self) {
+        self.spent = true;
+        if let Some(entry) = self.used.lock().get_mut(&self.key) {
+            entry.in_flight = false;
+        }
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if !self.spent {
+            self.used.lock().remove(&self.key);
+        }
+    }
+}
 
 impl UsedLinks {
-    /// Refuse a link that was already used (the confirmation page of a used link).
-    pub fn check_unused(&self, link: &Link) -> Result<(), HttpRefusal> {
-        let used = link.key().is_some_and(|key| {
-            self.0
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains_key(&key)
-        });
-        if used {
-            return Err(link.already_used());
-        }
-        Ok(())
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Use>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Remember a link as used; refused if it already was. Expired entries are dropped first,
-    /// so memory stays bounded by the links still valid.
-    pub fn mark(&self, link: &Link, now: u64) -> Result<(), HttpRefusal> {
+    /// Refuse a link that was already used (the confirmation page of a used link).
+    pub fn check_unused(&self, link: &Link) -> Result<(), HttpRefusal> {
+        match link.key().and_then(|key| self.lock().get(&key).copied()) {
+            Some(entry) => Err(link.refusal(entry)),
+            None => Ok(()),
+        }
+    }
+
+    /// Hold a link while its answer goes to the switch; refused if it is used or held. Expired
+    /// entries are dropped first, so memory stays bounded by the links still valid.
+    pub fn claim(&self, link: &Link, now: u64) -> Result<Claim<'_>, HttpRefusal> {
         let key = link
             .key()
             .ok_or_else(|| HttpRefusal::new(StatusCode::BAD_REQUEST, "malformed link"))?;
-        let mut used = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if used.contains_key(&key) {
-            return Err(link.already_used());
+        let mut used = self.lock();
+        if let Some(entry) = used.get(&key) {
+            return Err(link.refusal(*entry));
         }
         if used.len() >= MAX_USED_LINKS {
-            used.retain(|_, exp| *exp > now);
+            used.retain(|_, entry| entry.in_flight || entry.exp > now);
             if used.len() >= MAX_USED_LINKS {
                 return Err(HttpRefusal::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -240,7 +284,15 @@ impl UsedLinks {
                 ));
             }
         }
-        used.insert(key, link.exp);
-        Ok(())
+        let entry = Use {
+            exp: link.exp,
+            in_flight: true,
+        };
+        used.insert(key, entry);
+        Ok(Claim {
+            used: self,
+            key,
+            spent: false,
+        })
     }
 }

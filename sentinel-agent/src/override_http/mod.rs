@@ -9,8 +9,9 @@
 //! only once it is well formed, correctly signed, fresh and not a replay. Refusals get a 4xx,
 //! are logged with their reason (never a secret or a signature), and change nothing. A
 //! correctly signed request is always served, however many bad ones arrive: only refusals are
-//! charged to their source ([`limit`]), and connections are capped and timed out so slow
-//! clients cannot hold the door shut.
+//! charged to their source ([`limit`]), and connections are capped (overall and per address)
+//! and timed out so slow clients cannot hold the door shut. A signed link is spent only when
+//! the switch took its answer: a busy or stopping switch leaves it usable.
 
 #[cfg(test)]
 mod chromium;
@@ -92,13 +93,15 @@ pub(crate) fn serve_with(
         answers,
         used: UsedLinks::default(),
         limiter: RefusalLimiter::new(&limits, config.override_.trusted_proxies.clone()),
+        body_timeout: limits.body_timeout,
         client: reqwest::Client::builder()
             .timeout(config.notify.timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_default(),
     });
-    limit::serve_connections(listener, router(shared), limits)
+    let proxies = config.override_.trusted_proxies.clone();
+    limit::serve_connections(listener, router(shared), limits, proxies)
 }
 
 struct EndpointState {
@@ -110,6 +113,8 @@ struct EndpointState {
     /// Link signatures already used.
     used: UsedLinks,
     limiter: RefusalLimiter,
+    /// Time a request has to send its body ([`Limits::body_timeout`]).
+    body_timeout: std::time::Duration,
     /// For Slack's `response_url` (showing the outcome in place of the buttons).
     client: reqwest::Client,
 }
@@ -127,6 +132,10 @@ fn router(shared: Arc<EndpointState>) -> Router {
         app = app.route("/slack/actions", post(slack::actions));
     }
     app.fallback(|| async { HttpRefusal::new(StatusCode::NOT_FOUND, "no such route") })
+        .layer(middleware::from_fn_with_state(
+            shared.clone(),
+            limit::body_in_time,
+        ))
         .layer(middleware::from_fn_with_state(shared.clone(), account))
         .with_state(shared)
 }

@@ -1,6 +1,7 @@
 //! The confirmation page of a signed link. Opening a link (`GET /v1/decide`) only shows what
 //! it would do, so chat link previews and URL scanners that fetch it answer nothing; the
-//! page's button (`POST /v1/decide`) applies the answer, once.
+//! page's button (`POST /v1/decide`) applies the answer, once: the link is spent when the
+//! switch takes the answer, not before.
 
 use std::{sync::Arc, time::Duration, time::SystemTime};
 
@@ -110,9 +111,10 @@ pub(super) async fn decide(
     })?;
     let now = unix(SystemTime::now());
     let verdict = link.check(&shared.secret, now)?;
-    shared.used.mark(&link, now)?;
+    let claim = shared.used.claim(&link, now)?;
     match shared.answer(&link.id, verdict, "teams-link".into()).await {
         Ok(decision) => {
+            claim.spend();
             tracing::info!(id = %decision.id, state = %decision.state, "decision answered by a signed link");
             let body = format!(
                 "<p>Decision <code>{}</code> is now <strong>{}</strong>.</p>",
@@ -122,6 +124,8 @@ pub(super) async fn decide(
             Ok(page(StatusCode::OK, "Sentinel: done", &body))
         }
         Err(refusal) => {
+            // Not taken (busy, stopping, refused): the link stays usable.
+            drop(claim);
             let body = format!("<p>{}</p>", escape(&refusal.reason));
             let mut response = page(refusal.status, "Sentinel: not applied", &body);
             response.extensions_mut().insert(Reason(refusal.reason));

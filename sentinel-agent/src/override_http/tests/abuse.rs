@@ -228,9 +228,11 @@ async fn a_signed_answer_lands_while_the_endpoint_is_flooded() {
         Mutex,
         atomic::{AtomicBool, Ordering},
     };
+    // Everyone on one address, as behind a proxy: the per-address cap has its own test.
     let e = endpoint_with(Limits {
         header_timeout: Duration::from_secs(2),
         connection_timeout: Duration::from_secs(10),
+        per_address: 1024,
         ..Limits::default()
     })
     .await;
@@ -311,4 +313,86 @@ async fn a_signed_answer_lands_while_the_endpoint_is_flooded() {
         hung_up, 100,
         "every slow connection was closed by the server"
     );
+}
+
+/// A TCP connection to `server` from `source` (any 127.0.0.0/8 address is loopback).
+async fn connect_from(source: &str, server: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    socket.connect(server).await.unwrap()
+}
+
+/// Send `request` on `stream` and read the answer until the server closes (at most 10 s).
+async fn exchange(mut stream: tokio::net::TcpStream, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let read = stream.read_to_end(&mut answer);
+    let _ = tokio::time::timeout(Duration::from_secs(10), read).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_on_one_address_do_not_queue_another() {
+    use tokio::io::AsyncReadExt;
+    let e = endpoint_with(Limits {
+        max_connections: 16,
+        per_address: 8,
+        ..Limits::default()
+    })
+    .await;
+    let server: std::net::SocketAddr = e.base.trim_start_matches("http://").parse().unwrap();
+    // 20 connections from one address that send nothing: enough to take every slot.
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        slow.push(connect_from("127.0.0.2", server).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Another address is answered at once, not after the slow ones' header timeout.
+    let started = std::time::Instant::now();
+    let admin = connect_from("127.0.0.3", server).await;
+    let answer = exchange(admin, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    // The server closed what was over the cap; it holds the first 8.
+    let mut closed = 0;
+    for stream in &mut slow {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_millis(100), stream.read(&mut byte));
+        closed += usize::from(matches!(read.await, Ok(Ok(0) | Err(_))));
+    }
+    assert_eq!(
+        closed, 12,
+        "connections past the per-address cap are closed"
+    );
+}
+
+#[tokio::test]
+async fn a_trickled_body_is_cut_off_at_the_body_timeout() {
+    let e = endpoint_with(Limits {
+        body_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    })
+    .await;
+    let server: std::net::SocketAddr = e.base.trim_start_matches("http://").parse().unwrap();
+    let started = std::time::Instant::now();
+    let stream = connect_from("127.0.0.2", server).await;
+    // Headers at once, then 3 bytes of the announced 200, then nothing.
+    let answer = exchange(
+        stream,
+        "POST /v1/decide HTTP/1.1\r\nHost: x\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 200\r\n\r\nid=",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "cut off after {:?}",
+        started.elapsed()
+    );
+    assert!(e.switch.answers_seen().is_empty());
 }

@@ -48,9 +48,21 @@ fn secret_file_must_be_private_and_long_enough() {
     std::fs::write(&path, format!("{}\n", "ab".repeat(32))).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     let err = Secret::load(&path).unwrap_err().to_string();
-    assert!(err.contains("0644") && err.contains("chmod 600"), "{err}");
+    assert!(
+        err.contains("readable by others") && err.contains("chmod go-rwx"),
+        "{err}"
+    );
 
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    if nix::unistd::geteuid().is_root() {
+        nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+        let err = Secret::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("owned by uid 65534, not root") && err.contains("chown root"),
+            "{err}"
+        );
+        nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(0)), None).unwrap();
+    }
     let s = Secret::load(&path).unwrap();
     assert_eq!(s.len(), 64, "the trailing newline is not part of the key");
 
@@ -186,4 +198,39 @@ async fn signed_link_confirms_block() {
     let (status, page) = e.press(&link).await;
     assert_eq!(status, StatusCode::OK, "{page}");
     assert_eq!(e.switch.state("d2"), State::Blocked);
+}
+
+/// A switch that cannot take the first answer (it goes away without replying, as when the
+/// agent is stopping or the switch is busy) does not spend the link: pressed again, it lands,
+/// and only then is it used up.
+#[tokio::test]
+async fn a_link_that_met_a_busy_switch_can_be_used_again() {
+    let e = endpoint_through(Limits::default(), |switch| {
+        let (tx, mut rx) = mpsc::channel::<Answer>(4);
+        tokio::spawn(async move {
+            let first = rx.recv().await;
+            drop(first);
+            while let Some(answer) = rx.recv().await {
+                if switch.send(answer).await.is_err() {
+                    return;
+                }
+            }
+        });
+        tx
+    })
+    .await;
+    let link = e.link(
+        "d1",
+        Verdict::Block,
+        SystemTime::now() + Duration::from_secs(300),
+    );
+    let (status, page) = e.press(&link).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{page}");
+    assert_eq!(e.switch.state("d1"), State::Pending);
+    let (status, page) = e.press(&link).await;
+    assert_eq!(status, StatusCode::OK, "the link was not spent: {page}");
+    assert_eq!(e.switch.state("d1"), State::Blocked);
+    let (status, page) = e.open(&link).await;
+    assert_eq!(status, StatusCode::CONFLICT, "now it is: {page}");
+    assert!(page.contains("already used"), "{page}");
 }

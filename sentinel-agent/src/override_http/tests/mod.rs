@@ -38,6 +38,15 @@ async fn endpoint() -> Endpoint {
 }
 
 async fn endpoint_with(limits: Limits) -> Endpoint {
+    endpoint_through(limits, |answers| answers).await
+}
+
+/// An endpoint whose answers reach the fake switch through `through` (which may delay, drop or
+/// pass them on).
+async fn endpoint_through(
+    limits: Limits,
+    through: impl FnOnce(mpsc::Sender<Answer>) -> mpsc::Sender<Answer>,
+) -> Endpoint {
     let switch = FakeSwitch::start();
     switch.insert(decision("d1", Duration::from_secs(300)));
     switch.insert(decision("d2", Duration::from_secs(300)));
@@ -50,7 +59,7 @@ async fn endpoint_with(limits: Limits) -> Endpoint {
         listener,
         &config,
         secret.clone(),
-        switch.answers.clone(),
+        through(switch.answers.clone()),
         outcome_message,
         limits,
     ));
