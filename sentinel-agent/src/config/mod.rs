@@ -250,6 +250,8 @@ pub struct SlackConfig {
     pub webhook_url: String,
     /// The Slack app's signing secret, to verify button clicks.
     pub signing_secret: String,
+    /// Slack user ids (`U…`) whose clicks count; empty: anyone in the channel.
+    pub allowed_users: Vec<String>,
     /// Also send a summary of the last day, once a day.
     pub daily_summary: bool,
 }
@@ -272,6 +274,8 @@ pub struct TelegramConfig {
     pub chat_id: String,
     /// Telegram user ids whose button presses are accepted too.
     pub allowed_user_ids: Vec<i64>,
+    /// When set, only these Telegram user ids' presses count, in the chat too.
+    pub allowed_users: Vec<i64>,
     pub daily_summary: bool,
 }
 
@@ -282,6 +286,7 @@ impl Default for TelegramConfig {
             bot_token: String::new(),
             chat_id: String::new(),
             allowed_user_ids: Vec::new(),
+            allowed_users: Vec::new(),
             daily_summary: false,
         }
     }

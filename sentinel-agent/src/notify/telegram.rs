@@ -36,6 +36,8 @@ pub struct Telegram {
     token: String,
     chat_id: String,
     allowed_user_ids: Vec<i64>,
+    /// `notify.telegram.allowed_users`: when set, the only users whose presses count.
+    allowed_users: Vec<i64>,
     http: Http,
 }
 
@@ -126,6 +128,7 @@ impl Telegram {
             token: config.bot_token.clone(),
             chat_id: config.chat_id.clone(),
             allowed_user_ids: config.allowed_user_ids.clone(),
+            allowed_users: config.allowed_users.clone(),
             http,
         }
     }
@@ -179,8 +182,12 @@ impl Telegram {
             .map(drop)
     }
 
-    /// Whether a press comes from the configured chat or from an allowed user.
+    /// Whether a press counts: from a user in `allowed_users` when that is set; else from the
+    /// configured chat or a user in `allowed_user_ids`.
     fn authorised(&self, press: &CallbackQuery) -> bool {
+        if !self.allowed_users.is_empty() {
+            return self.allowed_users.contains(&press.from.id);
+        }
         let in_chat = press
             .message
             .as_ref()

@@ -89,6 +89,7 @@ pub(crate) fn serve_with(
     let shared = Arc::new(EndpointState {
         secret,
         slack_signing_secret: (!slack.is_empty()).then(|| slack.clone().into_bytes()),
+        slack_allowed_users: config.notify.slack.allowed_users.clone(),
         slack_outcome,
         answers,
         used: UsedLinks::default(),
@@ -108,6 +109,8 @@ struct EndpointState {
     secret: Arc<Secret>,
     /// `notify.slack.signing_secret`; `None`: Slack is off and its route is not served.
     slack_signing_secret: Option<Vec<u8>>,
+    /// `notify.slack.allowed_users`: when set, the only Slack users whose clicks count.
+    slack_allowed_users: Vec<String>,
     slack_outcome: SlackOutcome,
     answers: mpsc::Sender<Answer>,
     /// Link signatures already used.

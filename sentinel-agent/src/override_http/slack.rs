@@ -113,6 +113,15 @@ pub(super) async fn actions(
             "malformed Slack user",
         ));
     }
+    if !shared.slack_allowed_users.is_empty()
+        && !shared.slack_allowed_users.contains(&payload.user.id)
+    {
+        tracing::warn!(user = %payload.user.id, "Slack click from a user not in notify.slack.allowed_users: refused");
+        return Err(HttpRefusal::new(
+            StatusCode::FORBIDDEN,
+            "you are not in notify.slack.allowed_users: answer refused",
+        ));
+    }
     let via = format!("slack:{}", payload.user.id);
     let result = shared.answer(id, verdict, via).await;
     let reply = match &result {

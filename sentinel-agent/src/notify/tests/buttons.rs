@@ -409,6 +409,23 @@ async fn telegram_presses_from_elsewhere_are_ignored() {
 }
 
 #[tokio::test]
+async fn with_allowed_users_set_a_chat_member_cannot_answer() {
+    let h = Harness::start_edited(None, |c| c.notify.telegram.allowed_users = vec![ADMIN]).await;
+    h.open(with_detail("g4"));
+    // A member of the configured chat, not on the list.
+    h.telegram.press(11, 5, CHAT, 1, "block:g4");
+    h.telegram
+        .api
+        .wait_until(|r| r.iter().any(|r| r.path.ends_with("/answerCallbackQuery")))
+        .await;
+    assert!(h.switch.answers_seen().is_empty());
+    assert_eq!(h.switch.state("g4"), State::Pending);
+    // The listed admin, from the same chat.
+    h.telegram.press(12, ADMIN, CHAT, 1, "safe:g4");
+    wait_state(&h.switch, "g4", State::Safe).await;
+}
+
+#[tokio::test]
 async fn auto_block_outcome_is_shown_everywhere() {
     let h = Harness::start(None).await;
     h.open(with_detail("x1"));

@@ -123,6 +123,14 @@ struct Harness {
 
 impl Harness {
     async fn start(summary: Option<SummarySource>) -> Harness {
+        Self::start_edited(summary, |_| {}).await
+    }
+
+    /// [`Harness::start`] on a config that `edit` changed last.
+    async fn start_edited(
+        summary: Option<SummarySource>,
+        edit: impl FnOnce(&mut Config),
+    ) -> Harness {
         let switch = FakeSwitch::start();
         let slack = FakeApi::start(|_| (200, "ok".into())).await;
         let teams = FakeApi::start(|_| (202, String::new())).await;
@@ -143,6 +151,7 @@ impl Harness {
         n.telegram.chat_id = CHAT.to_string();
         n.telegram.allowed_user_ids = vec![ADMIN];
         n.telegram.daily_summary = summary.is_some();
+        edit(&mut config);
         let secret = Arc::new(Secret::from_bytes(b"harness key, thirty-two bytes or more"));
         tokio::spawn(serve(
             listener,

@@ -47,12 +47,22 @@ async fn endpoint_through(
     limits: Limits,
     through: impl FnOnce(mpsc::Sender<Answer>) -> mpsc::Sender<Answer>,
 ) -> Endpoint {
+    endpoint_configured(limits, through, |_| {}).await
+}
+
+/// [`endpoint_through`] on a config that `edit` changed first.
+async fn endpoint_configured(
+    limits: Limits,
+    through: impl FnOnce(mpsc::Sender<Answer>) -> mpsc::Sender<Answer>,
+    edit: impl FnOnce(&mut Config),
+) -> Endpoint {
     let switch = FakeSwitch::start();
     switch.insert(decision("d1", Duration::from_secs(300)));
     switch.insert(decision("d2", Duration::from_secs(300)));
     let secret = Arc::new(Secret::from_bytes(KEY));
     let mut config = Config::default();
     config.notify.slack.signing_secret = SLACK_SECRET.into();
+    edit(&mut config);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(serve_with(

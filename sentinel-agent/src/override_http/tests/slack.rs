@@ -103,3 +103,28 @@ async fn slack_forgeries_change_nothing() {
         e.switch.answers_seen()
     );
 }
+
+#[tokio::test]
+async fn only_allowed_slack_users_answer_when_the_list_is_set() {
+    let e = endpoint_configured(
+        Limits::default(),
+        |a| a,
+        |c| {
+            c.notify.slack.allowed_users = vec!["U999".into()];
+        },
+    )
+    .await;
+    let slack = FakeApi::start(|_| (200, "ok".into())).await;
+    // U123 signs correctly (Slack vouches for it) but is not on the list.
+    let body = slack_body("safe:d1", &format!("{}/r", slack.base));
+    let (status, text) = e.slack(&body, now(), SLACK_SECRET).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
+    assert!(text.contains("allowed_users"), "{text}");
+    assert_eq!(e.switch.state("d1"), State::Pending);
+    // U999 is.
+    let allowed = body.replace("U123", "U999");
+    let (status, text) = e.slack(&allowed, now(), SLACK_SECRET).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(e.switch.state("d1"), State::Safe);
+    assert_eq!(e.switch.decided_by("d1").as_deref(), Some("slack:U999"));
+}
