@@ -576,6 +576,8 @@ fn a_shell_under_a_web_server_gets_its_decision_when_it_connects_out() {
         d["id"] == alert["id"] && d["state"] == "pending"
     });
     assert_eq!(d["target_ip"], "198.51.100.130", "{d}");
+    // Its country is the target's, which the test GeoIP database places in DE.
+    assert_eq!(d["country"], "DE", "{d}");
     assert_eq!(d["anomaly"], "lineage", "{d}");
     let p = pending(&agent);
     assert!(p.iter().any(|x| x["id"] == alert["id"]), "{p:?}");
