@@ -145,13 +145,15 @@ fn shell_under_a_web_server_raises_lineage_and_its_twin_does_not() {
     let node = agent.dir.path().join("node");
     std::fs::copy("/usr/bin/python3", &node).unwrap();
     std::fs::set_permissions(&node, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let run = |listen: bool, shell: &str| {
+    // `listen`: "no", "yes", or "closed" (listened for a moment, then closed the socket).
+    let run = |listen: &str, shell: &str| {
         let script = format!(
-            "import socket, subprocess\n\
+            "import socket, subprocess, time\n\
              s = socket.socket()\n\
-             if {listen}:\n    s.bind(('127.0.0.1', 0)); s.listen()\n\
-             for _ in range(3):\n    subprocess.run(['/bin/sh', '-c', '{shell}'])\n",
-            listen = if listen { "True" } else { "False" }
+             if '{listen}' != 'no':\n    s.bind(('127.0.0.1', 0)); s.listen()\n\
+             if '{listen}' == 'closed':\n    time.sleep(0.3); s.close()\n\
+             for _ in range(3):\n    subprocess.run(['/bin/sh', '-c', '{shell}'])\n\
+             if '{listen}' == 'closed':\n    time.sleep(3)\n"
         );
         let child = Command::new(&node).args(["-c", &script]).spawn().unwrap();
         let pid = child.id();
@@ -160,9 +162,12 @@ fn shell_under_a_web_server_raises_lineage_and_its_twin_does_not() {
     };
 
     // Benign: the same program running shells while it does not accept connections.
-    let benign_pid = run(false, "true benign");
+    let benign_pid = run("no", "true benign");
+    // A script that listened for a moment and closed its socket is no server any more (it
+    // stays a while: one that has ended cannot be told from a server, and counts as one).
+    let closed_pid = run("closed", "true closed");
     // The anomaly, three times from the same (listening) web server.
-    let bad_pid = run(true, "true lineage-marker");
+    let bad_pid = run("yes", "true lineage-marker");
 
     let alert = agent.wait_for("alert", "lineage, counted three times", |a| {
         a["anomaly"] == "lineage" && a["count"] == 3
@@ -187,7 +192,7 @@ fn shell_under_a_web_server_raises_lineage_and_its_twin_does_not() {
         .into_iter()
         .filter(|a| {
             a["anomaly"] == "lineage"
-                && [bad_pid, benign_pid]
+                && [bad_pid, benign_pid, closed_pid]
                     .iter()
                     .any(|p| s(&a["detail"]).contains(&about(*p)))
         })
@@ -198,6 +203,12 @@ fn shell_under_a_web_server_raises_lineage_and_its_twin_does_not() {
             .iter()
             .any(|a| s(&a["detail"]).contains(&about(benign_pid))),
         "the benign web server raised an alert: {alerts:?}"
+    );
+    assert!(
+        !alerts
+            .iter()
+            .any(|a| s(&a["detail"]).contains(&about(closed_pid))),
+        "a server that had closed its socket raised an alert: {alerts:?}"
     );
     // The exec stream shows the lineage too.
     let exec = agent.wait_for("exec", "of the marker shell", |e| {

@@ -214,7 +214,12 @@ impl Pipeline {
         alert.target_ip = Some(target.ip());
         // The decision is about its target: its country is the target's (a lineage alert has
         // none of its own).
-        if let Some(cc) = self.detect.geoip.as_ref().and_then(|g| g.country(target.ip())) {
+        if let Some(cc) = self
+            .detect
+            .geoip
+            .as_ref()
+            .and_then(|g| g.country(target.ip()))
+        {
             alert.country = Some(cc);
         }
         let (at, origin) = (group.at, group.origin.clone());

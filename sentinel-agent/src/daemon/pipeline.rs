@@ -25,6 +25,7 @@ use crate::{
     },
     enforce::kill::Killer,
     enrich::geo::CountryDb,
+    enrich::listeners::still_listens,
     enrich::outbound::Outbound,
     enrich::shells::Shells,
     enrich::tree::{ProcessTree, is_alive, read_stat},
@@ -376,9 +377,28 @@ impl Pipeline {
             lineage, shells, ..
         } = &mut self.detect;
         let proc_root = &self.proc_root;
-        lineage.on_exec(culprit, argv, &ancestors, || {
-            shells.is_shell(proc_root, culprit.pid, filename, &culprit.comm, exe)
-        })
+        let mut is_shell = None;
+        for _ in 0..4 {
+            let found = lineage.on_exec(culprit, argv, &ancestors, || {
+                *is_shell.get_or_insert_with(|| {
+                    shells.is_shell(proc_root, culprit.pid, filename, &culprit.comm, exe)
+                })
+            })?;
+            // A server by a listening socket is one while it holds it: one that closed it
+            // since is not, and the judgement is made again without it.
+            let Some(a) = ancestors
+                .iter_mut()
+                .find(|a| a.pid == found.subject && a.listening)
+            else {
+                return Some(found);
+            };
+            if still_listens(proc_root, a.pid) {
+                return Some(found);
+            }
+            a.listening = false;
+            self.tree.stopped_listening(found.subject);
+        }
+        None
     }
 
     /// What `comm`, the name of tree node `pid` (the ancestry walk just copied it from the

@@ -55,6 +55,42 @@ pub fn listening_pids(proc_root: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// Whether process `pid` still holds a listening socket. A process that listened once and
+/// closed the socket is no server any more (a script that served for a moment must not make
+/// every later shell it runs a `lineage` alert). Its own network namespace's tables are read
+/// (a server in a container listens there, not in the agent's). What cannot be read counts as
+/// still listening: never a missed alert for want of a permission.
+pub fn still_listens(proc_root: &Path, pid: u32) -> bool {
+    let dir = proc_root.join(pid.to_string());
+    // Ended (or a zombie, whose descriptors are gone): it was a server when it ran its child.
+    if !is_running(&dir) {
+        return true;
+    }
+    let tables = ["tcp", "tcp6", "unix"].map(|t| fs::read_to_string(dir.join("net").join(t)));
+    if tables.iter().any(Result::is_err) {
+        return true;
+    }
+    let [tcp, tcp6, unix] = tables.map(Result::unwrap_or_default);
+    let mut inodes = tcp_listening(&tcp);
+    inodes.extend(tcp_listening(&tcp6));
+    inodes.extend(unix_listening(&unix));
+    let fd_dir = dir.join("fd");
+    if fs::read_dir(&fd_dir).is_err() {
+        return true;
+    }
+    holds_any(&fd_dir, &inodes)
+}
+
+/// Whether the process whose `/proc` directory is `dir` runs (is neither gone nor a zombie).
+fn is_running(dir: &Path) -> bool {
+    fs::read_to_string(dir.join("stat")).is_ok_and(|stat| {
+        let state = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next());
+        !matches!(state, Some("Z" | "X") | None)
+    })
+}
+
 /// Whether the fd directory links to one of the socket `inodes`.
 fn holds_any(fd_dir: &Path, inodes: &HashSet<u64>) -> bool {
     let Ok(fds) = fs::read_dir(fd_dir) else {
@@ -82,6 +118,35 @@ mod tests {
         assert_eq!(unix_listening(unix), HashSet::from([777]));
         assert!(tcp_listening("").is_empty());
         assert!(unix_listening("garbage\nmore garbage here x y z").is_empty());
+    }
+
+    #[test]
+    fn a_listener_that_closed_its_socket_no_longer_listens() {
+        use std::io::{BufRead, BufReader, Write};
+        let script = "import socket, sys\n\
+            s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n\
+            print('listening', flush=True); sys.stdin.readline(); s.close()\n\
+            print('closed', flush=True); sys.stdin.readline()\n";
+        let mut child = std::process::Command::new("/usr/bin/python3")
+            .args(["-c", script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut stdin = child.stdin.take().unwrap();
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "listening");
+        let proc = Path::new("/proc");
+        assert!(still_listens(proc, child.id()));
+        stdin.write_all(b"\n").unwrap();
+        line.clear();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "closed");
+        assert!(!still_listens(proc, child.id()));
+        drop(stdin);
+        child.wait().unwrap();
     }
 
     #[test]

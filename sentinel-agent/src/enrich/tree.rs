@@ -251,6 +251,13 @@ impl ProcessTree {
         }
     }
 
+    /// `tgid` no longer holds a listening socket: it is no server any more.
+    pub fn stopped_listening(&mut self, tgid: u32) {
+        if let Some(p) = self.procs.get_mut(&tgid) {
+            p.listening = false;
+        }
+    }
+
     /// The process `tgid` started at `start_ns` ended. A later process that reused the pid
     /// (different start) is left alone.
     pub fn on_exit(&mut self, tgid: u32, start_ns: u64) {
