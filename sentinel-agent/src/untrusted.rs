@@ -74,11 +74,28 @@ const ZWSP: char = '\u{200B}';
 /// bare or in angle brackets, `www.…`) that a chat client would make clickable. A zero-width
 /// space breaks each of them; the message reads the same.
 pub fn defang(text: &str) -> String {
-    escape(text)
+    let text = escape(text)
         .replace("](", &format!("]{ZWSP}("))
         .replace("://", &format!(":{ZWSP}//"))
         .replace("www.", &format!("www{ZWSP}."))
-        .replace("WWW.", &format!("WWW{ZWSP}."))
+        .replace("WWW.", &format!("WWW{ZWSP}."));
+    break_bare_domains(&text)
+}
+
+/// A zero-width space after every dot that a letter follows: `evil.example` is a link to
+/// Telegram's (and Slack's) URL detection; `evil.\u{200B}example` is not. Dots before digits
+/// stay as they are (addresses and versions are no links, and tests and humans search for
+/// `198.51.100.2`).
+fn break_bare_domains(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 8);
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == '.' && chars.peek().is_some_and(char::is_ascii_alphabetic) {
+            out.push(ZWSP);
+        }
+    }
+    out
 }
 
 /// What the chat tests throw at the channels, and how they look at the result.
@@ -121,7 +138,7 @@ pub(crate) mod testing {
                     .any(|c| c.is_control() && !(layout_newlines && c == '\n')),
                 "control character in {s:?}"
             );
-            for link in ["://evil", "](", "www.evil"] {
+            for link in ["://evil", "](", "www.evil", "evil.example"] {
                 assert!(!s.contains(link), "{link} in {s:?}");
             }
         }
@@ -131,7 +148,8 @@ pub(crate) mod testing {
             "the name, shown escaped: {payload}"
         );
         assert!(
-            all.iter().any(|s| s.contains("evil.example")),
+            all.iter()
+                .any(|s| s.replace(super::ZWSP, "").contains("evil.example")),
             "the text is kept: {payload}"
         );
     }
@@ -177,9 +195,11 @@ mod tests {
         let text = defang(
             "see [x](http://evil.example) or https://evil.example/a <http://e|y> www.evil.example\n",
         );
-        for link in ["](", "://", "www."] {
+        for link in ["](", "://", "www.", "evil.example"] {
             assert!(!text.contains(link), "{link} in {text}");
         }
+        // Addresses and versions are left alone.
+        assert_eq!(defang("198.51.100.2 python3.11"), "198.51.100.2 python3.11");
         assert!(!text.contains('\n'), "{text}");
         // What it says is kept, only made inert.
         assert_eq!(

@@ -42,7 +42,11 @@ pub async fn pickup(
         let answer = Answer {
             id: decision_id.clone(),
             verdict,
-            via: format!("fleet:{by}"),
+            // Another host may have written it: one line of visible text, kept short.
+            via: format!(
+                "fleet:{}",
+                crate::untrusted::escape(&by.chars().take(64).collect::<String>())
+            ),
             reply,
         };
         if answers.send(answer).await.is_err() {

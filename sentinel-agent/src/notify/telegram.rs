@@ -117,7 +117,7 @@ fn outcome_text(d: &Decision) -> String {
     clip(format!(
         "{}\n\n{}",
         alert_text(d, SystemTime::now(), false),
-        outcome(d)
+        defang(&outcome(d))
     ))
 }
 
@@ -236,11 +236,11 @@ impl Telegram {
         match submit(&answers, id, verdict, via).await {
             Ok(d) => {
                 tracing::info!(id = %d.id, state = %d.state, by = press.from.id, "decision answered in Telegram");
-                self.acknowledge(&press, &outcome(&d)).await;
+                self.acknowledge(&press, &defang(&outcome(&d))).await;
                 if let Some(message) = &press.message {
                     // The text Telegram returns is the one sent, links already broken.
                     let text = match &message.text {
-                        Some(text) => clip(format!("{text}\n\n{}", outcome(&d))),
+                        Some(text) => clip(format!("{text}\n\n{}", defang(&outcome(&d)))),
                         None => outcome_text(&d),
                     };
                     let body = json!({"chat_id": message.chat.id, "message_id": message.message_id, "text": text, "link_preview_options": no_preview()});
@@ -328,5 +328,15 @@ mod tests {
         assert_inert(&message, true);
         let outcome = outcome_text(&d);
         assert_inert(&Value::from(outcome), true);
+        // Who decided is text another host of the fleet wrote.
+        let mut d = hostile_decision();
+        d.state = crate::switch::decision::State::Blocked;
+        d.decided_by = Some("fleet:ops@evil.example \x1b[2J\nforged".into());
+        let text = outcome_text(&d);
+        assert!(
+            !text.contains("evil.example") && !text.contains('\x1b'),
+            "{text}"
+        );
+        assert!(!text.contains("\nforged"), "{text}");
     }
 }

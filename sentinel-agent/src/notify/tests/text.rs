@@ -30,7 +30,7 @@ fn process_chosen_text_is_not_markup() {
         "{body}"
     );
     assert!(
-        body.contains("evil.example"),
+        body.replace('\u{200B}', "").contains("evil.example"),
         "the text itself is kept: {body}"
     );
 }
