@@ -51,6 +51,13 @@ pub fn run(cli: &Cli, args: &JsonArgs) -> anyhow::Result<ExitCode> {
         s.dropped,
         s.evicted
     )?;
+    if status.alerts != Default::default() {
+        writeln!(
+            out,
+            "alerts folded into floods: {}   alert map overflows: {}",
+            status.alerts.folded, status.alerts.overflow
+        )?;
+    }
     if let Some(f) = &status.fleet {
         writeln!(
             out,

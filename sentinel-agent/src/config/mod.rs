@@ -458,12 +458,17 @@ pub struct AlertsConfig {
     /// The same anomaly, target and process within this window raise one alert (with a count).
     #[serde(deserialize_with = "duration")]
     pub dedup_window: Duration,
+    /// At most this many new alerts per origin (the culprit's uid and executable) and minute;
+    /// past it, the origin's findings fold into one `switch_flood` alert whose count grows
+    /// (their targets still join decisions). 0: no budget.
+    pub per_origin_per_minute: u32,
 }
 
 impl Default for AlertsConfig {
     fn default() -> Self {
         Self {
             dedup_window: Duration::from_secs(600),
+            per_origin_per_minute: 20,
         }
     }
 }

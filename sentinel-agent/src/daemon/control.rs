@@ -45,6 +45,8 @@ pub struct Shared {
     pub kills: AtomicU64,
     /// Alerts raised since start, by anomaly.
     pub alerts: Mutex<BTreeMap<String, u64>>,
+    /// Findings folded into flood alerts, and overflows of the bounded alert maps.
+    pub floods: Arc<crate::detect::budget::FloodStats>,
     /// Chat delivery counters.
     pub notify: Arc<crate::notify::NotifyStats>,
     /// The event store's queue, size and evictions.
@@ -138,6 +140,10 @@ impl Shared {
                 last_error: self.enforce.last_error(),
             },
             fleet: self.fleet.as_ref().map(|f| f.snapshot()),
+            alerts: crate::daemon::ipc::AlertsStatus {
+                folded: self.floods.folded.load(Ordering::Relaxed),
+                overflow: self.floods.overflow.load(Ordering::Relaxed),
+            },
             override_: self.override_.status(),
         }
     }

@@ -44,8 +44,9 @@ impl Group {
 impl Pipeline {
     /// Score, de-duplicate and emit what a detector found; `origin_ns` is the kernel time
     /// (CLOCK_BOOTTIME) of the event that triggered it, for the latency in the log. A repeat
-    /// folds into the alert but never costs a decision: its tree is tracked and its target
-    /// joins the alert's decision.
+    /// folds into the alert, and a finding past its origin's budget into the origin's
+    /// aggregated `switch_flood` alert, but neither costs a decision: its tree is tracked and
+    /// its target joins the alert's decision.
     pub(super) fn raise(&mut self, finding: Finding, origin_ns: Option<u64>) {
         let now = SystemTime::now();
         if let Some(t) = finding.target
@@ -92,68 +93,119 @@ impl Pipeline {
             .and_then(|id| self.groups.get(&id))
             .filter(|g| g.alert.anomaly == finding.anomaly.name())
             .and_then(|g| g.decision.clone());
-        let id = match self.detect.alerts.raise(finding, Instant::now()) {
+        // A geo finding is about its destination only: tracked under an aggregated alert,
+        // every destination of its tree would join, so only its target does.
+        let geo = finding.anomaly == detect::Anomaly::Geo;
+        let (id, track) = match self.detect.alerts.raise(finding, Instant::now()) {
             Outcome::New(alert) => {
-                let latency_us = origin_ns.map(|t| boot_ns().saturating_sub(t) / 1000);
-                warn!(
-                    id = %alert.id,
-                    anomaly = %alert.anomaly,
-                    risk = alert.risk,
-                    pid = alert.pid,
-                    latency_us,
-                    "alert: {}",
-                    alert.detail
-                );
-                *self
-                    .shared
-                    .alerts
-                    .lock()
-                    .expect("alerts lock")
-                    .entry(alert.anomaly.clone())
-                    .or_default() += 1;
-                self.emit(now, Body::Alert(Box::new(alert.clone())));
-                self.respond(culprit_pid, &alert);
-                let id = alert.id.clone();
-                self.groups.insert(
-                    id.clone(),
-                    Group {
-                        alert,
-                        at: now,
-                        decision: inherited,
-                        roots: Vec::new(),
-                        origin,
-                    },
-                );
-                id
+                self.raised(&alert, origin_ns, culprit_pid);
+                (self.group(alert, now, inherited, origin), has_process)
             }
             Outcome::Repeat(alert, first) => {
                 debug!(id = %alert.id, count = alert.count, "repeat of an open alert");
                 self.respond(culprit_pid, &alert);
-                let id = alert.id.clone();
-                let g = self.groups.entry(id.clone()).or_insert_with(|| Group {
-                    alert: alert.clone(),
-                    at: first,
-                    decision: None,
-                    roots: Vec::new(),
-                    origin,
-                });
-                g.alert.risk = g.alert.risk.max(alert.risk);
-                g.alert.count = alert.count;
-                let record = Record::new(
-                    first,
-                    self.shared.host.clone(),
-                    Body::Alert(Box::new(alert)),
-                );
-                self.store(Write::Update(Arc::new(record)));
-                id
+                (self.update(alert, first, origin), has_process)
+            }
+            Outcome::Folded(folded, alert) => {
+                // The alert it would have been still gets its response; the row is the
+                // origin's aggregated alert.
+                self.respond(culprit_pid, &alert);
+                let id = self.aggregate(folded, origin_ns, inherited, origin);
+                (id, has_process && !geo)
             }
         };
-        if has_process {
+        if track {
             self.track(&id, culprit_pid);
         }
         for target in targets {
             self.offer(&id, target);
         }
+    }
+
+    /// A finding folded into its origin's aggregated alert: raised when fresh, updated
+    /// otherwise. Returns the aggregated alert's id, whose group the finding joins.
+    fn aggregate(
+        &mut self,
+        folded: detect::budget::Folded,
+        origin_ns: Option<u64>,
+        inherited: Option<String>,
+        origin: String,
+    ) -> String {
+        if folded.fresh {
+            self.raised(&folded.alert, origin_ns, 0);
+            return self.group(folded.alert, folded.first, inherited, origin);
+        }
+        debug!(id = %folded.alert.id, count = folded.alert.count, "folded into a flood alert");
+        self.update(folded.alert, folded.first, origin)
+    }
+
+    /// A new alert: log, count, emit and respond to it (`culprit` 0: no response).
+    fn raised(&mut self, alert: &AlertBody, origin_ns: Option<u64>, culprit: u32) {
+        let latency_us = origin_ns.map(|t| boot_ns().saturating_sub(t) / 1000);
+        warn!(
+            id = %alert.id,
+            anomaly = %alert.anomaly,
+            risk = alert.risk,
+            pid = alert.pid,
+            latency_us,
+            "alert: {}",
+            alert.detail
+        );
+        *self
+            .shared
+            .alerts
+            .lock()
+            .expect("alerts lock")
+            .entry(alert.anomaly.clone())
+            .or_default() += 1;
+        self.emit(SystemTime::now(), Body::Alert(Box::new(alert.clone())));
+        if culprit != 0 {
+            self.respond(culprit, alert);
+        }
+    }
+
+    /// Keep new alert `alert` (raised at `at`) as a group whose tree and targets can join a
+    /// decision. Returns its id.
+    fn group(
+        &mut self,
+        alert: AlertBody,
+        at: SystemTime,
+        decision: Option<String>,
+        origin: String,
+    ) -> String {
+        let id = alert.id.clone();
+        let group = Group {
+            alert,
+            at,
+            decision,
+            roots: Vec::new(),
+            origin,
+        };
+        self.groups.insert(id.clone(), group);
+        id
+    }
+
+    /// An alert raised before (at `first`) changed: its count, its risk. Stored as an update
+    /// (not streamed again). Returns its id.
+    fn update(&mut self, alert: AlertBody, first: SystemTime, origin: String) -> String {
+        let id = alert.id.clone();
+        let g = self.groups.entry(id.clone()).or_insert_with(|| Group {
+            alert: alert.clone(),
+            at: first,
+            decision: None,
+            roots: Vec::new(),
+            origin,
+        });
+        g.alert.risk = g.alert.risk.max(alert.risk);
+        g.alert.count = alert.count;
+        g.alert.detail = alert.detail.clone();
+        let record = Record::new(
+            first,
+            self.shared.host.clone(),
+            Body::Alert(Box::new(alert)),
+        );
+        self.store(Write::Update(Arc::new(record)));
+        id
     }
 
     /// ActionableAddr destinations of `root`'s tree join alert `id`'s decision from now on.

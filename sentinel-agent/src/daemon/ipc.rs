@@ -72,6 +72,18 @@ pub struct Status {
     /// `last_error` while it could not bind.
     #[serde(default, rename = "override")]
     pub override_: crate::override_http::listener::OverrideStatus,
+    /// Alert floods: findings `folded` into an origin's `switch_flood` alert, and `overflow`,
+    /// entries the bounded alert maps could not keep (origins past the bound, open alerts
+    /// evicted early).
+    #[serde(default)]
+    pub alerts: AlertsStatus,
+}
+
+/// `status.alerts`: what the per-origin budget folded and the bounded maps overflowed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertsStatus {
+    pub folded: u64,
+    pub overflow: u64,
 }
 
 /// Enforcement health in `status --json`.

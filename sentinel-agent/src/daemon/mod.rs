@@ -90,7 +90,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (reader, batches) = startup::start_readers(&mut sensors, &shared);
     tasks.extend(reader);
 
-    let detectors = startup::build_detectors(&config, enrich, behaviour.behaviour, behaviour.intel);
+    let detectors = startup::build_detectors(
+        &config,
+        enrich,
+        behaviour.behaviour,
+        behaviour.intel,
+        shared.floods.clone(),
+    );
     let mut core = startup::build_pipeline(
         &config,
         seeded,

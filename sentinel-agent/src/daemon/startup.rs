@@ -35,7 +35,11 @@ use super::{
 };
 use crate::{
     config::{AgentConfig, Config, EnforceMode},
-    detect::{self, Alerts, intel::Intel},
+    detect::{
+        self, Alerts,
+        budget::{Budget, FloodStats},
+        intel::Intel,
+    },
     enforce::{BlockGuard, Enforcer, guard::ConnectGuard, infra, kill::Killer},
     enrich::{
         geo::CountryDb, listeners::listening_pids, shells::Shells, ssh::Sources, tree::ProcessTree,
@@ -375,6 +379,7 @@ pub fn share_state(
         blocks: AtomicU64::new(0),
         kills: AtomicU64::new(0),
         alerts: Default::default(),
+        floods: Default::default(),
         notify,
         store,
         enforce,
@@ -443,15 +448,18 @@ pub fn start_readers(
     (task, rx)
 }
 
-/// The detectors, with the enrichment and behaviour state they start from.
+/// The detectors, with the enrichment and behaviour state they start from; the alert budget
+/// counts its floods into `floods` (for `status`).
 pub fn build_detectors(
     config: &Config,
     enrich: Enrichment,
     behaviour: Behaviour,
     intel: Intel,
+    floods: Arc<FloodStats>,
 ) -> Detectors {
     let mut alerts = Alerts::new(config.alerts.dedup_window);
     alerts.signals.intel = intel;
+    alerts.budget = Budget::new(config.alerts.per_origin_per_minute, floods);
     Detectors {
         geoip: enrich.geoip,
         trust: enrich.trust,

@@ -116,6 +116,7 @@ mod tests {
                 match alerts.raise(f, t0 + Duration::from_secs(i)) {
                     Outcome::New(a) => new.push(a),
                     Outcome::Repeat(a, _) => assert_eq!(a.count as u64, i),
+                    Outcome::Folded(..) => panic!("one alert is within any budget"),
                 }
             }
         }

@@ -3,10 +3,12 @@
 //! `resource`, `reverse_shell`, `blind`, `cron`, `npm`, `miner`, `respawn`, `node_abuse`,
 //! `switch_flood`),
 //! tested on plain data. This module holds what they share: the alert, its risk score, the
-//! per-process signals and the behaviour history ([`intel`]) the score combines, and
-//! de-duplication.
+//! per-process signals and the behaviour history ([`intel`]) the score combines, the alerts
+//! themselves with their de-duplication ([`alerts`]) and the per-origin budget ([`budget`]).
 
+pub mod alerts;
 pub mod blind;
+pub mod budget;
 pub mod cron;
 pub mod geo;
 pub mod intel;
@@ -21,17 +23,14 @@ pub mod respawn;
 pub mod reverse_shell;
 pub mod switch_flood;
 
+pub use alerts::{Alerts, Outcome};
+
 use rustc_hash::FxHashMap;
-use std::{
-    collections::HashMap,
-    sync::Arc,
-    time::{Duration, Instant, SystemTime},
-};
+use std::sync::Arc;
 
 use crate::{
     enrich::trust::ActionableAddr,
     event::{AlertBody, Mitre},
-    untrusted::escaped,
 };
 
 /// How bad an anomaly is on its own.
@@ -77,9 +76,9 @@ pub enum Anomaly {
     /// A listening Node.js server burning CPU (T1496), or dynamic code execution markers
     /// (T1059.007).
     NodeAbuse { dynamic_code: bool },
-    /// The agent is being impaired: T1562 Impair Defenses (Defense Evasion); T1562.001
-    /// Disable or Modify Tools when a watched path refuses to be read (the only cause raised
-    /// so far, see [`switch_flood`]).
+    /// The agent is being impaired: T1562 Impair Defenses (Defense Evasion) when an origin's
+    /// alerts fold past its budget ([`budget`]); T1562.001 Disable or Modify Tools when a
+    /// watched path refuses to be read ([`switch_flood`]).
     SwitchFlood { unreadable: bool },
 }
 
@@ -297,126 +296,11 @@ pub fn risk(finding: &Finding, signals: &Signals) -> u8 {
     score.min(100) as u8
 }
 
-/// What to do with a finding after de-duplication.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    /// A new alert: store and stream it.
-    New(AlertBody),
-    /// The same anomaly again within the window: the stored alert (first raised at the
-    /// given time) gets the new count.
-    Repeat(AlertBody, SystemTime),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Key {
-    anomaly: Anomaly,
-    subject: u32,
-}
-
-/// Scores findings and folds repeats into one alert per (anomaly, process) and window. A
-/// repeat never costs a decision (its target joins the alert's decision, see the pipeline) and
-/// raises the alert's risk when new signals joined since.
-pub struct Alerts {
-    window: Duration,
-    open: HashMap<Key, (Instant, SystemTime, AlertBody)>,
-    pub signals: Signals,
-    next_id: Box<dyn FnMut() -> String + Send>,
-}
-
-impl Alerts {
-    pub fn new(window: Duration) -> Self {
-        Self::with_ids(window, Box::new(random_id))
-    }
-
-    pub fn with_ids(window: Duration, next_id: Box<dyn FnMut() -> String + Send>) -> Self {
-        Self {
-            window,
-            open: HashMap::new(),
-            signals: Signals::default(),
-            next_id,
-        }
-    }
-
-    pub fn raise(&mut self, finding: Finding, now: Instant) -> Outcome {
-        self.raise_at(finding, now, SystemTime::now())
-    }
-
-    /// [`Alerts::raise`] with the wall-clock time given.
-    pub fn raise_at(&mut self, finding: Finding, now: Instant, wall: SystemTime) -> Outcome {
-        self.open
-            .retain(|_, (since, _, _)| now.duration_since(*since) < self.window);
-        let key = Key {
-            anomaly: finding.anomaly,
-            subject: finding.subject,
-        };
-        if let Some((_, first, alert)) = self.open.get_mut(&key) {
-            alert.count += 1;
-            alert.risk = alert.risk.max(risk(&finding, &self.signals));
-            return Outcome::Repeat(alert.clone(), *first);
-        }
-        let risk = risk(&finding, &self.signals);
-        self.signals.mark(finding.culprit.pid, finding.anomaly);
-        if let Some(exe) = &finding.culprit.exe {
-            self.signals.intel.alerted(exe);
-        }
-        let alert = AlertBody {
-            id: (self.next_id)(),
-            anomaly: finding.anomaly.name().into(),
-            severity: finding.anomaly.severity().as_str().into(),
-            risk,
-            mitre: finding.anomaly.mitre(),
-            pid: finding.culprit.pid,
-            // Escaped at intake already; again here so no detector can let raw text through.
-            comm: escaped(finding.culprit.comm),
-            exe: finding.culprit.exe.map(escaped),
-            target_ip: finding.target.map(|t| t.ip()),
-            country: finding.country,
-            state: "none".into(),
-            deadline: None,
-            count: 1,
-            detail: escaped(finding.detail),
-        };
-        self.open.insert(key, (now, wall, alert.clone()));
-        Outcome::New(alert)
-    }
-
-    /// The switch moved `alert` to a new state: later repeats must carry it (and the switch's
-    /// copy must carry the current count). Returns the alert as it should be stored.
-    pub fn sync_state(&mut self, mut alert: AlertBody) -> AlertBody {
-        if let Some((_, _, open)) = self.open.values_mut().find(|(_, _, a)| a.id == alert.id) {
-            open.state = alert.state.clone();
-            open.deadline = alert.deadline.clone();
-            open.target_ip = alert.target_ip;
-            alert.count = open.count;
-        }
-        alert
-    }
-
-    /// The process ended: its signals go with it.
-    pub fn forget(&mut self, pid: u32) {
-        self.signals.forget(pid);
-    }
-}
-
-/// 8 hex digits from the kernel's random pool: short enough to type in `sentinel safe ID`.
-fn random_id() -> String {
-    let mut bytes = [0u8; 4];
-    // SAFETY: writes at most 4 bytes into `bytes`. getrandom(2) does not fail for 4 bytes
-    // once the pool is initialised (it is, after boot); on failure the time stands in.
-    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    if n != bytes.len() as isize {
-        let t = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
-        bytes = t.subsec_nanos().to_ne_bytes();
-    }
-    format!("{:08x}", u32::from_ne_bytes(bytes))
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
     use crate::enrich::trust::TrustSet;
+    use std::time::{Duration, Instant};
 
     pub(crate) fn culprit(pid: u32, comm: &str, ancestry: &[(u32, &str)]) -> Culprit {
         Culprit {
@@ -428,7 +312,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn finding(anomaly: Anomaly, c: Culprit, target: Option<&str>) -> Finding {
+    pub(crate) fn finding(anomaly: Anomaly, c: Culprit, target: Option<&str>) -> Finding {
         let trust = TrustSet::default();
         Finding {
             anomaly,
@@ -440,7 +324,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn ids() -> Box<dyn FnMut() -> String + Send> {
+    pub(crate) fn ids() -> Box<dyn FnMut() -> String + Send> {
         let mut n = 0;
         Box::new(move || {
             n += 1;
@@ -604,7 +488,7 @@ pub(crate) mod tests {
         let mut kill = |a: Anomaly, detail: &str| {
             let mut f = finding(a, culprit(1, "x", &[]), None);
             f.detail = detail.into();
-            f.subject = alerts.open.len() as u32 + 100;
+            f.subject = alerts.open_len() as u32 + 100;
             let Outcome::New(alert) = alerts.raise(f, Instant::now()) else {
                 panic!()
             };
@@ -627,85 +511,5 @@ pub(crate) mod tests {
             "came back after it was killed by signal 9"
         ));
         assert!(kill(Respawn { cron: false }, respawn::AFTER_AGENT_KILL));
-    }
-
-    #[test]
-    fn repeats_within_the_window_are_counted_not_raised() {
-        let mut alerts = Alerts::with_ids(Duration::from_secs(60), ids());
-        let t0 = Instant::now();
-        let c = culprit(7, "curl", &[]);
-        let first = alerts.raise(finding(Anomaly::Geo, c.clone(), Some("203.0.113.9")), t0);
-        assert!(matches!(first, Outcome::New(ref a) if a.id == "id1" && a.count == 1));
-        for n in 2..=5 {
-            let again = alerts.raise(
-                finding(Anomaly::Geo, c.clone(), Some("203.0.113.9")),
-                t0 + Duration::from_secs(n),
-            );
-            assert!(
-                matches!(again, Outcome::Repeat(ref a, _) if a.id == "id1" && a.count == n as u32)
-            );
-        }
-        // Another target of the same process folds in too (its target joins the decision).
-        let other = alerts.raise(finding(Anomaly::Geo, c.clone(), Some("203.0.113.10")), t0);
-        assert!(matches!(other, Outcome::Repeat(ref a, _) if a.id == "id1" && a.count == 6));
-        // Another process is another alert.
-        let elsewhere = alerts.raise(
-            finding(Anomaly::Geo, culprit(8, "wget", &[]), Some("203.0.113.9")),
-            t0,
-        );
-        assert!(matches!(elsewhere, Outcome::New(ref a) if a.id == "id2"));
-        // After the window, a new alert.
-        let later = alerts.raise(
-            finding(Anomaly::Geo, c, Some("203.0.113.9")),
-            t0 + Duration::from_secs(61),
-        );
-        assert!(matches!(later, Outcome::New(ref a) if a.id == "id3" && a.count == 1));
-    }
-
-    #[test]
-    fn a_repeat_with_new_signals_raises_the_risk() {
-        let mut alerts = Alerts::with_ids(Duration::from_secs(60), ids());
-        let t0 = Instant::now();
-        let web = culprit(7, "sh", &[(5, "node")]);
-        let first = alerts.raise(finding(Anomaly::Lineage, web.clone(), None), t0);
-        let Outcome::New(a) = first else { panic!() };
-        // The shell's tree connects to a high-risk country: a new signal on the tree.
-        alerts.signals.mark(7, Anomaly::Geo);
-        let Outcome::Repeat(b, _) = alerts.raise(finding(Anomaly::Lineage, web, None), t0) else {
-            panic!()
-        };
-        assert!(b.risk > a.risk, "{} then {}", a.risk, b.risk);
-    }
-
-    #[test]
-    fn repeats_keep_the_state_the_switch_gave() {
-        let mut alerts = Alerts::with_ids(Duration::from_secs(60), ids());
-        let t0 = Instant::now();
-        let c = culprit(7, "curl", &[]);
-        let Outcome::New(mut a) =
-            alerts.raise(finding(Anomaly::Geo, c.clone(), Some("203.0.113.9")), t0)
-        else {
-            panic!()
-        };
-        let _ = alerts.raise(finding(Anomaly::Geo, c.clone(), Some("203.0.113.9")), t0);
-        a.state = "pending".into();
-        a.deadline = Some("2026-11-22T21:00:00Z".into());
-        let stored = alerts.sync_state(a);
-        assert_eq!((stored.state.as_str(), stored.count), ("pending", 2));
-        let Outcome::Repeat(again, _) =
-            alerts.raise(finding(Anomaly::Geo, c, Some("203.0.113.9")), t0)
-        else {
-            panic!()
-        };
-        assert_eq!((again.state.as_str(), again.count), ("pending", 3));
-        assert!(again.deadline.is_some());
-    }
-
-    #[test]
-    fn random_ids_look_right() {
-        let a = random_id();
-        assert_eq!(a.len(), 8);
-        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
-        assert_ne!(a, random_id());
     }
 }
