@@ -329,7 +329,7 @@ pub struct TrustConfig {
     /// never drops what arrives on them.
     pub ssh_ports: Vec<u16>,
     /// Source addresses of successful SSH logins by admins (root, sudo/admin/wheel) within
-    /// this long (wtmp) are never blocked.
+    /// this long (wtmp) are never blocked; zero turns it off.
     #[serde(deserialize_with = "duration")]
     pub recent_logins: Duration,
 }
