@@ -90,6 +90,7 @@ impl Agent {
     }
 
     fn start_with_env_unspawned(agent_toml: &str, sections: &str, env: &[(&str, &str)]) -> Agent {
+        let sections = &without_recent_logins(sections);
         let sections = if sections.contains("[enforce]") {
             sections.to_string()
         } else {
@@ -303,6 +304,20 @@ impl Drop for Agent {
 
 /// Write `text` to a new file at `path`, mode 0600: what the agent requires of a file holding
 /// secrets (configs with chat tokens, password files), as the installer does.
+/// `sections` with `trust.recent_logins = "0s"` unless it sets the key: the machine's wtmp
+/// holds the root logins `tests/trust.rs` made from test hosts, which would otherwise keep
+/// those hosts from ever being blocked by a later test.
+fn without_recent_logins(sections: &str) -> String {
+    const OFF: &str = "recent_logins = \"0s\"\n";
+    if sections.contains("recent_logins") {
+        sections.to_string()
+    } else if sections.contains("[trust]\n") {
+        sections.replacen("[trust]\n", &format!("[trust]\n{OFF}"), 1)
+    } else {
+        format!("{sections}\n[trust]\n{OFF}")
+    }
+}
+
 pub fn write_private(path: &Path, text: &str) {
     use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
     let mut file = fs::OpenOptions::new()

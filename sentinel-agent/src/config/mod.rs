@@ -330,8 +330,13 @@ pub struct TrustConfig {
     pub ips: Vec<ipnet::IpNet>,
     /// Peers of live authenticated SSH sessions are trusted while the session lasts.
     pub ssh_peers: bool,
-    /// Local ports sshd listens on: only sessions connected to one of these count.
+    /// Local ports sshd listens on: only sessions connected to one of these count. A block
+    /// never drops what arrives on them.
     pub ssh_ports: Vec<u16>,
+    /// Source addresses of successful SSH logins by admins (root, sudo/admin/wheel) within
+    /// this long (wtmp) are never blocked; zero turns it off.
+    #[serde(deserialize_with = "duration")]
+    pub recent_logins: Duration,
 }
 
 impl Default for TrustConfig {
@@ -340,6 +345,7 @@ impl Default for TrustConfig {
             ips: Vec::new(),
             ssh_peers: true,
             ssh_ports: vec![22],
+            recent_logins: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }

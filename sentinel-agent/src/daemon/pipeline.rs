@@ -266,6 +266,9 @@ impl Pipeline {
                     return;
                 }
                 self.outbound.connected(c.daddr, c.dport);
+                if let Some(manager) = self.tree.package_manager_of(c.tgid) {
+                    self.switch.gate.note_package_source(c.daddr, &manager);
+                }
                 // Who connected is what the kernel saw at connect time, not what the process
                 // may have exec'd since.
                 let comm = if c.comm.is_empty() {

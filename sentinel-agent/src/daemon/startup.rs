@@ -216,7 +216,8 @@ pub struct SwitchParts {
     pub notices: UnboundedReceiver<Notice>,
     /// What the worker did, back to the loop.
     pub reports: UnboundedReceiver<Report>,
-    /// The host's gateways, resolvers and chat endpoints, as they change.
+    /// The host's infrastructure (addresses, gateways, resolvers, chat, NTP, package sources,
+    /// fleet store, admin logins), as it changes.
     pub infra: watch::Receiver<infra::Infrastructure>,
 }
 

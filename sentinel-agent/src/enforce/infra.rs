@@ -1,19 +1,22 @@
-//! The host's infrastructure, which no block may ever cut off: its default gateways, the DNS
-//! resolvers it uses (`/etc/resolv.conf` and systemd-resolved's upstreams in
-//! `/run/systemd/resolve/resolv.conf`) and the addresses of the configured chat endpoints.
-//! Discovering them reads files and resolves host names, so it runs on a thread of its own,
-//! again every [`REFRESH_EVERY`]: DNS answers and routes change while the agent runs.
+//! The host's infrastructure, which no block may ever cut off: its own addresses, its default
+//! gateways, the DNS resolvers it uses (`/etc/resolv.conf` and systemd-resolved's upstreams in
+//! `/run/systemd/resolve/resolv.conf`), the addresses of the configured chat endpoints, its NTP
+//! servers, the literal addresses of its package sources ([`super::sources`]), the fleet store
+//! and where its admins logged in from lately ([`super::logins`]). Discovering them reads
+//! files and resolves the chat host names, so it runs on a thread of its own, again every
+//! [`REFRESH_EVERY`]: DNS answers, routes and logins change while the agent runs.
 
 use std::{
     collections::HashSet,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, ToSocketAddrs},
     path::Path,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tokio::sync::watch;
 use tracing::warn;
 
+use super::{logins, seen::Seen, sources};
 use crate::{config::Config, enrich::trust::canonical};
 
 /// How often the infrastructure is discovered again.
@@ -28,6 +31,54 @@ pub struct Infrastructure {
     pub resolvers: HashSet<IpAddr>,
     /// (address, host name) of every chat endpoint.
     pub chat: Vec<(IpAddr, String)>,
+    /// Every address on every interface of the host.
+    pub local: HashSet<IpAddr>,
+    /// NTP servers: literal ones in chrony's and timesyncd's configuration, and those seen in
+    /// use (connected UDP sockets to port 123; kept for a week).
+    pub ntp: HashSet<IpAddr>,
+    /// (address, file) of literal package sources: apt URIs, npm and pip registries.
+    pub packages: Vec<(IpAddr, String)>,
+    /// The fleet store's literal addresses (`fleet.postgres_url`).
+    pub fleet: HashSet<IpAddr>,
+    /// (address, user) of recent SSH logins by admins (`trust.recent_logins`).
+    pub admin_logins: Vec<(IpAddr, String)>,
+}
+
+/// What discovery needs from the config.
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    pub chat_urls: Vec<String>,
+    /// `fleet.postgres_url`.
+    pub fleet_url: String,
+    /// `trust.recent_logins`.
+    pub recent_logins: Duration,
+}
+
+impl Inputs {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            chat_urls: chat_urls(config),
+            fleet_url: config.fleet.postgres_url.clone(),
+            recent_logins: config.trust.recent_logins,
+        }
+    }
+}
+
+/// Every address on every interface (`getifaddrs`, i.e. netlink).
+pub fn local_addresses() -> HashSet<IpAddr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        warn!("cannot list this host's addresses: they are not protected from blocks");
+        return HashSet::new();
+    };
+    addrs
+        .filter_map(|a| {
+            let a = a.address?;
+            a.as_sockaddr_in()
+                .map(|s| IpAddr::V4(s.ip()))
+                .or_else(|| a.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())))
+        })
+        .map(canonical)
+        .collect()
 }
 
 /// `nameserver` lines of a resolv.conf.
@@ -117,8 +168,9 @@ pub fn chat_urls(config: &Config) -> Vec<String> {
 }
 
 impl Infrastructure {
-    /// Read routes and resolvers from `root` (`/` on a real host) and resolve `chat_urls`.
-    pub fn discover(root: &Path, chat_urls: &[String]) -> Self {
+    /// Read routes, resolvers, NTP and package sources and logins from `root` (`/` on a real
+    /// host), list the interfaces' addresses and resolve the chat URLs.
+    pub fn discover(root: &Path, inputs: &Inputs) -> Self {
         let read = |p: &str| std::fs::read_to_string(root.join(p.trim_start_matches('/')));
         let mut infra = Infrastructure::default();
         for file in RESOLV_FILES {
@@ -132,7 +184,16 @@ impl Infrastructure {
         if let Ok(text) = read("/proc/net/ipv6_route") {
             infra.gateways.extend(parse_route_v6(&text));
         }
-        infra.resolve_chat(chat_urls.iter().map(String::as_str));
+        infra.resolve_chat(inputs.chat_urls.iter().map(String::as_str));
+        infra.local = local_addresses();
+        let reader = sources::Reader(root);
+        infra.ntp = reader.ntp_literals();
+        infra.ntp.extend(reader.ntp_in_use());
+        infra.packages = reader.package_literals();
+        infra.fleet = sources::fleet_literals(&inputs.fleet_url)
+            .into_iter()
+            .collect();
+        infra.admin_logins = logins::recent(root, inputs.recent_logins);
         infra
     }
 
@@ -158,8 +219,10 @@ impl Infrastructure {
 /// the receiver always holds the latest. Chat addresses that stop resolving are kept: an
 /// endpoint once protected stays protected.
 pub fn watch(config: &Config) -> watch::Receiver<Infrastructure> {
-    let urls = chat_urls(config);
-    let first = Infrastructure::discover(Path::new("/"), &urls);
+    let inputs = Inputs::from_config(config);
+    let mut ntp_seen = Seen::default();
+    let first = Infrastructure::discover(Path::new("/"), &inputs);
+    remember_ntp(&mut ntp_seen, &first);
     let (tx, rx) = watch::channel(first);
     std::thread::Builder::new()
         .name("infrastructure".into())
@@ -169,7 +232,8 @@ pub fn watch(config: &Config) -> watch::Receiver<Infrastructure> {
                 if tx.is_closed() {
                     return;
                 }
-                let mut next = Infrastructure::discover(Path::new("/"), &urls);
+                let mut next = Infrastructure::discover(Path::new("/"), &inputs);
+                next.ntp.extend(remember_ntp(&mut ntp_seen, &next));
                 tx.send_if_modified(|current| {
                     for kept in &current.chat {
                         if !next.chat.contains(kept) {
@@ -186,6 +250,15 @@ pub fn watch(config: &Config) -> watch::Receiver<Infrastructure> {
         })
         .expect("spawn the infrastructure thread");
     rx
+}
+
+/// Remember the NTP servers in `infra` (a week, bounded); all those remembered.
+fn remember_ntp(seen: &mut Seen, infra: &Infrastructure) -> Vec<IpAddr> {
+    let now = Instant::now();
+    for ip in &infra.ntp {
+        seen.note(*ip, "ntp", now);
+    }
+    seen.addresses(now).collect()
 }
 
 #[cfg(test)]
@@ -254,7 +327,14 @@ mod tests {
             "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\n\
              eth0\t00000000\t016433C6\t0003\t0\t0\t0\t00000000\n",
         );
-        let infra = Infrastructure::discover(dir.path(), &["http://127.0.0.1:9/x".into()]);
+        let inputs = Inputs {
+            chat_urls: vec!["http://127.0.0.1:9/x".into()],
+            fleet_url: "postgresql://agent@198.51.100.50/fleet".into(),
+            recent_logins: Duration::from_secs(86_400),
+        };
+        let infra = Infrastructure::discover(dir.path(), &inputs);
+        assert_eq!(infra.fleet, [ip("198.51.100.50")].into());
+        assert!(infra.local.contains(&ip("127.0.0.1")), "{:?}", infra.local);
         assert!(infra.resolvers.contains(&ip("198.51.100.53")));
         assert!(infra.resolvers.contains(&ip("127.0.0.53")));
         assert_eq!(infra.gateways, [ip("198.51.100.1")].into());

@@ -1,8 +1,9 @@
 //! Enforcement: turning a block decision into kernel state, and never against the wrong
 //! address. Every block target passes [`BlockGuard::admit`] — the one gate that refuses
 //! loopback, trusted addresses, live SSH peers, link-local addresses (cloud metadata), the
-//! default gateways, the DNS resolvers in use, the chat endpoints and private ranges — and
-//! only what it admits can reach [`Enforcer::apply`]. The nftables table is the authority
+//! host's own addresses, the default gateways, the DNS resolvers in use, the chat endpoints,
+//! the NTP servers, the package sources, the fleet store, recent admin login sources and
+//! private ranges — and only what it admits can reach [`Enforcer::apply`]. The nftables table is the authority
 //! (it outlives the agent); the in-kernel connect guard mirrors it and is written first, so it
 //! holds an address even when `nft` fails.
 //!
@@ -12,9 +13,16 @@
 pub mod guard;
 pub mod infra;
 pub mod kill;
+pub mod logins;
 pub mod nftables;
+pub mod seen;
+pub mod sources;
 
-use std::{fmt, net::IpAddr, time::Duration};
+use std::{
+    fmt,
+    net::IpAddr,
+    time::{Duration, Instant},
+};
 
 use tracing::{info, warn};
 
@@ -38,6 +46,16 @@ pub enum Refusal {
     Resolver,
     /// The address of a configured chat endpoint: blocking it would cut the alerts.
     ChatEndpoint(String),
+    /// An address on one of the host's own interfaces.
+    LocalAddress,
+    /// One of the host's NTP servers (configured literally, or seen in use).
+    NtpServer,
+    /// A package source: how it is known ("seen used by apt", "in /etc/apt/sources.list").
+    PackageSource(String),
+    /// The fleet store (`fleet.postgres_url`).
+    FleetStore,
+    /// The source of a recent SSH login by this admin (`trust.recent_logins`).
+    AdminLogin(String),
     /// A private or unique-local address, and `enforce.block_private` is off.
     Private,
 }
@@ -51,6 +69,13 @@ impl fmt::Display for Refusal {
             Refusal::Gateway => write!(f, "one of this host's default gateways"),
             Refusal::Resolver => write!(f, "one of this host's DNS resolvers"),
             Refusal::ChatEndpoint(host) => write!(f, "the address of chat endpoint {host}"),
+            Refusal::LocalAddress => write!(f, "one of this host's own addresses"),
+            Refusal::NtpServer => write!(f, "one of this host's NTP servers"),
+            Refusal::PackageSource(how) => write!(f, "package source ({how})"),
+            Refusal::FleetStore => write!(f, "the fleet store (fleet.postgres_url)"),
+            Refusal::AdminLogin(user) => {
+                write!(f, "source of a recent SSH login by admin {user}")
+            }
             Refusal::Private => write!(
                 f,
                 "private address (set enforce.block_private = true to allow)"
@@ -81,6 +106,8 @@ pub struct BlockGuard {
     pub infra: Infrastructure,
     /// `enforce.block_private`.
     pub block_private: bool,
+    /// Package sources seen used by the host's package managers ([`BlockGuard::note_package_source`]).
+    pub package_sources: seen::Seen,
 }
 
 /// RFC 1918, CGNAT (100.64/10) and IPv6 unique-local (fc00::/7).
@@ -110,7 +137,14 @@ impl BlockGuard {
         Self {
             infra,
             block_private: config.enforce.block_private,
+            package_sources: seen::Seen::default(),
         }
+    }
+
+    /// The package manager `who` connected to `ip`: a package source from now on (a week).
+    pub fn note_package_source(&mut self, ip: IpAddr, who: &str) {
+        self.package_sources
+            .note(canonical(ip), who, Instant::now());
     }
 
     /// The gate every block target passes through.
@@ -123,19 +157,46 @@ impl BlockGuard {
         if is_not_unicast(ip) {
             return Err(Refusal::NotUnicast);
         }
-        if self.infra.gateways.contains(&ip) {
-            return Err(Refusal::Gateway);
-        }
-        if self.infra.resolvers.contains(&ip) {
-            return Err(Refusal::Resolver);
-        }
-        if let Some((_, host)) = self.infra.chat.iter().find(|(a, _)| *a == ip) {
-            return Err(Refusal::ChatEndpoint(host.clone()));
-        }
+        self.infrastructure(ip)?;
         if !self.block_private && is_private(ip) {
             return Err(Refusal::Private);
         }
         Ok(Admitted(ip))
+    }
+
+    /// Refuse what the host needs to run and to be reached: `ip` is canonical.
+    fn infrastructure(&self, ip: IpAddr) -> Result<(), Refusal> {
+        let infra = &self.infra;
+        let find =
+            |list: &[(IpAddr, String)]| list.iter().find(|(a, _)| *a == ip).map(|(_, s)| s.clone());
+        if infra.local.contains(&ip) {
+            return Err(Refusal::LocalAddress);
+        }
+        if infra.gateways.contains(&ip) {
+            return Err(Refusal::Gateway);
+        }
+        if infra.resolvers.contains(&ip) {
+            return Err(Refusal::Resolver);
+        }
+        if let Some(host) = find(&infra.chat) {
+            return Err(Refusal::ChatEndpoint(host));
+        }
+        if infra.ntp.contains(&ip) {
+            return Err(Refusal::NtpServer);
+        }
+        if let Some(who) = self.package_sources.used_by(ip, Instant::now()) {
+            return Err(Refusal::PackageSource(format!("seen used by {who}")));
+        }
+        if let Some(file) = find(&infra.packages) {
+            return Err(Refusal::PackageSource(format!("in {file}")));
+        }
+        if infra.fleet.contains(&ip) {
+            return Err(Refusal::FleetStore);
+        }
+        if let Some(user) = find(&infra.admin_logins) {
+            return Err(Refusal::AdminLogin(user));
+        }
+        Ok(())
     }
 }
 
@@ -167,7 +228,9 @@ impl Enforcer {
     /// `nft` (see [`nftables::locate`]).
     pub fn from_config(config: &Config) -> Result<Self, nftables::NftError> {
         Ok(Self::new(match config.enforce.mode {
-            EnforceMode::Nftables => Backend::Nft(nftables::Nft::new(&config.enforce.table)?),
+            EnforceMode::Nftables => Backend::Nft(
+                nftables::Nft::new(&config.enforce.table)?.with_ssh_ports(&config.trust.ssh_ports),
+            ),
             EnforceMode::DryRun => Backend::DryRun,
         }))
     }
@@ -262,6 +325,7 @@ mod tests {
         BlockGuard {
             infra,
             block_private: false,
+            package_sources: seen::Seen::default(),
         }
     }
 
@@ -329,5 +393,55 @@ mod tests {
         // Public addresses pass.
         assert!(e.admit(&open, ip("198.51.100.2")).is_ok());
         assert!(e.admit(&open, ip("2001:db8:1::2")).is_ok());
+    }
+
+    #[test]
+    fn what_the_host_needs_is_never_admitted() {
+        let mut e = guard();
+        e.infra.local = [ip("198.51.100.129"), ip("2001:db8:9::1")].into();
+        e.infra.ntp = [ip("198.51.100.123")].into();
+        e.infra.packages = vec![(ip("198.51.100.40"), "/etc/apt/sources.list".into())];
+        e.infra.fleet = [ip("198.51.100.50")].into();
+        e.infra.admin_logins = vec![(ip("198.51.100.20"), "alice".into())];
+        e.note_package_source(ip("::ffff:198.51.100.41"), "apt");
+        let open = TrustSet::default();
+        for (addr, want) in [
+            ("198.51.100.129", Refusal::LocalAddress),
+            ("2001:db8:9::1", Refusal::LocalAddress),
+            ("198.51.100.123", Refusal::NtpServer),
+            (
+                "198.51.100.40",
+                Refusal::PackageSource("in /etc/apt/sources.list".into()),
+            ),
+            (
+                "198.51.100.41",
+                Refusal::PackageSource("seen used by apt".into()),
+            ),
+            ("198.51.100.50", Refusal::FleetStore),
+            ("198.51.100.20", Refusal::AdminLogin("alice".into())),
+        ] {
+            assert_eq!(e.admit(&open, ip(addr)), Err(want), "{addr}");
+        }
+        let reasons: Vec<String> = [
+            Refusal::LocalAddress,
+            Refusal::NtpServer,
+            Refusal::PackageSource("seen used by apt".into()),
+            Refusal::FleetStore,
+            Refusal::AdminLogin("alice".into()),
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        assert_eq!(
+            reasons,
+            [
+                "one of this host's own addresses",
+                "one of this host's NTP servers",
+                "package source (seen used by apt)",
+                "the fleet store (fleet.postgres_url)",
+                "source of a recent SSH login by admin alice",
+            ]
+        );
+        assert!(e.admit(&open, ip("198.51.100.2")).is_ok());
     }
 }

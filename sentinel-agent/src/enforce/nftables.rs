@@ -1,6 +1,7 @@
 //! The agent's nftables table, driven through the `nft` tool: `table inet <enforce.table>`
 //! with one timeout set per family, dropping traffic to set members on output and from them
-//! on input. Nothing outside this table is ever touched, and the table stays when the agent
+//! on input — except what arrives on the SSH ports (`trust.ssh_ports`) and sshd's replies to
+//! it, so a block never locks an admin out of the host. Nothing outside this table is ever touched, and the table stays when the agent
 //! stops: removing it is an explicit uninstall step.
 //!
 //! `nft` runs as root with the agent's rules, so it must be the system's own: it is found
@@ -50,6 +51,8 @@ pub struct Nft {
     table: String,
     /// The `nft` to run: an absolute path found by [`locate`] (a unit test sets its own).
     program: PathBuf,
+    /// `trust.ssh_ports`: inbound connections to them pass whatever is blocked.
+    ssh_ports: Vec<u16>,
 }
 
 fn set_of(ip: IpAddr) -> &'static str {
@@ -79,7 +82,14 @@ impl Nft {
         Ok(Self {
             table: table.to_string(),
             program: locate()?,
+            ssh_ports: Vec::new(),
         })
+    }
+
+    /// Let inbound connections to `ports` through whatever is blocked ([`ensure_script`]).
+    pub fn with_ssh_ports(mut self, ports: &[u16]) -> Self {
+        self.ssh_ports = ports.to_vec();
+        self
     }
 
     fn spawn_error(&self) -> impl Fn(std::io::Error) -> NftError + '_ {
@@ -115,24 +125,10 @@ impl Nft {
         written.map_err(self.spawn_error())
     }
 
-    /// Create the table, its sets and chains if missing, and (re)write its four rules —
-    /// atomically, keeping the elements already in the sets.
+    /// Create the table, its sets and chains if missing, and (re)write its rules — atomically,
+    /// keeping the elements already in the sets.
     pub fn ensure(&self) -> Result<(), NftError> {
-        let t = &self.table;
-        self.run(&format!(
-            "add table inet {t}
-             add set inet {t} {SET4} {{ type ipv4_addr; flags timeout; }}
-             add set inet {t} {SET6} {{ type ipv6_addr; flags timeout; }}
-             add chain inet {t} output {{ type filter hook output priority 0; policy accept; }}
-             add chain inet {t} input {{ type filter hook input priority 0; policy accept; }}
-             flush chain inet {t} output
-             flush chain inet {t} input
-             add rule inet {t} output ip daddr @{SET4} drop
-             add rule inet {t} output ip6 daddr @{SET6} drop
-             add rule inet {t} input ip saddr @{SET4} drop
-             add rule inet {t} input ip6 saddr @{SET6} drop
-             "
-        ))
+        self.run(&ensure_script(&self.table, &self.ssh_ports))
     }
 
     /// Block every address for its time, in one transaction. An element already there gets
@@ -175,6 +171,38 @@ impl Nft {
         }
         Ok(out)
     }
+}
+
+/// The script [`Nft::ensure`] runs. Before the drops, connections arriving on `ssh_ports` are
+/// accepted on input and sshd's replies to them (conntrack's reply direction) on output: a
+/// blocked address can still log in, while connections to it or to any other port stay
+/// dropped. An accept here only ends this table's chain (policy accept): other tables still
+/// see the packet.
+pub fn ensure_script(t: &str, ssh_ports: &[u16]) -> String {
+    let ports: Vec<String> = ssh_ports.iter().map(u16::to_string).collect();
+    let ssh = if ports.is_empty() {
+        String::new()
+    } else {
+        let ports = ports.join(", ");
+        format!(
+            "add rule inet {t} input tcp dport {{ {ports} }} accept\n\
+             add rule inet {t} output tcp sport {{ {ports} }} ct direction reply accept\n"
+        )
+    };
+    format!(
+        "add table inet {t}
+add set inet {t} {SET4} {{ type ipv4_addr; flags timeout; }}
+add set inet {t} {SET6} {{ type ipv6_addr; flags timeout; }}
+add chain inet {t} output {{ type filter hook output priority 0; policy accept; }}
+add chain inet {t} input {{ type filter hook input priority 0; policy accept; }}
+flush chain inet {t} output
+flush chain inet {t} input
+{ssh}add rule inet {t} output ip daddr @{SET4} drop
+add rule inet {t} output ip6 daddr @{SET6} drop
+add rule inet {t} input ip saddr @{SET4} drop
+add rule inet {t} input ip6 saddr @{SET6} drop
+"
+    )
 }
 
 /// Elements per `add element` statement (keeps each line of the script reasonable).
@@ -247,6 +275,7 @@ mod tests {
         let nft = Nft {
             table: "t".into(),
             program,
+            ssh_ports: Vec::new(),
         };
         let err = nft.run(&"add element inet t block4 { 198.51.100.2 }\n".repeat(40_000));
         match err {
@@ -328,5 +357,29 @@ mod tests {
         let empty = br#"{"nftables": [{"set": {"name": "block6"}}]}"#;
         assert!(parse_elements(empty).unwrap().is_empty());
         assert!(parse_elements(b"not json").is_err());
+    }
+
+    #[test]
+    fn ssh_ports_are_accepted_before_the_drops() {
+        let script = ensure_script("snt", &[22, 2222]);
+        let lines: Vec<&str> = script.lines().collect();
+        let accept = lines
+            .iter()
+            .position(|l| *l == "add rule inet snt input tcp dport { 22, 2222 } accept")
+            .expect(&script);
+        let reply = lines
+            .iter()
+            .position(|l| {
+                *l == "add rule inet snt output tcp sport { 22, 2222 } ct direction reply accept"
+            })
+            .expect(&script);
+        let first_drop = lines.iter().position(|l| l.ends_with(" drop")).unwrap();
+        assert!(accept < first_drop && reply < first_drop, "{script}");
+        assert!(lines.contains(&"add rule inet snt input ip saddr @block4 drop"));
+        assert!(lines.contains(&"add rule inet snt output ip daddr @block4 drop"));
+        // Only the agent's own table.
+        assert!(lines.iter().all(|l| l.contains(" inet snt")), "{script}");
+        let none = ensure_script("snt", &[]);
+        assert!(!none.contains("dport"));
     }
 }

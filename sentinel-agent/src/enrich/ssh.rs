@@ -122,22 +122,43 @@ fn connected_peers(src: &Sources, ports: &[u16]) -> HashSet<IpAddr> {
         .collect()
 }
 
+/// Every record of a utmp or wtmp file, from its bytes.
+pub fn utmp_records(bytes: &[u8]) -> impl Iterator<Item = libc::utmpx> + '_ {
+    let size = std::mem::size_of::<libc::utmpx>();
+    bytes.chunks_exact(size).map(|chunk| {
+        // SAFETY: `chunk` holds exactly size_of::<utmpx>() bytes; utmpx is plain old data
+        // (integers and byte arrays), valid for any bit pattern; read_unaligned copes
+        // with the slice's alignment.
+        unsafe { std::ptr::read_unaligned(chunk.as_ptr().cast::<libc::utmpx>()) }
+    })
+}
+
+/// The remote address of a record: `ut_addr_v6`, else `ut_host` when it holds an address.
+pub fn record_peer(u: &libc::utmpx) -> Option<IpAddr> {
+    utmp_addr(&u.ut_addr_v6)
+        .or_else(|| host_addr(&u.ut_host))
+        .map(canonical)
+}
+
+/// A NUL-terminated text field of a utmp record (`ut_user`, `ut_line`).
+pub fn record_text(field: &[libc::c_char]) -> String {
+    let bytes: Vec<u8> = field
+        .iter()
+        .take_while(|c| **c != 0)
+        .map(|c| *c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
 /// `USER_PROCESS` records with a remote address, from the bytes of a utmp file.
 pub fn utmp_logins(bytes: &[u8]) -> Vec<Login> {
-    let size = std::mem::size_of::<libc::utmpx>();
-    bytes
-        .chunks_exact(size)
-        .filter_map(|chunk| {
-            // SAFETY: `chunk` holds exactly size_of::<utmpx>() bytes; utmpx is plain old data
-            // (integers and byte arrays), valid for any bit pattern; read_unaligned copes
-            // with the slice's alignment.
-            let u: libc::utmpx = unsafe { std::ptr::read_unaligned(chunk.as_ptr().cast()) };
+    utmp_records(bytes)
+        .filter_map(|u| {
             if u.ut_type != libc::USER_PROCESS || u.ut_pid <= 0 {
                 return None;
             }
-            let peer = utmp_addr(&u.ut_addr_v6).or_else(|| host_addr(&u.ut_host))?;
             Some(Login {
-                peer: canonical(peer),
+                peer: record_peer(&u)?,
                 pid: u.ut_pid as u32,
                 source: "utmp",
             })
@@ -162,12 +183,7 @@ fn utmp_addr(words: &[i32; 4]) -> Option<IpAddr> {
 
 /// `ut_host` when it holds an address (sshd writes the address unless `UseDNS yes`).
 fn host_addr(host: &[libc::c_char]) -> Option<IpAddr> {
-    let bytes: Vec<u8> = host
-        .iter()
-        .take_while(|c| **c != 0)
-        .map(|c| *c as u8)
-        .collect();
-    std::str::from_utf8(&bytes).ok()?.trim().parse().ok()
+    record_text(host).trim().parse().ok()
 }
 
 /// Remote sshd sessions registered with logind (`<dir>/<id>`: `SERVICE=sshd`,

@@ -39,6 +39,9 @@ pub struct Proc {
     pub package_manager: bool,
 }
 
+/// Where apt's fetch methods live: apt downloads through these children.
+pub const APT_METHODS: &str = "/usr/lib/apt/methods/";
+
 impl Proc {
     /// A process the tree learns of from `/proc`: no exec or fork seen.
     fn from_stat(s: Stat) -> Self {
@@ -240,6 +243,23 @@ impl ProcessTree {
         if let Some(p) = self.procs.get_mut(&tgid) {
             p.package_manager = true;
         }
+    }
+
+    /// The name of the package manager `tgid` runs for: its own program's, or, for one of
+    /// apt's fetch methods ([`APT_METHODS`], which apt forks to download), its parent's. Other
+    /// descendants (a package's scripts, a build tool's children) do not count: their
+    /// connections are not package sources.
+    pub fn package_manager_of(&self, tgid: u32) -> Option<Arc<str>> {
+        let p = self.procs.get(&tgid)?;
+        if p.package_manager {
+            return Some(p.comm.clone());
+        }
+        let method = p
+            .filename
+            .as_deref()
+            .is_some_and(|f| f.starts_with(APT_METHODS));
+        let parent = self.procs.get(&p.ppid).filter(|_| method)?;
+        parent.package_manager.then(|| parent.comm.clone())
     }
 
     /// `tgid` called `listen(2)`: it accepts connections (TCP or unix stream).
@@ -489,6 +509,25 @@ mod tests {
         t.on_exec(11, 10, 2 * NS, "sh", "/bin/sh");
         let c = t.get(11).unwrap();
         assert_eq!((c.exe, c.package_manager), (ExeId::default(), false));
+    }
+
+    #[test]
+    fn a_package_manager_fetches_itself_or_through_its_child() {
+        let mut t = ProcessTree::new(TICKS);
+        t.on_exec(10, 1, NS, "apt", "/usr/bin/apt");
+        t.mark_package_manager(10);
+        t.on_fork(10, 11, 2 * NS, "apt");
+        t.on_exec(11, 10, 2 * NS, "http", "/usr/lib/apt/methods/http");
+        t.on_fork(11, 12, 3 * NS, "http");
+        t.on_exec(12, 11, 3 * NS, "curl", "/usr/bin/curl");
+        // Any other child of a package manager (a build tool's test binary) is not one.
+        t.on_fork(10, 13, 4 * NS, "apt");
+        t.on_exec(13, 10, 4 * NS, "sh", "/bin/sh");
+        assert_eq!(t.package_manager_of(10).as_deref(), Some("apt"));
+        assert_eq!(t.package_manager_of(11).as_deref(), Some("apt"));
+        assert_eq!(t.package_manager_of(12), None);
+        assert_eq!(t.package_manager_of(13), None);
+        assert_eq!(t.package_manager_of(1), None);
     }
 
     #[test]

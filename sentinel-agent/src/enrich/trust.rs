@@ -160,7 +160,7 @@ pub fn established_peers(text: &str, ports: &[u16]) -> Vec<IpAddr> {
 
 /// `0100007F:0016` (IPv4) or 32 hex digits `:port` (IPv6), as the kernel prints them: each
 /// 32-bit word in host (little-endian) byte order.
-fn parse_endpoint(text: &str) -> Option<(IpAddr, u16)> {
+pub(crate) fn parse_endpoint(text: &str) -> Option<(IpAddr, u16)> {
     let (addr, port) = text.split_once(':')?;
     let port = u16::from_str_radix(port, 16).ok()?;
     let word = |s: &str| u32::from_str_radix(s, 16).ok().map(|w| w.to_le_bytes());
