@@ -26,6 +26,7 @@ use std::{
 use common::{
     Agent,
     netns::{DE4, TestNet},
+    procs::Procs,
     require_root, serial,
 };
 use serde_json::Value;
@@ -36,30 +37,6 @@ const FLOOD_UID: u32 = 33;
 const SHELL_UID: u32 = 65534;
 /// In the flood's shells' arguments, so its alerts are told apart from any other.
 const MARK: &str = "floodmark";
-
-/// Processes the test started, each leading its own process group: SIGKILLed on drop.
-#[derive(Default)]
-struct Procs(Vec<Child>);
-
-impl Procs {
-    fn spawn(&mut self, cmd: &mut Command) -> &mut Child {
-        let child = cmd.process_group(0).spawn().expect("spawn");
-        self.0.push(child);
-        self.0.last_mut().unwrap()
-    }
-}
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            let _ = c.wait();
-        }
-    }
-}
 
 /// Wait for `ready` on `child`'s stdout.
 fn ready(child: &mut Child, what: &str) {

@@ -14,8 +14,7 @@ mod common;
 use std::{
     collections::HashSet,
     io::{BufRead, BufReader},
-    os::unix::process::CommandExt,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     thread,
     time::Duration,
 };
@@ -23,35 +22,12 @@ use std::{
 use common::{
     Agent,
     netns::{DE4, TestNet},
+    procs::Procs,
     require_root, serial,
 };
 use serde_json::Value;
 
 const PORT: u16 = 4444;
-
-/// Processes the test started, each leading its own process group: SIGKILLed on drop.
-#[derive(Default)]
-struct Procs(Vec<Child>);
-
-impl Procs {
-    fn spawn(&mut self, cmd: &mut Command) -> &mut Child {
-        let child = cmd.process_group(0).spawn().expect("spawn");
-        self.0.push(child);
-        self.0.last_mut().unwrap()
-    }
-}
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            let _ = c.wait();
-        }
-    }
-}
 
 /// A listener on the test host that accepts every connection and holds it open.
 fn listener(net: &TestNet, procs: &mut Procs) {

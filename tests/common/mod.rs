@@ -22,6 +22,7 @@ pub mod mmdb;
 pub mod netns;
 pub mod nft;
 pub mod pg;
+pub mod procs;
 
 /// The test GeoIP database: documentation ranges → countries (SPEC §8).
 pub const TEST_COUNTRIES: [(&str, &str); 5] = [

@@ -1,8 +1,9 @@
 //! The agent's nftables table, driven through the `nft` tool: `table inet <enforce.table>`
 //! with one timeout set per family, dropping traffic to set members on output and from them
 //! on input — except what arrives on the SSH ports (`trust.ssh_ports`) and sshd's replies to
-//! it, so a block never locks an admin out of the host. Nothing outside this table is ever touched, and the table stays when the agent
-//! stops: removing it is an explicit uninstall step.
+//! it, so a block never locks an admin out of the host. Nothing outside this table is ever
+//! touched, and the table stays when the agent stops: removing it is an explicit uninstall
+//! step.
 //!
 //! `nft` runs as root with the agent's rules, so it must be the system's own: it is found
 //! once, at start, in a fixed list of system directories ([`NFT_DIRS`]) and run by that
