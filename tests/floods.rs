@@ -26,7 +26,7 @@ use std::{
 use common::{
     Agent,
     netns::{DE4, TestNet},
-    procs::Procs,
+    procs::{Procs, hold_connections},
     require_root, serial,
 };
 use serde_json::Value;
@@ -45,21 +45,6 @@ fn ready(child: &mut Child, what: &str) {
         .read_line(&mut line)
         .unwrap();
     assert_eq!(line.trim(), "ready", "{what} did not start");
-}
-
-/// A listener on the test host that accepts every connection and holds it open.
-fn listener(net: &TestNet, procs: &mut Procs) {
-    let script = "import socket\n\
-        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-        s.bind(('0.0.0.0', 4444)); s.listen(64); print('ready', flush=True)\n\
-        held = []\n\
-        while True:\n    c, _ = s.accept(); held.append(c)\n";
-    let child = procs.spawn(
-        Command::new("ip")
-            .args(["netns", "exec", net.ns(), "/usr/bin/python3", "-c", script])
-            .stdout(Stdio::piped()),
-    );
-    ready(child, "the test host's listener");
 }
 
 /// As uid 33: a python3 listening on loopback whose workers (forked, each listening too, so
@@ -161,7 +146,7 @@ fn a_flood_is_folded_and_another_origins_reverse_shell_still_gets_its_alert_and_
     let _serial = serial();
     let net = TestNet::new("fl");
     let mut procs = Procs::default();
-    listener(&net, &mut procs);
+    hold_connections(&net, PORT, &mut procs);
     let agent = Agent::start("");
     let stop = Arc::new(AtomicBool::new(false));
     let status = watch_status(agent.config.clone(), stop.clone());

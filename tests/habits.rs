@@ -13,7 +13,6 @@ mod common;
 
 use std::{
     collections::HashSet,
-    io::{BufRead, BufReader},
     process::{Command, Stdio},
     thread,
     time::Duration,
@@ -22,31 +21,12 @@ use std::{
 use common::{
     Agent,
     netns::{DE4, TestNet},
-    procs::Procs,
+    procs::{Procs, hold_connections},
     require_root, serial,
 };
 use serde_json::Value;
 
 const PORT: u16 = 4444;
-
-/// A listener on the test host that accepts every connection and holds it open.
-fn listener(net: &TestNet, procs: &mut Procs) {
-    let script = "import socket, threading\n\
-        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-        s.bind(('0.0.0.0', 4444)); s.listen(64); print('ready', flush=True)\n\
-        held = []\n\
-        while True:\n    c, _ = s.accept(); held.append(c)\n";
-    let child = procs.spawn(
-        Command::new("ip")
-            .args(["netns", "exec", net.ns(), "/usr/bin/python3", "-c", script])
-            .stdout(Stdio::piped()),
-    );
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "ready", "the listener did not start");
-}
 
 /// Run `script` with bash to the end; it must succeed.
 fn bash_ok(script: &str) -> u32 {
@@ -68,7 +48,7 @@ fn port_checks_are_not_reverse_shells_and_a_shell_held_on_one_stream_is() {
     let _serial = serial();
     let net = TestNet::new("hb");
     let mut procs = Procs::default();
-    listener(&net, &mut procs);
+    hold_connections(&net, PORT, &mut procs);
     let agent = Agent::start("");
 
     // The habits: each ends at once.
@@ -210,7 +190,7 @@ fn the_cheat_sheet_one_liners_are_still_caught() {
     let _serial = serial();
     let net = TestNet::new("hc");
     let mut procs = Procs::default();
-    listener(&net, &mut procs);
+    hold_connections(&net, PORT, &mut procs);
     let agent = Agent::start("");
     let mut missed = Vec::new();
     for (what, argv) in one_liners() {
