@@ -529,7 +529,6 @@ impl Switch {
             blocks,
             safe_until,
             reply: None,
-            quiet: false,
         })
     }
 

@@ -43,8 +43,6 @@ pub struct Ending {
     pub safe_until: Option<SystemTime>,
     /// Who waits for the outcome (a human's answer).
     pub reply: Option<oneshot::Sender<Result<Decision, AnswerError>>>,
-    /// Not announced in chat (decisions past `switch.max_pending`).
-    pub quiet: bool,
 }
 
 /// What the switch asks of its worker.
@@ -375,9 +373,7 @@ impl Worker {
                 changed.push(e.change.clone());
             }
             info!(id = %e.change.decision.id, state = %e.change.decision.state, "decision ended");
-            if !e.quiet {
-                self.announce(Notice::Ended(e.change.decision.clone()));
-            }
+            self.announce(Notice::Ended(e.change.decision.clone()));
             if let Some(reply) = e.reply {
                 let _ = reply.send(Ok(e.change.decision));
             }
