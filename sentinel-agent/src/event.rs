@@ -121,8 +121,12 @@ pub struct AlertBody {
     pub comm: String,
     /// What the process executed, when known.
     pub exe: Option<String>,
-    /// The remote address to act on; never a trusted one.
+    /// The remote address to act on, never a trusted one: the first of `targets`.
     pub target_ip: Option<IpAddr>,
+    /// Every destination the alert gathered (its repeats' and its tree's), first seen first,
+    /// at most [`AlertBody::MAX_TARGETS`]; each of its decisions holds some of them.
+    #[serde(default)]
+    pub targets: Vec<IpAddr>,
     pub country: Option<String>,
     /// `none` (no decision pending), `pending`, `safe`, `blocked` or `auto-blocked`.
     pub state: String,
@@ -132,6 +136,37 @@ pub struct AlertBody {
     pub count: u32,
     /// One line for humans: what was seen.
     pub detail: String,
+}
+
+impl AlertBody {
+    /// Targets one alert keeps at most (a decision has its own cap).
+    pub const MAX_TARGETS: usize = 256;
+
+    /// `ip` joins the alert's targets (the first becomes its `target_ip`). Whether it was new.
+    pub fn gather(&mut self, ip: IpAddr) -> bool {
+        if self.target_ip.is_none() {
+            self.target_ip = Some(ip);
+        }
+        // Rows written before `targets` existed have only `target_ip`.
+        if self.targets.is_empty()
+            && let Some(first) = self.target_ip
+            && first != ip
+        {
+            self.targets.push(first);
+        }
+        if self.targets.contains(&ip) || self.targets.len() >= Self::MAX_TARGETS {
+            return false;
+        }
+        self.targets.push(ip);
+        true
+    }
+
+    /// Everything `other` (another copy of this alert) gathered joins this one.
+    pub fn gather_from(&mut self, other: &AlertBody) {
+        for ip in other.target_ip.iter().chain(&other.targets) {
+            self.gather(*ip);
+        }
+    }
 }
 
 /// A MITRE ATT&CK technique and its tactic.
@@ -421,6 +456,7 @@ pub fn sample_alert(id: &str, target: &str) -> AlertBody {
         comm: "curl".into(),
         exe: Some("/usr/bin/curl".into()),
         target_ip: Some(target.parse().unwrap()),
+        targets: vec![target.parse().unwrap()],
         country: Some("RU".into()),
         state: "none".into(),
         deadline: None,

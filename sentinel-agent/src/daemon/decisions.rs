@@ -240,6 +240,14 @@ impl Pipeline {
 
     /// `target` joins alert `id`'s pending decision, or opens a new one.
     pub(super) fn offer(&mut self, id: &str, target: ActionableAddr) {
+        let Some(group) = self.groups.get_mut(id) else {
+            return;
+        };
+        if group.alert.gather(target.ip()) {
+            // The alert lists every target it gathered, whichever decision takes it.
+            let (alert, at) = (group.alert.clone(), group.at);
+            self.store_alert(alert, at, detect::Alerts::sync_targets);
+        }
         let Some(group) = self.groups.get(id) else {
             return;
         };
@@ -263,7 +271,6 @@ impl Pipeline {
             return;
         }
         let mut alert = group.alert.clone();
-        alert.target_ip = Some(target.ip());
         // The decision is about its target: its country is the target's (a lineage alert has
         // none of its own).
         if let Some(cc) = self
@@ -292,6 +299,23 @@ impl Pipeline {
         }
     }
 
+    /// Store `alert` (raised at `at`), merged with the kept copy by `sync` (its state, or its
+    /// targets), and keep the merged targets in its group.
+    fn store_alert(
+        &mut self,
+        alert: AlertBody,
+        at: SystemTime,
+        sync: fn(&mut detect::Alerts, AlertBody) -> AlertBody,
+    ) {
+        let alert = sync(&mut self.detect.alerts, alert);
+        if let Some(g) = self.groups.get_mut(&alert.id) {
+            g.alert.target_ip = alert.target_ip;
+            g.alert.targets.clone_from(&alert.targets);
+        }
+        let record = Record::new(at, self.shared.host.clone(), Body::Alert(Box::new(alert)));
+        self.store(Write::Update(Arc::new(record)));
+    }
+
     /// Alert `id` now has its targets in pending decision `decision` (joined, not opened).
     fn mark_pending(&mut self, id: &str, decision: &str) {
         let Some(deadline) = self.switch.deadline_of(decision) else {
@@ -302,9 +326,8 @@ impl Pipeline {
         };
         g.alert.state = "pending".into();
         g.alert.deadline = Some(humantime::format_rfc3339_millis(deadline).to_string());
-        let alert = self.detect.alerts.sync_state(g.alert.clone());
-        let record = Record::new(g.at, self.shared.host.clone(), Body::Alert(Box::new(alert)));
-        self.store(Write::Update(Arc::new(record)));
+        let (alert, at) = (g.alert.clone(), g.at);
+        self.store_alert(alert, at, detect::Alerts::sync_state);
     }
 
     /// Whether `tgid` or one of its ancestors is a tracked (alerted) tree: a walk over the

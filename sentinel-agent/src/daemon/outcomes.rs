@@ -41,7 +41,13 @@ impl Pipeline {
             origin: d.origin.clone(),
             waiting: d.waiting.clone(),
         };
-        let alert = self.detect.alerts.sync_state(change.alert);
+        let mut alert = change.alert;
+        if let Some(g) = self.groups.get_mut(&alert.id) {
+            alert.gather_from(&g.alert);
+            g.alert.state.clone_from(&alert.state);
+            g.alert.deadline.clone_from(&alert.deadline);
+        }
+        let alert = self.detect.alerts.sync_state(alert);
         let alert = Record::new(
             change.alert_at,
             self.shared.host.clone(),

@@ -34,6 +34,26 @@ pub const MAX_OPEN: usize = 10_000;
 struct Key {
     anomaly: Anomaly,
     subject: u32,
+    /// For `respawn` (whose subject is the parent that restarts), the program that came back:
+    /// a `sh` restarted by the same bash is not a repeat of its python3.
+    program: Option<String>,
+}
+
+impl Key {
+    fn of(finding: &Finding) -> Self {
+        let program = matches!(finding.anomaly, Anomaly::Respawn { .. }).then(|| {
+            finding
+                .culprit
+                .exe
+                .clone()
+                .unwrap_or_else(|| finding.culprit.comm.clone())
+        });
+        Key {
+            anomaly: finding.anomaly,
+            subject: finding.subject,
+            program,
+        }
+    }
 }
 
 /// Scores findings and folds repeats into one alert per (anomaly, process) and window, and
@@ -73,10 +93,7 @@ impl Alerts {
     /// [`Alerts::raise`] with the wall-clock time given.
     pub fn raise_at(&mut self, finding: Finding, now: Instant, wall: SystemTime) -> Outcome {
         self.prune(now);
-        let key = Key {
-            anomaly: finding.anomaly,
-            subject: finding.subject,
-        };
+        let key = Key::of(&finding);
         if let Some((since, first, alert)) = self.open.get_mut(&key)
             && now.saturating_duration_since(*since) < self.window
         {
@@ -137,18 +154,34 @@ impl Alerts {
             .retain(|_, (since, _, _)| now.saturating_duration_since(*since) < self.window);
     }
 
-    /// The switch moved `alert` to a new state: later repeats must carry it (and the switch's
-    /// copy must carry the current count). Returns the alert as it should be stored.
-    pub fn sync_state(&mut self, mut alert: AlertBody) -> AlertBody {
-        if let Some((_, _, open)) = self.open.values_mut().find(|(_, _, a)| a.id == alert.id) {
-            open.state = alert.state.clone();
-            open.deadline = alert.deadline.clone();
-            open.target_ip = alert.target_ip;
-            alert.count = open.count;
-        } else {
-            self.budget.sync_state(&mut alert);
+    /// The kept copy of alert `id`: the open one, or the origin's aggregated one.
+    fn kept_mut(&mut self, id: &str) -> Option<&mut AlertBody> {
+        match self.open.values_mut().find(|(_, _, a)| a.id == id) {
+            Some((_, _, open)) => Some(open),
+            None => self.budget.alert_mut(id),
         }
-        alert
+    }
+
+    /// The switch moved `alert` to a new state: later repeats must carry it. Returns the alert
+    /// as it should be stored: the new state on the kept copy (count, detail, every target).
+    pub fn sync_state(&mut self, alert: AlertBody) -> AlertBody {
+        let Some(kept) = self.kept_mut(&alert.id) else {
+            return alert;
+        };
+        kept.state.clone_from(&alert.state);
+        kept.deadline.clone_from(&alert.deadline);
+        kept.gather_from(&alert);
+        kept.clone()
+    }
+
+    /// `alert` gathered targets: the kept copy gets them. Returns the alert as it should be
+    /// stored (the kept copy's state, count and detail win over `alert`'s).
+    pub fn sync_targets(&mut self, alert: AlertBody) -> AlertBody {
+        let Some(kept) = self.kept_mut(&alert.id) else {
+            return alert;
+        };
+        kept.gather_from(&alert);
+        kept.clone()
     }
 
     /// Open alerts remembered for de-duplication.
@@ -176,6 +209,7 @@ fn body(id: String, finding: Finding, risk: u8) -> AlertBody {
         comm: escaped(finding.culprit.comm),
         exe: finding.culprit.exe.map(escaped),
         target_ip: finding.target.map(|t| t.ip()),
+        targets: finding.target.map(|t| t.ip()).into_iter().collect(),
         country: finding.country,
         state: "none".into(),
         deadline: None,
@@ -203,6 +237,10 @@ fn random_id() -> String {
 mod tests {
     use super::*;
     use crate::detect::tests::{culprit, finding, ids};
+
+    fn ip(s: &str) -> std::net::IpAddr {
+        s.parse().unwrap()
+    }
 
     #[test]
     fn repeats_within_the_window_are_counted_not_raised() {
@@ -274,6 +312,70 @@ mod tests {
         };
         assert_eq!((again.state.as_str(), again.count), ("pending", 3));
         assert!(again.deadline.is_some());
+    }
+
+    #[test]
+    fn an_alert_keeps_its_first_target_and_gathers_the_rest() {
+        let mut alerts = Alerts::with_ids(Duration::from_secs(60), ids());
+        let t0 = Instant::now();
+        let c = culprit(7, "curl", &[]);
+        let Outcome::New(a) =
+            alerts.raise(finding(Anomaly::Geo, c.clone(), Some("203.0.113.13")), t0)
+        else {
+            panic!()
+        };
+        assert_eq!(a.targets, vec![ip("203.0.113.13")]);
+        // The pipeline gathers the repeat's target (it joins a decision, maybe a new one).
+        let Outcome::Repeat(mut b, _) =
+            alerts.raise(finding(Anomaly::Geo, c, Some("203.0.113.14")), t0)
+        else {
+            panic!()
+        };
+        assert!(b.gather(ip("203.0.113.14")));
+        assert!(!b.gather(ip("203.0.113.14")), "once");
+        let stored = alerts.sync_targets(b);
+        assert_eq!(stored.target_ip, Some(ip("203.0.113.13")));
+        assert_eq!(stored.targets, vec![ip("203.0.113.13"), ip("203.0.113.14")]);
+        assert_eq!(stored.count, 2);
+        // A decision of the switch's (its copy knows one target) changes the state only.
+        let mut switched = a.clone();
+        switched.state = "auto-blocked".into();
+        let stored = alerts.sync_state(switched);
+        assert_eq!(stored.state, "auto-blocked");
+        assert_eq!(stored.targets.len(), 2);
+        assert_eq!(stored.target_ip, Some(ip("203.0.113.13")));
+    }
+
+    #[test]
+    fn a_respawn_is_grouped_by_the_program_that_came_back() {
+        let mut alerts = Alerts::with_ids(Duration::from_secs(60), ids());
+        let t0 = Instant::now();
+        let back = |pid, comm: &str, exe: &str| {
+            let mut c = culprit(pid, comm, &[(5, "bash")]);
+            c.exe = Some(exe.into());
+            Finding {
+                subject: 5,
+                ..finding(Anomaly::Respawn { cron: false }, c, None)
+            }
+        };
+        let py = alerts.raise(back(10, "python3", "/usr/bin/python3"), t0);
+        let sh = alerts.raise(back(11, "sh", "/usr/bin/dash"), t0);
+        let py_again = alerts.raise(back(12, "python3", "/usr/bin/python3"), t0);
+        assert!(matches!(py, Outcome::New(ref a) if a.id == "id1"));
+        assert!(matches!(sh, Outcome::New(ref a) if a.id == "id2"), "{sh:?}");
+        assert!(matches!(py_again, Outcome::Repeat(ref a, _) if a.id == "id1"));
+    }
+
+    #[test]
+    fn an_alert_gathers_at_most_max_targets() {
+        let mut a = crate::event::sample_alert("x", "198.51.100.2");
+        for i in 0..1000u32 {
+            a.gather(std::net::IpAddr::V4(std::net::Ipv4Addr::from(
+                0x0a00_0000 + i,
+            )));
+        }
+        assert_eq!(a.targets.len(), AlertBody::MAX_TARGETS);
+        assert_eq!(a.target_ip, Some(ip("198.51.100.2")));
     }
 
     #[test]

@@ -177,23 +177,13 @@ impl Budget {
         }
     }
 
-    /// The switch moved an aggregated alert to a new state: later folds carry it, and `alert`
-    /// gets the current count. False when `alert` is no aggregated alert.
-    pub fn sync_state(&mut self, alert: &mut AlertBody) -> bool {
-        let Some(fold) = self
-            .buckets
+    /// The aggregated alert `id`, while its bucket lasts.
+    pub fn alert_mut(&mut self, id: &str) -> Option<&mut AlertBody> {
+        self.buckets
             .values_mut()
             .filter_map(|b| b.fold.as_mut())
-            .find(|f| f.alert.id == alert.id)
-        else {
-            return false;
-        };
-        fold.alert.state = alert.state.clone();
-        fold.alert.deadline = alert.deadline.clone();
-        fold.alert.target_ip = alert.target_ip;
-        alert.count = fold.alert.count;
-        alert.detail = fold.alert.detail.clone();
-        true
+            .map(|f| &mut f.alert)
+            .find(|a| a.id == id)
     }
 
     /// `origin`, or the shared overflow bucket when the map is full (counted).
@@ -253,6 +243,7 @@ fn aggregate(id: String, culprit: &Culprit) -> AlertBody {
         comm: escaped(culprit.comm.clone()),
         exe: culprit.exe.clone().map(escaped),
         target_ip: None,
+        targets: Vec::new(),
         country: None,
         state: "none".into(),
         deadline: None,
@@ -381,21 +372,19 @@ mod tests {
         let mut next = ids();
         let (t0, wall) = (Instant::now(), SystemTime::now());
         let c = culprit(7, "sh", &[]);
-        let mut a = b
+        let a = b
             .fold(&c, Anomaly::Lineage, 70, (t0, wall), &mut next)
             .alert;
         b.fold(&c, Anomaly::Lineage, 70, (t0, wall), &mut next);
-        a.state = "pending".into();
-        assert!(b.sync_state(&mut a));
-        assert_eq!(a.count, 2);
+        let kept = b.alert_mut(&a.id).expect("the aggregated alert is kept");
+        kept.state = "pending".into();
+        assert_eq!(kept.count, 2);
         let again = b.fold(&c, Anomaly::Lineage, 70, (t0, wall), &mut next);
         assert_eq!(
             (again.alert.state.as_str(), again.alert.count),
             ("pending", 3)
         );
-        let mut stranger = a.clone();
-        stranger.id = "nope".into();
-        assert!(!b.sync_state(&mut stranger));
+        assert!(b.alert_mut("nope").is_none());
     }
 
     #[test]

@@ -285,7 +285,7 @@ impl Switch {
         };
         let mut alert = alert.clone();
         alert.state = State::Pending.as_str().into();
-        alert.target_ip = Some(ip);
+        alert.gather(ip);
         alert.deadline = Some(humantime::format_rfc3339_millis(deadline).to_string());
         let open = Open {
             decision: decision.clone(),
