@@ -1,7 +1,8 @@
-//! One alert, one story (issue "turn the switch against its owner" §8), end to end with real
-//! processes: an alert lists every destination it gathered and keeps the first as its
+//! One alert, one story (issue "turn the switch against its owner" §5 and §8), end to end with
+//! real processes: an alert lists every destination it gathered and keeps the first as its
 //! `target_ip` (the one its text names) through every decision it opens; a respawn alert is
-//! about the program that came back, not about every program its parent restarts.
+//! about the program that came back, not about every program its parent restarts; an alerted
+//! tree's decision follows every member, an orphan that never execs included.
 //!
 //! The geo test's culprit is the test process itself (it knocks on the test hosts), so the
 //! tests of this binary run one at a time (`serial`). Every assertion is about this test's own
@@ -204,4 +205,66 @@ fn a_respawn_alert_is_about_the_program_that_came_back() {
     let s = alert(&agent, sl_alert["id"].as_str().unwrap());
     assert!(strings(&s["targets"]).is_empty(), "{s}");
     assert_eq!(strings(&s["targets"]).len(), 0);
+}
+
+#[test]
+fn a_double_forked_orphan_that_never_execs_still_joins_its_trees_decision() {
+    use std::os::unix::fs::PermissionsExt;
+    if !require_root("a_double_forked_orphan_that_never_execs_still_joins_its_trees_decision") {
+        return;
+    }
+    let _serial = serial();
+    let _net = TestNet::new("so");
+    let table = Table::new("orphan");
+    let sections = format!("{}[lineage]\nweb_servers = [\"node\"]\n", config(&table));
+    let agent = Agent::start_with("", &sections);
+    // A copy of sh named `node` (a web server by name) runs a shell: a lineage alert. The
+    // shell's python3 double-forks and setsid()s; the grandchild, adopted by init once its
+    // parent is gone (and forgotten by the agent), reaches DE4 without ever exec'ing.
+    let node = agent.dir.path().join("node");
+    std::fs::copy("/bin/sh", &node).unwrap();
+    std::fs::set_permissions(&node, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let orphan = format!(
+        "import os, socket, time\n\
+         if os.fork(): os._exit(0)\n\
+         os.setsid()\n\
+         if os.fork(): os._exit(0)\n\
+         print(os.getpid(), flush=True)\n\
+         time.sleep(2.5)\n\
+         s = socket.socket(); s.settimeout(1)\n\
+         s.connect_ex(('{DE4}', 9601))\n"
+    );
+    let script = agent.dir.path().join("orphan.py");
+    std::fs::write(&script, orphan).unwrap();
+    let mut procs = Procs::default();
+    let child = procs.spawn(
+        Command::new(&node)
+            .args([
+                "-c",
+                &format!("/bin/sh -c 'python3 {}; true'; true", script.display()),
+            ])
+            .stdout(Stdio::piped()),
+    );
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let grandchild: u32 = out
+        .next()
+        .expect("orphan pid")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let alert = agent.wait_for("alert", "lineage", |a| {
+        a["anomaly"] == "lineage" && a["comm"] == "sh"
+    });
+    let d = agent.wait_for("decision", "the orphan's destination", |d| {
+        d["target_ip"] == DE4 && d["state"] == "pending"
+    });
+    assert_eq!(d["id"], alert["id"], "the tree's decision holds it: {d}");
+    let connects = agent.events("connect");
+    assert!(
+        connects
+            .iter()
+            .any(|c| c["pid"] == grandchild && c["daddr"] == DE4),
+        "the connect was the orphan's"
+    );
 }

@@ -20,6 +20,14 @@ use crate::{
     switch::clock::Now,
 };
 
+/// A member of an alerted process tree: the process (by its start time, so a reused pid is
+/// not one) and the alert whose decision its destinations join.
+#[derive(Debug, Clone)]
+pub struct Tracked {
+    pub start: u64,
+    pub id: String,
+}
+
 /// An alert whose process tree is tracked, and its current decision.
 #[derive(Debug, Clone)]
 pub struct Group {
@@ -217,13 +225,20 @@ impl Pipeline {
                 .get(id)
                 .map_or(0, |g| u8::from(g.alert.severity == "critical"))
         };
-        if let Some(current) = self.tracked.get(&root)
+        if let Some(current) = self.tracked_id(root)
             && current != id
             && severity(current) > severity(id)
         {
             return;
         }
-        self.tracked.insert(root, id.to_string());
+        let start = self.tree.get(root).map_or(0, |p| p.start);
+        self.tracked.insert(
+            root,
+            Tracked {
+                start,
+                id: id.to_string(),
+            },
+        );
         if let Some(g) = self.groups.get_mut(id)
             && !g.roots.contains(&root)
         {
@@ -231,11 +246,33 @@ impl Pipeline {
         }
     }
 
+    /// The alert `pid` is tracked for, when the process holding `pid` now is the one tracked.
+    pub(super) fn tracked_id(&self, pid: u32) -> Option<&str> {
+        let t = self.tracked.get(&pid)?;
+        let same = t.start == 0 || self.tree.get(pid).is_none_or(|p| p.start == t.start);
+        same.then_some(t.id.as_str())
+    }
+
     /// The alert whose tracked tree holds `pid` (itself or an ancestor).
     pub(super) fn group_of(&self, pid: u32, ancestry: &[(u32, Arc<str>)]) -> Option<String> {
         std::iter::once(pid)
             .chain(ancestry.iter().map(|(p, _)| *p))
-            .find_map(|p| self.tracked.get(&p).cloned())
+            .find_map(|p| self.tracked_id(p).map(str::to_string))
+    }
+
+    /// The alert whose tracked tree holds `pid` or an ancestor, by the tree only (no /proc).
+    pub(super) fn tracked_ancestor(&self, pid: u32) -> Option<String> {
+        let mut cur = pid;
+        for _ in 0..64 {
+            if let Some(id) = self.tracked_id(cur) {
+                return Some(id.to_string());
+            }
+            match self.tree.get(cur) {
+                Some(p) if p.ppid != 0 && p.ppid != cur => cur = p.ppid,
+                _ => return None,
+            }
+        }
+        None
     }
 
     /// `target` joins alert `id`'s pending decision, or opens a new one.
@@ -338,7 +375,7 @@ impl Pipeline {
         }
         let mut cur = tgid;
         for _ in 0..64 {
-            if self.tracked.contains_key(&cur) {
+            if self.tracked_id(cur).is_some() {
                 return true;
             }
             match self.tree.get(cur) {

@@ -15,7 +15,7 @@ use std::{
 use sentinel_common::events::exec::ExeId;
 use tracing::{debug, error, info, warn};
 
-use super::decisions::Group;
+use super::decisions::{Group, Tracked};
 use crate::{
     daemon::control::Shared,
     detect::{
@@ -76,9 +76,10 @@ pub struct Pipeline {
     pub ncpus: usize,
     pub detect: Detectors,
     pub switch: Switch,
-    /// Alerted process trees: root pid → the alert whose decision their untrusted
-    /// destinations join.
-    pub tracked: FxHashMap<u32, String>,
+    /// Alerted process trees: every member's pid (checked against its start time) → the
+    /// alert whose decision their untrusted destinations join. Members are added at fork and
+    /// exec, so an orphan adopted by init or a subreaper stays in its tree.
+    pub tracked: FxHashMap<u32, Tracked>,
     /// The alerts with a tracked tree, by id.
     pub groups: HashMap<String, Group>,
     /// The last untrusted address each process connected to.
@@ -205,9 +206,17 @@ impl Pipeline {
 
     pub fn handle(&mut self, event: KernelEvent) {
         match event {
-            KernelEvent::Fork(f) => self
-                .tree
-                .on_fork(f.parent, f.child, f.child_start_ns, &f.comm),
+            KernelEvent::Fork(f) => {
+                self.tree
+                    .on_fork(f.parent, f.child, f.child_start_ns, &f.comm);
+                // A tracked tree's forks are members from birth, whatever their parent link
+                // becomes (setsid, a double fork, adoption by init), exec or not.
+                if !self.tracked.is_empty()
+                    && let Some(id) = self.tracked_ancestor(f.parent)
+                {
+                    self.track(&id, f.child);
+                }
+            }
             KernelEvent::Exit(e) => {
                 self.behaviour_exit(&e);
                 self.exits.push_back((Instant::now(), e.tgid, e.start_ns));
@@ -225,7 +234,7 @@ impl Pipeline {
                 let mut culprit = self.culprit(e.tgid, e.comm.clone(), Some(e.uid));
                 // A tracked tree's new programs stay tracked, even after their root exits.
                 if !self.tracked.is_empty()
-                    && !self.tracked.contains_key(&e.tgid)
+                    && self.tracked_id(e.tgid).is_none()
                     && let Some(id) = self.group_of(e.tgid, &culprit.ancestry)
                 {
                     self.track(&id, e.tgid);
@@ -483,11 +492,18 @@ impl Pipeline {
                 break;
             }
             self.exits.pop_front();
+            // The tree's start time of the process that ended (a tracked pid reused since
+            // belongs to another process and stays).
+            let start = self.tree.get(tgid).map(|p| p.start);
             self.tree.on_exit(tgid, start_ns);
             self.detect.alerts.forget(tgid);
             self.detect.reverse_shell.dismiss(tgid);
             self.last_connect.remove(&tgid);
-            if let Some(id) = self.tracked.remove(&tgid)
+            if self
+                .tracked
+                .get(&tgid)
+                .is_some_and(|t| start.is_none_or(|s| s == t.start))
+                && let Some(Tracked { id, .. }) = self.tracked.remove(&tgid)
                 && let Some(g) = self.groups.get_mut(&id)
             {
                 g.roots.retain(|r| *r != tgid);
