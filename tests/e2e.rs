@@ -165,8 +165,10 @@ fn busy_process_shows_high_cpu() {
     }
     let _serial = serial();
     let agent = Agent::start("");
-    let mut busy = Command::new("/bin/sh")
-        .args(["-c", "while :; do :; done"])
+    let mut busy = // At the highest priority: a normal one gets well under half a CPU while two
+    // builds share this machine's two, and the test would measure the load, not the agent.
+    Command::new("nice")
+        .args(["-n", "-19", "/bin/sh", "-c", "while :; do :; done"])
         .spawn()
         .unwrap();
     let pid = busy.id();

@@ -325,7 +325,9 @@ fn kill_9_during_the_countdown_keeps_the_original_deadline() {
     let _serial = serial();
     let _net = TestNet::new("k");
     let table = Table::new("kill");
-    let mut agent = Agent::start_with("", &config(&table, "5s", ""));
+    // Long enough that a restart on a loaded machine (programs loaded, store opened) ends
+    // well before the deadline.
+    let mut agent = Agent::start_with("", &config(&table, "15s", ""));
     let d = open_decision(&agent, "198.51.100.2", 9501);
     let id = d["id"].as_str().unwrap().to_string();
     let deadline = ts(&d, "deadline");
@@ -358,7 +360,10 @@ fn kill_9_during_the_countdown_keeps_the_original_deadline() {
     let d2 = open_decision(&agent, "2001:db8:1::2", 9502);
     let id2 = d2["id"].as_str().unwrap().to_string();
     agent.kill9();
-    thread::sleep(Duration::from_secs(6));
+    let deadline2 = ts(&d2, "deadline");
+    while SystemTime::now() < deadline2 + Duration::from_millis(500) {
+        thread::sleep(Duration::from_millis(200));
+    }
     agent.spawn();
     agent.wait_for("decision", "auto-blocked at start", |x| {
         x["id"] == id2.as_str() && x["state"] == "auto-blocked"
