@@ -32,7 +32,7 @@ impl Switch {
                 self.wait_for_human(id, why, now);
                 return None;
             }
-            self.split_off(id, left, why, now);
+            self.split_off(id, left, Some(why), now);
         }
         let ending = self.finish(trust, id, State::AutoBlocked, "timer", now)?;
         self.budget.spend(&origin, ending.blocks.len(), now.boot);
@@ -59,8 +59,9 @@ impl Switch {
     }
 
     /// Keep the first `keep` targets on decision `id`; the rest move to a new decision of the
-    /// same alert and origin that waits for a human (`why`), announced.
-    fn split_off(&mut self, id: &str, keep: usize, why: String, now: Now) {
+    /// same alert and origin, announced: one that waits for a human (`why`), or, without a
+    /// reason, one that keeps `id`'s deadline.
+    pub(super) fn split_off(&mut self, id: &str, keep: usize, why: Option<String>, now: Now) {
         let Some(alert_id) = self.pending.get(id).map(|p| p.open.alert.id.clone()) else {
             return;
         };
@@ -72,8 +73,13 @@ impl Switch {
         if rest.is_empty() {
             return;
         }
+        p.dirty = true;
         let mut open = p.open.clone();
         let origin = p.origin.clone();
+        let due = match why {
+            Some(_) => now.boot + NEVER,
+            None => p.due,
+        };
         let d = &mut open.decision;
         d.id = new_id.clone();
         d.target_ip = rest.first().copied();
@@ -81,19 +87,22 @@ impl Switch {
         d.refused.clear();
         d.overflow = 0;
         d.created = now.wall;
-        d.deadline = now.wall + NEVER;
-        d.waiting = Some(why);
+        if why.is_some() {
+            d.deadline = now.wall + NEVER;
+        }
+        d.waiting = why;
         for t in &d.targets {
             self.by_target.insert(*t, new_id.clone());
         }
         self.by_origin.insert(origin.clone(), new_id.clone());
+        let announced = open.decision.targets.len();
         self.send(Job::Open(Box::new(open.clone())));
         self.pending.insert(
             new_id,
             Pending {
                 open,
-                due: now.boot + NEVER,
-                announced: 1,
+                due,
+                announced,
                 announced_at: now.boot,
                 dirty: false,
                 origin,

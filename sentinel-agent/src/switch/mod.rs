@@ -392,6 +392,9 @@ impl Switch {
             Verdict::Safe => State::Safe,
             Verdict::Block => State::Blocked,
         };
+        if verdict == Verdict::Safe && via != "cli" {
+            self.keep_unseen_targets(id, now);
+        }
         let Some(mut ending) = self.finish(trust, id, state, via, now) else {
             let err = match self.ended.get(id).copied() {
                 Some(state) => AnswerError::Ended {
@@ -415,6 +418,25 @@ impl Switch {
         let change = ending.change.clone();
         self.send(Job::End(vec![ending]));
         Ok(change)
+    }
+
+    /// A SAFE from a message covers the targets that message showed: the ones that joined
+    /// since the last announcement move to a follow-up decision that keeps the deadline and
+    /// is announced (the CLI's `safe` answers what `pending` shows now: all of them).
+    fn keep_unseen_targets(&mut self, id: &str, now: Now) {
+        let Some(p) = self.pending.get(id) else {
+            return;
+        };
+        let shown = p.announced.max(1);
+        if p.open.decision.targets.len() > shown {
+            info!(
+                id,
+                shown,
+                targets = p.open.decision.targets.len(),
+                "SAFE covers the targets its message showed; the rest wait, announced"
+            );
+            self.split_off(id, shown, None, now);
+        }
     }
 
     /// End every decision whose deadline has passed on the boot clock, as one batch, and
@@ -1134,4 +1156,5 @@ mod tests {
 
     mod expiry;
     mod origin;
+    mod safe;
 }
