@@ -188,6 +188,10 @@ pub fn kills(alert: &AlertBody) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Culprit {
     pub pid: u32,
+    /// Its start time in clock ticks (as in the process tree and `/proc/PID/stat`), as known
+    /// when the event that raised the finding was handled: with `pid`, the process's identity
+    /// (a pid is reused, a start time is not). 0: no process, or it is gone.
+    pub start: u64,
     pub comm: String,
     /// What it executed, when known.
     pub exe: Option<String>,
@@ -305,6 +309,7 @@ pub(crate) mod tests {
     pub(crate) fn culprit(pid: u32, comm: &str, ancestry: &[(u32, &str)]) -> Culprit {
         Culprit {
             pid,
+            start: 1000,
             comm: comm.into(),
             exe: Some(format!("/usr/bin/{comm}")),
             uid: 1000,

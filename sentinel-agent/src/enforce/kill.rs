@@ -13,8 +13,12 @@
 //! Protected programs are recognised by executable — the path the kernel reported at exec, or
 //! `/proc/PID/exe` — not by the name a process gives itself (`comm` is attacker-controlled);
 //! only a process whose executable is unknown (running since before the agent, unreadable) is
-//! also protected by name, which can only spare it. Processes are checked by (pid, start time)
-//! before each signal, so a reused pid is never hit. Every kill is recorded by the pipeline.
+//! also protected by name, which can only spare it.
+//!
+//! The culprit is the process (pid, start time) the alert's finding named: when its pid now
+//! belongs to another process (it exited and the pid was reused before the response), nothing
+//! is signalled. Every target is checked again by (pid, start time) before each signal, so a
+//! reused pid is never hit. Every kill is recorded by the pipeline.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -285,15 +289,29 @@ impl Killer {
             .any(|a| a.killed.contains(&me) || (a.alert == alert && a.before.contains(&me)))
     }
 
-    /// The processes to terminate for alert `alert` on `culprit`: its subtree the first time;
-    /// nothing for a repeat; the parent's subtree when `culprit` is a respawn (a new process
-    /// of a killed program under the same parent) and the parent may be touched.
-    pub fn plan(&mut self, snap: &Snapshot, alert: &str, culprit: u32, now: Instant) -> Plan {
+    /// The processes to terminate for alert `alert` on `culprit` (pid, start time, as the
+    /// alert's finding knew it): its subtree the first time; nothing for a repeat, nor when
+    /// the pid is another process's now; the parent's subtree when `culprit` is a respawn (a
+    /// new process of a killed program under the same parent) and the parent may be touched.
+    pub fn plan(
+        &mut self,
+        snap: &Snapshot,
+        alert: &str,
+        (culprit, start): (u32, u64),
+        now: Instant,
+    ) -> Plan {
         self.acted
             .retain(|a| now.duration_since(a.at) < RESPAWN_WINDOW);
         let Some(c) = snap.get(&culprit) else {
             return Plan::default();
         };
+        if c.start != start {
+            return note(&format!(
+                "pid {culprit} is another process now ({}, started at tick {}; the alert's \
+                 started at {start}): not signalled",
+                c.comm, c.start
+            ));
+        }
         let me = (culprit, c.start);
         if self.acted.iter().any(|a| a.killed.contains(&me)) {
             return note("already terminated");
@@ -463,6 +481,11 @@ mod tests {
         Killer::new(Duration::from_secs(1), vec![], AGENT, Path::new("/proc"))
     }
 
+    /// `pid` as an alert names it: with its start time.
+    fn at(snap: &Snapshot, pid: u32) -> (u32, u64) {
+        (pid, snap[&pid].start)
+    }
+
     fn pids(plan: &Plan) -> Vec<u32> {
         plan.targets.iter().map(|t| t.pid).collect()
     }
@@ -481,16 +504,40 @@ mod tests {
         snap.insert(22, p(10, "sh", Some("/usr/bin/dash"), 10));
         let mut k = killer();
         let now = Instant::now();
-        let plan = k.plan(&snap, "a1", 20, now);
+        let plan = k.plan(&snap, "a1", at(&snap, 20), now);
         assert_eq!((pids(&plan), plan.escalated), (vec![20, 21], false));
         // A repeat while the process lingers (SIGTERM ignored, grace running): nothing.
-        let again = k.plan(&snap, "a1", 20, now + Duration::from_secs(1));
+        let again = k.plan(&snap, "a1", at(&snap, 20), now + Duration::from_secs(1));
         assert!(again.targets.is_empty(), "{again:?}");
         assert!(k.settled("a1", 20, 1000));
         // A repeat of the same alert naming another process that was already there.
         snap.remove(&20);
-        let other = k.plan(&snap, "a1", 22, now + Duration::from_secs(2));
+        let other = k.plan(&snap, "a1", at(&snap, 22), now + Duration::from_secs(2));
         assert!(other.targets.is_empty(), "{other:?}");
+    }
+
+    #[test]
+    fn a_reused_pid_is_never_planned() {
+        // The alert named /tmp/xmrig (21, started at 1000); it exited and its pid now belongs
+        // to another process, with a child of its own.
+        let mut snap = host();
+        let alerted = at(&snap, 21);
+        let bystander = snap.get_mut(&21).unwrap();
+        (bystander.start, bystander.comm) = (2000, "postgres".into());
+        bystander.exe = Some("/usr/lib/postgresql/bin/postgres".into());
+        snap.insert(
+            25,
+            p(21, "postgres", Some("/usr/lib/postgresql/bin/postgres"), 21),
+        );
+        let mut k = killer();
+        let plan = k.plan(&snap, "a1", alerted, Instant::now());
+        assert!(plan.targets.is_empty(), "{plan:?}");
+        assert!(plan.note.unwrap().contains("another process"));
+        // Nothing was recorded: an alert on the process that holds the pid now is answered.
+        assert_eq!(
+            pids(&k.plan(&snap, "a2", at(&snap, 21), Instant::now())),
+            [21, 25]
+        );
     }
 
     #[test]
@@ -501,14 +548,14 @@ mod tests {
         snap.insert(60, p(1, "bystander", Some("/usr/bin/sleep"), 41));
         let mut k = killer();
         let now = Instant::now();
-        assert_eq!(pids(&k.plan(&snap, "r1", 50, now)), [50]);
+        assert_eq!(pids(&k.plan(&snap, "r1", at(&snap, 50), now)), [50]);
         for i in 1..5 {
-            let plan = k.plan(&snap, "r1", 50, now + Duration::from_secs(i));
+            let plan = k.plan(&snap, "r1", at(&snap, 50), now + Duration::from_secs(i));
             assert!(plan.targets.is_empty(), "{plan:?}");
         }
         // It comes back under pid 1 (a service manager restarting it): only the new one.
         respawn(&mut snap, 50, 51);
-        let plan = k.plan(&snap, "r2", 51, now + Duration::from_secs(6));
+        let plan = k.plan(&snap, "r2", at(&snap, 51), now + Duration::from_secs(6));
         assert_eq!(pids(&plan), [51]);
         assert!(!plan.escalated);
         assert!(plan.note.unwrap().contains("pid 1"));
@@ -519,17 +566,17 @@ mod tests {
         let mut snap = host();
         let mut k = killer();
         let now = Instant::now();
-        assert_eq!(pids(&k.plan(&snap, "r1", 21, now)), [21]);
+        assert_eq!(pids(&k.plan(&snap, "r1", at(&snap, 21), now)), [21]);
         respawn(&mut snap, 21, 23);
-        let plan = k.plan(&snap, "r2", 23, now + Duration::from_secs(3));
+        let plan = k.plan(&snap, "r2", at(&snap, 23), now + Duration::from_secs(3));
         assert!(plan.escalated, "{plan:?}");
         assert_eq!(pids(&plan), [20, 23]);
         // Long after the kill it is a fresh start, not a respawn.
         let mut k = killer();
         let mut snap = host();
-        k.plan(&snap, "r1", 21, now);
+        k.plan(&snap, "r1", at(&snap, 21), now);
         respawn(&mut snap, 21, 24);
-        let late = k.plan(&snap, "r3", 24, now + RESPAWN_WINDOW);
+        let late = k.plan(&snap, "r3", at(&snap, 24), now + RESPAWN_WINDOW);
         assert_eq!((pids(&late), late.escalated), (vec![24], false));
     }
 
@@ -542,9 +589,9 @@ mod tests {
         snap.insert(73, p(70, "burn", Some("/tmp/burn"), 70));
         let mut k = killer();
         let now = Instant::now();
-        k.plan(&snap, "r1", 73, now);
+        k.plan(&snap, "r1", at(&snap, 73), now);
         respawn(&mut snap, 73, 74);
-        let plan = k.plan(&snap, "r2", 74, now + Duration::from_secs(3));
+        let plan = k.plan(&snap, "r2", at(&snap, 74), now + Duration::from_secs(3));
         assert_eq!((pids(&plan), plan.escalated), (vec![74], false));
         assert!(plan.note.unwrap().contains("subreaper"));
     }
@@ -556,17 +603,17 @@ mod tests {
         snap.insert(80, p(7, "burn", Some("/tmp/burn"), 7));
         let mut k = killer();
         let now = Instant::now();
-        k.plan(&snap, "r1", 80, now);
+        k.plan(&snap, "r1", at(&snap, 80), now);
         respawn(&mut snap, 80, 81);
-        let plan = k.plan(&snap, "r2", 81, now + Duration::from_secs(3));
+        let plan = k.plan(&snap, "r2", at(&snap, 81), now + Duration::from_secs(3));
         assert_eq!((pids(&plan), plan.escalated), (vec![81], false));
         assert!(plan.note.unwrap().contains("login session"));
         // A loop started from that shell is fair game: its subtree holds no login.
         snap.insert(90, p(7, "bash", Some("/usr/bin/bash"), 7));
         snap.insert(91, p(90, "burn2", Some("/tmp/burn2"), 90));
-        k.plan(&snap, "r3", 91, now);
+        k.plan(&snap, "r3", at(&snap, 91), now);
         respawn(&mut snap, 91, 92);
-        let plan = k.plan(&snap, "r4", 92, now + Duration::from_secs(3));
+        let plan = k.plan(&snap, "r4", at(&snap, 92), now + Duration::from_secs(3));
         assert_eq!((pids(&plan), plan.escalated), (vec![90, 92], true));
         // A supervisor whose subtree holds sshd is never a target.
         let mut snap = host();
@@ -575,9 +622,9 @@ mod tests {
         (sshd.ppid, sshd.forked_by) = (30, 30);
         snap.insert(31, p(30, "burn", Some("/tmp/burn"), 30));
         let mut k = killer();
-        k.plan(&snap, "r1", 31, now);
+        k.plan(&snap, "r1", at(&snap, 31), now);
         respawn(&mut snap, 31, 32);
-        let plan = k.plan(&snap, "r2", 32, now + Duration::from_secs(3));
+        let plan = k.plan(&snap, "r2", at(&snap, 32), now + Duration::from_secs(3));
         assert_eq!((pids(&plan), plan.escalated), (vec![32], false));
         assert!(plan.note.unwrap().contains("/usr/sbin/sshd"));
     }
@@ -626,11 +673,14 @@ mod tests {
         let mut snap = host();
         snap.get_mut(&AGENT).unwrap().ppid = 21;
         let mut k = killer();
-        let plan = k.plan(&snap, "a", 20, Instant::now());
+        let plan = k.plan(&snap, "a", at(&snap, 20), Instant::now());
         assert!(plan.targets.is_empty(), "{plan:?}");
         // Beside the culprit's own child: that child still goes.
         snap.get_mut(&AGENT).unwrap().ppid = 20;
         let mut k = killer();
-        assert_eq!(pids(&k.plan(&snap, "a", 20, Instant::now())), [21]);
+        assert_eq!(
+            pids(&k.plan(&snap, "a", at(&snap, 20), Instant::now())),
+            [21]
+        );
     }
 }
