@@ -539,11 +539,17 @@ impl Pipeline {
             .resource
             .observe(Instant::now(), &procs, host_pct)
         {
-            let Some(comm) = self.comm_of(hit.pid) else {
-                continue;
+            let finding = match hit.pid {
+                Some(pid) => {
+                    let Some(comm) = self.comm_of(pid) else {
+                        continue;
+                    };
+                    let culprit = self.culprit(pid, comm, None);
+                    detect::resource::Resource::finding(culprit, hit)
+                }
+                None => detect::resource::Resource::host_finding(hit),
             };
-            let culprit = self.culprit(hit.pid, comm, None);
-            self.raise(detect::resource::Resource::finding(culprit, hit), None);
+            self.raise(finding, None);
         }
         self.behaviour_cpu(&procs);
         for (tgid, pct) in procs {

@@ -173,8 +173,12 @@ impl Anomaly {
 /// web server, CPU abuse, a miner that burns CPU (never a temp executable alone), a Node.js
 /// server burning CPU, and a
 /// `respawn` of a program the agent itself killed (its detail says so), where the kill
-/// engine escalates to the origin that restarts it.
+/// engine escalates to the origin that restarts it. An alert that names no process (pid 0:
+/// `blind`, a host-wide `resource` alert) never does.
 pub fn kills(alert: &AlertBody) -> bool {
+    if alert.pid == 0 {
+        return false;
+    }
     match alert.anomaly.as_str() {
         "lineage" | "resource" | "reverse_shell" => true,
         "miner" => alert.severity == "critical",
