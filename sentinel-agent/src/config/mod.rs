@@ -154,8 +154,8 @@ pub struct EnforceConfig {
     /// The anomalies whose process tree is terminated (a subset of [`KILLABLE`]).
     pub kill_on: Vec<String>,
     /// Executables never killed: a name matches the executable's file name (`node` also
-    /// `node18`), an absolute path that one file (pid 1, the agent, sshd, systemd and login
-    /// never are).
+    /// `node18`), an absolute path that one file, by its identity (device, inode) on the host
+    /// (pid 1, the agent, sshd, systemd and login never are).
     pub protect: Vec<String>,
     /// Also refuse `connect()` to blocked addresses in the kernel (cgroup connect4/6).
     pub connect_guard: bool,
@@ -443,8 +443,8 @@ pub struct ResourceConfig {
     pub cpu_percent: f64,
     #[serde(deserialize_with = "duration")]
     pub sustain: Duration,
-    /// Host CPU % more than this many points over the learned baseline for `sustain`
-    /// raises `resource` too.
+    /// Host CPU % more than this many points over the learned baseline for `sustain`, while
+    /// no process is above `cpu_percent`, raises a `resource` alert that names no process.
     pub baseline_deviation: f64,
 }
 

@@ -64,6 +64,7 @@ impl Pipeline {
             return;
         }
         let culprit_pid = finding.culprit.pid;
+        let culprit = (culprit_pid, finding.culprit.start);
         let origin = crate::switch::origin::of(
             finding.culprit.uid,
             culprit_pid,
@@ -106,18 +107,18 @@ impl Pipeline {
         let geo = finding.anomaly == detect::Anomaly::Geo;
         let (id, track) = match self.detect.alerts.raise(finding, Instant::now()) {
             Outcome::New(alert) => {
-                self.raised(&alert, origin_ns, culprit_pid);
+                self.raised(&alert, origin_ns, Some(culprit));
                 (self.group(alert, now, inherited, origin), has_process)
             }
             Outcome::Repeat(alert, first) => {
                 debug!(id = %alert.id, count = alert.count, "repeat of an open alert");
-                self.respond(culprit_pid, &alert);
+                self.respond(culprit, &alert);
                 (self.update(alert, first, origin), has_process)
             }
             Outcome::Folded(folded, alert) => {
                 // The alert it would have been still gets its response; the row is the
                 // origin's aggregated alert.
-                self.respond(culprit_pid, &alert);
+                self.respond(culprit, &alert);
                 let id = self.aggregate(folded, origin_ns, inherited, origin);
                 (id, has_process && !geo)
             }
@@ -140,15 +141,16 @@ impl Pipeline {
         origin: String,
     ) -> String {
         if folded.fresh {
-            self.raised(&folded.alert, origin_ns, 0);
+            self.raised(&folded.alert, origin_ns, None);
             return self.group(folded.alert, folded.first, inherited, origin);
         }
         debug!(id = %folded.alert.id, count = folded.alert.count, "folded into a flood alert");
         self.update(folded.alert, folded.first, origin)
     }
 
-    /// A new alert: log, count, emit and respond to it (`culprit` 0: no response).
-    fn raised(&mut self, alert: &AlertBody, origin_ns: Option<u64>, culprit: u32) {
+    /// A new alert: log, count, emit and respond to it (on `culprit`, the (pid, start) its
+    /// finding named, if any).
+    fn raised(&mut self, alert: &AlertBody, origin_ns: Option<u64>, culprit: Option<(u32, u64)>) {
         let latency_us = origin_ns.map(|t| boot_ns().saturating_sub(t) / 1000);
         warn!(
             id = %alert.id,
@@ -167,7 +169,7 @@ impl Pipeline {
             .entry(alert.anomaly.clone())
             .or_default() += 1;
         self.emit(SystemTime::now(), Body::Alert(Box::new(alert.clone())));
-        if culprit != 0 {
+        if let Some(culprit) = culprit {
             self.respond(culprit, alert);
         }
     }

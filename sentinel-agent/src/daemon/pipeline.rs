@@ -128,9 +128,10 @@ impl Pipeline {
         self.shared.hub.publish(record);
     }
 
-    /// `enforce.kill`: terminate the offending process tree of a lineage or resource alert.
-    pub(super) fn respond(&mut self, culprit: u32, alert: &AlertBody) {
-        if !detect::kills(alert) {
+    /// `enforce.kill`: terminate the offending process tree of alert `alert` on `culprit`,
+    /// the process (pid, start time) the finding named.
+    pub(super) fn respond(&mut self, culprit: (u32, u64), alert: &AlertBody) {
+        if !detect::kills(alert) || culprit.0 == 0 {
             return;
         }
         let Some(killer) = &mut self.killer else {
@@ -140,14 +141,13 @@ impl Pipeline {
             return;
         }
         // A repeat about a process already dealt with costs no /proc scan.
-        let start = self.tree.get(culprit).map(|p| p.start);
-        if start.is_some_and(|s| killer.settled(&alert.id, culprit, s)) {
+        if killer.settled(&alert.id, culprit.0, culprit.1) {
             return;
         }
         let snapshot = killer.snapshot(&self.tree);
         let plan = killer.plan(&snapshot, &alert.id, culprit, Instant::now());
         if let Some(note) = &plan.note {
-            info!(id = %alert.id, pid = culprit, "process response: {note}");
+            info!(id = %alert.id, pid = culprit.0, "process response: {note}");
         }
         let (targets, respawned) = (plan.targets, plan.escalated);
         if targets.is_empty() {
@@ -183,15 +183,22 @@ impl Pipeline {
         }
     }
 
-    /// The process `tgid` as the detectors see it.
+    /// The process `tgid` as the detectors see it: its start time is the tree's (that of the
+    /// event being handled), so a kill for it never hits a later process with its pid.
     pub(super) fn culprit(&mut self, tgid: u32, comm: String, uid: Option<u32>) -> Culprit {
-        let exe = self.tree.get(tgid).and_then(|p| p.filename.clone());
+        let known = self.tree.get(tgid);
+        let exe = known.and_then(|p| p.filename.clone());
+        let start = known
+            .map(|p| p.start)
+            .or_else(|| read_stat(&self.proc_root, tgid).map(|s| s.start))
+            .unwrap_or(0);
         let uid = uid.unwrap_or_else(|| {
             use std::os::unix::fs::MetadataExt;
             std::fs::metadata(self.proc_root.join(tgid.to_string())).map_or(u32::MAX, |m| m.uid())
         });
         Culprit {
             pid: tgid,
+            start,
             comm,
             exe,
             uid,
@@ -548,11 +555,17 @@ impl Pipeline {
             .resource
             .observe(Instant::now(), &procs, host_pct)
         {
-            let Some(comm) = self.comm_of(hit.pid) else {
-                continue;
+            let finding = match hit.pid {
+                Some(pid) => {
+                    let Some(comm) = self.comm_of(pid) else {
+                        continue;
+                    };
+                    let culprit = self.culprit(pid, comm, None);
+                    detect::resource::Resource::finding(culprit, hit)
+                }
+                None => detect::resource::Resource::host_finding(hit),
             };
-            let culprit = self.culprit(hit.pid, comm, None);
-            self.raise(detect::resource::Resource::finding(culprit, hit), None);
+            self.raise(finding, None);
         }
         self.behaviour_cpu(&procs);
         for (tgid, pct) in procs {

@@ -47,6 +47,7 @@ fn finding(sensor: &str, index: u32, new: u64, total: u64) -> Finding {
         // process, so no kill and no decision can follow.
         culprit: Culprit {
             pid: 0,
+            start: 0,
             comm: format!("{sensor} sensor"),
             exe: None,
             uid: u32::MAX,

@@ -131,6 +131,7 @@ pub fn judge(change: &Change) -> Option<Finding> {
         anomaly: Anomaly::Cron { critical },
         culprit: Culprit {
             pid: 0,
+            start: 0,
             comm: name.chars().take(15).collect(),
             exe: Some(change.path.display().to_string()),
             uid: change.uid,

@@ -173,8 +173,12 @@ impl Anomaly {
 /// web server, CPU abuse, a miner that burns CPU (never a temp executable alone), a Node.js
 /// server burning CPU, and a
 /// `respawn` of a program the agent itself killed (its detail says so), where the kill
-/// engine escalates to the origin that restarts it.
+/// engine escalates to the origin that restarts it. An alert that names no process (pid 0:
+/// `blind`, a host-wide `resource` alert) never does.
 pub fn kills(alert: &AlertBody) -> bool {
+    if alert.pid == 0 {
+        return false;
+    }
     match alert.anomaly.as_str() {
         "lineage" | "resource" | "reverse_shell" => true,
         "miner" => alert.severity == "critical",
@@ -188,6 +192,10 @@ pub fn kills(alert: &AlertBody) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Culprit {
     pub pid: u32,
+    /// Its start time in clock ticks (as in the process tree and `/proc/PID/stat`), as known
+    /// when the event that raised the finding was handled: with `pid`, the process's identity
+    /// (a pid is reused, a start time is not). 0: no process, or it is gone.
+    pub start: u64,
     pub comm: String,
     /// What it executed, when known.
     pub exe: Option<String>,
@@ -305,6 +313,7 @@ pub(crate) mod tests {
     pub(crate) fn culprit(pid: u32, comm: &str, ancestry: &[(u32, &str)]) -> Culprit {
         Culprit {
             pid,
+            start: 1000,
             comm: comm.into(),
             exe: Some(format!("/usr/bin/{comm}")),
             uid: 1000,

@@ -65,6 +65,7 @@ fn finding(path: &Path, e: &io::Error) -> Finding {
         // no kill and no decision can follow.
         culprit: Culprit {
             pid: 0,
+            start: 0,
             comm: name.chars().take(15).collect(),
             exe: Some(path.display().to_string()),
             uid: u32::MAX,

@@ -15,6 +15,7 @@ pub mod infra;
 pub mod kill;
 pub mod logins;
 pub mod nftables;
+pub mod protect;
 pub mod seen;
 pub mod sources;
 
