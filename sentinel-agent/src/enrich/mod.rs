@@ -8,6 +8,7 @@
 //! installed system; `listeners`: which processes already accept connections when the agent
 //! starts).
 
+pub mod accounts;
 pub mod geo;
 pub mod installed;
 pub mod listeners;
