@@ -11,11 +11,28 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use crate::enrich::{
-    accounts,
-    ssh::{record_text, utmp_records},
-    trust::canonical,
-};
+use crate::enrich::{accounts, trust::canonical};
+
+/// Every record of a utmp or wtmp file, from its bytes.
+fn utmp_records(bytes: &[u8]) -> impl Iterator<Item = libc::utmpx> + '_ {
+    let size = std::mem::size_of::<libc::utmpx>();
+    bytes.chunks_exact(size).map(|chunk| {
+        // SAFETY: `chunk` holds exactly size_of::<utmpx>() bytes; utmpx is plain old data
+        // (integers and byte arrays), valid for any bit pattern; read_unaligned copes
+        // with the slice's alignment.
+        unsafe { std::ptr::read_unaligned(chunk.as_ptr().cast::<libc::utmpx>()) }
+    })
+}
+
+/// A NUL-terminated text field of a utmp record (`ut_user`, `ut_line`, `ut_host`).
+fn record_text(field: &[libc::c_char]) -> String {
+    let bytes: Vec<u8> = field
+        .iter()
+        .take_while(|c| **c != 0)
+        .map(|c| *c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
 
 /// Whether a `ut_line` is an SSH session's: a pseudo-terminal or sshd's `ssh:notty`.
 fn is_ssh_line(line: &str) -> bool {
