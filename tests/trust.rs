@@ -1,23 +1,24 @@
 //! SSH trust end to end, with a real OpenSSH server and a real `ssh` client: only the peer of
-//! an *authenticated* session is trusted, and only while the session lasts. A bare TCP
-//! connection to the same sshd from another high-risk address grants nothing: the agent still
-//! alerts on it and blocks it.
+//! an *admin's* authenticated session (root's here) is trusted, and only while the session
+//! lasts. Neither a bare TCP connection to the same sshd, nor a non-admin user's own session,
+//! nor a forged utmp record naming an address grants anything: the agent still alerts on
+//! those addresses and blocks them.
 //!
-//! The test starts its own `sshd -D -f <tmp>/sshd_config` (own host key, port, authorized
-//! keys, pid file; `UsePAM no`) listening on this side of the test veth, never the machine's
-//! sshd and never port 22. The clients run inside the test host namespace (`TestNet`), so the
-//! agent sees connections *from* test host addresses the test GeoIP db puts in Russia.
-//! sshd records the login in the machine's utmp (`/run/utmp`), as it does for every pty
-//! session; the test creates that file when the machine lacks it and removes it afterwards.
+//! The test starts its own sshd (`common::sshd`) listening on this side of the test veth, never
+//! the machine's sshd and never port 22. The clients run inside the test host namespace
+//! (`TestNet`), so the agent sees connections *from* test host addresses the test GeoIP db puts
+//! in Russia. The non-admin is a throwaway account `sntest-<pid>` (`useradd`, in no admin
+//! group), deleted on drop even when the test fails. sshd records each pty login in the
+//! machine's utmp (`/run/utmp`), and the test adds a forged record there the way `utempter`
+//! would (the user's name, a C2 address as host, a pid inside the user's session), ended on
+//! drop; it creates the file when the machine lacks it and removes it afterwards.
 
 mod common;
 
 use std::{
     fs,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
-    os::{fd::AsFd, unix::fs::PermissionsExt},
-    path::Path,
-    process::{Child, Command, Stdio},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
+    os::fd::AsFd,
     thread,
     time::{Duration, Instant},
 };
@@ -27,206 +28,20 @@ use common::{
     netns::{RU4, TestNet},
     nft::Table,
     require_root, serial,
+    sshd::{ForgedLogin, Sshd, TestUser, Utmp, process_of},
 };
 use nix::{
     sched::{CloneFlags, setns},
-    sys::{
-        signal::{Signal, kill},
-        socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, socket},
-    },
-    unistd::Pid,
+    sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, socket},
 };
 
 /// This side of the test veth (the "server" the test hosts reach).
 const LOCAL4: &str = "198.51.100.1";
-/// A second high-risk test host (RU), added to the namespace: the bare TCP connection.
+/// A second high-risk test host (RU), added to the namespace: the bare TCP connection, and the
+/// address the forged utmp record names.
 const RU4_BARE: &str = "198.51.100.3";
-
-/// Kill `pid` and every process below it (sshd's session processes start sessions of their
-/// own, so a process group would miss them).
-fn kill_tree(pid: u32) {
-    let mut pids = vec![pid];
-    let mut i = 0;
-    while i < pids.len() {
-        let parent = pids[i];
-        for e in fs::read_dir("/proc").unwrap().flatten() {
-            let Some(child) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            let Ok(stat) = fs::read_to_string(format!("/proc/{child}/stat")) else {
-                continue;
-            };
-            let after = &stat[stat.rfind(')').unwrap() + 2..];
-            let ppid: u32 = after.split(' ').nth(1).unwrap().parse().unwrap();
-            if ppid == parent && !pids.contains(&child) {
-                pids.push(child);
-            }
-        }
-        i += 1;
-    }
-    for p in pids {
-        let _ = kill(Pid::from_raw(p as i32), Signal::SIGKILL);
-    }
-}
-
-/// A child process killed (with its descendants) on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        kill_tree(self.0.id());
-        let _ = self.0.wait();
-    }
-}
-
-/// `/run/utmp`, created (as systemd-tmpfiles does at boot) when the machine has none, and
-/// removed again on drop in that case.
-struct Utmp {
-    created: bool,
-}
-
-impl Utmp {
-    const PATH: &str = "/run/utmp";
-
-    fn ensure() -> Utmp {
-        if Path::new(Self::PATH).exists() {
-            return Utmp { created: false };
-        }
-        fs::write(Self::PATH, b"").unwrap();
-        fs::set_permissions(Self::PATH, fs::Permissions::from_mode(0o664)).unwrap();
-        Utmp { created: true }
-    }
-}
-
-impl Drop for Utmp {
-    fn drop(&mut self) {
-        if self.created {
-            let _ = fs::remove_file(Self::PATH);
-        }
-    }
-}
-
-/// The test's own OpenSSH server and the client key it accepts.
-struct Sshd {
-    dir: tempfile::TempDir,
-    port: u16,
-    _proc: Proc,
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn keygen(path: &Path) {
-    run(Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(path));
-}
-
-/// A port free on [`LOCAL4`] right now.
-fn free_port() -> u16 {
-    let l = TcpListener::bind((LOCAL4, 0)).unwrap();
-    l.local_addr().unwrap().port()
-}
-
-impl Sshd {
-    fn start() -> Sshd {
-        assert!(
-            Path::new("/usr/sbin/sshd").exists(),
-            "openssh-server is not installed (scripts/setup.sh installs it)"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        keygen(&d.join("host_key"));
-        keygen(&d.join("client_key"));
-        fs::copy(d.join("client_key.pub"), d.join("authorized_keys")).unwrap();
-        // sshd's privilege-separation directory (Debian's unit creates it at start).
-        fs::create_dir_all("/run/sshd").unwrap();
-        let port = free_port();
-        assert_ne!(port, 22);
-        fs::write(
-            d.join("sshd_config"),
-            format!(
-                "Port {port}\nListenAddress {LOCAL4}\nHostKey {host}\n\
-                 AuthorizedKeysFile {keys}\nPidFile {pid}\nUsePAM no\nStrictModes no\n\
-                 PermitRootLogin prohibit-password\nPasswordAuthentication no\n\
-                 KbdInteractiveAuthentication no\nUseDNS no\nPrintMotd no\nLogLevel VERBOSE\n",
-                host = d.join("host_key").display(),
-                keys = d.join("authorized_keys").display(),
-                pid = d.join("sshd.pid").display(),
-            ),
-        )
-        .unwrap();
-        let log = d.join("sshd.log");
-        let child = Command::new("/usr/sbin/sshd")
-            .args(["-D", "-f"])
-            .arg(d.join("sshd_config"))
-            .arg("-E")
-            .arg(&log)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        let sshd = Sshd {
-            dir,
-            port,
-            _proc: Proc(child),
-        };
-        sshd.wait_log("Server listening");
-        sshd
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
-    }
-
-    fn wait_log(&self, what: &str) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !self.log().contains(what) {
-            assert!(
-                Instant::now() < deadline,
-                "sshd log has no {what:?}:\n{}",
-                self.log()
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// A logged-in session from `src` inside `ns`: `ssh -tt` (a pty, so sshd records the
-    /// login) running `sleep` on the server until dropped.
-    fn login(&self, ns: &str, src: &str) -> Proc {
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns, "ssh", "-tt", "-F", "/dev/null", "-i"])
-            .arg(self.dir.path().join("client_key"))
-            .args(["-p", &self.port.to_string(), "-b", src])
-            .args([
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "ConnectTimeout=10",
-            ])
-            .arg(format!("root@{LOCAL4}"))
-            .args(["sleep", "300"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let p = Proc(child);
-        self.wait_log(&format!("Accepted publickey for root from {src}"));
-        p
-    }
-}
+/// A third (RU): where the non-admin user logs in from.
+const RU4_USER: &str = "198.51.100.4";
 
 /// A bare TCP connection to `to` from `src`, made inside namespace `ns` (no SSH at all: what
 /// anyone on the internet can open).
@@ -337,16 +152,69 @@ fn geo_alerts_for(agent: &Agent, addr: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Every set of trusted SSH peers the agent logged so far.
+fn peer_sets(agent: &Agent) -> Vec<String> {
+    agent
+        .log()
+        .lines()
+        .filter(|l| l.contains("authenticated SSH peers (trusted) changed"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Wait until the agent has re-read the sessions at least `rounds` times since it first saw
+/// `user`'s session from `peer` (and declined it, not being in `trust.ssh_users`).
+fn wait_declined(agent: &Agent, user: &str, peer: &str, rounds: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = agent.log();
+        let seen = log
+            .lines()
+            .filter(|l| {
+                l.contains("SSH session of a user not in trust.ssh_users")
+                    && l.contains(user)
+                    && l.contains(peer)
+            })
+            .count();
+        if seen >= rounds {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent never saw {user}'s session from {peer} {rounds} times; its log:\n{log}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Knock on `addr` until a geo alert names it, then wait for a decision to auto-block it (an
+/// alert of the same process tree may fold into an earlier one's id: the decision is found by
+/// its targets).
+fn alert_and_block(agent: &Agent, addr: &str, first_port: u16, what: &str) {
+    knock_until(agent, addr, first_port, "alert", what, |a, _| {
+        a["target_ip"] == addr && a["anomaly"] == "geo"
+    });
+    agent.wait_for("decision", &format!("{addr} auto-blocked"), |d| {
+        d["state"] == "auto-blocked"
+            && d["targets"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t == addr))
+    });
+}
+
 #[test]
-fn only_an_authenticated_ssh_session_is_trusted_and_only_while_it_lasts() {
-    if !require_root("only_an_authenticated_ssh_session_is_trusted_and_only_while_it_lasts") {
+fn only_an_admins_ssh_session_is_trusted_and_only_while_it_lasts() {
+    if !require_root("only_an_admins_ssh_session_is_trusted_and_only_while_it_lasts") {
         return;
     }
     let _serial = serial();
-    let net = TestNet::try_new("t", &[RU4_BARE]).unwrap_or_else(|e| panic!("test host: {e}"));
+    let net =
+        TestNet::try_new("t", &[RU4_BARE, RU4_USER]).unwrap_or_else(|e| panic!("test host: {e}"));
     let _utmp = Utmp::ensure();
+    let user = TestUser::create();
     let table = Table::new("trust");
-    let sshd = Sshd::start();
+    let sshd = Sshd::start(LOCAL4);
+    // trust.ssh_users at its default: root and the sudo/admin/wheel groups.
     let agent = Agent::start_with("", &config(&table, sshd.port));
     let me = std::process::id();
 
@@ -354,44 +222,50 @@ fn only_an_authenticated_ssh_session_is_trusted_and_only_while_it_lasts() {
     let sshd_addr = SocketAddr::new(LOCAL4.parse().unwrap(), sshd.port);
     let _bare = bare_connect(net.ns(), RU4_BARE, sshd_addr);
     sshd.wait_log(&format!("Connection from {RU4_BARE}"));
-    // An operator logs in with a key from another address in the same high-risk country.
-    let session = sshd.login(net.ns(), RU4);
-    // The agent has re-read the sessions with both connections up: only the login counts.
-    wait_peers(&agent, &format!("{{{RU4}}}"));
+    // An admin (root) logs in with a key from another address in the same high-risk country.
+    let session = sshd.login(net.ns(), RU4, "root");
+    // A non-admin logs in too, from a third one: sshd records that login in utmp.
+    let _user_session = sshd.login(net.ns(), RU4_USER, &user.name);
+    // And forges a login record for the bare connection's address, with a pid inside its own
+    // session (what the agent trusted before: record + process below sshd + connection up).
+    let inside = process_of(user.uid, "sleep");
+    let _forged = ForgedLogin::write(&user.name, RU4_BARE, inside);
 
-    // This host connects to both: the logged-in peer is trusted, the bare one is not.
+    // The agent has seen the non-admin's session and declined it, twice (so a refresh with
+    // the forged record in place is over too), and only the admin's session counts.
+    wait_declined(&agent, &user.name, RU4_USER, 2);
+    wait_peers(&agent, &format!("{{{RU4}}}"));
+    for line in peer_sets(&agent) {
+        assert!(
+            !line.contains(RU4_USER) && !line.contains(RU4_BARE),
+            "trusted at some point: {line}"
+        );
+    }
+
+    // This host connects to all three: the admin's peer is trusted, the others are not.
     knock_until(
         &agent,
         RU4,
         9201,
         "connect",
-        "to the logged-in peer",
+        "to the admin's peer",
         |c, port| c["daddr"] == RU4 && c["dport"] == port && c["pid"] == me,
     );
-    let alert = knock_until(
-        &agent,
-        RU4_BARE,
-        9221,
-        "alert",
-        "on the bare connection's peer",
-        |a, _| a["target_ip"] == RU4_BARE && a["anomaly"] == "geo",
-    );
-    let id = alert["id"].as_str().unwrap().to_string();
-    agent.wait_for("decision", "auto-blocked", |d| {
-        d["id"] == id.as_str() && d["state"] == "auto-blocked"
-    });
-    let blocked: Vec<String> = table.elements("block4").into_iter().map(|e| e.0).collect();
+    alert_and_block(&agent, RU4_BARE, 9221, "on the bare connection's peer");
+    alert_and_block(&agent, RU4_USER, 9281, "on the non-admin's peer");
+    let mut blocked: Vec<String> = table.elements("block4").into_iter().map(|e| e.0).collect();
+    blocked.sort();
     assert_eq!(
         blocked,
-        [RU4_BARE],
-        "only the unauthenticated peer is blocked"
+        [RU4_BARE, RU4_USER],
+        "only the addresses without an admin's session are blocked"
     );
     // Geo alerts only: sshd's re-exec'd connection child holds the client's socket on its
     // stdin, which other detectors may read as they will; whatever they decide, the peer of a
-    // live authenticated session is never blocked (checked above and below).
+    // live admin session is never blocked (checked above and below).
     assert!(
         geo_alerts_for(&agent, RU4).is_empty(),
-        "the logged-in peer was alerted on: {:?}",
+        "the admin's peer was alerted on: {:?}",
         geo_alerts_for(&agent, RU4)
     );
     // Still trusted later in the session (and still not in any block).
@@ -400,12 +274,15 @@ fn only_an_authenticated_ssh_session_is_trusted_and_only_while_it_lasts() {
         RU4,
         9241,
         "connect",
-        "to the logged-in peer again",
+        "to the admin's peer again",
         |c, port| c["daddr"] == RU4 && c["dport"] == port && c["pid"] == me,
     );
     assert!(geo_alerts_for(&agent, RU4).is_empty());
     let blocked: Vec<String> = table.elements("block4").into_iter().map(|e| e.0).collect();
-    assert_eq!(blocked, [RU4_BARE], "the logged-in peer was blocked");
+    assert!(
+        !blocked.iter().any(|b| b == RU4),
+        "the admin's peer was blocked"
+    );
 
     // The session ends: so does the trust.
     drop(session);

@@ -23,6 +23,7 @@ pub mod netns;
 pub mod nft;
 pub mod pg;
 pub mod procs;
+pub mod sshd;
 
 /// The test GeoIP database: documentation ranges → countries (SPEC §8).
 pub const TEST_COUNTRIES: [(&str, &str); 5] = [

@@ -328,11 +328,14 @@ pub struct TrustConfig {
     /// IPs and CIDRs (v4 and v6) never alerted on as geo anomalies and never blocked.
     #[serde(deserialize_with = "networks")]
     pub ips: Vec<ipnet::IpNet>,
-    /// Peers of live authenticated SSH sessions are trusted while the session lasts.
+    /// Peers of the live SSH sessions of `ssh_users` are trusted while the session lasts.
     pub ssh_peers: bool,
     /// Local ports sshd listens on: only sessions connected to one of these count. A block
     /// never drops what arrives on them.
     pub ssh_ports: Vec<u16>,
+    /// Whose SSH sessions are trusted: user names and `%group`s (members, and the users whose
+    /// primary group it is), resolved from /etc/passwd and /etc/group at every refresh.
+    pub ssh_users: Vec<String>,
     /// Source addresses of successful SSH logins by admins (root, sudo/admin/wheel) within
     /// this long (wtmp) are never blocked; zero turns it off.
     #[serde(deserialize_with = "duration")]
@@ -345,6 +348,7 @@ impl Default for TrustConfig {
             ips: Vec::new(),
             ssh_peers: true,
             ssh_ports: vec![22],
+            ssh_users: crate::enrich::accounts::ADMINS.map(String::from).to_vec(),
             recent_logins: Duration::from_secs(30 * 24 * 3600),
         }
     }

@@ -32,8 +32,8 @@ fn shipped_config_is_valid_and_matches_defaults() {
     );
     let (t, dt) = (&c.trust, TrustConfig::default());
     assert_eq!(
-        (&t.ips, t.ssh_peers, &t.ssh_ports),
-        (&dt.ips, dt.ssh_peers, &dt.ssh_ports)
+        (&t.ips, t.ssh_peers, &t.ssh_ports, &t.ssh_users),
+        (&dt.ips, dt.ssh_peers, &dt.ssh_ports, &dt.ssh_users)
     );
     let (l, dl) = (&c.lineage, LineageConfig::default());
     assert_eq!((&l.web_servers, &l.shells), (&dl.web_servers, &dl.shells));
@@ -240,6 +240,22 @@ fn trust_ips_parse_addresses_and_cidrs() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("ips") && err.contains("10.0.0.0/33"), "{err}");
+}
+
+#[test]
+fn trust_ssh_users_are_names_or_groups() {
+    let c = parse("").unwrap();
+    assert_eq!(c.trust.ssh_users, ["root", "%sudo", "%admin", "%wheel"]);
+    let c = parse("[trust]\nssh_users = [\"alice\", \"%ops\"]\n").unwrap();
+    assert_eq!(c.trust.ssh_users, ["alice", "%ops"]);
+    for bad in ["[]", "[\"%\"]", "[\"\"]", "[\"a b\"]", "[\"root:x\"]"] {
+        let err = parse(&format!("[trust]\nssh_users = {bad}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("trust.ssh_users"), "{bad}: {err}");
+    }
+    // With SSH trust off, nobody needs naming.
+    assert!(parse("[trust]\nssh_peers = false\nssh_users = []\n").is_ok());
 }
 
 #[test]

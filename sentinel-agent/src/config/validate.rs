@@ -108,6 +108,21 @@ impl Config {
         if self.trust.ssh_ports.contains(&0) {
             bad("trust.ssh_ports", "0 is not a port".into());
         }
+        if self.trust.ssh_peers && self.trust.ssh_users.is_empty() {
+            bad(
+                "trust.ssh_users",
+                "must name at least one user or %group while trust.ssh_peers is on".into(),
+            );
+        }
+        for user in &self.trust.ssh_users {
+            let name = user.strip_prefix('%').unwrap_or(user);
+            if name.is_empty() || name.contains(|c: char| c == ':' || c.is_whitespace()) {
+                bad(
+                    "trust.ssh_users",
+                    format!("{user:?} is not a user name or %group"),
+                );
+            }
+        }
         let l = &self.lineage;
         for (key, names) in [
             ("lineage.web_servers", &l.web_servers),

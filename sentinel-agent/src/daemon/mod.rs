@@ -29,7 +29,7 @@ use crate::{
     config::Config,
     detect,
     enforce::infra::Infrastructure,
-    enrich::ssh::{Sources, authenticated_peers},
+    enrich::ssh::{Sources, SshTrust, authenticated_peers},
     fleet,
     sensors::{KernelEvent, Sensors},
     switch::{clock::Now, decision::Answer, worker::Report},
@@ -110,7 +110,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Live SSH sessions are re-read on their own thread: login records and /proc are files,
     // and reading them (and /proc/net/tcp while someone is logged in) must never hold up
     // draining the ring buffers.
-    let ssh_peers = spawn_ssh_watch(core.detect.trust.ssh_ports().to_vec());
+    let ssh_peers = spawn_ssh_watch(core.detect.trust.ssh().clone());
     tasks.extend(startup::start_metrics(&config, &shared).await?);
     startup::drop_privileges();
 
@@ -143,20 +143,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 const GC_EVERY: Duration = Duration::from_secs(30);
 /// How often the kernel's lost counters are read for `blind`.
 const BLIND_EVERY: Duration = Duration::from_secs(1);
-/// How often the live authenticated SSH sessions (trusted peers) are re-read.
+/// How often the live SSH sessions of the trusted users (trusted peers) are re-read.
 const SSH_REFRESH_EVERY: Duration = Duration::from_secs(2);
 /// Re-read the trusted SSH peers every [`SSH_REFRESH_EVERY`] on a thread of its own; the
 /// receiver sees a change only when the set changed. Nothing runs when SSH trust is off.
-fn spawn_ssh_watch(ports: Vec<u16>) -> watch::Receiver<HashSet<IpAddr>> {
+fn spawn_ssh_watch(ssh: SshTrust) -> watch::Receiver<HashSet<IpAddr>> {
     let (tx, rx) = watch::channel(HashSet::new());
-    if ports.is_empty() {
+    if ssh.is_off() {
         return rx;
     }
     std::thread::Builder::new()
         .name("ssh-peers".into())
         .spawn(move || {
             loop {
-                let peers = authenticated_peers(&Sources::default(), &ports);
+                let peers = authenticated_peers(&Sources::default(), &ssh);
                 tx.send_if_modified(|current| {
                     let changed = *current != peers;
                     if changed {

@@ -90,7 +90,8 @@ pub fn open_enrichment(config: &Config) -> anyhow::Result<Enrichment> {
     } else {
         &[]
     };
-    let mut trust = TrustSet::new(&config.trust.ips, ssh_ports);
+    let mut trust =
+        TrustSet::new(&config.trust.ips, ssh_ports).with_ssh_users(&config.trust.ssh_users);
     trust.refresh_ssh_peers(&Sources::default());
     Ok(Enrichment { geoip, trust })
 }

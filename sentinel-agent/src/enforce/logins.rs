@@ -1,8 +1,9 @@
 //! Where the administrators log in from: the source addresses of successful SSH logins of the
 //! last `trust.recent_logins` by root and the members of the sudo, admin and wheel groups, from
 //! wtmp. Blocking the address an admin used yesterday would lock out the person who must
-//! answer the alert. Read on the infrastructure thread, with the utmp decoding of
-//! [`crate::enrich::ssh`].
+//! answer the alert. Read on the infrastructure thread; who the admins are is
+//! [`accounts::admins`]. A record counts only when its `ut_user` is an admin: the setgid
+//! `utempter` helper lets any user write records, but always with the caller's own name.
 
 use std::{
     collections::HashSet,
@@ -10,42 +11,27 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use crate::enrich::{
-    ssh::{record_text, utmp_records},
-    trust::canonical,
-};
+use crate::enrich::{accounts, trust::canonical};
 
-/// The groups whose members administer the host.
-const ADMIN_GROUPS: [&str; 3] = ["sudo", "admin", "wheel"];
+/// Every record of a utmp or wtmp file, from its bytes.
+fn utmp_records(bytes: &[u8]) -> impl Iterator<Item = libc::utmpx> + '_ {
+    let size = std::mem::size_of::<libc::utmpx>();
+    bytes.chunks_exact(size).map(|chunk| {
+        // SAFETY: `chunk` holds exactly size_of::<utmpx>() bytes; utmpx is plain old data
+        // (integers and byte arrays), valid for any bit pattern; read_unaligned copes
+        // with the slice's alignment.
+        unsafe { std::ptr::read_unaligned(chunk.as_ptr().cast::<libc::utmpx>()) }
+    })
+}
 
-/// root, every user with uid 0 or an admin group as primary group (`passwd`), and every
-/// member of an admin group (`group`).
-pub fn admins(passwd: &str, group: &str) -> HashSet<String> {
-    let mut out: HashSet<String> = ["root".to_string()].into();
-    let mut admin_gids = HashSet::new();
-    for line in group.lines() {
-        let f: Vec<&str> = line.split(':').collect();
-        if let [name, _, gid, members] = f[..]
-            && ADMIN_GROUPS.contains(&name)
-        {
-            admin_gids.insert(gid.to_string());
-            out.extend(
-                members
-                    .split(',')
-                    .filter(|m| !m.is_empty())
-                    .map(str::to_string),
-            );
-        }
-    }
-    for line in passwd.lines() {
-        let f: Vec<&str> = line.split(':').collect();
-        if let [name, _, uid, gid, ..] = f[..]
-            && (uid == "0" || admin_gids.contains(gid))
-        {
-            out.insert(name.to_string());
-        }
-    }
-    out
+/// A NUL-terminated text field of a utmp record (`ut_user`, `ut_line`, `ut_host`).
+fn record_text(field: &[libc::c_char]) -> String {
+    let bytes: Vec<u8> = field
+        .iter()
+        .take_while(|c| **c != 0)
+        .map(|c| *c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// Whether a `ut_line` is an SSH session's: a pseudo-terminal or sshd's `ssh:notty`.
@@ -90,8 +76,8 @@ pub fn recent(root: &std::path::Path, window: Duration) -> Vec<(IpAddr, String)>
     if window.is_zero() {
         return Vec::new();
     }
-    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap_or_default();
-    let admins = admins(&read("etc/passwd"), &read("etc/group"));
+    let (passwd, group) = accounts::read(&root.join("etc"));
+    let admins = accounts::admins(&passwd, &group);
     let Ok(wtmp) = std::fs::read(root.join("var/log/wtmp")) else {
         return Vec::new();
     };
@@ -125,19 +111,6 @@ mod tests {
     }
 
     const DAY: Duration = Duration::from_secs(86_400);
-
-    #[test]
-    fn the_admin_set_is_root_and_the_admin_groups() {
-        let passwd = "root:x:0:0::/root:/bin/bash\ntoor:x:0:0::/:/bin/sh\n\
-                      ops:x:1001:27::/home/ops:/bin/bash\nweb:x:33:33::/var/www:/bin/false\n\
-                      alice:x:1000:1000::/home/alice:/bin/bash\n";
-        let group = "root:x:0:\nsudo:x:27:alice,bob\nwheel:x:10:\nwww-data:x:33:web\n";
-        let got = admins(passwd, group);
-        let want: HashSet<String> = ["root", "toor", "ops", "alice", "bob"]
-            .map(String::from)
-            .into();
-        assert_eq!(got, want);
-    }
 
     #[test]
     fn recent_ssh_logins_of_admins_count() {

@@ -2,12 +2,13 @@
 //! fork, exit and connect records from `sensors`. Out: the same records with their process
 //! lineage (`tree`: identity as tgid + start time, ancestors, exe), the destination's country
 //! (`geo`: a MaxMind-format database), and whether an address is trusted (`trust`: `trust.ips`,
-//! loopback, peers of authenticated SSH sessions read by `ssh`, their connections asked of the
-//! kernel by `sockets`), which `detect` and the `switch` consult before they act; and what a
-//! program is (`shells`: an installed shell, by content; `installed`: a root-owned file of the
-//! installed system; `listeners`: which processes already accept connections when the agent
-//! starts).
+//! loopback, peers of the admins' SSH sessions read by `ssh`, their connections asked of the
+//! kernel by `sockets`, the admins named by `accounts`), which `detect` and the `switch`
+//! consult before they act; and what a program is (`shells`: an installed shell, by content;
+//! `installed`: a root-owned file of the installed system; `listeners`: which processes
+//! already accept connections when the agent starts).
 
+pub mod accounts;
 pub mod geo;
 pub mod installed;
 pub mod listeners;

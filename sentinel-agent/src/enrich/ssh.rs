@@ -1,65 +1,63 @@
-//! Who holds an **authenticated** SSH session to this host right now: the peers `trust` lets
-//! through. A TCP connection to the SSH port proves nothing (anyone on the internet can open
-//! one and sit in the pre-authentication phase for `LoginGraceTime`), so a peer counts only
+//! Whose SSH sessions make their peer trusted: only an **admin's own** session. A TCP connection
+//! to the SSH port proves nothing (anyone can open one and sit in the pre-authentication phase
+//! for `LoginGraceTime`), and neither does a login record: `ut_host` in utmp can be written by
+//! the setgid `utempter` helper that tmux and screen bring, so any local user could make a C2
+//! address look like a logged-in peer. Nothing here reads utmp or logind. A peer is trusted
 //! when all of these hold:
 //!
-//! 1. **A login record names it.** OpenSSH writes one only after authentication succeeded:
-//!    `record_login()` (utmp, `USER_PROCESS`, with `ut_addr_v6` and `ut_host`) is called from
-//!    `do_login()` in `session.c`, for sessions with a pty; with `UsePAM yes` (Debian's
-//!    default) `pam_systemd` also registers every session, pty or not, with logind, which
-//!    writes `/run/systemd/sessions/<id>` (`SERVICE=sshd`, `REMOTE_HOST=`, `LEADER=`) from
-//!    `do_pam_session()` — again post-authentication. Before authentication sshd's processes
-//!    only carry titles (`sshd: [accepted]`, `sshd: [net]`, `sshd: USER [priv]` once a valid
-//!    user name was sent), and those are not read: no record, no trust. Both files are
-//!    writable only by root (utmp also by group `utmp`), and reading them needs no privilege,
-//!    which matters because the agent drops `CAP_SYS_PTRACE`-like rights after start-up and
-//!    sshd is not dumpable (its `/proc/PID/fd` cannot be read).
-//! 2. **The session is alive and is sshd's.** The record's process (utmp `ut_pid`: the login
-//!    shell; logind `LEADER`: sshd's session process) still runs, and it or an ancestor a few
-//!    levels up is a root-owned `sshd`/`sshd-session` process. A stale record (sshd killed
-//!    with `-9` leaves one behind), a reused pid, or a record written by something else
-//!    (tmux, mosh, a serial `login`) grants nothing.
-//! 3. **Its connection is still up, to an SSH port.** An ESTABLISHED TCP connection from that
-//!    peer to a local port in `trust.ssh_ports` exists, asked of the kernel through sock_diag
-//!    netlink (`enrich::sockets`: filtered on state in the kernel, so TIME_WAIT storms cost
-//!    nothing), with `/proc/net/tcp{,6}` as the fallback. Only asked when steps 1 and 2 left a
-//!    candidate: a host with nobody logged in never looks at its sockets.
+//! 1. **A connection to an SSH port.** An ESTABLISHED TCP connection from that peer to a local
+//!    port in `trust.ssh_ports`, asked of the kernel through sock_diag netlink
+//!    (`enrich::sockets`, filtered on state in the kernel, so TIME_WAIT storms cost nothing),
+//!    with `/proc/net/tcp{,6}` as the fallback; each with its socket inode. None: nothing more
+//!    is read.
+//! 2. **Held by sshd's session process, by inode.** A process whose executable name is `sshd`
+//!    or `sshd-session` holds that socket (`/proc/PID/fd` → `socket:[inode]`). sshd is not
+//!    dumpable, so reading its descriptors takes `CAP_SYS_PTRACE`, which the agent keeps for
+//!    exactly such reads (`daemon::service::RUNTIME_CAPS`). The process runs as root, or is the
+//!    child of a root-owned sshd process (a user's own program named `sshd` is neither).
+//! 3. **Of a user in `trust.ssh_users`.** The login user is the process's real uid, and its
+//!    title must name that user. What OpenSSH 9.2 (Debian 12) shows, checked on the real server
+//!    with privilege separation: a non-root login is served by the root-owned monitor
+//!    (`sshd: alice [priv]`) and its child `sshd: alice@pts/0` (or `alice@notty`, or `alice`
+//!    before a session channel opens), which runs as alice; both hold the socket. A root login
+//!    skips that second fork: one root-owned `sshd: root@pts/0` holds it. Before
+//!    authentication the holders are `sshd: [accepted]` (root, alone until it forks) and its
+//!    `sshd: [net]` child (the privsep user), and the monitor is titled `sshd: NAME [priv]` as
+//!    soon as a valid user *name* was sent; a new session child is root for a moment before it
+//!    drops to the user. So a uid alone is no proof (a fresh connection's process is root too).
+//!    The title `PROG: NAME` or `PROG: NAME@ttys` is set only after authentication, by the
+//!    process serving the session once it runs as the user; it is trusted only when NAME's uid
+//!    in `/etc/passwd` is the process's real uid and NAME is in `trust.ssh_users` (names and
+//!    `%groups`, resolved by `enrich::accounts` from `/etc/passwd` and `/etc/group` at every
+//!    refresh: a user added to `sudo` counts at once). No user can rewrite the title of a
+//!    root process or of a non-dumpable sshd child.
 //!
-//! Limits: a session without a pty under `UsePAM no` writes no record and is not trusted
-//! (set `trust.ips` for such automation); a peer behind the same NAT as a logged-in operator
-//! shares the operator's address and so its trust.
+//! Limits: an SSH server other than OpenSSH (dropbear), or one without privilege separation,
+//! serves no such process, and its sessions are not trusted (set `trust.ips` for them); a peer
+//! behind the same NAT as a logged-in admin shares the admin's address and so its trust.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     fs,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::IpAddr,
     path::{Path, PathBuf},
 };
 
 use tracing::debug;
 
-use crate::enrich::{
-    sockets,
-    tree::read_stat,
-    trust::{canonical, established_peers},
-};
+use crate::enrich::{accounts, sockets, tree::read_stat};
 
 /// Process names of sshd's own processes (OpenSSH < 9.8 runs sessions in `sshd`, later
 /// releases in `sshd-session`).
 const SSHD_NAMES: [&str; 2] = ["sshd", "sshd-session"];
-/// How far above the recorded process sshd's session process may sit (shell → sshd session
-/// → sshd monitor → listener).
-const SSHD_ANCESTRY: usize = 3;
 
-/// Where the login records and the process and socket tables are read.
+/// Where the process, socket and account tables are read.
 #[derive(Debug, Clone)]
 pub struct Sources {
-    /// `/run/utmp` (`/var/run/utmp`).
-    pub utmp: PathBuf,
-    /// `/run/systemd/sessions`.
-    pub logind: PathBuf,
     /// `/proc`.
     pub proc_root: PathBuf,
+    /// `/etc` (`passwd`, `group`).
+    pub etc: PathBuf,
     /// Ask the kernel for the connections (sock_diag); false: read `<proc_root>/net/tcp*`.
     pub netlink: bool,
 }
@@ -67,50 +65,85 @@ pub struct Sources {
 impl Default for Sources {
     fn default() -> Self {
         Self {
-            utmp: PathBuf::from("/run/utmp"),
-            logind: PathBuf::from("/run/systemd/sessions"),
             proc_root: PathBuf::from("/proc"),
+            etc: PathBuf::from("/etc"),
             netlink: true,
         }
     }
 }
 
-/// A login record of a remote session: where from, and which process holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Login {
-    pub peer: IpAddr,
-    /// utmp `ut_pid` (the login shell) or logind `LEADER` (sshd's session process).
-    pub pid: u32,
-    /// `utmp` or `logind`, for the log.
-    pub source: &'static str,
+/// Whose SSH sessions are trusted: sessions to these local ports (`trust.ssh_ports`), of these
+/// users (`trust.ssh_users`: names and `%groups`). Either empty: none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SshTrust {
+    pub ports: Vec<u16>,
+    pub users: Vec<String>,
 }
 
-/// The peers of live authenticated SSH sessions to a local port in `ports` (empty: none).
-pub fn authenticated_peers(src: &Sources, ports: &[u16]) -> HashSet<IpAddr> {
-    if ports.is_empty() {
-        return HashSet::new();
+impl SshTrust {
+    pub fn new<S: AsRef<str>>(ports: &[u16], users: &[S]) -> Self {
+        Self {
+            ports: ports.to_vec(),
+            users: users.iter().map(|u| u.as_ref().to_string()).collect(),
+        }
     }
-    let mut logins = fs::read(&src.utmp)
-        .map(|b| utmp_logins(&b))
-        .unwrap_or_default();
-    logins.extend(logind_logins(&src.logind));
-    let candidates: HashSet<IpAddr> = logins
-        .iter()
-        .filter(|l| is_sshd_session(&src.proc_root, l.pid))
-        .map(|l| l.peer)
-        .collect();
-    if candidates.is_empty() {
-        return candidates;
+
+    /// Whether no session can be trusted (nothing needs reading).
+    pub fn is_off(&self) -> bool {
+        self.ports.is_empty() || self.users.is_empty()
     }
-    let connected = connected_peers(src, ports);
-    candidates.intersection(&connected).copied().collect()
 }
 
-/// Remote addresses of ESTABLISHED TCP connections to a local port in `ports`.
-fn connected_peers(src: &Sources, ports: &[u16]) -> HashSet<IpAddr> {
+/// The peers of the live SSH sessions of `trust.users` to a local port in `trust.ports`.
+pub fn authenticated_peers(src: &Sources, trust: &SshTrust) -> HashSet<IpAddr> {
+    let mut peers = HashSet::new();
+    if trust.is_off() {
+        return peers;
+    }
+    let connections = connections(src, &trust.ports);
+    if connections.is_empty() {
+        return peers;
+    }
+    let (passwd, group) = accounts::read(&src.etc);
+    let trusted = accounts::resolve(&trust.users, &passwd, &group);
+    let Ok(entries) = fs::read_dir(&src.proc_root) else {
+        return peers;
+    };
+    for pid in entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+    {
+        let Some(stat) = read_stat(&src.proc_root, pid) else {
+            continue;
+        };
+        if !SSHD_NAMES.contains(&stat.comm.as_str()) {
+            continue;
+        }
+        let held: Vec<IpAddr> = socket_inodes(&src.proc_root, pid)
+            .filter_map(|inode| connections.get(&inode).copied())
+            .collect();
+        if held.is_empty() {
+            continue;
+        }
+        match session_user(&src.proc_root, pid, stat.ppid, &passwd) {
+            Some(user) if trusted.contains(&user) => peers.extend(held),
+            Some(user) => debug!(
+                pid,
+                user,
+                ?held,
+                "SSH session of a user not in trust.ssh_users"
+            ),
+            None => {}
+        }
+    }
+    peers
+}
+
+/// ESTABLISHED connections to a local port in `ports`: socket inode → peer.
+fn connections(src: &Sources, ports: &[u16]) -> HashMap<u64, IpAddr> {
     if src.netlink {
-        match sockets::established_peers(ports) {
-            Ok(peers) => return peers,
+        match sockets::established(ports) {
+            Ok(conns) => return conns,
             Err(e) => debug!("sock_diag failed, reading /proc/net/tcp instead: {e}"),
         }
     }
@@ -118,120 +151,58 @@ fn connected_peers(src: &Sources, ports: &[u16]) -> HashSet<IpAddr> {
     ["tcp", "tcp6"]
         .iter()
         .filter_map(|f| fs::read_to_string(net.join(f)).ok())
-        .flat_map(|text| established_peers(&text, ports))
+        .flat_map(|text| sockets::established_in_table(&text, ports))
         .collect()
 }
 
-/// Every record of a utmp or wtmp file, from its bytes.
-pub fn utmp_records(bytes: &[u8]) -> impl Iterator<Item = libc::utmpx> + '_ {
-    let size = std::mem::size_of::<libc::utmpx>();
-    bytes.chunks_exact(size).map(|chunk| {
-        // SAFETY: `chunk` holds exactly size_of::<utmpx>() bytes; utmpx is plain old data
-        // (integers and byte arrays), valid for any bit pattern; read_unaligned copes
-        // with the slice's alignment.
-        unsafe { std::ptr::read_unaligned(chunk.as_ptr().cast::<libc::utmpx>()) }
-    })
-}
-
-/// The remote address of a record: `ut_addr_v6`, else `ut_host` when it holds an address.
-pub fn record_peer(u: &libc::utmpx) -> Option<IpAddr> {
-    utmp_addr(&u.ut_addr_v6)
-        .or_else(|| host_addr(&u.ut_host))
-        .map(canonical)
-}
-
-/// A NUL-terminated text field of a utmp record (`ut_user`, `ut_line`).
-pub fn record_text(field: &[libc::c_char]) -> String {
-    let bytes: Vec<u8> = field
-        .iter()
-        .take_while(|c| **c != 0)
-        .map(|c| *c as u8)
-        .collect();
-    String::from_utf8_lossy(&bytes).into_owned()
-}
-
-/// `USER_PROCESS` records with a remote address, from the bytes of a utmp file.
-pub fn utmp_logins(bytes: &[u8]) -> Vec<Login> {
-    utmp_records(bytes)
-        .filter_map(|u| {
-            if u.ut_type != libc::USER_PROCESS || u.ut_pid <= 0 {
-                return None;
-            }
-            Some(Login {
-                peer: record_peer(&u)?,
-                pid: u.ut_pid as u32,
-                source: "utmp",
-            })
-        })
-        .collect()
-}
-
-/// `ut_addr_v6`: an IPv4 address in the first word (network byte order) and zeros, or an IPv6
-/// address in all four; all zeros when the login is local.
-fn utmp_addr(words: &[i32; 4]) -> Option<IpAddr> {
-    let mut bytes = [0u8; 16];
-    for (i, w) in words.iter().enumerate() {
-        bytes[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
-    }
-    let ip = if bytes[4..].iter().all(|b| *b == 0) {
-        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
-    } else {
-        IpAddr::V6(Ipv6Addr::from(bytes))
-    };
-    (!ip.is_unspecified()).then_some(ip)
-}
-
-/// `ut_host` when it holds an address (sshd writes the address unless `UseDNS yes`).
-fn host_addr(host: &[libc::c_char]) -> Option<IpAddr> {
-    record_text(host).trim().parse().ok()
-}
-
-/// Remote sshd sessions registered with logind (`<dir>/<id>`: `SERVICE=sshd`,
-/// `REMOTE_HOST=<address>`, `LEADER=<pid>`), skipping sessions that are closing.
-pub fn logind_logins(dir: &Path) -> Vec<Login> {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
+/// The socket inodes process `pid` holds (none when its descriptors cannot be read).
+fn socket_inodes(proc_root: &Path, pid: u32) -> impl Iterator<Item = u64> {
+    fs::read_dir(proc_root.join(pid.to_string()).join("fd"))
+        .into_iter()
         .flatten()
-        .filter_map(|e| fs::read_to_string(e.path()).ok())
-        .filter_map(|text| logind_login(&text))
-        .collect()
+        .flatten()
+        .filter_map(|fd| {
+            let target = fs::read_link(fd.path()).ok()?;
+            target
+                .to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
 }
 
-fn logind_login(text: &str) -> Option<Login> {
-    let field = |key: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-            .map(str::trim)
-    };
-    if field("SERVICE")? != "sshd" || field("STATE") == Some("closing") {
+/// The user whose authenticated session the sshd process `pid` (child of `ppid`) serves: it
+/// runs as root or below a root-owned sshd, and is titled `PROG: NAME` or `PROG: NAME@ttys`,
+/// where NAME is the user of its real uid.
+fn session_user(proc_root: &Path, pid: u32, ppid: u32, passwd: &str) -> Option<String> {
+    let uid = real_uid(proc_root, pid)?;
+    if uid != 0 && !is_root_sshd(proc_root, ppid) {
         return None;
     }
-    Some(Login {
-        peer: canonical(field("REMOTE_HOST")?.parse().ok()?),
-        pid: field("LEADER")?.parse().ok()?,
-        source: "logind",
-    })
+    let cmdline = fs::read(proc_root.join(pid.to_string()).join("cmdline")).ok()?;
+    let name = titled_user(&cmdline)?;
+    (accounts::uid_of(passwd, name) == Some(uid)).then(|| name.to_string())
 }
 
-/// Whether `pid` runs and it, or an ancestor up to [`SSHD_ANCESTRY`] levels up, is a
-/// root-owned sshd process (a user can name a process `sshd`, not make it root's).
-fn is_sshd_session(proc_root: &Path, pid: u32) -> bool {
-    let mut cur = pid;
-    for _ in 0..=SSHD_ANCESTRY {
-        let Some(stat) = read_stat(proc_root, cur) else {
-            return false;
-        };
-        if SSHD_NAMES.contains(&stat.comm.as_str()) && real_uid(proc_root, cur) == Some(0) {
-            return true;
-        }
-        if stat.ppid <= 1 {
-            return false;
-        }
-        cur = stat.ppid;
+/// NAME from an sshd session's title `PROG: NAME` or `PROG: NAME@ttys` (the first string of its
+/// cmdline, padded with spaces or NULs). Pre-authentication titles (`[accepted]`, `[net]`,
+/// `NAME [priv]`) and the listener's have none.
+fn titled_user(cmdline: &[u8]) -> Option<&str> {
+    let first = cmdline.split(|b| *b == 0).next()?;
+    let title = std::str::from_utf8(first).ok()?.trim_end();
+    let (_, rest) = title.split_once(": ")?;
+    if rest.is_empty() || rest.contains(char::is_whitespace) || rest.starts_with('[') {
+        return None;
     }
-    false
+    let name = rest.split_once('@').map_or(rest, |(name, _)| name);
+    (!name.is_empty()).then_some(name)
+}
+
+/// Whether `pid` is a root-owned sshd process.
+fn is_root_sshd(proc_root: &Path, pid: u32) -> bool {
+    read_stat(proc_root, pid).is_some_and(|s| SSHD_NAMES.contains(&s.comm.as_str()))
+        && real_uid(proc_root, pid) == Some(0)
 }
 
 /// The real uid of `pid`, from `/proc/<pid>/status` (readable without privileges).
@@ -248,170 +219,206 @@ fn real_uid(proc_root: &Path, pid: u32) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
+    use std::{net::Ipv4Addr, os::unix::fs::symlink};
+
     use super::*;
 
-    /// A fake `/proc` with processes (pid, ppid, comm, uid) and a `net/tcp` table.
-    struct FakeProc(tempfile::TempDir);
+    /// One process of the fake `/proc`.
+    struct P {
+        pid: u32,
+        ppid: u32,
+        comm: &'static str,
+        uid: u32,
+        title: &'static str,
+        /// Socket inodes it holds.
+        sockets: &'static [u64],
+    }
 
-    impl FakeProc {
-        fn new(procs: &[(u32, u32, &str, u32)], tcp: &str) -> Self {
+    const fn p(
+        pid: u32,
+        ppid: u32,
+        comm: &'static str,
+        uid: u32,
+        title: &'static str,
+        sockets: &'static [u64],
+    ) -> P {
+        P {
+            pid,
+            ppid,
+            comm,
+            uid,
+            title,
+            sockets,
+        }
+    }
+
+    const PASSWD: &str = "root:x:0:0::/root:/bin/bash\ntoor:x:0:0::/root:/bin/sh\n\
+        sshd:x:102:65534::/run/sshd:/usr/sbin/nologin\nalice:x:1000:1000::/home/alice:/bin/sh\n\
+        ops:x:1001:1001::/home/ops:/bin/sh\n";
+    const GROUP: &str = "root:x:0:\nsudo:x:27:ops\nalice:x:1000:\nops:x:1001:\n";
+
+    /// The peer of each established connection to local port 22, by socket inode.
+    const CONNECTIONS: [(u64, u8); 8] = [
+        (10, 2), // root's session
+        (11, 4), // alice's (not an admin)
+        (12, 5), // ops' (sudo)
+        (13, 3), // pre-authentication
+        (14, 6), // pre-authentication, user name "root" sent
+        (15, 7), // a session child that has not dropped to its user yet
+        (16, 8), // toor (uid 0)
+        (17, 9), // held by a user's own program called sshd
+    ];
+
+    /// What OpenSSH 9.2 runs (see the module header), plus forgeries.
+    const PROCS: [P; 16] = [
+        p(
+            100,
+            1,
+            "sshd",
+            0,
+            "sshd: /usr/sbin/sshd -D [listener] 0 of 10-100 startups",
+            &[1],
+        ),
+        p(200, 100, "sshd", 0, "sshd: root@pts/0", &[10]),
+        p(210, 200, "bash", 0, "-bash", &[]),
+        p(300, 100, "sshd", 0, "sshd: alice [priv]", &[11]),
+        p(301, 300, "sshd", 1000, "sshd: alice@pts/1", &[11]),
+        p(400, 100, "sshd", 0, "sshd: ops [priv]", &[12]),
+        p(401, 400, "sshd", 1001, "sshd: ops@notty", &[12]),
+        p(500, 100, "sshd", 0, "sshd: [accepted]", &[13]),
+        p(501, 500, "sshd", 102, "sshd: [net]", &[13]),
+        p(600, 100, "sshd", 0, "sshd: root [priv]", &[14]),
+        p(601, 600, "sshd", 102, "sshd: [net]", &[14]),
+        p(700, 100, "sshd", 0, "sshd: alice [priv]", &[15]),
+        p(701, 700, "sshd", 0, "sshd: alice [priv]", &[15]),
+        p(800, 100, "sshd", 0, "sshd: toor@pts/2", &[16]),
+        // alice's shell renames itself and claims to be root's session.
+        p(900, 301, "sshd", 1000, "sshd: root@pts/9", &[17]),
+        p(901, 900, "sshd", 1000, "sshd: alice@pts/9", &[17]),
+    ];
+
+    /// A fake root: `proc/` with the processes and `net/tcp`, `etc/` with passwd and group.
+    struct Fake(tempfile::TempDir);
+
+    impl Fake {
+        fn new(procs: &[P], connections: &[(u64, u8)]) -> Self {
             let dir = tempfile::tempdir().unwrap();
-            for (pid, ppid, comm, uid) in procs {
-                let p = dir.path().join(pid.to_string());
-                fs::create_dir(&p).unwrap();
-                let mut fields = vec!["S".to_string(), ppid.to_string()];
+            let proc_root = dir.path().join("proc");
+            for p in procs {
+                let d = proc_root.join(p.pid.to_string());
+                fs::create_dir_all(d.join("fd")).unwrap();
+                let mut fields = vec!["S".to_string(), p.ppid.to_string()];
                 fields.extend((2..19).map(|_| "0".to_string()));
                 fields.push("4242".into());
-                fs::write(
-                    p.join("stat"),
-                    format!("{pid} ({comm}) {}", fields.join(" ")),
-                )
-                .unwrap();
-                fs::write(
-                    p.join("status"),
-                    format!("Name:\t{comm}\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n"),
-                )
-                .unwrap();
+                let stat = format!("{} ({}) {}", p.pid, p.comm, fields.join(" "));
+                fs::write(d.join("stat"), stat).unwrap();
+                let uid = p.uid;
+                let status = format!("Name:\t{}\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n", p.comm);
+                fs::write(d.join("status"), status).unwrap();
+                // setproctitle overwrites argv and pads it with NULs.
+                let mut cmdline = p.title.as_bytes().to_vec();
+                cmdline.extend([0; 16]);
+                fs::write(d.join("cmdline"), cmdline).unwrap();
+                for (fd, inode) in p.sockets.iter().enumerate() {
+                    symlink(
+                        format!("socket:[{inode}]"),
+                        d.join("fd").join(fd.to_string()),
+                    )
+                    .unwrap();
+                }
             }
-            fs::create_dir(dir.path().join("net")).unwrap();
-            fs::write(dir.path().join("net/tcp"), tcp).unwrap();
+            // Local 198.51.100.1:22 ← 198.51.100.<host>, ESTABLISHED; the listener in LISTEN.
+            let mut tcp = String::from(
+                "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n",
+            );
+            tcp.push_str("   0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1\n");
+            for (i, (inode, host)) in connections.iter().enumerate() {
+                tcp.push_str(&format!(
+                    "   {}: 016433C6:0016 {host:02X}6433C6:D431 01 00000000:00000000 00:00000000 00000000     0        0 {inode} 1\n",
+                    i + 1
+                ));
+            }
+            fs::create_dir_all(proc_root.join("net")).unwrap();
+            fs::write(proc_root.join("net/tcp"), tcp).unwrap();
+            fs::create_dir(dir.path().join("etc")).unwrap();
+            fs::write(dir.path().join("etc/passwd"), PASSWD).unwrap();
+            fs::write(dir.path().join("etc/group"), GROUP).unwrap();
             Self(dir)
         }
 
-        fn sources(&self, utmp: &[u8]) -> Sources {
-            fs::write(self.0.path().join("utmp"), utmp).unwrap();
+        fn sources(&self) -> Sources {
             Sources {
-                utmp: self.0.path().join("utmp"),
-                logind: self.0.path().join("sessions"),
-                proc_root: self.0.path().into(),
+                proc_root: self.0.path().join("proc"),
+                etc: self.0.path().join("etc"),
                 netlink: false,
             }
         }
-    }
 
-    /// One utmp record, as glibc writes it.
-    fn record(kind: i16, pid: i32, addr: Option<Ipv4Addr>, host: &str) -> Vec<u8> {
-        // SAFETY: utmpx is plain old data; all zeros is a valid (empty) record.
-        let mut u: libc::utmpx = unsafe { std::mem::zeroed() };
-        u.ut_type = kind;
-        u.ut_pid = pid;
-        if let Some(a) = addr {
-            u.ut_addr_v6[0] = i32::from_ne_bytes(a.octets());
+        fn peers(&self, ports: &[u16], users: &[&str]) -> HashSet<IpAddr> {
+            authenticated_peers(&self.sources(), &SshTrust::new(ports, users))
         }
-        for (d, s) in u.ut_host.iter_mut().zip(host.bytes()) {
-            *d = s as libc::c_char;
+    }
+
+    fn hosts(hosts: &[u8]) -> HashSet<IpAddr> {
+        hosts
+            .iter()
+            .map(|h| IpAddr::V4(Ipv4Addr::new(198, 51, 100, *h)))
+            .collect()
+    }
+
+    #[test]
+    fn only_the_sessions_of_the_admins_are_trusted_by_default() {
+        let fake = Fake::new(&PROCS, &CONNECTIONS);
+        // root (and its alias toor) and ops (sudo); not alice, not before authentication, not
+        // a session child still running as root, not alice's renamed shell.
+        assert_eq!(fake.peers(&[22], &accounts::ADMINS), hosts(&[2, 5, 8]));
+    }
+
+    #[test]
+    fn ssh_users_names_whose_sessions_count() {
+        let fake = Fake::new(&PROCS, &CONNECTIONS);
+        assert_eq!(fake.peers(&[22], &["alice"]), hosts(&[4]));
+        assert_eq!(fake.peers(&[22], &["%sudo"]), hosts(&[5]));
+        // root is uid 0 under either name.
+        assert_eq!(fake.peers(&[22], &["root"]), hosts(&[2, 8]));
+        assert_eq!(fake.peers(&[22], &["sshd", "nobody"]), hosts(&[]));
+        // Off: no users, no ports, or connections to another port.
+        assert!(fake.peers(&[22], &[]).is_empty());
+        assert!(fake.peers(&[], &["root"]).is_empty());
+        assert!(fake.peers(&[2222], &["root"]).is_empty());
+    }
+
+    #[test]
+    fn a_session_whose_connection_ended_grants_nothing() {
+        // The session processes are still there, the connections are gone.
+        let fake = Fake::new(&PROCS, &[]);
+        assert!(fake.peers(&[22], &["root", "alice", "ops"]).is_empty());
+        // A connection nobody holds (another program's, or an inode that was reused).
+        let fake = Fake::new(&PROCS[..1], &CONNECTIONS);
+        assert!(fake.peers(&[22], &["root"]).is_empty());
+    }
+
+    #[test]
+    fn titles_name_the_user_only_after_authentication() {
+        fn title(t: &str) -> Option<&str> {
+            titled_user(t.as_bytes())
         }
-        let size = std::mem::size_of::<libc::utmpx>();
-        // SAFETY: reading the bytes of a plain-old-data struct we own.
-        unsafe { std::slice::from_raw_parts((&raw const u).cast::<u8>(), size) }.to_vec()
-    }
-
-    const PEER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
-    const OTHER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 3);
-
-    // Local 198.51.100.1:22 ← 198.51.100.2 and ← 198.51.100.3, both ESTABLISHED.
-    const TCP: &str = "  sl  local_address rem_address   st
-   0: 016433C6:0016 026433C6:D431 01 0
-   1: 016433C6:0016 036433C6:D432 01 0
-";
-
-    /// sshd listener (root) → session `sshd: root@pts/0` (root) → bash (the utmp pid), and
-    /// a user's own process that calls itself sshd.
-    fn procs() -> Vec<(u32, u32, &'static str, u32)> {
-        vec![
-            (100, 1, "sshd", 0),
-            (200, 100, "sshd", 0),
-            (300, 200, "bash", 0),
-            (400, 1, "sshd", 1000),
-            (500, 400, "bash", 1000),
-        ]
-    }
-
-    #[test]
-    fn an_authenticated_session_with_its_connection_is_trusted() {
-        let fake = FakeProc::new(&procs(), TCP);
-        let utmp = record(libc::USER_PROCESS, 300, Some(PEER), "198.51.100.2");
-        let peers = authenticated_peers(&fake.sources(&utmp), &[22]);
-        assert_eq!(peers, HashSet::from([IpAddr::V4(PEER)]));
-        // Another port configured: that connection is not an SSH session.
-        assert!(authenticated_peers(&fake.sources(&utmp), &[2222]).is_empty());
-        // SSH trust off.
-        assert!(authenticated_peers(&fake.sources(&utmp), &[]).is_empty());
-    }
-
-    #[test]
-    fn a_connection_without_a_login_record_grants_nothing() {
-        // 198.51.100.3 is connected (pre-authentication, or another program on the port) but
-        // no record names it.
-        let fake = FakeProc::new(&procs(), TCP);
-        let utmp = record(libc::USER_PROCESS, 300, Some(PEER), "");
-        let peers = authenticated_peers(&fake.sources(&utmp), &[22]);
-        assert!(!peers.contains(&IpAddr::V4(OTHER)), "{peers:?}");
-        assert!(authenticated_peers(&fake.sources(&[]), &[22]).is_empty());
-    }
-
-    #[test]
-    fn ended_stale_or_foreign_records_grant_nothing() {
-        let fake = FakeProc::new(&procs(), TCP);
-        let cases = [
-            // Logged out: sshd rewrote the record as DEAD_PROCESS.
-            record(libc::DEAD_PROCESS, 300, Some(PEER), "198.51.100.2"),
-            // Stale: the session's process is gone (sshd killed with -9).
-            record(libc::USER_PROCESS, 999, Some(PEER), "198.51.100.2"),
-            // Not below a root-owned sshd: a user's process named "sshd".
-            record(libc::USER_PROCESS, 500, Some(PEER), "198.51.100.2"),
-            // A local login (no address).
-            record(libc::USER_PROCESS, 300, None, ":0"),
-        ];
-        for utmp in cases {
-            assert!(authenticated_peers(&fake.sources(&utmp), &[22]).is_empty());
+        assert_eq!(title("sshd: root@pts/0"), Some("root"));
+        assert_eq!(title("sshd: alice@pts/1,pts/2\0\0\0"), Some("alice"));
+        assert_eq!(title("sshd: alice@notty"), Some("alice"));
+        assert_eq!(title("sshd: alice   "), Some("alice"));
+        assert_eq!(title("sshd-session: ops@pts/3"), Some("ops"));
+        for pre in [
+            "sshd: [accepted]",
+            "sshd: [net]",
+            "sshd: root [priv]",
+            "sshd: root@x [priv]",
+            "sshd: /usr/sbin/sshd -D [listener] 0 of 10-100 startups",
+            "sshd: @pts/0",
+            "/usr/sbin/sshd",
+            "",
+        ] {
+            assert_eq!(title(pre), None, "{pre:?}");
         }
-        // A record whose connection has ended.
-        let gone = FakeProc::new(&procs(), "header\n");
-        let utmp = record(libc::USER_PROCESS, 300, Some(PEER), "198.51.100.2");
-        assert!(authenticated_peers(&gone.sources(&utmp), &[22]).is_empty());
-    }
-
-    #[test]
-    fn utmp_falls_back_to_ut_host_and_skips_garbage() {
-        let mut bytes = record(libc::LOGIN_PROCESS, 7, None, "");
-        bytes.extend(record(libc::USER_PROCESS, 300, None, "2001:db8:1::2"));
-        bytes.extend(record(libc::USER_PROCESS, 301, None, "gw.example.org"));
-        bytes.extend([0xff; 17]); // a torn tail
-        let logins = utmp_logins(&bytes);
-        assert_eq!(
-            logins,
-            [Login {
-                peer: "2001:db8:1::2".parse().unwrap(),
-                pid: 300,
-                source: "utmp"
-            }]
-        );
-    }
-
-    #[test]
-    fn logind_sessions_of_sshd_count() {
-        let fake = FakeProc::new(&procs(), TCP);
-        let src = fake.sources(&[]);
-        fs::create_dir(&src.logind).unwrap();
-        fs::write(
-            src.logind.join("3"),
-            "UID=0\nUSER=root\nSTATE=active\nREMOTE=1\nSERVICE=sshd\nREMOTE_HOST=198.51.100.2\nLEADER=200\n",
-        )
-        .unwrap();
-        fs::write(
-            src.logind.join("4"),
-            "STATE=active\nSERVICE=cron\nREMOTE_HOST=198.51.100.3\nLEADER=200\n",
-        )
-        .unwrap();
-        fs::write(
-            src.logind.join("5"),
-            "STATE=closing\nSERVICE=sshd\nREMOTE_HOST=198.51.100.3\nLEADER=200\n",
-        )
-        .unwrap();
-        assert_eq!(
-            authenticated_peers(&src, &[22]),
-            HashSet::from([IpAddr::V4(PEER)])
-        );
     }
 }

@@ -1,7 +1,8 @@
 //! Who is never a target: loopback, the operator's `trust.ips`, and the peers of live
-//! **authenticated** SSH sessions (found by `enrich::ssh`: a login record, a live sshd session,
-//! and its connection to a `trust.ssh_ports` port; a bare TCP connection is not one). Trust
-//! comes before every detector and every block.
+//! **authenticated** SSH sessions of the users in `trust.ssh_users` (found by `enrich::ssh`: the
+//! TCP connection an sshd session process holds, to a `trust.ssh_ports` port; a bare TCP
+//! connection, another user's session or a login record is not one). Trust comes before every
+//! detector and every block.
 //!
 //! A detector can only name a remote address in an alert through [`ActionableAddr`], and the only
 //! way to get one is [`TrustSet::check`]: a trusted address cannot reach an alert or a block by
@@ -15,7 +16,7 @@ use std::{
 
 use ipnet::IpNet;
 
-use crate::enrich::ssh::{Sources, authenticated_peers};
+use crate::enrich::ssh::{Sources, SshTrust, authenticated_peers};
 use serde::{Serialize, Serializer};
 
 /// Why an address is trusted.
@@ -25,7 +26,7 @@ pub enum TrustReason {
     Unspecified,
     /// Inside this `trust.ips` entry.
     Configured(IpNet),
-    /// The peer of a live authenticated SSH session.
+    /// The peer of a live authenticated SSH session of a user in `trust.ssh_users`.
     SshPeer,
 }
 
@@ -35,7 +36,7 @@ impl fmt::Display for TrustReason {
             TrustReason::Loopback => write!(f, "loopback"),
             TrustReason::Unspecified => write!(f, "unspecified address"),
             TrustReason::Configured(net) => write!(f, "in trust.ips ({net})"),
-            TrustReason::SshPeer => write!(f, "peer of a live authenticated SSH session"),
+            TrustReason::SshPeer => write!(f, "peer of a live SSH session of a trusted user"),
         }
     }
 }
@@ -66,7 +67,7 @@ impl Serialize for ActionableAddr {
 #[derive(Debug, Clone, Default)]
 pub struct TrustSet {
     nets: Vec<IpNet>,
-    ssh_ports: Vec<u16>,
+    ssh: SshTrust,
     ssh_peers: HashSet<IpAddr>,
 }
 
@@ -76,13 +77,20 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
 }
 
 impl TrustSet {
-    /// `ssh_ports` empty: SSH peers are not trusted.
+    /// `ssh_ports` empty: SSH peers are not trusted. The sessions of the admins count (see
+    /// [`Self::with_ssh_users`]).
     pub fn new(nets: &[IpNet], ssh_ports: &[u16]) -> Self {
         Self {
             nets: nets.iter().map(IpNet::trunc).collect(),
-            ssh_ports: ssh_ports.to_vec(),
+            ssh: SshTrust::new(ssh_ports, &crate::enrich::accounts::ADMINS),
             ssh_peers: HashSet::new(),
         }
+    }
+
+    /// Trust the SSH sessions of `users` only (names and `%groups`, `trust.ssh_users`).
+    pub fn with_ssh_users<S: AsRef<str>>(mut self, users: &[S]) -> Self {
+        self.ssh = SshTrust::new(&self.ssh.ports, users);
+        self
     }
 
     /// Why `ip` is trusted, if it is.
@@ -111,10 +119,10 @@ impl TrustSet {
         }
     }
 
-    /// Re-read the live authenticated SSH sessions from `src`. Returns how many peers are
-    /// trusted now.
+    /// Re-read the live SSH sessions of the trusted users from `src`. Returns how many peers
+    /// are trusted now.
     pub fn refresh_ssh_peers(&mut self, src: &Sources) -> usize {
-        let peers = authenticated_peers(src, &self.ssh_ports);
+        let peers = authenticated_peers(src, &self.ssh);
         self.set_ssh_peers(peers)
     }
 
@@ -124,9 +132,9 @@ impl TrustSet {
         self.ssh_peers.len()
     }
 
-    /// The ports whose inbound sessions are trusted (empty: SSH trust is off).
-    pub fn ssh_ports(&self) -> &[u16] {
-        &self.ssh_ports
+    /// Whose sessions, to which ports, are trusted.
+    pub fn ssh(&self) -> &SshTrust {
+        &self.ssh
     }
 
     #[cfg(test)]
@@ -134,28 +142,6 @@ impl TrustSet {
         self.ssh_peers = peers.into_iter().map(canonical).collect();
         self
     }
-}
-
-/// Remote addresses of ESTABLISHED connections whose local port is one of `ports`, from the
-/// text of `/proc/net/tcp` or `/proc/net/tcp6`. On its own this is no proof of a session:
-/// `enrich::ssh` only asks it about peers that hold a login.
-pub fn established_peers(text: &str, ports: &[u16]) -> Vec<IpAddr> {
-    const ESTABLISHED: &str = "01";
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let mut f = line.split_whitespace();
-            let local = f.nth(1)?;
-            let remote = f.next()?;
-            let state = f.next()?;
-            if state != ESTABLISHED {
-                return None;
-            }
-            let (_, port) = parse_endpoint(local)?;
-            ports.contains(&port).then_some(())?;
-            Some(canonical(parse_endpoint(remote)?.0))
-        })
-        .collect()
 }
 
 /// `0100007F:0016` (IPv4) or 32 hex digits `:port` (IPv6), as the kernel prints them: each
@@ -184,32 +170,8 @@ mod tests {
 
     use super::*;
 
-    const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0000000000000000 100 0 0 10 0
-   1: 0F02000A:0016 0900710C:D431 01 00000000:00000000 02:00093E14 00000000     0        0 2 4 0000000000000000 20 4 29 10 -1
-   2: 0F02000A:A2C4 0200A8C0:01BB 01 00000000:00000000 00:00000000 00000000  1000        0 3 1 0000000000000000 20 4 0 10 -1
-   3: 0F02000A:0016 0A0033C6:D432 06 00000000:00000000 03:000004F5 00000000     0        0 0 3 0000000000000000
-";
-    const TCP6: &str = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 00000000000000000000000001000000:0016 B80D0120000000000000000009000000:C350 01 00000000:00000000 00:00000000 00000000     0        0 1 1 0000000000000000 20 4 0 10 -1
-   1: 0000000000000000FFFF00000F02000A:0016 0000000000000000FFFF00000A0033C6:C351 01 00000000:00000000 00:00000000 00000000     0        0 1 1 0000000000000000 20 4 0 10 -1
-";
-
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
-    }
-
-    #[test]
-    fn reads_established_ssh_peers() {
-        // Row 1: 12.113.0.9 → local :22, established. Row 2 is outbound to :443 (not ssh),
-        // row 3 is TIME_WAIT.
-        assert_eq!(established_peers(TCP, &[22]), [ip("12.113.0.9")]);
-        assert_eq!(
-            established_peers(TCP6, &[22]),
-            [ip("2001:db8::9"), ip("198.51.0.10")]
-        );
-        assert!(established_peers(TCP, &[2222]).is_empty());
-        assert!(established_peers("garbage\nmore garbage here x y z", &[22]).is_empty());
     }
 
     #[test]
