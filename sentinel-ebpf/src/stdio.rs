@@ -1,7 +1,10 @@
 //! The `stdio` sensor: a TCP socket duplicated onto standard input, output or error
 //! (`syscalls/sys_enter_dup2`, `sys_enter_dup3`) — the move every classic reverse shell makes
-//! before it runs commands. Shells call `dup2` all the time, so the program looks at the
-//! descriptor first and reports only a TCP socket, with its peer read from the socket. The
+//! before it runs commands — and, at every exec (`sched/sched_process_exec`), a TCP socket
+//! found on fd 0, 1 or 2 however it got there (a process that closed them and let `socket()`,
+//! `dup()` or `fcntl(F_DUPFD)` take their numbers). MPTCP sockets count as TCP. Shells call
+//! `dup2` all the time, so the program looks at the descriptor first and reports only a TCP
+//! socket, with its peer read from the socket. The
 //! agent tells a reverse shell (a peer a local process connected out to) from an accepted
 //! connection handed to a child as stdio (inetd, `sshd -i`, socket activation): tracking
 //! every outbound socket here cost kernel time on every connect, for the rare socket that
@@ -32,6 +35,8 @@ const NEWFD: usize = 24;
 const S_IFMT: u16 = 0o170000;
 const S_IFSOCK: u16 = 0o140000;
 const IPPROTO_TCP: u16 = 6;
+/// `IPPROTO_MPTCP`: a multipath TCP socket, a TCP connection all the same.
+const IPPROTO_MPTCP: u16 = 262;
 
 #[tracepoint]
 pub fn stdio_sys_enter_dup2(ctx: TracePointContext) -> u32 {
@@ -42,6 +47,12 @@ pub fn stdio_sys_enter_dup2(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn stdio_sys_enter_dup3(ctx: TracePointContext) -> u32 {
     on_dup(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn stdio_sched_process_exec(ctx: TracePointContext) -> u32 {
+    on_exec(&ctx);
     0
 }
 
@@ -80,24 +91,69 @@ fn read_sk<T>(sk: *const u8, offset: u32) -> Option<T> {
 fn on_dup(ctx: &TracePointContext) {
     let newfd = arg(ctx, NEWFD);
     let oldfd = arg(ctx, OLDFD);
-    if newfd > 2 || oldfd > u32::MAX as u64 || oldfd == newfd {
-        return;
-    }
-    let off = offsets();
-    // Without these the socket cannot be found (the zero-valued ones are checked by BTF).
-    if off.sk_family == 0 || off.socket_sk == 0 || off.fdt_fd == 0 {
+    if newfd > 2 || oldfd > u32::MAX as u64 || oldfd == newfd || !offsets_known() {
         return;
     }
     let Some(file) = file_of(oldfd as u32) else {
         return;
     };
+    // Nearly every dup2 is of a file or a pipe: the agent check waits until it is a socket.
+    if !is_socket(file) || current_tgid_unless_agent().is_none() {
+        return;
+    }
+    report(ctx, file, oldfd as u32, newfd as u32, 0);
+}
+
+/// At exec: each socket on fd 0, 1 or 2, once, with every standard stream that holds it.
+fn on_exec(ctx: &TracePointContext) {
+    if !offsets_known() {
+        return;
+    }
+    // Plain addresses (0: none), not `Option`s: the verifier follows integers best.
+    let addr = |fd: u32| file_of(fd).map_or(0u64, |f| f as u64);
+    let (f0, f1, f2) = (addr(0), addr(1), addr(2));
+    let held_by = |f: u64| u32::from(f0 == f) | u32::from(f1 == f) << 1 | u32::from(f2 == f) << 2;
+    let mut reported = 0u32;
+    if f0 != 0 && is_socket(f0 as *const u8) {
+        reported = held_by(f0);
+        at_exec(ctx, f0, 0, reported);
+    }
+    if f1 != 0 && reported & 0b010 == 0 && is_socket(f1 as *const u8) {
+        let fds = held_by(f1);
+        reported |= fds;
+        at_exec(ctx, f1, 1, fds);
+    }
+    if f2 != 0 && reported & 0b100 == 0 && is_socket(f2 as *const u8) {
+        at_exec(ctx, f2, 2, 0b100);
+    }
+}
+
+#[inline(always)]
+fn at_exec(ctx: &TracePointContext, file: u64, fd: u32, fds: u32) {
+    if current_tgid_unless_agent().is_some() {
+        report(ctx, file as *const u8, fd, fd, fds);
+    }
+}
+
+/// Without these the socket cannot be found (the zero-valued ones are checked by BTF).
+#[inline(always)]
+fn offsets_known() -> bool {
+    let off = offsets();
+    off.sk_family != 0 && off.socket_sk != 0 && off.fdt_fd != 0
+}
+
+#[inline(always)]
+fn is_socket(file: *const u8) -> bool {
+    let off = offsets();
     let mode: u16 = read_field::<*const u8>(file, off.file_inode)
         .and_then(|inode| read_at(inode, off.inode_mode as usize))
         .unwrap_or(0);
-    // Nearly every dup2 is of a file or a pipe: the agent check waits until it is a socket.
-    if mode & S_IFMT != S_IFSOCK || current_tgid_unless_agent().is_none() {
-        return;
-    }
+    mode & S_IFMT == S_IFSOCK
+}
+
+/// Report socket `file` on a standard stream when it is an internet TCP (or MPTCP) socket.
+fn report(ctx: &TracePointContext, file: *const u8, oldfd: u32, newfd: u32, exec_fds: u32) {
+    let off = offsets();
     let Some(sk) = read_field::<*const u8>(file, off.file_private_data)
         .and_then(|socket| read_field::<*const u8>(socket, off.socket_sk))
     else {
@@ -106,10 +162,13 @@ fn on_dup(ctx: &TracePointContext) {
     let family: u16 = read_sk(sk, off.sk_family).unwrap_or(0);
     let protocol: u16 = read_sk(sk, off.sk_protocol).unwrap_or(0);
     if family != AF_INET && family != AF_INET6 {
-        unexpected_family(ctx, "stdio", family);
+        // A unix socket on stdio at exec is every systemd service's journal stream.
+        if exec_fds == 0 {
+            unexpected_family(ctx, "stdio", family);
+        }
         return;
     }
-    if protocol != IPPROTO_TCP {
+    if protocol != IPPROTO_TCP && protocol != IPPROTO_MPTCP {
         return;
     }
     let Some(mut entry) = EVENTS.reserve::<StdioEvent>(0) else {
@@ -121,11 +180,11 @@ fn on_dup(ctx: &TracePointContext) {
     fill_header(&mut event.header, EventKind::Stdio);
     use_process_comm(&mut event.header);
     let data = &mut event.data;
-    data.oldfd = oldfd as u32;
-    data.newfd = newfd as u32;
+    data.oldfd = oldfd;
+    data.newfd = newfd;
     data.family = family;
     data.dport = u16::from_be(read_sk(sk, off.sk_dport).unwrap_or(0));
-    data._pad = 0;
+    data.exec_fds = exec_fds;
     data.daddr = [0; 16];
     if family == AF_INET {
         let v4: u32 = read_sk(sk, off.sk_daddr).unwrap_or(0);

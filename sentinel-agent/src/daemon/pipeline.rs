@@ -25,7 +25,7 @@ use crate::{
     },
     enforce::kill::Killer,
     enrich::geo::CountryDb,
-    enrich::listeners::still_listens,
+    enrich::listeners::{self, still_listens},
     enrich::outbound::Outbound,
     enrich::shells::Shells,
     enrich::tree::{ProcessTree, is_alive, read_stat},
@@ -439,27 +439,55 @@ impl Pipeline {
         if self.is_agent(s.tgid) {
             return;
         }
-        if !self.outbound.reaches(s.peer, s.dport) {
+        // Not a peer this host connected out to (as far as the memory goes), and on a port
+        // something listens on: an accepted connection handed to a server's child (inetd,
+        // socket activation). A socket whose port nothing listens on was connected out, even
+        // when a flood of connects pushed it out of the memory.
+        if !self.outbound.reaches(s.peer, s.dport)
+            && listeners::accepted_on_listening_port(&self.proc_root, s.tgid, s.newfd)
+                .unwrap_or(true)
+        {
             debug!(pid = s.tgid, comm = %s.comm, fd = s.newfd, peer = %s.peer,
                    "accepted connection on stdio (a server's child): not a reverse shell");
             return;
         }
-        debug!(pid = s.tgid, comm = %s.comm, fd = s.newfd, peer = %s.peer, "socket on stdio");
+        debug!(pid = s.tgid, comm = %s.comm, fd = s.newfd, peer = %s.peer,
+               at_exec = s.exec_fds != 0, "socket on stdio");
         let country = self.detect.geoip.as_ref().and_then(|g| g.country(s.peer));
         let culprit = self.culprit(s.tgid, s.comm.clone(), Some(s.uid));
-        let stream = stream_of(&self.proc_root, s.tgid, s.newfd);
-        let verdict = self.detect.reverse_shell.on_stdio(
-            &culprit,
-            s.newfd,
-            s.peer,
-            s.dport,
-            country.as_deref(),
-            &self.detect.trust,
-            stream,
-            Instant::now(),
-        );
-        if let Verdict::Shell(finding) = verdict {
-            self.raise(*finding, Some(s.ts_ns));
+        // Found at exec, the socket is on each of those streams as the program starts.
+        let fds: Vec<(u32, Stream)> = if s.exec_fds == 0 {
+            vec![(s.newfd, stream_of(&self.proc_root, s.tgid, s.newfd))]
+        } else {
+            (0..3)
+                .filter(|fd| s.exec_fds & (1 << fd) != 0)
+                .map(|fd| (fd, Stream::Hidden))
+                .collect()
+        };
+        for (fd, stream) in fds {
+            let verdict = self.detect.reverse_shell.on_stdio(
+                &culprit,
+                fd,
+                s.peer,
+                s.dport,
+                country.as_deref(),
+                &self.detect.trust,
+                stream,
+                Instant::now(),
+            );
+            if let Verdict::Shell(finding) = verdict {
+                self.raise(*finding, Some(s.ts_ns));
+                return;
+            }
+        }
+        // One stream at exec: the program runs with the socket there.
+        if s.exec_fds != 0
+            && let Some(f) = self
+                .detect
+                .reverse_shell
+                .confirm(s.tgid, ", found there as it exec'd")
+        {
+            self.raise(f, Some(s.ts_ns));
         }
     }
 
@@ -504,7 +532,7 @@ impl Pipeline {
             let start = self.tree.get(tgid).map(|p| p.start);
             self.tree.on_exit(tgid, start_ns);
             self.detect.alerts.forget(tgid);
-            self.detect.reverse_shell.dismiss(tgid);
+            self.detect.reverse_shell.forget(tgid);
             self.last_connect.remove(&tgid);
             if self
                 .tracked

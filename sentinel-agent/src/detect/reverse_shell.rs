@@ -3,7 +3,9 @@
 //! `nc -e` and php one-liners all do before they run commands, whatever the program is
 //! called. Critical, T1059. The peer is the target: the dead man's switch opens a decision
 //! that blocks it, and `enforce.kill` terminates the process. Found from the kernel's
-//! `stdio` sensor (a TCP socket duplicated onto fd 0, 1 or 2). Trust comes first: loopback,
+//! `stdio` sensor (a TCP or MPTCP socket duplicated onto fd 0, 1 or 2, or found there at exec
+//! however it got there). The same socket seen again (the exec after the `dup2`s) is the same
+//! shell, never a second finding. Trust comes first: loopback,
 //! `trust.ips` and live SSH peers never raise it.
 //!
 //! One redirect is not a shell: the admin's port check (`bash -c '</dev/tcp/host/443'`) and a
@@ -117,6 +119,9 @@ pub enum Verdict {
 #[derive(Debug, Default)]
 pub struct ReverseShell {
     candidates: FxHashMap<u32, Candidate>,
+    /// Processes found to be reverse shells, with their peer: the same socket seen again (the
+    /// exec that follows a `dup2`) is the same shell, not a second finding.
+    shells: FxHashMap<u32, (IpAddr, u16)>,
 }
 
 impl ReverseShell {
@@ -142,6 +147,9 @@ impl ReverseShell {
             return Verdict::Nothing;
         };
         let pid = culprit.pid;
+        if self.shells.get(&pid) == Some(&(peer, dport)) {
+            return Verdict::Nothing;
+        }
         if let Some(c) = self.candidates.get_mut(&pid)
             && c.peer == peer
             && c.dport == dport
@@ -151,6 +159,7 @@ impl ReverseShell {
                 return Verdict::Wait;
             }
             let c = self.candidates.remove(&pid).expect("just seen");
+            self.found(pid, peer, dport);
             return Verdict::Shell(Box::new(Self::word(c.finding, dport, &streams(c.fds), "")));
         }
         let finding = Finding {
@@ -174,6 +183,7 @@ impl ReverseShell {
             return Verdict::Nothing;
         }
         if full {
+            self.found(pid, peer, dport);
             return Verdict::Shell(Box::new(Self::word(
                 finding,
                 dport,
@@ -244,12 +254,27 @@ impl ReverseShell {
     /// reverse shell.
     pub fn confirm(&mut self, pid: u32, why: &str) -> Option<Finding> {
         let c = self.candidates.remove(&pid)?;
+        self.found(pid, c.peer, c.dport);
         Some(Self::word(c.finding, c.dport, &streams(c.fds), why))
     }
 
-    /// `pid` let go of the socket (or ended): it was a check, not a shell.
+    /// `pid` is a reverse shell to `peer:dport` (remembered, bounded like the candidates).
+    fn found(&mut self, pid: u32, peer: IpAddr, dport: u16) {
+        if self.shells.len() >= MAX_CANDIDATES {
+            self.shells.clear();
+        }
+        self.shells.insert(pid, (peer, dport));
+    }
+
+    /// `pid` let go of the socket: it was a check, not a shell.
     pub fn dismiss(&mut self, pid: u32) {
         self.candidates.remove(&pid);
+    }
+
+    /// `pid` ended: nothing of it is kept.
+    pub fn forget(&mut self, pid: u32) {
+        self.candidates.remove(&pid);
+        self.shells.remove(&pid);
     }
 
     fn word(mut f: Finding, dport: u16, streams: &str, why: &str) -> Finding {
@@ -423,7 +448,8 @@ mod tests {
             Verdict::Wait
         ));
         assert!(rs.judge_hold(12, &Stream::Hidden).is_some());
-        // Two streams need no look at all.
+        // Two streams need no look at all (another process with that pid).
+        rs.forget(12);
         assert!(matches!(
             stdio(&mut rs, &c, 0, Stream::Hidden, t0),
             Verdict::Wait
@@ -443,12 +469,38 @@ mod tests {
         let f = rs.judge_exec(13, "/usr/bin/cat", &sock()).unwrap();
         assert!(f.detail.contains("exec'd /usr/bin/cat"), "{}", f.detail);
         // Ran and ended already: it exec'd with the socket all the same.
+        rs.forget(13);
         assert!(matches!(stdio(&mut rs, &c, 0, sock(), t0), Verdict::Wait));
         assert!(rs.judge_exec(13, "/usr/bin/cat", &Stream::Gone).is_some());
         // `</dev/tcp/h/p && exec foo`: the redirect was undone before the exec.
+        rs.forget(13);
         assert!(matches!(stdio(&mut rs, &c, 0, sock(), t0), Verdict::Wait));
         let undone = Stream::Link("/dev/pts/1".into());
         assert!(rs.judge_exec(13, "/usr/bin/foo", &undone).is_none());
+    }
+
+    #[test]
+    fn the_exec_after_a_dup2_shell_is_the_same_shell_not_a_second() {
+        let mut rs = ReverseShell::default();
+        let t0 = Instant::now();
+        let c = culprit(14, "python3", &[]);
+        assert!(matches!(stdio(&mut rs, &c, 0, sock(), t0), Verdict::Wait));
+        assert!(matches!(
+            stdio(&mut rs, &c, 1, sock(), t0),
+            Verdict::Shell(_)
+        ));
+        // The kernel finds the same socket on stdin and stdout as it execs sh.
+        assert!(matches!(
+            stdio(&mut rs, &c, 0, Stream::Hidden, t0),
+            Verdict::Nothing
+        ));
+        assert!(matches!(
+            stdio(&mut rs, &c, 1, Stream::Hidden, t0),
+            Verdict::Nothing
+        ));
+        // Once it ended, the pid is anyone's.
+        rs.forget(14);
+        assert!(matches!(stdio(&mut rs, &c, 0, sock(), t0), Verdict::Wait));
     }
 
     #[test]

@@ -55,6 +55,37 @@ pub fn listening_pids(proc_root: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// Whether the TCP socket on `pid`'s descriptor `fd` was accepted: its local port is one a
+/// socket of the process's network namespace listens on. `Some(false)` for a socket whose port
+/// nothing listens on (a connection made out), `None` when it cannot be told (gone,
+/// unreadable). The outbound memory can forget a connection (a flood of connects evicts it);
+/// a port nobody listens on cannot be faked without a listener on it.
+pub fn accepted_on_listening_port(proc_root: &Path, pid: u32, fd: u32) -> Option<bool> {
+    let dir = proc_root.join(pid.to_string());
+    let link = fs::read_link(dir.join("fd").join(fd.to_string())).ok()?;
+    let inode: u64 = link
+        .to_str()?
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()?;
+    let tables = ["tcp", "tcp6"].map(|t| fs::read_to_string(dir.join("net").join(t)).ok());
+    let rows = || tables.iter().flatten().flat_map(|t| t.lines().skip(1));
+    let port_of = |row: &str| -> Option<(u16, bool, u64)> {
+        let f: Vec<&str> = row.split_whitespace().collect();
+        let port = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+        Some((port, *f.get(3)? == TCP_LISTEN, f.get(9)?.parse().ok()?))
+    };
+    let (port, _, _) = rows()
+        .filter_map(port_of)
+        .find(|(_, _, ino)| *ino == inode)?;
+    Some(
+        rows()
+            .filter_map(port_of)
+            .any(|(p, listens, _)| p == port && listens),
+    )
+}
+
 /// Whether process `pid` still holds a listening socket. A process that listened once and
 /// closed the socket is no server any more (a script that served for a moment must not make
 /// every later shell it runs a `lineage` alert). Its own network namespace's tables are read
@@ -109,6 +140,26 @@ fn holds_any(fd_dir: &Path, inodes: &HashSet<u64>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_accepted_socket_is_on_a_listening_port_a_connected_one_is_not() {
+        use std::os::fd::AsRawFd;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let (proc_root, me) = (Path::new("/proc"), std::process::id());
+        let fd = |s: &std::net::TcpStream| s.as_raw_fd() as u32;
+        assert_eq!(
+            accepted_on_listening_port(proc_root, me, fd(&server)),
+            Some(true)
+        );
+        assert_eq!(
+            accepted_on_listening_port(proc_root, me, fd(&client)),
+            Some(false)
+        );
+        // Not a socket, or no such descriptor: cannot tell.
+        assert_eq!(accepted_on_listening_port(proc_root, me, 1 << 20), None);
+    }
 
     #[test]
     fn parses_tcp_and_unix_tables() {

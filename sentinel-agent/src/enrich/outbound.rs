@@ -10,7 +10,10 @@
 //! read before the stdio record of the same socket (one ring buffer, in order), and the
 //! source port is not yet chosen when the connect record is taken, so the peer is the key. A
 //! connection the agent never saw (it was lost, or made before the agent started) does not
-//! count as outbound, as before.
+//! count as outbound, as before. The memory can be flooded (16,384 cheap connects push a C2
+//! out), so it is never the only witness: a socket is judged accepted only when it is not
+//! remembered *and* its local port is one something listens on
+//! ([`crate::enrich::listeners::accepted_on_listening_port`]).
 
 use std::{
     collections::{HashMap, VecDeque},

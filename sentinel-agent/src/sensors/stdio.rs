@@ -1,5 +1,6 @@
-//! The `stdio` sensor, userspace side: attaching `stdio_sys_enter_dup2`/`dup3` and decoding
-//! their records — a TCP socket duplicated onto fd 0, 1 or 2, with the socket's peer. Its
+//! The `stdio` sensor, userspace side: attaching `stdio_sys_enter_dup2`/`dup3` and
+//! `stdio_sched_process_exec`, and decoding their records — a TCP socket duplicated onto fd 0,
+//! 1 or 2, or found there at exec, with the socket's peer. Its
 //! records count with the `exec` sensor in `sentinel status` (it watches processes).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -24,21 +25,24 @@ pub struct Stdio {
     /// The socket's descriptor and the standard stream (0, 1, 2) it now also is.
     pub oldfd: u32,
     pub newfd: u32,
+    /// Found at exec (not a `dup2`): the standard streams (bit `1 << fd`) holding the socket.
+    pub exec_fds: u8,
     /// The socket's peer.
     pub peer: IpAddr,
     pub dport: u16,
 }
 
 pub fn attach(ebpf: &mut Ebpf) -> Result<(), SensorError> {
-    for (program_name, event) in [
-        ("stdio_sys_enter_dup2", "sys_enter_dup2"),
-        ("stdio_sys_enter_dup3", "sys_enter_dup3"),
+    for (program_name, category, event) in [
+        ("stdio_sys_enter_dup2", "syscalls", "sys_enter_dup2"),
+        ("stdio_sys_enter_dup3", "syscalls", "sys_enter_dup3"),
+        ("stdio_sched_process_exec", "sched", "sched_process_exec"),
     ] {
         let tp: &mut TracePoint = program(ebpf, SENSOR, program_name)?;
         tp.load()
             .map_err(prog_err(SENSOR, format!("loading {program_name}")))?;
-        tp.attach("syscalls", event)
-            .map_err(prog_err(SENSOR, format!("attaching to syscalls/{event}")))?;
+        tp.attach(category, event)
+            .map_err(prog_err(SENSOR, format!("attaching to {category}/{event}")))?;
     }
     Ok(())
 }
@@ -60,6 +64,7 @@ pub fn decode(bytes: &[u8]) -> Result<Stdio, DecodeError> {
         comm: c_str(&ev.header.comm),
         oldfd: d.oldfd,
         newfd: d.newfd,
+        exec_fds: (d.exec_fds & 0b111) as u8,
         peer,
         dport: d.dport,
     })
@@ -83,7 +88,7 @@ mod tests {
                 newfd: 1,
                 family,
                 dport: 4444,
-                _pad: 0,
+                exec_fds: 0,
                 daddr,
             },
         }
