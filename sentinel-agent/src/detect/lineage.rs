@@ -629,7 +629,7 @@ mod tests {
         // The list is configurable, and allow rules cover tools too.
         let l = lineage(
             "[lineage]\ntools = [\"convert\"]\n\
-             [[lineage.allow]]\nparent = \"node\"\nchild = \"convert\"\nargv = \"thumb\"\n",
+             [[lineage.allow]]\nparent = \"node\"\nchild = \"convert\"\nargv = \"convert thumb.*\"\n",
         );
         let c = culprit(20, "convert", &[(10, "node")]);
         assert!(
