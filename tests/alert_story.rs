@@ -1,8 +1,9 @@
 //! One alert, one story (issue "turn the switch against its owner" §5 and §8), end to end with
 //! real processes: an alert lists every destination it gathered and keeps the first as its
-//! `target_ip` (the one its text names) through every decision it opens; a respawn alert is
-//! about the program that came back, not about every program its parent restarts; an alerted
-//! tree's decision follows every member, an orphan that never execs included.
+//! `target_ip` (the one its text names) through every decision it opens; an alerted tree's
+//! decision follows every member, an orphan that never execs included. (That a respawn alert
+//! is about the program that came back is a unit test of `detect::alerts`; a respawn is a
+//! program the agent killed coming back, end to end in tests/kill.rs.)
 //!
 //! The geo test's culprit is the test process itself (it knocks on the test hosts), so the
 //! tests of this binary run one at a time (`serial`). Every assertion is about this test's own
@@ -104,107 +105,6 @@ fn a_repeated_geo_alert_keeps_its_first_target_and_lists_every_one() {
         a["state"], "pending",
         "the alert follows its current decision: {a}"
     );
-}
-
-/// A bash that runs `python3` (which reaches `DE4` once) and `sleep` as its own children and
-/// restarts each one that ends; prints "ready" once both run.
-const RESTARTER: &str = r#"
-start_py() { python3 -c 'import socket, time
-time.sleep(0.5)
-s = socket.socket(); s.settimeout(1)
-try: s.connect(("DE4", 9510))
-except OSError: pass
-time.sleep(300)' & py=$!; }
-start_sl() { sleep 300 & sl=$!; }
-start_py; start_sl
-echo "ready $py $sl"
-while :; do
-  wait -n
-  kill -0 $py 2>/dev/null || { start_py; echo "py $py"; }
-  kill -0 $sl 2>/dev/null || { start_sl; echo "sl $sl"; }
-done
-"#;
-
-#[test]
-fn a_respawn_alert_is_about_the_program_that_came_back() {
-    if !require_root("a_respawn_alert_is_about_the_program_that_came_back") {
-        return;
-    }
-    let _serial = serial();
-    let _net = TestNet::new("sr");
-    let table = Table::new("respawn");
-    let agent = Agent::start_with("", &config(&table));
-    let mut procs = Procs::default();
-    let child = procs.spawn(
-        Command::new("bash")
-            .args(["-c", &RESTARTER.replace("DE4", DE4)])
-            .stdout(Stdio::piped()),
-    );
-    let bash = child.id();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut next = || lines.next().expect("restarter ended").expect("read");
-    let ready = next();
-    let pids: Vec<u32> = ready
-        .split_whitespace()
-        .skip(1)
-        .map(|p| p.parse().unwrap())
-        .collect();
-    let (py, sl) = (pids[0], pids[1]);
-    // Let the agent see both start before they are killed.
-    std::thread::sleep(Duration::from_secs(1));
-
-    let respawn_of = |agent: &Agent, comm: &str| {
-        agent.wait_for("alert", &format!("respawn of {comm}"), |a| {
-            a["anomaly"] == "respawn"
-                && a["comm"] == comm
-                && a["detail"]
-                    .as_str()
-                    .is_some_and(|d| d.contains(&format!("(pid {bash})")))
-        })
-    };
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(py as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    let new_py: u32 = next().trim_start_matches("py ").parse().unwrap();
-    let py_alert = respawn_of(&agent, "python3");
-    assert_eq!(py_alert["pid"], new_py, "{py_alert}");
-
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(sl as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    let new_sl: u32 = next().trim_start_matches("sl ").parse().unwrap();
-    let sl_alert = respawn_of(&agent, "sleep");
-    assert_ne!(
-        sl_alert["id"], py_alert["id"],
-        "the sleep that came back is its own alert, not a repeat of python3's"
-    );
-    assert_eq!(sl_alert["pid"], new_sl, "{sl_alert}");
-    assert!(
-        sl_alert["detail"].as_str().unwrap().contains("sleep"),
-        "{sl_alert}"
-    );
-
-    // The python3 that came back reaches DE4: its alert gathers it; the sleep's never does.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let a = alert(&agent, py_alert["id"].as_str().unwrap());
-        if strings(&a["targets"]).contains(&DE4.to_string()) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "python3's destination never joined its alert: {a}\n{}",
-            agent.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let s = alert(&agent, sl_alert["id"].as_str().unwrap());
-    assert!(strings(&s["targets"]).is_empty(), "{s}");
-    assert_eq!(strings(&s["targets"]).len(), 0);
 }
 
 #[test]

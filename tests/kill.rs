@@ -335,6 +335,16 @@ fn a_loop_that_restarts_its_killed_burner_is_killed() {
         "the loop {loop_pid} that restarts the burner survived:\n{}",
         agent.log()
     );
+    // The detector agrees: a program the agent killed came back under the loop.
+    let respawn = agent.wait_for("alert", "respawn of the burner", |a| {
+        a["anomaly"] == "respawn" && a["exe"] == burn.to_str().unwrap()
+    });
+    let detail = respawn["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("after the agent killed it")
+            && detail.contains(&format!("its parent bash (pid {loop_pid})")),
+        "{respawn}"
+    );
     let log = agent.log();
     assert!(
         log.contains(&format!("terminated pid={loop_pid} ")) && log.contains("respawned=true"),

@@ -377,7 +377,13 @@ pub struct LineageConfig {
     /// Names of shells, found in `PATH`; with `/etc/shells` they say which executables are
     /// shells, compared by content, whatever a copy is called.
     pub shells: Vec<String>,
-    /// Known-good web server → shell patterns that raise nothing.
+    /// Reconnaissance and tooling programs (by name, as `shells`' names match): one of them
+    /// anywhere below a web server is a `lineage` finding too, whether or not a shell sits
+    /// between (`python3 -c` running `id` through `subprocess`). `cat` counts only when it
+    /// reads an account file (`/etc/passwd`, `/etc/shadow`, `/etc/group`), `chmod` only when
+    /// it makes a file executable (`+x`, or a numeric mode with an execute bit).
+    pub tools: Vec<String>,
+    /// Known-good web server → shell (or tool) patterns that raise nothing.
     pub allow: Vec<LineageAllow>,
 }
 
@@ -421,6 +427,11 @@ impl Default for LineageConfig {
                 "atd",
             ]),
             shells: names(&["sh", "bash", "dash", "zsh", "ash", "ksh", "busybox"]),
+            tools: names(&[
+                "id", "whoami", "uname", "hostname", "cat", "ip", "ifconfig", "ss", "netstat",
+                "ps", "curl", "wget", "nc", "ncat", "netcat", "socat", "gcc", "cc", "c++", "g++",
+                "clang", "tcc", "chmod",
+            ]),
             allow: Vec::new(),
         }
     }
@@ -433,7 +444,7 @@ pub struct LineageAllow {
     /// The web server's name (as in `web_servers` or `interpreters`, or any name with
     /// `any_listener`).
     pub parent: String,
-    /// The shell's name (as in `shells`).
+    /// The shell's name (as in `shells`), or the tool's (as in `tools`).
     pub child: String,
     /// Optional regular expression the shell's arguments (joined by spaces) must match.
     #[serde(default, deserialize_with = "optional_regex")]

@@ -163,10 +163,18 @@ impl Config {
                     ),
                 );
             }
-            if !l.shells.iter().any(|s| name_matches(s, &rule.child)) {
+            if !l
+                .shells
+                .iter()
+                .chain(&l.tools)
+                .any(|s| name_matches(s, &rule.child))
+            {
                 bad(
                     "lineage.allow.child",
-                    format!("{:?} is not one of lineage.shells", rule.child),
+                    format!(
+                        "{:?} is not one of lineage.shells or lineage.tools",
+                        rule.child
+                    ),
                 );
             }
         }

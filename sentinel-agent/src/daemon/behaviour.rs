@@ -36,8 +36,9 @@ pub struct Behaviour {
     pub npm: Npm,
     /// Where the behaviour history is saved (none when the store could not be opened).
     history: Option<History>,
-    /// Executable and origin of each process seen starting, for `respawn` at its exit.
-    origins: FxHashMap<u32, (String, Origin)>,
+    /// Executable, parent pid and origin of each process seen starting, for `respawn` at
+    /// its exit.
+    origins: FxHashMap<u32, (String, u32, Origin)>,
     /// Processes the kill engine signalled, so their exit counts as a kill.
     killed_by_agent: FxHashSet<u32>,
 }
@@ -117,20 +118,22 @@ impl Pipeline {
             std::fs::read_link(root.join(pid.to_string()).join("cwd")).ok()
         });
         if let Some(origin) = origin {
-            b.origins.insert(pid, (exe, origin));
+            let parent = c.ancestry.first().map_or(0, |(p, _)| *p);
+            b.origins.insert(pid, (exe, parent, origin));
         }
         culprit.exe = given;
         out
     }
 
-    /// A process ended: a kill is remembered for `respawn`; an install is scanned.
+    /// A process ended: an agent kill or a death by a signal is remembered for `respawn`; an
+    /// install is scanned.
     pub(super) fn behaviour_exit(&mut self, e: &Exit) {
         let b = &mut self.detect.behaviour;
         b.npm.on_exit(e.tgid);
         let by_agent = b.killed_by_agent.remove(&e.tgid);
-        if let Some((exe, origin)) = b.origins.remove(&e.tgid) {
+        if let Some((exe, parent, origin)) = b.origins.remove(&e.tgid) {
             b.respawn
-                .on_exit(&exe, origin, e.signal, by_agent, Instant::now());
+                .on_exit(&exe, parent, origin, e.signal, by_agent, Instant::now());
         }
         b.miner.forget(e.tgid);
         b.node_abuse.forget(e.tgid);

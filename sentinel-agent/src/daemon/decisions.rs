@@ -96,6 +96,15 @@ impl Pipeline {
         if finding.anomaly == detect::Anomaly::Geo {
             targets.truncate(1);
         }
+        let below_server: Vec<u32> = if finding.anomaly == detect::Anomaly::Lineage {
+            chain
+                .iter()
+                .copied()
+                .take_while(|p| *p != subject)
+                .collect()
+        } else {
+            Vec::new()
+        };
         // A descendant of a tree already alerted for the same anomaly joins its decision.
         let inherited = self
             .group_of(culprit_pid, &finding.culprit.ancestry)
@@ -125,6 +134,11 @@ impl Pipeline {
         };
         if track {
             self.track(&id, culprit_pid);
+            // Below a web server, what stands between it and the culprit is the payload too
+            // (`python3 -c` that connected out and runs `id`): its later destinations join.
+            for pid in below_server {
+                self.track(&id, pid);
+            }
         }
         for target in targets {
             self.offer(&id, target);

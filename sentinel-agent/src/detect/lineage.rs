@@ -1,5 +1,8 @@
 //! `lineage`: a shell anywhere below a web server in the process tree — the classic sign of
-//! remote code execution. Critical, T1059. Evaluated at exec time.
+//! remote code execution — or a reconnaissance or tooling program (`lineage.tools`: `id`,
+//! `uname`, `curl`, `nc`, a compiler, `cat /etc/passwd`, `chmod +x`), with or without a shell
+//! between: a payload in `python3 -c` or `perl -e` needs no shell to run `id` through pipes.
+//! Critical, T1059. Evaluated at exec time.
 //!
 //! Both ends are judged by behaviour, not by name:
 //! - a *web server* is a process that accepts connections: it called `listen(2)` (TCP or a
@@ -47,6 +50,7 @@ pub struct Roles {
     shell_service: bool,
     web_server: bool,
     interpreter: bool,
+    tool: bool,
 }
 
 impl Roles {
@@ -56,6 +60,7 @@ impl Roles {
             | u8::from(self.shell_service) << 1
             | u8::from(self.web_server) << 2
             | u8::from(self.interpreter) << 3
+            | u8::from(self.tool) << 4
     }
 
     pub fn from_bits(bits: u8) -> Self {
@@ -64,6 +69,7 @@ impl Roles {
             shell_service: bits & 2 != 0,
             web_server: bits & 4 != 0,
             interpreter: bits & 8 != 0,
+            tool: bits & 16 != 0,
         }
     }
 }
@@ -85,6 +91,7 @@ impl Names {
         mark(&config.shell_services, |r| r.shell_service = true);
         mark(&config.web_servers, |r| r.web_server = true);
         mark(&config.interpreters, |r| r.interpreter = true);
+        mark(&config.tools, |r| r.tool = true);
         names
     }
 
@@ -100,6 +107,7 @@ impl Names {
                 out.shell_service |= r.shell_service;
                 out.web_server |= r.web_server;
                 out.interpreter |= r.interpreter;
+                out.tool |= r.tool;
             }
             match comm.as_bytes()[..end].last() {
                 Some(c) if c.is_ascii_digit() || *c == b'.' => end -= 1,
@@ -175,8 +183,25 @@ impl Lineage {
         None
     }
 
+    /// Whether `comm` run with `argv` is one of `lineage.tools` at work: any use of most,
+    /// `cat` of an account file, `chmod` making a file executable.
+    fn is_tool(&self, comm: &str, argv: &[String]) -> bool {
+        if !self.names.roles(comm).tool {
+            return false;
+        }
+        let args = argv.iter().skip(1).map(String::as_str);
+        match comm {
+            "cat" => args
+                .into_iter()
+                .any(|a| matches!(a, "/etc/passwd" | "/etc/shadow" | "/etc/group")),
+            "chmod" => args.into_iter().any(makes_executable),
+            _ => true,
+        }
+    }
+
     /// `culprit` just exec'd with `argv` under `ancestors` (parent first): a finding when it
-    /// is a shell (`is_shell`, asked only below a web server) and no allow rule covers it.
+    /// is a shell (`is_shell`, asked only below a web server) or a tool at work, and no allow
+    /// rule covers it.
     pub fn on_exec(
         &self,
         culprit: &Culprit,
@@ -185,9 +210,13 @@ impl Lineage {
         is_shell: impl FnOnce() -> bool,
     ) -> Option<Finding> {
         let server = self.web_server(ancestors)?;
-        if !is_shell() {
+        let what = if is_shell() {
+            "shell"
+        } else if self.is_tool(&culprit.comm, argv) {
+            "reconnaissance or tooling program"
+        } else {
             return None;
-        }
+        };
         let args = argv.join(" ");
         let allowed = self.config.allow.iter().any(|rule| {
             name_matches(&rule.parent, server.comm)
@@ -219,12 +248,27 @@ impl Lineage {
             target: None,
             country: None,
             detail: format!(
-                "shell below a web server: {path} (web server pid {}, {how}): {args}",
+                "{what} below a web server: {path} (web server pid {}, {how}): {args}",
                 server.pid
             ),
             subject: server.pid,
         })
     }
+}
+
+/// Whether a `chmod` argument is a mode that adds an execute bit: symbolic (`+x`, `u+rx`,
+/// `a=rwx`) or numeric (`755`, `0700`).
+fn makes_executable(arg: &str) -> bool {
+    if !arg.is_empty() && arg.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return u32::from_str_radix(arg, 8).is_ok_and(|m| m & 0o111 != 0);
+    }
+    let mode = |c: &str| {
+        !c.is_empty() && c.chars().all(|ch| "ugoa+-=rwxXst".contains(ch)) && !c.starts_with('-')
+    };
+    arg.split(',').all(mode)
+        && arg
+            .split(',')
+            .any(|c| c.contains(['+', '=']) && c.contains('x'))
 }
 
 #[cfg(test)]
@@ -265,6 +309,11 @@ mod tests {
             "npm",
             "pip3",
             "pip3.11",
+            "id",
+            "curl",
+            "ncat",
+            "gcc",
+            "gcc12",
         ];
         for comm in comms {
             let any = |list: &[String]| list.iter().any(|n| name_matches(n, comm));
@@ -273,6 +322,7 @@ mod tests {
                 shell_service: any(&config.shell_services),
                 web_server: any(&config.web_servers),
                 interpreter: any(&config.interpreters),
+                tool: any(&config.tools),
             };
             assert_eq!(names.roles(comm), want, "{comm:?}");
             assert_eq!(Roles::from_bits(want.to_bits()), want, "{comm:?}");
@@ -520,5 +570,77 @@ mod tests {
             l.on_exec(&c, &[], &up(&[(1, "nginx", false, false)]), shell)
                 .is_none()
         );
+    }
+
+    #[test]
+    fn tools_below_a_web_server_with_or_without_a_shell() {
+        let l = lineage("");
+        let never = || false;
+        // node → python3 -c (the payload) → id, through subprocess: no shell anywhere.
+        let a = up(&[
+            (11, "python3", false, false),
+            (10, "node", true, false),
+            (1, "systemd", false, false),
+        ]);
+        for cmd in [
+            "id",
+            "whoami",
+            "uname -a",
+            "curl -s http://x",
+            "ncat 198.51.100.4 4444",
+            "gcc -o /tmp/x x.c",
+            "cat /etc/passwd",
+            "chmod +x /tmp/x",
+            "chmod 755 /tmp/x",
+            "chmod u+rwx,go-w /tmp/x",
+        ] {
+            let comm = cmd.split(' ').next().unwrap();
+            let c = culprit(20, comm, &[(11, "python3"), (10, "node")]);
+            let f = l
+                .on_exec(&c, &argv(cmd), &a, never)
+                .unwrap_or_else(|| panic!("{cmd}"));
+            assert_eq!((f.anomaly, f.subject), (Anomaly::Lineage, 10), "{cmd}");
+            assert!(
+                f.detail
+                    .starts_with("reconnaissance or tooling program below a web server"),
+                "{}",
+                f.detail
+            );
+            assert!(f.detail.contains("node → python3 → "), "{}", f.detail);
+        }
+        // Helpers a web app runs, and harmless uses of cat and chmod: nothing.
+        for cmd in [
+            "git pull",
+            "convert a.png b.jpg",
+            "php-fpm -t",
+            "cat /srv/app/config.json",
+            "chmod 644 /srv/app/upload.png",
+            "chmod -R go-w /srv/app",
+            "chmod +r x+y.png",
+        ] {
+            let comm = cmd.split(' ').next().unwrap();
+            let c = culprit(20, comm, &[(10, "node")]);
+            assert!(l.on_exec(&c, &argv(cmd), &a[1..], never).is_none(), "{cmd}");
+        }
+        // Not below a web server: an admin's `id`.
+        let c = culprit(20, "id", &[(10, "bash")]);
+        let admin = up(&[(10, "bash", false, false), (1, "systemd", false, false)]);
+        assert!(l.on_exec(&c, &argv("id"), &admin, never).is_none());
+        // The list is configurable, and allow rules cover tools too.
+        let l = lineage(
+            "[lineage]\ntools = [\"convert\"]\n\
+             [[lineage.allow]]\nparent = \"node\"\nchild = \"convert\"\nargv = \"convert thumb.*\"\n",
+        );
+        let c = culprit(20, "convert", &[(10, "node")]);
+        assert!(
+            l.on_exec(&c, &argv("convert a.png b.jpg"), &a[1..], never)
+                .is_some()
+        );
+        assert!(
+            l.on_exec(&c, &argv("convert thumb.png"), &a[1..], never)
+                .is_none()
+        );
+        let c = culprit(20, "id", &[(10, "node")]);
+        assert!(l.on_exec(&c, &argv("id"), &a[1..], never).is_none());
     }
 }

@@ -1,9 +1,23 @@
-//! `respawn`: persistence by restarting. A program killed — by the agent, or by anyone: an
-//! exit by SIGKILL or SIGTERM — that comes back within `respawn.window` from the same origin
-//! (the same executable under the same parent, or from the same cron daemon or systemd
-//! unit); or a program started more than `respawn.max_spawns` times in a minute by the same
-//! parent. The alert names the origin that restarts it. T1053 when cron restarts it, T1543
-//! otherwise.
+//! `respawn`: persistence by restarting. A program the agent killed that comes back within
+//! `respawn.window` from the same origin (the same executable under the same parent, or from
+//! the same cron daemon or systemd unit); or a program restarted after dying by a signal more
+//! than `respawn.max_spawns` times in a minute by the same parent. The alert names the origin
+//! that restarts it. T1053 when cron restarts it, T1543 otherwise.
+//!
+//! What is not a respawn, and why:
+//! - A program someone else stopped (`systemctl restart` sends SIGTERM, an admin's `kill`, a
+//!   container's restart policy, a supervisor) and its manager started again: restarting is
+//!   what managers are for, and the agent cannot tell the admin's stop from an attacker's. A
+//!   program the agent killed coming back is unambiguous: something fights the response.
+//! - A loop's work: `while :; do work; sleep 1; done` starts `sleep` (and `work`) for ever,
+//!   and `make -j`, `xargs -P` and CGI servers start the same program many times a minute.
+//!   Each of those ends on its own (any exit status), so only starts that follow a death by a
+//!   signal count (SIGPIPE aside: it is how a pipeline's writer ends): a crash or kill loop.
+//!
+//! An attacker's loop restarting a miner the agent never killed is not a respawn either: the
+//! miner is judged by what it does (`miner` on CPU use, a stratum port or a pool; a shell under
+//! a web server by `lineage`; its destinations by `geo`); once the agent kills it
+//! (`enforce.kill`), its comeback is a respawn and the kill engine escalates to the loop.
 
 use std::{
     collections::VecDeque,
@@ -27,8 +41,8 @@ pub fn is_comeback(f: &Finding) -> bool {
 }
 
 const COMEBACK: &str = " came back ";
-const SIGTERM: u8 = 15;
-const SIGKILL: u8 = 9;
+/// The writer of a pipeline whose reader is done ends by SIGPIPE: not a crash.
+const SIGPIPE: u8 = 13;
 const MINUTE: Duration = Duration::from_secs(60);
 /// Killed programs remembered at most.
 const MAX_KILLED: usize = 4096;
@@ -37,10 +51,11 @@ const MAX_KILLED: usize = 4096;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RespawnConfig {
-    /// A killed program back within this long is a respawn.
+    /// A program the agent killed back within this long is a respawn.
     #[serde(deserialize_with = "crate::config::duration")]
     pub window: Duration,
-    /// More starts of one program by one parent within a minute raise `respawn` too.
+    /// More restarts of one program by one parent within a minute, each after the program
+    /// died by a signal, raise `respawn` too. Starts after a normal exit never count.
     pub max_spawns: u32,
 }
 
@@ -137,21 +152,24 @@ pub fn unit_from_cgroup(text: &str) -> Option<String> {
         .map(String::from)
 }
 
-#[derive(Debug, Clone)]
-struct Killed {
-    at: Instant,
-    signal: u8,
-    by_agent: bool,
+/// Restarts of one program by one parent.
+#[derive(Debug, Default)]
+struct Starts {
+    /// When it was restarted after dying by a signal, within the last minute.
+    after_death: VecDeque<Instant>,
+    /// When an instance last died by a signal, until the next start.
+    died: Option<Instant>,
 }
 
 pub struct Respawn {
     config: RespawnConfig,
-    /// (exe, origin) of killed programs. Keys are paths a process may choose: a hash with a
-    /// per-map random seed (foldhash), several times cheaper than SipHash per exec.
-    killed: HashMap<(String, Origin), Killed>,
-    /// Start times of each program by each parent pid within the last minute (parent first:
-    /// a program started again looks its entry up without allocating a key).
-    starts: HashMap<u32, HashMap<String, VecDeque<Instant>>>,
+    /// (exe, origin) of programs the agent killed, and when. Keys are paths a process may
+    /// choose: a hash with a per-map random seed (foldhash), several times cheaper than
+    /// SipHash per exec.
+    killed: HashMap<(String, Origin), Instant>,
+    /// Each program by each parent pid that died by a signal lately (parent first: a start
+    /// looks its entry up without allocating a key; entries are made only at such deaths).
+    starts: HashMap<u32, HashMap<String, Starts>>,
 }
 
 impl Respawn {
@@ -163,31 +181,47 @@ impl Respawn {
         }
     }
 
-    /// A process of `exe` from `origin` ended with `signal` (0: not by a signal); `by_agent`
-    /// when the agent's kill engine terminated it. Remembered when it was killed.
-    pub fn on_exit(&mut self, exe: &str, origin: Origin, signal: u8, by_agent: bool, now: Instant) {
-        if !(by_agent || signal == SIGKILL || signal == SIGTERM) {
+    /// A process of `exe` under `parent` (pid), from `origin`, ended with `signal` (0: not by
+    /// a signal); `by_agent` when the agent's kill engine terminated it. A death by a signal
+    /// is remembered for the parent's next start of it; an agent kill for its comeback.
+    pub fn on_exit(
+        &mut self,
+        exe: &str,
+        parent: u32,
+        origin: Origin,
+        signal: u8,
+        by_agent: bool,
+        now: Instant,
+    ) {
+        if signal != 0 && signal != SIGPIPE {
+            let by_parent = self.starts.entry(parent).or_default();
+            match by_parent.get_mut(exe) {
+                Some(s) => s.died = Some(now),
+                None => {
+                    let died = Some(now);
+                    let s = Starts {
+                        died,
+                        ..Starts::default()
+                    };
+                    by_parent.insert(exe.to_string(), s);
+                }
+            }
+        }
+        if !by_agent {
             return;
         }
         if self.killed.len() >= MAX_KILLED {
             let window = self.config.window;
-            self.killed.retain(|_, k| now.duration_since(k.at) < window);
+            self.killed.retain(|_, at| now.duration_since(*at) < window);
             if self.killed.len() >= MAX_KILLED {
                 return;
             }
         }
-        self.killed.insert(
-            (exe.to_string(), origin),
-            Killed {
-                at: now,
-                signal,
-                by_agent,
-            },
-        );
+        self.killed.insert((exe.to_string(), origin), now);
     }
 
-    /// `culprit` (running `exe`, from `origin`) just started: a finding when it is a killed
-    /// program back from the same origin, or a start too many.
+    /// `culprit` (running `exe`, from `origin`) just started: a finding when it is a program
+    /// the agent killed back from the same origin, or a restart after a death too many.
     pub fn on_exec(
         &mut self,
         culprit: &Culprit,
@@ -200,22 +234,17 @@ impl Respawn {
             .as_ref()
             .filter(|_| !self.killed.is_empty())
             .and_then(|o| {
-                let k = self.killed.remove(&(exe.to_string(), o.clone()))?;
-                (now.duration_since(k.at) < self.config.window).then_some((o, k))
+                let at = self.killed.remove(&(exe.to_string(), o.clone()))?;
+                (now.duration_since(at) < self.config.window).then_some((o, at))
             });
-        if let Some((origin, k)) = back {
-            let how = if k.by_agent {
-                AFTER_AGENT_KILL.to_string()
-            } else {
-                format!("after it was killed by signal {}", k.signal)
-            };
+        if let Some((origin, at)) = back {
             let cron = matches!(origin, Origin::Cron { .. });
             return Some(self.finding(
                 culprit,
                 Anomaly::Respawn { cron },
                 format!(
-                    "{exe}{COMEBACK}{:.1}s {how}, restarted by {}",
-                    now.duration_since(k.at).as_secs_f64(),
+                    "{exe}{COMEBACK}{:.1}s {AFTER_AGENT_KILL}, restarted by {}",
+                    now.duration_since(at).as_secs_f64(),
                     origin.describe()
                 ),
             ));
@@ -231,23 +260,21 @@ impl Respawn {
         now: Instant,
     ) -> Option<Finding> {
         let parent = culprit.ancestry.first().map_or(0, |(p, _)| *p);
-        let by_parent = self.starts.entry(parent).or_default();
-        let n = match by_parent.get_mut(exe) {
-            Some(starts) => {
-                while starts
-                    .front()
-                    .is_some_and(|t| now.duration_since(*t) >= MINUTE)
-                {
-                    starts.pop_front();
-                }
-                starts.push_back(now);
-                starts.len()
-            }
-            None => {
-                by_parent.insert(exe.to_string(), VecDeque::from([now]));
-                1
-            }
-        };
+        // Nearly every start: its parent saw nothing of it die by a signal lately.
+        let starts = self.starts.get_mut(&parent)?.get_mut(exe)?;
+        let died = starts.died.take()?;
+        if now.duration_since(died) >= MINUTE {
+            return None;
+        }
+        let times = &mut starts.after_death;
+        while times
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= MINUTE)
+        {
+            times.pop_front();
+        }
+        times.push_back(now);
+        let n = times.len();
         // Raise once when the limit is crossed, not on every start after it.
         if n as u64 != u64::from(self.config.max_spawns) + 1 {
             return None;
@@ -258,7 +285,8 @@ impl Respawn {
             culprit,
             Anomaly::Respawn { cron },
             format!(
-                "{exe} started {n} times within a minute by {by} (respawn.max_spawns = {})",
+                "{exe} restarted {n} times within a minute after dying by a signal, by {by} \
+                 (respawn.max_spawns = {})",
                 self.config.max_spawns
             ),
         ))
@@ -278,9 +306,12 @@ impl Respawn {
     /// Drop what is older than the window (call now and then).
     pub fn expire(&mut self, now: Instant) {
         let window = self.config.window;
-        self.killed.retain(|_, k| now.duration_since(k.at) < window);
+        self.killed.retain(|_, at| now.duration_since(*at) < window);
+        let recent = |t: &Instant| now.duration_since(*t) < MINUTE;
         for by_parent in self.starts.values_mut() {
-            by_parent.retain(|_, s| s.back().is_some_and(|t| now.duration_since(*t) < MINUTE));
+            by_parent.retain(|_, s| {
+                s.died.as_ref().is_some_and(recent) || s.after_death.back().is_some_and(recent)
+            });
         }
         self.starts.retain(|_, by_parent| !by_parent.is_empty());
     }
@@ -302,8 +333,14 @@ mod tests {
         Origin::of(c, || None)
     }
 
+    /// `c`, running `exe`, ended with `signal` (`by_agent`: the agent killed it).
+    fn exit(r: &mut Respawn, c: &Culprit, exe: &str, signal: u8, by_agent: bool, at: Instant) {
+        let origin = parent(c).unwrap();
+        r.on_exit(exe, c.ancestry[0].0, origin, signal, by_agent, at);
+    }
+
     #[test]
-    fn a_killed_program_back_under_the_same_parent_is_a_respawn() {
+    fn a_program_the_agent_killed_back_under_the_same_parent_is_a_respawn() {
         let mut r = respawn(100);
         let t0 = Instant::now();
         let first = culprit(20, "payload", &[(10, "bash"), (1, "systemd")]);
@@ -311,7 +348,7 @@ mod tests {
             r.on_exec(&first, "/usr/bin/payload", parent(&first), t0)
                 .is_none()
         );
-        r.on_exit("/usr/bin/payload", parent(&first).unwrap(), 9, false, t0);
+        exit(&mut r, &first, "/usr/bin/payload", 15, true, t0);
         let again = culprit(21, "payload", &[(10, "bash"), (1, "systemd")]);
         let f = r
             .on_exec(
@@ -323,14 +360,33 @@ mod tests {
             .unwrap();
         assert_eq!(f.anomaly, Anomaly::Respawn { cron: false });
         assert_eq!(f.anomaly.mitre().technique, "T1543");
-        assert!(f.detail.contains("killed by signal 9"), "{}", f.detail);
+        assert!(is_comeback(&f));
+        assert!(f.detail.contains(AFTER_AGENT_KILL), "{}", f.detail);
         assert!(
             f.detail.contains("its parent bash (pid 10)"),
             "{}",
             f.detail
         );
-        assert!(!f.detail.contains(AFTER_AGENT_KILL));
         assert_eq!(f.subject, 10);
+    }
+
+    #[test]
+    fn a_program_someone_else_stopped_and_its_manager_restarted_is_no_respawn() {
+        let mut r = respawn(100);
+        let t0 = Instant::now();
+        // `systemctl restart nginx`: SIGTERM by systemd, the unit starts it again.
+        let s = culprit(50, "nginx", &[(1, "systemd")]);
+        let unit = || Some("nginx.service".to_string());
+        let origin = Origin::of(&s, unit).unwrap();
+        r.on_exit("/usr/sbin/nginx", 1, origin, 15, false, t0);
+        assert!(
+            r.on_exec(&s, "/usr/sbin/nginx", Origin::of(&s, unit), t0)
+                .is_none()
+        );
+        // An admin's `kill -9` of a supervised worker, restarted by its supervisor.
+        let w = culprit(60, "worker", &[(59, "supervisord")]);
+        exit(&mut r, &w, "/opt/app/worker", 9, false, t0);
+        assert!(r.on_exec(&w, "/opt/app/worker", parent(&w), t0).is_none());
     }
 
     #[test]
@@ -340,7 +396,7 @@ mod tests {
         let c = culprit(30, "miner", &[(29, "sh"), (28, "cron"), (1, "systemd")]);
         let origin = Origin::of(&c, || None).unwrap();
         assert!(matches!(origin, Origin::Cron { pid: 28, .. }));
-        r.on_exit("/tmp/miner", origin.clone(), 0, true, t0);
+        r.on_exit("/tmp/miner", 29, origin.clone(), 9, true, t0);
         // Another sh under the same cron daemon: same origin.
         let c2 = culprit(40, "miner", &[(39, "sh"), (28, "cron"), (1, "systemd")]);
         let f = r
@@ -353,7 +409,7 @@ mod tests {
 
         let s = culprit(50, "agent", &[(1, "systemd")]);
         let unit = || Some("evil.service".to_string());
-        r.on_exit("/opt/agent", Origin::of(&s, unit).unwrap(), 15, false, t0);
+        r.on_exit("/opt/agent", 1, Origin::of(&s, unit).unwrap(), 15, true, t0);
         let f = r
             .on_exec(&s, "/opt/agent", Origin::of(&s, unit), t0)
             .unwrap();
@@ -371,16 +427,11 @@ mod tests {
     }
 
     #[test]
-    fn normal_exits_other_parents_and_old_kills_raise_nothing() {
+    fn other_parents_and_old_kills_raise_nothing() {
         let mut r = respawn(100);
         let t0 = Instant::now();
         let c = culprit(20, "job", &[(10, "bash")]);
-        r.on_exit("/usr/bin/job", parent(&c).unwrap(), 0, false, t0);
-        assert!(r.on_exec(&c, "/usr/bin/job", parent(&c), t0).is_none());
-        // SIGINT (Ctrl-C) is not a kill.
-        r.on_exit("/usr/bin/job", parent(&c).unwrap(), 2, false, t0);
-        assert!(r.on_exec(&c, "/usr/bin/job", parent(&c), t0).is_none());
-        r.on_exit("/usr/bin/job", parent(&c).unwrap(), 9, false, t0);
+        exit(&mut r, &c, "/usr/bin/job", 9, true, t0);
         let elsewhere = culprit(21, "job", &[(11, "bash")]);
         assert!(
             r.on_exec(&elsewhere, "/usr/bin/job", parent(&elsewhere), t0)
@@ -393,28 +444,58 @@ mod tests {
         );
     }
 
-    #[test]
-    fn too_many_starts_in_a_minute_raise_once() {
-        let mut r = respawn(5);
+    /// `c` started `n` times, 100 ms apart, each instance ending with `signal`.
+    fn flap(r: &mut Respawn, c: &Culprit, exe: &str, signal: u8, n: u64) -> Vec<Finding> {
         let t0 = Instant::now();
-        let c = culprit(20, "flap", &[(10, "bash")]);
         let mut found = Vec::new();
-        for i in 0..20 {
+        for i in 0..n {
             let at = t0 + Duration::from_millis(100 * i);
-            found.extend(r.on_exec(&c, "/usr/bin/flap", parent(&c), at));
+            found.extend(r.on_exec(c, exe, parent(c), at));
+            exit(r, c, exe, signal, false, at + Duration::from_millis(50));
         }
+        found
+    }
+
+    #[test]
+    fn too_many_restarts_after_deaths_in_a_minute_raise_once() {
+        let mut r = respawn(5);
+        let c = culprit(20, "flap", &[(10, "bash")]);
+        let found = flap(&mut r, &c, "/usr/bin/flap", 9, 20);
         assert_eq!(found.len(), 1, "{found:?}");
+        assert!(!is_comeback(&found[0]));
         assert!(
-            found[0].detail.contains("started 6 times within a minute"),
+            found[0]
+                .detail
+                .contains("restarted 6 times within a minute after dying by a signal"),
             "{}",
             found[0].detail
         );
+        // A crash loop (SIGSEGV) counts too.
+        let mut r = respawn(5);
+        assert_eq!(flap(&mut r, &c, "/usr/bin/flap", 11, 20).len(), 1);
         // Spread over more than a minute: nothing.
         let mut r = respawn(5);
+        let t0 = Instant::now();
         for i in 0..20 {
             let at = t0 + Duration::from_secs(15 * i);
             assert!(r.on_exec(&c, "/usr/bin/flap", parent(&c), at).is_none());
+            exit(&mut r, &c, "/usr/bin/flap", 9, false, at);
         }
+    }
+
+    #[test]
+    fn a_loop_whose_work_ends_on_its_own_is_no_spawn_abuse() {
+        // `while :; do work; sleep 0.5; done`: 120 sleeps a minute, each ending normally;
+        // `work` failing every time (exit status 1, no signal) is no different.
+        let mut r = respawn(5);
+        let c = culprit(20, "sleep", &[(10, "bash")]);
+        assert!(flap(&mut r, &c, "/usr/bin/sleep", 0, 120).is_empty());
+        // `yes | head -1` in a loop: the writer ends by SIGPIPE.
+        let y = culprit(21, "yes", &[(10, "bash")]);
+        assert!(flap(&mut r, &y, "/usr/bin/yes", 13, 120).is_empty());
+        // Normal ends keep no state.
+        r.expire(Instant::now() + MINUTE);
+        assert!(r.starts.is_empty());
     }
 
     #[test]
