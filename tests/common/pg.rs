@@ -1,8 +1,9 @@
 //! A real PostgreSQL server for one test, from Debian's `postgresql` package: `initdb` and
 //! `pg_ctl` in a temp dir, on its own loopback port and unix socket directory, run as the
 //! package's `postgres` user (the server refuses root), password authentication (SCRAM) for
-//! the `sentinel` role. Never the machine's own instance. Stopped and removed on drop, even
-//! when the test fails.
+//! the `sentinel` role (the server's superuser: the operator's admin DSN). Never the machine's
+//! own instance. Stopped and removed on drop, even when the test fails. [`Operator`] runs
+//! `sentinel fleet` as the operator: `init`, `add-host`, and the fleet view.
 
 use std::{
     os::unix::{fs::PermissionsExt, process::CommandExt},
@@ -194,22 +195,50 @@ impl Postgres {
         assert!(out.status.success(), "pg_ctl stop: {}", text(&out));
     }
 
-    /// The URL agents and the CLI use (the password comes from a file or the environment).
+    /// The admin URL (the password comes from a file or the environment).
     pub fn url(&self) -> String {
-        format!("postgresql://{USER}@127.0.0.1:{}/postgres", self.port)
+        self.url_as(USER)
     }
 
-    /// A `[fleet]` section for an agent whose password file is `password_file`.
-    pub fn fleet_section(&self, password_file: &Path, extra: &str) -> String {
+    /// The URL of `role`, over TCP on loopback.
+    pub fn url_as(&self, role: &str) -> String {
+        format!("postgresql://{role}@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// A `[fleet]` section for the agent of host `role` whose password file is
+    /// `password_file`.
+    pub fn fleet_section(&self, role: &str, password_file: &Path, extra: &str) -> String {
         format!(
             "[fleet]\npostgres_url = \"{}\"\npostgres_password_file = \"{}\"\ninterval = \"500ms\"\nheartbeat = \"2s\"\n{extra}\n",
-            self.url(),
+            self.url_as(role),
             password_file.display()
         )
     }
 
-    /// Run SQL with psql over the unix socket; the rows, `|`-separated.
-    pub fn sql(&self, query: &str) -> Vec<String> {
+    /// The operator running `sentinel` binary `bin`, with the admin DSN; the store is not set
+    /// up yet.
+    pub fn operator(&self, bin: &Path) -> Operator {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("admin.password");
+        write_private(&pw, &format!("{PASSWORD}\n"));
+        let config = dir.path().join("operator.toml");
+        write_private(
+            &config,
+            &format!(
+                "[fleet]\npostgres_url = \"{}\"\npostgres_password_file = \"{}\"\n",
+                self.url(),
+                pw.display()
+            ),
+        );
+        Operator {
+            dir,
+            config,
+            bin: bin.to_path_buf(),
+        }
+    }
+
+    /// Run SQL with psql over the unix socket as `role`: the rows, or psql's error.
+    pub fn sql_as(&self, role: &str, password: &str, query: &str) -> Result<Vec<String>, String> {
         let out = Command::new(self.bin.join("psql"))
             .args([
                 "-h",
@@ -217,7 +246,7 @@ impl Postgres {
                 "-p",
                 &self.port.to_string(),
                 "-U",
-                USER,
+                role,
                 "-d",
                 "postgres",
                 "-At",
@@ -226,14 +255,76 @@ impl Postgres {
                 "-c",
                 query,
             ])
-            .env("PGPASSWORD", PASSWORD)
+            .env("PGPASSWORD", password)
             .output()
             .unwrap();
-        assert!(out.status.success(), "psql {query}: {}", text(&out));
-        String::from_utf8_lossy(&out.stdout)
+        if !out.status.success() {
+            return Err(text(&out));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(str::to_string)
-            .collect()
+            .collect())
+    }
+
+    /// Run SQL with psql over the unix socket as the admin; the rows, `|`-separated.
+    pub fn sql(&self, query: &str) -> Vec<String> {
+        self.sql_as(USER, PASSWORD, query)
+            .unwrap_or_else(|e| panic!("psql {query}: {e}"))
+    }
+}
+
+/// The operator's `sentinel fleet`, on a config of its own with the admin DSN.
+pub struct Operator {
+    dir: tempfile::TempDir,
+    pub config: PathBuf,
+    bin: PathBuf,
+}
+
+impl Operator {
+    /// `sentinel fleet ARGS --config <operator's>`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(&self.bin)
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .unwrap()
+    }
+
+    /// `sentinel fleet init`, which must succeed.
+    pub fn init(&self) -> &Self {
+        let out = self.cli(&["fleet", "init"]);
+        assert!(out.status.success(), "fleet init: {}", text(&out));
+        self
+    }
+
+    /// `sentinel fleet add-host NAME --password-file …`: the file (mode 0600) and the password.
+    pub fn add_host(&self, name: &str) -> (PathBuf, String) {
+        self.add("add-host", name)
+    }
+
+    /// `sentinel fleet add-operator NAME --password-file …`.
+    pub fn add_operator(&self, name: &str) -> (PathBuf, String) {
+        self.add("add-operator", name)
+    }
+
+    fn add(&self, command: &str, name: &str) -> (PathBuf, String) {
+        let file = self.dir.path().join(format!("{name}.password"));
+        let out = self.cli(&[
+            "fleet",
+            command,
+            name,
+            "--password-file",
+            file.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "fleet {command} {name}: {}",
+            text(&out)
+        );
+        let password = std::fs::read_to_string(&file).unwrap().trim().to_string();
+        (file, password)
     }
 }
 
@@ -251,6 +342,19 @@ impl Drop for Postgres {
             ],
         );
     }
+}
+
+/// A new file only root can read (0600), as the installer makes secret files (this module is
+/// also used by xtask, without the rest of the test harness).
+fn write_private(path: &Path, text: &str) {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap();
+    file.write_all(text.as_bytes()).unwrap();
 }
 
 fn text(out: &Output) -> String {
