@@ -331,3 +331,82 @@ fn a_single_role_store_is_upgraded_in_place() {
         "a delete after the upgrade",
     );
 }
+
+/// A global IPv4 address of this machine that is not one of the test networks' (`snt*`).
+fn non_loopback_address() -> Option<std::net::IpAddr> {
+    let out = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let dev = f.nth(1)?;
+        let addr = f.nth(1)?.split('/').next()?;
+        (!dev.starts_with("snt")).then(|| addr.parse().ok())?
+    })
+}
+
+#[test]
+fn a_store_across_the_network_takes_only_verified_tls() {
+    if !require_root("a_store_across_the_network_takes_only_verified_tls") {
+        return;
+    }
+    let Some(addr) = non_loopback_address() else {
+        panic!("this test needs a global IPv4 address on this machine (none found)");
+    };
+    let _serial = serial();
+    let pg = Postgres::start_tls(addr);
+    let op = pg.operator(std::path::Path::new(common::BIN));
+    op.init();
+    let (pw, _) = op.add_host(A);
+    let dir = tempfile::tempdir().unwrap();
+    let wrong_ca = common::pg::make_ca(dir.path(), "other");
+    let mut n = 0;
+    // `sentinel fleet hosts` as host A with this [fleet] section: its stderr on failure.
+    let mut try_with = |query: &str, extra: &str| -> Result<(), String> {
+        n += 1;
+        let config = dir.path().join(format!("a{n}.toml"));
+        write_private(
+            &config,
+            &format!(
+                "[fleet]\npostgres_url = \"postgresql://{A}@{addr}:{}/postgres{query}\"\n\
+                 postgres_password_file = \"{}\"\n{extra}\n",
+                pg.port,
+                pw.display()
+            ),
+        );
+        let out = std::process::Command::new(common::BIN)
+            .args(["fleet", "hosts", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(err)
+        }
+    };
+    let ca = format!("ca_file = \"{}\"", pg.ca_file().display());
+    // The server takes only TLS on this address: each success below is a verified TLS session.
+    try_with("", &ca).expect("TLS by default, verified against fleet.ca_file");
+    try_with("?sslmode=verify-full", &ca).expect("sslmode=verify-full");
+    // Plaintext is refused before anything is sent, and the message says what to do.
+    for mode in ["disable", "prefer", "allow"] {
+        let err = try_with(&format!("?sslmode={mode}"), &ca).unwrap_err();
+        assert!(
+            err.contains(&format!("sslmode={mode}"))
+                && err.contains("plaintext")
+                && err.contains("fleet.insecure = true"),
+            "{err}"
+        );
+    }
+    // On purpose, it is tried in plaintext (which this server refuses).
+    let err = try_with("?sslmode=disable", &format!("{ca}\ninsecure = true")).unwrap_err();
+    assert!(err.contains("no encryption"), "{err}");
+    // A certificate from another CA, or checked against the system's roots, is not the store.
+    let err = try_with("", &format!("ca_file = \"{}\"", wrong_ca.display())).unwrap_err();
+    assert!(err.contains("certificate"), "{err}");
+    let err = try_with("", "").unwrap_err();
+    assert!(err.contains("certificate"), "{err}");
+}

@@ -22,6 +22,8 @@ pub struct Postgres {
     gid: u32,
     /// Flush to disk on commit, as a production server does (tests turn it off for speed).
     fsync: bool,
+    /// With TLS: the non-loopback address it also listens on (TLS only there).
+    tls: Option<std::net::IpAddr>,
 }
 
 /// The newest `/usr/lib/postgresql/<version>/bin` that has `initdb`.
@@ -53,15 +55,22 @@ fn free_port() -> u16 {
 impl Postgres {
     /// initdb and start a server without fsync (fast; for tests).
     pub fn start() -> Postgres {
-        Self::start_with(false)
+        Self::start_with(false, None)
+    }
+
+    /// initdb and start a server that also listens on `addr`, a non-loopback address of this
+    /// machine, where it takes only TLS connections (`hostssl`), with a certificate for `addr`
+    /// and 127.0.0.1 signed by a CA made here ([`Postgres::ca_file`]).
+    pub fn start_tls(addr: std::net::IpAddr) -> Postgres {
+        Self::start_with(false, Some(addr))
     }
 
     /// initdb and start a server that flushes every commit (for measurements).
     pub fn start_durable() -> Postgres {
-        Self::start_with(true)
+        Self::start_with(true, None)
     }
 
-    fn start_with(fsync: bool) -> Postgres {
+    fn start_with(fsync: bool, tls: Option<std::net::IpAddr>) -> Postgres {
         let user = nix::unistd::User::from_name("postgres")
             .unwrap()
             .expect("the postgres system user (created by the postgresql package)");
@@ -78,11 +87,15 @@ impl Postgres {
             uid: user.uid.as_raw(),
             gid: user.gid.as_raw(),
             fsync,
+            tls,
         };
         let pwfile = pg.dir.path().join("pwfile");
         std::fs::write(&pwfile, PASSWORD).unwrap();
         nix::unistd::chown(&pwfile, Some(user.uid), Some(user.gid)).unwrap();
         pg.initdb(&pwfile);
+        if let Some(addr) = tls {
+            pg.make_certs(addr, user.uid, user.gid);
+        }
         pg.start_server();
         pg
     }
@@ -128,6 +141,50 @@ impl Postgres {
         )
     }
 
+    /// The test CA's certificate (PEM), with [`Postgres::start_tls`].
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    /// A CA, and a server certificate it signs for `addr`, 127.0.0.1 and localhost; only TLS
+    /// connections from other addresses than loopback.
+    fn make_certs(&self, addr: std::net::IpAddr, uid: nix::unistd::Uid, gid: nix::unistd::Gid) {
+        let dir = self.dir.path();
+        make_ca(dir, "ca");
+        std::fs::write(
+            dir.join("ext.cnf"),
+            format!(
+                "subjectAltName=IP:127.0.0.1,IP:{addr},DNS:localhost\nbasicConstraints=CA:FALSE\n\
+                 keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
+            ),
+        )
+        .unwrap();
+        openssl(
+            dir,
+            "req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout server.key \
+             -out server.csr -subj /CN=sentinel-test-store",
+        );
+        openssl(
+            dir,
+            "x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt \
+             -days 2 -extfile ext.cnf",
+        );
+        for f in ["server.crt", "server.key"] {
+            nix::unistd::chown(&dir.join(f), Some(uid), Some(gid)).unwrap();
+        }
+        std::fs::set_permissions(
+            dir.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        let hba = self.data().join("pg_hba.conf");
+        let mut text = std::fs::read_to_string(&hba).unwrap();
+        text.push_str(
+            "hostssl all all 0.0.0.0/0 scram-sha-256\nhostssl all all ::/0 scram-sha-256\n",
+        );
+        std::fs::write(&hba, text).unwrap();
+    }
+
     fn data(&self) -> PathBuf {
         self.dir.path().join("data")
     }
@@ -149,12 +206,20 @@ impl Postgres {
 
     /// (Re)start the server on the same port and data.
     pub fn start_server(&self) {
-        let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync={} -c max_connections=40",
+        let mut opts = format!(
+            "-p {} -k {} -c fsync={} -c max_connections=40",
             self.port,
             self.dir.path().display(),
             if self.fsync { "on" } else { "off" }
         );
+        match self.tls {
+            None => opts.push_str(" -c listen_addresses=127.0.0.1"),
+            Some(addr) => opts.push_str(&format!(
+                " -c listen_addresses=127.0.0.1,{addr} -c ssl=on -c ssl_cert_file={0}/server.crt \
+                 -c ssl_key_file={0}/server.key",
+                self.dir.path().display()
+            )),
+        }
         let log = self.dir.path().join("server.log");
         let out = self.run(
             "pg_ctl",
@@ -222,10 +287,15 @@ impl Postgres {
         let pw = dir.path().join("admin.password");
         write_private(&pw, &format!("{PASSWORD}\n"));
         let config = dir.path().join("operator.toml");
+        let ca = if self.tls.is_some() {
+            format!("ca_file = \"{}\"\n", self.ca_file().display())
+        } else {
+            String::new()
+        };
         write_private(
             &config,
             &format!(
-                "[fleet]\npostgres_url = \"{}\"\npostgres_password_file = \"{}\"\n",
+                "[fleet]\npostgres_url = \"{}\"\npostgres_password_file = \"{}\"\n{ca}",
                 self.url(),
                 pw.display()
             ),
@@ -342,6 +412,28 @@ impl Drop for Postgres {
             ],
         );
     }
+}
+
+/// A self-signed CA in `dir`: `NAME.crt` and `NAME.key`.
+pub fn make_ca(dir: &Path, name: &str) -> PathBuf {
+    openssl(
+        dir,
+        &format!(
+            "req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout {name}.key \
+             -out {name}.crt -days 2 -subj /CN=sentinel-test-{name} \
+             -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign"
+        ),
+    );
+    dir.join(format!("{name}.crt"))
+}
+
+fn openssl(dir: &Path, args: &str) {
+    let out = Command::new("openssl")
+        .args(args.split_whitespace())
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl {args}: {}", text(&out));
 }
 
 /// A new file only root can read (0600), as the installer makes secret files (this module is

@@ -93,7 +93,7 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?
         .block_on(async {
-            let (mut client, _notes) = postgres::connect(&pg)
+            let (mut client, _notes) = postgres::connect(&pg, &config.fleet.ca_file)
                 .await
                 .with_context(|| format!("fleet store {}", describe(&pg)))?;
             dispatch(&mut client, &args.command).await.map_err(|e| {

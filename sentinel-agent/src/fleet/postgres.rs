@@ -1,10 +1,10 @@
-//! The fleet store on PostgreSQL: connecting (TLS with the system roots when the URL asks for
-//! it) and the statements that ship an outbox batch (the schema is the operator's:
+//! The fleet store on PostgreSQL: connecting (TLS, always verified, against `fleet.ca_file` or
+//! the system's roots; see [`config`](super::config) for when it is required) and the statements that ship an outbox batch (the schema is the operator's:
 //! [`admin`](super::admin)). Every row is keyed by (host, id) and carries the host's outbox sequence
 //! number; an upsert only replaces an older version, so a batch shipped twice, or late,
 //! changes nothing. The tables are documented in `docs/fleet.md`.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{collections::BTreeMap, path::Path, sync::Arc};
 
 use futures_util::StreamExt as _;
 use tokio::{
@@ -78,10 +78,25 @@ impl PgError {
     }
 }
 
-/// The TLS connector: rustls with the system's root certificates.
-fn tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect, PgError> {
+/// The TLS connector: rustls, verifying the server's certificate and name against the CA
+/// file (PEM) when there is one, else the system's root certificates.
+fn tls(ca_file: &Path) -> Result<tokio_postgres_rustls::MakeRustlsConnect, PgError> {
     let mut roots = rustls::RootCertStore::empty();
-    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    if ca_file.as_os_str().is_empty() {
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    } else {
+        use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+        let certs = CertificateDer::pem_file_iter(ca_file)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| PgError::Tls(format!("fleet.ca_file {}: {e}", ca_file.display())))?;
+        let (added, _) = roots.add_parsable_certificates(certs);
+        if added == 0 {
+            return Err(PgError::Tls(format!(
+                "fleet.ca_file {}: no CA certificate in it",
+                ca_file.display()
+            )));
+        }
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -91,16 +106,18 @@ fn tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect, PgError> {
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
-/// Connect; the connection runs on its own task, and notifications on [`CHANNEL`] arrive on
-/// the receiver (closed when the connection ends).
+/// Connect (`ca_file`: see [`tls`]; empty: the system's roots); the connection runs on its
+/// own task, and notifications on [`CHANNEL`] arrive on the receiver (closed when the
+/// connection ends).
 pub async fn connect(
     config: &tokio_postgres::Config,
+    ca_file: &Path,
 ) -> Result<(Client, mpsc::UnboundedReceiver<String>), PgError> {
     if config.get_ssl_mode() == SslMode::Disable {
         let (client, conn) = config.connect(tokio_postgres::NoTls).await?;
         Ok((client, drive(conn)))
     } else {
-        let (client, conn) = config.connect(tls()?).await?;
+        let (client, conn) = config.connect(tls(ca_file)?).await?;
         Ok((client, drive(conn)))
     }
 }

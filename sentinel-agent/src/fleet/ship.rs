@@ -96,7 +96,7 @@ async fn connected(
     shared_view: &mut decide::SharedView,
 ) -> Result<std::convert::Infallible, String> {
     let pg = ctx.config.pg_config().map_err(|e| e.to_string())?;
-    let (mut client, mut notes) = postgres::connect(&pg)
+    let (mut client, mut notes) = postgres::connect(&pg, &ctx.config.ca_file)
         .await
         .map_err(|e| format!("{}: {e}", super::config::describe(&pg)))?;
     super::admin::check_store(&client, &ctx.host)
