@@ -231,7 +231,7 @@ async fn decide(
     };
     match view::decide(client, host, id, verdict, &view::requester(), a.wait).await? {
         DecideOutcome::Applied(state) => {
-            writeln!(out, "{host}/{id}: {state}")?;
+            writeln!(out, "{}", decided_line(host, id, &state))?;
             Ok(ExitCode::SUCCESS)
         }
         DecideOutcome::Refused(why) => {
@@ -279,6 +279,12 @@ fn alert_line(alert: &serde_json::Value) -> String {
         s("state"),
         s("detail")
     )
+}
+
+/// What `fleet decide` prints when the agent applied the answer: the outcome is the host's
+/// words.
+fn decided_line(host: &str, id: &str, state: &str) -> String {
+    format!("{}/{}: {}", escape(host), escape(id), escape(state))
 }
 
 /// One `fleet pending` line.
@@ -329,6 +335,19 @@ mod tests {
             };
             prop_assert!(inert(&pending_line(&p)));
         }
+    }
+
+    proptest! {
+        #[test]
+        fn decided_lines_are_inert(host in any::<String>(), id in any::<String>(), state in any::<String>()) {
+            prop_assert!(inert(&decided_line(&host, &id, &state)));
+        }
+    }
+
+    #[test]
+    fn an_outcome_from_a_host_is_shown_not_obeyed() {
+        let line = decided_line("web1", "a1", "safe\x1b[2J\nweb2/b1: blocked");
+        assert_eq!(line, r"web1/a1: safe\x1b[2J\nweb2/b1: blocked");
     }
 
     #[test]
