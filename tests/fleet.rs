@@ -20,7 +20,7 @@ use common::{
     Agent,
     netns::{CN4, RU4, TestNet, knock},
     nft::Table,
-    pg::{PASSWORD, Postgres},
+    pg::{Operator, Postgres},
     require_root, serial,
 };
 use serde_json::Value;
@@ -43,25 +43,30 @@ fn password_file(dir: &std::path::Path, password: &str) -> PathBuf {
     p
 }
 
-/// An agent named `id` shipping to `pg` (dry-run unless `sections` has `[enforce]`), with
-/// the directory holding its password file (dropped after the agent).
-fn agent(pg: &Postgres, id: &str, sections: &str, fleet_extra: &str) -> (Agent, tempfile::TempDir) {
-    let pw_dir = tempfile::tempdir().unwrap();
-    let pw = password_file(pw_dir.path(), PASSWORD);
-    let agent = Agent::start_with(
+/// An agent named `id` shipping to `pg` under its own role, which the operator adds (dry-run
+/// unless `sections` has `[enforce]`).
+fn agent(pg: &Postgres, op: &Operator, id: &str, sections: &str, fleet_extra: &str) -> Agent {
+    let (pw, _) = op.add_host(id);
+    Agent::start_with(
         &format!("id = \"{id}\""),
-        &format!("{sections}\n{}", pg.fleet_section(&pw, fleet_extra)),
-    );
-    (agent, pw_dir)
+        &format!("{sections}\n{}", pg.fleet_section(id, &pw, fleet_extra)),
+    )
 }
 
-/// `sentinel fleet ARGS --json` through `agent`'s config: one object per line; None while
-/// the command fails (e.g. before the agent created the schema).
-fn try_fleet(agent: &Agent, args: &[&str]) -> Option<Vec<Value>> {
+/// The store set up by the operator (`fleet init`), as every test starts.
+fn operator(pg: &Postgres) -> Operator {
+    let op = pg.operator(std::path::Path::new(common::BIN));
+    op.init();
+    op
+}
+
+/// `sentinel fleet ARGS --json` as the operator: one object per line; None while the command
+/// fails.
+fn try_fleet(op: &Operator, args: &[&str]) -> Option<Vec<Value>> {
     let mut all = vec!["fleet"];
     all.extend_from_slice(args);
     all.push("--json");
-    let out = agent.cli(&all);
+    let out = op.cli(&all);
     if !out.status.success() {
         eprintln!(
             "{}: {}",
@@ -79,8 +84,8 @@ fn try_fleet(agent: &Agent, args: &[&str]) -> Option<Vec<Value>> {
 }
 
 /// [`try_fleet`] that must succeed.
-fn fleet(agent: &Agent, args: &[&str]) -> Vec<Value> {
-    try_fleet(agent, args).unwrap_or_else(|| panic!("fleet {args:?} failed:\n{}", agent.log()))
+fn fleet(op: &Operator, args: &[&str]) -> Vec<Value> {
+    try_fleet(op, args).unwrap_or_else(|| panic!("fleet {args:?} failed"))
 }
 
 fn mine(v: &Value) -> bool {
@@ -114,10 +119,12 @@ fn two_hosts_ship_and_a_fleet_answer_reaches_the_right_agent() {
     let _serial = serial();
     let _net = TestNet::new("fa");
     let pg = Postgres::start();
+    let op = operator(&pg);
     let (ha, hb) = (host_id("a"), host_id("b"));
-    let (a, _pa) = agent(&pg, &ha, "[switch]\ncountdown = \"5m\"", "");
-    let (b, _pb) = agent(
+    let a = agent(&pg, &op, &ha, "[switch]\ncountdown = \"5m\"", "");
+    let b = agent(
         &pg,
+        &op,
         &hb,
         "[switch]\ncountdown = \"5m\"",
         "ship_events = true",
@@ -126,7 +133,7 @@ fn two_hosts_ship_and_a_fleet_answer_reaches_the_right_agent() {
 
     // Both hosts' alerts and pending decisions reach the store.
     let alerts = eventually(15, "alerts of both hosts in the fleet store", || {
-        let alerts: Vec<Value> = try_fleet(&a, &["alerts"])?
+        let alerts: Vec<Value> = try_fleet(&op, &["alerts"])?
             .into_iter()
             .filter(mine)
             .collect();
@@ -144,7 +151,7 @@ fn two_hosts_ship_and_a_fleet_answer_reaches_the_right_agent() {
         }
     }
     let pending = eventually(15, "pending decisions of both hosts", || {
-        let p: Vec<Value> = try_fleet(&b, &["pending"])?
+        let p: Vec<Value> = try_fleet(&op, &["pending"])?
             .into_iter()
             .filter(|p| p["host"] == ha.as_str() || p["host"] == hb.as_str())
             .collect();
@@ -168,7 +175,7 @@ fn two_hosts_ship_and_a_fleet_answer_reaches_the_right_agent() {
         (!rows.is_empty()).then_some(rows)
     });
     assert_eq!(shipped, std::slice::from_ref(&hb));
-    let hosts = fleet(&a, &["hosts"]);
+    let hosts = fleet(&op, &["hosts"]);
     for h in [&ha, &hb] {
         let row = hosts.iter().find(|x| x["host"] == h.as_str()).unwrap();
         assert_eq!(row["silent"], false, "{row}");
@@ -187,7 +194,7 @@ fn two_hosts_ship_and_a_fleet_answer_reaches_the_right_agent() {
         .unwrap()
         .to_string();
     let started = Instant::now();
-    let out = a.cli(&["fleet", "decide", &format!("{ha}/{id_a}"), "safe"]);
+    let out = op.cli(&["fleet", "decide", &format!("{ha}/{id_a}"), "safe"]);
     let took = started.elapsed();
     assert!(
         out.status.success(),
@@ -215,7 +222,7 @@ fn two_hosts_ship_and_a_fleet_answer_reaches_the_right_agent() {
     );
     // The fleet view follows: A's decision is no longer pending, B's is.
     eventually(10, "A's decision leaves the fleet's pending list", || {
-        let p = fleet(&a, &["pending"]);
+        let p = fleet(&op, &["pending"]);
         (!p.iter().any(|x| x["host"] == ha.as_str())
             && p.iter()
                 .any(|x| x["host"] == hb.as_str() && x["id"] == id_b.as_str()))
@@ -223,7 +230,7 @@ fn two_hosts_ship_and_a_fleet_answer_reaches_the_right_agent() {
     });
 
     // A late answer is refused, and the fleet view says why.
-    let out = a.cli(&["fleet", "decide", &format!("{ha}/{id_a}"), "block"]);
+    let out = op.cli(&["fleet", "decide", &format!("{ha}/{id_a}"), "block"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -238,9 +245,9 @@ fn two_hosts_ship_and_a_fleet_answer_reaches_the_right_agent() {
         "{row:?}"
     );
     // An unknown host or a malformed reference is a clear error.
-    let out = a.cli(&["fleet", "decide", "no-such-host/x1", "safe"]);
+    let out = op.cli(&["fleet", "decide", "no-such-host/x1", "safe"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("no host \"no-such-host\""));
-    let out = a.cli(&["fleet", "decide", "nohostid", "safe"]);
+    let out = op.cli(&["fleet", "decide", "nohostid", "safe"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not HOST/ID"));
 
     // A silenced agent is itself a signal: B stops, and after 3 missed heartbeats (2 s each)
@@ -248,7 +255,7 @@ fn two_hosts_ship_and_a_fleet_answer_reaches_the_right_agent() {
     let mut b = b;
     b.stop();
     eventually(20, "B marked silent", || {
-        let hosts = try_fleet(&a, &["hosts"])?;
+        let hosts = try_fleet(&op, &["hosts"])?;
         let silent = |h: &str| {
             hosts
                 .iter()
@@ -267,16 +274,18 @@ fn an_outage_loses_nothing_duplicates_nothing_and_the_switch_keeps_time() {
     let _serial = serial();
     let _net = TestNet::new("fo");
     let pg = Postgres::start();
+    let op = operator(&pg);
     let h = host_id("o");
-    let (mut a, _pa) = agent(
+    let mut a = agent(
         &pg,
+        &op,
         &h,
         "[alerts]\ndedup_window = \"0s\"\n[switch]\ncountdown = \"3s\"",
         "",
     );
     knock(RU4, 9301);
     eventually(15, "the first alert in the store", || {
-        try_fleet(&a, &["alerts"])?
+        try_fleet(&op, &["alerts"])?
             .into_iter()
             .find(|x| x["host"] == h.as_str() && mine(x))
     });
@@ -371,13 +380,13 @@ fn a_wrong_password_is_a_clear_error_in_status_not_a_crash() {
     }
     let _serial = serial();
     let pg = Postgres::start();
+    let op = operator(&pg);
+    let h = host_id("w");
+    op.add_host(&h);
     let dir = tempfile::tempdir().unwrap();
     let wrong = "not-the-password-42";
     let pw = password_file(dir.path(), wrong);
-    let a = Agent::start_with(
-        &format!("id = \"{}\"", host_id("w")),
-        &pg.fleet_section(&pw, ""),
-    );
+    let a = Agent::start_with(&format!("id = \"{h}\""), &pg.fleet_section(&h, &pw, ""));
     let pid = a.pid();
     let s = eventually(15, "status names the authentication failure", || {
         let s = a.status();
@@ -402,9 +411,55 @@ fn a_wrong_password_is_a_clear_error_in_status_not_a_crash() {
     );
     // Nothing was written under that host.
     assert_eq!(
-        pg.sql("SELECT count(*) FROM pg_tables WHERE tablename = 'fleet_hosts'"),
+        pg.sql(&format!(
+            "SELECT count(*) FROM fleet_hosts WHERE host = '{h}'"
+        )),
         ["0"]
     );
+}
+
+#[test]
+fn an_agent_never_changes_the_schema_and_ships_only_as_itself() {
+    if !require_root("an_agent_never_changes_the_schema_and_ships_only_as_itself") {
+        return;
+    }
+    let _serial = serial();
+    let pg = Postgres::start();
+    // Even with the admin's own credentials, an agent creates nothing: the store is the
+    // operator's to set up.
+    let dir = tempfile::tempdir().unwrap();
+    let pw = password_file(dir.path(), common::pg::PASSWORD);
+    let h = host_id("n");
+    let a = Agent::start_with(
+        &format!("id = \"{h}\""),
+        &pg.fleet_section(common::pg::USER, &pw, ""),
+    );
+    eventually(15, "status says the store is not set up", || {
+        a.status()["fleet"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("sentinel fleet init"))
+            .then_some(())
+    });
+    assert_eq!(
+        pg.sql("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'fleet%' OR tablename LIKE 'sentinel%'"),
+        ["0"]
+    );
+    // Once it is set up, a host must connect as its own role: not as the admin.
+    let op = operator(&pg);
+    eventually(15, "status says the role is not the host's", || {
+        a.status()["fleet"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("its own role") && e.contains(&h))
+            .then_some(())
+    });
+    assert_eq!(a.status()["fleet"]["connected"], false);
+    assert_eq!(
+        pg.sql(&format!(
+            "SELECT count(*) FROM fleet_hosts WHERE host = '{h}'"
+        )),
+        ["0"]
+    );
+    drop(op);
 }
 
 #[test]
@@ -415,18 +470,21 @@ fn a_confirmed_block_is_shared_across_the_fleet_and_lifted_from_the_view() {
     let _serial = serial();
     let _net = TestNet::new("fs");
     let pg = Postgres::start();
+    let op = operator(&pg);
     let (ta, tb) = (Table::new("fsa"), Table::new("fsb"));
     let enforce = |t: &Table| format!("[enforce]\ntable = \"{}\"\nconnect_guard = false", t.0);
     let (ha, hb) = (host_id("sa"), host_id("sb"));
     // B trusts CN4.
-    let (a, _pa) = agent(
+    let a = agent(
         &pg,
+        &op,
         &ha,
         &format!("[switch]\ncountdown = \"5m\"\n{}", enforce(&ta)),
         "share_blocks = true",
     );
-    let (b, _pb) = agent(
+    let b = agent(
         &pg,
+        &op,
         &hb,
         &format!(
             "[switch]\ncountdown = \"5m\"\n[trust]\nips = [\"{CN4}\"]\n{}",
@@ -480,7 +538,7 @@ fn a_confirmed_block_is_shared_across_the_fleet_and_lifted_from_the_view() {
     eprintln!("shared block enforced on the other host after {took:?}");
 
     // `fleet unblock` lifts it everywhere.
-    let out = b.cli(&["fleet", "unblock", RU4]);
+    let out = op.cli(&["fleet", "unblock", RU4]);
     assert!(
         out.status.success(),
         "{}",

@@ -1,8 +1,9 @@
 //! A real PostgreSQL server for one test, from Debian's `postgresql` package: `initdb` and
 //! `pg_ctl` in a temp dir, on its own loopback port and unix socket directory, run as the
 //! package's `postgres` user (the server refuses root), password authentication (SCRAM) for
-//! the `sentinel` role. Never the machine's own instance. Stopped and removed on drop, even
-//! when the test fails.
+//! the `sentinel` role (the server's superuser: the operator's admin DSN). Never the machine's
+//! own instance. Stopped and removed on drop, even when the test fails. [`Operator`] runs
+//! `sentinel fleet` as the operator: `init`, `add-host`, and the fleet view.
 
 use std::{
     os::unix::{fs::PermissionsExt, process::CommandExt},
@@ -21,6 +22,8 @@ pub struct Postgres {
     gid: u32,
     /// Flush to disk on commit, as a production server does (tests turn it off for speed).
     fsync: bool,
+    /// With TLS: the non-loopback address it also listens on (TLS only there).
+    tls: Option<std::net::IpAddr>,
 }
 
 /// The newest `/usr/lib/postgresql/<version>/bin` that has `initdb`.
@@ -52,15 +55,22 @@ fn free_port() -> u16 {
 impl Postgres {
     /// initdb and start a server without fsync (fast; for tests).
     pub fn start() -> Postgres {
-        Self::start_with(false)
+        Self::start_with(false, None)
+    }
+
+    /// initdb and start a server that also listens on `addr`, a non-loopback address of this
+    /// machine, where it takes only TLS connections (`hostssl`), with a certificate for `addr`
+    /// and 127.0.0.1 signed by a CA made here ([`Postgres::ca_file`]).
+    pub fn start_tls(addr: std::net::IpAddr) -> Postgres {
+        Self::start_with(false, Some(addr))
     }
 
     /// initdb and start a server that flushes every commit (for measurements).
     pub fn start_durable() -> Postgres {
-        Self::start_with(true)
+        Self::start_with(true, None)
     }
 
-    fn start_with(fsync: bool) -> Postgres {
+    fn start_with(fsync: bool, tls: Option<std::net::IpAddr>) -> Postgres {
         let user = nix::unistd::User::from_name("postgres")
             .unwrap()
             .expect("the postgres system user (created by the postgresql package)");
@@ -77,11 +87,15 @@ impl Postgres {
             uid: user.uid.as_raw(),
             gid: user.gid.as_raw(),
             fsync,
+            tls,
         };
         let pwfile = pg.dir.path().join("pwfile");
         std::fs::write(&pwfile, PASSWORD).unwrap();
         nix::unistd::chown(&pwfile, Some(user.uid), Some(user.gid)).unwrap();
         pg.initdb(&pwfile);
+        if let Some(addr) = tls {
+            pg.make_certs(addr, user.uid, user.gid);
+        }
         pg.start_server();
         pg
     }
@@ -127,6 +141,50 @@ impl Postgres {
         )
     }
 
+    /// The test CA's certificate (PEM), with [`Postgres::start_tls`].
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    /// A CA, and a server certificate it signs for `addr`, 127.0.0.1 and localhost; only TLS
+    /// connections from other addresses than loopback.
+    fn make_certs(&self, addr: std::net::IpAddr, uid: nix::unistd::Uid, gid: nix::unistd::Gid) {
+        let dir = self.dir.path();
+        make_ca(dir, "ca");
+        std::fs::write(
+            dir.join("ext.cnf"),
+            format!(
+                "subjectAltName=IP:127.0.0.1,IP:{addr},DNS:localhost\nbasicConstraints=CA:FALSE\n\
+                 keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
+            ),
+        )
+        .unwrap();
+        openssl(
+            dir,
+            "req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout server.key \
+             -out server.csr -subj /CN=sentinel-test-store",
+        );
+        openssl(
+            dir,
+            "x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt \
+             -days 2 -extfile ext.cnf",
+        );
+        for f in ["server.crt", "server.key"] {
+            nix::unistd::chown(&dir.join(f), Some(uid), Some(gid)).unwrap();
+        }
+        std::fs::set_permissions(
+            dir.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        let hba = self.data().join("pg_hba.conf");
+        let mut text = std::fs::read_to_string(&hba).unwrap();
+        text.push_str(
+            "hostssl all all 0.0.0.0/0 scram-sha-256\nhostssl all all ::/0 scram-sha-256\n",
+        );
+        std::fs::write(&hba, text).unwrap();
+    }
+
     fn data(&self) -> PathBuf {
         self.dir.path().join("data")
     }
@@ -148,12 +206,20 @@ impl Postgres {
 
     /// (Re)start the server on the same port and data.
     pub fn start_server(&self) {
-        let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync={} -c max_connections=40",
+        let mut opts = format!(
+            "-p {} -k {} -c fsync={} -c max_connections=40",
             self.port,
             self.dir.path().display(),
             if self.fsync { "on" } else { "off" }
         );
+        match self.tls {
+            None => opts.push_str(" -c listen_addresses=127.0.0.1"),
+            Some(addr) => opts.push_str(&format!(
+                " -c listen_addresses=127.0.0.1,{addr} -c ssl=on -c ssl_cert_file={0}/server.crt \
+                 -c ssl_key_file={0}/server.key",
+                self.dir.path().display()
+            )),
+        }
         let log = self.dir.path().join("server.log");
         let out = self.run(
             "pg_ctl",
@@ -194,22 +260,55 @@ impl Postgres {
         assert!(out.status.success(), "pg_ctl stop: {}", text(&out));
     }
 
-    /// The URL agents and the CLI use (the password comes from a file or the environment).
+    /// The admin URL (the password comes from a file or the environment).
     pub fn url(&self) -> String {
-        format!("postgresql://{USER}@127.0.0.1:{}/postgres", self.port)
+        self.url_as(USER)
     }
 
-    /// A `[fleet]` section for an agent whose password file is `password_file`.
-    pub fn fleet_section(&self, password_file: &Path, extra: &str) -> String {
+    /// The URL of `role`, over TCP on loopback.
+    pub fn url_as(&self, role: &str) -> String {
+        format!("postgresql://{role}@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// A `[fleet]` section for the agent of host `role` whose password file is
+    /// `password_file`.
+    pub fn fleet_section(&self, role: &str, password_file: &Path, extra: &str) -> String {
         format!(
             "[fleet]\npostgres_url = \"{}\"\npostgres_password_file = \"{}\"\ninterval = \"500ms\"\nheartbeat = \"2s\"\n{extra}\n",
-            self.url(),
+            self.url_as(role),
             password_file.display()
         )
     }
 
-    /// Run SQL with psql over the unix socket; the rows, `|`-separated.
-    pub fn sql(&self, query: &str) -> Vec<String> {
+    /// The operator running `sentinel` binary `bin`, with the admin DSN; the store is not set
+    /// up yet.
+    pub fn operator(&self, bin: &Path) -> Operator {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("admin.password");
+        write_private(&pw, &format!("{PASSWORD}\n"));
+        let config = dir.path().join("operator.toml");
+        let ca = if self.tls.is_some() {
+            format!("ca_file = \"{}\"\n", self.ca_file().display())
+        } else {
+            String::new()
+        };
+        write_private(
+            &config,
+            &format!(
+                "[fleet]\npostgres_url = \"{}\"\npostgres_password_file = \"{}\"\n{ca}",
+                self.url(),
+                pw.display()
+            ),
+        );
+        Operator {
+            dir,
+            config,
+            bin: bin.to_path_buf(),
+        }
+    }
+
+    /// Run SQL with psql over the unix socket as `role`: the rows, or psql's error.
+    pub fn sql_as(&self, role: &str, password: &str, query: &str) -> Result<Vec<String>, String> {
         let out = Command::new(self.bin.join("psql"))
             .args([
                 "-h",
@@ -217,7 +316,7 @@ impl Postgres {
                 "-p",
                 &self.port.to_string(),
                 "-U",
-                USER,
+                role,
                 "-d",
                 "postgres",
                 "-At",
@@ -226,14 +325,76 @@ impl Postgres {
                 "-c",
                 query,
             ])
-            .env("PGPASSWORD", PASSWORD)
+            .env("PGPASSWORD", password)
             .output()
             .unwrap();
-        assert!(out.status.success(), "psql {query}: {}", text(&out));
-        String::from_utf8_lossy(&out.stdout)
+        if !out.status.success() {
+            return Err(text(&out));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(str::to_string)
-            .collect()
+            .collect())
+    }
+
+    /// Run SQL with psql over the unix socket as the admin; the rows, `|`-separated.
+    pub fn sql(&self, query: &str) -> Vec<String> {
+        self.sql_as(USER, PASSWORD, query)
+            .unwrap_or_else(|e| panic!("psql {query}: {e}"))
+    }
+}
+
+/// The operator's `sentinel fleet`, on a config of its own with the admin DSN.
+pub struct Operator {
+    dir: tempfile::TempDir,
+    pub config: PathBuf,
+    bin: PathBuf,
+}
+
+impl Operator {
+    /// `sentinel fleet ARGS --config <operator's>`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(&self.bin)
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .unwrap()
+    }
+
+    /// `sentinel fleet init`, which must succeed.
+    pub fn init(&self) -> &Self {
+        let out = self.cli(&["fleet", "init"]);
+        assert!(out.status.success(), "fleet init: {}", text(&out));
+        self
+    }
+
+    /// `sentinel fleet add-host NAME --password-file …`: the file (mode 0600) and the password.
+    pub fn add_host(&self, name: &str) -> (PathBuf, String) {
+        self.add("add-host", name)
+    }
+
+    /// `sentinel fleet add-operator NAME --password-file …`.
+    pub fn add_operator(&self, name: &str) -> (PathBuf, String) {
+        self.add("add-operator", name)
+    }
+
+    fn add(&self, command: &str, name: &str) -> (PathBuf, String) {
+        let file = self.dir.path().join(format!("{name}.password"));
+        let out = self.cli(&[
+            "fleet",
+            command,
+            name,
+            "--password-file",
+            file.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "fleet {command} {name}: {}",
+            text(&out)
+        );
+        let password = std::fs::read_to_string(&file).unwrap().trim().to_string();
+        (file, password)
     }
 }
 
@@ -251,6 +412,41 @@ impl Drop for Postgres {
             ],
         );
     }
+}
+
+/// A self-signed CA in `dir`: `NAME.crt` and `NAME.key`.
+pub fn make_ca(dir: &Path, name: &str) -> PathBuf {
+    openssl(
+        dir,
+        &format!(
+            "req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout {name}.key \
+             -out {name}.crt -days 2 -subj /CN=sentinel-test-{name} \
+             -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign"
+        ),
+    );
+    dir.join(format!("{name}.crt"))
+}
+
+fn openssl(dir: &Path, args: &str) {
+    let out = Command::new("openssl")
+        .args(args.split_whitespace())
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl {args}: {}", text(&out));
+}
+
+/// A new file only root can read (0600), as the installer makes secret files (this module is
+/// also used by xtask, without the rest of the test harness).
+fn write_private(path: &Path, text: &str) {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap();
+    file.write_all(text.as_bytes()).unwrap();
 }
 
 fn text(out: &Output) -> String {

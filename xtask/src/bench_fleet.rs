@@ -125,6 +125,7 @@ fn drain(
     bin: &Path,
     dir: &Path,
     server: &pg::Postgres,
+    operator: &pg::Operator,
     batch: usize,
     rows: usize,
 ) -> anyhow::Result<f64> {
@@ -132,10 +133,9 @@ fn drain(
     std::fs::create_dir_all(&run)?;
     let db = run.join("s.db");
     fill_outbox(&db, rows)?;
-    let pw = run.join("pw");
-    std::fs::write(&pw, pg::PASSWORD)?;
-    // The agent refuses a password file that others than root may read.
-    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    // The agent ships under its own role, which the operator adds (password file mode 0600).
+    let host = format!("bench-b{batch}");
+    let (pw, _) = operator.add_host(&host);
     let config = run.join("sentinel.toml");
     std::fs::write(
         &config,
@@ -144,7 +144,7 @@ fn drain(
              [enforce]\nmode = \"dry-run\"\n{}batch = {batch}\n",
             db.display(),
             run.join("s.sock").display(),
-            server.fleet_section(&pw, "")
+            server.fleet_section(&host, &pw, "")
         ),
     )?;
     let log = std::fs::File::create(run.join("agent.log"))?;
@@ -223,6 +223,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let dir: PathBuf = tmp.path().into();
     eprintln!("==> PostgreSQL in {}", dir.display());
     let server = pg::Postgres::start_durable();
+    let operator = server.operator(&bin);
+    operator.init();
     println!("outbox drain after an outage, one agent, PostgreSQL on loopback (fsync on):");
     for &batch in &args.batches {
         // One transaction per row is slow: measure it on fewer rows.
@@ -231,7 +233,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         } else {
             args.rows
         };
-        let rate = drain(&bin, &dir, &server, batch, rows)?;
+        let rate = drain(&bin, &dir, &server, &operator, batch, rows)?;
         println!("  fleet.batch = {batch:>5}: {rows:>6} rows in the outbox, {rate:>8.0} rows/s");
     }
     drop(server);

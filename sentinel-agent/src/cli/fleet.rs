@@ -1,6 +1,7 @@
 //! `sentinel fleet`: the fleet view on PostgreSQL (`fleet.postgres_url`), from any machine,
 //! with or without a local agent: every host's heartbeat, the latest alerts, what is pending
-//! now, and answers (`decide`, `unblock`) that the owning agents apply.
+//! now, and answers (`decide`, `unblock`) that the owning agents apply. The operator's set-up
+//! (`init`, `add-host`, `add-operator`) runs with an admin DSN.
 
 use std::{io::Write, net::IpAddr, process::ExitCode, time::Duration};
 
@@ -10,6 +11,7 @@ use clap::{Args as ClapArgs, Subcommand, ValueEnum};
 use super::{Cli, JsonArgs};
 use crate::{
     fleet::{
+        admin,
         config::describe,
         postgres,
         view::{self, DecideOutcome},
@@ -36,6 +38,20 @@ enum FleetCommand {
     Decide(DecideArgs),
     /// Lift a block on every host of the fleet.
     Unblock(UnblockArgs),
+    /// Create or upgrade the schema and the roles (with an admin DSN in `fleet.postgres_url`).
+    Init,
+    /// Give host NAME (its `agent.id`) its own login role, or a new password.
+    AddHost(AddRoleArgs),
+    /// Give operator NAME a login role that reads the whole fleet and answers.
+    AddOperator(AddRoleArgs),
+}
+
+#[derive(Debug, ClapArgs)]
+struct AddRoleArgs {
+    name: String,
+    /// Write the password to this file (mode 0600) instead of printing it.
+    #[arg(long)]
+    password_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -77,13 +93,14 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?
         .block_on(async {
-            let (client, _notes) = postgres::connect(&pg)
+            let (mut client, _notes) = postgres::connect(&pg, &config.fleet.ca_file)
                 .await
                 .with_context(|| format!("fleet store {}", describe(&pg)))?;
-            dispatch(&client, &args.command).await.map_err(|e| {
+            dispatch(&mut client, &args.command).await.map_err(|e| {
                 match e.downcast_ref::<view::ViewError>() {
                     Some(view::ViewError::Pg(pg)) if pg.is_missing_schema() => e.context(
-                        "the fleet store has no Sentinel tables yet: no agent has connected to it",
+                        "the fleet store has no Sentinel tables yet: run `sentinel fleet init` \
+                         with an admin DSN",
                     ),
                     _ => e,
                 }
@@ -92,11 +109,29 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
 }
 
 async fn dispatch(
-    client: &tokio_postgres::Client,
+    client: &mut tokio_postgres::Client,
     command: &FleetCommand,
 ) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     match command {
+        FleetCommand::Init => {
+            let (from, to) = admin::init(client).await?;
+            if from == to {
+                writeln!(
+                    out,
+                    "the fleet store is at schema version {to}; roles checked"
+                )?;
+            } else {
+                writeln!(
+                    out,
+                    "the fleet store went from schema version {from} to {to}"
+                )?;
+            }
+        }
+        FleetCommand::AddHost(a) => add_role(client, a, admin::Kind::Host, &mut out).await?,
+        FleetCommand::AddOperator(a) => {
+            add_role(client, a, admin::Kind::Operator, &mut out).await?
+        }
         FleetCommand::Hosts(a) => {
             let hosts = view::hosts(client).await?;
             if !a.json {
@@ -158,6 +193,32 @@ async fn dispatch(
     Ok(ExitCode::SUCCESS)
 }
 
+async fn add_role(
+    client: &tokio_postgres::Client,
+    a: &AddRoleArgs,
+    kind: admin::Kind,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let password = admin::add_role(client, &a.name, kind).await?;
+    let name = escape(&a.name);
+    match &a.password_file {
+        Some(path) => {
+            admin::write_password(path, &password)?;
+            writeln!(
+                out,
+                "role {name} ready; its password is in {} (mode 0600): copy it to the host's \
+                 fleet.postgres_password_file",
+                path.display()
+            )?;
+        }
+        None => writeln!(
+            out,
+            "role {name} ready; its password (shown once): {password}"
+        )?,
+    }
+    Ok(())
+}
+
 async fn decide(
     client: &tokio_postgres::Client,
     a: &DecideArgs,
@@ -170,7 +231,7 @@ async fn decide(
     };
     match view::decide(client, host, id, verdict, &view::requester(), a.wait).await? {
         DecideOutcome::Applied(state) => {
-            writeln!(out, "{host}/{id}: {state}")?;
+            writeln!(out, "{}", decided_line(host, id, &state))?;
             Ok(ExitCode::SUCCESS)
         }
         DecideOutcome::Refused(why) => {
@@ -218,6 +279,12 @@ fn alert_line(alert: &serde_json::Value) -> String {
         s("state"),
         s("detail")
     )
+}
+
+/// What `fleet decide` prints when the agent applied the answer: the outcome is the host's
+/// words.
+fn decided_line(host: &str, id: &str, state: &str) -> String {
+    format!("{}/{}: {}", escape(host), escape(id), escape(state))
 }
 
 /// One `fleet pending` line.
@@ -268,6 +335,19 @@ mod tests {
             };
             prop_assert!(inert(&pending_line(&p)));
         }
+    }
+
+    proptest! {
+        #[test]
+        fn decided_lines_are_inert(host in any::<String>(), id in any::<String>(), state in any::<String>()) {
+            prop_assert!(inert(&decided_line(&host, &id, &state)));
+        }
+    }
+
+    #[test]
+    fn an_outcome_from_a_host_is_shown_not_obeyed() {
+        let line = decided_line("web1", "a1", "safe\x1b[2J\nweb2/b1: blocked");
+        assert_eq!(line, r"web1/a1: safe\x1b[2J\nweb2/b1: blocked");
     }
 
     #[test]

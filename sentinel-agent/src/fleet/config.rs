@@ -4,6 +4,12 @@
 //! standard `PGPASSWORD`. The connection settings libpq users expect from the environment
 //! (`PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`, `PGSSLMODE`) fill in whatever
 //! the URL leaves out.
+//!
+//! TLS by default: unless every host of the URL is a unix socket or loopback, the connection
+//! uses TLS and verifies the server's certificate and name (`fleet.ca_file`, else the system's
+//! roots) — Sentinel verifies whenever it uses TLS, so `require`, `verify-ca` and
+//! `verify-full` all mean `verify-full`. `prefer`, `allow` and `disable` would let an on-path
+//! attacker downgrade to plaintext: refused unless `fleet.insecure = true`.
 
 use std::{path::PathBuf, str::FromStr, time::Duration};
 
@@ -36,6 +42,12 @@ pub struct FleetConfig {
     /// Block on this host what a human confirmed as hostile on any host of the fleet (each
     /// address still passes this host's own guard), and lift it when the fleet view does.
     pub share_blocks: bool,
+    /// The CA certificate(s), PEM, that the fleet store's certificate must chain to; empty:
+    /// the system's root certificates.
+    pub ca_file: PathBuf,
+    /// Allow `sslmode=prefer|allow|disable` to a store that is not local (plaintext on the
+    /// network: an on-path attacker reads the password and can pose as the store).
+    pub insecure: bool,
 }
 
 impl Default for FleetConfig {
@@ -48,6 +60,8 @@ impl Default for FleetConfig {
             heartbeat: Duration::from_secs(10),
             ship_events: false,
             share_blocks: false,
+            ca_file: PathBuf::new(),
+            insecure: false,
         }
     }
 }
@@ -67,6 +81,12 @@ pub enum PgConfigError {
     },
     #[error("{var}: {reason}")]
     Env { var: &'static str, reason: String },
+    #[error(
+        "fleet.postgres_url: sslmode={0} to {1}, which is not local, would allow plaintext (an \
+         on-path attacker reads the password and can pose as the store): use \
+         sslmode=verify-full with fleet.ca_file, or set fleet.insecure = true on purpose"
+    )]
+    Plaintext(&'static str, String),
 }
 
 impl FleetConfig {
@@ -74,19 +94,29 @@ impl FleetConfig {
         !self.postgres_url.is_empty()
     }
 
+    /// `postgres_url` parsed as it is (the client library knows only `disable`, `prefer` and
+    /// `require`: `verify-ca` and `verify-full` are read as `require`, which Sentinel always
+    /// verifies fully, and `allow` as `prefer`).
+    fn parse(&self) -> Result<tokio_postgres::Config, tokio_postgres::Error> {
+        let url = self
+            .postgres_url
+            .replace("sslmode=verify-full", "sslmode=require")
+            .replace("sslmode=verify-ca", "sslmode=require")
+            .replace("sslmode=allow", "sslmode=prefer");
+        tokio_postgres::Config::from_str(&url)
+    }
+
     /// Whether `postgres_url` itself carries a password (which makes the config file a
     /// secret-holding file).
     pub fn url_has_password(&self) -> bool {
-        self.enabled()
-            && tokio_postgres::Config::from_str(&self.postgres_url)
-                .is_ok_and(|c| c.get_password().is_some())
+        self.enabled() && self.parse().is_ok_and(|c| c.get_password().is_some())
     }
 
     /// Everything wrong with the section, each naming its key.
     pub fn problems(&self) -> Vec<Problem> {
         let mut out = Vec::new();
         let mut bad = |key: &str, reason: String| out.push(Problem::new(key, reason));
-        if self.enabled() && tokio_postgres::Config::from_str(&self.postgres_url).is_err() {
+        if self.enabled() && self.parse().is_err() {
             bad(
                 "fleet.postgres_url",
                 "is not a PostgreSQL URL (postgresql://user@host:port/db) or key=value string \
@@ -107,6 +137,19 @@ impl FleetConfig {
                     format!("{}: {e}", file.display()),
                 );
             }
+        }
+        if !self.ca_file.as_os_str().is_empty()
+            && let Err(e) = std::fs::metadata(&self.ca_file)
+        {
+            bad("fleet.ca_file", format!("{}: {e}", self.ca_file.display()));
+        }
+        if let Err(e @ PgConfigError::Plaintext(..)) = self.pg_config_with(|_| None) {
+            bad(
+                "fleet.postgres_url",
+                e.to_string()
+                    .trim_start_matches("fleet.postgres_url: ")
+                    .into(),
+            );
         }
         if !(1..=10_000).contains(&self.batch) {
             bad(
@@ -148,8 +191,11 @@ impl FleetConfig {
         if !self.enabled() {
             return Err(PgConfigError::Off);
         }
-        let mut c =
-            tokio_postgres::Config::from_str(&self.postgres_url).map_err(|_| PgConfigError::Url)?;
+        let mut c = self.parse().map_err(|_| PgConfigError::Url)?;
+        let mut explicit = self
+            .postgres_url
+            .contains("sslmode")
+            .then(|| mode_name(&self.postgres_url));
         if c.get_hosts().is_empty() {
             match env("PGHOST") {
                 Some(hosts) => {
@@ -185,9 +231,15 @@ impl FleetConfig {
         {
             c.dbname(&db);
         }
-        if !self.postgres_url.contains("sslmode")
+        if explicit.is_none()
             && let Some(mode) = env("PGSSLMODE")
         {
+            explicit = Some(match mode.as_str() {
+                "disable" => "disable",
+                "allow" => "allow",
+                "prefer" => "prefer",
+                _ => "require",
+            });
             c.ssl_mode(match mode.as_str() {
                 "disable" => SslMode::Disable,
                 "prefer" | "allow" => SslMode::Prefer,
@@ -199,6 +251,18 @@ impl FleetConfig {
                     });
                 }
             });
+        }
+        if !is_local(&c) {
+            match (c.get_ssl_mode(), explicit) {
+                (SslMode::Require, _) => {}
+                (_, None) => {
+                    c.ssl_mode(SslMode::Require);
+                }
+                (_, Some(mode)) if !self.insecure => {
+                    return Err(PgConfigError::Plaintext(mode, describe(&c)));
+                }
+                _ => {}
+            }
         }
         if c.get_password().is_none() {
             let file = &self.postgres_password_file;
@@ -222,6 +286,31 @@ impl FleetConfig {
         }
         Ok(c)
     }
+}
+
+/// The `sslmode` a URL names (only to say it back): `disable`, `allow`, `prefer` or another.
+fn mode_name(url: &str) -> &'static str {
+    for mode in ["disable", "allow", "prefer"] {
+        if url.contains(&format!("sslmode={mode}")) || url.contains(&format!("sslmode = {mode}")) {
+            return mode;
+        }
+    }
+    "require"
+}
+
+/// Whether every host is a unix socket or a loopback address (no network to cross).
+pub fn is_local(c: &tokio_postgres::Config) -> bool {
+    c.get_hosts().iter().all(|h| match h {
+        Host::Unix(_) => true,
+        Host::Tcp(name) => {
+            name == "localhost"
+                || name
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|a| a.is_loopback())
+        }
+    }) && c.get_hostaddrs().iter().all(|a| a.is_loopback())
 }
 
 /// Where the store is, for messages: hosts and port, never user or password.
@@ -276,6 +365,7 @@ mod tests {
             (c.interval, c.heartbeat, c.ship_events, c.share_blocks),
             (d.interval, d.heartbeat, d.ship_events, d.share_blocks)
         );
+        assert_eq!((&c.ca_file, c.insecure), (&d.ca_file, d.insecure));
     }
 
     #[test]
@@ -335,9 +425,12 @@ mod tests {
         assert_eq!(c.get_ssl_mode(), SslMode::Require);
         assert_eq!(describe(&c), "/tmp/pg:6543/envdb");
         // The URL wins over the environment.
-        let c = cfg("postgresql://u:urlpw@db.example:5433/fleet?sslmode=disable")
-            .pg_config_with(env)
-            .unwrap();
+        let c = FleetConfig {
+            insecure: true,
+            ..cfg("postgresql://u:urlpw@db.example:5433/fleet?sslmode=disable")
+        }
+        .pg_config_with(env)
+        .unwrap();
         assert_eq!(c.get_user(), Some("u"));
         assert_eq!(c.get_password(), Some(&b"urlpw"[..]));
         assert_eq!(c.get_ssl_mode(), SslMode::Disable);
@@ -357,5 +450,89 @@ mod tests {
             .pg_config_with(|v| (v == "PGPASSWORD").then(|| "env".to_string()))
             .unwrap();
         assert_eq!(pg.get_password(), Some(&b"from-file"[..]));
+    }
+
+    #[test]
+    fn a_store_across_the_network_gets_verified_tls_by_default() {
+        let none = |_: &str| None;
+        for url in [
+            "postgresql://web1@db.example:5432/fleet",
+            "postgresql://web1@192.0.2.7/fleet",
+            "postgresql://web1@db.example/fleet?sslmode=require",
+            "postgresql://web1@db.example/fleet?sslmode=verify-full",
+            "host=db.example user=web1 sslmode=verify-ca",
+        ] {
+            let c = cfg(url).pg_config_with(none).unwrap();
+            assert_eq!(c.get_ssl_mode(), SslMode::Require, "{url}");
+            assert!(cfg(url).problems().is_empty(), "{url}");
+        }
+        // PGSSLMODE=verify-full too.
+        let c = cfg("postgresql://web1@db.example/fleet")
+            .pg_config_with(|v| (v == "PGSSLMODE").then(|| "verify-full".to_string()))
+            .unwrap();
+        assert_eq!(c.get_ssl_mode(), SslMode::Require);
+    }
+
+    #[test]
+    fn plaintext_across_the_network_is_refused_unless_insecure() {
+        let none = |_: &str| None;
+        for (url, mode) in [
+            (
+                "postgresql://web1@db.example/fleet?sslmode=disable",
+                "disable",
+            ),
+            ("postgresql://web1@192.0.2.7/fleet?sslmode=prefer", "prefer"),
+            ("postgresql://web1@192.0.2.7/fleet?sslmode=allow", "allow"),
+            ("host=db.example user=web1 sslmode=disable", "disable"),
+        ] {
+            let e = cfg(url).pg_config_with(none).unwrap_err().to_string();
+            assert!(e.contains(&format!("sslmode={mode}")), "{e}");
+            assert!(e.contains("fleet.insecure = true"), "{e}");
+            let p = cfg(url).problems();
+            assert_eq!(p.len(), 1, "{p:?}");
+            assert_eq!(p[0].key, "fleet.postgres_url");
+            assert!(p[0].reason.contains("plaintext"), "{p:?}");
+            let insecure = FleetConfig {
+                insecure: true,
+                ..cfg(url)
+            };
+            assert_ne!(
+                insecure.pg_config_with(none).unwrap().get_ssl_mode(),
+                SslMode::Require
+            );
+            assert!(insecure.problems().is_empty());
+        }
+        let e = cfg("postgresql://web1@db.example/fleet")
+            .pg_config_with(|v| (v == "PGSSLMODE").then(|| "disable".to_string()))
+            .unwrap_err();
+        assert!(matches!(e, PgConfigError::Plaintext("disable", _)), "{e}");
+    }
+
+    #[test]
+    fn a_local_store_may_go_without_tls() {
+        let none = |_: &str| None;
+        for url in [
+            "postgresql://web1@127.0.0.1:5432/fleet?sslmode=disable",
+            "postgresql://web1@localhost/fleet?sslmode=disable",
+            "postgresql://web1@[::1]/fleet?sslmode=disable",
+            "host=/var/run/postgresql user=web1 sslmode=disable",
+            "postgresql://web1@127.0.0.1/fleet",
+        ] {
+            let c = cfg(url).pg_config_with(none).unwrap();
+            assert_ne!(c.get_ssl_mode(), SslMode::Require, "{url}");
+        }
+        let c = cfg("postgresql://web1@db.example/fleet?hostaddr=192.0.2.7&sslmode=disable");
+        assert!(c.pg_config_with(none).is_err());
+    }
+
+    #[test]
+    fn a_missing_ca_file_is_named() {
+        let c = FleetConfig {
+            ca_file: "/nonexistent/ca.pem".into(),
+            ..cfg("postgresql://web1@db.example/fleet")
+        };
+        let p = c.problems();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].key, "fleet.ca_file");
     }
 }

@@ -4,8 +4,10 @@
 //! ([`ship`]): alerts, decisions, blocks, kills, a heartbeat, and raw events when asked. From
 //! the same store it picks up answers given in the fleet view and, with `share_blocks`, the
 //! addresses a human confirmed as hostile on another host ([`decide`]). `sentinel fleet`
-//! reads and answers there without any agent ([`view`]).
+//! reads and answers there without any agent ([`view`]); `sentinel fleet init|add-host` set
+//! the store up, with a role per host that can write only its own rows ([`admin`]).
 
+pub mod admin;
 pub mod config;
 pub mod decide;
 pub mod outbox;

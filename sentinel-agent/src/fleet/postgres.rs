@@ -1,10 +1,10 @@
-//! The fleet store on PostgreSQL: connecting (TLS with the system roots when the URL asks for
-//! it), the versioned schema every agent migrates at start, and the statements that ship an
-//! outbox batch. Every row is keyed by (host, id) and carries the host's outbox sequence
+//! The fleet store on PostgreSQL: connecting (TLS, always verified, against `fleet.ca_file` or
+//! the system's roots; see [`config`](super::config) for when it is required) and the statements that ship an outbox batch (the schema is the operator's:
+//! [`admin`](super::admin)). Every row is keyed by (host, id) and carries the host's outbox sequence
 //! number; an upsert only replaces an older version, so a batch shipped twice, or late,
 //! changes nothing. The tables are documented in `docs/fleet.md`.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{collections::BTreeMap, path::Path, sync::Arc};
 
 use futures_util::StreamExt as _;
 use tokio::{
@@ -18,9 +18,6 @@ use crate::fleet::outbox::{EventRow, Kind, Row};
 
 /// The channel agents LISTEN on: payload `answer <host>` or `shared`.
 pub const CHANNEL: &str = "sentinel_fleet";
-
-/// Each migration once, in order; never edit one that shipped, add the next.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("schema_v1.sql"))];
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
@@ -81,10 +78,25 @@ impl PgError {
     }
 }
 
-/// The TLS connector: rustls with the system's root certificates.
-fn tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect, PgError> {
+/// The TLS connector: rustls, verifying the server's certificate and name against the CA
+/// file (PEM) when there is one, else the system's root certificates.
+fn tls(ca_file: &Path) -> Result<tokio_postgres_rustls::MakeRustlsConnect, PgError> {
     let mut roots = rustls::RootCertStore::empty();
-    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    if ca_file.as_os_str().is_empty() {
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    } else {
+        use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+        let certs = CertificateDer::pem_file_iter(ca_file)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| PgError::Tls(format!("fleet.ca_file {}: {e}", ca_file.display())))?;
+        let (added, _) = roots.add_parsable_certificates(certs);
+        if added == 0 {
+            return Err(PgError::Tls(format!(
+                "fleet.ca_file {}: no CA certificate in it",
+                ca_file.display()
+            )));
+        }
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -94,16 +106,18 @@ fn tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect, PgError> {
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
-/// Connect; the connection runs on its own task, and notifications on [`CHANNEL`] arrive on
-/// the receiver (closed when the connection ends).
+/// Connect (`ca_file`: see [`tls`]; empty: the system's roots); the connection runs on its
+/// own task, and notifications on [`CHANNEL`] arrive on the receiver (closed when the
+/// connection ends).
 pub async fn connect(
     config: &tokio_postgres::Config,
+    ca_file: &Path,
 ) -> Result<(Client, mpsc::UnboundedReceiver<String>), PgError> {
     if config.get_ssl_mode() == SslMode::Disable {
         let (client, conn) = config.connect(tokio_postgres::NoTls).await?;
         Ok((client, drive(conn)))
     } else {
-        let (client, conn) = config.connect(tls()?).await?;
+        let (client, conn) = config.connect(tls(ca_file)?).await?;
         Ok((client, drive(conn)))
     }
 }
@@ -139,41 +153,6 @@ async fn forward(
             }
         }
     }
-}
-
-/// Bring the schema to this version (one agent at a time: an advisory lock).
-pub async fn migrate(client: &mut Client) -> Result<i32, PgError> {
-    let known = MIGRATIONS.last().map_or(0, |m| m.0);
-    let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock(1936027252)", &[])
-        .await?;
-    tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS sentinel_migrations (
-             version    integer PRIMARY KEY,
-             applied_at timestamptz NOT NULL DEFAULT now()
-         )",
-    )
-    .await?;
-    let found: i32 = tx
-        .query_one(
-            "SELECT COALESCE(max(version), 0) FROM sentinel_migrations",
-            &[],
-        )
-        .await?
-        .get(0);
-    if found > known {
-        return Err(PgError::Newer { found, known });
-    }
-    for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > found) {
-        tx.batch_execute(sql).await?;
-        tx.execute(
-            "INSERT INTO sentinel_migrations (version) VALUES ($1)",
-            &[version],
-        )
-        .await?;
-    }
-    tx.commit().await?;
-    Ok(known)
 }
 
 /// Columns of one kind's rows, for an `unnest` upsert.
@@ -226,14 +205,17 @@ const INSERT_EVENTS: &str = "
     ON CONFLICT (host, id) DO NOTHING";
 
 /// A human-confirmed block becomes the fleet's; a late copy of an old confirmation never
-/// undoes a later lift.
+/// undoes a later lift. Two statements rather than an upsert: a host may only re-publish a
+/// lifted row (row-level security), and a plain insert that finds the address already shared
+/// does nothing.
+const RESHARE: &str = "
+    UPDATE fleet_shared_blocks SET origin_host = $2, decision_id = $3, confirmed_by = $4,
+        at = $5::text::timestamptz, lifted_at = NULL, lifted_by = NULL
+    WHERE addr = $1::text::inet AND lifted_at IS NOT NULL AND lifted_at < $5::text::timestamptz";
 const SHARE: &str = "
-    INSERT INTO fleet_shared_blocks AS t (addr, origin_host, decision_id, confirmed_by, at)
+    INSERT INTO fleet_shared_blocks (addr, origin_host, decision_id, confirmed_by, at)
     VALUES ($1::text::inet, $2, $3, $4, $5::text::timestamptz)
-    ON CONFLICT (addr) DO UPDATE SET origin_host = excluded.origin_host,
-        decision_id = excluded.decision_id, confirmed_by = excluded.confirmed_by,
-        at = excluded.at, lifted_at = NULL, lifted_by = NULL
-    WHERE t.lifted_at IS NOT NULL AND t.lifted_at < excluded.at";
+    ON CONFLICT (addr) DO NOTHING";
 
 /// Ship one batch in one transaction: outbox rows, raw events, and (with `share`) the blocks
 /// a human confirmed on this host.
@@ -298,7 +280,9 @@ async fn share_confirmed(
     // Targets this host's own gate refused were never blocked here: not shared either.
     let refused = targets(&serde_json::json!({ "targets": decision["refused"] }));
     for addr in targets(decision).iter().filter(|a| !refused.contains(a)) {
-        tx.execute(SHARE, &[addr, &host, &id, &by, &at]).await?;
+        if tx.execute(RESHARE, &[addr, &host, &id, &by, &at]).await? == 0 {
+            tx.execute(SHARE, &[addr, &host, &id, &by, &at]).await?;
+        }
     }
     Ok(())
 }
@@ -370,12 +354,5 @@ mod tests {
             ["198.51.100.3", "2001:db8:1::2"]
         );
         assert!(targets(&json!({"target_ip": null})).is_empty());
-    }
-
-    #[test]
-    fn migrations_are_numbered_in_order() {
-        for (i, (v, _)) in MIGRATIONS.iter().enumerate() {
-            assert_eq!(*v, i as i32 + 1);
-        }
     }
 }

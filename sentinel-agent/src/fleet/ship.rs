@@ -1,5 +1,6 @@
-//! The agent's fleet task: connect (and reconnect, with backoff, forever), migrate the schema,
-//! then ship the outbox every `fleet.interval`, send a heartbeat every `fleet.heartbeat`, and
+//! The agent's fleet task: connect (and reconnect, with backoff, forever), check that the
+//! schema is the one it knows and that it works under its own role (it never changes the
+//! schema: [`admin`](super::admin)), then ship the outbox every `fleet.interval`, send a heartbeat every `fleet.heartbeat`, and
 //! hand answers and shared blocks to [`decide`](super::decide). It runs beside the event
 //! loop and never inside it: an outage only grows the outbox, and `status` says why.
 
@@ -95,12 +96,12 @@ async fn connected(
     shared_view: &mut decide::SharedView,
 ) -> Result<std::convert::Infallible, String> {
     let pg = ctx.config.pg_config().map_err(|e| e.to_string())?;
-    let (mut client, mut notes) = postgres::connect(&pg)
+    let (mut client, mut notes) = postgres::connect(&pg, &ctx.config.ca_file)
         .await
         .map_err(|e| format!("{}: {e}", super::config::describe(&pg)))?;
-    postgres::migrate(&mut client)
+    super::admin::check_store(&client, &ctx.host)
         .await
-        .map_err(|e| format!("migrating the schema: {e}"))?;
+        .map_err(|e| e.to_string())?;
     client
         .batch_execute(&format!("LISTEN {}", postgres::CHANNEL))
         .await
