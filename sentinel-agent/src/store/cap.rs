@@ -1,7 +1,9 @@
 //! The store's size cap (`agent.max_db_mb`): a flood of events must not fill the disk. When
 //! the live data nears the cap, the oldest exec, connect and cpu events are deleted, a batch
-//! per transaction, on the writer thread (never on the event loop). Alerts, decisions and the
-//! ledger (blocks, kills, safe targets) are never evicted. SQLite does not give deleted space
+//! per transaction, on the writer thread (never on the event loop); when no routine event is
+//! left, the oldest *closed* alerts go (an alert flood must not fill the disk either). Open
+//! alerts (a decision pending, or a block nftables refused), decisions and the ledger (blocks,
+//! kills, safe targets) are never evicted. SQLite does not give deleted space
 //! back by itself, so the database runs with `auto_vacuum = INCREMENTAL`: freed pages are
 //! reused by new events, and handed back to the file system when the file is over the cap
 //! (after `max_db_mb` was lowered, say). The WAL is kept small: checkpoints run every few
@@ -100,6 +102,19 @@ pub fn evict_oldest(conn: &Connection, limit: usize) -> rusqlite::Result<usize> 
     )
 }
 
+/// Delete the oldest `limit` closed alerts (no decision pending on them, no block waiting to
+/// land); how many went.
+pub fn evict_closed_alerts(conn: &Connection, limit: usize) -> rusqlite::Result<usize> {
+    conn.execute(
+        "DELETE FROM events WHERE id IN (
+             SELECT id FROM events NOT INDEXED
+             WHERE kind = 'alert'
+               AND coalesce(json_extract(body, '$.state'), '') NOT IN ('pending', 'block-failed')
+             ORDER BY id LIMIT ?1)",
+        [limit as i64],
+    )
+}
+
 /// Keep the database under `max_bytes`: evict routine events in batches while the live data
 /// is above the high-water mark, then give free pages back when the file is over it. Returns
 /// how many events were evicted.
@@ -109,11 +124,17 @@ pub fn enforce(conn: &Connection, max_bytes: u64) -> rusqlite::Result<usize> {
     let mut evicted = 0;
     let started = Instant::now();
     if usage(conn)?.live > high {
-        loop {
-            let n = evict_oldest(conn, EVICT_BATCH)?;
-            evicted += n;
-            if n == 0 || usage(conn)?.live <= low || started.elapsed() > EVICT_BUDGET {
-                break;
+        // Routine events first, then closed alerts.
+        'kinds: for evict in [evict_oldest, evict_closed_alerts] {
+            loop {
+                let n = evict(conn, EVICT_BATCH)?;
+                evicted += n;
+                if usage(conn)?.live <= low || started.elapsed() > EVICT_BUDGET {
+                    break 'kinds;
+                }
+                if n == 0 {
+                    break;
+                }
             }
         }
     }
@@ -299,18 +320,60 @@ mod tests {
         assert!(evicted > 0 && evicted < 20_000);
     }
 
-    /// Only alerts and decisions over the cap: nothing is deleted.
+    /// Only alerts and decisions over the cap: the oldest closed alerts go; open ones (a
+    /// pending decision, a block that failed) and every decision stay.
     #[test]
-    fn alerts_and_decisions_are_never_evicted() {
+    fn closed_alerts_go_after_routine_events_open_ones_and_decisions_stay() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
         let mut store = Store::open(&path, CAP).unwrap();
-        let writes: Vec<Write> = (1..=3_000).flat_map(|n| [alert(n), decision(n)]).collect();
+        let state = |n: u64| match n % 10 {
+            0 => "pending",
+            5 => "block-failed",
+            1 | 2 => "auto-blocked",
+            _ => "none",
+        };
+        let writes: Vec<Write> = (1..=6_000)
+            .flat_map(|n| {
+                let mut a = sample_alert(&format!("a{n}"), "198.51.100.2");
+                a.state = state(n).into();
+                let a = Write::Insert(Arc::new(Record::new(
+                    UNIX_EPOCH + Duration::from_millis(n),
+                    "h",
+                    Body::Alert(Box::new(a)),
+                )));
+                // A decision for every pending alert.
+                std::iter::once(a).chain((n % 10 == 0).then(|| decision(n)))
+            })
+            .collect();
         store.apply(&writes).unwrap();
         assert!(usage(&store.conn).unwrap().live > CAP);
-        assert_eq!(enforce(&store.conn, CAP).unwrap(), 0);
-        assert_eq!(count(&store, Kind::Alert), 3_000);
-        assert_eq!(count(&store, Kind::Decision), 3_000);
+        let evicted = enforce(&store.conn, CAP).unwrap();
+        let live = usage(&store.conn).unwrap().live;
+        assert!(
+            evicted > 0 && live <= CAP,
+            "{evicted} evicted, {live} bytes live"
+        );
+        let left = store.recent(&[Kind::Alert], usize::MAX >> 1).unwrap();
+        let open = |r: &&Record| matches!(&r.body, Body::Alert(a) if a.state == "pending" || a.state == "block-failed");
+        assert_eq!(
+            left.iter().filter(open).count(),
+            1_200,
+            "every open alert stays"
+        );
+        assert_eq!(left.len() + evicted, 6_000, "only alerts went");
+        assert_eq!(count(&store, Kind::Decision), 600);
+        // The oldest closed ones went first.
+        let kept_closed: Vec<u64> = left
+            .iter()
+            .filter(|r| !open(r))
+            .filter_map(|r| match &r.body {
+                Body::Alert(a) => a.id[1..].parse().ok(),
+                _ => None,
+            })
+            .collect();
+        let oldest_kept = kept_closed.iter().min().copied().unwrap_or(u64::MAX);
+        assert!(oldest_kept > 6_000 / 10, "{oldest_kept}");
     }
 
     /// A store made before the cap existed (no auto-vacuum) is converted once, data kept.
