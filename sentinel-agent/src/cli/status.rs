@@ -61,13 +61,18 @@ pub fn run(cli: &Cli, args: &JsonArgs) -> anyhow::Result<ExitCode> {
     if let Some(f) = &status.fleet {
         writeln!(
             out,
-            "fleet store: {}   outbox: {}   last shipped: {}{}",
+            "fleet store: {}   outbox: {}{}   last shipped: {}{}",
             if f.connected {
                 "connected"
             } else {
                 "NOT CONNECTED"
             },
             f.outbox,
+            if f.outbox_dropped > 0 {
+                format!(" ({} dropped: outbox full)", f.outbox_dropped)
+            } else {
+                String::new()
+            },
             f.last_shipped.as_deref().unwrap_or("never"),
             f.last_error
                 .as_deref()

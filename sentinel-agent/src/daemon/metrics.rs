@@ -264,6 +264,13 @@ fn fleet(o: &mut String, f: &crate::fleet::FleetStatus) {
     .sample(&[], f.outbox);
     family(
         o,
+        "sentinel_fleet_outbox_dropped_total",
+        "counter",
+        "Rows dropped because the fleet outbox was full.",
+    )
+    .sample(&[], f.outbox_dropped);
+    family(
+        o,
         "sentinel_fleet_shipped_total",
         "counter",
         "Rows shipped to the fleet store since the agent started.",
@@ -365,6 +372,7 @@ mod tests {
             fleet: Some(crate::fleet::FleetStatus {
                 connected: false,
                 outbox: 17,
+                outbox_dropped: 3,
                 last_shipped: Some("2027-01-15T08:00:00.000Z".into()),
                 last_error: Some("connection refused".into()),
                 shipped: 40,
@@ -437,6 +445,7 @@ mod tests {
         assert_eq!(m["sentinel_store_max_bytes"], 1_048_576.0);
         assert_eq!(m["sentinel_fleet_connected"], 0.0);
         assert_eq!(m["sentinel_fleet_outbox_rows"], 17.0);
+        assert_eq!(m["sentinel_fleet_outbox_dropped_total"], 3.0);
         assert_eq!(m["sentinel_fleet_shipped_total"], 40.0);
         assert_eq!(
             m["sentinel_fleet_last_shipped_timestamp_seconds"],

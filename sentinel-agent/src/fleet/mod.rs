@@ -38,6 +38,9 @@ pub struct FleetStatus {
     pub connected: bool,
     /// Rows waiting in the outbox.
     pub outbox: u64,
+    /// Rows dropped because the outbox was full ([`outbox::MAX_ROWS`]), ever.
+    #[serde(default)]
+    pub outbox_dropped: u64,
     /// When a batch last reached the store (RFC 3339).
     pub last_shipped: Option<String>,
     /// The last failure (connecting, migrating, shipping), until the next success.

@@ -9,6 +9,11 @@
 //! older one (with a new, higher sequence number), so a burst of repeats costs one row.
 //! Raw events are not copied here: with `fleet.ship_events` the shipper reads the event
 //! store after a cursor kept in this file.
+//!
+//! The outbox is bounded ([`MAX_ROWS`]): a long outage during an alert storm must not fill the
+//! disk. Past the cap the oldest alert rows go first (then the oldest of any kind), and the
+//! rows dropped are counted in this file (`status` shows them: the fleet view then misses
+//! those rows, and says nothing is lost locally).
 
 use std::{
     path::{Path, PathBuf},
@@ -87,9 +92,16 @@ const SCHEMA: &str = "
     );
 ";
 
+/// Rows the outbox holds at most (give or take [`TRIM_EVERY`]).
+pub const MAX_ROWS: u64 = 100_000;
+/// The size is checked every this many pushes (a count is not free).
+const TRIM_EVERY: u64 = 256;
+
 pub struct Outbox {
     conn: Connection,
     path: PathBuf,
+    cap: u64,
+    pushes: std::cell::Cell<u64>,
 }
 
 impl Outbox {
@@ -111,7 +123,16 @@ impl Outbox {
         Ok(Self {
             conn,
             path: path.into(),
+            cap: MAX_ROWS,
+            pushes: std::cell::Cell::new(0),
         })
+    }
+
+    /// The same outbox with another cap (tests).
+    #[cfg(test)]
+    fn with_cap(mut self, cap: u64) -> Self {
+        self.cap = cap;
+        self
     }
 
     fn err(&self, source: rusqlite::Error) -> OutboxError {
@@ -129,7 +150,60 @@ impl Outbox {
                 params![kind.as_str(), key, body.to_string()],
             )
             .map_err(|e| self.err(e))?;
+        let n = self.pushes.get() + 1;
+        self.pushes.set(n);
+        if n.is_multiple_of(TRIM_EVERY.min(self.cap.max(1))) {
+            self.trim()?;
+        }
         Ok(())
+    }
+
+    /// Over the cap: drop the oldest alert rows, then the oldest rows of any kind, and count
+    /// them. Returns how many went.
+    fn trim(&self) -> Result<u64, OutboxError> {
+        let excess = self.len()?.saturating_sub(self.cap);
+        if excess == 0 {
+            return Ok(0);
+        }
+        let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
+        let mut dropped = 0u64;
+        for only in ["kind = 'alert'", "1"] {
+            let left = excess - dropped;
+            if left == 0 {
+                break;
+            }
+            let sql = format!(
+                "DELETE FROM fleet_outbox WHERE seq IN
+                     (SELECT seq FROM fleet_outbox WHERE {only} ORDER BY seq LIMIT ?1)"
+            );
+            dropped += tx.execute(&sql, [left as i64]).map_err(|e| self.err(e))? as u64;
+        }
+        tx.execute(
+            "INSERT INTO fleet_cursor (name, value) VALUES ('dropped', ?1)
+             ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+            [dropped as i64],
+        )
+        .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        tracing::warn!(
+            dropped,
+            cap = self.cap,
+            "fleet outbox full: dropped the oldest rows (the fleet view misses them)"
+        );
+        Ok(dropped)
+    }
+
+    /// Rows dropped because the outbox was full, ever.
+    pub fn dropped(&self) -> Result<u64, OutboxError> {
+        self.conn
+            .query_row(
+                "SELECT value FROM fleet_cursor WHERE name = 'dropped'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|v| v.unwrap_or(0).max(0) as u64)
+            .map_err(|e| self.err(e))
     }
 
     /// The oldest `limit` rows, in order.
@@ -284,6 +358,35 @@ mod tests {
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].body["v"], 3);
         assert!(left[0].seq > rows[1].seq, "sequence numbers only grow");
+    }
+
+    #[test]
+    fn a_full_outbox_drops_the_oldest_alerts_first_and_counts_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(&dir.path().join("a.db"))
+            .unwrap()
+            .with_cap(100);
+        ob.push(Kind::Decision, "d1", &json!({})).unwrap();
+        for i in 0..1_000 {
+            ob.push(Kind::Alert, &format!("a{i}"), &json!({"i": i}))
+                .unwrap();
+        }
+        // Checked every 100 pushes here: at most one round over the cap.
+        assert!(ob.len().unwrap() < 200, "{}", ob.len().unwrap());
+        assert!(ob.dropped().unwrap() >= 800, "{}", ob.dropped().unwrap());
+        let rows = ob.take(1_000).unwrap();
+        assert_eq!(rows[0].kind, Kind::Decision, "alerts go before decisions");
+        assert_eq!(rows.last().unwrap().key, "a999", "the newest stay");
+        // The count survives a reopen.
+        let dropped = ob.dropped().unwrap();
+        drop(ob);
+        assert_eq!(
+            Outbox::open(&dir.path().join("a.db"))
+                .unwrap()
+                .dropped()
+                .unwrap(),
+            dropped
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::{
     daemon::control::Shared,
     fleet::{
         FleetConfig, Stats, decide,
-        outbox::{EventRow, Outbox, Row},
+        outbox::{EventRow, Outbox, OutboxError, Row},
         postgres::{self, Heartbeat, PgError},
     },
     switch::decision::Answer,
@@ -154,8 +154,16 @@ async fn connected(
 
 async fn refresh_outbox_len(ctx: &Context, outbox: &Arc<Mutex<Outbox>>) {
     let ob = outbox.clone();
-    if let Ok(Ok(n)) = tokio::task::spawn_blocking(move || ob.lock().expect("outbox").len()).await {
-        ctx.stats.update(|s| s.outbox = n);
+    let counts = tokio::task::spawn_blocking(move || {
+        let ob = ob.lock().expect("outbox");
+        Ok::<_, OutboxError>((ob.len()?, ob.dropped()?))
+    })
+    .await;
+    if let Ok(Ok((n, dropped))) = counts {
+        ctx.stats.update(|s| {
+            s.outbox = n;
+            s.outbox_dropped = dropped;
+        });
     }
 }
 
