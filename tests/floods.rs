@@ -5,7 +5,8 @@
 //! one `switch_flood` alert whose count grows. Meanwhile a real reverse shell of another uid
 //! (65534: a python3 that connects to the test host and puts the socket on stdin and stdout)
 //! still gets its own `reverse_shell` alert and a pending decision within seconds, and
-//! `sentinel status` answers within a second throughout. Root, the real agent, real processes;
+//! `sentinel status` answers within a second throughout; the store stays under the smallest
+//! `agent.max_db_mb` (16) and the agent's memory grows by less than 32 MiB. Root, the real agent, real processes;
 //! every assertion is about what this test started (the flood's marker, its uid, the shell's
 //! pid), and every process group it started is killed, also on failure.
 
@@ -147,9 +148,11 @@ fn a_flood_is_folded_and_another_origins_reverse_shell_still_gets_its_alert_and_
     let net = TestNet::new("fl");
     let mut procs = Procs::default();
     hold_connections(&net, PORT, &mut procs);
-    let agent = Agent::start("");
+    // The smallest cap: the flood must not push the store past it.
+    let agent = Agent::start("max_db_mb = 16");
     let stop = Arc::new(AtomicBool::new(false));
     let status = watch_status(agent.config.clone(), stop.clone());
+    let rss_before = rss_kib(agent.pid());
 
     let started = Instant::now();
     flood(&mut procs);
@@ -246,4 +249,33 @@ fn a_flood_is_folded_and_another_origins_reverse_shell_still_gets_its_alert_and_
         slowest < Duration::from_secs(1),
         "sentinel status took {slowest:?} during the flood"
     );
+    // The store stays under its cap, and the agent's memory bounded.
+    let db = agent.dir.path().join("sentinel.db");
+    let on_disk = ["", "-wal"]
+        .iter()
+        .map(|suffix| std::fs::metadata(format!("{}{suffix}", db.display())).map_or(0, |m| m.len()))
+        .sum::<u64>();
+    assert!(on_disk <= 16 << 20, "the store is {on_disk} bytes on disk");
+    let rss_after = rss_kib(agent.pid());
+    eprintln!(
+        "store {} KiB on disk; agent RSS {rss_before} KiB before the flood, {rss_after} KiB after",
+        on_disk >> 10
+    );
+    // What a flood may cost: its maps are bounded (alerts per origin, candidates, the outbound
+    // memory). The absolute size is a benchmark's matter (`cargo xtask bench-cost`), not this
+    // test's: a debug build's resident size varies by several MiB from run to run.
+    assert!(
+        rss_after.saturating_sub(rss_before) < 32 << 10,
+        "the flood grew the agent from {rss_before} KiB to {rss_after} KiB"
+    );
+}
+
+/// A process's resident memory (`VmRSS`), KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS")
 }
