@@ -13,6 +13,7 @@ mod outcomes;
 pub mod pipeline;
 pub mod service;
 mod startup;
+mod stdio;
 
 use std::{collections::HashSet, net::IpAddr, path::Path, time::Duration};
 
