@@ -120,7 +120,8 @@ pub enum Verdict {
 pub struct ReverseShell {
     candidates: FxHashMap<u32, Candidate>,
     /// Processes found to be reverse shells, with their peer: the same socket seen again (the
-    /// exec that follows a `dup2`) is the same shell, not a second finding.
+    /// exec that follows a `dup2`, the commands the shell runs) is the same shell, not a
+    /// second finding.
     shells: FxHashMap<u32, (IpAddr, u16)>,
 }
 
@@ -147,7 +148,13 @@ impl ReverseShell {
             return Verdict::Nothing;
         };
         let pid = culprit.pid;
-        if self.shells.get(&pid) == Some(&(peer, dport)) {
+        // The shell itself again, or a program it runs: they inherit its socket (a shell's
+        // every command has it on stdio); the shell's alert and tracked tree cover them.
+        let same = Some(&(peer, dport));
+        if std::iter::once(pid)
+            .chain(culprit.ancestry.iter().map(|(p, _)| *p))
+            .any(|p| self.shells.get(&p) == same)
+        {
             return Verdict::Nothing;
         }
         if let Some(c) = self.candidates.get_mut(&pid)
@@ -496,6 +503,12 @@ mod tests {
         ));
         assert!(matches!(
             stdio(&mut rs, &c, 1, Stream::Hidden, t0),
+            Verdict::Nothing
+        ));
+        // The commands it runs inherit the socket: the same shell, not new ones.
+        let child = culprit(15, "id", &[(14, "python3")]);
+        assert!(matches!(
+            stdio(&mut rs, &child, 0, Stream::Hidden, t0),
             Verdict::Nothing
         ));
         // Once it ended, the pid is anyone's.
