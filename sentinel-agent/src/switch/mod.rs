@@ -20,6 +20,7 @@ pub mod decision;
 pub mod ledger;
 pub mod origin;
 mod resume;
+mod split;
 pub mod worker;
 
 use std::{
@@ -418,25 +419,6 @@ impl Switch {
         let change = ending.change.clone();
         self.send(Job::End(vec![ending]));
         Ok(change)
-    }
-
-    /// A SAFE from a message covers the targets that message showed: the ones that joined
-    /// since the last announcement move to a follow-up decision that keeps the deadline and
-    /// is announced (the CLI's `safe` answers what `pending` shows now: all of them).
-    fn keep_unseen_targets(&mut self, id: &str, now: Now) {
-        let Some(p) = self.pending.get(id) else {
-            return;
-        };
-        let shown = p.announced.max(1);
-        if p.open.decision.targets.len() > shown {
-            info!(
-                id,
-                shown,
-                targets = p.open.decision.targets.len(),
-                "SAFE covers the targets its message showed; the rest wait, announced"
-            );
-            self.split_off(id, shown, None, now);
-        }
     }
 
     /// End every decision whose deadline has passed on the boot clock, as one batch, and
