@@ -1,8 +1,11 @@
 //! Answers and shared defence coming back from the fleet store. An answer written by
-//! `sentinel fleet decide` goes to the switch exactly like a chat button's (the switch
-//! applies it once, or refuses it when the decision already ended) and its outcome is written
-//! back for the fleet view. Shared blocks are turned into [`Command`]s for the event loop,
-//! which passes every address through this host's own guard.
+//! `sentinel fleet decide` is checked first ([`Checker`]: an operator's signature over this
+//! row, for this host, fresh, never seen before) and then goes to the switch exactly like a
+//! chat button's (the switch applies it once, or refuses it when the decision already ended);
+//! its outcome is written back for the fleet view. Shared blocks and lifts are turned into
+//! [`Command`]s for the event loop, which passes every address through this host's own guard;
+//! only operator-signed ones, and with `accept_unsigned_shares` the blocks other hosts
+//! publish ([`SharedView`]).
 
 use std::{collections::HashMap, net::IpAddr, time::Duration};
 
