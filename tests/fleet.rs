@@ -4,8 +4,9 @@
 //! decide` reaches the right agent within 2 s and ends its decision (a late answer is refused,
 //! and the fleet view says why); stopping PostgreSQL for 20 s while alerts happen loses and
 //! duplicates nothing, and the switch auto-blocks on time meanwhile; a wrong password is a
-//! clear error in `status`; a block a human confirmed on one host is enforced on the other
-//! through its own guard and lifted everywhere from the fleet view.
+//! clear error in `status`; a block a human confirmed on one host is enforced on another
+//! that accepts unsigned shares, through its own guard, and ignored by one that does not; an
+//! operator's signed block and lift reach every host that shares blocks.
 
 mod common;
 
@@ -49,7 +50,10 @@ fn agent(pg: &Postgres, op: &Operator, id: &str, sections: &str, fleet_extra: &s
     let (pw, _) = op.add_host(id);
     Agent::start_with(
         &format!("id = \"{id}\""),
-        &format!("{sections}\n{}", pg.fleet_section(id, &pw, fleet_extra)),
+        &format!(
+            "{sections}\n{}",
+            pg.fleet_section(id, &pw, &format!("{}\n{fleet_extra}", op.keys_line()))
+        ),
     )
 }
 
@@ -490,8 +494,11 @@ fn a_confirmed_block_is_shared_across_the_fleet_and_lifted_from_the_view() {
             "[switch]\ncountdown = \"5m\"\n[trust]\nips = [\"{CN4}\"]\n{}",
             enforce(&tb)
         ),
-        "share_blocks = true",
+        "share_blocks = true\naccept_unsigned_shares = true",
     );
+    // C takes only what an operator signed.
+    let (hc, tc) = (host_id("sc"), Table::new("fsc"));
+    let c = agent(&pg, &op, &hc, &enforce(&tc), "share_blocks = true");
     knock(RU4, 9401);
     knock(CN4, 9402);
     // One process reached both: its decision holds both targets (the switch's target sets).
@@ -536,6 +543,30 @@ fn a_confirmed_block_is_shared_across_the_fleet_and_lifted_from_the_view() {
     assert!(!tb.elements("block4").iter().any(|(e, _)| e == CN4));
     assert!(ta.elements("block4").iter().any(|(e, _)| e == CN4));
     eprintln!("shared block enforced on the other host after {took:?}");
+    // A's block carries no operator's signature: C ignores it, and says so.
+    eventually(10, "C ignores A's unsigned share", || {
+        c.log().contains("shared block ignored").then_some(())
+    });
+    assert!(!tc.elements("block4").iter().any(|(e, _)| e == RU4));
+    // An operator's signed block reaches C too, and its signed lift lifts it.
+    const OPS4: &str = "198.51.100.77";
+    let out = op.cli(&["fleet", "block", OPS4]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let held = |t: &Table| t.elements("block4").iter().any(|(e, _)| e == OPS4);
+    eventually(10, "C blocks the operator's address", || {
+        held(&tc).then_some(())
+    });
+    let out = op.cli(&["fleet", "unblock", OPS4]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(10, "C lifts it", || (!held(&tc)).then_some(()));
 
     // `fleet unblock` lifts it everywhere.
     let out = op.cli(&["fleet", "unblock", RU4]);

@@ -2,7 +2,7 @@
 //! server started by the test: the operator sets it up (`sentinel fleet init`, `add-host`,
 //! `add-operator`); a host's credentials write only rows under its own name, read only what is
 //! addressed to it, never answer, lift, delete or change the schema; an old single-role store
-//! is upgraded in place.
+//! is upgraded in place. What an operator signs: `tests/fleet_sign.rs`.
 
 mod common;
 
@@ -118,6 +118,22 @@ fn a_host_writes_only_its_own_rows_and_reads_only_what_is_addressed_to_it() {
         )),
         "a lift",
     );
+    // A signature of its own making, or one put back (schema v3: never a signature column).
+    refused(
+        as_a(&format!(
+            "INSERT INTO fleet_shared_blocks (addr, origin_host, at, signer, signed_ms, signature)
+             VALUES ('203.0.113.11', '{A}', now(), 'ops', 1, '00')"
+        )),
+        "a signed shared block",
+    );
+    refused(
+        as_b("UPDATE fleet_shared_blocks SET signer = 'ops', signature = '00'"),
+        "a signature put on a shared block",
+    );
+    refused(
+        as_b("UPDATE fleet_answers SET signature = '00'"),
+        "a signature put on an answer",
+    );
     // Deleting anything, or changing the schema.
     refused(as_a("DELETE FROM fleet_alerts"), "a delete");
     refused(as_a("DELETE FROM fleet_shared_blocks"), "a delete");
@@ -197,10 +213,10 @@ fn the_schema_and_roles_are_the_operators_alone() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("from schema version 0 to 2"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("from schema version 0 to 3"));
     assert_eq!(
         pg.sql("SELECT version FROM sentinel_migrations ORDER BY version"),
-        ["1", "2"]
+        ["1", "2", "3"]
     );
     assert_eq!(
         pg.sql(
@@ -216,7 +232,7 @@ fn the_schema_and_roles_are_the_operators_alone() {
     // Again: nothing to do.
     let out = op.cli(&["fleet", "init"]);
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("at schema version 2"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("at schema version 3"));
 
     // A host's role: its password in a private file, the only place it is written.
     let (file, pw) = op.add_host(A);
@@ -252,9 +268,11 @@ fn the_schema_and_roles_are_the_operators_alone() {
     write_private(
         &config,
         &format!(
-            "[fleet]\npostgres_url = \"{}\"\npostgres_password_file = \"{}\"\n",
+            "[fleet]\npostgres_url = \"{}\"\npostgres_password_file = \"{}\"\n\
+             operator_key_file = \"{}\"\n",
             pg.url_as("ops1"),
-            ops_pw.display()
+            ops_pw.display(),
+            op.key_file.display()
         ),
     );
     let cli = |args: &[&str]| {
@@ -319,7 +337,7 @@ fn a_single_role_store_is_upgraded_in_place() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("from schema version 1 to 2"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("from schema version 1 to 3"));
     let (_, pw) = op.add_host(A);
     // The host's history is its own under its new role.
     assert_eq!(

@@ -292,18 +292,35 @@ impl Postgres {
         } else {
             String::new()
         };
+        // The operator's signing key, made as an operator makes it.
+        let key_file = dir.path().join("ops.key");
+        let out = Command::new(bin)
+            .args(["fleet", "keygen", "ops", "--out"])
+            .arg(&key_file)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "fleet keygen: {}", text(&out));
+        let public_key = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap()
+            .to_string();
         write_private(
             &config,
             &format!(
-                "[fleet]\npostgres_url = \"{}\"\npostgres_password_file = \"{}\"\n{ca}",
+                "[fleet]\npostgres_url = \"{}\"\npostgres_password_file = \"{}\"\n\
+                 operator_key_file = \"{}\"\n{ca}",
                 self.url(),
-                pw.display()
+                pw.display(),
+                key_file.display()
             ),
         );
         Operator {
             dir,
             config,
             bin: bin.to_path_buf(),
+            key_file,
+            public_key,
         }
     }
 
@@ -349,6 +366,10 @@ pub struct Operator {
     dir: tempfile::TempDir,
     pub config: PathBuf,
     bin: PathBuf,
+    /// The operator's private key (`sentinel fleet keygen ops`), named in its config.
+    pub key_file: PathBuf,
+    /// Its public key, `ops:HEX`.
+    pub public_key: String,
 }
 
 impl Operator {
@@ -360,6 +381,11 @@ impl Operator {
             .arg(&self.config)
             .output()
             .unwrap()
+    }
+
+    /// The `[fleet]` line that makes an agent trust this operator's signatures.
+    pub fn keys_line(&self) -> String {
+        format!("operator_keys = [\"{}\"]", self.public_key)
     }
 
     /// `sentinel fleet init`, which must succeed.

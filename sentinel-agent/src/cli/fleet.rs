@@ -3,7 +3,7 @@
 //! now, and answers (`decide`, `unblock`) that the owning agents apply. The operator's set-up
 //! (`init`, `add-host`, `add-operator`) runs with an admin DSN.
 
-use std::{io::Write, net::IpAddr, process::ExitCode, time::Duration};
+use std::{io::Write, net::IpAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Args as ClapArgs, Subcommand, ValueEnum};
@@ -14,6 +14,7 @@ use crate::{
         admin,
         config::describe,
         postgres,
+        sign::OperatorSecret,
         view::{self, DecideOutcome},
     },
     switch::decision::Verdict,
@@ -36,8 +37,13 @@ enum FleetCommand {
     Pending(JsonArgs),
     /// Answer HOST's pending decision ID: its agent applies it (or says why not).
     Decide(DecideArgs),
-    /// Lift a block on every host of the fleet.
-    Unblock(UnblockArgs),
+    /// Lift the fleet's block on ADDR on every host (signed with the operator's key).
+    Unblock(AddrArgs),
+    /// Block ADDR on every host that shares blocks (signed with the operator's key).
+    Block(AddrArgs),
+    /// Make an operator's signing key: the private key goes to FILE (mode 0600, never
+    /// overwritten); the public key, printed, goes in every host's `fleet.operator_keys`.
+    Keygen(KeygenArgs),
     /// Create or upgrade the schema and the roles (with an admin DSN in `fleet.postgres_url`).
     Init,
     /// Give host NAME (its `agent.id`) its own login role, or a new password.
@@ -78,15 +84,47 @@ struct DecideArgs {
     /// How long to wait for the agent's outcome.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     wait: Duration,
+    #[command(flatten)]
+    key: KeyArgs,
 }
 
 #[derive(Debug, ClapArgs)]
-struct UnblockArgs {
+struct AddrArgs {
     addr: IpAddr,
+    #[command(flatten)]
+    key: KeyArgs,
+}
+
+#[derive(Debug, ClapArgs)]
+struct KeyArgs {
+    /// The operator's private key (default: `fleet.operator_key_file`).
+    #[arg(long = "key")]
+    file: Option<PathBuf>,
+}
+
+#[derive(Debug, ClapArgs)]
+struct KeygenArgs {
+    /// The operator's name, signed with every order (letters, digits, `._@-`).
+    name: String,
+    /// Where the private key goes (mode 0600; an existing file is never overwritten).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
+    if let FleetCommand::Keygen(k) = &args.command {
+        return keygen(k);
+    }
     let config = cli.load_config()?;
+    // The key is read before anything is written, so a missing key changes nothing.
+    let key = match &args.command {
+        FleetCommand::Decide(DecideArgs { key, .. })
+        | FleetCommand::Unblock(AddrArgs { key, .. })
+        | FleetCommand::Block(AddrArgs { key, .. }) => {
+            Some(operator_key(key, &config.fleet.operator_key_file)?)
+        }
+        _ => None,
+    };
     let pg = config.fleet.pg_config()?;
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -96,24 +134,67 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
             let (mut client, _notes) = postgres::connect(&pg, &config.fleet.ca_file)
                 .await
                 .with_context(|| format!("fleet store {}", describe(&pg)))?;
-            dispatch(&mut client, &args.command).await.map_err(|e| {
-                match e.downcast_ref::<view::ViewError>() {
+            dispatch(&mut client, &args.command, key.as_ref())
+                .await
+                .map_err(|e| match e.downcast_ref::<view::ViewError>() {
                     Some(view::ViewError::Pg(pg)) if pg.is_missing_schema() => e.context(
                         "the fleet store has no Sentinel tables yet: run `sentinel fleet init` \
                          with an admin DSN",
                     ),
                     _ => e,
-                }
-            })
+                })
         })
+}
+
+/// The operator's key: `--key`, else `fleet.operator_key_file`.
+fn operator_key(args: &KeyArgs, configured: &std::path::Path) -> anyhow::Result<OperatorSecret> {
+    let path = match &args.file {
+        Some(p) => p.as_path(),
+        None if !configured.as_os_str().is_empty() => configured,
+        None => anyhow::bail!(
+            "an operator key is needed to sign this: --key FILE or fleet.operator_key_file \
+             (made by `sentinel fleet keygen NAME --out FILE`)"
+        ),
+    };
+    OperatorSecret::read(path).map_err(anyhow::Error::msg)
+}
+
+fn keygen(a: &KeygenArgs) -> anyhow::Result<ExitCode> {
+    let key = OperatorSecret::generate(&a.name).map_err(anyhow::Error::msg)?;
+    key.write(&a.out).map_err(anyhow::Error::msg)?;
+    let public = key.public();
+    let pub_file = a.out.with_extension("pub");
+    let note = match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&pub_file)
+        .and_then(|mut f| writeln!(f, "{public}"))
+    {
+        Ok(()) => format!(" (also in {})", pub_file.display()),
+        Err(_) => String::new(),
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "private key in {} (mode 0600: keep it on the operator's machine only)",
+        a.out.display()
+    )?;
+    writeln!(
+        out,
+        "public key{note}, for every host's fleet.operator_keys:\n{public}"
+    )?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn dispatch(
     client: &mut tokio_postgres::Client,
     command: &FleetCommand,
+    key: Option<&OperatorSecret>,
 ) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
+    let key = || key.context("no operator key");
     match command {
+        FleetCommand::Keygen(_) => unreachable!("keygen needs no store"),
         FleetCommand::Init => {
             let (from, to) = admin::init(client).await?;
             if from == to {
@@ -175,9 +256,18 @@ async fn dispatch(
                 }
             }
         }
-        FleetCommand::Decide(a) => return decide(client, a, &mut out).await,
+        FleetCommand::Decide(a) => return decide(client, a, key()?, &mut out).await,
+        FleetCommand::Block(a) => {
+            view::block(client, a.addr, &view::requester(), key()?).await?;
+            writeln!(
+                out,
+                "{} blocked on every host of the fleet that shares blocks (signed by {})",
+                a.addr,
+                key()?.name
+            )?;
+        }
         FleetCommand::Unblock(a) => {
-            let held = view::unblock(client, a.addr, &view::requester()).await?;
+            let held = view::unblock(client, a.addr, &view::requester(), key()?).await?;
             writeln!(
                 out,
                 "{} lifted on every host of the fleet (held by: {})",
@@ -222,6 +312,7 @@ async fn add_role(
 async fn decide(
     client: &tokio_postgres::Client,
     a: &DecideArgs,
+    key: &OperatorSecret,
     out: &mut impl Write,
 ) -> anyhow::Result<ExitCode> {
     let (host, id) = view::parse_ref(&a.target)?;
@@ -229,7 +320,7 @@ async fn decide(
         Answer::Safe => Verdict::Safe,
         Answer::Block => Verdict::Block,
     };
-    match view::decide(client, host, id, verdict, &view::requester(), a.wait).await? {
+    match view::decide(client, host, id, verdict, &view::requester(), key, a.wait).await? {
         DecideOutcome::Applied(state) => {
             writeln!(out, "{}", decided_line(host, id, &state))?;
             Ok(ExitCode::SUCCESS)

@@ -16,7 +16,10 @@ use std::{path::PathBuf, str::FromStr, time::Duration};
 use serde::Deserialize;
 use tokio_postgres::config::{Host, SslMode};
 
-use crate::config::{Problem, duration};
+use crate::{
+    config::{Problem, duration},
+    fleet::sign::Keyring,
+};
 
 /// The `[fleet]` section.
 #[derive(Debug, Clone, Deserialize)]
@@ -48,6 +51,19 @@ pub struct FleetConfig {
     /// Allow `sslmode=prefer|allow|disable` to a store that is not local (plaintext on the
     /// network: an on-path attacker reads the password and can pose as the store).
     pub insecure: bool,
+    /// The operators' public keys (`NAME:HEX`, as `sentinel fleet keygen` prints them): only
+    /// answers, shared blocks and lifts signed by one of them are acted on. Several keys may
+    /// share a name (rotation).
+    pub operator_keys: Vec<String>,
+    /// `sentinel fleet decide|block|unblock`: the operator's private key (mode 0600); never on
+    /// a host. `--key` overrides it.
+    pub operator_key_file: PathBuf,
+    /// An answer signed longer ago than this is refused.
+    #[serde(deserialize_with = "duration")]
+    pub answer_ttl: Duration,
+    /// Also apply shared blocks that no operator signed, published by another host when a
+    /// human confirmed a block there (that host, if compromised, chooses them).
+    pub accept_unsigned_shares: bool,
 }
 
 impl Default for FleetConfig {
@@ -62,6 +78,10 @@ impl Default for FleetConfig {
             share_blocks: false,
             ca_file: PathBuf::new(),
             insecure: false,
+            operator_keys: Vec::new(),
+            operator_key_file: PathBuf::new(),
+            answer_ttl: Duration::from_secs(600),
+            accept_unsigned_shares: false,
         }
     }
 }
@@ -175,7 +195,37 @@ impl FleetConfig {
                 ),
             );
         }
+        if let Err(bad) = Keyring::parse(&self.operator_keys) {
+            for (i, why) in bad {
+                out.push(Problem::new(
+                    "fleet.operator_keys",
+                    format!("entry {} {why}", i + 1),
+                ));
+            }
+        }
+        if self.answer_ttl < Duration::from_secs(10)
+            || self.answer_ttl > Duration::from_secs(86_400)
+        {
+            out.push(Problem::new(
+                "fleet.answer_ttl",
+                format!(
+                    "{} is not between 10s and 24h",
+                    humantime::format_duration(self.answer_ttl)
+                ),
+            ));
+        }
         out
+    }
+
+    /// The operators' public keys (entries that do not parse are left out: `problems` names
+    /// them, and a config with problems does not start).
+    pub fn keyring(&self) -> Keyring {
+        Keyring(
+            self.operator_keys
+                .iter()
+                .filter_map(|k| k.parse().ok())
+                .collect(),
+        )
     }
 
     /// The connection settings: the URL, then the password file, then the `PG*` environment
@@ -366,6 +416,11 @@ mod tests {
             (d.interval, d.heartbeat, d.ship_events, d.share_blocks)
         );
         assert_eq!((&c.ca_file, c.insecure), (&d.ca_file, d.insecure));
+        assert_eq!(
+            (&c.operator_keys, &c.operator_key_file, c.answer_ttl),
+            (&d.operator_keys, &d.operator_key_file, d.answer_ttl)
+        );
+        assert_eq!(c.accept_unsigned_shares, d.accept_unsigned_shares);
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod decide;
 pub mod outbox;
 pub mod postgres;
 pub mod ship;
+pub mod sign;
 pub mod view;
 
 use std::{

@@ -53,11 +53,16 @@ pub async fn run(ctx: Context) {
             return;
         }
     };
-    let mut shared_view = decide::SharedView::default();
+    let mut shared_view =
+        decide::SharedView::new(ctx.config.keyring(), ctx.config.accept_unsigned_shares);
+    let mut checker = decide::Checker::new(ctx.config.keyring(), ctx.config.answer_ttl);
+    if ctx.config.operator_keys.is_empty() {
+        warn!("fleet.operator_keys is empty: every fleet answer and shared lift will be refused");
+    }
     let mut backoff = ctx.config.interval;
     loop {
         refresh_outbox_len(&ctx, &outbox).await;
-        let error = session(&ctx, &outbox, &mut shared_view).await;
+        let error = session(&ctx, &outbox, &mut shared_view, &mut checker).await;
         let was_connected = ctx.stats.snapshot().connected;
         ctx.stats.update(|s| {
             s.connected = false;
@@ -83,8 +88,9 @@ async fn session(
     ctx: &Context,
     outbox: &Arc<Mutex<Outbox>>,
     shared_view: &mut decide::SharedView,
+    checker: &mut decide::Checker,
 ) -> String {
-    match connected(ctx, outbox, shared_view).await {
+    match connected(ctx, outbox, shared_view, checker).await {
         Ok(never) => match never {},
         Err(e) => e,
     }
@@ -94,6 +100,7 @@ async fn connected(
     ctx: &Context,
     outbox: &Arc<Mutex<Outbox>>,
     shared_view: &mut decide::SharedView,
+    checker: &mut decide::Checker,
 ) -> Result<std::convert::Infallible, String> {
     let pg = ctx.config.pg_config().map_err(|e| e.to_string())?;
     let (mut client, mut notes) = postgres::connect(&pg, &ctx.config.ca_file)
@@ -117,7 +124,7 @@ async fn connected(
         .sync(&client, &ctx.host, ctx.config.share_blocks, &ctx.commands)
         .await
         .map_err(pg_err)?;
-    decide::pickup(&client, &ctx.host, &ctx.answers)
+    decide::pickup(&client, &ctx.host, &ctx.answers, checker)
         .await
         .map_err(pg_err)?;
 
@@ -132,7 +139,7 @@ async fn connected(
             _ = heartbeat_tick.tick() => heartbeat(ctx, &client).await.map_err(pg_err)?,
             note = notes.recv() => match note {
                 Some(n) if n == answer_note => {
-                    decide::pickup(&client, &ctx.host, &ctx.answers).await.map_err(pg_err)?
+                    decide::pickup(&client, &ctx.host, &ctx.answers, checker).await.map_err(pg_err)?
                 }
                 Some(n) if n == "shared" => shared_view
                     .sync(&client, &ctx.host, ctx.config.share_blocks, &ctx.commands)
@@ -142,7 +149,7 @@ async fn connected(
                 None => return Err("the connection to the fleet store was lost".into()),
             },
             _ = answer_tick.tick() => {
-                decide::pickup(&client, &ctx.host, &ctx.answers).await.map_err(pg_err)?
+                decide::pickup(&client, &ctx.host, &ctx.answers, checker).await.map_err(pg_err)?
             }
             _ = shared_tick.tick() => shared_view
                 .sync(&client, &ctx.host, ctx.config.share_blocks, &ctx.commands)

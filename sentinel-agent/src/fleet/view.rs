@@ -7,7 +7,13 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::{fleet::postgres::PgError, switch::decision::Verdict};
+use crate::{
+    fleet::{
+        postgres::PgError,
+        sign::{OperatorSecret, Order},
+    },
+    switch::decision::Verdict,
+};
 
 /// `fleet hosts --json`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -138,13 +144,15 @@ pub fn parse_ref(text: &str) -> Result<(&str, &str), ViewError> {
     }
 }
 
-/// Write an answer for `host`'s decision `id` and wait up to `wait` for its agent's outcome.
+/// Write an answer for `host`'s decision `id`, signed with `key`, and wait up to `wait` for
+/// its agent's outcome.
 pub async fn decide(
     client: &tokio_postgres::Client,
     host: &str,
     id: &str,
     verdict: Verdict,
     by: &str,
+    key: &OperatorSecret,
     wait: Duration,
 ) -> Result<DecideOutcome, ViewError> {
     let last_seen: Option<f64> = client
@@ -161,11 +169,17 @@ pub async fn decide(
         Verdict::Safe => "safe",
         Verdict::Block => "block",
     };
+    let (at, signature) = key.sign(&Order::Answer {
+        host,
+        decision_id: id,
+        verdict,
+    });
     let answer: i64 = client
         .query_one(
-            "INSERT INTO fleet_answers (host, decision_id, verdict, requested_by)
-             VALUES ($1, $2, $3, $4) RETURNING id",
-            &[&host, &id, &verdict, &by],
+            "INSERT INTO fleet_answers
+                 (host, decision_id, verdict, requested_by, operator, signed_ms, signature)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+            &[&host, &id, &verdict, &by, &key.name, &at, &signature],
         )
         .await?
         .get(0);
@@ -191,20 +205,26 @@ pub async fn decide(
     }
 }
 
-/// Lift `addr` on every host: the shared block is marked lifted (recorded even when no host
-/// shared it, so every agent lifts its own block). Returns the hosts that held it.
+/// Lift `addr` on every host, signed with `key`: the shared block is marked lifted (recorded
+/// even when no host shared it). Each agent lifts the block the fleet made (and the origin
+/// host the block it shared). Returns the hosts that held it.
 pub async fn unblock(
     client: &tokio_postgres::Client,
     addr: std::net::IpAddr,
     by: &str,
+    key: &OperatorSecret,
 ) -> Result<Vec<String>, ViewError> {
+    let (at, signature) = key.sign(&Order::Lift { addr });
     let addr = addr.to_string();
     client
         .execute(
-            "INSERT INTO fleet_shared_blocks (addr, at, lifted_at, lifted_by)
-             VALUES ($1::text::inet, now(), now(), $2)
-             ON CONFLICT (addr) DO UPDATE SET lifted_at = now(), lifted_by = excluded.lifted_by",
-            &[&addr, &by],
+            "INSERT INTO fleet_shared_blocks
+                 (addr, at, lifted_at, lifted_by, signer, signed_ms, signature)
+             VALUES ($1::text::inet, now(), now(), $2, $3, $4, $5)
+             ON CONFLICT (addr) DO UPDATE SET lifted_at = now(), lifted_by = excluded.lifted_by,
+                 signer = excluded.signer, signed_ms = excluded.signed_ms,
+                 signature = excluded.signature",
+            &[&addr, &by, &key.name, &at, &signature],
         )
         .await?;
     let rows = client
@@ -215,6 +235,30 @@ pub async fn unblock(
         )
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Block `addr` on every host that shares blocks (each through its own guard), signed with
+/// `key`, as an operator's own order (no host's decision behind it).
+pub async fn block(
+    client: &tokio_postgres::Client,
+    addr: std::net::IpAddr,
+    by: &str,
+    key: &OperatorSecret,
+) -> Result<(), ViewError> {
+    let (at, signature) = key.sign(&Order::Block { addr });
+    client
+        .execute(
+            "INSERT INTO fleet_shared_blocks
+                 (addr, origin_host, decision_id, confirmed_by, at, signer, signed_ms, signature)
+             VALUES ($1::text::inet, NULL, NULL, $2, now(), $3, $4, $5)
+             ON CONFLICT (addr) DO UPDATE SET origin_host = NULL, decision_id = NULL,
+                 confirmed_by = excluded.confirmed_by, at = now(), lifted_at = NULL,
+                 lifted_by = NULL, signer = excluded.signer, signed_ms = excluded.signed_ms,
+                 signature = excluded.signature",
+            &[&addr.to_string(), &by, &key.name, &at, &signature],
+        )
+        .await?;
+    Ok(())
 }
 
 /// Who is answering: `user@machine`.
