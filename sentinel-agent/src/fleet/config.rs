@@ -512,7 +512,7 @@ mod tests {
         let none = |_: &str| None;
         for url in [
             "postgresql://web1@db.example:5432/fleet",
-            "postgresql://web1@192.0.2.7/fleet",
+            "postgresql://web1@198.51.100.7/fleet",
             "postgresql://web1@db.example/fleet?sslmode=require",
             "postgresql://web1@db.example/fleet?sslmode=verify-full",
             "host=db.example user=web1 sslmode=verify-ca",
@@ -536,8 +536,14 @@ mod tests {
                 "postgresql://web1@db.example/fleet?sslmode=disable",
                 "disable",
             ),
-            ("postgresql://web1@192.0.2.7/fleet?sslmode=prefer", "prefer"),
-            ("postgresql://web1@192.0.2.7/fleet?sslmode=allow", "allow"),
+            (
+                "postgresql://web1@198.51.100.7/fleet?sslmode=prefer",
+                "prefer",
+            ),
+            (
+                "postgresql://web1@198.51.100.7/fleet?sslmode=allow",
+                "allow",
+            ),
             ("host=db.example user=web1 sslmode=disable", "disable"),
         ] {
             let e = cfg(url).pg_config_with(none).unwrap_err().to_string();
@@ -576,7 +582,7 @@ mod tests {
             let c = cfg(url).pg_config_with(none).unwrap();
             assert_ne!(c.get_ssl_mode(), SslMode::Require, "{url}");
         }
-        let c = cfg("postgresql://web1@db.example/fleet?hostaddr=192.0.2.7&sslmode=disable");
+        let c = cfg("postgresql://web1@db.example/fleet?hostaddr=198.51.100.7&sslmode=disable");
         assert!(c.pg_config_with(none).is_err());
     }
 
