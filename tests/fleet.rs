@@ -378,6 +378,59 @@ fn an_outage_loses_nothing_duplicates_nothing_and_the_switch_keeps_time() {
 }
 
 #[test]
+fn a_full_outbox_is_counted_in_the_fleet_view_not_hidden() {
+    if !require_root("a_full_outbox_is_counted_in_the_fleet_view_not_hidden") {
+        return;
+    }
+    let _serial = serial();
+    let _net = TestNet::new("fd");
+    let pg = Postgres::start();
+    let op = operator(&pg);
+    let h = host_id("d");
+    let a = agent(
+        &pg,
+        &op,
+        &h,
+        "[alerts]\ndedup_window = \"0s\"",
+        "outbox_max_rows = 10",
+    );
+    let row = |op: &Operator| -> Option<Value> {
+        try_fleet(op, &["hosts"])?
+            .into_iter()
+            .find(|x| x["host"] == h.as_str())
+    };
+    let first = eventually(15, "the host's first heartbeat", || row(&op));
+    assert_eq!(first["outbox_dropped"], 0, "{first}");
+
+    // An outage long enough for the outbox to fill: 30 alerts (and their decision) for a
+    // cap of 10 rows.
+    pg.stop_server();
+    for port in 9311..9341 {
+        knock(RU4, port);
+    }
+    let dropped = eventually(20, "the outbox drops past its cap", || {
+        let n = a.status()["fleet"]["outbox_dropped"].as_u64()?;
+        (n > 0).then_some(n)
+    });
+    pg.start_server();
+
+    // Back: the view says how many rows of this host it will never see, as the host counted.
+    let back = eventually(30, "the heartbeat carries the drop count", || {
+        let r = row(&op)?;
+        (r["outbox_dropped"].as_u64()? >= dropped).then_some(r)
+    });
+    let counted = a.status()["fleet"]["outbox_dropped"].as_u64().unwrap();
+    assert_eq!(back["outbox_dropped"].as_u64(), Some(counted), "{back}");
+    let text = op.cli(&["fleet", "hosts"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    let line = text.lines().find(|l| l.starts_with(h.as_str())).unwrap();
+    assert!(
+        line.ends_with(&format!("{counted} rows dropped")),
+        "fleet hosts: {line:?}"
+    );
+}
+
+#[test]
 fn a_wrong_password_is_a_clear_error_in_status_not_a_crash() {
     if !require_root("a_wrong_password_is_a_clear_error_in_status_not_a_crash") {
         return;

@@ -218,8 +218,8 @@ async fn dispatch(
             if !a.json {
                 writeln!(
                     out,
-                    "{:<24} {:<9} {:<26} {:<7} PENDING",
-                    "HOST", "VERSION", "LAST SEEN", "STATE"
+                    "{:<24} {:<9} {:<26} {:<7} {:<7} MISSED",
+                    "HOST", "VERSION", "LAST SEEN", "STATE", "PENDING"
                 )?;
             }
             for h in hosts {
@@ -344,8 +344,13 @@ async fn decide(
 /// One `fleet hosts` line.
 fn host_line(h: &view::HostRow) -> String {
     let state = if h.silent { "SILENT" } else { "ok" };
+    // What the host's outbox dropped while the store was out of reach: this view lacks it.
+    let missed = match h.outbox_dropped {
+        0 => "-".to_string(),
+        n => format!("{n} rows dropped"),
+    };
     format!(
-        "{:<24} {:<9} {:<26} {state:<7} {}",
+        "{:<24} {:<9} {:<26} {state:<7} {:<7} {missed}",
         escape(&h.host),
         escape(&h.version),
         escape(&h.last_seen),
@@ -404,7 +409,9 @@ mod tests {
     proptest! {
         #[test]
         fn hosts_lines_are_inert(host in any::<String>(), version in any::<String>(), seen in any::<String>()) {
-            let h = view::HostRow { host, version, last_seen: seen, silent: false, pending: 1 };
+            let h = view::HostRow {
+                host, version, last_seen: seen, silent: false, pending: 1, outbox_dropped: 2,
+            };
             prop_assert!(inert(&host_line(&h)));
         }
 
@@ -449,6 +456,7 @@ mod tests {
             last_seen: "now".into(),
             silent: false,
             pending: 0,
+            outbox_dropped: 0,
         };
         let line = host_line(&h);
         assert!(line.contains(r"web1\x1b]0;owned\x07\nfake line"), "{line}");

@@ -528,7 +528,10 @@ pub fn build_pipeline(
         }),
         dry_run: config.enforce.mode == EnforceMode::DryRun,
         fleet: if config.fleet.enabled() {
-            Some(fleet::Recorder::open(&agent.db)?)
+            Some(fleet::Recorder::open(
+                &agent.db,
+                config.fleet.outbox_max_rows,
+            )?)
         } else {
             None
         },

@@ -33,6 +33,9 @@ pub struct FleetConfig {
     pub postgres_password_file: PathBuf,
     /// Most rows sent in one transaction.
     pub batch: usize,
+    /// Most rows the outbox keeps while the store cannot be reached; past it the oldest go
+    /// (alerts first) and are counted (`status`, metrics and the fleet view show how many).
+    pub outbox_max_rows: u64,
     /// How often the outbox is shipped (and answers polled when notifications are missed).
     #[serde(deserialize_with = "duration")]
     pub interval: Duration,
@@ -72,6 +75,7 @@ impl Default for FleetConfig {
             postgres_url: String::new(),
             postgres_password_file: PathBuf::new(),
             batch: 500,
+            outbox_max_rows: crate::fleet::outbox::MAX_ROWS,
             interval: Duration::from_secs(1),
             heartbeat: Duration::from_secs(10),
             ship_events: false,
@@ -175,6 +179,12 @@ impl FleetConfig {
             bad(
                 "fleet.batch",
                 format!("{} is not between 1 and 10000", self.batch),
+            );
+        }
+        if !(10..=10_000_000).contains(&self.outbox_max_rows) {
+            bad(
+                "fleet.outbox_max_rows",
+                format!("{} is not between 10 and 10000000", self.outbox_max_rows),
             );
         }
         if self.interval < Duration::from_millis(100) || self.interval > Duration::from_secs(300) {
@@ -438,6 +448,7 @@ mod tests {
     fn out_of_range_values_are_named() {
         let c = FleetConfig {
             batch: 0,
+            outbox_max_rows: 0,
             interval: Duration::from_millis(10),
             heartbeat: Duration::from_secs(7200),
             postgres_password_file: "/nonexistent/pw".into(),
@@ -450,6 +461,7 @@ mod tests {
             [
                 "fleet.postgres_password_file",
                 "fleet.batch",
+                "fleet.outbox_max_rows",
                 "fleet.interval",
                 "fleet.heartbeat"
             ]

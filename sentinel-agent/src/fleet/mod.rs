@@ -91,9 +91,9 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn open(db: &Path) -> Result<Self, outbox::OutboxError> {
+    pub fn open(db: &Path, max_rows: u64) -> Result<Self, outbox::OutboxError> {
         Ok(Self {
-            outbox: outbox::Outbox::open(db)?,
+            outbox: outbox::Outbox::open(db)?.with_cap(max_rows),
         })
     }
 

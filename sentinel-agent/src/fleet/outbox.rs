@@ -128,9 +128,8 @@ impl Outbox {
         })
     }
 
-    /// The same outbox with another cap (tests).
-    #[cfg(test)]
-    fn with_cap(mut self, cap: u64) -> Self {
+    /// The same outbox with another cap (`fleet.outbox_max_rows`).
+    pub fn with_cap(mut self, cap: u64) -> Self {
         self.cap = cap;
         self
     }

@@ -312,16 +312,20 @@ pub struct Heartbeat {
     pub lost: i64,
     pub pending: i64,
     pub outbox: i64,
+    /// Rows the outbox dropped when full, ever: what the fleet view misses of this host.
+    pub outbox_dropped: i64,
 }
 
 pub async fn heartbeat(client: &Client, host: &str, hb: &Heartbeat) -> Result<(), PgError> {
     client
         .execute(
-            "INSERT INTO fleet_hosts (host, version, last_seen, heartbeat_s, sensors, lost, pending, outbox)
-             VALUES ($1, $2, now(), $3, $4, $5, $6, $7)
+            "INSERT INTO fleet_hosts
+                 (host, version, last_seen, heartbeat_s, sensors, lost, pending, outbox, outbox_dropped)
+             VALUES ($1, $2, now(), $3, $4, $5, $6, $7, $8)
              ON CONFLICT (host) DO UPDATE SET version = excluded.version, last_seen = now(),
                  heartbeat_s = excluded.heartbeat_s, sensors = excluded.sensors,
-                 lost = excluded.lost, pending = excluded.pending, outbox = excluded.outbox",
+                 lost = excluded.lost, pending = excluded.pending, outbox = excluded.outbox,
+                 outbox_dropped = excluded.outbox_dropped",
             &[
                 &host,
                 &hb.version,
@@ -330,6 +334,7 @@ pub async fn heartbeat(client: &Client, host: &str, hb: &Heartbeat) -> Result<()
                 &hb.lost,
                 &hb.pending,
                 &hb.outbox,
+                &hb.outbox_dropped,
             ],
         )
         .await?;

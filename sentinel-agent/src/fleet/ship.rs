@@ -46,7 +46,7 @@ pub struct Context {
 /// The fleet task: runs until the agent stops.
 pub async fn run(ctx: Context) {
     let outbox = match Outbox::open(&ctx.db) {
-        Ok(o) => Arc::new(Mutex::new(o)),
+        Ok(o) => Arc::new(Mutex::new(o.with_cap(ctx.config.outbox_max_rows))),
         Err(e) => {
             ctx.stats.update(|s| s.last_error = Some(e.to_string()));
             warn!("fleet shipping is off: {e}");
@@ -284,13 +284,15 @@ async fn ship_one_by_one(
 
 async fn heartbeat(ctx: &Context, client: &tokio_postgres::Client) -> Result<(), PgError> {
     let status = ctx.shared.status();
+    let snapshot = ctx.stats.snapshot();
     let hb = Heartbeat {
         version: env!("CARGO_PKG_VERSION"),
         heartbeat_s: ctx.config.heartbeat.as_secs().max(1) as i32,
         sensors: serde_json::to_value(&status.sensors).unwrap_or_default(),
         lost: status.sensors.values().map(|s| s.lost as i64).sum(),
         pending: status.pending as i64,
-        outbox: ctx.stats.snapshot().outbox as i64,
+        outbox: snapshot.outbox as i64,
+        outbox_dropped: snapshot.outbox_dropped as i64,
     };
     postgres::heartbeat(client, &ctx.host, &hb).await
 }

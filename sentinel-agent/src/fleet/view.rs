@@ -24,6 +24,8 @@ pub struct HostRow {
     /// Three heartbeats missed.
     pub silent: bool,
     pub pending: i64,
+    /// Rows the host's outbox dropped when full: what this view misses of it.
+    pub outbox_dropped: i64,
 }
 
 /// `fleet pending --json`.
@@ -75,7 +77,8 @@ pub async fn hosts(client: &tokio_postgres::Client) -> Result<Vec<HostRow>, View
             "SELECT h.host, h.version, extract(epoch FROM h.last_seen)::float8,
                     now() - h.last_seen > make_interval(secs => 3 * h.heartbeat_s),
                     (SELECT count(*) FROM fleet_decisions d
-                     WHERE d.host = h.host AND d.state = 'pending')
+                     WHERE d.host = h.host AND d.state = 'pending'),
+                    h.outbox_dropped
              FROM fleet_hosts h ORDER BY h.host",
             &[],
         )
@@ -88,6 +91,7 @@ pub async fn hosts(client: &tokio_postgres::Client) -> Result<Vec<HostRow>, View
             last_seen: rfc3339(r.get(2)),
             silent: r.get(3),
             pending: r.get(4),
+            outbox_dropped: r.get(5),
         })
         .collect())
 }
