@@ -262,11 +262,16 @@ fn a_flood_is_folded_and_another_origins_reverse_shell_still_gets_its_alert_and_
         on_disk >> 10
     );
     // What a flood may cost: its maps are bounded (alerts per origin, candidates, the outbound
-    // memory). The absolute size is a benchmark's matter (`cargo xtask bench-cost`), not this
-    // test's: a debug build's resident size varies by several MiB from run to run.
+    // memory), and the allocator gives freed memory back (src/alloc.rs). 64 MiB is the issue's
+    // bound (#23), for the whole process, this debug build's mapped code included (~27 MiB
+    // of it; a release build's is ~5 MiB): measured 47–50 MiB.
     assert!(
         rss_after.saturating_sub(rss_before) < 32 << 10,
         "the flood grew the agent from {rss_before} KiB to {rss_after} KiB"
+    );
+    assert!(
+        rss_after < 64 << 10,
+        "the agent is {rss_after} KiB resident after the flood"
     );
 }
 

@@ -1,5 +1,6 @@
 //! `sentinel`: the agent (`sentinel run`) and its command line, in one binary.
 
+mod alloc;
 mod cli;
 mod config;
 mod daemon;
@@ -16,11 +17,6 @@ mod store;
 mod switch;
 mod untrusted;
 mod untrusted_file;
-
-/// mimalloc: the agent allocates and frees a dozen small strings per event; glibc's malloc
-/// spent a fifth of the agent's time on them (fastbin consolidation included).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     cli::main()

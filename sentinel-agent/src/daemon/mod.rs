@@ -127,6 +127,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         sigterm: signal(SignalKind::terminate())?,
         sigint: signal(SignalKind::interrupt())?,
     };
+    crate::alloc::return_freed_memory();
     startup::announce_ready(agent, sensors.attached, core.tree.len());
     event_loop(&mut core, &mut inbox, &mut timers).await;
     stop(
