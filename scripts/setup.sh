@@ -12,8 +12,11 @@ NIGHTLY=${SENTINEL_BPF_TOOLCHAIN:-nightly}
 # real-world detection suite. chromium: the confirmation-page test drives a real headless
 # browser. debootstrap and systemd-container (systemd-nspawn): the unit is tested in a
 # container booted with systemd. postgresql: the fleet tests start their own server.
+# golang-go, python3-venv, python3-dev, ansible-core, logrotate, cron: the admin's day that must
+# raise nothing (tests/vps_day.rs).
 APT_PACKAGES=(nftables iproute2 bpftool gcc libc6-dev pkg-config ca-certificates systemd
-  openssh-server openssh-client nginx php-fpm chromium debootstrap systemd-container postgresql)
+  openssh-server openssh-client nginx php-fpm chromium debootstrap systemd-container postgresql
+  golang-go python3-venv python3-dev ansible-core logrotate cron)
 for arg in "$@"; do
   case "$arg" in
     --bench) APT_PACKAGES+=(bpftrace) ;;

@@ -318,27 +318,8 @@ fn attack_agent(table: &Table, kill: bool) -> Agent {
     )
 }
 
-/// Alerts about processes this test started. The agent watches the whole machine, where
-/// colleagues' tests run too: an alert is ours when the last exec of its process before the
-/// alert has this test binary among its ancestors (pids alone are reused within a run).
 fn our_alerts(agent: &Agent) -> Vec<Value> {
-    let alerts = agent.events("alert");
-    if alerts.is_empty() {
-        return alerts;
-    }
-    let me = common::own_comm();
-    let execs = agent.events("exec");
-    let ts = |v: &Value| v["ts"].as_str().unwrap_or_default().to_string();
-    alerts
-        .into_iter()
-        .filter(|a| {
-            execs
-                .iter()
-                .rfind(|e| e["pid"] == a["pid"] && ts(e) <= ts(a))
-                .and_then(|e| e["ancestors"].as_array())
-                .is_some_and(|up| up.iter().any(|c| c.as_str() == Some(me.as_str())))
-        })
-        .collect()
+    agent.our_alerts()
 }
 
 fn ids(events: &[Value]) -> HashSet<String> {

@@ -141,6 +141,29 @@ impl Agent {
         agent
     }
 
+    /// Alerts about processes this test started. The agent watches the whole machine, where
+    /// colleagues' tests run too: an alert is ours when the last exec of its process before the
+    /// alert has this test binary among its ancestors (pids alone are reused within a run).
+    pub fn our_alerts(&self) -> Vec<serde_json::Value> {
+        let alerts = self.events("alert");
+        if alerts.is_empty() {
+            return alerts;
+        }
+        let me = own_comm();
+        let execs = self.events("exec");
+        let ts = |v: &serde_json::Value| v["ts"].as_str().unwrap_or_default().to_string();
+        alerts
+            .into_iter()
+            .filter(|a| {
+                execs
+                    .iter()
+                    .rfind(|e| e["pid"] == a["pid"] && ts(e) <= ts(a))
+                    .and_then(|e| e["ancestors"].as_array())
+                    .is_some_and(|up| up.iter().any(|c| c.as_str() == Some(me.as_str())))
+            })
+            .collect()
+    }
+
     /// Start (again) on the same config, db and socket; waits until it answers.
     pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "agent already running");

@@ -233,6 +233,12 @@ fn free_port(addr: &str) -> u16 {
 impl Sshd {
     /// Start `sshd -D` on `addr` (an address of this side of a test veth) and a free port.
     pub fn start(addr: &str) -> Sshd {
+        Self::start_in(None, addr, free_port(addr))
+    }
+
+    /// Start `sshd -D` inside network namespace `ns` (a test host) on `addr` and `port`, or
+    /// on this side when `ns` is None.
+    pub fn start_in(ns: Option<&str>, addr: &str, port: u16) -> Sshd {
         assert!(
             Path::new("/usr/sbin/sshd").exists(),
             "openssh-server is not installed (scripts/setup.sh installs it)"
@@ -246,7 +252,6 @@ impl Sshd {
         fs::copy(d.join("client_key.pub"), d.join("authorized_keys")).unwrap();
         // sshd's privilege-separation directory (Debian's unit creates it at start).
         fs::create_dir_all("/run/sshd").unwrap();
-        let port = free_port(addr);
         assert_ne!(port, 22);
         fs::write(
             d.join("sshd_config"),
@@ -262,7 +267,15 @@ impl Sshd {
         )
         .unwrap();
         let log = d.join("sshd.log");
-        let child = Command::new("/usr/sbin/sshd")
+        let mut cmd = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "/usr/sbin/sshd"]);
+                c
+            }
+            None => Command::new("/usr/sbin/sshd"),
+        };
+        let child = cmd
             .args(["-D", "-f"])
             .arg(d.join("sshd_config"))
             .arg("-E")
@@ -294,6 +307,11 @@ impl Sshd {
             );
             thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The private key the server accepts (for root and the test user).
+    pub fn client_key(&self) -> std::path::PathBuf {
+        self.dir.path().join("client_key")
     }
 
     /// A session of `user` from `src` inside `ns`: `ssh -tt` (a pty, so sshd records the
