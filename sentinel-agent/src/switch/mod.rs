@@ -100,6 +100,27 @@ struct Pending {
     origin: String,
 }
 
+impl Pending {
+    /// A decision just announced with `announced` targets, at `at` on the boot clock, due at
+    /// `due`; its ledger row is as the worker last wrote it.
+    fn announced(
+        open: Open,
+        due: Duration,
+        announced: usize,
+        at: Duration,
+        origin: String,
+    ) -> Self {
+        Pending {
+            open,
+            due,
+            announced,
+            announced_at: at,
+            dirty: false,
+            origin,
+        }
+    }
+}
+
 /// The order of magnitude that earns a follow-up message.
 const GROWTH_FACTOR: usize = 10;
 /// At most one follow-up message per decision this often.
@@ -298,14 +319,7 @@ impl Switch {
         self.by_origin.insert(origin.to_string(), id.clone());
         self.pending.insert(
             id.clone(),
-            Pending {
-                open,
-                due: now.boot + wait,
-                announced: 1,
-                announced_at: now.boot,
-                dirty: false,
-                origin: origin.to_string(),
-            },
+            Pending::announced(open, now.boot + wait, 1, now.boot, origin.to_string()),
         );
         if full {
             warn!(id = %id, %origin, max_pending = self.limits.max_pending, "switch.max_pending reached: the decision waits for a human");

@@ -68,14 +68,7 @@ impl Switch {
                 .insert(origin.clone(), open.decision.id.clone());
             self.pending.insert(
                 open.decision.id.clone(),
-                Pending {
-                    open,
-                    due,
-                    announced,
-                    announced_at: now.boot,
-                    dirty: false,
-                    origin,
-                },
+                Pending::announced(open, due, announced, now.boot, origin),
             );
         }
         Ok(())

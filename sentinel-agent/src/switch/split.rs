@@ -68,14 +68,7 @@ impl Switch {
         self.send(Job::Open(Box::new(open.clone())));
         self.pending.insert(
             new_id,
-            Pending {
-                open,
-                due,
-                announced,
-                announced_at: now.boot,
-                dirty: false,
-                origin,
-            },
+            Pending::announced(open, due, announced, now.boot, origin),
         );
     }
 }
