@@ -11,6 +11,7 @@ pub mod cpu;
 pub mod cron;
 pub mod exec;
 pub mod kernel_log;
+pub mod persistence;
 pub mod stdio;
 
 use std::{
