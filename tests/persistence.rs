@@ -337,12 +337,10 @@ fn writes_below_a_web_server_or_by_a_service_user_are_critical_and_a_root_shell_
     let mut undo = Undo::default();
     let rows = attack_rows(&mut undo);
     // www-data's own ~/.ssh (its home from /etc/passwd), writable by it.
-    let www_home = PathBuf::from(
-        nix::unistd::User::from_name("www-data")
-            .unwrap()
-            .expect("www-data")
-            .dir,
-    );
+    let www_home = nix::unistd::User::from_name("www-data")
+        .unwrap()
+        .expect("www-data")
+        .dir;
     let www_ssh = www_home.join(".ssh");
     undo.dir(&www_ssh);
     std::os::unix::fs::chown(&www_ssh, Some(33), Some(33)).unwrap();

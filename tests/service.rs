@@ -224,7 +224,7 @@ fn unit_has_the_hardening_the_design_asks_for() {
         "WatchdogSec=30s",
         "Restart=always",
         "CapabilityBoundingSet=CAP_BPF CAP_PERFMON CAP_NET_ADMIN CAP_KILL CAP_SYS_PTRACE \
-         CAP_DAC_READ_SEARCH",
+         CAP_DAC_READ_SEARCH CAP_SYS_ADMIN",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
         "ReadWritePaths=/var/lib/sentinel /run/sentinel",

@@ -1,5 +1,6 @@
 //! Loading the kernel programs and reading what they report. One module per sensor, named as
-//! in `sentinel-ebpf` and `sentinel-common`: `exec`, `connect`, `stdio`, `cpu`. This module
+//! in `sentinel-ebpf` and `sentinel-common`: `exec`, `connect`, `stdio`, `cpu`; `cron` (inotify)
+//! and `persistence` (fanotify) have no kernel program of their own. This module
 //! holds what they share: the loader, tracefs, draining the one ring buffer the
 //! process-and-network records share (so they arrive in the order they happened), record
 //! decoding and the counters behind `sentinel status`.
