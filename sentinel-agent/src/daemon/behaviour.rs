@@ -198,6 +198,7 @@ impl Pipeline {
         match work {
             Work::CronChanged(change) => {
                 if let Some(f) = detect::cron::judge(&change) {
+                    self.detect.persistence.cron_suspicious(change.path);
                     self.raise(f, None);
                 }
             }

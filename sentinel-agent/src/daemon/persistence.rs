@@ -3,10 +3,11 @@
 //! ([`detect::persistence`]). A write waits [`SETTLE`] before it is attributed: the watcher's
 //! event arrives at once, the exec and fork records of a short-lived writer (`sh -c 'echo x >>
 //! /etc/cron.d/y'`) come through the ring buffer up to a drain interval later, and the tree
-//! keeps an exited process for a second after its exit, so its ancestry is still there.
+//! keeps an exited process for a second after its exit, so its ancestry is still there. A
+//! suspicious line the `cron` detector found in the same file is a risk term of the alert.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -29,10 +30,16 @@ const SETTLE: Duration = Duration::from_millis(300);
 /// Most writes waiting at once; beyond it a write is attributed at once.
 const MAX_WAITING: usize = 4096;
 
+/// How long a suspicious cron line counts for a write to its file.
+const CONTENT_TERM: Duration = Duration::from_secs(30);
+
 /// The persistence detector's state in the event loop.
 pub struct Persistence {
     config: PersistenceConfig,
     waiting: VecDeque<(Instant, Write)>,
+    /// Cron files the `cron` detector lately found a suspicious line in, and when: a risk term
+    /// of a write to them.
+    suspicious: HashMap<PathBuf, Instant>,
     /// `/etc/passwd`'s text, re-read after it changed.
     passwd: Option<String>,
     etc: PathBuf,
@@ -47,6 +54,7 @@ impl Persistence {
         Self {
             config,
             waiting: VecDeque::new(),
+            suspicious: HashMap::new(),
             passwd: None,
             etc: etc.into(),
         }
@@ -55,6 +63,23 @@ impl Persistence {
     /// When the oldest waiting write is due.
     pub fn due(&self) -> Option<Instant> {
         self.waiting.front().map(|(at, _)| *at + SETTLE)
+    }
+
+    /// The `cron` detector found a suspicious line in `path`.
+    pub fn cron_suspicious(&mut self, path: PathBuf) {
+        let now = Instant::now();
+        if self.suspicious.len() >= MAX_WAITING {
+            self.suspicious
+                .retain(|_, at| now.saturating_duration_since(*at) < CONTENT_TERM);
+        }
+        self.suspicious.insert(path, now);
+    }
+
+    /// Whether `path` lately gained a line the `cron` detector found suspicious.
+    fn has_suspicious_content(&self, path: &std::path::Path) -> bool {
+        self.suspicious
+            .get(path)
+            .is_some_and(|at| at.elapsed() < CONTENT_TERM)
     }
 
     /// The name and home of `uid`.
@@ -159,6 +184,14 @@ impl Pipeline {
             // repeats folded), and the payload between them joins the decision.
             if let Some(server) = server_pid.filter(|s| *s != f.culprit.pid) {
                 f.subject = server;
+            }
+            // What the line says is a risk term: the `cron` alert on the same file counts as
+            // another anomaly around the writer.
+            if self.detect.persistence.has_suspicious_content(&write.path) {
+                f.detail
+                    .push_str(", with a suspicious line (see its cron alert)");
+                let flag = detect::Anomaly::Cron { critical: false };
+                self.detect.alerts.signals.mark(f.culprit.pid, flag);
             }
             self.raise(f, None);
         }
