@@ -31,6 +31,7 @@ use std::{
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use self::fanotify::{handle_of, parse};
 use crate::detect::{
     Work,
     persistence::{Location, Write},
@@ -257,6 +258,8 @@ pub struct Sensor {
     /// When each (writer, path) was last reported: a create, its close and a rewrite by the
     /// same process within [`REPEAT`] are one write.
     recent: HashMap<(u32, PathBuf), Instant>,
+    /// The kernel's queue overflowed since the last read: `blind`.
+    overflowed: bool,
 }
 
 /// Writes of one file by one process within this long are reported once.
@@ -285,6 +288,7 @@ impl Sensor {
             fd,
             marks: HashMap::new(),
             recent: HashMap::new(),
+            overflowed: false,
         };
         for w in watches {
             sensor.watch(w, None);
@@ -402,7 +406,12 @@ impl Sensor {
                         warn!("persistence watch stopped: {e}");
                         return;
                     }
-                    for w in self.writes(&buf[..n as usize]) {
+                    let writes = self.writes(&buf[..n as usize]);
+                    if std::mem::take(&mut self.overflowed) {
+                        let lost = crate::detect::blind::queue_overflow();
+                        let _ = tx.send(Work::Found(Box::new(lost)));
+                    }
+                    for w in writes {
                         if tx.send(Work::Persisted(w)).is_err() {
                             return;
                         }
@@ -418,6 +427,7 @@ impl Sensor {
         for ev in parse(buf) {
             if ev.mask & libc::FAN_Q_OVERFLOW != 0 {
                 warn!("persistence watch: the kernel's event queue overflowed; writes were lost");
+                self.overflowed = true;
                 continue;
             }
             let Some(marked) = self.marks.get(&ev.dir) else {
@@ -482,116 +492,6 @@ fn how(mask: u64) -> &'static str {
     }
 }
 
-/// The handle of `dir` as fanotify reports it: type, then bytes.
-fn handle_of(dir: &Path) -> io::Result<Handle> {
-    #[repr(C)]
-    struct Raw {
-        bytes: u32,
-        kind: i32,
-        data: [u8; 128],
-    }
-    let mut raw = Raw {
-        bytes: 128,
-        kind: 0,
-        data: [0; 128],
-    };
-    let mut mount_id = 0;
-    let c = CString::new(dir.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: `raw` is a file_handle with room for 128 bytes, as its header says.
-    let rc = unsafe {
-        libc::name_to_handle_at(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            (&raw mut raw).cast(),
-            &mut mount_id,
-            libc::AT_SYMLINK_FOLLOW,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let len = (raw.bytes as usize).min(raw.data.len());
-    Ok(handle_key(raw.kind, &raw.data[..len]))
-}
-
-fn handle_key(kind: i32, bytes: &[u8]) -> Handle {
-    let mut key = kind.to_ne_bytes().to_vec();
-    key.extend_from_slice(bytes);
-    key
-}
-
-/// One event: what happened, who did it, and in which directory to which name.
-#[derive(Debug, PartialEq, Eq)]
-struct Event {
-    mask: u64,
-    pid: u32,
-    dir: Handle,
-    name: OsString,
-}
-
-/// The events in `buf` (as read from a `FAN_REPORT_DFID_NAME` group); a malformed record ends
-/// the parse.
-fn parse(buf: &[u8]) -> Vec<Event> {
-    const META: usize = std::mem::size_of::<libc::fanotify_event_metadata>();
-    let mut out = Vec::new();
-    let mut at = 0;
-    while buf.len() - at >= META {
-        // SAFETY: META bytes are there; read unaligned into a plain C struct.
-        let meta: libc::fanotify_event_metadata =
-            unsafe { std::ptr::read_unaligned(buf[at..].as_ptr().cast()) };
-        let len = meta.event_len as usize;
-        if len < META || at + len > buf.len() || (meta.metadata_len as usize) < META {
-            break;
-        }
-        let event = &buf[at..at + len];
-        if meta.fd >= 0 {
-            // Not expected in FID mode; never leak one.
-            // SAFETY: the kernel gave us this descriptor.
-            drop(unsafe { OwnedFd::from_raw_fd(meta.fd) });
-        }
-        let mut ev = Event {
-            mask: meta.mask,
-            pid: meta.pid.max(0) as u32,
-            dir: Vec::new(),
-            name: OsString::new(),
-        };
-        if let Some((dir, name)) = dfid_name(&event[meta.metadata_len as usize..]) {
-            ev.dir = dir;
-            ev.name = name;
-        }
-        out.push(ev);
-        at += len;
-    }
-    out
-}
-
-/// The directory handle and name of the first `DFID_NAME` info record in `info`.
-fn dfid_name(mut info: &[u8]) -> Option<(Handle, OsString)> {
-    while info.len() >= 4 {
-        let kind = info[0];
-        let len = u16::from_ne_bytes([info[2], info[3]]) as usize;
-        if len < 4 || len > info.len() {
-            return None;
-        }
-        let record = &info[..len];
-        if kind == libc::FAN_EVENT_INFO_TYPE_DFID_NAME {
-            // header (4), fsid (8), handle_bytes (4), handle_type (4), handle, name, NUL.
-            let rest = record.get(12..)?;
-            let bytes = u32::from_ne_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-            let kind = i32::from_ne_bytes(rest.get(4..8)?.try_into().ok()?);
-            let handle = rest.get(8..8 + bytes)?;
-            let name = rest.get(8 + bytes..)?;
-            let name = name.split(|b| *b == 0).next().unwrap_or_default();
-            return Some((
-                handle_key(kind, handle),
-                OsStr::from_bytes(name).to_os_string(),
-            ));
-        }
-        info = &info[len..];
-    }
-    None
-}
-
+mod fanotify;
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,6 @@
 use std::{process::Command, time::Duration};
 
-use super::*;
+use super::{fanotify::dfid_name, *};
 
 fn root() -> bool {
     if nix::unistd::geteuid().is_root() {
