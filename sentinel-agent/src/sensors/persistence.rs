@@ -18,12 +18,9 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    ffi::{CString, OsStr, OsString},
+    ffi::{OsStr, OsString},
     io,
-    os::{
-        fd::{AsRawFd, FromRawFd, OwnedFd},
-        unix::ffi::OsStrExt,
-    },
+    os::fd::{AsRawFd, OwnedFd},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -260,6 +257,71 @@ pub struct Sensor {
     recent: HashMap<(u32, PathBuf), Instant>,
     /// The kernel's queue overflowed since the last read: `blind`.
     overflowed: bool,
+    /// Directories on a filesystem without file handles, in a classic group.
+    classic: Option<Classic>,
+}
+
+/// The classic group (no file handles): directories on a filesystem that has none, by path.
+struct Classic {
+    fd: OwnedFd,
+    dirs: HashMap<PathBuf, Vec<Watch>>,
+}
+
+impl Classic {
+    fn spawn(self, tx: mpsc::UnboundedSender<Work>) -> io::Result<()> {
+        std::thread::Builder::new()
+            .name("persist-watch2".into())
+            .spawn(move || {
+                let mut buf = vec![0u8; 16 * 1024];
+                while let Some(n) = read(&self.fd, &mut buf) {
+                    for w in self.writes(&buf[..n]) {
+                        if tx.send(Work::Persisted(w)).is_err() {
+                            return;
+                        }
+                    }
+                }
+            })?;
+        Ok(())
+    }
+
+    fn writes(&self, buf: &[u8]) -> Vec<Write> {
+        let mut out = Vec::new();
+        for ev in parse(buf) {
+            let Some(path) = ev.file.as_ref().and_then(fanotify::path_of) else {
+                continue;
+            };
+            let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+                continue;
+            };
+            for w in self.dirs.get(dir).into_iter().flatten() {
+                if w.matches(name) {
+                    out.push(Write {
+                        pid: ev.pid,
+                        path: path.clone(),
+                        location: w.location.of_name(&name.to_string_lossy()),
+                        how: "written",
+                    });
+                }
+            }
+        }
+        out
+    }
+}
+
+/// One read of a group's events: the bytes read, `None` once the group fails.
+fn read(fd: &OwnedFd, buf: &mut [u8]) -> Option<usize> {
+    loop {
+        // SAFETY: reading into a buffer we own, of its length.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            return Some(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            warn!("persistence watch stopped: {e}");
+            return None;
+        }
+    }
 }
 
 /// Writes of one file by one process within this long are reported once.
@@ -272,23 +334,13 @@ impl Sensor {
     /// A fanotify group watching `watches` (needs CAP_SYS_ADMIN: call before the agent drops
     /// its capabilities). Absent places are skipped, or watched for when their parent exists.
     pub fn new(watches: &[Watch]) -> io::Result<Self> {
-        // SAFETY: plain system call; the descriptor is owned below.
-        let fd = unsafe {
-            libc::fanotify_init(
-                libc::FAN_CLASS_NOTIF | libc::FAN_CLOEXEC | libc::FAN_REPORT_DFID_NAME,
-                (libc::O_RDONLY | libc::O_LARGEFILE) as u32,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = fanotify::init(true)?;
         let mut sensor = Sensor {
             fd,
             marks: HashMap::new(),
             recent: HashMap::new(),
             overflowed: false,
+            classic: None,
         };
         for w in watches {
             sensor.watch(w, None);
@@ -354,24 +406,15 @@ impl Sensor {
         }
     }
 
-    /// Add an fanotify mark on `dir` for `rule`.
+    /// Add an fanotify mark on `dir` for `rule`. A directory on a filesystem without file
+    /// handles (an overlayfs root without `nfs_export`) is marked in the classic group.
     fn mark(&mut self, dir: &Path, rule: Rule) -> io::Result<()> {
-        let handle = handle_of(dir)?;
-        let c = CString::new(dir.as_os_str().as_bytes())
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        // SAFETY: valid descriptor and NUL-terminated path.
-        let rc = unsafe {
-            libc::fanotify_mark(
-                self.fd.as_raw_fd(),
-                libc::FAN_MARK_ADD,
-                MASK,
-                libc::AT_FDCWD,
-                c.as_ptr(),
-            )
+        let handle = match handle_of(dir) {
+            Ok(handle) => handle,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(e),
+            Err(e) => return self.mark_classic(dir, rule, e),
         };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        fanotify::mark(&self.fd, dir, MASK)?;
         self.marks
             .entry(handle)
             .or_insert_with(|| Marked {
@@ -383,30 +426,46 @@ impl Sensor {
         Ok(())
     }
 
+    /// Mark `dir` in the classic group (created on first use): writes in place only, the
+    /// path read from the event's descriptor. `why` is what the handle lookup said.
+    fn mark_classic(&mut self, dir: &Path, rule: Rule, why: io::Error) -> io::Result<()> {
+        let Rule::Entries(w) = rule else {
+            return Err(why);
+        };
+        if self.classic.is_none() {
+            let fd = fanotify::init(false).map_err(|_| why)?;
+            self.classic = Some(Classic {
+                fd,
+                dirs: HashMap::new(),
+            });
+        }
+        let classic = self.classic.as_mut().expect("just made");
+        fanotify::mark(
+            &classic.fd,
+            dir,
+            libc::FAN_CLOSE_WRITE | libc::FAN_EVENT_ON_CHILD,
+        )?;
+        debug!(dir = %dir.display(), "no file handles: writes in place only");
+        classic.dirs.entry(dir.to_path_buf()).or_default().push(w);
+        Ok(())
+    }
+
     /// Start reading events on a thread of its own; writes go to `tx`.
     pub fn spawn(mut self, tx: mpsc::UnboundedSender<Work>) -> io::Result<()> {
         info!(
             directories = self.marks.len(),
+            without_file_handles = self.classic.as_ref().map_or(0, |c| c.dirs.len()),
             "persistence locations watched"
         );
+        if let Some(classic) = self.classic.take() {
+            classic.spawn(tx.clone())?;
+        }
         std::thread::Builder::new()
             .name("persist-watch".into())
             .spawn(move || {
                 let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    // SAFETY: reading into a buffer we own, of its length.
-                    let n = unsafe {
-                        libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
-                    };
-                    if n < 0 {
-                        let e = io::Error::last_os_error();
-                        if e.kind() == io::ErrorKind::Interrupted {
-                            continue;
-                        }
-                        warn!("persistence watch stopped: {e}");
-                        return;
-                    }
-                    let writes = self.writes(&buf[..n as usize]);
+                while let Some(n) = read(&self.fd, &mut buf) {
+                    let writes = self.writes(&buf[..n]);
                     if std::mem::take(&mut self.overflowed) {
                         let lost = crate::detect::blind::queue_overflow();
                         let _ = tx.send(Work::Found(Box::new(lost)));

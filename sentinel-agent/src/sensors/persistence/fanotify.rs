@@ -6,7 +6,7 @@ use std::{
     ffi::{CString, OsStr, OsString},
     io,
     os::{
-        fd::{FromRawFd, OwnedFd},
+        fd::{AsRawFd, FromRawFd, OwnedFd},
         unix::ffi::OsStrExt,
     },
     path::Path,
@@ -54,12 +54,59 @@ fn handle_key(kind: i32, bytes: &[u8]) -> Handle {
 }
 
 /// One event: what happened, who did it, and in which directory to which name.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub(super) struct Event {
     pub mask: u64,
     pub pid: u32,
     pub dir: Handle,
     pub name: OsString,
+    /// The file itself (a group without file handles only).
+    pub file: Option<OwnedFd>,
+}
+
+/// A notification group: with directory handles and names (`fid`), or the classic kind whose
+/// events carry an open descriptor of the file (for a filesystem without file handles, such
+/// as an overlayfs root without `nfs_export`). Needs CAP_SYS_ADMIN to report pids.
+pub(super) fn init(fid: bool) -> io::Result<OwnedFd> {
+    let report = if fid { libc::FAN_REPORT_DFID_NAME } else { 0 };
+    let file_flags = libc::O_RDONLY | libc::O_LARGEFILE | libc::O_NONBLOCK | libc::O_CLOEXEC;
+    // SAFETY: plain system call; the descriptor is owned below.
+    let fd = unsafe {
+        libc::fanotify_init(
+            libc::FAN_CLASS_NOTIF | libc::FAN_CLOEXEC | report,
+            file_flags as u32,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Add a mark for `mask` on `dir` to group `group`.
+pub(super) fn mark(group: &OwnedFd, dir: &Path, mask: u64) -> io::Result<()> {
+    let c = CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: valid descriptor and NUL-terminated path.
+    let rc = unsafe {
+        libc::fanotify_mark(
+            group.as_raw_fd(),
+            libc::FAN_MARK_ADD,
+            mask,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Where the open file `file` is now (after a rename, its new path).
+pub(super) fn path_of(file: &OwnedFd) -> Option<std::path::PathBuf> {
+    std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()
 }
 
 /// The events in `buf` (as read from a `FAN_REPORT_DFID_NAME` group); a malformed record ends
@@ -77,16 +124,16 @@ pub(super) fn parse(buf: &[u8]) -> Vec<Event> {
             break;
         }
         let event = &buf[at..at + len];
-        if meta.fd >= 0 {
-            // Not expected in FID mode; never leak one.
-            // SAFETY: the kernel gave us this descriptor.
-            drop(unsafe { OwnedFd::from_raw_fd(meta.fd) });
-        }
+        // A descriptor of the file comes only from a group without file handles; owned here,
+        // so never leaked.
+        // SAFETY: the kernel gave us this descriptor.
+        let file = (meta.fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(meta.fd) });
         let mut ev = Event {
             mask: meta.mask,
             pid: meta.pid.max(0) as u32,
             dir: Vec::new(),
             name: OsString::new(),
+            file,
         };
         if let Some((dir, name)) = dfid_name(&event[meta.metadata_len as usize..]) {
             ev.dir = dir;

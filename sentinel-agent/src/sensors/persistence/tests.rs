@@ -166,3 +166,57 @@ fn malformed_event_records_end_the_parse_without_a_panic() {
     assert!(dfid_name(&[2, 0, 200, 0]).is_none());
     assert!(dfid_name(&[2, 0, 3, 0, 1, 2, 3]).is_none());
 }
+
+/// An overlayfs mount in a temp directory, unmounted on drop.
+struct Overlay(PathBuf);
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test]
+async fn a_filesystem_without_file_handles_is_watched_for_writes_in_place() {
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for sub in ["lower/cron.d", "upper", "work", "merged"] {
+        std::fs::create_dir_all(d.join(sub)).unwrap();
+    }
+    let merged = d.join("merged");
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        d.join("lower").display(),
+        d.join("upper").display(),
+        d.join("work").display()
+    );
+    let ok = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &options])
+        .arg(&merged)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "mounting an overlay");
+    let _mount = Overlay(merged.clone());
+    let cron_d = merged.join("cron.d");
+    let sensor = Sensor::new(&[Watch::dir(&cron_d.display().to_string(), Location::Cron)]).unwrap();
+    // Overlayfs without nfs_export has no file handles: the classic group took it.
+    assert_eq!(sensor.marked(), 0);
+    assert_eq!(sensor.classic.as_ref().map(|c| c.dirs.len()), Some(1));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    sensor.spawn(tx).unwrap();
+    let pid = sh(&format!(
+        "echo '* * * * * root true' > {}/job",
+        cron_d.display()
+    ));
+    let w = next(&mut rx).await.expect("the write");
+    assert_eq!(
+        (w.pid, w.path, w.location),
+        (pid, cron_d.join("job"), Location::Cron)
+    );
+    sh(&format!("echo x > {}/elsewhere", merged.display()));
+    assert!(next(&mut rx).await.is_none());
+}
