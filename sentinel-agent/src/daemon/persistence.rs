@@ -134,7 +134,7 @@ impl Pipeline {
         let uid = known.map(|p| p.uid).filter(|u| *u != u32::MAX);
         let listening = known.is_some_and(|p| p.listening);
         let own_pm = known.is_some_and(|p| p.package_manager);
-        let comm = self.comm_of(write.pid).unwrap_or_default();
+        let comm = self.comm_of(write.pid).unwrap_or_else(|| "?".into());
         let culprit = self.culprit(write.pid, comm, uid);
         let ancestors = self.ancestors(&culprit);
         let package_manager = if own_pm {

@@ -269,12 +269,11 @@ impl PersistenceConfig {
         {
             return Verdict::Benign("a login user in their own home");
         }
-        let who = if culprit.uid == 0 {
-            "root"
-        } else {
-            "a login user"
-        };
-        Verdict::High(format!("by {who} (uid {})", culprit.uid))
+        Verdict::High(match culprit.uid {
+            0 => "by root (uid 0)".into(),
+            u32::MAX => "by a writer the agent did not see start".into(),
+            uid => format!("by a login user (uid {uid})"),
+        })
     }
 }
 
