@@ -248,7 +248,9 @@ async fn event_loop(core: &mut Pipeline, inbox: &mut Inbox, timers: &mut Timers)
         tokio::select! {
             batch = inbox.batches.recv() => match batch {
                 Some(batch) => {
+                    let newest = batch.last().map_or(0, KernelEvent::ts_ns);
                     batch.into_iter().for_each(|e| core.handle(e));
+                    core.records_handled(newest);
                     core.reap();
                     core.flush();
                 }

@@ -1,9 +1,11 @@
 //! Who wrote a persistence location: the writes the file watcher reports
 //! (`sensors/persistence.rs`) attributed with the process tree, then judged
-//! ([`detect::persistence`]). A write waits [`SETTLE`] before it is attributed: the watcher's
-//! event arrives at once, the exec and fork records of a short-lived writer (`sh -c 'echo x >>
-//! /etc/cron.d/y'`) come through the ring buffer up to a drain interval later, and the tree
-//! keeps an exited process for a second after its exit, so its ancestry is still there. A
+//! ([`detect::persistence`]). A write waits until its writer's records are in: the watcher's
+//! event arrives at once, while the fork and exec records of a short-lived writer (`sh -c 'echo
+//! x >> /etc/cron.d/y'`), all in the ring before the write happened, come with a later drain —
+//! much later on a loaded host. The records travel in order, so once a record the kernel wrote
+//! after the watcher read the write has been handled, the writer is in the tree (kept for a
+//! second after its exit, with its ancestry); [`MAX_SETTLE`] when no record comes. A
 //! suspicious line the `cron` detector found in the same file is a risk term of the alert.
 
 use std::{
@@ -24,8 +26,8 @@ use crate::{
     untrusted_file::{Links, UntrustedFile},
 };
 
-/// How long a write waits for its writer's records (the ring is drained every 100 ms).
-const SETTLE: Duration = Duration::from_millis(300);
+/// The longest a write waits for a younger kernel record.
+const MAX_SETTLE: Duration = Duration::from_secs(3);
 
 /// Most writes waiting at once; beyond it a write is attributed at once.
 const MAX_WAITING: usize = 4096;
@@ -36,7 +38,10 @@ const CONTENT_TERM: Duration = Duration::from_secs(30);
 /// The persistence detector's state in the event loop.
 pub struct Persistence {
     config: PersistenceConfig,
+    /// Writes not attributed yet, and when they arrived.
     waiting: VecDeque<(Instant, Write)>,
+    /// The kernel time of the newest record handled (CLOCK_BOOTTIME, ns).
+    handled_ns: u64,
     /// Cron files the `cron` detector lately found a suspicious line in, and when: a risk term
     /// of a write to them.
     suspicious: HashMap<PathBuf, Instant>,
@@ -54,15 +59,21 @@ impl Persistence {
         Self {
             config,
             waiting: VecDeque::new(),
+            handled_ns: 0,
             suspicious: HashMap::new(),
             passwd: None,
             etc: etc.into(),
         }
     }
 
-    /// When the oldest waiting write is due.
+    /// When the oldest waiting write is due at the latest (a record may make it due sooner).
     pub fn due(&self) -> Option<Instant> {
-        self.waiting.front().map(|(at, _)| *at + SETTLE)
+        self.waiting.front().map(|(at, _)| *at + MAX_SETTLE)
+    }
+
+    /// Whether the write that arrived at `at` is due `now`.
+    fn is_due(&self, at: Instant, write: &Write, now: Instant) -> bool {
+        self.handled_ns > write.seen_ns || now.saturating_duration_since(at) >= MAX_SETTLE
     }
 
     /// The `cron` detector found a suspicious line in `path`.
@@ -108,11 +119,26 @@ impl Pipeline {
         p.waiting.push_back((Instant::now(), write));
     }
 
+    /// A batch of kernel records up to `newest_ns` was handled: the writes whose writers'
+    /// records are in now.
+    pub fn records_handled(&mut self, newest_ns: u64) {
+        let p = &mut self.detect.persistence;
+        p.handled_ns = p.handled_ns.max(newest_ns);
+        if !self.detect.persistence.waiting.is_empty() {
+            self.attribute_writes();
+        }
+    }
+
     /// Attribute the writes that waited long enough.
     pub fn attribute_writes(&mut self) {
         let now = Instant::now();
-        while let Some((at, _)) = self.detect.persistence.waiting.front() {
-            if now.saturating_duration_since(*at) < SETTLE {
+        loop {
+            let p = &self.detect.persistence;
+            let due = p
+                .waiting
+                .front()
+                .is_some_and(|(at, write)| p.is_due(*at, write, now));
+            if !due {
                 break;
             }
             let (_, write) = self.detect.persistence.waiting.pop_front().expect("front");

@@ -201,6 +201,9 @@ pub struct Write {
     pub location: Location,
     /// What happened: "written", "moved in", "created".
     pub how: &'static str,
+    /// When the watcher read it, on the kernel records' clock (CLOCK_BOOTTIME, ns): once a
+    /// record younger than this is handled, the writer's own records are in the tree.
+    pub seen_ns: u64,
 }
 
 /// What the tree says about the writer, beside its [`Culprit`].

@@ -107,6 +107,18 @@ pub enum KernelEvent {
 }
 
 impl KernelEvent {
+    /// When the kernel wrote the record (CLOCK_BOOTTIME, ns).
+    pub fn ts_ns(&self) -> u64 {
+        match self {
+            KernelEvent::Exec(e) => e.ts_ns,
+            KernelEvent::Fork(e) => e.ts_ns,
+            KernelEvent::Exit(e) => e.ts_ns,
+            KernelEvent::Connect(e) => e.ts_ns,
+            KernelEvent::Listen(e) => e.ts_ns,
+            KernelEvent::Stdio(e) => e.ts_ns,
+        }
+    }
+
     /// Which sensor's counters the record counts in (an index into [`SENSORS`]): `stdio`
     /// records count with `exec` (the process sensor), `listen` with `connect`.
     pub fn sensor(&self) -> usize {

@@ -274,7 +274,9 @@ impl Classic {
             .spawn(move || {
                 let mut buf = vec![0u8; 16 * 1024];
                 while let Some(n) = read(&self.fd, &mut buf) {
-                    for w in self.writes(&buf[..n]) {
+                    let now = boot_ns();
+                    for mut w in self.writes(&buf[..n]) {
+                        w.seen_ns = now;
                         if tx.send(Work::Persisted(w)).is_err() {
                             return;
                         }
@@ -300,12 +302,20 @@ impl Classic {
                         path: path.clone(),
                         location: w.location.of_name(&name.to_string_lossy()),
                         how: "written",
+                        seen_ns: 0,
                     });
                 }
             }
         }
         out
     }
+}
+
+/// Now on the kernel records' clock (CLOCK_BOOTTIME), in ns.
+fn boot_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).map_or(0, |t| {
+        t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+    })
 }
 
 /// One read of a group's events: the bytes read, `None` once the group fails.
@@ -400,6 +410,7 @@ impl Sensor {
                         path: e.path(),
                         location: w.location.of_name(&name.to_string_lossy()),
                         how: "created",
+                        seen_ns: 0,
                     });
                 }
             }
@@ -470,7 +481,9 @@ impl Sensor {
                         let lost = crate::detect::blind::queue_overflow();
                         let _ = tx.send(Work::Found(Box::new(lost)));
                     }
-                    for w in writes {
+                    let now = boot_ns();
+                    for mut w in writes {
+                        w.seen_ns = now;
                         if tx.send(Work::Persisted(w)).is_err() {
                             return;
                         }
@@ -511,6 +524,7 @@ impl Sensor {
                         path: dir.join(&ev.name),
                         location: w.location.of_name(&ev.name.to_string_lossy()),
                         how: how(ev.mask),
+                        seen_ns: 0,
                     }),
                     Rule::Expected(name, w) if is_dir && appeared && *name == ev.name => {
                         new_dirs.push(w.clone());

@@ -9,6 +9,7 @@ fn write(path: &str, location: Location) -> Write {
         path: path.into(),
         location,
         how: "written",
+        seen_ns: 0,
     }
 }
 
