@@ -84,6 +84,7 @@ pub struct Config {
     pub resource: ResourceConfig,
     pub alerts: AlertsConfig,
     pub cron: crate::detect::cron::CronConfig,
+    pub persistence: crate::detect::persistence::PersistenceConfig,
     pub npm: crate::detect::npm::NpmConfig,
     pub miner: crate::detect::miner::MinerConfig,
     pub respawn: crate::detect::respawn::RespawnConfig,

@@ -192,15 +192,18 @@ impl Pipeline {
         self.detect.behaviour.killed_by_agent.insert(pid);
     }
 
-    /// Background work: a changed cron file to judge, or a finding from the npm scanner.
+    /// Background work: a changed cron file to judge, a finding from the npm scanner, a write to
+    /// a persistence location.
     pub fn work(&mut self, work: Work) {
         match work {
             Work::CronChanged(change) => {
                 if let Some(f) = detect::cron::judge(&change) {
+                    self.detect.persistence.cron_suspicious(change.path);
                     self.raise(f, None);
                 }
             }
             Work::Found(f) => self.raise(*f, None),
+            Work::Persisted(write) => self.persisted(write),
         }
     }
 

@@ -72,7 +72,9 @@ impl Pipeline {
             &finding.culprit.ancestry,
         );
         // `blind` names no process, `cron`, `npm` and `switch_flood` name files: no tree to
-        // track.
+        // track. A high `persistence` alert (root wrote it) is for a human to read; only a
+        // critical one (a web server's tree, a service user) puts its tree's destinations in
+        // a decision.
         let has_process = culprit_pid != 0
             && !matches!(
                 finding.anomaly,
@@ -80,6 +82,10 @@ impl Pipeline {
                     | detect::Anomaly::Cron { .. }
                     | detect::Anomaly::Npm
                     | detect::Anomaly::SwitchFlood { .. }
+                    | detect::Anomaly::Persistence {
+                        critical: false,
+                        ..
+                    }
             );
         let subject = finding.subject;
         let chain: Vec<u32> = finding.culprit.ancestry.iter().map(|(p, _)| *p).collect();
@@ -96,7 +102,22 @@ impl Pipeline {
         if finding.anomaly == detect::Anomaly::Geo {
             targets.truncate(1);
         }
-        let below_server: Vec<u32> = if finding.anomaly == detect::Anomaly::Lineage {
+        // `lineage` and a critical `persistence` below a web server name the server as
+        // their subject; a `persistence` alert names the writer otherwise (a service user's
+        // shell: its own destinations only), and a high one joins no decision.
+        let walks_to_server = match finding.anomaly {
+            detect::Anomaly::Lineage => true,
+            detect::Anomaly::Persistence { critical, .. } => {
+                if !critical {
+                    targets.clear();
+                } else if subject == culprit_pid {
+                    targets.truncate(usize::from(self.last_connect.contains_key(&culprit_pid)));
+                }
+                critical && subject != culprit_pid
+            }
+            _ => false,
+        };
+        let below_server: Vec<u32> = if walks_to_server {
             chain
                 .iter()
                 .copied()

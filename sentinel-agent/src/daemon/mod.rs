@@ -10,6 +10,7 @@ pub mod decisions;
 pub mod ipc;
 pub mod metrics;
 mod outcomes;
+mod persistence;
 pub mod pipeline;
 pub mod service;
 mod startup;
@@ -181,6 +182,14 @@ fn spawn_ssh_watch(ssh: SshTrust) -> watch::Receiver<HashSet<IpAddr>> {
 const SWITCH_TICK: Duration = Duration::from_secs(1);
 
 /// How long until the switch's next deadline on the boot clock (at most [`SWITCH_TICK`]).
+/// Sleep until `at`; forever without one.
+async fn until(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 fn until_deadline(core: &Pipeline) -> Duration {
     core.switch
         .next_due(Now::read())
@@ -240,7 +249,9 @@ async fn event_loop(core: &mut Pipeline, inbox: &mut Inbox, timers: &mut Timers)
         tokio::select! {
             batch = inbox.batches.recv() => match batch {
                 Some(batch) => {
+                    let newest = batch.last().map_or(0, KernelEvent::ts_ns);
                     batch.into_iter().for_each(|e| core.handle(e));
+                    core.records_handled(newest);
                     core.reap();
                     core.flush();
                 }
@@ -261,6 +272,7 @@ async fn event_loop(core: &mut Pipeline, inbox: &mut Inbox, timers: &mut Timers)
                 core.detect.trust.set_ssh_peers(peers);
             }
             _ = tokio::time::sleep(until_deadline(core)) => core.tick(),
+            _ = until(core.detect.persistence.due()) => core.attribute_writes(),
             _ = tick(&mut timers.watchdog) => service::notify_watchdog(),
             Some(answer) = inbox.answers.recv() => core.answer(answer),
             Some(report) = inbox.reports.recv() => core.report(report),

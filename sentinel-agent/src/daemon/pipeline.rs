@@ -43,6 +43,8 @@ pub struct Detectors {
     pub geoip: Option<CountryDb>,
     pub trust: TrustSet,
     pub lineage: detect::lineage::Lineage,
+    /// Who wrote a persistence location (the writes come back as [`detect::Work`]).
+    pub persistence: super::persistence::Persistence,
     /// Which executables are shells (by content), for `lineage`.
     pub shells: Shells,
     pub reverse_shell: detect::reverse_shell::ReverseShell,
@@ -220,7 +222,7 @@ impl Pipeline {
             KernelEvent::Exec(e) => {
                 self.tree
                     .on_exec(e.tgid, e.ppid, e.start_ns, &e.comm, &e.filename);
-                self.tree.set_exec_details(e.tgid, e.exe);
+                self.tree.set_exec_details(e.tgid, e.exe, e.uid);
                 if self.is_agent(e.tgid) {
                     return;
                 }
@@ -358,21 +360,7 @@ impl Pipeline {
         argv: &[String],
         exe: ExeId,
     ) -> Option<Finding> {
-        let mut ancestors: Vec<Ancestor<'_>> = Vec::with_capacity(culprit.ancestry.len());
-        for (pid, comm) in &culprit.ancestry {
-            // `None` for a process the tree does not hold; else its cached class, if any.
-            let (listening, package_manager, class) =
-                self.tree.get(*pid).map_or((false, false, None), |p| {
-                    (p.listening, p.package_manager, Some(p.comm_class))
-                });
-            ancestors.push(Ancestor {
-                pid: *pid,
-                comm,
-                listening,
-                package_manager,
-                roles: class.map(|class| self.roles_of(*pid, comm, class)),
-            });
-        }
+        let mut ancestors = self.ancestors(culprit);
         let below_server = || self.detect.lineage.web_server(&ancestors).is_some();
         if self
             .detect
@@ -407,6 +395,26 @@ impl Pipeline {
             self.tree.stopped_listening(found.subject);
         }
         None
+    }
+
+    /// What the tree knows of `culprit`'s ancestors, for `lineage`'s judgements.
+    pub(super) fn ancestors<'a>(&mut self, culprit: &'a Culprit) -> Vec<Ancestor<'a>> {
+        let mut ancestors: Vec<Ancestor<'a>> = Vec::with_capacity(culprit.ancestry.len());
+        for (pid, comm) in &culprit.ancestry {
+            // `None` for a process the tree does not hold; else its cached class, if any.
+            let (listening, package_manager, class) =
+                self.tree.get(*pid).map_or((false, false, None), |p| {
+                    (p.listening, p.package_manager, Some(p.comm_class))
+                });
+            ancestors.push(Ancestor {
+                pid: *pid,
+                comm,
+                listening,
+                package_manager,
+                roles: class.map(|class| self.roles_of(*pid, comm, class)),
+            });
+        }
+        ancestors
     }
 
     /// What `comm`, the name of tree node `pid` (the ancestry walk just copied it from the

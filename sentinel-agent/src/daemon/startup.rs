@@ -167,11 +167,14 @@ pub struct BehaviourParts {
     pub work: UnboundedReceiver<detect::Work>,
 }
 
-/// Start the cron-file watcher and the behaviour detectors.
+/// Start the cron-file and persistence watchers and the behaviour detectors.
 pub fn start_behaviour(config: &Config) -> BehaviourParts {
     let (work_tx, work) = mpsc::unbounded_channel::<detect::Work>();
     if let Err(e) = sensors::cron::spawn(&config.cron.paths, &config.agent.db, work_tx.clone()) {
         warn!("cron files not watched: {e}");
+    }
+    if config.persistence.enabled {
+        sensors::persistence::start(&config.cron.paths, work_tx.clone());
     }
     let (behaviour, intel) = Behaviour::start(config, &config.agent.db, work_tx);
     BehaviourParts {
@@ -466,6 +469,7 @@ pub fn build_detectors(
         geoip: enrich.geoip,
         trust: enrich.trust,
         lineage: detect::lineage::Lineage::new(config.lineage.clone()),
+        persistence: super::persistence::Persistence::new(config.persistence.clone()),
         shells: Shells::load(
             &config.lineage.shells,
             Path::new("/etc/shells"),

@@ -35,19 +35,25 @@ struct Key {
     anomaly: Anomaly,
     subject: u32,
     /// For `respawn` (whose subject is the parent that restarts), the program that came back:
-    /// a `sh` restarted by the same bash is not a repeat of its python3.
+    /// a `sh` restarted by the same bash is not a repeat of its python3. For `persistence`
+    /// (whose subject is the web server above the writer), what was written by whom: each
+    /// file an exploited server's tree writes is an alert of its own.
     program: Option<String>,
 }
 
 impl Key {
     fn of(finding: &Finding) -> Self {
-        let program = matches!(finding.anomaly, Anomaly::Respawn { .. }).then(|| {
-            finding
-                .culprit
-                .exe
-                .clone()
-                .unwrap_or_else(|| finding.culprit.comm.clone())
-        });
+        let program = match finding.anomaly {
+            Anomaly::Respawn { .. } => Some(
+                finding
+                    .culprit
+                    .exe
+                    .clone()
+                    .unwrap_or_else(|| finding.culprit.comm.clone()),
+            ),
+            Anomaly::Persistence { .. } => Some(finding.detail.clone()),
+            _ => None,
+        };
         Key {
             anomaly: finding.anomaly,
             subject: finding.subject,

@@ -39,6 +39,20 @@ impl Blind {
     }
 }
 
+/// De-duplication key of the persistence watcher's overflow (past every `SENSORS` index).
+const PERSISTENCE_QUEUE: u32 = 100;
+
+/// The persistence watcher's kernel queue (fanotify, 16,384 events) overflowed: writes to
+/// persistence locations went unseen. Flooding a watched directory is how to hide one.
+pub fn queue_overflow() -> Finding {
+    let mut f = finding("persistence", PERSISTENCE_QUEUE, 0, 0);
+    f.detail = "the persistence sensor's kernel queue overflowed: writes to persistence \
+                locations (cron, units, authorized_keys, …) went unseen. Someone may be \
+                flooding a watched directory to hide one"
+        .into();
+    f
+}
+
 /// The finding for `sensor` (its index in `SENSORS`, which keys de-duplication).
 fn finding(sensor: &str, index: u32, new: u64, total: u64) -> Finding {
     Finding {
@@ -70,6 +84,13 @@ mod tests {
 
     use super::*;
     use crate::detect::{Alerts, Outcome};
+
+    #[test]
+    fn a_persistence_queue_overflow_is_blind_about_no_process() {
+        let f = queue_overflow();
+        assert_eq!((f.anomaly, f.culprit.pid), (Anomaly::Blind, 0));
+        assert!(f.detail.contains("persistence sensor"), "{}", f.detail);
+    }
 
     #[test]
     fn growth_of_a_lost_counter_is_a_finding() {

@@ -1,7 +1,7 @@
 //! Detectors: turn enriched events into alerts an operator can act on. Each detector is a
 //! small unit with a name, a severity and a MITRE ATT&CK mapping (`lineage`, `geo`,
 //! `resource`, `reverse_shell`, `blind`, `cron`, `npm`, `miner`, `respawn`, `node_abuse`,
-//! `switch_flood`),
+//! `switch_flood`, `persistence`),
 //! tested on plain data. This module holds what they share: the alert, its risk score, the
 //! per-process signals and the behaviour history ([`intel`]) the score combines, the alerts
 //! themselves with their de-duplication ([`alerts`]) and the per-origin budget ([`budget`]).
@@ -18,6 +18,7 @@ pub mod node_abuse;
 pub mod npm;
 pub mod package_manager;
 pub mod patterns;
+pub mod persistence;
 pub mod resource;
 pub mod respawn;
 pub mod reverse_shell;
@@ -80,6 +81,12 @@ pub enum Anomaly {
     /// alerts fold past its budget ([`budget`]); T1562.001 Disable or Modify Tools when a
     /// watched path refuses to be read ([`switch_flood`]).
     SwitchFlood { unreadable: bool },
+    /// A persistence location written ([`persistence`]): critical when the writer descends
+    /// from a web server or runs as a service user; the technique is the location's.
+    Persistence {
+        critical: bool,
+        location: persistence::Location,
+    },
 }
 
 impl Anomaly {
@@ -96,6 +103,7 @@ impl Anomaly {
             Anomaly::Respawn { .. } => "respawn",
             Anomaly::NodeAbuse { .. } => "node_abuse",
             Anomaly::SwitchFlood { .. } => "switch_flood",
+            Anomaly::Persistence { .. } => "persistence",
         }
     }
 
@@ -105,6 +113,7 @@ impl Anomaly {
             | Anomaly::Geo
             | Anomaly::ReverseShell
             | Anomaly::Cron { critical: true }
+            | Anomaly::Persistence { critical: true, .. }
             | Anomaly::Miner { cpu: true } => Severity::Critical,
             _ => Severity::High,
         }
@@ -144,6 +153,7 @@ impl Anomaly {
                 "Defense Evasion",
                 "Impair Defenses: Disable or Modify Tools",
             ),
+            Anomaly::Persistence { location, .. } => location.mitre(),
         };
         Mitre {
             technique: technique.into(),
@@ -165,6 +175,7 @@ impl Anomaly {
             Anomaly::Respawn { .. } => 256,
             Anomaly::NodeAbuse { .. } => 512,
             Anomaly::SwitchFlood { .. } => 1024,
+            Anomaly::Persistence { .. } => 2048,
         }
     }
 }
@@ -219,14 +230,16 @@ pub struct Finding {
     pub subject: u32,
 }
 
-/// What the detectors' background threads (the cron-file watcher, the npm scanner) hand
-/// to the event loop.
+/// What the detectors' background threads (the cron-file and persistence watchers, the npm
+/// scanner) hand to the event loop.
 #[derive(Debug)]
 pub enum Work {
     /// A cron file changed: judge what it gained ([`cron::judge`]).
     CronChanged(cron::Change),
     /// A finding ready to raise (an npm package; a watched path the agent cannot read).
     Found(Box<Finding>),
+    /// A persistence location was written: attribute it ([`persistence`]).
+    Persisted(persistence::Write),
 }
 
 /// What each process (by pid) has been flagged for: the signals a risk score combines.

@@ -37,6 +37,8 @@ pub struct Proc {
     /// interpreter's script, and is not below a web server; set by the pipeline at exec
     /// (`lineage`), inherited by forks.
     pub package_manager: bool,
+    /// The uid it exec'd (or was forked) with; `u32::MAX` when the agent did not see it.
+    pub uid: u32,
 }
 
 /// Where apt's fetch methods live: apt downloads through these children.
@@ -60,6 +62,7 @@ impl Proc {
             exe: ExeId::default(),
             listening: false,
             package_manager: false,
+            uid: u32::MAX,
         }
     }
 }
@@ -169,18 +172,20 @@ impl ProcessTree {
     /// `parent` created the new process `child`, which starts with the forking task's comm.
     pub fn on_fork(&mut self, parent: u32, child: u32, child_start_ns: u64, comm: &str) {
         let start = self.ticks(child_start_ns);
-        let (filename, exe, listening, package_manager, parent_comm) = self
-            .procs
-            .get(&parent)
-            .map_or((None, ExeId::default(), false, false, None), |p| {
-                (
-                    p.filename.clone(),
-                    p.exe,
-                    p.listening,
-                    p.package_manager,
-                    Some((&p.comm, p.comm_class)),
-                )
-            });
+        let (filename, exe, listening, package_manager, uid, parent_comm) =
+            self.procs.get(&parent).map_or(
+                (None, ExeId::default(), false, false, u32::MAX, None),
+                |p| {
+                    (
+                        p.filename.clone(),
+                        p.exe,
+                        p.listening,
+                        p.package_manager,
+                        p.uid,
+                        Some((&p.comm, p.comm_class)),
+                    )
+                },
+            );
         // The child starts with the forking task's comm: nearly always the parent's own.
         let (comm, comm_class) = match parent_comm {
             Some((c, class)) if **c == *comm => (c.clone(), class),
@@ -198,6 +203,7 @@ impl ProcessTree {
                 exe,
                 listening,
                 package_manager,
+                uid,
             },
         );
     }
@@ -231,10 +237,11 @@ impl ProcessTree {
         }
     }
 
-    /// The exec identity of `tgid`, set after [`ProcessTree::on_exec`].
-    pub fn set_exec_details(&mut self, tgid: u32, exe: ExeId) {
+    /// The exec identity and uid of `tgid`, set after [`ProcessTree::on_exec`].
+    pub fn set_exec_details(&mut self, tgid: u32, exe: ExeId, uid: u32) {
         if let Some(p) = self.procs.get_mut(&tgid) {
             p.exe = exe;
+            p.uid = uid;
         }
     }
 
@@ -501,7 +508,7 @@ mod tests {
             dev: 8,
             _pad: 0,
         };
-        t.set_exec_details(10, id);
+        t.set_exec_details(10, id, 0);
         t.mark_package_manager(10);
         t.on_fork(10, 11, 2 * NS, "node");
         let c = t.get(11).unwrap();

@@ -1,5 +1,6 @@
 //! Loading the kernel programs and reading what they report. One module per sensor, named as
-//! in `sentinel-ebpf` and `sentinel-common`: `exec`, `connect`, `stdio`, `cpu`. This module
+//! in `sentinel-ebpf` and `sentinel-common`: `exec`, `connect`, `stdio`, `cpu`; `cron` (inotify)
+//! and `persistence` (fanotify) have no kernel program of their own. This module
 //! holds what they share: the loader, tracefs, draining the one ring buffer the
 //! process-and-network records share (so they arrive in the order they happened), record
 //! decoding and the counters behind `sentinel status`.
@@ -11,6 +12,7 @@ pub mod cpu;
 pub mod cron;
 pub mod exec;
 pub mod kernel_log;
+pub mod persistence;
 pub mod stdio;
 
 use std::{
@@ -105,6 +107,18 @@ pub enum KernelEvent {
 }
 
 impl KernelEvent {
+    /// When the kernel wrote the record (CLOCK_BOOTTIME, ns).
+    pub fn ts_ns(&self) -> u64 {
+        match self {
+            KernelEvent::Exec(e) => e.ts_ns,
+            KernelEvent::Fork(e) => e.ts_ns,
+            KernelEvent::Exit(e) => e.ts_ns,
+            KernelEvent::Connect(e) => e.ts_ns,
+            KernelEvent::Listen(e) => e.ts_ns,
+            KernelEvent::Stdio(e) => e.ts_ns,
+        }
+    }
+
     /// Which sensor's counters the record counts in (an index into [`SENSORS`]): `stdio`
     /// records count with `exec` (the process sensor), `listen` with `connect`.
     pub fn sensor(&self) -> usize {
