@@ -526,7 +526,7 @@ fn a_day_of_a_real_vps_raises_nothing() {
     let execs = agent.events("exec");
     for comm in [
         "go",
-        "gcc",
+        "cc1", // gcc's compiler proper, whatever the driver is called (x86_64-linux-gnu-gcc)
         "apt-get",
         "ansible-playboo",
         "ssh",
