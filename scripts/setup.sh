@@ -11,8 +11,9 @@ NIGHTLY=${SENTINEL_BPF_TOOLCHAIN:-nightly}
 # openssh: SSH trust is tested against a real sshd. nginx, php-fpm (and Node.js below): the
 # real-world detection suite. chromium: the confirmation-page test drives a real headless
 # browser. debootstrap and systemd-container (systemd-nspawn): the unit is tested in a
-# container booted with systemd. postgresql: the fleet tests start their own server.
-APT_PACKAGES=(nftables iproute2 bpftool gcc libc6-dev pkg-config ca-certificates systemd
+# container booted with systemd. postgresql: the fleet tests start their own server. dpkg-dev:
+# `cargo xtask package` reads the binary's library dependencies with dpkg-shlibdeps.
+APT_PACKAGES=(nftables iproute2 bpftool gcc libc6-dev pkg-config ca-certificates systemd dpkg-dev
   openssh-server openssh-client nginx php-fpm chromium debootstrap systemd-container postgresql)
 for arg in "$@"; do
   case "$arg" in

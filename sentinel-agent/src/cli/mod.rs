@@ -4,6 +4,7 @@
 mod answer;
 mod blocks;
 mod check_config;
+mod docs;
 mod fleet;
 mod pending;
 mod run;
@@ -53,6 +54,11 @@ enum Command {
     CheckConfig,
     /// The fleet view on PostgreSQL (`[fleet] postgres_url`): hosts, alerts, pending, decide.
     Fleet(fleet::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(docs::CompletionArgs),
+    /// Print the man page (roff), as the Debian package ships it.
+    #[command(hide = true)]
+    Manpage,
 }
 
 /// The `--json` flag of the listing commands (`status`, `pending`, `blocks`).
@@ -85,6 +91,8 @@ pub fn main() -> ExitCode {
         Command::Unblock(args) => unblock::run(&cli, args),
         Command::CheckConfig => check_config::run(&cli),
         Command::Fleet(args) => fleet::run(&cli, args),
+        Command::Completions(args) => docs::completions(args),
+        Command::Manpage => docs::manpage(),
     };
     match result {
         Ok(code) => code,
