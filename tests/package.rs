@@ -180,6 +180,16 @@ fn the_package_installs_upgrades_and_purges() {
     );
     let edited = must(c, &format!("cat {CONFIG}"));
     assert!(edited.contains("log_level = \"debug\""));
+    // `systemctl reload` (ExecReload): the log level cannot change at run time, and says so;
+    // the agent keeps running.
+    let reload = c.exec(&["systemctl", "reload", "sentinel"]);
+    assert!(!reload.status.success(), "a restart-only change reloaded");
+    assert!(
+        c.journal().contains("agent.log_level"),
+        "the reload did not name the key\n{}",
+        c.journal()
+    );
+    assert_eq!(c.unit("MainPID"), pid_v1);
     let log = apt(c, &format!("install ./sentinel_{V2}_amd64.deb"));
     assert_eq!(
         must(c, "dpkg-query -W -f '${Version}' sentinel"),

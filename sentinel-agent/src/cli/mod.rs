@@ -7,6 +7,7 @@ mod check_config;
 mod docs;
 mod fleet;
 mod pending;
+mod reload;
 mod run;
 mod status;
 mod tail;
@@ -52,6 +53,9 @@ enum Command {
     Unblock(unblock::Args),
     /// Validate the configuration and say precisely what is wrong.
     CheckConfig,
+    /// Make the running agent re-read its configuration and country database (as SIGHUP and
+    /// `systemctl reload sentinel` do); names the changed keys that need a restart.
+    Reload,
     /// The fleet view on PostgreSQL (`[fleet] postgres_url`): hosts, alerts, pending, decide.
     Fleet(fleet::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -72,8 +76,12 @@ pub struct JsonArgs {
 impl Cli {
     /// Load the config. A missing file is only tolerated at the default path (defaults apply).
     fn load_config(&self) -> Result<Config, ConfigError> {
-        let is_default = self.config == std::path::Path::new(config::DEFAULT_PATH);
-        Config::load(&self.config, is_default)
+        Config::load(&self.config, self.is_default_config())
+    }
+
+    /// Whether `--config` is the default path (where a missing file means the defaults).
+    fn is_default_config(&self) -> bool {
+        self.config == std::path::Path::new(config::DEFAULT_PATH)
     }
 }
 
@@ -90,6 +98,7 @@ pub fn main() -> ExitCode {
         Command::Blocks(args) => blocks::run(&cli, args),
         Command::Unblock(args) => unblock::run(&cli, args),
         Command::CheckConfig => check_config::run(&cli),
+        Command::Reload => reload::run(&cli),
         Command::Fleet(args) => fleet::run(&cli, args),
         Command::Completions(args) => docs::completions(args),
         Command::Manpage => docs::manpage(),
