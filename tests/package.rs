@@ -18,11 +18,18 @@
 mod common;
 
 use std::{
+    collections::HashMap,
     fs,
+    io::{BufRead as _, BufReader, Write as _},
+    net::TcpListener,
     path::{Path, PathBuf},
     process::Command,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
+
+use base64::Engine as _;
+use sha2::Digest as _;
 
 use common::{
     BIN, TEST_COUNTRIES,
@@ -101,6 +108,151 @@ fn assert_status_answers(c: &Container) {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+/// What the test's HTTP server answers: path → body.
+type Files = Arc<Mutex<HashMap<String, Vec<u8>>>>;
+
+/// A small HTTP server on 127.0.0.1 inside the container's network namespace (a thread of
+/// this process that joined it), serving `files`; its port. It stands in for the npm
+/// registry: the test never reaches the internet.
+fn serve_in(c: &Container, files: Files) -> u16 {
+    let ns = fs::File::open(format!("/proc/{}/ns/net", c.leader())).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        tx.send(listener.local_addr().unwrap().port()).unwrap();
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut request = String::new();
+            let _ = reader.read_line(&mut request);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let path = request.split_whitespace().nth(1).unwrap_or("").to_string();
+            let body = files.lock().unwrap().get(&path).cloned();
+            let _ = match body {
+                Some(body) => conn
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .and_then(|()| conn.write_all(&body)),
+                None => conn.write_all(
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                ),
+            };
+        }
+    });
+    rx.recv().unwrap()
+}
+
+/// An npm package tarball holding `mmdb` and a licence, as the registry serves
+/// @ip-location-db/geo-whois-asn-country-mmdb.
+fn npm_tarball(mmdb: &[u8]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    for (name, bytes) in [
+        ("package/package.json", &b"{}"[..]),
+        ("package/geo-whois-asn-country.mmdb", mmdb),
+        ("package/NRO_LICENSE", b"test licence"),
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder.append_data(&mut header, name, bytes).unwrap();
+    }
+    builder.into_inner().unwrap().finish().unwrap()
+}
+
+/// The registry's manifest of the latest version, naming the tarball and its sha512.
+fn npm_manifest(port: u16, tarball: &[u8]) -> Vec<u8> {
+    let integrity = base64::engine::general_purpose::STANDARD.encode(sha2::Sha512::digest(tarball));
+    serde_json::json!({
+        "name": "@ip-location-db/geo-whois-asn-country-mmdb",
+        "version": "9.9.9",
+        "license": "CC0-1.0",
+        "repository": {"url": "test"},
+        "dist": {
+            "tarball": format!("http://127.0.0.1:{port}/db.tgz"),
+            "integrity": format!("sha512-{integrity}"),
+        },
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// sentinel-geoip.timer's service, run once: a database served by the test replaces the
+/// installed one (after a tampered tarball was refused), and the running agent reloads it.
+fn assert_timer_swaps_the_database(c: &Container) {
+    assert_eq!(
+        must(
+            c,
+            "systemctl is-enabled sentinel-geoip.timer; systemctl is-active sentinel-geoip.timer"
+        ),
+        "enabled\nactive\n"
+    );
+    let files: Files = Arc::default();
+    let port = serve_in(c, files.clone());
+    let source = format!("http://127.0.0.1:{port}/manifest");
+    must(
+        c,
+        &format!("sed -i 's|^update_source = .*|update_source = \"{source}\"|' {CONFIG}"),
+    );
+    let shipped = must(c, "sha256sum < /usr/share/sentinel/country.mmdb");
+    let served_dir = tempfile::tempdir().unwrap();
+    let served = served_dir.path().join("served.mmdb");
+    let fresh: Vec<(&str, &str)> = TEST_COUNTRIES
+        .iter()
+        .map(|&(range, cc)| (range, if cc == "DE" { "NL" } else { cc }))
+        .collect();
+    mmdb::write_country_db(&served, mmdb::Layout::Flat, &fresh).unwrap();
+    let served = fs::read(&served).unwrap();
+    let tarball = npm_tarball(&served);
+    let pid = c.unit("MainPID");
+
+    // A tarball that does not match the manifest's sha512: refused, nothing replaced.
+    let mut tampered = tarball.clone();
+    *tampered.last_mut().unwrap() ^= 1;
+    files
+        .lock()
+        .unwrap()
+        .insert("/manifest".into(), npm_manifest(port, &tarball));
+    files.lock().unwrap().insert("/db.tgz".into(), tampered);
+    assert!(!ok(c, "systemctl start sentinel-geoip.service"));
+    assert!(
+        c.sh(&["journalctl", "-u", "sentinel-geoip", "--no-pager"])
+            .contains("does not match the manifest's checksum")
+    );
+    assert_eq!(
+        must(c, "sha256sum < /var/lib/sentinel/country.mmdb"),
+        shipped
+    );
+
+    // The real thing: swapped in, the agent told, still the same process.
+    files.lock().unwrap().insert("/db.tgz".into(), tarball);
+    must(c, "systemctl start sentinel-geoip.service");
+    let want = format!("{:x}  -\n", sha2::Sha256::digest(&served));
+    assert_eq!(must(c, "sha256sum < /var/lib/sentinel/country.mmdb"), want);
+    assert!(must(c, "cat /var/lib/sentinel/country.mmdb.LICENSE").contains("@9.9.9"));
+    let log = c.sh(&["journalctl", "-u", "sentinel-geoip", "--no-pager"]);
+    assert!(log.contains("the running agent reloaded it"), "{log}");
+    assert_eq!(c.unit("MainPID"), pid, "the agent restarted");
+    assert_eq!(c.unit("ActiveState"), "active");
+    assert!(
+        c.journal().contains("GeoIP database reloaded"),
+        "{}",
+        c.journal()
+    );
 }
 
 #[test]
@@ -209,6 +361,9 @@ fn the_package_installs_upgrades_and_purges() {
         "the upgrade did not restart the agent"
     );
     assert_status_answers(c);
+
+    // The weekly database refresh, run once.
+    assert_timer_swaps_the_database(c);
 
     // 3. remove: stopped and gone, config, key, state and blocks kept.
     let log = apt(c, "remove sentinel");

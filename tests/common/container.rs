@@ -175,6 +175,11 @@ impl Container {
         container
     }
 
+    /// The container's PID 1 as the host sees it (its namespaces are the container's).
+    pub fn leader(&self) -> u32 {
+        self.leader
+    }
+
     /// The container's PID 1, as the host sees it: nspawn's child.
     pub fn wait_for_leader(&self) -> u32 {
         let deadline = Instant::now() + Duration::from_secs(30);

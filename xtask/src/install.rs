@@ -29,6 +29,9 @@ const UNIT_NAME: &str = "sentinel.service";
 /// The override endpoint's socket, bound by systemd at boot (`config/sentinel.socket`).
 const SOCKET_UNIT: &str = "/etc/systemd/system/sentinel.socket";
 const SOCKET_NAME: &str = "sentinel.socket";
+/// The weekly country-database refresh: a oneshot service and its timer.
+const GEOIP_SERVICE: &str = "sentinel-geoip.service";
+const GEOIP_TIMER: &str = "sentinel-geoip.timer";
 /// `ListenStream=` in the shipped socket unit, rewritten to `override.listen`.
 const SHIPPED_LISTEN: &str = "ListenStream=127.0.0.1:8787";
 /// The ExecStart path in `config/sentinel.service`, rewritten to `--prefix`.
@@ -361,8 +364,12 @@ pub fn install(args: &InstallArgs) -> anyhow::Result<()> {
     }
     step("systemctl daemon-reload");
     run(Command::new("systemctl").arg("daemon-reload"))?;
-    step(format!("systemctl enable {UNIT_NAME} {SOCKET_NAME}"));
-    run(Command::new("systemctl").args(["enable", UNIT_NAME, SOCKET_NAME]))?;
+    step(format!(
+        "systemctl enable {UNIT_NAME} {SOCKET_NAME} {GEOIP_TIMER}"
+    ));
+    run(Command::new("systemctl").args(["enable", UNIT_NAME, SOCKET_NAME, GEOIP_TIMER]))?;
+    step(format!("systemctl start {GEOIP_TIMER}"));
+    run(Command::new("systemctl").args(["start", GEOIP_TIMER]))?;
     // The socket first: a restart of the service alone would not rebind a changed address.
     step(format!("systemctl restart {SOCKET_NAME}"));
     run(Command::new("systemctl").args(["restart", SOCKET_NAME]))?;
@@ -456,23 +463,26 @@ pub fn install_geoip(root: &Path, src: Option<&Path>, db: &Path) -> anyhow::Resu
     Ok(())
 }
 
-/// `sentinel.service` (ExecStart at the installed binary) and `sentinel.socket` (listening on
-/// `listen`) in `unit_dir` on the target.
+/// `sentinel.service` (ExecStart at the installed binary), `sentinel.socket` (listening on
+/// `listen`) and the country-database refresh (`sentinel-geoip.service` and `.timer`) in
+/// `unit_dir` on the target.
 pub fn install_units(
     place: &Place,
     root: &Path,
     unit_dir: &Path,
     listen: std::net::SocketAddr,
 ) -> anyhow::Result<()> {
-    let unit = place.on_target(unit_dir.join(UNIT_NAME));
-    step(format!("installing {}", unit.display()));
-    let shipped_unit =
-        fs::read_to_string(root.join("config/sentinel.service")).context("reading config/")?;
-    let text = shipped_unit.replace(
-        &format!("{SHIPPED_PREFIX}/bin/sentinel"),
-        &place.binary().display().to_string(),
-    );
-    write_file(&unit, text.as_bytes(), 0o644)?;
+    for name in [UNIT_NAME, GEOIP_SERVICE, GEOIP_TIMER] {
+        let unit = place.on_target(unit_dir.join(name));
+        step(format!("installing {}", unit.display()));
+        let shipped = fs::read_to_string(root.join("config").join(name))
+            .with_context(|| format!("reading config/{name}"))?;
+        let text = shipped.replace(
+            &format!("{SHIPPED_PREFIX}/bin/sentinel"),
+            &place.binary().display().to_string(),
+        );
+        write_file(&unit, text.as_bytes(), 0o644)?;
+    }
     let socket = place.on_target(unit_dir.join(SOCKET_NAME));
     step(format!(
         "installing {} (override.listen {listen}, bound by systemd at boot)",
@@ -548,10 +558,16 @@ pub fn uninstall(args: &UninstallArgs) -> anyhow::Result<()> {
 
     // 1. Stop the agent.
     if place.systemd() {
-        step(format!("systemctl disable --now {UNIT_NAME} {SOCKET_NAME}"));
-        if let Err(e) =
-            run(Command::new("systemctl").args(["disable", "--now", UNIT_NAME, SOCKET_NAME]))
-        {
+        step(format!(
+            "systemctl disable --now {UNIT_NAME} {SOCKET_NAME} {GEOIP_TIMER}"
+        ));
+        if let Err(e) = run(Command::new("systemctl").args([
+            "disable",
+            "--now",
+            UNIT_NAME,
+            SOCKET_NAME,
+            GEOIP_TIMER,
+        ])) {
             println!("    {e:#} (continuing: the unit may not be installed)");
         }
     } else if place.destdir.is_none() {
@@ -589,6 +605,8 @@ pub fn uninstall(args: &UninstallArgs) -> anyhow::Result<()> {
     for path in [
         place.on_target(UNIT),
         place.on_target(SOCKET_UNIT),
+        place.on_target(Path::new(UNIT).with_file_name(GEOIP_SERVICE)),
+        place.on_target(Path::new(UNIT).with_file_name(GEOIP_TIMER)),
         place.on_target(place.binary()),
     ] {
         if path.exists() {

@@ -30,8 +30,6 @@ const DOC_DIR: &str = "/usr/share/doc/sentinel";
 /// Files under /etc that are the operator's once installed (dpkg asks before replacing an
 /// edited one, and keeps it on upgrade).
 const CONFFILES: &[&str] = &["/etc/sentinel/sentinel.toml"];
-/// Units shipped beside sentinel.service and sentinel.socket, as they are in `config/`.
-const EXTRA_UNITS: &[&str] = &[];
 const MAINTAINER: &str = "Sentinel maintainers <sentinel@localhost>";
 
 #[derive(clap::Args)]
@@ -95,14 +93,6 @@ pub fn package(args: &PackageArgs) -> anyhow::Result<PathBuf> {
     let db = place.on_target(SHIPPED_DB);
     install::install_geoip(&root, args.geoip.as_deref(), &db)?;
     install::install_units(&place, &root, Path::new(UNIT_DIR), settings.listen)?;
-    for unit in EXTRA_UNITS {
-        let text = fs::read(root.join("config").join(unit)).context("reading config/")?;
-        write_file(
-            &place.on_target(Path::new(UNIT_DIR).join(unit)),
-            &text,
-            0o644,
-        )?;
-    }
     docs(&place, &root, &db)?;
     generated_docs(&place, &built)?;
     fix_dir_modes(&stage)?;

@@ -6,6 +6,7 @@ mod blocks;
 mod check_config;
 mod docs;
 mod fleet;
+mod geoip_update;
 mod pending;
 mod reload;
 mod run;
@@ -56,6 +57,9 @@ enum Command {
     /// Make the running agent re-read its configuration and country database (as SIGHUP and
     /// `systemctl reload sentinel` do); names the changed keys that need a restart.
     Reload,
+    /// Fetch the latest country database (`geo.update_source`), verify it, swap it in and
+    /// have the agent reload it (sentinel-geoip.timer runs this weekly).
+    GeoipUpdate,
     /// The fleet view on PostgreSQL (`[fleet] postgres_url`): hosts, alerts, pending, decide.
     Fleet(fleet::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -99,6 +103,7 @@ pub fn main() -> ExitCode {
         Command::Unblock(args) => unblock::run(&cli, args),
         Command::CheckConfig => check_config::run(&cli),
         Command::Reload => reload::run(&cli),
+        Command::GeoipUpdate => geoip_update::run(&cli),
         Command::Fleet(args) => fleet::run(&cli, args),
         Command::Completions(args) => docs::completions(args),
         Command::Manpage => docs::manpage(),
