@@ -30,7 +30,8 @@ const DOC_DIR: &str = "/usr/share/doc/sentinel";
 /// Files under /etc that are the operator's once installed (dpkg asks before replacing an
 /// edited one, and keeps it on upgrade).
 const CONFFILES: &[&str] = &["/etc/sentinel/sentinel.toml"];
-const MAINTAINER: &str = "Sentinel maintainers <sentinel@localhost>";
+/// `Maintainer:` unless --maintainer or DEBFULLNAME/DEBEMAIL say otherwise.
+const MAINTAINER: &str = "Sentinel maintainers <sentinel@example.org>";
 
 #[derive(clap::Args)]
 pub struct PackageArgs {
@@ -50,6 +51,10 @@ pub struct PackageArgs {
     /// Where the .deb goes (default: target/debian).
     #[arg(long, value_name = "DIR")]
     out_dir: Option<PathBuf>,
+    /// The `Maintainer:` field, "Name <address>" (default: $DEBFULLNAME <$DEBEMAIL>, else a
+    /// placeholder).
+    #[arg(long, value_name = "NAME <EMAIL>")]
+    maintainer: Option<String>,
 }
 
 /// `cargo xtask package`.
@@ -68,6 +73,14 @@ pub fn package(args: &PackageArgs) -> anyhow::Result<PathBuf> {
         bail!("--version {version:?} is not a Debian version (digits first, then [A-Za-z0-9.+~-])");
     }
     let arch = output(Command::new("dpkg").arg("--print-architecture"))?;
+    let maintainer = args.maintainer.clone().unwrap_or_else(|| {
+        match (std::env::var("DEBFULLNAME"), std::env::var("DEBEMAIL")) {
+            (Ok(name), Ok(mail)) if !name.is_empty() && !mail.is_empty() => {
+                format!("{name} <{mail}>")
+            }
+            _ => MAINTAINER.to_string(),
+        }
+    });
     let built = install::release_binary(&root, args.binary.as_deref(), args.no_build)?;
     let out_dir = args
         .out_dir
@@ -93,10 +106,10 @@ pub fn package(args: &PackageArgs) -> anyhow::Result<PathBuf> {
     let db = place.on_target(SHIPPED_DB);
     install::install_geoip(&root, args.geoip.as_deref(), &db)?;
     install::install_units(&place, &root, Path::new(UNIT_DIR), settings.listen)?;
-    docs(&place, &root, &db)?;
+    docs(&place, &root, &db, &version, &maintainer)?;
     generated_docs(&place, &built)?;
     fix_dir_modes(&stage)?;
-    control(&root, &stage, &version, &arch, &built)?;
+    control(&root, &stage, &version, &arch, &built, &maintainer)?;
 
     let deb = out_dir.join(format!("sentinel_{version}_{arch}.deb"));
     step(format!("dpkg-deb --build {}", deb.display()));
@@ -124,7 +137,13 @@ fn output(cmd: &mut Command) -> anyhow::Result<String> {
 
 /// README, docs/ and the licences under /usr/share/doc/sentinel (compressed, as Debian
 /// wants them), and `copyright` naming the country database's licence too.
-fn docs(place: &Place, root: &Path, db: &Path) -> anyhow::Result<()> {
+fn docs(
+    place: &Place,
+    root: &Path,
+    db: &Path,
+    version: &str,
+    maintainer: &str,
+) -> anyhow::Result<()> {
     let doc = place.on_target(DOC_DIR);
     make_dir(&doc, 0o755)?;
     let mut files = vec![root.join("README.md")];
@@ -145,15 +164,15 @@ fn docs(place: &Place, root: &Path, db: &Path) -> anyhow::Result<()> {
         "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\
          Upstream-Name: sentinel\n\n\
          Files: *\n\
-         Copyright: the Sentinel authors\n\
-         License: MIT or Apache-2.0\n",
+         Copyright: 2026 the Sentinel authors\n\
+         License: MIT or Apache-2.0\n\n\
+         License: Apache-2.0\n \
+         On Debian systems, the full text of the Apache License 2.0 is in\n \
+         /usr/share/common-licenses/Apache-2.0.\n\n\
+         License: MIT\n",
     );
-    for licence in ["LICENSE-MIT", "LICENSE-APACHE"] {
-        let text =
-            fs::read_to_string(root.join(licence)).with_context(|| format!("reading {licence}"))?;
-        copyright.push_str(&format!("\nLicense text ({licence}):\n"));
-        copyright.push_str(&indent(&text));
-    }
+    let mit = fs::read_to_string(root.join("LICENSE-MIT")).context("reading LICENSE-MIT")?;
+    copyright.push_str(&indent(&mit));
     let db_licence = PathBuf::from(format!("{}.LICENSE", db.display()));
     let db_text = fs::read_to_string(&db_licence).with_context(|| {
         format!(
@@ -166,13 +185,20 @@ fn docs(place: &Place, root: &Path, db: &Path) -> anyhow::Result<()> {
         indent(&db_text)
     ));
     write_file(&doc.join("copyright"), copyright.as_bytes(), 0o644)?;
-    let changelog = doc.join("changelog.Debian");
+    // The config will hold chat tokens: not world-readable, on purpose.
+    write_file(
+        &place.on_target("/usr/share/lintian/overrides/sentinel"),
+        b"sentinel: non-standard-dir-perm 0750 != 0755 [etc/sentinel/]\n\
+          sentinel: non-standard-file-perm 0640 != 0644 [etc/sentinel/sentinel.toml]\n",
+        0o644,
+    )?;
+    // A native package (no Debian revision): changelog.gz, not changelog.Debian.gz.
+    let changelog = doc.join("changelog");
     write_file(
         &changelog,
         format!(
             "sentinel ({version}) unstable; urgency=medium\n\n  * Built by cargo xtask \
-             package.\n\n -- {MAINTAINER}  {date}\n",
-            version = env!("CARGO_PKG_VERSION"),
+             package.\n\n -- {maintainer}  {date}\n",
             date = output(Command::new("date").arg("-R"))?,
         )
         .as_bytes(),
@@ -232,6 +258,7 @@ fn control(
     version: &str,
     arch: &str,
     built: &Path,
+    maintainer: &str,
 ) -> anyhow::Result<()> {
     let debian = stage.join("DEBIAN");
     make_dir(&debian, 0o755)?;
@@ -246,7 +273,7 @@ fn control(
         "Package: sentinel\n\
          Version: {version}\n\
          Architecture: {arch}\n\
-         Maintainer: {MAINTAINER}\n\
+         Maintainer: {maintainer}\n\
          Installed-Size: {size}\n\
          Depends: {depends}\n\
          Section: admin\n\
@@ -254,11 +281,12 @@ fn control(
          Description: eBPF active-defence agent for Linux servers\n\
          {}",
         indent(
-            "Sentinel watches exec, connect and CPU from the kernel (eBPF), judges what it sees \
-             (reverse shells,\nminers, web-server lineage, high-risk countries) and blocks \
-             with nftables after a dead man's\nswitch that an operator can answer from chat.\
-             \n\nThis package runs it as a hardened systemd service, with a country database \
-             kept current\nby sentinel-geoip.timer."
+            "Sentinel watches exec, connect and CPU from the kernel (eBPF), judges\n\
+             what it sees (reverse shells, miners, web-server lineage, high-risk\n\
+             countries) and blocks with nftables after a dead man's switch that an\n\
+             operator can answer from chat.\n\n\
+             This package runs it as a hardened systemd service, with a country\n\
+             database kept current by sentinel-geoip.timer."
         )
     );
     write_file(&debian.join("control"), control.as_bytes(), 0o644)?;
