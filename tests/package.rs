@@ -317,7 +317,11 @@ fn the_package_installs_upgrades_and_purges() {
     );
     assert!(ok(c, "test -s /var/lib/sentinel/country.mmdb.LICENSE"));
     assert!(ok(c, "nft list table inet sentinel >/dev/null"));
-    assert!(ok(c, "test -s /usr/share/man/man1/sentinel.1.gz"));
+    assert!(ok(
+        c,
+        "test -s /usr/share/man/man1/sentinel.1.gz && \
+         test -s /usr/share/man/man1/sentinel-reload.1.gz"
+    ));
     assert!(ok(
         c,
         "test -s /usr/share/bash-completion/completions/sentinel"

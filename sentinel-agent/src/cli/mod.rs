@@ -64,9 +64,9 @@ enum Command {
     Fleet(fleet::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(docs::CompletionArgs),
-    /// Print the man page (roff), as the Debian package ships it.
+    /// Write the man pages (roff) into a directory, as the Debian package ships them.
     #[command(hide = true)]
-    Manpage,
+    Manpage(docs::ManpageArgs),
 }
 
 /// The `--json` flag of the listing commands (`status`, `pending`, `blocks`).
@@ -106,7 +106,7 @@ pub fn main() -> ExitCode {
         Command::GeoipUpdate => geoip_update::run(&cli),
         Command::Fleet(args) => fleet::run(&cli, args),
         Command::Completions(args) => docs::completions(args),
-        Command::Manpage => docs::manpage(),
+        Command::Manpage(args) => docs::manpages(args),
     };
     match result {
         Ok(code) => code,

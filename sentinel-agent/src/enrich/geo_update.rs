@@ -32,7 +32,7 @@ const LICENSE_MEMBER: &str = "package/NRO_LICENSE";
 /// Bounds on what is downloaded and unpacked (the database is about 8 MB).
 const MAX_MANIFEST: usize = 1 << 20;
 const MAX_TARBALL: usize = 256 << 20;
-const MAX_MEMBER: u64 = 512 << 20;
+const MAX_MEMBER: u64 = 128 << 20;
 const TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Why the database was not updated (the old one stays in place in every case).
