@@ -14,6 +14,7 @@
 //! in the cached root already (`container::PACKAGES`), so apt resolves them offline.
 //!
 //! Needs root, `debootstrap`, `systemd-nspawn` and `dpkg-dev` (`scripts/setup.sh`).
+//! `SENTINEL_PACKAGE_BINARY=target/release/sentinel` runs it on the release build instead.
 
 mod common;
 
@@ -43,12 +44,14 @@ const V2: &str = "0.1.0+upgrade1";
 const CONFIG: &str = "/etc/sentinel/sentinel.toml";
 const KEY: &str = "/etc/sentinel/override.key";
 
-/// `cargo xtask package` of the binary under test at `version`, shipping `geoip`; the .deb.
+/// `cargo xtask package` of the binary under test (or of `SENTINEL_PACKAGE_BINARY`, e.g. the
+/// release build) at `version`, shipping `geoip`; the .deb.
 fn package(version: &str, geoip: &Path, out: &Path) -> PathBuf {
     let started = Instant::now();
+    let binary = std::env::var("SENTINEL_PACKAGE_BINARY").unwrap_or_else(|_| BIN.into());
     let run = Command::new(option_env!("CARGO").unwrap_or("cargo"))
         .args(["run", "--quiet", "--package", "xtask", "--", "package"])
-        .args(["--binary", BIN, "--version", version, "--geoip"])
+        .args(["--binary", &binary, "--version", version, "--geoip"])
         .arg(geoip)
         .arg("--out-dir")
         .arg(out)
