@@ -288,8 +288,49 @@ fn rename(from: &Path, to: &Path) -> Result<(), UpdateError> {
 }
 
 #[cfg(test)]
+#[path = "../../../tests/common/mmdb.rs"]
+mod mmdb;
+
+#[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A valid country database with `n` networks, each its own country (more, larger).
+    fn db_bytes(n: u8) -> Vec<u8> {
+        let ranges: Vec<(String, String)> = (0..n)
+            .map(|i| {
+                let code = format!("{}{}", (b'A' + i / 26) as char, (b'A' + i % 26) as char);
+                (format!("2001:db8:{i:x}::/48"), code)
+            })
+            .collect();
+        let entries: Vec<(&str, &str)> = ranges
+            .iter()
+            .map(|(r, c)| (r.as_str(), c.as_str()))
+            .collect();
+        mmdb::country_db_bytes(mmdb::Layout::Flat, &entries)
+    }
+
+    #[test]
+    fn install_swaps_a_whole_database_and_refuses_one_under_half_the_old_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("country.mmdb");
+        let (big, small) = (db_bytes(120), db_bytes(2));
+        assert!(small.len() * 2 < big.len());
+        install(&db, &big, b"licence 1").unwrap();
+        assert_eq!(fs::read(&db).unwrap(), big);
+        assert_eq!(
+            fs::read(dir.path().join("country.mmdb.LICENSE")).unwrap(),
+            b"licence 1"
+        );
+        let err = install(&db, &small, b"licence 2").unwrap_err();
+        assert!(matches!(err, UpdateError::TooSmall { .. }), "{err}");
+        assert_eq!(fs::read(&db).unwrap(), big, "the old database was replaced");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            2,
+            "a temp file stayed"
+        );
+    }
 
     fn tgz(members: &[(&str, &[u8])]) -> Vec<u8> {
         let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
