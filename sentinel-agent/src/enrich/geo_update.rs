@@ -288,12 +288,9 @@ fn rename(from: &Path, to: &Path) -> Result<(), UpdateError> {
 }
 
 #[cfg(test)]
-#[path = "../../../tests/common/mmdb.rs"]
-mod mmdb;
-
-#[cfg(test)]
 mod tests {
     use super::*;
+    use crate::enrich::geo::mmdb;
 
     /// A valid country database with `n` networks, each its own country (more, larger).
     fn db_bytes(n: u8) -> Vec<u8> {
