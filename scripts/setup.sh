@@ -3,6 +3,8 @@
 # apt packages (postgresql: the fleet tests start their own server from it), the nightly toolchain's rust-src, bpf-linker 0.10.4, and the GeoIP country
 # database at /var/lib/sentinel/country.mmdb. With --bench it also installs bpftrace, the
 # baseline `cargo xtask bench-cost` measures beside the agent (not needed to build or test).
+# With --lint it also installs lintian, to check the Debian package (`lintian
+# target/debian/sentinel_*.deb`; about 110 packages, so not part of the default set).
 # Idempotent, and quick when everything is already there. Run as root (or with sudo).
 set -euo pipefail
 
@@ -11,16 +13,18 @@ NIGHTLY=${SENTINEL_BPF_TOOLCHAIN:-nightly}
 # openssh: SSH trust is tested against a real sshd. nginx, php-fpm (and Node.js below): the
 # real-world detection suite. chromium: the confirmation-page test drives a real headless
 # browser. debootstrap and systemd-container (systemd-nspawn): the unit is tested in a
-# container booted with systemd. postgresql: the fleet tests start their own server.
+# container booted with systemd. postgresql: the fleet tests start their own server. dpkg-dev:
+# `cargo xtask package` reads the binary's library dependencies with dpkg-shlibdeps.
 # golang-go, python3-venv, python3-dev, ansible-core, logrotate, cron: the admin's day that must
 # raise nothing (tests/vps_day.rs).
-APT_PACKAGES=(nftables iproute2 bpftool gcc libc6-dev pkg-config ca-certificates systemd
+APT_PACKAGES=(nftables iproute2 bpftool gcc libc6-dev pkg-config ca-certificates systemd dpkg-dev
   openssh-server openssh-client nginx php-fpm chromium debootstrap systemd-container postgresql
   golang-go python3-venv python3-dev ansible-core logrotate cron)
 for arg in "$@"; do
   case "$arg" in
     --bench) APT_PACKAGES+=(bpftrace) ;;
-    *) printf 'setup: unknown option %s (known: --bench)\n' "$arg" >&2; exit 2 ;;
+    --lint) APT_PACKAGES+=(lintian) ;;
+    *) printf 'setup: unknown option %s (known: --bench, --lint)\n' "$arg" >&2; exit 2 ;;
   esac
 done
 

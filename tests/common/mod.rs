@@ -18,6 +18,7 @@ use std::{
 
 use serde_json::Value;
 
+pub mod container;
 pub mod mmdb;
 pub mod netns;
 pub mod nft;

@@ -216,7 +216,7 @@ fn ip(args: &[&str]) -> Result<(), String> {
 
 /// Waits (up to 20 minutes: another run may hold it for a whole test binary) for the
 /// machine-wide test-host lock.
-fn take_lock() -> Result<File, String> {
+pub fn take_lock() -> Result<File, String> {
     let f = File::options()
         .create(true)
         .truncate(false)

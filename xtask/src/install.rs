@@ -29,6 +29,9 @@ const UNIT_NAME: &str = "sentinel.service";
 /// The override endpoint's socket, bound by systemd at boot (`config/sentinel.socket`).
 const SOCKET_UNIT: &str = "/etc/systemd/system/sentinel.socket";
 const SOCKET_NAME: &str = "sentinel.socket";
+/// The weekly country-database refresh: a oneshot service and its timer.
+const GEOIP_SERVICE: &str = "sentinel-geoip.service";
+const GEOIP_TIMER: &str = "sentinel-geoip.timer";
 /// `ListenStream=` in the shipped socket unit, rewritten to `override.listen`.
 const SHIPPED_LISTEN: &str = "ListenStream=127.0.0.1:8787";
 /// The ExecStart path in `config/sentinel.service`, rewritten to `--prefix`.
@@ -68,7 +71,7 @@ pub struct UninstallArgs {
 
 /// Where things go.
 #[derive(clap::Args)]
-struct Place {
+pub struct Place {
     /// Stage the files under DIR instead of / (for packaging and tests); systemctl is never
     /// run then.
     #[arg(long, value_name = "DIR")]
@@ -79,6 +82,14 @@ struct Place {
 }
 
 impl Place {
+    /// Stage under `destdir` with the binary in `prefix`/bin (packaging).
+    pub fn staged(destdir: PathBuf, prefix: PathBuf) -> Place {
+        Place {
+            destdir: Some(destdir),
+            prefix,
+        }
+    }
+
     fn check(&self) -> anyhow::Result<()> {
         if !self.prefix.is_absolute() {
             bail!(
@@ -100,7 +111,7 @@ impl Place {
     }
 
     /// `path` (absolute, as the running system sees it) on the target: under --destdir.
-    fn on_target(&self, path: impl AsRef<Path>) -> PathBuf {
+    pub fn on_target(&self, path: impl AsRef<Path>) -> PathBuf {
         let path = path.as_ref();
         match &self.destdir {
             Some(d) => d.join(path.strip_prefix("/").unwrap_or(path)),
@@ -109,7 +120,7 @@ impl Place {
     }
 
     /// The binary as the running system sees it.
-    fn binary(&self) -> PathBuf {
+    pub fn binary(&self) -> PathBuf {
         self.prefix.join("bin/sentinel")
     }
 
@@ -119,11 +130,11 @@ impl Place {
     }
 }
 
-fn step(what: impl std::fmt::Display) {
+pub fn step(what: impl std::fmt::Display) {
     println!("==> {what}");
 }
 
-fn workspace_root() -> PathBuf {
+pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives in the workspace")
@@ -131,17 +142,17 @@ fn workspace_root() -> PathBuf {
 }
 
 /// The values of the config the installer acts on, with the agent's defaults.
-struct Settings {
-    geo_enabled: bool,
-    geo_database: PathBuf,
-    secret_file: PathBuf,
-    table: String,
+pub struct Settings {
+    pub geo_enabled: bool,
+    pub geo_database: PathBuf,
+    pub secret_file: PathBuf,
+    pub table: String,
     /// `override.listen`, for the socket unit.
-    listen: std::net::SocketAddr,
+    pub listen: std::net::SocketAddr,
 }
 
 impl Settings {
-    fn read(path: &Path) -> anyhow::Result<Settings> {
+    pub fn read(path: &Path) -> anyhow::Result<Settings> {
         let text =
             fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let doc: toml::Table = text.parse().with_context(|| {
@@ -189,7 +200,7 @@ impl Settings {
     }
 }
 
-fn make_dir(path: &Path, mode: u32) -> anyhow::Result<()> {
+pub fn make_dir(path: &Path, mode: u32) -> anyhow::Result<()> {
     fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .with_context(|| format!("setting mode {mode:o} on {}", path.display()))
@@ -197,7 +208,7 @@ fn make_dir(path: &Path, mode: u32) -> anyhow::Result<()> {
 
 /// Write `bytes` to `path` with `mode`, atomically: a reader (or the running agent's binary)
 /// sees the old file or the new one, never half of one.
-fn write_file(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
     let dir = path.parent().context("a file path has a parent")?;
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let tmp = dir.join(format!(
@@ -221,7 +232,7 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
     fs::rename(&tmp, path).with_context(|| format!("moving {} into place", path.display()))
 }
 
-fn run(cmd: &mut Command) -> anyhow::Result<()> {
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     let shown = format!("{cmd:?}").replace('"', "");
     let status = cmd.status().with_context(|| format!("running {shown}"))?;
     if !status.success() {
@@ -230,20 +241,18 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `cargo xtask install`.
-pub fn install(args: &InstallArgs) -> anyhow::Result<()> {
-    let place = &args.place;
-    place.check()?;
-    let root = workspace_root();
-
-    // 1. The binary.
-    let built = match &args.binary {
-        Some(b) => b.clone(),
+/// The `sentinel` binary to install: `binary` when given, else target/release/sentinel,
+/// built first unless `no_build`.
+pub fn release_binary(
+    root: &Path,
+    binary: Option<&Path>,
+    no_build: bool,
+) -> anyhow::Result<PathBuf> {
+    let built = match binary {
+        Some(b) => b.to_path_buf(),
         None => {
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map_or_else(|| root.join("target"), PathBuf::from);
-            let built = target.join("release/sentinel");
-            if args.no_build {
+            let built = target_dir(root).join("release/sentinel");
+            if no_build {
                 step(format!("using {} (--no-build)", built.display()));
             } else {
                 step("building release (cargo build --release -p sentinel-agent)");
@@ -251,7 +260,7 @@ pub fn install(args: &InstallArgs) -> anyhow::Result<()> {
                     Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
                         .args(["build", "--release", "--package", "sentinel-agent"])
                         .args(["--bin", "sentinel"])
-                        .current_dir(&root),
+                        .current_dir(root),
                 )
                 .context("the build failed: run scripts/setup.sh first, then retry")?;
             }
@@ -264,36 +273,26 @@ pub fn install(args: &InstallArgs) -> anyhow::Result<()> {
             built.display()
         );
     }
-    let binary = place.on_target(place.binary());
-    step(format!("installing {}", binary.display()));
-    let bytes = fs::read(&built).with_context(|| format!("reading {}", built.display()))?;
-    write_file(&binary, &bytes, 0o755)?;
+    Ok(built)
+}
+
+/// Cargo's target directory (`CARGO_TARGET_DIR`, else `target/` in the workspace).
+pub fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
+}
+
+/// `cargo xtask install`.
+pub fn install(args: &InstallArgs) -> anyhow::Result<()> {
+    let place = &args.place;
+    place.check()?;
+    let root = workspace_root();
+
+    // 1. The binary.
+    let built = release_binary(&root, args.binary.as_deref(), args.no_build)?;
+    install_binary(place, &built)?;
 
     // 2. The config: an operator's file is never overwritten.
-    let config_dir = place.on_target(CONFIG_DIR);
-    make_dir(&config_dir, 0o750)?;
-    let shipped = fs::read(root.join("config/sentinel.toml")).context("reading config/")?;
-    let config = place.on_target(CONFIG);
-    if !config.exists() {
-        step(format!("installing {}", config.display()));
-        write_file(&config, &shipped, 0o640)?;
-    } else if fs::read(&config).is_ok_and(|c| c == shipped) {
-        step(format!(
-            "keeping {} (already the shipped default)",
-            config.display()
-        ));
-    } else {
-        let new = config.with_extension("toml.new");
-        step(format!(
-            "keeping your {}; the new default is at {} (compare: diff {} {})",
-            config.display(),
-            new.display(),
-            config.display(),
-            new.display()
-        ));
-        write_file(&new, &shipped, 0o640)?;
-    }
-    let settings = Settings::read(&config)?;
+    let settings = install_config(place, &root)?;
 
     // 3. The key that signs override links.
     let key = place.on_target(&settings.secret_file);
@@ -327,63 +326,22 @@ pub fn install(args: &InstallArgs) -> anyhow::Result<()> {
     step(format!("creating {} (mode 750)", state.display()));
     make_dir(&state, 0o750)?;
     if settings.geo_enabled {
-        let db = place.on_target(&settings.geo_database);
-        match &args.geoip {
-            Some(src) => {
-                step(format!(
-                    "installing the country database {} from {}",
-                    db.display(),
-                    src.display()
-                ));
-                let bytes = fs::read(src).with_context(|| format!("reading {}", src.display()))?;
-                write_file(&db, &bytes, 0o644)?;
-                let licence = PathBuf::from(format!("{}.LICENSE", src.display()));
-                if let Ok(text) = fs::read(&licence) {
-                    write_file(
-                        Path::new(&format!("{}.LICENSE", db.display())),
-                        &text,
-                        0o644,
-                    )?;
-                }
-            }
-            None => {
-                step(format!(
-                    "installing the country database {} (scripts/geoip.sh)",
-                    db.display()
-                ));
-                run(Command::new("bash")
-                    .arg(root.join("scripts/geoip.sh"))
-                    .arg(&db))
-                .context(
-                    "fetching the GeoIP database failed: see geoip.sh's message above, or pass \
-                     --geoip FILE with a country database you have",
-                )?;
-            }
-        }
+        install_geoip(
+            &root,
+            args.geoip.as_deref(),
+            &place.on_target(&settings.geo_database),
+        )?;
     } else {
         step("geo.enabled = false: no country database");
     }
 
     // 5. The unit, pointing at the installed binary.
-    let unit = place.on_target(UNIT);
-    step(format!("installing {}", unit.display()));
-    let shipped_unit =
-        fs::read_to_string(root.join("config/sentinel.service")).context("reading config/")?;
-    let text = shipped_unit.replace(
-        &format!("{SHIPPED_PREFIX}/bin/sentinel"),
-        &place.binary().display().to_string(),
-    );
-    write_file(&unit, text.as_bytes(), 0o644)?;
-    let socket = place.on_target(SOCKET_UNIT);
-    step(format!(
-        "installing {} (override.listen {}, bound by systemd at boot)",
-        socket.display(),
-        settings.listen
-    ));
-    let shipped_socket =
-        fs::read_to_string(root.join("config/sentinel.socket")).context("reading config/")?;
-    let text = shipped_socket.replace(SHIPPED_LISTEN, &format!("ListenStream={}", settings.listen));
-    write_file(&socket, text.as_bytes(), 0o644)?;
+    install_units(
+        place,
+        &root,
+        Path::new(UNIT).parent().unwrap(),
+        settings.listen,
+    )?;
 
     // 6. Start it.
     if place.destdir.is_some() {
@@ -406,8 +364,12 @@ pub fn install(args: &InstallArgs) -> anyhow::Result<()> {
     }
     step("systemctl daemon-reload");
     run(Command::new("systemctl").arg("daemon-reload"))?;
-    step(format!("systemctl enable {UNIT_NAME} {SOCKET_NAME}"));
-    run(Command::new("systemctl").args(["enable", UNIT_NAME, SOCKET_NAME]))?;
+    step(format!(
+        "systemctl enable {UNIT_NAME} {SOCKET_NAME} {GEOIP_TIMER}"
+    ));
+    run(Command::new("systemctl").args(["enable", UNIT_NAME, SOCKET_NAME, GEOIP_TIMER]))?;
+    step(format!("systemctl start {GEOIP_TIMER}"));
+    run(Command::new("systemctl").args(["start", GEOIP_TIMER]))?;
     // The socket first: a restart of the service alone would not rebind a changed address.
     step(format!("systemctl restart {SOCKET_NAME}"));
     run(Command::new("systemctl").args(["restart", SOCKET_NAME]))?;
@@ -424,6 +386,112 @@ pub fn install(args: &InstallArgs) -> anyhow::Result<()> {
         place.binary().display()
     );
     Ok(())
+}
+
+/// The binary at `<prefix>/bin/sentinel` on the target.
+pub fn install_binary(place: &Place, built: &Path) -> anyhow::Result<()> {
+    let binary = place.on_target(place.binary());
+    step(format!("installing {}", binary.display()));
+    let bytes = fs::read(built).with_context(|| format!("reading {}", built.display()))?;
+    write_file(&binary, &bytes, 0o755)
+}
+
+/// The shipped config at /etc/sentinel/sentinel.toml (mode 0640, in a 0750 directory), never
+/// overwriting an operator's file; the settings of the config in place.
+pub fn install_config(place: &Place, root: &Path) -> anyhow::Result<Settings> {
+    let config_dir = place.on_target(CONFIG_DIR);
+    make_dir(&config_dir, 0o750)?;
+    let shipped = fs::read(root.join("config/sentinel.toml")).context("reading config/")?;
+    let config = place.on_target(CONFIG);
+    if !config.exists() {
+        step(format!("installing {}", config.display()));
+        write_file(&config, &shipped, 0o640)?;
+    } else if fs::read(&config).is_ok_and(|c| c == shipped) {
+        step(format!(
+            "keeping {} (already the shipped default)",
+            config.display()
+        ));
+    } else {
+        let new = config.with_extension("toml.new");
+        step(format!(
+            "keeping your {}; the new default is at {} (compare: diff {} {})",
+            config.display(),
+            new.display(),
+            config.display(),
+            new.display()
+        ));
+        write_file(&new, &shipped, 0o640)?;
+    }
+    Settings::read(&config)
+}
+
+/// The country database at `db` (and its licence at `db`.LICENSE): a copy of `src` when
+/// given, else what `scripts/geoip.sh` fetches.
+pub fn install_geoip(root: &Path, src: Option<&Path>, db: &Path) -> anyhow::Result<()> {
+    match src {
+        Some(src) => {
+            step(format!(
+                "installing the country database {} from {}",
+                db.display(),
+                src.display()
+            ));
+            let bytes = fs::read(src).with_context(|| format!("reading {}", src.display()))?;
+            write_file(db, &bytes, 0o644)?;
+            let licence = PathBuf::from(format!("{}.LICENSE", src.display()));
+            if let Ok(text) = fs::read(&licence) {
+                write_file(
+                    Path::new(&format!("{}.LICENSE", db.display())),
+                    &text,
+                    0o644,
+                )?;
+            }
+        }
+        None => {
+            step(format!(
+                "installing the country database {} (scripts/geoip.sh)",
+                db.display()
+            ));
+            run(Command::new("bash")
+                .arg(root.join("scripts/geoip.sh"))
+                .arg(db))
+            .context(
+                "fetching the GeoIP database failed: see geoip.sh's message above, or pass \
+                 --geoip FILE with a country database you have",
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// `sentinel.service` (ExecStart at the installed binary), `sentinel.socket` (listening on
+/// `listen`) and the country-database refresh (`sentinel-geoip.service` and `.timer`) in
+/// `unit_dir` on the target.
+pub fn install_units(
+    place: &Place,
+    root: &Path,
+    unit_dir: &Path,
+    listen: std::net::SocketAddr,
+) -> anyhow::Result<()> {
+    for name in [UNIT_NAME, GEOIP_SERVICE, GEOIP_TIMER] {
+        let unit = place.on_target(unit_dir.join(name));
+        step(format!("installing {}", unit.display()));
+        let shipped = fs::read_to_string(root.join("config").join(name))
+            .with_context(|| format!("reading config/{name}"))?;
+        let text = shipped.replace(
+            &format!("{SHIPPED_PREFIX}/bin/sentinel"),
+            &place.binary().display().to_string(),
+        );
+        write_file(&unit, text.as_bytes(), 0o644)?;
+    }
+    let socket = place.on_target(unit_dir.join(SOCKET_NAME));
+    step(format!(
+        "installing {} (override.listen {listen}, bound by systemd at boot)",
+        socket.display(),
+    ));
+    let shipped_socket =
+        fs::read_to_string(root.join("config/sentinel.socket")).context("reading config/")?;
+    let text = shipped_socket.replace(SHIPPED_LISTEN, &format!("ListenStream={listen}"));
+    write_file(&socket, text.as_bytes(), 0o644)
 }
 
 fn print_journal() {
@@ -490,10 +558,16 @@ pub fn uninstall(args: &UninstallArgs) -> anyhow::Result<()> {
 
     // 1. Stop the agent.
     if place.systemd() {
-        step(format!("systemctl disable --now {UNIT_NAME} {SOCKET_NAME}"));
-        if let Err(e) =
-            run(Command::new("systemctl").args(["disable", "--now", UNIT_NAME, SOCKET_NAME]))
-        {
+        step(format!(
+            "systemctl disable --now {UNIT_NAME} {SOCKET_NAME} {GEOIP_TIMER}"
+        ));
+        if let Err(e) = run(Command::new("systemctl").args([
+            "disable",
+            "--now",
+            UNIT_NAME,
+            SOCKET_NAME,
+            GEOIP_TIMER,
+        ])) {
             println!("    {e:#} (continuing: the unit may not be installed)");
         }
     } else if place.destdir.is_none() {
@@ -531,6 +605,8 @@ pub fn uninstall(args: &UninstallArgs) -> anyhow::Result<()> {
     for path in [
         place.on_target(UNIT),
         place.on_target(SOCKET_UNIT),
+        place.on_target(Path::new(UNIT).with_file_name(GEOIP_SERVICE)),
+        place.on_target(Path::new(UNIT).with_file_name(GEOIP_TIMER)),
         place.on_target(place.binary()),
     ] {
         if path.exists() {

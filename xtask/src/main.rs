@@ -1,6 +1,6 @@
 //! Project tasks that are not plain cargo commands: `cargo xtask build-ebpf`,
 //! `cargo xtask bench` / `bench-cost` / `bench-switch` / `bench-flood` / `bench-fleet`, and `cargo xtask install` /
-//! `uninstall`.
+//! `uninstall`, `cargo xtask package`.
 
 mod bench;
 /// The test harness's test hosts and GeoIP writer, shared by the benchmarks.
@@ -14,6 +14,7 @@ mod bench_fleet;
 mod bench_flood;
 mod bench_switch;
 mod install;
+mod package;
 mod scene;
 
 use std::process::Command;
@@ -51,6 +52,8 @@ enum Task {
     Install(install::InstallArgs),
     /// Stop and remove the service; blocks and data stay unless asked.
     Uninstall(install::UninstallArgs),
+    /// Build the Debian package target/debian/sentinel_<version>_<arch>.deb.
+    Package(package::PackageArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -63,6 +66,7 @@ fn main() -> anyhow::Result<()> {
         Task::BenchFleet(args) => bench_fleet::run(&args),
         Task::Install(args) => install::install(&args),
         Task::Uninstall(args) => install::uninstall(&args),
+        Task::Package(args) => package::package(&args).map(drop),
     }
 }
 

@@ -4,8 +4,11 @@
 mod answer;
 mod blocks;
 mod check_config;
+mod docs;
 mod fleet;
+mod geoip_update;
 mod pending;
+mod reload;
 mod run;
 mod status;
 mod tail;
@@ -51,8 +54,19 @@ enum Command {
     Unblock(unblock::Args),
     /// Validate the configuration and say precisely what is wrong.
     CheckConfig,
+    /// Make the running agent re-read its configuration and country database (as SIGHUP and
+    /// `systemctl reload sentinel` do); names the changed keys that need a restart.
+    Reload,
+    /// Fetch the latest country database (`geo.update_source`), verify it, swap it in and
+    /// have the agent reload it (sentinel-geoip.timer runs this weekly).
+    GeoipUpdate,
     /// The fleet view on PostgreSQL (`[fleet] postgres_url`): hosts, alerts, pending, decide.
     Fleet(fleet::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(docs::CompletionArgs),
+    /// Write the man pages (roff) into a directory, as the Debian package ships them.
+    #[command(hide = true)]
+    Manpage(docs::ManpageArgs),
 }
 
 /// The `--json` flag of the listing commands (`status`, `pending`, `blocks`).
@@ -66,8 +80,12 @@ pub struct JsonArgs {
 impl Cli {
     /// Load the config. A missing file is only tolerated at the default path (defaults apply).
     fn load_config(&self) -> Result<Config, ConfigError> {
-        let is_default = self.config == std::path::Path::new(config::DEFAULT_PATH);
-        Config::load(&self.config, is_default)
+        Config::load(&self.config, self.is_default_config())
+    }
+
+    /// Whether `--config` is the default path (where a missing file means the defaults).
+    fn is_default_config(&self) -> bool {
+        self.config == std::path::Path::new(config::DEFAULT_PATH)
     }
 }
 
@@ -84,7 +102,11 @@ pub fn main() -> ExitCode {
         Command::Blocks(args) => blocks::run(&cli, args),
         Command::Unblock(args) => unblock::run(&cli, args),
         Command::CheckConfig => check_config::run(&cli),
+        Command::Reload => reload::run(&cli),
+        Command::GeoipUpdate => geoip_update::run(&cli),
         Command::Fleet(args) => fleet::run(&cli, args),
+        Command::Completions(args) => docs::completions(args),
+        Command::Manpage(args) => docs::manpages(args),
     };
     match result {
         Ok(code) => code,

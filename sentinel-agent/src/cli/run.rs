@@ -43,6 +43,9 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?
-        .block_on(daemon::run(config))?;
+        .block_on(daemon::run(
+            config,
+            daemon::reload::Source::new(&cli.config, cli.is_default_config()),
+        ))?;
     Ok(ExitCode::SUCCESS)
 }

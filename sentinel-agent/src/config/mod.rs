@@ -309,6 +309,8 @@ pub struct GeoConfig {
     pub database: PathBuf,
     /// ISO 3166-1 alpha-2 codes whose addresses raise a `geo` alert.
     pub high_risk_countries: Vec<String>,
+    /// The npm manifest `sentinel geoip-update` fetches the database from; empty: none.
+    pub update_source: String,
 }
 
 impl Default for GeoConfig {
@@ -319,6 +321,7 @@ impl Default for GeoConfig {
             high_risk_countries: ["RU", "CN", "KP", "IR", "BY", "SY", "VE"]
                 .map(String::from)
                 .to_vec(),
+            update_source: crate::enrich::geo_update::DEFAULT_SOURCE.into(),
         }
     }
 }

@@ -89,6 +89,16 @@ impl Config {
                     .into(),
             );
         }
+        let is_url = |s: &str| s.starts_with("https://") || s.starts_with("http://");
+        if !g.update_source.is_empty() && !is_url(&g.update_source) {
+            bad(
+                "geo.update_source",
+                format!(
+                    "{:?} is not an http(s) URL (empty: no updates)",
+                    g.update_source
+                ),
+            );
+        }
         for code in &g.high_risk_countries {
             if code.len() != 2 || !code.bytes().all(|b| b.is_ascii_uppercase()) {
                 bad(

@@ -1,6 +1,6 @@
 //! The CLI's way into the running agent: the unix socket (mode 0600, root only), and the
 //! state its handlers read while the event loop runs. Status is answered here; answers and
-//! unblocks are forwarded to the switch and its reply returned.
+//! unblocks are forwarded to the switch and its reply returned, reloads to the event loop.
 
 use std::{
     collections::BTreeMap,
@@ -60,6 +60,8 @@ pub struct Shared {
     pub answers: mpsc::Sender<Answer>,
     /// Requests to lift a block, to the switch.
     pub unblocks: mpsc::Sender<Unblock>,
+    /// `sentinel reload`, to the event loop.
+    pub reloads: mpsc::Sender<crate::daemon::reload::Request>,
     /// The fleet shipper's state, when `fleet.postgres_url` is set.
     pub fleet: Option<Arc<crate::fleet::Stats>>,
 }
@@ -258,6 +260,18 @@ async fn handle_client(stream: UnixStream, shared: &Shared) -> std::io::Result<(
                 Ok(was) => {
                     write_json(&mut w, &serde_json::json!({"addr": addr, "unblocked": was})).await
                 }
+                Err(e) => write_json(&mut w, &StreamNotice::Error(e)).await,
+            }
+        }
+        Request::Reload => {
+            let (reply, rx) = oneshot::channel();
+            let request = crate::daemon::reload::Request { reply };
+            let outcome = match shared.reloads.send(request).await {
+                Ok(()) => rx.await.unwrap_or(Err("the agent is stopping".into())),
+                Err(_) => Err("the agent is stopping".into()),
+            };
+            match outcome {
+                Ok(reloaded) => write_json(&mut w, &reloaded).await,
                 Err(e) => write_json(&mut w, &StreamNotice::Error(e)).await,
             }
         }

@@ -33,6 +33,8 @@ pub enum Request {
     Unblock {
         addr: std::net::IpAddr,
     },
+    /// Re-read the config file and the country database (`sentinel reload`).
+    Reload,
     /// Stream events of `kinds` (all when empty), starting with up to `backlog` recent ones.
     Follow {
         kinds: Vec<Kind>,

@@ -1,7 +1,7 @@
 //! `sentinel run`: start-up and the event loop. [`run`] reads as the table of contents: the
 //! start-up steps (each in [`startup`], building one part: sensors, store, switch, chat, the
 //! CLI socket…), then the loop that feeds the [`Pipeline`] with kernel records, timer ticks and
-//! human answers until SIGTERM, then a clean stop: programs detached, every event committed,
+//! human answers (and reloads, [`reload`]) until SIGTERM, then a clean stop: programs detached, every event committed,
 //! the enforcement table left in force.
 
 pub mod behaviour;
@@ -12,6 +12,7 @@ pub mod metrics;
 mod outcomes;
 mod persistence;
 pub mod pipeline;
+pub mod reload;
 pub mod service;
 mod startup;
 mod stdio;
@@ -38,7 +39,8 @@ use crate::{
 };
 
 /// Run the agent until SIGTERM or SIGINT: start-up as named steps, the event loop, the stop.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+/// `source` is the config file, re-read on `sentinel reload` and SIGHUP.
+pub async fn run(config: Config, source: reload::Source) -> anyhow::Result<()> {
     let agent = &config.agent;
     control::ensure_not_running(&agent.socket)?;
     // First, before a user's process could take its port: the override endpoint's socket.
@@ -74,7 +76,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // "Ready" means decisions and blocks are back in force; resumed decisions are announced.
     switch.switch.resume(&enrich.trust, Now::read())?;
 
-    let (shared, unblocks_rx) = startup::share_state(
+    let (shared, unblocks_rx, reloads_rx) = startup::share_state(
         &config,
         &sensors,
         seeded.tree.len(),
@@ -127,6 +129,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ssh_peers,
         sigterm: signal(SignalKind::terminate())?,
         sigint: signal(SignalKind::interrupt())?,
+        sighup: signal(SignalKind::hangup())?,
+        reloads: reloads_rx,
+        source,
     };
     crate::alloc::return_freed_memory();
     startup::announce_ready(agent, sensors.attached, core.tree.len());
@@ -211,6 +216,10 @@ struct Inbox {
     ssh_peers: watch::Receiver<HashSet<IpAddr>>,
     sigterm: Signal,
     sigint: Signal,
+    /// SIGHUP and `sentinel reload`: re-read the config file and the country database.
+    sighup: Signal,
+    reloads: mpsc::Receiver<reload::Request>,
+    source: reload::Source,
 }
 
 /// The loop's periodic work.
@@ -282,6 +291,15 @@ async fn event_loop(core: &mut Pipeline, inbox: &mut Inbox, timers: &mut Timers)
             Some(request) = inbox.unblocks.recv() => core.unblock(request),
             Some(work) = inbox.work.recv() => core.work(work),
             Some(command) = inbox.fleet.recv() => core.fleet_command(command),
+            _ = inbox.sighup.recv() => {
+                info!("SIGHUP: reloading");
+                reload::log(&reload::reload(core, &mut inbox.source));
+            }
+            Some(request) = inbox.reloads.recv() => {
+                let outcome = reload::reload(core, &mut inbox.source);
+                reload::log(&outcome);
+                let _ = request.reply.send(outcome);
+            }
             _ = inbox.sigterm.recv() => { info!("SIGTERM: stopping"); break; }
             _ = inbox.sigint.recv() => { info!("SIGINT: stopping"); break; }
         }

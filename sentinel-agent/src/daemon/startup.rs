@@ -358,14 +358,18 @@ fn daily_summary(db: PathBuf, lost: Arc<Mutex<LostMaps>>) -> SummarySource {
 }
 
 /// Gather what the CLI socket, metrics and the fleet shipper read of the running agent, with
-/// the receiving end of `sentinel unblock`.
+/// the receiving ends of `sentinel unblock` and `sentinel reload`.
 pub fn share_state(
     config: &Config,
     sensors: &sensors::Sensors,
     processes: usize,
     health: HealthReports,
     answers: mpsc::Sender<Answer>,
-) -> (Arc<Shared>, mpsc::Receiver<Unblock>) {
+) -> (
+    Arc<Shared>,
+    mpsc::Receiver<Unblock>,
+    mpsc::Receiver<super::reload::Request>,
+) {
     let HealthReports {
         notify,
         store,
@@ -373,6 +377,7 @@ pub fn share_state(
         override_,
     } = health;
     let (unblock_tx, unblocks) = mpsc::channel::<Unblock>(16);
+    let (reload_tx, reloads) = mpsc::channel::<super::reload::Request>(4);
     let shared = Arc::new(Shared {
         host: config.host_id().into(),
         started: Instant::now(),
@@ -392,9 +397,10 @@ pub fn share_state(
         hub: Hub::default(),
         answers,
         unblocks: unblock_tx,
+        reloads: reload_tx,
         fleet: config.fleet.enabled().then(Default::default),
     });
-    (shared, unblocks)
+    (shared, unblocks, reloads)
 }
 
 /// What the parts started before the shared state report about themselves, for `status`.

@@ -120,7 +120,7 @@ impl CountryDb {
 
 #[cfg(test)]
 #[path = "../../../tests/common/mmdb.rs"]
-mod mmdb;
+pub(crate) mod mmdb;
 
 #[cfg(test)]
 mod tests {

@@ -10,6 +10,7 @@
 
 pub mod accounts;
 pub mod geo;
+pub mod geo_update;
 pub mod installed;
 pub mod listeners;
 pub mod outbound;
