@@ -11,9 +11,11 @@ NIGHTLY=${SENTINEL_BPF_TOOLCHAIN:-nightly}
 # openssh: SSH trust is tested against a real sshd. nginx, php-fpm (and Node.js below): the
 # real-world detection suite. chromium: the confirmation-page test drives a real headless
 # browser. debootstrap and systemd-container (systemd-nspawn): the unit is tested in a
-# container booted with systemd. postgresql: the fleet tests start their own server.
+# container booted with systemd. postgresql: the fleet tests start their own server. podman and
+# runc: tests/containers.rs runs real containers (runc: crun refuses hybrid cgroups).
 APT_PACKAGES=(nftables iproute2 bpftool gcc libc6-dev pkg-config ca-certificates systemd
-  openssh-server openssh-client nginx php-fpm chromium debootstrap systemd-container postgresql)
+  openssh-server openssh-client nginx php-fpm chromium debootstrap systemd-container postgresql
+  podman runc)
 for arg in "$@"; do
   case "$arg" in
     --bench) APT_PACKAGES+=(bpftrace) ;;

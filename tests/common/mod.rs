@@ -18,10 +18,12 @@ use std::{
 
 use serde_json::Value;
 
+pub mod debian;
 pub mod mmdb;
 pub mod netns;
 pub mod nft;
 pub mod pg;
+pub mod podman;
 pub mod procs;
 pub mod sshd;
 

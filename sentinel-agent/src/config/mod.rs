@@ -95,6 +95,7 @@ pub struct Config {
     pub notify: NotifyConfig,
     pub metrics: MetricsConfig,
     pub fleet: crate::fleet::FleetConfig,
+    pub containers: crate::enrich::container::ContainersConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -423,6 +424,13 @@ impl Default for LineageConfig {
                 "containerd-shim",
                 "dockerd",
                 "runc",
+                "crun",
+                "conmon",
+                "podman",
+                "docker-init",
+                "tini",
+                "catatonit",
+                "dumb-init",
                 "cron",
                 "atd",
             ]),

@@ -377,6 +377,7 @@ pub fn share_state(
         counters: Default::default(),
         lost: sensors.lost.clone(),
         processes: AtomicU64::new(processes as u64),
+        containers: AtomicU64::new(0),
         pending: AtomicU64::new(0),
         blocks: AtomicU64::new(0),
         kills: AtomicU64::new(0),
@@ -532,6 +533,11 @@ pub fn build_pipeline(
         } else {
             None
         },
+        containers: crate::enrich::container::Containers::new(
+            config.containers.clone(),
+            crate::sensors::cgroup::root(),
+            PathBuf::from("/proc"),
+        ),
     };
     if let Ok(n) = core.switch.reader().kill_count() {
         core.shared
