@@ -139,6 +139,12 @@ fn a_web_app_in_a_container_is_named_in_its_alerts_and_an_admin_exec_is_quiet() 
             && e["argv"].to_string().contains("admin-was-here")
     });
     names_the_container(&admin, &id, &name);
+    // It ran under the runtime's monitor, which listens (its attach socket): a shim, never
+    // the shell's server.
+    assert!(
+        admin["ancestors"].to_string().contains("conmon"),
+        "the admin's shell is not below conmon: {admin}"
+    );
     let alerts = agent.events("alert");
     assert!(
         !alerts

@@ -345,6 +345,7 @@ fn daily_summary(db: PathBuf, lost: Arc<Mutex<LostMaps>>) -> SummarySource {
         let lost = lost.lock().expect("lost lock");
         Summary {
             alerts_by_anomaly: counts.alerts_by_anomaly,
+            alerts_by_container: counts.alerts_by_container,
             decisions_by_outcome: counts.decisions_by_outcome,
             blocks: counts.blocks,
             kills: counts.kills,
