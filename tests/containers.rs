@@ -7,6 +7,9 @@
 //!   image); the admin's `podman exec` into the same container raises nothing.
 //! - A blocked address is unreachable from a container on its own network namespace (its
 //!   packets cross the host's `forward` hook) and from one with `--network host`.
+//! - `enforce.kill` on a lineage alert in a container kills the shell and what it runs, never
+//!   the web app (PID 1), conmon or the container (confined: the only web server is the
+//!   test's own program, by a name nothing else uses; only lineage alerts are answered).
 //!
 //! Needs root, podman and runc (`scripts/setup.sh`); skips loudly otherwise.
 
@@ -251,4 +254,75 @@ fn a_blocked_address_is_unreachable_from_containers() {
     );
     let _ = listener.kill();
     let _ = listener.wait();
+}
+
+#[test]
+fn a_kill_inside_a_container_kills_the_shell_not_the_runtime() {
+    let test = "a_kill_inside_a_container_kills_the_shell_not_the_runtime";
+    if !require_root(test) || !available(test) {
+        return;
+    }
+    let _serial = serial();
+    let net = TestNet::new("q");
+    let cnet = ContainerNet::new(&net);
+    let Some(mut podman) = Podman::new() else {
+        return;
+    };
+    let table = Table::new("ctk");
+    // Confined: the only web server is the container's own program, by a name nothing else
+    // uses, and only lineage alerts get the process response.
+    let server = "sntctrweb";
+    let agent = Agent::start_with(
+        "",
+        &format!(
+            "[lineage]\nweb_servers = [\"{server}\"]\ninterpreters = []\nany_listener = false\n\
+             [trust]\nips = [\"198.51.100.96/28\"]\n\
+             [enforce]\ntable = \"{}\"\nconnect_guard = false\nkill = true\nkill_grace = \"1s\"\n\
+             kill_on = [\"lineage\"]\n",
+            table.0
+        ),
+    );
+    let name = format!("snt-kill-{}", std::process::id());
+    let network = format!("--network={}", cnet.podman_network());
+    let script = format!("cp /usr/bin/perl /tmp/{server} && exec /tmp/{server} -e '{WEB_APP}'");
+    let id = podman.run(&name, &[&network], &["sh", "-c", &script]);
+    let pid1 = podman.pid1(&name);
+
+    inject(CONTAINER_SIDE, "sh -c 'echo killme; sleep 300'");
+    let alert = agent.wait_for("alert", "lineage in the container", |a| {
+        a["anomaly"] == "lineage" && a["container"]["id"] == id.as_str()
+    });
+    let shell = alert["pid"].as_u64().unwrap() as u32;
+    // Dead: gone, or a zombie its parent (the web app, which never reaps) has not waited for.
+    let dead = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+            s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+    };
+    let gone = wait_for(Duration::from_secs(15), || dead(shell).then_some(()));
+    assert!(
+        gone.is_some(),
+        "the container's shell {shell} was not killed; agent log:\n{}",
+        agent.log()
+    );
+    // The server (the container's PID 1), its monitor and the container live on.
+    assert!(!dead(pid1), "the container's PID 1 was killed");
+    let conmon = std::fs::read_to_string(format!("/proc/{pid1}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:").map(|p| p.trim().to_string()))
+        .unwrap();
+    let comm = std::fs::read_to_string(format!("/proc/{conmon}/comm")).unwrap();
+    assert_eq!(comm.trim(), "conmon", "PID 1's parent");
+    let running = podman
+        .cmd()
+        .args(["inspect", "-f", "{{.State.Running}}", &name])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&running.stdout).trim(), "true");
+    assert!(agent.status()["kills"].as_u64().unwrap_or(0) >= 1);
 }
