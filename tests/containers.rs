@@ -5,8 +5,9 @@
 //!   command injection runs a shell that opens a reverse shell to a test host: the `lineage`
 //!   alert, the exec and connect events and the `geo` alert name the container (id, name,
 //!   image); the admin's `podman exec` into the same container raises nothing.
-//! - A blocked address is unreachable from a container on its own network namespace (its
-//!   packets cross the host's `forward` hook) and from one with `--network host`.
+//! - A blocked address (IPv4 and IPv6) is unreachable from a container on its own network
+//!   namespace (its packets cross the host's `forward` hook) and from one with
+//!   `--network host`.
 //! - `enforce.kill` on a lineage alert in a container kills the shell and what it runs, never
 //!   the web app (PID 1), conmon or the container (confined: the only web server is the
 //!   test's own program, by a name nothing else uses; only lineage alerts are answered).
@@ -23,7 +24,7 @@ use std::{
 
 use common::{
     Agent,
-    netns::{RU4, TestNet, knock},
+    netns::{KP6, RU4, TestNet, knock},
     nft::Table,
     podman::{CONTAINER_SIDE, ContainerNet, Podman, available, wait_for},
     require_root, serial,
@@ -183,12 +184,14 @@ fn a_blocked_address_is_unreachable_from_containers() {
         return;
     };
     let table = Table::new("ctr");
-    // A listener on RU4, in the test host's namespace.
+    // A listener on RU4 and KP6 (one dual-stack socket), in the test hosts' namespace.
     let mut listener = std::process::Command::new("ip")
         .args(["netns", "exec", net.ns(), "/usr/bin/python3", "-c"])
         .arg(
-            "import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-             s.bind(('0.0.0.0', 4445)); s.listen(50)\nwhile True:\n    c,_=s.accept(); c.close()\n",
+            "import socket\ns=socket.socket(socket.AF_INET6)\n\
+             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)\n\
+             s.bind(('::', 4445)); s.listen(50)\nwhile True:\n    c,_=s.accept(); c.close()\n",
         )
         .spawn()
         .unwrap();
@@ -197,34 +200,31 @@ fn a_blocked_address_is_unreachable_from_containers() {
     let network = format!("--network={}", cnet.podman_network());
     podman.run(&bridged, &[&network], &["sleep", "600"]);
     podman.run(&hostnet, &["--network=host"], &["sleep", "600"]);
-    let reach = |name: &str| {
+    let reach = |name: &str, addr: &str| {
+        let cmd = format!("timeout 3 bash -c 'exec 3<>/dev/tcp/{addr}/4445' && echo OPEN");
         podman
-            .exec(
-                name,
-                &[
-                    "bash",
-                    "-c",
-                    &format!("timeout 3 bash -c 'exec 3<>/dev/tcp/{RU4}/4445' && echo OPEN"),
-                ],
-            )
+            .exec(name, &["bash", "-c", &cmd])
             .stdout
+            .starts_with(b"OPEN")
     };
-    // Reachable from both before the block (the route via the host works).
-    let before_bridged = wait_for(Duration::from_secs(10), || {
-        reach(&bridged).starts_with(b"OPEN").then_some(())
-    });
-    assert!(
-        before_bridged.is_some(),
-        "RU4 unreachable from the bridged container before any block"
-    );
-    assert!(
-        reach(&hostnet).starts_with(b"OPEN"),
-        "RU4 unreachable with --network host"
-    );
+    // Reachable from both, in both families, before the block (the routes via the host work).
+    for addr in [RU4, KP6] {
+        let open = wait_for(Duration::from_secs(10), || {
+            reach(&bridged, addr).then_some(())
+        });
+        assert!(
+            open.is_some(),
+            "{addr} unreachable from the bridged container"
+        );
+        assert!(
+            reach(&hostnet, addr),
+            "{addr} unreachable with --network host"
+        );
+    }
 
-    // The agent comes now (the checks above would have been findings): a connection of the
-    // test's own to RU4 is auto-blocked after a 1 s countdown. The connect guard is off: the
-    // nftables table alone must hold.
+    // The agent comes now (the checks above would have been findings): connections of the
+    // test's own to RU4 and KP6 are auto-blocked after a 1 s countdown. The connect guard is
+    // off: the nftables table alone must hold.
     let agent = Agent::start_with(
         "",
         &format!(
@@ -233,25 +233,27 @@ fn a_blocked_address_is_unreachable_from_containers() {
         ),
     );
     knock(RU4, 4446);
-    agent.wait_for("decision", "the auto-block of RU4", |d| {
-        d["target_ip"] == RU4 && d["state"] == "auto-blocked"
-    });
-    wait_for(Duration::from_secs(10), || {
-        table
-            .elements("block4")
-            .iter()
-            .any(|(a, _)| a == RU4)
-            .then_some(())
-    })
-    .expect("the block lands in the table");
-    assert!(
-        !reach(&bridged).starts_with(b"OPEN"),
-        "RU4 still reachable from the bridged container: the forward hook misses it"
-    );
-    assert!(
-        !reach(&hostnet).starts_with(b"OPEN"),
-        "RU4 still reachable from a --network host container"
-    );
+    knock(KP6, 4446);
+    for (addr, set) in [(RU4, "block4"), (KP6, "block6")] {
+        wait_for(Duration::from_secs(20), || {
+            table
+                .elements(set)
+                .iter()
+                .any(|(a, _)| a == addr)
+                .then_some(())
+        })
+        .unwrap_or_else(|| panic!("the block of {addr} never landed; log:\n{}", agent.log()));
+    }
+    for addr in [RU4, KP6] {
+        assert!(
+            !reach(&bridged, addr),
+            "{addr} still reachable from the bridged container: the forward hook misses it"
+        );
+        assert!(
+            !reach(&hostnet, addr),
+            "{addr} still reachable from a --network host container"
+        );
+    }
     let _ = listener.kill();
     let _ = listener.wait();
 }

@@ -12,11 +12,11 @@
 //! Networking: Debian's netavark (1.4) can only program the host firewall through iptables,
 //! in the host's own tables, which the tests must never touch. So no Podman network is
 //! created: [`ContainerNet`] builds a namespace of its own with iproute2 (a veth on
-//! 198.51.100.96/28, inside TestNet's 198.51.100.0/25 but more specific, checked against
-//! every address and route of the machine first, and routed back from TestNet's RU4 host),
-//! and containers join it with `--network ns:PATH`: their traffic is bridged-like, forwarded
-//! by the host (ip_forward, restored on drop) through the `forward` hook. `--network host`
-//! containers use the host's namespace directly.
+//! 198.51.100.96/28 and 2001:db8:3::/64 — the first inside TestNet's 198.51.100.0/25 but more
+//! specific — checked against every address and route of the machine first, and routed back
+//! from TestNet's hosts), and containers join it with `--network ns:PATH`: their traffic is
+//! bridged-like, forwarded by the host (IPv4 and IPv6 forwarding, restored on drop) through
+//! the `forward` hook. `--network host` containers use the host's namespace directly.
 
 use std::{
     fs::{self, File},
@@ -31,10 +31,18 @@ use super::netns::{Net, TestNet, check_no_overlap, machine_network};
 const IMAGES: &str = "/var/cache/sentinel-test/podman-images";
 pub const IMAGE: &str = "localhost/sentinel-test/bookworm:latest";
 
-/// The container network: host side, container side, prefix.
+/// The container network: host side, container side, prefix; and the same in IPv6.
 pub const HOST_SIDE: &str = "198.51.100.97";
 pub const CONTAINER_SIDE: &str = "198.51.100.98";
 const PREFIX: &str = "198.51.100.96/28";
+const HOST_SIDE6: &str = "2001:db8:3::1";
+pub const CONTAINER_SIDE6: &str = "2001:db8:3::2";
+const PREFIX6: &str = "2001:db8:3::/64";
+/// TestNet's host-side addresses, through which its hosts route back to the container network.
+const TESTNET_HOST4: &str = "198.51.100.1";
+const TESTNET_HOST6: &str = "2001:db8:1::1";
+const FORWARD4: &str = "/proc/sys/net/ipv4/ip_forward";
+const FORWARD6: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
 
 /// Whether podman and runc are installed; says loudly what is missing otherwise.
 pub fn available(test: &str) -> bool {
@@ -232,7 +240,8 @@ impl Drop for Podman {
 pub struct ContainerNet {
     ns: String,
     veth: String,
-    forward_was: String,
+    /// IPv4 and IPv6 forwarding as they were, restored on drop.
+    forward_was: [String; 2],
     /// TestNet's namespace, where the route back was added.
     testnet_ns: String,
 }
@@ -240,20 +249,18 @@ pub struct ContainerNet {
 impl ContainerNet {
     /// Build it beside `net` (whose machine-wide lock it relies on: drop it before `net`).
     pub fn new(net: &TestNet) -> ContainerNet {
-        let prefix = Net::parse(PREFIX).unwrap();
-        // Everything the machine has, except TestNet's own veth (whose /25 this /28 sits in
-        // on purpose: the more specific route wins).
+        let prefixes = [PREFIX, PREFIX6].map(|p| Net::parse(p).unwrap());
+        // Everything the machine has, except TestNet's own veth (whose /25 the /28 sits in on
+        // purpose: the more specific route wins).
         let existing: Vec<_> = machine_network()
             .unwrap()
             .into_iter()
             .filter(|e| !e.what.contains(&format!(" {}", net.veth())))
             .collect();
-        check_no_overlap(&[prefix], &existing).unwrap_or_else(|e| panic!("container network: {e}"));
+        check_no_overlap(&prefixes, &existing).unwrap_or_else(|e| panic!("container network: {e}"));
         let id = std::process::id() % 100_000;
-        let forward_was = fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
-            .unwrap()
-            .trim()
-            .to_string();
+        let forward_was =
+            [FORWARD4, FORWARD6].map(|f| fs::read_to_string(f).unwrap().trim().to_string());
         let cn = ContainerNet {
             ns: format!("sentinel-test-c{id}"),
             veth: format!("sntc{id}"),
@@ -267,37 +274,55 @@ impl ContainerNet {
             "link", "add", &cn.veth, "type", "veth", "peer", "name", &peer,
         ]);
         ip(&["link", "set", &peer, "netns", &ns]);
-        ip(&["addr", "add", &format!("{HOST_SIDE}/28"), "dev", &cn.veth]);
+        let host4 = format!("{HOST_SIDE}/28");
+        let host6 = format!("{HOST_SIDE6}/64");
+        ip(&["addr", "add", &host4, "dev", &cn.veth]);
+        ip(&["addr", "add", &host6, "dev", &cn.veth, "nodad"]);
         ip(&["link", "set", &cn.veth, "up"]);
         let in_ns = |args: &[&str]| {
             let mut a = vec!["netns", "exec", &ns, "ip"];
             a.extend(args);
             ip(&a);
         };
+        let (cont4, cont6) = (
+            format!("{CONTAINER_SIDE}/28"),
+            format!("{CONTAINER_SIDE6}/64"),
+        );
         in_ns(&["link", "set", "lo", "up"]);
         in_ns(&["link", "set", &peer, "name", "eth0"]);
-        in_ns(&[
-            "addr",
-            "add",
-            &format!("{CONTAINER_SIDE}/28"),
-            "dev",
-            "eth0",
-        ]);
+        in_ns(&["addr", "add", &cont4, "dev", "eth0"]);
+        in_ns(&["addr", "add", &cont6, "dev", "eth0", "nodad"]);
         in_ns(&["link", "set", "eth0", "up"]);
         in_ns(&["route", "add", "default", "via", HOST_SIDE]);
-        // TestNet's hosts see the /28 inside their /25: route it back through the host.
+        in_ns(&["-6", "route", "add", "default", "via", HOST_SIDE6]);
+        // TestNet's hosts see the /28 inside their /25: route both back through the host.
+        let tn = net.ns();
         ip(&[
             "netns",
             "exec",
-            net.ns(),
+            tn,
             "ip",
             "route",
             "add",
             PREFIX,
             "via",
-            "198.51.100.1",
+            TESTNET_HOST4,
         ]);
-        fs::write("/proc/sys/net/ipv4/ip_forward", "1").unwrap();
+        ip(&[
+            "netns",
+            "exec",
+            tn,
+            "ip",
+            "-6",
+            "route",
+            "add",
+            PREFIX6,
+            "via",
+            TESTNET_HOST6,
+        ]);
+        for f in [FORWARD4, FORWARD6] {
+            fs::write(f, "1").unwrap();
+        }
         cn
     }
 
@@ -309,22 +334,18 @@ impl ContainerNet {
 
 impl Drop for ContainerNet {
     fn drop(&mut self) {
-        let _ = fs::write("/proc/sys/net/ipv4/ip_forward", &self.forward_was);
-        let _ = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.testnet_ns,
-                "ip",
-                "route",
-                "del",
-                PREFIX,
-            ])
-            .output();
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.veth])
-            .output();
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+        for (f, was) in [FORWARD4, FORWARD6].iter().zip(&self.forward_was) {
+            let _ = fs::write(f, was);
+        }
+        let tn = &self.testnet_ns;
+        for args in [
+            &["netns", "exec", tn, "ip", "route", "del", PREFIX][..],
+            &["netns", "exec", tn, "ip", "-6", "route", "del", PREFIX6][..],
+            &["link", "del", &self.veth][..],
+            &["netns", "del", &self.ns][..],
+        ] {
+            let _ = Command::new("ip").args(args).output();
+        }
     }
 }
 
