@@ -86,7 +86,7 @@ pub struct ExecBody {
     pub ancestors: Vec<Arc<str>>,
     /// The container the process runs in (`enrich::container`); null on the host.
     #[serde(default)]
-    pub container: Option<Container>,
+    pub container: Option<Arc<Container>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -103,7 +103,7 @@ pub struct ConnectBody {
     pub country: Option<String>,
     /// The container the process runs in (`enrich::container`); null on the host.
     #[serde(default)]
-    pub container: Option<Container>,
+    pub container: Option<Arc<Container>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -114,7 +114,7 @@ pub struct CpuBody {
     pub cpu_pct: f64,
     /// The container the process runs in (`enrich::container`); absent on the host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub container: Option<Container>,
+    pub container: Option<Arc<Container>>,
 }
 
 /// A detector's verdict (SPEC §5 `alert`).
@@ -229,9 +229,9 @@ impl Body {
     /// The container the event's process runs in; `None` on the host.
     pub fn container(&self) -> Option<&Container> {
         match self {
-            Body::Exec(b) => b.container.as_ref(),
-            Body::Connect(b) => b.container.as_ref(),
-            Body::Cpu(b) => b.container.as_ref(),
+            Body::Exec(b) => b.container.as_deref(),
+            Body::Connect(b) => b.container.as_deref(),
+            Body::Cpu(b) => b.container.as_deref(),
             Body::Alert(b) => b.container.as_ref(),
             Body::Decision(b) => b.container.as_ref(),
         }
@@ -683,12 +683,12 @@ mod tests {
     fn human_line_names_the_container() {
         let mut r = exec();
         if let Body::Exec(b) = &mut r.body {
-            b.container = Some(Container {
+            b.container = Some(Arc::new(Container {
                 id: "0123456789ab".repeat(5) + "cdef",
                 runtime: "podman".into(),
                 name: Some("web\x1b".into()),
                 image: Some("app:1".into()),
-            });
+            }));
         }
         let line = r.to_string();
         assert!(

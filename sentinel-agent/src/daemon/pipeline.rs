@@ -220,11 +220,6 @@ impl Pipeline {
         container
     }
 
-    /// [`Pipeline::container_of`] as events carry it.
-    fn container_body(&mut self, tgid: u32) -> Option<Container> {
-        self.container_of(tgid).as_deref().cloned()
-    }
-
     /// The agent's own children (e.g. `nft` later) are its own activity: not reported.
     pub(super) fn is_agent(&self, tgid: u32) -> bool {
         self.tree.descends_from(tgid, self.agent_tgid)
@@ -275,7 +270,7 @@ impl Pipeline {
                     )
                 };
                 let ppid = self.tree.get(e.tgid).map_or(e.ppid, |p| p.ppid);
-                let container = culprit.container.as_deref().cloned();
+                let container = culprit.container.clone();
                 self.emit(
                     self.clock.wall(e.ts_ns),
                     Body::Exec(ExecBody {
@@ -345,8 +340,8 @@ impl Pipeline {
                 });
                 let miner = self.behaviour_connect(c.tgid, &comm, c.uid, c.daddr, c.dport);
                 let container = match &culprit {
-                    Some(culprit) => culprit.container.as_deref().cloned(),
-                    None => self.container_body(c.tgid),
+                    Some(culprit) => culprit.container.clone(),
+                    None => self.container_of(c.tgid),
                 };
                 self.emit(
                     self.clock.wall(c.ts_ns),
@@ -545,7 +540,7 @@ impl Pipeline {
             let Some(comm) = self.comm_of(tgid) else {
                 continue; // already gone
             };
-            let container = self.container_body(tgid);
+            let container = self.container_of(tgid);
             self.emit(
                 now,
                 Body::Cpu(CpuBody {

@@ -193,12 +193,12 @@ mod tests {
     fn exec_in_container() -> Record {
         let mut r = exec();
         if let Body::Exec(b) = &mut r.body {
-            b.container = Some(crate::enrich::container::Container {
+            b.container = Some(Arc::new(crate::enrich::container::Container {
                 id: "ab".repeat(32),
                 runtime: "podman".into(),
                 name: Some("web".into()),
                 image: None,
-            });
+            }));
         }
         r
     }
