@@ -26,6 +26,11 @@ const STATE_CAP: u64 = 8 << 20;
 /// read its `/proc` entry), and how deep.
 const WALK_DIRS: usize = 20_000;
 const WALK_DEPTH: usize = 12;
+/// Cgroups remembered at most: transient ones (sessions, `systemd-run`, CI containers) come and
+/// go for the agent's whole life; past this the cache starts afresh and re-resolves on demand.
+const MAX_CGROUPS: usize = 16_384;
+/// Distinct containers counted at most for `status`.
+const MAX_SEEN: usize = 65_536;
 
 /// A container, as events, alerts and decisions carry it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -238,6 +243,9 @@ impl Containers {
     /// The container of process `tgid`, whose cgroup id the kernel gave as `cgroup_id` (0:
     /// unknown; the process's `/proc` entry says it). Cached by cgroup id.
     pub fn of(&mut self, cgroup_id: u64, tgid: u32) -> Option<Arc<Container>> {
+        if self.by_cgroup.len() >= MAX_CGROUPS {
+            self.by_cgroup.clear();
+        }
         if cgroup_id != 0 {
             match self.by_cgroup.get(&cgroup_id) {
                 Some(Known::Host) => return None,
@@ -271,7 +279,9 @@ impl Containers {
         tracing::debug!(id, tgid, container = ?container, "cgroup resolved");
         match &container {
             Some(c) => {
-                self.seen.insert(c.id.clone(), c.clone());
+                if self.seen.len() < MAX_SEEN {
+                    self.seen.insert(c.id.clone(), c.clone());
+                }
                 self.by_cgroup.insert(id, Known::Container(c.clone()));
             }
             None => {

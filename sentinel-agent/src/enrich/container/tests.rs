@@ -194,6 +194,24 @@ fn a_gone_process_is_found_by_its_cgroup_id_not_its_new_home() {
 }
 
 #[test]
+fn the_cache_is_bounded_and_starts_afresh() {
+    let m = Machine::new();
+    let host = m.process(100, "/system.slice/ssh.service");
+    let cg = m.process(200, &format!("/libpod_parent/libpod-{ID}"));
+    let mut c = m.containers();
+    assert!(c.of(cg, 200).is_some());
+    // Fill the cache with cgroups that no longer exist (each remembered as no container).
+    for id in 0..MAX_CGROUPS as u64 {
+        c.of(1_000_000_000 + id, 4242);
+    }
+    assert!(c.by_cgroup.len() <= MAX_CGROUPS);
+    // Known ones resolve again after a fresh start, from /proc.
+    assert_eq!(c.of(host, 100), None);
+    assert_eq!(c.of(cg, 200).map(|c| c.id.clone()).as_deref(), Some(ID));
+    assert_eq!(c.seen(), 1);
+}
+
+#[test]
 fn describe_reads_well() {
     let c = Container {
         id: ID.into(),
