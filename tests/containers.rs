@@ -7,7 +7,8 @@
 //!   image); the admin's `podman exec` into the same container raises nothing.
 //! - A blocked address (IPv4 and IPv6) is unreachable from a container on its own network
 //!   namespace (its packets cross the host's `forward` hook) and from one with
-//!   `--network host`.
+//!   `--network host`; with the connect guard on, connect() in the container's cgroup is
+//!   refused outright (EPERM).
 //! - `enforce.kill` on a lineage alert in a container kills the shell and what it runs, never
 //!   the web app (PID 1), conmon or the container (confined: the only web server is the
 //!   test's own program, by a name nothing else uses; only lineage alerts are answered).
@@ -327,4 +328,53 @@ fn a_kill_inside_a_container_kills_the_shell_not_the_runtime() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&running.stdout).trim(), "true");
     assert!(agent.status()["kills"].as_u64().unwrap_or(0) >= 1);
+}
+
+#[test]
+fn the_connect_guard_covers_containers() {
+    let test = "the_connect_guard_covers_containers";
+    if !require_root(test) || !available(test) {
+        return;
+    }
+    let _serial = serial();
+    let net = TestNet::new("w");
+    let cnet = ContainerNet::new(&net);
+    let Some(mut podman) = Podman::new() else {
+        return;
+    };
+    let table = Table::new("ctg");
+    let bridged = format!("snt-guard-{}", std::process::id());
+    let network = format!("--network={}", cnet.podman_network());
+    podman.run(&bridged, &[&network], &["sleep", "600"]);
+    // The connect guard on (the default): a blocked address is refused at connect() itself,
+    // in the container's own cgroup, before nftables would drop a packet.
+    let agent = Agent::start_with(
+        "",
+        &format!(
+            "[switch]\ncountdown = \"1s\"\n[enforce]\ntable = \"{}\"\n",
+            table.0
+        ),
+    );
+    knock(RU4, 4448);
+    wait_for(Duration::from_secs(20), || {
+        table
+            .elements("block4")
+            .iter()
+            .any(|(a, _)| a == RU4)
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("the block never landed; log:\n{}", agent.log()));
+    let out = podman.exec(
+        &bridged,
+        &[
+            "bash",
+            "-c",
+            &format!("timeout 3 bash -c 'exec 3<>/dev/tcp/{RU4}/4445'"),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Operation not permitted"),
+        "connect() from the container was not refused by the guard: {out:?}"
+    );
 }
