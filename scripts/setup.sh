@@ -16,10 +16,11 @@ NIGHTLY=${SENTINEL_BPF_TOOLCHAIN:-nightly}
 # container booted with systemd. postgresql: the fleet tests start their own server. dpkg-dev:
 # `cargo xtask package` reads the binary's library dependencies with dpkg-shlibdeps.
 # golang-go, python3-venv, python3-dev, ansible-core, logrotate, cron: the admin's day that must
-# raise nothing (tests/vps_day.rs).
+# raise nothing (tests/vps_day.rs). podman and runc: tests/containers.rs runs real containers
+# (runc: crun refuses hybrid cgroups).
 APT_PACKAGES=(nftables iproute2 bpftool gcc libc6-dev pkg-config ca-certificates systemd dpkg-dev
   openssh-server openssh-client nginx php-fpm chromium debootstrap systemd-container postgresql
-  golang-go python3-venv python3-dev ansible-core logrotate cron)
+  golang-go python3-venv python3-dev ansible-core logrotate cron podman runc)
 for arg in "$@"; do
   case "$arg" in
     --bench) APT_PACKAGES+=(bpftrace) ;;

@@ -13,7 +13,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::untrusted::escape;
+use crate::{enrich::container::Container, untrusted::escape};
 
 /// One event as stored, streamed and printed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,6 +68,9 @@ pub struct DecisionBody {
     /// Why the timer will not block it: it waits for a human.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
+    /// The container the process runs in (`enrich::container`); absent on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<Container>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,6 +84,9 @@ pub struct ExecBody {
     /// Comms of the parent, grandparent, … (parent first): shared with the process tree's
     /// entries, not copied for every exec.
     pub ancestors: Vec<Arc<str>>,
+    /// The container the process runs in (`enrich::container`); null on the host.
+    #[serde(default)]
+    pub container: Option<Arc<Container>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,6 +101,9 @@ pub struct ConnectBody {
     pub dport: u16,
     /// ISO country code of `daddr`, when GeoIP knows it.
     pub country: Option<String>,
+    /// The container the process runs in (`enrich::container`); null on the host.
+    #[serde(default)]
+    pub container: Option<Arc<Container>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -103,6 +112,9 @@ pub struct CpuBody {
     pub comm: String,
     /// Share of one CPU over the last interval (can exceed 100 for multi-threaded processes).
     pub cpu_pct: f64,
+    /// The container the process runs in (`enrich::container`); absent on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<Arc<Container>>,
 }
 
 /// A detector's verdict (SPEC §5 `alert`).
@@ -136,6 +148,9 @@ pub struct AlertBody {
     pub count: u32,
     /// One line for humans: what was seen.
     pub detail: String,
+    /// The container the process runs in (`enrich::container`); absent on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<Container>,
 }
 
 impl AlertBody {
@@ -208,6 +223,17 @@ impl Body {
             Body::Cpu(_) => Kind::Cpu,
             Body::Alert(_) => Kind::Alert,
             Body::Decision(_) => Kind::Decision,
+        }
+    }
+
+    /// The container the event's process runs in; `None` on the host.
+    pub fn container(&self) -> Option<&Container> {
+        match self {
+            Body::Exec(b) => b.container.as_deref(),
+            Body::Connect(b) => b.container.as_deref(),
+            Body::Cpu(b) => b.container.as_deref(),
+            Body::Alert(b) => b.container.as_ref(),
+            Body::Decision(b) => b.container.as_ref(),
         }
     }
 
@@ -428,6 +454,10 @@ impl fmt::Display for Record {
                 (b.pid, &b.comm, d)
             }
         };
+        let detail = match self.body.container() {
+            Some(c) => format!("{detail}  [{}]", c.describe()),
+            None => detail,
+        };
         // Escaped at intake; again here for events an older agent stored: one event, one
         // line, and no escape sequence reaches the terminal.
         write!(
@@ -462,6 +492,7 @@ pub fn sample_alert(id: &str, target: &str) -> AlertBody {
         deadline: None,
         count: 1,
         detail: "curl connected".into(),
+        container: None,
     }
 }
 
@@ -492,6 +523,7 @@ mod tests {
                     pid: 1,
                     comm: "x".into(),
                     cpu_pct: 0.0,
+                    container: None,
                 }),
             );
             let parsed = humantime::parse_rfc3339(&want)
@@ -531,6 +563,7 @@ mod tests {
                 filename: "/usr/bin/ls".into(),
                 argv: vec!["ls".into(), "-la".into()],
                 ancestors: vec!["bash".into(), "sshd".into()],
+                container: None,
             }),
         }
     }
@@ -570,6 +603,7 @@ mod tests {
                 daddr: "2001:db8::1".parse().unwrap(),
                 dport: 443,
                 country: None,
+                container: None,
             }),
         };
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();
@@ -639,6 +673,31 @@ mod tests {
         );
         assert!(line.contains("ls -la"), "{line}");
         assert!(line.contains("bash ⟵ sshd"), "{line}");
+        assert!(
+            !line.contains("container"),
+            "host processes carry none: {line}"
+        );
+    }
+
+    #[test]
+    fn human_line_names_the_container() {
+        let mut r = exec();
+        if let Body::Exec(b) = &mut r.body {
+            b.container = Some(Arc::new(Container {
+                id: "0123456789ab".repeat(5) + "cdef",
+                runtime: "podman".into(),
+                name: Some("web\x1b".into()),
+                image: Some("app:1".into()),
+            }));
+        }
+        let line = r.to_string();
+        assert!(
+            line.ends_with("[container web\\x1b (app:1, podman 0123456789ab)]"),
+            "{line}"
+        );
+        let json: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["container"]["name"], "web\u{1b}");
+        assert_eq!(json["container"]["runtime"], "podman");
     }
 
     #[test]

@@ -4,7 +4,10 @@
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_probe_read_kernel_str_bytes, generated::bpf_probe_read_user},
+    helpers::{
+        bpf_probe_read_kernel_str_bytes,
+        generated::{bpf_get_current_cgroup_id, bpf_probe_read_user},
+    },
     macros::{btf_tracepoint, map, tracepoint},
     maps::PerCpuArray,
     programs::{BtfTracePointContext, TracePointContext},
@@ -91,6 +94,8 @@ fn on_exec(ctx: &TracePointContext) {
         Err(_) => 0,
     };
 
+    // SAFETY: a helper without arguments; the current task's cgroup v2 id.
+    data.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     data.argv_len = 0;
     data.argv_truncated = 0;
     let mm: Option<*const u8> = load_field(task, off.task_mm);

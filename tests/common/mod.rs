@@ -23,6 +23,7 @@ pub mod mmdb;
 pub mod netns;
 pub mod nft;
 pub mod pg;
+pub mod podman;
 pub mod procs;
 pub mod sshd;
 

@@ -341,6 +341,11 @@ impl TestNet {
         ip(&["-6", "route", "add", prefix, "via", KP6, "dev", &self.veth])
     }
 
+    /// The host side of the veth to the test hosts.
+    pub fn veth(&self) -> &str {
+        &self.veth
+    }
+
     /// The namespace's name, for `ip netns exec`.
     pub fn ns(&self) -> &str {
         &self.ns

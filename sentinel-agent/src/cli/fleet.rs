@@ -364,8 +364,14 @@ fn alert_line(alert: &serde_json::Value) -> String {
     let risk = alert["risk"]
         .as_u64()
         .map_or_else(|| "-".into(), |r| r.to_string());
+    // The container (its name, else its short id) the alert's process ran in, if any.
+    let container = alert["container"]
+        .as_object()
+        .and_then(|c| c["name"].as_str().or_else(|| c["id"].as_str()?.get(..12)))
+        .map(|c| format!("  [container {}]", escape(c)))
+        .unwrap_or_default();
     format!(
-        "{} {:<16} {:<10} {:<9} {:<8} risk {:>3}  {:<13} {}",
+        "{} {:<16} {:<10} {:<9} {:<8} risk {:>3}  {:<13} {}{container}",
         s("ts"),
         s("host"),
         s("id"),
@@ -424,6 +430,18 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), serde_json::Value::String(v)))
                 .collect();
             prop_assert!(inert(&alert_line(&serde_json::Value::Object(alert))));
+        }
+
+        #[test]
+        fn alert_lines_with_a_container_are_inert(name in any::<String>()) {
+            let alert = serde_json::json!({
+                "ts": "t", "host": "h", "id": "i", "anomaly": "lineage", "severity": "critical",
+                "state": "pending", "detail": "d", "risk": 90,
+                "container": {"id": "ab".repeat(32), "runtime": "podman", "name": name, "image": null},
+            });
+            let line = alert_line(&alert);
+            prop_assert!(inert(&line));
+            prop_assert!(line.contains("[container "));
         }
 
         #[test]

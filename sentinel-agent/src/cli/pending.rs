@@ -41,6 +41,7 @@ pub fn run(cli: &Cli, args: &JsonArgs) -> anyhow::Result<ExitCode> {
                 "seconds_left": left,
                 "origin": d.origin,
                 "waiting": d.waiting,
+                "container": d.container,
             });
             writeln!(out, "{line}")?;
         } else {
@@ -65,6 +66,10 @@ pub fn run(cli: &Cli, args: &JsonArgs) -> anyhow::Result<ExitCode> {
                 d.comm,
                 d.pid
             )?;
+            if let Some(c) = &d.container {
+                let c = crate::untrusted::escape(&c.describe()).into_owned();
+                writeln!(out, "{:<10} in {c}", "")?;
+            }
             if let Some(why) = &d.waiting {
                 writeln!(out, "{:<10} {why}", "")?;
             }

@@ -39,6 +39,9 @@ pub fn run(cli: &Cli, args: &JsonArgs) -> anyhow::Result<ExitCode> {
         "pending decisions: {}   blocks: {}   processes tracked: {}   malformed records: {}",
         status.pending, status.blocks, status.processes, status.malformed
     )?;
+    if status.containers > 0 {
+        writeln!(out, "containers seen: {}", status.containers)?;
+    }
     let s = &status.store;
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     writeln!(

@@ -96,6 +96,7 @@ pub struct Config {
     pub notify: NotifyConfig,
     pub metrics: MetricsConfig,
     pub fleet: crate::fleet::FleetConfig,
+    pub containers: crate::enrich::container::ContainersConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -427,6 +428,13 @@ impl Default for LineageConfig {
                 "containerd-shim",
                 "dockerd",
                 "runc",
+                "crun",
+                "conmon",
+                "podman",
+                "docker-init",
+                "tini",
+                "catatonit",
+                "dumb-init",
                 "cron",
                 "atd",
             ]),

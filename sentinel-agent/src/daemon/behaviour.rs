@@ -288,6 +288,57 @@ mod tests {
     }
 
     #[test]
+    fn the_daily_summary_counts_alerts_per_container() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("s.db");
+        let mut store = Store::open(&db, 64 * 1024 * 1024).unwrap();
+        let in_container = |id: &str, name: Option<&str>| {
+            Some(crate::enrich::container::Container {
+                id: id.repeat(32),
+                runtime: "podman".into(),
+                name: name.map(str::to_string),
+                image: None,
+            })
+        };
+        let containers = [
+            in_container("ab", Some("web")),
+            in_container("ab", Some("web")),
+            in_container("cd", None),
+            None,
+        ];
+        let records: Vec<Arc<Record>> = containers
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let mut alert = sample_alert(&format!("id{i}"), "198.51.100.2");
+                alert.container = c;
+                Arc::new(Record::new(
+                    SystemTime::now(),
+                    "h",
+                    Body::Alert(Box::new(alert)),
+                ))
+            })
+            .collect();
+        store.insert(&records).unwrap();
+        let counts = Ledger::open(&db)
+            .unwrap()
+            .summary_since(SystemTime::UNIX_EPOCH)
+            .unwrap();
+        let summary = Summary {
+            alerts_by_anomaly: counts.alerts_by_anomaly,
+            alerts_by_container: counts.alerts_by_container,
+            ..Default::default()
+        };
+        assert_eq!(summary.lines()[0], "Alerts: 4 (geo 4)");
+        assert_eq!(
+            summary.lines()[1],
+            "Alerts in containers: 3 (cdcdcdcdcdcd 1, web 2)"
+        );
+        // Without containers the line is not there.
+        assert!(!Summary::default().lines()[1].contains("containers"));
+    }
+
+    #[test]
     fn relative_and_descriptor_executables_resolve_through_proc() {
         let me = std::process::id();
         let real = std::fs::read_link("/proc/self/exe").unwrap();

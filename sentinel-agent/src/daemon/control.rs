@@ -40,6 +40,8 @@ pub struct Shared {
     pub counters: [Arc<Counters>; 3],
     pub lost: Arc<Mutex<LostMaps>>,
     pub processes: AtomicU64,
+    /// Containers seen since start (`enrich::container`).
+    pub containers: AtomicU64,
     pub pending: AtomicU64,
     pub blocks: AtomicU64,
     pub kills: AtomicU64,
@@ -130,6 +132,7 @@ impl Shared {
             host: self.host.to_string(),
             pid: std::process::id(),
             processes: self.processes.load(Ordering::Relaxed),
+            containers: self.containers.load(Ordering::Relaxed),
             malformed: self
                 .counters
                 .iter()

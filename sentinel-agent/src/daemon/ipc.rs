@@ -55,6 +55,9 @@ pub struct Status {
     pub pid: u32,
     /// Processes in the agent's process tree.
     pub processes: u64,
+    /// Containers whose processes the agent has seen since it started.
+    #[serde(default)]
+    pub containers: u64,
     /// Records the agent could not decode (malformed or unknown kind).
     pub malformed: u64,
     /// Chat delivery per channel: messages sent, failed after every attempt, last error.
@@ -284,6 +287,7 @@ mod tests {
                 pid,
                 comm: "c".into(),
                 cpu_pct: 1.0,
+                container: None,
             }),
         ))
     }

@@ -40,6 +40,7 @@ impl Pipeline {
             reason: d.reason.clone(),
             origin: d.origin.clone(),
             waiting: d.waiting.clone(),
+            container: d.container.clone(),
         };
         let mut alert = change.alert;
         if let Some(g) = self.groups.get_mut(&alert.id) {

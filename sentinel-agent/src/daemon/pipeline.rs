@@ -23,6 +23,7 @@ use crate::{
         lineage::{Ancestor, Roles},
     },
     enforce::kill::Killer,
+    enrich::container::{Container, Containers},
     enrich::geo::CountryDb,
     enrich::listeners::still_listens,
     enrich::outbound::Outbound,
@@ -97,6 +98,8 @@ pub struct Pipeline {
     pub exits: VecDeque<(Instant, u32, u64)>,
     /// `[fleet]`: the outbox every commit point writes to, when the fleet store is on.
     pub fleet: Option<crate::fleet::Recorder>,
+    /// Which container each cgroup is (cached by cgroup id).
+    pub containers: Containers,
 }
 
 /// How long a process stays in the tree after its exit record.
@@ -194,7 +197,29 @@ impl Pipeline {
             exe,
             uid,
             ancestry: self.tree.ancestry(tgid, &self.proc_root),
+            container: self.container_of(tgid),
         }
+    }
+
+    /// The container `tgid` runs in: the tree's cgroup id (the kernel's, from its exec or its
+    /// parent's), looked up once from `/proc` for a process the kernel never stamped, then the
+    /// cache.
+    pub(super) fn container_of(&mut self, tgid: u32) -> Option<Arc<Container>> {
+        let mut cgroup_id = self.tree.get(tgid).map_or(0, |p| p.cgroup_id);
+        if cgroup_id == 0 {
+            cgroup_id = self.containers.cgroup_id_of(tgid);
+            if cgroup_id == 0 {
+                return None;
+            }
+            self.tree.set_cgroup(tgid, cgroup_id);
+        }
+        let before = self.containers.seen();
+        let container = self.containers.of(cgroup_id, tgid);
+        if self.containers.seen() != before {
+            let seen = self.containers.seen() as u64;
+            self.shared.containers.store(seen, Ordering::Relaxed);
+        }
+        container
     }
 
     /// The agent's own children (e.g. `nft` later) are its own activity: not reported.
@@ -222,7 +247,8 @@ impl Pipeline {
             KernelEvent::Exec(e) => {
                 self.tree
                     .on_exec(e.tgid, e.ppid, e.start_ns, &e.comm, &e.filename);
-                self.tree.set_exec_details(e.tgid, e.exe, e.uid);
+                self.tree
+                    .set_exec_details(e.tgid, e.exe, e.uid, e.cgroup_id);
                 if self.is_agent(e.tgid) {
                     return;
                 }
@@ -247,6 +273,7 @@ impl Pipeline {
                     )
                 };
                 let ppid = self.tree.get(e.tgid).map_or(e.ppid, |p| p.ppid);
+                let container = culprit.container.clone();
                 self.emit(
                     self.clock.wall(e.ts_ns),
                     Body::Exec(ExecBody {
@@ -257,6 +284,7 @@ impl Pipeline {
                         filename: e.filename,
                         argv: e.argv,
                         ancestors: culprit.ancestry.into_iter().map(|(_, c)| c).collect(),
+                        container,
                     }),
                 );
                 for finding in finding.into_iter().chain(behaviour) {
@@ -314,6 +342,10 @@ impl Pipeline {
                     )
                 });
                 let miner = self.behaviour_connect(c.tgid, &comm, c.uid, c.daddr, c.dport);
+                let container = match &culprit {
+                    Some(culprit) => culprit.container.clone(),
+                    None => self.container_of(c.tgid),
+                };
                 self.emit(
                     self.clock.wall(c.ts_ns),
                     Body::Connect(ConnectBody {
@@ -325,6 +357,7 @@ impl Pipeline {
                         daddr: c.daddr,
                         dport: c.dport,
                         country,
+                        container,
                     }),
                 );
                 for finding in finding.into_iter().chain(miner) {
@@ -516,12 +549,14 @@ impl Pipeline {
             let Some(comm) = self.comm_of(tgid) else {
                 continue; // already gone
             };
+            let container = self.container_of(tgid);
             self.emit(
                 now,
                 Body::Cpu(CpuBody {
                     pid: tgid,
                     comm,
                     cpu_pct: (pct * 10.0).round() / 10.0,
+                    container,
                 }),
             );
         }

@@ -348,6 +348,7 @@ fn daily_summary(db: PathBuf, lost: Arc<Mutex<LostMaps>>) -> SummarySource {
         let lost = lost.lock().expect("lost lock");
         Summary {
             alerts_by_anomaly: counts.alerts_by_anomaly,
+            alerts_by_container: counts.alerts_by_container,
             decisions_by_outcome: counts.decisions_by_outcome,
             blocks: counts.blocks,
             kills: counts.kills,
@@ -385,6 +386,7 @@ pub fn share_state(
         counters: Default::default(),
         lost: sensors.lost.clone(),
         processes: AtomicU64::new(processes as u64),
+        containers: AtomicU64::new(0),
         pending: AtomicU64::new(0),
         blocks: AtomicU64::new(0),
         kills: AtomicU64::new(0),
@@ -545,6 +547,11 @@ pub fn build_pipeline(
         } else {
             None
         },
+        containers: crate::enrich::container::Containers::new(
+            config.containers.clone(),
+            crate::sensors::cgroup::root(),
+            PathBuf::from("/proc"),
+        ),
     };
     if let Ok(n) = core.switch.reader().kill_count() {
         core.shared

@@ -221,6 +221,7 @@ fn body(id: String, finding: Finding, risk: u8) -> AlertBody {
         deadline: None,
         count: 1,
         detail: escaped(finding.detail),
+        container: finding.culprit.container.map(|c| (*c).clone()),
     }
 }
 

@@ -66,6 +66,7 @@ fn finding(sensor: &str, index: u32, new: u64, total: u64) -> Finding {
             exe: None,
             uid: u32::MAX,
             ancestry: Vec::new(),
+            container: None,
         },
         target: None,
         country: None,

@@ -249,6 +249,7 @@ fn aggregate(id: String, culprit: &Culprit) -> AlertBody {
         deadline: None,
         count: 0,
         detail: String::new(),
+        container: culprit.container.as_deref().cloned(),
     }
 }
 

@@ -136,6 +136,7 @@ pub fn judge(change: &Change) -> Option<Finding> {
             exe: Some(change.path.display().to_string()),
             uid: change.uid,
             ancestry: Vec::new(),
+            container: None,
         },
         target: None,
         country: None,

@@ -214,6 +214,8 @@ pub struct Culprit {
     /// (pid, comm) of its parent, grandparent, … (parent first); the comms are the process
     /// tree's own.
     pub ancestry: Vec<(u32, Arc<str>)>,
+    /// The container it runs in (`enrich::container`), `None` on the host.
+    pub container: Option<Arc<crate::enrich::container::Container>>,
 }
 
 /// A detector's finding, before scoring and de-duplication.
@@ -331,6 +333,7 @@ pub(crate) mod tests {
             exe: Some(format!("/usr/bin/{comm}")),
             uid: 1000,
             ancestry: ancestry.iter().map(|(p, c)| (*p, Arc::from(*c))).collect(),
+            container: None,
         }
     }
 

@@ -138,6 +138,7 @@ impl Resource {
                 exe: None,
                 uid: u32::MAX,
                 ancestry: Vec::new(),
+                container: None,
             },
             target: None,
             country: None,

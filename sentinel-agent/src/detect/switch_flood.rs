@@ -70,6 +70,7 @@ fn finding(path: &Path, e: &io::Error) -> Finding {
             exe: Some(path.display().to_string()),
             uid: u32::MAX,
             ancestry: Vec::new(),
+            container: None,
         },
         target: None,
         country: None,

@@ -174,7 +174,9 @@ impl Nft {
     }
 }
 
-/// The script [`Nft::ensure`] runs. Before the drops, connections arriving on `ssh_ports` are
+/// The script [`Nft::ensure`] runs. The `forward` chain drops what the host routes for
+/// others to or from a blocked address: containers on a bridge (or their own namespace),
+/// VMs, a router's clients; their packets never cross `output` or `input`. Before the drops, connections arriving on `ssh_ports` are
 /// accepted on input and sshd's replies to them (conntrack's reply direction) on output: a
 /// blocked address can still log in, while connections to it or to any other port stay
 /// dropped. An accept here only ends this table's chain (policy accept): other tables still
@@ -196,12 +198,18 @@ add set inet {t} {SET4} {{ type ipv4_addr; flags timeout; }}
 add set inet {t} {SET6} {{ type ipv6_addr; flags timeout; }}
 add chain inet {t} output {{ type filter hook output priority 0; policy accept; }}
 add chain inet {t} input {{ type filter hook input priority 0; policy accept; }}
+add chain inet {t} forward {{ type filter hook forward priority 0; policy accept; }}
 flush chain inet {t} output
 flush chain inet {t} input
+flush chain inet {t} forward
 {ssh}add rule inet {t} output ip daddr @{SET4} drop
 add rule inet {t} output ip6 daddr @{SET6} drop
 add rule inet {t} input ip saddr @{SET4} drop
 add rule inet {t} input ip6 saddr @{SET6} drop
+add rule inet {t} forward ip daddr @{SET4} drop
+add rule inet {t} forward ip6 daddr @{SET6} drop
+add rule inet {t} forward ip saddr @{SET4} drop
+add rule inet {t} forward ip6 saddr @{SET6} drop
 "
     )
 }
@@ -382,5 +390,27 @@ mod tests {
         assert!(lines.iter().all(|l| l.contains(" inet snt")), "{script}");
         let none = ensure_script("snt", &[]);
         assert!(!none.contains("dport"));
+    }
+
+    #[test]
+    fn routed_traffic_is_dropped_both_ways_in_both_families() {
+        let script = ensure_script("snt", &[22]);
+        assert!(
+            script.contains("hook forward priority 0; policy accept;"),
+            "{script}"
+        );
+        for rule in [
+            "forward ip daddr @block4 drop",
+            "forward ip6 daddr @block6 drop",
+            "forward ip saddr @block4 drop",
+            "forward ip6 saddr @block6 drop",
+        ] {
+            assert!(
+                script.contains(&format!("add rule inet snt {rule}\n")),
+                "{rule}"
+            );
+        }
+        // Re-running it replaces the forward rules instead of stacking them.
+        assert!(script.contains("flush chain inet snt forward"));
     }
 }

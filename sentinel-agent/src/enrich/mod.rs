@@ -6,9 +6,11 @@
 //! kernel by `sockets`, the admins named by `accounts`), which `detect` and the `switch`
 //! consult before they act; and what a program is (`shells`: an installed shell, by content;
 //! `installed`: a root-owned file of the installed system; `listeners`: which processes
-//! already accept connections when the agent starts).
+//! already accept connections when the agent starts), and which container a process runs in
+//! (`container`: cgroup id → path → the runtime's state, cached).
 
 pub mod accounts;
+pub mod container;
 pub mod geo;
 pub mod geo_update;
 pub mod installed;

@@ -30,6 +30,9 @@ pub struct Proc {
     pub forked_by: u32,
     /// The executable's (inode, device) from the kernel; zero when unknown.
     pub exe: ExeId,
+    /// Its cgroup v2 id from the kernel at exec (inherited at fork); 0 when unknown (a
+    /// process seeded from `/proc`, until `enrich::container` looks it up).
+    pub cgroup_id: u64,
     /// It called `listen(2)` since its last exec, or it is a forked worker of a process that
     /// did (a pool's worker holds the pool's listening socket): it accepts connections.
     pub listening: bool,
@@ -60,6 +63,7 @@ impl Proc {
             filename: None,
             forked_by: 0,
             exe: ExeId::default(),
+            cgroup_id: 0,
             listening: false,
             package_manager: false,
             uid: u32::MAX,
@@ -172,13 +176,14 @@ impl ProcessTree {
     /// `parent` created the new process `child`, which starts with the forking task's comm.
     pub fn on_fork(&mut self, parent: u32, child: u32, child_start_ns: u64, comm: &str) {
         let start = self.ticks(child_start_ns);
-        let (filename, exe, listening, package_manager, uid, parent_comm) =
+        let (filename, exe, cgroup_id, listening, package_manager, uid, parent_comm) =
             self.procs.get(&parent).map_or(
-                (None, ExeId::default(), false, false, u32::MAX, None),
+                (None, ExeId::default(), 0, false, false, u32::MAX, None),
                 |p| {
                     (
                         p.filename.clone(),
                         p.exe,
+                        p.cgroup_id,
                         p.listening,
                         p.package_manager,
                         p.uid,
@@ -201,6 +206,7 @@ impl ProcessTree {
                 filename,
                 forked_by: parent,
                 exe,
+                cgroup_id,
                 listening,
                 package_manager,
                 uid,
@@ -237,11 +243,22 @@ impl ProcessTree {
         }
     }
 
-    /// The exec identity and uid of `tgid`, set after [`ProcessTree::on_exec`].
-    pub fn set_exec_details(&mut self, tgid: u32, exe: ExeId, uid: u32) {
+    /// The exec identity of `tgid`, set after [`ProcessTree::on_exec`]: its executable, its uid
+    /// and its cgroup (0: unknown, keeps what the tree had).
+    pub fn set_exec_details(&mut self, tgid: u32, exe: ExeId, uid: u32, cgroup_id: u64) {
         if let Some(p) = self.procs.get_mut(&tgid) {
             p.exe = exe;
             p.uid = uid;
+            if cgroup_id != 0 {
+                p.cgroup_id = cgroup_id;
+            }
+        }
+    }
+
+    /// `tgid`'s cgroup id, looked up from `/proc` for a process the kernel has not stamped.
+    pub fn set_cgroup(&mut self, tgid: u32, cgroup_id: u64) {
+        if let Some(p) = self.procs.get_mut(&tgid) {
+            p.cgroup_id = cgroup_id;
         }
     }
 
@@ -508,7 +525,7 @@ mod tests {
             dev: 8,
             _pad: 0,
         };
-        t.set_exec_details(10, id, 0);
+        t.set_exec_details(10, id, 0, 0);
         t.mark_package_manager(10);
         t.on_fork(10, 11, 2 * NS, "node");
         let c = t.get(11).unwrap();

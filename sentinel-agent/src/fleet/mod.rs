@@ -202,6 +202,7 @@ mod tests {
             reason: None,
             origin: None,
             waiting: None,
+            container: None,
         };
         let doc = decision_doc(&d, t);
         assert_eq!(doc["deadline"], "2027-01-15T08:05:00.000Z");

@@ -373,6 +373,9 @@ pub fn facts(d: &Decision, now: SystemTime) -> Vec<(&'static str, String)> {
     if let Some(exe) = &d.exe {
         facts.push(("Executable", exe.clone()));
     }
+    if let Some(c) = &d.container {
+        facts.push(("Container", c.describe()));
+    }
     if !d.ancestors.is_empty() {
         facts.push(("Ancestors", d.ancestors.join(" ← ")));
     }

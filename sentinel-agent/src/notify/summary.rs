@@ -21,6 +21,8 @@ pub struct Summary {
     pub since: SystemTime,
     /// Alerts raised, per anomaly (`geo`, `lineage`, …).
     pub alerts_by_anomaly: BTreeMap<String, u64>,
+    /// Alerts about processes in containers, per container.
+    pub alerts_by_container: BTreeMap<String, u64>,
     /// Decisions ended, per outcome (`safe`, `blocked`, `auto-blocked`).
     pub decisions_by_outcome: BTreeMap<String, u64>,
     /// Addresses blocked.
@@ -37,6 +39,7 @@ impl Default for Summary {
             host: String::new(),
             since: SystemTime::UNIX_EPOCH,
             alerts_by_anomaly: BTreeMap::new(),
+            alerts_by_container: BTreeMap::new(),
             decisions_by_outcome: BTreeMap::new(),
             blocks: 0,
             kills: 0,
@@ -75,13 +78,23 @@ impl Summary {
 
     /// One `Label: value` line per figure.
     pub fn lines(&self) -> Vec<String> {
-        vec![
-            format!("Alerts: {}", breakdown(&self.alerts_by_anomaly)),
+        let mut lines = vec![format!("Alerts: {}", breakdown(&self.alerts_by_anomaly))];
+        if !self.alerts_by_container.is_empty() {
+            // Container names are chosen by whoever runs containers: escaped.
+            let escaped: BTreeMap<String, u64> = self
+                .alerts_by_container
+                .iter()
+                .map(|(k, n)| (crate::untrusted::escape(k).into_owned(), *n))
+                .collect();
+            lines.push(format!("Alerts in containers: {}", breakdown(&escaped)));
+        }
+        lines.extend([
             format!("Decisions: {}", breakdown(&self.decisions_by_outcome)),
             format!("Blocks: {}", self.blocks),
             format!("Kills: {}", self.kills),
             format!("Lost events: {}", self.lost_events),
-        ]
+        ]);
+        lines
     }
 }
 

@@ -54,6 +54,7 @@ pub fn decision(id: &str, left: Duration) -> Decision {
         reason: None,
         origin: None,
         waiting: None,
+        container: None,
     }
 }
 

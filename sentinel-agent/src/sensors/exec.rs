@@ -28,6 +28,8 @@ pub struct Exec {
     pub start_ns: u64,
     /// The new image's executable (device, inode), as the kernel saw it.
     pub exe: ExeId,
+    /// Its cgroup v2 id (0: unknown), for `enrich::container`.
+    pub cgroup_id: u64,
 }
 
 /// `parent` created the process `child`.
@@ -133,7 +135,7 @@ fn field<T: aya::Pod>(bytes: &[u8], at: usize) -> T {
 }
 
 /// Decode an exec record, reading only its fixed part and the bytes of `filename` and `argv`
-/// in use: the rest of the 856-byte record is stale ring memory, and copying it whole cost a
+/// in use: the rest of the 864-byte record is stale ring memory, and copying it whole cost a
 /// cache line per 64 bytes on every exec.
 pub fn decode_exec(bytes: &[u8]) -> Result<Exec, DecodeError> {
     let want = size_of::<ExecEvent>();
@@ -168,6 +170,7 @@ pub fn decode_exec(bytes: &[u8]) -> Result<Exec, DecodeError> {
         argv_truncated: truncated,
         start_ns: field(bytes, at(std::mem::offset_of!(ExecData, start_ns))),
         exe: field(bytes, at(std::mem::offset_of!(ExecData, exe))),
+        cgroup_id: field(bytes, at(std::mem::offset_of!(ExecData, cgroup_id))),
     })
 }
 
@@ -214,6 +217,7 @@ mod tests {
                 dev: 7,
                 _pad: 0,
             },
+            cgroup_id: 4321,
             filename: [0xAA; FILENAME_LEN], // garbage past the length, as in the kernel
             argv: [0xBB; ARGV_LEN],
         };
@@ -240,6 +244,7 @@ mod tests {
         assert_eq!(e.argv, ["/bin/true", "--marker", "x y"]);
         assert_eq!(e.start_ns, 42_000_000);
         assert_eq!((e.exe.ino, e.exe.dev), (99, 7));
+        assert_eq!(e.cgroup_id, 4321);
         assert_eq!(e.ts_ns, 123_456_789);
     }
 

@@ -19,8 +19,9 @@ use crate::event::{Body, ConnectBody, ExecBody, Record};
 
 /// The first byte of a binary body: the layout below. A change to `ExecBody` or `ConnectBody`
 /// needs a new byte (and the old layout kept readable), because postcard is not
-/// self-describing.
+/// self-describing. Version 2 added `container`; version-1 rows read back without one.
 const BINARY_V1: u8 = 1;
+const BINARY_V2: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
@@ -48,6 +49,67 @@ enum Compact {
     Connect(ConnectBody),
 }
 
+/// The version-1 layout: the bodies before `container`.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+enum CompactV1 {
+    Exec(ExecV1),
+    Connect(ConnectV1),
+}
+
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct ExecV1 {
+    pid: u32,
+    ppid: u32,
+    uid: u32,
+    comm: String,
+    filename: String,
+    argv: Vec<String>,
+    ancestors: Vec<Arc<str>>,
+}
+
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct ConnectV1 {
+    pid: u32,
+    comm: String,
+    uid: u32,
+    family: u8,
+    saddr: std::net::IpAddr,
+    daddr: std::net::IpAddr,
+    dport: u16,
+    country: Option<String>,
+}
+
+impl From<CompactV1> for Compact {
+    fn from(old: CompactV1) -> Self {
+        match old {
+            CompactV1::Exec(e) => Compact::Exec(ExecBody {
+                pid: e.pid,
+                ppid: e.ppid,
+                uid: e.uid,
+                comm: e.comm,
+                filename: e.filename,
+                argv: e.argv,
+                ancestors: e.ancestors,
+                container: None,
+            }),
+            CompactV1::Connect(c) => Compact::Connect(ConnectBody {
+                pid: c.pid,
+                comm: c.comm,
+                uid: c.uid,
+                family: c.family,
+                saddr: c.saddr,
+                daddr: c.daddr,
+                dport: c.dport,
+                country: c.country,
+                container: None,
+            }),
+        }
+    }
+}
+
 /// An encoded body: text (JSON) or a blob.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {
@@ -66,7 +128,7 @@ pub fn encode(r: &Record, buf: &mut Vec<u8>) -> Encoding {
             return Encoding::Json;
         }
     };
-    buf.push(BINARY_V1);
+    buf.push(BINARY_V2);
     let out = postcard::to_extend(&(&*r.host, compact), std::mem::take(buf))
         .expect("a Vec takes any postcard output");
     *buf = out;
@@ -86,10 +148,14 @@ pub fn decode(ts_ns: i64, body: ValueRef<'_>) -> Result<Record, BodyError> {
 
 fn decode_binary(ts_ns: i64, blob: &[u8]) -> Result<Record, BodyError> {
     let (&format, rest) = blob.split_first().ok_or(BodyError::Empty)?;
-    if format != BINARY_V1 {
-        return Err(BodyError::UnknownFormat(format));
-    }
-    let (host, compact): (Arc<str>, Compact) = postcard::from_bytes(rest)?;
+    let (host, compact): (Arc<str>, Compact) = match format {
+        BINARY_V2 => postcard::from_bytes(rest)?,
+        BINARY_V1 => {
+            let (host, old): (Arc<str>, CompactV1) = postcard::from_bytes(rest)?;
+            (host, old.into())
+        }
+        other => return Err(BodyError::UnknownFormat(other)),
+    };
     let body = match compact {
         Compact::Exec(b) => Body::Exec(b),
         Compact::Connect(b) => Body::Connect(b),
@@ -119,8 +185,22 @@ mod tests {
                 filename: "/bin/sh".into(),
                 argv: vec!["sh".into(), "-c".into(), "echo \"hi\"".into()],
                 ancestors: vec!["nginx".into(), "systemd".into()],
+                container: None,
             }),
         )
+    }
+
+    fn exec_in_container() -> Record {
+        let mut r = exec();
+        if let Body::Exec(b) = &mut r.body {
+            b.container = Some(Arc::new(crate::enrich::container::Container {
+                id: "ab".repeat(32),
+                runtime: "podman".into(),
+                name: Some("web".into()),
+                image: None,
+            }));
+        }
+        r
     }
 
     fn connect(daddr: &str) -> Record {
@@ -136,6 +216,7 @@ mod tests {
                 daddr: daddr.parse().unwrap(),
                 dport: 443,
                 country: Some("FR".into()),
+                container: None,
             }),
         )
     }
@@ -152,11 +233,36 @@ mod tests {
 
     #[test]
     fn exec_and_connect_are_binary_and_come_back_equal() {
-        for r in [exec(), connect("2001:db8::5"), connect("198.51.100.9")] {
+        for r in [
+            exec(),
+            exec_in_container(),
+            connect("2001:db8::5"),
+            connect("198.51.100.9"),
+        ] {
             let (encoding, back) = round_trip(&r);
             assert_eq!(encoding, Encoding::Binary);
             assert_eq!(back, r);
         }
+    }
+
+    #[test]
+    fn version_1_rows_read_back_without_a_container() {
+        let old = CompactV1::Exec(ExecV1 {
+            pid: 42,
+            ppid: 1,
+            uid: 33,
+            comm: "sh".into(),
+            filename: "/bin/sh".into(),
+            argv: vec!["sh".into()],
+            ancestors: vec!["nginx".into()],
+        });
+        let mut blob = vec![BINARY_V1];
+        blob.extend(postcard::to_allocvec(&("web-1", old)).unwrap());
+        let back = decode(0, ValueRef::Blob(&blob)).unwrap();
+        let Body::Exec(b) = back.body else {
+            panic!("not an exec")
+        };
+        assert_eq!((b.pid, b.comm.as_str(), b.container), (42, "sh", None));
     }
 
     #[test]

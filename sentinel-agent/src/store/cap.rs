@@ -176,6 +176,7 @@ mod tests {
                 filename: "/bin/true".into(),
                 argv: vec!["/bin/true".into(), format!("--run-{n:0>400}")],
                 ancestors: vec!["bash".into(), "sshd".into()],
+                container: None,
             }),
         )))
     }
@@ -207,6 +208,7 @@ mod tests {
                 waiting: None,
                 targets: vec!["198.51.100.2".parse().unwrap()],
                 refused: Vec::new(),
+                container: None,
             })),
         )))
     }

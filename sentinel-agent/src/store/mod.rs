@@ -519,6 +519,7 @@ mod tests {
                 pid,
                 comm: "x".into(),
                 cpu_pct: 12.5,
+                container: None,
             }),
         ))
     }
@@ -535,6 +536,7 @@ mod tests {
                 filename: "/bin/sh".into(),
                 argv: vec!["sh".into(), "-c".into(), "id".into()],
                 ancestors: vec!["nginx".into()],
+                container: None,
             }),
         )
     }
@@ -606,6 +608,7 @@ mod tests {
                     pid: i,
                     comm: padding.clone(),
                     cpu_pct: 1.0,
+                    container: None,
                 }),
             );
             // A full queue drops: wait for room, as a steady (not flooding) source would.
@@ -725,6 +728,7 @@ mod tests {
                 pid: 1,
                 comm: "old".into(),
                 cpu_pct: 1.0,
+                container: None,
             }),
         );
         let old_exec = exec_record(2, 6);

@@ -169,6 +169,7 @@ mod tests {
                 pid,
                 comm: "x".into(),
                 cpu_pct: 1.0,
+                container: None,
             }),
         )))
     }

@@ -99,6 +99,9 @@ pub struct Decision {
     /// Why the timer will not block it (a budget or cap reached): it waits for a human.
     #[serde(default)]
     pub waiting: Option<String>,
+    /// The container the process runs in (`enrich::container`); absent on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<crate::enrich::container::Container>,
 }
 
 /// A target the enforcement guard would not block, and why.

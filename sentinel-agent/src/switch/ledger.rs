@@ -54,6 +54,8 @@ pub struct Kill {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PeriodCounts {
     pub alerts_by_anomaly: std::collections::BTreeMap<String, u64>,
+    /// Alerts about processes in containers, per container (its name, else its short id).
+    pub alerts_by_container: std::collections::BTreeMap<String, u64>,
     pub decisions_by_outcome: std::collections::BTreeMap<String, u64>,
     pub blocks: u64,
     pub kills: u64,
@@ -428,6 +430,13 @@ impl Ledger {
             alerts_by_anomaly: grouped(&format!(
                 "SELECT json_extract(body, '$.anomaly'), COUNT(*) FROM events {} AND \
                      kind = 'alert' AND ts_ns >= ?1 GROUP BY 1",
+                crate::store::RARE_KINDS
+            ))?,
+            alerts_by_container: grouped(&format!(
+                "SELECT coalesce(json_extract(body, '$.container.name'), \
+                     substr(json_extract(body, '$.container.id'), 1, 12)), COUNT(*) \
+                 FROM events {} AND kind = 'alert' AND ts_ns >= ?1 \
+                     AND json_extract(body, '$.container.id') IS NOT NULL GROUP BY 1",
                 crate::store::RARE_KINDS
             ))?,
             decisions_by_outcome: grouped(

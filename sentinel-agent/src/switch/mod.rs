@@ -304,6 +304,7 @@ impl Switch {
             reason: None,
             origin: Some(origin.to_string()),
             waiting,
+            container: alert.container.clone(),
         };
         let mut alert = alert.clone();
         alert.state = State::Pending.as_str().into();

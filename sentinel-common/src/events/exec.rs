@@ -27,6 +27,9 @@ pub struct ExecData {
     pub start_ns: u64,
     /// The new image's identity: see [`ExeId`].
     pub exe: ExeId,
+    /// The process's cgroup v2 id (`bpf_get_current_cgroup_id`: the kernfs inode of its
+    /// cgroup directory); the agent resolves it to a container, once per cgroup.
+    pub cgroup_id: u64,
     pub filename: [u8; FILENAME_LEN],
     pub argv: [u8; ARGV_LEN],
 }
@@ -71,8 +74,8 @@ pub type ForkEvent = Event<ForkData>;
 pub type ExitEvent = Event<ExitData>;
 
 const _: () = assert!(core::mem::size_of::<ExeId>() == 16);
-const _: () = assert!(core::mem::size_of::<ExecData>() == 40 + FILENAME_LEN + ARGV_LEN);
-const _: () = assert!(core::mem::size_of::<ExecEvent>() == 48 + 808);
+const _: () = assert!(core::mem::size_of::<ExecData>() == 48 + FILENAME_LEN + ARGV_LEN);
+const _: () = assert!(core::mem::size_of::<ExecEvent>() == 48 + 816);
 const _: () = assert!(core::mem::size_of::<ForkEvent>() == 64);
 const _: () = assert!(core::mem::size_of::<ExitEvent>() == 64);
 

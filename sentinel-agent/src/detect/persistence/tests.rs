@@ -25,6 +25,7 @@ fn culprit(comm: &str, uid: u32, ancestry: &[&str]) -> Culprit {
             .enumerate()
             .map(|(i, c)| (40 - i as u32, Arc::from(*c)))
             .collect(),
+        container: None,
     }
 }
 

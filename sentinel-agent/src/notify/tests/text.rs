@@ -100,3 +100,33 @@ fn no_channel_configured_starts_nothing() {
         assert!(stats.snapshot().is_empty());
     });
 }
+
+#[test]
+fn alerts_in_containers_name_the_container_on_every_channel() {
+    let mut d = decision("c1", Duration::from_secs(60));
+    let host_facts = facts(&d, SystemTime::now());
+    assert!(host_facts.iter().all(|(label, _)| *label != "Container"));
+    d.container = Some(crate::enrich::container::Container {
+        id: "40b15867205a".repeat(5) + "cdef",
+        runtime: "podman".into(),
+        name: Some("<!channel>".into()),
+        image: Some("localhost/shop:1".into()),
+    });
+    let facts = facts(&d, SystemTime::now());
+    let (_, value) = facts
+        .iter()
+        .find(|(label, _)| *label == "Container")
+        .expect("a Container fact");
+    assert_eq!(
+        value,
+        "container <!channel> (localhost/shop:1, podman 40b15867205a)"
+    );
+    // The name is the runtime user's choice: escaped like any process-chosen text.
+    let slack = slack::alert_message(&d, SystemTime::now()).to_string();
+    assert!(
+        slack.contains("&lt;!channel&gt;") && !slack.contains("<!channel>"),
+        "{slack}"
+    );
+    let telegram = telegram::alert_message(&d, SystemTime::now(), "-1").to_string();
+    assert!(telegram.contains("podman 40b15867205a"), "{telegram}");
+}

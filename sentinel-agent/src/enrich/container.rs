@@ -1,0 +1,393 @@
+//! Which container a process runs in. The kernel stamps every exec with the process's cgroup
+//! v2 id; the first time the agent meets an id it resolves it to the cgroup's path (the
+//! process's `/proc/<pid>/cgroup`, checked against the id: the path's inode *is* the id), reads
+//! the container id and runtime from the path (`docker-<id>.scope`, `libpod-<id>.scope`,
+//! `/libpod_parent/libpod-<id>`, `cri-containerd-<id>.scope`, `crio-<id>.scope`,
+//! `/docker/<id>`, `/kubepods/…/<id>`), and the name and image from the runtime's own state
+//! on disk: Podman's `containers.json` in its storage (rootful, the configured stores, and a
+//! rootless user's `~/.local/share/containers/storage`), Docker's
+//! `containers/<id>/config.v2.json`. The answer is cached by cgroup id (a cgroup id is never
+//! reused while the machine runs), so every later event of that cgroup costs one hash lookup.
+//! Host processes resolve to no container.
+//!
+//! Names and images are chosen by whoever runs containers: they are escaped like argv, and the
+//! runtime's files are read through [`crate::untrusted_file`] (regular files only, capped).
+
+use std::{os::unix::fs::MetadataExt, path::PathBuf, sync::Arc};
+
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+
+use crate::untrusted_file::{Links, read_text};
+
+/// Largest runtime state file read (Podman's `containers.json` lists every container).
+const STATE_CAP: u64 = 8 << 20;
+/// Most cgroup directories walked to find one id (when its process is gone before the agent
+/// read its `/proc` entry), and how deep.
+const WALK_DIRS: usize = 20_000;
+const WALK_DEPTH: usize = 12;
+/// Cgroups remembered at most: transient ones (sessions, `systemd-run`, CI containers) come and
+/// go for the agent's whole life; past this the cache starts afresh and re-resolves on demand.
+const MAX_CGROUPS: usize = 16_384;
+/// Distinct containers counted at most for `status`.
+const MAX_SEEN: usize = 65_536;
+
+/// A container, as events, alerts and decisions carry it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Container {
+    /// The runtime's container id (64 hex digits for Docker, Podman and containerd).
+    pub id: String,
+    /// `docker`, `podman`, `containerd` or `cri-o`.
+    pub runtime: String,
+    /// The container's name, when the runtime's state says it (null otherwise). Every field
+    /// is always written: exec and connect bodies are also stored as postcard, which is not
+    /// self-describing.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The image it was created from, when the runtime's state says it.
+    #[serde(default)]
+    pub image: Option<String>,
+}
+
+impl Container {
+    /// The first 12 digits of the id, as `docker ps` and `podman ps` show it.
+    pub fn short_id(&self) -> &str {
+        self.id.get(..12).unwrap_or(&self.id)
+    }
+
+    /// One phrase for humans: `container web (sentinel-test/app, podman 0123456789ab)`.
+    pub fn describe(&self) -> String {
+        let mut out = format!(
+            "container {}",
+            self.name.as_deref().unwrap_or(self.short_id())
+        );
+        let image = self
+            .image
+            .as_deref()
+            .map(|i| format!("{i}, "))
+            .unwrap_or_default();
+        out.push_str(&format!(" ({image}{} {})", self.runtime, self.short_id()));
+        out
+    }
+}
+
+/// Where the runtimes keep their state (`[containers]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContainersConfig {
+    /// Podman (containers/storage) graph roots whose `containers.json` names containers;
+    /// rootless users' own stores are found from the cgroup path.
+    pub podman_storage: Vec<PathBuf>,
+    /// Docker's data root.
+    pub docker_root: PathBuf,
+}
+
+impl Default for ContainersConfig {
+    fn default() -> Self {
+        Self {
+            podman_storage: vec!["/var/lib/containers/storage".into()],
+            docker_root: "/var/lib/docker".into(),
+        }
+    }
+}
+
+/// A container's identity as its cgroup path gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FromPath {
+    pub id: String,
+    pub runtime: &'static str,
+    /// The uid of a rootless container's user (`user@<uid>.service` in the path).
+    pub user: Option<u32>,
+}
+
+/// The container a cgroup path (`/proc/<pid>/cgroup`'s `0::` line) belongs to: the innermost
+/// component that names one. A runtime's monitor (`libpod-conmon-<id>`) is not the container.
+pub fn parse_cgroup_path(path: &str) -> Option<FromPath> {
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    let user = parts.iter().find_map(|p| {
+        p.strip_prefix("user@")?
+            .strip_suffix(".service")?
+            .parse()
+            .ok()
+    });
+    parts.iter().enumerate().rev().find_map(|(i, part)| {
+        let parent = i.checked_sub(1).map(|j| parts[j]);
+        let (runtime, id) = container_component(part, parent)?;
+        Some(FromPath {
+            id: id.to_string(),
+            runtime,
+            user,
+        })
+    })
+}
+
+/// (runtime, id) when one path component names a container.
+fn container_component<'a>(part: &'a str, parent: Option<&str>) -> Option<(&'static str, &'a str)> {
+    let name = part.strip_suffix(".scope").unwrap_or(part);
+    const PREFIXES: [(&str, &str); 6] = [
+        ("docker-", "docker"),
+        ("libpod-", "podman"),
+        ("cri-containerd-", "containerd"),
+        ("crio-", "cri-o"),
+        ("containerd-", "containerd"),
+        ("nerdctl-", "containerd"),
+    ];
+    for (prefix, runtime) in PREFIXES {
+        if let Some(id) = name.strip_prefix(prefix)
+            && is_container_id(id)
+        {
+            return Some((runtime, id));
+        }
+    }
+    // cgroupfs drivers: `/docker/<id>`, `/kubepods/<qos>/pod<uid>/<id>`.
+    if is_container_id(name) {
+        return match parent {
+            Some("docker") => Some(("docker", name)),
+            Some(p) if p.starts_with("pod") => Some(("containerd", name)),
+            _ => None,
+        };
+    }
+    None
+}
+
+/// 64 lower-case hex digits, as Docker, Podman and containerd make container ids.
+fn is_container_id(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Name and image from Podman's `containers.json` text, for container `id`.
+pub fn podman_lookup(containers_json: &str, id: &str) -> Option<(Option<String>, Option<String>)> {
+    #[derive(Deserialize)]
+    struct Entry {
+        id: String,
+        #[serde(default)]
+        names: Vec<String>,
+        #[serde(default)]
+        image: Option<String>,
+        #[serde(default)]
+        metadata: Option<String>,
+    }
+    #[derive(Deserialize)]
+    struct Metadata {
+        #[serde(rename = "image-name")]
+        image_name: Option<String>,
+        name: Option<String>,
+    }
+    let entries: Vec<Entry> = serde_json::from_str(containers_json).ok()?;
+    let entry = entries.into_iter().find(|e| e.id == id)?;
+    let meta: Option<Metadata> = entry
+        .metadata
+        .as_deref()
+        .and_then(|m| serde_json::from_str(m).ok());
+    let (meta_name, meta_image) = meta.map_or((None, None), |m| (m.name, m.image_name));
+    let name = entry.names.into_iter().next().or(meta_name);
+    Some((name, meta_image.or(entry.image)))
+}
+
+/// Name and image from Docker's `config.v2.json` text.
+pub fn docker_lookup(config_v2: &str) -> Option<(Option<String>, Option<String>)> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Config {
+        name: Option<String>,
+        config: Option<Inner>,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Inner {
+        image: Option<String>,
+    }
+    let c: Config = serde_json::from_str(config_v2).ok()?;
+    let name = c.name.map(|n| n.trim_start_matches('/').to_string());
+    Some((name, c.config.and_then(|i| i.image)))
+}
+
+/// What the agent knows about each cgroup it met.
+#[derive(Debug)]
+enum Known {
+    /// The host's, or a cgroup already gone when the agent looked.
+    Host,
+    Container(Arc<Container>),
+}
+
+/// The cache from cgroup id to container.
+#[derive(Debug)]
+pub struct Containers {
+    config: ContainersConfig,
+    /// The cgroup v2 mount, whose directories' inodes are the kernel's cgroup ids.
+    cgroup_root: Option<PathBuf>,
+    proc_root: PathBuf,
+    by_cgroup: FxHashMap<u64, Known>,
+    /// Containers seen since start, by id (for `status`).
+    seen: FxHashMap<String, Arc<Container>>,
+}
+
+impl Containers {
+    pub fn new(config: ContainersConfig, cgroup_root: Option<PathBuf>, proc_root: PathBuf) -> Self {
+        Self {
+            config,
+            cgroup_root,
+            proc_root,
+            by_cgroup: FxHashMap::default(),
+            seen: FxHashMap::default(),
+        }
+    }
+
+    /// How many distinct containers the agent has seen processes of.
+    pub fn seen(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// The container of process `tgid`, whose cgroup id the kernel gave as `cgroup_id` (0:
+    /// unknown; the process's `/proc` entry says it). Cached by cgroup id.
+    pub fn of(&mut self, cgroup_id: u64, tgid: u32) -> Option<Arc<Container>> {
+        if self.by_cgroup.len() >= MAX_CGROUPS {
+            self.by_cgroup.clear();
+        }
+        if cgroup_id != 0 {
+            match self.by_cgroup.get(&cgroup_id) {
+                Some(Known::Host) => return None,
+                Some(Known::Container(c)) => return Some(c.clone()),
+                None => {}
+            }
+        }
+        let path = self.cgroup_path(tgid);
+        let (path, id) = match (path, cgroup_id) {
+            (Some((p, ino)), 0) => (Some(p), ino),
+            (Some((p, ino)), id) if ino == id => (Some(p), id),
+            // The process is gone (or moved): find the kernel's id among the cgroups.
+            (_, id) if id != 0 => (self.find_cgroup(id), id),
+            _ => return None,
+        };
+        if path.is_none() {
+            tracing::debug!(cgroup_id, tgid, "cgroup not found");
+            self.by_cgroup.insert(id, Known::Host);
+            return None;
+        }
+        if let Some(known) = self.by_cgroup.get(&id) {
+            return match known {
+                Known::Container(c) => Some(c.clone()),
+                _ => None,
+            };
+        }
+        let container = path
+            .as_deref()
+            .and_then(parse_cgroup_path)
+            .map(|found| Arc::new(self.describe(found)));
+        tracing::debug!(id, tgid, container = ?container, "cgroup resolved");
+        match &container {
+            Some(c) => {
+                if self.seen.len() < MAX_SEEN {
+                    self.seen.insert(c.id.clone(), c.clone());
+                }
+                self.by_cgroup.insert(id, Known::Container(c.clone()));
+            }
+            None => {
+                self.by_cgroup.insert(id, Known::Host);
+            }
+        }
+        container
+    }
+
+    /// The path (from the cgroup root) of the cgroup whose directory's inode is `id`: a
+    /// bounded walk of the cgroup v2 tree, once per unknown id whose process is gone.
+    fn find_cgroup(&self, id: u64) -> Option<String> {
+        let root = self.cgroup_root.as_deref()?;
+        let mut frontier = vec![(root.to_path_buf(), 0usize)];
+        let mut walked = 0;
+        while let Some((dir, depth)) = frontier.pop() {
+            walked += 1;
+            if walked > WALK_DIRS {
+                return None;
+            }
+            let meta = std::fs::symlink_metadata(&dir).ok()?;
+            if meta.ino() == id {
+                let rel = dir.strip_prefix(root).ok()?;
+                return Some(format!("/{}", rel.display()));
+            }
+            if depth >= WALK_DEPTH {
+                continue;
+            }
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    frontier.push((entry.path(), depth + 1));
+                }
+            }
+        }
+        None
+    }
+
+    /// The cgroup id of process `tgid` (its v2 cgroup directory's inode), 0 when unknown.
+    pub fn cgroup_id_of(&self, tgid: u32) -> u64 {
+        self.cgroup_path(tgid).map_or(0, |(_, ino)| ino)
+    }
+
+    /// Process `tgid`'s cgroup v2 path and that directory's inode (its cgroup id).
+    fn cgroup_path(&self, tgid: u32) -> Option<(String, u64)> {
+        let root = self.cgroup_root.as_deref()?;
+        let text =
+            std::fs::read_to_string(self.proc_root.join(tgid.to_string()).join("cgroup")).ok()?;
+        let path = text
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))?
+            .to_string();
+        let ino = std::fs::metadata(root.join(path.trim_start_matches('/')))
+            .ok()?
+            .ino();
+        Some((path, ino))
+    }
+
+    /// Name and image from the runtime's state, when it can be read.
+    fn describe(&self, found: FromPath) -> Container {
+        let (name, image) = match found.runtime {
+            "podman" => self.podman_state(&found),
+            "docker" => self.docker_state(&found.id),
+            _ => None,
+        }
+        .unwrap_or((None, None));
+        let clean = |s: String| crate::untrusted::escape(&s).into_owned();
+        Container {
+            id: found.id,
+            runtime: found.runtime.into(),
+            name: name.map(clean),
+            image: image.map(clean),
+        }
+    }
+
+    fn podman_state(&self, found: &FromPath) -> Option<(Option<String>, Option<String>)> {
+        let rootless = found
+            .user
+            .filter(|uid| *uid != 0)
+            .and_then(|uid| nix::unistd::User::from_uid(uid.into()).ok().flatten())
+            .map(|u| u.dir.join(".local/share/containers/storage"));
+        self.config
+            .podman_storage
+            .iter()
+            .cloned()
+            .chain(rootless)
+            .find_map(|store| {
+                ["overlay-containers", "vfs-containers", "btrfs-containers"]
+                    .iter()
+                    .find_map(|dir| {
+                        let file = store.join(dir).join("containers.json");
+                        let text = read_text(&file, Links::Follow, STATE_CAP).ok()?;
+                        podman_lookup(&text, &found.id)
+                    })
+            })
+    }
+
+    fn docker_state(&self, id: &str) -> Option<(Option<String>, Option<String>)> {
+        let file = self
+            .config
+            .docker_root
+            .join("containers")
+            .join(id)
+            .join("config.v2.json");
+        docker_lookup(&read_text(&file, Links::Follow, STATE_CAP).ok()?)
+    }
+}
+
+#[cfg(test)]
+mod tests;

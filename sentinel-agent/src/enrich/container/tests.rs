@@ -1,0 +1,232 @@
+use std::{fs, os::unix::fs::MetadataExt};
+
+use super::*;
+
+const ID: &str = "40b15867205a3153fce6bc617936facbd70dc89d6f30744387dee82dd40eeb4c";
+
+fn found(path: &str) -> Option<(&'static str, String, Option<u32>)> {
+    parse_cgroup_path(path).map(|f| (f.runtime, f.id, f.user))
+}
+
+#[test]
+fn container_ids_come_from_real_cgroup_paths() {
+    let podman = Some(("podman", ID.to_string(), None));
+    // Podman with cgroupfs (hybrid hosts), with systemd, and its split layout.
+    assert_eq!(found(&format!("/libpod_parent/libpod-{ID}")), podman);
+    assert_eq!(found(&format!("/machine.slice/libpod-{ID}.scope")), podman);
+    assert_eq!(
+        found(&format!("/machine.slice/libpod-{ID}.scope/container")),
+        podman
+    );
+    // Rootless Podman: the user's uid comes along.
+    assert_eq!(
+        found(&format!(
+            "/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope"
+        )),
+        Some(("podman", ID.to_string(), Some(1000)))
+    );
+    // Docker: systemd and cgroupfs drivers.
+    let docker = Some(("docker", ID.to_string(), None));
+    assert_eq!(found(&format!("/system.slice/docker-{ID}.scope")), docker);
+    assert_eq!(found(&format!("/docker/{ID}")), docker);
+    // containerd / CRI and CRI-O under Kubernetes.
+    assert_eq!(
+        found(&format!(
+            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod0d1c.slice/\
+             cri-containerd-{ID}.scope"
+        )),
+        Some(("containerd", ID.to_string(), None))
+    );
+    assert_eq!(
+        found(&format!("/kubepods/besteffort/pod0d1c-22/{ID}")),
+        Some(("containerd", ID.to_string(), None))
+    );
+    assert_eq!(
+        found(&format!("/kubepods.slice/crio-{ID}.scope")),
+        Some(("cri-o", ID.to_string(), None))
+    );
+}
+
+#[test]
+fn host_cgroups_and_monitors_are_no_container() {
+    for path in [
+        "/",
+        "/system.slice/nginx.service",
+        "/user.slice/user-0.slice/session-3.scope",
+        "/system.slice/docker.service",
+        // Podman's monitor runs beside the container, not in it.
+        &format!("/machine.slice/libpod-conmon-{ID}.scope"),
+        // Not 64 hex digits: a name someone chose.
+        "/system.slice/docker-webapp.scope",
+        &format!("/system.slice/docker-{}.scope", ID.to_uppercase()),
+        &format!("/elsewhere/{ID}"),
+    ] {
+        assert_eq!(found(path), None, "{path}");
+    }
+}
+
+#[test]
+fn podman_state_names_the_container() {
+    let json = format!(
+        r#"[{{"id":"{ID}","names":["web"],"image":"a396","layer":"97",
+        "metadata":"{{\"image-name\":\"localhost/sentinel-test/bookworm:latest\",\"image-id\":\"a396\",\"name\":\"web\",\"created-at\":1796577333}}",
+        "created":"2026-12-06T17:15:33Z","flags":{{}}}}]"#
+    );
+    assert_eq!(
+        podman_lookup(&json, ID),
+        Some((
+            Some("web".into()),
+            Some("localhost/sentinel-test/bookworm:latest".into())
+        ))
+    );
+    assert_eq!(podman_lookup(&json, &"0".repeat(64)), None);
+    // Without metadata the image id stands in; garbage is no answer, not a crash.
+    let bare = format!(r#"[{{"id":"{ID}","names":[],"image":"a396"}}]"#);
+    assert_eq!(podman_lookup(&bare, ID), Some((None, Some("a396".into()))));
+    assert_eq!(podman_lookup("[{\"id\":", ID), None);
+    assert_eq!(podman_lookup("\u{0}\u{1}", ID), None);
+}
+
+#[test]
+fn docker_state_names_the_container() {
+    let json = r#"{"ID":"x","Name":"/shop","Config":{"Image":"node:20","Env":[]},"State":{}}"#;
+    assert_eq!(
+        docker_lookup(json),
+        Some((Some("shop".into()), Some("node:20".into())))
+    );
+    assert_eq!(docker_lookup("nope"), None);
+}
+
+/// A fake machine: a cgroup root with real directories (their inodes are the ids) and a
+/// `/proc` whose processes sit in them.
+struct Machine {
+    dir: tempfile::TempDir,
+}
+
+impl Machine {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        for d in ["cg", "proc", "storage/overlay-containers"] {
+            fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        Machine { dir }
+    }
+
+    /// Process `pid` in cgroup `path`; the cgroup's id.
+    fn process(&self, pid: u32, path: &str) -> u64 {
+        let cg = self
+            .dir
+            .path()
+            .join("cg")
+            .join(path.trim_start_matches('/'));
+        fs::create_dir_all(&cg).unwrap();
+        let p = self.dir.path().join("proc").join(pid.to_string());
+        fs::create_dir_all(&p).unwrap();
+        fs::write(p.join("cgroup"), format!("1:cpu:{path}\n0::{path}\n")).unwrap();
+        fs::metadata(cg).unwrap().ino()
+    }
+
+    fn containers(&self) -> Containers {
+        Containers::new(
+            ContainersConfig {
+                podman_storage: vec![self.dir.path().join("storage")],
+                docker_root: self.dir.path().join("docker"),
+            },
+            Some(self.dir.path().join("cg")),
+            self.dir.path().join("proc"),
+        )
+    }
+}
+
+#[test]
+fn a_cgroup_is_resolved_once_then_cached() {
+    let m = Machine::new();
+    fs::write(
+        m.dir.path().join("storage/overlay-containers/containers.json"),
+        format!(
+            r#"[{{"id":"{ID}","names":["web\u001b[31m"],"metadata":"{{\"image-name\":\"app:1\"}}"}}]"#
+        ),
+    )
+    .unwrap();
+    let cg = m.process(100, &format!("/libpod_parent/libpod-{ID}"));
+    let host = m.process(200, "/system.slice/ssh.service");
+    let mut c = m.containers();
+    let first = c.of(cg, 100).expect("a container");
+    assert_eq!(first.id, ID);
+    assert_eq!(first.runtime, "podman");
+    assert_eq!(first.name.as_deref(), Some("web\\x1b[31m"), "escaped");
+    assert_eq!(first.image.as_deref(), Some("app:1"));
+    assert_eq!(c.of(host, 200), None);
+    // The cache answers without /proc: the process is gone, its cgroup still known.
+    fs::remove_dir_all(m.dir.path().join("proc/100")).unwrap();
+    assert_eq!(c.of(cg, 100), Some(first.clone()));
+    assert_eq!(c.of(cg, 4242), Some(first));
+    assert_eq!(c.seen(), 1);
+    // A process known only from /proc (seeded at start) is found by its path.
+    let pid300 = m.process(300, &format!("/libpod_parent/libpod-{ID}"));
+    assert_eq!(pid300, cg);
+    assert_eq!(
+        c.of(0, 300).map(|c| c.runtime.clone()).as_deref(),
+        Some("podman")
+    );
+}
+
+#[test]
+fn a_gone_process_is_found_by_its_cgroup_id_not_its_new_home() {
+    let m = Machine::new();
+    let old = m.process(100, &format!("/docker/{ID}"));
+    // The process now sits elsewhere: its /proc path is not the kernel's id; the walk of the
+    // cgroup tree finds the id's own directory.
+    m.process(100, "/system.slice/cron.service");
+    let mut c = m.containers();
+    assert_eq!(
+        c.of(old, 100).map(|c| c.runtime.clone()).as_deref(),
+        Some("docker")
+    );
+    // A short-lived process already gone: the same walk.
+    let other = "ab".repeat(32);
+    let gone = m.process(200, &format!("/system.slice/docker-{other}.scope"));
+    fs::remove_dir_all(m.dir.path().join("proc/200")).unwrap();
+    assert_eq!(c.of(gone, 200).map(|c| c.id.clone()), Some(other));
+    // A cgroup already removed is nobody's container (and is not walked again).
+    assert_eq!(c.of(987_654_321, 300), None);
+    assert_eq!(c.seen(), 2);
+}
+
+#[test]
+fn the_cache_is_bounded_and_starts_afresh() {
+    let m = Machine::new();
+    let host = m.process(100, "/system.slice/ssh.service");
+    let cg = m.process(200, &format!("/libpod_parent/libpod-{ID}"));
+    let mut c = m.containers();
+    assert!(c.of(cg, 200).is_some());
+    // Fill the cache with cgroups that no longer exist (each remembered as no container).
+    for id in 0..MAX_CGROUPS as u64 {
+        c.of(1_000_000_000 + id, 4242);
+    }
+    assert!(c.by_cgroup.len() <= MAX_CGROUPS);
+    // Known ones resolve again after a fresh start, from /proc.
+    assert_eq!(c.of(host, 100), None);
+    assert_eq!(c.of(cg, 200).map(|c| c.id.clone()).as_deref(), Some(ID));
+    assert_eq!(c.seen(), 1);
+}
+
+#[test]
+fn describe_reads_well() {
+    let c = Container {
+        id: ID.into(),
+        runtime: "podman".into(),
+        name: Some("web".into()),
+        image: Some("app:1".into()),
+    };
+    assert_eq!(c.describe(), "container web (app:1, podman 40b15867205a)");
+    let bare = Container {
+        name: None,
+        image: None,
+        ..c
+    };
+    assert_eq!(
+        bare.describe(),
+        "container 40b15867205a (podman 40b15867205a)"
+    );
+}
