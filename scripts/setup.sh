@@ -12,8 +12,10 @@ NIGHTLY=${SENTINEL_BPF_TOOLCHAIN:-nightly}
 # real-world detection suite. chromium: the confirmation-page test drives a real headless
 # browser. debootstrap and systemd-container (systemd-nspawn): the unit is tested in a
 # container booted with systemd. postgresql: the fleet tests start their own server.
+# dnsmasq-base (the binary only, no service): the dns tests start their own resolvers.
 APT_PACKAGES=(nftables iproute2 bpftool gcc libc6-dev pkg-config ca-certificates systemd
-  openssh-server openssh-client nginx php-fpm chromium debootstrap systemd-container postgresql)
+  openssh-server openssh-client nginx php-fpm chromium debootstrap systemd-container postgresql
+  dnsmasq-base)
 for arg in "$@"; do
   case "$arg" in
     --bench) APT_PACKAGES+=(bpftrace) ;;

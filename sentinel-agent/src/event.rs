@@ -95,6 +95,10 @@ pub struct ConnectBody {
     pub dport: u16,
     /// ISO country code of `daddr`, when GeoIP knows it.
     pub country: Option<String>,
+    /// The name the process (or, failing that, the host) most recently resolved to `daddr`,
+    /// from the DNS answers the `dns` sensor saw; escaped (`\xNN` outside `[a-z0-9-_*]`).
+    #[serde(default)]
+    pub domain: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -570,10 +574,12 @@ mod tests {
                 daddr: "2001:db8::1".parse().unwrap(),
                 dport: 443,
                 country: None,
+                domain: Some("www.example.test".into()),
             }),
         };
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();
         assert_eq!(v["kind"], "connect");
+        assert_eq!(v["domain"], "www.example.test");
         assert_eq!(v["family"], 6);
         assert_eq!(v["daddr"], "2001:db8::1");
         assert_eq!(v["dport"], 443);

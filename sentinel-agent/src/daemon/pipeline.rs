@@ -25,6 +25,7 @@ use crate::{
     enforce::kill::Killer,
     enrich::geo::CountryDb,
     enrich::listeners::still_listens,
+    enrich::names::Names,
     enrich::outbound::Outbound,
     enrich::shells::Shells,
     enrich::tree::{ProcessTree, is_alive, read_stat},
@@ -85,6 +86,8 @@ pub struct Pipeline {
     /// The peers of recent outbound connects: a socket on stdio that reaches one is a
     /// reverse shell, any other an accepted connection.
     pub outbound: Outbound,
+    /// The names processes resolved addresses from (the `dns` sensor's answers).
+    pub names: Names,
     /// `enforce.kill`: the process response, when on.
     pub killer: Option<Killer>,
     /// `enforce.mode = "dry-run"`: decide and record, touch nothing (no kills either).
@@ -266,6 +269,13 @@ impl Pipeline {
                 self.tree.on_listen(l.tgid, &self.proc_root);
             }
             KernelEvent::Stdio(s) => self.on_stdio(s),
+            KernelEvent::Dns(d) => {
+                // An answer that does not parse is the sender's problem, not an event: a
+                // debug line (a flood of them must not flood the log).
+                if let Err(e) = self.names.learn(d.tgid, d.ts_ns, &d.message) {
+                    debug!(pid = d.tgid, server = %d.server, cut = d.cut, "dns answer skipped: {e}");
+                }
+            }
             KernelEvent::Connect(c) => {
                 if self.is_agent(c.tgid) {
                     return;
@@ -284,6 +294,10 @@ impl Pipeline {
                     c.comm
                 };
                 let country = self.detect.geoip.as_ref().and_then(|g| g.country(c.daddr));
+                let domain = self
+                    .names
+                    .name_for(c.tgid, c.daddr, c.ts_ns)
+                    .map(|r| r.name.to_string());
                 // The process's identity and ancestry are only needed for a high-risk
                 // destination or an alert waiting for a target: most connects skip the walk.
                 let culprit = (self.detect.geo.is_high_risk(country.as_deref())
@@ -308,6 +322,7 @@ impl Pipeline {
                         c.daddr,
                         c.dport,
                         country.as_deref(),
+                        domain.as_deref(),
                         &self.detect.trust,
                     )
                 });
@@ -323,6 +338,7 @@ impl Pipeline {
                         daddr: c.daddr,
                         dport: c.dport,
                         country,
+                        domain,
                     }),
                 );
                 for finding in finding.into_iter().chain(miner) {

@@ -6,12 +6,14 @@
 //! kernel by `sockets`, the admins named by `accounts`), which `detect` and the `switch`
 //! consult before they act; and what a program is (`shells`: an installed shell, by content;
 //! `installed`: a root-owned file of the installed system; `listeners`: which processes
-//! already accept connections when the agent starts).
+//! already accept connections when the agent starts); and which name an address was resolved
+//! from (`names`: the DNS answers the `dns` sensor saw delivered to processes).
 
 pub mod accounts;
 pub mod geo;
 pub mod installed;
 pub mod listeners;
+pub mod names;
 pub mod outbound;
 pub mod shells;
 pub mod sockets;

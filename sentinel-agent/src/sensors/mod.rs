@@ -1,5 +1,5 @@
 //! Loading the kernel programs and reading what they report. One module per sensor, named as
-//! in `sentinel-ebpf` and `sentinel-common`: `exec`, `connect`, `stdio`, `cpu`. This module
+//! in `sentinel-ebpf` and `sentinel-common`: `exec`, `connect`, `stdio`, `cpu`, `dns`. This module
 //! holds what they share: the loader, tracefs, draining the one ring buffer the
 //! process-and-network records share (so they arrive in the order they happened), record
 //! decoding and the counters behind `sentinel status`.
@@ -9,6 +9,7 @@ pub mod cgroup;
 pub mod connect;
 pub mod cpu;
 pub mod cron;
+pub mod dns;
 pub mod exec;
 pub mod kernel_log;
 pub mod stdio;
@@ -35,7 +36,7 @@ use tracing::{error, info, warn};
 /// The kernel object built by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sentinel"));
 
-pub const SENSORS: [&str; 3] = ["exec", "connect", "cpu"];
+pub const SENSORS: [&str; 4] = ["exec", "connect", "cpu", "dns"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum SensorError {
@@ -102,6 +103,7 @@ pub enum KernelEvent {
     Connect(connect::Connect),
     Listen(connect::Listen),
     Stdio(stdio::Stdio),
+    Dns(dns::Dns),
 }
 
 impl KernelEvent {
@@ -112,6 +114,7 @@ impl KernelEvent {
             KernelEvent::Exec(_) | KernelEvent::Fork(_) | KernelEvent::Exit(_) => 0,
             KernelEvent::Stdio(_) => 0,
             KernelEvent::Connect(_) | KernelEvent::Listen(_) => 1,
+            KernelEvent::Dns(_) => 3,
         }
     }
 }
@@ -158,6 +161,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         EventKind::Connect => KernelEvent::Connect(connect::decode(bytes)?),
         EventKind::Listen => KernelEvent::Listen(connect::decode_listen(bytes)?),
         EventKind::Stdio => KernelEvent::Stdio(stdio::decode(bytes)?),
+        EventKind::Dns => KernelEvent::Dns(dns::decode(bytes)?),
     })
 }
 
@@ -203,7 +207,7 @@ pub struct LoadOptions {
 /// The loaded programs. Dropping this detaches every program.
 pub struct Sensors {
     pub ebpf: Ebpf,
-    pub attached: [bool; 3],
+    pub attached: [bool; 4],
     pub lost: Arc<Mutex<LostMaps>>,
     /// The process-and-network records (exec, fork, exit, stdio, connect, listen), in order.
     pub ring: Option<Ring>,
@@ -251,15 +255,19 @@ pub fn load(opts: &LoadOptions) -> Result<Sensors, SensorError> {
         .map_max_entries("EVENTS", ring_bytes)
         .load(EBPF_OBJECT)?;
 
-    let mut attached = [false; 3];
+    let mut attached = [false; 4];
     let results = [
         exec::attach(&mut ebpf),
         connect::attach(&mut ebpf),
         cpu::attach(&mut ebpf, opts.cpu_sample_hz),
+        dns::attach(&mut ebpf),
     ];
     for (i, result) in results.into_iter().enumerate() {
         match result {
             Ok(()) => attached[i] = true,
+            Err(e) if SENSORS[i] == "dns" => warn!(
+                "dns sensor not attached ({e}): connections are shown without the names they were resolved from"
+            ),
             Err(e) => error!("{} sensor not attached: {e}", SENSORS[i]),
         }
     }
@@ -276,10 +284,11 @@ pub fn load(opts: &LoadOptions) -> Result<Sensors, SensorError> {
         ("exec", "EXEC_LOST"),
         ("connect", "CONNECT_LOST"),
         ("cpu", "CPU_LOST"),
+        ("dns", "DNS_LOST"),
     ] {
         lost.push((sensor, take_map(&mut ebpf, sensor, map)?));
     }
-    let ring = (attached[0] || attached[1])
+    let ring = (attached[0] || attached[1] || attached[3])
         .then(|| -> Result<Ring, SensorError> {
             Ok(Ring {
                 records: take_map(&mut ebpf, "exec", "EVENTS")?,

@@ -19,8 +19,10 @@ use crate::event::{Body, ConnectBody, ExecBody, Record};
 
 /// The first byte of a binary body: the layout below. A change to `ExecBody` or `ConnectBody`
 /// needs a new byte (and the old layout kept readable), because postcard is not
-/// self-describing.
+/// self-describing. Version 1: connect bodies without `domain` (read as `domain: None`).
 const BINARY_V1: u8 = 1;
+/// Version 2: connect bodies carry `domain`.
+const BINARY_V2: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
@@ -48,6 +50,45 @@ enum Compact {
     Connect(ConnectBody),
 }
 
+/// [`Compact`] as version 1 wrote it.
+#[derive(Deserialize)]
+enum CompactV1 {
+    Exec(ExecBody),
+    Connect(ConnectBodyV1),
+}
+
+/// `ConnectBody` before `domain`.
+#[derive(Deserialize)]
+struct ConnectBodyV1 {
+    pid: u32,
+    comm: String,
+    uid: u32,
+    family: u8,
+    saddr: std::net::IpAddr,
+    daddr: std::net::IpAddr,
+    dport: u16,
+    country: Option<String>,
+}
+
+impl From<CompactV1> for Compact {
+    fn from(v1: CompactV1) -> Self {
+        match v1 {
+            CompactV1::Exec(b) => Compact::Exec(b),
+            CompactV1::Connect(b) => Compact::Connect(ConnectBody {
+                pid: b.pid,
+                comm: b.comm,
+                uid: b.uid,
+                family: b.family,
+                saddr: b.saddr,
+                daddr: b.daddr,
+                dport: b.dport,
+                country: b.country,
+                domain: None,
+            }),
+        }
+    }
+}
+
 /// An encoded body: text (JSON) or a blob.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {
@@ -66,7 +107,7 @@ pub fn encode(r: &Record, buf: &mut Vec<u8>) -> Encoding {
             return Encoding::Json;
         }
     };
-    buf.push(BINARY_V1);
+    buf.push(BINARY_V2);
     let out = postcard::to_extend(&(&*r.host, compact), std::mem::take(buf))
         .expect("a Vec takes any postcard output");
     *buf = out;
@@ -86,10 +127,14 @@ pub fn decode(ts_ns: i64, body: ValueRef<'_>) -> Result<Record, BodyError> {
 
 fn decode_binary(ts_ns: i64, blob: &[u8]) -> Result<Record, BodyError> {
     let (&format, rest) = blob.split_first().ok_or(BodyError::Empty)?;
-    if format != BINARY_V1 {
-        return Err(BodyError::UnknownFormat(format));
-    }
-    let (host, compact): (Arc<str>, Compact) = postcard::from_bytes(rest)?;
+    let (host, compact): (Arc<str>, Compact) = match format {
+        BINARY_V2 => postcard::from_bytes(rest)?,
+        BINARY_V1 => {
+            let (host, v1): (Arc<str>, CompactV1) = postcard::from_bytes(rest)?;
+            (host, v1.into())
+        }
+        _ => return Err(BodyError::UnknownFormat(format)),
+    };
     let body = match compact {
         Compact::Exec(b) => Body::Exec(b),
         Compact::Connect(b) => Body::Connect(b),
@@ -136,6 +181,7 @@ mod tests {
                 daddr: daddr.parse().unwrap(),
                 dport: 443,
                 country: Some("FR".into()),
+                domain: Some("www.example.test".into()),
             }),
         )
     }
@@ -157,6 +203,47 @@ mod tests {
             assert_eq!(encoding, Encoding::Binary);
             assert_eq!(back, r);
         }
+    }
+
+    #[test]
+    fn version_1_connect_bodies_read_without_a_domain() {
+        #[derive(Serialize)]
+        enum V1<'a> {
+            #[allow(dead_code)]
+            Exec(&'a ExecBody),
+            Connect(V1Connect),
+        }
+        #[derive(Serialize)]
+        struct V1Connect(
+            u32,
+            String,
+            u32,
+            u8,
+            std::net::IpAddr,
+            std::net::IpAddr,
+            u16,
+            Option<String>,
+        );
+        let old = V1Connect(
+            7,
+            "curl".into(),
+            0,
+            4,
+            "198.51.100.1".parse().unwrap(),
+            "198.51.100.9".parse().unwrap(),
+            443,
+            Some("FR".into()),
+        );
+        let mut blob = vec![BINARY_V1];
+        blob.extend(postcard::to_allocvec(&("web-1", V1::Connect(old))).unwrap());
+        let Body::Connect(c) = decode(0, ValueRef::Blob(&blob)).unwrap().body else {
+            panic!("not a connect");
+        };
+        assert_eq!(c.daddr, "198.51.100.9".parse::<std::net::IpAddr>().unwrap());
+        assert_eq!(
+            (c.dport, c.country.as_deref(), c.domain),
+            (443, Some("FR"), None)
+        );
     }
 
     #[test]

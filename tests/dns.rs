@@ -1,0 +1,262 @@
+//! End-to-end: connections carry the name they were resolved from. A real resolver (Debian's
+//! `dnsmasq`, started by the test inside the test network namespace) serves a test zone; real
+//! processes resolve names through glibc (`getaddrinfo`, with a `resolv.conf` and
+//! `nsswitch.conf` of the test's own bind-mounted in a private mount namespace: the machine's
+//! files are never touched) and connect. The agent's connect events and geo alerts must carry
+//! the name, also when the answer comes from a local caching stub on loopback (as
+//! systemd-resolved's 127.0.0.53), and per process: two processes that resolved different
+//! names to one address each see their own.
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader, Write as _},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::{
+    Agent,
+    netns::{DE4, FR6, KP6, RU4, TestNet},
+    procs::Procs,
+};
+use serde_json::Value;
+
+/// The zone the resolver serves: names → the high-risk test hosts.
+const ZONE: [(&str, &str); 4] = [
+    ("c2.sentinel.test", RU4),
+    ("alias.sentinel.test", RU4),
+    ("v6.sentinel.test", KP6),
+    ("other.sentinel.test", RU4),
+];
+
+/// Start `dnsmasq` in the test namespace, answering on `listen` from `ZONE` (or forwarding to
+/// `upstream`), and wait until it answers.
+fn dnsmasq(net: &TestNet, listen: &str, upstream: Option<&str>, procs: &mut Procs) {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", net.ns(), "dnsmasq", "--keep-in-foreground"])
+        .args(["--conf-file=/dev/null", "--no-resolv", "--no-hosts"])
+        .args(["--bind-interfaces", "--port=53", "--pid-file="])
+        .args(["--user=root", "--group=root", "--cache-size=0"])
+        .arg(format!("--listen-address={listen}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    match upstream {
+        Some(up) => {
+            cmd.arg(format!("--server={up}"));
+        }
+        None => {
+            for (name, addr) in ZONE {
+                cmd.arg(format!("--host-record={name},{addr}"));
+            }
+            cmd.arg("--cname=www.sentinel.test,c2.sentinel.test");
+        }
+    }
+    procs.spawn(&mut cmd);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                net.ns(),
+                "ss",
+                "-Hlun",
+                "sport",
+                "=",
+                ":53",
+            ])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&out.stdout).contains(listen) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dnsmasq on {listen} did not start"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `resolv.conf` and `nsswitch.conf` (DNS only) for clients of `nameserver`, in `dir`.
+fn resolver_files(dir: &Path, tag: &str, nameserver: &str) -> (PathBuf, PathBuf) {
+    let resolv = dir.join(format!("resolv-{tag}.conf"));
+    std::fs::write(
+        &resolv,
+        format!("nameserver {nameserver}\noptions timeout:2 attempts:2\n"),
+    )
+    .unwrap();
+    let nss = dir.join("nsswitch.conf");
+    std::fs::write(&nss, "hosts: files dns\n").unwrap();
+    (resolv, nss)
+}
+
+/// A python client that resolves `name` through glibc, says `resolved`, waits for a line on
+/// stdin, then connects to every address it got (port 443: the test host resets). Runs in a
+/// private mount namespace with the given resolver files; `in_ns` runs it inside the test
+/// namespace. The child's pid is the client's (every step execs).
+fn client(
+    net: &TestNet,
+    in_ns: bool,
+    files: &(PathBuf, PathBuf),
+    name: &str,
+    procs: &mut Procs,
+) -> (
+    u32,
+    std::process::ChildStdin,
+    BufReader<std::process::ChildStdout>,
+) {
+    let script = format!(
+        "import socket, sys\n\
+         infos = socket.getaddrinfo('{name}', 443, type=socket.SOCK_STREAM)\n\
+         print('resolved', ' '.join(sorted({{i[4][0] for i in infos}})), flush=True)\n\
+         sys.stdin.readline()\n\
+         for fam, typ, proto, _, addr in infos:\n\
+         \x20   s = socket.socket(fam, typ, proto); s.settimeout(2)\n\
+         \x20   try: s.connect(addr)\n\
+         \x20   except OSError: pass\n\
+         \x20   s.close()\n\
+         print('connected', flush=True)\n"
+    );
+    let mut cmd = Command::new("ip");
+    if in_ns {
+        cmd.args(["netns", "exec", net.ns(), "unshare", "-m"]);
+    } else {
+        cmd = Command::new("unshare");
+        cmd.arg("-m");
+    }
+    cmd.args([
+        "sh",
+        "-c",
+        "mount --bind \"$0\" /etc/resolv.conf && mount --bind \"$1\" /etc/nsswitch.conf \
+         && exec /usr/bin/python3 -c \"$2\"",
+    ])
+    .arg(&files.0)
+    .arg(&files.1)
+    .arg(script)
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped());
+    let child = procs.spawn(&mut cmd);
+    let pid = child.id();
+    let stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert!(
+        line.starts_with("resolved ") && line.trim().len() > "resolved".len(),
+        "{name} did not resolve: {line:?}"
+    );
+    (pid, stdin, stdout)
+}
+
+/// Let a client connect and wait until it did.
+fn connect_now(
+    stdin: &mut std::process::ChildStdin,
+    stdout: &mut BufReader<std::process::ChildStdout>,
+) {
+    stdin.write_all(b"go\n").unwrap();
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "connected");
+}
+
+fn connect_of(agent: &Agent, pid: u32, daddr: &str) -> Value {
+    agent.wait_for("connect", &format!("from pid {pid} to {daddr}"), |e| {
+        e["pid"] == pid && e["daddr"] == daddr
+    })
+}
+
+fn geo_alert_of(agent: &Agent, pid: u32) -> Value {
+    agent.wait_for("alert", &format!("geo for pid {pid}"), |a| {
+        a["anomaly"] == "geo" && a["pid"] == pid
+    })
+}
+
+fn require_dnsmasq(test: &str) -> bool {
+    if Command::new("dnsmasq").arg("--version").output().is_ok() {
+        return true;
+    }
+    panic!("{test}: dnsmasq is missing (scripts/setup.sh installs dnsmasq-base)");
+}
+
+#[test]
+fn a_resolved_name_reaches_the_connect_event_and_the_geo_alert() {
+    if !common::require_root("a_resolved_name_reaches_the_connect_event_and_the_geo_alert") {
+        return;
+    }
+    require_dnsmasq("a_resolved_name_reaches_the_connect_event_and_the_geo_alert");
+    let _serial = common::serial();
+    let net = TestNet::new("dns");
+    let mut procs = Procs::default();
+    dnsmasq(&net, DE4, None, &mut procs);
+    let agent = Agent::start("");
+    let dir = tempfile::tempdir().unwrap();
+    let files = resolver_files(dir.path(), "direct", DE4);
+
+    // Through a CNAME: the name asked is the one shown.
+    let (pid, mut stdin, mut stdout) = client(&net, false, &files, "www.sentinel.test", &mut procs);
+    connect_now(&mut stdin, &mut stdout);
+    let ev = connect_of(&agent, pid, RU4);
+    assert_eq!(ev["domain"], "www.sentinel.test", "{ev}");
+    let alert = geo_alert_of(&agent, pid);
+    let detail = alert["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!("www.sentinel.test ({RU4})")),
+        "{detail}"
+    );
+
+    // An AAAA answer names an IPv6 connect.
+    let (pid6, mut stdin, mut stdout) = client(&net, false, &files, "v6.sentinel.test", &mut procs);
+    connect_now(&mut stdin, &mut stdout);
+    let ev = connect_of(&agent, pid6, KP6);
+    assert_eq!(ev["domain"], "v6.sentinel.test", "{ev}");
+
+    // A connect to an address nobody resolved has no name.
+    common::netns::knock(FR6, 443);
+    let own = std::process::id();
+    let ev = connect_of(&agent, own, FR6);
+    assert!(ev["domain"].is_null(), "{ev}");
+}
+
+#[test]
+fn a_local_stub_still_names_the_right_process() {
+    if !common::require_root("a_local_stub_still_names_the_right_process") {
+        return;
+    }
+    require_dnsmasq("a_local_stub_still_names_the_right_process");
+    let _serial = common::serial();
+    let net = TestNet::new("dnsstub");
+    let mut procs = Procs::default();
+    dnsmasq(&net, DE4, None, &mut procs);
+    // The stub, as systemd-resolved's: on loopback in the clients' view, forwarding upstream.
+    dnsmasq(&net, "127.0.0.53", Some(DE4), &mut procs);
+    let agent = Agent::start("");
+    let dir = tempfile::tempdir().unwrap();
+    let stub = resolver_files(dir.path(), "stub", "127.0.0.53");
+
+    // Two processes resolve two names to one address, one after the other; each connect
+    // carries the name its own process asked for, not the host's latest.
+    let (first, mut first_in, mut first_out) =
+        client(&net, true, &stub, "c2.sentinel.test", &mut procs);
+    let (second, mut second_in, mut second_out) =
+        client(&net, true, &stub, "other.sentinel.test", &mut procs);
+    connect_now(&mut first_in, &mut first_out);
+    connect_now(&mut second_in, &mut second_out);
+    let ev = connect_of(&agent, first, RU4);
+    assert_eq!(ev["domain"], "c2.sentinel.test", "{ev}");
+    let ev = connect_of(&agent, second, RU4);
+    assert_eq!(ev["domain"], "other.sentinel.test", "{ev}");
+    let alert = geo_alert_of(&agent, first);
+    assert!(
+        alert["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("c2.sentinel.test ({RU4})")),
+        "{alert}"
+    );
+    let status = agent.status();
+    assert_eq!(status["sensors"]["dns"]["attached"], true, "{status}");
+}
