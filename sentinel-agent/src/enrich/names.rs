@@ -185,6 +185,33 @@ impl Names {
     }
 }
 
+/// `detail` (an alert's line) with `addr` named: its first mention of the address becomes
+/// `name (addr)`. Unchanged when it names `name` already or does not mention `addr`.
+pub fn with_name(detail: &str, addr: IpAddr, name: &str) -> String {
+    if detail.contains(name) {
+        return detail.to_string();
+    }
+    // The address as a word: not the start of a longer one (198.51.100.2 in 198.51.100.23).
+    let text = addr.to_string();
+    let mut from = 0;
+    while let Some(at) = detail[from..].find(&text).map(|i| i + from) {
+        let end = at + text.len();
+        let before = detail[..at].chars().next_back();
+        let mut after = detail[end..].chars();
+        let (next, then) = (after.next(), after.next());
+        let part = |c: char| c.is_ascii_hexdigit() || c == ':';
+        // A dot goes on an address only when a digit follows (a sentence may end with one).
+        let dotted = |c: char| c == '.' && then.is_some_and(|d| d.is_ascii_hexdigit());
+        let ends = next.is_none_or(|c| !part(c) && !dotted(c));
+        let starts = before.is_none_or(|c| !part(c) && c != '.');
+        if starts && ends {
+            return format!("{}{name} ({text}){}", &detail[..at], &detail[end..]);
+        }
+        from = end;
+    }
+    detail.to_string()
+}
+
 /// The entry under `key` unless it expired (then it is dropped).
 fn fresh<K: std::hash::Hash + Eq + Copy>(
     cache: &mut LruCache<K, Resolved>,

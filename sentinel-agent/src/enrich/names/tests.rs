@@ -248,6 +248,27 @@ fn many_records_are_capped_per_answer() {
     assert_eq!(parse_answer(&m).unwrap().addrs.len(), MAX_ADDRS);
 }
 
+#[test]
+fn an_alert_line_names_its_address_once() {
+    let addr = ip("198.51.100.2");
+    assert_eq!(
+        with_name(
+            "sh (pid 7) has its stdin on a TCP connection to 198.51.100.2 port 4444",
+            addr,
+            "c2.test"
+        ),
+        "sh (pid 7) has its stdin on a TCP connection to c2.test (198.51.100.2) port 4444"
+    );
+    // Not inside a longer address, not twice, not when absent.
+    assert_eq!(
+        with_name("to 198.51.100.23 then 198.51.100.2.", addr, "c2.test"),
+        "to 198.51.100.23 then c2.test (198.51.100.2)."
+    );
+    let named = "to c2.test (198.51.100.2) port 1";
+    assert_eq!(with_name(named, addr, "c2.test"), named);
+    assert_eq!(with_name("no address", addr, "c2.test"), "no address");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(4000))]
 
