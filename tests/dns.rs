@@ -19,7 +19,8 @@ use std::{
 
 use common::{
     Agent,
-    netns::{DE4, FR6, KP6, RU4, TestNet},
+    netns::{CN4, DE4, FR6, KP6, RU4, TestNet},
+    nft::Table,
     procs::Procs,
 };
 use serde_json::Value;
@@ -35,6 +36,17 @@ const ZONE: [(&str, &str); 4] = [
 /// Start `dnsmasq` in the test namespace, answering on `listen` from `ZONE` (or forwarding to
 /// `upstream`), and wait until it answers.
 fn dnsmasq(net: &TestNet, listen: &str, upstream: Option<&str>, procs: &mut Procs) {
+    dnsmasq_serving(net, listen, upstream, &ZONE, procs);
+}
+
+/// [`dnsmasq`] serving `zone` (names → addresses) instead of `ZONE`.
+fn dnsmasq_serving(
+    net: &TestNet,
+    listen: &str,
+    upstream: Option<&str>,
+    zone: &[(&str, &str)],
+    procs: &mut Procs,
+) {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", net.ns(), "dnsmasq", "--keep-in-foreground"])
         .args(["--conf-file=/dev/null", "--no-resolv", "--no-hosts"])
@@ -48,7 +60,7 @@ fn dnsmasq(net: &TestNet, listen: &str, upstream: Option<&str>, procs: &mut Proc
             cmd.arg(format!("--server={up}"));
         }
         None => {
-            for (name, addr) in ZONE {
+            for (name, addr) in zone {
                 cmd.arg(format!("--host-record={name},{addr}"));
             }
             cmd.arg("--cname=www.sentinel.test,c2.sentinel.test");
@@ -319,5 +331,65 @@ fn a_reverse_shell_alert_names_its_peer() {
     assert!(
         detail.contains(&format!("c2.sentinel.test ({RU4}) port 4444")),
         "{detail}"
+    );
+}
+
+#[test]
+fn a_blocked_name_takes_its_new_address_into_the_block() {
+    if !common::require_root("a_blocked_name_takes_its_new_address_into_the_block") {
+        return;
+    }
+    require_dnsmasq("a_blocked_name_takes_its_new_address_into_the_block");
+    let _serial = common::serial();
+    const ROTATED: &str = "198.51.100.3";
+    const NAME: &str = "rotate.sentinel.test";
+    let net = TestNet::try_new("dnsblk", &[&format!("{ROTATED}/32")]).unwrap();
+    let mut procs = Procs::default();
+    // The C2's name before and after it moves: two resolvers, one answer each.
+    dnsmasq_serving(&net, DE4, None, &[(NAME, RU4)], &mut procs);
+    dnsmasq_serving(&net, CN4, None, &[(NAME, ROTATED)], &mut procs);
+    let table = Table::new("dnsblk");
+    let agent = Agent::start_with(
+        "",
+        &format!(
+            "[switch]\ncountdown = \"1s\"\n[enforce]\ntable = \"{}\"\n\
+             connect_guard = false\nblock_ttl = \"120s\"\n",
+            table.0
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let before = resolver_files(dir.path(), "before", DE4);
+    let after = resolver_files(dir.path(), "after", CN4);
+
+    let (pid, mut stdin, mut stdout) = client(&net, false, &before, NAME, CONNECT_ALL, &mut procs);
+    connect_now(&mut stdin, &mut stdout);
+    let decision = agent.wait_for("decision", &format!("auto-block of pid {pid}"), |d| {
+        d["pid"] == pid && d["state"] == "auto-blocked" && d["target_ip"] == RU4
+    });
+    let id = decision["id"].as_str().unwrap().to_string();
+    assert!(
+        !table.elements("block4").iter().any(|e| e.0 == ROTATED),
+        "the new address is blocked before anyone resolved it"
+    );
+
+    // The same origin (this test's tree) resolves the name again and gets the new address:
+    // it joins the block, without any connection to it.
+    let (_pid, _stdin, _stdout) = client(&net, false, &after, NAME, CONNECT_ALL, &mut procs);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !table.elements("block4").iter().any(|e| e.0 == ROTATED) {
+        assert!(
+            Instant::now() < deadline,
+            "{ROTATED} never joined the block: {:?}\nagent log:\n{}",
+            table.elements("block4"),
+            agent.log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    let blocks = agent.json_lines(&["blocks", "--json"]);
+    assert!(
+        blocks
+            .iter()
+            .any(|b| b["addr"] == ROTATED && b["decision_id"] == id.as_str()),
+        "{blocks:?}"
     );
 }

@@ -25,6 +25,7 @@ impl Pipeline {
         if let Some(fleet) = &self.fleet {
             fleet.decision(d);
         }
+        self.follow_names_of(d);
         let body = DecisionBody {
             id: d.id.clone(),
             anomaly: d.anomaly.clone(),

@@ -88,6 +88,8 @@ pub struct Pipeline {
     pub outbound: Outbound,
     /// The names processes resolved addresses from (the `dns` sensor's answers).
     pub names: Names,
+    /// The names of blocked decisions' targets, which their blocks follow.
+    pub followed: super::follow::Followed,
     /// `enforce.kill`: the process response, when on.
     pub killer: Option<Killer>,
     /// `enforce.mode = "dry-run"`: decide and record, touch nothing (no kills either).
@@ -269,13 +271,7 @@ impl Pipeline {
                 self.tree.on_listen(l.tgid, &self.proc_root);
             }
             KernelEvent::Stdio(s) => self.on_stdio(s),
-            KernelEvent::Dns(d) => {
-                // An answer that does not parse is the sender's problem, not an event: a
-                // debug line (a flood of them must not flood the log).
-                if let Err(e) = self.names.learn(d.tgid, d.ts_ns, &d.message) {
-                    debug!(pid = d.tgid, server = %d.server, cut = d.cut, "dns answer skipped: {e}");
-                }
-            }
+            KernelEvent::Dns(d) => self.on_dns(d),
             KernelEvent::Connect(c) => {
                 if self.is_agent(c.tgid) {
                     return;

@@ -517,6 +517,7 @@ pub fn build_pipeline(
         last_connect: FxHashMap::default(),
         outbound: Default::default(),
         names: Default::default(),
+        followed: Default::default(),
         exits: Default::default(),
         killer: config.enforce.kill.then(|| {
             Killer::new(

@@ -168,6 +168,11 @@ impl Switch {
         self.safe.get(&ip).is_some_and(|until| *until > now)
     }
 
+    /// Whether `ip` is blocked now (its block has not ended; never in dry-run).
+    pub fn is_blocked(&self, ip: IpAddr, now: Now) -> bool {
+        self.blocked.holds(ip, now.boot)
+    }
+
     /// Whether a decision on `ip` would be moot: held by a pending decision, marked safe, or
     /// blocked (and its block has not ended).
     fn is_decided(&self, ip: IpAddr, now: Now) -> bool {
