@@ -26,8 +26,9 @@ use common::{
 use serde_json::Value;
 
 /// The zone the resolver serves: names → the high-risk test hosts.
-const ZONE: [(&str, &str); 4] = [
+const ZONE: [(&str, &str); 5] = [
     ("c2.sentinel.test", RU4),
+    ("xmr.pool.sentinel.test", DE4),
     ("alias.sentinel.test", RU4),
     ("v6.sentinel.test", KP6),
     ("other.sentinel.test", RU4),
@@ -391,5 +392,61 @@ fn a_blocked_name_takes_its_new_address_into_the_block() {
             .iter()
             .any(|b| b["addr"] == ROTATED && b["decision_id"] == id.as_str()),
         "{blocks:?}"
+    );
+}
+
+#[test]
+fn a_connection_to_a_pool_by_name_is_a_miner_alert() {
+    if !common::require_root("a_connection_to_a_pool_by_name_is_a_miner_alert") {
+        return;
+    }
+    require_dnsmasq("a_connection_to_a_pool_by_name_is_a_miner_alert");
+    let _serial = common::serial();
+    let net = TestNet::new("dnspool");
+    let mut procs = Procs::default();
+    dnsmasq(&net, DE4, None, &mut procs);
+    let agent = Agent::start_with("", "[miner]\npool_domains = [\"*.pool.sentinel.test\"]\n");
+    let dir = tempfile::tempdir().unwrap();
+    let files = resolver_files(dir.path(), "direct", DE4);
+    // An ordinary program on an ordinary port (443), in a low-risk country: only the name
+    // says it is mining.
+    let (pid, mut stdin, mut stdout) = client(
+        &net,
+        false,
+        &files,
+        "xmr.pool.sentinel.test",
+        CONNECT_ALL,
+        &mut procs,
+    );
+    connect_now(&mut stdin, &mut stdout);
+    let alert = agent.wait_for("alert", &format!("miner for pid {pid}"), |a| {
+        a["anomaly"] == "miner" && a["pid"] == pid
+    });
+    let detail = alert["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(
+            "connects to mining pool xmr.pool.sentinel.test (pool.sentinel.test) port 443"
+        ),
+        "{detail}"
+    );
+    assert_eq!(alert["target_ip"], DE4, "{alert}");
+    // A name outside the pools is no miner.
+    let (other, mut stdin, mut stdout) = client(
+        &net,
+        false,
+        &files,
+        "www.sentinel.test",
+        CONNECT_ALL,
+        &mut procs,
+    );
+    connect_now(&mut stdin, &mut stdout);
+    connect_of(&agent, other, RU4);
+    thread::sleep(Duration::from_millis(500));
+    assert!(
+        !agent
+            .events("alert")
+            .iter()
+            .any(|a| a["anomaly"] == "miner" && a["pid"] == other),
+        "a miner alert for a name outside the pools"
     );
 }

@@ -322,7 +322,14 @@ impl Pipeline {
                         &self.detect.trust,
                     )
                 });
-                let miner = self.behaviour_connect(c.tgid, &comm, c.uid, c.daddr, c.dport);
+                let miner = self.behaviour_connect(
+                    c.tgid,
+                    &comm,
+                    c.uid,
+                    c.daddr,
+                    c.dport,
+                    domain.as_deref(),
+                );
                 self.emit(
                     self.clock.wall(c.ts_ns),
                     Body::Connect(ConnectBody {

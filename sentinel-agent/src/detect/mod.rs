@@ -18,6 +18,7 @@ pub mod node_abuse;
 pub mod npm;
 pub mod package_manager;
 pub mod patterns;
+pub mod pools;
 pub mod resource;
 pub mod respawn;
 pub mod reverse_shell;
