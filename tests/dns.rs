@@ -96,10 +96,20 @@ fn dnsmasq_serving(
 
 /// `resolv.conf` and `nsswitch.conf` (DNS only) for clients of `nameserver`, in `dir`.
 fn resolver_files(dir: &Path, tag: &str, nameserver: &str) -> (PathBuf, PathBuf) {
+    resolver_files_with(dir, tag, nameserver, "")
+}
+
+/// [`resolver_files`] with more resolver `options` (`use-vc`: queries over TCP).
+fn resolver_files_with(
+    dir: &Path,
+    tag: &str,
+    nameserver: &str,
+    options: &str,
+) -> (PathBuf, PathBuf) {
     let resolv = dir.join(format!("resolv-{tag}.conf"));
     std::fs::write(
         &resolv,
-        format!("nameserver {nameserver}\noptions timeout:2 attempts:2\n"),
+        format!("nameserver {nameserver}\noptions timeout:2 attempts:2 {options}\n"),
     )
     .unwrap();
     let nss = dir.join("nsswitch.conf");
@@ -244,6 +254,20 @@ fn a_resolved_name_reaches_the_connect_event_and_the_geo_alert() {
     connect_now(&mut stdin, &mut stdout);
     let ev = connect_of(&agent, pid6, KP6);
     assert_eq!(ev["domain"], "v6.sentinel.test", "{ev}");
+
+    // Over TCP (`options use-vc`), as a resolver falls back to for a long answer.
+    let tcp = resolver_files_with(dir.path(), "tcp", DE4, "use-vc");
+    let (pid_tcp, mut stdin, mut stdout) = client(
+        &net,
+        false,
+        &tcp,
+        "other.sentinel.test",
+        CONNECT_ALL,
+        &mut procs,
+    );
+    connect_now(&mut stdin, &mut stdout);
+    let ev = connect_of(&agent, pid_tcp, RU4);
+    assert_eq!(ev["domain"], "other.sentinel.test", "{ev}");
 
     // A connect to an address nobody resolved has no name.
     common::netns::knock(FR6, 443);
