@@ -98,6 +98,19 @@ pub(super) fn print_cost_report(args: &Args, sentinel: &[Costs], baseline: &[Cos
         "  idle        {idle:.3} % of a core (≤ {IDLE_TARGET_PERCENT} %) {}",
         verdict(idle, IDLE_TARGET_PERCENT)
     );
+    let answers = args.dns_answers;
+    let dns_all = per_event_us(sentinel, |c| &c.dns, answers);
+    let dns_kernel = median(
+        &sentinel
+            .iter()
+            .map(|c| c.dns.bpf_ns() as f64 / answers as f64 / 1e3)
+            .collect::<Vec<_>>(),
+    );
+    println!(
+        "  per DNS answer, kernel side {dns_kernel:.3} µs (≤ {DNS_KERNEL_TARGET_US} µs) {}; \
+         all in (parsing and the name cache included) {dns_all:.2} µs",
+        verdict(dns_kernel, DNS_KERNEL_TARGET_US)
+    );
     if !latencies.is_empty() {
         let worst = latencies.iter().copied().fold(0.0, f64::max);
         println!(
