@@ -13,7 +13,8 @@
 //!   cookie map. It always returns 1: it watches, it never drops a packet.
 //!
 //! A packet to a TCP socket or connected UDP socket whose peer port is not 53 (nearly all
-//! traffic) is let through after one read of the socket's peer port, before any helper call.
+//! traffic), or to a socket on local port 53 (a resolver's queries), is let through after
+//! reading two fields of the socket, before any helper call.
 
 use aya_ebpf::{
     EbpfContext,
@@ -120,9 +121,13 @@ fn on_packet(ctx: &SkBuffContext) {
     // talking to anything but port 53 is no DNS client. 0 is an unconnected UDP socket.
     // The kernel puts the big-endian port in the field's upper half on little-endian
     // machines; both halves are checked so either layout works.
+    // A socket on local port 53 is a resolver taking queries (host byte order here), no
+    // client: the queries a local stub receives cost no more than this.
     // SAFETY: cgroup_skb may read these context fields (from the receiving socket).
-    let peer = unsafe { (*ctx.skb.skb).remote_port };
-    if peer != 0 && (peer >> 16) as u16 != DNS_PORT_BE && peer as u16 != DNS_PORT_BE {
+    let (peer, local) = unsafe { ((*ctx.skb.skb).remote_port, (*ctx.skb.skb).local_port) };
+    if local == 53
+        || (peer != 0 && (peer >> 16) as u16 != DNS_PORT_BE && peer as u16 != DNS_PORT_BE)
+    {
         return;
     }
     let Some(found) = locate(ctx) else {
