@@ -241,6 +241,20 @@ fn a_resolved_name_reaches_the_connect_event_and_the_geo_alert() {
         detail.contains(&format!("www.sentinel.test ({RU4})")),
         "{detail}"
     );
+    assert_eq!(alert["domain"], "www.sentinel.test", "{alert}");
+    // Its pending decision carries the name too (the event and `sentinel pending`).
+    let id = alert["id"].as_str().unwrap().to_string();
+    let decision = agent.wait_for("decision", &format!("pending {id}"), |d| {
+        d["id"] == id.as_str() && d["state"] == "pending"
+    });
+    assert_eq!(decision["domain"], "www.sentinel.test", "{decision}");
+    let pending = agent.json_lines(&["pending", "--json"]);
+    assert!(
+        pending
+            .iter()
+            .any(|p| p["id"] == id.as_str() && p["domain"] == "www.sentinel.test"),
+        "{pending:?}"
+    );
 
     // An AAAA answer names an IPv6 connect.
     let (pid6, mut stdin, mut stdout) = client(
@@ -392,6 +406,7 @@ fn a_blocked_name_takes_its_new_address_into_the_block() {
         d["pid"] == pid && d["state"] == "auto-blocked" && d["target_ip"] == RU4
     });
     let id = decision["id"].as_str().unwrap().to_string();
+    assert_eq!(decision["domain"], NAME, "{decision}");
     assert!(
         !table.elements("block4").iter().any(|e| e.0 == ROTATED),
         "the new address is blocked before anyone resolved it"

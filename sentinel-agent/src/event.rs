@@ -56,6 +56,9 @@ pub struct DecisionBody {
     #[serde(default)]
     pub refused: Vec<IpAddr>,
     pub country: Option<String>,
+    /// The name `target_ip` was resolved from, when known (see `AlertBody::domain`).
+    #[serde(default)]
+    pub domain: Option<String>,
     /// RFC 3339: when silence becomes a block.
     pub deadline: String,
     /// Who ended it: `cli`, `slack:<user>`, `teams-link`, `telegram:<user>` or `timer`.
@@ -132,6 +135,10 @@ pub struct AlertBody {
     #[serde(default)]
     pub targets: Vec<IpAddr>,
     pub country: Option<String>,
+    /// The name `target_ip` was resolved from (by the process, else by the host), when the
+    /// `dns` sensor saw it; escaped like [`ConnectBody::domain`].
+    #[serde(default)]
+    pub domain: Option<String>,
     /// `none` (no decision pending), `pending`, `safe`, `blocked` or `auto-blocked`.
     pub state: String,
     /// When a pending decision blocks by itself (RFC 3339), if one is pending.
@@ -462,6 +469,7 @@ pub fn sample_alert(id: &str, target: &str) -> AlertBody {
         target_ip: Some(target.parse().unwrap()),
         targets: vec![target.parse().unwrap()],
         country: Some("RU".into()),
+        domain: None,
         state: "none".into(),
         deadline: None,
         count: 1,

@@ -63,6 +63,7 @@ impl Pipeline {
             && let Some(r) = self.names.name_for(finding.culprit.pid, t.ip(), boot_ns())
         {
             finding.detail = crate::enrich::names::with_name(&finding.detail, t.ip(), &r.name);
+            finding.domain = Some(r.name.to_string());
         }
         if let Some(t) = finding.target
             && self.switch.is_safe(t.ip(), now)

@@ -42,6 +42,7 @@ impl Blind {
 /// The finding for `sensor` (its index in `SENSORS`, which keys de-duplication).
 fn finding(sensor: &str, index: u32, new: u64, total: u64) -> Finding {
     Finding {
+        domain: None,
         anomaly: Anomaly::Blind,
         // No process to blame: the flood may come from anywhere. pid 0 never matches a
         // process, so no kill and no decision can follow.

@@ -38,6 +38,7 @@ impl Geo {
         // Trust first: a trusted address cannot become a target (there is no ActionableAddr).
         let target = trust.check(daddr).ok()?;
         Some(Finding {
+            domain: None,
             anomaly: Anomaly::Geo,
             culprit: culprit.clone(),
             target: Some(target),

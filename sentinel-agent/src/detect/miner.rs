@@ -295,6 +295,7 @@ impl Miner {
             format!(": {args}")
         };
         Finding {
+            domain: None,
             anomaly,
             subject: c.pid,
             detail: format!(

@@ -214,6 +214,9 @@ pub struct Finding {
     /// The remote address to act on. Only an address that passed the trust gate fits here.
     pub target: Option<ActionableAddr>,
     pub country: Option<String>,
+    /// The name the target was resolved from (by the culprit, else by the host), when the
+    /// `dns` sensor saw it; set by the pipeline, not the detectors.
+    pub domain: Option<String>,
     /// One line for humans: what was seen.
     pub detail: String,
     /// The process the anomaly is about, for de-duplication (a web server for `lineage`).
@@ -325,6 +328,7 @@ pub(crate) mod tests {
     pub(crate) fn finding(anomaly: Anomaly, c: Culprit, target: Option<&str>) -> Finding {
         let trust = TrustSet::default();
         Finding {
+            domain: None,
             anomaly,
             subject: c.pid,
             culprit: c,

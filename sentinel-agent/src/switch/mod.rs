@@ -280,6 +280,8 @@ impl Switch {
             refused: Vec::new(),
             overflow: 0,
             country: alert.country.clone(),
+            // The alert's name is its first target's.
+            domain: alert.domain.clone().filter(|_| alert.target_ip == Some(ip)),
             detail: alert.detail.clone(),
             created: now.wall,
             deadline,
