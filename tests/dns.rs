@@ -219,6 +219,7 @@ fn a_resolved_name_reaches_the_connect_event_and_the_geo_alert() {
     let net = TestNet::new("dns");
     let mut procs = Procs::default();
     dnsmasq(&net, DE4, None, &mut procs);
+    dnsmasq(&net, FR6, None, &mut procs);
     let agent = Agent::start("");
     let dir = tempfile::tempdir().unwrap();
     let files = resolver_files(dir.path(), "direct", DE4);
@@ -282,6 +283,20 @@ fn a_resolved_name_reaches_the_connect_event_and_the_geo_alert() {
     connect_now(&mut stdin, &mut stdout);
     let ev = connect_of(&agent, pid_tcp, RU4);
     assert_eq!(ev["domain"], "other.sentinel.test", "{ev}");
+
+    // An answer that comes over IPv6.
+    let v6 = resolver_files(dir.path(), "v6", FR6);
+    let (pid_v6, mut stdin, mut stdout) = client(
+        &net,
+        false,
+        &v6,
+        "alias.sentinel.test",
+        CONNECT_ALL,
+        &mut procs,
+    );
+    connect_now(&mut stdin, &mut stdout);
+    let ev = connect_of(&agent, pid_v6, RU4);
+    assert_eq!(ev["domain"], "alias.sentinel.test", "{ev}");
 
     // A connect to an address nobody resolved has no name.
     common::netns::knock(FR6, 443);
