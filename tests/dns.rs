@@ -504,3 +504,137 @@ fn a_connection_to_a_pool_by_name_is_a_miner_alert() {
         "a miner alert for a name outside the pools"
     );
 }
+
+/// The agent's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_flood_of_answers_neither_grows_memory_nor_stalls_the_agent() {
+    if !common::require_root("a_flood_of_answers_neither_grows_memory_nor_stalls_the_agent") {
+        return;
+    }
+    require_dnsmasq("a_flood_of_answers_neither_grows_memory_nor_stalls_the_agent");
+    let _serial = common::serial();
+    const FLOOD: u32 = 100_000;
+    let net = TestNet::new("dnsfl");
+    let mut procs = Procs::default();
+    dnsmasq(&net, CN4, None, &mut procs);
+    let agent = Agent::start("");
+    thread::sleep(Duration::from_secs(1));
+    let before = agent.status();
+    let rss_before = rss_kib(agent.pid());
+    // A hostile "resolver": one query brings back a flood of answers, each naming another
+    // address of the test network 2001:db8:1::/64 with another (long, hostile) name, to a
+    // socket that asked port 53.
+    let flooder = format!(
+        "import socket, struct\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.bind(('{DE4}', 53)); print('ready', flush=True)\n\
+         q, peer = s.recvfrom(512)\n\
+         for i in range({FLOOD}):\n\
+         \x20   label = ('x%06d-' % i).encode() + b'\\x1b[31m' * 8\n\
+         \x20   name = bytes([len(label)]) + label + b'\\x05flood\\x04test\\x00'\n\
+         \x20   hdr = struct.pack('>HHHHHH', i & 0xffff, 0x8180, 1, 1, 0, 0)\n\
+         \x20   addr = b'\\x20\\x01\\x0d\\xb8\\x00\\x01' + bytes(7) + bytes([(i >> 16) & 255, (i >> 8) & 255, i & 255])\n\
+         \x20   rr = b'\\xc0\\x0c' + struct.pack('>HHIH', 28, 1, 3600, 16) + addr\n\
+         \x20   s.sendto(hdr + name + b'\\x00\\x01\\x00\\x01' + rr, peer)\n\
+         q, peer = s.recvfrom(512)\n\
+         last = b'\\x04last\\x05flood\\x04test\\x00'\n\
+         rr = b'\\xc0\\x0c' + struct.pack('>HHIH', 28, 1, 3600, 16) + b'\\x20\\x01\\x0d\\xb8\\x00\\x01' + bytes(8) + b'\\xff\\xff'\n\
+         s.sendto(struct.pack('>HHHHHH', 2, 0x8180, 1, 1, 0, 0) + last + b'\\x00\\x1c\\x00\\x01' + rr, peer)\n"
+    );
+    let child = procs.spawn(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                net.ns(),
+                "/usr/bin/python3",
+                "-c",
+                &flooder,
+            ])
+            .stdout(Stdio::piped()),
+    );
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let victim = format!(
+        "import socket, time\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.connect(('{DE4}', 53))\n\
+         s.send(b'\\x00\\x01\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x05flood\\x04test\\x00\\x00\\x01\\x00\\x01')\n\
+         input()\n\
+         s.send(b'\\x00\\x02\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x04last\\x05flood\\x04test\\x00\\x00\\x1c\\x00\\x01')\n\
+         time.sleep(20)\n"
+    );
+    let mut victim_in = procs
+        .spawn(
+            Command::new("/usr/bin/python3")
+                .args(["-c", &victim])
+                .stdin(Stdio::piped()),
+        )
+        .stdin
+        .take()
+        .unwrap();
+    // The flood arrives; the agent keeps count of what it saw and lost.
+    let seen = |s: &Value| {
+        s["sensors"]["dns"]["seen"].as_u64().unwrap_or(0)
+            + s["sensors"]["dns"]["lost"].as_u64().unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen(&agent.status()) < seen(&before) + u64::from(FLOOD) * 9 / 10 {
+        assert!(
+            Instant::now() < deadline,
+            "the flood never reached the agent: {}",
+            agent.status()
+        );
+        thread::sleep(Duration::from_millis(500));
+    }
+    // Bounded memory: the name cache's caps, not the flood's size.
+    let grown = rss_kib(agent.pid()).saturating_sub(rss_before);
+    assert!(grown < 64 * 1024, "the agent grew by {grown} KiB");
+    // Right after the flood, an answer is still taken in: a connect to its address carries
+    // its name (the host's, since this process never asked).
+    victim_in.write_all(b"again\n").unwrap();
+    let marker = "2001:db8:1::ffff";
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        common::netns::knock(marker, 443);
+        let named = agent
+            .events("connect")
+            .iter()
+            .any(|e| e["daddr"] == marker && e["domain"] == "last.flood.test");
+        if named {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the answer after the flood was not taken in: {}",
+            agent.status()
+        );
+        thread::sleep(Duration::from_millis(500));
+    }
+    // Not stalled: a real resolution right after is named.
+    let dir = tempfile::tempdir().unwrap();
+    let files = resolver_files(dir.path(), "after", CN4);
+    let (pid, mut stdin, mut stdout) = client(
+        &net,
+        false,
+        &files,
+        "c2.sentinel.test",
+        CONNECT_ALL,
+        &mut procs,
+    );
+    connect_now(&mut stdin, &mut stdout);
+    let ev = connect_of(&agent, pid, RU4);
+    assert_eq!(ev["domain"], "c2.sentinel.test", "{ev}");
+}
