@@ -56,6 +56,9 @@ pub struct DecisionBody {
     #[serde(default)]
     pub refused: Vec<IpAddr>,
     pub country: Option<String>,
+    /// The name `target_ip` was resolved from, when known (see `AlertBody::domain`).
+    #[serde(default)]
+    pub domain: Option<String>,
     /// RFC 3339: when silence becomes a block.
     pub deadline: String,
     /// Who ended it: `cli`, `slack:<user>`, `teams-link`, `telegram:<user>` or `timer`.
@@ -104,6 +107,10 @@ pub struct ConnectBody {
     /// The container the process runs in (`enrich::container`); null on the host.
     #[serde(default)]
     pub container: Option<Arc<Container>>,
+    /// The name the process (or, failing that, the host) most recently resolved to `daddr`,
+    /// from the DNS answers the `dns` sensor saw; escaped (`\xNN` outside `[a-z0-9-_*]`).
+    #[serde(default)]
+    pub domain: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -140,6 +147,10 @@ pub struct AlertBody {
     #[serde(default)]
     pub targets: Vec<IpAddr>,
     pub country: Option<String>,
+    /// The name `target_ip` was resolved from (by the process, else by the host), when the
+    /// `dns` sensor saw it; escaped like [`ConnectBody::domain`].
+    #[serde(default)]
+    pub domain: Option<String>,
     /// `none` (no decision pending), `pending`, `safe`, `blocked` or `auto-blocked`.
     pub state: String,
     /// When a pending decision blocks by itself (RFC 3339), if one is pending.
@@ -488,6 +499,7 @@ pub fn sample_alert(id: &str, target: &str) -> AlertBody {
         target_ip: Some(target.parse().unwrap()),
         targets: vec![target.parse().unwrap()],
         country: Some("RU".into()),
+        domain: None,
         state: "none".into(),
         deadline: None,
         count: 1,
@@ -604,10 +616,12 @@ mod tests {
                 dport: 443,
                 country: None,
                 container: None,
+                domain: Some("www.example.test".into()),
             }),
         };
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();
         assert_eq!(v["kind"], "connect");
+        assert_eq!(v["domain"], "www.example.test");
         assert_eq!(v["family"], 6);
         assert_eq!(v["daddr"], "2001:db8::1");
         assert_eq!(v["dport"], 443);

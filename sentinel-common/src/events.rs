@@ -1,5 +1,5 @@
 //! The one event shape every sensor writes to the shared ring buffer: `Event<T> { header, data }`.
-//! Exec, fork, exit, connect, listen and stdio records share one ring, so the agent reads a
+//! Exec, fork, exit, connect, listen, stdio and dns records share one ring, so the agent reads a
 //! process's records in the order they happened.
 //!
 //! The header says which sensor and which task produced the record; `EventKind` numbers are
@@ -7,6 +7,7 @@
 
 pub mod connect;
 pub mod cpu;
+pub mod dns;
 pub mod exec;
 pub mod stdio;
 
@@ -29,6 +30,8 @@ pub enum EventKind {
     Listen = 5,
     /// A process put a TCP socket on its standard input, output or error (`dup2`/`dup3`).
     Stdio = 6,
+    /// A DNS answer was delivered to a process's socket (`cgroup_skb/ingress`).
+    Dns = 7,
 }
 
 impl EventKind {
@@ -41,6 +44,7 @@ impl EventKind {
             4 => Some(Self::Connect),
             5 => Some(Self::Listen),
             6 => Some(Self::Stdio),
+            7 => Some(Self::Dns),
             _ => None,
         }
     }

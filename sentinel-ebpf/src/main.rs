@@ -1,4 +1,4 @@
-//! Sentinel's kernel programs, one module per sensor (`exec`, `connect`, `stdio`, `cpu`) plus
+//! Sentinel's kernel programs, one module per sensor (`exec`, `connect`, `stdio`, `cpu`, `dns`) plus
 //! the connect guard that enforces blocks (`guard`), each named
 //! `<sensor>_<hook>` and owning its maps. `rare` reports their rare failures through aya-log;
 //! `task` holds what they share: the globals the agent
@@ -9,6 +9,7 @@
 
 mod connect;
 mod cpu;
+mod dns;
 mod exec;
 mod guard;
 mod rare;

@@ -34,6 +34,7 @@ pub fn run(cli: &Cli, args: &JsonArgs) -> anyhow::Result<ExitCode> {
                 "target_ip": target,
                 "targets": d.targets,
                 "country": d.country,
+                "domain": d.domain,
                 "pid": d.pid,
                 "comm": d.comm,
                 "risk": d.risk,

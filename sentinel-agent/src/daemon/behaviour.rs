@@ -140,7 +140,8 @@ impl Pipeline {
     }
 
     /// An outbound connection: a stratum port makes the process a `miner` suspect, and a
-    /// temp-location binary talking stratum a high alert whose target is the pool.
+    /// temp-location binary talking stratum a high alert whose target is the pool; so does an
+    /// address resolved from a mining pool's name (`miner.pool_domains`), on any port.
     pub(super) fn behaviour_connect(
         &mut self,
         tgid: u32,
@@ -148,12 +149,18 @@ impl Pipeline {
         uid: u32,
         daddr: std::net::IpAddr,
         dport: u16,
+        domain: Option<&str>,
     ) -> Option<Finding> {
-        if !self.detect.behaviour.miner.watches_port(dport) {
+        let miner = &self.detect.behaviour.miner;
+        if !miner.watches_port(dport) && domain.and_then(|d| miner.pool_of(d)).is_none() {
             return None;
         }
         let c = self.culprit(tgid, comm.to_string(), Some(uid));
-        let mut f = self.detect.behaviour.miner.on_connect(|| c, dport)?;
+        let mut f = self
+            .detect
+            .behaviour
+            .miner
+            .on_connect(|| c, dport, domain)?;
         f.target = self.detect.trust.check(daddr).ok();
         Some(f)
     }

@@ -36,8 +36,8 @@ pub struct Shared {
     /// Shared with every record ([`crate::event::Record::host`]).
     pub host: Arc<str>,
     pub started: Instant,
-    pub attached: [bool; 3],
-    pub counters: [Arc<Counters>; 3],
+    pub attached: [bool; 4],
+    pub counters: [Arc<Counters>; 4],
     pub lost: Arc<Mutex<LostMaps>>,
     pub processes: AtomicU64,
     /// Containers seen since start (`enrich::container`).

@@ -55,8 +55,16 @@ impl Pipeline {
     /// folds into the alert, and a finding past its origin's budget into the origin's
     /// aggregated `switch_flood` alert, but neither costs a decision: its tree is tracked and
     /// its target joins the alert's decision.
-    pub(super) fn raise(&mut self, finding: Finding, origin_ns: Option<u64>) {
+    pub(super) fn raise(&mut self, mut finding: Finding, origin_ns: Option<u64>) {
         let now = SystemTime::now();
+        // The alert says which name its target was resolved from (the culprit's, else the
+        // host's): every alert with a target, whichever detector found it.
+        if let Some(t) = finding.target
+            && let Some(r) = self.names.name_for(finding.culprit.pid, t.ip(), boot_ns())
+        {
+            finding.detail = crate::enrich::names::with_name(&finding.detail, t.ip(), &r.name);
+            finding.domain = Some(r.name.to_string());
+        }
         if let Some(t) = finding.target
             && self.switch.is_safe(t.ip(), now)
         {

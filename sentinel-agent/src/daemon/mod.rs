@@ -7,6 +7,7 @@
 pub mod behaviour;
 pub mod control;
 pub mod decisions;
+mod follow;
 pub mod ipc;
 pub mod metrics;
 mod outcomes;

@@ -25,6 +25,7 @@ impl Pipeline {
         if let Some(fleet) = &self.fleet {
             fleet.decision(d);
         }
+        self.follow_names_of(d);
         let body = DecisionBody {
             id: d.id.clone(),
             anomaly: d.anomaly.clone(),
@@ -35,6 +36,7 @@ impl Pipeline {
             targets: d.targets.clone(),
             refused: d.refused.iter().map(|r| r.ip).collect(),
             country: d.country.clone(),
+            domain: d.domain.clone(),
             deadline: humantime::format_rfc3339_millis(d.deadline).to_string(),
             decided_by: d.decided_by.clone(),
             reason: d.reason.clone(),

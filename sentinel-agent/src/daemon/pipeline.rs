@@ -26,6 +26,7 @@ use crate::{
     enrich::container::{Container, Containers},
     enrich::geo::CountryDb,
     enrich::listeners::still_listens,
+    enrich::names::Names,
     enrich::outbound::Outbound,
     enrich::shells::Shells,
     enrich::tree::{ProcessTree, is_alive, read_stat},
@@ -88,6 +89,10 @@ pub struct Pipeline {
     /// The peers of recent outbound connects: a socket on stdio that reaches one is a
     /// reverse shell, any other an accepted connection.
     pub outbound: Outbound,
+    /// The names processes resolved addresses from (the `dns` sensor's answers).
+    pub names: Names,
+    /// The names of blocked decisions' targets, which their blocks follow.
+    pub followed: super::follow::Followed,
     /// `enforce.kill`: the process response, when on.
     pub killer: Option<Killer>,
     /// `enforce.mode = "dry-run"`: decide and record, touch nothing (no kills either).
@@ -296,6 +301,7 @@ impl Pipeline {
                 self.tree.on_listen(l.tgid, &self.proc_root);
             }
             KernelEvent::Stdio(s) => self.on_stdio(s),
+            KernelEvent::Dns(d) => self.on_dns(d),
             KernelEvent::Connect(c) => {
                 if self.is_agent(c.tgid) {
                     return;
@@ -314,6 +320,10 @@ impl Pipeline {
                     c.comm
                 };
                 let country = self.detect.geoip.as_ref().and_then(|g| g.country(c.daddr));
+                let domain = self
+                    .names
+                    .name_for(c.tgid, c.daddr, c.ts_ns)
+                    .map(|r| r.name.to_string());
                 // The process's identity and ancestry are only needed for a high-risk
                 // destination or an alert waiting for a target: most connects skip the walk.
                 let culprit = (self.detect.geo.is_high_risk(country.as_deref())
@@ -338,10 +348,18 @@ impl Pipeline {
                         c.daddr,
                         c.dport,
                         country.as_deref(),
+                        domain.as_deref(),
                         &self.detect.trust,
                     )
                 });
-                let miner = self.behaviour_connect(c.tgid, &comm, c.uid, c.daddr, c.dport);
+                let miner = self.behaviour_connect(
+                    c.tgid,
+                    &comm,
+                    c.uid,
+                    c.daddr,
+                    c.dport,
+                    domain.as_deref(),
+                );
                 let container = match &culprit {
                     Some(culprit) => culprit.container.clone(),
                     None => self.container_of(c.tgid),
@@ -358,6 +376,7 @@ impl Pipeline {
                         dport: c.dport,
                         country,
                         container,
+                        domain,
                     }),
                 );
                 for finding in finding.into_iter().chain(miner) {

@@ -528,6 +528,8 @@ pub fn build_pipeline(
         groups: HashMap::new(),
         last_connect: FxHashMap::default(),
         outbound: Default::default(),
+        names: Default::default(),
+        followed: Default::default(),
         exits: Default::default(),
         killer: config.enforce.kill.then(|| {
             Killer::new(
@@ -587,7 +589,7 @@ pub fn drop_privileges() {
 }
 
 /// Say so in the log and to systemd (READY=1): the agent is up.
-pub fn announce_ready(agent: &AgentConfig, attached: [bool; 3], processes: usize) {
+pub fn announce_ready(agent: &AgentConfig, attached: [bool; 4], processes: usize) {
     let attached_names: Vec<&str> = SENSORS
         .iter()
         .zip(attached)

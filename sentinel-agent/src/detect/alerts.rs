@@ -217,6 +217,7 @@ fn body(id: String, finding: Finding, risk: u8) -> AlertBody {
         target_ip: finding.target.map(|t| t.ip()),
         targets: finding.target.map(|t| t.ip()).into_iter().collect(),
         country: finding.country,
+        domain: finding.domain,
         state: "none".into(),
         deadline: None,
         count: 1,
@@ -361,6 +362,7 @@ mod tests {
             let mut c = culprit(pid, comm, &[(5, "bash")]);
             c.exe = Some(exe.into());
             Finding {
+                domain: None,
                 subject: 5,
                 ..finding(Anomaly::Respawn { cron: false }, c, None)
             }
@@ -399,6 +401,7 @@ mod tests {
         alerts.budget = budget::Budget::new(0, Arc::default());
         let t0 = Instant::now();
         let finding = |subject: u32| Finding {
+            domain: None,
             anomaly: Anomaly::Lineage,
             culprit: culprit(subject + 1, "sh", &[]),
             target: None,

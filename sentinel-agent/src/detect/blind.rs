@@ -56,6 +56,7 @@ pub fn queue_overflow() -> Finding {
 /// The finding for `sensor` (its index in `SENSORS`, which keys de-duplication).
 fn finding(sensor: &str, index: u32, new: u64, total: u64) -> Finding {
     Finding {
+        domain: None,
         anomaly: Anomaly::Blind,
         // No process to blame: the flood may come from anywhere. pid 0 never matches a
         // process, so no kill and no decision can follow.

@@ -245,6 +245,7 @@ fn aggregate(id: String, culprit: &Culprit) -> AlertBody {
         target_ip: None,
         targets: Vec::new(),
         country: None,
+        domain: None,
         state: "none".into(),
         deadline: None,
         count: 0,
@@ -424,6 +425,7 @@ mod tests {
             let mut c = culprit(pid, "sh", &[(server, "python3")]);
             c.uid = uid;
             Finding {
+                domain: None,
                 anomaly: Anomaly::Lineage,
                 culprit: c,
                 target: None,

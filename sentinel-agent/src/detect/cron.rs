@@ -128,6 +128,7 @@ pub fn judge(change: &Change) -> Option<Finding> {
         .file_name()
         .map_or_else(|| "cron".into(), |n| n.to_string_lossy().into_owned());
     Some(Finding {
+        domain: None,
         anomaly: Anomaly::Cron { critical },
         culprit: Culprit {
             pid: 0,

@@ -31,22 +31,34 @@ impl Geo {
         daddr: IpAddr,
         dport: u16,
         country: Option<&str>,
+        domain: Option<&str>,
         trust: &TrustSet,
     ) -> Option<Finding> {
         let country = country.filter(|c| self.is_high_risk(Some(c)))?;
         // Trust first: a trusted address cannot become a target (there is no ActionableAddr).
         let target = trust.check(daddr).ok()?;
         Some(Finding {
+            domain: None,
             anomaly: Anomaly::Geo,
             culprit: culprit.clone(),
             target: Some(target),
             country: Some(country.to_string()),
             detail: format!(
-                "{} (pid {}) connected to {target} port {dport} in high-risk country {country}",
-                culprit.comm, culprit.pid
+                "{} (pid {}) connected to {} port {dport} in high-risk country {country}",
+                culprit.comm,
+                culprit.pid,
+                named(domain, target)
             ),
             subject: culprit.pid,
         })
+    }
+}
+
+/// `name (address)` when the address was resolved from a name, else the address.
+pub fn named(domain: Option<&str>, addr: impl std::fmt::Display) -> String {
+    match domain {
+        Some(name) => format!("{name} ({addr})"),
+        None => addr.to_string(),
     }
 }
 
@@ -70,6 +82,7 @@ mod tests {
                 "198.51.100.9".parse().unwrap(),
                 443,
                 Some("RU"),
+                None,
                 &TrustSet::default(),
             )
             .unwrap();
@@ -86,17 +99,28 @@ mod tests {
         let c = culprit(9, "curl", &[]);
         let ip: IpAddr = "198.51.100.9".parse().unwrap();
         let open = TrustSet::default();
-        assert!(geo().on_connect(&c, ip, 443, Some("DE"), &open).is_none());
-        assert!(geo().on_connect(&c, ip, 443, None, &open).is_none());
+        assert!(
+            geo()
+                .on_connect(&c, ip, 443, Some("DE"), None, &open)
+                .is_none()
+        );
+        assert!(geo().on_connect(&c, ip, 443, None, None, &open).is_none());
         let trusted = TrustSet::new(&["198.51.100.0/24".parse().unwrap()], &[]);
         assert!(
             geo()
-                .on_connect(&c, ip, 443, Some("RU"), &trusted)
+                .on_connect(&c, ip, 443, Some("RU"), None, &trusted)
                 .is_none()
         );
         assert!(
             geo()
-                .on_connect(&c, "127.0.0.1".parse().unwrap(), 80, Some("RU"), &open)
+                .on_connect(
+                    &c,
+                    "127.0.0.1".parse().unwrap(),
+                    80,
+                    Some("RU"),
+                    None,
+                    &open
+                )
                 .is_none()
         );
     }
@@ -112,7 +136,7 @@ mod tests {
             let mask = if prefix == 32 { 0 } else { u32::MAX >> prefix };
             let addr = IpAddr::V4((u32::from(net.network()) | (host & mask)).into());
             let c = culprit(9, "curl", &[]);
-            prop_assert!(geo().on_connect(&c, addr, 443, Some("RU"), &trust).is_none());
+            prop_assert!(geo().on_connect(&c, addr, 443, Some("RU"), None, &trust).is_none());
         }
     }
 }

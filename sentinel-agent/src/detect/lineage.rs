@@ -243,6 +243,7 @@ impl Lineage {
             "server daemon"
         };
         Some(Finding {
+            domain: None,
             anomaly: Anomaly::Lineage,
             culprit: culprit.clone(),
             target: None,

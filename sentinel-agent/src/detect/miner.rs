@@ -30,6 +30,9 @@ pub struct MinerConfig {
     /// How long it must hold that.
     #[serde(deserialize_with = "crate::config::duration")]
     pub sustain: Duration,
+    /// Mining pools by name (see `pools.rs`): a connection to an address resolved from one
+    /// is a miner signal on any port.
+    pub pool_domains: Vec<String>,
 }
 
 impl Default for MinerConfig {
@@ -38,6 +41,10 @@ impl Default for MinerConfig {
             ports: vec![3333, 4444, 5555, 7777, 14444, 45700],
             cpu_percent: 50.0,
             sustain: Duration::from_secs(30),
+            pool_domains: super::pools::BUILT_IN
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
         }
     }
 }
@@ -49,6 +56,12 @@ impl MinerConfig {
         if self.ports.contains(&0) {
             out.push(("miner.ports", "0 is not a port".into()));
         }
+        out.extend(
+            self.pool_domains
+                .iter()
+                .filter_map(|p| super::pools::problem(p))
+                .map(|why| ("miner.pool_domains", why)),
+        );
         if !(1.0..=100_000.0).contains(&self.cpu_percent) {
             out.push((
                 "miner.cpu_percent",
@@ -103,15 +116,27 @@ fn located_why(exe: &str) -> Option<String> {
 
 pub struct Miner {
     config: MinerConfig,
+    /// `pool_domains`, normalised for matching.
+    pools: Vec<String>,
     suspects: FxHashMap<u32, Suspect>,
 }
 
 impl Miner {
     pub fn new(config: MinerConfig) -> Self {
         Self {
+            pools: config
+                .pool_domains
+                .iter()
+                .map(|p| super::pools::normalise(p))
+                .collect(),
             config,
             suspects: FxHashMap::default(),
         }
+    }
+
+    /// The pool (`miner.pool_domains`) `name` belongs to, if any.
+    pub fn pool_of(&self, name: &str) -> Option<&str> {
+        super::pools::pool_of(&self.pools, name)
     }
 
     /// `culprit` exec'd with `argv`: a high alert when its name or argv carry miner markers.
@@ -164,9 +189,20 @@ impl Miner {
         self.config.ports.contains(&dport)
     }
 
-    /// The process connects to `dport`: a stratum port makes it a suspect, and raises the
-    /// high alert when it already was one by location (a temp binary talking stratum).
-    pub fn on_connect(&mut self, culprit: impl FnOnce() -> Culprit, dport: u16) -> Option<Finding> {
+    /// The process connects to `dport` at an address resolved from `domain`: a mining pool's
+    /// name raises the high alert at once (any port); a stratum port makes it a suspect, and
+    /// raises the high alert when it already was one by location (a temp binary talking
+    /// stratum).
+    pub fn on_connect(
+        &mut self,
+        culprit: impl FnOnce() -> Culprit,
+        dport: u16,
+        domain: Option<&str>,
+    ) -> Option<Finding> {
+        let pool = domain.and_then(|d| self.pool_of(d).map(|p| (d, p.to_string())));
+        if let Some((name, pool)) = pool {
+            return self.on_pool(culprit(), name, &pool, dport);
+        }
         if !self.config.ports.contains(&dport) {
             return None;
         }
@@ -184,6 +220,33 @@ impl Miner {
             s.why.push(why);
         }
         if !s.located || s.raised {
+            return None;
+        }
+        s.raised = true;
+        let (culprit, why) = (s.culprit.clone(), s.why.clone());
+        Some(self.finding(&culprit, &why, Anomaly::Miner { cpu: false }, ""))
+    }
+
+    /// `culprit` connects to `name`, a name of mining pool `pool`: a suspect, and the high
+    /// alert unless it was raised already.
+    fn on_pool(&mut self, culprit: Culprit, name: &str, pool: &str, dport: u16) -> Option<Finding> {
+        let why = if name == pool {
+            format!("connects to mining pool {name} port {dport}")
+        } else {
+            format!("connects to mining pool {name} ({pool}) port {dport}")
+        };
+        let s = self.suspects.entry(culprit.pid).or_insert_with(|| Suspect {
+            culprit,
+            why: Vec::new(),
+            located: false,
+            raised: false,
+            busy_since: None,
+            raised_cpu: false,
+        });
+        if !s.why.contains(&why) {
+            s.why.push(why);
+        }
+        if s.raised {
             return None;
         }
         s.raised = true;
@@ -232,6 +295,7 @@ impl Miner {
             format!(": {args}")
         };
         Finding {
+            domain: None,
             anomaly,
             subject: c.pid,
             detail: format!(
@@ -277,13 +341,13 @@ mod tests {
         let mut c = culprit(7, "10-logs", &[]);
         c.exe = Some(script.display().to_string());
         assert!(m.on_exec(&c, &[script.display().to_string()]).is_none());
-        assert!(m.on_connect(|| c.clone(), 3333).is_none());
+        assert!(m.on_connect(|| c.clone(), 3333, None).is_none());
         // A binary there is a suspect: with a stratum port, an alert.
         let bin = dir.path().join("kworker");
         std::fs::write(&bin, b"\x7fELF....").unwrap();
         c.exe = Some(bin.display().to_string());
         assert!(m.on_exec(&c, &[bin.display().to_string()]).is_none());
-        assert!(m.on_connect(|| c.clone(), 3333).is_some());
+        assert!(m.on_connect(|| c.clone(), 3333, None).is_some());
     }
 
     #[test]
@@ -301,8 +365,49 @@ mod tests {
             (m, c)
         });
         // Not a script, so a suspect; its alert says what the agent found there.
-        let f = m.on_connect(|| c.clone(), 3333).unwrap();
+        let f = m.on_connect(|| c.clone(), 3333, None).unwrap();
         assert!(f.detail.contains("(unreadable: fifo)"), "{}", f.detail);
+    }
+
+    #[test]
+    fn a_pool_by_name_is_a_high_alert_on_any_port_once() {
+        let mut m = miner();
+        let c = culprit(12, "python3", &[]);
+        let f = m
+            .on_connect(|| c.clone(), 443, Some("xmr.pool.supportxmr.com"))
+            .unwrap();
+        assert_eq!(f.anomaly, Anomaly::Miner { cpu: false });
+        assert!(
+            f.detail.contains(
+                "connects to mining pool xmr.pool.supportxmr.com (supportxmr.com) port 443"
+            ),
+            "{}",
+            f.detail
+        );
+        assert!(
+            m.on_connect(|| c.clone(), 443, Some("supportxmr.com"))
+                .is_none()
+        );
+        // Another name, or no name, on an ordinary port is nothing.
+        let d = culprit(13, "curl", &[]);
+        assert!(
+            m.on_connect(|| d.clone(), 443, Some("www.example.test"))
+                .is_none()
+        );
+        assert!(m.on_connect(|| d.clone(), 443, None).is_none());
+        // Configured pools replace the built-in list.
+        let mut own = Miner::new(MinerConfig {
+            pool_domains: vec!["*.Pool.Example.TEST".into()],
+            ..Default::default()
+        });
+        assert!(
+            own.on_connect(|| d.clone(), 443, Some("eu.pool.example.test"))
+                .is_some()
+        );
+        assert!(
+            own.on_connect(|| c.clone(), 443, Some("supportxmr.com"))
+                .is_none()
+        );
     }
 
     #[test]
@@ -311,8 +416,8 @@ mod tests {
         let mut c = culprit(51, "kthreadd2", &[(1, "systemd")]);
         c.exe = Some("/var/tmp/.x/kthreadd2".into());
         assert!(m.on_exec(&c, &argv("kthreadd2")).is_none());
-        assert!(m.on_connect(|| c.clone(), 443).is_none());
-        let f = m.on_connect(|| c.clone(), 14444).unwrap();
+        assert!(m.on_connect(|| c.clone(), 443, None).is_none());
+        let f = m.on_connect(|| c.clone(), 14444, None).unwrap();
         assert_eq!(f.anomaly, Anomaly::Miner { cpu: false });
         assert!(
             f.detail.contains("runs from /var/tmp/.x/kthreadd2"),
@@ -321,13 +426,13 @@ mod tests {
         );
         assert!(f.detail.contains("stratum port 14444"), "{}", f.detail);
         assert!(
-            m.on_connect(|| c.clone(), 3333).is_none(),
+            m.on_connect(|| c.clone(), 3333, None).is_none(),
             "once per process"
         );
         // A marker already alerted at exec: the port adds no second alert.
         let x = culprit(52, "xmrig", &[]);
         assert!(m.on_exec(&x, &argv("xmrig")).is_some());
-        assert!(m.on_connect(|| x.clone(), 3333).is_none());
+        assert!(m.on_connect(|| x.clone(), 3333, None).is_none());
     }
 
     #[test]
@@ -378,8 +483,8 @@ mod tests {
         let mut m = miner();
         let c = culprit(70, "worker", &[]);
         assert!(m.on_exec(&c, &argv("worker --threads 2")).is_none());
-        assert!(m.on_connect(|| c.clone(), 443).is_none());
-        assert!(m.on_connect(|| c.clone(), 3333).is_none());
+        assert!(m.on_connect(|| c.clone(), 443, None).is_none());
+        assert!(m.on_connect(|| c.clone(), 3333, None).is_none());
         let t0 = Instant::now();
         m.on_cpu(t0, &[(70, 80.0)]);
         let hits = m.on_cpu(t0 + Duration::from_secs(11), &[(70, 80.0)]);
@@ -427,7 +532,7 @@ mod tests {
             let mut c = culprit(90, "x", &[]);
             c.exe = Some(exe.into());
             assert!(m.on_exec(&c, &[]).is_none(), "{exe}");
-            assert!(m.on_connect(|| c.clone(), 3333).is_some(), "{exe}");
+            assert!(m.on_connect(|| c.clone(), 3333, None).is_some(), "{exe}");
         }
     }
 
@@ -437,13 +542,22 @@ mod tests {
             ports: vec![0],
             cpu_percent: 0.0,
             sustain: Duration::from_millis(10),
+            pool_domains: vec!["pool example".into()],
         };
         let keys: Vec<&str> = bad
             .problems(Duration::from_secs(1))
             .iter()
             .map(|p| p.0)
             .collect();
-        assert_eq!(keys, ["miner.ports", "miner.cpu_percent", "miner.sustain"]);
+        assert_eq!(
+            keys,
+            [
+                "miner.ports",
+                "miner.pool_domains",
+                "miner.cpu_percent",
+                "miner.sustain"
+            ]
+        );
         assert!(
             MinerConfig::default()
                 .problems(Duration::from_secs(2))

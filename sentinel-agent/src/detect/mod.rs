@@ -19,6 +19,7 @@ pub mod npm;
 pub mod package_manager;
 pub mod patterns;
 pub mod persistence;
+pub mod pools;
 pub mod resource;
 pub mod respawn;
 pub mod reverse_shell;
@@ -226,6 +227,9 @@ pub struct Finding {
     /// The remote address to act on. Only an address that passed the trust gate fits here.
     pub target: Option<ActionableAddr>,
     pub country: Option<String>,
+    /// The name the target was resolved from (by the culprit, else by the host), when the
+    /// `dns` sensor saw it; set by the pipeline, not the detectors.
+    pub domain: Option<String>,
     /// One line for humans: what was seen.
     pub detail: String,
     /// The process the anomaly is about, for de-duplication (a web server for `lineage`).
@@ -340,6 +344,7 @@ pub(crate) mod tests {
     pub(crate) fn finding(anomaly: Anomaly, c: Culprit, target: Option<&str>) -> Finding {
         let trust = TrustSet::default();
         Finding {
+            domain: None,
             anomaly,
             subject: c.pid,
             culprit: c,

@@ -95,6 +95,7 @@ impl NodeAbuse {
         let args = argv.join(" ");
         let m = self.dynamic.find(&args)?;
         Some(Finding {
+            domain: None,
             anomaly: Anomaly::NodeAbuse { dynamic_code: true },
             subject: culprit.pid,
             detail: format!(
@@ -138,6 +139,7 @@ impl NodeAbuse {
         self.raised.insert(culprit.pid);
         let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
         Finding {
+            domain: None,
             anomaly: Anomaly::NodeAbuse {
                 dynamic_code: false,
             },

@@ -434,6 +434,7 @@ pub struct Job {
 /// A finding for a suspicious package.
 pub fn finding(job: &Job, r: &Report) -> Finding {
     Finding {
+        domain: None,
         anomaly: Anomaly::Npm,
         subject: super::cron::subject(&r.path),
         detail: format!(

@@ -318,6 +318,7 @@ pub fn finding(write: &Write, culprit: Culprit, verdict: &Verdict) -> Option<Fin
         culprit,
         target: None,
         country: None,
+        domain: None,
         detail,
     })
 }

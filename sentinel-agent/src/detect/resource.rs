@@ -116,6 +116,7 @@ impl Resource {
     /// The finding of a process hit, on `culprit` (the process `hit.pid`).
     pub fn finding(culprit: Culprit, hit: Hit) -> Finding {
         Finding {
+            domain: None,
             anomaly: Anomaly::Resource,
             subject: culprit.pid,
             detail: format!("{} (pid {}): {}", culprit.comm, culprit.pid, hit.detail),
@@ -128,6 +129,7 @@ impl Resource {
     /// The finding of a host hit: it names no process (pid 0), so nothing is killed.
     pub fn host_finding(hit: Hit) -> Finding {
         Finding {
+            domain: None,
             anomaly: Anomaly::Resource,
             subject: 0,
             detail: hit.detail,

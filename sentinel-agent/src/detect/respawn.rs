@@ -294,6 +294,7 @@ impl Respawn {
 
     fn finding(&self, c: &Culprit, anomaly: Anomaly, what: String) -> Finding {
         Finding {
+            domain: None,
             anomaly,
             subject: c.ancestry.first().map_or(c.pid, |(p, _)| *p),
             detail: format!("{} (pid {}): {what}", c.comm, c.pid),

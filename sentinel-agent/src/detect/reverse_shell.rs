@@ -170,6 +170,7 @@ impl ReverseShell {
             return Verdict::Shell(Box::new(Self::word(c.finding, dport, &streams(c.fds), "")));
         }
         let finding = Finding {
+            domain: None,
             anomaly: Anomaly::ReverseShell,
             culprit: culprit.clone(),
             target: Some(target),

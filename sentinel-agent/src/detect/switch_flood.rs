@@ -60,6 +60,7 @@ fn finding(path: &Path, e: &io::Error) -> Finding {
         |n| n.to_string_lossy().into_owned(),
     );
     Finding {
+        domain: None,
         anomaly: Anomaly::SwitchFlood { unreadable: true },
         // No process to blame (the owner may be anyone's): pid 0 never matches a process, so
         // no kill and no decision can follow.

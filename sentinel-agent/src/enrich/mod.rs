@@ -6,8 +6,9 @@
 //! kernel by `sockets`, the admins named by `accounts`), which `detect` and the `switch`
 //! consult before they act; and what a program is (`shells`: an installed shell, by content;
 //! `installed`: a root-owned file of the installed system; `listeners`: which processes
-//! already accept connections when the agent starts), and which container a process runs in
-//! (`container`: cgroup id → path → the runtime's state, cached).
+//! already accept connections when the agent starts), which container a process runs in
+//! (`container`: cgroup id → path → the runtime's state, cached), and which name an address was
+//! resolved from (`names`: the DNS answers the `dns` sensor saw delivered to processes).
 
 pub mod accounts;
 pub mod container;
@@ -15,6 +16,7 @@ pub mod geo;
 pub mod geo_update;
 pub mod installed;
 pub mod listeners;
+pub mod names;
 pub mod outbound;
 pub mod shells;
 pub mod sockets;

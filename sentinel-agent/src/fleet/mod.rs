@@ -194,6 +194,7 @@ mod tests {
             refused: vec![],
             overflow: 0,
             country: Some("RU".into()),
+            domain: None,
             detail: String::new(),
             created: t,
             deadline: t + Duration::from_secs(300),

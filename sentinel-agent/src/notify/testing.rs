@@ -46,6 +46,7 @@ pub fn decision(id: &str, left: Duration) -> Decision {
         refused: Vec::new(),
         overflow: 0,
         country: Some("RU".into()),
+        domain: None,
         detail: "curl connected to 198.51.100.2:443 (RU)".into(),
         created: now,
         deadline: now + left,

@@ -128,7 +128,7 @@ pub fn decode_listen(bytes: &[u8]) -> Result<Listen, DecodeError> {
     })
 }
 
-fn addr(family: u16, bytes: [u8; 16]) -> IpAddr {
+pub(crate) fn addr(family: u16, bytes: [u8; 16]) -> IpAddr {
     if family == AF_INET {
         IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
     } else {

@@ -1,6 +1,6 @@
 //! Loading the kernel programs and reading what they report. One module per sensor, named as
-//! in `sentinel-ebpf` and `sentinel-common`: `exec`, `connect`, `stdio`, `cpu`; `cron` (inotify)
-//! and `persistence` (fanotify) have no kernel program of their own. This module
+//! in `sentinel-ebpf` and `sentinel-common`: `exec`, `connect`, `stdio`, `cpu`, `dns`; `cron`
+//! (inotify) and `persistence` (fanotify) have no kernel program of their own. This module
 //! holds what they share: the loader, tracefs, draining the one ring buffer the
 //! process-and-network records share (so they arrive in the order they happened), record
 //! decoding and the counters behind `sentinel status`.
@@ -10,6 +10,7 @@ pub mod cgroup;
 pub mod connect;
 pub mod cpu;
 pub mod cron;
+pub mod dns;
 pub mod exec;
 pub mod kernel_log;
 pub mod persistence;
@@ -37,7 +38,7 @@ use tracing::{error, info, warn};
 /// The kernel object built by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sentinel"));
 
-pub const SENSORS: [&str; 3] = ["exec", "connect", "cpu"];
+pub const SENSORS: [&str; 4] = ["exec", "connect", "cpu", "dns"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum SensorError {
@@ -104,6 +105,7 @@ pub enum KernelEvent {
     Connect(connect::Connect),
     Listen(connect::Listen),
     Stdio(stdio::Stdio),
+    Dns(dns::Dns),
 }
 
 impl KernelEvent {
@@ -116,6 +118,7 @@ impl KernelEvent {
             KernelEvent::Connect(e) => e.ts_ns,
             KernelEvent::Listen(e) => e.ts_ns,
             KernelEvent::Stdio(e) => e.ts_ns,
+            KernelEvent::Dns(e) => e.ts_ns,
         }
     }
 
@@ -126,6 +129,7 @@ impl KernelEvent {
             KernelEvent::Exec(_) | KernelEvent::Fork(_) | KernelEvent::Exit(_) => 0,
             KernelEvent::Stdio(_) => 0,
             KernelEvent::Connect(_) | KernelEvent::Listen(_) => 1,
+            KernelEvent::Dns(_) => 3,
         }
     }
 }
@@ -172,6 +176,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         EventKind::Connect => KernelEvent::Connect(connect::decode(bytes)?),
         EventKind::Listen => KernelEvent::Listen(connect::decode_listen(bytes)?),
         EventKind::Stdio => KernelEvent::Stdio(stdio::decode(bytes)?),
+        EventKind::Dns => KernelEvent::Dns(dns::decode(bytes)?),
     })
 }
 
@@ -217,7 +222,7 @@ pub struct LoadOptions {
 /// The loaded programs. Dropping this detaches every program.
 pub struct Sensors {
     pub ebpf: Ebpf,
-    pub attached: [bool; 3],
+    pub attached: [bool; 4],
     pub lost: Arc<Mutex<LostMaps>>,
     /// The process-and-network records (exec, fork, exit, stdio, connect, listen), in order.
     pub ring: Option<Ring>,
@@ -265,15 +270,19 @@ pub fn load(opts: &LoadOptions) -> Result<Sensors, SensorError> {
         .map_max_entries("EVENTS", ring_bytes)
         .load(EBPF_OBJECT)?;
 
-    let mut attached = [false; 3];
+    let mut attached = [false; 4];
     let results = [
         exec::attach(&mut ebpf),
         connect::attach(&mut ebpf),
         cpu::attach(&mut ebpf, opts.cpu_sample_hz),
+        dns::attach(&mut ebpf),
     ];
     for (i, result) in results.into_iter().enumerate() {
         match result {
             Ok(()) => attached[i] = true,
+            Err(e) if SENSORS[i] == "dns" => warn!(
+                "dns sensor not attached ({e}): connections are shown without the names they were resolved from"
+            ),
             Err(e) => error!("{} sensor not attached: {e}", SENSORS[i]),
         }
     }
@@ -290,10 +299,11 @@ pub fn load(opts: &LoadOptions) -> Result<Sensors, SensorError> {
         ("exec", "EXEC_LOST"),
         ("connect", "CONNECT_LOST"),
         ("cpu", "CPU_LOST"),
+        ("dns", "DNS_LOST"),
     ] {
         lost.push((sensor, take_map(&mut ebpf, sensor, map)?));
     }
-    let ring = (attached[0] || attached[1])
+    let ring = (attached[0] || attached[1] || attached[3])
         .then(|| -> Result<Ring, SensorError> {
             Ok(Ring {
                 records: take_map(&mut ebpf, "exec", "EVENTS")?,

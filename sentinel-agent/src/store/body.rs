@@ -19,7 +19,8 @@ use crate::event::{Body, ConnectBody, ExecBody, Record};
 
 /// The first byte of a binary body: the layout below. A change to `ExecBody` or `ConnectBody`
 /// needs a new byte (and the old layout kept readable), because postcard is not
-/// self-describing. Version 2 added `container`; version-1 rows read back without one.
+/// self-describing. Version 2 added `container` (exec, connect) and `domain` (connect);
+/// version-1 rows read back without them.
 const BINARY_V1: u8 = 1;
 const BINARY_V2: u8 = 2;
 
@@ -105,6 +106,7 @@ impl From<CompactV1> for Compact {
                 dport: c.dport,
                 country: c.country,
                 container: None,
+                domain: None,
             }),
         }
     }
@@ -217,6 +219,7 @@ mod tests {
                 dport: 443,
                 country: Some("FR".into()),
                 container: None,
+                domain: Some("www.example.test".into()),
             }),
         )
     }

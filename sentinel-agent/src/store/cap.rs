@@ -201,6 +201,7 @@ mod tests {
                 comm: "curl".into(),
                 target_ip: Some("198.51.100.2".parse().unwrap()),
                 country: Some("RU".into()),
+                domain: None,
                 deadline: "2026-11-22T21:00:00Z".into(),
                 decided_by: None,
                 reason: None,

@@ -84,6 +84,9 @@ pub struct Decision {
     #[serde(default)]
     pub overflow: u64,
     pub country: Option<String>,
+    /// The name `target_ip` was resolved from, when the alert knew it (`AlertBody::domain`).
+    #[serde(default)]
+    pub domain: Option<String>,
     pub detail: String,
     pub created: SystemTime,
     /// When the automatic block happens if nobody answers.

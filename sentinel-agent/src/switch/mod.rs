@@ -189,6 +189,11 @@ impl Switch {
         self.safe.get(&ip).is_some_and(|until| *until > now)
     }
 
+    /// Whether `ip` is blocked now (its block has not ended; never in dry-run).
+    pub fn is_blocked(&self, ip: IpAddr, now: Now) -> bool {
+        self.blocked.holds(ip, now.boot)
+    }
+
     /// Whether a decision on `ip` would be moot: held by a pending decision, marked safe, or
     /// blocked (and its block has not ended).
     fn is_decided(&self, ip: IpAddr, now: Now) -> bool {
@@ -296,6 +301,8 @@ impl Switch {
             refused: Vec::new(),
             overflow: 0,
             country: alert.country.clone(),
+            // The alert's name is its first target's.
+            domain: alert.domain.clone().filter(|_| alert.target_ip == Some(ip)),
             detail: alert.detail.clone(),
             created: now.wall,
             deadline,

@@ -98,6 +98,21 @@ impl Agent {
         }
     }
 
+    /// Poll `status --json` until the `dns` sensor saw `answers` more answers than in
+    /// `before`, or until the drain timeout.
+    pub(super) fn wait_dns(&mut self, before: &Status, answers: u64) -> anyhow::Result<()> {
+        let start = Instant::now();
+        let seen = |s: &Status| s.dns.as_ref().map_or(0, |c| c.seen);
+        loop {
+            self.check_alive()?;
+            let now = self.status()?;
+            if seen(&now) >= seen(before) + answers || start.elapsed() > DRAIN_TIMEOUT {
+                return Ok(());
+            }
+            thread::sleep(SEEN_POLL);
+        }
+    }
+
     /// The agent's `status --json`, reduced to what the bench needs.
     pub(super) fn status(&self) -> anyhow::Result<Status> {
         let out = Command::new(&self.binary)
@@ -218,6 +233,8 @@ pub(super) struct Counts {
 pub(super) struct Status {
     pub(super) exec: Counts,
     pub(super) connect: Counts,
+    /// The `dns` sensor's; `None` from an agent without it.
+    pub(super) dns: Option<Counts>,
     /// Events the store committed or dropped (`store.written + store.dropped`); `None` from
     /// an agent too old to say.
     pub(super) stored: Option<u64>,
@@ -228,6 +245,7 @@ impl Status {
         Some(Self {
             exec: sensor_counts(json, "exec")?,
             connect: sensor_counts(json, "connect")?,
+            dns: sensor_counts(json, "dns"),
             stored: store_counts(json),
         })
     }

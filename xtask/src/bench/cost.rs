@@ -1,4 +1,4 @@
-//! `cargo xtask bench-cost`: what each exec, each connect and an idle second cost in CPU
+//! `cargo xtask bench-cost`: what each exec, each connect, each DNS answer and an idle second cost in CPU
 //! time, all in: the run time of the agent's BPF programs (`kernel.bpf_stats_enabled`, read
 //! from each program's `/proc/PID/fdinfo`) plus the agent's own CPU time (every thread's
 //! `schedstat`). bpftrace doing the same hooks (printf of exec/fork/exit/connect, a 99 Hz
@@ -16,6 +16,8 @@ use report::*;
 /// Targets, all in, on the reference machine.
 const EXEC_TARGET_US: f64 = 8.0;
 const CONNECT_TARGET_US: f64 = 2.0;
+/// The `dns` sensor's kernel side, per DNS answer.
+const DNS_KERNEL_TARGET_US: f64 = 0.5;
 const IDLE_TARGET_PERCENT: f64 = 0.1;
 const LATENCY_TARGET_MS: f64 = 50.0;
 /// How long a latency probe waits for the agent to report the probe's exec.
@@ -43,6 +45,9 @@ pub struct Args {
     /// Sequential loopback TCP connects per connect storm.
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
     connects: u64,
+    /// Sequential loopback DNS query/answer exchanges per DNS storm (Sentinel only).
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    dns_answers: u64,
     /// Seconds over which each tool's idle cost is measured, per round.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     idle_secs: u64,
@@ -90,6 +95,8 @@ impl Charge {
 struct Costs {
     exec: Charge,
     connect: Charge,
+    /// The DNS storm (Sentinel only: the baseline has no such hook).
+    dns: Charge,
     idle: Charge,
     /// Detection latency of each probe (Sentinel only).
     latencies: Vec<Duration>,
@@ -176,10 +183,20 @@ fn measure_sentinel(bench: &Bench, args: &Args, label: &str) -> anyhow::Result<C
         "{label}: connect storm {}",
         describe(&connect, Some(args.connects))
     );
+    let before = agent.status()?;
+    let dns = charge(pid, || {
+        dns_storm(args.dns_answers)?;
+        agent.wait_dns(&before, args.dns_answers)
+    })?;
+    eprintln!(
+        "{label}: dns storm {}",
+        describe(&dns, Some(args.dns_answers))
+    );
     agent.stop()?;
     Ok(Costs {
         exec,
         connect,
+        dns,
         idle,
         latencies,
     })
@@ -236,6 +253,7 @@ fn measure_bpftrace(
         Ok(Costs {
             exec,
             connect,
+            dns: Charge::default(),
             idle,
             latencies: Vec::new(),
         })

@@ -13,11 +13,13 @@
 
 mod agent;
 pub mod cost;
+mod dns_storm;
 mod host;
 mod report;
 mod storm;
 
 use agent::*;
+use dns_storm::*;
 use host::*;
 use report::*;
 use storm::*;
@@ -420,6 +422,7 @@ mod tests {
                     lost: 0
                 },
                 connect: Counts { seen: 12, lost: 3 },
+                dns: None,
                 stored: Some(42),
             })
         );

