@@ -17,6 +17,7 @@ pub mod reload;
 pub mod service;
 mod startup;
 mod stdio;
+mod ticks;
 
 use std::{collections::HashSet, net::IpAddr, path::Path, time::Duration};
 

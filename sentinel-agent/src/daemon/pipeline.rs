@@ -2,7 +2,8 @@
 //! streamed) → detectors → alerts → the dead man's switch. One task owns all of it, so the
 //! tree, the detectors' state and the switch never need a lock. Findings become decisions in
 //! `decisions.rs`; what comes back about them (answers, deadlines, the worker's reports) is
-//! handled in `outcomes.rs`; the behaviour detectors' hooks are in `behaviour.rs`.
+//! handled in `outcomes.rs`; the behaviour detectors' hooks are in `behaviour.rs`; what the
+//! timers drive (CPU samples, the blind check, pruning) is in `ticks.rs`.
 
 use rustc_hash::FxHashMap;
 use std::{
@@ -29,12 +30,12 @@ use crate::{
     enrich::names::Names,
     enrich::outbound::Outbound,
     enrich::shells::Shells,
-    enrich::tree::{ProcessTree, is_alive, read_stat},
+    enrich::tree::{ProcessTree, read_stat},
     enrich::trust::{ActionableAddr, TrustSet},
-    event::{AlertBody, Body, BootClock, ConnectBody, CpuBody, ExecBody, Record},
+    event::{AlertBody, Body, BootClock, ConnectBody, ExecBody, Record},
     sensors::{
-        KernelEvent, SENSORS,
-        cpu::{CpuTracker, SampleMap, cpu_percent, read_totals},
+        KernelEvent,
+        cpu::{CpuTracker, SampleMap},
     },
     store::{StoreTx, Write, queue::NotQueued},
     switch::{Switch, ledger::Kill},
@@ -515,103 +516,11 @@ impl Pipeline {
         }
     }
 
-    /// Read the kernel's lost counters: a sensor that lost events raises `blind`.
-    pub fn check_blind(&mut self) {
-        let counts: Vec<(&'static str, u64)> = {
-            let lost = self.shared.lost.lock().expect("lost lock");
-            SENSORS.iter().map(|s| (*s, lost.lost(s))).collect()
-        };
-        for finding in self.detect.blind.observe(&counts) {
-            self.raise(finding, None);
-        }
-    }
-
-    /// Read the sample counts and emit a `cpu` event for every busy process.
-    pub fn sample_cpu(&mut self) {
-        let Some(map) = &self.cpu_map else { return };
-        let elapsed = self.cpu_last.elapsed();
-        self.cpu_last = Instant::now();
-        let deltas = self.cpu.deltas(read_totals(map));
-        let samples: u64 = deltas.iter().map(|(_, d)| d).sum();
-        self.shared.counters[2]
-            .seen
-            .fetch_add(samples, Ordering::Relaxed);
-        let now = SystemTime::now();
-        let procs: Vec<(u32, f64)> = deltas
-            .iter()
-            .filter(|(tgid, _)| !self.is_agent(*tgid))
-            .map(|&(tgid, delta)| (tgid, cpu_percent(delta, self.cpu_hz, elapsed)))
-            .collect();
-        let host_pct = (procs.iter().map(|(_, p)| p).sum::<f64>() / self.ncpus as f64).min(100.0);
-        for hit in self
-            .detect
-            .resource
-            .observe(Instant::now(), &procs, host_pct)
-        {
-            let finding = match hit.pid {
-                Some(pid) => {
-                    let Some(comm) = self.comm_of(pid) else {
-                        continue;
-                    };
-                    let culprit = self.culprit(pid, comm, None);
-                    detect::resource::Resource::finding(culprit, hit)
-                }
-                None => detect::resource::Resource::host_finding(hit),
-            };
-            self.raise(finding, None);
-        }
-        self.behaviour_cpu(&procs);
-        for (tgid, pct) in procs {
-            if pct < self.cpu_report_percent {
-                continue;
-            }
-            let Some(comm) = self.comm_of(tgid) else {
-                continue; // already gone
-            };
-            let container = self.container_of(tgid);
-            self.emit(
-                now,
-                Body::Cpu(CpuBody {
-                    pid: tgid,
-                    comm,
-                    cpu_pct: (pct * 10.0).round() / 10.0,
-                    container,
-                }),
-            );
-        }
-    }
-
     pub(super) fn comm_of(&self, tgid: u32) -> Option<String> {
         match self.tree.get(tgid) {
             Some(p) => Some(p.comm.to_string()),
             None => read_stat(&self.proc_root, tgid).map(|s| s.comm),
         }
-    }
-
-    /// Drop tree entries (and sample-map entries) for processes that are gone but whose exit
-    /// the agent missed.
-    pub fn gc(&mut self) {
-        let root = self.proc_root.clone();
-        let dropped = self
-            .tree
-            .retain_alive(|tgid, start| is_alive(&root, tgid, start));
-        self.behaviour_gc();
-        if dropped > 0 {
-            debug!(dropped, "pruned processes whose exit was missed");
-        }
-        if let Some(map) = &mut self.cpu_map {
-            let stale: Vec<u32> = map
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|tgid| self.tree.get(*tgid).is_none())
-                .collect();
-            for tgid in stale {
-                let _ = map.remove(&tgid);
-            }
-        }
-        self.shared
-            .processes
-            .store(self.tree.len() as u64, Ordering::Relaxed);
     }
 }
 
