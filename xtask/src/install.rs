@@ -1,5 +1,5 @@
-//! `cargo xtask install` and `cargo xtask uninstall`: put Sentinel on a host as a hardened
-//! systemd service (the unit is `config/sentinel.service`) and take it off again.
+//! `cargo xtask install`: put Sentinel on a host as a hardened systemd service (the unit is
+//! `config/sentinel.service`); `uninstall.rs` takes it off again.
 //!
 //! Install lays out the binary (`<prefix>/bin/sentinel`), the config (`/etc/sentinel`, never
 //! overwriting an operator's file), the override signing key, the GeoIP database, the state
@@ -20,24 +20,24 @@ use std::{
 use anyhow::{Context as _, bail};
 
 /// Where the config lives; the unit and the CLI default to it.
-const CONFIG: &str = "/etc/sentinel/sentinel.toml";
-const CONFIG_DIR: &str = "/etc/sentinel";
-const STATE_DIR: &str = "/var/lib/sentinel";
-const RUNTIME_DIR: &str = "/run/sentinel";
-const UNIT: &str = "/etc/systemd/system/sentinel.service";
-const UNIT_NAME: &str = "sentinel.service";
+pub(crate) const CONFIG: &str = "/etc/sentinel/sentinel.toml";
+pub(crate) const CONFIG_DIR: &str = "/etc/sentinel";
+pub(crate) const STATE_DIR: &str = "/var/lib/sentinel";
+pub(crate) const RUNTIME_DIR: &str = "/run/sentinel";
+pub(crate) const UNIT: &str = "/etc/systemd/system/sentinel.service";
+pub(crate) const UNIT_NAME: &str = "sentinel.service";
 /// The override endpoint's socket, bound by systemd at boot (`config/sentinel.socket`).
-const SOCKET_UNIT: &str = "/etc/systemd/system/sentinel.socket";
-const SOCKET_NAME: &str = "sentinel.socket";
+pub(crate) const SOCKET_UNIT: &str = "/etc/systemd/system/sentinel.socket";
+pub(crate) const SOCKET_NAME: &str = "sentinel.socket";
 /// The weekly country-database refresh: a oneshot service and its timer.
-const GEOIP_SERVICE: &str = "sentinel-geoip.service";
-const GEOIP_TIMER: &str = "sentinel-geoip.timer";
+pub(crate) const GEOIP_SERVICE: &str = "sentinel-geoip.service";
+pub(crate) const GEOIP_TIMER: &str = "sentinel-geoip.timer";
 /// `ListenStream=` in the shipped socket unit, rewritten to `override.listen`.
-const SHIPPED_LISTEN: &str = "ListenStream=127.0.0.1:8787";
+pub(crate) const SHIPPED_LISTEN: &str = "ListenStream=127.0.0.1:8787";
 /// The ExecStart path in `config/sentinel.service`, rewritten to `--prefix`.
-const SHIPPED_PREFIX: &str = "/usr/local";
+pub(crate) const SHIPPED_PREFIX: &str = "/usr/local";
 /// How long `install` waits for the started agent to answer `sentinel status`.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(clap::Args)]
 pub struct InstallArgs {
@@ -55,27 +55,13 @@ pub struct InstallArgs {
     geoip: Option<PathBuf>,
 }
 
-#[derive(clap::Args)]
-pub struct UninstallArgs {
-    #[command(flatten)]
-    place: Place,
-    /// Also delete the agent's nftables table (`table inet <enforce.table>`), lifting every
-    /// block now instead of letting them expire.
-    #[arg(long)]
-    remove_blocks: bool,
-    /// Also delete /etc/sentinel (config, override key) and /var/lib/sentinel (events,
-    /// decisions, GeoIP database).
-    #[arg(long)]
-    purge: bool,
-}
-
 /// Where things go.
 #[derive(clap::Args)]
 pub struct Place {
     /// Stage the files under DIR instead of / (for packaging and tests); systemctl is never
     /// run then.
     #[arg(long, value_name = "DIR")]
-    destdir: Option<PathBuf>,
+    pub(crate) destdir: Option<PathBuf>,
     /// The binary goes to PREFIX/bin/sentinel.
     #[arg(long, value_name = "PREFIX", default_value = SHIPPED_PREFIX)]
     prefix: PathBuf,
@@ -90,7 +76,7 @@ impl Place {
         }
     }
 
-    fn check(&self) -> anyhow::Result<()> {
+    pub(crate) fn check(&self) -> anyhow::Result<()> {
         if !self.prefix.is_absolute() {
             bail!(
                 "--prefix must be an absolute path, got {}",
@@ -125,7 +111,7 @@ impl Place {
     }
 
     /// Whether to drive systemd: only on the real root of a host that runs it.
-    fn systemd(&self) -> bool {
+    pub(crate) fn systemd(&self) -> bool {
         self.destdir.is_none() && Path::new("/run/systemd/system").is_dir()
     }
 }
@@ -547,117 +533,4 @@ fn wait_ready(binary: &Path) -> anyhow::Result<()> {
         }
         thread::sleep(Duration::from_millis(250));
     }
-}
-
-/// `cargo xtask uninstall`.
-pub fn uninstall(args: &UninstallArgs) -> anyhow::Result<()> {
-    let place = &args.place;
-    place.check()?;
-    let config = place.on_target(CONFIG);
-    let settings = Settings::read(&config).ok();
-
-    // 1. Stop the agent.
-    if place.systemd() {
-        step(format!(
-            "systemctl disable --now {UNIT_NAME} {SOCKET_NAME} {GEOIP_TIMER}"
-        ));
-        if let Err(e) = run(Command::new("systemctl").args([
-            "disable",
-            "--now",
-            UNIT_NAME,
-            SOCKET_NAME,
-            GEOIP_TIMER,
-        ])) {
-            println!("    {e:#} (continuing: the unit may not be installed)");
-        }
-    } else if place.destdir.is_none() {
-        step("systemd is not running here: stop a running `sentinel run` yourself");
-    }
-
-    // 2. Blocks: kept unless asked, they expire on their own.
-    let table = settings.as_ref().map_or("sentinel", |s| s.table.as_str());
-    if args.remove_blocks {
-        if place.destdir.is_some() {
-            step("--remove-blocks with --destdir: the host's nftables are not touched");
-        } else if Command::new("nft")
-            .args(["list", "table", "inet", table])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-        {
-            step(format!(
-                "nft delete table inet {table} (every block lifted)"
-            ));
-            run(Command::new("nft").args(["delete", "table", "inet", table]))?;
-        } else {
-            step(format!("no nftables table inet {table}: no blocks to lift"));
-        }
-    } else if place.destdir.is_none() {
-        step(format!(
-            "keeping nftables table inet {table}: its blocks expire on their own \
-             (--remove-blocks lifts them now)"
-        ));
-    }
-
-    // 3. The unit and the binary.
-    let mut removed_unit = false;
-    for path in [
-        place.on_target(UNIT),
-        place.on_target(SOCKET_UNIT),
-        place.on_target(Path::new(UNIT).with_file_name(GEOIP_SERVICE)),
-        place.on_target(Path::new(UNIT).with_file_name(GEOIP_TIMER)),
-        place.on_target(place.binary()),
-    ] {
-        if path.exists() {
-            step(format!("removing {}", path.display()));
-            fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
-            removed_unit |= path.ends_with(UNIT_NAME);
-        } else {
-            step(format!("{} is not there", path.display()));
-        }
-    }
-    if removed_unit && place.systemd() {
-        step("systemctl daemon-reload");
-        run(Command::new("systemctl").arg("daemon-reload"))?;
-        let _ = Command::new("systemctl")
-            .args(["reset-failed", UNIT_NAME])
-            .stderr(Stdio::null())
-            .status();
-    }
-
-    // 4. Data: only with --purge.
-    let dirs = [CONFIG_DIR, STATE_DIR, RUNTIME_DIR];
-    if args.purge {
-        for dir in dirs {
-            let path = place.on_target(dir);
-            if path.exists() {
-                step(format!("removing {}", path.display()));
-                fs::remove_dir_all(&path)
-                    .with_context(|| format!("removing {}", path.display()))?;
-            }
-        }
-        if let Some(s) = &settings {
-            for (what, path) in [
-                ("GeoIP database", &s.geo_database),
-                ("override key", &s.secret_file),
-            ] {
-                if !dirs.iter().any(|d| path.starts_with(d)) {
-                    println!(
-                        "    kept the {what} {} (outside Sentinel's directories)",
-                        path.display()
-                    );
-                }
-            }
-        }
-    } else {
-        step(format!(
-            "keeping {} (config, override key) and {} (events, decisions, GeoIP database): \
-             --purge removes them",
-            place.on_target(CONFIG_DIR).display(),
-            place.on_target(STATE_DIR).display()
-        ));
-    }
-    step("Sentinel is uninstalled");
-    Ok(())
 }

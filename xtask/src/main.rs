@@ -16,6 +16,7 @@ mod bench_switch;
 mod install;
 mod package;
 mod scene;
+mod uninstall;
 
 use std::process::Command;
 
@@ -51,7 +52,7 @@ enum Task {
     /// start it.
     Install(install::InstallArgs),
     /// Stop and remove the service; blocks and data stay unless asked.
-    Uninstall(install::UninstallArgs),
+    Uninstall(uninstall::UninstallArgs),
     /// Build the Debian package target/debian/sentinel_<version>_<arch>.deb.
     Package(package::PackageArgs),
 }
@@ -65,7 +66,7 @@ fn main() -> anyhow::Result<()> {
         Task::BenchFlood(args) => bench_flood::run(&args),
         Task::BenchFleet(args) => bench_fleet::run(&args),
         Task::Install(args) => install::install(&args),
-        Task::Uninstall(args) => install::uninstall(&args),
+        Task::Uninstall(args) => uninstall::uninstall(&args),
         Task::Package(args) => package::package(&args).map(drop),
     }
 }

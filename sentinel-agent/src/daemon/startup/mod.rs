@@ -10,7 +10,7 @@ use rustc_hash::FxHashMap;
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, atomic::AtomicU64, mpsc as std_mpsc},
+    sync::{Arc, atomic::AtomicU64, mpsc as std_mpsc},
     thread::JoinHandle as ThreadHandle,
     time::Instant,
 };
@@ -47,12 +47,9 @@ use crate::{
     },
     event::BootClock,
     fleet,
-    notify::{
-        self, NotifyStats,
-        summary::{Summary, SummarySource},
-    },
-    override_http::{self, Secret},
-    sensors::{self, KernelEvent, LoadOptions, LostMaps, SENSORS, btf, cpu::CpuTracker},
+    notify::NotifyStats,
+    override_http,
+    sensors::{self, KernelEvent, LoadOptions, SENSORS, btf, cpu::CpuTracker},
     store::{self, Store, StoreStats, StoreTx},
     switch::{
         Limits, Switch, Timings,
@@ -61,6 +58,9 @@ use crate::{
         worker::{Health, Report, Worker},
     },
 };
+
+mod answers;
+pub use answers::{load_override_key, start_chat, start_override_endpoint, take_override_socket};
 
 /// `PATH` for finding `lineage.shells` when the agent has none (systemd gives one).
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -265,96 +265,6 @@ pub fn open_ledger_and_switch(config: &Config, enforcer: Enforcer) -> anyhow::Re
         notices,
         reports,
         infra,
-    })
-}
-
-/// The override endpoint's signing key, when `override.public_url` is set.
-pub fn load_override_key(config: &Config) -> anyhow::Result<Option<Arc<Secret>>> {
-    if config.override_.public_url.is_empty() {
-        return Ok(None);
-    }
-    let secret = Secret::load(&config.override_.secret_file).with_context(|| {
-        "override.public_url is set: the override endpoint needs its key \
-             (cargo xtask install creates it)"
-    })?;
-    Ok(Some(Arc::new(secret)))
-}
-
-/// The override endpoint's socket, taken as the agent's first step: systemd's
-/// (`sentinel.socket`), else `override.listen` bound now. None when the endpoint is off.
-pub fn take_override_socket(config: &Config) -> Option<override_http::listener::Early> {
-    (!config.override_.public_url.is_empty())
-        .then(|| override_http::listener::early(&config.override_.listen))
-}
-
-/// Serve signed links and Slack clicks on `override.listen`, when there is a key. A socket
-/// that could not be had yet is retried in the background (`health` says so meanwhile).
-pub fn start_override_endpoint(
-    config: &Config,
-    secret: Option<&Arc<Secret>>,
-    socket: Option<override_http::listener::Early>,
-    health: Arc<override_http::listener::Health>,
-    answers: mpsc::Sender<Answer>,
-) -> Option<JoinHandle<()>> {
-    let (secret, socket) = (secret?.clone(), socket?);
-    let config = config.clone();
-    Some(tokio::spawn(async move {
-        let listen = config.override_.listen.clone();
-        let listener = override_http::listener::listener(socket, &listen, &health).await;
-        let serve = override_http::serve(
-            listener,
-            &config,
-            secret,
-            answers,
-            notify::slack::outcome_message,
-        );
-        if let Err(e) = serve.await {
-            error!("the override endpoint stopped: {e}");
-        }
-    }))
-}
-
-/// Chat: announced decisions go out through every configured channel; answers (signed links,
-/// Slack clicks, Telegram presses) come back on `answers`, the same channel as the CLI's.
-pub fn start_chat(
-    config: &Config,
-    secret: Option<Arc<Secret>>,
-    notices: UnboundedReceiver<Notice>,
-    answers: mpsc::Sender<Answer>,
-    lost: Arc<Mutex<LostMaps>>,
-) -> (Vec<JoinHandle<()>>, Arc<NotifyStats>) {
-    let stats = Arc::new(NotifyStats::default());
-    let summary = daily_summary(config.agent.db.clone(), lost);
-    let tasks = notify::spawn(
-        config,
-        secret,
-        notices,
-        answers,
-        stats.clone(),
-        Some(summary),
-    );
-    (tasks, stats)
-}
-
-/// The numbers of the daily chat summary, read from the ledger when it is due.
-fn daily_summary(db: PathBuf, lost: Arc<Mutex<LostMaps>>) -> SummarySource {
-    Arc::new(move |since| {
-        let counts = Ledger::open_existing(&db, false)
-            .and_then(|l| l.summary_since(since))
-            .unwrap_or_else(|e| {
-                warn!("daily summary: {e}");
-                Default::default()
-            });
-        let lost = lost.lock().expect("lost lock");
-        Summary {
-            alerts_by_anomaly: counts.alerts_by_anomaly,
-            alerts_by_container: counts.alerts_by_container,
-            decisions_by_outcome: counts.decisions_by_outcome,
-            blocks: counts.blocks,
-            kills: counts.kills,
-            lost_events: SENSORS.iter().map(|s| lost.lost(s)).sum(),
-            ..Default::default()
-        }
     })
 }
 
