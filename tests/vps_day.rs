@@ -36,6 +36,17 @@ use common::{
 };
 use serde_json::Value;
 
+/// apt-get as a script runs it; a dpkg lock held by something else on the machine (its own
+/// unattended-upgrades) is waited for, not a failure.
+const APT_OPTIONS: [&str; 6] = [
+    "-y",
+    "-q",
+    "-o",
+    "Dpkg::Use-Pty=0",
+    "-o",
+    "DPkg::Lock::Timeout=300",
+];
+
 /// Names of what the day leaves outside its temp dir, unique to this run.
 fn tag() -> String {
     format!("sentinel-vpsday-{}", std::process::id())
@@ -184,7 +195,7 @@ fn apt_install_remove(undo: &mut Undo) {
     let apt = |args: &[&str]| {
         run_ok(
             Command::new("apt-get")
-                .args(["-y", "-q", "-o", "Dpkg::Use-Pty=0"])
+                .args(APT_OPTIONS)
                 .args(args)
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )
@@ -247,14 +258,16 @@ fn local_deb(dir: &Path, undo: &mut Undo) {
     undo.packages.push(name.clone());
     run_ok(
         Command::new("apt-get")
-            .args(["-y", "-q", "-o", "Dpkg::Use-Pty=0", "install"])
+            .args(APT_OPTIONS)
+            .arg("install")
             .arg(&deb)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     );
     assert!(Path::new(&format!("/etc/cron.d/{name}")).exists());
     run_ok(
         Command::new("apt-get")
-            .args(["-y", "-q", "-o", "Dpkg::Use-Pty=0", "purge", &name])
+            .args(APT_OPTIONS)
+            .args(["purge", &name])
             .env("DEBIAN_FRONTEND", "noninteractive"),
     );
 }
