@@ -95,6 +95,20 @@ struct Suspect {
     raised_cpu: bool,
 }
 
+impl Suspect {
+    /// A process suspected for no reason yet: its reasons are pushed by the caller.
+    fn new(culprit: Culprit) -> Self {
+        Suspect {
+            culprit,
+            why: Vec::new(),
+            located: false,
+            raised: false,
+            busy_since: None,
+            raised_cpu: false,
+        }
+    }
+}
+
 /// Whether `path` is a script (`#!`): the kernel ran its interpreter, not the file itself.
 /// The path is the process's choice (it may be a FIFO by now), so it is read as an
 /// [`UntrustedFile`](crate::untrusted_file): a symlink is followed (scripts are often run
@@ -208,14 +222,10 @@ impl Miner {
         }
         let culprit = culprit();
         let why = format!("connects to stratum port {dport}");
-        let s = self.suspects.entry(culprit.pid).or_insert_with(|| Suspect {
-            culprit,
-            why: Vec::new(),
-            located: false,
-            raised: false,
-            busy_since: None,
-            raised_cpu: false,
-        });
+        let s = self
+            .suspects
+            .entry(culprit.pid)
+            .or_insert_with(|| Suspect::new(culprit));
         if !s.why.contains(&why) {
             s.why.push(why);
         }
@@ -235,14 +245,10 @@ impl Miner {
         } else {
             format!("connects to mining pool {name} ({pool}) port {dport}")
         };
-        let s = self.suspects.entry(culprit.pid).or_insert_with(|| Suspect {
-            culprit,
-            why: Vec::new(),
-            located: false,
-            raised: false,
-            busy_since: None,
-            raised_cpu: false,
-        });
+        let s = self
+            .suspects
+            .entry(culprit.pid)
+            .or_insert_with(|| Suspect::new(culprit));
         if !s.why.contains(&why) {
             s.why.push(why);
         }
