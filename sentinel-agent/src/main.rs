@@ -11,6 +11,7 @@ mod event;
 mod fleet;
 mod notify;
 mod override_http;
+mod resident;
 mod secret_file;
 mod sensors;
 mod store;

@@ -15,6 +15,7 @@ mod persistence;
 pub mod pipeline;
 pub mod reload;
 pub mod service;
+mod ssh_watch;
 mod startup;
 mod stdio;
 mod ticks;
@@ -27,14 +28,13 @@ use tokio::{
     task::JoinHandle,
     time::Interval,
 };
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use self::{control::Unblock, pipeline::Pipeline};
 use crate::{
     config::Config,
     detect,
     enforce::infra::Infrastructure,
-    enrich::ssh::{Sources, SshTrust, authenticated_peers},
     fleet,
     sensors::{KernelEvent, Sensors},
     switch::{clock::Now, decision::Answer, worker::Report},
@@ -113,10 +113,10 @@ pub async fn run(config: Config, source: reload::Source) -> anyhow::Result<()> {
         switch.switch,
     )?;
     let mut timers = Timers::start(agent.cpu_interval);
-    // Live SSH sessions are re-read on their own thread: login records and /proc are files,
-    // and reading them (and /proc/net/tcp while someone is logged in) must never hold up
-    // draining the ring buffers.
-    let ssh_peers = spawn_ssh_watch(core.detect.trust.ssh().clone());
+    // Live SSH sessions are re-read on their own thread, when sshd's processes change: /proc
+    // and sock_diag must never hold up draining the ring buffers.
+    let (ssh_peers, ssh_nudge) = ssh_watch::spawn(core.detect.trust.ssh().clone());
+    core.ssh_nudge = ssh_nudge;
     tasks.extend(startup::start_metrics(&config, &shared).await?);
     startup::drop_privileges();
 
@@ -136,6 +136,13 @@ pub async fn run(config: Config, source: reload::Source) -> anyhow::Result<()> {
         source,
     };
     crate::alloc::return_freed_memory();
+    match crate::resident::drop_file_pages() {
+        Ok(bytes) => info!(
+            kib = bytes / 1024,
+            "start-up's code pages handed back (read again from the page cache when used)"
+        ),
+        Err(e) => warn!("could not hand back start-up's code pages: {e}"),
+    }
     startup::announce_ready(agent, sensors.attached, core.tree.len());
     event_loop(&mut core, &mut inbox, &mut timers).await;
     stop(
@@ -153,37 +160,6 @@ pub async fn run(config: Config, source: reload::Source) -> anyhow::Result<()> {
 const GC_EVERY: Duration = Duration::from_secs(30);
 /// How often the kernel's lost counters are read for `blind`.
 const BLIND_EVERY: Duration = Duration::from_secs(1);
-/// How often the live SSH sessions of the trusted users (trusted peers) are re-read.
-const SSH_REFRESH_EVERY: Duration = Duration::from_secs(2);
-/// Re-read the trusted SSH peers every [`SSH_REFRESH_EVERY`] on a thread of its own; the
-/// receiver sees a change only when the set changed. Nothing runs when SSH trust is off.
-fn spawn_ssh_watch(ssh: SshTrust) -> watch::Receiver<HashSet<IpAddr>> {
-    let (tx, rx) = watch::channel(HashSet::new());
-    if ssh.is_off() {
-        return rx;
-    }
-    std::thread::Builder::new()
-        .name("ssh-peers".into())
-        .spawn(move || {
-            loop {
-                let peers = authenticated_peers(&Sources::default(), &ssh);
-                tx.send_if_modified(|current| {
-                    let changed = *current != peers;
-                    if changed {
-                        *current = peers;
-                    }
-                    changed
-                });
-                if tx.is_closed() {
-                    return;
-                }
-                std::thread::sleep(SSH_REFRESH_EVERY);
-            }
-        })
-        .expect("spawn the ssh-peers thread");
-    rx
-}
-
 /// Longest the loop sleeps without re-checking pending deadlines (a safety net: it wakes at
 /// the earliest deadline anyway).
 const SWITCH_TICK: Duration = Duration::from_secs(1);

@@ -30,6 +30,7 @@ use crate::{
     enrich::names::Names,
     enrich::outbound::Outbound,
     enrich::shells::Shells,
+    enrich::ssh::is_sshd,
     enrich::tree::{ProcessTree, read_stat},
     enrich::trust::{ActionableAddr, TrustSet},
     event::{AlertBody, Body, BootClock, ConnectBody, ExecBody, Record},
@@ -106,6 +107,8 @@ pub struct Pipeline {
     pub fleet: Option<crate::fleet::Recorder>,
     /// Which container each cgroup is (cached by cgroup id).
     pub containers: Containers,
+    /// Asks for the live SSH sessions to be re-read when sshd's processes change.
+    pub ssh_nudge: super::ssh_watch::Nudge,
 }
 
 /// How long a process stays in the tree after its exit record.
@@ -236,6 +239,9 @@ impl Pipeline {
     pub fn handle(&mut self, event: KernelEvent) {
         match event {
             KernelEvent::Fork(f) => {
+                if is_sshd(&f.comm) {
+                    self.ssh_nudge.send();
+                }
                 self.tree
                     .on_fork(f.parent, f.child, f.child_start_ns, &f.comm);
                 // A tracked tree's forks are members from birth, whatever their parent link
@@ -247,6 +253,9 @@ impl Pipeline {
                 }
             }
             KernelEvent::Exit(e) => {
+                if self.tree.get(e.tgid).is_some_and(|p| is_sshd(&p.comm)) {
+                    self.ssh_nudge.send();
+                }
                 self.behaviour_exit(&e);
                 self.exits.push_back((Instant::now(), e.tgid, e.start_ns));
             }
@@ -257,6 +266,9 @@ impl Pipeline {
                     .set_exec_details(e.tgid, e.exe, e.uid, e.cgroup_id);
                 if self.is_agent(e.tgid) {
                     return;
+                }
+                if is_sshd(&e.comm) || self.tree.get(e.ppid).is_some_and(|p| is_sshd(&p.comm)) {
+                    self.ssh_nudge.send();
                 }
                 if self.detect.reverse_shell.waits(e.tgid) {
                     self.stdio_at_exec(e.tgid, &e.filename, e.ts_ns);

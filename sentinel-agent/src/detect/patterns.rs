@@ -67,8 +67,10 @@ const IDIOMS: &[Idiom] = &[
     },
 ];
 
-/// Miner markers: names, protocol URLs and flags of the common miners.
-const MINER_REGEX: &str = r"(?i)xmrig|xmr-stak|minerd|cpuminer|stratum\+(tcp|ssl|tls)://|--donate-level|-o\s+pool\.|cryptonight|randomx|nicehash|moneroocean|\bkdevtmpfsi\b|\bkinsing\b";
+/// Miner markers: names, protocol URLs and flags of the common miners. ASCII only (`-u`): every
+/// marker is ASCII, and a Unicode `\b` keeps the regex engine off its fast DFA path (this runs
+/// on every exec: 3.5k instructions each with it, measured under callgrind).
+const MINER_REGEX: &str = r"(?i-u)xmrig|xmr-stak|minerd|cpuminer|stratum\+(tcp|ssl|tls)://|--donate-level|-o\s+pool\.|cryptonight|randomx|nicehash|moneroocean|\bkdevtmpfsi\b|\bkinsing\b";
 
 static SET: LazyLock<RegexSet> = LazyLock::new(|| {
     RegexSet::new(IDIOMS.iter().map(|i| i.regex)).expect("the idiom catalogue compiles")

@@ -51,6 +51,11 @@ use crate::enrich::{accounts, sockets, tree::read_stat};
 /// releases in `sshd-session`).
 const SSHD_NAMES: [&str; 2] = ["sshd", "sshd-session"];
 
+/// Whether `comm` is the name of one of sshd's own processes.
+pub fn is_sshd(comm: &str) -> bool {
+    SSHD_NAMES.contains(&comm)
+}
+
 /// Where the process, socket and account tables are read.
 #[derive(Debug, Clone)]
 pub struct Sources {
@@ -116,7 +121,7 @@ pub fn authenticated_peers(src: &Sources, trust: &SshTrust) -> HashSet<IpAddr> {
         let Some(stat) = read_stat(&src.proc_root, pid) else {
             continue;
         };
-        if !SSHD_NAMES.contains(&stat.comm.as_str()) {
+        if !is_sshd(&stat.comm) {
             continue;
         }
         let held: Vec<IpAddr> = socket_inodes(&src.proc_root, pid)
@@ -201,7 +206,7 @@ fn titled_user(cmdline: &[u8]) -> Option<&str> {
 
 /// Whether `pid` is a root-owned sshd process.
 fn is_root_sshd(proc_root: &Path, pid: u32) -> bool {
-    read_stat(proc_root, pid).is_some_and(|s| SSHD_NAMES.contains(&s.comm.as_str()))
+    read_stat(proc_root, pid).is_some_and(|s| is_sshd(&s.comm))
         && real_uid(proc_root, pid) == Some(0)
 }
 

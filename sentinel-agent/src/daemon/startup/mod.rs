@@ -464,6 +464,7 @@ pub fn build_pipeline(
             crate::sensors::cgroup::root(),
             PathBuf::from("/proc"),
         ),
+        ssh_nudge: Default::default(),
     };
     if let Ok(n) = core.switch.reader().kill_count() {
         core.shared
