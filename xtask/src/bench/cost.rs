@@ -11,7 +11,10 @@
 
 use std::{io::BufRead as _, sync::mpsc};
 
-use super::{crowd::Crowd, *};
+use super::{
+    crowd::{Crowd, die_with_parent},
+    *,
+};
 
 mod busy;
 mod charge;

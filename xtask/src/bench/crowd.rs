@@ -1,7 +1,7 @@
 //! A host with many processes: the agent's memory at start-up grows with the processes it
 //! finds (its process tree), so bench-cost fills the machine up to N processes with sleeping
 //! `sleep 3600` children of its own, in one process group of their own, killed when dropped
-//! (also when the bench fails).
+//! (also when the bench fails), and by the kernel when the bench itself dies (interrupted).
 
 use std::os::unix::process::CommandExt as _;
 
@@ -33,7 +33,9 @@ impl Crowd {
             total: 0,
         };
         for _ in 0..missing {
-            let child = Command::new("sleep")
+            let mut sleep = Command::new("sleep");
+            die_with_parent(&mut sleep, Signal::SIGKILL);
+            let child = sleep
                 .arg("3600")
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -75,6 +77,16 @@ impl Drop for Crowd {
     }
 }
 
+/// Make the command's process get `signal` when the bench (the thread that starts it) dies,
+/// whatever the way: a Ctrl-C does not reach a process group of its own.
+pub(super) fn die_with_parent(command: &mut Command, signal: Signal) {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is a single async-signal-safe system call.
+    unsafe {
+        command
+            .pre_exec(move || nix::sys::prctl::set_pdeathsig(signal).map_err(std::io::Error::from));
+    }
+}
+
 /// Processes on the machine: the numeric entries of `/proc`.
 pub(super) fn process_count() -> anyhow::Result<u64> {
     let entries = fs::read_dir("/proc").context("listing /proc")?;
@@ -100,6 +112,30 @@ mod tests {
         assert!(!is_pid("thread-self"));
         assert!(!is_pid(""));
         assert!(!is_pid("12a"));
+    }
+
+    #[test]
+    fn a_child_dies_with_the_thread_that_started_it() {
+        use std::os::unix::process::ExitStatusExt as _;
+        let starter = thread::spawn(|| {
+            let mut sleep = Command::new("sleep");
+            die_with_parent(&mut sleep, Signal::SIGKILL);
+            sleep.arg("3600").spawn().unwrap()
+        });
+        let mut child = starter.join().unwrap();
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if start.elapsed() > Duration::from_secs(5) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the sleeper outlived the thread that started it");
+            }
+            thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(status.signal(), Some(9), "{status}");
     }
 
     #[test]

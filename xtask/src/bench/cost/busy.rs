@@ -134,7 +134,10 @@ impl Nginx {
         let addr = free_loopback()?;
         let conf = dir.path().join("nginx.conf");
         fs::write(&conf, nginx_config(dir.path(), addr))?;
-        let child = Command::new(NGINX)
+        let mut command = Command::new(NGINX);
+        // Should the bench die, the master stops (and stops its workers).
+        die_with_parent(&mut command, Signal::SIGTERM);
+        let child = command
             .arg("-p")
             .arg(dir.path())
             .arg("-c")
