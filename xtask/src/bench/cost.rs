@@ -113,6 +113,8 @@ struct Costs {
     hwm_kib: u64,
     /// Chat posts the agent made during the round (Sentinel only; none expected).
     chat_posts: u64,
+    /// Processes in the agent's process tree after the idle phase (Sentinel only).
+    tracked: u64,
 }
 
 /// The conditions of the run, for the report.
@@ -217,8 +219,10 @@ fn measure_sentinel(
         Ok(())
     })?;
     let (rss_kib, hwm_kib) = memory_kib(pid)?;
+    let status: serde_json::Value = serde_json::from_str(&agent.status_json()?)?;
+    let tracked = status["processes"].as_u64().unwrap_or(0);
     eprintln!(
-        "{label}: idle {}; VmRSS {:.1} MiB, VmHWM {:.1} MiB",
+        "{label}: idle {}; VmRSS {:.1} MiB, VmHWM {:.1} MiB; {tracked} processes tracked",
         describe(&idle, None),
         mib(rss_kib),
         mib(hwm_kib)
@@ -263,6 +267,7 @@ fn measure_sentinel(
         rss_kib,
         hwm_kib,
         chat_posts,
+        tracked,
     })
 }
 
@@ -342,6 +347,7 @@ fn measure_bpftrace(
             rss_kib,
             hwm_kib,
             chat_posts: 0,
+            tracked: 0,
         })
     })();
     // bpftrace prints its maps on SIGINT and exits.

@@ -12,6 +12,9 @@ use nix::{
 
 use super::*;
 
+/// How often the process count is topped up.
+const TOP_UPS: u32 = 3;
+
 /// Sleeping children that make up the difference to a process count.
 pub(super) struct Crowd {
     children: Vec<Child>,
@@ -23,36 +26,47 @@ pub(super) struct Crowd {
 
 impl Crowd {
     /// Start enough sleepers that the machine has at least `processes` processes (every
-    /// pid in `/proc`, kernel threads included, as `ps -e` counts them).
+    /// pid in `/proc`, kernel threads included, as `ps -e` counts them). Other processes
+    /// come and go meanwhile: the count is topped up a few times.
     pub(super) fn fill_to(processes: u64) -> anyhow::Result<Self> {
         let present = process_count()?;
-        let missing = processes.saturating_sub(present);
         let mut crowd = Crowd {
             children: Vec::new(),
             group: None,
-            total: 0,
+            total: present,
         };
-        for _ in 0..missing {
-            let mut sleep = Command::new("sleep");
-            die_with_parent(&mut sleep, Signal::SIGKILL);
-            let child = sleep
-                .arg("3600")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .process_group(crowd.group.map_or(0, Pid::as_raw))
-                .spawn()
-                .context("starting a sleeping process")?;
-            crowd.group.get_or_insert(Pid::from_raw(child.id() as i32));
-            crowd.children.push(child);
+        for _ in 0..TOP_UPS {
+            let missing = processes.saturating_sub(crowd.total);
+            if missing == 0 {
+                break;
+            }
+            for _ in 0..missing {
+                crowd.add_sleeper()?;
+            }
+            crowd.total = process_count()?;
         }
-        crowd.total = process_count()?;
         eprintln!(
             "processes: {present} on the machine, {} sleepers added: {}",
             crowd.children.len(),
             crowd.total
         );
         Ok(crowd)
+    }
+
+    fn add_sleeper(&mut self) -> anyhow::Result<()> {
+        let mut sleep = Command::new("sleep");
+        die_with_parent(&mut sleep, Signal::SIGKILL);
+        let child = sleep
+            .arg("3600")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(self.group.map_or(0, Pid::as_raw))
+            .spawn()
+            .context("starting a sleeping process")?;
+        self.group.get_or_insert(Pid::from_raw(child.id() as i32));
+        self.children.push(child);
+        Ok(())
     }
 
     pub(super) fn started(&self) -> usize {

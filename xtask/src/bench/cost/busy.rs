@@ -19,6 +19,8 @@ const WRK_THREADS: u32 = 2;
 const WRK_CONNECTIONS: u32 = 32;
 /// The static file served: the size of nginx's own welcome page.
 const PAGE_BYTES: usize = 615;
+/// wrk's first run, not counted: nginx's workers and the page come into memory.
+const WARM_UP_SECS: u64 = 2;
 /// How long nginx may take to answer after it starts, and to stop.
 const NGINX_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -156,7 +158,8 @@ impl Nginx {
             addr,
         };
         nginx.wait_serving()?;
-        eprintln!("busy server: nginx on {addr}");
+        eprintln!("busy server: nginx on {addr}; warming it up");
+        wrk(&nginx, WARM_UP_SECS)?;
         Ok(nginx)
     }
 

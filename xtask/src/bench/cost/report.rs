@@ -122,10 +122,16 @@ pub(super) fn print_cost_report(
     let rss = median_mib(sentinel, |c| c.rss_kib);
     println!(
         "  idle RSS    {rss:.1} MiB (≤ {IDLE_RSS_TARGET_MIB} MiB) {}; VmHWM {:.1} MiB; on a host \
-         with {} processes",
+         with {} processes ({:.0} in the agent's process tree)",
         verdict(rss, IDLE_RSS_TARGET_MIB),
         median_mib(sentinel, |c| c.hwm_kib),
-        host.processes
+        host.processes,
+        median(
+            &sentinel
+                .iter()
+                .map(|c| c.tracked as f64)
+                .collect::<Vec<_>>()
+        ),
     );
     if !busy.is_empty() {
         print_busy(busy, args.busy_secs);
