@@ -35,6 +35,9 @@ pub(super) struct BusyRound {
     pub(super) cpus: u64,
     /// Chat posts the agent made meanwhile.
     pub(super) chat_posts: u64,
+    /// CPU other processes (or the hypervisor) took during each half, in cores: the
+    /// busy server's rate is only as good as the machine was quiet.
+    pub(super) others: [f64; 2],
 }
 
 impl BusyRound {
@@ -73,6 +76,7 @@ pub(super) fn measure_busy(
 ) -> anyhow::Result<BusyRound> {
     let with_first = r.is_multiple_of(2);
     let (mut without_rps, mut with) = (None, None);
+    let mut others = [0.0; 2];
     for half_is_with in [with_first, !with_first] {
         if half_is_with {
             let mut agent = Agent::start(bench, "busy")?;
@@ -81,21 +85,28 @@ pub(super) fn measure_busy(
             thread::sleep(Duration::from_secs(2));
             let posts = services.chat.posts();
             let mut rps = 0.0;
-            let charged = charge(agent.pid(), || {
-                rps = wrk(nginx, secs)?;
+            let pid = agent.pid();
+            let mut busy = 0.0;
+            let charged = charge(pid, || {
+                (rps, busy) = nginx.wrk_among_others(secs, Some(pid), bench.hz)?;
                 Ok(())
             })?;
             let posts = services.chat.posts() - posts;
             agent.stop()?;
             eprintln!(
-                "{label}: busy server with agent {rps:.0} requests/s; agent {}",
+                "{label}: busy server with agent {rps:.0} requests/s (others {busy:.2} cores); \
+                 agent {}",
                 describe(&charged, None)
             );
             with = Some((rps, charged, posts));
+            others[1] = busy;
         } else {
-            let rps = wrk(nginx, secs)?;
-            eprintln!("{label}: busy server without agent {rps:.0} requests/s");
+            let (rps, busy) = nginx.wrk_among_others(secs, None, bench.hz)?;
+            eprintln!(
+                "{label}: busy server without agent {rps:.0} requests/s (others {busy:.2} cores)"
+            );
             without_rps = Some(rps);
+            others[0] = busy;
         }
     }
     let (with_rps, agent, chat_posts) = with.expect("ran the with half");
@@ -105,6 +116,7 @@ pub(super) fn measure_busy(
         agent,
         cpus: thread::available_parallelism().map_or(1, |n| n.get() as u64),
         chat_posts,
+        others,
     })
 }
 
@@ -163,6 +175,29 @@ impl Nginx {
         Ok(nginx)
     }
 
+    /// [`wrk`], and the CPU everything but this process, its children, nginx and the agent
+    /// (`agent`) used meanwhile, in cores.
+    fn wrk_among_others(
+        &self,
+        secs: u64,
+        agent: Option<u32>,
+        hz: u64,
+    ) -> anyhow::Result<(f64, f64)> {
+        let group = self.child.as_ref().map_or(0, Child::id);
+        let snapshot = || {
+            let mut at = CpuSnapshot::take(agent)?;
+            at.ours += group_ticks(group);
+            Some(at)
+        };
+        let before = snapshot();
+        let rps = wrk(self, secs)?;
+        let others = match (before, snapshot()) {
+            (Some(before), Some(after)) => others_cores(&before, &after, hz),
+            _ => 0.0,
+        };
+        Ok((rps, others))
+    }
+
     fn url(&self) -> String {
         format!("http://{}/index.html", self.addr)
     }
@@ -216,6 +251,19 @@ impl Drop for Nginx {
         let _ = child.kill();
         let _ = child.wait();
     }
+}
+
+/// CPU ticks (utime + stime) of the live processes of process group `group`.
+fn group_ticks(group: u32) -> u64 {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| stat_sum(stat, 5..=5) == Some(u64::from(group)))
+        .filter_map(|stat| stat_cpu_ticks(&stat))
+        .sum()
 }
 
 /// The static page: `PAGE_BYTES` of HTML.
@@ -332,6 +380,7 @@ mod tests {
             },
             cpus: 2,
             chat_posts: 0,
+            others: [0.0; 2],
         };
         assert!((round.percent_lost() - 0.5).abs() < 1e-9);
         assert!((round.agent_percent() - 1.5).abs() < 1e-9);

@@ -201,6 +201,18 @@ fn print_busy(busy: &[BusyRound], secs: u64) {
         share(Charge::bpf_ns),
         share(|c| c.user),
     );
+    let disturbed: Vec<usize> = busy
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.others[0].max(b.others[1]) > DISTURBED_CORES)
+        .map(|(i, _)| i + 1)
+        .collect();
+    if !disturbed.is_empty() {
+        println!(
+            "    busy server rounds {disturbed:?}: other processes (or steal) took more than \
+             {DISTURBED_CORES} of a core meanwhile; their rates are suspect"
+        );
+    }
 }
 
 /// The run time of the `dns` sensor's programs (the other programs run for whatever else the
