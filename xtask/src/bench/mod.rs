@@ -8,8 +8,9 @@
 //! not a test: a missed target is printed, not an error.
 //!
 //! Here: the options, the rounds and the idle measurement. Beside it: `storm.rs` (the timed
-//! workloads), `agent.rs` (the agent under measurement), `host.rs` (what is read from
-//! `/proc`), `report.rs` (the printout).
+//! workloads), `agent.rs` (the agent under measurement), `config.rs` (its config),
+//! `host.rs` (what is read from `/proc`), `crowd.rs` (sleeping processes that fill the host
+//! up for bench-cost), `report.rs` (the printout); `cost.rs` and `cost/` are bench-cost.
 
 mod agent;
 mod config;
