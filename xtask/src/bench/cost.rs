@@ -218,6 +218,7 @@ fn measure_sentinel(
         thread::sleep(Duration::from_secs(args.idle_secs));
         Ok(())
     })?;
+    agent.check_alive()?;
     let (rss_kib, hwm_kib) = memory_kib(pid)?;
     let status: serde_json::Value = serde_json::from_str(&agent.status_json()?)?;
     let tracked = status["processes"].as_u64().unwrap_or(0);
