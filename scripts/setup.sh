@@ -2,7 +2,8 @@
 # Installs what a fresh Debian/Ubuntu machine lacks to build, run and test Sentinel:
 # apt packages (postgresql: the fleet tests start their own server from it), the nightly toolchain's rust-src, bpf-linker 0.10.4, and the GeoIP country
 # database at /var/lib/sentinel/country.mmdb. With --bench it also installs bpftrace, the
-# baseline `cargo xtask bench-cost` measures beside the agent (not needed to build or test).
+# baseline `cargo xtask bench-cost` measures beside the agent, and nginx and wrk, its busy
+# server and the load on it (not needed to build or test).
 # With --lint it also installs lintian, to check the Debian package (`lintian
 # target/debian/sentinel_*.deb`; about 110 packages, so not part of the default set).
 # Idempotent, and quick when everything is already there. Run as root (or with sudo).
@@ -24,7 +25,7 @@ APT_PACKAGES=(nftables iproute2 bpftool gcc libc6-dev pkg-config ca-certificates
   golang-go python3-venv python3-dev ansible-core logrotate cron podman runc dnsmasq-base)
 for arg in "$@"; do
   case "$arg" in
-    --bench) APT_PACKAGES+=(bpftrace) ;;
+    --bench) APT_PACKAGES+=(bpftrace nginx wrk) ;;
     --lint) APT_PACKAGES+=(lintian) ;;
     *) printf 'setup: unknown option %s (known: --bench, --lint)\n' "$arg" >&2; exit 2 ;;
   esac

@@ -17,9 +17,7 @@ use std::{
 
 use anyhow::{Context as _, ensure};
 
-#[path = "../../tests/common/pg.rs"]
-#[allow(dead_code, reason = "the benchmark uses part of the test harness")]
-mod pg;
+use crate::harness::pg;
 
 #[derive(clap::Args)]
 pub struct Args {

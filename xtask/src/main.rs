@@ -3,12 +3,13 @@
 //! `uninstall`, `cargo xtask package`.
 
 mod bench;
-/// The test harness's test hosts and GeoIP writer, shared by the benchmarks.
+/// The test harness's test hosts, GeoIP writer and PostgreSQL server, shared by the benchmarks.
 #[path = "../../tests/common"]
 #[allow(dead_code, reason = "the benchmarks use part of the test harness")]
 mod harness {
     pub mod mmdb;
     pub mod netns;
+    pub mod pg;
 }
 mod bench_fleet;
 mod bench_flood;

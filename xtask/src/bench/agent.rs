@@ -115,6 +115,12 @@ impl Agent {
 
     /// The agent's `status --json`, reduced to what the bench needs.
     pub(super) fn status(&self) -> anyhow::Result<Status> {
+        let json = self.status_json()?;
+        Status::parse(&json).with_context(|| format!("unexpected `status --json` output: {json}"))
+    }
+
+    /// The agent's `status --json`, whole.
+    pub(super) fn status_json(&self) -> anyhow::Result<String> {
         let out = Command::new(&self.binary)
             .args(["status", "--json", "--config"])
             .arg(&self.config)
@@ -127,8 +133,7 @@ impl Agent {
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         );
-        let json = String::from_utf8_lossy(&out.stdout);
-        Status::parse(&json).with_context(|| format!("unexpected `status --json` output: {json}"))
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// The agent's CPU time so far (utime + stime), in clock ticks.

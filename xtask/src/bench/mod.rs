@@ -8,17 +8,21 @@
 //! not a test: a missed target is printed, not an error.
 //!
 //! Here: the options, the rounds and the idle measurement. Beside it: `storm.rs` (the timed
-//! workloads), `agent.rs` (the agent under measurement), `host.rs` (what is read from
-//! `/proc`), `report.rs` (the printout).
+//! workloads), `agent.rs` (the agent under measurement), `config.rs` (its config),
+//! `host.rs` (what is read from `/proc`), `crowd.rs` (sleeping processes that fill the host
+//! up for bench-cost), `report.rs` (the printout); `cost.rs` and `cost/` are bench-cost.
 
 mod agent;
+mod config;
 pub mod cost;
+mod crowd;
 mod dns_storm;
 mod host;
 mod report;
 mod storm;
 
 use agent::*;
+use config::*;
 use dns_storm::*;
 use host::*;
 use report::*;
@@ -111,7 +115,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         );
     }
 
-    let (tmp, config) = work_dir(&binary)?;
+    let (tmp, config, ()) = work_dir(&binary, |_| Ok((Extras::default(), ())))?;
 
     let bench = Bench {
         binary: &binary,
@@ -315,31 +319,6 @@ impl Bench<'_> {
     }
 }
 
-/// The agent's config for the benchmark: its own db and socket, and dry-run enforcement, so
-/// the host's firewall is never touched (the sensors are what is measured).
-fn bench_config(dir: &Path) -> String {
-    format!(
-        "[agent]\ndb = {:?}\nsocket = {:?}\n[enforce]\nmode = \"dry-run\"\n",
-        dir.join("bench.db").display().to_string(),
-        dir.join("bench.sock").display().to_string()
-    )
-}
-
-/// A fresh work dir holding the agent's bench config (its own db and socket, dry-run), and
-/// the config's path; says where it is.
-fn work_dir(binary: &Path) -> anyhow::Result<(TempDir, PathBuf)> {
-    let tmp = TempDir::create()?;
-    let config = tmp.path().join("bench.toml");
-    fs::write(&config, bench_config(tmp.path())).context("writing the bench config")?;
-    eprintln!(
-        "agent {}; work dir {}; load average {}",
-        binary.display(),
-        tmp.path().display(),
-        load_average()
-    );
-    Ok((tmp, config))
-}
-
 /// The agent to measure: `binary`, or the workspace's release build (built first unless
 /// `no_build`).
 pub(crate) fn agent_binary(no_build: bool, binary: Option<&Path>) -> anyhow::Result<PathBuf> {
@@ -541,18 +520,5 @@ mod tests {
         assert_eq!(cpu_percent(50, 100, Duration::from_secs(10)), 5.0);
         assert_eq!(cpu_percent(0, 100, Duration::from_secs(10)), 0.0);
         assert_eq!(cpu_percent(10, 100, Duration::ZERO), 0.0);
-    }
-
-    #[test]
-    fn config_quotes_paths() {
-        let config = bench_config(Path::new("/tmp/sentinel-bench-1-2"));
-        assert_eq!(
-            config,
-            "[agent]\n\
-             db = \"/tmp/sentinel-bench-1-2/bench.db\"\n\
-             socket = \"/tmp/sentinel-bench-1-2/bench.sock\"\n\
-             [enforce]\n\
-             mode = \"dry-run\"\n"
-        );
     }
 }

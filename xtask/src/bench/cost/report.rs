@@ -1,5 +1,5 @@
-//! bench-cost's printout: per-event and idle CPU time of both tools, Sentinel against its
-//! targets, and the split by BPF program and process.
+//! bench-cost's printout: per-event and idle CPU time and idle memory of both tools, the busy
+//! server, Sentinel against its targets, and the split by BPF program and process.
 
 use super::*;
 
@@ -54,23 +54,44 @@ fn verdict(value: f64, target: f64) -> &'static str {
     }
 }
 
-pub(super) fn print_cost_report(args: &Args, sentinel: &[Costs], baseline: &[Costs]) {
+/// The median of a memory figure, MiB.
+fn median_mib(costs: &[Costs], pick: fn(&Costs) -> u64) -> f64 {
+    median(&costs.iter().map(|c| mib(pick(c))).collect::<Vec<_>>())
+}
+
+pub(super) fn print_cost_report(
+    args: &Args,
+    host: &Host,
+    sentinel: &[Costs],
+    baseline: &[Costs],
+    busy: &[BusyRound],
+) {
     let (execs, connects) = (args.execs, args.connects);
     println!();
     println!(
-        "medians over {} round(s); CPU time all in (BPF programs + the tool's own threads):",
-        sentinel.len()
+        "medians over {} round(s); CPU time all in (BPF programs + the tool's own threads); \
+         sentinel with every sensor and detector on, {}chat (Slack) and metrics configured; \
+         {} processes on the host ({} sleeping ones added):",
+        sentinel.len(),
+        if host.fleet {
+            "fleet, "
+        } else {
+            "NO fleet (--no-fleet), "
+        },
+        host.processes,
+        host.sleepers
     );
     println!(
-        "{:<22} {:>16} {:>16} {:>14}",
-        "", "per exec", "per connect", "idle"
+        "{:<22} {:>16} {:>16} {:>14} {:>14}",
+        "", "per exec", "per connect", "idle", "RSS idle"
     );
     let row = |name: &str, costs: &[Costs]| {
         println!(
-            "{name:<22} {:>13.2} µs {:>13.2} µs {:>12.3} %",
+            "{name:<22} {:>13.2} µs {:>13.2} µs {:>12.3} % {:>10.1} MiB",
             per_event_us(costs, |c| &c.exec, execs),
             per_event_us(costs, |c| &c.connect, connects),
             idle_percent(costs),
+            median_mib(costs, |c| c.rss_kib),
         )
     };
     row("sentinel", sentinel);
@@ -97,6 +118,33 @@ pub(super) fn print_cost_report(args: &Args, sentinel: &[Costs], baseline: &[Cos
     println!(
         "  idle        {idle:.3} % of a core (≤ {IDLE_TARGET_PERCENT} %) {}",
         verdict(idle, IDLE_TARGET_PERCENT)
+    );
+    let rss = median_mib(sentinel, |c| c.rss_kib);
+    println!(
+        "  idle RSS    {rss:.1} MiB (≤ {IDLE_RSS_TARGET_MIB} MiB) {}; VmHWM {:.1} MiB; on a host \
+         with {} processes ({:.0} in the agent's process tree)",
+        verdict(rss, IDLE_RSS_TARGET_MIB),
+        median_mib(sentinel, |c| c.hwm_kib),
+        host.processes,
+        median(
+            &sentinel
+                .iter()
+                .map(|c| c.tracked as f64)
+                .collect::<Vec<_>>()
+        ),
+    );
+    if !busy.is_empty() {
+        print_busy(busy, args.busy_secs);
+    }
+    let posts: u64 = sentinel.iter().map(|c| c.chat_posts).sum::<u64>()
+        + busy.iter().map(|b| b.chat_posts).sum::<u64>();
+    println!(
+        "  chat posts during the measurements: {posts} (none expected){}",
+        if posts == 0 {
+            ""
+        } else {
+            ": the agent alerted"
+        }
     );
     let answers = args.dns_answers;
     let dns_all = per_event_us(sentinel, |c| &c.dns, answers);
@@ -129,6 +177,42 @@ pub(super) fn print_cost_report(args: &Args, sentinel: &[Costs], baseline: &[Cos
         print_split(baseline, execs, connects, args.dns_answers);
     }
     println!("load average at the end: {}", load_average());
+}
+
+/// The busy server's line: requests/s without and with the agent, the % lost, the agent's
+/// share of the machine's CPU.
+fn print_busy(busy: &[BusyRound], secs: u64) {
+    let of = |f: &dyn Fn(&BusyRound) -> f64| median(&busy.iter().map(f).collect::<Vec<_>>());
+    let lost = of(&BusyRound::percent_lost);
+    let share = |ns: fn(&Charge) -> u64| {
+        of(&move |b| {
+            ns(&b.agent) as f64 / (b.agent.elapsed.as_nanos() as f64 * b.cpus as f64) * 100.0
+        })
+    };
+    println!(
+        "  busy server (nginx, wrk {secs} s) {:.0} requests/s without the agent, {:.0} with: \
+         {lost:.2} % lost (≤ {BUSY_LOST_TARGET_PERCENT} %) {}; the agent used {:.3} % of the \
+         machine's CPU time ({} CPUs; BPF {:.3} % + process {:.3} %)",
+        of(&|b| b.without_rps),
+        of(&|b| b.with_rps),
+        verdict(lost, BUSY_LOST_TARGET_PERCENT),
+        of(&BusyRound::agent_percent),
+        busy[0].cpus,
+        share(Charge::bpf_ns),
+        share(|c| c.user),
+    );
+    let disturbed: Vec<usize> = busy
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.others[0].max(b.others[1]) > DISTURBED_CORES)
+        .map(|(i, _)| i + 1)
+        .collect();
+    if !disturbed.is_empty() {
+        println!(
+            "    busy server rounds {disturbed:?}: other processes (or steal) took more than \
+             {DISTURBED_CORES} of a core meanwhile; their rates are suspect"
+        );
+    }
 }
 
 /// The run time of the `dns` sensor's programs (the other programs run for whatever else the
