@@ -168,13 +168,14 @@ impl Miner {
         let is_located = located.is_some();
         why.extend(located);
         let args = argv.join(" ");
-        let marker = [
-            culprit.comm.as_str(),
-            culprit.exe.as_deref().unwrap_or(""),
-            &args,
-        ]
-        .into_iter()
-        .find_map(patterns::miner_marker);
+        // The first marker of the name, else of the executable, else of the arguments: one
+        // search over the three joined by NULs (which no marker spans), the leftmost match.
+        let haystack = format!(
+            "{}\0{}\0{args}",
+            culprit.comm,
+            culprit.exe.as_deref().unwrap_or("")
+        );
+        let marker = patterns::miner_marker(&haystack);
         if let Some(m) = marker {
             why.push(format!("miner marker {m:?}"));
         }
