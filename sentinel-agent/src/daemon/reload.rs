@@ -129,7 +129,7 @@ pub fn reload(core: &mut Pipeline, source: &mut Source) -> Result<Reloaded, Stri
 
     // Open first: a database that does not open leaves the running one in place.
     let geoip = if config.geo.enabled {
-        Some(CountryDb::open(&config.geo.database).map_err(|e| {
+        Some(CountryDb::open_mapped(&config.geo.database).map_err(|e| {
             format!("{e} (the agent keeps the database it had; fix the file and reload again)")
         })?)
     } else {

@@ -75,11 +75,11 @@ pub struct Enrichment {
 /// logged in now.
 pub fn open_enrichment(config: &Config) -> anyhow::Result<Enrichment> {
     let geoip = if config.geo.enabled {
-        let geo = CountryDb::open(&config.geo.database).with_context(|| {
+        let geo = CountryDb::open_mapped(&config.geo.database).with_context(|| {
             "the GeoIP database is needed for geo alerts (scripts/geoip.sh installs one; \
              or set geo.enabled = false)"
         })?;
-        info!("GeoIP: {}", geo.describe());
+        info!(mapped = geo.is_mapped(), "GeoIP: {}", geo.describe());
         Some(geo)
     } else {
         warn!("geo.enabled = false: connections get no country and geo alerts are off");
