@@ -28,6 +28,8 @@ impl Pipeline {
             SENSORS.iter().map(|s| (*s, lost.lost(s))).collect()
         };
         for finding in self.detect.blind.observe(&counts) {
+            // Lost records may have been an sshd's: the SSH sessions are read again.
+            self.ssh_nudge.send();
             self.raise(finding, None);
         }
     }
