@@ -122,7 +122,7 @@ impl Pipeline {
     fn block_by_name(&mut self, f: &Follow, name: &str, ip: IpAddr, now: Now) {
         match self
             .switch
-            .block_shared(&self.detect.trust, ip, &f.decision, now)
+            .block_shared(&self.detect.trust, ip, &f.decision, Some(name), now)
         {
             Ok(true) => {
                 info!(decision = %f.decision, %ip, name, "the block follows its name: a new address of a blocked name is blocked");

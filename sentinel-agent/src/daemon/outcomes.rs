@@ -135,7 +135,7 @@ impl Pipeline {
             crate::fleet::Command::Block { addr, tag } => {
                 match self
                     .switch
-                    .block_shared(&self.detect.trust, addr, &tag, Now::read())
+                    .block_shared(&self.detect.trust, addr, &tag, None, Now::read())
                 {
                     Ok(true) => debug!(%addr, by = %tag, "shared block: queued"),
                     Ok(false) => {

@@ -3,7 +3,7 @@
 //! switch itself (`switch.rs`) owns the state machine; chat channels, the override endpoint
 //! and the CLI only send [`Answer`]s and receive [`Notice`]s.
 
-use std::{fmt, net::IpAddr, time::SystemTime};
+use std::{collections::BTreeMap, fmt, net::IpAddr, time::SystemTime};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -87,6 +87,10 @@ pub struct Decision {
     /// The name `target_ip` was resolved from, when the alert knew it (`AlertBody::domain`).
     #[serde(default)]
     pub domain: Option<String>,
+    /// The name each target was resolved from, when one was (by the decision's process, else
+    /// by the host): what its blocks are recorded under.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub names: BTreeMap<IpAddr, String>,
     pub detail: String,
     pub created: SystemTime,
     /// When the automatic block happens if nobody answers.

@@ -18,7 +18,7 @@ use crate::{
     config::Config,
     notify::{
         self, NotifyStats,
-        summary::{Summary, SummarySource},
+        summary::{MAX_BLOCKS_LISTED, Summary, SummarySource},
     },
     override_http::{self, Secret},
     sensors::{LostMaps, SENSORS},
@@ -99,18 +99,30 @@ pub fn start_chat(
 /// The numbers of the daily chat summary, read from the ledger when it is due.
 fn daily_summary(db: PathBuf, lost: Arc<Mutex<LostMaps>>) -> SummarySource {
     Arc::new(move |since| {
-        let counts = Ledger::open_existing(&db, false)
-            .and_then(|l| l.summary_since(since))
+        let ledger = Ledger::open_existing(&db, false);
+        let counts = ledger
+            .as_ref()
+            .map_err(|e| e.to_string())
+            .and_then(|l| l.summary_since(since).map_err(|e| e.to_string()))
             .unwrap_or_else(|e| {
                 warn!("daily summary: {e}");
                 Default::default()
             });
+        let blocked = ledger
+            .as_ref()
+            .ok()
+            .and_then(|l| l.blocks_made_since(since, MAX_BLOCKS_LISTED).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|b| (b.addr, b.domain))
+            .collect();
         let lost = lost.lock().expect("lost lock");
         Summary {
             alerts_by_anomaly: counts.alerts_by_anomaly,
             alerts_by_container: counts.alerts_by_container,
             decisions_by_outcome: counts.decisions_by_outcome,
             blocks: counts.blocks,
+            blocked,
             kills: counts.kills,
             lost_events: SENSORS.iter().map(|s| lost.lost(s)).sum(),
             ..Default::default()
