@@ -5,7 +5,8 @@
 //! files are never touched) and connect. The agent's connect events and geo alerts must carry
 //! the name, also when the answer comes from a local caching stub on loopback (as
 //! systemd-resolved's 127.0.0.53), and per process: two processes that resolved different
-//! names to one address each see their own.
+//! names to one address each see their own. DNS over TLS or HTTPS yields no name (the answer
+//! is encrypted), which a test of its own shows against a plain answer from the same server.
 
 mod common;
 
@@ -440,13 +441,20 @@ fn a_blocked_name_takes_its_new_address_into_the_block() {
         );
         thread::sleep(Duration::from_millis(100));
     }
+    // Both blocks are listed under the name they were blocked under: the decision's own
+    // target and the address that followed it.
     let blocks = agent.json_lines(&["blocks", "--json"]);
-    assert!(
-        blocks
-            .iter()
-            .any(|b| b["addr"] == ROTATED && b["decision_id"] == id.as_str()),
-        "{blocks:?}"
-    );
+    for addr in [RU4, ROTATED] {
+        assert!(
+            blocks.iter().any(|b| b["addr"] == addr
+                && b["decision_id"] == id.as_str()
+                && b["domain"] == NAME),
+            "{addr} not blocked under {NAME}: {blocks:?}"
+        );
+    }
+    let table = String::from_utf8_lossy(&agent.cli(&["blocks"]).stdout).into_owned();
+    let row = table.lines().find(|l| l.starts_with(ROTATED)).unwrap_or("");
+    assert!(row.contains(NAME), "{table}");
 }
 
 #[test]
@@ -637,4 +645,194 @@ fn a_flood_of_answers_neither_grows_memory_nor_stalls_the_agent() {
     connect_now(&mut stdin, &mut stdout);
     let ev = connect_of(&agent, pid, RU4);
     assert_eq!(ev["domain"], "c2.sentinel.test", "{ev}");
+}
+
+/// A resolver for [`encrypted_dns_yields_no_name`], run on the test host: answers `A`
+/// questions from the zone given as `name=address` arguments over plain UDP (port 53), DNS
+/// over TLS (853, RFC 7858: two-byte length, then the message) and DNS over HTTPS (443, RFC
+/// 8484: `POST /dns-query`, `application/dns-message`), with the certificate `cert.pem` and
+/// `key.pem` in its working directory. Prints `ready` once all three listen.
+const ENCRYPTED_RESOLVER: &str = r#"
+import http.server, socket, socketserver, ssl, struct, sys, threading
+listen = sys.argv[1]
+zone = dict(a.split("=") for a in sys.argv[2:])
+
+def answer(q):
+    i, labels = 12, []
+    while q[i]:
+        labels.append(q[i + 1:i + 1 + q[i]].decode()); i += 1 + q[i]
+    qtype = struct.unpack("!H", q[i + 1:i + 3])[0]
+    question = q[12:i + 5]
+    addr = zone.get(".".join(labels).lower()) if qtype == 1 else None
+    head = q[:2] + struct.pack("!HHHHH", 0x8180, 1, 1 if addr else 0, 0, 0)
+    rr = struct.pack("!HHHIH", 0xC00C, 1, 1, 60, 4) + socket.inet_aton(addr) if addr else b""
+    return head + question + rr
+
+tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+tls.load_cert_chain("cert.pem", "key.pem")
+
+class Dot(socketserver.BaseRequestHandler):
+    def handle(self):
+        s = tls.wrap_socket(self.request, server_side=True)
+        n = struct.unpack("!H", s.recv(2))[0]
+        q = b""
+        while len(q) < n:
+            q += s.recv(n - len(q))
+        a = answer(q)
+        s.sendall(struct.pack("!H", len(a)) + a)
+        s.close()
+
+class Doh(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        a = answer(self.rfile.read(int(self.headers["Content-Length"])))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/dns-message")
+        self.send_header("Content-Length", str(len(a)))
+        self.end_headers()
+        self.wfile.write(a)
+    def log_message(self, *args):
+        pass
+
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+dot = socketserver.ThreadingTCPServer((listen, 853), Dot)
+doh = http.server.ThreadingHTTPServer((listen, 443), Doh)
+doh.socket = tls.wrap_socket(doh.socket, server_side=True)
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+udp.bind((listen, 53))
+for server in (dot, doh):
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+print("ready", flush=True)
+while True:
+    q, peer = udp.recvfrom(512)
+    udp.sendto(answer(q), peer)
+"#;
+
+/// A client for [`encrypted_dns_yields_no_name`]: asks the resolver at `argv[1]` for
+/// `argv[3]` over `argv[2]` (`udp`, `dot` or `doh`, with no certificate check: the test's
+/// own), prints the address, connects to it (port 443: the test host resets), and says
+/// `connected`. It asks by itself, as a program with its own DoH client (a browser, a
+/// malware's stub) does: glibc plays no part.
+const ENCRYPTED_CLIENT: &str = r#"
+import http.client, random, socket, ssl, struct, sys
+server, how, name = sys.argv[1:4]
+q = struct.pack("!HHHHHH", random.randrange(65536), 0x0100, 1, 0, 0, 0)
+q += b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\0"
+q += struct.pack("!HH", 1, 1)
+insecure = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+insecure.check_hostname = False
+insecure.verify_mode = ssl.CERT_NONE
+if how == "udp":
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5)
+    s.connect((server, 53)); s.send(q); a = s.recv(512)
+elif how == "dot":
+    s = insecure.wrap_socket(socket.create_connection((server, 853), timeout=5))
+    s.sendall(struct.pack("!H", len(q)) + q)
+    n = struct.unpack("!H", s.recv(2))[0]
+    a = b""
+    while len(a) < n:
+        a += s.recv(n - len(a))
+else:
+    c = http.client.HTTPSConnection(server, 443, timeout=5, context=insecure)
+    c.request("POST", "/dns-query", q, {"Content-Type": "application/dns-message"})
+    a = c.getresponse().read()
+addr = socket.inet_ntoa(a[-4:])
+print("resolved", addr, flush=True)
+s = socket.socket(); s.settimeout(2)
+try: s.connect((addr, 443))
+except OSError: pass
+s.close()
+print("connected", flush=True)
+"#;
+
+/// Run [`ENCRYPTED_CLIENT`] to completion: its pid and the address it was told.
+fn encrypted_client(dir: &Path, how: &str, name: &str, procs: &mut Procs) -> (u32, String) {
+    let child = procs.spawn(
+        Command::new("/usr/bin/python3")
+            .arg(dir.join("client.py"))
+            .args([DE4, how, name])
+            .stdout(Stdio::piped()),
+    );
+    let pid = child.id();
+    let lines: Vec<String> = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .collect();
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("connected"),
+        "{how} client for {name}: {lines:?}"
+    );
+    let addr = lines[0].strip_prefix("resolved ").unwrap_or("").to_string();
+    (pid, addr)
+}
+
+#[test]
+fn encrypted_dns_yields_no_name() {
+    if !common::require_root("encrypted_dns_yields_no_name") {
+        return;
+    }
+    let _serial = common::serial();
+    let net = TestNet::new("dnsenc");
+    let mut procs = Procs::default();
+    let dir = tempfile::tempdir().unwrap();
+    let made = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=resolver.sentinel.test"])
+        .args(["-keyout", "key.pem", "-out", "cert.pem"])
+        .current_dir(dir.path())
+        .output()
+        .expect("openssl (scripts/setup.sh installs it)");
+    assert!(made.status.success(), "{made:?}");
+    std::fs::write(dir.path().join("resolver.py"), ENCRYPTED_RESOLVER).unwrap();
+    std::fs::write(dir.path().join("client.py"), ENCRYPTED_CLIENT).unwrap();
+    let resolver = procs.spawn(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                net.ns(),
+                "/usr/bin/python3",
+                "resolver.py",
+                DE4,
+            ])
+            .args([
+                format!("dot.sentinel.test={RU4}"),
+                format!("doh.sentinel.test={CN4}"),
+                format!("plain.sentinel.test={RU4}"),
+            ])
+            .current_dir(dir.path())
+            .stdout(Stdio::piped()),
+    );
+    let mut ready = String::new();
+    BufReader::new(resolver.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready.trim(), "ready", "the test's resolver did not start");
+    let agent = Agent::start("");
+    assert_eq!(agent.status()["sensors"]["dns"]["attached"], true);
+
+    // Over TLS and over HTTPS the answer is encrypted: the connects carry no name, and the
+    // alerts name only the address.
+    for (how, name, addr) in [
+        ("dot", "dot.sentinel.test", RU4),
+        ("doh", "doh.sentinel.test", CN4),
+    ] {
+        let (pid, told) = encrypted_client(dir.path(), how, name, &mut procs);
+        assert_eq!(told, addr, "{how}: the resolver's answer");
+        let ev = connect_of(&agent, pid, addr);
+        assert!(ev["domain"].is_null(), "{how}: {ev}");
+        let alert = geo_alert_of(&agent, pid);
+        assert!(alert["domain"].is_null(), "{how}: {alert}");
+        assert!(
+            !alert["detail"].as_str().unwrap().contains(name),
+            "{how}: {alert}"
+        );
+    }
+    // The same resolver asked in the clear, for the same address: the name is there.
+    let (pid, told) = encrypted_client(dir.path(), "udp", "plain.sentinel.test", &mut procs);
+    assert_eq!(told, RU4);
+    let ev = connect_of(&agent, pid, RU4);
+    assert_eq!(ev["domain"], "plain.sentinel.test", "{ev}");
 }
