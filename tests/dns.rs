@@ -356,6 +356,25 @@ fn a_local_stub_still_names_the_right_process() {
     );
     let status = agent.status();
     assert_eq!(status["sensors"]["dns"]["attached"], true, "{status}");
+
+    // Intelligence counts names: a third process resolving a name an earlier alert had
+    // scores 10 more than the second, whose name was new (both run an executable seen before).
+    let second_alert = geo_alert_of(&agent, second);
+    let (third, mut third_in, mut third_out) = client(
+        &net,
+        true,
+        &stub,
+        "c2.sentinel.test",
+        CONNECT_ALL,
+        &mut procs,
+    );
+    connect_now(&mut third_in, &mut third_out);
+    let third_alert = geo_alert_of(&agent, third);
+    assert_eq!(
+        third_alert["risk"].as_u64().unwrap(),
+        second_alert["risk"].as_u64().unwrap() + 10,
+        "{second_alert}\n{third_alert}"
+    );
 }
 
 #[test]
