@@ -659,17 +659,22 @@ fn the_fleet_view_shows_the_names_targets_were_resolved_from() {
     common::dns::dnsmasq(&net, DE4, None, &mut procs);
     let pg = Postgres::start();
     let op = operator(&pg);
-    let table = Table::new("fn");
-    let h = host_id("n");
-    let a = agent(
+    let (table, table_b) = (Table::new("fn"), Table::new("fnb"));
+    let enforce = |t: &Table| {
+        format!(
+            "[switch]\ncountdown = \"5m\"\n[enforce]\ntable = \"{}\"\nconnect_guard = false",
+            t.0
+        )
+    };
+    let (h, hb) = (host_id("n"), host_id("nb"));
+    let a = agent(&pg, &op, &h, &enforce(&table), "share_blocks = true");
+    // B takes A's share; it saw the same answer (one machine), so it knows the name too.
+    let b = agent(
         &pg,
         &op,
-        &h,
-        &format!(
-            "[switch]\ncountdown = \"5m\"\n[enforce]\ntable = \"{}\"\nconnect_guard = false",
-            table.0
-        ),
-        "",
+        &hb,
+        &enforce(&table_b),
+        "share_blocks = true\naccept_unsigned_shares = true",
     );
     let dir = tempfile::tempdir().unwrap();
     let files = common::dns::resolver_files(dir.path(), "fleet", DE4);
@@ -730,5 +735,19 @@ fn the_fleet_view_shows_the_names_targets_were_resolved_from() {
     assert!(
         table.elements("block4").iter().any(|(e, _)| e == RU4),
         "blocked here"
+    );
+    // The host that took the share records it under the name it resolved itself.
+    let shared = eventually(15, "B's shared block in the fleet view", || {
+        fleet(&op, &["blocks"])
+            .into_iter()
+            .find(|b| b["host"] == hb.as_str() && b["addr"] == RU4)
+    });
+    assert_eq!(shared["domain"], "c2.sentinel.test", "{shared}");
+    let local = b.json_lines(&["blocks", "--json"]);
+    assert!(
+        local
+            .iter()
+            .any(|x| x["addr"] == RU4 && x["domain"] == "c2.sentinel.test"),
+        "{local:?}"
     );
 }
