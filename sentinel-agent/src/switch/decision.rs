@@ -119,16 +119,28 @@ pub struct Refused {
 }
 
 impl Decision {
-    /// `198.51.100.2`, or `198.51.100.2 and 41 more`.
+    /// `198.51.100.2`, or `198.51.100.2 and 41 more`; the first as `c2.example
+    /// (198.51.100.2)` when it was resolved from a name.
     pub fn targets_summary(&self) -> String {
-        match (
-            self.targets.first().or(self.target_ip.as_ref()),
-            self.targets.len(),
-        ) {
-            (None, _) => "-".into(),
-            (Some(first), 0 | 1) => first.to_string(),
-            (Some(first), n) => format!("{first} and {} more", n - 1),
+        let first = match self.targets.first().or(self.target_ip.as_ref()) {
+            None => return "-".into(),
+            Some(ip) => match self.name_of(*ip) {
+                Some(name) => format!("{name} ({ip})"),
+                None => ip.to_string(),
+            },
+        };
+        match self.targets.len() {
+            0 | 1 => first,
+            n => format!("{first} and {} more", n - 1),
         }
+    }
+
+    /// The name target `ip` was resolved from, if one was.
+    pub fn name_of(&self, ip: IpAddr) -> Option<&str> {
+        self.names
+            .get(&ip)
+            .or(self.domain.as_ref().filter(|_| self.target_ip == Some(ip)))
+            .map(String::as_str)
     }
 
     /// Time left before the automatic block (zero once passed).
