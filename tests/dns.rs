@@ -89,6 +89,13 @@ fn a_resolved_name_reaches_the_connect_event_and_the_geo_alert() {
             .any(|p| p["id"] == id.as_str() && p["domain"] == "www.sentinel.test"),
         "{pending:?}"
     );
+    let table = String::from_utf8_lossy(&agent.cli(&["pending"]).stdout).into_owned();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(&id) && l.contains(&format!("www.sentinel.test ({RU4})"))),
+        "{table}"
+    );
 
     // An AAAA answer names an IPv6 connect.
     let (pid6, mut stdin, mut stdout) = client(
