@@ -84,9 +84,9 @@ fn a_resolved_name_reaches_the_connect_event_and_the_geo_alert() {
     assert_eq!(decision["domain"], "www.sentinel.test", "{decision}");
     let pending = agent.json_lines(&["pending", "--json"]);
     assert!(
-        pending
-            .iter()
-            .any(|p| p["id"] == id.as_str() && p["domain"] == "www.sentinel.test"),
+        pending.iter().any(|p| p["id"] == id.as_str()
+            && p["domain"] == "www.sentinel.test"
+            && p["names"][RU4] == "www.sentinel.test"),
         "{pending:?}"
     );
     let table = String::from_utf8_lossy(&agent.cli(&["pending"]).stdout).into_owned();
@@ -109,6 +109,20 @@ fn a_resolved_name_reaches_the_connect_event_and_the_geo_alert() {
     connect_now(&mut stdin, &mut stdout);
     let ev = connect_of(&agent, pid6, KP6);
     assert_eq!(ev["domain"], "v6.sentinel.test", "{ev}");
+    // Its decision (the same origin's, which it joins) names this target by its own name.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !agent
+        .json_lines(&["pending", "--json"])
+        .iter()
+        .any(|p| p["names"][KP6] == "v6.sentinel.test")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{KP6} never named in a decision: {:?}",
+            agent.json_lines(&["pending", "--json"])
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
 
     // Over TCP (`options use-vc`), as a resolver falls back to for a long answer.
     let tcp = resolver_files_with(dir.path(), "tcp", DE4, "use-vc");
