@@ -19,10 +19,11 @@ NIGHTLY=${SENTINEL_BPF_TOOLCHAIN:-nightly}
 # golang-go, python3-venv, python3-dev, ansible-core, logrotate, cron: the admin's day that must
 # raise nothing (tests/vps_day.rs). podman and runc: tests/containers.rs runs real containers
 # (runc: crun refuses hybrid cgroups). dnsmasq-base (the binary only, no service): the dns tests
-# start their own resolvers.
+# start their own resolvers; openssl makes the certificate of their DNS-over-TLS/HTTPS resolver.
 APT_PACKAGES=(nftables iproute2 bpftool gcc libc6-dev pkg-config ca-certificates systemd dpkg-dev
   openssh-server openssh-client nginx php-fpm chromium debootstrap systemd-container postgresql
-  golang-go python3-venv python3-dev ansible-core logrotate cron podman runc dnsmasq-base)
+  golang-go python3-venv python3-dev ansible-core logrotate cron podman runc dnsmasq-base
+  openssl)
 for arg in "$@"; do
   case "$arg" in
     --bench) APT_PACKAGES+=(bpftrace nginx wrk) ;;

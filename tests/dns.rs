@@ -5,13 +5,14 @@
 //! files are never touched) and connect. The agent's connect events and geo alerts must carry
 //! the name, also when the answer comes from a local caching stub on loopback (as
 //! systemd-resolved's 127.0.0.53), and per process: two processes that resolved different
-//! names to one address each see their own.
+//! names to one address each see their own. DNS over TLS or HTTPS yields no name (the answer
+//! is encrypted), which a test of its own shows against a plain answer from the same server.
 
 mod common;
 
 use std::{
     io::{BufRead, BufReader, Write as _},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
@@ -19,176 +20,15 @@ use std::{
 
 use common::{
     Agent,
+    dns::{
+        CONNECT_ALL, client, connect_now, dnsmasq, dnsmasq_serving, require_dnsmasq,
+        resolver_files, resolver_files_with,
+    },
     netns::{CN4, DE4, FR6, KP6, RU4, TestNet},
     nft::Table,
     procs::Procs,
 };
 use serde_json::Value;
-
-/// The zone the resolver serves: names → the high-risk test hosts.
-const ZONE: [(&str, &str); 5] = [
-    ("c2.sentinel.test", RU4),
-    ("xmr.pool.sentinel.test", DE4),
-    ("alias.sentinel.test", RU4),
-    ("v6.sentinel.test", KP6),
-    ("other.sentinel.test", RU4),
-];
-
-/// Start `dnsmasq` in the test namespace, answering on `listen` from `ZONE` (or forwarding to
-/// `upstream`), and wait until it answers.
-fn dnsmasq(net: &TestNet, listen: &str, upstream: Option<&str>, procs: &mut Procs) {
-    dnsmasq_serving(net, listen, upstream, &ZONE, procs);
-}
-
-/// [`dnsmasq`] serving `zone` (names → addresses) instead of `ZONE`.
-fn dnsmasq_serving(
-    net: &TestNet,
-    listen: &str,
-    upstream: Option<&str>,
-    zone: &[(&str, &str)],
-    procs: &mut Procs,
-) {
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", net.ns(), "dnsmasq", "--keep-in-foreground"])
-        .args(["--conf-file=/dev/null", "--no-resolv", "--no-hosts"])
-        .args(["--bind-interfaces", "--port=53", "--pid-file="])
-        .args(["--user=root", "--group=root", "--cache-size=0"])
-        .arg(format!("--listen-address={listen}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    match upstream {
-        Some(up) => {
-            cmd.arg(format!("--server={up}"));
-        }
-        None => {
-            for (name, addr) in zone {
-                cmd.arg(format!("--host-record={name},{addr}"));
-            }
-            cmd.arg("--cname=www.sentinel.test,c2.sentinel.test");
-        }
-    }
-    procs.spawn(&mut cmd);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                net.ns(),
-                "ss",
-                "-Hlun",
-                "sport",
-                "=",
-                ":53",
-            ])
-            .output()
-            .unwrap();
-        if String::from_utf8_lossy(&out.stdout).contains(listen) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "dnsmasq on {listen} did not start"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// `resolv.conf` and `nsswitch.conf` (DNS only) for clients of `nameserver`, in `dir`.
-fn resolver_files(dir: &Path, tag: &str, nameserver: &str) -> (PathBuf, PathBuf) {
-    resolver_files_with(dir, tag, nameserver, "")
-}
-
-/// [`resolver_files`] with more resolver `options` (`use-vc`: queries over TCP).
-fn resolver_files_with(
-    dir: &Path,
-    tag: &str,
-    nameserver: &str,
-    options: &str,
-) -> (PathBuf, PathBuf) {
-    let resolv = dir.join(format!("resolv-{tag}.conf"));
-    std::fs::write(
-        &resolv,
-        format!("nameserver {nameserver}\noptions timeout:2 attempts:2 {options}\n"),
-    )
-    .unwrap();
-    let nss = dir.join("nsswitch.conf");
-    std::fs::write(&nss, "hosts: files dns\n").unwrap();
-    (resolv, nss)
-}
-
-/// What a client does once told: connect to every address it got (port 443: the test host
-/// resets), then say `connected`.
-const CONNECT_ALL: &str = "for fam, typ, proto, _, addr in infos:\n\
-    \x20   s = socket.socket(fam, typ, proto); s.settimeout(2)\n\
-    \x20   try: s.connect(addr)\n\
-    \x20   except OSError: pass\n\
-    \x20   s.close()\n\
-    print('connected', flush=True)\n";
-
-/// A python client that resolves `name` through glibc, says `resolved`, waits for a line on
-/// stdin, then runs `then` (python, with `infos` from `getaddrinfo`; [`CONNECT_ALL`]). Runs in a
-/// private mount namespace with the given resolver files; `in_ns` runs it inside the test
-/// namespace. The child's pid is the client's (every step execs).
-fn client(
-    net: &TestNet,
-    in_ns: bool,
-    files: &(PathBuf, PathBuf),
-    name: &str,
-    then: &str,
-    procs: &mut Procs,
-) -> (
-    u32,
-    std::process::ChildStdin,
-    BufReader<std::process::ChildStdout>,
-) {
-    let script = format!(
-        "import os, socket, sys, time\n\
-         infos = socket.getaddrinfo('{name}', 443, type=socket.SOCK_STREAM)\n\
-         print('resolved', ' '.join(sorted({{i[4][0] for i in infos}})), flush=True)\n\
-         sys.stdin.readline()\n{then}"
-    );
-    let mut cmd = Command::new("ip");
-    if in_ns {
-        cmd.args(["netns", "exec", net.ns(), "unshare", "-m"]);
-    } else {
-        cmd = Command::new("unshare");
-        cmd.arg("-m");
-    }
-    cmd.args([
-        "sh",
-        "-c",
-        "mount --bind \"$0\" /etc/resolv.conf && mount --bind \"$1\" /etc/nsswitch.conf \
-         && exec /usr/bin/python3 -c \"$2\"",
-    ])
-    .arg(&files.0)
-    .arg(&files.1)
-    .arg(script)
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped());
-    let child = procs.spawn(&mut cmd);
-    let pid = child.id();
-    let stdin = child.stdin.take().unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    assert!(
-        line.starts_with("resolved ") && line.trim().len() > "resolved".len(),
-        "{name} did not resolve: {line:?}"
-    );
-    (pid, stdin, stdout)
-}
-
-/// Let a client connect and wait until it did.
-fn connect_now(
-    stdin: &mut std::process::ChildStdin,
-    stdout: &mut BufReader<std::process::ChildStdout>,
-) {
-    stdin.write_all(b"go\n").unwrap();
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "connected");
-}
 
 fn connect_of(agent: &Agent, pid: u32, daddr: &str) -> Value {
     agent.wait_for("connect", &format!("from pid {pid} to {daddr}"), |e| {
@@ -200,13 +40,6 @@ fn geo_alert_of(agent: &Agent, pid: u32) -> Value {
     agent.wait_for("alert", &format!("geo for pid {pid}"), |a| {
         a["anomaly"] == "geo" && a["pid"] == pid
     })
-}
-
-fn require_dnsmasq(test: &str) -> bool {
-    if Command::new("dnsmasq").arg("--version").output().is_ok() {
-        return true;
-    }
-    panic!("{test}: dnsmasq is missing (scripts/setup.sh installs dnsmasq-base)");
 }
 
 #[test]
@@ -251,10 +84,17 @@ fn a_resolved_name_reaches_the_connect_event_and_the_geo_alert() {
     assert_eq!(decision["domain"], "www.sentinel.test", "{decision}");
     let pending = agent.json_lines(&["pending", "--json"]);
     assert!(
-        pending
-            .iter()
-            .any(|p| p["id"] == id.as_str() && p["domain"] == "www.sentinel.test"),
+        pending.iter().any(|p| p["id"] == id.as_str()
+            && p["domain"] == "www.sentinel.test"
+            && p["names"][RU4] == "www.sentinel.test"),
         "{pending:?}"
+    );
+    let table = String::from_utf8_lossy(&agent.cli(&["pending"]).stdout).into_owned();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(&id) && l.contains(&format!("www.sentinel.test ({RU4})"))),
+        "{table}"
     );
 
     // An AAAA answer names an IPv6 connect.
@@ -269,6 +109,20 @@ fn a_resolved_name_reaches_the_connect_event_and_the_geo_alert() {
     connect_now(&mut stdin, &mut stdout);
     let ev = connect_of(&agent, pid6, KP6);
     assert_eq!(ev["domain"], "v6.sentinel.test", "{ev}");
+    // Its decision (the same origin's, which it joins) names this target by its own name.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !agent
+        .json_lines(&["pending", "--json"])
+        .iter()
+        .any(|p| p["names"][KP6] == "v6.sentinel.test")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{KP6} never named in a decision: {:?}",
+            agent.json_lines(&["pending", "--json"])
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
 
     // Over TCP (`options use-vc`), as a resolver falls back to for a long answer.
     let tcp = resolver_files_with(dir.path(), "tcp", DE4, "use-vc");
@@ -355,6 +209,25 @@ fn a_local_stub_still_names_the_right_process() {
     );
     let status = agent.status();
     assert_eq!(status["sensors"]["dns"]["attached"], true, "{status}");
+
+    // Intelligence counts names: a third process resolving a name an earlier alert had
+    // scores 10 more than the second, whose name was new (both run an executable seen before).
+    let second_alert = geo_alert_of(&agent, second);
+    let (third, mut third_in, mut third_out) = client(
+        &net,
+        true,
+        &stub,
+        "c2.sentinel.test",
+        CONNECT_ALL,
+        &mut procs,
+    );
+    connect_now(&mut third_in, &mut third_out);
+    let third_alert = geo_alert_of(&agent, third);
+    assert_eq!(
+        third_alert["risk"].as_u64().unwrap(),
+        second_alert["risk"].as_u64().unwrap() + 10,
+        "{second_alert}\n{third_alert}"
+    );
 }
 
 #[test]
@@ -440,13 +313,20 @@ fn a_blocked_name_takes_its_new_address_into_the_block() {
         );
         thread::sleep(Duration::from_millis(100));
     }
+    // Both blocks are listed under the name they were blocked under: the decision's own
+    // target and the address that followed it.
     let blocks = agent.json_lines(&["blocks", "--json"]);
-    assert!(
-        blocks
-            .iter()
-            .any(|b| b["addr"] == ROTATED && b["decision_id"] == id.as_str()),
-        "{blocks:?}"
-    );
+    for addr in [RU4, ROTATED] {
+        assert!(
+            blocks.iter().any(|b| b["addr"] == addr
+                && b["decision_id"] == id.as_str()
+                && b["domain"] == NAME),
+            "{addr} not blocked under {NAME}: {blocks:?}"
+        );
+    }
+    let table = String::from_utf8_lossy(&agent.cli(&["blocks"]).stdout).into_owned();
+    let row = table.lines().find(|l| l.starts_with(ROTATED)).unwrap_or("");
+    assert!(row.contains(NAME), "{table}");
 }
 
 #[test]
@@ -590,8 +470,18 @@ fn a_flood_of_answers_neither_grows_memory_nor_stalls_the_agent() {
         s["sensors"]["dns"]["seen"].as_u64().unwrap_or(0)
             + s["sensors"]["dns"]["lost"].as_u64().unwrap_or(0)
     };
+    // Wait until the flood is over and the agent has read what the ring took: the count
+    // (read, or lost when the ring was full) stands still. The answer that follows must find
+    // room in the ring; one sent while the flood still fills it would be counted lost, which
+    // says nothing about the agent.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while seen(&agent.status()) < seen(&before) + u64::from(FLOOD) * 9 / 10 {
+    let mut last = 0;
+    loop {
+        let now = seen(&agent.status());
+        if now >= seen(&before) + u64::from(FLOOD) * 9 / 10 && now == last {
+            break;
+        }
+        last = now;
         assert!(
             Instant::now() < deadline,
             "the flood never reached the agent: {}",
@@ -637,4 +527,194 @@ fn a_flood_of_answers_neither_grows_memory_nor_stalls_the_agent() {
     connect_now(&mut stdin, &mut stdout);
     let ev = connect_of(&agent, pid, RU4);
     assert_eq!(ev["domain"], "c2.sentinel.test", "{ev}");
+}
+
+/// A resolver for [`encrypted_dns_yields_no_name`], run on the test host: answers `A`
+/// questions from the zone given as `name=address` arguments over plain UDP (port 53), DNS
+/// over TLS (853, RFC 7858: two-byte length, then the message) and DNS over HTTPS (443, RFC
+/// 8484: `POST /dns-query`, `application/dns-message`), with the certificate `cert.pem` and
+/// `key.pem` in its working directory. Prints `ready` once all three listen.
+const ENCRYPTED_RESOLVER: &str = r#"
+import http.server, socket, socketserver, ssl, struct, sys, threading
+listen = sys.argv[1]
+zone = dict(a.split("=") for a in sys.argv[2:])
+
+def answer(q):
+    i, labels = 12, []
+    while q[i]:
+        labels.append(q[i + 1:i + 1 + q[i]].decode()); i += 1 + q[i]
+    qtype = struct.unpack("!H", q[i + 1:i + 3])[0]
+    question = q[12:i + 5]
+    addr = zone.get(".".join(labels).lower()) if qtype == 1 else None
+    head = q[:2] + struct.pack("!HHHHH", 0x8180, 1, 1 if addr else 0, 0, 0)
+    rr = struct.pack("!HHHIH", 0xC00C, 1, 1, 60, 4) + socket.inet_aton(addr) if addr else b""
+    return head + question + rr
+
+tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+tls.load_cert_chain("cert.pem", "key.pem")
+
+class Dot(socketserver.BaseRequestHandler):
+    def handle(self):
+        s = tls.wrap_socket(self.request, server_side=True)
+        n = struct.unpack("!H", s.recv(2))[0]
+        q = b""
+        while len(q) < n:
+            q += s.recv(n - len(q))
+        a = answer(q)
+        s.sendall(struct.pack("!H", len(a)) + a)
+        s.close()
+
+class Doh(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        a = answer(self.rfile.read(int(self.headers["Content-Length"])))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/dns-message")
+        self.send_header("Content-Length", str(len(a)))
+        self.end_headers()
+        self.wfile.write(a)
+    def log_message(self, *args):
+        pass
+
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+dot = socketserver.ThreadingTCPServer((listen, 853), Dot)
+doh = http.server.ThreadingHTTPServer((listen, 443), Doh)
+doh.socket = tls.wrap_socket(doh.socket, server_side=True)
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+udp.bind((listen, 53))
+for server in (dot, doh):
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+print("ready", flush=True)
+while True:
+    q, peer = udp.recvfrom(512)
+    udp.sendto(answer(q), peer)
+"#;
+
+/// A client for [`encrypted_dns_yields_no_name`]: asks the resolver at `argv[1]` for
+/// `argv[3]` over `argv[2]` (`udp`, `dot` or `doh`, with no certificate check: the test's
+/// own), prints the address, connects to it (port 443: the test host resets), and says
+/// `connected`. It asks by itself, as a program with its own DoH client (a browser, a
+/// malware's stub) does: glibc plays no part.
+const ENCRYPTED_CLIENT: &str = r#"
+import http.client, random, socket, ssl, struct, sys
+server, how, name = sys.argv[1:4]
+q = struct.pack("!HHHHHH", random.randrange(65536), 0x0100, 1, 0, 0, 0)
+q += b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\0"
+q += struct.pack("!HH", 1, 1)
+insecure = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+insecure.check_hostname = False
+insecure.verify_mode = ssl.CERT_NONE
+if how == "udp":
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5)
+    s.connect((server, 53)); s.send(q); a = s.recv(512)
+elif how == "dot":
+    s = insecure.wrap_socket(socket.create_connection((server, 853), timeout=5))
+    s.sendall(struct.pack("!H", len(q)) + q)
+    n = struct.unpack("!H", s.recv(2))[0]
+    a = b""
+    while len(a) < n:
+        a += s.recv(n - len(a))
+else:
+    c = http.client.HTTPSConnection(server, 443, timeout=5, context=insecure)
+    c.request("POST", "/dns-query", q, {"Content-Type": "application/dns-message"})
+    a = c.getresponse().read()
+addr = socket.inet_ntoa(a[-4:])
+print("resolved", addr, flush=True)
+s = socket.socket(); s.settimeout(2)
+try: s.connect((addr, 443))
+except OSError: pass
+s.close()
+print("connected", flush=True)
+"#;
+
+/// Run [`ENCRYPTED_CLIENT`] to completion: its pid and the address it was told.
+fn encrypted_client(dir: &Path, how: &str, name: &str, procs: &mut Procs) -> (u32, String) {
+    let child = procs.spawn(
+        Command::new("/usr/bin/python3")
+            .arg(dir.join("client.py"))
+            .args([DE4, how, name])
+            .stdout(Stdio::piped()),
+    );
+    let pid = child.id();
+    let lines: Vec<String> = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .collect();
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("connected"),
+        "{how} client for {name}: {lines:?}"
+    );
+    let addr = lines[0].strip_prefix("resolved ").unwrap_or("").to_string();
+    (pid, addr)
+}
+
+#[test]
+fn encrypted_dns_yields_no_name() {
+    if !common::require_root("encrypted_dns_yields_no_name") {
+        return;
+    }
+    let _serial = common::serial();
+    let net = TestNet::new("dnsenc");
+    let mut procs = Procs::default();
+    let dir = tempfile::tempdir().unwrap();
+    let made = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=resolver.sentinel.test"])
+        .args(["-keyout", "key.pem", "-out", "cert.pem"])
+        .current_dir(dir.path())
+        .output()
+        .expect("openssl (scripts/setup.sh installs it)");
+    assert!(made.status.success(), "{made:?}");
+    std::fs::write(dir.path().join("resolver.py"), ENCRYPTED_RESOLVER).unwrap();
+    std::fs::write(dir.path().join("client.py"), ENCRYPTED_CLIENT).unwrap();
+    let resolver = procs.spawn(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                net.ns(),
+                "/usr/bin/python3",
+                "resolver.py",
+                DE4,
+            ])
+            .args([
+                format!("dot.sentinel.test={RU4}"),
+                format!("doh.sentinel.test={CN4}"),
+                format!("plain.sentinel.test={RU4}"),
+            ])
+            .current_dir(dir.path())
+            .stdout(Stdio::piped()),
+    );
+    let mut ready = String::new();
+    BufReader::new(resolver.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready.trim(), "ready", "the test's resolver did not start");
+    let agent = Agent::start("");
+    assert_eq!(agent.status()["sensors"]["dns"]["attached"], true);
+
+    // Over TLS and over HTTPS the answer is encrypted: the connects carry no name, and the
+    // alerts name only the address.
+    for (how, name, addr) in [
+        ("dot", "dot.sentinel.test", RU4),
+        ("doh", "doh.sentinel.test", CN4),
+    ] {
+        let (pid, told) = encrypted_client(dir.path(), how, name, &mut procs);
+        assert_eq!(told, addr, "{how}: the resolver's answer");
+        let ev = connect_of(&agent, pid, addr);
+        assert!(ev["domain"].is_null(), "{how}: {ev}");
+        let alert = geo_alert_of(&agent, pid);
+        assert!(alert["domain"].is_null(), "{how}: {alert}");
+        assert!(
+            !alert["detail"].as_str().unwrap().contains(name),
+            "{how}: {alert}"
+        );
+    }
+    // The same resolver asked in the clear, for the same address: the name is there.
+    let (pid, told) = encrypted_client(dir.path(), "udp", "plain.sentinel.test", &mut procs);
+    assert_eq!(told, RU4);
+    let ev = connect_of(&agent, pid, RU4);
+    assert_eq!(ev["domain"], "plain.sentinel.test", "{ev}");
 }

@@ -6,7 +6,8 @@
 //! duplicates nothing, and the switch auto-blocks on time meanwhile; a wrong password is a
 //! clear error in `status`; a block a human confirmed on one host is enforced on another
 //! that accepts unsigned shares, through its own guard, and ignored by one that does not; an
-//! operator's signed block and lift reach every host that shares blocks.
+//! operator's signed block and lift reach every host that shares blocks; the fleet's pending,
+//! alerts and blocks show the name a target was resolved from (a real resolver, `dnsmasq`).
 
 mod common;
 
@@ -19,7 +20,7 @@ use std::{
 
 use common::{
     Agent,
-    netns::{CN4, RU4, TestNet, knock},
+    netns::{CN4, DE4, RU4, TestNet, knock},
     nft::Table,
     pg::{Operator, Postgres},
     require_root, serial,
@@ -643,5 +644,110 @@ fn a_confirmed_block_is_shared_across_the_fleet_and_lifted_from_the_view() {
     assert!(
         ta.elements("block4").iter().any(|(e, _)| e == CN4),
         "only RU4 was lifted"
+    );
+}
+
+#[test]
+fn the_fleet_view_shows_the_names_targets_were_resolved_from() {
+    if !require_root("the_fleet_view_shows_the_names_targets_were_resolved_from") {
+        return;
+    }
+    common::dns::require_dnsmasq("the_fleet_view_shows_the_names_targets_were_resolved_from");
+    let _serial = serial();
+    let net = TestNet::new("fn");
+    let mut procs = common::procs::Procs::default();
+    common::dns::dnsmasq(&net, DE4, None, &mut procs);
+    let pg = Postgres::start();
+    let op = operator(&pg);
+    let (table, table_b) = (Table::new("fn"), Table::new("fnb"));
+    let enforce = |t: &Table| {
+        format!(
+            "[switch]\ncountdown = \"5m\"\n[enforce]\ntable = \"{}\"\nconnect_guard = false",
+            t.0
+        )
+    };
+    let (h, hb) = (host_id("n"), host_id("nb"));
+    let a = agent(&pg, &op, &h, &enforce(&table), "share_blocks = true");
+    // B takes A's share; it saw the same answer (one machine), so it knows the name too.
+    let b = agent(
+        &pg,
+        &op,
+        &hb,
+        &enforce(&table_b),
+        "share_blocks = true\naccept_unsigned_shares = true",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let files = common::dns::resolver_files(dir.path(), "fleet", DE4);
+    let (_pid, mut stdin, mut stdout) = common::dns::client(
+        &net,
+        false,
+        &files,
+        "c2.sentinel.test",
+        common::dns::CONNECT_ALL,
+        &mut procs,
+    );
+    common::dns::connect_now(&mut stdin, &mut stdout);
+    const NAMED: &str = "c2.sentinel.test (198.51.100.2)";
+    assert_eq!(RU4, "198.51.100.2");
+
+    // Pending: the row carries the name, the table shows `name (address)`.
+    let row = eventually(15, "the pending decision in the fleet view", || {
+        fleet(&op, &["pending"])
+            .into_iter()
+            .find(|p| p["host"] == h.as_str() && p["target_ip"] == RU4)
+    });
+    assert_eq!(row["domain"], "c2.sentinel.test", "{row}");
+    let id = row["id"].as_str().unwrap().to_string();
+    let text = String::from_utf8_lossy(&op.cli(&["fleet", "pending"]).stdout).into_owned();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(h.as_str()) && l.contains(NAMED)),
+        "{text}"
+    );
+    // The alert's line says it too.
+    let text = String::from_utf8_lossy(&op.cli(&["fleet", "alerts"]).stdout).into_owned();
+    assert!(
+        text.lines()
+            .any(|l| l.contains(h.as_str()) && l.contains(NAMED)),
+        "{text}"
+    );
+
+    // Blocked: the fleet's blocks list it under its name.
+    let out = a.cli(&["block", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let block = eventually(15, "the block in the fleet view", || {
+        fleet(&op, &["blocks"])
+            .into_iter()
+            .find(|b| b["host"] == h.as_str() && b["addr"] == RU4)
+    });
+    assert_eq!(block["domain"], "c2.sentinel.test", "{block}");
+    assert_eq!(block["decision_id"], id.as_str(), "{block}");
+    let text = String::from_utf8_lossy(&op.cli(&["fleet", "blocks"]).stdout).into_owned();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(h.as_str()) && l.contains("c2.sentinel.test")),
+        "{text}"
+    );
+    assert!(
+        table.elements("block4").iter().any(|(e, _)| e == RU4),
+        "blocked here"
+    );
+    // The host that took the share records it under the name it resolved itself.
+    let shared = eventually(15, "B's shared block in the fleet view", || {
+        fleet(&op, &["blocks"])
+            .into_iter()
+            .find(|b| b["host"] == hb.as_str() && b["addr"] == RU4)
+    });
+    assert_eq!(shared["domain"], "c2.sentinel.test", "{shared}");
+    let local = b.json_lines(&["blocks", "--json"]);
+    assert!(
+        local
+            .iter()
+            .any(|x| x["addr"] == RU4 && x["domain"] == "c2.sentinel.test"),
+        "{local:?}"
     );
 }

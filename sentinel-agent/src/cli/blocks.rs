@@ -4,7 +4,11 @@
 use std::{io::Write, process::ExitCode, time::SystemTime};
 
 use super::{Cli, JsonArgs};
-use crate::{config::EnforceMode, enforce::nftables::Nft, switch::ledger::Ledger};
+use crate::{
+    config::EnforceMode,
+    enforce::nftables::Nft,
+    switch::ledger::{Block, Ledger},
+};
 
 pub fn run(cli: &Cli, args: &JsonArgs) -> anyhow::Result<ExitCode> {
     let config = cli.load_config()?;
@@ -28,8 +32,8 @@ pub fn run(cli: &Cli, args: &JsonArgs) -> anyhow::Result<ExitCode> {
         }
         writeln!(
             out,
-            "{:<40} {:<22} {:>10}  DECISION",
-            "ADDRESS", "EXPIRES", "LEFT"
+            "{:<40} {:<22} {:>10}  {:<9} {:<32} DECISION",
+            "ADDRESS", "EXPIRES", "LEFT", "IN KERNEL", "NAME"
         )?;
     }
     for b in blocks {
@@ -40,6 +44,7 @@ pub fn run(cli: &Cli, args: &JsonArgs) -> anyhow::Result<ExitCode> {
                 "addr": b.addr,
                 "expires": expires,
                 "decision_id": b.decision_id,
+                "domain": b.domain,
                 "in_kernel": present,
             });
             writeln!(out, "{line}")?;
@@ -50,17 +55,48 @@ pub fn run(cli: &Cli, args: &JsonArgs) -> anyhow::Result<ExitCode> {
                 Some(false) => "NO",
                 None => "-",
             };
-            writeln!(
-                out,
-                "{:<40} {:<22} {:>9}s  {:<9} {}",
-                b.addr.to_string(),
-                expires,
-                left,
-                present,
-                // A fleet-shared block names another host's decision: text it wrote.
-                crate::untrusted::escape(&b.decision_id)
-            )?;
+            writeln!(out, "{}", row(&b, &expires, left, present))?;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One table row. The name is attacker-chosen (a DNS answer) and a fleet-shared block names
+/// another host's decision (text it wrote): both escaped as argv is.
+fn row(b: &Block, expires: &str, left: u64, present: &str) -> String {
+    let name = b
+        .domain
+        .as_deref()
+        .map_or_else(|| "-".into(), crate::untrusted::escape);
+    format!(
+        "{:<40} {:<22} {:>9}s  {:<9} {:<32} {}",
+        b.addr.to_string(),
+        expires,
+        left,
+        present,
+        name,
+        crate::untrusted::escape(&b.decision_id)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_shows_the_name_escaped_and_a_dash_without_one() {
+        let mut b = Block {
+            addr: "198.51.100.2".parse().unwrap(),
+            expires: std::time::UNIX_EPOCH,
+            decision_id: "a1".into(),
+            domain: Some("c2.example\x0a\u{1b}[31m".into()),
+        };
+        let line = row(&b, "2026-01-01T00:00:00Z", 60, "yes");
+        assert!(line.contains("198.51.100.2"), "{line}");
+        assert!(!line.contains('\u{1b}'), "{line}");
+        assert!(line.contains("c2.example"), "{line}");
+        b.domain = None;
+        let line = row(&b, "2026-01-01T00:00:00Z", 60, "yes");
+        assert!(line.contains(" - "), "{line}");
+    }
 }

@@ -35,6 +35,8 @@ enum FleetCommand {
     Alerts(AlertsArgs),
     /// Decisions pending now across hosts, soonest deadline first.
     Pending(JsonArgs),
+    /// Blocks in force now across hosts, each with the name it was blocked under.
+    Blocks(JsonArgs),
     /// Answer HOST's pending decision ID: its agent applies it (or says why not).
     Decide(DecideArgs),
     /// Lift the fleet's block on ADDR on every host (signed with the operator's key).
@@ -256,6 +258,23 @@ async fn dispatch(
                 }
             }
         }
+        FleetCommand::Blocks(a) => {
+            let blocks = view::blocks(client).await?;
+            if !a.json {
+                writeln!(
+                    out,
+                    "{:<24} {:<40} {:<32} {:<24} EXPIRES",
+                    "HOST", "ADDRESS", "NAME", "DECISION"
+                )?;
+            }
+            for b in blocks {
+                if a.json {
+                    writeln!(out, "{}", serde_json::to_string(&b)?)?;
+                } else {
+                    writeln!(out, "{}", block_line(&b))?;
+                }
+            }
+        }
         FleetCommand::Decide(a) => return decide(client, a, key()?, &mut out).await,
         FleetCommand::Block(a) => {
             view::block(client, a.addr, &view::requester(), key()?).await?;
@@ -389,15 +408,32 @@ fn decided_line(host: &str, id: &str, state: &str) -> String {
     format!("{}/{}: {}", escape(host), escape(id), escape(state))
 }
 
-/// One `fleet pending` line.
+/// One `fleet pending` line: the target as `name (address)` when the host knew the name.
 fn pending_line(p: &view::PendingRow) -> String {
+    let address = p.target_ip.as_deref().unwrap_or("-");
+    let target = match &p.domain {
+        Some(name) => format!("{name} ({address})"),
+        None => address.to_string(),
+    };
     format!(
         "{:<24} {:<10} {:<9} {:<40} {:>5}s",
         escape(&p.host),
         escape(&p.id),
         escape(&p.anomaly),
-        escape(p.target_ip.as_deref().unwrap_or("-")),
+        escape(&target),
         p.seconds_left
+    )
+}
+
+/// One `fleet blocks` line.
+fn block_line(b: &view::BlockRow) -> String {
+    format!(
+        "{:<24} {:<40} {:<32} {:<24} {}",
+        escape(&b.host),
+        escape(&b.addr),
+        escape(b.domain.as_deref().unwrap_or("-")),
+        escape(&b.decision_id),
+        escape(&b.expires)
     )
 }
 
@@ -447,9 +483,31 @@ mod tests {
         #[test]
         fn pending_lines_are_inert(host in any::<String>(), id in any::<String>(), anomaly in any::<String>(), target in any::<String>()) {
             let p = view::PendingRow {
-                host, id, anomaly, target_ip: Some(target), deadline: String::new(), seconds_left: 3,
+                host, id, anomaly, target_ip: Some(target), domain: None, deadline: String::new(), seconds_left: 3,
             };
             prop_assert!(inert(&pending_line(&p)));
+        }
+
+        #[test]
+        fn pending_lines_with_a_name_are_inert(name in any::<String>()) {
+            let p = view::PendingRow {
+                host: "h".into(), id: "i".into(), anomaly: "geo".into(),
+                target_ip: Some("198.51.100.2".into()), domain: Some(name.clone()),
+                deadline: String::new(), seconds_left: 3,
+            };
+            let line = pending_line(&p);
+            prop_assert!(inert(&line));
+            let shown = format!("{} (198.51.100.2)", escape(&name));
+            prop_assert!(line.contains(&shown));
+        }
+
+        #[test]
+        fn block_lines_are_inert(fields in proptest::collection::vec(any::<String>(), 5)) {
+            let b = view::BlockRow {
+                host: fields[0].clone(), addr: fields[1].clone(), domain: Some(fields[2].clone()),
+                decision_id: fields[3].clone(), expires: fields[4].clone(),
+            };
+            prop_assert!(inert(&block_line(&b)));
         }
     }
 

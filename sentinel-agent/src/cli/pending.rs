@@ -35,6 +35,7 @@ pub fn run(cli: &Cli, args: &JsonArgs) -> anyhow::Result<ExitCode> {
                 "targets": d.targets,
                 "country": d.country,
                 "domain": d.domain,
+                "names": d.names,
                 "pid": d.pid,
                 "comm": d.comm,
                 "risk": d.risk,

@@ -54,6 +54,11 @@ impl Behaviour {
             .as_ref()
             .and_then(|h| h.load_intel().map_err(|e| warn!("{e}")).ok())
             .map_or_else(Intel::default, Intel::load);
+        let names = history
+            .as_ref()
+            .and_then(|h| h.load_intel_names().map_err(|e| warn!("{e}")).ok())
+            .unwrap_or_default();
+        let intel = intel.with_names(names);
         let scanner = npm::spawn_scanner(config.npm.blocklist.clone(), work);
         let behaviour = Self {
             miner: Miner::new(config.miner.clone()),
@@ -226,9 +231,12 @@ impl Pipeline {
 
     /// Write the behaviour history that changed to the store.
     pub fn save_intel(&mut self) {
-        let rows = self.detect.alerts.signals.intel.take_changes();
+        let intel = &mut self.detect.alerts.signals.intel;
+        let (rows, names) = (intel.take_changes(), intel.take_name_changes());
         if let Some(h) = &mut self.detect.behaviour.history
-            && let Err(e) = h.save_intel(&rows)
+            && let Err(e) = h
+                .save_intel(&rows)
+                .and_then(|()| h.save_intel_names(&names))
         {
             warn!("saving the behaviour history: {e}");
         }

@@ -350,6 +350,7 @@ impl Pipeline {
             if self.switch.join(&d, target, now) && group.alert.state != "pending" {
                 self.mark_pending(id, &d);
             }
+            self.name_target(id, target.ip());
             return;
         }
         let mut alert = group.alert.clone();
@@ -378,6 +379,18 @@ impl Pipeline {
                 g.decision = Some(change.decision.id.clone());
             }
             self.apply(change);
+            self.name_target(id, target.ip());
+        }
+    }
+
+    /// The decision holding `ip` (a target of alert `id`) learns the name `ip` was resolved
+    /// from: by the alert's process, else by the host.
+    fn name_target(&mut self, id: &str, ip: std::net::IpAddr) {
+        let Some(pid) = self.groups.get(id).map(|g| g.alert.pid) else {
+            return;
+        };
+        if let Some(r) = self.names.name_for(pid, ip, boot_ns()) {
+            self.switch.name_target(ip, &r.name);
         }
     }
 

@@ -3,7 +3,8 @@
 //! decision's origin; when a process of the same origin later receives an answer that
 //! resolves one of those names to a new address while the block lasts, that address is
 //! blocked too, under the same decision (a C2 rotating its address does not escape). Part of
-//! the [`Pipeline`]: the DNS answers come through here on their way into the name cache.
+//! the [`Pipeline`]: the DNS answers come through here on their way into the name cache (and,
+//! at most once a minute, drop the names of processes that exited).
 
 use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
@@ -80,6 +81,13 @@ impl Pipeline {
     /// A DNS answer delivered to a process: into the name cache, and any address it gives a
     /// name that a block of the process's origin follows is blocked too.
     pub(super) fn on_dns(&mut self, d: Dns) {
+        let tree = &self.tree;
+        if let Some(n) = self
+            .names
+            .sweep_exited(d.ts_ns, |tgid| tree.get(tgid).is_some())
+        {
+            debug!(dropped = n, "names of exited processes dropped");
+        }
         let answer = match self.names.learn(d.tgid, d.ts_ns, &d.message) {
             Ok(a) => a,
             Err(e) => {
@@ -122,7 +130,7 @@ impl Pipeline {
     fn block_by_name(&mut self, f: &Follow, name: &str, ip: IpAddr, now: Now) {
         match self
             .switch
-            .block_shared(&self.detect.trust, ip, &f.decision, now)
+            .block_shared(&self.detect.trust, ip, &f.decision, Some(name), now)
         {
             Ok(true) => {
                 info!(decision = %f.decision, %ip, name, "the block follows its name: a new address of a blocked name is blocked");

@@ -133,10 +133,19 @@ impl Pipeline {
     pub fn fleet_command(&mut self, command: crate::fleet::Command) {
         match command {
             crate::fleet::Command::Block { addr, tag } => {
-                match self
-                    .switch
-                    .block_shared(&self.detect.trust, addr, &tag, Now::read())
-                {
+                // Recorded under the name this host last resolved the address from, if any
+                // (the fleet's shared block carries none).
+                let domain = self
+                    .names
+                    .name_for(0, addr, super::pipeline::boot_ns())
+                    .map(|r| r.name);
+                match self.switch.block_shared(
+                    &self.detect.trust,
+                    addr,
+                    &tag,
+                    domain.as_deref(),
+                    Now::read(),
+                ) {
                     Ok(true) => debug!(%addr, by = %tag, "shared block: queued"),
                     Ok(false) => {
                         debug!(%addr, by = %tag, "shared block: already held here (or dry-run)")

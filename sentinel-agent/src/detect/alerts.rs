@@ -112,6 +112,9 @@ impl Alerts {
         if let Some(exe) = &finding.culprit.exe {
             self.signals.intel.alerted(exe);
         }
+        if let Some(name) = &finding.domain {
+            self.signals.intel.alerted_name(name, wall);
+        }
         if !self
             .budget
             .spend(&budget::Origin::of(&finding.culprit), now)

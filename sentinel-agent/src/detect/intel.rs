@@ -1,7 +1,9 @@
 //! Behaviour intelligence: what the agent remembers about each executable — seen before in
-//! an alert, respawned after being killed, how often it is started — and the terms it adds
-//! to an alert's risk score. The history outlives restarts: the daemon loads it from the
-//! store at start and writes back what changed ([`Intel::take_changes`]).
+//! an alert, respawned after being killed, how often it is started — and about each name an
+//! alert's target was resolved from (how many alerts named it, when last), and the terms it
+//! adds to an alert's risk score. The history outlives restarts: the daemon loads it from the
+//! store at start and writes back what changed ([`Intel::take_changes`],
+//! [`Intel::take_name_changes`]).
 
 use std::time::{Duration, SystemTime};
 
@@ -13,6 +15,8 @@ use super::{Culprit, patterns};
 pub const HIGH_SPAWNS_PER_HOUR: u32 = 600;
 /// Executables remembered at most; the least recently started go first.
 const MAX_EXES: usize = 20_000;
+/// Names remembered at most; the least recently alerted go first.
+const MAX_NAMES: usize = 20_000;
 const HOUR: u64 = 3600;
 
 /// A term of the risk score, with why it applies.
@@ -26,12 +30,15 @@ pub enum Term {
     HighSpawnCount,
     /// A miner keyword in its name or path (`xmrig`, `cryptonight`, …): +10.
     MinerKeyword,
+    /// The name the target was resolved from was in an earlier alert (any process's, this
+    /// run or a previous one): +10.
+    NameSeenBefore,
 }
 
 impl Term {
     pub fn points(self) -> u32 {
         match self {
-            Term::SeenBefore | Term::Respawned | Term::MinerKeyword => 10,
+            Term::SeenBefore | Term::Respawned | Term::MinerKeyword | Term::NameSeenBefore => 10,
             Term::HighSpawnCount => 5,
         }
     }
@@ -53,8 +60,23 @@ pub struct ExeHistory {
     pub last_seen: u64,
 }
 
+/// What is remembered about one name an alert's target was resolved from (one row of the
+/// store's `intel_names` table). The name is in the strict form of `enrich::names`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NameHistory {
+    pub name: String,
+    /// Alerts whose target it named.
+    pub alerts: u32,
+    /// When it was last in an alert (seconds since the epoch).
+    pub last_seen: u64,
+}
+
 #[derive(Debug, Default)]
 pub struct Intel {
+    /// By name (attacker-chosen, bounded by [`MAX_NAMES`]): foldhash, seeded per map.
+    names: HashMap<String, NameHistory>,
+    /// The names whose history changed since the store last took them.
+    changed_names: Vec<String>,
     /// By executable path (a process may choose it): foldhash, seeded per map.
     exes: HashMap<String, Tracked>,
     /// The executables whose history changed since the store last took them.
@@ -90,7 +112,71 @@ impl Intel {
                 })
                 .collect(),
             changed: Vec::new(),
+            ..Default::default()
         }
+    }
+
+    /// [`Intel::load`] with the names' history read back from the store too.
+    pub fn with_names(mut self, rows: impl IntoIterator<Item = NameHistory>) -> Self {
+        self.names = rows
+            .into_iter()
+            .take(MAX_NAMES)
+            .map(|h| (h.name.clone(), h))
+            .collect();
+        self
+    }
+
+    /// An alert's target was resolved from `name`, at `now`.
+    pub fn alerted_name(&mut self, name: &str, now: SystemTime) {
+        if !self.names.contains_key(name) && self.names.len() >= MAX_NAMES {
+            self.evict_names();
+        }
+        let h = self
+            .names
+            .entry(name.to_string())
+            .or_insert_with(|| NameHistory {
+                name: name.to_string(),
+                ..Default::default()
+            });
+        h.alerts = h.alerts.saturating_add(1);
+        h.last_seen = epoch_secs(now);
+        if !self.changed_names.iter().any(|n| n == name) {
+            self.changed_names.push(name.to_string());
+        }
+    }
+
+    /// Forget the tenth of names alerted on longest ago.
+    fn evict_names(&mut self) {
+        let mut by_age: Vec<(u64, String)> = self
+            .names
+            .values()
+            .map(|h| (h.last_seen, h.name.clone()))
+            .collect();
+        by_age.sort_unstable();
+        for (_, name) in by_age.into_iter().take(MAX_NAMES / 10) {
+            self.names.remove(&name);
+        }
+    }
+
+    /// What is remembered about `name`.
+    #[cfg(test)]
+    pub fn name(&self, name: &str) -> Option<&NameHistory> {
+        self.names.get(name)
+    }
+
+    /// The risk term a target resolved from `name` earns.
+    pub fn name_terms(&self, name: Option<&str>) -> Option<Term> {
+        name.and_then(|n| self.names.get(n))
+            .filter(|h| h.alerts > 0)
+            .map(|_| Term::NameSeenBefore)
+    }
+
+    /// The names' histories changed since the last call, for the store.
+    pub fn take_name_changes(&mut self) -> Vec<NameHistory> {
+        std::mem::take(&mut self.changed_names)
+            .into_iter()
+            .filter_map(|n| self.names.get(&n).cloned())
+            .collect()
     }
 
     /// Apply `update` to `exe`'s history (a new one when unknown) and mark it changed.
@@ -261,6 +347,48 @@ mod tests {
         let mut c = culprit(1, "x", &[]);
         c.exe = Some("/tmp/x".into());
         assert_eq!(again.terms(&c), [Term::SeenBefore]);
+    }
+
+    #[test]
+    fn a_name_in_an_earlier_alert_earns_its_term_and_outlives_a_restart() {
+        let mut intel = Intel::default();
+        assert_eq!(intel.name_terms(Some("c2.example")), None);
+        intel.alerted_name("c2.example", at(50));
+        intel.alerted_name("c2.example", at(60));
+        assert_eq!(
+            intel.name_terms(Some("c2.example")),
+            Some(Term::NameSeenBefore)
+        );
+        assert_eq!(Term::NameSeenBefore.points(), 10);
+        assert_eq!(intel.name_terms(Some("other.example")), None);
+        assert_eq!(intel.name_terms(None), None);
+        let rows = intel.take_name_changes();
+        assert_eq!(
+            rows,
+            [NameHistory {
+                name: "c2.example".into(),
+                alerts: 2,
+                last_seen: 60
+            }]
+        );
+        assert!(intel.take_name_changes().is_empty(), "taken once");
+        let again = Intel::default().with_names(rows);
+        assert_eq!(again.name("c2.example").map(|h| h.alerts), Some(2));
+        assert_eq!(
+            again.name_terms(Some("c2.example")),
+            Some(Term::NameSeenBefore)
+        );
+    }
+
+    #[test]
+    fn remembered_names_are_bounded_and_the_oldest_go_first() {
+        let mut intel = Intel::default();
+        for i in 0..MAX_NAMES + 10 {
+            intel.alerted_name(&format!("n{i}.example"), at(i as u64));
+        }
+        assert!(intel.names.len() <= MAX_NAMES);
+        assert!(intel.name("n0.example").is_none());
+        assert!(intel.name(&format!("n{}.example", MAX_NAMES + 9)).is_some());
     }
 
     #[test]

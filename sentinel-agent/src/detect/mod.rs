@@ -297,7 +297,8 @@ pub fn temp_or_memory(exe: &str) -> bool {
 /// - +5 when it runs as root: whatever it does, it can do anywhere;
 /// - the behaviour history of its executable ([`intel::Intel::terms`]): +10 seen before in
 ///   an alert, +10 respawned after being killed, +5 a high spawn count, +10 a miner keyword
-///   in its name or path;
+///   in its name or path; and of the name its target was resolved from: +10 when an earlier
+///   alert's target had that name;
 /// - capped at 100.
 pub fn risk(finding: &Finding, signals: &Signals) -> u8 {
     let base: u32 = match finding.anomaly.severity() {
@@ -318,6 +319,7 @@ pub fn risk(finding: &Finding, signals: &Signals) -> u8 {
         .intel
         .terms(&finding.culprit)
         .iter()
+        .chain(&signals.intel.name_terms(finding.domain.as_deref()))
         .map(|t| t.points())
         .sum::<u32>();
     score.min(100) as u8
@@ -458,6 +460,29 @@ pub(crate) mod tests {
         };
         // +10 keyword, +10 seen before, +10 respawned.
         assert_eq!(second.risk, 80);
+    }
+
+    #[test]
+    fn a_target_named_like_an_earlier_alerts_adds_to_the_score() {
+        let mut alerts = Alerts::with_ids(Duration::from_secs(60), ids());
+        let now = Instant::now();
+        let named = |pid: u32, target: &str| {
+            let mut f = finding(Anomaly::Geo, culprit(pid, "curl", &[]), Some(target));
+            f.domain = Some("c2.example".into());
+            f
+        };
+        let Outcome::New(first) = alerts.raise(named(20, "198.51.100.2"), now) else {
+            panic!()
+        };
+        // Another program, another address, the same name: +10.
+        let mut second = named(21, "198.51.100.3");
+        second.culprit.exe = Some("/usr/bin/wget".into());
+        second.culprit.comm = "wget".into();
+        let Outcome::New(second) = alerts.raise(second, now) else {
+            panic!()
+        };
+        assert_eq!(second.risk, first.risk + 10, "{first:?} {second:?}");
+        assert_eq!(alerts.signals.intel.name("c2.example").unwrap().alerts, 2);
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //! `\xNN` (so no markup, space or control character ever leaves this module).
 //!
 //! The cache is bounded: [`CAPACITY`] addresses per host and as many (process, address)
-//! pairs, least recently used evicted first, and every entry expires with its TTL, held at
+//! pairs, least recently used evicted first, a process's pairs dropped after it exits (swept
+//! at most once a minute, [`Names::sweep_exited`]), and every entry expires with its TTL, held at
 //! least [`MIN_KEEP_S`] (a program may connect a little after a TTL-0 answer) and at most
 //! [`MAX_KEEP_S`]. A message is at most 512 bytes and at most [`MAX_ADDRS`] of its records
 //! are taken, so a flood of answers costs a bounded amount per answer and no memory beyond
@@ -33,6 +34,8 @@ pub const MAX_KEEP_S: u64 = 86_400;
 pub const MAX_ADDRS: usize = 32;
 /// Most CNAMEs followed from the question's name.
 pub const MAX_CHAIN: usize = 8;
+/// How often (at most, in answer time) the entries of processes that exited are dropped.
+pub const SWEEP_EVERY_NS: u64 = 60 * 1_000_000_000;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum NameError {
@@ -133,6 +136,8 @@ pub struct Resolved {
 pub struct Names {
     host: LruCache<IpAddr, Resolved>,
     procs: LruCache<(u32, IpAddr), Resolved>,
+    /// When the per-process entries were last swept ([`Names::sweep_exited`]).
+    swept_ns: u64,
 }
 
 impl Default for Names {
@@ -146,7 +151,24 @@ impl Names {
         Self {
             host: LruCache::new(capacity.max(1)),
             procs: LruCache::new(capacity.max(1)),
+            swept_ns: 0,
         }
+    }
+
+    /// Drop the entries of processes that exited (`alive` says which still run) and every
+    /// expired entry, at most once per [`SWEEP_EVERY_NS`] of `now_ns`: a process's names go
+    /// with it (a later process given its pid does not inherit them) without a sweep per
+    /// exit. Returns how many process entries went (None when it was not time yet).
+    pub fn sweep_exited(&mut self, now_ns: u64, alive: impl Fn(u32) -> bool) -> Option<usize> {
+        if now_ns < self.swept_ns.saturating_add(SWEEP_EVERY_NS) {
+            return None;
+        }
+        self.swept_ns = now_ns;
+        let before = self.procs.len();
+        self.procs
+            .retain(|(tgid, _), r| r.expires_ns > now_ns && alive(*tgid));
+        self.host.retain(|_, r| r.expires_ns > now_ns);
+        Some(before - self.procs.len())
     }
 
     /// Take in an answer process `tgid` (0: unknown) received at `ts_ns`: what it says.

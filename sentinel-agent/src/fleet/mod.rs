@@ -128,6 +128,7 @@ impl Recorder {
             "addr": block.addr,
             "expires": rfc3339(block.expires),
             "decision_id": block.decision_id,
+            "domain": block.domain,
             "lifted": lifted,
         });
         self.push(outbox::Kind::Block, &block.addr.to_string(), body);
@@ -195,6 +196,7 @@ mod tests {
             overflow: 0,
             country: Some("RU".into()),
             domain: None,
+            names: Default::default(),
             detail: String::new(),
             created: t,
             deadline: t + Duration::from_secs(300),

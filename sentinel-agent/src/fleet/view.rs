@@ -35,8 +35,21 @@ pub struct PendingRow {
     pub id: String,
     pub anomaly: String,
     pub target_ip: Option<String>,
+    /// The name `target_ip` was resolved from, when the host knew it (the host's text).
+    pub domain: Option<String>,
     pub deadline: String,
     pub seconds_left: i64,
+}
+
+/// `fleet blocks --json`: a block in force on a host.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BlockRow {
+    pub host: String,
+    pub addr: String,
+    /// The name the address was blocked under, when the host knew it (the host's text).
+    pub domain: Option<String>,
+    pub decision_id: String,
+    pub expires: String,
 }
 
 /// How a `fleet decide` ended.
@@ -120,7 +133,7 @@ pub async fn alerts(client: &tokio_postgres::Client, limit: i64) -> Result<Vec<V
 pub async fn pending(client: &tokio_postgres::Client) -> Result<Vec<PendingRow>, ViewError> {
     let rows = client
         .query(
-            "SELECT host, id, body->>'anomaly', body->>'target_ip',
+            "SELECT host, id, body->>'anomaly', body->>'target_ip', body->>'domain',
                     extract(epoch FROM deadline)::float8,
                     GREATEST(0, ceil(extract(epoch FROM deadline - now())))::int8
              FROM fleet_decisions WHERE state = 'pending' ORDER BY deadline, host, id",
@@ -134,8 +147,31 @@ pub async fn pending(client: &tokio_postgres::Client) -> Result<Vec<PendingRow>,
             id: r.get(1),
             anomaly: r.get::<_, Option<String>>(2).unwrap_or_default(),
             target_ip: r.get(3),
-            deadline: rfc3339(r.get(4)),
-            seconds_left: r.get(5),
+            domain: r.get(4),
+            deadline: rfc3339(r.get(5)),
+            seconds_left: r.get(6),
+        })
+        .collect())
+}
+
+/// Blocks in force now across hosts (not lifted, not expired), by host and address.
+pub async fn blocks(client: &tokio_postgres::Client) -> Result<Vec<BlockRow>, ViewError> {
+    let rows = client
+        .query(
+            "SELECT host, host(addr) AS address, body->>'domain', decision_id,
+                    extract(epoch FROM expires)::float8
+             FROM fleet_blocks WHERE NOT lifted AND expires > now() ORDER BY 1, addr",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| BlockRow {
+            host: r.get(0),
+            addr: r.get(1),
+            domain: r.get(2),
+            decision_id: r.get(3),
+            expires: rfc3339(r.get(4)),
         })
         .collect())
 }

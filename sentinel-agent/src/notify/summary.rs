@@ -4,6 +4,7 @@
 
 use std::{
     collections::BTreeMap,
+    net::IpAddr,
     sync::Arc,
     time::{Duration, SystemTime},
 };
@@ -27,6 +28,9 @@ pub struct Summary {
     pub decisions_by_outcome: BTreeMap<String, u64>,
     /// Addresses blocked.
     pub blocks: u64,
+    /// The first blocks made (at most [`MAX_BLOCKS_LISTED`]): each address with the name it
+    /// was blocked under, when one named it.
+    pub blocked: Vec<(IpAddr, Option<String>)>,
     /// Process trees killed.
     pub kills: u64,
     /// Events the sensors could not deliver.
@@ -42,11 +46,15 @@ impl Default for Summary {
             alerts_by_container: BTreeMap::new(),
             decisions_by_outcome: BTreeMap::new(),
             blocks: 0,
+            blocked: Vec::new(),
             kills: 0,
             lost_events: 0,
         }
     }
 }
+
+/// Most blocks the summary names one by one.
+pub const MAX_BLOCKS_LISTED: usize = 10;
 
 /// Makes a [`Summary`] of everything since the given time (called on a blocking thread, so
 /// it may query SQLite).
@@ -90,11 +98,34 @@ impl Summary {
         }
         lines.extend([
             format!("Decisions: {}", breakdown(&self.decisions_by_outcome)),
-            format!("Blocks: {}", self.blocks),
+            format!("Blocks: {}", self.blocks_line()),
             format!("Kills: {}", self.kills),
             format!("Lost events: {}", self.lost_events),
         ]);
         lines
+    }
+}
+
+impl Summary {
+    /// `3 (c2.example (198.51.100.9), 198.51.100.10, and 1 more)`, or `0`. A name is
+    /// attacker-chosen (a DNS answer): escaped, and defanged so no chat client links it.
+    fn blocks_line(&self) -> String {
+        if self.blocked.is_empty() {
+            return self.blocks.to_string();
+        }
+        let mut parts: Vec<String> = self
+            .blocked
+            .iter()
+            .map(|(addr, name)| match name {
+                Some(n) => format!("{} ({addr})", crate::untrusted::defang(n)),
+                None => addr.to_string(),
+            })
+            .collect();
+        let more = self.blocks.saturating_sub(self.blocked.len() as u64);
+        if more > 0 {
+            parts.push(format!("and {more} more"));
+        }
+        format!("{} ({})", self.blocks, parts.join(", "))
     }
 }
 
@@ -119,5 +150,39 @@ pub async fn daily(period: Duration, source: SummarySource, channel: Arc<Channel
         summary.host = host.clone();
         summary.since = since;
         let _ = channel.summary(&summary).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_blocks_line_names_each_block_inertly_and_counts_the_rest() {
+        let summary = Summary {
+            blocks: 4,
+            blocked: vec![
+                ("198.51.100.9".parse().unwrap(), Some("c2.example".into())),
+                ("198.51.100.10".parse().unwrap(), None),
+                (
+                    "2001:db8::7".parse().unwrap(),
+                    Some("evil.example\n\u{1b}[31m".into()),
+                ),
+            ],
+            ..Summary::default()
+        };
+        let lines = summary.lines();
+        let line = lines.iter().find(|l| l.starts_with("Blocks: ")).unwrap();
+        assert_eq!(
+            line,
+            "Blocks: 4 (c2.\u{200B}example (198.51.100.9), 198.51.100.10, \
+             evil.\u{200B}example\\n\\x1b[31m (2001:db8::7), and 1 more)"
+        );
+        assert!(
+            Summary::default()
+                .lines()
+                .contains(&"Blocks: 0".to_string()),
+            "no blocks, no list"
+        );
     }
 }

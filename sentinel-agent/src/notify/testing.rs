@@ -47,6 +47,7 @@ pub fn decision(id: &str, left: Duration) -> Decision {
         overflow: 0,
         country: Some("RU".into()),
         domain: None,
+        names: Default::default(),
         detail: "curl connected to 198.51.100.2:443 (RU)".into(),
         created: now,
         deadline: now + left,

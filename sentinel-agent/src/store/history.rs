@@ -1,5 +1,6 @@
 //! What the detectors remember across restarts, in the agent's SQLite database: the
-//! behaviour history of executables (`intel`: seen in alerts, respawns, spawn counts) and a
+//! behaviour history of executables (`intel`: seen in alerts, respawns, spawn counts), of the
+//! names alerts' targets were resolved from (`intel_names`: alerts, last seen) and a
 //! SHA-256 snapshot of every watched cron file (`cron_snapshots`), so a change is reported
 //! once, against what the file held before — even when it changed while the agent was down.
 
@@ -10,7 +11,7 @@ use std::{
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::detect::intel::ExeHistory;
+use crate::detect::intel::{ExeHistory, NameHistory};
 
 #[derive(Debug, thiserror::Error)]
 #[error("history store {path}: {source}")]
@@ -28,6 +29,11 @@ const SCHEMA: &str = "
         spawns      INTEGER NOT NULL,
         peak_spawns INTEGER NOT NULL,
         last_seen   INTEGER NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS intel_names (
+        name      TEXT PRIMARY KEY,
+        alerts    INTEGER NOT NULL,
+        last_seen INTEGER NOT NULL
     );
     CREATE TABLE IF NOT EXISTS cron_snapshots (
         path    TEXT PRIMARY KEY,
@@ -129,6 +135,49 @@ impl History {
         tx.commit().map_err(err)
     }
 
+    pub fn load_intel_names(&self) -> Result<Vec<NameHistory>, HistoryError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name, alerts, last_seen FROM intel_names")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(NameHistory {
+                    name: r.get(0)?,
+                    alerts: r.get(1)?,
+                    last_seen: r.get::<_, i64>(2)? as u64,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Write back changed names' histories, in one transaction.
+    pub fn save_intel_names(&mut self, rows: &[NameHistory]) -> Result<(), HistoryError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let path = self.path.clone();
+        let err = |source| HistoryError {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO intel_names (name, alerts, last_seen)
+                     VALUES (?1, ?2, ?3)",
+                )
+                .map_err(err)?;
+            for h in rows {
+                stmt.execute(params![h.name, h.alerts, h.last_seen as i64])
+                    .map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
     pub fn snapshot(&self, file: &Path) -> Result<Option<Snapshot>, HistoryError> {
         self.conn
             .query_row(
@@ -180,6 +229,12 @@ mod tests {
             last_seen: 100,
         };
         h.save_intel(std::slice::from_ref(&row)).unwrap();
+        let name = NameHistory {
+            name: "c2.example".into(),
+            alerts: 3,
+            last_seen: 200,
+        };
+        h.save_intel_names(std::slice::from_ref(&name)).unwrap();
         let snap = Snapshot {
             sha256: "ab".into(),
             content: "* * * * * true\n".into(),
@@ -188,6 +243,7 @@ mod tests {
         drop(h);
         let h = History::open(&db).unwrap();
         assert_eq!(h.load_intel().unwrap(), [row]);
+        assert_eq!(h.load_intel_names().unwrap(), [name]);
         assert_eq!(h.snapshot(Path::new("/etc/cron.d/x")).unwrap(), Some(snap));
         assert_eq!(h.snapshot(Path::new("/etc/cron.d/y")).unwrap(), None);
     }

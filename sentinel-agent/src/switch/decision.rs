@@ -3,7 +3,7 @@
 //! switch itself (`switch.rs`) owns the state machine; chat channels, the override endpoint
 //! and the CLI only send [`Answer`]s and receive [`Notice`]s.
 
-use std::{fmt, net::IpAddr, time::SystemTime};
+use std::{collections::BTreeMap, fmt, net::IpAddr, time::SystemTime};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -87,6 +87,10 @@ pub struct Decision {
     /// The name `target_ip` was resolved from, when the alert knew it (`AlertBody::domain`).
     #[serde(default)]
     pub domain: Option<String>,
+    /// The name each target was resolved from, when one was (by the decision's process, else
+    /// by the host): what its blocks are recorded under.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub names: BTreeMap<IpAddr, String>,
     pub detail: String,
     pub created: SystemTime,
     /// When the automatic block happens if nobody answers.
@@ -115,16 +119,28 @@ pub struct Refused {
 }
 
 impl Decision {
-    /// `198.51.100.2`, or `198.51.100.2 and 41 more`.
+    /// `198.51.100.2`, or `198.51.100.2 and 41 more`; the first as `c2.example
+    /// (198.51.100.2)` when it was resolved from a name.
     pub fn targets_summary(&self) -> String {
-        match (
-            self.targets.first().or(self.target_ip.as_ref()),
-            self.targets.len(),
-        ) {
-            (None, _) => "-".into(),
-            (Some(first), 0 | 1) => first.to_string(),
-            (Some(first), n) => format!("{first} and {} more", n - 1),
+        let first = match self.targets.first().or(self.target_ip.as_ref()) {
+            None => return "-".into(),
+            Some(ip) => match self.name_of(*ip) {
+                Some(name) => format!("{name} ({ip})"),
+                None => ip.to_string(),
+            },
+        };
+        match self.targets.len() {
+            0 | 1 => first,
+            n => format!("{first} and {} more", n - 1),
         }
+    }
+
+    /// The name target `ip` was resolved from, if one was.
+    pub fn name_of(&self, ip: IpAddr) -> Option<&str> {
+        self.names
+            .get(&ip)
+            .or(self.domain.as_ref().filter(|_| self.target_ip == Some(ip)))
+            .map(String::as_str)
     }
 
     /// Time left before the automatic block (zero once passed).

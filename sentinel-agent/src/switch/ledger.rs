@@ -37,6 +37,10 @@ pub struct Block {
     pub addr: IpAddr,
     pub expires: SystemTime,
     pub decision_id: String,
+    /// The name the address was blocked under (resolved by the decision's process, else by
+    /// the host; attacker-chosen text, escaped where shown). None when no answer named it.
+    #[serde(default)]
+    pub domain: Option<String>,
 }
 
 /// One process terminated by the agent.
@@ -102,7 +106,8 @@ const SCHEMA: &str = "
         addr        TEXT PRIMARY KEY,
         expires     INTEGER NOT NULL,
         decision_id TEXT NOT NULL,
-        created     INTEGER NOT NULL
+        created     INTEGER NOT NULL,
+        domain      TEXT
     );
     CREATE TABLE IF NOT EXISTS safe_targets (
         addr        TEXT PRIMARY KEY,
@@ -118,6 +123,19 @@ const SCHEMA: &str = "
         confidence INTEGER NOT NULL
     );
 ";
+
+/// A ledger written before blocks had names gets the column (empty: those blocks show none).
+fn add_block_domains(conn: &Connection) -> rusqlite::Result<()> {
+    let has: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('blocks') WHERE name = 'domain'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has {
+        conn.execute_batch("ALTER TABLE blocks ADD COLUMN domain TEXT")?;
+    }
+    Ok(())
+}
 
 impl Ledger {
     /// Open (creating the tables if needed) for the agent.
@@ -167,6 +185,7 @@ impl Ledger {
                 .pragma_update(None, "synchronous", "FULL")
                 .map_err(|e| sql(p, e))?;
             self.conn.execute_batch(SCHEMA).map_err(|e| sql(p, e))?;
+            add_block_domains(&self.conn).map_err(|e| sql(p, e))?;
         }
         Ok(())
     }
@@ -338,16 +357,17 @@ impl Ledger {
         let row = self
             .conn
             .query_row(
-                "DELETE FROM blocks WHERE addr = ?1 RETURNING expires, decision_id",
+                "DELETE FROM blocks WHERE addr = ?1 RETURNING expires, decision_id, domain",
                 [addr.to_string()],
-                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get(2)?)),
             )
             .optional()
             .map_err(|e| self.err(e))?;
-        Ok(row.map(|(expires, decision_id)| Block {
+        Ok(row.map(|(expires, decision_id, domain)| Block {
             addr,
             expires: time(expires),
             decision_id,
+            domain,
         }))
     }
 
@@ -356,27 +376,51 @@ impl Ledger {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT addr, expires, decision_id FROM blocks WHERE expires > ?1 ORDER BY expires",
+                "SELECT addr, expires, decision_id, domain FROM blocks WHERE expires > ?1 \
+                 ORDER BY expires",
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map([ns(now)], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, String>(2)?,
-                ))
-            })
+            .query_map([ns(now)], block_row)
             .map_err(|e| self.err(e))?;
+        self.parsed_blocks(rows)
+    }
+
+    /// Blocks made since `since` (their address and name), first made first, at most
+    /// `limit`: what the daily summary lists.
+    pub fn blocks_made_since(
+        &self,
+        since: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<Block>, LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT addr, expires, decision_id, domain FROM blocks WHERE created >= ?1 \
+                 ORDER BY created, addr LIMIT ?2",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![ns(since), limit as i64], block_row)
+            .map_err(|e| self.err(e))?;
+        self.parsed_blocks(rows)
+    }
+
+    /// The blocks of `rows`; a row that is not an address cannot be enforced: skipped rather
+    /// than failing all.
+    fn parsed_blocks(
+        &self,
+        rows: impl Iterator<Item = rusqlite::Result<BlockRow>>,
+    ) -> Result<Vec<Block>, LedgerError> {
         let mut out = Vec::new();
         for row in rows {
-            let (addr, expires, decision_id) = row.map_err(|e| self.err(e))?;
-            // A row that is not an address cannot be enforced: skip it rather than fail all.
+            let (addr, expires, decision_id, domain) = row.map_err(|e| self.err(e))?;
             if let Ok(addr) = addr.parse() {
                 out.push(Block {
                     addr,
                     expires: time(expires),
                     decision_id,
+                    domain,
                 });
             }
         }
@@ -491,16 +535,26 @@ pub fn add_block_in(conn: &Connection, block: &Block) -> rusqlite::Result<usize>
 
 fn upsert_block(conn: &Connection, b: &Block) -> rusqlite::Result<usize> {
     conn.execute(
-        "INSERT INTO blocks (addr, expires, decision_id, created) VALUES (?1, ?2, ?3, ?4)
+        "INSERT INTO blocks (addr, expires, decision_id, created, domain)
+         VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT(addr) DO UPDATE SET expires = excluded.expires,
-                                         decision_id = excluded.decision_id",
+                                         decision_id = excluded.decision_id,
+                                         domain = coalesce(excluded.domain, blocks.domain)",
         params![
             b.addr.to_string(),
             ns(b.expires),
             b.decision_id,
-            ns(SystemTime::now())
+            ns(SystemTime::now()),
+            b.domain,
         ],
     )
+}
+
+/// A `blocks` row: address, expiry, decision id, name.
+type BlockRow = (String, i64, String, Option<String>);
+
+fn block_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BlockRow> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
 }
 
 fn json<T: serde::Serialize>(value: &T) -> String {

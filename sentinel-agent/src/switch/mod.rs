@@ -256,6 +256,12 @@ impl Switch {
             country: alert.country.clone(),
             // The alert's name is its first target's.
             domain: alert.domain.clone().filter(|_| alert.target_ip == Some(ip)),
+            names: alert
+                .domain
+                .iter()
+                .filter(|_| alert.target_ip == Some(ip))
+                .map(|n| (ip, n.clone()))
+                .collect(),
             detail: alert.detail.clone(),
             created: now.wall,
             deadline,
@@ -328,6 +334,23 @@ impl Switch {
             p.due = now.boot;
         }
         true
+    }
+
+    /// `ip`, a target of a pending decision, was resolved from `name`: its block will be
+    /// recorded under it. Nothing when no pending decision holds `ip` or it is named already.
+    pub fn name_target(&mut self, ip: IpAddr, name: &str) {
+        let Some(p) = self
+            .by_target
+            .get(&ip)
+            .and_then(|id| self.pending.get_mut(id))
+        else {
+            return;
+        };
+        let names = &mut p.open.decision.names;
+        if names.len() < self.limits.max_targets && !names.contains_key(&ip) {
+            names.insert(ip, name.to_string());
+            p.dirty = true;
+        }
     }
 
     /// Hand the worker every decision whose target set changed (once per loop round, so a
@@ -526,6 +549,7 @@ impl Switch {
         trust: &TrustSet,
         ip: IpAddr,
         tag: &str,
+        domain: Option<&str>,
         now: Now,
     ) -> Result<bool, String> {
         let target = self.gate.admit(trust, ip).map_err(|why| why.to_string())?;
@@ -539,6 +563,7 @@ impl Switch {
                 addr: target.ip(),
                 expires: now.wall + ttl,
                 decision_id: tag.into(),
+                domain: domain.map(str::to_string),
             },
             target,
             ttl,
@@ -1041,15 +1066,15 @@ mod tests {
         let trust = TrustSet::new(&["198.51.100.128/25".parse().unwrap()], &[]);
         // This host's own trust wins over the fleet.
         let err =
-            r.sw.block_shared(&trust, ip("198.51.100.130"), "fleet:b/x", t0)
+            r.sw.block_shared(&trust, ip("198.51.100.130"), "fleet:b/x", None, t0)
                 .unwrap_err();
         assert!(err.contains("trust"), "{err}");
         assert_eq!(
-            r.sw.block_shared(&trust, ip("198.51.100.2"), "fleet:b/x", t0),
+            r.sw.block_shared(&trust, ip("198.51.100.2"), "fleet:b/x", None, t0),
             Ok(true)
         );
         assert_eq!(
-            r.sw.block_shared(&trust, ip("198.51.100.2"), "fleet:c/y", t0),
+            r.sw.block_shared(&trust, ip("198.51.100.2"), "fleet:c/y", None, t0),
             Ok(false),
             "held already"
         );
@@ -1112,6 +1137,7 @@ mod tests {
     use ipnet::IpNet;
 
     mod expiry;
+    mod names;
     mod origin;
     mod safe;
 }

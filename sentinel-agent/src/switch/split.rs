@@ -52,6 +52,8 @@ impl Switch {
         let d = &mut open.decision;
         d.id = new_id.clone();
         d.target_ip = rest.first().copied();
+        d.domain = d.target_ip.and_then(|t| d.names.get(&t).cloned());
+        d.names.retain(|ip, _| rest.contains(ip));
         d.targets = rest;
         d.refused.clear();
         d.overflow = 0;

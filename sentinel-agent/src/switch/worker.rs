@@ -301,7 +301,7 @@ impl Worker {
                 }
                 Job::Retry(list) => {
                     for (open, targets) in list {
-                        let rows = rows_of(&open.decision.id, &targets, SystemTime::now());
+                        let rows = rows_of(&open.decision, &targets, SystemTime::now());
                         self.failed.push(Failed {
                             change: Some(Change {
                                 alert: open.alert,
@@ -346,7 +346,7 @@ impl Worker {
         let mut changed = Vec::new();
         for mut e in endings {
             let blocking = !e.blocks.is_empty();
-            let rows = rows_of(&e.change.decision.id, &e.blocks, at);
+            let rows = rows_of(&e.change.decision, &e.blocks, at);
             if blocking && let Err(err) = &enforced {
                 e.change.decision.state = State::BlockFailed;
                 e.change.decision.reason = Some(format!("nftables refused the block: {err}"));
@@ -503,14 +503,15 @@ fn intended(d: &Decision) -> State {
     }
 }
 
-/// The block rows of decision `id`'s admitted targets, from `at`.
-fn rows_of(id: &str, targets: &[(Admitted, Duration)], at: SystemTime) -> Vec<Block> {
+/// The block rows of decision `d`'s admitted targets, from `at`, each under its name.
+fn rows_of(d: &Decision, targets: &[(Admitted, Duration)], at: SystemTime) -> Vec<Block> {
     targets
         .iter()
         .map(|(a, ttl)| Block {
             addr: a.ip(),
             expires: at + *ttl,
-            decision_id: id.to_string(),
+            decision_id: d.id.clone(),
+            domain: d.names.get(&a.ip()).cloned(),
         })
         .collect()
 }
@@ -519,7 +520,7 @@ fn rows_of(id: &str, targets: &[(Admitted, Duration)], at: SystemTime) -> Vec<Bl
 /// already ended.
 fn commit_ending(tx: &rusqlite::Connection, e: &Ending, at: SystemTime) -> rusqlite::Result<bool> {
     let d = &e.change.decision;
-    let blocks = rows_of(&d.id, &e.blocks, at);
+    let blocks = rows_of(d, &e.blocks, at);
     let fresh = ledger::end_in(tx, d, &blocks)?;
     if fresh && let Some(until) = e.safe_until {
         for t in &d.targets {

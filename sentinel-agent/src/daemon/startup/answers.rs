@@ -18,7 +18,7 @@ use crate::{
     config::Config,
     notify::{
         self, NotifyStats,
-        summary::{Summary, SummarySource},
+        summary::{MAX_BLOCKS_LISTED, Summary, SummarySource},
     },
     override_http::{self, Secret},
     sensors::{LostMaps, SENSORS},
@@ -99,21 +99,76 @@ pub fn start_chat(
 /// The numbers of the daily chat summary, read from the ledger when it is due.
 fn daily_summary(db: PathBuf, lost: Arc<Mutex<LostMaps>>) -> SummarySource {
     Arc::new(move |since| {
-        let counts = Ledger::open_existing(&db, false)
-            .and_then(|l| l.summary_since(since))
-            .unwrap_or_else(|e| {
-                warn!("daily summary: {e}");
-                Default::default()
-            });
         let lost = lost.lock().expect("lost lock");
         Summary {
-            alerts_by_anomaly: counts.alerts_by_anomaly,
-            alerts_by_container: counts.alerts_by_container,
-            decisions_by_outcome: counts.decisions_by_outcome,
-            blocks: counts.blocks,
-            kills: counts.kills,
             lost_events: SENSORS.iter().map(|s| lost.lost(s)).sum(),
-            ..Default::default()
+            ..summary_from_ledger(&db, since)
         }
     })
+}
+
+/// The ledger's part of the summary since `since`: counts, and the first blocks made with
+/// their names. Empty (and a warning) when the ledger cannot be read.
+fn summary_from_ledger(db: &std::path::Path, since: std::time::SystemTime) -> Summary {
+    let read = Ledger::open_existing(db, false).and_then(|l| {
+        let counts = l.summary_since(since)?;
+        let blocked = l.blocks_made_since(since, MAX_BLOCKS_LISTED)?;
+        Ok((counts, blocked))
+    });
+    let (counts, blocked) = read.unwrap_or_else(|e| {
+        warn!("daily summary: {e}");
+        Default::default()
+    });
+    Summary {
+        alerts_by_anomaly: counts.alerts_by_anomaly,
+        alerts_by_container: counts.alerts_by_container,
+        decisions_by_outcome: counts.decisions_by_outcome,
+        blocks: counts.blocks,
+        blocked: blocked.into_iter().map(|b| (b.addr, b.domain)).collect(),
+        kills: counts.kills,
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::switch::ledger::{self, Block};
+
+    #[test]
+    fn the_summary_names_the_blocks_made_in_its_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("agent.db");
+        // The store's tables (the summary counts alerts there) beside the ledger's.
+        let _store = crate::store::Store::open(&db, 64 * 1024 * 1024).unwrap();
+        let mut l = Ledger::open(&db).unwrap();
+        let since = SystemTime::now() - Duration::from_secs(1);
+        let block = |addr: &str, domain: Option<&str>| Block {
+            addr: addr.parse().unwrap(),
+            expires: SystemTime::now() + Duration::from_secs(3600),
+            decision_id: "d1".into(),
+            domain: domain.map(str::to_string),
+        };
+        l.batch(|tx| {
+            ledger::add_block_in(tx, &block("198.51.100.2", Some("c2.example")))?;
+            ledger::add_block_in(tx, &block("198.51.100.3", None))
+        })
+        .unwrap();
+        let s = summary_from_ledger(&db, since);
+        assert_eq!(s.blocks, 2);
+        let line = s
+            .lines()
+            .into_iter()
+            .find(|l| l.starts_with("Blocks"))
+            .unwrap();
+        assert!(
+            line.contains("c2.\u{200B}example (198.51.100.2)") && line.contains("198.51.100.3"),
+            "{line}"
+        );
+        // Nothing made since now: no blocks listed.
+        let later = summary_from_ledger(&db, SystemTime::now() + Duration::from_secs(1));
+        assert_eq!((later.blocks, later.blocked.len()), (0, 0));
+    }
 }

@@ -191,6 +191,42 @@ fn a_process_sees_its_own_name_before_the_hosts() {
 }
 
 #[test]
+fn the_names_of_processes_that_exited_are_swept_at_most_once_a_minute() {
+    let mut names = Names::default();
+    let a = message(
+        ANSWER,
+        "gone.test",
+        &[Rr::A("gone.test", [198, 51, 100, 5], 600)],
+    );
+    let b = message(
+        ANSWER,
+        "stays.test",
+        &[Rr::A("stays.test", [198, 51, 100, 5], 600)],
+    );
+    let start = SWEEP_EVERY_NS;
+    names.learn(100, start, &a).unwrap();
+    names.learn(200, start, &b).unwrap();
+    let alive = |tgid: u32| tgid == 200;
+    assert_eq!(names.sweep_exited(start, alive), Some(1));
+    assert_eq!(names.len(), (1, 1));
+    let addr = ip("198.51.100.5");
+    // A later process given pid 100 does not inherit its name: it gets the host's.
+    assert_eq!(
+        &*names.name_for(100, addr, start + 1).unwrap().name,
+        "stays.test"
+    );
+    // Not again within the minute, whatever exited meanwhile.
+    names.learn(100, start + 2, &a).unwrap();
+    assert_eq!(names.sweep_exited(start + 3, |_| false), None);
+    assert_eq!(names.len().1, 2);
+    assert_eq!(
+        names.sweep_exited(start + SWEEP_EVERY_NS, |_| false),
+        Some(2)
+    );
+    assert_eq!(names.len().1, 0);
+}
+
+#[test]
 fn names_expire_with_their_ttl_within_bounds() {
     let mut names = Names::default();
     let short = message(ANSWER, "s.test", &[Rr::A("s.test", [198, 51, 100, 5], 0)]);

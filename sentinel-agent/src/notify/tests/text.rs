@@ -130,3 +130,30 @@ fn alerts_in_containers_name_the_container_on_every_channel() {
     let telegram = telegram::alert_message(&d, SystemTime::now(), "-1").to_string();
     assert!(telegram.contains("podman 40b15867205a"), "{telegram}");
 }
+
+#[test]
+fn the_target_is_named_on_every_channel_and_no_name_is_a_link() {
+    let mut d = decision("n1", Duration::from_secs(60));
+    let ip = d.target_ip.unwrap();
+    d.targets = vec![ip, "198.51.100.77".parse().unwrap()];
+    d.names.insert(ip, "c2.evil.example".into());
+    let facts = facts(&d, SystemTime::now());
+    let (_, target) = facts.iter().find(|(l, _)| *l == "Target").unwrap();
+    assert!(
+        target.starts_with(&format!("c2.evil.example ({ip}) and 1 more")),
+        "{target}"
+    );
+    // Chat clients would make a link of a bare domain: every channel breaks it.
+    let slack = slack::alert_message(&d, SystemTime::now()).to_string();
+    let telegram = telegram::alert_message(&d, SystemTime::now(), "-1").to_string();
+    for text in [slack, telegram] {
+        assert!(!text.contains("c2.evil.example"), "{text}");
+        assert!(
+            text.replace('\u{200B}', "").contains("c2.evil.example"),
+            "{text}"
+        );
+    }
+    // Without a name, the address alone, as before.
+    d.names.clear();
+    assert_eq!(d.targets_summary(), format!("{ip} and 1 more"));
+}

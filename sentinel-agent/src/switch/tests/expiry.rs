@@ -64,17 +64,17 @@ fn a_fleet_share_applies_again_after_the_block_ended() {
     let trust = TrustSet::default();
     let t0 = t0();
     assert_eq!(
-        r.sw.block_shared(&trust, ip(ADDR), "fleet:b/x", t0),
+        r.sw.block_shared(&trust, ip(ADDR), "fleet:b/x", None, t0),
         Ok(true)
     );
     let later = t0.after(T.block_ttl - Duration::from_secs(1));
     assert_eq!(
-        r.sw.block_shared(&trust, ip(ADDR), "fleet:c/y", later),
+        r.sw.block_shared(&trust, ip(ADDR), "fleet:c/y", None, later),
         Ok(false)
     );
     let after = t0.after(T.block_ttl);
     assert_eq!(
-        r.sw.block_shared(&trust, ip(ADDR), "fleet:c/y", after),
+        r.sw.block_shared(&trust, ip(ADDR), "fleet:c/y", None, after),
         Ok(true)
     );
 }
