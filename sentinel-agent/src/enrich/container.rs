@@ -13,7 +13,11 @@
 //! Names and images are chosen by whoever runs containers: they are escaped like argv, and the
 //! runtime's files are read through [`crate::untrusted_file`] (regular files only, capped).
 
-use std::{os::unix::fs::MetadataExt, path::PathBuf, sync::Arc};
+use std::{
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -33,7 +37,7 @@ const MAX_CGROUPS: usize = 16_384;
 const MAX_SEEN: usize = 65_536;
 
 /// A container, as events, alerts and decisions carry it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Container {
     /// The runtime's container id (64 hex digits for Docker, Podman and containerd).
     pub id: String,
@@ -202,6 +206,24 @@ pub fn docker_lookup(config_v2: &str) -> Option<(Option<String>, Option<String>)
     let c: Config = serde_json::from_str(config_v2).ok()?;
     let name = c.name.map(|n| n.trim_start_matches('/').to_string());
     Some((name, c.config.and_then(|i| i.image)))
+}
+
+/// Whether process `pid` is PID 1 of its own pid namespace (the last `NSpid` of its
+/// `/proc/<pid>/status`): a container's init, as only its runtime starts it.
+pub fn is_pid_namespace_init(proc_root: &Path, pid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(proc_root.join(pid.to_string()).join("status")) else {
+        return false;
+    };
+    nspid_is_init(&status)
+}
+
+/// Whether a `/proc/<pid>/status` text's `NSpid` line ends in pid 1 of a nested namespace.
+fn nspid_is_init(status: &str) -> bool {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .map(|ids| ids.split_whitespace().collect::<Vec<_>>())
+        .is_some_and(|ids| ids.len() > 1 && ids.last() == Some(&"1"))
 }
 
 /// What the agent knows about each cgroup it met.

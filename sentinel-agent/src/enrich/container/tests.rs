@@ -230,3 +230,20 @@ fn describe_reads_well() {
         "container 40b15867205a (podman 40b15867205a)"
     );
 }
+
+#[test]
+fn a_pid_namespace_init_is_told_by_its_last_nspid() {
+    let status = |nspid: &str| format!("Name:\tsleep\nTgid:\t7\nNSpid:\t{nspid}\nPPid:\t6\n");
+    assert!(nspid_is_init(&status("21972\t1")));
+    assert!(nspid_is_init(&status("21972\t40\t1")));
+    // The host's own init and a container's other processes.
+    assert!(!nspid_is_init(&status("1")));
+    assert!(!nspid_is_init(&status("21973\t2")));
+    assert!(!nspid_is_init("Name:\tx\n"));
+    // This test runs on the host (or at least not as an init).
+    assert!(!is_pid_namespace_init(
+        Path::new("/proc"),
+        std::process::id()
+    ));
+    assert!(!is_pid_namespace_init(Path::new("/proc"), u32::MAX));
+}
