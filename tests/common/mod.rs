@@ -19,6 +19,7 @@ use std::{
 use serde_json::Value;
 
 pub mod container;
+pub mod docker;
 pub mod mmdb;
 pub mod netns;
 pub mod nft;
