@@ -145,11 +145,13 @@ fn container_component<'a>(part: &'a str, parent: Option<&str>) -> Option<(&'sta
             return Some((runtime, id));
         }
     }
-    // cgroupfs drivers: `/docker/<id>`, `/kubepods/<qos>/pod<uid>/<id>`.
+    // cgroupfs drivers: `/docker/<id>`, `/kubepods/<qos>/pod<uid>/<id>`, and nerdctl's
+    // `/<containerd namespace>/<id>` (`default`, `k8s.io`).
     if is_container_id(name) {
         return match parent {
             Some("docker") => Some(("docker", name)),
             Some(p) if p.starts_with("pod") => Some(("containerd", name)),
+            Some("default" | "k8s.io") => Some(("containerd", name)),
             _ => None,
         };
     }

@@ -48,6 +48,44 @@ fn container_ids_come_from_real_cgroup_paths() {
 }
 
 #[test]
+fn containerd_and_cri_o_cgroup_paths_name_their_containers() {
+    let containerd = Some(("containerd", ID.to_string(), None));
+    let crio = Some(("cri-o", ID.to_string(), None));
+    for (path, want) in [
+        // Kubernetes, systemd driver: every QoS class, and a container's own sub-cgroups.
+        (
+            format!(
+                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod4f1c_2a.slice/\
+                 cri-containerd-{ID}.scope"
+            ),
+            &containerd,
+        ),
+        (
+            format!("/kubepods.slice/kubepods-pod4f1c.slice/cri-containerd-{ID}.scope/init.scope"),
+            &containerd,
+        ),
+        (
+            format!(
+                "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod4f1c.slice/\
+                 crio-{ID}.scope"
+            ),
+            &crio,
+        ),
+        // Kubernetes, cgroupfs driver: guaranteed pods have no QoS level.
+        (format!("/kubepods/pod4f1c-2a/{ID}"), &containerd),
+        (format!("/kubepods/burstable/pod4f1c-2a/crio-{ID}"), &crio),
+        // nerdctl: systemd driver, and cgroupfs under the containerd namespace.
+        (format!("/system.slice/nerdctl-{ID}.scope"), &containerd),
+        (format!("/default/{ID}"), &containerd),
+        (format!("/k8s.io/{ID}"), &containerd),
+        // A bare containerd task started with a cgroup of its own name.
+        (format!("/system.slice/containerd-{ID}.scope"), &containerd),
+    ] {
+        assert_eq!(&found(&path), want, "{path}");
+    }
+}
+
+#[test]
 fn host_cgroups_and_monitors_are_no_container() {
     for path in [
         "/",
@@ -56,6 +94,10 @@ fn host_cgroups_and_monitors_are_no_container() {
         "/system.slice/docker.service",
         // Podman's monitor runs beside the container, not in it.
         &format!("/machine.slice/libpod-conmon-{ID}.scope"),
+        &format!("/kubepods.slice/kubepods-pod4f1c.slice/crio-conmon-{ID}.scope"),
+        // containerd's own service and a namespace without a task.
+        "/system.slice/containerd.service",
+        "/default",
         // Not 64 hex digits: a name someone chose.
         "/system.slice/docker-webapp.scope",
         &format!("/system.slice/docker-{}.scope", ID.to_uppercase()),
