@@ -596,4 +596,22 @@ fn a_rootless_podman_container_is_named() {
             .is_dir()),
         "{id} is not in the user's store"
     );
+    // Podman's own processes (the user's `podman`, conmon's `runc` and the cleanup it runs
+    // when the container exits) are the host's.
+    user.sh(&format!("podman rm -f -t 0 {name}"));
+    let cleanup = agent.wait_for("exec", "conmon's podman container cleanup", |e| {
+        e["filename"].as_str().unwrap_or("").ends_with("/podman")
+            && e["argv"].to_string().contains("cleanup")
+    });
+    let host = agent.events("exec");
+    let runtime = host.iter().filter(|e| {
+        let f = e["filename"].as_str().unwrap_or("");
+        f.ends_with("/podman") || f.ends_with("/runc") || f.ends_with("/conmon")
+    });
+    for e in runtime.chain([&cleanup]) {
+        assert!(
+            e["container"].is_null(),
+            "a runtime process put in the container: {e}"
+        );
+    }
 }

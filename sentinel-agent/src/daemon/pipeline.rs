@@ -200,7 +200,7 @@ impl Pipeline {
         // A container without a cgroup of its own (rootless Podman without cgroup v2
         // delegation) is named by its monitor among the ancestors.
         let container = self.container_of(tgid).or_else(|| {
-            let c = self.containers.of_monitored(&ancestry)?;
+            let c = self.containers.of_monitored(tgid, &ancestry)?;
             let seen = self.containers.seen() as u64;
             self.shared.containers.store(seen, Ordering::Relaxed);
             Some(c)

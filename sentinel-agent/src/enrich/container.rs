@@ -346,14 +346,24 @@ impl Containers {
         }
     }
 
-    /// The container a process whose cgroup names none runs in, from its `ancestry` (parent
-    /// first): the one its Podman monitor (`conmon`, by the file it runs) names — rootless
-    /// Podman on a host without cgroup v2 delegation creates no cgroup per container. Host
-    /// processes cost a scan of their ancestors' names; a monitor is read once (cached by pid
-    /// and start time).
-    pub fn of_monitored(&mut self, ancestry: &[(u32, Arc<str>)]) -> Option<Arc<Container>> {
+    /// The container process `tgid`, whose cgroup names none, runs in, from its `ancestry`
+    /// (parent first): the one its Podman monitor (`conmon`, by the file it runs) names —
+    /// rootless Podman on a host without cgroup v2 delegation creates no cgroup per container.
+    /// Only a process in another pid namespace than the monitor's is in the container: the
+    /// monitor's own helpers (`runc`, the `podman container cleanup` it runs at the
+    /// container's exit) are the host's. Host processes cost a scan of their ancestors' names;
+    /// a monitor is read once (cached by pid and start time).
+    pub fn of_monitored(
+        &mut self,
+        tgid: u32,
+        ancestry: &[(u32, Arc<str>)],
+    ) -> Option<Arc<Container>> {
         let (pid, _) = ancestry.iter().find(|(_, comm)| &**comm == "conmon")?;
         let pid = *pid;
+        let pid_ns = |p: u32| std::fs::read_link(self.proc_root.join(format!("{p}/ns/pid"))).ok();
+        if pid_ns(tgid)? == pid_ns(pid)? {
+            return None;
+        }
         let start = crate::enrich::tree::read_stat(&self.proc_root, pid)?.start;
         if let Some((at, known)) = self.by_monitor.get(&pid)
             && *at == start
