@@ -17,6 +17,7 @@ use std::{
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     sync::Arc,
+    time::{Duration, Instant},
 };
 
 use rustc_hash::FxHashMap;
@@ -32,6 +33,14 @@ const STATE_CAP: u64 = 8 << 20;
 /// read its `/proc` entry), and how deep.
 const WALK_DIRS: usize = 20_000;
 const WALK_DEPTH: usize = 12;
+/// The longest one walk may take (it runs on the event loop), and the most walks a second: a
+/// user who can create cgroups (delegation) and churns short-lived ones gets no more.
+const WALK_TIME: Duration = Duration::from_millis(20);
+const WALKS_PER_SECOND: u32 = 20;
+/// The accounts file a rootless user's home is read from (never NSS, which may block on a
+/// directory server).
+const PASSWD: &str = "/etc/passwd";
+const PASSWD_CAP: u64 = 16 << 20;
 /// Cgroups remembered at most: transient ones (sessions, `systemd-run`, CI containers) come and
 /// go for the agent's whole life; past this the cache starts afresh and re-resolves on demand.
 const MAX_CGROUPS: usize = 16_384;
@@ -230,6 +239,17 @@ fn nspid_is_init(status: &str) -> bool {
         .is_some_and(|ids| ids.len() > 1 && ids.last() == Some(&"1"))
 }
 
+/// The home directory of `uid` in the text of an accounts file (`/etc/passwd`).
+fn home_in_passwd(passwd: &str, uid: u32) -> Option<PathBuf> {
+    passwd.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        let [_, _, id, _, _, home, ..] = fields[..] else {
+            return None;
+        };
+        (id.parse() == Ok(uid) && home.starts_with('/')).then(|| PathBuf::from(home))
+    })
+}
+
 /// Name and image of container `id` in Podman store `store` (any storage driver).
 fn podman_store_lookup(store: &Path, id: &str) -> Option<(Option<String>, Option<String>)> {
     ["overlay-containers", "vfs-containers", "btrfs-containers"]
@@ -272,6 +292,8 @@ pub struct Containers {
     seen: FxHashMap<String, Arc<Container>>,
     /// What each `conmon` (pid, start time) monitors, for containers without a cgroup.
     by_monitor: FxHashMap<u32, (u64, Option<Arc<Container>>)>,
+    /// Walks of the cgroup tree in the current second: (when it began, how many).
+    walks: (Instant, u32),
 }
 
 impl Containers {
@@ -283,6 +305,7 @@ impl Containers {
             by_cgroup: FxHashMap::default(),
             seen: FxHashMap::default(),
             by_monitor: FxHashMap::default(),
+            walks: (Instant::now(), 0),
         }
     }
 
@@ -388,13 +411,25 @@ impl Containers {
 
     /// The path (from the cgroup root) of the cgroup whose directory's inode is `id`: a
     /// bounded walk of the cgroup v2 tree, once per unknown id whose process is gone.
-    fn find_cgroup(&self, id: u64) -> Option<String> {
+    /// At most [`WALKS_PER_SECOND`] walks a second, each at most [`WALK_TIME`] and
+    /// [`WALK_DIRS`] directories: past those the id is nobody's container.
+    fn find_cgroup(&mut self, id: u64) -> Option<String> {
         let root = self.cgroup_root.as_deref()?;
+        let now = Instant::now();
+        if now.duration_since(self.walks.0) >= Duration::from_secs(1) {
+            self.walks = (now, 0);
+        }
+        if self.walks.1 >= WALKS_PER_SECOND {
+            tracing::debug!(id, "cgroup walk skipped: too many this second");
+            return None;
+        }
+        self.walks.1 += 1;
+        let deadline = now + WALK_TIME;
         let mut frontier = vec![(root.to_path_buf(), 0usize)];
         let mut walked = 0;
         while let Some((dir, depth)) = frontier.pop() {
             walked += 1;
-            if walked > WALK_DIRS {
+            if walked > WALK_DIRS || Instant::now() > deadline {
                 return None;
             }
             let meta = std::fs::symlink_metadata(&dir).ok()?;
@@ -459,8 +494,11 @@ impl Containers {
         let rootless = found
             .user
             .filter(|uid| *uid != 0)
-            .and_then(|uid| nix::unistd::User::from_uid(uid.into()).ok().flatten())
-            .map(|u| u.dir.join(".local/share/containers/storage"));
+            .and_then(|uid| {
+                let passwd = read_text(Path::new(PASSWD), Links::Follow, PASSWD_CAP).ok()?;
+                home_in_passwd(&passwd, uid)
+            })
+            .map(|home| home.join(".local/share/containers/storage"));
         self.config
             .podman_storage
             .iter()

@@ -289,3 +289,36 @@ fn a_pid_namespace_init_is_told_by_its_last_nspid() {
     ));
     assert!(!is_pid_namespace_init(Path::new("/proc"), u32::MAX));
 }
+
+#[test]
+fn a_rootless_home_comes_from_the_accounts_file() {
+    let passwd = "root:x:0:0:root:/root:/bin/bash\n\
+                  broken line\n\
+                  web:x:1000:1000::/home/web:/bin/sh\n\
+                  odd:x:1001:1001::relative:/bin/sh\n";
+    assert_eq!(
+        home_in_passwd(passwd, 1000),
+        Some(PathBuf::from("/home/web"))
+    );
+    assert_eq!(home_in_passwd(passwd, 1001), None);
+    assert_eq!(home_in_passwd(passwd, 4242), None);
+    assert_eq!(home_in_passwd("", 0), None);
+}
+
+#[test]
+fn cgroup_walks_are_bounded_per_second() {
+    let m = Machine::new();
+    let mut c = m.containers();
+    // A gone process's cgroup is found by a walk…
+    let other = "cd".repeat(32);
+    let gone = m.process(200, &format!("/system.slice/docker-{other}.scope"));
+    fs::remove_dir_all(m.dir.path().join("proc/200")).unwrap();
+    // …unless this second's walks are spent (cgroups churned by someone who can).
+    for id in 0..WALKS_PER_SECOND as u64 {
+        assert_eq!(c.of(2_000_000_000 + id, 4242), None);
+    }
+    assert_eq!(c.of(gone, 200), None, "walked past the limit");
+    // The next second walks again (a fresh cache: the refused id was remembered as none).
+    let mut c = m.containers();
+    assert_eq!(c.of(gone, 200).map(|c| c.id.clone()), Some(other));
+}
