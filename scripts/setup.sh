@@ -20,10 +20,13 @@ NIGHTLY=${SENTINEL_BPF_TOOLCHAIN:-nightly}
 # raise nothing (tests/vps_day.rs). podman and runc: tests/containers.rs runs real containers
 # (runc: crun refuses hybrid cgroups). dnsmasq-base (the binary only, no service): the dns tests
 # start their own resolvers; openssl makes the certificate of their DNS-over-TLS/HTTPS resolver.
+# docker.io: tests/containers.rs starts a dockerd of its own (the machine's docker and
+# containerd services are kept from starting: see below). uidmap (newuidmap): the rootless
+# Podman test.
 APT_PACKAGES=(nftables iproute2 bpftool gcc libc6-dev pkg-config ca-certificates systemd dpkg-dev
   openssh-server openssh-client nginx php-fpm chromium debootstrap systemd-container postgresql
   golang-go python3-venv python3-dev ansible-core logrotate cron podman runc dnsmasq-base
-  openssl)
+  openssl docker.io uidmap)
 for arg in "$@"; do
   case "$arg" in
     --bench) APT_PACKAGES+=(bpftrace nginx wrk) ;;
@@ -55,7 +58,20 @@ command -v npm >/dev/null || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing apt packages: ${missing[*]}"
   "${SUDO[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+  # No service starts during the install (Debian's docker.io would start the machine's own
+  # dockerd, which adds iptables rules and a 172.17.0.0/16 bridge): a policy-rc.d saying no,
+  # unless the machine has one already.
+  own_policy=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee /usr/sbin/policy-rc.d >/dev/null
+    "${SUDO[@]}" chmod 755 /usr/sbin/policy-rc.d
+    own_policy=1
+  fi
+  installed=0
+  DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null \
+    || installed=$?
+  [ -z "$own_policy" ] || "${SUDO[@]}" rm -f /usr/sbin/policy-rc.d
+  [ "$installed" -eq 0 ] || die "apt-get install failed ($installed)"
   # The tests start nginx and php-fpm on their own configs: the services Debian starts on
   # install (when this script just installed them) are not wanted.
   for p in "${missing[@]}"; do
@@ -64,6 +80,9 @@ if [ ${#missing[@]} -gt 0 ]; then
         for unit in $(systemctl list-unit-files --no-legend 'nginx.service' 'php*-fpm.service' 2>/dev/null | awk '{print $1}'); do
           "${SUDO[@]}" systemctl disable --now "$unit" >/dev/null 2>&1 || true
         done ;;
+      docker.io)
+        "${SUDO[@]}" systemctl disable --now docker.service docker.socket containerd.service \
+          >/dev/null 2>&1 || true ;;
     esac
   done
 else

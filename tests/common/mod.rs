@@ -20,6 +20,7 @@ use serde_json::Value;
 
 pub mod container;
 pub mod dns;
+pub mod docker;
 pub mod mmdb;
 pub mod netns;
 pub mod nft;

@@ -372,3 +372,164 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A throwaway user running rootless Podman: created with a home in a temp dir and
+/// subordinate uid/gid ranges (`usermod --add-subuids`, Debian's `uidmap` for the mappings),
+/// removed on drop with everything it runs (its processes, found by uid, are the test's own:
+/// the user did not exist before), its home and its runtime dirs.
+pub struct RootlessUser {
+    pub name: String,
+    pub uid: u32,
+    home: tempfile::TempDir,
+}
+
+impl RootlessUser {
+    pub fn create() -> RootlessUser {
+        let name = format!("sntrl-{}", std::process::id() % 100_000);
+        let _ = Command::new("userdel").args(["-r", "-f", &name]).output();
+        let home = tempfile::tempdir().unwrap();
+        let dir = home.path().join(&name);
+        let out = Command::new("useradd")
+            .args(["-m", "-N", "-p", "*", "-s", "/bin/sh", "-d"])
+            .arg(&dir)
+            .arg(&name)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "useradd: {out:?}");
+        let mut user = RootlessUser { name, uid: 0, home };
+        user.uid = nix::unistd::User::from_name(&user.name)
+            .unwrap()
+            .expect("the user just added")
+            .uid
+            .as_raw();
+        let subuid = fs::read_to_string("/etc/subuid").unwrap_or_default();
+        if !subuid
+            .lines()
+            .any(|l| l.starts_with(&format!("{}:", user.name)))
+        {
+            // Past every range the machine hands out.
+            let end = subuid
+                .lines()
+                .filter_map(|l| {
+                    let mut f = l.split(':').skip(1);
+                    Some(f.next()?.parse::<u64>().ok()? + f.next()?.parse::<u64>().ok()?)
+                })
+                .max()
+                .unwrap_or(100_000)
+                .max(100_000);
+            let range = format!("{end}-{}", end + 65_535);
+            let out = Command::new("usermod")
+                .args(["--add-subuids", &range, "--add-subgids", &range, &user.name])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "usermod: {out:?}");
+        }
+        let conf = dir.join(".config/containers");
+        fs::create_dir_all(&conf).unwrap();
+        fs::write(
+            conf.join("containers.conf"),
+            "[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
+             runtime = \"runc\"\n",
+        )
+        .unwrap();
+        fs::write(
+            conf.join("registries.conf"),
+            "unqualified-search-registries = []\n",
+        )
+        .unwrap();
+        let chown = Command::new("chown")
+            .args(["-R", &format!("{}:", user.name)])
+            .arg(dir.join(".config"))
+            .output()
+            .unwrap();
+        assert!(chown.status.success(), "chown: {chown:?}");
+        user
+    }
+
+    /// `sh -c CMD` as the user, in a login environment.
+    pub fn sh(&self, cmd: &str) -> Output {
+        Command::new("su")
+            .args(["-", &self.name, "-c", cmd])
+            .output()
+            .unwrap()
+    }
+
+    fn sh_ok(&self, cmd: &str) -> String {
+        let out = self.sh(cmd);
+        assert!(
+            out.status.success(),
+            "as {}: {cmd}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Import the test image into the user's own store.
+    pub fn import_image(&self) {
+        let root = super::container::container_root().expect("the Debian root");
+        self.sh_ok(&format!(
+            "tar -C {} -c . 2>/dev/null | podman import - sentinel-test/bookworm >/dev/null",
+            root.display()
+        ));
+    }
+
+    /// `podman run -d --name NAME OPTS… IMAGE CMD…` as the user; the container's id.
+    pub fn run(&self, name: &str, opts: &[&str], cmd: &[&str]) -> String {
+        let quote = |a: &str| format!("'{}'", a.replace('\'', "'\\''"));
+        let mut line = format!(
+            "podman run -d --name {name} --ulimit nofile=4096:4096 --ulimit nproc=4096:4096"
+        );
+        for a in opts.iter().chain([&IMAGE]).chain(cmd) {
+            line.push(' ');
+            line.push_str(&quote(a));
+        }
+        self.sh_ok(&line)
+    }
+
+    /// The user's own graph root.
+    pub fn storage(&self) -> PathBuf {
+        self.home
+            .path()
+            .join(&self.name)
+            .join(".local/share/containers/storage")
+    }
+}
+
+impl Drop for RootlessUser {
+    fn drop(&mut self) {
+        let _ = self.sh("podman rm -a -f -t 0");
+        // What the user still runs (Podman's pause process, conmon): the test's own.
+        for _ in 0..3 {
+            let pids: Vec<i32> = fs::read_dir("/proc")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|pid| {
+                    use std::os::unix::fs::MetadataExt;
+                    fs::metadata(format!("/proc/{pid}")).is_ok_and(|m| m.uid() == self.uid)
+                })
+                .collect();
+            if pids.is_empty() {
+                break;
+            }
+            for pid in pids {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let _ = Command::new("userdel")
+            .args(["-r", "-f", &self.name])
+            .output();
+        for dir in [
+            format!("/tmp/podman-run-{}", self.uid),
+            format!("/tmp/containers-user-{}", self.uid),
+        ] {
+            let _ = fs::remove_dir_all(dir);
+        }
+    }
+}

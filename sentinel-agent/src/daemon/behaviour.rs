@@ -24,6 +24,7 @@ use crate::{
         npm::{self, Npm},
         respawn::{Origin, Respawn, unit_from_cgroup},
     },
+    enrich::container::is_pid_namespace_init,
     sensors::exec::Exit,
     store::history::History,
 };
@@ -109,7 +110,8 @@ impl Pipeline {
         let intel = &mut self.detect.alerts.signals.intel;
         intel.spawned(&exe, SystemTime::now());
         let b = &mut self.detect.behaviour;
-        let origin = Origin::of(c, || read_unit(root, pid));
+        let origin = Origin::runtime_of(c, |init| is_pid_namespace_init(root, init))
+            .or_else(|| Origin::of(c, || read_unit(root, pid)));
         let mut out = Vec::new();
         if let Some(f) = b.respawn.on_exec(c, &exe, origin.clone(), now) {
             if detect::respawn::is_comeback(&f) {

@@ -199,14 +199,23 @@ impl Pipeline {
             use std::os::unix::fs::MetadataExt;
             std::fs::metadata(self.proc_root.join(tgid.to_string())).map_or(u32::MAX, |m| m.uid())
         });
+        let ancestry = self.tree.ancestry(tgid, &self.proc_root);
+        // A container without a cgroup of its own (rootless Podman without cgroup v2
+        // delegation) is named by its monitor among the ancestors.
+        let container = self.container_of(tgid).or_else(|| {
+            let c = self.containers.of_monitored(tgid, &ancestry)?;
+            let seen = self.containers.seen() as u64;
+            self.shared.containers.store(seen, Ordering::Relaxed);
+            Some(c)
+        });
         Culprit {
             pid: tgid,
             start,
             comm,
             exe,
             uid,
-            ancestry: self.tree.ancestry(tgid, &self.proc_root),
-            container: self.container_of(tgid),
+            ancestry,
+            container,
         }
     }
 

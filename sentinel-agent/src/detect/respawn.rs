@@ -4,6 +4,12 @@
 //! than `respawn.max_spawns` times in a minute by the same parent. The alert names the origin
 //! that restarts it. T1053 when cron restarts it, T1543 otherwise.
 //!
+//! A container's init (its PID 1, or the program under its `tini`/`docker-init`) is started by
+//! the runtime: a new monitor (`conmon`, `containerd-shim`) each time the container starts, so
+//! its origin is the container's runtime and id, not that process. A container whose init the
+//! agent killed and whose restart policy (`--restart=always`, `on-failure`) brings it back is a
+//! respawn restarted by the runtime.
+//!
 //! What is not a respawn, and why:
 //! - A program someone else stopped (`systemctl restart` sends SIGTERM, an admin's `kill`, a
 //!   container's restart policy, a supervisor) and its manager started again: restarting is
@@ -29,6 +35,7 @@ use foldhash::HashMap;
 use serde::Deserialize;
 
 use super::{Anomaly, Culprit, Finding};
+use crate::enrich::container::Container;
 
 /// Words in the detail of a respawn of a program the agent killed: the kill engine acts on
 /// those (escalating to the origin).
@@ -105,7 +112,25 @@ pub enum Origin {
         pid: u32,
         comm: Arc<str>,
     },
+    /// A container's runtime, starting the container's init (its restart policy): the same
+    /// origin whatever monitor process (a new one per start) ran it.
+    Runtime {
+        container: Arc<Container>,
+        /// The monitor's name (`conmon`, `containerd-shim`).
+        monitor: Arc<str>,
+    },
 }
+
+/// The runtimes' monitors, which start a container's init: Podman's `conmon`, containerd's
+/// shims (`containerd-shim-runc-v2`, seen as `containerd-shim`), and the OCI runtimes
+/// themselves when nothing stays in between.
+fn is_runtime_monitor(comm: &str) -> bool {
+    comm == "conmon" || comm.starts_with("containerd-shim") || matches!(comm, "runc" | "crun")
+}
+
+/// The small inits a runtime may put in a container as its PID 1 (`--init`), with the
+/// container's program below them.
+const CONTAINER_INITS: [&str; 4] = ["tini", "docker-init", "catatonit", "dumb-init"];
 
 impl Origin {
     /// The origin of `culprit`: a cron daemon among its ancestors; else, for a child of
@@ -133,11 +158,41 @@ impl Origin {
         })
     }
 
+    /// The container runtime, when `culprit` is its container's init started by the runtime:
+    /// its parent is the runtime's monitor (or an init such as `tini` that the monitor
+    /// started) and `is_pid_ns_init(pid)` says the process that monitor started is PID 1 of
+    /// its own pid namespace — a name alone is chosen by whoever runs the process, a pid
+    /// namespace's init is not. `None` on the host and for a container's other processes.
+    pub fn runtime_of(
+        culprit: &Culprit,
+        is_pid_ns_init: impl FnOnce(u32) -> bool,
+    ) -> Option<Origin> {
+        let container = culprit.container.as_ref()?;
+        let (parent, parent_comm) = culprit.ancestry.first()?;
+        let (monitor, init) = if is_runtime_monitor(parent_comm) {
+            (parent_comm, culprit.pid)
+        } else if CONTAINER_INITS.contains(&&**parent_comm) {
+            let (_, grandparent) = culprit.ancestry.get(1)?;
+            (grandparent, *parent)
+        } else {
+            return None;
+        };
+        (is_runtime_monitor(monitor) && is_pid_ns_init(init)).then(|| Origin::Runtime {
+            container: container.clone(),
+            monitor: monitor.clone(),
+        })
+    }
+
     fn describe(&self) -> String {
         match self {
             Origin::Cron { pid, comm } => format!("cron ({comm}, pid {pid})"),
             Origin::Systemd { unit } => format!("systemd unit {unit}"),
             Origin::Parent { pid, comm } => format!("its parent {comm} (pid {pid})"),
+            Origin::Runtime { container, monitor } => format!(
+                "the container runtime {} ({monitor}), the restart policy of {}",
+                container.runtime,
+                container.describe()
+            ),
         }
     }
 }
@@ -425,6 +480,87 @@ mod tests {
             "{}",
             f.detail
         );
+    }
+
+    fn in_container(mut c: Culprit, name: &str) -> Culprit {
+        c.container = Some(Arc::new(Container {
+            id: "ab".repeat(32),
+            runtime: "podman".into(),
+            name: Some(name.into()),
+            image: Some("localhost/app:1".into()),
+        }));
+        c
+    }
+
+    #[test]
+    fn a_container_init_the_agent_killed_back_by_the_restart_policy_is_a_respawn_of_the_runtime() {
+        let mut r = respawn(100);
+        let t0 = Instant::now();
+        let init = |pid: u32| pid == 20 || pid == 31;
+        // PID 1 of its container under conmon; restarted under a new conmon.
+        let first = in_container(culprit(20, "sleep", &[(19, "conmon"), (1, "init")]), "web");
+        let origin = Origin::runtime_of(&first, init).unwrap();
+        r.on_exit("/usr/bin/sleep", 19, origin, 9, true, t0);
+        let again = in_container(culprit(31, "sleep", &[(30, "conmon"), (1, "init")]), "web");
+        let f = r
+            .on_exec(
+                &again,
+                "/usr/bin/sleep",
+                Origin::runtime_of(&again, init),
+                t0 + Duration::from_secs(1),
+            )
+            .unwrap();
+        assert!(is_comeback(&f), "{}", f.detail);
+        assert!(
+            f.detail.contains(
+                "restarted by the container runtime podman (conmon), the restart policy of \
+                 container web (localhost/app:1, podman abababababab)"
+            ),
+            "{}",
+            f.detail
+        );
+        // Another container's init is another origin.
+        r.on_exit(
+            "/usr/bin/sleep",
+            30,
+            Origin::runtime_of(&again, init).unwrap(),
+            9,
+            true,
+            t0,
+        );
+        let other = in_container(culprit(31, "sleep", &[(40, "conmon")]), "db");
+        assert!(
+            r.on_exec(
+                &other,
+                "/usr/bin/sleep",
+                Origin::runtime_of(&other, init),
+                t0
+            )
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn only_a_container_init_below_the_runtime_has_the_runtime_as_origin() {
+        let init = |pid: u32| pid == 20;
+        // Below tini (`--init`), itself PID 1 under the shim.
+        let tini = in_container(
+            culprit(21, "app", &[(20, "tini"), (19, "containerd-shim")]),
+            "x",
+        );
+        let Some(Origin::Runtime { monitor, .. }) = Origin::runtime_of(&tini, init) else {
+            panic!("tini's child is the container's program");
+        };
+        assert_eq!(&*monitor, "containerd-shim");
+        // A process named like a monitor inside the container: its child is no pid namespace
+        // init.
+        let fake = in_container(culprit(22, "miner", &[(21, "conmon")]), "x");
+        assert_eq!(Origin::runtime_of(&fake, init), None);
+        // A process of the container below its init, and the host's children of conmon.
+        let below = in_container(culprit(22, "sh", &[(20, "perl"), (19, "conmon")]), "x");
+        assert_eq!(Origin::runtime_of(&below, init), None);
+        let host = culprit(20, "sleep", &[(19, "conmon")]);
+        assert_eq!(Origin::runtime_of(&host, init), None);
     }
 
     #[test]

@@ -13,12 +13,19 @@
 //! Names and images are chosen by whoever runs containers: they are escaped like argv, and the
 //! runtime's files are read through [`crate::untrusted_file`] (regular files only, capped).
 
-use std::{os::unix::fs::MetadataExt, path::PathBuf, sync::Arc};
+use std::{
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::untrusted_file::{Links, read_text};
+
+mod monitor;
 
 /// Largest runtime state file read (Podman's `containers.json` lists every container).
 const STATE_CAP: u64 = 8 << 20;
@@ -26,6 +33,14 @@ const STATE_CAP: u64 = 8 << 20;
 /// read its `/proc` entry), and how deep.
 const WALK_DIRS: usize = 20_000;
 const WALK_DEPTH: usize = 12;
+/// The longest one walk may take (it runs on the event loop), and the most walks a second: a
+/// user who can create cgroups (delegation) and churns short-lived ones gets no more.
+const WALK_TIME: Duration = Duration::from_millis(20);
+const WALKS_PER_SECOND: u32 = 20;
+/// The accounts file a rootless user's home is read from (never NSS, which may block on a
+/// directory server).
+const PASSWD: &str = "/etc/passwd";
+const PASSWD_CAP: u64 = 16 << 20;
 /// Cgroups remembered at most: transient ones (sessions, `systemd-run`, CI containers) come and
 /// go for the agent's whole life; past this the cache starts afresh and re-resolves on demand.
 const MAX_CGROUPS: usize = 16_384;
@@ -33,7 +48,7 @@ const MAX_CGROUPS: usize = 16_384;
 const MAX_SEEN: usize = 65_536;
 
 /// A container, as events, alerts and decisions carry it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Container {
     /// The runtime's container id (64 hex digits for Docker, Podman and containerd).
     pub id: String,
@@ -139,11 +154,13 @@ fn container_component<'a>(part: &'a str, parent: Option<&str>) -> Option<(&'sta
             return Some((runtime, id));
         }
     }
-    // cgroupfs drivers: `/docker/<id>`, `/kubepods/<qos>/pod<uid>/<id>`.
+    // cgroupfs drivers: `/docker/<id>`, `/kubepods/<qos>/pod<uid>/<id>`, and nerdctl's
+    // `/<containerd namespace>/<id>` (`default`, `k8s.io`).
     if is_container_id(name) {
         return match parent {
             Some("docker") => Some(("docker", name)),
             Some(p) if p.starts_with("pod") => Some(("containerd", name)),
+            Some("default" | "k8s.io") => Some(("containerd", name)),
             _ => None,
         };
     }
@@ -204,6 +221,57 @@ pub fn docker_lookup(config_v2: &str) -> Option<(Option<String>, Option<String>)
     Some((name, c.config.and_then(|i| i.image)))
 }
 
+/// Whether process `pid` is PID 1 of its own pid namespace (the last `NSpid` of its
+/// `/proc/<pid>/status`): a container's init, as only its runtime starts it.
+pub fn is_pid_namespace_init(proc_root: &Path, pid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(proc_root.join(pid.to_string()).join("status")) else {
+        return false;
+    };
+    nspid_is_init(&status)
+}
+
+/// Whether a `/proc/<pid>/status` text's `NSpid` line ends in pid 1 of a nested namespace.
+fn nspid_is_init(status: &str) -> bool {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .map(|ids| ids.split_whitespace().collect::<Vec<_>>())
+        .is_some_and(|ids| ids.len() > 1 && ids.last() == Some(&"1"))
+}
+
+/// The home directory of `uid` in the text of an accounts file (`/etc/passwd`).
+fn home_in_passwd(passwd: &str, uid: u32) -> Option<PathBuf> {
+    passwd.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        let [_, _, id, _, _, home, ..] = fields[..] else {
+            return None;
+        };
+        (id.parse() == Ok(uid) && home.starts_with('/')).then(|| PathBuf::from(home))
+    })
+}
+
+/// Name and image of container `id` in Podman store `store` (any storage driver).
+fn podman_store_lookup(store: &Path, id: &str) -> Option<(Option<String>, Option<String>)> {
+    ["overlay-containers", "vfs-containers", "btrfs-containers"]
+        .iter()
+        .find_map(|dir| {
+            let file = store.join(dir).join("containers.json");
+            let text = read_text(&file, Links::Follow, STATE_CAP).ok()?;
+            podman_lookup(&text, id)
+        })
+}
+
+/// The container, its name and image escaped like argv (whoever runs containers chose them).
+fn named(found: FromPath, name: Option<String>, image: Option<String>) -> Container {
+    let clean = |s: String| crate::untrusted::escape(&s).into_owned();
+    Container {
+        id: found.id,
+        runtime: found.runtime.into(),
+        name: name.map(clean),
+        image: image.map(clean),
+    }
+}
+
 /// What the agent knows about each cgroup it met.
 #[derive(Debug)]
 enum Known {
@@ -222,6 +290,10 @@ pub struct Containers {
     by_cgroup: FxHashMap<u64, Known>,
     /// Containers seen since start, by id (for `status`).
     seen: FxHashMap<String, Arc<Container>>,
+    /// What each `conmon` (pid, start time) monitors, for containers without a cgroup.
+    by_monitor: FxHashMap<u32, (u64, Option<Arc<Container>>)>,
+    /// Walks of the cgroup tree in the current second: (when it began, how many).
+    walks: (Instant, u32),
 }
 
 impl Containers {
@@ -232,6 +304,8 @@ impl Containers {
             proc_root,
             by_cgroup: FxHashMap::default(),
             seen: FxHashMap::default(),
+            by_monitor: FxHashMap::default(),
+            walks: (Instant::now(), 0),
         }
     }
 
@@ -279,9 +353,7 @@ impl Containers {
         tracing::debug!(id, tgid, container = ?container, "cgroup resolved");
         match &container {
             Some(c) => {
-                if self.seen.len() < MAX_SEEN {
-                    self.seen.insert(c.id.clone(), c.clone());
-                }
+                self.saw(c);
                 self.by_cgroup.insert(id, Known::Container(c.clone()));
             }
             None => {
@@ -291,15 +363,73 @@ impl Containers {
         container
     }
 
+    fn saw(&mut self, c: &Arc<Container>) {
+        if self.seen.len() < MAX_SEEN {
+            self.seen.insert(c.id.clone(), c.clone());
+        }
+    }
+
+    /// The container process `tgid`, whose cgroup names none, runs in, from its `ancestry`
+    /// (parent first): the one its Podman monitor (`conmon`, by the file it runs) names —
+    /// rootless Podman on a host without cgroup v2 delegation creates no cgroup per container.
+    /// Only a process in another pid namespace than the monitor's is in the container: the
+    /// monitor's own helpers (`runc`, the `podman container cleanup` it runs at the
+    /// container's exit) are the host's. Host processes cost a scan of their ancestors' names;
+    /// a monitor is read once (cached by pid and start time).
+    pub fn of_monitored(
+        &mut self,
+        tgid: u32,
+        ancestry: &[(u32, Arc<str>)],
+    ) -> Option<Arc<Container>> {
+        let (pid, _) = ancestry.iter().find(|(_, comm)| &**comm == "conmon")?;
+        let pid = *pid;
+        let pid_ns = |p: u32| std::fs::read_link(self.proc_root.join(format!("{p}/ns/pid"))).ok();
+        if pid_ns(tgid)? == pid_ns(pid)? {
+            return None;
+        }
+        let start = crate::enrich::tree::read_stat(&self.proc_root, pid)?.start;
+        if let Some((at, known)) = self.by_monitor.get(&pid)
+            && *at == start
+        {
+            return known.clone();
+        }
+        if self.by_monitor.len() >= MAX_CGROUPS {
+            self.by_monitor.clear();
+        }
+        let container = monitor::is_conmon(&self.proc_root, pid)
+            .then(|| monitor::cmdline_and_uid(&self.proc_root, pid))
+            .flatten()
+            .and_then(|(cmdline, uid)| monitor::parse_conmon_cmdline(&cmdline, uid))
+            .map(|m| Arc::new(self.describe_monitored(m)));
+        tracing::debug!(pid, container = ?container, "container monitor resolved");
+        if let Some(c) = &container {
+            self.saw(c);
+        }
+        self.by_monitor.insert(pid, (start, container.clone()));
+        container
+    }
+
     /// The path (from the cgroup root) of the cgroup whose directory's inode is `id`: a
     /// bounded walk of the cgroup v2 tree, once per unknown id whose process is gone.
-    fn find_cgroup(&self, id: u64) -> Option<String> {
+    /// At most [`WALKS_PER_SECOND`] walks a second, each at most [`WALK_TIME`] and
+    /// [`WALK_DIRS`] directories: past those the id is nobody's container.
+    fn find_cgroup(&mut self, id: u64) -> Option<String> {
         let root = self.cgroup_root.as_deref()?;
+        let now = Instant::now();
+        if now.duration_since(self.walks.0) >= Duration::from_secs(1) {
+            self.walks = (now, 0);
+        }
+        if self.walks.1 >= WALKS_PER_SECOND {
+            tracing::debug!(id, "cgroup walk skipped: too many this second");
+            return None;
+        }
+        self.walks.1 += 1;
+        let deadline = now + WALK_TIME;
         let mut frontier = vec![(root.to_path_buf(), 0usize)];
         let mut walked = 0;
         while let Some((dir, depth)) = frontier.pop() {
             walked += 1;
-            if walked > WALK_DIRS {
+            if walked > WALK_DIRS || Instant::now() > deadline {
                 return None;
             }
             let meta = std::fs::symlink_metadata(&dir).ok()?;
@@ -347,35 +477,34 @@ impl Containers {
             _ => None,
         }
         .unwrap_or((None, None));
-        let clean = |s: String| crate::untrusted::escape(&s).into_owned();
-        Container {
-            id: found.id,
-            runtime: found.runtime.into(),
-            name: name.map(clean),
-            image: image.map(clean),
-        }
+        named(found, name, image)
+    }
+
+    /// Name and image from the store the monitor's bundle lies in, else the monitor's `-n`.
+    fn describe_monitored(&self, m: monitor::Monitored) -> Container {
+        let (name, image) = m
+            .storage
+            .as_deref()
+            .and_then(|store| podman_store_lookup(store, &m.found.id))
+            .unwrap_or((None, None));
+        named(m.found, name.or(m.name), image)
     }
 
     fn podman_state(&self, found: &FromPath) -> Option<(Option<String>, Option<String>)> {
         let rootless = found
             .user
             .filter(|uid| *uid != 0)
-            .and_then(|uid| nix::unistd::User::from_uid(uid.into()).ok().flatten())
-            .map(|u| u.dir.join(".local/share/containers/storage"));
+            .and_then(|uid| {
+                let passwd = read_text(Path::new(PASSWD), Links::Follow, PASSWD_CAP).ok()?;
+                home_in_passwd(&passwd, uid)
+            })
+            .map(|home| home.join(".local/share/containers/storage"));
         self.config
             .podman_storage
             .iter()
             .cloned()
             .chain(rootless)
-            .find_map(|store| {
-                ["overlay-containers", "vfs-containers", "btrfs-containers"]
-                    .iter()
-                    .find_map(|dir| {
-                        let file = store.join(dir).join("containers.json");
-                        let text = read_text(&file, Links::Follow, STATE_CAP).ok()?;
-                        podman_lookup(&text, &found.id)
-                    })
-            })
+            .find_map(|store| podman_store_lookup(&store, &found.id))
     }
 
     fn docker_state(&self, id: &str) -> Option<(Option<String>, Option<String>)> {

@@ -48,6 +48,44 @@ fn container_ids_come_from_real_cgroup_paths() {
 }
 
 #[test]
+fn containerd_and_cri_o_cgroup_paths_name_their_containers() {
+    let containerd = Some(("containerd", ID.to_string(), None));
+    let crio = Some(("cri-o", ID.to_string(), None));
+    for (path, want) in [
+        // Kubernetes, systemd driver: every QoS class, and a container's own sub-cgroups.
+        (
+            format!(
+                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod4f1c_2a.slice/\
+                 cri-containerd-{ID}.scope"
+            ),
+            &containerd,
+        ),
+        (
+            format!("/kubepods.slice/kubepods-pod4f1c.slice/cri-containerd-{ID}.scope/init.scope"),
+            &containerd,
+        ),
+        (
+            format!(
+                "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod4f1c.slice/\
+                 crio-{ID}.scope"
+            ),
+            &crio,
+        ),
+        // Kubernetes, cgroupfs driver: guaranteed pods have no QoS level.
+        (format!("/kubepods/pod4f1c-2a/{ID}"), &containerd),
+        (format!("/kubepods/burstable/pod4f1c-2a/crio-{ID}"), &crio),
+        // nerdctl: systemd driver, and cgroupfs under the containerd namespace.
+        (format!("/system.slice/nerdctl-{ID}.scope"), &containerd),
+        (format!("/default/{ID}"), &containerd),
+        (format!("/k8s.io/{ID}"), &containerd),
+        // A bare containerd task started with a cgroup of its own name.
+        (format!("/system.slice/containerd-{ID}.scope"), &containerd),
+    ] {
+        assert_eq!(&found(&path), want, "{path}");
+    }
+}
+
+#[test]
 fn host_cgroups_and_monitors_are_no_container() {
     for path in [
         "/",
@@ -56,6 +94,10 @@ fn host_cgroups_and_monitors_are_no_container() {
         "/system.slice/docker.service",
         // Podman's monitor runs beside the container, not in it.
         &format!("/machine.slice/libpod-conmon-{ID}.scope"),
+        &format!("/kubepods.slice/kubepods-pod4f1c.slice/crio-conmon-{ID}.scope"),
+        // containerd's own service and a namespace without a task.
+        "/system.slice/containerd.service",
+        "/default",
         // Not 64 hex digits: a name someone chose.
         "/system.slice/docker-webapp.scope",
         &format!("/system.slice/docker-{}.scope", ID.to_uppercase()),
@@ -229,4 +271,54 @@ fn describe_reads_well() {
         bare.describe(),
         "container 40b15867205a (podman 40b15867205a)"
     );
+}
+
+#[test]
+fn a_pid_namespace_init_is_told_by_its_last_nspid() {
+    let status = |nspid: &str| format!("Name:\tsleep\nTgid:\t7\nNSpid:\t{nspid}\nPPid:\t6\n");
+    assert!(nspid_is_init(&status("21972\t1")));
+    assert!(nspid_is_init(&status("21972\t40\t1")));
+    // The host's own init and a container's other processes.
+    assert!(!nspid_is_init(&status("1")));
+    assert!(!nspid_is_init(&status("21973\t2")));
+    assert!(!nspid_is_init("Name:\tx\n"));
+    // This test runs on the host (or at least not as an init).
+    assert!(!is_pid_namespace_init(
+        Path::new("/proc"),
+        std::process::id()
+    ));
+    assert!(!is_pid_namespace_init(Path::new("/proc"), u32::MAX));
+}
+
+#[test]
+fn a_rootless_home_comes_from_the_accounts_file() {
+    let passwd = "root:x:0:0:root:/root:/bin/bash\n\
+                  broken line\n\
+                  web:x:1000:1000::/home/web:/bin/sh\n\
+                  odd:x:1001:1001::relative:/bin/sh\n";
+    assert_eq!(
+        home_in_passwd(passwd, 1000),
+        Some(PathBuf::from("/home/web"))
+    );
+    assert_eq!(home_in_passwd(passwd, 1001), None);
+    assert_eq!(home_in_passwd(passwd, 4242), None);
+    assert_eq!(home_in_passwd("", 0), None);
+}
+
+#[test]
+fn cgroup_walks_are_bounded_per_second() {
+    let m = Machine::new();
+    let mut c = m.containers();
+    // A gone process's cgroup is found by a walk…
+    let other = "cd".repeat(32);
+    let gone = m.process(200, &format!("/system.slice/docker-{other}.scope"));
+    fs::remove_dir_all(m.dir.path().join("proc/200")).unwrap();
+    // …unless this second's walks are spent (cgroups churned by someone who can).
+    for id in 0..WALKS_PER_SECOND as u64 {
+        assert_eq!(c.of(2_000_000_000 + id, 4242), None);
+    }
+    assert_eq!(c.of(gone, 200), None, "walked past the limit");
+    // The next second walks again (a fresh cache: the refused id was remembered as none).
+    let mut c = m.containers();
+    assert_eq!(c.of(gone, 200).map(|c| c.id.clone()), Some(other));
 }
