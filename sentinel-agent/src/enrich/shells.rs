@@ -48,6 +48,13 @@ impl FileKey {
     }
 }
 
+/// What one `stat` tells of a candidate path, before anything is opened.
+enum Known {
+    Verdict(bool),
+    NotTheExecd,
+    Unknown,
+}
+
 /// The installed shells' fingerprints and a verdict cache.
 #[derive(Debug, Default)]
 pub struct Shells {
@@ -156,11 +163,28 @@ impl Shells {
         Ok(verdict)
     }
 
+    /// What the cache knows of the file at `path` as it is now: a verdict when it is the
+    /// exec'd file (`exe`) unchanged since it was judged (same device, inode, size and
+    /// modification time); that it is not the exec'd file (nothing to open); or nothing.
+    fn cached_verdict(&self, path: &Path, exe: ExeId) -> Known {
+        let Ok(meta) = std::fs::metadata(path) else {
+            return Known::NotTheExecd; // gone, or unreadable: opening it fails too
+        };
+        if !meta.is_file() || !is_same_file(exe, &meta) {
+            return Known::NotTheExecd;
+        }
+        match self.cache.get(&FileKey::of(&meta)) {
+            Some(&verdict) => Known::Verdict(verdict),
+            None => Known::Unknown,
+        }
+    }
+
     /// Whether process `pid`, which exec'd `filename` as `comm`, runs a shell. `exe` is the
     /// kernel's identity of what it exec'd: the file read must be that one, since the process
     /// may have exec'd again by now (`sh -c 'python3 …'` replaces sh at once). The file is
-    /// `/proc/<pid>/exe` (right even when the path was replaced or deleted), else `filename`
-    /// if absolute; when neither is the exec'd file, the name decides (`lineage.shells`).
+    /// `filename` if absolute and still the exec'd file, else `/proc/<pid>/exe` (right even
+    /// when the path was replaced or deleted); when neither is the exec'd file, the name decides
+    /// (`lineage.shells`).
     /// Both are opened as an [`UntrustedFile`]: a FIFO or device put at `filename` after the
     /// exec is refused at once (the name decides), never waited on.
     pub fn is_shell(
@@ -171,11 +195,25 @@ impl Shells {
         comm: &str,
         exe: ExeId,
     ) -> bool {
-        let candidates = [
-            Some(proc_root.join(pid.to_string()).join("exe")),
-            filename.starts_with('/').then(|| PathBuf::from(filename)),
-        ];
+        // The exec'd path first: it is nearly always the exec'd file still, and a `stat` of it
+        // is cheap, while one of `/proc/<pid>/exe` builds the dentries of a process that has
+        // usually exited by the time its record is handled. Either counts only when it is the
+        // kernel's `exe`; without one (an old record), `/proc/<pid>/exe` comes first.
+        let by_path = filename.starts_with('/').then(|| PathBuf::from(filename));
+        let by_proc = Some(proc_root.join(pid.to_string()).join("exe"));
+        let candidates = if exe == ExeId::default() {
+            [by_proc, by_path]
+        } else {
+            [by_path, by_proc]
+        };
         for path in candidates.into_iter().flatten() {
+            // Every exec below a server asks: a verdict cached for what the path holds now
+            // takes one `stat`, no open.
+            match self.cached_verdict(&path, exe) {
+                Known::Verdict(verdict) => return verdict,
+                Known::NotTheExecd => continue,
+                Known::Unknown => {}
+            }
             let file = match UntrustedFile::open(&path, Links::Follow) {
                 Ok(file) => file,
                 Err(e) => {
