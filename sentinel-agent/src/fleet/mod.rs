@@ -19,7 +19,7 @@ pub mod view;
 use std::{
     net::IpAddr,
     path::Path,
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -50,17 +50,32 @@ pub struct FleetStatus {
     pub shipped: u64,
 }
 
-/// The shipper's state, read by `status` and the metrics.
+/// The shipper's state, read by `status` and the metrics, and the event loop's word that
+/// the outbox has new rows (so an idle shipper never reads an empty outbox).
 #[derive(Debug, Default)]
-pub struct Stats(Mutex<FleetStatus>);
+pub struct Stats {
+    status: Mutex<FleetStatus>,
+    outbox_filled: tokio::sync::Notify,
+}
 
 impl Stats {
     pub fn snapshot(&self) -> FleetStatus {
-        self.0.lock().expect("fleet stats lock").clone()
+        self.status.lock().expect("fleet stats lock").clone()
     }
 
     fn update(&self, f: impl FnOnce(&mut FleetStatus)) {
-        f(&mut self.0.lock().expect("fleet stats lock"));
+        f(&mut self.status.lock().expect("fleet stats lock"));
+    }
+
+    /// A row went into the outbox: the shipper drains at its next tick.
+    fn note_outbox_filled(&self) {
+        // One stored permit at most: a burst of rows wakes the shipper once.
+        self.outbox_filled.notify_one();
+    }
+
+    /// Wait until a row went into the outbox since the last wait returned.
+    async fn outbox_filled(&self) {
+        self.outbox_filled.notified().await
     }
 }
 
@@ -88,18 +103,22 @@ fn rfc3339(t: SystemTime) -> String {
 /// and never stops the agent (the fleet view then misses that row; nothing local is lost).
 pub struct Recorder {
     outbox: outbox::Outbox,
+    stats: Arc<Stats>,
 }
 
 impl Recorder {
-    pub fn open(db: &Path, max_rows: u64) -> Result<Self, outbox::OutboxError> {
+    /// `stats` is the shipper's: each row queued wakes it.
+    pub fn open(db: &Path, max_rows: u64, stats: Arc<Stats>) -> Result<Self, outbox::OutboxError> {
         Ok(Self {
             outbox: outbox::Outbox::open(db)?.with_cap(max_rows),
+            stats,
         })
     }
 
     fn push(&self, kind: outbox::Kind, key: &str, body: Value) {
-        if let Err(e) = self.outbox.push(kind, key, &body) {
-            error!("queueing a {} for the fleet failed: {e}", kind.as_str());
+        match self.outbox.push(kind, key, &body) {
+            Ok(()) => self.stats.note_outbox_filled(),
+            Err(e) => error!("queueing a {} for the fleet failed: {e}", kind.as_str()),
         }
     }
 
@@ -171,6 +190,18 @@ mod tests {
 
     use super::*;
     use crate::switch::decision::State;
+
+    #[tokio::test]
+    async fn a_queued_row_wakes_the_shipper_once_however_many_came() {
+        let stats = Stats::default();
+        let wait = || tokio::time::timeout(Duration::from_millis(50), stats.outbox_filled());
+        assert!(wait().await.is_err(), "nothing queued: the shipper sleeps");
+        for _ in 0..100 {
+            stats.note_outbox_filled();
+        }
+        assert!(wait().await.is_ok(), "rows queued before the wait wake it");
+        assert!(wait().await.is_err(), "a burst is one wake");
+    }
 
     #[test]
     fn a_decision_document_has_readable_times_and_its_end() {

@@ -25,10 +25,16 @@ use crate::{
 
 /// Longest wait between two connection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// How often waiting answers are polled when no notification came (LISTEN is the fast path).
-const ANSWER_POLL: Duration = Duration::from_secs(1);
-/// How often shared blocks are re-read without a notification.
-const SHARED_POLL: Duration = Duration::from_secs(5);
+/// How often waiting answers are polled when no notification came. LISTEN is the path
+/// answers take (the store's trigger notifies on every answer); the poll only covers a
+/// notification lost by a proxy between the agent and PostgreSQL. Each poll is a round trip
+/// to the store, so it is rare: an idle agent's cost is its timers.
+const ANSWER_POLL: Duration = Duration::from_secs(30);
+/// How often shared blocks are re-read without a notification (same reason).
+const SHARED_POLL: Duration = Duration::from_secs(60);
+/// How often the outbox is read although no row was queued since the last drain: rows left by
+/// an earlier run of the agent, or by a drain that failed half-way, go out at least this often.
+const OUTBOX_SWEEP: Duration = Duration::from_secs(60);
 
 /// What the fleet task needs from the agent.
 pub struct Context {
@@ -128,14 +134,22 @@ async fn connected(
         .await
         .map_err(pg_err)?;
 
-    let mut ship_tick = tokio::time::interval(ctx.config.interval);
-    let mut heartbeat_tick = tokio::time::interval(ctx.config.heartbeat);
-    let mut answer_tick = tokio::time::interval(ANSWER_POLL);
-    let mut shared_tick = tokio::time::interval(SHARED_POLL);
+    let mut ship_tick = quiet_interval(ctx.config.interval);
+    let mut heartbeat_tick = quiet_interval(ctx.config.heartbeat);
+    let mut answer_tick = quiet_interval(ANSWER_POLL);
+    let mut shared_tick = quiet_interval(SHARED_POLL);
+    let mut sweep_tick = quiet_interval(OUTBOX_SWEEP);
     let answer_note = format!("answer {}", ctx.host);
+    // Events are read from the event store after a cursor, which no notification covers: a
+    // host that ships them reads at every tick.
+    let mut dirty = true;
     loop {
         tokio::select! {
-            _ = ship_tick.tick() => drain(ctx, &mut client, outbox).await.map_err(pg_err)?,
+            _ = ctx.stats.outbox_filled(), if !dirty => dirty = true,
+            _ = sweep_tick.tick() => dirty = true,
+            _ = ship_tick.tick(), if dirty || ctx.config.ship_events => {
+                dirty = !drain(ctx, &mut client, outbox).await.map_err(pg_err)?;
+            }
             _ = heartbeat_tick.tick() => heartbeat(ctx, &client).await.map_err(pg_err)?,
             note = notes.recv() => match note {
                 Some(n) if n == answer_note => {
@@ -157,6 +171,14 @@ async fn connected(
                 .map_err(pg_err)?,
         }
     }
+}
+
+/// An interval that, after a pause (a disabled branch, a slow store), waits its full period
+/// instead of firing the ticks it missed in a burst.
+fn quiet_interval(period: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
 }
 
 async fn refresh_outbox_len(ctx: &Context, outbox: &Arc<Mutex<Outbox>>) {
@@ -214,12 +236,12 @@ async fn ack(outbox: &Arc<Mutex<Outbox>>, rows: &[Row], events: &[EventRow]) -> 
 }
 
 /// Ship until the outbox is empty, one transaction per batch, acknowledging each batch only
-/// once PostgreSQL committed it.
+/// once PostgreSQL committed it. False when the outbox could not be read (try again).
 async fn drain(
     ctx: &Context,
     client: &mut tokio_postgres::Client,
     outbox: &Arc<Mutex<Outbox>>,
-) -> Result<(), PgError> {
+) -> Result<bool, PgError> {
     let cfg = &ctx.config;
     loop {
         let (rows, events) = match take(outbox, cfg.batch, cfg.ship_events).await {
@@ -227,12 +249,12 @@ async fn drain(
             Err(e) => {
                 ctx.stats.update(|s| s.last_error = Some(e.clone()));
                 warn!("reading the fleet outbox: {e}");
-                return Ok(());
+                return Ok(false);
             }
         };
         if rows.is_empty() && events.is_empty() {
             refresh_outbox_len(ctx, outbox).await;
-            return Ok(());
+            return Ok(true);
         }
         match postgres::ship(client, &ctx.host, &rows, &events, cfg.share_blocks).await {
             Ok(()) => {}

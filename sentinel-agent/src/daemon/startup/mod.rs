@@ -415,6 +415,14 @@ pub fn build_pipeline(
 ) -> anyhow::Result<Pipeline> {
     let agent = &config.agent;
     let agent_tgid = std::process::id();
+    let fleet = match &shared.fleet {
+        Some(stats) => Some(fleet::Recorder::open(
+            &agent.db,
+            config.fleet.outbox_max_rows,
+            stats.clone(),
+        )?),
+        None => None,
+    };
     let core = Pipeline {
         tree: seeded.tree,
         clock: BootClock::now(),
@@ -451,14 +459,7 @@ pub fn build_pipeline(
             .responding_to(config.enforce.kill_on.clone())
         }),
         dry_run: config.enforce.mode == EnforceMode::DryRun,
-        fleet: if config.fleet.enabled() {
-            Some(fleet::Recorder::open(
-                &agent.db,
-                config.fleet.outbox_max_rows,
-            )?)
-        } else {
-            None
-        },
+        fleet,
         containers: crate::enrich::container::Containers::new(
             config.containers.clone(),
             crate::sensors::cgroup::root(),
