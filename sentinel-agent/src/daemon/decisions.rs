@@ -257,7 +257,7 @@ impl Pipeline {
             self.shared.host.clone(),
             Body::Alert(Box::new(alert)),
         );
-        self.store(Write::Update(Arc::new(record)));
+        self.store_alert_repeat(id.clone(), record);
         id
     }
 

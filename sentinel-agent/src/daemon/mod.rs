@@ -14,6 +14,7 @@ mod outcomes;
 mod persistence;
 pub mod pipeline;
 pub mod reload;
+mod repeats;
 pub mod service;
 mod ssh_watch;
 mod startup;
@@ -281,7 +282,9 @@ async fn event_loop(core: &mut Pipeline, inbox: &mut Inbox, timers: &mut Timers)
             _ = inbox.sigterm.recv() => { info!("SIGTERM: stopping"); break; }
             _ = inbox.sigint.recv() => { info!("SIGINT: stopping"); break; }
         }
+        core.flush_alert_repeats();
     }
+    core.flush_alert_repeats();
 }
 
 /// Stop cleanly: programs detached, every event committed, the enforcement table left in

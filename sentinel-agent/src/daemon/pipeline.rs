@@ -109,6 +109,9 @@ pub struct Pipeline {
     pub containers: Containers,
     /// Asks for the live SSH sessions to be re-read when sshd's processes change.
     pub ssh_nudge: super::ssh_watch::Nudge,
+    /// Repeats of open alerts not written yet: the latest version of each goes out once per
+    /// loop round ([`Pipeline::flush_alert_repeats`]).
+    pub alert_repeats: super::repeats::Repeats,
 }
 
 /// How long a process stays in the tree after its exit record.
@@ -116,12 +119,29 @@ const EXIT_GRACE: Duration = Duration::from_secs(1);
 
 impl Pipeline {
     pub(super) fn store(&self, write: Write) {
-        if let (Some(fleet), Write::Insert(r) | Write::Update(r)) = (&self.fleet, &write) {
+        let (Write::Insert(r) | Write::Update(r)) = &write;
+        if let Body::Alert(a) = &r.body {
+            self.alert_repeats.supersede(&a.id);
+        }
+        if let Some(fleet) = &self.fleet {
             fleet.alert(r);
         }
         // A full queue drops (and counts) the write itself: never wait for the disk here.
         if self.store_tx.send(write) == Err(NotQueued::Stopped) {
             error!("the store writer has stopped; event not stored");
+        }
+    }
+
+    /// A repeat of an open alert: written at the end of the loop round, only its latest
+    /// version (unless a newer version of the alert is written first).
+    pub(super) fn store_alert_repeat(&self, id: String, record: Record) {
+        self.alert_repeats.defer(id, record);
+    }
+
+    /// Write the repeats of this loop round.
+    pub fn flush_alert_repeats(&self) {
+        for record in self.alert_repeats.take() {
+            self.store(Write::Update(record));
         }
     }
 

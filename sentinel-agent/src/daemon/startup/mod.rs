@@ -466,6 +466,7 @@ pub fn build_pipeline(
             PathBuf::from("/proc"),
         ),
         ssh_nudge: Default::default(),
+        alert_repeats: Default::default(),
     };
     if let Ok(n) = core.switch.reader().kill_count() {
         core.shared
