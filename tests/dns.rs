@@ -159,6 +159,53 @@ fn a_resolved_name_reaches_the_connect_event_and_the_geo_alert() {
     assert!(ev["domain"].is_null(), "{ev}");
 }
 
+/// What a client does to reach many addresses at once: a non-blocking connect to each (its
+/// connect event comes at SYN_SENT, whether or not anyone answers), then `connected`.
+const CONNECT_EACH_NOW: &str = "for fam, typ, proto, _, addr in infos:\n\
+    \x20   s = socket.socket(fam, typ, proto); s.setblocking(False)\n\
+    \x20   s.connect_ex(addr)\n\
+    \x20   s.close()\n\
+    print('connected', flush=True)\n";
+
+#[test]
+fn an_answer_over_512_bytes_names_every_address() {
+    if !common::require_root("an_answer_over_512_bytes_names_every_address") {
+        return;
+    }
+    require_dnsmasq("an_answer_over_512_bytes_names_every_address");
+    let _serial = common::serial();
+    let net = TestNet::new("dnsbig");
+    let mut procs = Procs::default();
+    // Two names with 40 addresses each (inside the test network's 198.51.100.0/25, never its
+    // host side .1): an answer of about 690 bytes, past the classic 512.
+    let udp: Vec<String> = (3..43).map(|i| format!("198.51.100.{i}")).collect();
+    let tcp: Vec<String> = (43..83).map(|i| format!("198.51.100.{i}")).collect();
+    let zone: Vec<(&str, &str)> = udp
+        .iter()
+        .map(|a| ("big.sentinel.test", a.as_str()))
+        .chain(tcp.iter().map(|a| ("bigtcp.sentinel.test", a.as_str())))
+        .collect();
+    dnsmasq_serving(&net, DE4, None, &zone, &mut procs);
+    let agent = Agent::start("");
+    let dir = tempfile::tempdir().unwrap();
+
+    // With EDNS (glibc's `edns0`: a 1200-byte buffer) the whole answer comes over UDP; without
+    // it the server cuts the UDP answer (TC, 29 addresses) and glibc asks again over TCP.
+    for (tag, options, name, addrs) in [
+        ("edns", "edns0", "big.sentinel.test", &udp),
+        ("tc", "", "bigtcp.sentinel.test", &tcp),
+    ] {
+        let files = resolver_files_with(dir.path(), tag, DE4, options);
+        let (pid, mut stdin, mut stdout) =
+            client(&net, false, &files, name, CONNECT_EACH_NOW, &mut procs);
+        connect_now(&mut stdin, &mut stdout);
+        for addr in addrs {
+            let ev = connect_of(&agent, pid, addr);
+            assert_eq!(ev["domain"], name, "{tag}: {ev}");
+        }
+    }
+}
+
 #[test]
 fn a_local_stub_still_names_the_right_process() {
     if !common::require_root("a_local_stub_still_names_the_right_process") {

@@ -7,7 +7,9 @@
 //! clear error in `status`; a block a human confirmed on one host is enforced on another
 //! that accepts unsigned shares, through its own guard, and ignored by one that does not; an
 //! operator's signed block and lift reach every host that shares blocks; the fleet's pending,
-//! alerts and blocks show the name a target was resolved from (a real resolver, `dnsmasq`).
+//! alerts and blocks show the name a target was resolved from (a real resolver, `dnsmasq`),
+//! and a shared block carries it to a host that never saw the answer (`fleet init` upgrading
+//! a schema-4 store first).
 
 mod common;
 
@@ -659,6 +661,28 @@ fn the_fleet_view_shows_the_names_targets_were_resolved_from() {
     common::dns::dnsmasq(&net, DE4, None, &mut procs);
     let pg = Postgres::start();
     let op = operator(&pg);
+    // A store of schema version 4 (before shared blocks carried names): `fleet init`
+    // upgrades it to 5 in place.
+    pg.sql(
+        "ALTER TABLE fleet_shared_blocks DROP COLUMN domain; \
+         DELETE FROM sentinel_migrations WHERE version = 5",
+    );
+    assert_eq!(
+        pg.sql("SELECT max(version) FROM sentinel_migrations"),
+        ["4"]
+    );
+    op.init();
+    assert_eq!(
+        pg.sql("SELECT max(version) FROM sentinel_migrations"),
+        ["5"]
+    );
+    assert_eq!(
+        pg.sql(
+            "SELECT count(*) FROM information_schema.columns \
+             WHERE table_name = 'fleet_shared_blocks' AND column_name = 'domain'"
+        ),
+        ["1"]
+    );
     let (table, table_b) = (Table::new("fn"), Table::new("fnb"));
     let enforce = |t: &Table| {
         format!(
@@ -668,14 +692,6 @@ fn the_fleet_view_shows_the_names_targets_were_resolved_from() {
     };
     let (h, hb) = (host_id("n"), host_id("nb"));
     let a = agent(&pg, &op, &h, &enforce(&table), "share_blocks = true");
-    // B takes A's share; it saw the same answer (one machine), so it knows the name too.
-    let b = agent(
-        &pg,
-        &op,
-        &hb,
-        &enforce(&table_b),
-        "share_blocks = true\naccept_unsigned_shares = true",
-    );
     let dir = tempfile::tempdir().unwrap();
     let files = common::dns::resolver_files(dir.path(), "fleet", DE4);
     let (_pid, mut stdin, mut stdout) = common::dns::client(
@@ -687,6 +703,15 @@ fn the_fleet_view_shows_the_names_targets_were_resolved_from() {
         &mut procs,
     );
     common::dns::connect_now(&mut stdin, &mut stdout);
+    // B takes A's share. It starts after the answer, so it never saw it: the name it shows
+    // is the one the shared block carries.
+    let b = agent(
+        &pg,
+        &op,
+        &hb,
+        &enforce(&table_b),
+        "share_blocks = true\naccept_unsigned_shares = true",
+    );
     const NAMED: &str = "c2.sentinel.test (198.51.100.2)";
     assert_eq!(RU4, "198.51.100.2");
 
@@ -736,7 +761,13 @@ fn the_fleet_view_shows_the_names_targets_were_resolved_from() {
         table.elements("block4").iter().any(|(e, _)| e == RU4),
         "blocked here"
     );
-    // The host that took the share records it under the name it resolved itself.
+    // The row says the name; the host that took the share records the block under it.
+    assert_eq!(
+        pg.sql(&format!(
+            "SELECT domain FROM fleet_shared_blocks WHERE addr = '{RU4}'"
+        )),
+        ["c2.sentinel.test"]
+    );
     let shared = eventually(15, "B's shared block in the fleet view", || {
         fleet(&op, &["blocks"])
             .into_iter()

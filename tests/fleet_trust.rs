@@ -213,10 +213,10 @@ fn the_schema_and_roles_are_the_operators_alone() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("from schema version 0 to 4"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("from schema version 0 to 5"));
     assert_eq!(
         pg.sql("SELECT version FROM sentinel_migrations ORDER BY version"),
-        ["1", "2", "3", "4"]
+        ["1", "2", "3", "4", "5"]
     );
     assert_eq!(
         pg.sql(
@@ -232,7 +232,7 @@ fn the_schema_and_roles_are_the_operators_alone() {
     // Again: nothing to do.
     let out = op.cli(&["fleet", "init"]);
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("at schema version 4"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("at schema version 5"));
 
     // A host's role: its password in a private file, the only place it is written.
     let (file, pw) = op.add_host(A);
@@ -337,7 +337,7 @@ fn a_single_role_store_is_upgraded_in_place() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("from schema version 1 to 4"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("from schema version 1 to 5"));
     let (_, pw) = op.add_host(A);
     // The host's history is its own under its new role.
     assert_eq!(

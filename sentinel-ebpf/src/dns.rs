@@ -8,32 +8,38 @@
 //! - `dns_ingress` (`cgroup_skb/ingress` on the same root) sees every packet delivered to a
 //!   local socket, loopback included (a stub such as systemd-resolved's 127.0.0.53, a
 //!   resolver in a container). For a UDP datagram or TCP segment from port 53 to a socket
-//!   the first half knows, it copies up to `DNS_PAYLOAD_MAX` bytes of the DNS message into
-//!   the shared ring, with the asker. It runs outside the receiver's context, hence the
-//!   cookie map. It always returns 1: it watches, it never drops a packet.
+//!   the first half knows, carrying an answer that can name something (`may_name`), it
+//!   copies the DNS message (up to `DNS_PAYLOAD_MAX` bytes) into the shared ring, with the
+//!   asker, in a record no larger than the message needs. It runs outside the receiver's
+//!   context, hence the cookie map. It always returns 1: it watches, it never drops a packet.
 //!
-//! A packet to a TCP socket or connected UDP socket whose peer port is not 53 (nearly all
-//! traffic), or to a socket on local port 53 (a resolver's queries), is let through after
-//! reading two fields of the socket, before any helper call.
+//! What a packet costs, cheapest first: to a TCP socket or connected UDP socket whose peer
+//! port is not 53 (nearly all traffic), or to a socket on local port 53 (a resolver's
+//! queries), two fields of the socket, before any helper call; to an unconnected UDP socket,
+//! a few loads of the packet's headers where the kernel holds them in line (no helper call;
+//! `bpf_skb_load_bytes` only when they are not, or for IPv4 options); from port 53, the
+//! DNS header's flags and counts, then the cookie and its map lookup; only then the ring.
 
 use aya_ebpf::{
     EbpfContext,
     bindings::__sk_buff,
     helpers::{bpf_ktime_get_boot_ns, generated::bpf_get_socket_cookie},
     macros::{cgroup_skb, cgroup_sock_addr, map},
-    maps::{LruHashMap, PerCpuArray},
+    maps::{Array, LruHashMap, PerCpuArray},
     programs::{SkBuffContext, SockAddrContext},
 };
 use sentinel_common::{
     EventKind,
     events::{
         connect::{AF_INET, AF_INET6},
-        dns::{DNS_PAYLOAD_MAX, DNS_TCP, DNS_UDP, DnsAsker, DnsEvent},
+        dns::{
+            DNS_PAYLOAD_CLASSES, DNS_PAYLOAD_MAX, DNS_TCP, DNS_UDP, DnsAsker, DnsRecord, may_name,
+        },
     },
 };
 
 use crate::rare::record_dropped;
-use crate::task::{EVENTS, current_tgid_unless_agent, submit_flags};
+use crate::task::{EVENTS, READER_ASLEEP, RING_WAKE_BYTES, current_tgid_unless_agent};
 
 /// DNS answers dropped because `EVENTS` was full.
 #[map]
@@ -44,10 +50,19 @@ static DNS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static DNS_ASKERS: LruHashMap<u64, DnsAsker> = LruHashMap::with_max_entries(16384, 0);
 
+/// Slot 0: the boot time (ns) before which an answer does not wake the agent for a filling
+/// ring again ([`wake_flags`]).
+#[map]
+static DNS_NEXT_WAKE: Array<u64> = Array::with_max_entries(1, 0);
+
 const ALLOW: i32 = 1;
+/// `BPF_RB_NO_WAKEUP`, `BPF_RB_FORCE_WAKEUP`, `BPF_RB_AVAIL_DATA`.
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+/// Least time between two wake-ups for a filling ring.
+const FILLING_WAKE_EVERY_NS: u64 = 1_000_000;
 const DNS_PORT_BE: u16 = 53u16.to_be();
-const ETH_P_IP: u32 = 0x0800;
-const ETH_P_IPV6: u32 = 0x86DD;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 /// TCP DNS messages start with their length.
@@ -108,11 +123,25 @@ pub fn dns_ingress(ctx: SkBuffContext) -> i32 {
 struct Found {
     family: u16,
     protocol: u8,
-    server: [u8; 16],
+    /// The resolver's address as it sits in the packet (IPv4: the first word).
+    server: [u32; 4],
     /// Offset of the DNS message from the network header.
     offset: u32,
-    /// Its length on the wire.
+    /// Its length: for TCP the length prefix, for UDP what the datagram holds.
     wire_len: u32,
+    /// The bytes of it in this packet.
+    here: u32,
+}
+
+/// The network and transport headers of a packet from port 53.
+struct FromPort53 {
+    family: u16,
+    protocol: u8,
+    server: [u32; 4],
+    /// Offset of the transport header.
+    l4: u32,
+    /// A UDP datagram's first 8 bytes of DNS header, when read with the headers.
+    head: Option<[u8; 8]>,
 }
 
 #[inline(always)]
@@ -130,7 +159,10 @@ fn on_packet(ctx: &SkBuffContext) {
     {
         return;
     }
-    let Some(found) = locate(ctx) else {
+    let Some(from) = from_port_53(ctx) else {
+        return;
+    };
+    let Some(found) = locate(ctx, from) else {
         return;
     };
     // SAFETY: the helper takes this program's context (the receiving socket's cookie).
@@ -139,65 +171,176 @@ fn on_packet(ctx: &SkBuffContext) {
     let Some(asker) = (unsafe { DNS_ASKERS.get(&cookie) }).copied() else {
         return;
     };
-    report(ctx, &found, asker);
+    // The smallest record that holds what is copied.
+    let len = found.here.min(DNS_PAYLOAD_MAX as u32);
+    if len <= DNS_PAYLOAD_CLASSES[0] as u32 {
+        report::<{ DNS_PAYLOAD_CLASSES[0] }>(ctx, &found, asker, len);
+    } else if len <= DNS_PAYLOAD_CLASSES[1] as u32 {
+        report::<{ DNS_PAYLOAD_CLASSES[1] }>(ctx, &found, asker, len);
+    } else if len <= DNS_PAYLOAD_CLASSES[2] as u32 {
+        report::<{ DNS_PAYLOAD_CLASSES[2] }>(ctx, &found, asker, len);
+    } else {
+        report::<{ DNS_PAYLOAD_CLASSES[3] }>(ctx, &found, asker, len);
+    }
 }
 
-/// The DNS message in this packet, if it comes from port 53 over UDP or TCP.
+/// The headers of a UDP datagram or TCP segment from port 53, read straight from the
+/// packet when the kernel holds them in line (every packet it built itself, loopback
+/// included, and the headers of received ones), else with `bpf_skb_load_bytes`.
 #[inline(always)]
-fn locate(ctx: &SkBuffContext) -> Option<Found> {
-    let mut server = [0u8; 16];
-    let (family, protocol, l4) = match u16::from_be(ctx.skb.protocol() as u16) as u32 {
-        ETH_P_IP => {
-            // One helper call for the fixed header: version/IHL, protocol, source.
-            let ip: [u8; 16] = ctx.load(0).ok()?;
-            server[..4].copy_from_slice(&ip[12..16]);
-            (AF_INET, ip[9], ((ip[0] & 0x0f) as u32) * 4)
+fn from_port_53(ctx: &SkBuffContext) -> Option<FromPort53> {
+    // SAFETY: cgroup_skb may read the packet between data and data_end (network header on).
+    let (data, end) = unsafe {
+        (
+            (*ctx.skb.skb).data as usize,
+            (*ctx.skb.skb).data_end as usize,
+        )
+    };
+    // IPv4 without options: version/IHL, protocol at 9, source at 12, source port at 20.
+    if data + 28 <= end {
+        // SAFETY: within [data, data_end), checked above.
+        let (first, protocol, sport) = unsafe {
+            (
+                *(data as *const u8),
+                *((data + 9) as *const u8),
+                *((data + 20) as *const u16),
+            )
+        };
+        if first == 0x45 {
+            if sport != DNS_PORT_BE {
+                return None;
+            }
+            // SAFETY: as above.
+            let source = unsafe { *((data + 12) as *const u32) };
+            // SAFETY: within [data, data_end), checked first.
+            let head = (protocol == IPPROTO_UDP && data + 36 <= end)
+                .then(|| unsafe { *((data + 28) as *const u64) }.to_ne_bytes());
+            return Some(FromPort53 {
+                family: AF_INET,
+                protocol,
+                server: [source, 0, 0, 0],
+                l4: 20,
+                head,
+            });
         }
-        ETH_P_IPV6 => {
-            // Only a transport header right after the fixed header: extension headers are
-            // not followed (DNS answers do not carry them).
-            let protocol: u8 = ctx.load(6).ok()?;
-            server = ctx.load(8).ok()?;
-            (AF_INET6, protocol, 40)
+    }
+    // IPv6 with the transport header right after the fixed header (extension headers are
+    // not followed: DNS answers do not carry them).
+    if data + 48 <= end {
+        // SAFETY: within [data, data_end), checked above.
+        let (first, protocol, sport) = unsafe {
+            (
+                *(data as *const u8),
+                *((data + 6) as *const u8),
+                *((data + 40) as *const u16),
+            )
+        };
+        if first >> 4 == 6 {
+            if sport != DNS_PORT_BE {
+                return None;
+            }
+            // SAFETY: as above.
+            let server = unsafe { *((data + 8) as *const [u32; 4]) };
+            // SAFETY: within [data, data_end), checked first.
+            let head = (protocol == IPPROTO_UDP && data + 56 <= end)
+                .then(|| unsafe { *((data + 48) as *const u64) }.to_ne_bytes());
+            return Some(FromPort53 {
+                family: AF_INET6,
+                protocol,
+                server,
+                l4: 40,
+                head,
+            });
+        }
+    }
+    from_port_53_loaded(ctx)
+}
+
+/// [`from_port_53`] for headers the kernel does not hold in line (or IPv4 with options).
+#[inline(never)]
+fn from_port_53_loaded(ctx: &SkBuffContext) -> Option<FromPort53> {
+    let first: u8 = ctx.load(0).ok()?;
+    let from = match first >> 4 {
+        4 => {
+            let protocol: u8 = ctx.load(9).ok()?;
+            let source: u32 = ctx.load(12).ok()?;
+            FromPort53 {
+                family: AF_INET,
+                protocol,
+                server: [source, 0, 0, 0],
+                l4: ((first & 0x0f) as u32) * 4,
+                head: None,
+            }
+        }
+        6 => FromPort53 {
+            family: AF_INET6,
+            protocol: ctx.load(6).ok()?,
+            server: ctx.load(8).ok()?,
+            l4: 40,
+            head: None,
+        },
+        _ => return None,
+    };
+    let sport: u16 = ctx.load(from.l4 as usize).ok()?;
+    (sport == DNS_PORT_BE).then_some(from)
+}
+
+/// The DNS message in a packet from port 53, if it is an answer that can name something.
+#[inline(always)]
+fn locate(ctx: &SkBuffContext, from: FromPort53) -> Option<Found> {
+    let total = ctx.len();
+    let (protocol, offset, head, wire_len) = match from.protocol {
+        IPPROTO_UDP => {
+            let offset = from.l4 + 8;
+            let head = match from.head {
+                Some(head) => head,
+                None => ctx.load(offset as usize).ok()?,
+            };
+            (DNS_UDP, offset, head, total.checked_sub(offset)?)
+        }
+        IPPROTO_TCP => {
+            let doff: u8 = ctx.load(from.l4 as usize + 12).ok()?;
+            let prefix_at = from.l4 + ((doff >> 4) as u32) * 4;
+            // The length prefix and the DNS header's first 8 bytes in one read (a bare ACK
+            // or a segment that does not start a message fails or fails the checks below).
+            let start: [u8; 10] = ctx.load(prefix_at as usize).ok()?;
+            let wire_len = u16::from_be_bytes([start[0], start[1]]) as u32;
+            let head = [
+                start[2], start[3], start[4], start[5], start[6], start[7], start[8], start[9],
+            ];
+            (DNS_TCP, prefix_at + TCP_LEN_PREFIX, head, wire_len)
         }
         _ => return None,
     };
-    let sport: u16 = ctx.load(l4 as usize).ok()?;
-    if sport != DNS_PORT_BE {
+    if !may_name(head) {
         return None;
     }
-    let total = ctx.len();
-    let (protocol, offset) = match protocol {
-        IPPROTO_UDP => (DNS_UDP, l4 + 8),
-        IPPROTO_TCP => {
-            let doff: u8 = ctx.load(l4 as usize + 12).ok()?;
-            (DNS_TCP, l4 + ((doff >> 4) as u32) * 4 + TCP_LEN_PREFIX)
-        }
-        _ => return None,
-    };
-    // A bare ACK or a segment too short for a DNS header carries no answer.
-    if offset + 12 > total {
+    // A DNS header is 12 bytes; what this packet holds of the message.
+    let here = total.checked_sub(offset)?.min(wire_len);
+    if here < 12 {
         return None;
     }
     Some(Found {
-        family,
+        family: from.family,
         protocol,
-        server,
+        server: from.server,
         offset,
-        wire_len: total - offset,
+        wire_len,
+        here,
     })
 }
 
-/// Copy the message into a record for the agent.
+/// Copy `len` bytes (1..=N) of the message into a record with room for `N`.
 #[inline(always)]
-fn report(ctx: &SkBuffContext, found: &Found, asker: DnsAsker) {
-    let Some(mut entry) = EVENTS.reserve::<DnsEvent>(0) else {
+fn report<const N: usize>(ctx: &SkBuffContext, found: &Found, asker: DnsAsker, len: u32) {
+    let Some(mut entry) = EVENTS.reserve::<DnsRecord<N>>(0) else {
         record_dropped(ctx, &DNS_LOST, "dns");
         return;
     };
-    // SAFETY: sized for a DnsEvent; every field but the payload's tail is written below.
-    let event = unsafe { &mut *entry.as_mut_ptr() };
-    let header = &mut event.header;
+    // SAFETY: sized for a DnsRecord<N>; every field of the head is written below, the
+    // payload up to `len` (the agent reads no further).
+    let record = unsafe { &mut *entry.as_mut_ptr() };
+    let header = &mut record.head.header;
     header.kind = EventKind::Dns as u32;
     header.pid = asker.tgid;
     header.tgid = asker.tgid;
@@ -205,45 +348,70 @@ fn report(ctx: &SkBuffContext, found: &Found, asker: DnsAsker) {
     header.gid = 0;
     header._pad = 0;
     // SAFETY: no arguments; reads a kernel clock.
-    header.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
-    header.comm = [0; 16];
-    let data = &mut event.data;
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    header.ts_ns = now;
+    // Two stores, not a call to memset. SAFETY: the 16-byte comm field, 8-aligned.
+    unsafe { core::ptr::write_volatile(header.comm.as_mut_ptr().cast::<[u64; 2]>(), [0, 0]) };
+    let data = &mut record.head.data;
     data.family = found.family;
     data.protocol = found.protocol;
     data._pad = 0;
-    data.server = found.server;
-    let wire = found.wire_len;
-    data.wire_len = if wire > u16::MAX as u32 {
-        u16::MAX
-    } else {
-        wire as u16
-    };
-    // Bounded for the verifier: 1..=DNS_PAYLOAD_MAX (locate() saw at least 12 bytes).
-    let len = if wire > DNS_PAYLOAD_MAX as u32 {
-        DNS_PAYLOAD_MAX as u32
-    } else {
-        wire
-    };
-    let copied = copy_payload(ctx.skb.skb, found.offset, &mut data.payload, len);
+    // SAFETY: the 16-byte server field, 8-aligned.
+    unsafe { core::ptr::write_volatile(data.server.as_mut_ptr().cast::<[u32; 4]>(), found.server) };
+    data.wire_len = found.wire_len.min(u16::MAX as u32) as u16;
+    let copied = copy_payload::<N>(ctx.skb.skb, found.offset, &mut record.payload, len);
     data.len = if copied { len as u16 } else { 0 };
-    entry.submit(submit_flags(&EVENTS));
+    entry.submit(wake_flags(now));
 }
 
-/// `bpf_skb_load_bytes` of `len` (1..=DNS_PAYLOAD_MAX) bytes at `offset` into `dst`.
+/// Submit flags for an answer. A wake-up is an `irq_work` (on a VM a self-IPI, a VM exit):
+/// it was most of an answer's cost. The agent is woken when it sleeps (the first record
+/// after a quiet spell: a blocked name's new address joins the block without waiting for
+/// another record), and while the ring is over its wake mark (a flood) at most once per
+/// [`FILLING_WAKE_EVERY_NS`], not by every answer (`task::submit_flags` wakes it with every
+/// record then: right for the rare exec, a cost per answer in a storm).
 #[inline(always)]
-fn copy_payload(
+fn wake_flags(now: u64) -> u64 {
+    if let Some(asleep) = READER_ASLEEP.get_ptr_mut(0) {
+        // SAFETY: a plain u32 slot; two CPUs racing here both wake the agent, which is harmless.
+        unsafe {
+            if *asleep != 0 {
+                *asleep = 0;
+                return BPF_RB_FORCE_WAKEUP;
+            }
+        }
+    }
+    if EVENTS.query(BPF_RB_AVAIL_DATA) < RING_WAKE_BYTES.load() {
+        return BPF_RB_NO_WAKEUP;
+    }
+    match DNS_NEXT_WAKE.get_ptr_mut(0) {
+        // SAFETY: a plain u64 slot; a racing CPU costs one wake-up more, which is harmless.
+        Some(next) => unsafe {
+            if now < *next {
+                return BPF_RB_NO_WAKEUP;
+            }
+            *next = now + FILLING_WAKE_EVERY_NS;
+            BPF_RB_FORCE_WAKEUP
+        },
+        None => BPF_RB_FORCE_WAKEUP,
+    }
+}
+
+/// `bpf_skb_load_bytes` of `len` (1..=N, N a power of two) bytes at `offset` into `dst`.
+#[inline(always)]
+fn copy_payload<const N: usize>(
     skb: *mut __sk_buff,
     offset: u32,
-    dst: &mut [u8; DNS_PAYLOAD_MAX],
+    dst: &mut [u8; N],
     len: u32,
 ) -> bool {
-    if len == 0 || len > DNS_PAYLOAD_MAX as u32 {
+    if len == 0 || len > N as u32 {
         return false;
     }
-    // The same value, in a form whose bounds the verifier tracks (1..=512): LLVM turns the
+    // The same value, in a form whose bounds the verifier tracks (1..=N): LLVM turns the
     // checks above into ones that lose the lower bound.
-    let len = (core::hint::black_box(len - 1) & (DNS_PAYLOAD_MAX as u32 - 1)) + 1;
-    // SAFETY: dst holds DNS_PAYLOAD_MAX bytes and len is within 1..=DNS_PAYLOAD_MAX.
+    let len = (core::hint::black_box(len - 1) & (N as u32 - 1)) + 1;
+    // SAFETY: dst holds N bytes and len is within 1..=N.
     unsafe {
         aya_ebpf::helpers::generated::bpf_skb_load_bytes(
             skb.cast(),

@@ -36,7 +36,7 @@ static AGENT_TGID: Global<u32> = Global::new(0);
 /// Unread bytes in a ring buffer above which even a quiet record wakes the agent (set by the
 /// loader to half the ring buffer's size).
 #[unsafe(no_mangle)]
-static RING_WAKE_BYTES: Global<u64> = Global::new(128 * 1024);
+pub static RING_WAKE_BYTES: Global<u64> = Global::new(128 * 1024);
 
 /// `BPF_RB_NO_WAKEUP`: submit without waking the reader.
 const BPF_RB_NO_WAKEUP: u64 = 1;

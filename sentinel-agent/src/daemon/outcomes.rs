@@ -132,13 +132,14 @@ impl Pipeline {
     /// enforces it; the fleet hears of it when it reports the block in force (or lifted).
     pub fn fleet_command(&mut self, command: crate::fleet::Command) {
         match command {
-            crate::fleet::Command::Block { addr, tag } => {
-                // Recorded under the name this host last resolved the address from, if any
-                // (the fleet's shared block carries none).
+            crate::fleet::Command::Block { addr, tag, domain } => {
+                // Recorded under the name this host last resolved the address from, else the
+                // one the sharing host did.
                 let domain = self
                     .names
                     .name_for(0, addr, super::pipeline::boot_ns())
-                    .map(|r| r.name);
+                    .map(|r| r.name.to_string())
+                    .or(domain);
                 match self.switch.block_shared(
                     &self.detect.trust,
                     addr,

@@ -15,7 +15,7 @@
 //! pairs, least recently used evicted first, a process's pairs dropped after it exits (swept
 //! at most once a minute, [`Names::sweep_exited`]), and every entry expires with its TTL, held at
 //! least [`MIN_KEEP_S`] (a program may connect a little after a TTL-0 answer) and at most
-//! [`MAX_KEEP_S`]. A message is at most 512 bytes and at most [`MAX_ADDRS`] of its records
+//! [`MAX_KEEP_S`]. A message is at most 4 KiB and at most [`MAX_ADDRS`] of its records
 //! are taken, so a flood of answers costs a bounded amount per answer and no memory beyond
 //! the caps.
 
@@ -31,7 +31,7 @@ pub const MIN_KEEP_S: u64 = 300;
 /// Longest time a name is kept, whatever its TTL says.
 pub const MAX_KEEP_S: u64 = 86_400;
 /// Most address records taken from one answer.
-pub const MAX_ADDRS: usize = 32;
+pub const MAX_ADDRS: usize = 64;
 /// Most CNAMEs followed from the question's name.
 pub const MAX_CHAIN: usize = 8;
 /// How often (at most, in answer time) the entries of processes that exited are dropped.

@@ -18,6 +18,7 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     (2, include_str!("schema_v2.sql")),
     (3, include_str!("schema_v3.sql")),
     (4, include_str!("schema_v4.sql")),
+    (5, include_str!("schema_v5.sql")),
 ];
 
 /// Owns every table; never logs in.

@@ -259,7 +259,7 @@ impl SharedView {
                 "SELECT host(addr), COALESCE(origin_host, ''), COALESCE(decision_id, ''),
                         extract(epoch FROM at)::float8,
                         extract(epoch FROM lifted_at)::float8,
-                        signer, signed_ms, signature
+                        signer, signed_ms, signature, domain
                  FROM fleet_shared_blocks",
                 &[],
             )
@@ -269,6 +269,7 @@ impl SharedView {
                 continue;
             };
             let (origin, decision): (String, String) = (row.get(1), row.get(2));
+            let domain = shared_name(row.get(8));
             let (signer, signed_ms, signature): (Option<String>, Option<i64>, Option<String>) =
                 (row.get(5), row.get(6), row.get(7));
             let now = Seen {
@@ -304,12 +305,14 @@ impl SharedView {
                         } else {
                             shared_tag(&origin, &decision)
                         },
+                        domain,
                     })
                 }
                 (None, Err(_)) if self.accept_unsigned && !origin.is_empty() => {
                     Some(Command::Block {
                         addr,
                         tag: shared_tag(&origin, &decision),
+                        domain,
                     })
                 }
                 (None, Err(e)) => {
@@ -331,5 +334,47 @@ impl SharedView {
             }
         }
         Ok(())
+    }
+}
+
+/// Longest shared name taken (a DNS name is at most 253 bytes; each may show as `\xNN`).
+const SHARED_NAME_MAX: usize = 1024;
+
+/// A shared block's `domain` as another host wrote it: taken only in the strict form the
+/// names module writes (`[a-z0-9-_*.]`, other bytes as `\xNN`), at most [`SHARED_NAME_MAX`]
+/// bytes; anything else (markup, controls, a host's own text) is dropped, not shown.
+pub fn shared_name(domain: Option<String>) -> Option<String> {
+    let name = domain?;
+    let strict = |c: char| {
+        c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '*' | '.' | '\\')
+    };
+    (!name.is_empty() && name.len() <= SHARED_NAME_MAX && name.chars().all(strict)).then_some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shared_name;
+
+    #[test]
+    fn a_shared_name_is_taken_only_in_the_strict_form() {
+        let take = |s: &str| shared_name(Some(s.to_string()));
+        assert_eq!(
+            take("c2.sentinel.test").as_deref(),
+            Some("c2.sentinel.test")
+        );
+        assert_eq!(take("a\\x0a.b-c_d.*").as_deref(), Some("a\\x0a.b-c_d.*"));
+        for bad in [
+            "",
+            "C2.example",
+            "a b",
+            "x\ny",
+            "\u{1b}[31mred",
+            "<b>",
+            "a\u{9b}",
+        ] {
+            assert_eq!(take(bad), None, "{bad:?}");
+        }
+        assert_eq!(take(&"a".repeat(1025)), None);
+        assert_eq!(shared_name(None), None);
     }
 }

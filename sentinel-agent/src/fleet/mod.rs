@@ -83,8 +83,13 @@ impl Stats {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// A shared block from another host: `tag` (`fleet:<host>/<decision>`) is recorded as
-    /// the block's decision id.
-    Block { addr: IpAddr, tag: String },
+    /// the block's decision id; `domain` is the name the sharing host resolved the address
+    /// from, in the names' strict form (anything else is dropped: [`decide::shared_name`]).
+    Block {
+        addr: IpAddr,
+        tag: String,
+        domain: Option<String>,
+    },
     /// The fleet view lifted `addr`; with `only_shared`, only if this host holds it because
     /// of the fleet (a lift seen at start, when the agent may have missed the order).
     Lift { addr: IpAddr, only_shared: bool },

@@ -210,11 +210,11 @@ const INSERT_EVENTS: &str = "
 /// does nothing.
 const RESHARE: &str = "
     UPDATE fleet_shared_blocks SET origin_host = $2, decision_id = $3, confirmed_by = $4,
-        at = $5::text::timestamptz, lifted_at = NULL, lifted_by = NULL
+        at = $5::text::timestamptz, lifted_at = NULL, lifted_by = NULL, domain = $6
     WHERE addr = $1::text::inet AND lifted_at IS NOT NULL AND lifted_at < $5::text::timestamptz";
 const SHARE: &str = "
-    INSERT INTO fleet_shared_blocks (addr, origin_host, decision_id, confirmed_by, at)
-    VALUES ($1::text::inet, $2, $3, $4, $5::text::timestamptz)
+    INSERT INTO fleet_shared_blocks (addr, origin_host, decision_id, confirmed_by, at, domain)
+    VALUES ($1::text::inet, $2, $3, $4, $5::text::timestamptz, $6)
     ON CONFLICT (addr) DO NOTHING";
 
 /// Ship one batch in one transaction: outbox rows, raw events, and (with `share`) the blocks
@@ -280,11 +280,31 @@ async fn share_confirmed(
     // Targets this host's own gate refused were never blocked here: not shared either.
     let refused = targets(&serde_json::json!({ "targets": decision["refused"] }));
     for addr in targets(decision).iter().filter(|a| !refused.contains(a)) {
-        if tx.execute(RESHARE, &[addr, &host, &id, &by, &at]).await? == 0 {
-            tx.execute(SHARE, &[addr, &host, &id, &by, &at]).await?;
+        let domain = target_name(decision, addr);
+        if tx
+            .execute(RESHARE, &[addr, &host, &id, &by, &at, &domain])
+            .await?
+            == 0
+        {
+            tx.execute(SHARE, &[addr, &host, &id, &by, &at, &domain])
+                .await?;
         }
     }
     Ok(())
+}
+
+/// The name a decision's target `addr` was resolved from: its own in `names`, else the
+/// decision's `domain` when `addr` is its `target_ip`.
+pub fn target_name<'a>(decision: &'a serde_json::Value, addr: &str) -> Option<&'a str> {
+    decision["names"][addr].as_str().or_else(|| {
+        let main = decision["target_ip"]
+            .as_str()?
+            .parse::<std::net::IpAddr>()
+            .ok()?;
+        (main.to_string() == addr)
+            .then(|| decision["domain"].as_str())
+            .flatten()
+    })
 }
 
 /// A decision's addresses: `targets` (a list of addresses, or of objects with `ip`/`addr`)

@@ -79,17 +79,28 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<(), SensorError> {
     Ok(())
 }
 
+/// A record: its fixed head, then the message in the room the kernel reserved for it (the
+/// smallest of `DNS_PAYLOAD_CLASSES` that held it); `len` is trusted only within that room.
 pub fn decode(bytes: &[u8]) -> Result<Dns, DecodeError> {
-    let ev: DnsEvent = read_exact(bytes, EventKind::Dns)?;
+    let head_len = size_of::<DnsEvent>();
+    if bytes.len() < head_len {
+        return Err(DecodeError::Size {
+            kind: EventKind::Dns,
+            len: bytes.len(),
+            want: head_len,
+        });
+    }
+    let (head, room) = bytes.split_at(head_len);
+    let ev: DnsEvent = read_exact(head, EventKind::Dns)?;
     let d = &ev.data;
-    let len = (d.len as usize).min(DNS_PAYLOAD_MAX);
+    let len = (d.len as usize).min(room.len()).min(DNS_PAYLOAD_MAX);
     Ok(Dns {
         ts_ns: ev.header.ts_ns,
         tgid: ev.header.tgid,
         uid: ev.header.uid,
         server: addr(d.family, d.server),
         tcp: d.protocol == DNS_TCP,
-        message: d.payload[..len].to_vec(),
+        message: room[..len].to_vec(),
         cut: (d.wire_len as usize) > len,
     })
 }
@@ -98,7 +109,7 @@ pub fn decode(bytes: &[u8]) -> Result<Dns, DecodeError> {
 mod tests {
     use sentinel_common::events::{
         connect::{AF_INET, AF_INET6},
-        dns::{DNS_UDP, DnsData},
+        dns::{DNS_PAYLOAD_CLASSES, DNS_UDP, DnsData, DnsRecord},
     };
 
     use super::*;
@@ -107,10 +118,16 @@ mod tests {
         tests::{as_bytes, header},
     };
 
-    fn event(family: u16, server: [u8; 16], message: &[u8], wire_len: u16) -> DnsEvent {
-        let mut payload = [0u8; DNS_PAYLOAD_MAX];
+    /// A record as the kernel reserves it, with room for `N` bytes.
+    fn record<const N: usize>(
+        family: u16,
+        server: [u8; 16],
+        message: &[u8],
+        wire_len: u16,
+    ) -> Vec<u8> {
+        let mut payload = [0u8; N];
         payload[..message.len()].copy_from_slice(message);
-        DnsEvent {
+        let head = DnsEvent {
             header: header(EventKind::Dns, 321, ""),
             data: DnsData {
                 family,
@@ -119,17 +136,20 @@ mod tests {
                 len: message.len() as u16,
                 wire_len,
                 server,
-                payload,
             },
-        }
+        };
+        let mut bytes = as_bytes(&head);
+        bytes.extend_from_slice(&payload);
+        assert_eq!(bytes.len(), size_of::<DnsRecord<N>>());
+        bytes
     }
 
     #[test]
     fn round_trip() {
         let mut server = [0u8; 16];
         server[..4].copy_from_slice(&[198, 51, 100, 53]);
-        let ev = event(AF_INET, server, b"\x12\x34answer", 8);
-        let KernelEvent::Dns(d) = crate::sensors::decode(&as_bytes(&ev)).unwrap() else {
+        let bytes = record::<{ DNS_PAYLOAD_CLASSES[0] }>(AF_INET, server, b"\x12\x34answer", 8);
+        let KernelEvent::Dns(d) = crate::sensors::decode(&bytes).unwrap() else {
             panic!("not a dns record");
         };
         assert_eq!(d.tgid, 321);
@@ -139,17 +159,34 @@ mod tests {
     }
 
     #[test]
+    fn a_long_message_comes_whole_in_the_largest_class() {
+        let message = vec![7u8; 3000];
+        let bytes = record::<DNS_PAYLOAD_MAX>(AF_INET, [0; 16], &message, 3000);
+        let d = decode(&bytes).unwrap();
+        assert_eq!(d.message, message);
+        assert!(!d.cut);
+    }
+
+    #[test]
     fn a_cut_message_says_so_and_a_lying_length_is_capped() {
         let v6: std::net::Ipv6Addr = "2001:db8::53".parse().unwrap();
-        let mut ev = event(AF_INET6, v6.octets(), &[7; DNS_PAYLOAD_MAX], 1400);
-        let d = decode(&as_bytes(&ev)).unwrap();
+        let mut bytes =
+            record::<DNS_PAYLOAD_MAX>(AF_INET6, v6.octets(), &[7; DNS_PAYLOAD_MAX], 9000);
+        let d = decode(&bytes).unwrap();
         assert!(d.cut);
         assert_eq!(d.message.len(), DNS_PAYLOAD_MAX);
         assert_eq!(d.server, IpAddr::V6(v6));
-        ev.data.len = u16::MAX;
+        // A length beyond the record's room is held to the room.
+        let len_at = std::mem::offset_of!(DnsEvent, data) + std::mem::offset_of!(DnsData, len);
+        bytes[len_at..len_at + 2].copy_from_slice(&u16::MAX.to_ne_bytes());
+        assert_eq!(decode(&bytes).unwrap().message.len(), DNS_PAYLOAD_MAX);
+        let mut small = record::<{ DNS_PAYLOAD_CLASSES[0] }>(AF_INET6, v6.octets(), &[1; 20], 20);
+        small[len_at..len_at + 2].copy_from_slice(&4000u16.to_ne_bytes());
         assert_eq!(
-            decode(&as_bytes(&ev)).unwrap().message.len(),
-            DNS_PAYLOAD_MAX
+            decode(&small).unwrap().message.len(),
+            DNS_PAYLOAD_CLASSES[0]
         );
+        // A record shorter than its head is refused.
+        assert!(decode(&small[..40]).is_err());
     }
 }
