@@ -25,7 +25,7 @@ use aya_ebpf::{
     bindings::__sk_buff,
     helpers::{bpf_ktime_get_boot_ns, generated::bpf_get_socket_cookie},
     macros::{cgroup_skb, cgroup_sock_addr, map},
-    maps::{Array, LruHashMap, PerCpuArray},
+    maps::{LruHashMap, PerCpuArray},
     programs::{SkBuffContext, SockAddrContext},
 };
 use sentinel_common::{
@@ -39,7 +39,7 @@ use sentinel_common::{
 };
 
 use crate::rare::record_dropped;
-use crate::task::{EVENTS, READER_ASLEEP, RING_WAKE_BYTES, current_tgid_unless_agent};
+use crate::task::{EVENTS, current_tgid_unless_agent, submit_flags};
 
 /// DNS answers dropped because `EVENTS` was full.
 #[map]
@@ -50,18 +50,7 @@ static DNS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static DNS_ASKERS: LruHashMap<u64, DnsAsker> = LruHashMap::with_max_entries(16384, 0);
 
-/// Slot 0: the boot time (ns) before which an answer does not wake the agent for a filling
-/// ring again ([`wake_flags`]).
-#[map]
-static DNS_NEXT_WAKE: Array<u64> = Array::with_max_entries(1, 0);
-
 const ALLOW: i32 = 1;
-/// `BPF_RB_NO_WAKEUP`, `BPF_RB_FORCE_WAKEUP`, `BPF_RB_AVAIL_DATA`.
-const BPF_RB_NO_WAKEUP: u64 = 1;
-const BPF_RB_FORCE_WAKEUP: u64 = 2;
-const BPF_RB_AVAIL_DATA: u64 = 0;
-/// Least time between two wake-ups for a filling ring.
-const FILLING_WAKE_EVERY_NS: u64 = 1_000_000;
 const DNS_PORT_BE: u16 = 53u16.to_be();
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
@@ -361,40 +350,7 @@ fn report<const N: usize>(ctx: &SkBuffContext, found: &Found, asker: DnsAsker, l
     data.wire_len = found.wire_len.min(u16::MAX as u32) as u16;
     let copied = copy_payload::<N>(ctx.skb.skb, found.offset, &mut record.payload, len);
     data.len = if copied { len as u16 } else { 0 };
-    entry.submit(wake_flags(now));
-}
-
-/// Submit flags for an answer. A wake-up is an `irq_work` (on a VM a self-IPI, a VM exit):
-/// it was most of an answer's cost. The agent is woken when it sleeps (the first record
-/// after a quiet spell: a blocked name's new address joins the block without waiting for
-/// another record), and while the ring is over its wake mark (a flood) at most once per
-/// [`FILLING_WAKE_EVERY_NS`], not by every answer (`task::submit_flags` wakes it with every
-/// record then: right for the rare exec, a cost per answer in a storm).
-#[inline(always)]
-fn wake_flags(now: u64) -> u64 {
-    if let Some(asleep) = READER_ASLEEP.get_ptr_mut(0) {
-        // SAFETY: a plain u32 slot; two CPUs racing here both wake the agent, which is harmless.
-        unsafe {
-            if *asleep != 0 {
-                *asleep = 0;
-                return BPF_RB_FORCE_WAKEUP;
-            }
-        }
-    }
-    if EVENTS.query(BPF_RB_AVAIL_DATA) < RING_WAKE_BYTES.load() {
-        return BPF_RB_NO_WAKEUP;
-    }
-    match DNS_NEXT_WAKE.get_ptr_mut(0) {
-        // SAFETY: a plain u64 slot; a racing CPU costs one wake-up more, which is harmless.
-        Some(next) => unsafe {
-            if now < *next {
-                return BPF_RB_NO_WAKEUP;
-            }
-            *next = now + FILLING_WAKE_EVERY_NS;
-            BPF_RB_FORCE_WAKEUP
-        },
-        None => BPF_RB_FORCE_WAKEUP,
-    }
+    entry.submit(submit_flags(&EVENTS));
 }
 
 /// `bpf_skb_load_bytes` of `len` (1..=N, N a power of two) bytes at `offset` into `dst`.
