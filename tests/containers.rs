@@ -26,6 +26,8 @@
 //!   its home) is named in the alert and the exec events (id, name, image): on these
 //!   hybrid-cgroup machines it has no cgroup of its own, and the agent finds it through its
 //!   `conmon`.
+//! - A rootless Podman container on slirp4netns networking cannot reach a blocked address
+//!   (`containers/slirp.rs`).
 //!
 //! Needs root, podman and runc, and docker.io for the Docker test (`scripts/setup.sh`); skips
 //! loudly otherwise.
@@ -615,3 +617,6 @@ fn a_rootless_podman_container_is_named() {
         );
     }
 }
+
+#[path = "containers/slirp.rs"]
+mod slirp;
