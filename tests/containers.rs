@@ -28,6 +28,8 @@
 //!   `conmon`.
 //! - A rootless Podman container on slirp4netns networking cannot reach a blocked address
 //!   (`containers/slirp.rs`).
+//! - A container crash-looping through its restart policy (its init segfaults, a new
+//!   `conmon` per start) crosses `respawn.max_spawns` (`containers/crash_loop.rs`).
 //!
 //! Needs root, podman and runc, and docker.io for the Docker test (`scripts/setup.sh`); skips
 //! loudly otherwise.
@@ -620,3 +622,6 @@ fn a_rootless_podman_container_is_named() {
 
 #[path = "containers/slirp.rs"]
 mod slirp;
+
+#[path = "containers/crash_loop.rs"]
+mod crash_loop;
