@@ -27,7 +27,7 @@
 //!   hybrid-cgroup machines it has no cgroup of its own, and the agent finds it through its
 //!   `conmon`.
 //! - A rootless Podman container on slirp4netns networking cannot reach a blocked address
-//!   (`containers/slirp.rs`).
+//!   (the table alone, and the connect guard: EPERM) (`containers/slirp.rs`).
 //! - A container crash-looping through its restart policy (its init segfaults, a new
 //!   `conmon` per start) crosses `respawn.max_spawns` (`containers/crash_loop.rs`).
 //!

@@ -10,6 +10,9 @@
 //! container's connection to a high-risk test host is the finding; the block lands on the
 //! address, and the container's next connection times out.
 //!
+//! With the connect guard on, the container process's own connect() to a blocked address is
+//! refused (EPERM) inside the container, before slirp4netns is asked for anything.
+//!
 //! slirp4netns's own network (10.0.2.0/24 and fd00::/64 inside the container) never touches
 //! the host: the test checks that the host's addresses and routes are the same with the
 //! container running.
@@ -18,7 +21,7 @@ use std::{collections::BTreeSet, process::Command, time::Duration};
 
 use crate::common::{
     Agent,
-    netns::{RU4, TestNet, machine_network},
+    netns::{RU4, TestNet, knock, machine_network},
     nft::Table,
     podman::{RootlessUser, available, wait_for},
     require_root, serial,
@@ -145,4 +148,54 @@ fn a_blocked_address_is_unreachable_from_a_rootless_container_on_slirp4netns() {
         "{RU4} still reachable from the rootless container"
     );
     assert!(table.elements("block4").iter().any(|(a, _)| a == RU4));
+}
+
+#[test]
+fn the_connect_guard_refuses_a_rootless_container_on_slirp4netns() {
+    let test = "the_connect_guard_refuses_a_rootless_container_on_slirp4netns";
+    if !require_root(test) || !available(test) || !slirp_available(test) {
+        return;
+    }
+    let _serial = serial();
+    let net = TestNet::new("g");
+    let _listener = super::holding_listener(&net, 4452);
+    if crate::common::container::container_root().is_none() {
+        return;
+    }
+    let user = RootlessUser::create();
+    user.import_image();
+    let name = format!("snt-slguard-{}", std::process::id());
+    user.run(&name, &["--network=slirp4netns"], &["sleep", "600"]);
+    // The connect guard on (the default); the test's own connection to RU4 is the finding.
+    let table = Table::new("slg");
+    let agent = Agent::start_with(
+        "",
+        &format!(
+            "[switch]\ncountdown = \"1s\"\n[enforce]\ntable = \"{}\"\n",
+            table.0
+        ),
+    );
+    knock(RU4, 4453);
+    let blocked = wait_for(Duration::from_secs(20), || {
+        table
+            .elements("block4")
+            .iter()
+            .any(|(a, _)| a == RU4)
+            .then_some(())
+    });
+    assert!(
+        blocked.is_some(),
+        "the block of {RU4} never landed; log:\n{}",
+        agent.log()
+    );
+    // The container's own connect() (in its network namespace, towards slirp's gateway) is
+    // refused by the guard before slirp4netns is asked for anything.
+    let out = user.sh(&format!(
+        "podman exec {name} timeout 3 bash -c 'exec 3<>/dev/tcp/{RU4}/4452'"
+    ));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Operation not permitted"),
+        "connect() in the rootless container was not refused by the guard: {out:?}"
+    );
 }
