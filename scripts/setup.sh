@@ -22,11 +22,11 @@ NIGHTLY=${SENTINEL_BPF_TOOLCHAIN:-nightly}
 # start their own resolvers; openssl makes the certificate of their DNS-over-TLS/HTTPS resolver.
 # docker.io: tests/containers.rs starts a dockerd of its own (the machine's docker and
 # containerd services are kept from starting: see below). uidmap (newuidmap): the rootless
-# Podman test.
+# Podman tests; slirp4netns: their container's own network (a block must hold for it).
 APT_PACKAGES=(nftables iproute2 bpftool gcc libc6-dev pkg-config ca-certificates systemd dpkg-dev
   openssh-server openssh-client nginx php-fpm chromium debootstrap systemd-container postgresql
   golang-go python3-venv python3-dev ansible-core logrotate cron podman runc dnsmasq-base
-  openssl docker.io uidmap)
+  openssl docker.io uidmap slirp4netns)
 for arg in "$@"; do
   case "$arg" in
     --bench) APT_PACKAGES+=(bpftrace nginx wrk) ;;

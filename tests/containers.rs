@@ -26,6 +26,10 @@
 //!   its home) is named in the alert and the exec events (id, name, image): on these
 //!   hybrid-cgroup machines it has no cgroup of its own, and the agent finds it through its
 //!   `conmon`.
+//! - A rootless Podman container on slirp4netns networking cannot reach a blocked address
+//!   (the table alone, and the connect guard: EPERM) (`containers/slirp.rs`).
+//! - A container crash-looping through its restart policy (its init segfaults, a new
+//!   `conmon` per start) crosses `respawn.max_spawns` (`containers/crash_loop.rs`).
 //!
 //! Needs root, podman and runc, and docker.io for the Docker test (`scripts/setup.sh`); skips
 //! loudly otherwise.
@@ -615,3 +619,9 @@ fn a_rootless_podman_container_is_named() {
         );
     }
 }
+
+#[path = "containers/slirp.rs"]
+mod slirp;
+
+#[path = "containers/crash_loop.rs"]
+mod crash_loop;

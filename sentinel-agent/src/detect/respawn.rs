@@ -1,14 +1,17 @@
 //! `respawn`: persistence by restarting. A program the agent killed that comes back within
 //! `respawn.window` from the same origin (the same executable under the same parent, or from
 //! the same cron daemon or systemd unit); or a program restarted after dying by a signal more
-//! than `respawn.max_spawns` times in a minute by the same parent. The alert names the origin
-//! that restarts it. T1053 when cron restarts it, T1543 otherwise.
+//! than `respawn.max_spawns` times in a minute by the same parent (or container, for a
+//! container's init). The alert names the origin that restarts it. T1053 when cron restarts
+//! it, T1543 otherwise.
 //!
 //! A container's init (its PID 1, or the program under its `tini`/`docker-init`) is started by
 //! the runtime: a new monitor (`conmon`, `containerd-shim`) each time the container starts, so
 //! its origin is the container's runtime and id, not that process. A container whose init the
 //! agent killed and whose restart policy (`--restart=always`, `on-failure`) brings it back is a
-//! respawn restarted by the runtime.
+//! respawn restarted by the runtime. Its starts after a death by a signal are counted per
+//! container (its id), not per monitor: a container crash-looping through its restart policy
+//! crosses `respawn.max_spawns` like any crash loop.
 //!
 //! What is not a respawn, and why:
 //! - A program someone else stopped (`systemctl restart` sends SIGTERM, an admin's `kill`, a
@@ -61,8 +64,9 @@ pub struct RespawnConfig {
     /// A program the agent killed back within this long is a respawn.
     #[serde(deserialize_with = "crate::config::duration")]
     pub window: Duration,
-    /// More restarts of one program by one parent within a minute, each after the program
-    /// died by a signal, raise `respawn` too. Starts after a normal exit never count.
+    /// More restarts of one program by one parent (a container's init: by one container)
+    /// within a minute, each after the program died by a signal, raise `respawn` too. Starts
+    /// after a normal exit never count.
     pub max_spawns: u32,
 }
 
@@ -225,6 +229,9 @@ pub struct Respawn {
     /// Each program by each parent pid that died by a signal lately (parent first: a start
     /// looks its entry up without allocating a key; entries are made only at such deaths).
     starts: HashMap<u32, HashMap<String, Starts>>,
+    /// The same for containers' inits, by container id: each start of a container has a new
+    /// monitor as the init's parent, so the container is what restarts it.
+    container_starts: HashMap<String, HashMap<String, Starts>>,
 }
 
 impl Respawn {
@@ -233,12 +240,14 @@ impl Respawn {
             config,
             killed: HashMap::default(),
             starts: HashMap::default(),
+            container_starts: HashMap::default(),
         }
     }
 
     /// A process of `exe` under `parent` (pid), from `origin`, ended with `signal` (0: not by
     /// a signal); `by_agent` when the agent's kill engine terminated it. A death by a signal
-    /// is remembered for the parent's next start of it; an agent kill for its comeback.
+    /// is remembered for the parent's (or, for a container's init, the container's) next
+    /// start of it; an agent kill for its comeback.
     pub fn on_exit(
         &mut self,
         exe: &str,
@@ -249,7 +258,13 @@ impl Respawn {
         now: Instant,
     ) {
         if signal != 0 && signal != SIGPIPE {
-            let by_parent = self.starts.entry(parent).or_default();
+            let by_parent = match &origin {
+                Origin::Runtime { container, .. } => self
+                    .container_starts
+                    .entry(container.id.clone())
+                    .or_default(),
+                _ => self.starts.entry(parent).or_default(),
+            };
             match by_parent.get_mut(exe) {
                 Some(s) => s.died = Some(now),
                 None => {
@@ -314,9 +329,18 @@ impl Respawn {
         origin: Option<Origin>,
         now: Instant,
     ) -> Option<Finding> {
-        let parent = culprit.ancestry.first().map_or(0, |(p, _)| *p);
-        // Nearly every start: its parent saw nothing of it die by a signal lately.
-        let starts = self.starts.get_mut(&parent)?.get_mut(exe)?;
+        // Nearly every start: its parent (its container, for a container's init) saw nothing
+        // of it die by a signal lately.
+        let by_starter = match &origin {
+            Some(Origin::Runtime { container, .. }) => {
+                self.container_starts.get_mut(container.id.as_str())?
+            }
+            _ => {
+                let parent = culprit.ancestry.first().map_or(0, |(p, _)| *p);
+                self.starts.get_mut(&parent)?
+            }
+        };
+        let starts = by_starter.get_mut(exe)?;
         let died = starts.died.take()?;
         if now.duration_since(died) >= MINUTE {
             return None;
@@ -364,12 +388,18 @@ impl Respawn {
         let window = self.config.window;
         self.killed.retain(|_, at| now.duration_since(*at) < window);
         let recent = |t: &Instant| now.duration_since(*t) < MINUTE;
-        for by_parent in self.starts.values_mut() {
+        for by_parent in self
+            .starts
+            .values_mut()
+            .chain(self.container_starts.values_mut())
+        {
             by_parent.retain(|_, s| {
                 s.died.as_ref().is_some_and(recent) || s.after_death.back().is_some_and(recent)
             });
         }
         self.starts.retain(|_, by_parent| !by_parent.is_empty());
+        self.container_starts
+            .retain(|_, by_container| !by_container.is_empty());
     }
 }
 
@@ -618,6 +648,68 @@ mod tests {
             assert!(r.on_exec(&c, "/usr/bin/flap", parent(&c), at).is_none());
             exit(&mut r, &c, "/usr/bin/flap", 9, false, at);
         }
+    }
+
+    /// A container's init started `n` times under a new monitor each time, 100 ms apart, each
+    /// instance ending with `signal`.
+    fn crash_loop(r: &mut Respawn, name: &str, signal: u8, n: u32) -> Vec<Finding> {
+        let t0 = Instant::now();
+        let mut found = Vec::new();
+        for i in 0..n {
+            let at = t0 + Duration::from_millis(100 * u64::from(i));
+            let (monitor, init) = (1000 + 2 * i, 1001 + 2 * i);
+            let c = in_container(culprit(init, "app", &[(monitor, "conmon")]), name);
+            let origin = Origin::runtime_of(&c, |p| p == init);
+            found.extend(r.on_exec(&c, "/app", origin.clone(), at));
+            let end = at + Duration::from_millis(50);
+            r.on_exit("/app", monitor, origin.unwrap(), signal, false, end);
+        }
+        found
+    }
+
+    #[test]
+    fn a_container_crash_looping_through_its_restart_policy_counts_as_one_origin() {
+        let mut r = respawn(5);
+        let found = crash_loop(&mut r, "web", 11, 20);
+        assert_eq!(found.len(), 1, "{found:?}");
+        let detail = &found[0].detail;
+        assert!(!is_comeback(&found[0]));
+        assert!(
+            detail.contains(
+                "/app restarted 6 times within a minute after dying by a signal, by the \
+                 container runtime podman (conmon), the restart policy of container web"
+            ),
+            "{detail}"
+        );
+        assert_eq!(
+            found[0].culprit.container.as_ref().unwrap().id,
+            "ab".repeat(32)
+        );
+        // An init that ends on its own (an exit status, no signal) is no crash loop.
+        let mut r = respawn(5);
+        assert!(crash_loop(&mut r, "web", 0, 20).is_empty());
+        // Each container counts its own starts: five of one and five of another are not six.
+        let mut r = respawn(5);
+        let c = |id: &str, pid: u32| {
+            let mut c = in_container(culprit(pid, "app", &[(pid - 1, "conmon")]), id);
+            if let Some(x) = c.container.as_mut() {
+                Arc::make_mut(x).id = id.repeat(64);
+            }
+            c
+        };
+        let t0 = Instant::now();
+        for i in 0..6u32 {
+            for id in ["a", "b"] {
+                let pid = 2000 + 10 * i + u32::from(id == "b") * 2;
+                let x = c(id, pid);
+                let origin = Origin::runtime_of(&x, |p| p == pid);
+                assert!(r.on_exec(&x, "/app", origin.clone(), t0).is_none());
+                r.on_exit("/app", pid - 1, origin.unwrap(), 9, false, t0);
+            }
+        }
+        // The counts are dropped a minute after the last death.
+        r.expire(t0 + MINUTE + Duration::from_secs(1));
+        assert!(r.container_starts.is_empty());
     }
 
     #[test]

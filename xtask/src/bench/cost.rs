@@ -18,10 +18,12 @@ use super::{
 
 mod busy;
 mod charge;
+mod container;
 mod report;
 mod services;
 use busy::*;
 use charge::*;
+use container::*;
 use report::*;
 use services::*;
 
@@ -58,6 +60,10 @@ pub struct Args {
     /// Sequential fork+exec of /bin/true per exec storm.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
     execs: u64,
+    /// Sequential fork+exec of /bin/true per exec storm in a cgroup named like a Docker
+    /// container's (Sentinel only; 0 skips it).
+    #[arg(long, default_value_t = 2000)]
+    container_execs: u64,
     /// Sequential loopback TCP connects per connect storm.
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
     connects: u64,
@@ -102,6 +108,8 @@ enum Tool {
 #[derive(Default, Clone, Debug)]
 struct Costs {
     exec: Charge,
+    /// The exec storm in a container's cgroup (Sentinel only, unless skipped).
+    container_exec: Option<Charge>,
     connect: Charge,
     /// The DNS storm (Sentinel only: the baseline has no such hook).
     dns: Charge,
@@ -236,6 +244,9 @@ fn measure_sentinel(
         agent.wait_drained(&before, args.execs, 0).map(drop)
     })?;
     eprintln!("{label}: exec storm {}", describe(&exec, Some(args.execs)));
+    let container_exec = (args.container_execs > 0)
+        .then(|| container_exec_storm(&mut agent, args.container_execs, label))
+        .transpose()?;
     let before = agent.status()?;
     let connect = charge(pid, || {
         connect_storm(args.connects)?;
@@ -261,6 +272,7 @@ fn measure_sentinel(
     agent.stop()?;
     Ok(Costs {
         exec,
+        container_exec,
         connect,
         dns,
         idle,
@@ -270,6 +282,30 @@ fn measure_sentinel(
         chat_posts,
         tracked,
     })
+}
+
+/// The exec storm with the bench (and so each exec) in a container's cgroup; the agent must
+/// have named a container by the end, or the storm measured nothing of the kind.
+fn container_exec_storm(agent: &mut Agent, execs: u64, label: &str) -> anyhow::Result<Charge> {
+    let pid = agent.pid();
+    let before = agent.status()?;
+    let cgroup = ContainerCgroup::enter()?;
+    let cost = charge(pid, || {
+        exec_storm(execs)?;
+        agent.wait_drained(&before, execs, 0).map(drop)
+    });
+    drop(cgroup);
+    let cost = cost?;
+    let status: serde_json::Value = serde_json::from_str(&agent.status_json()?)?;
+    ensure!(
+        status["containers"].as_u64().unwrap_or(0) >= 1,
+        "the agent named no container during the exec storm in a container's cgroup"
+    );
+    eprintln!(
+        "{label}: exec storm in a container's cgroup {}",
+        describe(&cost, Some(execs))
+    );
+    Ok(cost)
 }
 
 /// VmRSS and VmHWM of process `pid`, KiB.
@@ -341,6 +377,7 @@ fn measure_bpftrace(
         );
         Ok(Costs {
             exec,
+            container_exec: None,
             connect,
             dns: Charge::default(),
             idle,

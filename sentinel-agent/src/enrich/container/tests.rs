@@ -322,3 +322,68 @@ fn cgroup_walks_are_bounded_per_second() {
     let mut c = m.containers();
     assert_eq!(c.of(gone, 200).map(|c| c.id.clone()), Some(other));
 }
+
+/// What naming a container costs per event: the first lookup of a cgroup (its `/proc` entry,
+/// its directory's inode, Podman's `containers.json` with 200 containers) against every later
+/// one (the cache: a hash lookup and a reference count), and a host cgroup's cached "none".
+/// A measurement, not a speed check (speed targets live in `cargo xtask bench-cost`):
+/// `cargo test --release -p sentinel-agent --bin sentinel container_lookup_cost -- --ignored
+/// --nocapture` (the files are a temp dir's, the code the agent's).
+#[test]
+#[ignore = "a measurement: run with --ignored --nocapture (and --release for the agent's code)"]
+fn container_lookup_cost() {
+    use std::hint::black_box;
+    const CONTAINERS: u32 = 200;
+    const LOOKUPS: u32 = 2_000_000;
+    let m = Machine::new();
+    let ids: Vec<String> = (0..CONTAINERS).map(|i| format!("{i:064x}")).collect();
+    let store: Vec<String> = ids
+        .iter()
+        .map(|id| {
+            format!(
+                r#"{{"id":"{id}","names":["app-{}"],"metadata":"{{\"image-name\":\"localhost/app:1\"}}"}}"#,
+                &id[58..]
+            )
+        })
+        .collect();
+    fs::write(
+        m.dir
+            .path()
+            .join("storage/overlay-containers/containers.json"),
+        format!("[{}]", store.join(",")),
+    )
+    .unwrap();
+    let pids = 1000..1000 + CONTAINERS;
+    let cgroups: Vec<u64> = pids
+        .clone()
+        .zip(&ids)
+        .map(|(pid, id)| m.process(pid, &format!("/libpod_parent/libpod-{id}")))
+        .collect();
+    let host = m.process(5000, "/system.slice/nginx.service");
+    let mut c = m.containers();
+
+    let start = Instant::now();
+    for (pid, cg) in pids.zip(&cgroups) {
+        assert!(c.of(*cg, pid).is_some_and(|c| c.name.is_some()));
+    }
+    let first = start.elapsed() / CONTAINERS;
+    assert_eq!(c.of(host, 5000), None);
+
+    let start = Instant::now();
+    for i in 0..LOOKUPS {
+        let cg = cgroups[(i % CONTAINERS) as usize];
+        black_box(c.of(black_box(cg), 1000));
+    }
+    let cached = start.elapsed() / LOOKUPS;
+    let start = Instant::now();
+    for _ in 0..LOOKUPS {
+        black_box(c.of(black_box(host), 5000));
+    }
+    let cached_host = start.elapsed() / LOOKUPS;
+    eprintln!(
+        "container lookup: first of a cgroup {first:?} (/proc, stat, containers.json of \
+         {CONTAINERS}); cached {cached:?} (container), {cached_host:?} (host); \
+         {LOOKUPS} cached lookups each"
+    );
+    assert_eq!(c.seen(), CONTAINERS as usize);
+}

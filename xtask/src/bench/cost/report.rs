@@ -37,6 +37,24 @@ fn per_event_us(costs: &[Costs], pick: fn(&Costs) -> &Charge, n: u64) -> f64 {
     )
 }
 
+/// The exec storm in a container's cgroup against the host's (`host_us` per exec).
+fn print_container_exec(costs: &[Costs], execs: u64, host_us: f64) {
+    let per_exec: Vec<f64> = costs
+        .iter()
+        .filter_map(|c| c.container_exec.as_ref())
+        .map(|c| c.total_ns() as f64 / execs as f64 / 1e3)
+        .collect();
+    if per_exec.is_empty() {
+        return;
+    }
+    let container = median(&per_exec);
+    println!(
+        "sentinel, exec storm in a container's cgroup: {container:.2} µs per exec \
+         ({:+.2} µs against the host's {host_us:.2} µs)",
+        container - host_us
+    );
+}
+
 fn idle_percent(costs: &[Costs]) -> f64 {
     median(
         &costs
@@ -99,6 +117,7 @@ pub(super) fn print_cost_report(
         row("bpftrace, same hooks", baseline);
     }
     let exec = per_event_us(sentinel, |c| &c.exec, execs);
+    print_container_exec(sentinel, args.container_execs, exec);
     let connect = per_event_us(sentinel, |c| &c.connect, connects);
     let idle = idle_percent(sentinel);
     let latencies: Vec<f64> = sentinel
