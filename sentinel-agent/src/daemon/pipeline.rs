@@ -77,6 +77,9 @@ pub struct Pipeline {
     pub cpu_hz: u64,
     pub cpu_report_percent: f64,
     pub cpu_last: Instant,
+    /// When [`Pipeline::gc`] last read every tracked process's start time; `None`: at the
+    /// next one (start, or the sensors lost records).
+    pub gc_full_at: Option<Instant>,
     pub ncpus: usize,
     pub detect: Detectors,
     pub switch: Switch,

@@ -12,13 +12,16 @@ use tracing::debug;
 use super::pipeline::Pipeline;
 use crate::{
     detect,
-    enrich::tree::is_alive,
+    enrich::tree::{exists, is_alive},
     event::{Body, CpuBody},
     sensors::{
         SENSORS,
         cpu::{cpu_percent, read_totals},
     },
 };
+
+/// How often [`Pipeline::gc`] reads every tracked process's start time at the least.
+const FULL_GC_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Pipeline {
     /// Read the kernel's lost counters: a sensor that lost events raises `blind`.
@@ -28,8 +31,10 @@ impl Pipeline {
             SENSORS.iter().map(|s| (*s, lost.lost(s))).collect()
         };
         for finding in self.detect.blind.observe(&counts) {
-            // Lost records may have been an sshd's: the SSH sessions are read again.
+            // Lost records may have been an sshd's: the SSH sessions are read again; or an
+            // exit: the next gc checks every process in full.
             self.ssh_nudge.send();
+            self.gc_full_at = None;
             self.raise(finding, None);
         }
     }
@@ -90,12 +95,20 @@ impl Pipeline {
     }
 
     /// Drop tree entries (and sample-map entries) for processes that are gone but whose exit
-    /// the agent missed.
+    /// the agent missed. Exits are missed only when records are lost, so most rounds only
+    /// check that each process's `/proc` entry exists (one `stat`); every [`FULL_GC_EVERY`],
+    /// and after lost records, each start time is read too (a reused pid), which for the
+    /// ~500 processes of a small host was most of the idle agent's CPU time.
     pub fn gc(&mut self) {
         let root = self.proc_root.clone();
-        let dropped = self
-            .tree
-            .retain_alive(|tgid, start| is_alive(&root, tgid, start));
+        let full = self.gc_full_at.is_none_or(|t| t.elapsed() >= FULL_GC_EVERY);
+        let dropped = if full {
+            self.gc_full_at = Some(Instant::now());
+            self.tree
+                .retain_alive(|tgid, start| is_alive(&root, tgid, start))
+        } else {
+            self.tree.retain_alive(|tgid, _| exists(&root, tgid))
+        };
         self.behaviour_gc();
         if dropped > 0 {
             debug!(dropped, "pruned processes whose exit was missed");

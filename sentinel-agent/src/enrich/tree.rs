@@ -127,6 +127,12 @@ pub fn is_alive(proc_root: &Path, pid: u32, start: u64) -> bool {
     read_stat(proc_root, pid).is_some_and(|s| s.start == start)
 }
 
+/// Whether a process `pid` runs at all (its `/proc` entry exists): one `stat`, no read of its
+/// status. A pid reused since is not told apart ([`is_alive`] does that).
+pub fn exists(proc_root: &Path, pid: u32) -> bool {
+    fs::symlink_metadata(proc_root.join(pid.to_string())).is_ok()
+}
+
 impl ProcessTree {
     /// An empty tree; `ticks_per_sec` is `sysconf(_SC_CLK_TCK)` (USER_HZ).
     pub fn new(ticks_per_sec: u64) -> Self {
@@ -579,6 +585,15 @@ mod tests {
         let stat = read_stat(Path::new("/proc"), me).unwrap();
         assert_eq!(p.ppid, stat.ppid);
         assert_eq!(p.start, stat.start);
+    }
+
+    #[test]
+    fn a_process_exists_while_its_proc_entry_does() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("42")).unwrap();
+        assert!(exists(dir.path(), 42));
+        assert!(!exists(dir.path(), 43));
+        assert!(exists(Path::new("/proc"), std::process::id()));
     }
 
     #[test]

@@ -439,6 +439,7 @@ pub fn build_pipeline(
         cpu_hz: agent.cpu_sample_hz,
         cpu_report_percent: agent.cpu_report_percent,
         cpu_last: Instant::now(),
+        gc_full_at: None,
         ncpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         detect,
         switch,
