@@ -18,6 +18,12 @@ pub(super) struct ContainerCgroup {
 impl ContainerCgroup {
     /// Create the cgroup and move this process (all its threads) into it.
     pub(super) fn enter() -> anyhow::Result<Self> {
+        Self::enter_with(std::process::id())
+    }
+
+    /// Create the cgroup and move process `pid` into it (this process goes back to its own
+    /// cgroup when dropped, wherever it was).
+    fn enter_with(pid: u32) -> anyhow::Result<Self> {
         let root = cgroup2_root()?;
         let own = fs::read_to_string("/proc/self/cgroup").context("reading /proc/self/cgroup")?;
         let home = own
@@ -25,7 +31,6 @@ impl ContainerCgroup {
             .find_map(|l| l.strip_prefix("0::"))
             .context("no cgroup v2 line in /proc/self/cgroup")?;
         let home = root.join(home.trim_start_matches('/'));
-        let pid = std::process::id();
         let parent = root.join(format!("sentinel-bench-{pid}"));
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
         let scope = parent.join(format!("docker-{nanos:048x}{pid:016x}.scope"));
@@ -90,9 +95,13 @@ mod tests {
             eprintln!("\n*** SKIPPED: moving a process between cgroups needs root ***\n");
             return;
         }
+        // A child stands in for the bench: moving this test process would take along what
+        // the tests running beside it start meanwhile (and keep the cgroup busy).
         let home = own_cgroup();
-        let cgroup = ContainerCgroup::enter().unwrap();
-        let inside = own_cgroup();
+        let mut child = Command::new("sleep").arg("60").spawn().unwrap();
+        let cgroup = ContainerCgroup::enter_with(child.id()).unwrap();
+        let inside = fs::read_to_string(format!("/proc/{}/cgroup", child.id())).unwrap();
+        let inside = inside.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
         let scope = inside.rsplit('/').next().unwrap();
         let id = scope
             .strip_prefix("docker-")
@@ -102,12 +111,8 @@ mod tests {
             id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()),
             "{inside}"
         );
-        // A child runs there too.
-        let child = Command::new("cat")
-            .arg("/proc/self/cgroup")
-            .output()
-            .unwrap();
-        assert!(String::from_utf8_lossy(&child.stdout).contains(scope));
+        child.kill().unwrap();
+        child.wait().unwrap();
         let (scope_dir, parent) = (cgroup.scope.clone(), cgroup.parent.clone());
         drop(cgroup);
         assert_eq!(own_cgroup(), home);
