@@ -108,8 +108,10 @@ enum Tool {
 #[derive(Default, Clone, Debug)]
 struct Costs {
     exec: Charge,
-    /// The exec storm in a container's cgroup (Sentinel only, unless skipped).
-    container_exec: Option<Charge>,
+    /// The exec storm in a container's cgroup (Sentinel only, unless skipped), with the
+    /// host's storm of the same size run again right after it: the two host storms bracket
+    /// the container's, so a drift during the round is not taken for the container's cost.
+    container_exec: Option<Bracketed>,
     connect: Charge,
     /// The DNS storm (Sentinel only: the baseline has no such hook).
     dns: Charge,
@@ -284,9 +286,35 @@ fn measure_sentinel(
     })
 }
 
-/// The exec storm with the bench (and so each exec) in a container's cgroup; the agent must
-/// have named a container by the end, or the storm measured nothing of the kind.
-fn container_exec_storm(agent: &mut Agent, execs: u64, label: &str) -> anyhow::Result<Charge> {
+/// The exec storm in a container's cgroup and the host's storm again after it.
+#[derive(Clone, Debug)]
+struct Bracketed {
+    container: Charge,
+    host_after: Charge,
+}
+
+/// The exec storm with the bench (and so each exec) in a container's cgroup, then the same
+/// storm on the host again; the agent must have named a container by the end, or the storm
+/// measured nothing of the kind.
+fn container_exec_storm(agent: &mut Agent, execs: u64, label: &str) -> anyhow::Result<Bracketed> {
+    let container = exec_storm_in_container(agent, execs, label)?;
+    let before = agent.status()?;
+    let pid = agent.pid();
+    let host_after = charge(pid, || {
+        exec_storm(execs)?;
+        agent.wait_drained(&before, execs, 0).map(drop)
+    })?;
+    eprintln!(
+        "{label}: exec storm on the host again {}",
+        describe(&host_after, Some(execs))
+    );
+    Ok(Bracketed {
+        container,
+        host_after,
+    })
+}
+
+fn exec_storm_in_container(agent: &mut Agent, execs: u64, label: &str) -> anyhow::Result<Charge> {
     let pid = agent.pid();
     let before = agent.status()?;
     let cgroup = ContainerCgroup::enter()?;

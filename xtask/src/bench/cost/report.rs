@@ -37,21 +37,43 @@ fn per_event_us(costs: &[Costs], pick: fn(&Costs) -> &Charge, n: u64) -> f64 {
     )
 }
 
-/// The exec storm in a container's cgroup against the host's (`host_us` per exec).
-fn print_container_exec(costs: &[Costs], execs: u64, host_us: f64) {
-    let per_exec: Vec<f64> = costs
+/// The exec storm in a container's cgroup against the host's storms just before and just
+/// after it in the same round (`host_execs`, then `execs` execs): the median of the rounds'
+/// differences, and how far the two host storms are apart, the noise that difference is to be
+/// read against.
+fn print_container_exec(costs: &[Costs], execs: u64, host_execs: u64) {
+    let per_exec = |c: &Charge, n: u64| c.total_ns() as f64 / n as f64 / 1e3;
+    let rounds: Vec<(f64, f64, f64)> = costs
         .iter()
-        .filter_map(|c| c.container_exec.as_ref())
-        .map(|c| c.total_ns() as f64 / execs as f64 / 1e3)
+        .filter_map(|c| {
+            let b = c.container_exec.as_ref()?;
+            Some((
+                per_exec(&b.container, execs),
+                per_exec(&c.exec, host_execs),
+                per_exec(&b.host_after, execs),
+            ))
+        })
         .collect();
-    if per_exec.is_empty() {
+    if rounds.is_empty() {
         return;
     }
-    let container = median(&per_exec);
+    let container = median(&rounds.iter().map(|r| r.0).collect::<Vec<_>>());
+    let delta = median(
+        &rounds
+            .iter()
+            .map(|(c, before, after)| c - (before + after) / 2.0)
+            .collect::<Vec<_>>(),
+    );
+    let noise = median(
+        &rounds
+            .iter()
+            .map(|(_, before, after)| (after - before).abs())
+            .collect::<Vec<_>>(),
+    );
     println!(
-        "sentinel, exec storm in a container's cgroup: {container:.2} µs per exec \
-         ({:+.2} µs against the host's {host_us:.2} µs)",
-        container - host_us
+        "sentinel, exec storm in a container's cgroup: {container:.2} µs per exec, \
+         {delta:+.2} µs against the host's storms before and after it \
+         (which differ by {noise:.2} µs between themselves)"
     );
 }
 
@@ -117,7 +139,7 @@ pub(super) fn print_cost_report(
         row("bpftrace, same hooks", baseline);
     }
     let exec = per_event_us(sentinel, |c| &c.exec, execs);
-    print_container_exec(sentinel, args.container_execs, exec);
+    print_container_exec(sentinel, args.container_execs, execs);
     let connect = per_event_us(sentinel, |c| &c.connect, connects);
     let idle = idle_percent(sentinel);
     let latencies: Vec<f64> = sentinel
