@@ -1,17 +1,29 @@
 //! The `cpu` sensor, userspace side: attaching `cpu_perf_event` to a software cpu-clock event
 //! on every online CPU, and turning the per-tgid sample counts into CPU % per process.
+//!
+//! The events leave out the idle task (`exclude_idle`): a sample of an idle CPU counted for
+//! nobody, and now the program does not even run for it, so an idle host pays for no
+//! samples. aya's `PerfEvent::attach` cannot ask for that, so the events are opened here and
+//! the program is set on them the way aya does it without a link (`PERF_EVENT_IOC_SET_BPF`).
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::HashMap,
+    io, mem,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    time::Duration,
+};
 
 use aya::{
     Ebpf,
     maps::{MapData, PerCpuHashMap},
-    programs::{
-        PerfEvent,
-        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
-    },
+    programs::PerfEvent,
     util::online_cpus,
 };
+use aya_obj::generated::{
+    PERF_EVENT_IOC_ENABLE, PERF_EVENT_IOC_SET_BPF, PERF_FLAG_FD_CLOEXEC, perf_event_attr,
+    perf_sw_ids::PERF_COUNT_SW_CPU_CLOCK, perf_type_id::PERF_TYPE_SOFTWARE,
+};
+use tracing::debug;
 
 use super::{SensorError, prog_err, program};
 
@@ -20,10 +32,20 @@ const SENSOR: &str = "cpu";
 /// The kernel's per-CPU sample counts, by tgid.
 pub type SampleMap = PerCpuHashMap<MapData, u32, u64>;
 
-pub fn attach(ebpf: &mut Ebpf, hz: u64) -> Result<(), SensorError> {
+/// The cpu-clock events `cpu_perf_event` runs on, one per CPU. Dropping them detaches it.
+#[derive(Debug)]
+pub struct CpuClock {
+    _events: Vec<OwnedFd>,
+}
+
+pub fn attach(ebpf: &mut Ebpf, hz: u64) -> Result<CpuClock, SensorError> {
     let prog: &mut PerfEvent = program(ebpf, SENSOR, "cpu_perf_event")?;
     prog.load()
         .map_err(prog_err(SENSOR, "loading cpu_perf_event"))?;
+    let prog = prog
+        .fd()
+        .map_err(prog_err(SENSOR, "the loaded cpu_perf_event"))?
+        .as_fd();
     let cpus = online_cpus().map_err(|(what, source)| SensorError::Io {
         sensor: SENSOR,
         what: what.into(),
@@ -31,17 +53,75 @@ pub fn attach(ebpf: &mut Ebpf, hz: u64) -> Result<(), SensorError> {
     })?;
     // A fixed period in ns (cpu-clock counts time), so each sample stands for 1/hz seconds.
     let period = 1_000_000_000 / hz.max(1);
-    for cpu in cpus {
-        prog.attach(
-            PerfEventConfig::Software(SoftwareEvent::CpuClock),
-            PerfEventScope::AllProcessesOneCpu { cpu },
-            SamplePolicy::Period(period),
-            false,
+    let events = cpus
+        .into_iter()
+        .map(|cpu| {
+            sample_cpu(cpu, period, prog).map_err(|source| SensorError::Io {
+                sensor: SENSOR,
+                what: format!("sampling CPU {cpu} (cpu-clock perf event)"),
+                source,
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(CpuClock { _events: events })
+}
+
+/// A cpu-clock event on `cpu` running `prog` every `period_ns` the CPU is not idle. A kernel
+/// that refuses `exclude_idle` for it gets the event without (the program ignores the idle
+/// task's samples itself).
+fn sample_cpu(cpu: u32, period_ns: u64, prog: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let event = match open_cpu_clock(cpu, period_ns, true) {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) => {
+            debug!("cpu-clock without exclude_idle on CPU {cpu}: {e}");
+            open_cpu_clock(cpu, period_ns, false)?
+        }
+        other => other?,
+    };
+    ioctl(&event, PERF_EVENT_IOC_SET_BPF, prog.as_raw_fd())?;
+    ioctl(&event, PERF_EVENT_IOC_ENABLE, 0)?;
+    Ok(event)
+}
+
+/// The perf event's attributes: software cpu-clock, a sample every `period_ns`, opened
+/// disabled (enabled once the program is set), the idle task left out if `exclude_idle`.
+fn cpu_clock_attr(period_ns: u64, exclude_idle: bool) -> perf_event_attr {
+    // SAFETY: a plain C struct of integers, unions of integers and bitfields; all-zero is
+    // its documented default.
+    let mut attr: perf_event_attr = unsafe { mem::zeroed() };
+    attr.type_ = PERF_TYPE_SOFTWARE as u32;
+    attr.size = mem::size_of::<perf_event_attr>() as u32;
+    attr.config = PERF_COUNT_SW_CPU_CLOCK as u64;
+    attr.__bindgen_anon_1.sample_period = period_ns;
+    attr.set_disabled(1);
+    attr.set_exclude_idle(u64::from(exclude_idle));
+    attr
+}
+
+fn open_cpu_clock(cpu: u32, period_ns: u64, exclude_idle: bool) -> io::Result<OwnedFd> {
+    let attr = cpu_clock_attr(period_ns, exclude_idle);
+    // SAFETY: perf_event_open(2) with a valid attr of its declared size; every process
+    // (pid -1) on one CPU, no group.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_perf_event_open,
+            &attr as *const perf_event_attr,
+            -1 as libc::pid_t,
+            cpu as libc::c_int,
+            -1 as libc::c_int,
+            PERF_FLAG_FD_CLOEXEC as libc::c_ulong,
         )
-        .map_err(prog_err(
-            SENSOR,
-            format!("attaching to cpu-clock on CPU {cpu}"),
-        ))?;
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor the call just returned, owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+fn ioctl(event: &OwnedFd, request: u32, arg: libc::c_int) -> io::Result<()> {
+    // SAFETY: a perf event ioctl taking an int argument, on a descriptor we own.
+    if unsafe { libc::ioctl(event.as_raw_fd(), request as libc::Ioctl, arg) } < 0 {
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }
@@ -184,6 +264,54 @@ fn read_totals_batched(map: &SampleMap) -> std::io::Result<Vec<(u32, u64)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cpu_clock_leaves_out_the_idle_task_and_starts_disabled() {
+        let attr = cpu_clock_attr(10_101_010, true);
+        assert_eq!(attr.type_, PERF_TYPE_SOFTWARE as u32);
+        assert_eq!(attr.config, PERF_COUNT_SW_CPU_CLOCK as u64);
+        // SAFETY: the union's only written member.
+        assert_eq!(unsafe { attr.__bindgen_anon_1.sample_period }, 10_101_010);
+        assert_eq!(attr.exclude_idle(), 1);
+        assert_eq!(attr.disabled(), 1);
+        assert_eq!(attr.freq(), 0, "a fixed period, not a frequency");
+        assert_eq!(cpu_clock_attr(1, false).exclude_idle(), 0);
+    }
+
+    /// This kernel takes `exclude_idle` on cpu-clock (else the agent falls back to sampling
+    /// idle CPUs too, and the idle cost comes back): the event counts a busy thread's time.
+    #[test]
+    fn this_kernel_counts_cpu_clock_without_the_idle_task() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!(
+                "\n*** SKIPPED this_kernel_counts_cpu_clock_without_the_idle_task: needs root \
+                 (perf events of every process on a CPU) ***\n"
+            );
+            return;
+        }
+        let event = open_cpu_clock(0, 10_000_000, true).expect("cpu-clock with exclude_idle");
+        ioctl(&event, PERF_EVENT_IOC_ENABLE, 0).unwrap();
+        // Busy on CPU 0 for ~30 ms.
+        let mut on_cpu0 = nix::sched::CpuSet::new();
+        on_cpu0.set(0).unwrap();
+        std::thread::spawn(move || {
+            nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &on_cpu0).unwrap();
+            let start = std::time::Instant::now();
+            while start.elapsed() < Duration::from_millis(30) {
+                std::hint::black_box(0u64);
+            }
+        })
+        .join()
+        .unwrap();
+        let mut count = [0u8; 8];
+        let read = nix::unistd::read(&event, &mut count).unwrap();
+        assert_eq!(read, 8);
+        let ns = u64::from_ne_bytes(count);
+        assert!(
+            ns >= 20_000_000,
+            "cpu-clock counted {ns} ns of a 30 ms busy thread"
+        );
+    }
 
     #[test]
     fn percent_arithmetic() {

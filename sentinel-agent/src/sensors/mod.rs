@@ -222,6 +222,9 @@ pub struct LoadOptions {
 /// The loaded programs. Dropping this detaches every program.
 pub struct Sensors {
     pub ebpf: Ebpf,
+    /// The perf events the cpu sensor's program runs on, held for as long as the sensors
+    /// are: it is detached when they close.
+    pub _cpu_clock: Option<cpu::CpuClock>,
     pub attached: [bool; 4],
     pub lost: Arc<Mutex<LostMaps>>,
     /// The process-and-network records (exec, fork, exit, stdio, connect, listen), in order.
@@ -271,10 +274,14 @@ pub fn load(opts: &LoadOptions) -> Result<Sensors, SensorError> {
         .load(EBPF_OBJECT)?;
 
     let mut attached = [false; 4];
+    let (cpu_clock, cpu) = match cpu::attach(&mut ebpf, opts.cpu_sample_hz) {
+        Ok(clock) => (Some(clock), Ok(())),
+        Err(e) => (None, Err(e)),
+    };
     let results = [
         exec::attach(&mut ebpf),
         connect::attach(&mut ebpf),
-        cpu::attach(&mut ebpf, opts.cpu_sample_hz),
+        cpu,
         dns::attach(&mut ebpf),
     ];
     for (i, result) in results.into_iter().enumerate() {
@@ -317,6 +324,7 @@ pub fn load(opts: &LoadOptions) -> Result<Sensors, SensorError> {
     let kernel_log = kernel_log::take(&mut ebpf);
     Ok(Sensors {
         ebpf,
+        _cpu_clock: cpu_clock,
         attached,
         lost: Arc::new(Mutex::new(LostMaps { maps: lost })),
         ring,
