@@ -159,13 +159,12 @@ pub async fn run(config: Config, source: reload::Source) -> anyhow::Result<()> {
 
 /// How often the tree is checked against `/proc` for exits the agent missed.
 const GC_EVERY: Duration = Duration::from_secs(30);
-/// How often the kernel's lost counters are read for `blind`.
-const BLIND_EVERY: Duration = Duration::from_secs(1);
-/// Longest the loop sleeps without re-checking pending deadlines (a safety net: it wakes at
-/// the earliest deadline anyway).
-const SWITCH_TICK: Duration = Duration::from_secs(1);
+/// The loop's housekeeping clock: the kernel's lost counters read for `blind`, and the
+/// switch's tick (blocks whose time ended, the budget, the counts; pending deadlines are
+/// woken for at their own time besides). One timer, started with the others, so an idle
+/// agent wakes once a second, not once per timer.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
 
-/// How long until the switch's next deadline on the boot clock (at most [`SWITCH_TICK`]).
 /// Sleep until `at`; forever without one.
 async fn until(at: Option<std::time::Instant>) {
     match at {
@@ -174,10 +173,12 @@ async fn until(at: Option<std::time::Instant>) {
     }
 }
 
-fn until_deadline(core: &Pipeline) -> Duration {
+/// When the switch's earliest pending deadline is due; `None` with nothing pending (no
+/// timer then: the housekeeping tick still runs the switch every second).
+fn switch_due(core: &Pipeline) -> Option<std::time::Instant> {
     core.switch
         .next_due(Now::read())
-        .map_or(SWITCH_TICK, |d| d.min(SWITCH_TICK))
+        .map(|d| std::time::Instant::now() + d)
 }
 
 /// What the event loop waits on besides its timers.
@@ -205,18 +206,22 @@ struct Inbox {
 struct Timers {
     cpu: Interval,
     gc: Interval,
-    blind: Interval,
+    housekeeping: Interval,
     /// systemd's watchdog: pinged from the loop, so a stalled loop gets the agent restarted.
     watchdog: Option<Interval>,
 }
 
 impl Timers {
+    /// Every timer starts at the same instant, so ticks due in the same second (CPU samples
+    /// every 2 s, housekeeping every second) are one wake-up of the loop, not several.
     fn start(cpu_interval: Duration) -> Self {
+        let start = tokio::time::Instant::now();
+        let every = |period| tokio::time::interval_at(start, period);
         Self {
-            cpu: tokio::time::interval(cpu_interval),
-            gc: tokio::time::interval(GC_EVERY),
-            blind: tokio::time::interval(BLIND_EVERY),
-            watchdog: service::watchdog_interval().map(tokio::time::interval),
+            cpu: every(cpu_interval),
+            gc: every(GC_EVERY),
+            housekeeping: every(HOUSEKEEPING_EVERY),
+            watchdog: service::watchdog_interval().map(every),
         }
     }
 }
@@ -253,13 +258,16 @@ async fn event_loop(core: &mut Pipeline, inbox: &mut Inbox, timers: &mut Timers)
                 core.reap();
             }
             _ = timers.gc.tick() => core.gc(),
-            _ = timers.blind.tick() => core.check_blind(),
+            _ = timers.housekeeping.tick() => {
+                core.check_blind();
+                core.tick();
+            }
             Ok(()) = inbox.ssh_peers.changed() => {
                 let peers = inbox.ssh_peers.borrow_and_update().clone();
                 info!(?peers, "authenticated SSH peers (trusted) changed");
                 core.detect.trust.set_ssh_peers(peers);
             }
-            _ = tokio::time::sleep(until_deadline(core)) => core.tick(),
+            _ = until(switch_due(core)) => core.tick(),
             _ = until(core.detect.persistence.due()) => core.attribute_writes(),
             _ = tick(&mut timers.watchdog) => service::notify_watchdog(),
             Some(answer) = inbox.answers.recv() => core.answer(answer),
