@@ -19,12 +19,16 @@
 //! slirp4netns's own network (10.0.2.0/24 and fd00::/64 inside the container) never touches
 //! the host: the test checks that the host's addresses and routes are the same with the
 //! container running.
+//!
+//! IPv6 goes the same way (`--network slirp4netns:enable_ipv6=true`): the container's
+//! connection to KP6 leaves through slirp4netns, the block lands in `block6`, and the
+//! container's next IPv6 connection times out.
 
 use std::{collections::BTreeSet, process::Command, time::Duration};
 
 use crate::common::{
     Agent,
-    netns::{RU4, TestNet, knock, machine_network},
+    netns::{KP6, RU4, TestNet, knock, machine_network},
     nft::Table,
     podman::{RootlessUser, available, wait_for},
     require_root, serial,
@@ -67,18 +71,18 @@ struct OnSlirp {
     _net: TestNet,
 }
 
-fn rootless_on_slirp(test: &str, tag: &str, port: u16) -> Option<OnSlirp> {
+fn rootless_on_slirp(test: &str, tag: &str, port: u16, network: &str) -> Option<OnSlirp> {
     if !require_root(test) || !available(test) || !slirp_available(test) {
         return None;
     }
     let net = TestNet::new(tag);
-    let listener = super::holding_listener(&net, port);
+    let listener = dual_stack_listener(&net, port);
     crate::common::container::container_root()?;
     let user = RootlessUser::create();
     user.import_image();
     let name = format!("snt-sl{tag}-{}", std::process::id());
     let before = host_network();
-    let id = user.run(&name, &["--network=slirp4netns"], &["sleep", "600"]);
+    let id = user.run(&name, &[network], &["sleep", "600"]);
     Some(OnSlirp {
         user,
         name,
@@ -87,6 +91,32 @@ fn rootless_on_slirp(test: &str, tag: &str, port: u16) -> Option<OnSlirp> {
         _listener: listener,
         _net: net,
     })
+}
+
+/// A listener on `port` of RU4 and KP6 (one dual-stack socket) in the test hosts' namespace
+/// that accepts and holds connections.
+fn dual_stack_listener(net: &TestNet, port: u16) -> super::Reaped {
+    let child = Command::new("ip")
+        .args(["netns", "exec", net.ns(), "/usr/bin/python3", "-c"])
+        .arg(format!(
+            "import socket\ns=socket.socket(socket.AF_INET6)\n\
+             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)\n\
+             s.bind(('::', {port})); s.listen(50)\nheld=[]\n\
+             while True:\n    held.append(s.accept()[0])\n"
+        ))
+        .spawn()
+        .unwrap();
+    super::Reaped(child)
+}
+
+/// Whether the container `name` of `user` opens a connection to `addr:port` within 3 s.
+fn reaches(user: &RootlessUser, name: &str, addr: &str, port: u16) -> bool {
+    let out = user.sh(&format!(
+        "podman exec {name} bash -c \"timeout 3 bash -c 'exec 3<>/dev/tcp/{addr}/{port}' && \
+         echo OPEN\""
+    ));
+    out.stdout.starts_with(b"OPEN")
 }
 
 /// The pid and command line of `uid`'s slirp4netns (Podman's relay for its container).
@@ -144,7 +174,7 @@ fn fake_relay(user: &RootlessUser, claim: &[u8], addr: &str, port: u16) -> u32 {
 fn a_blocked_address_is_unreachable_from_a_rootless_container_on_slirp4netns() {
     let test = "a_blocked_address_is_unreachable_from_a_rootless_container_on_slirp4netns";
     let _serial = serial();
-    let Some(setup) = rootless_on_slirp(test, "l", 4451) else {
+    let Some(setup) = rootless_on_slirp(test, "l", 4451, "--network=slirp4netns") else {
         return;
     };
     let OnSlirp {
@@ -154,13 +184,7 @@ fn a_blocked_address_is_unreachable_from_a_rootless_container_on_slirp4netns() {
         before,
         ..
     } = &setup;
-    let reach = || {
-        let out = user.sh(&format!(
-            "podman exec {name} bash -c \"timeout 3 bash -c 'exec 3<>/dev/tcp/{RU4}/4451' && \
-             echo OPEN\""
-        ));
-        out.stdout.starts_with(b"OPEN")
-    };
+    let reach = || reaches(user, name, RU4, 4451);
     // Reachable through slirp4netns before anything is blocked.
     let open = wait_for(Duration::from_secs(10), || reach().then_some(()));
     assert!(
@@ -264,7 +288,7 @@ fn a_blocked_address_is_unreachable_from_a_rootless_container_on_slirp4netns() {
 fn the_connect_guard_refuses_a_rootless_container_on_slirp4netns() {
     let test = "the_connect_guard_refuses_a_rootless_container_on_slirp4netns";
     let _serial = serial();
-    let Some(setup) = rootless_on_slirp(test, "g", 4452) else {
+    let Some(setup) = rootless_on_slirp(test, "g", 4452, "--network=slirp4netns") else {
         return;
     };
     let OnSlirp { user, name, .. } = &setup;
@@ -300,4 +324,73 @@ fn the_connect_guard_refuses_a_rootless_container_on_slirp4netns() {
         err.contains("Operation not permitted"),
         "connect() in the rootless container was not refused by the guard: {out:?}"
     );
+}
+
+#[test]
+fn a_blocked_ipv6_address_is_unreachable_from_a_rootless_container_on_slirp4netns() {
+    let test = "a_blocked_ipv6_address_is_unreachable_from_a_rootless_container_on_slirp4netns";
+    let _serial = serial();
+    let network = "--network=slirp4netns:enable_ipv6=true";
+    let Some(setup) = rootless_on_slirp(test, "6", 4454, network) else {
+        return;
+    };
+    let OnSlirp { user, name, id, .. } = &setup;
+    // slirp4netns gives the container fd00::/64 by router advertisement: reachable once the
+    // container has its address and route.
+    let open = wait_for(Duration::from_secs(20), || {
+        reaches(user, name, KP6, 4454).then_some(())
+    });
+    assert!(
+        open.is_some(),
+        "{KP6} unreachable from the rootless container"
+    );
+    let table = Table::new("sl6");
+    let agent = Agent::start_with(
+        "",
+        &format!(
+            "[switch]\ncountdown = \"1s\"\n[enforce]\ntable = \"{}\"\nconnect_guard = false\n",
+            table.0
+        ),
+    );
+    let _ = user.sh(&format!(
+        "podman exec {name} timeout 4 bash -c 'exec 3<>/dev/tcp/{KP6}/4454 && sleep 3'"
+    ));
+    let blocked = wait_for(Duration::from_secs(20), || {
+        table
+            .elements("block6")
+            .iter()
+            .any(|(a, _)| a == KP6)
+            .then_some(())
+    });
+    assert!(
+        blocked.is_some(),
+        "the block of {KP6} never landed; log:\n{}",
+        agent.log()
+    );
+    let own = agent.wait_for("connect", "the container's connect", |c| {
+        c["daddr"] == KP6 && c["dport"] == 4454 && c["comm"] == "bash"
+    });
+    super::names_the_container(&own, id, name);
+    let (relay, _) = relay_of(user.uid);
+    let slirp = agent.wait_for("connect", "slirp4netns's connect", |c| {
+        c["daddr"] == KP6 && c["dport"] == 4454 && c["pid"] == relay
+    });
+    assert_eq!(slirp["family"], 6, "{slirp}");
+    super::names_the_container(&slirp, id, name);
+    assert_eq!(
+        slirp["container"]["network_relay"], "slirp4netns",
+        "{slirp}"
+    );
+    // A new IPv6 connection from the container no longer gets through, while block6 holds.
+    assert!(
+        !reaches(user, name, KP6, 4454),
+        "{KP6} still reachable from the rootless container"
+    );
+    assert!(table.elements("block6").iter().any(|(a, _)| a == KP6));
+    let relay_alerts: Vec<_> = agent
+        .events("alert")
+        .into_iter()
+        .filter(|a| a["pid"] == relay)
+        .collect();
+    assert!(relay_alerts.is_empty(), "{relay_alerts:?}");
 }
