@@ -306,8 +306,8 @@ pub struct Containers {
     walks: (Instant, u32),
     /// What each process called `slirp4netns` (pid, start time) is a relay of.
     by_relay: FxHashMap<u32, (u64, relay::Relay)>,
-    /// Relays examined in the current second: (when it began, how many).
-    relay_lookups: (Instant, u32),
+    /// Relays examined in the current second, per user: (when it began, how many).
+    relay_lookups: FxHashMap<u32, (Instant, u32)>,
 }
 
 impl Containers {
@@ -321,7 +321,7 @@ impl Containers {
             by_monitor: FxHashMap::default(),
             walks: (Instant::now(), 0),
             by_relay: FxHashMap::default(),
-            relay_lookups: (Instant::now(), 0),
+            relay_lookups: FxHashMap::default(),
         }
     }
 

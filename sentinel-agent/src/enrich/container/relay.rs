@@ -43,8 +43,8 @@ const MOUNTINFO_CAP: u64 = 1 << 20;
 const MAX_RELAYS: usize = 4_096;
 const MAX_MONITORS: usize = 64;
 const MAX_MOUNT_TABLES: usize = 4;
-/// The most relays examined a second (each reads a few `/proc` files per monitor of its
-/// user): a user starting many relays gets no more.
+/// The most relays of one user examined a second (each reads a few `/proc` files per monitor
+/// of its user): a user starting many relays gets no more.
 const LOOKUPS_PER_SECOND: u32 = 20;
 /// What `network_relay` says for a slirp4netns relay.
 pub const SLIRP4NETNS: &str = "slirp4netns";
@@ -248,7 +248,7 @@ impl Containers {
     /// `slirp4netns` whose command line names the network namespace of a container
     /// monitored by one of `monitors` (the pids of processes called `conmon`; asked only for
     /// a relay not tied yet) of the same user and user namespace. Cached by pid and start
-    /// time; at most [`LOOKUPS_PER_SECOND`] examinations a second.
+    /// time; at most [`LOOKUPS_PER_SECOND`] examinations a second per user.
     pub fn of_relay(
         &mut self,
         tgid: u32,
@@ -260,36 +260,31 @@ impl Containers {
             .get(&tgid)
             .filter(|(at, _)| *at == start)
             .map(|(_, r)| r);
-        let sorted = || {
-            let mut m = monitors();
-            m.sort_unstable();
-            m
-        };
-        let monitors = match cached {
+        let before = match cached {
             Some(Relay::Serves(c)) => return Some(c.clone()),
             Some(Relay::Not) => return None,
-            Some(Relay::NotYet(before)) => {
-                let now = sorted();
-                if now == *before {
-                    return None;
-                }
-                now
-            }
-            None => sorted(),
+            Some(Relay::NotYet(before)) => Some(before.clone()),
+            None => None,
         };
-        let now = Instant::now();
-        if now.duration_since(self.relay_lookups.0) >= Duration::from_secs(1) {
-            self.relay_lookups = (now, 0);
-        }
-        if self.relay_lookups.1 >= LOOKUPS_PER_SECOND {
-            tracing::debug!(tgid, "network relay not examined: too many this second");
-            return None;
-        }
-        self.relay_lookups.1 += 1;
         if self.by_relay.len() >= MAX_RELAYS {
             self.by_relay.clear();
         }
-        let relay = self.examine_relay(tgid, monitors);
+        // Another program named slirp4netns costs one look at its executable, once.
+        let me = seen(&self.proc_root, tgid);
+        let Some(me) = me.filter(|_| is_slirp4netns(&self.proc_root, tgid)) else {
+            self.by_relay.insert(tgid, (start, Relay::Not));
+            return None;
+        };
+        let mut monitors = monitors();
+        monitors.sort_unstable();
+        if before.as_ref() == Some(&monitors) {
+            return None;
+        }
+        if !self.may_examine(me.uid) {
+            tracing::debug!(tgid, "network relay not examined: too many this second");
+            return None;
+        }
+        let relay = self.examine_relay(tgid, &me, monitors);
         tracing::debug!(tgid, relay = ?relay, "network relay examined");
         let container = match &relay {
             Relay::Serves(c) => Some(c.clone()),
@@ -299,14 +294,27 @@ impl Containers {
         container
     }
 
-    /// Whether process `tgid` is a relay, and of which of the containers `monitors` watch.
-    fn examine_relay(&mut self, tgid: u32, monitors: Vec<u32>) -> Relay {
+    /// Whether one more relay of user `uid` may be examined this second: each user has
+    /// [`LOOKUPS_PER_SECOND`], so one user's relays never hold up another's.
+    fn may_examine(&mut self, uid: u32) -> bool {
+        let now = Instant::now();
+        if self.relay_lookups.len() >= MAX_RELAYS {
+            self.relay_lookups.clear();
+        }
+        let (since, count) = self.relay_lookups.entry(uid).or_insert((now, 0));
+        if now.duration_since(*since) >= Duration::from_secs(1) {
+            (*since, *count) = (now, 0);
+        }
+        *count += 1;
+        *count <= LOOKUPS_PER_SECOND
+    }
+
+    /// Which of the containers `monitors` watch the packaged slirp4netns `tgid` (`relay`:
+    /// its user) serves.
+    fn examine_relay(&mut self, tgid: u32, relay: &Seen, monitors: Vec<u32>) -> Relay {
         let proc_root = self.proc_root.clone();
         let p = proc_root.as_path();
-        let claim = is_slirp4netns(p, tgid)
-            .then(|| Some((parse_slirp_cmdline(&cmdline(p, tgid)?)?, seen(p, tgid)?)))
-            .flatten();
-        let Some((target, relay)) = claim else {
+        let Some(target) = cmdline(p, tgid).and_then(|c| parse_slirp_cmdline(&c)) else {
             return Relay::Not;
         };
         // The network namespace the command line names, by each monitor's mount namespace
@@ -330,7 +338,7 @@ impl Containers {
         let mine = monitors
             .iter()
             .copied()
-            .filter(|m| seen(p, *m).as_ref() == Some(&relay) && monitor::is_conmon(p, *m))
+            .filter(|m| seen(p, *m).as_ref() == Some(relay) && monitor::is_conmon(p, *m))
             .take(MAX_MONITORS)
             .collect::<Vec<_>>();
         for m in mine {
@@ -338,7 +346,7 @@ impl Containers {
                 continue;
             };
             let served = children(p, m).into_iter().find(|child| {
-                ns_inode(p, *child, "net").is_some_and(|netns| serves(&relay, named, &mon, netns))
+                ns_inode(p, *child, "net").is_some_and(|netns| serves(relay, named, &mon, netns))
             });
             if let Some(c) =
                 served.and_then(|child| self.of_monitored(child, &[(m, Arc::from("conmon"))]))

@@ -389,3 +389,55 @@ fn a_fake_relay_claims_no_container() {
     );
     assert_eq!(containers.of_relay(405, || vec![500]), None);
 }
+
+#[test]
+fn a_users_relays_are_examined_at_most_so_often() {
+    let fake = FakeProc::new();
+    let claim = podman_relay("/tmp/podman-run-1001/netns/mine");
+    let mut containers = fake.containers();
+    // Real relays naming nothing of the container's: each is examined (and found no relay
+    // of it yet) until the user's budget for this second is spent.
+    for pid in 600..600 + LOOKUPS_PER_SECOND {
+        fake.process(
+            pid,
+            "slirp4netns",
+            "/usr/bin/slirp4netns",
+            &claim,
+            HOST_NET,
+            ROOTLESS_USER,
+        );
+        assert_eq!(containers.of_relay(pid, || vec![200]), None);
+    }
+    let relay = |c: &Containers, pid| {
+        c.by_relay
+            .get(&pid)
+            .map(|(_, r)| matches!(r, Relay::NotYet(_)))
+    };
+    assert_eq!(relay(&containers, 600), Some(true));
+    // The container's real relay waits for the next second: not examined, not remembered.
+    fake.process(
+        300,
+        "slirp4netns",
+        "/usr/bin/slirp4netns",
+        &podman_relay(NETNS_PATH),
+        HOST_NET,
+        ROOTLESS_USER,
+    );
+    assert_eq!(containers.of_relay(300, || vec![200]), None);
+    assert_eq!(relay(&containers, 300), None);
+    // Programs that are no slirp4netns cost no examination.
+    fake.process(
+        700,
+        "slirp4netns",
+        "/usr/bin/python3",
+        &claim,
+        HOST_NET,
+        ROOTLESS_USER,
+    );
+    assert_eq!(
+        containers.of_relay(700, || panic!("no monitors for a fake")),
+        None
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    assert!(containers.of_relay(300, || vec![200]).is_some());
+}
