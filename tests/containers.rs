@@ -399,7 +399,7 @@ fn the_connect_guard_covers_containers() {
 }
 
 /// A child process killed and reaped on drop, even when the test fails.
-struct Reaped(std::process::Child);
+pub(crate) struct Reaped(std::process::Child);
 
 impl Drop for Reaped {
     fn drop(&mut self) {

@@ -702,6 +702,7 @@ mod tests {
                 runtime: "podman".into(),
                 name: Some("web\x1b".into()),
                 image: Some("app:1".into()),
+                network_relay: None,
             }));
         }
         let line = r.to_string();

@@ -315,6 +315,7 @@ mod tests {
                 runtime: "podman".into(),
                 name: name.map(str::to_string),
                 image: None,
+                network_relay: None,
             })
         };
         let containers = [

@@ -225,12 +225,15 @@ impl Pipeline {
         let ancestry = self.tree.ancestry(tgid, &self.proc_root);
         // A container without a cgroup of its own (rootless Podman without cgroup v2
         // delegation) is named by its monitor among the ancestors.
-        let container = self.container_of(tgid).or_else(|| {
-            let c = self.containers.of_monitored(tgid, &ancestry)?;
-            let seen = self.containers.seen() as u64;
-            self.shared.containers.store(seen, Ordering::Relaxed);
-            Some(c)
-        });
+        let container = self
+            .container_of(tgid)
+            .or_else(|| {
+                let c = self.containers.of_monitored(tgid, &ancestry)?;
+                let seen = self.containers.seen() as u64;
+                self.shared.containers.store(seen, Ordering::Relaxed);
+                Some(c)
+            })
+            .or_else(|| self.relay_container(tgid, &comm));
         Culprit {
             pid: tgid,
             start,
@@ -261,6 +264,16 @@ impl Pipeline {
             self.shared.containers.store(seen, Ordering::Relaxed);
         }
         container
+    }
+
+    /// The container whose network relay `tgid` is (a rootless container's `slirp4netns`):
+    /// only a process of that name is examined, see `enrich::container::relay`.
+    pub(super) fn relay_container(&mut self, tgid: u32, comm: &str) -> Option<Arc<Container>> {
+        if comm != "slirp4netns" {
+            return None;
+        }
+        let tree = &self.tree;
+        self.containers.of_relay(tgid, || tree.pids_named("conmon"))
     }
 
     /// The agent's own children (e.g. `nft` later) are its own activity: not reported.
@@ -407,7 +420,9 @@ impl Pipeline {
                 );
                 let container = match &culprit {
                     Some(culprit) => culprit.container.clone(),
-                    None => self.container_of(c.tgid),
+                    None => self
+                        .container_of(c.tgid)
+                        .or_else(|| self.relay_container(c.tgid, &comm)),
                 };
                 self.emit(
                     self.clock.wall(c.ts_ns),

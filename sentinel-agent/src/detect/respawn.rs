@@ -518,6 +518,7 @@ mod tests {
             runtime: "podman".into(),
             name: Some(name.into()),
             image: Some("localhost/app:1".into()),
+            network_relay: None,
         }));
         c
     }

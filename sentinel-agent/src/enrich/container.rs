@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::untrusted_file::{Links, read_text};
 
 mod monitor;
+mod relay;
 
 /// Largest runtime state file read (Podman's `containers.json` lists every container).
 const STATE_CAP: u64 = 8 << 20;
@@ -62,6 +63,11 @@ pub struct Container {
     /// The image it was created from, when the runtime's state says it.
     #[serde(default)]
     pub image: Option<String>,
+    /// Set when the process is not in the container but relays its network: `slirp4netns`
+    /// (a rootless container's `--network slirp4netns`, see `relay`). Null for the
+    /// container's own processes.
+    #[serde(default)]
+    pub network_relay: Option<String>,
 }
 
 impl Container {
@@ -82,6 +88,9 @@ impl Container {
             .map(|i| format!("{i}, "))
             .unwrap_or_default();
         out.push_str(&format!(" ({image}{} {})", self.runtime, self.short_id()));
+        if let Some(relay) = &self.network_relay {
+            out.push_str(&format!(" through its network relay {relay}"));
+        }
         out
     }
 }
@@ -269,6 +278,7 @@ fn named(found: FromPath, name: Option<String>, image: Option<String>) -> Contai
         runtime: found.runtime.into(),
         name: name.map(clean),
         image: image.map(clean),
+        network_relay: None,
     }
 }
 
@@ -294,6 +304,10 @@ pub struct Containers {
     by_monitor: FxHashMap<u32, (u64, Option<Arc<Container>>)>,
     /// Walks of the cgroup tree in the current second: (when it began, how many).
     walks: (Instant, u32),
+    /// What each process called `slirp4netns` (pid, start time) is a relay of.
+    by_relay: FxHashMap<u32, (u64, relay::Relay)>,
+    /// Relays examined in the current second, per user: (when it began, how many).
+    relay_lookups: FxHashMap<u32, (Instant, u32)>,
 }
 
 impl Containers {
@@ -306,6 +320,8 @@ impl Containers {
             seen: FxHashMap::default(),
             by_monitor: FxHashMap::default(),
             walks: (Instant::now(), 0),
+            by_relay: FxHashMap::default(),
+            relay_lookups: FxHashMap::default(),
         }
     }
 

@@ -372,6 +372,15 @@ impl ProcessTree {
         out
     }
 
+    /// The processes called `comm` (a scan of the whole tree: for rare lookups only).
+    pub fn pids_named(&self, comm: &str) -> Vec<u32> {
+        self.procs
+            .iter()
+            .filter(|(_, p)| &*p.comm == comm)
+            .map(|(&pid, _)| pid)
+            .collect()
+    }
+
     /// Whether `ancestor` is `tgid` or above it in the tree.
     pub fn descends_from(&self, tgid: u32, ancestor: u32) -> bool {
         let mut cur = tgid;

@@ -15,14 +15,19 @@ use std::{
 use rusqlite::types::ValueRef;
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Body, ConnectBody, ExecBody, Record};
+use crate::{
+    enrich::container::Container,
+    event::{Body, ConnectBody, ExecBody, Record},
+};
 
 /// The first byte of a binary body: the layout below. A change to `ExecBody` or `ConnectBody`
 /// needs a new byte (and the old layout kept readable), because postcard is not
 /// self-describing. Version 2 added `container` (exec, connect) and `domain` (connect);
-/// version-1 rows read back without them.
+/// version-1 rows read back without them. Version 3 added the container's `network_relay`;
+/// version-2 rows read back with none.
 const BINARY_V1: u8 = 1;
 const BINARY_V2: u8 = 2;
+const BINARY_V3: u8 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
@@ -112,6 +117,92 @@ impl From<CompactV1> for Compact {
     }
 }
 
+/// The version-2 layout: the container without `network_relay`.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+enum CompactV2 {
+    Exec(ExecV2),
+    Connect(ConnectV2),
+}
+
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct ContainerV2 {
+    id: String,
+    runtime: String,
+    name: Option<String>,
+    image: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct ExecV2 {
+    pid: u32,
+    ppid: u32,
+    uid: u32,
+    comm: String,
+    filename: String,
+    argv: Vec<String>,
+    ancestors: Vec<Arc<str>>,
+    container: Option<ContainerV2>,
+}
+
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct ConnectV2 {
+    pid: u32,
+    comm: String,
+    uid: u32,
+    family: u8,
+    saddr: std::net::IpAddr,
+    daddr: std::net::IpAddr,
+    dport: u16,
+    country: Option<String>,
+    container: Option<ContainerV2>,
+    domain: Option<String>,
+}
+
+impl From<ContainerV2> for Arc<Container> {
+    fn from(c: ContainerV2) -> Self {
+        Arc::new(Container {
+            id: c.id,
+            runtime: c.runtime,
+            name: c.name,
+            image: c.image,
+            network_relay: None,
+        })
+    }
+}
+
+impl From<CompactV2> for Compact {
+    fn from(old: CompactV2) -> Self {
+        match old {
+            CompactV2::Exec(e) => Compact::Exec(ExecBody {
+                pid: e.pid,
+                ppid: e.ppid,
+                uid: e.uid,
+                comm: e.comm,
+                filename: e.filename,
+                argv: e.argv,
+                ancestors: e.ancestors,
+                container: e.container.map(Into::into),
+            }),
+            CompactV2::Connect(c) => Compact::Connect(ConnectBody {
+                pid: c.pid,
+                comm: c.comm,
+                uid: c.uid,
+                family: c.family,
+                saddr: c.saddr,
+                daddr: c.daddr,
+                dport: c.dport,
+                country: c.country,
+                container: c.container.map(Into::into),
+                domain: c.domain,
+            }),
+        }
+    }
+}
+
 /// An encoded body: text (JSON) or a blob.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {
@@ -130,7 +221,7 @@ pub fn encode(r: &Record, buf: &mut Vec<u8>) -> Encoding {
             return Encoding::Json;
         }
     };
-    buf.push(BINARY_V2);
+    buf.push(BINARY_V3);
     let out = postcard::to_extend(&(&*r.host, compact), std::mem::take(buf))
         .expect("a Vec takes any postcard output");
     *buf = out;
@@ -151,7 +242,11 @@ pub fn decode(ts_ns: i64, body: ValueRef<'_>) -> Result<Record, BodyError> {
 fn decode_binary(ts_ns: i64, blob: &[u8]) -> Result<Record, BodyError> {
     let (&format, rest) = blob.split_first().ok_or(BodyError::Empty)?;
     let (host, compact): (Arc<str>, Compact) = match format {
-        BINARY_V2 => postcard::from_bytes(rest)?,
+        BINARY_V3 => postcard::from_bytes(rest)?,
+        BINARY_V2 => {
+            let (host, old): (Arc<str>, CompactV2) = postcard::from_bytes(rest)?;
+            (host, old.into())
+        }
         BINARY_V1 => {
             let (host, old): (Arc<str>, CompactV1) = postcard::from_bytes(rest)?;
             (host, old.into())
@@ -200,6 +295,7 @@ mod tests {
                 runtime: "podman".into(),
                 name: Some("web".into()),
                 image: None,
+                network_relay: None,
             }));
         }
         r
@@ -266,6 +362,53 @@ mod tests {
             panic!("not an exec")
         };
         assert_eq!((b.pid, b.comm.as_str(), b.container), (42, "sh", None));
+    }
+
+    #[test]
+    fn version_2_rows_read_back_with_no_network_relay() {
+        let old = CompactV2::Connect(ConnectV2 {
+            pid: 7,
+            comm: "curl".into(),
+            uid: 0,
+            family: 4,
+            saddr: "198.51.100.1".parse().unwrap(),
+            daddr: "198.51.100.9".parse().unwrap(),
+            dport: 443,
+            country: None,
+            container: Some(ContainerV2 {
+                id: "ab".repeat(32),
+                runtime: "podman".into(),
+                name: Some("web".into()),
+                image: None,
+            }),
+            domain: Some("www.example.test".into()),
+        });
+        let mut blob = vec![BINARY_V2];
+        blob.extend(postcard::to_allocvec(&("web-1", old)).unwrap());
+        let Body::Connect(b) = decode(0, ValueRef::Blob(&blob)).unwrap().body else {
+            panic!("not a connect")
+        };
+        let c = b.container.expect("the container");
+        assert_eq!(
+            (c.name.as_deref(), c.network_relay.as_deref()),
+            (Some("web"), None)
+        );
+        assert_eq!(b.domain.as_deref(), Some("www.example.test"));
+    }
+
+    #[test]
+    fn a_relays_container_comes_back_marked() {
+        let mut r = connect("198.51.100.9");
+        if let Body::Connect(b) = &mut r.body {
+            b.container = Some(Arc::new(Container {
+                id: "ab".repeat(32),
+                runtime: "podman".into(),
+                name: Some("web".into()),
+                image: None,
+                network_relay: Some("slirp4netns".into()),
+            }));
+        }
+        assert_eq!(round_trip(&r).1, r);
     }
 
     #[test]

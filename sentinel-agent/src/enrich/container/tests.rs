@@ -260,6 +260,7 @@ fn describe_reads_well() {
         runtime: "podman".into(),
         name: Some("web".into()),
         image: Some("app:1".into()),
+        network_relay: None,
     };
     assert_eq!(c.describe(), "container web (app:1, podman 40b15867205a)");
     let bare = Container {

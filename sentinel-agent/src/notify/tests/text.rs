@@ -111,6 +111,7 @@ fn alerts_in_containers_name_the_container_on_every_channel() {
         runtime: "podman".into(),
         name: Some("<!channel>".into()),
         image: Some("localhost/shop:1".into()),
+        network_relay: None,
     });
     let facts = facts(&d, SystemTime::now());
     let (_, value) = facts
