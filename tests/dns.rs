@@ -5,7 +5,9 @@
 //! files are never touched) and connect. The agent's connect events and geo alerts must carry
 //! the name, also when the answer comes from a local caching stub on loopback (as
 //! systemd-resolved's 127.0.0.53), and per process: two processes that resolved different
-//! names to one address each see their own. DNS over TLS or HTTPS yields no name (the answer
+//! names to one address each see their own; a TCP answer cut into several segments (a small
+//! MTU and no segmentation offload on the test's own veth) names every address it carries.
+//! DNS over TLS or HTTPS yields no name (the answer
 //! is encrypted), which a test of its own shows against a plain answer from the same server.
 
 mod common;
@@ -204,6 +206,132 @@ fn an_answer_over_512_bytes_names_every_address() {
             assert_eq!(ev["domain"], name, "{tag}: {ev}");
         }
     }
+}
+
+/// Counts the TCP segments from `argv[2]` port 53 that carry data, as they arrive on the
+/// test's own veth `argv[1]` (a packet socket sees what the receiving socket will be handed,
+/// one skb at a time): prints `ready`, then, once a line comes on stdin, their payload sizes.
+const SEGMENT_COUNTER: &str = r#"
+import select, socket, struct, sys
+dev, server = sys.argv[1], socket.inet_aton(sys.argv[2])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
+s.bind((dev, 0x0800))
+print("ready", flush=True)
+sizes = []
+while True:
+    ready, _, _ = select.select([s, sys.stdin], [], [])
+    if s in ready:
+        p = s.recv(65536)
+        ihl = (p[0] & 15) * 4
+        if p[9] == 6 and p[12:16] == server and struct.unpack("!H", p[ihl:ihl + 2])[0] == 53:
+            n = len(p) - ihl - (p[ihl + 12] >> 4) * 4
+            if n > 0:
+                sizes.append(n)
+    if sys.stdin in ready:
+        break
+print(" ".join(map(str, sizes)), flush=True)
+"#;
+
+/// The test host's end of the veth (the only link in its namespace besides `lo`).
+fn peer_of(net: &TestNet) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", net.ns(), "ip", "-o", "link", "show"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .find(|n| n.starts_with("snp"))
+        .unwrap_or_else(|| panic!("no veth peer in {}: {text}", net.ns()))
+}
+
+fn run_ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().unwrap();
+    assert!(out.status.success(), "ip {args:?}: {out:?}");
+}
+
+#[test]
+fn a_tcp_answer_in_several_segments_names_every_address() {
+    if !common::require_root("a_tcp_answer_in_several_segments_names_every_address") {
+        return;
+    }
+    require_dnsmasq("a_tcp_answer_in_several_segments_names_every_address");
+    let _serial = common::serial();
+    let net = TestNet::new("dnsseg");
+    let mut procs = Procs::default();
+    // A name with 60 addresses (inside the test network's 198.51.100.0/25, never its host side
+    // .1): an A answer of 1000 bytes.
+    let addrs: Vec<String> = (3..63).map(|i| format!("198.51.100.{i}")).collect();
+    let name = "segments.sentinel.test";
+    let zone: Vec<(&str, &str)> = addrs.iter().map(|a| (name, a.as_str())).collect();
+    dnsmasq_serving(&net, DE4, None, &zone, &mut procs);
+    // As on a real network: segments of at most 360 bytes (an MTU of 400 on both ends of the
+    // test's own veth) and one segment per packet from the resolver's side (gso_max_segs 1: no
+    // TSO/GSO super-packet that the receiving socket would be handed whole).
+    const MTU: usize = 400;
+    let peer = peer_of(&net);
+    run_ip(&["link", "set", net.veth(), "mtu", &MTU.to_string()]);
+    run_ip(&[
+        "netns",
+        "exec",
+        net.ns(),
+        "ip",
+        "link",
+        "set",
+        &peer,
+        "mtu",
+        &MTU.to_string(),
+        "gso_max_segs",
+        "1",
+    ]);
+    let agent = Agent::start("");
+    let counter = procs.spawn(
+        Command::new("/usr/bin/python3")
+            .args(["-c", SEGMENT_COUNTER, net.veth(), DE4])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped()),
+    );
+    let mut counter_in = counter.stdin.take().unwrap();
+    let mut counter_out = BufReader::new(counter.stdout.take().unwrap());
+    let mut line = String::new();
+    counter_out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+
+    // Over TCP (`use-vc`), without EDNS: the answer comes in one TCP message.
+    let dir = tempfile::tempdir().unwrap();
+    let files = resolver_files_with(dir.path(), "tcp", DE4, "use-vc");
+    let (pid, mut stdin, mut stdout) =
+        client(&net, false, &files, name, CONNECT_EACH_NOW, &mut procs);
+    counter_in.write_all(b"stop\n").unwrap();
+    line.clear();
+    counter_out.read_line(&mut line).unwrap();
+    let sizes: Vec<usize> = line
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    // Not vacuous: the answer (1002 bytes with its length prefix) reached the client's socket
+    // in at least three packets, none larger than a segment.
+    assert!(
+        sizes.len() >= 3 && sizes.iter().sum::<usize>() >= 1002,
+        "the answer was not cut into segments: {sizes:?}"
+    );
+    assert!(
+        sizes.iter().all(|&n| n <= MTU - 40),
+        "a packet larger than a segment: {sizes:?}"
+    );
+    connect_now(&mut stdin, &mut stdout);
+    let unnamed: Vec<&String> = addrs
+        .iter()
+        .filter(|addr| connect_of(&agent, pid, addr)["domain"] != name)
+        .collect();
+    assert!(
+        unnamed.is_empty(),
+        "{} of {} addresses have no name (segments {sizes:?}): {unnamed:?}\nagent log:\n{}",
+        unnamed.len(),
+        addrs.len(),
+        agent.log()
+    );
 }
 
 #[test]

@@ -13,12 +13,26 @@
 //!   asker, in a record no larger than the message needs. It runs outside the receiver's
 //!   context, hence the cookie map. It always returns 1: it watches, it never drops a packet.
 //!
+//! DNS over TCP in several segments: the cookie map's entry of a TCP socket also remembers
+//! the message that last started on it (first sequence number, length prefix). A later
+//! segment of that message (or a retransmission) is copied as a record of its own with the
+//! bytes' offset in the message (`piece_of`), never past the message's first
+//! `DNS_PAYLOAD_MAX` bytes; the agent puts the pieces together. A segment is seen once, as
+//! it arrives, before TCP reorders anything: one that arrives before the segment starting its
+//! message is not known and not copied. A message is known only when a segment starts with
+//! it (its length prefix and first 8 header bytes in that segment): a second answer that
+//! starts mid-segment, behind the tail of the first, is not seen.
+//!
 //! What a packet costs, cheapest first: to a TCP socket or connected UDP socket whose peer
 //! port is not 53 (nearly all traffic), or to a socket on local port 53 (a resolver's
 //! queries), two fields of the socket, before any helper call; to an unconnected UDP socket,
 //! a few loads of the packet's headers where the kernel holds them in line (no helper call;
-//! `bpf_skb_load_bytes` only when they are not, or for IPv4 options); from port 53, the
-//! DNS header's flags and counts, then the cookie and its map lookup; only then the ring.
+//! `bpf_skb_load_bytes` only when they are not, or for IPv4 options); from port 53 over
+//! UDP, the DNS header's flags and counts, then the cookie and its map lookup; only then the
+//! ring. From port 53 over TCP (a socket connected to port 53: a DNS client), a segment
+//! without payload stops after its header; one with payload costs the cookie lookup, then
+//! either the copy of a later piece of the known message or, at a message's start, the
+//! header's flags and counts before any copy.
 
 use aya_ebpf::{
     EbpfContext,
@@ -33,7 +47,8 @@ use sentinel_common::{
     events::{
         connect::{AF_INET, AF_INET6},
         dns::{
-            DNS_PAYLOAD_CLASSES, DNS_PAYLOAD_MAX, DNS_TCP, DNS_UDP, DnsAsker, DnsRecord, may_name,
+            DNS_PART, DNS_PAYLOAD_CLASSES, DNS_PAYLOAD_MAX, DNS_START, DNS_TCP, DNS_UDP, DnsAsker,
+            DnsRecord, may_name, piece_of,
         },
     },
 };
@@ -95,6 +110,9 @@ fn note_asker(ctx: &SockAddrContext) {
     let asker = DnsAsker {
         tgid,
         uid: aya_ebpf::helpers::bpf_get_current_uid_gid() as u32,
+        msg_seq: 0,
+        wire_len: 0,
+        _pad: 0,
     };
     // SAFETY: the helper takes this program's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
@@ -108,18 +126,24 @@ pub fn dns_ingress(ctx: SkBuffContext) -> i32 {
     ALLOW
 }
 
-/// Where a DNS message sits in a packet and who sent it.
+/// What a record copies out of a packet, and which message it belongs to.
 struct Found {
     family: u16,
     protocol: u8,
+    /// `DNS_START` or `DNS_PART`.
+    part: u8,
     /// The resolver's address as it sits in the packet (IPv4: the first word).
     server: [u32; 4],
-    /// Offset of the DNS message from the network header.
-    offset: u32,
-    /// Its length: for TCP the length prefix, for UDP what the datagram holds.
-    wire_len: u32,
-    /// The bytes of it in this packet.
+    /// Offset of the bytes to copy from the network header.
+    at: u32,
+    /// How many (the part of the message this packet holds, before the `DNS_PAYLOAD_MAX` cap).
     here: u32,
+    /// The message's length: for TCP the length prefix, for UDP what the datagram holds.
+    wire_len: u32,
+    /// TCP: the socket's cookie, the message's first sequence number, the bytes' offset in it.
+    flow: u64,
+    msg_seq: u32,
+    offset: u32,
 }
 
 /// The network and transport headers of a packet from port 53.
@@ -129,8 +153,11 @@ struct FromPort53 {
     server: [u32; 4],
     /// Offset of the transport header.
     l4: u32,
-    /// A UDP datagram's first 8 bytes of DNS header, when read with the headers.
-    head: Option<[u8; 8]>,
+    /// A UDP datagram's first 8 bytes of DNS header, when read with the headers (`has_head`;
+    /// zeros otherwise: an `Option` here let LLVM fill the unread bytes from whatever register
+    /// it liked, the packet's end pointer included, which the verifier refuses).
+    head: [u8; 8],
+    has_head: bool,
 }
 
 #[inline(always)]
@@ -151,14 +178,24 @@ fn on_packet(ctx: &SkBuffContext) {
     let Some(from) = from_port_53(ctx) else {
         return;
     };
-    let Some(found) = locate(ctx, from) else {
-        return;
-    };
-    // SAFETY: the helper takes this program's context (the receiving socket's cookie).
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // SAFETY: a plain value copied out at once.
-    let Some(asker) = (unsafe { DNS_ASKERS.get(&cookie) }).copied() else {
-        return;
+    let (found, asker) = match from.protocol {
+        IPPROTO_UDP => {
+            let Some(found) = locate_udp(ctx, from) else {
+                return;
+            };
+            // SAFETY: the helper takes this program's context (the receiving socket's cookie).
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+            // SAFETY: a plain value copied out at once.
+            let Some(asker) = (unsafe { DNS_ASKERS.get(&cookie) }).copied() else {
+                return;
+            };
+            (found, asker)
+        }
+        IPPROTO_TCP => match locate_tcp(ctx, from) {
+            Some(found) => found,
+            None => return,
+        },
+        _ => return,
     };
     // The smallest record that holds what is copied.
     let len = found.here.min(DNS_PAYLOAD_MAX as u32);
@@ -201,15 +238,20 @@ fn from_port_53(ctx: &SkBuffContext) -> Option<FromPort53> {
             }
             // SAFETY: as above.
             let source = unsafe { *((data + 12) as *const u32) };
-            // SAFETY: within [data, data_end), checked first.
-            let head = (protocol == IPPROTO_UDP && data + 36 <= end)
-                .then(|| unsafe { *((data + 28) as *const u64) }.to_ne_bytes());
+            let has_head = protocol == IPPROTO_UDP && data + 36 <= end;
+            let head = if has_head {
+                // SAFETY: within [data, data_end), checked first.
+                unsafe { *((data + 28) as *const u64) }.to_ne_bytes()
+            } else {
+                [0; 8]
+            };
             return Some(FromPort53 {
                 family: AF_INET,
                 protocol,
                 server: [source, 0, 0, 0],
                 l4: 20,
                 head,
+                has_head,
             });
         }
     }
@@ -230,15 +272,20 @@ fn from_port_53(ctx: &SkBuffContext) -> Option<FromPort53> {
             }
             // SAFETY: as above.
             let server = unsafe { *((data + 8) as *const [u32; 4]) };
-            // SAFETY: within [data, data_end), checked first.
-            let head = (protocol == IPPROTO_UDP && data + 56 <= end)
-                .then(|| unsafe { *((data + 48) as *const u64) }.to_ne_bytes());
+            let has_head = protocol == IPPROTO_UDP && data + 56 <= end;
+            let head = if has_head {
+                // SAFETY: within [data, data_end), checked first.
+                unsafe { *((data + 48) as *const u64) }.to_ne_bytes()
+            } else {
+                [0; 8]
+            };
             return Some(FromPort53 {
                 family: AF_INET6,
                 protocol,
                 server,
                 l4: 40,
                 head,
+                has_head,
             });
         }
     }
@@ -258,7 +305,8 @@ fn from_port_53_loaded(ctx: &SkBuffContext) -> Option<FromPort53> {
                 protocol,
                 server: [source, 0, 0, 0],
                 l4: ((first & 0x0f) as u32) * 4,
-                head: None,
+                head: [0; 8],
+                has_head: false,
             }
         }
         6 => FromPort53 {
@@ -266,7 +314,8 @@ fn from_port_53_loaded(ctx: &SkBuffContext) -> Option<FromPort53> {
             protocol: ctx.load(6).ok()?,
             server: ctx.load(8).ok()?,
             l4: 40,
-            head: None,
+            head: [0; 8],
+            has_head: false,
         },
         _ => return None,
     };
@@ -274,49 +323,104 @@ fn from_port_53_loaded(ctx: &SkBuffContext) -> Option<FromPort53> {
     (sport == DNS_PORT_BE).then_some(from)
 }
 
-/// The DNS message in a packet from port 53, if it is an answer that can name something.
+/// The DNS message in a UDP datagram from port 53, if it is an answer that can name something.
 #[inline(always)]
-fn locate(ctx: &SkBuffContext, from: FromPort53) -> Option<Found> {
-    let total = ctx.len();
-    let (protocol, offset, head, wire_len) = match from.protocol {
-        IPPROTO_UDP => {
-            let offset = from.l4 + 8;
-            let head = match from.head {
-                Some(head) => head,
-                None => ctx.load(offset as usize).ok()?,
-            };
-            (DNS_UDP, offset, head, total.checked_sub(offset)?)
-        }
-        IPPROTO_TCP => {
-            let doff: u8 = ctx.load(from.l4 as usize + 12).ok()?;
-            let prefix_at = from.l4 + ((doff >> 4) as u32) * 4;
-            // The length prefix and the DNS header's first 8 bytes in one read (a bare ACK
-            // or a segment that does not start a message fails or fails the checks below).
-            let start: [u8; 10] = ctx.load(prefix_at as usize).ok()?;
-            let wire_len = u16::from_be_bytes([start[0], start[1]]) as u32;
-            let head = [
-                start[2], start[3], start[4], start[5], start[6], start[7], start[8], start[9],
-            ];
-            (DNS_TCP, prefix_at + TCP_LEN_PREFIX, head, wire_len)
-        }
-        _ => return None,
+fn locate_udp(ctx: &SkBuffContext, from: FromPort53) -> Option<Found> {
+    let offset = from.l4 + 8;
+    let head = if from.has_head {
+        from.head
+    } else {
+        ctx.load(offset as usize).ok()?
     };
     if !may_name(head) {
         return None;
     }
-    // A DNS header is 12 bytes; what this packet holds of the message.
-    let here = total.checked_sub(offset)?.min(wire_len);
+    // A DNS header is 12 bytes.
+    let here = ctx.len().checked_sub(offset)?;
     if here < 12 {
         return None;
     }
     Some(Found {
         family: from.family,
-        protocol,
+        protocol: DNS_UDP,
+        part: DNS_START,
         server: from.server,
-        offset,
-        wire_len,
+        at: offset,
         here,
+        wire_len: here,
+        flow: 0,
+        msg_seq: 0,
+        offset: 0,
     })
+}
+
+/// What a TCP segment from port 53 to a socket that asked holds of a DNS answer: the rest of
+/// the message whose start the socket's entry remembers (a later segment of it, or a
+/// retransmission), else the start of a message that can name something (remembered for the
+/// segments after it). A segment with no payload (a bare ACK) costs no map lookup.
+#[inline(always)]
+fn locate_tcp(ctx: &SkBuffContext, from: FromPort53) -> Option<(Found, DnsAsker)> {
+    // Sequence number (4 bytes at 4), acknowledgement, data offset (the byte at 12).
+    let head: [u8; 9] = ctx.load(from.l4 as usize + 4).ok()?;
+    let seq = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+    let payload_at = from.l4 + ((head[8] >> 4) as u32) * 4;
+    let payload = ctx.len().checked_sub(payload_at)?;
+    if payload == 0 {
+        return None;
+    }
+    // SAFETY: the helper takes this program's context (the receiving socket's cookie).
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let entry = DNS_ASKERS.get_ptr_mut(&cookie)?;
+    // SAFETY: a map value, valid for this program's run; copied out at once.
+    let asker = unsafe { *entry };
+    let mut found = Found {
+        family: from.family,
+        protocol: DNS_TCP,
+        part: DNS_PART,
+        server: from.server,
+        at: payload_at,
+        here: 0,
+        wire_len: asker.wire_len as u32,
+        flow: cookie,
+        msg_seq: asker.msg_seq,
+        offset: 0,
+    };
+    if asker.wire_len != 0
+        && let Some((skip, offset, len)) = piece_of(seq, payload, asker.msg_seq, asker.wire_len)
+    {
+        found.at += skip;
+        found.offset = offset;
+        found.here = len;
+        return Some((found, asker));
+    }
+    // A message starts here: its length prefix and the DNS header's first 8 bytes in one
+    // read (a segment that does not start a message fails it or the checks below).
+    let start: [u8; 10] = ctx.load(payload_at as usize).ok()?;
+    let wire_len = u16::from_be_bytes([start[0], start[1]]);
+    let head = [
+        start[2], start[3], start[4], start[5], start[6], start[7], start[8], start[9],
+    ];
+    if !may_name(head) {
+        return None;
+    }
+    // A DNS header is 12 bytes; what this segment holds of the message.
+    let here = (payload - TCP_LEN_PREFIX).min(wire_len as u32);
+    if here < 12 {
+        return None;
+    }
+    let msg_seq = seq.wrapping_add(TCP_LEN_PREFIX);
+    // The segments after this one are known by this. SAFETY: as above; a plain store (a
+    // racing segment of the same socket can only garble this socket's own state).
+    unsafe {
+        (*entry).msg_seq = msg_seq;
+        (*entry).wire_len = wire_len;
+    }
+    found.part = DNS_START;
+    found.at = payload_at + TCP_LEN_PREFIX;
+    found.here = here;
+    found.wire_len = wire_len as u32;
+    found.msg_seq = msg_seq;
+    Some((found, asker))
 }
 
 /// Copy `len` bytes (1..=N) of the message into a record with room for `N`.
@@ -344,11 +448,14 @@ fn report<const N: usize>(ctx: &SkBuffContext, found: &Found, asker: DnsAsker, l
     let data = &mut record.head.data;
     data.family = found.family;
     data.protocol = found.protocol;
-    data._pad = 0;
+    data.part = found.part;
     // SAFETY: the 16-byte server field, 8-aligned.
     unsafe { core::ptr::write_volatile(data.server.as_mut_ptr().cast::<[u32; 4]>(), found.server) };
     data.wire_len = found.wire_len.min(u16::MAX as u32) as u16;
-    let copied = copy_payload::<N>(ctx.skb.skb, found.offset, &mut record.payload, len);
+    data.flow = found.flow;
+    data.msg_seq = found.msg_seq;
+    data.offset = found.offset;
+    let copied = copy_payload::<N>(ctx.skb.skb, found.at, &mut record.payload, len);
     data.len = if copied { len as u16 } else { 0 };
     entry.submit(submit_flags(&EVENTS));
 }
