@@ -19,9 +19,10 @@
 //! bytes' offset in the message (`piece_of`), never past the message's first
 //! `DNS_PAYLOAD_MAX` bytes; the agent puts the pieces together. A segment is seen once, as
 //! it arrives, before TCP reorders anything: one that arrives before the segment starting its
-//! message is not known and not copied. A message is known only when a segment starts with
-//! it (its length prefix and first 8 header bytes in that segment): a second answer that
-//! starts mid-segment, behind the tail of the first, is not seen.
+//! message is not known and not copied. A message is known when its length prefix and first
+//! 8 header bytes come in one segment: at its start, or behind the end of the message before
+//! it (answers back to back on one connection, coalesced into one segment by Nagle); a
+//! segment is searched for at most `TCP_MESSAGES_PER_SEGMENT` messages.
 //!
 //! What a packet costs, cheapest first: to a TCP socket or connected UDP socket whose peer
 //! port is not 53 (nearly all traffic), or to a socket on local port 53 (a resolver's
@@ -71,6 +72,12 @@ const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 /// TCP DNS messages start with their length.
 const TCP_LEN_PREFIX: u32 = 2;
+/// What a segment must hold of a message to be seen starting it: the length prefix and the
+/// DNS header's first 8 bytes (flags and counts, for `may_name`).
+const TCP_START_MIN: u32 = TCP_LEN_PREFIX + 8;
+/// Most messages one TCP segment is searched for: the rest of one and the starts of the
+/// next ones (pipelined answers, coalesced by Nagle).
+const TCP_MESSAGES_PER_SEGMENT: usize = 3;
 
 #[cgroup_sock_addr(connect4)]
 pub fn dns_connect4(ctx: SockAddrContext) -> i32 {
@@ -144,6 +151,9 @@ struct Found {
     flow: u64,
     msg_seq: u32,
     offset: u32,
+    /// TCP: false for a message that names nothing (only its length is used: to find the
+    /// next one).
+    copy: bool,
 }
 
 /// The network and transport headers of a packet from port 53.
@@ -178,7 +188,7 @@ fn on_packet(ctx: &SkBuffContext) {
     let Some(from) = from_port_53(ctx) else {
         return;
     };
-    let (found, asker) = match from.protocol {
+    match from.protocol {
         IPPROTO_UDP => {
             let Some(found) = locate_udp(ctx, from) else {
                 return;
@@ -189,24 +199,75 @@ fn on_packet(ctx: &SkBuffContext) {
             let Some(asker) = (unsafe { DNS_ASKERS.get(&cookie) }).copied() else {
                 return;
             };
-            (found, asker)
+            emit(ctx, &found, &asker);
         }
-        IPPROTO_TCP => match locate_tcp(ctx, from) {
-            Some(found) => found,
-            None => return,
-        },
-        _ => return,
-    };
-    // The smallest record that holds what is copied.
+        IPPROTO_TCP => on_tcp(ctx, &from),
+        _ => {}
+    }
+}
+
+/// Copy what `found` says into a record of the smallest class that holds it.
+#[inline(never)]
+fn emit(ctx: &SkBuffContext, found: &Found, asker: &DnsAsker) {
     let len = found.here.min(DNS_PAYLOAD_MAX as u32);
     if len <= DNS_PAYLOAD_CLASSES[0] as u32 {
-        report::<{ DNS_PAYLOAD_CLASSES[0] }>(ctx, &found, asker, len);
+        report::<{ DNS_PAYLOAD_CLASSES[0] }>(ctx, found, *asker, len);
     } else if len <= DNS_PAYLOAD_CLASSES[1] as u32 {
-        report::<{ DNS_PAYLOAD_CLASSES[1] }>(ctx, &found, asker, len);
+        report::<{ DNS_PAYLOAD_CLASSES[1] }>(ctx, found, *asker, len);
     } else if len <= DNS_PAYLOAD_CLASSES[2] as u32 {
-        report::<{ DNS_PAYLOAD_CLASSES[2] }>(ctx, &found, asker, len);
+        report::<{ DNS_PAYLOAD_CLASSES[2] }>(ctx, found, *asker, len);
     } else {
-        report::<{ DNS_PAYLOAD_CLASSES[3] }>(ctx, &found, asker, len);
+        report::<{ DNS_PAYLOAD_CLASSES[3] }>(ctx, found, *asker, len);
+    }
+}
+
+/// A TCP segment from port 53 to a socket that asked: the messages it holds, in order — the
+/// rest of the one the socket is receiving, then messages that start in it (pipelined
+/// answers), at most [`TCP_MESSAGES_PER_SEGMENT`]. A segment with no payload (a bare ACK)
+/// costs no map lookup.
+#[inline(always)]
+fn on_tcp(ctx: &SkBuffContext, from: &FromPort53) {
+    // Sequence number (4 bytes at 4), acknowledgement, data offset (the byte at 12).
+    let Ok(head) = ctx.load::<[u8; 9]>(from.l4 as usize + 4) else {
+        return;
+    };
+    let seq = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+    let payload_at = from.l4 + ((head[8] >> 4) as u32) * 4;
+    let Some(payload) = ctx.len().checked_sub(payload_at) else {
+        return;
+    };
+    if payload == 0 {
+        return;
+    }
+    // SAFETY: the helper takes this program's context (the receiving socket's cookie).
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let Some(entry) = DNS_ASKERS.get_ptr_mut(&cookie) else {
+        return;
+    };
+    let segment = Segment {
+        seq,
+        payload_at,
+        payload,
+        cookie,
+    };
+    // Where in the payload the next message's bytes start.
+    let mut cursor = 0;
+    for _ in 0..TCP_MESSAGES_PER_SEGMENT {
+        let Some(found) = locate_tcp(ctx, from, &segment, entry, cursor) else {
+            return;
+        };
+        if found.copy {
+            // SAFETY: a map value, valid for this program's run; copied out at once.
+            let asker = unsafe { *entry };
+            emit(ctx, &found, &asker);
+        }
+        // The next message starts where this one ends, if in this segment with room for its
+        // length prefix and first 8 header bytes.
+        let end = found.msg_seq.wrapping_add(found.wire_len).wrapping_sub(seq) as i32;
+        if end <= cursor as i32 || end as u32 + TCP_START_MIN > payload {
+            return;
+        }
+        cursor = end as u32;
     }
 }
 
@@ -351,64 +412,75 @@ fn locate_udp(ctx: &SkBuffContext, from: FromPort53) -> Option<Found> {
         flow: 0,
         msg_seq: 0,
         offset: 0,
+        copy: true,
     })
 }
 
-/// What a TCP segment from port 53 to a socket that asked holds of a DNS answer: the rest of
-/// the message whose start the socket's entry remembers (a later segment of it, or a
-/// retransmission), else the start of a message that can name something (remembered for the
-/// segments after it). A segment with no payload (a bare ACK) costs no map lookup.
+/// A TCP segment with payload, to a socket that asked.
+struct Segment {
+    seq: u32,
+    /// Offset of the payload from the network header, and its length.
+    payload_at: u32,
+    payload: u32,
+    cookie: u64,
+}
+
+/// What a TCP segment holds of a DNS answer from `cursor` (an offset in its payload) on: the
+/// rest of the message whose start the socket's entry remembers (a later segment of it, or a
+/// retransmission), else the start of a message — remembered, for the segments after it,
+/// when it can name something; else only its length is given (`copy` false), so the next
+/// message can be found behind it.
 #[inline(always)]
-fn locate_tcp(ctx: &SkBuffContext, from: FromPort53) -> Option<(Found, DnsAsker)> {
-    // Sequence number (4 bytes at 4), acknowledgement, data offset (the byte at 12).
-    let head: [u8; 9] = ctx.load(from.l4 as usize + 4).ok()?;
-    let seq = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
-    let payload_at = from.l4 + ((head[8] >> 4) as u32) * 4;
-    let payload = ctx.len().checked_sub(payload_at)?;
-    if payload == 0 {
-        return None;
-    }
-    // SAFETY: the helper takes this program's context (the receiving socket's cookie).
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let entry = DNS_ASKERS.get_ptr_mut(&cookie)?;
+fn locate_tcp(
+    ctx: &SkBuffContext,
+    from: &FromPort53,
+    segment: &Segment,
+    entry: *mut DnsAsker,
+    cursor: u32,
+) -> Option<Found> {
     // SAFETY: a map value, valid for this program's run; copied out at once.
     let asker = unsafe { *entry };
+    let seq = segment.seq.wrapping_add(cursor);
+    let left = segment.payload.checked_sub(cursor)?;
+    let at = segment.payload_at + cursor;
     let mut found = Found {
         family: from.family,
         protocol: DNS_TCP,
         part: DNS_PART,
         server: from.server,
-        at: payload_at,
+        at,
         here: 0,
         wire_len: asker.wire_len as u32,
-        flow: cookie,
+        flow: segment.cookie,
         msg_seq: asker.msg_seq,
         offset: 0,
+        copy: true,
     };
     if asker.wire_len != 0
-        && let Some((skip, offset, len)) = piece_of(seq, payload, asker.msg_seq, asker.wire_len)
+        && let Some((skip, offset, len)) = piece_of(seq, left, asker.msg_seq, asker.wire_len)
     {
         found.at += skip;
         found.offset = offset;
         found.here = len;
-        return Some((found, asker));
+        return Some(found);
     }
     // A message starts here: its length prefix and the DNS header's first 8 bytes in one
     // read (a segment that does not start a message fails it or the checks below).
-    let start: [u8; 10] = ctx.load(payload_at as usize).ok()?;
+    let start: [u8; TCP_START_MIN as usize] = ctx.load(at as usize).ok()?;
     let wire_len = u16::from_be_bytes([start[0], start[1]]);
     let head = [
         start[2], start[3], start[4], start[5], start[6], start[7], start[8], start[9],
     ];
-    if !may_name(head) {
-        return None;
-    }
-    // A DNS header is 12 bytes; what this segment holds of the message.
-    let here = (payload - TCP_LEN_PREFIX).min(wire_len as u32);
-    if here < 12 {
-        return None;
-    }
     let msg_seq = seq.wrapping_add(TCP_LEN_PREFIX);
+    // A DNS header is 12 bytes; what this segment holds of the message.
+    let here = (left - TCP_LEN_PREFIX).min(wire_len as u32);
+    if !may_name(head) || here < 12 {
+        // Nothing to copy, but the next message may follow it in this segment.
+        found.copy = false;
+        found.wire_len = wire_len as u32;
+        found.msg_seq = msg_seq;
+        return Some(found);
+    }
     // The segments after this one are known by this. SAFETY: as above; a plain store (a
     // racing segment of the same socket can only garble this socket's own state).
     unsafe {
@@ -416,11 +488,11 @@ fn locate_tcp(ctx: &SkBuffContext, from: FromPort53) -> Option<(Found, DnsAsker)
         (*entry).wire_len = wire_len;
     }
     found.part = DNS_START;
-    found.at = payload_at + TCP_LEN_PREFIX;
+    found.at = at + TCP_LEN_PREFIX;
     found.here = here;
     found.wire_len = wire_len as u32;
     found.msg_seq = msg_seq;
-    Some((found, asker))
+    Some(found)
 }
 
 /// Copy `len` bytes (1..=N) of the message into a record with room for `N`.

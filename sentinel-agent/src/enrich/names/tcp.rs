@@ -18,8 +18,8 @@
 //! waiting messages' ages: nothing here can grow or stall.
 //!
 //! Two messages back to back on one connection (pipelined answers) are two messages here
-//! (their first sequence numbers differ); whether the kernel sees the second one depends on
-//! where it starts (see the kernel's `dns.rs`).
+//! (their first sequence numbers differ), also when the second starts in the middle of the
+//! segment that ends the first (the kernel looks for it there; see its `dns.rs`).
 
 use std::borrow::Cow;
 
