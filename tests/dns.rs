@@ -346,9 +346,11 @@ fn a_tcp_answer_in_several_segments_names_every_address() {
 /// `AAAA` questions from the zone given as `name=address` arguments (several per name), every
 /// answer to the queries one read brought in one write — glibc sends its A and AAAA queries
 /// together, so both answers go back to back in one write, as a server's coalesced by Nagle
-/// do. Prints `ready` once it listens on port 53.
+/// do. Except for names starting `split`: each answer's length prefix then goes in a write
+/// (and segment) of its own, as some servers send it. Prints `ready` once it listens on
+/// port 53.
 const PIPELINING_RESOLVER: &str = r#"
-import socket, struct, sys
+import socket, struct, sys, time
 listen = sys.argv[1]
 zone = {}
 for a in sys.argv[2:]:
@@ -365,7 +367,7 @@ def answer(q):
     fam, size = (socket.AF_INET6, 16) if v6 else (socket.AF_INET, 4)
     rrs = b"".join(struct.pack("!HHHIH", 0xC00C, qtype, 1, 60, size) + socket.inet_pton(fam, a) for a in addrs)
     m = q[:2] + struct.pack("!HHHHH", 0x8180, 1, len(addrs), 0, 0) + q[12:i + 5] + rrs
-    return struct.pack("!H", len(m)) + m
+    return struct.pack("!H", len(m)) + m, labels[0].startswith("split")
 
 srv = socket.socket()
 srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -374,6 +376,7 @@ srv.listen(8)
 print("ready", flush=True)
 while True:
     c, _ = srv.accept()
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     buf = b""
     while True:
         data = c.recv(4096)
@@ -383,7 +386,11 @@ while True:
         out = b""
         while len(buf) >= 2 and len(buf) >= 2 + struct.unpack("!H", buf[:2])[0]:
             n = struct.unpack("!H", buf[:2])[0]
-            out += answer(buf[2:2 + n]); buf = buf[2 + n:]
+            a, split = answer(buf[2:2 + n]); buf = buf[2 + n:]
+            if split:
+                c.sendall(a[:2]); time.sleep(0.05); c.sendall(a[2:]); time.sleep(0.05)
+            else:
+                out += a
         if out:
             c.sendall(out)
     c.close()
@@ -405,11 +412,15 @@ fn pipelined_tcp_answers_are_all_named() {
     // And one with no IPv4 address: its empty A answer (not copied) comes first, the AAAA
     // answer behind it in the same segment.
     let v6_only = "pipesix.sentinel.test";
+    // And one whose answers come with their length prefixes in segments of their own.
+    let split = "split.sentinel.test";
     let mut zone = vec![
         format!("{small}={RU4}"),
         format!("{small}={KP6}"),
         format!("{big}={FR6}"),
         format!("{v6_only}={KP6}"),
+        format!("{split}={RU4}"),
+        format!("{split}={KP6}"),
     ];
     let big_v4: Vec<String> = (3..63).map(|i| format!("198.51.100.{i}")).collect();
     zone.extend(big_v4.iter().map(|a| format!("{big}={a}")));
@@ -460,6 +471,7 @@ fn pipelined_tcp_answers_are_all_named() {
         (small, vec![RU4.to_string()], KP6),
         (big, big_v4.clone(), FR6),
         (v6_only, vec![], KP6),
+        (split, vec![RU4.to_string()], KP6),
     ] {
         let addrs: Vec<String> = v4.iter().cloned().chain([v6.to_string()]).collect();
         let counter = procs.spawn(
@@ -494,10 +506,19 @@ fn pipelined_tcp_answers_are_all_named() {
             Some(*sum)
         });
         let total = sizes.iter().sum::<usize>();
-        assert!(
-            total > 0 && total % exchange == 0 && !ends.any(|end| end % exchange == a_len),
-            "{name}: the second answer did not start mid-segment ({a_len} + {aaaa_len} bytes): {sizes:?}"
-        );
+        if name == split {
+            assert!(
+                total > 0
+                    && total % exchange == 0
+                    && sizes.iter().filter(|&&n| n == 2).count() >= 2,
+                "{name}: the length prefixes did not come alone: {sizes:?}"
+            );
+        } else {
+            assert!(
+                total > 0 && total % exchange == 0 && !ends.any(|end| end % exchange == a_len),
+                "{name}: the second answer did not start mid-segment ({a_len} + {aaaa_len} bytes): {sizes:?}"
+            );
+        }
         connect_now(&mut stdin, &mut stdout);
         let unnamed: Vec<&String> = addrs
             .iter()

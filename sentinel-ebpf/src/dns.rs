@@ -20,9 +20,11 @@
 //! `DNS_PAYLOAD_MAX` bytes; the agent puts the pieces together. A segment is seen once, as
 //! it arrives, before TCP reorders anything: one that arrives before the segment starting its
 //! message is not known and not copied. A message is known when its length prefix and first
-//! 8 header bytes come in one segment: at its start, or behind the end of the message before
-//! it (answers back to back on one connection, coalesced into one segment by Nagle); a
-//! segment is searched for at most `TCP_MESSAGES_PER_SEGMENT` messages.
+//! 8 header bytes come in one segment — at its start, or behind the end of the message before
+//! it (answers back to back on one connection, coalesced into one segment by Nagle) — or when
+//! a segment ends with its length prefix alone (a server that writes the prefix on its own:
+//! the message is then copied unchecked); a segment is searched for at most
+//! `TCP_MESSAGES_PER_SEGMENT` messages.
 //!
 //! What a packet costs, cheapest first: to a TCP socket or connected UDP socket whose peer
 //! port is not 53 (nearly all traffic), or to a socket on local port 53 (a resolver's
@@ -262,9 +264,9 @@ fn on_tcp(ctx: &SkBuffContext, from: &FromPort53) {
             emit(ctx, &found, &asker);
         }
         // The next message starts where this one ends, if in this segment with room for its
-        // length prefix and first 8 header bytes.
+        // length prefix at least.
         let end = found.msg_seq.wrapping_add(found.wire_len).wrapping_sub(seq) as i32;
-        if end <= cursor as i32 || end as u32 + TCP_START_MIN > payload {
+        if end <= cursor as i32 || end as u32 + TCP_LEN_PREFIX > payload {
             return;
         }
         cursor = end as u32;
@@ -462,6 +464,23 @@ fn locate_tcp(
         found.at += skip;
         found.offset = offset;
         found.here = len;
+        return Some(found);
+    }
+    if left == TCP_LEN_PREFIX {
+        // Only a length prefix, as some servers send it (a write of its own): the message is
+        // remembered unchecked (its header comes in the next segment, copied as its piece at
+        // offset 0; the agent's parser judges it).
+        let prefix: [u8; 2] = ctx.load(at as usize).ok()?;
+        let wire_len = u16::from_be_bytes(prefix);
+        let msg_seq = seq.wrapping_add(TCP_LEN_PREFIX);
+        // SAFETY: as above.
+        unsafe {
+            (*entry).msg_seq = msg_seq;
+            (*entry).wire_len = wire_len;
+        }
+        found.copy = false;
+        found.wire_len = wire_len as u32;
+        found.msg_seq = msg_seq;
         return Some(found);
     }
     // A message starts here: its length prefix and the DNS header's first 8 bytes in one
