@@ -5,7 +5,10 @@
 //! files are never touched) and connect. The agent's connect events and geo alerts must carry
 //! the name, also when the answer comes from a local caching stub on loopback (as
 //! systemd-resolved's 127.0.0.53), and per process: two processes that resolved different
-//! names to one address each see their own. DNS over TLS or HTTPS yields no name (the answer
+//! names to one address each see their own; a TCP answer cut into several segments (a small
+//! MTU and no segmentation offload on the test's own veth) names every address it carries, and
+//! so do answers back to back on one TCP connection, also in the middle of a segment.
+//! DNS over TLS or HTTPS yields no name (the answer
 //! is encrypted), which a test of its own shows against a plain answer from the same server.
 
 mod common;
@@ -203,6 +206,330 @@ fn an_answer_over_512_bytes_names_every_address() {
             let ev = connect_of(&agent, pid, addr);
             assert_eq!(ev["domain"], name, "{tag}: {ev}");
         }
+    }
+}
+
+/// Counts the TCP segments from `argv[2]` port 53 that carry data, as they arrive on the
+/// test's own veth `argv[1]` (a packet socket sees what the receiving socket will be handed,
+/// one skb at a time): prints `ready`, then, once a line comes on stdin, their payload sizes.
+const SEGMENT_COUNTER: &str = r#"
+import select, socket, struct, sys
+dev, server = sys.argv[1], socket.inet_aton(sys.argv[2])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
+s.bind((dev, 0x0800))
+print("ready", flush=True)
+sizes = []
+def take(p):
+    ihl = (p[0] & 15) * 4
+    if p[9] == 6 and p[12:16] == server and struct.unpack("!H", p[ihl:ihl + 2])[0] == 53:
+        n = len(p) - ihl - (p[ihl + 12] >> 4) * 4
+        if n > 0:
+            sizes.append(n)
+while True:
+    ready, _, _ = select.select([s, sys.stdin], [], [])
+    if sys.stdin in ready:
+        break
+    take(s.recv(65536))
+# What the tap queued before the client had its answer and the test said stop.
+s.setblocking(False)
+while True:
+    try:
+        take(s.recv(65536))
+    except BlockingIOError:
+        break
+print(" ".join(map(str, sizes)), flush=True)
+"#;
+
+/// The test host's end of the veth (the only link in its namespace besides `lo`).
+fn peer_of(net: &TestNet) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", net.ns(), "ip", "-o", "link", "show"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .find(|n| n.starts_with("snp"))
+        .unwrap_or_else(|| panic!("no veth peer in {}: {text}", net.ns()))
+}
+
+fn run_ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().unwrap();
+    assert!(out.status.success(), "ip {args:?}: {out:?}");
+}
+
+#[test]
+fn a_tcp_answer_in_several_segments_names_every_address() {
+    if !common::require_root("a_tcp_answer_in_several_segments_names_every_address") {
+        return;
+    }
+    require_dnsmasq("a_tcp_answer_in_several_segments_names_every_address");
+    let _serial = common::serial();
+    let net = TestNet::new("dnsseg");
+    let mut procs = Procs::default();
+    // A name with 60 addresses (inside the test network's 198.51.100.0/25, never its host side
+    // .1): an A answer of 1000 bytes.
+    let addrs: Vec<String> = (3..63).map(|i| format!("198.51.100.{i}")).collect();
+    let name = "segments.sentinel.test";
+    let zone: Vec<(&str, &str)> = addrs.iter().map(|a| (name, a.as_str())).collect();
+    dnsmasq_serving(&net, DE4, None, &zone, &mut procs);
+    // As on a real network: segments of at most 360 bytes (an MTU of 400 on both ends of the
+    // test's own veth) and one segment per packet from the resolver's side (gso_max_segs 1: no
+    // TSO/GSO super-packet that the receiving socket would be handed whole).
+    const MTU: usize = 400;
+    let peer = peer_of(&net);
+    run_ip(&["link", "set", net.veth(), "mtu", &MTU.to_string()]);
+    run_ip(&[
+        "netns",
+        "exec",
+        net.ns(),
+        "ip",
+        "link",
+        "set",
+        &peer,
+        "mtu",
+        &MTU.to_string(),
+        "gso_max_segs",
+        "1",
+    ]);
+    let agent = Agent::start("");
+    let counter = procs.spawn(
+        Command::new("/usr/bin/python3")
+            .args(["-c", SEGMENT_COUNTER, net.veth(), DE4])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped()),
+    );
+    let mut counter_in = counter.stdin.take().unwrap();
+    let mut counter_out = BufReader::new(counter.stdout.take().unwrap());
+    let mut line = String::new();
+    counter_out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+
+    // Over TCP (`use-vc`), without EDNS: the answer comes in one TCP message.
+    let dir = tempfile::tempdir().unwrap();
+    let files = resolver_files_with(dir.path(), "tcp", DE4, "use-vc");
+    let (pid, mut stdin, mut stdout) =
+        client(&net, false, &files, name, CONNECT_EACH_NOW, &mut procs);
+    counter_in.write_all(b"stop\n").unwrap();
+    line.clear();
+    counter_out.read_line(&mut line).unwrap();
+    let sizes: Vec<usize> = line
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    // Not vacuous: the answer (1002 bytes with its length prefix) reached the client's socket
+    // in at least three packets, none larger than a segment.
+    assert!(
+        sizes.len() >= 3 && sizes.iter().sum::<usize>() >= 1002,
+        "the answer was not cut into segments: {sizes:?}"
+    );
+    assert!(
+        sizes.iter().all(|&n| n <= MTU - 40),
+        "a packet larger than a segment: {sizes:?}"
+    );
+    connect_now(&mut stdin, &mut stdout);
+    let unnamed: Vec<&String> = addrs
+        .iter()
+        .filter(|addr| connect_of(&agent, pid, addr)["domain"] != name)
+        .collect();
+    assert!(
+        unnamed.is_empty(),
+        "{} of {} addresses have no name (segments {sizes:?}): {unnamed:?}\nagent log:\n{}",
+        unnamed.len(),
+        addrs.len(),
+        agent.log()
+    );
+}
+
+/// A resolver over TCP only, for [`pipelined_tcp_answers_are_all_named`]: answers `A` and
+/// `AAAA` questions from the zone given as `name=address` arguments (several per name), every
+/// answer to the queries one read brought in one write — glibc sends its A and AAAA queries
+/// together, so both answers go back to back in one write, as a server's coalesced by Nagle
+/// do. Except for names starting `split`: each answer's length prefix then goes in a write
+/// (and segment) of its own, as some servers send it. Prints `ready` once it listens on
+/// port 53.
+const PIPELINING_RESOLVER: &str = r#"
+import socket, struct, sys, time
+listen = sys.argv[1]
+zone = {}
+for a in sys.argv[2:]:
+    name, addr = a.split("=")
+    zone.setdefault(name, []).append(addr)
+
+def answer(q):
+    i, labels = 12, []
+    while q[i]:
+        labels.append(q[i + 1:i + 1 + q[i]].decode()); i += 1 + q[i]
+    qtype = struct.unpack("!H", q[i + 1:i + 3])[0]
+    v6 = qtype == 28
+    addrs = [a for a in zone.get(".".join(labels).lower(), []) if (":" in a) == v6]
+    fam, size = (socket.AF_INET6, 16) if v6 else (socket.AF_INET, 4)
+    rrs = b"".join(struct.pack("!HHHIH", 0xC00C, qtype, 1, 60, size) + socket.inet_pton(fam, a) for a in addrs)
+    m = q[:2] + struct.pack("!HHHHH", 0x8180, 1, len(addrs), 0, 0) + q[12:i + 5] + rrs
+    return struct.pack("!H", len(m)) + m, labels[0].startswith("split")
+
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((listen, 53))
+srv.listen(8)
+print("ready", flush=True)
+while True:
+    c, _ = srv.accept()
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buf = b""
+    while True:
+        data = c.recv(4096)
+        if not data:
+            break
+        buf += data
+        out = b""
+        while len(buf) >= 2 and len(buf) >= 2 + struct.unpack("!H", buf[:2])[0]:
+            n = struct.unpack("!H", buf[:2])[0]
+            a, split = answer(buf[2:2 + n]); buf = buf[2 + n:]
+            if split:
+                c.sendall(a[:2]); time.sleep(0.05); c.sendall(a[2:]); time.sleep(0.05)
+            else:
+                out += a
+        if out:
+            c.sendall(out)
+    c.close()
+"#;
+
+#[test]
+fn pipelined_tcp_answers_are_all_named() {
+    if !common::require_root("pipelined_tcp_answers_are_all_named") {
+        return;
+    }
+    let _serial = common::serial();
+    let net = TestNet::new("dnspipe");
+    let mut procs = Procs::default();
+    // Two names over TCP, each with IPv4 and IPv6 addresses: `small` fits both answers in one
+    // segment; `big` (60 A records) spans several, and its AAAA answer starts in the middle
+    // of the last one, behind the A answer's tail.
+    let small = "pipe.sentinel.test";
+    let big = "pipebig.sentinel.test";
+    // And one with no IPv4 address: its empty A answer (not copied) comes first, the AAAA
+    // answer behind it in the same segment.
+    let v6_only = "pipesix.sentinel.test";
+    // And one whose answers come with their length prefixes in segments of their own.
+    let split = "split.sentinel.test";
+    let mut zone = vec![
+        format!("{small}={RU4}"),
+        format!("{small}={KP6}"),
+        format!("{big}={FR6}"),
+        format!("{v6_only}={KP6}"),
+        format!("{split}={RU4}"),
+        format!("{split}={KP6}"),
+    ];
+    let big_v4: Vec<String> = (3..63).map(|i| format!("198.51.100.{i}")).collect();
+    zone.extend(big_v4.iter().map(|a| format!("{big}={a}")));
+    let resolver = procs.spawn(
+        Command::new("ip")
+            .args(["netns", "exec", net.ns(), "/usr/bin/python3", "-c"])
+            .arg(PIPELINING_RESOLVER)
+            .arg(DE4)
+            .args(&zone)
+            .stdout(Stdio::piped()),
+    );
+    let mut line = String::new();
+    BufReader::new(resolver.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    // Segments of at most 360 bytes from the resolver: a 400-byte MTU on this side's route to
+    // it (the MSS the client announces; a link MTU that small would take IPv6 off the veth)
+    // and one segment per packet on its side (gso_max_segs 1: no TSO/GSO super-packet).
+    run_ip(&[
+        "route",
+        "replace",
+        "198.51.100.128/26",
+        "dev",
+        net.veth(),
+        "src",
+        "198.51.100.129",
+        "mtu",
+        "lock",
+        "400",
+    ]);
+    let peer = peer_of(&net);
+    run_ip(&[
+        "netns",
+        "exec",
+        net.ns(),
+        "ip",
+        "link",
+        "set",
+        &peer,
+        "gso_max_segs",
+        "1",
+    ]);
+    let agent = Agent::start("");
+    let dir = tempfile::tempdir().unwrap();
+    let files = resolver_files_with(dir.path(), "tcp", DE4, "use-vc");
+    for (name, v4, v6) in [
+        (small, vec![RU4.to_string()], KP6),
+        (big, big_v4.clone(), FR6),
+        (v6_only, vec![], KP6),
+        (split, vec![RU4.to_string()], KP6),
+    ] {
+        let addrs: Vec<String> = v4.iter().cloned().chain([v6.to_string()]).collect();
+        let counter = procs.spawn(
+            Command::new("/usr/bin/python3")
+                .args(["-c", SEGMENT_COUNTER, net.veth(), DE4])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped()),
+        );
+        let mut counter_in = counter.stdin.take().unwrap();
+        let mut counter_out = BufReader::new(counter.stdout.take().unwrap());
+        line.clear();
+        counter_out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready");
+        let (pid, mut stdin, mut stdout) =
+            client(&net, false, &files, name, CONNECT_EACH_NOW, &mut procs);
+        counter_in.write_all(b"stop\n").unwrap();
+        line.clear();
+        counter_out.read_line(&mut line).unwrap();
+        let sizes: Vec<usize> = line
+            .split_whitespace()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        // Not vacuous: where the second answer started. The A answer is the first: 2 + 12 +
+        // the question (the name's labels, 2 bytes, type and class) + 16 bytes a record.
+        let question = name.len() + 2 + 4;
+        let a_len = 2 + 12 + question + 16 * v4.len();
+        let aaaa_len = 2 + 12 + question + 28;
+        // glibc may ask more than once (each time the same two answers on a new connection).
+        let exchange = a_len + aaaa_len;
+        let mut ends = sizes.iter().scan(0, |sum, n| {
+            *sum += n;
+            Some(*sum)
+        });
+        let total = sizes.iter().sum::<usize>();
+        if name == split {
+            assert!(
+                total > 0
+                    && total % exchange == 0
+                    && sizes.iter().filter(|&&n| n == 2).count() >= 2,
+                "{name}: the length prefixes did not come alone: {sizes:?}"
+            );
+        } else {
+            assert!(
+                total > 0 && total % exchange == 0 && !ends.any(|end| end % exchange == a_len),
+                "{name}: the second answer did not start mid-segment ({a_len} + {aaaa_len} bytes): {sizes:?}"
+            );
+        }
+        connect_now(&mut stdin, &mut stdout);
+        let unnamed: Vec<&String> = addrs
+            .iter()
+            .filter(|addr| connect_of(&agent, pid, addr)["domain"] != name)
+            .collect();
+        assert!(
+            unnamed.is_empty(),
+            "{name}: {} of {} addresses have no name (segments {sizes:?}): {unnamed:?}",
+            unnamed.len(),
+            addrs.len()
+        );
     }
 }
 

@@ -13,12 +13,29 @@
 //!   asker, in a record no larger than the message needs. It runs outside the receiver's
 //!   context, hence the cookie map. It always returns 1: it watches, it never drops a packet.
 //!
+//! DNS over TCP in several segments: the cookie map's entry of a TCP socket also remembers
+//! the message that last started on it (first sequence number, length prefix). A later
+//! segment of that message (or a retransmission) is copied as a record of its own with the
+//! bytes' offset in the message (`piece_of`), never past the message's first
+//! `DNS_PAYLOAD_MAX` bytes; the agent puts the pieces together. A segment is seen once, as
+//! it arrives, before TCP reorders anything: one that arrives before the segment starting its
+//! message is not known and not copied. A message is known when its length prefix and first
+//! 8 header bytes come in one segment — at its start, or behind the end of the message before
+//! it (answers back to back on one connection, coalesced into one segment by Nagle) — or when
+//! a segment ends with its length prefix alone (a server that writes the prefix on its own:
+//! the message is then copied unchecked); a segment is searched for at most
+//! `TCP_MESSAGES_PER_SEGMENT` messages.
+//!
 //! What a packet costs, cheapest first: to a TCP socket or connected UDP socket whose peer
 //! port is not 53 (nearly all traffic), or to a socket on local port 53 (a resolver's
 //! queries), two fields of the socket, before any helper call; to an unconnected UDP socket,
 //! a few loads of the packet's headers where the kernel holds them in line (no helper call;
-//! `bpf_skb_load_bytes` only when they are not, or for IPv4 options); from port 53, the
-//! DNS header's flags and counts, then the cookie and its map lookup; only then the ring.
+//! `bpf_skb_load_bytes` only when they are not, or for IPv4 options); from port 53 over
+//! UDP, the DNS header's flags and counts, then the cookie and its map lookup; only then the
+//! ring. From port 53 over TCP (a socket connected to port 53: a DNS client), a segment
+//! without payload stops after its header; one with payload costs the cookie lookup, then
+//! either the copy of a later piece of the known message or, at a message's start, the
+//! header's flags and counts before any copy.
 
 use aya_ebpf::{
     EbpfContext,
@@ -33,7 +50,8 @@ use sentinel_common::{
     events::{
         connect::{AF_INET, AF_INET6},
         dns::{
-            DNS_PAYLOAD_CLASSES, DNS_PAYLOAD_MAX, DNS_TCP, DNS_UDP, DnsAsker, DnsRecord, may_name,
+            DNS_PART, DNS_PAYLOAD_CLASSES, DNS_PAYLOAD_MAX, DNS_START, DNS_TCP, DNS_UDP, DnsAsker,
+            DnsRecord, may_name, piece_of,
         },
     },
 };
@@ -56,6 +74,12 @@ const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 /// TCP DNS messages start with their length.
 const TCP_LEN_PREFIX: u32 = 2;
+/// What a segment must hold of a message to be seen starting it: the length prefix and the
+/// DNS header's first 8 bytes (flags and counts, for `may_name`).
+const TCP_START_MIN: u32 = TCP_LEN_PREFIX + 8;
+/// Most messages one TCP segment is searched for: the rest of one and the starts of the
+/// next ones (pipelined answers, coalesced by Nagle).
+const TCP_MESSAGES_PER_SEGMENT: usize = 3;
 
 #[cgroup_sock_addr(connect4)]
 pub fn dns_connect4(ctx: SockAddrContext) -> i32 {
@@ -95,6 +119,9 @@ fn note_asker(ctx: &SockAddrContext) {
     let asker = DnsAsker {
         tgid,
         uid: aya_ebpf::helpers::bpf_get_current_uid_gid() as u32,
+        msg_seq: 0,
+        wire_len: 0,
+        _pad: 0,
     };
     // SAFETY: the helper takes this program's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
@@ -108,18 +135,27 @@ pub fn dns_ingress(ctx: SkBuffContext) -> i32 {
     ALLOW
 }
 
-/// Where a DNS message sits in a packet and who sent it.
+/// What a record copies out of a packet, and which message it belongs to.
 struct Found {
     family: u16,
     protocol: u8,
+    /// `DNS_START` or `DNS_PART`.
+    part: u8,
     /// The resolver's address as it sits in the packet (IPv4: the first word).
     server: [u32; 4],
-    /// Offset of the DNS message from the network header.
-    offset: u32,
-    /// Its length: for TCP the length prefix, for UDP what the datagram holds.
-    wire_len: u32,
-    /// The bytes of it in this packet.
+    /// Offset of the bytes to copy from the network header.
+    at: u32,
+    /// How many (the part of the message this packet holds, before the `DNS_PAYLOAD_MAX` cap).
     here: u32,
+    /// The message's length: for TCP the length prefix, for UDP what the datagram holds.
+    wire_len: u32,
+    /// TCP: the socket's cookie, the message's first sequence number, the bytes' offset in it.
+    flow: u64,
+    msg_seq: u32,
+    offset: u32,
+    /// TCP: false for a message that names nothing (only its length is used: to find the
+    /// next one).
+    copy: bool,
 }
 
 /// The network and transport headers of a packet from port 53.
@@ -129,8 +165,11 @@ struct FromPort53 {
     server: [u32; 4],
     /// Offset of the transport header.
     l4: u32,
-    /// A UDP datagram's first 8 bytes of DNS header, when read with the headers.
-    head: Option<[u8; 8]>,
+    /// A UDP datagram's first 8 bytes of DNS header, when read with the headers (`has_head`;
+    /// zeros otherwise: an `Option` here let LLVM fill the unread bytes from whatever register
+    /// it liked, the packet's end pointer included, which the verifier refuses).
+    head: [u8; 8],
+    has_head: bool,
 }
 
 #[inline(always)]
@@ -151,25 +190,86 @@ fn on_packet(ctx: &SkBuffContext) {
     let Some(from) = from_port_53(ctx) else {
         return;
     };
-    let Some(found) = locate(ctx, from) else {
-        return;
-    };
-    // SAFETY: the helper takes this program's context (the receiving socket's cookie).
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // SAFETY: a plain value copied out at once.
-    let Some(asker) = (unsafe { DNS_ASKERS.get(&cookie) }).copied() else {
-        return;
-    };
-    // The smallest record that holds what is copied.
+    match from.protocol {
+        IPPROTO_UDP => {
+            let Some(found) = locate_udp(ctx, from) else {
+                return;
+            };
+            // SAFETY: the helper takes this program's context (the receiving socket's cookie).
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+            // SAFETY: a plain value copied out at once.
+            let Some(asker) = (unsafe { DNS_ASKERS.get(&cookie) }).copied() else {
+                return;
+            };
+            emit(ctx, &found, &asker);
+        }
+        IPPROTO_TCP => on_tcp(ctx, &from),
+        _ => {}
+    }
+}
+
+/// Copy what `found` says into a record of the smallest class that holds it.
+#[inline(never)]
+fn emit(ctx: &SkBuffContext, found: &Found, asker: &DnsAsker) {
     let len = found.here.min(DNS_PAYLOAD_MAX as u32);
     if len <= DNS_PAYLOAD_CLASSES[0] as u32 {
-        report::<{ DNS_PAYLOAD_CLASSES[0] }>(ctx, &found, asker, len);
+        report::<{ DNS_PAYLOAD_CLASSES[0] }>(ctx, found, *asker, len);
     } else if len <= DNS_PAYLOAD_CLASSES[1] as u32 {
-        report::<{ DNS_PAYLOAD_CLASSES[1] }>(ctx, &found, asker, len);
+        report::<{ DNS_PAYLOAD_CLASSES[1] }>(ctx, found, *asker, len);
     } else if len <= DNS_PAYLOAD_CLASSES[2] as u32 {
-        report::<{ DNS_PAYLOAD_CLASSES[2] }>(ctx, &found, asker, len);
+        report::<{ DNS_PAYLOAD_CLASSES[2] }>(ctx, found, *asker, len);
     } else {
-        report::<{ DNS_PAYLOAD_CLASSES[3] }>(ctx, &found, asker, len);
+        report::<{ DNS_PAYLOAD_CLASSES[3] }>(ctx, found, *asker, len);
+    }
+}
+
+/// A TCP segment from port 53 to a socket that asked: the messages it holds, in order — the
+/// rest of the one the socket is receiving, then messages that start in it (pipelined
+/// answers), at most [`TCP_MESSAGES_PER_SEGMENT`]. A segment with no payload (a bare ACK)
+/// costs no map lookup.
+#[inline(always)]
+fn on_tcp(ctx: &SkBuffContext, from: &FromPort53) {
+    // Sequence number (4 bytes at 4), acknowledgement, data offset (the byte at 12).
+    let Ok(head) = ctx.load::<[u8; 9]>(from.l4 as usize + 4) else {
+        return;
+    };
+    let seq = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+    let payload_at = from.l4 + ((head[8] >> 4) as u32) * 4;
+    let Some(payload) = ctx.len().checked_sub(payload_at) else {
+        return;
+    };
+    if payload == 0 {
+        return;
+    }
+    // SAFETY: the helper takes this program's context (the receiving socket's cookie).
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let Some(entry) = DNS_ASKERS.get_ptr_mut(&cookie) else {
+        return;
+    };
+    let segment = Segment {
+        seq,
+        payload_at,
+        payload,
+        cookie,
+    };
+    // Where in the payload the next message's bytes start.
+    let mut cursor = 0;
+    for _ in 0..TCP_MESSAGES_PER_SEGMENT {
+        let Some(found) = locate_tcp(ctx, from, &segment, entry, cursor) else {
+            return;
+        };
+        if found.copy {
+            // SAFETY: a map value, valid for this program's run; copied out at once.
+            let asker = unsafe { *entry };
+            emit(ctx, &found, &asker);
+        }
+        // The next message starts where this one ends, if in this segment with room for its
+        // length prefix at least.
+        let end = found.msg_seq.wrapping_add(found.wire_len).wrapping_sub(seq) as i32;
+        if end <= cursor as i32 || end as u32 + TCP_LEN_PREFIX > payload {
+            return;
+        }
+        cursor = end as u32;
     }
 }
 
@@ -201,15 +301,20 @@ fn from_port_53(ctx: &SkBuffContext) -> Option<FromPort53> {
             }
             // SAFETY: as above.
             let source = unsafe { *((data + 12) as *const u32) };
-            // SAFETY: within [data, data_end), checked first.
-            let head = (protocol == IPPROTO_UDP && data + 36 <= end)
-                .then(|| unsafe { *((data + 28) as *const u64) }.to_ne_bytes());
+            let has_head = protocol == IPPROTO_UDP && data + 36 <= end;
+            let head = if has_head {
+                // SAFETY: within [data, data_end), checked first.
+                unsafe { *((data + 28) as *const u64) }.to_ne_bytes()
+            } else {
+                [0; 8]
+            };
             return Some(FromPort53 {
                 family: AF_INET,
                 protocol,
                 server: [source, 0, 0, 0],
                 l4: 20,
                 head,
+                has_head,
             });
         }
     }
@@ -230,15 +335,20 @@ fn from_port_53(ctx: &SkBuffContext) -> Option<FromPort53> {
             }
             // SAFETY: as above.
             let server = unsafe { *((data + 8) as *const [u32; 4]) };
-            // SAFETY: within [data, data_end), checked first.
-            let head = (protocol == IPPROTO_UDP && data + 56 <= end)
-                .then(|| unsafe { *((data + 48) as *const u64) }.to_ne_bytes());
+            let has_head = protocol == IPPROTO_UDP && data + 56 <= end;
+            let head = if has_head {
+                // SAFETY: within [data, data_end), checked first.
+                unsafe { *((data + 48) as *const u64) }.to_ne_bytes()
+            } else {
+                [0; 8]
+            };
             return Some(FromPort53 {
                 family: AF_INET6,
                 protocol,
                 server,
                 l4: 40,
                 head,
+                has_head,
             });
         }
     }
@@ -258,7 +368,8 @@ fn from_port_53_loaded(ctx: &SkBuffContext) -> Option<FromPort53> {
                 protocol,
                 server: [source, 0, 0, 0],
                 l4: ((first & 0x0f) as u32) * 4,
-                head: None,
+                head: [0; 8],
+                has_head: false,
             }
         }
         6 => FromPort53 {
@@ -266,7 +377,8 @@ fn from_port_53_loaded(ctx: &SkBuffContext) -> Option<FromPort53> {
             protocol: ctx.load(6).ok()?,
             server: ctx.load(8).ok()?,
             l4: 40,
-            head: None,
+            head: [0; 8],
+            has_head: false,
         },
         _ => return None,
     };
@@ -274,49 +386,132 @@ fn from_port_53_loaded(ctx: &SkBuffContext) -> Option<FromPort53> {
     (sport == DNS_PORT_BE).then_some(from)
 }
 
-/// The DNS message in a packet from port 53, if it is an answer that can name something.
+/// The DNS message in a UDP datagram from port 53, if it is an answer that can name something.
 #[inline(always)]
-fn locate(ctx: &SkBuffContext, from: FromPort53) -> Option<Found> {
-    let total = ctx.len();
-    let (protocol, offset, head, wire_len) = match from.protocol {
-        IPPROTO_UDP => {
-            let offset = from.l4 + 8;
-            let head = match from.head {
-                Some(head) => head,
-                None => ctx.load(offset as usize).ok()?,
-            };
-            (DNS_UDP, offset, head, total.checked_sub(offset)?)
-        }
-        IPPROTO_TCP => {
-            let doff: u8 = ctx.load(from.l4 as usize + 12).ok()?;
-            let prefix_at = from.l4 + ((doff >> 4) as u32) * 4;
-            // The length prefix and the DNS header's first 8 bytes in one read (a bare ACK
-            // or a segment that does not start a message fails or fails the checks below).
-            let start: [u8; 10] = ctx.load(prefix_at as usize).ok()?;
-            let wire_len = u16::from_be_bytes([start[0], start[1]]) as u32;
-            let head = [
-                start[2], start[3], start[4], start[5], start[6], start[7], start[8], start[9],
-            ];
-            (DNS_TCP, prefix_at + TCP_LEN_PREFIX, head, wire_len)
-        }
-        _ => return None,
+fn locate_udp(ctx: &SkBuffContext, from: FromPort53) -> Option<Found> {
+    let offset = from.l4 + 8;
+    let head = if from.has_head {
+        from.head
+    } else {
+        ctx.load(offset as usize).ok()?
     };
     if !may_name(head) {
         return None;
     }
-    // A DNS header is 12 bytes; what this packet holds of the message.
-    let here = total.checked_sub(offset)?.min(wire_len);
+    // A DNS header is 12 bytes.
+    let here = ctx.len().checked_sub(offset)?;
     if here < 12 {
         return None;
     }
     Some(Found {
         family: from.family,
-        protocol,
+        protocol: DNS_UDP,
+        part: DNS_START,
         server: from.server,
-        offset,
-        wire_len,
+        at: offset,
         here,
+        wire_len: here,
+        flow: 0,
+        msg_seq: 0,
+        offset: 0,
+        copy: true,
     })
+}
+
+/// A TCP segment with payload, to a socket that asked.
+struct Segment {
+    seq: u32,
+    /// Offset of the payload from the network header, and its length.
+    payload_at: u32,
+    payload: u32,
+    cookie: u64,
+}
+
+/// What a TCP segment holds of a DNS answer from `cursor` (an offset in its payload) on: the
+/// rest of the message whose start the socket's entry remembers (a later segment of it, or a
+/// retransmission), else the start of a message — remembered, for the segments after it,
+/// when it can name something; else only its length is given (`copy` false), so the next
+/// message can be found behind it.
+#[inline(always)]
+fn locate_tcp(
+    ctx: &SkBuffContext,
+    from: &FromPort53,
+    segment: &Segment,
+    entry: *mut DnsAsker,
+    cursor: u32,
+) -> Option<Found> {
+    // SAFETY: a map value, valid for this program's run; copied out at once.
+    let asker = unsafe { *entry };
+    let seq = segment.seq.wrapping_add(cursor);
+    let left = segment.payload.checked_sub(cursor)?;
+    let at = segment.payload_at + cursor;
+    let mut found = Found {
+        family: from.family,
+        protocol: DNS_TCP,
+        part: DNS_PART,
+        server: from.server,
+        at,
+        here: 0,
+        wire_len: asker.wire_len as u32,
+        flow: segment.cookie,
+        msg_seq: asker.msg_seq,
+        offset: 0,
+        copy: true,
+    };
+    if asker.wire_len != 0
+        && let Some((skip, offset, len)) = piece_of(seq, left, asker.msg_seq, asker.wire_len)
+    {
+        found.at += skip;
+        found.offset = offset;
+        found.here = len;
+        return Some(found);
+    }
+    if left == TCP_LEN_PREFIX {
+        // Only a length prefix, as some servers send it (a write of its own): the message is
+        // remembered unchecked (its header comes in the next segment, copied as its piece at
+        // offset 0; the agent's parser judges it).
+        let prefix: [u8; 2] = ctx.load(at as usize).ok()?;
+        let wire_len = u16::from_be_bytes(prefix);
+        let msg_seq = seq.wrapping_add(TCP_LEN_PREFIX);
+        // SAFETY: as above.
+        unsafe {
+            (*entry).msg_seq = msg_seq;
+            (*entry).wire_len = wire_len;
+        }
+        found.copy = false;
+        found.wire_len = wire_len as u32;
+        found.msg_seq = msg_seq;
+        return Some(found);
+    }
+    // A message starts here: its length prefix and the DNS header's first 8 bytes in one
+    // read (a segment that does not start a message fails it or the checks below).
+    let start: [u8; TCP_START_MIN as usize] = ctx.load(at as usize).ok()?;
+    let wire_len = u16::from_be_bytes([start[0], start[1]]);
+    let head = [
+        start[2], start[3], start[4], start[5], start[6], start[7], start[8], start[9],
+    ];
+    let msg_seq = seq.wrapping_add(TCP_LEN_PREFIX);
+    // A DNS header is 12 bytes; what this segment holds of the message.
+    let here = (left - TCP_LEN_PREFIX).min(wire_len as u32);
+    if !may_name(head) || here < 12 {
+        // Nothing to copy, but the next message may follow it in this segment.
+        found.copy = false;
+        found.wire_len = wire_len as u32;
+        found.msg_seq = msg_seq;
+        return Some(found);
+    }
+    // The segments after this one are known by this. SAFETY: as above; a plain store (a
+    // racing segment of the same socket can only garble this socket's own state).
+    unsafe {
+        (*entry).msg_seq = msg_seq;
+        (*entry).wire_len = wire_len;
+    }
+    found.part = DNS_START;
+    found.at = at + TCP_LEN_PREFIX;
+    found.here = here;
+    found.wire_len = wire_len as u32;
+    found.msg_seq = msg_seq;
+    Some(found)
 }
 
 /// Copy `len` bytes (1..=N) of the message into a record with room for `N`.
@@ -344,11 +539,14 @@ fn report<const N: usize>(ctx: &SkBuffContext, found: &Found, asker: DnsAsker, l
     let data = &mut record.head.data;
     data.family = found.family;
     data.protocol = found.protocol;
-    data._pad = 0;
+    data.part = found.part;
     // SAFETY: the 16-byte server field, 8-aligned.
     unsafe { core::ptr::write_volatile(data.server.as_mut_ptr().cast::<[u32; 4]>(), found.server) };
     data.wire_len = found.wire_len.min(u16::MAX as u32) as u16;
-    let copied = copy_payload::<N>(ctx.skb.skb, found.offset, &mut record.payload, len);
+    data.flow = found.flow;
+    data.msg_seq = found.msg_seq;
+    data.offset = found.offset;
+    let copied = copy_payload::<N>(ctx.skb.skb, found.at, &mut record.payload, len);
     data.len = if copied { len as u16 } else { 0 };
     entry.submit(submit_flags(&EVENTS));
 }

@@ -88,7 +88,14 @@ impl Pipeline {
         {
             debug!(dropped = n, "names of exited processes dropped");
         }
-        let answer = match self.names.learn(d.tgid, d.ts_ns, &d.message) {
+        // A TCP answer in several segments comes in several records: parsed once whole.
+        let Some(message) = self.names.whole_message(&d) else {
+            return;
+        };
+        if message.len() != d.message.len() {
+            debug!(pid = d.tgid, server = %d.server, len = message.len(), counts = ?self.names.tcp_counts(), "dns answer over tcp put together from its segments");
+        }
+        let answer = match self.names.learn(d.tgid, d.ts_ns, &message) {
             Ok(a) => a,
             Err(e) => {
                 // The sender's problem, not an event: a debug line (a flood of bad answers

@@ -17,12 +17,17 @@
 //! least [`MIN_KEEP_S`] (a program may connect a little after a TTL-0 answer) and at most
 //! [`MAX_KEEP_S`]. A message is at most 4 KiB and at most [`MAX_ADDRS`] of its records
 //! are taken, so a flood of answers costs a bounded amount per answer and no memory beyond
-//! the caps.
+//! the caps. A TCP answer that came in several segments is first put together in the
+//! hard-bounded [`tcp::TcpMessages`] ([`Names::whole_message`]).
 
-use std::{net::IpAddr, sync::Arc};
+use std::{borrow::Cow, net::IpAddr, sync::Arc};
 
 use hashlink::LruCache;
 use simple_dns::{Name, Packet, PacketFlag, RCODE, rdata::RData};
+
+use crate::sensors::dns::Dns;
+
+pub mod tcp;
 
 /// Most addresses (and, separately, process-address pairs) the cache holds.
 pub const CAPACITY: usize = 16_384;
@@ -138,6 +143,8 @@ pub struct Names {
     procs: LruCache<(u32, IpAddr), Resolved>,
     /// When the per-process entries were last swept ([`Names::sweep_exited`]).
     swept_ns: u64,
+    /// TCP answers waiting for their later segments.
+    tcp: tcp::TcpMessages,
 }
 
 impl Default for Names {
@@ -152,7 +159,23 @@ impl Names {
             host: LruCache::new(capacity.max(1)),
             procs: LruCache::new(capacity.max(1)),
             swept_ns: 0,
+            tcp: tcp::TcpMessages::new(),
         }
+    }
+
+    /// The whole DNS message a record completes: its own bytes (UDP, or a TCP answer that
+    /// came in one segment), else the TCP message it was the last missing piece of; None
+    /// while the message waits for more (see [`tcp`]).
+    pub fn whole_message<'d>(&mut self, d: &'d Dns) -> Option<Cow<'d, [u8]>> {
+        match &d.stream {
+            None => Some(Cow::Borrowed(&d.message)),
+            Some(piece) => self.tcp.take(piece, d.ts_ns, &d.message),
+        }
+    }
+
+    /// What became of the TCP answers that came in pieces.
+    pub fn tcp_counts(&self) -> tcp::Counts {
+        self.tcp.counts()
     }
 
     /// Drop the entries of processes that exited (`alive` says which still run) and every

@@ -1,8 +1,9 @@
 //! The `dns` sensor, userspace side: attaching the programs of `sentinel-ebpf`'s `dns.rs`
 //! (the four `cgroup_sock_addr` programs that remember which socket asked port 53, and the
 //! `cgroup_skb/ingress` program that copies the answers those sockets receive) to the cgroup
-//! v2 root, and decoding their records. The answers are parsed in `enrich/names.rs`; here
-//! they are only bytes. A failure to attach leaves connections without names and nothing
+//! v2 root, and decoding their records. The answers are put together (a TCP message in
+//! several segments comes in several records) and parsed in `enrich/names`; here they are
+//! only bytes. A failure to attach leaves connections without names and nothing
 //! else: the agent runs on (see `sensors::load`).
 
 use std::net::IpAddr;
@@ -13,7 +14,7 @@ use aya::{
 };
 use sentinel_common::{
     EventKind,
-    events::dns::{DNS_PAYLOAD_MAX, DNS_TCP, DnsEvent},
+    events::dns::{DNS_PART, DNS_PAYLOAD_MAX, DNS_TCP, DnsEvent},
 };
 use tracing::{info, warn};
 
@@ -21,7 +22,7 @@ use super::{DecodeError, SensorError, connect::addr, prog_err, program, read_exa
 
 const SENSOR: &str = "dns";
 
-/// The start of a DNS message delivered to a process.
+/// A DNS message delivered to a process, or (TCP) a piece of one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dns {
     pub ts_ns: u64,
@@ -32,10 +33,28 @@ pub struct Dns {
     pub server: IpAddr,
     /// Whether it came over TCP.
     pub tcp: bool,
-    /// The message bytes the kernel copied (at most `DNS_PAYLOAD_MAX`).
+    /// The message bytes the kernel copied (at most `DNS_PAYLOAD_MAX`): from the start of the
+    /// message, or for a TCP piece from `offset`.
     pub message: Vec<u8>,
-    /// The message was longer on the wire than what was copied.
+    /// The message was longer on the wire than what this record holds of it.
     pub cut: bool,
+    /// TCP: which message of which socket the bytes belong to, and where they sit in it.
+    pub stream: Option<Piece>,
+}
+
+/// Where a TCP record's bytes belong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece {
+    /// The receiving socket's cookie.
+    pub flow: u64,
+    /// The TCP sequence number of the message's first byte.
+    pub msg_seq: u32,
+    /// The message's length prefix.
+    pub wire_len: u16,
+    /// Where the bytes sit in the message (0: the record of the segment that started it).
+    pub offset: u32,
+    /// A later segment's bytes (or a retransmission's), not the start.
+    pub later: bool,
 }
 
 /// Attach the asker programs and the ingress program to the cgroup v2 root.
@@ -94,14 +113,22 @@ pub fn decode(bytes: &[u8]) -> Result<Dns, DecodeError> {
     let ev: DnsEvent = read_exact(head, EventKind::Dns)?;
     let d = &ev.data;
     let len = (d.len as usize).min(room.len()).min(DNS_PAYLOAD_MAX);
+    let tcp = d.protocol == DNS_TCP;
     Ok(Dns {
         ts_ns: ev.header.ts_ns,
         tgid: ev.header.tgid,
         uid: ev.header.uid,
         server: addr(d.family, d.server),
-        tcp: d.protocol == DNS_TCP,
+        tcp,
         message: room[..len].to_vec(),
-        cut: (d.wire_len as usize) > len,
+        cut: (d.wire_len as usize) > (d.offset as usize).saturating_add(len),
+        stream: tcp.then_some(Piece {
+            flow: d.flow,
+            msg_seq: d.msg_seq,
+            wire_len: d.wire_len,
+            offset: d.offset,
+            later: d.part == DNS_PART,
+        }),
     })
 }
 
@@ -125,18 +152,28 @@ mod tests {
         message: &[u8],
         wire_len: u16,
     ) -> Vec<u8> {
+        record_with::<N>(
+            DnsData {
+                family,
+                protocol: DNS_UDP,
+                part: 0,
+                len: message.len() as u16,
+                wire_len,
+                server,
+                flow: 0,
+                msg_seq: 0,
+                offset: 0,
+            },
+            message,
+        )
+    }
+
+    fn record_with<const N: usize>(data: DnsData, message: &[u8]) -> Vec<u8> {
         let mut payload = [0u8; N];
         payload[..message.len()].copy_from_slice(message);
         let head = DnsEvent {
             header: header(EventKind::Dns, 321, ""),
-            data: DnsData {
-                family,
-                protocol: DNS_UDP,
-                _pad: 0,
-                len: message.len() as u16,
-                wire_len,
-                server,
-            },
+            data,
         };
         let mut bytes = as_bytes(&head);
         bytes.extend_from_slice(&payload);
@@ -156,6 +193,38 @@ mod tests {
         assert_eq!(d.server, "198.51.100.53".parse::<IpAddr>().unwrap());
         assert_eq!(d.message, b"\x12\x34answer");
         assert!(!d.tcp && !d.cut);
+        assert_eq!(d.stream, None);
+    }
+
+    #[test]
+    fn a_later_tcp_piece_says_where_it_belongs() {
+        let bytes = record_with::<{ DNS_PAYLOAD_CLASSES[1] }>(
+            DnsData {
+                family: AF_INET,
+                protocol: DNS_TCP,
+                part: DNS_PART,
+                len: 360,
+                wire_len: 1000,
+                server: [0; 16],
+                flow: 77,
+                msg_seq: 5000,
+                offset: 358,
+            },
+            &[9; 360],
+        );
+        let d = decode(&bytes).unwrap();
+        assert!(d.tcp && d.cut);
+        assert_eq!(d.message.len(), 360);
+        assert_eq!(
+            d.stream,
+            Some(Piece {
+                flow: 77,
+                msg_seq: 5000,
+                wire_len: 1000,
+                offset: 358,
+                later: true
+            })
+        );
     }
 
     #[test]

@@ -11,6 +11,13 @@
 //! message: the record is reserved with the smallest of [`DNS_PAYLOAD_CLASSES`] that holds
 //! the message (a short answer does not take a 4 KiB slot of the ring), and `len` says how
 //! many of those bytes are the message.
+//!
+//! Over TCP a message may span several segments. The record of the segment that starts it
+//! ([`DNS_START`]) carries what that segment holds; each later segment of the same message
+//! comes as a record of its own ([`DNS_PART`]) with the bytes it adds and their `offset` in
+//! the message. `flow` (the receiving socket's cookie) and `msg_seq` (the TCP sequence number
+//! of the message's first byte) say which message a record belongs to; the agent puts the
+//! pieces together (at most [`DNS_PAYLOAD_MAX`] bytes of a message are ever copied).
 
 use super::Event;
 
@@ -28,6 +35,11 @@ pub const DNS_UDP: u8 = 17;
 /// `IPPROTO_TCP`: the message starts with its two-byte length.
 pub const DNS_TCP: u8 = 6;
 
+/// [`DnsData::part`] of a record that starts a message (every UDP record).
+pub const DNS_START: u8 = 0;
+/// [`DnsData::part`] of a record that carries a later piece of a TCP message.
+pub const DNS_PART: u8 = 1;
+
 /// What one DNS answer's record says before the message. The header's `tgid`/`uid` are those
 /// of the process that asked (pid 0 when unknown), its `comm` is empty.
 #[repr(C)]
@@ -37,14 +49,21 @@ pub struct DnsData {
     pub family: u16,
     /// [`DNS_UDP`] or [`DNS_TCP`].
     pub protocol: u8,
-    pub _pad: u8,
+    /// [`DNS_START`] or [`DNS_PART`] (TCP only).
+    pub part: u8,
     /// Bytes after the record's head that hold the message (≤ [`DNS_PAYLOAD_MAX`]).
     pub len: u16,
-    /// The message's length (the answer was cut when larger than `len`): for TCP its length
-    /// prefix, for UDP the datagram's payload.
+    /// The message's length (the answer was cut when larger than `offset + len`): for TCP its
+    /// length prefix, for UDP the datagram's payload.
     pub wire_len: u16,
     /// The resolver that answered; an IPv4 address uses the first 4 bytes.
     pub server: [u8; 16],
+    /// TCP: the receiving socket's cookie (0 for UDP).
+    pub flow: u64,
+    /// TCP: the sequence number of the message's first byte, after its length prefix.
+    pub msg_seq: u32,
+    /// TCP: where the record's bytes sit in the message (0 for a start).
+    pub offset: u32,
 }
 
 /// A record's head; the message follows it.
@@ -58,12 +77,19 @@ pub struct DnsRecord<const N: usize> {
     pub payload: [u8; N],
 }
 
-/// Who sent a query from a socket (by socket cookie), for the answer's record.
+/// Who sent a query from a socket (by socket cookie), for the answer's record; for a TCP
+/// socket also the message it is receiving, so the segments after the first are known.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct DnsAsker {
     pub tgid: u32,
     pub uid: u32,
+    /// TCP: the sequence number of the first byte of the last message seen starting (after
+    /// its length prefix).
+    pub msg_seq: u32,
+    /// TCP: that message's length prefix; 0 while no message was seen starting.
+    pub wire_len: u16,
+    pub _pad: u16,
 }
 
 /// Whether a DNS message whose first 8 bytes (id, flags, question and answer counts) are
@@ -80,10 +106,27 @@ pub fn may_name(head: [u8; 8]) -> bool {
     response && no_error && questions && answers
 }
 
-const _: () = assert!(core::mem::size_of::<DnsData>() == 24);
-const _: () = assert!(core::mem::size_of::<DnsEvent>() == 72);
-const _: () = assert!(core::mem::size_of::<DnsRecord<128>>() == 72 + 128);
-const _: () = assert!(core::mem::size_of::<DnsAsker>() == 8);
+/// The part of a message that segment bytes `[seq, seq + len)` of a TCP stream hold, for the
+/// message whose first byte is `msg_seq` and whose length prefix says `wire_len`, of which at
+/// most [`DNS_PAYLOAD_MAX`] bytes are copied: `(offset in the segment, offset in the message,
+/// length)`, or None when they hold none of it. Sequence numbers wrap.
+#[inline(always)]
+pub fn piece_of(seq: u32, len: u32, msg_seq: u32, wire_len: u16) -> Option<(u32, u32, u32)> {
+    let want = (wire_len as u32).min(DNS_PAYLOAD_MAX as u32) as i64;
+    // Where the segment starts relative to the message (negative: before it).
+    let rel = seq.wrapping_sub(msg_seq) as i32 as i64;
+    let from = rel.max(0);
+    let to = (rel + len as i64).min(want);
+    if from >= to {
+        return None;
+    }
+    Some(((from - rel) as u32, from as u32, (to - from) as u32))
+}
+
+const _: () = assert!(core::mem::size_of::<DnsData>() == 40);
+const _: () = assert!(core::mem::size_of::<DnsEvent>() == 88);
+const _: () = assert!(core::mem::size_of::<DnsRecord<128>>() == 88 + 128);
+const _: () = assert!(core::mem::size_of::<DnsAsker>() == 16);
 
 #[cfg(feature = "user")]
 mod user {
@@ -122,6 +165,75 @@ mod tests {
         // NODATA (the usual AAAA answer for an IPv4-only name), no question.
         assert!(!may_name(head(0x8180, 1, 0)));
         assert!(!may_name(head(0x8180, 0, 1)));
+    }
+
+    #[test]
+    fn a_segment_holds_the_part_of_the_message_it_overlaps() {
+        // The segment that starts the message: its length prefix is not part of it.
+        assert_eq!(piece_of(998, 360, 1000, 1000), Some((2, 0, 358)));
+        // A middle segment, and the last one (the rest is the next message's).
+        assert_eq!(piece_of(1358, 360, 1000, 1000), Some((0, 358, 360)));
+        assert_eq!(piece_of(1718, 360, 1000, 1000), Some((0, 718, 282)));
+        // Before or after the message: nothing.
+        assert_eq!(piece_of(900, 100, 1000, 1000), None);
+        assert_eq!(piece_of(2000, 100, 1000, 1000), None);
+        // Only the prefix.
+        assert_eq!(piece_of(998, 2, 1000, 1000), None);
+        // Across the wrap of sequence numbers.
+        let msg = u32::MAX - 99;
+        assert_eq!(piece_of(msg + 50, 200, msg, 1000), Some((0, 50, 200)));
+        // At most DNS_PAYLOAD_MAX bytes of a long message.
+        assert_eq!(
+            piece_of(1000 + 4000, 1000, 1000, u16::MAX),
+            Some((0, 4000, DNS_PAYLOAD_MAX as u32 - 4000))
+        );
+        assert_eq!(piece_of(1000 + 5000, 1000, 1000, u16::MAX), None);
+    }
+
+    #[test]
+    fn a_record_round_trips_through_its_bytes() {
+        let mut record = DnsRecord::<128> {
+            head: DnsEvent {
+                header: crate::events::Header {
+                    kind: crate::EventKind::Dns as u32,
+                    pid: 7,
+                    tgid: 7,
+                    uid: 1000,
+                    gid: 0,
+                    _pad: 0,
+                    ts_ns: 42,
+                    comm: [0; 16],
+                },
+                data: DnsData {
+                    family: 2,
+                    protocol: DNS_TCP,
+                    part: DNS_PART,
+                    len: 3,
+                    wire_len: 1000,
+                    server: [198, 51, 100, 130, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                    flow: 0x1122_3344_5566_7788,
+                    msg_seq: 0xdead_beef,
+                    offset: 358,
+                },
+            },
+            payload: [0; 128],
+        };
+        record.payload[..3].copy_from_slice(b"abc");
+        // SAFETY: a repr(C) value of integers and byte arrays, read back as the agent does.
+        let bytes = unsafe {
+            core::slice::from_raw_parts(
+                (&record as *const DnsRecord<128>).cast::<u8>(),
+                core::mem::size_of::<DnsRecord<128>>(),
+            )
+        };
+        // SAFETY: as many bytes as the type, unaligned read.
+        let back: DnsRecord<128> = unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        let d = back.head.data;
+        assert_eq!((d.family, d.protocol, d.part), (2, DNS_TCP, DNS_PART));
+        assert_eq!((d.len, d.wire_len, d.offset), (3, 1000, 358));
+        assert_eq!((d.flow, d.msg_seq), (0x1122_3344_5566_7788, 0xdead_beef));
+        assert_eq!(&back.payload[..3], b"abc");
+        assert_eq!(back.head.header.ts_ns, 42);
     }
 
     #[test]
