@@ -18,6 +18,11 @@ use crate::{rare::record_dropped, task::current_tgid_unless_agent};
 #[map]
 pub static CPU_SAMPLES: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(MAX_TRACKED, 0);
 
+/// Samples taken of any process but the agent, per CPU. Reading `CPU_SAMPLES` walks every
+/// bucket of it (`MAX_TRACKED`), so the agent reads it only when this count moved.
+#[map]
+static CPU_SAMPLED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// Samples dropped because `CPU_SAMPLES` was full.
 #[map]
 static CPU_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
@@ -34,6 +39,10 @@ fn on_sample(ctx: &PerfEventContext) {
     };
     if tgid == 0 {
         return; // idle
+    }
+    if let Some(taken) = CPU_SAMPLED.get_ptr_mut(0) {
+        // SAFETY: this CPU's own slot.
+        unsafe { *taken += 1 };
     }
     if bump(tgid) {
         return;

@@ -36,7 +36,7 @@ use crate::{
     event::{AlertBody, Body, BootClock, ConnectBody, ExecBody, Record},
     sensors::{
         KernelEvent,
-        cpu::{CpuTracker, SampleMap},
+        cpu::{CpuTracker, Samples},
     },
     store::{StoreTx, Write, queue::NotQueued},
     switch::{Switch, ledger::Kill},
@@ -73,7 +73,7 @@ pub struct Pipeline {
     pub store_tx: StoreTx,
     pub shared: Arc<Shared>,
     pub cpu: CpuTracker,
-    pub cpu_map: Option<SampleMap>,
+    pub cpu_map: Option<Samples>,
     pub cpu_hz: u64,
     pub cpu_report_percent: f64,
     pub cpu_last: Instant,

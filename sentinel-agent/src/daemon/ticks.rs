@@ -16,7 +16,7 @@ use crate::{
     event::{Body, CpuBody},
     sensors::{
         SENSORS,
-        cpu::{cpu_percent, read_totals},
+        cpu::{Samples, cpu_percent},
     },
 };
 
@@ -41,10 +41,15 @@ impl Pipeline {
 
     /// Read the sample counts and emit a `cpu` event for every busy process.
     pub fn sample_cpu(&mut self) {
-        let Some(map) = &self.cpu_map else { return };
+        let Some(samples) = &mut self.cpu_map else {
+            return;
+        };
         let elapsed = self.cpu_last.elapsed();
         self.cpu_last = Instant::now();
-        let deltas = self.cpu.deltas(read_totals(map));
+        let deltas = match samples.totals_if_sampled() {
+            Some(totals) => self.cpu.deltas(totals),
+            None => Vec::new(),
+        };
         let samples: u64 = deltas.iter().map(|(_, d)| d).sum();
         self.shared.counters[2]
             .seen
@@ -113,7 +118,7 @@ impl Pipeline {
         if dropped > 0 {
             debug!(dropped, "pruned processes whose exit was missed");
         }
-        if let Some(map) = &mut self.cpu_map {
+        if let Some(Samples { map, .. }) = &mut self.cpu_map {
             let stale: Vec<u32> = map
                 .keys()
                 .filter_map(Result::ok)

@@ -15,7 +15,7 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuHashMap},
+    maps::{MapData, PerCpuArray, PerCpuHashMap},
     programs::PerfEvent,
     util::online_cpus,
 };
@@ -31,6 +31,43 @@ const SENSOR: &str = "cpu";
 
 /// The kernel's per-CPU sample counts, by tgid.
 pub type SampleMap = PerCpuHashMap<MapData, u32, u64>;
+
+/// The kernel's per-tgid sample counts, and how many samples it took in all (of any process
+/// but the agent). Reading the counts walks every bucket of the map (`MAX_TRACKED`, a few
+/// dozen µs), so a read is skipped when no sample was taken since the last: most reads on an
+/// idle host, whose CPUs the program does not even sample.
+pub struct Samples {
+    pub map: SampleMap,
+    taken: PerCpuArray<MapData, u64>,
+    taken_at_last_read: Option<u64>,
+}
+
+impl Samples {
+    pub fn new(map: SampleMap, taken: PerCpuArray<MapData, u64>) -> Self {
+        Self {
+            map,
+            taken,
+            taken_at_last_read: None,
+        }
+    }
+
+    /// Every tgid's total samples, or `None` when the kernel took no sample since the last
+    /// call (the totals are those of the last call; a process's entry removed at its exit
+    /// meanwhile is forgotten at the next read). The count is read before the totals, so a
+    /// sample taken in between is read again next time, never missed.
+    pub fn totals_if_sampled(&mut self) -> Option<Vec<(u32, u64)>> {
+        let taken = self
+            .taken
+            .get(&0, 0)
+            .ok()
+            .map(|per_cpu| per_cpu.iter().sum());
+        if taken.is_some() && taken == self.taken_at_last_read {
+            return None;
+        }
+        self.taken_at_last_read = taken;
+        Some(read_totals(&self.map))
+    }
+}
 
 /// The cpu-clock events `cpu_perf_event` runs on, one per CPU. Dropping them detaches it.
 #[derive(Debug)]
@@ -320,6 +357,38 @@ mod tests {
         assert_eq!(cpu_percent(396, 99, Duration::from_secs(2)), 200.0); // two busy threads
         assert_eq!(cpu_percent(10, 0, Duration::from_secs(2)), 0.0);
         assert_eq!(cpu_percent(10, 99, Duration::ZERO), 0.0);
+    }
+
+    /// The totals are read again only once the kernel counted a new sample; between, the
+    /// call says there is nothing new (real maps in the running kernel, written as the
+    /// program writes them).
+    #[test]
+    fn the_totals_are_read_only_after_a_new_sample() {
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!(
+                "\n*** SKIPPED the_totals_are_read_only_after_a_new_sample: creating a BPF map \
+                 needs root ***\n"
+            );
+            return;
+        }
+        let cpus = aya::util::nr_cpus().unwrap();
+        let per_cpu = |v: u64| aya::maps::PerCpuValues::try_from(vec![v; cpus]).unwrap();
+        let mut map: SampleMap = PerCpuHashMap::create(64, 0).unwrap();
+        let mut taken: PerCpuArray<MapData, u64> = PerCpuArray::create(1, 0).unwrap();
+        map.insert(7, per_cpu(1), 0).unwrap();
+        taken.set(0, per_cpu(1), 0).unwrap();
+        let mut samples = Samples::new(map, taken);
+        let total = cpus as u64;
+        assert_eq!(samples.totals_if_sampled(), Some(vec![(7, total)]));
+        assert_eq!(
+            samples.totals_if_sampled(),
+            None,
+            "no sample since the last read"
+        );
+        samples.map.insert(7, per_cpu(2), 0).unwrap();
+        samples.taken.set(0, per_cpu(2), 0).unwrap();
+        assert_eq!(samples.totals_if_sampled(), Some(vec![(7, 2 * total)]));
+        assert_eq!(samples.totals_if_sampled(), None);
     }
 
     /// The batched read sees what the entry-by-entry read sees, across several batches, on a

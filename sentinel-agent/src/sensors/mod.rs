@@ -229,7 +229,7 @@ pub struct Sensors {
     pub lost: Arc<Mutex<LostMaps>>,
     /// The process-and-network records (exec, fork, exit, stdio, connect, listen), in order.
     pub ring: Option<Ring>,
-    pub cpu_samples: Option<cpu::SampleMap>,
+    pub cpu_samples: Option<cpu::Samples>,
     /// The kernel programs' reports of their rare failures (aya-log).
     pub kernel_log: Option<kernel_log::KernelLog>,
 }
@@ -319,7 +319,12 @@ pub fn load(opts: &LoadOptions) -> Result<Sensors, SensorError> {
         })
         .transpose()?;
     let cpu_samples = attached[2]
-        .then(|| take_map(&mut ebpf, "cpu", "CPU_SAMPLES"))
+        .then(|| -> Result<cpu::Samples, SensorError> {
+            Ok(cpu::Samples::new(
+                take_map(&mut ebpf, "cpu", "CPU_SAMPLES")?,
+                take_map(&mut ebpf, "cpu", "CPU_SAMPLED")?,
+            ))
+        })
         .transpose()?;
     let kernel_log = kernel_log::take(&mut ebpf);
     Ok(Sensors {

@@ -409,7 +409,7 @@ pub fn build_pipeline(
     seeded: Seeded,
     store: StoreTx,
     shared: Arc<Shared>,
-    cpu_map: Option<sensors::cpu::SampleMap>,
+    cpu_map: Option<sensors::cpu::Samples>,
     detect: Detectors,
     switch: Switch,
 ) -> anyhow::Result<Pipeline> {
