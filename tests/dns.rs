@@ -329,13 +329,25 @@ fn a_tcp_answer_in_several_segments_names_every_address() {
         "a packet larger than a segment: {sizes:?}"
     );
     connect_now(&mut stdin, &mut stdout);
+    assert_every_address_named(&agent, pid, &addrs, name, &format!("segments {sizes:?}"));
+}
+
+/// Process `pid`'s connect to each of `addrs` carries `name` (`context` says how the answer
+/// came, for the failure message).
+fn assert_every_address_named(
+    agent: &Agent,
+    pid: u32,
+    addrs: &[String],
+    name: &str,
+    context: &str,
+) {
     let unnamed: Vec<&String> = addrs
         .iter()
-        .filter(|addr| connect_of(&agent, pid, addr)["domain"] != name)
+        .filter(|addr| connect_of(agent, pid, addr)["domain"] != name)
         .collect();
     assert!(
         unnamed.is_empty(),
-        "{} of {} addresses have no name (segments {sizes:?}): {unnamed:?}\nagent log:\n{}",
+        "{name}: {} of {} addresses have no name ({context}): {unnamed:?}\nagent log:\n{}",
         unnamed.len(),
         addrs.len(),
         agent.log()
@@ -520,16 +532,7 @@ fn pipelined_tcp_answers_are_all_named() {
             );
         }
         connect_now(&mut stdin, &mut stdout);
-        let unnamed: Vec<&String> = addrs
-            .iter()
-            .filter(|addr| connect_of(&agent, pid, addr)["domain"] != name)
-            .collect();
-        assert!(
-            unnamed.is_empty(),
-            "{name}: {} of {} addresses have no name (segments {sizes:?}): {unnamed:?}",
-            unnamed.len(),
-            addrs.len()
-        );
+        assert_every_address_named(&agent, pid, &addrs, name, &format!("segments {sizes:?}"));
     }
 }
 
