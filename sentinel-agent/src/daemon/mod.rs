@@ -174,11 +174,12 @@ async fn until(at: Option<std::time::Instant>) {
 }
 
 /// When the switch's earliest pending deadline is due; `None` with nothing pending (no
-/// timer then: the housekeeping tick still runs the switch every second).
+/// timer then: the housekeeping tick still runs the switch every second), or when it lies
+/// past what an `Instant` can say (a decision waiting for a human is due in 100 years).
 fn switch_due(core: &Pipeline) -> Option<std::time::Instant> {
     core.switch
         .next_due(Now::read())
-        .map(|d| std::time::Instant::now() + d)
+        .and_then(|d| std::time::Instant::now().checked_add(d))
 }
 
 /// What the event loop waits on besides its timers.
