@@ -162,7 +162,8 @@ const GC_EVERY: Duration = Duration::from_secs(30);
 /// The loop's housekeeping clock: the kernel's lost counters read for `blind`, and the
 /// switch's tick (blocks whose time ended, the budget, the counts; pending deadlines are
 /// woken for at their own time besides). One timer, started with the others, so an idle
-/// agent wakes once a second, not once per timer.
+/// agent wakes for one tick a second, not one per timer (tokio's timer wheel adds an early
+/// wake-up before a timer a second away: about 2.4 wake-ups a second measured).
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
 
 /// Sleep until `at`; forever without one.
