@@ -16,6 +16,7 @@ mod secret_file;
 mod sensors;
 mod store;
 mod switch;
+mod timer;
 mod untrusted;
 mod untrusted_file;
 

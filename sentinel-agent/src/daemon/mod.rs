@@ -23,11 +23,12 @@ mod ticks;
 
 use std::{collections::HashSet, net::IpAddr, path::Path, time::Duration};
 
+use anyhow::Context as _;
+
 use tokio::{
     signal::unix::{Signal, SignalKind, signal},
     sync::{mpsc, watch},
     task::JoinHandle,
-    time::Interval,
 };
 use tracing::{error, info, warn};
 
@@ -39,6 +40,7 @@ use crate::{
     fleet,
     sensors::{KernelEvent, Sensors},
     switch::{clock::Now, decision::Answer, worker::Report},
+    timer::{Every, Start},
 };
 
 /// Run the agent until SIGTERM or SIGINT: start-up as named steps, the event loop, the stop.
@@ -113,7 +115,7 @@ pub async fn run(config: Config, source: reload::Source) -> anyhow::Result<()> {
         detectors,
         switch.switch,
     )?;
-    let mut timers = Timers::start(agent.cpu_interval);
+    let mut timers = Timers::start(agent.cpu_interval)?;
     // Live SSH sessions are re-read on their own thread, when sshd's processes change: /proc
     // and sock_diag must never hold up draining the ring buffers.
     let (ssh_peers, ssh_nudge) = ssh_watch::spawn(core.detect.trust.ssh().clone());
@@ -161,9 +163,8 @@ pub async fn run(config: Config, source: reload::Source) -> anyhow::Result<()> {
 const GC_EVERY: Duration = Duration::from_secs(30);
 /// The loop's housekeeping clock: the kernel's lost counters read for `blind`, and the
 /// switch's tick (blocks whose time ended, the budget, the counts; pending deadlines are
-/// woken for at their own time besides). One timer, started with the others, so an idle
-/// agent wakes for one tick a second, not one per timer (tokio's timer wheel adds an early
-/// wake-up before a timer a second away: about 2.4 wake-ups a second measured).
+/// woken for at their own time besides). One timer, started with the others on the kernel's
+/// timers ([`timer`](crate::timer)), so an idle agent wakes once a second.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
 
 /// Sleep until `at`; forever without one.
@@ -204,32 +205,39 @@ struct Inbox {
     source: reload::Source,
 }
 
-/// The loop's periodic work.
+/// The loop's periodic work, on the kernel's timers ([`timer`](crate::timer)).
 struct Timers {
-    cpu: Interval,
-    gc: Interval,
-    housekeeping: Interval,
+    cpu: Every,
+    gc: Every,
+    housekeeping: Every,
     /// systemd's watchdog: pinged from the loop, so a stalled loop gets the agent restarted.
-    watchdog: Option<Interval>,
+    watchdog: Option<Every>,
 }
 
 impl Timers {
     /// Every timer starts at the same instant, so ticks due in the same second (CPU samples
     /// every 2 s, housekeeping every second) are one wake-up of the loop, not several.
-    fn start(cpu_interval: Duration) -> Self {
-        let start = tokio::time::Instant::now();
-        let every = |period| tokio::time::interval_at(start, period);
-        Self {
-            cpu: every(cpu_interval),
-            gc: every(GC_EVERY),
-            housekeeping: every(HOUSEKEEPING_EVERY),
-            watchdog: service::watchdog_interval().map(every),
-        }
+    fn start(cpu_interval: Duration) -> anyhow::Result<Self> {
+        let start = Start::now().context("reading the monotonic clock")?;
+        let every = |period| {
+            Every::from(start, period).with_context(|| {
+                format!(
+                    "creating the loop's {} timer",
+                    humantime::format_duration(period)
+                )
+            })
+        };
+        Ok(Self {
+            cpu: every(cpu_interval)?,
+            gc: every(GC_EVERY)?,
+            housekeeping: every(HOUSEKEEPING_EVERY)?,
+            watchdog: service::watchdog_interval().map(every).transpose()?,
+        })
     }
 }
 
 /// Tick an optional timer; never completes when there is none.
-async fn tick(timer: &mut Option<Interval>) {
+async fn tick(timer: &mut Option<Every>) {
     match timer {
         Some(t) => {
             t.tick().await;

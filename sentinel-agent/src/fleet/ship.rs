@@ -21,6 +21,7 @@ use crate::{
         postgres::{self, Heartbeat, PgError},
     },
     switch::decision::Answer,
+    timer::{Every, Start},
 };
 
 /// Longest wait between two connection attempts.
@@ -125,7 +126,8 @@ async fn connected(
         s.last_error = None;
     });
     let pg_err = |e: PgError| e.to_string();
-    heartbeat(ctx, &client).await.map_err(pg_err)?;
+    let beat = postgres::prepare_heartbeat(&client).await.map_err(pg_err)?;
+    heartbeat(ctx, &client, &beat).await.map_err(pg_err)?;
     shared_view
         .sync(&client, &ctx.host, ctx.config.share_blocks, &ctx.commands)
         .await
@@ -134,11 +136,18 @@ async fn connected(
         .await
         .map_err(pg_err)?;
 
+    // The shipping tick sits behind a condition: tokio's interval, which only runs while
+    // polled. The others are always polled: the kernel's timers, one wake-up each per
+    // period ([`timer`](crate::timer)), all from one start.
     let mut ship_tick = quiet_interval(ctx.config.interval);
-    let mut heartbeat_tick = quiet_interval(ctx.config.heartbeat);
-    let mut answer_tick = quiet_interval(ANSWER_POLL);
-    let mut shared_tick = quiet_interval(SHARED_POLL);
-    let mut sweep_tick = quiet_interval(OUTBOX_SWEEP);
+    let start = Start::now().map_err(|e| format!("reading the monotonic clock: {e}"))?;
+    let every = |period| {
+        Every::from(start, period).map_err(|e| format!("creating the fleet task's timer: {e}"))
+    };
+    let mut heartbeat_tick = every(ctx.config.heartbeat)?;
+    let mut answer_tick = every(ANSWER_POLL)?;
+    let mut shared_tick = every(SHARED_POLL)?;
+    let mut sweep_tick = every(OUTBOX_SWEEP)?;
     let answer_note = format!("answer {}", ctx.host);
     // Events are read from the event store after a cursor, which no notification covers: a
     // host that ships them reads at every tick.
@@ -150,7 +159,7 @@ async fn connected(
             _ = ship_tick.tick(), if dirty || ctx.config.ship_events => {
                 dirty = !drain(ctx, &mut client, outbox).await.map_err(pg_err)?;
             }
-            _ = heartbeat_tick.tick() => heartbeat(ctx, &client).await.map_err(pg_err)?,
+            _ = heartbeat_tick.tick() => heartbeat(ctx, &client, &beat).await.map_err(pg_err)?,
             note = notes.recv() => match note {
                 Some(n) if n == answer_note => {
                     decide::pickup(&client, &ctx.host, &ctx.answers, checker).await.map_err(pg_err)?
@@ -304,7 +313,11 @@ async fn ship_one_by_one(
     Ok(())
 }
 
-async fn heartbeat(ctx: &Context, client: &tokio_postgres::Client) -> Result<(), PgError> {
+async fn heartbeat(
+    ctx: &Context,
+    client: &tokio_postgres::Client,
+    statement: &tokio_postgres::Statement,
+) -> Result<(), PgError> {
     let status = ctx.shared.status();
     let snapshot = ctx.stats.snapshot();
     let hb = Heartbeat {
@@ -316,5 +329,5 @@ async fn heartbeat(ctx: &Context, client: &tokio_postgres::Client) -> Result<(),
         outbox: snapshot.outbox as i64,
         outbox_dropped: snapshot.outbox_dropped as i64,
     };
-    postgres::heartbeat(client, &ctx.host, &hb).await
+    postgres::heartbeat(client, statement, &ctx.host, &hb).await
 }

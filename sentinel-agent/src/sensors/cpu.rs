@@ -40,6 +40,9 @@ pub struct Samples {
     pub map: SampleMap,
     taken: PerCpuArray<MapData, u64>,
     taken_at_last_read: Option<u64>,
+    /// The batched read's buffers, kept between reads (20 KiB on 2 CPUs): allocated, zeroed
+    /// and freed at every read, their pages went back to the kernel and faulted in again.
+    batch: Batch,
 }
 
 impl Samples {
@@ -48,6 +51,7 @@ impl Samples {
             map,
             taken,
             taken_at_last_read: None,
+            batch: Batch::default(),
         }
     }
 
@@ -65,7 +69,7 @@ impl Samples {
             return None;
         }
         self.taken_at_last_read = taken;
-        Some(read_totals(&self.map))
+        Some(read_totals(&self.map, &mut self.batch))
     }
 }
 
@@ -205,8 +209,8 @@ impl CpuTracker {
 /// Read every tgid's total samples (summed over CPUs): in batches of [`BATCH`] entries, one
 /// system call each, instead of two per process (`BPF_MAP_LOOKUP_BATCH`, Linux 5.6); entry by
 /// entry where the kernel refuses batches.
-pub fn read_totals(map: &SampleMap) -> Vec<(u32, u64)> {
-    match read_totals_batched(map) {
+pub fn read_totals(map: &SampleMap, batch: &mut Batch) -> Vec<(u32, u64)> {
+    match read_totals_batched(map, batch) {
         Ok(totals) => totals,
         Err(e) => {
             tracing::debug!(
@@ -238,16 +242,24 @@ struct BatchAttr {
     flags: u64,
 }
 
-fn read_totals_batched(map: &SampleMap) -> std::io::Result<Vec<(u32, u64)>> {
+/// A batched read's key and value buffers, sized at the first read.
+#[derive(Default)]
+pub struct Batch {
+    keys: Vec<u32>,
+    values: Vec<u64>,
+}
+
+fn read_totals_batched(map: &SampleMap, batch: &mut Batch) -> std::io::Result<Vec<(u32, u64)>> {
     use std::os::fd::{AsFd as _, AsRawFd as _};
 
     use aya::maps::IterableMap as _;
 
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
     let fd = map.map().fd().as_fd().as_raw_fd();
-    let mut keys = vec![0u32; BATCH];
     // A per-CPU value is one u64 per possible CPU (each rounded up to 8 bytes: already 8).
-    let mut values = vec![0u64; BATCH * cpus];
+    batch.keys.resize(BATCH, 0);
+    batch.values.resize(BATCH * cpus, 0);
+    let Batch { keys, values } = batch;
     let mut totals = Vec::new();
     // The hash map's batch cursor is a bucket index (a u32).
     let (mut cursor, mut next) = (0u32, 0u32);
@@ -411,7 +423,8 @@ mod tests {
             .unwrap();
             map.insert(tgid, values, 0).unwrap();
         }
-        let mut batched = read_totals_batched(&map).expect("the kernel takes batched lookups");
+        let mut batched = read_totals_batched(&map, &mut Batch::default())
+            .expect("the kernel takes batched lookups");
         batched.sort_unstable();
         let mut one_by_one: Vec<(u32, u64)> = map
             .iter()
@@ -425,7 +438,11 @@ mod tests {
         assert_eq!(batched[4], (5, 50 * cpus + cpus * (cpus - 1) / 2));
         // An empty map reads as nothing.
         let empty: SampleMap = PerCpuHashMap::create(16, 0).unwrap();
-        assert!(read_totals_batched(&empty).unwrap().is_empty());
+        assert!(
+            read_totals_batched(&empty, &mut Batch::default())
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
