@@ -89,8 +89,8 @@ pub struct Args {
     /// to this count (the agent's memory grows with the processes it tracks).
     #[arg(long, default_value_t = 500)]
     processes: u64,
-    /// Seconds of the busy-server phase per half round (nginx under wrk without and with
-    /// the agent); 0 skips it.
+    /// Seconds of each busy-server run (nginx under wrk without the agent, with it, and with
+    /// it and BPF statistics on, every round); 0 skips the phase.
     #[arg(long, default_value_t = 20)]
     busy_secs: u64,
     /// Run the agent without a fleet store (no PostgreSQL; quicker runs).
@@ -479,14 +479,18 @@ fn probe_latencies(agent: &Agent, probes: u32) -> anyhow::Result<Vec<Duration>> 
     result
 }
 
-/// `kernel.bpf_stats_enabled` on while it lives, restored after.
+/// `kernel.bpf_stats_enabled` set while it lives, restored after.
 struct BpfStats(String);
 
 impl BpfStats {
     fn enable() -> anyhow::Result<Self> {
+        Self::set("1")
+    }
+
+    fn set(value: &str) -> anyhow::Result<Self> {
         let before =
             fs::read_to_string(BPF_STATS).with_context(|| format!("reading {BPF_STATS}"))?;
-        fs::write(BPF_STATS, "1").with_context(|| format!("enabling {BPF_STATS}"))?;
+        fs::write(BPF_STATS, value).with_context(|| format!("setting {BPF_STATS} to {value}"))?;
         Ok(Self(before.trim().to_owned()))
     }
 }
