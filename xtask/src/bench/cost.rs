@@ -19,11 +19,13 @@ use super::{
 mod busy;
 mod charge;
 mod container;
+mod floor;
 mod report;
 mod services;
 use busy::*;
 use charge::*;
 use container::*;
+use floor::*;
 use report::*;
 use services::*;
 
@@ -156,6 +158,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let _stats = BpfStats::enable()?;
     let (tmp, config, services) =
         work_dir(&binary, |dir| Services::start(dir, &binary, !args.no_fleet))?;
+    let floor = match &bpftrace {
+        Some(bpftrace) => {
+            let ns = stats_floor_ns(bpftrace, tmp.path())?;
+            eprintln!("BPF statistics' own time: {ns:.1} ns per program run (an empty program)");
+            Some(ns)
+        }
+        None => None,
+    };
     let nginx = (args.busy_secs > 0).then(Nginx::start).transpose()?;
     // Last, so that the servers' processes count too.
     let crowd = Crowd::fill_to(args.processes)?;
@@ -208,7 +218,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         sleepers: crowd.started(),
         fleet: !args.no_fleet,
     };
-    print_cost_report(args, &host, &sentinel, &baseline, &busy);
+    print_cost_report(args, &host, &sentinel, &baseline, &busy, floor);
     Ok(())
 }
 

@@ -105,6 +105,7 @@ pub(super) fn print_cost_report(
     sentinel: &[Costs],
     baseline: &[Costs],
     busy: &[BusyRound],
+    floor: Option<f64>,
 ) {
     let (execs, connects) = (args.execs, args.connects);
     println!();
@@ -210,6 +211,9 @@ pub(super) fn print_cost_report(
             verdict(worst, LATENCY_TARGET_MS)
         );
     }
+    if let Some(floor) = floor {
+        print_net_of_statistics(sentinel, args, floor);
+    }
     println!();
     println!("sentinel's split (median µs per event; idle: % of a core):");
     print_split(sentinel, execs, connects, args.dns_answers);
@@ -257,6 +261,33 @@ fn print_busy(busy: &[BusyRound], secs: u64) {
              {DISTURBED_CORES} of a core meanwhile; their rates are suspect"
         );
     }
+}
+
+/// The figures above without what the BPF statistics record of their own ([`floor`]): per
+/// event, the runs of the agent's programs times `floor` taken off.
+fn print_net_of_statistics(sentinel: &[Costs], args: &Args, floor: f64) {
+    let net_us = |c: &Charge, dns_only: bool, n: u64| {
+        let (ns, runs) = c
+            .bpf
+            .iter()
+            .filter(|(name, _)| !dns_only || name.starts_with("dns_"))
+            .fold((0, 0), |(ns, runs), (_, (n, r))| (ns + n, runs + r));
+        let user = if dns_only { 0 } else { c.user };
+        ((ns + user) as f64 - runs as f64 * floor) / n as f64 / 1e3
+    };
+    let runs_per =
+        |c: &Charge, n: u64| c.bpf.values().map(|(_, r)| r).sum::<u64>() as f64 / n as f64;
+    let of = |f: &dyn Fn(&Costs) -> f64| median(&sentinel.iter().map(f).collect::<Vec<_>>());
+    println!(
+        "  net of the BPF statistics' own time ({floor:.1} ns per program run, measured on an \
+         empty program; production runs without the statistics): per exec {:.2} µs ({:.1} \
+         runs), per connect {:.2} µs ({:.1} runs), the dns programs per DNS answer {:.3} µs",
+        of(&|c| net_us(&c.exec, false, args.execs)),
+        of(&|c| runs_per(&c.exec, args.execs)),
+        of(&|c| net_us(&c.connect, false, args.connects)),
+        of(&|c| runs_per(&c.connect, args.connects)),
+        of(&|c| net_us(&c.dns, true, args.dns_answers)),
+    );
 }
 
 /// The run time of the `dns` sensor's programs (the other programs run for whatever else the
