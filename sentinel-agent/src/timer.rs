@@ -104,7 +104,15 @@ impl Every {
         loop {
             let mut ready = self.fd.readable_mut().await?;
             match ready.try_io(|fd| read_count(fd.get_ref())) {
-                Ok(result) => return result,
+                Ok(result) => {
+                    // The read took every expiry: the timerfd is not readable until the next,
+                    // which the kernel signals anew. Said here, the next wait does not make a
+                    // read only to learn it (tokio ignores a clear older than the readiness).
+                    if result.is_ok() {
+                        ready.clear_ready();
+                    }
+                    return result;
+                }
                 Err(_would_block) => continue,
             }
         }
