@@ -17,7 +17,7 @@ use sentinel_common::{
     events::exec::{ARGV_LEN, ExeId, ExecEvent, ExitEvent, ForkEvent},
 };
 
-use crate::cpu::CPU_SAMPLES;
+use crate::cpu::{CPU_SAMPLES, was_sampled};
 use crate::rare::{read_failed, record_dropped};
 use crate::task::{
     EVENTS, current_task, current_tgid_unless_agent, exe_of_mm, fill_header, fill_lean_header,
@@ -190,9 +190,10 @@ fn on_exit(ctx: &TracePointContext) {
         return;
     };
     // Its CPU samples end with it (the agent read them at its last interval). Most processes
-    // never took a sample: a lookup is cheaper than a delete that finds nothing.
+    // never took a sample: their bit in `CPU_SAMPLED_TGIDS` says so without touching the
+    // sample map, and a lookup is cheaper than a delete that finds nothing.
     // SAFETY: the value is not kept.
-    if unsafe { CPU_SAMPLES.get(&tgid) }.is_some() {
+    if was_sampled(tgid) && unsafe { CPU_SAMPLES.get(&tgid) }.is_some() {
         let _ = CPU_SAMPLES.remove(&tgid);
     }
     let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {
