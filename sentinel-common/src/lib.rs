@@ -7,6 +7,7 @@
 
 pub mod events;
 pub mod offsets;
+pub mod reader;
 
 pub use events::{Event, EventKind, Header};
 pub use offsets::KernelOffsets;

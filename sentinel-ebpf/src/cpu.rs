@@ -5,7 +5,7 @@
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     macros::{map, perf_event},
-    maps::{PerCpuArray, PerCpuHashMap},
+    maps::{Array, PerCpuArray, PerCpuHashMap},
     programs::PerfEventContext,
 };
 use sentinel_common::events::cpu::MAX_TRACKED;
@@ -22,6 +22,20 @@ pub static CPU_SAMPLES: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entrie
 /// bucket of it (`MAX_TRACKED`), so the agent reads it only when this count moved.
 #[map]
 static CPU_SAMPLED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// One bit per tgid (modulo `SAMPLED_BITS`), set when a process's first sample on a CPU
+/// creates its entry in `CPU_SAMPLES`: the `exec` sensor's exit program looks the sample map
+/// up only for a process whose bit is set ([`was_sampled`], which clears it). Most processes
+/// never take a sample, and the lookup in the 16,384-bucket map was ~300 ns of an exit's
+/// ~780 (bpf_stats, an exec storm; cache misses, mostly). Two sampled processes sharing a
+/// bit: the first to exit clears it and the other's entry stays until the agent's gc drops
+/// the entries of processes it no longer knows (`daemon/ticks.rs`), as it does for any entry
+/// an exit missed. Plain loads and stores: a racing CPU can lose a bit the same way.
+#[map]
+static CPU_SAMPLED_TGIDS: Array<u32> = Array::with_max_entries(SAMPLED_BITS / 32, 0);
+
+/// Bits in `CPU_SAMPLED_TGIDS`: 512 bytes, few enough to stay in cache.
+const SAMPLED_BITS: u32 = 4096;
 
 /// Samples dropped because `CPU_SAMPLES` was full.
 #[map]
@@ -47,10 +61,47 @@ fn on_sample(ctx: &PerfEventContext) {
     if bump(tgid) {
         return;
     }
-    if CPU_SAMPLES.insert(&tgid, &1, BPF_NOEXIST.into()).is_ok() || bump(tgid) {
+    if CPU_SAMPLES.insert(&tgid, &1, BPF_NOEXIST.into()).is_ok() {
+        mark_sampled(tgid);
+        return;
+    }
+    if bump(tgid) {
         return;
     }
     record_dropped(ctx, &CPU_LOST, "cpu");
+}
+
+/// The word of `CPU_SAMPLED_TGIDS` holding `tgid`'s bit, and the bit.
+#[inline(always)]
+fn sampled_bit(tgid: u32) -> (u32, u32) {
+    let bit = tgid % SAMPLED_BITS;
+    (bit / 32, 1 << (bit % 32))
+}
+
+#[inline(always)]
+fn mark_sampled(tgid: u32) {
+    let (word, bit) = sampled_bit(tgid);
+    if let Some(w) = CPU_SAMPLED_TGIDS.get_ptr_mut(word) {
+        // SAFETY: a plain u32 slot (see CPU_SAMPLED_TGIDS for races).
+        unsafe { *w |= bit };
+    }
+}
+
+/// Whether `tgid` may have an entry in `CPU_SAMPLES` (its bit was set); clears the bit.
+#[inline(always)]
+pub fn was_sampled(tgid: u32) -> bool {
+    let (word, bit) = sampled_bit(tgid);
+    let Some(w) = CPU_SAMPLED_TGIDS.get_ptr_mut(word) else {
+        return true;
+    };
+    // SAFETY: a plain u32 slot (see CPU_SAMPLED_TGIDS for races).
+    unsafe {
+        if *w & bit == 0 {
+            return false;
+        }
+        *w &= !bit;
+    }
+    true
 }
 
 /// Add one sample to an existing entry; false when `tgid` has none yet.

@@ -17,7 +17,7 @@ use sentinel_common::{
     events::exec::{ARGV_LEN, ExeId, ExecEvent, ExitEvent, ForkEvent},
 };
 
-use crate::cpu::CPU_SAMPLES;
+use crate::cpu::{CPU_SAMPLES, was_sampled};
 use crate::rare::{read_failed, record_dropped};
 use crate::task::{
     EVENTS, current_task, current_tgid_unless_agent, exe_of_mm, fill_header, fill_lean_header,
@@ -30,6 +30,11 @@ pub static EXEC_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// `sched_process_exec`: `__data_loc char[] filename` at offset 8.
 const TP_EXEC_FILENAME_LOC: usize = 8;
+
+/// `sched_process_exit`: `bool group_dead` at offset 32 (after comm, pid and prio) on the
+/// kernels that have it (6.x). The agent reads the real offset from the format file; at this
+/// one the flag is read without a helper call (`bpf_probe_read`, ~30 ns per thread exit).
+const TP_EXIT_GROUP_DEAD: u32 = 32;
 
 #[tracepoint]
 pub fn exec_sched_process_exec(ctx: TracePointContext) -> u32 {
@@ -163,12 +168,20 @@ fn on_fork(ctx: &BtfTracePointContext) {
 
 fn on_exit(ctx: &TracePointContext) {
     let off = offsets();
-    let last_thread = if off.tp_exit_group_dead != 0 {
+    let last_thread = match off.tp_exit_group_dead {
+        0 => {
+            let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+            pid_tgid as u32 == (pid_tgid >> 32) as u32
+        }
+        // Where today's kernels put it: read in place, a plain load. The verifier refuses a
+        // context load at an offset added at run time (even a constant from `.rodata`), so
+        // the offset must be a literal; the other arm is dead code it drops.
+        TP_EXIT_GROUP_DEAD => {
+            // SAFETY: the format file says `group_dead` is at this offset of the record.
+            unsafe { *(ctx.as_ptr() as *const u8).add(TP_EXIT_GROUP_DEAD as usize) != 0 }
+        }
         // SAFETY: the offset comes from this tracepoint's format file.
-        unsafe { ctx.read_at::<u8>(off.tp_exit_group_dead as usize) }.unwrap_or(0) != 0
-    } else {
-        let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
-        pid_tgid as u32 == (pid_tgid >> 32) as u32
+        at => unsafe { ctx.read_at::<u8>(at as usize) }.unwrap_or(0) != 0,
     };
     if !last_thread {
         return;
@@ -177,9 +190,10 @@ fn on_exit(ctx: &TracePointContext) {
         return;
     };
     // Its CPU samples end with it (the agent read them at its last interval). Most processes
-    // never took a sample: a lookup is cheaper than a delete that finds nothing.
+    // never took a sample: their bit in `CPU_SAMPLED_TGIDS` says so without touching the
+    // sample map, and a lookup is cheaper than a delete that finds nothing.
     // SAFETY: the value is not kept.
-    if unsafe { CPU_SAMPLES.get(&tgid) }.is_some() {
+    if was_sampled(tgid) && unsafe { CPU_SAMPLES.get(&tgid) }.is_some() {
         let _ = CPU_SAMPLES.remove(&tgid);
     }
     let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {

@@ -21,7 +21,11 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, RingBuf},
 };
-use sentinel_common::{EventKind, Header, KernelOffsets, events::exec::ExeId};
+use sentinel_common::{
+    EventKind, Header, KernelOffsets,
+    events::exec::ExeId,
+    reader::{READER_BUSY, READER_TIMED},
+};
 
 /// Exec, fork, exit, connect, listen and stdio records, in the order they happened: one
 /// ring buffer (shared by every CPU) keeps a process's exec before its connect. The agent
@@ -45,53 +49,41 @@ const BPF_RB_FORCE_WAKEUP: u64 = 2;
 /// `BPF_RB_AVAIL_DATA` for `bpf_ringbuf_query`.
 const BPF_RB_AVAIL_DATA: u64 = 0;
 
-/// Slot 0 is 1 while the agent sleeps until the next record (its last drain found `EVENTS`
-/// empty). The record that finds it set wakes the agent and clears it; while the agent is
-/// busy it drains on its own timer and records wake nobody.
+/// Slot 0 says how the agent's ring reader waits (values in `sentinel_common::reader`):
+/// `READER_BUSY` while it reads and processes (no record wakes it), `READER_IDLE` while it
+/// sleeps with no timer until the next record (its last drain found `EVENTS` empty),
+/// `READER_TIMED` while it sleeps on its drain timer (a record wakes it only when the ring is
+/// filling). The record that wakes the reader sets it back to `READER_BUSY`, so a wake-up is
+/// paid at most once per time the reader goes to sleep.
 #[map]
 pub static READER_ASLEEP: Array<u32> = Array::with_max_entries(1, 0);
 
-/// Slot 0: the boot time (ns) before which a record does not wake the agent for a filling
-/// ring again ([`submit_flags`]).
-#[map]
-static NEXT_FILLING_WAKE: Array<u64> = Array::with_max_entries(1, 0);
-
-/// Least time between two wake-ups for a filling ring.
-const FILLING_WAKE_EVERY_NS: u64 = 1_000_000;
-
 /// Submit flags for every record: wake the agent when it sleeps waiting for one (the first
-/// record after a quiet spell: detection at once, no timer ticking while idle), or when the
-/// buffer is filling, then at most once per [`FILLING_WAKE_EVERY_NS`]; otherwise let it take
-/// the record on its next periodic drain, so a burst costs one wake-up per drain instead of
-/// one per record. A wake-up is an `irq_work` (on a VM a self-IPI, a VM exit) paid by the
-/// process that wrote the record: in a flood past the mark, one per record was most of a
-/// record's cost (measured on DNS answers: ~850–1,230 → ~260–400 ns).
+/// record after a quiet spell: detection at once, no timer ticking while idle), or when it
+/// sleeps on its drain timer while the buffer is filling (past `RING_WAKE_BYTES`, so a
+/// faster burst is drained sooner instead of lost); otherwise let it take the record on its
+/// next periodic drain, so a burst costs one wake-up per drain instead of one per record. A
+/// wake-up is an `irq_work` (on a VM a self-IPI, a VM exit) paid by the process that wrote
+/// the record. A reader that is already awake (reading, or waiting for its pipeline) is never
+/// woken: the wake-ups a filling ring used to send it once a millisecond, useless then, cost
+/// ~80 ns per DNS answer in a storm (bpf_stats of `dns_ingress`, see docs/architecture.md).
 #[inline(always)]
 pub fn submit_flags(ring: &RingBuf) -> u64 {
-    if let Some(asleep) = READER_ASLEEP.get_ptr_mut(0) {
-        // SAFETY: a plain u32 slot; two CPUs racing here both wake the agent, which is harmless.
-        unsafe {
-            if *asleep != 0 {
-                *asleep = 0;
-                return BPF_RB_FORCE_WAKEUP;
+    let Some(state) = READER_ASLEEP.get_ptr_mut(0) else {
+        return BPF_RB_NO_WAKEUP;
+    };
+    // SAFETY: a plain u32 slot; two CPUs racing here both wake the agent, which is harmless.
+    unsafe {
+        match *state {
+            READER_BUSY => BPF_RB_NO_WAKEUP,
+            READER_TIMED if ring.query(BPF_RB_AVAIL_DATA) < RING_WAKE_BYTES.load() => {
+                BPF_RB_NO_WAKEUP
+            }
+            _ => {
+                *state = READER_BUSY;
+                BPF_RB_FORCE_WAKEUP
             }
         }
-    }
-    if ring.query(BPF_RB_AVAIL_DATA) < RING_WAKE_BYTES.load() {
-        return BPF_RB_NO_WAKEUP;
-    }
-    // SAFETY: no arguments; reads a kernel clock.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
-    match NEXT_FILLING_WAKE.get_ptr_mut(0) {
-        // SAFETY: a plain u64 slot; a racing CPU costs one wake-up more, which is harmless.
-        Some(next) => unsafe {
-            if now < *next {
-                return BPF_RB_NO_WAKEUP;
-            }
-            *next = now + FILLING_WAKE_EVERY_NS;
-            BPF_RB_FORCE_WAKEUP
-        },
-        None => BPF_RB_FORCE_WAKEUP,
     }
 }
 

@@ -28,7 +28,10 @@ use aya::{
     Ebpf, EbpfLoader, Pod,
     maps::{Array, MapData, PerCpuArray, RingBuf},
 };
-use sentinel_common::{EventKind, Header, KernelOffsets};
+use sentinel_common::{
+    EventKind, Header, KernelOffsets,
+    reader::{READER_IDLE, READER_TIMED},
+};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     sync::mpsc,
@@ -398,8 +401,8 @@ const DRAIN_AFTER_WAKE: std::time::Duration = std::time::Duration::from_millis(4
 /// Most records a drain reserves room for up front.
 const BATCH_RESERVE_MAX: usize = 4096;
 
-/// The shared ring buffer and the kernel's "wake the reader with the next record" switch
-/// (`READER_ASLEEP` in sentinel-ebpf's `task.rs`).
+/// The shared ring buffer and the kernel's switch saying which record may wake the reader
+/// (`READER_ASLEEP` in sentinel-ebpf's `task.rs`, values in `sentinel_common::reader`).
 pub struct Ring {
     records: RingBuf<MapData>,
     asleep: Array<MapData, u32>,
@@ -425,8 +428,8 @@ fn read_all(ring: &mut RingBuf<MapData>, counters: &[Arc<Counters>], batch: &mut
     }
 }
 
-/// Wait until the kernel wakes the reader (it then clears `READER_ASLEEP`, or the buffer is
-/// filling), or until `timeout` when one is given. The readiness is consumed: the caller
+/// Wait until the kernel wakes the reader (the next record when it was armed `READER_IDLE`,
+/// the buffer filling when `READER_TIMED`; the kernel then sets it back to `READER_BUSY`), or until `timeout` when one is given. The readiness is consumed: the caller
 /// drains next, so no record is left behind by clearing it.
 async fn woken(fd: &mut AsyncFd<RingBuf<MapData>>, timeout: Option<std::time::Duration>) -> bool {
     let ready = async {
@@ -454,9 +457,10 @@ async fn woken(fd: &mut AsyncFd<RingBuf<MapData>>, timeout: Option<std::time::Du
 /// `tx` in ring order. `counters` are indexed like [`SENSORS`].
 ///
 /// Records are submitted without a wake-up while the reader is busy, so a burst costs one
-/// wake-up per [`DRAIN_EVERY`], not one per record; when a drain finds the ring empty the
-/// reader arms `READER_ASLEEP` and sleeps with no timer until the next record wakes it: an
-/// idle agent does not run at all, and a record after a quiet spell is read at once.
+/// wake-up per [`DRAIN_EVERY`], not one per record: before sleeping on its timer the reader
+/// arms `READER_TIMED` (a ring filling past half wakes it early, once); when a drain finds the
+/// ring empty it arms `READER_IDLE` and sleeps with no timer until the next record wakes it:
+/// an idle agent does not run at all, and a record after a quiet spell is read at once.
 pub async fn drain(ring: Ring, tx: mpsc::Sender<Vec<KernelEvent>>, counters: Vec<Arc<Counters>>) {
     let Ring {
         records,
@@ -489,6 +493,8 @@ pub async fn drain(ring: Ring, tx: mpsc::Sender<Vec<KernelEvent>>, counters: Vec
                 DRAIN_EVERY
             };
             just_woken = false;
+            // Wake early only if the ring fills while the timer runs.
+            arm(&mut asleep, READER_TIMED, &mut armable);
             if !woken(&mut fd, Some(next)).await {
                 return;
             }
@@ -496,12 +502,7 @@ pub async fn drain(ring: Ring, tx: mpsc::Sender<Vec<KernelEvent>>, counters: Vec
         }
         // Quiet: ask for a wake-up with the next record, then take any record that came
         // between the drain above and the arming (it woke nobody) before sleeping.
-        if armable && let Err(e) = asleep.set(0, 1, 0) {
-            error!(
-                "exec/connect sensors: cannot arm the kernel's wake-up ({e}): polling every {DRAIN_EVERY:?} instead"
-            );
-            armable = false;
-        }
+        arm(&mut asleep, READER_IDLE, &mut armable);
         read_all(fd.get_mut(), &counters, &mut batch);
         if !batch.is_empty() {
             if tx.send(batch).await.is_err() {
@@ -514,6 +515,17 @@ pub async fn drain(ring: Ring, tx: mpsc::Sender<Vec<KernelEvent>>, counters: Vec
             return;
         }
         just_woken = true;
+    }
+}
+
+/// Tell the kernel programs how the reader is about to wait (`sentinel_common::reader`); on
+/// failure, stop asking and poll every [`DRAIN_EVERY`].
+fn arm(asleep: &mut Array<MapData, u32>, state: u32, armable: &mut bool) {
+    if *armable && let Err(e) = asleep.set(0, state, 0) {
+        error!(
+            "exec/connect sensors: cannot arm the kernel's wake-up ({e}): polling every {DRAIN_EVERY:?} instead"
+        );
+        *armable = false;
     }
 }
 
