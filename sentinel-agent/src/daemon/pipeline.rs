@@ -284,11 +284,12 @@ impl Pipeline {
     pub fn handle(&mut self, event: KernelEvent) {
         match event {
             KernelEvent::Fork(f) => {
-                if is_sshd(&f.comm) {
+                let comm = f.comm.text();
+                if is_sshd(&comm) {
                     self.ssh_nudge.send();
                 }
                 self.tree
-                    .on_fork(f.parent, f.child, f.child_start_ns, &f.comm);
+                    .on_fork(f.parent, f.child, f.child_start_ns, &comm);
                 // A tracked tree's forks are members from birth, whatever their parent link
                 // becomes (setsid, a double fork, adoption by init), exec or not.
                 if !self.tracked.is_empty()
@@ -304,7 +305,7 @@ impl Pipeline {
                 self.behaviour_exit(&e);
                 self.exits.push_back((Instant::now(), e.tgid, e.start_ns));
             }
-            KernelEvent::Exec(e) => {
+            KernelEvent::Exec(mut e) => {
                 self.tree
                     .on_exec(e.tgid, e.ppid, e.start_ns, &e.comm, &e.filename);
                 self.tree
@@ -318,7 +319,8 @@ impl Pipeline {
                 if self.detect.reverse_shell.waits(e.tgid) {
                     self.stdio_at_exec(e.tgid, &e.filename, e.ts_ns);
                 }
-                let mut culprit = self.culprit(e.tgid, e.comm.clone(), Some(e.uid));
+                // The comm goes to the culprit and from it to the event (no copy).
+                let mut culprit = self.culprit(e.tgid, std::mem::take(&mut e.comm), Some(e.uid));
                 // A tracked tree's new programs stay tracked, even after their root exits.
                 if !self.tracked.is_empty()
                     && self.tracked_id(e.tgid).is_none()
@@ -336,18 +338,17 @@ impl Pipeline {
                     )
                 };
                 let ppid = self.tree.get(e.tgid).map_or(e.ppid, |p| p.ppid);
-                let container = culprit.container.clone();
                 self.emit(
                     self.clock.wall(e.ts_ns),
                     Body::Exec(ExecBody {
                         pid: e.tgid,
                         ppid,
                         uid: e.uid,
-                        comm: e.comm,
+                        comm: culprit.comm,
                         filename: e.filename,
                         argv: e.argv,
                         ancestors: culprit.ancestry.into_iter().map(|(_, c)| c).collect(),
-                        container,
+                        container: culprit.container,
                     }),
                 );
                 for finding in finding.into_iter().chain(behaviour) {

@@ -23,8 +23,9 @@ pub struct Proc {
     /// What a detector made of `comm` (`lineage`'s roles, as bits), kept here because every
     /// exec below this process asks again; `None` until asked and whenever `comm` changes.
     pub comm_class: Option<u8>,
-    /// What the process last exec'd, when the agent saw it.
-    pub filename: Option<String>,
+    /// What the process last exec'd, when the agent saw it. Shared: a fork copies the
+    /// pointer, not the path.
+    pub filename: Option<Arc<str>>,
     /// The process that forked it, when the agent saw the fork (0: unknown). Differs from
     /// `ppid` once an orphan was adopted by a subreaper or pid 1.
     pub forked_by: u32,
@@ -236,7 +237,7 @@ impl ProcessTree {
             p.comm = Arc::from(comm);
             p.comm_class = None;
         }
-        p.filename = Some(filename.to_string());
+        p.filename = Some(Arc::from(filename));
         p.exe = ExeId::default();
         p.listening = false;
         p.package_manager = false;

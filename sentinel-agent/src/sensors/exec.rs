@@ -10,7 +10,7 @@ use sentinel_common::{
     events::exec::{ARGV_LEN, ExeId, ExecData, ExecEvent, ExitEvent, FILENAME_LEN, ForkEvent},
 };
 
-use super::{DecodeError, SensorError, c_str, prog_err, program, read_exact};
+use super::{DecodeError, RawComm, SensorError, c_str, prog_err, program, read_exact};
 
 const SENSOR: &str = "exec";
 
@@ -39,8 +39,9 @@ pub struct Fork {
     pub parent: u32,
     pub child: u32,
     pub child_start_ns: u64,
-    /// The forking task's comm, which the child starts with.
-    pub comm: String,
+    /// The forking task's comm, which the child starts with (kept as the kernel's bytes: a
+    /// fork only compares it with the parent's).
+    pub comm: RawComm,
 }
 
 /// The process `tgid` ended.
@@ -181,7 +182,7 @@ pub fn decode_fork(bytes: &[u8]) -> Result<Fork, DecodeError> {
         parent: ev.header.tgid,
         child: ev.data.child_tgid,
         child_start_ns: ev.data.child_start_ns,
-        comm: comm(&ev.header),
+        comm: RawComm(ev.header.comm),
     })
 }
 
@@ -305,7 +306,7 @@ mod tests {
             panic!("not a fork");
         };
         assert_eq!(
-            (f.parent, f.child, f.child_start_ns, f.comm.as_str()),
+            (f.parent, f.child, f.child_start_ns, &*f.comm.text()),
             (10, 11, 99, "bash")
         );
     }
