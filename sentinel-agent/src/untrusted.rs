@@ -7,7 +7,7 @@
 //! additionally [`defang`] links. Escaping is idempotent: an already escaped string passes
 //! unchanged, so outputs may escape again for text stored by an older agent.
 
-use std::borrow::Cow;
+use std::{borrow::Cow, sync::Arc};
 
 /// Whether `c` must not reach a terminal, a log line or a chat message as itself: the C0 and
 /// C1 controls and DEL, the line and paragraph separators, and the invisible characters that
@@ -57,6 +57,14 @@ pub fn text_from(bytes: &[u8]) -> String {
         return text.to_owned();
     }
     escape(&String::from_utf8_lossy(bytes)).into_owned()
+}
+
+/// [`text_from`] as shared text, made in one allocation.
+pub fn shared_text_from(bytes: &[u8]) -> Arc<str> {
+    match printable_ascii(bytes) {
+        Some(text) => Arc::from(text),
+        None => Arc::from(text_from(bytes)),
+    }
 }
 
 /// `bytes` as text when every byte is printable ASCII (no second pass to validate UTF-8).

@@ -307,7 +307,7 @@ impl Pipeline {
             }
             KernelEvent::Exec(mut e) => {
                 self.tree
-                    .on_exec(e.tgid, e.ppid, e.start_ns, &e.comm, &e.filename);
+                    .on_exec(e.tgid, e.ppid, e.start_ns, &e.comm, e.filename.clone());
                 self.tree
                     .set_exec_details(e.tgid, e.exe, e.uid, e.cgroup_id);
                 if self.is_agent(e.tgid) {

@@ -187,6 +187,12 @@ pub(crate) fn c_str(bytes: &[u8]) -> String {
     crate::untrusted::text_from(&bytes[..end])
 }
 
+/// [`c_str`] as shared text (one allocation, shared by the process tree and the event).
+pub(crate) fn c_str_shared(bytes: &[u8]) -> std::sync::Arc<str> {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    crate::untrusted::shared_text_from(&bytes[..end])
+}
+
 /// A task's comm as the kernel copied it (NUL-padded), for records that mostly compare it:
 /// its escaped text ([`c_str`]) is made when asked, borrowed when it needs no escape.
 #[derive(Clone, Copy, PartialEq, Eq)]
