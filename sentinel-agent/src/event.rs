@@ -343,20 +343,13 @@ pub fn rfc3339_millis(at: SystemTime) -> Ts {
                 return full.into(); // not the usual shape: no cache
             }
         }
-        let mut out = [0u8; 64];
-        let prefix = s.prefix.as_bytes();
-        let Some(tail) = out.get_mut(prefix.len()..prefix.len() + 4) else {
-            return humantime::format_rfc3339_millis(at).to_string().into();
-        };
-        tail.copy_from_slice(&[
+        let millis = [
             b'0' + (ms / 100) as u8,
             b'0' + (ms / 10 % 10) as u8,
             b'0' + (ms % 10) as u8,
             b'Z',
-        ]);
-        out[..prefix.len()].copy_from_slice(prefix);
-        let text = std::str::from_utf8(&out[..prefix.len() + 4]).expect("a str and ASCII digits");
-        Ts::from(text)
+        ];
+        Ts::concat(&s.prefix, &millis)
     })
 }
 

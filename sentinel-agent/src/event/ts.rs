@@ -33,6 +33,23 @@ impl Ts {
     }
 }
 
+impl Ts {
+    /// `head` followed by the ASCII bytes `tail`, without a string in between.
+    pub fn concat(head: &str, tail: &[u8; 4]) -> Ts {
+        let len = head.len() + tail.len();
+        if len > INLINE || !tail.is_ascii() {
+            return Ts::from(format!("{head}{}", String::from_utf8_lossy(tail)));
+        }
+        let mut bytes = [0; INLINE];
+        bytes[..head.len()].copy_from_slice(head.as_bytes());
+        bytes[head.len()..len].copy_from_slice(tail);
+        Ts(Repr::Inline {
+            len: len as u8,
+            bytes,
+        })
+    }
+}
+
 impl From<&str> for Ts {
     fn from(text: &str) -> Self {
         if text.len() > INLINE {
@@ -125,6 +142,16 @@ mod tests {
         let escaped: Ts = serde_json::from_str(r#""a\nb""#).unwrap();
         assert_eq!(escaped, "a\nb");
         assert!(serde_json::from_str::<Ts>("12").is_err());
+    }
+
+    #[test]
+    fn concat_is_head_then_tail() {
+        let ts = Ts::concat("2026-12-07T05:41:44.", b"123Z");
+        assert!(matches!(ts.0, Repr::Inline { len: 24, .. }));
+        assert_eq!(ts, "2026-12-07T05:41:44.123Z");
+        let long = "y".repeat(INLINE);
+        assert_eq!(Ts::concat(&long, b"123Z").as_str(), format!("{long}123Z"));
+        assert_eq!(Ts::concat("a", b"\xff\0\0Z"), "a\u{fffd}\0\0Z");
     }
 
     #[test]
