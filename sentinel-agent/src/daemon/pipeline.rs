@@ -117,6 +117,12 @@ pub struct Pipeline {
     pub alert_repeats: super::repeats::Repeats,
 }
 
+/// Ancestors kept inline by [`Pipeline::ancestors`]; a deeper tree spills to the heap.
+const ANCESTORS_INLINE: usize = 8;
+
+/// An exec's ancestors as `lineage` sees them.
+pub(super) type Ancestors<'a> = smallvec::SmallVec<[Ancestor<'a>; ANCESTORS_INLINE]>;
+
 /// How long a process stays in the tree after its exit record.
 const EXIT_GRACE: Duration = Duration::from_secs(1);
 
@@ -510,9 +516,10 @@ impl Pipeline {
         None
     }
 
-    /// What the tree knows of `culprit`'s ancestors, for `lineage`'s judgements.
-    pub(super) fn ancestors<'a>(&mut self, culprit: &'a Culprit) -> Vec<Ancestor<'a>> {
-        let mut ancestors: Vec<Ancestor<'a>> = Vec::with_capacity(culprit.ancestry.len());
+    /// What the tree knows of `culprit`'s ancestors, for `lineage`'s judgements (inline up
+    /// to [`ANCESTORS_INLINE`]: no allocation for most execs).
+    pub(super) fn ancestors<'a>(&mut self, culprit: &'a Culprit) -> Ancestors<'a> {
+        let mut ancestors = Ancestors::with_capacity(culprit.ancestry.len());
         for (pid, comm) in &culprit.ancestry {
             // `None` for a process the tree does not hold; else its cached class, if any.
             let (listening, package_manager, class) =
