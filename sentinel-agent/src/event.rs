@@ -15,11 +15,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::{enrich::container::Container, untrusted::escape};
 
+mod ts;
+pub use ts::Ts;
+
 /// One event as stored, streamed and printed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     /// RFC 3339, UTC, millisecond precision.
-    pub ts: String,
+    pub ts: Ts,
     /// One allocation for the agent's life, shared by every record it makes.
     pub host: Arc<str>,
     #[serde(flatten)]
@@ -82,7 +85,8 @@ pub struct ExecBody {
     pub ppid: u32,
     pub uid: u32,
     pub comm: String,
-    pub filename: String,
+    /// Shared with the process tree.
+    pub filename: Arc<str>,
     pub argv: Vec<String>,
     /// Comms of the parent, grandparent, … (parent first): shared with the process tree's
     /// entries, not copied for every exec.
@@ -325,9 +329,9 @@ impl Second {
 }
 
 /// `at` in RFC 3339, UTC, millisecond precision (as `humantime::format_rfc3339_millis`).
-pub fn rfc3339_millis(at: SystemTime) -> String {
+pub fn rfc3339_millis(at: SystemTime) -> Ts {
     let Ok(since) = at.duration_since(UNIX_EPOCH) else {
-        return humantime::format_rfc3339_millis(at).to_string();
+        return humantime::format_rfc3339_millis(at).to_string().into();
     };
     let (secs, ms) = (since.as_secs(), since.subsec_millis());
     SECOND.with(|s| {
@@ -336,16 +340,16 @@ pub fn rfc3339_millis(at: SystemTime) -> String {
             let full = humantime::format_rfc3339_millis(at).to_string();
             s.learn(&full, (secs * 1_000_000_000) as i64);
             if s.secs != secs || s.prefix.is_empty() {
-                return full; // not the usual shape: no cache
+                return full.into(); // not the usual shape: no cache
             }
         }
-        let mut out = String::with_capacity(s.prefix.len() + 4);
-        out.push_str(&s.prefix);
-        out.push(char::from(b'0' + (ms / 100) as u8));
-        out.push(char::from(b'0' + (ms / 10 % 10) as u8));
-        out.push(char::from(b'0' + (ms % 10) as u8));
-        out.push('Z');
-        out
+        let millis = [
+            b'0' + (ms / 100) as u8,
+            b'0' + (ms / 10 % 10) as u8,
+            b'0' + (ms % 10) as u8,
+            b'Z',
+        ];
+        Ts::concat(&s.prefix, &millis)
     })
 }
 
@@ -402,7 +406,7 @@ impl fmt::Display for Record {
                     .collect();
                 let mut d = args.join(" ");
                 if d.is_empty() {
-                    d = b.filename.clone();
+                    d = b.filename.to_string();
                 } else if !b.argv[0].ends_with(b.filename.rsplit('/').next().unwrap_or("")) {
                     d = format!("{} [{}]", d, b.filename);
                 }
@@ -527,7 +531,7 @@ mod tests {
         times.push(UNIX_EPOCH);
         for at in times.iter().chain(times.iter().rev()) {
             let want = humantime::format_rfc3339_millis(*at).to_string();
-            assert_eq!(rfc3339_millis(*at), want);
+            assert_eq!(rfc3339_millis(*at).as_str(), want);
             let r = Record::new(
                 *at,
                 "h",

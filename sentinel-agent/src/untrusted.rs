@@ -7,7 +7,7 @@
 //! additionally [`defang`] links. Escaping is idempotent: an already escaped string passes
 //! unchanged, so outputs may escape again for text stored by an older agent.
 
-use std::borrow::Cow;
+use std::{borrow::Cow, sync::Arc};
 
 /// Whether `c` must not reach a terminal, a log line or a chat message as itself: the C0 and
 /// C1 controls and DEL, the line and paragraph separators, and the invisible characters that
@@ -53,10 +53,27 @@ pub fn escape(text: &str) -> Cow<'_, str> {
 /// replaced, hostile characters escaped. Printable ASCII, nearly every such text, is copied
 /// as it is after one pass.
 pub fn text_from(bytes: &[u8]) -> String {
-    if bytes.iter().all(|b| (b' '..=b'~').contains(b)) {
-        return String::from_utf8(bytes.to_vec()).expect("printable ASCII is UTF-8");
+    if let Some(text) = printable_ascii(bytes) {
+        return text.to_owned();
     }
     escape(&String::from_utf8_lossy(bytes)).into_owned()
+}
+
+/// [`text_from`] as shared text, made in one allocation.
+pub fn shared_text_from(bytes: &[u8]) -> Arc<str> {
+    match printable_ascii(bytes) {
+        Some(text) => Arc::from(text),
+        None => Arc::from(text_from(bytes)),
+    }
+}
+
+/// `bytes` as text when every byte is printable ASCII (no second pass to validate UTF-8).
+pub fn printable_ascii(bytes: &[u8]) -> Option<&str> {
+    if !bytes.iter().all(|b| (b' '..=b'~').contains(b)) {
+        return None;
+    }
+    // SAFETY: printable ASCII (checked above) is valid UTF-8.
+    Some(unsafe { std::str::from_utf8_unchecked(bytes) })
 }
 
 /// [`escape`] for an owned string: no copy when there is nothing to escape.
@@ -186,6 +203,10 @@ mod tests {
                 "{text}"
             );
         }
+        assert_eq!(printable_ascii(b"/usr/bin/x -y"), Some("/usr/bin/x -y"));
+        assert_eq!(printable_ascii(b""), Some(""));
+        assert_eq!(printable_ascii(b"a\tb"), None);
+        assert_eq!(printable_ascii("café".as_bytes()), None);
         assert_eq!(escaped("plain".to_string()), "plain");
         assert_eq!(escaped("a\nb".to_string()), "a\\nb");
     }

@@ -7,6 +7,7 @@
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::{
     path::Path,
+    sync::Arc,
     time::{Instant, SystemTime},
 };
 
@@ -39,7 +40,7 @@ pub struct Behaviour {
     history: Option<History>,
     /// Executable, parent pid and origin of each process seen starting, for `respawn` at
     /// its exit.
-    origins: FxHashMap<u32, (String, u32, Origin)>,
+    origins: FxHashMap<u32, (Arc<str>, u32, Origin)>,
     /// Processes the kill engine signalled, so their exit counts as a kill.
     killed_by_agent: FxHashSet<u32>,
 }
@@ -76,15 +77,19 @@ impl Behaviour {
 
 /// The absolute executable of `pid` when the exec record's filename is relative or a file
 /// descriptor (`fexecve`: `/dev/fd/3`, which is `/memfd:x (deleted)` for a memfd).
-fn resolve_exe(proc_root: &Path, pid: u32, filename: &str) -> String {
+/// `known` is the tree's (shared, returned as it is when absolute), else the comm stands in.
+fn resolve_exe(proc_root: &Path, pid: u32, known: Option<&Arc<str>>, comm: &str) -> Arc<str> {
+    let filename = known.map_or(comm, |f| &**f);
     if filename.starts_with('/')
         && !filename.starts_with("/dev/fd/")
         && !filename.starts_with("/proc/")
     {
-        return filename.to_string();
+        return known.map_or_else(|| Arc::from(filename), Arc::clone);
     }
-    std::fs::read_link(proc_root.join(pid.to_string()).join("exe"))
-        .map_or_else(|_| filename.to_string(), |p| p.display().to_string())
+    std::fs::read_link(proc_root.join(pid.to_string()).join("exe")).map_or_else(
+        |_| Arc::from(filename),
+        |p| Arc::from(p.display().to_string()),
+    )
 }
 
 fn read_unit(proc_root: &Path, pid: u32) -> Option<String> {
@@ -103,19 +108,19 @@ impl Pipeline {
         let now = Instant::now();
         let root = &self.proc_root;
         let pid = culprit.pid;
-        let filename = culprit.exe.as_deref().unwrap_or(&culprit.comm);
-        let exe = resolve_exe(root, pid, filename);
-        let given = culprit.exe.replace(exe.clone());
+        let resolved = resolve_exe(root, pid, culprit.exe.as_ref(), &culprit.comm);
+        let given = culprit.exe.replace(resolved);
         let c = &*culprit;
+        let exe = c.exe.as_deref().unwrap_or_default();
         let intel = &mut self.detect.alerts.signals.intel;
-        intel.spawned(&exe, SystemTime::now());
+        intel.spawned(exe, SystemTime::now());
         let b = &mut self.detect.behaviour;
         let origin = Origin::runtime_of(c, |init| is_pid_namespace_init(root, init))
             .or_else(|| Origin::of(c, || read_unit(root, pid)));
         let mut out = Vec::new();
-        if let Some(f) = b.respawn.on_exec(c, &exe, origin.clone(), now) {
+        if let Some(f) = b.respawn.on_exec(c, exe, origin.clone(), now) {
             if detect::respawn::is_comeback(&f) {
-                intel.respawned(&exe);
+                intel.respawned(exe);
             }
             out.push(f);
         }
@@ -124,11 +129,11 @@ impl Pipeline {
         b.npm.on_exec(c, argv, || {
             std::fs::read_link(root.join(pid.to_string()).join("cwd")).ok()
         });
+        let parent = c.ancestry.first().map_or(0, |(p, _)| *p);
+        let exe = std::mem::replace(&mut culprit.exe, given).unwrap_or_default();
         if let Some(origin) = origin {
-            let parent = c.ancestry.first().map_or(0, |(p, _)| *p);
             b.origins.insert(pid, (exe, parent, origin));
         }
-        culprit.exe = given;
         out
     }
 
@@ -361,16 +366,27 @@ mod tests {
         let me = std::process::id();
         let real = std::fs::read_link("/proc/self/exe").unwrap();
         let proc_root = Path::new("/proc");
-        assert_eq!(resolve_exe(proc_root, me, "/usr/bin/x"), "/usr/bin/x");
+        let known = |f: &str| Some(Arc::from(f));
+        let path = known("/usr/bin/x");
+        let shared = resolve_exe(proc_root, me, path.as_ref(), "x");
+        assert_eq!(&*shared, "/usr/bin/x");
+        assert!(Arc::ptr_eq(&shared, path.as_ref().unwrap()), "not copied");
+        let real = real.display().to_string();
         assert_eq!(
-            resolve_exe(proc_root, me, "./x"),
-            real.display().to_string()
+            *resolve_exe(proc_root, me, known("./x").as_ref(), "x"),
+            *real
         );
         assert_eq!(
-            resolve_exe(proc_root, me, "/dev/fd/3"),
-            real.display().to_string()
+            *resolve_exe(proc_root, me, known("/dev/fd/3").as_ref(), "3"),
+            *real
         );
+        // No filename known: the comm stands in.
+        assert_eq!(*resolve_exe(proc_root, me, None, "x"), *real);
         // Gone: the record's own name stays.
-        assert_eq!(resolve_exe(proc_root, u32::MAX, "./x"), "./x");
+        assert_eq!(
+            *resolve_exe(proc_root, u32::MAX, known("./x").as_ref(), "x"),
+            *"./x"
+        );
+        assert_eq!(*resolve_exe(proc_root, u32::MAX, None, "x"), *"x");
     }
 }

@@ -117,6 +117,12 @@ pub struct Pipeline {
     pub alert_repeats: super::repeats::Repeats,
 }
 
+/// Ancestors kept inline by [`Pipeline::ancestors`]; a deeper tree spills to the heap.
+const ANCESTORS_INLINE: usize = 8;
+
+/// An exec's ancestors as `lineage` sees them.
+pub(super) type Ancestors<'a> = smallvec::SmallVec<[Ancestor<'a>; ANCESTORS_INLINE]>;
+
 /// How long a process stays in the tree after its exit record.
 const EXIT_GRACE: Duration = Duration::from_secs(1);
 
@@ -284,11 +290,12 @@ impl Pipeline {
     pub fn handle(&mut self, event: KernelEvent) {
         match event {
             KernelEvent::Fork(f) => {
-                if is_sshd(&f.comm) {
+                let comm = f.comm.text();
+                if is_sshd(&comm) {
                     self.ssh_nudge.send();
                 }
                 self.tree
-                    .on_fork(f.parent, f.child, f.child_start_ns, &f.comm);
+                    .on_fork(f.parent, f.child, f.child_start_ns, &comm);
                 // A tracked tree's forks are members from birth, whatever their parent link
                 // becomes (setsid, a double fork, adoption by init), exec or not.
                 if !self.tracked.is_empty()
@@ -304,9 +311,9 @@ impl Pipeline {
                 self.behaviour_exit(&e);
                 self.exits.push_back((Instant::now(), e.tgid, e.start_ns));
             }
-            KernelEvent::Exec(e) => {
+            KernelEvent::Exec(mut e) => {
                 self.tree
-                    .on_exec(e.tgid, e.ppid, e.start_ns, &e.comm, &e.filename);
+                    .on_exec(e.tgid, e.ppid, e.start_ns, &e.comm, e.filename.clone());
                 self.tree
                     .set_exec_details(e.tgid, e.exe, e.uid, e.cgroup_id);
                 if self.is_agent(e.tgid) {
@@ -318,7 +325,8 @@ impl Pipeline {
                 if self.detect.reverse_shell.waits(e.tgid) {
                     self.stdio_at_exec(e.tgid, &e.filename, e.ts_ns);
                 }
-                let mut culprit = self.culprit(e.tgid, e.comm.clone(), Some(e.uid));
+                // The comm goes to the culprit and from it to the event (no copy).
+                let mut culprit = self.culprit(e.tgid, std::mem::take(&mut e.comm), Some(e.uid));
                 // A tracked tree's new programs stay tracked, even after their root exits.
                 if !self.tracked.is_empty()
                     && self.tracked_id(e.tgid).is_none()
@@ -336,18 +344,17 @@ impl Pipeline {
                     )
                 };
                 let ppid = self.tree.get(e.tgid).map_or(e.ppid, |p| p.ppid);
-                let container = culprit.container.clone();
                 self.emit(
                     self.clock.wall(e.ts_ns),
                     Body::Exec(ExecBody {
                         pid: e.tgid,
                         ppid,
                         uid: e.uid,
-                        comm: e.comm,
+                        comm: culprit.comm,
                         filename: e.filename,
                         argv: e.argv,
                         ancestors: culprit.ancestry.into_iter().map(|(_, c)| c).collect(),
-                        container,
+                        container: culprit.container,
                     }),
                 );
                 for finding in finding.into_iter().chain(behaviour) {
@@ -509,9 +516,10 @@ impl Pipeline {
         None
     }
 
-    /// What the tree knows of `culprit`'s ancestors, for `lineage`'s judgements.
-    pub(super) fn ancestors<'a>(&mut self, culprit: &'a Culprit) -> Vec<Ancestor<'a>> {
-        let mut ancestors: Vec<Ancestor<'a>> = Vec::with_capacity(culprit.ancestry.len());
+    /// What the tree knows of `culprit`'s ancestors, for `lineage`'s judgements (inline up
+    /// to [`ANCESTORS_INLINE`]: no allocation for most execs).
+    pub(super) fn ancestors<'a>(&mut self, culprit: &'a Culprit) -> Ancestors<'a> {
+        let mut ancestors = Ancestors::with_capacity(culprit.ancestry.len());
         for (pid, comm) in &culprit.ancestry {
             // `None` for a process the tree does not hold; else its cached class, if any.
             let (listening, package_manager, class) =

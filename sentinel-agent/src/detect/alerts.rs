@@ -10,7 +10,10 @@ use std::{
 };
 
 use super::{Anomaly, Finding, Signals, budget, risk};
-use crate::{event::AlertBody, untrusted::escaped};
+use crate::{
+    event::AlertBody,
+    untrusted::{escape, escaped},
+};
 
 /// What to do with a finding after de-duplication.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,8 +51,8 @@ impl Key {
                 finding
                     .culprit
                     .exe
-                    .clone()
-                    .unwrap_or_else(|| finding.culprit.comm.clone()),
+                    .as_deref()
+                    .map_or_else(|| finding.culprit.comm.clone(), str::to_owned),
             ),
             Anomaly::Persistence { .. } => Some(finding.detail.clone()),
             _ => None,
@@ -216,7 +219,11 @@ fn body(id: String, finding: Finding, risk: u8) -> AlertBody {
         pid: finding.culprit.pid,
         // Escaped at intake already; again here so no detector can let raw text through.
         comm: escaped(finding.culprit.comm),
-        exe: finding.culprit.exe.map(escaped),
+        exe: finding
+            .culprit
+            .exe
+            .as_deref()
+            .map(|e| escape(e).into_owned()),
         target_ip: finding.target.map(|t| t.ip()),
         targets: finding.target.map(|t| t.ip()).into_iter().collect(),
         country: finding.country,

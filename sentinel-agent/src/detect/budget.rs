@@ -22,7 +22,10 @@ use std::{
 };
 
 use super::{Anomaly, Culprit};
-use crate::{event::AlertBody, untrusted::escaped};
+use crate::{
+    event::AlertBody,
+    untrusted::{escape, escaped},
+};
 
 /// At most this many origins are budgeted apart at once; the rest share one bucket.
 pub const MAX_ORIGINS: usize = 10_000;
@@ -241,7 +244,7 @@ fn aggregate(id: String, culprit: &Culprit) -> AlertBody {
         mitre: anomaly.mitre(),
         pid: culprit.pid,
         comm: escaped(culprit.comm.clone()),
-        exe: culprit.exe.clone().map(escaped),
+        exe: culprit.exe.as_deref().map(|e| escape(e).into_owned()),
         target_ip: None,
         targets: Vec::new(),
         country: None,
@@ -395,7 +398,7 @@ mod tests {
         let t0 = Instant::now();
         let origin = |i: usize| {
             let mut c = culprit(1, "x", &[]);
-            c.exe = Some(format!("/tmp/x{i}"));
+            c.exe = Some(format!("/tmp/x{i}").into());
             Origin::of(&c)
         };
         for i in 0..MAX_ORIGINS {

@@ -134,7 +134,7 @@ pub fn judge(change: &Change) -> Option<Finding> {
             pid: 0,
             start: 0,
             comm: name.chars().take(15).collect(),
-            exe: Some(change.path.display().to_string()),
+            exe: Some(change.path.display().to_string().into()),
             uid: change.uid,
             ancestry: Vec::new(),
             container: None,

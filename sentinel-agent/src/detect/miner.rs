@@ -133,6 +133,50 @@ pub struct Miner {
     /// `pool_domains`, normalised for matching.
     pools: Vec<String>,
     suspects: FxHashMap<u32, Suspect>,
+    /// The text an exec is searched in, kept between execs (no allocation per exec).
+    text: ExecText,
+}
+
+/// What an exec's markers are searched in: its name, executable and arguments joined by
+/// NULs (which no marker spans), as given and ASCII lower-cased; two buffers reused.
+#[derive(Debug, Default)]
+struct ExecText {
+    text: String,
+    lower: String,
+    /// Where the arguments (joined by spaces) start in `text`.
+    args_at: usize,
+}
+
+impl ExecText {
+    fn fill(&mut self, culprit: &Culprit, argv: &[String]) {
+        let text = &mut self.text;
+        text.clear();
+        text.push_str(&culprit.comm);
+        text.push('\0');
+        text.push_str(culprit.exe.as_deref().unwrap_or(""));
+        text.push('\0');
+        self.args_at = text.len();
+        for (i, arg) in argv.iter().enumerate() {
+            if i > 0 {
+                text.push(' ');
+            }
+            text.push_str(arg);
+        }
+        self.lower.clear();
+        self.lower.push_str(text);
+        self.lower.make_ascii_lowercase();
+    }
+
+    /// The first marker of the name, else of the executable, else of the arguments (one
+    /// search, the leftmost match).
+    fn marker(&self) -> Option<&str> {
+        patterns::miner_marker_in(&self.text, &self.lower)
+    }
+
+    /// The arguments joined by spaces.
+    fn args(&self) -> &str {
+        &self.text[self.args_at..]
+    }
 }
 
 impl Miner {
@@ -145,6 +189,7 @@ impl Miner {
                 .collect(),
             config,
             suspects: FxHashMap::default(),
+            text: ExecText::default(),
         }
     }
 
@@ -167,24 +212,22 @@ impl Miner {
             .and_then(located_why);
         let is_located = located.is_some();
         why.extend(located);
-        let args = argv.join(" ");
-        // The first marker of the name, else of the executable, else of the arguments: one
-        // search over the three joined by NULs (which no marker spans), the leftmost match.
-        let haystack = format!(
-            "{}\0{}\0{args}",
-            culprit.comm,
-            culprit.exe.as_deref().unwrap_or("")
-        );
-        let marker = patterns::miner_marker(&haystack);
+        self.text.fill(culprit, argv);
+        let marker = self.text.marker();
         if let Some(m) = marker {
             why.push(format!("miner marker {m:?}"));
         }
         if why.is_empty() {
             return None;
         }
-        let finding = marker
-            .is_some()
-            .then(|| self.finding(culprit, &why, Anomaly::Miner { cpu: false }, &args));
+        let finding = marker.is_some().then(|| {
+            self.finding(
+                culprit,
+                &why,
+                Anomaly::Miner { cpu: false },
+                self.text.args(),
+            )
+        });
         self.suspects.insert(
             culprit.pid,
             Suspect {
@@ -346,13 +389,13 @@ mod tests {
         std::fs::write(&script, "#!/bin/sh\necho rotated\n").unwrap();
         let mut m = miner();
         let mut c = culprit(7, "10-logs", &[]);
-        c.exe = Some(script.display().to_string());
+        c.exe = Some(script.display().to_string().into());
         assert!(m.on_exec(&c, &[script.display().to_string()]).is_none());
         assert!(m.on_connect(|| c.clone(), 3333, None).is_none());
         // A binary there is a suspect: with a stratum port, an alert.
         let bin = dir.path().join("kworker");
         std::fs::write(&bin, b"\x7fELF....").unwrap();
-        c.exe = Some(bin.display().to_string());
+        c.exe = Some(bin.display().to_string().into());
         assert!(m.on_exec(&c, &[bin.display().to_string()]).is_none());
         assert!(m.on_connect(|| c.clone(), 3333, None).is_some());
     }
@@ -367,7 +410,7 @@ mod tests {
         let (mut m, c) = answers_at_once(move || {
             let mut m = miner();
             let mut c = culprit(8, "a", &[]);
-            c.exe = Some(exe.clone());
+            c.exe = Some(exe.as_str().into());
             assert!(m.on_exec(&c, &[exe]).is_none());
             (m, c)
         });

@@ -209,8 +209,8 @@ pub struct Culprit {
     /// (a pid is reused, a start time is not). 0: no process, or it is gone.
     pub start: u64,
     pub comm: String,
-    /// What it executed, when known.
-    pub exe: Option<String>,
+    /// What it executed, when known (shared with the process tree: no copy per exec).
+    pub exe: Option<Arc<str>>,
     pub uid: u32,
     /// (pid, comm) of its parent, grandparent, … (parent first); the comms are the process
     /// tree's own.
@@ -336,7 +336,7 @@ pub(crate) mod tests {
             pid,
             start: 1000,
             comm: comm.into(),
-            exe: Some(format!("/usr/bin/{comm}")),
+            exe: Some(format!("/usr/bin/{comm}").into()),
             uid: 1000,
             ancestry: ancestry.iter().map(|(p, c)| (*p, Arc::from(*c))).collect(),
             container: None,

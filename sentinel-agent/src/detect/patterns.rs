@@ -110,9 +110,15 @@ pub fn scan(line: &str) -> Vec<Hit> {
 
 /// The first miner marker in `text`, if any.
 pub fn miner_marker(text: &str) -> Option<&str> {
+    miner_marker_in(text, &text.to_ascii_lowercase())
+}
+
+/// [`miner_marker`] with `lower`, `text` ASCII lower-cased, already at hand (a buffer the
+/// caller reuses: the search runs on every exec).
+pub fn miner_marker_in<'t>(text: &'t str, lower: &str) -> Option<&'t str> {
+    debug_assert_eq!(text.len(), lower.len());
     // ASCII lower-casing keeps every byte offset, so the match is sliced from `text` as given.
-    let lower = text.to_ascii_lowercase();
-    MINER.find(&lower).map(|m| &text[m.range()])
+    MINER.find(lower).map(|m| &text[m.range()])
 }
 
 /// `a, b` for the alert's detail.

@@ -68,7 +68,7 @@ fn finding(path: &Path, e: &io::Error) -> Finding {
             pid: 0,
             start: 0,
             comm: name.chars().take(15).collect(),
-            exe: Some(path.display().to_string()),
+            exe: Some(path.display().to_string().into()),
             uid: u32::MAX,
             ancestry: Vec::new(),
             container: None,

@@ -99,7 +99,7 @@ pub fn snapshot(tree: &ProcessTree, proc_root: &Path) -> Snapshot {
             let known = tree.get(pid).filter(|p| p.start == s.start);
             let link = proc_root.join(pid.to_string()).join("exe");
             let exe = known
-                .and_then(|p| p.filename.clone())
+                .and_then(|p| p.filename.as_deref().map(str::to_owned))
                 .filter(|f| f.starts_with('/'))
                 .or_else(|| {
                     fs::read_link(&link)

@@ -167,12 +167,13 @@ impl CountryDb {
     /// ISO 3166-1 alpha-2 country code (uppercase) of `ip`, if the database knows it.
     pub fn country(&self, ip: IpAddr) -> Option<String> {
         // `::ffff:a.b.c.d` is an IPv4 peer seen through an IPv6 socket.
-        let record: CountryRecord = self
-            .reader
-            .lookup(ip.to_canonical())
-            .ok()?
-            .decode()
-            .ok()??;
+        let ip = ip.to_canonical();
+        // Loopback is this host: no country, and no tree walk to learn it (a local service's
+        // clients connect to it all day).
+        if ip.is_loopback() {
+            return None;
+        }
+        let record: CountryRecord = self.reader.lookup(ip).ok()?.decode().ok()??;
         record.code()
     }
 
@@ -399,6 +400,22 @@ mod tests {
             "198.51.100.225",
             "2001:db8::1",
         ] {
+            assert_eq!(geo.country(ip(addr)), None, "{addr}");
+        }
+    }
+
+    #[test]
+    fn loopback_has_no_country_even_in_a_database_that_maps_it() {
+        let (_dir, geo) = db(
+            Layout::Flat,
+            &[
+                ("127.0.0.0/8", "RU"),
+                ("198.51.100.0/24", "RU"),
+                ("::1/128", "RU"),
+            ],
+        );
+        assert_eq!(geo.country(ip("198.51.100.1")).as_deref(), Some("RU"));
+        for addr in ["127.0.0.1", "127.1.2.3", "::1", "::ffff:127.0.0.1"] {
             assert_eq!(geo.country(ip(addr)), None, "{addr}");
         }
     }

@@ -23,8 +23,9 @@ pub struct Proc {
     /// What a detector made of `comm` (`lineage`'s roles, as bits), kept here because every
     /// exec below this process asks again; `None` until asked and whenever `comm` changes.
     pub comm_class: Option<u8>,
-    /// What the process last exec'd, when the agent saw it.
-    pub filename: Option<String>,
+    /// What the process last exec'd, when the agent saw it. Shared: a fork copies the
+    /// pointer, not the path.
+    pub filename: Option<Arc<str>>,
     /// The process that forked it, when the agent saw the fork (0: unknown). Differs from
     /// `ppid` once an orphan was adopted by a subreaper or pid 1.
     pub forked_by: u32,
@@ -222,7 +223,7 @@ impl ProcessTree {
 
     /// `tgid` (child of `ppid`) now runs `filename` as `comm`. A new program has not
     /// listened yet (listening sockets are close-on-exec by convention).
-    pub fn on_exec(&mut self, tgid: u32, ppid: u32, start_ns: u64, comm: &str, filename: &str) {
+    pub fn on_exec(&mut self, tgid: u32, ppid: u32, start_ns: u64, comm: &str, filename: Arc<str>) {
         let start = self.ticks(start_ns);
         let p = self
             .procs
@@ -236,7 +237,7 @@ impl ProcessTree {
             p.comm = Arc::from(comm);
             p.comm_class = None;
         }
-        p.filename = Some(filename.to_string());
+        p.filename = Some(filename);
         p.exe = ExeId::default();
         p.listening = false;
         p.package_manager = false;
@@ -437,13 +438,13 @@ mod tests {
     fn fork_exec_exit_build_and_prune() {
         let mut t = ProcessTree::new(TICKS);
         let root = Path::new("/nonexistent");
-        t.on_exec(1, 0, 0, "systemd", "/sbin/init");
+        t.on_exec(1, 0, 0, "systemd", "/sbin/init".into());
         t.on_fork(1, 100, 5 * NS, "systemd");
-        t.on_exec(100, 1, 5 * NS, "node", "/usr/bin/node");
+        t.on_exec(100, 1, 5 * NS, "node", "/usr/bin/node".into());
         t.on_fork(100, 200, 9 * NS, "node");
-        t.on_exec(200, 100, 9 * NS, "sh", "/bin/sh");
+        t.on_exec(200, 100, 9 * NS, "sh", "/bin/sh".into());
         t.on_fork(200, 300, 12 * NS, "sh");
-        t.on_exec(300, 200, 12 * NS, "bash", "/bin/bash");
+        t.on_exec(300, 200, 12 * NS, "bash", "/bin/bash".into());
         let ancestry = t.ancestry(300, root);
         assert_eq!(
             ancestry,
@@ -467,7 +468,7 @@ mod tests {
     #[test]
     fn descendants_of_a_subtree() {
         let mut t = ProcessTree::new(TICKS);
-        t.on_exec(1, 0, 0, "init", "/init");
+        t.on_exec(1, 0, 0, "init", "/init".into());
         t.on_fork(1, 10, NS, "init");
         t.on_fork(10, 11, 2 * NS, "a");
         t.on_fork(11, 12, 3 * NS, "b");
@@ -481,7 +482,7 @@ mod tests {
     #[test]
     fn forked_child_inherits_comm_until_exec() {
         let mut t = ProcessTree::new(TICKS);
-        t.on_exec(10, 1, NS, "bash", "/bin/bash");
+        t.on_exec(10, 1, NS, "bash", "/bin/bash".into());
         t.on_fork(10, 11, 2 * NS, "bash");
         let c = t.get(11).unwrap();
         assert_eq!((c.ppid, &*c.comm, c.start), (10, "bash", 2));
@@ -493,16 +494,16 @@ mod tests {
     #[test]
     fn comm_class_follows_the_comm() {
         let mut t = ProcessTree::new(TICKS);
-        t.on_exec(10, 1, NS, "nginx", "/usr/sbin/nginx");
+        t.on_exec(10, 1, NS, "nginx", "/usr/sbin/nginx".into());
         t.set_comm_class(10, 4);
         t.on_fork(10, 11, 2 * NS, "nginx");
         assert_eq!(t.get(11).unwrap().comm_class, Some(4));
         t.on_fork(10, 12, 2 * NS, "worker");
         assert_eq!(t.get(12).unwrap().comm_class, None);
-        t.on_exec(11, 10, 2 * NS, "sh", "/bin/sh");
+        t.on_exec(11, 10, 2 * NS, "sh", "/bin/sh".into());
         assert_eq!(t.get(11).unwrap().comm_class, None);
         t.set_comm_class(11, 1);
-        t.on_exec(11, 10, 2 * NS, "sh", "/bin/sh");
+        t.on_exec(11, 10, 2 * NS, "sh", "/bin/sh".into());
         assert_eq!(
             t.get(11).unwrap().comm_class,
             Some(1),
@@ -514,14 +515,14 @@ mod tests {
     fn listening_is_inherited_by_forks_and_reset_by_exec() {
         let mut t = ProcessTree::new(TICKS);
         let root = Path::new("/nonexistent");
-        t.on_exec(10, 1, NS, "php-fpm8.2", "/usr/sbin/php-fpm8.2");
+        t.on_exec(10, 1, NS, "php-fpm8.2", "/usr/sbin/php-fpm8.2".into());
         t.on_listen(10, root);
         t.on_fork(10, 11, 2 * NS, "php-fpm8.2");
         assert!(
             t.get(11).unwrap().listening,
             "a pool worker holds the socket"
         );
-        t.on_exec(11, 10, 2 * NS, "sh", "/bin/sh");
+        t.on_exec(11, 10, 2 * NS, "sh", "/bin/sh".into());
         assert!(
             !t.get(11).unwrap().listening,
             "a new program has not listened"
@@ -534,7 +535,7 @@ mod tests {
     #[test]
     fn exec_details_are_kept_and_inherited() {
         let mut t = ProcessTree::new(TICKS);
-        t.on_exec(10, 1, NS, "node", "/usr/bin/node");
+        t.on_exec(10, 1, NS, "node", "/usr/bin/node".into());
         let id = ExeId {
             ino: 5,
             dev: 8,
@@ -545,7 +546,7 @@ mod tests {
         t.on_fork(10, 11, 2 * NS, "node");
         let c = t.get(11).unwrap();
         assert_eq!((c.exe, c.package_manager), (id, true));
-        t.on_exec(11, 10, 2 * NS, "sh", "/bin/sh");
+        t.on_exec(11, 10, 2 * NS, "sh", "/bin/sh".into());
         let c = t.get(11).unwrap();
         assert_eq!((c.exe, c.package_manager), (ExeId::default(), false));
     }
@@ -553,15 +554,15 @@ mod tests {
     #[test]
     fn a_package_manager_fetches_itself_or_through_its_child() {
         let mut t = ProcessTree::new(TICKS);
-        t.on_exec(10, 1, NS, "apt", "/usr/bin/apt");
+        t.on_exec(10, 1, NS, "apt", "/usr/bin/apt".into());
         t.mark_package_manager(10);
         t.on_fork(10, 11, 2 * NS, "apt");
-        t.on_exec(11, 10, 2 * NS, "http", "/usr/lib/apt/methods/http");
+        t.on_exec(11, 10, 2 * NS, "http", "/usr/lib/apt/methods/http".into());
         t.on_fork(11, 12, 3 * NS, "http");
-        t.on_exec(12, 11, 3 * NS, "curl", "/usr/bin/curl");
+        t.on_exec(12, 11, 3 * NS, "curl", "/usr/bin/curl".into());
         // Any other child of a package manager (a build tool's test binary) is not one.
         t.on_fork(10, 13, 4 * NS, "apt");
-        t.on_exec(13, 10, 4 * NS, "sh", "/bin/sh");
+        t.on_exec(13, 10, 4 * NS, "sh", "/bin/sh".into());
         assert_eq!(t.package_manager_of(10).as_deref(), Some("apt"));
         assert_eq!(t.package_manager_of(11).as_deref(), Some("apt"));
         assert_eq!(t.package_manager_of(12), None);
@@ -579,8 +580,8 @@ mod tests {
     #[test]
     fn ancestry_is_bounded_on_cycles() {
         let mut t = ProcessTree::new(TICKS);
-        t.on_exec(5, 6, 0, "a", "/a");
-        t.on_exec(6, 5, 0, "b", "/b");
+        t.on_exec(5, 6, 0, "a", "/a".into());
+        t.on_exec(6, 5, 0, "b", "/b".into());
         let root = Path::new("/nonexistent");
         assert_eq!(t.ancestry(5, root).len(), MAX_DEPTH);
         assert!(!t.descends_from(5, 99));
@@ -608,8 +609,8 @@ mod tests {
     #[test]
     fn retain_alive_prunes() {
         let mut t = ProcessTree::new(TICKS);
-        t.on_exec(1, 0, 0, "init", "/init");
-        t.on_exec(2, 1, 0, "gone", "/gone");
+        t.on_exec(1, 0, 0, "init", "/init".into());
+        t.on_exec(2, 1, 0, "gone", "/gone".into());
         assert_eq!(t.retain_alive(|tgid, _| tgid == 1), 1);
         assert_eq!(t.len(), 1);
     }

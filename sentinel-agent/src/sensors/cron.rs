@@ -364,8 +364,8 @@ mod tests {
             Some(Work::Found(f)) => {
                 assert_eq!(f.anomaly.name(), "switch_flood");
                 assert_eq!(
-                    f.culprit.exe,
-                    Some(spool.join("www-data").display().to_string())
+                    f.culprit.exe.as_deref(),
+                    Some(&*spool.join("www-data").display().to_string())
                 );
                 assert!(f.detail.contains("CAP_DAC_READ_SEARCH"), "{}", f.detail);
             }

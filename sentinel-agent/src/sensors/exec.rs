@@ -1,6 +1,8 @@
 //! The `exec` sensor, userspace side: attaching `exec_sched_process_{exec,fork,exit}` and
 //! decoding their records into owned values.
 
+use std::sync::Arc;
+
 use aya::{
     Btf, Ebpf,
     programs::{BtfTracePoint, TracePoint},
@@ -10,7 +12,9 @@ use sentinel_common::{
     events::exec::{ARGV_LEN, ExeId, ExecData, ExecEvent, ExitEvent, FILENAME_LEN, ForkEvent},
 };
 
-use super::{DecodeError, SensorError, c_str, prog_err, program, read_exact};
+use super::{
+    DecodeError, RawComm, SensorError, c_str, c_str_shared, prog_err, program, read_exact,
+};
 
 const SENSOR: &str = "exec";
 
@@ -22,7 +26,8 @@ pub struct Exec {
     pub ppid: u32,
     pub uid: u32,
     pub comm: String,
-    pub filename: String,
+    /// Shared by the process tree and the event.
+    pub filename: Arc<str>,
     pub argv: Vec<String>,
     pub argv_truncated: bool,
     pub start_ns: u64,
@@ -39,8 +44,9 @@ pub struct Fork {
     pub parent: u32,
     pub child: u32,
     pub child_start_ns: u64,
-    /// The forking task's comm, which the child starts with.
-    pub comm: String,
+    /// The forking task's comm, which the child starts with (kept as the kernel's bytes: a
+    /// fork only compares it with the parent's).
+    pub comm: RawComm,
 }
 
 /// The process `tgid` ended.
@@ -165,7 +171,7 @@ pub fn decode_exec(bytes: &[u8]) -> Result<Exec, DecodeError> {
         ppid: field(bytes, at(std::mem::offset_of!(ExecData, ppid))),
         uid: header.uid,
         comm: comm(&header),
-        filename: c_str(name),
+        filename: c_str_shared(name),
         argv,
         argv_truncated: truncated,
         start_ns: field(bytes, at(std::mem::offset_of!(ExecData, start_ns))),
@@ -181,7 +187,7 @@ pub fn decode_fork(bytes: &[u8]) -> Result<Fork, DecodeError> {
         parent: ev.header.tgid,
         child: ev.data.child_tgid,
         child_start_ns: ev.data.child_start_ns,
-        comm: comm(&ev.header),
+        comm: RawComm(ev.header.comm),
     })
 }
 
@@ -240,7 +246,7 @@ mod tests {
         assert_eq!(e.ppid, 77);
         assert_eq!(e.uid, 1000);
         assert_eq!(e.comm, "true");
-        assert_eq!(e.filename, "/bin/true");
+        assert_eq!(&*e.filename, "/bin/true");
         assert_eq!(e.argv, ["/bin/true", "--marker", "x y"]);
         assert_eq!(e.start_ns, 42_000_000);
         assert_eq!((e.exe.ino, e.exe.dev), (99, 7));
@@ -258,7 +264,10 @@ mod tests {
         ev.header.comm[..6].copy_from_slice(b"a\nb\x1b[c");
         let e = decode_exec(&as_bytes(&ev)).unwrap();
         assert_eq!(e.comm, "a\\nb\\x1b[c");
-        assert_eq!(e.filename, "/tmp/[x](http://evil.example)/\\x1b[31mred\\nx");
+        assert_eq!(
+            &*e.filename,
+            "/tmp/[x](http://evil.example)/\\x1b[31mred\\nx"
+        );
         assert_eq!(
             e.argv,
             ["sh", "line1\\nline2", "\\x1b[31m[x](http://evil.example)"]
@@ -279,7 +288,7 @@ mod tests {
         ev.data.argv_len = u32::MAX;
         ev.data.filename_len = u32::MAX;
         let e = decode_exec(&as_bytes(&ev)).unwrap();
-        assert_eq!(e.filename, "/x");
+        assert_eq!(&*e.filename, "/x");
         assert_eq!(e.argv.len(), 2); // "x" and the 0xBB filler, lossily decoded: no panic
     }
 
@@ -305,7 +314,7 @@ mod tests {
             panic!("not a fork");
         };
         assert_eq!(
-            (f.parent, f.child, f.child_start_ns, f.comm.as_str()),
+            (f.parent, f.child, f.child_start_ns, &*f.comm.text()),
             (10, 11, 99, "bash")
         );
     }

@@ -190,6 +190,35 @@ pub(crate) fn c_str(bytes: &[u8]) -> String {
     crate::untrusted::text_from(&bytes[..end])
 }
 
+/// [`c_str`] as shared text (one allocation, shared by the process tree and the event).
+pub(crate) fn c_str_shared(bytes: &[u8]) -> std::sync::Arc<str> {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    crate::untrusted::shared_text_from(&bytes[..end])
+}
+
+/// A task's comm as the kernel copied it (NUL-padded), for records that mostly compare it:
+/// its escaped text ([`c_str`]) is made when asked, borrowed when it needs no escape.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct RawComm(pub [u8; 16]);
+
+impl RawComm {
+    /// The comm as escaped text: borrowed when printable ASCII (nearly always).
+    pub fn text(&self) -> std::borrow::Cow<'_, str> {
+        let end = self.0.iter().position(|&b| b == 0).unwrap_or(self.0.len());
+        let bytes = &self.0[..end];
+        match crate::untrusted::printable_ascii(bytes) {
+            Some(text) => std::borrow::Cow::Borrowed(text),
+            None => std::borrow::Cow::Owned(c_str(bytes)),
+        }
+    }
+}
+
+impl std::fmt::Debug for RawComm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.text(), f)
+    }
+}
+
 /// Seen and lost counts of one sensor.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -586,5 +615,22 @@ pub(crate) mod tests {
     #[test]
     fn c_str_escapes_what_the_process_chose() {
         assert_eq!(c_str(b"a\nb\x1b[31m\0junk"), "a\\nb\\x1b[31m");
+    }
+
+    #[test]
+    fn raw_comm_is_escaped_like_c_str() {
+        let raw = |s: &[u8]| {
+            let mut comm = [0u8; 16];
+            comm[..s.len()].copy_from_slice(s);
+            RawComm(comm)
+        };
+        assert!(matches!(
+            raw(b"bash").text(),
+            std::borrow::Cow::Borrowed("bash")
+        ));
+        assert_eq!(raw(b"0123456789abcdef").text(), "0123456789abcdef");
+        assert_eq!(raw(b"a\nb\x1b[31m\0junk").text(), "a\\nb\\x1b[31m");
+        assert_eq!(raw(b"\xff\xfe").text(), c_str(b"\xff\xfe"));
+        assert_eq!(format!("{:?}", raw(b"x\ty")), "\"x\\\\ty\"");
     }
 }

@@ -96,7 +96,7 @@ impl From<CompactV1> for Compact {
                 ppid: e.ppid,
                 uid: e.uid,
                 comm: e.comm,
-                filename: e.filename,
+                filename: e.filename.into(),
                 argv: e.argv,
                 ancestors: e.ancestors,
                 container: None,
@@ -182,7 +182,7 @@ impl From<CompactV2> for Compact {
                 ppid: e.ppid,
                 uid: e.uid,
                 comm: e.comm,
-                filename: e.filename,
+                filename: e.filename.into(),
                 argv: e.argv,
                 ancestors: e.ancestors,
                 container: e.container.map(Into::into),
@@ -259,7 +259,7 @@ fn decode_binary(ts_ns: i64, blob: &[u8]) -> Result<Record, BodyError> {
     };
     let at = UNIX_EPOCH + Duration::from_nanos(ts_ns.max(0) as u64);
     Ok(Record {
-        ts: humantime::format_rfc3339_millis(at).to_string(),
+        ts: humantime::format_rfc3339_millis(at).to_string().into(),
         host,
         body,
     })

@@ -18,7 +18,7 @@ fn culprit(comm: &str, uid: u32, ancestry: &[&str]) -> Culprit {
         pid: 50,
         start: 1,
         comm: comm.into(),
-        exe: Some(format!("/usr/bin/{comm}")),
+        exe: Some(format!("/usr/bin/{comm}").into()),
         uid,
         ancestry: ancestry
             .iter()
