@@ -15,8 +15,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::{enrich::container::Container, untrusted::escape};
 
-mod ts;
-pub use ts::Ts;
+/// An event's timestamp as text, kept inside the record (`2026-12-07T05:41:44.123Z` is 24
+/// bytes, CompactString's inline room on 64-bit): a heap string for each was one allocation
+/// per exec and per connect. The text is whatever the record was made or read with, so a
+/// longer one goes to the heap rather than being cut.
+pub type Ts = compact_str::CompactString;
 
 /// One event as stored, streamed and printed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -343,13 +346,13 @@ pub fn rfc3339_millis(at: SystemTime) -> Ts {
                 return full.into(); // not the usual shape: no cache
             }
         }
-        let millis = [
-            b'0' + (ms / 100) as u8,
-            b'0' + (ms / 10 % 10) as u8,
-            b'0' + (ms % 10) as u8,
-            b'Z',
-        ];
-        Ts::concat(&s.prefix, &millis)
+        let mut out = Ts::with_capacity(s.prefix.len() + 4);
+        out.push_str(&s.prefix);
+        out.push(char::from(b'0' + (ms / 100) as u8));
+        out.push(char::from(b'0' + (ms / 10 % 10) as u8));
+        out.push(char::from(b'0' + (ms % 10) as u8));
+        out.push('Z');
+        out
     })
 }
 
