@@ -359,6 +359,17 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
+/// bpftrace with `args`, its output to `out` (where it says "Attaching" once attached).
+fn start_bpftrace(bpftrace: &Path, args: &[&std::ffi::OsStr], out: &Path) -> anyhow::Result<Child> {
+    Command::new(bpftrace)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(File::create(out).context("creating bpftrace's output file")?)
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", bpftrace.display()))
+}
+
 fn measure_bpftrace(
     bench: &Bench,
     args: &Args,
@@ -367,13 +378,7 @@ fn measure_bpftrace(
     label: &str,
 ) -> anyhow::Result<Costs> {
     let out = bench.dir.join("bpftrace.out");
-    let mut child = Command::new(bpftrace)
-        .arg(script)
-        .stdin(Stdio::null())
-        .stdout(File::create(&out).context("creating bpftrace's output file")?)
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {}", bpftrace.display()))?;
+    let mut child = start_bpftrace(bpftrace, &[script.as_os_str()], &out)?;
     let result = (|| {
         let pid = child.id();
         wait_for(

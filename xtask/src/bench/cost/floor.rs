@@ -17,14 +17,7 @@ const MEASURES: usize = 3;
 /// The run time the statistics record for an empty program, ns per run.
 pub(super) fn stats_floor_ns(bpftrace: &Path, dir: &Path) -> anyhow::Result<f64> {
     let out = dir.join("empty-program.out");
-    let mut child = Command::new(bpftrace)
-        .arg("-e")
-        .arg(EMPTY_PROGRAM)
-        .stdin(Stdio::null())
-        .stdout(File::create(&out).context("creating bpftrace's output file")?)
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {}", bpftrace.display()))?;
+    let mut child = start_bpftrace(bpftrace, &["-e".as_ref(), EMPTY_PROGRAM.as_ref()], &out)?;
     let result = (|| {
         wait_for(
             || Ok(count_lines(&out, "Attaching")? > 0),
