@@ -69,7 +69,12 @@ pub fn shared_text_from(bytes: &[u8]) -> Arc<str> {
 
 /// `bytes` as text when every byte is printable ASCII (no second pass to validate UTF-8).
 pub fn printable_ascii(bytes: &[u8]) -> Option<&str> {
-    if !bytes.iter().all(|b| (b' '..=b'~').contains(b)) {
+    // Every byte is looked at, without an early exit, so the compiler checks 32 at a time:
+    // nearly every text passes, and this runs on each name, path and argument of each exec.
+    let printable = bytes
+        .iter()
+        .fold(true, |ok, &b| ok & (b.wrapping_sub(b' ') <= b'~' - b' '));
+    if !printable {
         return None;
     }
     // SAFETY: printable ASCII (checked above) is valid UTF-8.
@@ -206,6 +211,13 @@ mod tests {
         assert_eq!(printable_ascii(b"/usr/bin/x -y"), Some("/usr/bin/x -y"));
         assert_eq!(printable_ascii(b""), Some(""));
         assert_eq!(printable_ascii(b"a\tb"), None);
+        assert_eq!(printable_ascii(b" ~"), Some(" ~"), "both ends of the range");
+        assert_eq!(printable_ascii(b"x\x1f"), None);
+        assert_eq!(printable_ascii(b"x\x7f"), None);
+        assert_eq!(printable_ascii(&[b'a'; 100]), Some(&*"a".repeat(100)));
+        let mut long = [b'a'; 100];
+        long[97] = 0;
+        assert_eq!(printable_ascii(&long), None, "a bad byte past the first 64");
         assert_eq!(printable_ascii("café".as_bytes()), None);
         assert_eq!(escaped("plain".to_string()), "plain");
         assert_eq!(escaped("a\nb".to_string()), "a\\nb");

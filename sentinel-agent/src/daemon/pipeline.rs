@@ -218,6 +218,18 @@ impl Pipeline {
     /// The process `tgid` as the detectors see it: its start time is the tree's (that of the
     /// event being handled), so a kill for it never hits a later process with its pid.
     pub(super) fn culprit(&mut self, tgid: u32, comm: String, uid: Option<u32>) -> Culprit {
+        let ancestry = self.tree.ancestry(tgid, &self.proc_root);
+        self.culprit_with(tgid, comm, uid, ancestry)
+    }
+
+    /// [`Self::culprit`] with `tgid`'s ancestry already walked.
+    fn culprit_with(
+        &mut self,
+        tgid: u32,
+        comm: String,
+        uid: Option<u32>,
+        ancestry: Vec<(u32, Arc<str>)>,
+    ) -> Culprit {
         let known = self.tree.get(tgid);
         let exe = known.and_then(|p| p.filename.clone());
         let start = known
@@ -228,7 +240,6 @@ impl Pipeline {
             use std::os::unix::fs::MetadataExt;
             std::fs::metadata(self.proc_root.join(tgid.to_string())).map_or(u32::MAX, |m| m.uid())
         });
-        let ancestry = self.tree.ancestry(tgid, &self.proc_root);
         // A container without a cgroup of its own (rootless Podman without cgroup v2
         // delegation) is named by its monitor among the ancestors.
         let container = self
@@ -316,7 +327,11 @@ impl Pipeline {
                     .on_exec(e.tgid, e.ppid, e.start_ns, &e.comm, e.filename.clone());
                 self.tree
                     .set_exec_details(e.tgid, e.exe, e.uid, e.cgroup_id);
-                if self.is_agent(e.tgid) {
+                // One walk up the tree says whether the agent started it and, if not, is
+                // the culprit's ancestry (it was two walks).
+                let ancestry = self.tree.ancestry(e.tgid, &self.proc_root);
+                if e.tgid == self.agent_tgid || ancestry.iter().any(|(p, _)| *p == self.agent_tgid)
+                {
                     return;
                 }
                 if is_sshd(&e.comm) || self.tree.get(e.ppid).is_some_and(|p| is_sshd(&p.comm)) {
@@ -326,7 +341,8 @@ impl Pipeline {
                     self.stdio_at_exec(e.tgid, &e.filename, e.ts_ns);
                 }
                 // The comm goes to the culprit and from it to the event (no copy).
-                let mut culprit = self.culprit(e.tgid, std::mem::take(&mut e.comm), Some(e.uid));
+                let mut culprit =
+                    self.culprit_with(e.tgid, std::mem::take(&mut e.comm), Some(e.uid), ancestry);
                 // A tracked tree's new programs stay tracked, even after their root exits.
                 if !self.tracked.is_empty()
                     && self.tracked_id(e.tgid).is_none()
