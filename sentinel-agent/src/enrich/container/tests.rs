@@ -177,6 +177,7 @@ impl Machine {
             Some(self.dir.path().join("cg")),
             self.dir.path().join("proc"),
         )
+        .with_walk_time(Duration::from_secs(60))
     }
 }
 
@@ -304,6 +305,18 @@ fn a_rootless_home_comes_from_the_accounts_file() {
     assert_eq!(home_in_passwd(passwd, 1001), None);
     assert_eq!(home_in_passwd(passwd, 4242), None);
     assert_eq!(home_in_passwd("", 0), None);
+}
+
+#[test]
+fn a_walk_out_of_time_finds_nothing() {
+    let m = Machine::new();
+    let other = "ef".repeat(32);
+    let gone = m.process(200, &format!("/system.slice/docker-{other}.scope"));
+    fs::remove_dir_all(m.dir.path().join("proc/200")).unwrap();
+    let mut c = m.containers().with_walk_time(Duration::ZERO);
+    assert_eq!(c.of(gone, 200), None, "walked with no time left");
+    let mut c = m.containers();
+    assert_eq!(c.of(gone, 200).map(|c| c.id.clone()), Some(other));
 }
 
 #[test]
