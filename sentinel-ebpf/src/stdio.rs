@@ -156,12 +156,28 @@ fn offsets_known() -> bool {
     off.sk_family != 0 && off.socket_sk != 0 && off.fdt_fd != 0
 }
 
+/// Whether `file` is a socket: its inode's mode says so. Most files on stdio are not, and
+/// one read tells most of those apart first: a socket's file has `private_data` = its
+/// `struct socket` and `f_inode` = the inode allocated with it (`socket_alloc`), at a fixed
+/// distance; the two fields sit side by side in `struct file`, one helper call reads both.
 #[inline(always)]
 fn is_socket(file: *const u8) -> bool {
     let off = offsets();
-    let mode: u16 = read_field::<*const u8>(file, off.file_inode)
-        .and_then(|inode| read_at(inode, off.inode_mode as usize))
-        .unwrap_or(0);
+    let inode = if off.socket_alloc_inode != 0 && off.file_inode == off.file_private_data + 8 {
+        let Some([socket, inode]) = read_field::<[u64; 2]>(file, off.file_private_data) else {
+            return false;
+        };
+        if inode != socket.wrapping_add(off.socket_alloc_inode as u64) {
+            return false;
+        }
+        inode as *const u8
+    } else {
+        match read_field::<*const u8>(file, off.file_inode) {
+            Some(inode) => inode,
+            None => return false,
+        }
+    };
+    let mode: u16 = read_at(inode, off.inode_mode as usize).unwrap_or(0);
     mode & S_IFMT == S_IFSOCK
 }
 
