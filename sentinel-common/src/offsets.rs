@@ -68,6 +68,9 @@ pub struct KernelOffsets {
     pub task_comm: u32,
     /// `task_struct.exit_code` (int): how an exiting process ended (killed by a signal?).
     pub task_exit_code: u32,
+    /// `socket_alloc.vfs_inode`: a socket's inode lies this far past its `struct socket`
+    /// (`file.private_data`), a test for "is a socket" that costs one read of the file.
+    pub socket_alloc_inode: u32,
 }
 
 impl KernelOffsets {
@@ -101,10 +104,11 @@ impl KernelOffsets {
         task_group_leader: 0,
         task_comm: 0,
         task_exit_code: 0,
+        socket_alloc_inode: 0,
     };
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 112);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 116);
 
 #[cfg(feature = "user")]
 mod user {

@@ -19,9 +19,10 @@ use sentinel_common::{
 
 use crate::cpu::{CPU_SAMPLES, was_sampled};
 use crate::rare::{read_failed, record_dropped};
+use crate::stdio;
 use crate::task::{
-    EVENTS, current_task, current_tgid_unless_agent, exe_of_mm, fill_header, fill_lean_header,
-    load_field, offsets, submit_flags,
+    EVENTS, current_task, current_tgid_unless_agent, exe_of_mm, fill_fork_header, fill_header,
+    fill_lean_header, load_field, offsets, submit_flags,
 };
 
 /// Exec, fork, exit (and stdio) records dropped because `EVENTS` was full.
@@ -36,9 +37,14 @@ const TP_EXEC_FILENAME_LOC: usize = 8;
 /// one the flag is read without a helper call (`bpf_probe_read`, ~30 ns per thread exit).
 const TP_EXIT_GROUP_DEAD: u32 = 32;
 
+/// Also the `stdio` sensor's look at fd 0, 1 and 2 (`stdio::at_exec`): one program per exec
+/// instead of two on the same tracepoint saves a dispatch and the agent check.
 #[tracepoint]
 pub fn exec_sched_process_exec(ctx: TracePointContext) -> u32 {
-    on_exec(&ctx);
+    if current_tgid_unless_agent().is_some() {
+        on_exec(&ctx);
+        stdio::at_exec(&ctx);
+    }
     0
 }
 
@@ -54,10 +60,8 @@ pub fn exec_sched_process_exit(ctx: TracePointContext) -> u32 {
     0
 }
 
+#[inline(always)]
 fn on_exec(ctx: &TracePointContext) {
-    if current_tgid_unless_agent().is_none() {
-        return;
-    }
     let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
         record_dropped(ctx, &EXEC_LOST, "exec");
         return;
@@ -159,7 +163,7 @@ fn on_fork(ctx: &BtfTracePointContext) {
     };
     // SAFETY: sized for a ForkEvent; every field is written below.
     let event = unsafe { &mut *entry.as_mut_ptr() };
-    fill_header(&mut event.header, EventKind::Fork);
+    fill_fork_header(&mut event.header, EventKind::Fork, child);
     event.data.child_tgid = child_tgid;
     event.data._pad = 0;
     event.data.child_start_ns = load_field(child, off.task_start_boottime).unwrap_or(0);

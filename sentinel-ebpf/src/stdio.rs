@@ -1,7 +1,7 @@
 //! The `stdio` sensor: a TCP socket duplicated onto standard input, output or error
 //! (`syscalls/sys_enter_dup2`, `sys_enter_dup3`) — the move every classic reverse shell makes
-//! before it runs commands — and, at every exec (`sched/sched_process_exec`), a TCP socket
-//! found on fd 0, 1 or 2 however it got there (a process that closed them and let `socket()`,
+//! before it runs commands — and, at every exec (`sched/sched_process_exec`, looked at by the
+//! exec sensor's program there: `at_exec`), a TCP socket found on fd 0, 1 or 2 however it got there (a process that closed them and let `socket()`,
 //! `dup()` or `fcntl(F_DUPFD)` take their numbers). MPTCP sockets count as TCP. Shells call
 //! `dup2` all the time, so the program looks at the descriptor first and reports only a TCP
 //! socket, with its peer read from the socket. The
@@ -50,12 +50,6 @@ pub fn stdio_sys_enter_dup3(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint]
-pub fn stdio_sched_process_exec(ctx: TracePointContext) -> u32 {
-    on_exec(&ctx);
-    0
-}
-
 /// A syscall argument slot of the record.
 #[inline(always)]
 fn arg(ctx: &TracePointContext, offset: usize) -> u64 {
@@ -63,23 +57,52 @@ fn arg(ctx: &TracePointContext, offset: usize) -> u64 {
     unsafe { *(ctx.as_ptr() as *const u8).add(offset).cast::<u64>() }
 }
 
-/// The current task's `struct file *` for `fd`, when it has one.
+/// The current task's open-file table: where its `struct file *` slots start and how many
+/// there are.
 #[inline(always)]
-fn file_of(fd: u32) -> Option<*const u8> {
+fn fd_table() -> Option<(*const u8, u32)> {
     let off = offsets();
     let files: *const u8 = load_field(current_task(), off.task_files)?;
     let fdt: *const u8 = load_field(files, off.files_fdt)?;
     // `max_fds` opens its struct: offset 0 is its real offset here.
     let max: u32 = load_at(fdt, off.fdt_max_fds)?;
-    // A `struct file **` is not a struct pointer to the verifier: the slot is read with the
-    // helper, as is everything behind the file.
+    // A `struct file **` is not a struct pointer to the verifier: the slots are read with
+    // the helper, as is everything behind a file.
     let array: *const u8 = load_field(fdt, off.fdt_fd)?;
+    Some((array, max))
+}
+
+/// The current task's `struct file *` for `fd`, when it has one.
+#[inline(always)]
+fn file_of(fd: u32) -> Option<*const u8> {
+    let (array, max) = fd_table()?;
     if fd >= max {
         return None;
     }
     // `fd < max_fds` keeps the slot inside the array; the helper checks the address anyway.
     let file: *const u8 = read_at(array, fd as usize * 8)?;
     (!file.is_null()).then_some(file)
+}
+
+/// The files on fd 0, 1 and 2 as plain addresses (0: none): the three slots are contiguous,
+/// one helper call reads them (`max_fds` is 64 or more on every kernel; below 3, slot by
+/// slot).
+#[inline(always)]
+fn standard_files() -> [u64; 3] {
+    let Some((array, max)) = fd_table() else {
+        return [0; 3];
+    };
+    if max >= 3 {
+        return read_at(array, 0).unwrap_or([0; 3]);
+    }
+    let slot = |fd: u32| {
+        if fd < max {
+            read_at::<u64>(array, fd as usize * 8).unwrap_or(0)
+        } else {
+            0
+        }
+    };
+    [slot(0), slot(1), 0]
 }
 
 /// Read `T` at `base + offset` for offsets that may legitimately be 0 (`skc_daddr`).
@@ -104,34 +127,25 @@ fn on_dup(ctx: &TracePointContext) {
     report(ctx, file, oldfd as u32, newfd as u32, 0);
 }
 
-/// At exec: each socket on fd 0, 1 or 2, once, with every standard stream that holds it.
-fn on_exec(ctx: &TracePointContext) {
+/// At exec (run by the exec sensor's program on the same tracepoint, once the exec record
+/// is out): each socket on fd 0, 1 or 2, once, with every standard stream that holds it. A
+/// file on several streams (a terminal, `/dev/null`) is looked at once.
+#[inline(always)]
+pub fn at_exec(ctx: &TracePointContext) {
     if !offsets_known() {
         return;
     }
     // Plain addresses (0: none), not `Option`s: the verifier follows integers best.
-    let addr = |fd: u32| file_of(fd).map_or(0u64, |f| f as u64);
-    let (f0, f1, f2) = (addr(0), addr(1), addr(2));
+    let [f0, f1, f2] = standard_files();
     let held_by = |f: u64| u32::from(f0 == f) | u32::from(f1 == f) << 1 | u32::from(f2 == f) << 2;
-    let mut reported = 0u32;
     if f0 != 0 && is_socket(f0 as *const u8) {
-        reported = held_by(f0);
-        at_exec(ctx, f0, 0, reported);
+        report(ctx, f0 as *const u8, 0, 0, held_by(f0));
     }
-    if f1 != 0 && reported & 0b010 == 0 && is_socket(f1 as *const u8) {
-        let fds = held_by(f1);
-        reported |= fds;
-        at_exec(ctx, f1, 1, fds);
+    if f1 != 0 && f1 != f0 && is_socket(f1 as *const u8) {
+        report(ctx, f1 as *const u8, 1, 1, held_by(f1));
     }
-    if f2 != 0 && reported & 0b100 == 0 && is_socket(f2 as *const u8) {
-        at_exec(ctx, f2, 2, 0b100);
-    }
-}
-
-#[inline(always)]
-fn at_exec(ctx: &TracePointContext, file: u64, fd: u32, fds: u32) {
-    if current_tgid_unless_agent().is_some() {
-        report(ctx, file as *const u8, fd, fd, fds);
+    if f2 != 0 && f2 != f0 && f2 != f1 && is_socket(f2 as *const u8) {
+        report(ctx, f2 as *const u8, 2, 2, 0b100);
     }
 }
 
@@ -142,12 +156,28 @@ fn offsets_known() -> bool {
     off.sk_family != 0 && off.socket_sk != 0 && off.fdt_fd != 0
 }
 
+/// Whether `file` is a socket: its inode's mode says so. Most files on stdio are not, and
+/// one read tells most of those apart first: a socket's file has `private_data` = its
+/// `struct socket` and `f_inode` = the inode allocated with it (`socket_alloc`), at a fixed
+/// distance; the two fields sit side by side in `struct file`, one helper call reads both.
 #[inline(always)]
 fn is_socket(file: *const u8) -> bool {
     let off = offsets();
-    let mode: u16 = read_field::<*const u8>(file, off.file_inode)
-        .and_then(|inode| read_at(inode, off.inode_mode as usize))
-        .unwrap_or(0);
+    let inode = if off.socket_alloc_inode != 0 && off.file_inode == off.file_private_data + 8 {
+        let Some([socket, inode]) = read_field::<[u64; 2]>(file, off.file_private_data) else {
+            return false;
+        };
+        if inode != socket.wrapping_add(off.socket_alloc_inode as u64) {
+            return false;
+        }
+        inode as *const u8
+    } else {
+        match read_field::<*const u8>(file, off.file_inode) {
+            Some(inode) => inode,
+            None => return false,
+        }
+    };
+    let mode: u16 = read_at(inode, off.inode_mode as usize).unwrap_or(0);
     mode & S_IFMT == S_IFSOCK
 }
 

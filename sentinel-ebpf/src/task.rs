@@ -16,7 +16,6 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_get_current_uid_gid,
         bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
-        generated::bpf_get_current_comm,
     },
     macros::map,
     maps::{Array, RingBuf},
@@ -120,13 +119,39 @@ pub fn fill_header(header: &mut Header, kind: EventKind) {
     header._pad = 0;
     // SAFETY: no arguments; reads a kernel clock.
     header.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
-    // Straight into the record: no stack copy.
-    // SAFETY: the destination is the 16-byte comm field.
-    if unsafe { bpf_get_current_comm(header.comm.as_mut_ptr().cast(), header.comm.len() as u32) }
-        != 0
-    {
-        header.comm = [0; 16];
-    }
+    set_comm(header, current_task());
+}
+
+/// Fill a record header for a new process: kind, the parent's ids, time, and the name `task`
+/// (the child, whose comm is its parent's copy) has; no uid or gid (the agent takes them from
+/// the exec that follows, or from the parent it knows).
+#[inline(always)]
+pub fn fill_fork_header(header: &mut Header, kind: EventKind, task: *const u8) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    header.kind = kind as u32;
+    header.pid = pid_tgid as u32;
+    header.tgid = (pid_tgid >> 32) as u32;
+    header.uid = 0;
+    header.gid = 0;
+    header._pad = 0;
+    // SAFETY: no arguments; reads a kernel clock.
+    header.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
+    set_comm(header, task);
+}
+
+/// Copy `task->comm` into the header with two plain loads (`task` typed for the verifier:
+/// the current task, or a `tp_btf` argument): no `bpf_get_current_comm` call. Zeroes when
+/// the offset is unknown. The kernel keeps the last byte NUL; a name changed meanwhile by
+/// `prctl(PR_SET_NAME)` may come half old, half new, as with the helper.
+#[inline(always)]
+fn set_comm(header: &mut Header, task: *const u8) {
+    let off = offsets().task_comm;
+    let words: [u64; 2] = [
+        load_field(task, off).unwrap_or(0),
+        load_field(task, off + 8).unwrap_or(0),
+    ];
+    // SAFETY: the 16-byte comm field, 8-aligned (after `ts_ns`): two stores, not a memcpy.
+    unsafe { core::ptr::write_volatile(header.comm.as_mut_ptr().cast::<[u64; 2]>(), words) };
 }
 
 /// Fill a record header with what a record about a process the agent already knows needs:

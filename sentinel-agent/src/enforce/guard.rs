@@ -10,9 +10,10 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{HashMap, MapData},
+    maps::{Array, HashMap, MapData},
     programs::{CgroupSockAddr, links::CgroupAttachMode},
 };
+use sentinel_common::guard::{GUARD4_USED, GUARD6_USED};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuardError {
@@ -42,6 +43,10 @@ pub enum GuardError {
 pub struct ConnectGuard {
     v4: HashMap<MapData, u32, u64>,
     v6: HashMap<MapData, [u32; 4], u64>,
+    /// `GUARD_USED`: the programs look an address up only once its map's flag is set.
+    used: Array<MapData, u32>,
+    /// The flags set in `used` so far (never cleared: a stale entry is harmless).
+    used_flags: u32,
     root: PathBuf,
 }
 
@@ -68,6 +73,8 @@ impl ConnectGuard {
         Ok(Self {
             v4: take(ebpf, "GUARD4")?,
             v6: take(ebpf, "GUARD6")?,
+            used: take(ebpf, "GUARD_USED")?,
+            used_flags: 0,
             root,
         })
     }
@@ -78,11 +85,25 @@ impl ConnectGuard {
 
     /// Refuse connects to `ip` for `ttl`.
     pub fn insert(&mut self, ip: IpAddr, ttl: Duration) -> Result<(), aya::maps::MapError> {
+        // The flag first: an address in a map the programs skip would not be refused.
+        self.mark_used(match ip {
+            IpAddr::V4(_) => GUARD4_USED,
+            IpAddr::V6(_) => GUARD6_USED,
+        })?;
         let expires = boot_ns().saturating_add(ttl.as_nanos() as u64);
         match ip {
             IpAddr::V4(a) => self.v4.insert(u32::from_ne_bytes(a.octets()), expires, 0),
             IpAddr::V6(a) => self.v6.insert(key6(a.octets()), expires, 0),
         }
+    }
+
+    /// Set `flag` in `GUARD_USED` (once).
+    fn mark_used(&mut self, flag: u32) -> Result<(), aya::maps::MapError> {
+        if self.used_flags & flag == 0 {
+            self.used.set(0, self.used_flags | flag, 0)?;
+            self.used_flags |= flag;
+        }
+        Ok(())
     }
 
     /// Allow connects to `ip` again (no error if it was not there).

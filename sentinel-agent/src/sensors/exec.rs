@@ -79,9 +79,12 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<(), SensorError> {
         .map_err(prog_err(SENSOR, "loading exec_sched_process_exit"))?;
     exit.attach("sched", "sched_process_exit")
         .map_err(prog_err(SENSOR, "attaching to sched/sched_process_exit"))?;
-    // The stdio hooks feed `reverse_shell`: their failure is reported, not fatal to `exec`.
+    // The dup2/dup3 hooks feed `reverse_shell`: their failure is reported, not fatal to
+    // `exec`, whose program still finds a socket on fd 0-2 at every exec.
     if let Err(e) = super::stdio::attach(ebpf) {
-        tracing::error!("{e}: reverse shells (a socket on stdio) are not seen");
+        tracing::error!(
+            "{e}: a socket put on stdio by dup2/dup3 is seen only when the process next execs"
+        );
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
-//! The `stdio` sensor, userspace side: attaching `stdio_sys_enter_dup2`/`dup3` and
-//! `stdio_sched_process_exec`, and decoding their records — a TCP socket duplicated onto fd 0,
-//! 1 or 2, or found there at exec, with the socket's peer. Its
+//! The `stdio` sensor, userspace side: attaching `stdio_sys_enter_dup2`/`dup3`, and decoding
+//! the records of those and of its check at exec (done by the exec sensor's program on
+//! `sched_process_exec`, one program per exec instead of two) — a TCP socket duplicated onto
+//! fd 0, 1 or 2, or found there at exec, with the socket's peer. Its
 //! records count with the `exec` sensor in `sentinel status` (it watches processes).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -36,7 +37,6 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<(), SensorError> {
     for (program_name, category, event) in [
         ("stdio_sys_enter_dup2", "syscalls", "sys_enter_dup2"),
         ("stdio_sys_enter_dup3", "syscalls", "sys_enter_dup3"),
-        ("stdio_sched_process_exec", "sched", "sched_process_exec"),
     ] {
         let tp: &mut TracePoint = program(ebpf, SENSOR, program_name)?;
         tp.load()

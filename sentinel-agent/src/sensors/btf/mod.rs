@@ -68,6 +68,7 @@ impl Btf {
             sk_protocol: opt("sock", "sk_protocol"),
             task_group_leader: opt("task_struct", "group_leader"),
             task_comm: opt("task_struct", "comm"),
+            socket_alloc_inode: opt("socket_alloc", "vfs_inode"),
             // Optional: without it exits carry no exit code and `respawn` only knows the
             // agent's own kills.
             task_exit_code: task("exit_code").unwrap_or(0),
@@ -157,6 +158,7 @@ mod tests {
             ("sk_protocol", o.sk_protocol),
             ("task_group_leader", o.task_group_leader),
             ("task_comm", o.task_comm),
+            ("socket_alloc_inode", o.socket_alloc_inode),
         ] {
             assert_ne!(v, 0, "{name}");
         }
@@ -317,6 +319,7 @@ mod tests {
         assert_eq!(o.sk_protocol, dumped("sock", "sk_protocol"));
         assert_eq!(o.task_group_leader, dumped("task_struct", "group_leader"));
         assert_eq!(o.task_comm, dumped("task_struct", "comm"));
+        assert_eq!(o.socket_alloc_inode, dumped("socket_alloc", "vfs_inode"));
 
         // Every member of every struct and union, bitfields included.
         let mut checked = 0;
