@@ -288,8 +288,10 @@ impl Outbox {
         Ok(())
     }
 
-    /// Raw exec/connect/cpu events stored after `cursor`, oldest first. None when the event
-    /// store does not exist yet.
+    /// Raw exec/connect/cpu events stored after `cursor` (an event id: a packed row's events
+    /// have the ids `id .. id + n`, see [`pack`](crate::store::pack)), oldest first, `limit` at
+    /// most. The cursor may be inside a packed row: that row's events up to it are skipped.
+    /// None when the event store does not exist yet.
     pub fn events_after(&self, cursor: i64, limit: usize) -> Result<Vec<EventRow>, OutboxError> {
         let exists: bool = self
             .conn
@@ -300,31 +302,48 @@ impl Outbox {
             )
             .map(|n| n > 0)
             .map_err(|e| self.err(e))?;
-        if !exists {
+        if !exists || limit == 0 {
             return Ok(Vec::new());
         }
+        // From the row that holds the cursor (the last at or before it); one row more than
+        // `limit`, since that one may hold nothing after the cursor.
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT id, kind, ts_ns, body FROM events
-                 WHERE id > ?1 AND kind IN ('exec', 'connect', 'cpu') ORDER BY id LIMIT ?2",
+                "SELECT id, ts_ns, n, body FROM events
+                 WHERE id >= coalesce((SELECT max(id) FROM events WHERE id <= ?1), 0)
+                   AND kind IN ('exec', 'connect', 'cpu') ORDER BY id LIMIT ?2",
             )
             .map_err(|e| self.err(e))?;
         let mut rows = stmt
-            .query(params![cursor, limit as i64])
+            .query(params![cursor, limit as i64 + 1])
             .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
-        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+        while out.len() < limit
+            && let Some(r) = rows.next().map_err(|e| self.err(e))?
+        {
             let id: i64 = r.get(0).map_err(|e| self.err(e))?;
-            let kind: String = r.get(1).map_err(|e| self.err(e))?;
-            let ts_ns: i64 = r.get(2).map_err(|e| self.err(e))?;
+            let ts_ns: i64 = r.get(1).map_err(|e| self.err(e))?;
+            let n: i64 = r.get(2).map_err(|e| self.err(e))?;
             let value = r.get_ref(3).map_err(|e| self.err(e))?;
             // The fleet gets the JSON of SPEC §5 whatever the local encoding; a row that
             // cannot be read is skipped, as before.
-            if let Ok(record) = crate::store::body::decode(ts_ns, value)
-                && let Ok(body) = serde_json::to_value(&record)
-            {
-                out.push(EventRow { id, kind, body });
+            let Ok(records) = crate::store::pack::decode_row(ts_ns, n, value) else {
+                tracing::warn!(id, "skipping an unreadable event row");
+                continue;
+            };
+            for (event_id, record) in (id..).zip(records) {
+                if event_id <= cursor || out.len() == limit {
+                    continue;
+                }
+                if let Ok(body) = serde_json::to_value(&record) {
+                    let kind = record.body.kind().as_str().to_string();
+                    out.push(EventRow {
+                        id: event_id,
+                        kind,
+                        body,
+                    });
+                }
             }
         }
         Ok(out)

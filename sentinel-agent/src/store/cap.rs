@@ -98,16 +98,22 @@ pub fn on_disk(path: &Path) -> u64 {
     size(path) + size(Path::new(&wal))
 }
 
-/// Delete the oldest `limit` routine events (exec, connect, cpu); how many went. Rows are
-/// walked in id (insertion) order, so the few alerts and decisions among them cost nothing.
+/// Delete the oldest routine events (exec, connect, cpu), `limit` of them or a few more (a
+/// packed row goes whole); how many went. Rows are walked in id (insertion) order, so the few
+/// alerts and decisions among them cost nothing; `limit` rows hold at least `limit` events,
+/// and of those only the rows up to the one that reaches `limit` events go.
 pub fn evict_oldest(conn: &Connection, limit: usize) -> rusqlite::Result<usize> {
-    conn.execute(
+    let mut delete = conn.prepare_cached(
         "DELETE FROM events WHERE id IN (
-             SELECT id FROM events NOT INDEXED
-             WHERE kind IN ('exec', 'connect', 'cpu')
-             ORDER BY id LIMIT ?1)",
-        [limit as i64],
-    )
+             SELECT id FROM (
+                 SELECT id, n, sum(n) OVER (ORDER BY id) AS upto FROM (
+                     SELECT id, n FROM events NOT INDEXED
+                     WHERE kind IN ('exec', 'connect', 'cpu')
+                     ORDER BY id LIMIT ?1))
+             WHERE upto - n < ?1)
+         RETURNING n",
+    )?;
+    super::sum_returned(&mut delete, [limit as i64])
 }
 
 /// Delete the oldest `limit` closed alerts (no decision pending on them, no block waiting to
@@ -123,21 +129,41 @@ pub fn evict_closed_alerts(conn: &Connection, limit: usize) -> rusqlite::Result<
     )
 }
 
+/// What a check of the cap did and found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checked {
+    /// Events evicted.
+    pub evicted: usize,
+    /// The live data after the check, in bytes.
+    pub live: u64,
+}
+
 /// Keep the database under `max_bytes`: evict routine events in batches while the live data
 /// is above the high-water mark, then give free pages back when the file is over it. Returns
-/// how many events were evicted.
+/// how many events were evicted ([`check`] without the usage).
+#[cfg(test)]
 pub fn enforce(conn: &Connection, max_bytes: u64) -> rusqlite::Result<usize> {
+    check(conn, max_bytes).map(|c| c.evicted)
+}
+
+/// Keep the database under `max_bytes` (see `enforce`), saying what was evicted and what is left:
+/// the writer runs it after every batch, and in the usual case (under the high-water mark) it
+/// reads the usage once.
+pub fn check(conn: &Connection, max_bytes: u64) -> rusqlite::Result<Checked> {
     let high = (max_bytes as f64 * HIGH_WATER) as u64;
     let low = (max_bytes as f64 * LOW_WATER) as u64;
     let mut evicted = 0;
     let started = Instant::now();
-    if usage(conn)?.live > high {
+    let mut now = usage(conn)?;
+    if now.live > high {
         // Routine events first, then closed alerts.
         'kinds: for evict in [evict_oldest, evict_closed_alerts] {
             loop {
                 let n = evict(conn, EVICT_BATCH)?;
                 evicted += n;
-                if usage(conn)?.live <= low || started.elapsed() > EVICT_BUDGET {
+                // Deleting frees pages inside the file: its size stays as measured.
+                now = usage(conn)?;
+                if now.live <= low || started.elapsed() > EVICT_BUDGET {
                     break 'kinds;
                 }
                 if n == 0 {
@@ -146,14 +172,19 @@ pub fn enforce(conn: &Connection, max_bytes: u64) -> rusqlite::Result<usize> {
             }
         }
     }
-    if usage(conn)?.file > (max_bytes as f64 * FILE_WATER) as u64 {
+    if now.file > (max_bytes as f64 * FILE_WATER) as u64 {
         // Every free page back to the file system: the file shrinks to the live data. The
         // pragma frees one page per step, so step it to the end.
         let mut vacuum = conn.prepare("PRAGMA incremental_vacuum")?;
         let mut rows = vacuum.query([])?;
         while rows.next()?.is_some() {}
+        drop(rows);
+        now = usage(conn)?;
     }
-    Ok(evicted)
+    Ok(Checked {
+        evicted,
+        live: now.live,
+    })
 }
 
 #[cfg(test)]

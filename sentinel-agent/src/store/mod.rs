@@ -5,6 +5,7 @@
 
 pub mod body;
 pub mod cap;
+pub mod pack;
 pub mod queue;
 
 pub mod history;
@@ -57,7 +58,9 @@ pub struct Limits {
 
 /// 2: exec and connect bodies may be binary ([`body`]); a version-1 store is taken over as it
 /// is (its JSON rows stay readable), and an older agent refuses a version-2 one by name.
-const SCHEMA_VERSION: i64 = 2;
+/// 3: a row may hold several events ([`pack`]), counted in its `n` column (added to a version
+/// 1 or 2 store, where every row holds one).
+const SCHEMA_VERSION: i64 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -88,6 +91,8 @@ pub struct Store {
     path: PathBuf,
     /// The size cap in bytes (0 for a read-only store).
     max_bytes: u64,
+    /// The id the next event written gets (a packed row takes one per event).
+    next_id: i64,
 }
 
 impl Store {
@@ -100,12 +105,14 @@ impl Store {
             })?;
         }
         let conn = Connection::open(path).map_err(|e| sql(path, e))?;
-        let store = Self {
+        let mut store = Self {
             conn,
             path: path.into(),
             max_bytes,
+            next_id: 1,
         };
         store.init()?;
+        store.next_id = store.first_free_id()?;
         Ok(store)
     }
 
@@ -125,6 +132,7 @@ impl Store {
             conn,
             path: path.into(),
             max_bytes: 0,
+            next_id: 0,
         };
         store.check_version()?;
         Ok(store)
@@ -147,28 +155,8 @@ impl Store {
             .conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(|e| sql(p, e))?;
-        if version == 0 {
-            self.conn
-                .execute_batch(
-                    "BEGIN;
-                     CREATE TABLE IF NOT EXISTS events (
-                         id    INTEGER PRIMARY KEY,
-                         ts_ns INTEGER NOT NULL,
-                         kind  TEXT NOT NULL,
-                         pid   INTEGER NOT NULL,
-                         -- an alert's id, so repeats can update its count
-                         ref   TEXT,
-                         body  TEXT NOT NULL
-                     );
-                     CREATE INDEX IF NOT EXISTS events_ref ON events(ref) WHERE ref IS NOT NULL;
-                     PRAGMA user_version = 2;
-                     COMMIT;",
-                )
-                .map_err(|e| sql(p, e))?;
-        } else if version == 1 {
-            self.conn
-                .pragma_update(None, "user_version", SCHEMA_VERSION)
-                .map_err(|e| sql(p, e))?;
+        if (0..SCHEMA_VERSION).contains(&version) {
+            self.migrate().map_err(|e| sql(p, e))?;
         }
         // Indexes cost a b-tree insert per event. Stores made before 0.2 carry one on the
         // timestamp (only the hourly prune used it; it walks ids now) and one on every kind;
@@ -182,6 +170,48 @@ impl Store {
             ))
             .map_err(|e| sql(p, e))?;
         self.check_version()
+    }
+
+    /// Create the table, or bring a version 1 or 2 one to this version: a column counting the
+    /// events of each row (1 in every row written before), in one transaction.
+    fn migrate(&self) -> rusqlite::Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute_batch(
+            "CREATE TABLE IF NOT EXISTS events (
+                 id    INTEGER PRIMARY KEY,
+                 -- a packed row's: its newest event's
+                 ts_ns INTEGER NOT NULL,
+                 kind  TEXT NOT NULL,
+                 pid   INTEGER NOT NULL,
+                 -- an alert's id, so repeats can update its count
+                 ref   TEXT,
+                 body  TEXT NOT NULL,
+                 -- events in the row: they have the ids id .. id + n
+                 n     INTEGER NOT NULL DEFAULT 1
+             );
+             CREATE INDEX IF NOT EXISTS events_ref ON events(ref) WHERE ref IS NOT NULL;",
+        )?;
+        let counted: bool = tx.query_row(
+            "SELECT count(*) FROM pragma_table_info('events') WHERE name = 'n'",
+            [],
+            |r| r.get::<_, i64>(0).map(|c| c > 0),
+        )?;
+        if !counted {
+            tx.execute_batch("ALTER TABLE events ADD COLUMN n INTEGER NOT NULL DEFAULT 1")?;
+        }
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()
+    }
+
+    /// The id after the newest row's events.
+    fn first_free_id(&self) -> Result<i64, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT coalesce((SELECT id + n FROM events ORDER BY id DESC LIMIT 1), 1)",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| sql(&self.path, e))
     }
 
     fn check_version(&self) -> Result<(), StoreError> {
@@ -198,13 +228,15 @@ impl Store {
         Ok(())
     }
 
-    /// Apply `writes` in one transaction, in order. Runs of inserts go in as multi-row
-    /// `INSERT`s of [`ROWS_PER_INSERT`] rows: one statement run per that many events.
+    /// Apply `writes` in one transaction, in order. Runs of inserts become rows ([`pack`]:
+    /// consecutive exec or connect events share one), written by multi-row `INSERT`s of
+    /// [`ROWS_PER_INSERT`] rows.
     pub fn apply(&mut self, writes: &[Write]) -> Result<(), StoreError> {
         let p = self.path.clone();
-        let tx = self.conn.transaction().map_err(|e| sql(&p, e))?;
+        let tx = Batch::begin(&self.conn).map_err(|e| sql(&p, e))?;
+        let mut next_id = self.next_id;
         {
-            let mut bodies = Bodies::default();
+            let mut rows = Rows::default();
             let mut start = 0;
             while start < writes.len() {
                 let run = writes[start..]
@@ -213,14 +245,7 @@ impl Store {
                     .count();
                 if run == 0 {
                     let (Write::Insert(r) | Write::Update(r)) = &writes[start];
-                    let body = &bodies.fill(std::slice::from_ref(r))[0];
-                    tx.prepare_cached("UPDATE events SET body = ?2 WHERE ref = ?1")
-                        .and_then(|mut update| {
-                            update.raw_bind_parameter(1, reference(r))?;
-                            bind_body(&mut update, 2, body)?;
-                            update.raw_execute()
-                        })
-                        .map_err(|e| sql(&p, e))?;
+                    update_alert(&tx, r, &mut rows.bodies[0]).map_err(|e| sql(&p, e))?;
                     start += 1;
                     continue;
                 }
@@ -230,19 +255,20 @@ impl Store {
                         Write::Insert(r) | Write::Update(r) => r,
                     })
                     .collect();
-                // Whole chunks in one statement, the rest row by row: two cached statements.
-                let mut chunks = records.chunks_exact(ROWS_PER_INSERT);
-                for chunk in chunks.by_ref() {
-                    insert_rows(&tx, chunk, &mut bodies).map_err(|e| sql(&p, e))?;
-                }
-                for row in chunks.remainder() {
-                    insert_rows(&tx, std::slice::from_ref(row), &mut bodies)
+                let mut rest = &records[..];
+                while !rest.is_empty() {
+                    let used = rows.fill(rest);
+                    rows.insert(&tx, rest, &mut next_id)
                         .map_err(|e| sql(&p, e))?;
+                    rest = &rest[used..];
                 }
                 start += run;
             }
         }
-        tx.commit().map_err(|e| sql(&p, e))
+        tx.commit().map_err(|e| sql(&p, e))?;
+        // Only now: a batch that failed is written again with the same ids.
+        self.next_id = next_id;
+        Ok(())
     }
 
     /// Insert `records` in one transaction.
@@ -252,10 +278,11 @@ impl Store {
         self.apply(&writes)
     }
 
-    /// The newest `limit` events of the given kinds (all kinds when empty), oldest first.
+    /// The newest `limit` events of the given kinds (all kinds when empty), oldest first. The
+    /// oldest packed row read may be cut: only its newest events are wanted.
     pub fn recent(&self, kinds: &[Kind], limit: usize) -> Result<Vec<Record>, StoreError> {
         let p = &self.path;
-        let mut query = String::from("SELECT id, ts_ns, body FROM events");
+        let mut query = String::from("SELECT id, ts_ns, n, body FROM events");
         if !kinds.is_empty() {
             let list: Vec<String> = kinds.iter().map(|k| format!("'{}'", k.as_str())).collect();
             query.push_str(&format!(" WHERE kind IN ({})", list.join(",")));
@@ -266,54 +293,58 @@ impl Store {
                 query.push_str(&RARE_KINDS.replacen("WHERE", " AND", 1));
             }
         }
+        // Every row holds at least one event: `limit` rows are enough.
         query.push_str(" ORDER BY id DESC LIMIT ?1");
         let mut stmt = self.conn.prepare(&query).map_err(|e| sql(p, e))?;
-        let mut rows = stmt.query([limit as i64]).map_err(|e| sql(p, e))?;
+        let mut rows = stmt
+            .query([limit.min(i64::MAX as usize) as i64])
+            .map_err(|e| sql(p, e))?;
         let mut out = Vec::new();
-        while let Some(row) = rows.next().map_err(|e| sql(p, e))? {
-            let id: i64 = row.get(0).map_err(|e| sql(p, e))?;
-            let ts_ns: i64 = row.get(1).map_err(|e| sql(p, e))?;
-            let value = row.get_ref(2).map_err(|e| sql(p, e))?;
-            let record = body::decode(ts_ns, value).map_err(|source| StoreError::Corrupt {
-                path: p.clone(),
-                id,
-                source,
-            })?;
-            out.push(record);
+        while out.len() < limit
+            && let Some(row) = rows.next().map_err(|e| sql(p, e))?
+        {
+            let (_, events) = read_row(p, row)?;
+            // Newest first, as the rows come.
+            let wanted = limit - out.len();
+            out.extend(events.into_iter().rev().take(wanted));
         }
         out.reverse();
         Ok(out)
     }
 
-    /// Delete the events older than the first one stamped at or after `cutoff` (ids follow the
+    /// Delete the rows before the first one stamped at or after `cutoff` (ids follow the
     /// order events happened in, so this walks the old end of the table without a timestamp
-    /// index); returns how many.
+    /// index); returns how many events they held. A packed row is stamped with its newest
+    /// event, so a row holding any event at or after the cutoff stays, whole.
     pub fn prune_before(&self, cutoff: SystemTime) -> Result<usize, StoreError> {
         let ns = cutoff
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i64);
-        self.conn
-            .execute(
+        let p = &self.path;
+        let mut delete = self
+            .conn
+            .prepare(
                 "DELETE FROM events WHERE id < coalesce(
                      (SELECT id FROM events WHERE ts_ns >= ?1 ORDER BY id LIMIT 1),
-                     (SELECT max(id) + 1 FROM events))",
-                [ns],
+                     (SELECT max(id) + 1 FROM events))
+                 RETURNING n",
             )
-            .map_err(|e| sql(&self.path, e))
+            .map_err(|e| sql(p, e))?;
+        sum_returned(&mut delete, [ns]).map_err(|e| sql(p, e))
     }
 }
 
-/// Rows per multi-row `INSERT` (5 parameters each, far below SQLite's limit).
+/// Rows per multi-row `INSERT` (7 parameters each, far below SQLite's limit).
 const ROWS_PER_INSERT: usize = 32;
 
 /// `INSERT INTO events … VALUES (…), (…), …` for `rows` rows.
 fn insert_sql(rows: usize) -> String {
-    let mut sql = String::from("INSERT INTO events (ts_ns, kind, pid, ref, body) VALUES ");
+    let mut sql = String::from("INSERT INTO events (id, ts_ns, kind, pid, ref, body, n) VALUES ");
     for i in 0..rows {
         sql.push_str(if i == 0 {
-            "(?,?,?,?,?)"
+            "(?,?,?,?,?,?,?)"
         } else {
-            ",(?,?,?,?,?)"
+            ",(?,?,?,?,?,?,?)"
         });
     }
     sql
@@ -327,22 +358,97 @@ fn reference(r: &Record) -> Option<&str> {
     }
 }
 
-/// Encoded bodies of the rows being written, their buffers kept from one statement to the
-/// next.
-#[derive(Default)]
-struct Bodies(Vec<(body::Encoding, Vec<u8>)>);
+/// The rows of one `INSERT` being written: what each holds and its encoded body, the body
+/// buffers kept from one statement to the next.
+struct Rows {
+    rows: Vec<pack::Row>,
+    bodies: Vec<Vec<u8>>,
+}
 
-impl Bodies {
-    fn fill<R: AsRef<Record>>(&mut self, records: &[R]) -> &[(body::Encoding, Vec<u8>)] {
-        if self.0.len() < records.len() {
-            self.0.resize_with(records.len(), || {
-                (body::Encoding::Binary, Vec::with_capacity(256))
-            });
+impl Default for Rows {
+    fn default() -> Self {
+        Self {
+            rows: Vec::with_capacity(ROWS_PER_INSERT),
+            bodies: vec![Vec::with_capacity(256)],
         }
-        for ((encoding, buf), r) in self.0.iter_mut().zip(records) {
-            *encoding = body::encode(r.as_ref(), buf);
+    }
+}
+
+impl Rows {
+    /// Encode up to [`ROWS_PER_INSERT`] rows from the start of `records`; returns how many
+    /// records they hold.
+    fn fill(&mut self, records: &[&Arc<Record>]) -> usize {
+        self.rows.clear();
+        let mut used = 0;
+        while used < records.len() && self.rows.len() < ROWS_PER_INSERT {
+            if self.bodies.len() == self.rows.len() {
+                self.bodies.push(Vec::with_capacity(256));
+            }
+            let row = pack::next_row(&records[used..], &mut self.bodies[self.rows.len()]);
+            used += row.events;
+            self.rows.push(row);
         }
-        &self.0[..records.len()]
+        used
+    }
+
+    /// Insert the rows [`fill`](Self::fill) made of `records`: a whole statement's worth in
+    /// one `INSERT`, fewer row by row (two cached statements, not one per row count).
+    fn insert(
+        &self,
+        tx: &Connection,
+        records: &[&Arc<Record>],
+        next_id: &mut i64,
+    ) -> rusqlite::Result<()> {
+        if self.rows.len() == ROWS_PER_INSERT {
+            return insert_rows(tx, records, &self.rows, &self.bodies, next_id);
+        }
+        let mut first = 0;
+        for (i, row) in self.rows.iter().enumerate() {
+            let (rows, bodies) = (&self.rows[i..=i], &self.bodies[i..=i]);
+            insert_rows(tx, &records[first..], rows, bodies, next_id)?;
+            first += row.events;
+        }
+        Ok(())
+    }
+}
+
+/// The writer's transaction, begun and committed by cached statements: rusqlite's
+/// `Transaction` runs `BEGIN` and `COMMIT` through `execute_batch`, parsing them afresh for
+/// every batch. Dropped uncommitted (an error on the way), it rolls back.
+struct Batch<'c> {
+    conn: &'c Connection,
+    committed: bool,
+}
+
+impl<'c> Batch<'c> {
+    fn begin(conn: &'c Connection) -> rusqlite::Result<Self> {
+        conn.prepare_cached("BEGIN")?.raw_execute()?;
+        Ok(Self {
+            conn,
+            committed: false,
+        })
+    }
+
+    fn commit(mut self) -> rusqlite::Result<()> {
+        self.conn.prepare_cached("COMMIT")?.raw_execute()?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for Batch<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        if !self.committed && !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
     }
 }
 
@@ -350,10 +456,11 @@ impl Bodies {
 fn bind_body(
     stmt: &mut rusqlite::Statement<'_>,
     at: usize,
-    (encoding, bytes): &(body::Encoding, Vec<u8>),
+    encoding: body::Encoding,
+    bytes: &[u8],
 ) -> rusqlite::Result<()> {
     match encoding {
-        body::Encoding::Binary => stmt.raw_bind_parameter(at, bytes.as_slice()),
+        body::Encoding::Binary => stmt.raw_bind_parameter(at, bytes),
         body::Encoding::Json => {
             let text = std::str::from_utf8(bytes).expect("serde_json writes UTF-8");
             stmt.raw_bind_parameter(at, text)
@@ -361,24 +468,69 @@ fn bind_body(
     }
 }
 
-/// One `INSERT` of all of `records` (its statement is cached per row count).
+/// Replace the stored version of alert `r` (found by its id).
+fn update_alert(tx: &Connection, r: &Record, buf: &mut Vec<u8>) -> rusqlite::Result<()> {
+    let encoding = body::encode(r, buf);
+    let mut update = tx.prepare_cached("UPDATE events SET body = ?2 WHERE ref = ?1")?;
+    update.raw_bind_parameter(1, reference(r))?;
+    bind_body(&mut update, 2, encoding, buf)?;
+    update.raw_execute()?;
+    Ok(())
+}
+
+/// One `INSERT` of `rows` (bodies in `bodies`), holding `records`; the rows take their ids from
+/// `next_id` (its statement is cached per row count).
 fn insert_rows(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     records: &[&Arc<Record>],
-    bodies: &mut Bodies,
+    rows: &[pack::Row],
+    bodies: &[Vec<u8>],
+    next_id: &mut i64,
 ) -> rusqlite::Result<()> {
-    let mut insert = tx.prepare_cached(&insert_sql(records.len()))?;
-    let bodies = bodies.fill(records);
-    for (i, (r, body)) in records.iter().zip(bodies).enumerate() {
-        let at = i * 5;
-        insert.raw_bind_parameter(at + 1, r.ts_ns())?;
-        insert.raw_bind_parameter(at + 2, r.body.kind().as_str())?;
-        insert.raw_bind_parameter(at + 3, r.body.pid())?;
-        insert.raw_bind_parameter(at + 4, reference(r))?;
-        bind_body(&mut insert, at + 5, body)?;
+    let mut insert = tx.prepare_cached(&insert_sql(rows.len()))?;
+    let mut first = 0;
+    for (i, (row, body)) in rows.iter().zip(bodies).enumerate() {
+        let r = records[first];
+        let at = i * 7;
+        insert.raw_bind_parameter(at + 1, *next_id)?;
+        insert.raw_bind_parameter(at + 2, row.ts_ns)?;
+        insert.raw_bind_parameter(at + 3, r.body.kind().as_str())?;
+        insert.raw_bind_parameter(at + 4, r.body.pid())?;
+        insert.raw_bind_parameter(at + 5, reference(r))?;
+        bind_body(&mut insert, at + 6, row.encoding, body)?;
+        insert.raw_bind_parameter(at + 7, row.events as i64)?;
+        *next_id += row.events as i64;
+        first += row.events;
     }
     insert.raw_execute()?;
     Ok(())
+}
+
+/// The events of one row (`id, ts_ns, n, body`), oldest first, and its id.
+fn read_row(path: &Path, row: &rusqlite::Row<'_>) -> Result<(i64, Vec<Record>), StoreError> {
+    let id: i64 = row.get(0).map_err(|e| sql(path, e))?;
+    let ts_ns: i64 = row.get(1).map_err(|e| sql(path, e))?;
+    let n: i64 = row.get(2).map_err(|e| sql(path, e))?;
+    let value = row.get_ref(3).map_err(|e| sql(path, e))?;
+    let events = pack::decode_row(ts_ns, n, value).map_err(|source| StoreError::Corrupt {
+        path: path.into(),
+        id,
+        source,
+    })?;
+    Ok((id, events))
+}
+
+/// Run a `DELETE … RETURNING n` to the end: the events the deleted rows held.
+pub(crate) fn sum_returned(
+    stmt: &mut rusqlite::Statement<'_>,
+    params: impl rusqlite::Params,
+) -> rusqlite::Result<usize> {
+    let mut rows = stmt.query(params)?;
+    let mut events = 0;
+    while let Some(row) = rows.next()? {
+        events += row.get::<_, i64>(0)?.max(0) as usize;
+    }
+    Ok(events)
 }
 
 fn sql(path: &Path, source: rusqlite::Error) -> StoreError {
@@ -444,20 +596,26 @@ pub fn spawn_writer(mut store: Store, rx: StoreRx, limits: Limits) -> thread::Jo
 impl Store {
     /// Evict what the cap requires, count it, and publish the size on disk.
     fn keep_under_cap(&mut self, stats: &StoreStats, warned: &mut Option<Instant>) {
-        match cap::enforce(&self.conn, self.max_bytes) {
-            Ok(0) => {}
-            Ok(n) => {
-                stats.evicted.fetch_add(n as u64, Ordering::Relaxed);
-                debug!(
-                    evicted = n,
-                    "store at agent.max_db_mb: oldest routine events deleted"
-                );
+        let live = match cap::check(&self.conn, self.max_bytes) {
+            Ok(checked) => {
+                if checked.evicted > 0 {
+                    stats
+                        .evicted
+                        .fetch_add(checked.evicted as u64, Ordering::Relaxed);
+                    debug!(
+                        evicted = checked.evicted,
+                        "store at agent.max_db_mb: oldest routine events deleted"
+                    );
+                }
+                checked.live
             }
-            Err(e) => warn!("keeping the store under agent.max_db_mb failed: {e}"),
-        }
+            Err(e) => {
+                warn!("keeping the store under agent.max_db_mb failed: {e}");
+                0
+            }
+        };
         let bytes = cap::on_disk(&self.path);
         stats.bytes.store(bytes, Ordering::Relaxed);
-        let live = cap::usage(&self.conn).map_or(0, |u| u.live);
         if live > self.max_bytes && warned.is_none_or(|t| t.elapsed() >= OVER_CAP_WARN_EVERY) {
             *warned = Some(Instant::now());
             warn!(
@@ -767,12 +925,13 @@ mod tests {
         assert_eq!((version, blob.as_str()), (SCHEMA_VERSION, "blob"));
         drop(store);
         let conn = Connection::open(&path).unwrap();
-        conn.pragma_update(None, "user_version", 3).unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
         drop(conn);
         let err = Store::open(&path, BIG)
             .err()
             .expect("a newer schema is refused");
-        assert!(err.to_string().contains("schema version 3"), "{err}");
+        assert!(err.to_string().contains("schema version 4"), "{err}");
     }
 
     #[test]
