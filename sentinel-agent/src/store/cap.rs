@@ -72,18 +72,18 @@ fn pragma(conn: &Connection, name: &str) -> rusqlite::Result<u64> {
 }
 
 /// The database's live and total size (the WAL not included). Read after every batch the
-/// writer commits: one cached statement (three pragmas prepared afresh were about half the
-/// writer's work on a batch of one event).
+/// writer commits: three cached `PRAGMA` statements, stepped again each time (the
+/// table-valued `pragma_page_count()` forms prepare a `PRAGMA` afresh inside SQLite at every
+/// query, a third of the writer's work per batch once rows held many events).
 pub fn usage(conn: &Connection) -> rusqlite::Result<Usage> {
-    let (page, pages, free) = conn
-        .prepare_cached(
-            "SELECT page_size, page_count, freelist_count
-             FROM pragma_page_size(), pragma_page_count(), pragma_freelist_count()",
-        )?
-        .query_row([], |r| {
-            let n = |i| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
-            Ok((n(0)?, n(1)?, n(2)?))
-        })?;
+    let value = |sql: &str| {
+        conn.prepare_cached(sql)?
+            .query_row([], |r| r.get::<_, i64>(0))
+            .map(|v| v.max(0) as u64)
+    };
+    let page = value("PRAGMA page_size")?;
+    let pages = value("PRAGMA page_count")?;
+    let free = value("PRAGMA freelist_count")?;
     Ok(Usage {
         live: (pages - free.min(pages)) * page,
         file: pages * page,
@@ -444,5 +444,31 @@ mod tests {
             .unwrap();
         assert_eq!(mode, 2, "incremental");
         assert_eq!(count(&store, Kind::Exec), 1);
+    }
+
+    /// The cached statements are stepped again, not answered from when they were prepared:
+    /// the usage follows inserts, deletes and a vacuum on one connection.
+    #[test]
+    fn the_usage_follows_the_database_on_one_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db"), 64 * CAP).unwrap();
+        let empty = usage(&store.conn).unwrap();
+        store
+            .apply(&(1..=5_000).map(exec).collect::<Vec<_>>())
+            .unwrap();
+        let full = usage(&store.conn).unwrap();
+        assert!(full.live > empty.live + 1_000_000, "{empty:?} {full:?}");
+        assert_eq!(evict_oldest(&store.conn, 5_000).unwrap(), 5_000);
+        let freed = usage(&store.conn).unwrap();
+        assert!(
+            freed.live < full.live / 4 && freed.file == full.file,
+            "{freed:?}"
+        );
+        let mut vacuum = store.conn.prepare("PRAGMA incremental_vacuum").unwrap();
+        let mut rows = vacuum.query([]).unwrap();
+        while rows.next().unwrap().is_some() {}
+        drop(rows);
+        drop(vacuum);
+        assert!(usage(&store.conn).unwrap().file < full.file / 4);
     }
 }
