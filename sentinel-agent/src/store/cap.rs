@@ -33,6 +33,50 @@ pub const EVICT_BATCH: usize = 500;
 /// check goes on where this one stopped.
 const EVICT_BUDGET: Duration = Duration::from_millis(250);
 
+/// Batches the writer may write between two checks of the cap at most.
+const CHECK_EVERY: u32 = 16;
+/// What the writer wrote is counted this many times over against the room left: SQLite's
+/// pages are not full, an overflow chain's last page is partly empty, and other connections
+/// (the ledger, the fleet outbox) write to the same file.
+const WRITE_FACTOR: u64 = 4;
+
+/// When the cap must be checked again. Reading the usage costs `PRAGMA` statements that
+/// SQLite prepares anew at every run (several thousand instructions a batch, a tenth of the
+/// writer's work in an exec storm); far under the cap it need not be read after every batch.
+/// The writer checks when what it wrote since the last check, counted [`WRITE_FACTOR`] times,
+/// could have reached the high-water mark, and at least every [`CHECK_EVERY`] batches.
+#[derive(Debug, Default)]
+pub struct Pacing {
+    /// Bytes under the high-water mark at the last check (none before the first).
+    room: u64,
+    /// Bytes written since, as [`write::apply`](super::write::apply) counts them.
+    written: u64,
+    /// Batches written since.
+    batches: u32,
+}
+
+impl Pacing {
+    /// A batch of about `bytes` was written.
+    pub fn wrote(&mut self, bytes: u64) {
+        self.written = self.written.saturating_add(bytes);
+        self.batches += 1;
+    }
+
+    /// Whether the check can wait for a later batch.
+    pub fn can_wait(&self) -> bool {
+        self.batches < CHECK_EVERY && self.written.saturating_mul(WRITE_FACTOR) < self.room
+    }
+
+    /// The cap was checked: `live` bytes in use.
+    pub fn checked(&mut self, max_bytes: u64, live: u64) {
+        let high = (max_bytes as f64 * HIGH_WATER) as u64;
+        *self = Self {
+            room: high.saturating_sub(live),
+            ..Self::default()
+        };
+    }
+}
+
 /// How much of the cap is in use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Usage {
@@ -470,5 +514,31 @@ mod tests {
         drop(rows);
         drop(vacuum);
         assert!(usage(&store.conn).unwrap().file < full.file / 4);
+    }
+
+    #[test]
+    fn the_cap_is_checked_before_what_was_written_could_reach_it() {
+        let mut pacing = Pacing::default();
+        assert!(!pacing.can_wait(), "checked before anything is known");
+        // 10 MiB of a 100 MiB cap live: 70 MiB of room under the high-water mark.
+        pacing.checked(100 << 20, 10 << 20);
+        pacing.wrote(1 << 20);
+        assert!(pacing.can_wait());
+        pacing.wrote(17 << 20);
+        assert!(
+            !pacing.can_wait(),
+            "18 MiB written, counted 4 times: over 70 MiB"
+        );
+        pacing.checked(100 << 20, 10 << 20);
+        for _ in 0..CHECK_EVERY - 1 {
+            pacing.wrote(10);
+        }
+        assert!(pacing.can_wait());
+        pacing.wrote(10);
+        assert!(!pacing.can_wait(), "and every {CHECK_EVERY} batches");
+        // Over the high-water mark: every batch.
+        pacing.checked(100 << 20, 90 << 20);
+        pacing.wrote(1);
+        assert!(!pacing.can_wait());
     }
 }

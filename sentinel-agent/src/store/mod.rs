@@ -94,6 +94,8 @@ pub struct Store {
     max_bytes: u64,
     /// The id the next event written gets (a packed row takes one per event).
     next_id: i64,
+    /// When the cap must be checked again ([`cap::Pacing`]).
+    pacing: cap::Pacing,
 }
 
 impl Store {
@@ -111,6 +113,7 @@ impl Store {
             path: path.into(),
             max_bytes,
             next_id: 1,
+            pacing: cap::Pacing::default(),
         };
         store.init()?;
         store.next_id = store.first_free_id()?;
@@ -134,6 +137,7 @@ impl Store {
             path: path.into(),
             max_bytes: 0,
             next_id: 0,
+            pacing: cap::Pacing::default(),
         };
         store.check_version()?;
         Ok(store)
@@ -233,7 +237,9 @@ impl Store {
     /// events share rows).
     pub fn apply(&mut self, writes: &[Write]) -> Result<(), StoreError> {
         let mut next_id = self.next_id;
-        write::apply(&self.conn, writes, &mut next_id).map_err(|e| sql(&self.path, e))?;
+        let bytes =
+            write::apply(&self.conn, writes, &mut next_id).map_err(|e| sql(&self.path, e))?;
+        self.pacing.wrote(bytes);
         // Only once committed: a batch that failed is written again with the same ids.
         self.next_id = next_id;
         Ok(())
@@ -390,10 +396,19 @@ pub fn spawn_writer(mut store: Store, rx: StoreRx, limits: Limits) -> thread::Jo
 }
 
 impl Store {
-    /// Evict what the cap requires, count it, and publish the size on disk.
+    /// Evict what the cap requires, count it, and publish the size on disk. The cap is
+    /// checked when what was written since the last check could have reached it
+    /// ([`cap::Pacing`]).
     fn keep_under_cap(&mut self, stats: &StoreStats, warned: &mut Option<Instant>) {
+        if self.pacing.can_wait() {
+            stats
+                .bytes
+                .store(cap::on_disk(&self.path), Ordering::Relaxed);
+            return;
+        }
         let live = match cap::check(&self.conn, self.max_bytes) {
             Ok(checked) => {
+                self.pacing.checked(self.max_bytes, checked.live);
                 if checked.evicted > 0 {
                     stats
                         .evicted
@@ -407,6 +422,7 @@ impl Store {
             }
             Err(e) => {
                 warn!("keeping the store under agent.max_db_mb failed: {e}");
+                self.pacing = cap::Pacing::default();
                 0
             }
         };

@@ -11,11 +11,17 @@ use rusqlite::Connection;
 use super::{Write, body, pack};
 use crate::event::{Body, Record};
 
+/// Bytes a row costs in the table besides its body (the other columns, the record and cell
+/// headers), rounded up.
+const ROW_BYTES: u64 = 64;
+
 /// Apply `writes` in one transaction, in order; the rows take their ids from `next_id`
 /// (advanced past them, also when the transaction then fails: the caller keeps its own copy).
-pub fn apply(conn: &Connection, writes: &[Write], next_id: &mut i64) -> rusqlite::Result<()> {
+/// Returns about how many bytes it wrote: the bodies plus [`ROW_BYTES`] a row.
+pub fn apply(conn: &Connection, writes: &[Write], next_id: &mut i64) -> rusqlite::Result<u64> {
     let tx = Batch::begin(conn)?;
     let mut rows = Rows::default();
+    let mut bytes = 0;
     let mut start = 0;
     while start < writes.len() {
         let run = writes[start..]
@@ -25,6 +31,7 @@ pub fn apply(conn: &Connection, writes: &[Write], next_id: &mut i64) -> rusqlite
         if run == 0 {
             let (Write::Insert(r) | Write::Update(r)) = &writes[start];
             update_alert(&tx, r, &mut rows.bodies[0])?;
+            bytes += rows.bodies[0].len() as u64 + ROW_BYTES;
             start += 1;
             continue;
         }
@@ -38,11 +45,13 @@ pub fn apply(conn: &Connection, writes: &[Write], next_id: &mut i64) -> rusqlite
         while !rest.is_empty() {
             let used = rows.fill(rest);
             rows.insert(&tx, rest, next_id)?;
+            bytes += rows.bytes();
             rest = &rest[used..];
         }
         start += run;
     }
-    tx.commit()
+    tx.commit()?;
+    Ok(bytes)
 }
 
 /// Rows per multi-row `INSERT` (7 parameters each, far below SQLite's limit).
@@ -100,6 +109,14 @@ impl Rows {
             self.rows.push(row);
         }
         used
+    }
+
+    /// The bytes of the rows filled, as [`apply`] counts them.
+    fn bytes(&self) -> u64 {
+        self.bodies[..self.rows.len()]
+            .iter()
+            .map(|b| b.len() as u64 + ROW_BYTES)
+            .sum()
     }
 
     /// Insert the rows [`fill`](Self::fill) made of `records`: a whole statement's worth in
