@@ -96,6 +96,8 @@ pub struct Store {
     next_id: i64,
     /// When the cap must be checked again ([`cap::Pacing`]).
     pacing: cap::Pacing,
+    /// The writer's buffers.
+    rows: write::Rows,
 }
 
 impl Store {
@@ -114,6 +116,7 @@ impl Store {
             max_bytes,
             next_id: 1,
             pacing: cap::Pacing::default(),
+            rows: write::Rows::default(),
         };
         store.init()?;
         store.next_id = store.first_free_id()?;
@@ -138,6 +141,7 @@ impl Store {
             max_bytes: 0,
             next_id: 0,
             pacing: cap::Pacing::default(),
+            rows: write::Rows::default(),
         };
         store.check_version()?;
         Ok(store)
@@ -237,8 +241,8 @@ impl Store {
     /// events share rows).
     pub fn apply(&mut self, writes: &[Write]) -> Result<(), StoreError> {
         let mut next_id = self.next_id;
-        let bytes =
-            write::apply(&self.conn, writes, &mut next_id).map_err(|e| sql(&self.path, e))?;
+        let bytes = write::apply(&self.conn, writes, &mut self.rows, &mut next_id)
+            .map_err(|e| sql(&self.path, e))?;
         self.pacing.wrote(bytes);
         // Only once committed: a batch that failed is written again with the same ids.
         self.next_id = next_id;

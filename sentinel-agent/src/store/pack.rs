@@ -106,7 +106,9 @@ fn append<T: serde::Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>) {
     postcard::serialize_with_flavor(value, Append(buf)).expect("a Vec takes any postcard output");
 }
 
-/// A postcard output that appends to a borrowed `Vec` (slices with one copy, not byte by byte).
+/// A postcard output that appends to a borrowed `Vec`: strings with one copy, the few bytes
+/// of a varint (postcard hands each integer over as a slice) pushed rather than through a
+/// `memcpy` call each.
 struct Append<'a>(&'a mut Vec<u8>);
 
 impl postcard::ser_flavors::Flavor for Append<'_> {
@@ -120,7 +122,13 @@ impl postcard::ser_flavors::Flavor for Append<'_> {
 
     #[inline]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        self.0.extend_from_slice(data);
+        if data.len() <= 10 {
+            for &b in data {
+                self.0.push(b);
+            }
+        } else {
+            self.0.extend_from_slice(data);
+        }
         Ok(())
     }
 

@@ -18,9 +18,13 @@ const ROW_BYTES: u64 = 64;
 /// Apply `writes` in one transaction, in order; the rows take their ids from `next_id`
 /// (advanced past them, also when the transaction then fails: the caller keeps its own copy).
 /// Returns about how many bytes it wrote: the bodies plus [`ROW_BYTES`] a row.
-pub fn apply(conn: &Connection, writes: &[Write], next_id: &mut i64) -> rusqlite::Result<u64> {
+pub fn apply(
+    conn: &Connection,
+    writes: &[Write],
+    rows: &mut Rows,
+    next_id: &mut i64,
+) -> rusqlite::Result<u64> {
     let tx = Batch::begin(conn)?;
-    let mut rows = Rows::default();
     let mut bytes = 0;
     let mut start = 0;
     while start < writes.len() {
@@ -51,8 +55,13 @@ pub fn apply(conn: &Connection, writes: &[Write], next_id: &mut i64) -> rusqlite
         start += run;
     }
     tx.commit()?;
+    // A flood's batch fills a whole statement of rows: their buffers are not kept for good.
+    rows.bodies.truncate(KEEP_BODIES);
     Ok(bytes)
 }
+
+/// Body buffers kept between batches: the rows of a batch of a few hundred events.
+const KEEP_BODIES: usize = 4;
 
 /// Rows per multi-row `INSERT` (7 parameters each, far below SQLite's limit).
 pub const ROWS_PER_INSERT: usize = 32;
@@ -79,8 +88,8 @@ fn reference(r: &Record) -> Option<&str> {
 }
 
 /// The rows of one `INSERT` being written: what each holds and its encoded body, the body
-/// buffers kept from one statement to the next.
-struct Rows {
+/// buffers kept from one statement and one batch to the next (the writer keeps one).
+pub struct Rows {
     rows: Vec<pack::Row>,
     bodies: Vec<Vec<u8>>,
 }
