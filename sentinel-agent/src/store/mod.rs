@@ -281,7 +281,7 @@ impl Store {
         while out.len() < limit
             && let Some(row) = rows.next().map_err(|e| sql(p, e))?
         {
-            let (_, events) = read_row(p, row)?;
+            let events = read_row(p, row)?;
             // Newest first, as the rows come.
             let wanted = limit - out.len();
             out.extend(events.into_iter().rev().take(wanted));
@@ -312,8 +312,8 @@ impl Store {
     }
 }
 
-/// The events of one row (`id, ts_ns, n, body`), oldest first, and its id.
-fn read_row(path: &Path, row: &rusqlite::Row<'_>) -> Result<(i64, Vec<Record>), StoreError> {
+/// The events of one row (`id, ts_ns, n, body`), oldest first.
+fn read_row(path: &Path, row: &rusqlite::Row<'_>) -> Result<Vec<Record>, StoreError> {
     let id: i64 = row.get(0).map_err(|e| sql(path, e))?;
     let ts_ns: i64 = row.get(1).map_err(|e| sql(path, e))?;
     let n: i64 = row.get(2).map_err(|e| sql(path, e))?;
@@ -323,7 +323,7 @@ fn read_row(path: &Path, row: &rusqlite::Row<'_>) -> Result<(i64, Vec<Record>), 
         id,
         source,
     })?;
-    Ok((id, events))
+    Ok(events)
 }
 
 /// Run a `DELETE … RETURNING n` to the end: the events the deleted rows held.
