@@ -1,5 +1,5 @@
 //! Several exec or connect events in one row. SQLite's cost is per row (a statement step, a
-//! b-tree insert, five or six bound values), postcard's per string: one row per event spent
+//! b-tree insert, the bound values), postcard's per string: one row per event spent
 //! about 3,000 instructions in `sqlite3_step` and wrote the host name into every body. Events
 //! of the same kind (exec or connect) that arrive one after another in a write batch go into
 //! one row, at most [`MAX_EVENTS`] of them and about [`MAX_BYTES`] of body; a row of any other
@@ -81,7 +81,7 @@ pub fn next_row<R: AsRef<Record>>(records: &[R], buf: &mut Vec<u8>) -> Row {
         if events == MAX_EVENTS
             || buf.len() >= MAX_BYTES
             || pack_kind(r) != Some(kind)
-            || *r.host != *first.host
+            || !(Arc::ptr_eq(&r.host, &first.host) || r.host == first.host)
         {
             break;
         }
