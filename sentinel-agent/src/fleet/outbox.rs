@@ -288,8 +288,10 @@ impl Outbox {
         Ok(())
     }
 
-    /// Raw exec/connect/cpu events stored after `cursor`, oldest first. None when the event
-    /// store does not exist yet.
+    /// Raw exec/connect/cpu events stored after `cursor` (an event id: a packed row's events
+    /// have the ids `id .. id + n`, see [`pack`](crate::store::pack)), oldest first, `limit` at
+    /// most. The cursor may be inside a packed row: that row's events up to it are skipped.
+    /// None when the event store does not exist yet.
     pub fn events_after(&self, cursor: i64, limit: usize) -> Result<Vec<EventRow>, OutboxError> {
         let exists: bool = self
             .conn
@@ -300,31 +302,48 @@ impl Outbox {
             )
             .map(|n| n > 0)
             .map_err(|e| self.err(e))?;
-        if !exists {
+        if !exists || limit == 0 {
             return Ok(Vec::new());
         }
+        // From the row that holds the cursor (the last at or before it); one row more than
+        // `limit`, since that one may hold nothing after the cursor.
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT id, kind, ts_ns, body FROM events
-                 WHERE id > ?1 AND kind IN ('exec', 'connect', 'cpu') ORDER BY id LIMIT ?2",
+                "SELECT id, ts_ns, n, body FROM events
+                 WHERE id >= coalesce((SELECT max(id) FROM events WHERE id <= ?1), 0)
+                   AND kind IN ('exec', 'connect', 'cpu') ORDER BY id LIMIT ?2",
             )
             .map_err(|e| self.err(e))?;
         let mut rows = stmt
-            .query(params![cursor, limit as i64])
+            .query(params![cursor, limit as i64 + 1])
             .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
-        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+        while out.len() < limit
+            && let Some(r) = rows.next().map_err(|e| self.err(e))?
+        {
             let id: i64 = r.get(0).map_err(|e| self.err(e))?;
-            let kind: String = r.get(1).map_err(|e| self.err(e))?;
-            let ts_ns: i64 = r.get(2).map_err(|e| self.err(e))?;
+            let ts_ns: i64 = r.get(1).map_err(|e| self.err(e))?;
+            let n: i64 = r.get(2).map_err(|e| self.err(e))?;
             let value = r.get_ref(3).map_err(|e| self.err(e))?;
             // The fleet gets the JSON of SPEC §5 whatever the local encoding; a row that
             // cannot be read is skipped, as before.
-            if let Ok(record) = crate::store::body::decode(ts_ns, value)
-                && let Ok(body) = serde_json::to_value(&record)
-            {
-                out.push(EventRow { id, kind, body });
+            let Ok(records) = crate::store::pack::decode_row(ts_ns, n, value) else {
+                tracing::warn!(id, "skipping an unreadable event row");
+                continue;
+            };
+            for (event_id, record) in (id..).zip(records) {
+                if event_id <= cursor || out.len() == limit {
+                    continue;
+                }
+                if let Ok(body) = serde_json::to_value(&record) {
+                    let kind = record.body.kind().as_str().to_string();
+                    out.push(EventRow {
+                        id: event_id,
+                        kind,
+                        body,
+                    });
+                }
             }
         }
         Ok(out)
@@ -404,5 +423,94 @@ mod tests {
         assert_eq!(ob.cursor().unwrap(), 42);
         assert_eq!(ob.take(2).unwrap().len(), 2);
         assert!(ob.events_after(0, 10).unwrap().is_empty());
+    }
+
+    fn exec(pid: u32) -> std::sync::Arc<crate::event::Record> {
+        use crate::event::{Body, ExecBody, Record};
+        std::sync::Arc::new(Record::new(
+            std::time::UNIX_EPOCH + Duration::from_millis(1_790_000_000_000 + u64::from(pid)),
+            "h",
+            Body::Exec(ExecBody {
+                pid,
+                ppid: 1,
+                uid: 0,
+                comm: "true".into(),
+                filename: "/bin/true".into(),
+                argv: vec!["/bin/true".into()],
+                ancestors: vec!["bash".into()],
+                container: None,
+            }),
+        ))
+    }
+
+    /// Shipping in batches that cut packed rows, with restarts of the agent (store and outbox
+    /// reopened) and a batch shipped but not acknowledged: every event goes out once under its
+    /// own id, in order, and a batch read again carries the same ids (the fleet store's
+    /// `ON CONFLICT (host, id) DO NOTHING` then keeps one copy).
+    #[test]
+    fn events_after_a_cursor_inside_packed_rows_neither_lose_nor_repeat() {
+        use crate::store::{Store, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let mut shipped: Vec<(i64, u32)> = Vec::new();
+        let mut pid = 0;
+        for round in 0..6 {
+            {
+                let mut store = Store::open(&path, 1 << 40).unwrap();
+                let mut writes: Vec<Write> = (0..100)
+                    .map(|_| {
+                        pid += 1;
+                        Write::Insert(exec(pid))
+                    })
+                    .collect();
+                // An alert in the middle: not shipped as an event, its id skipped.
+                writes.insert(
+                    37,
+                    Write::Insert(std::sync::Arc::new(crate::event::Record::new(
+                        std::time::UNIX_EPOCH,
+                        "h",
+                        crate::event::Body::Alert(Box::new(crate::event::sample_alert(
+                            &format!("a{round}"),
+                            "198.51.100.9",
+                        ))),
+                    ))),
+                );
+                store.apply(&writes).unwrap();
+            }
+            let ob = Outbox::open(&path).unwrap();
+            for limit in [1, 30, 64, 7] {
+                let cursor = ob.cursor().unwrap();
+                let batch = ob.events_after(cursor, limit).unwrap();
+                assert!(batch.len() <= limit);
+                if limit == 7 {
+                    // Shipped, then the agent died before the acknowledgement: read again.
+                    let again = ob.events_after(cursor, limit).unwrap();
+                    assert_eq!(again, batch, "the same events under the same ids");
+                }
+                for e in &batch {
+                    assert!(e.id > cursor);
+                    assert_eq!(e.kind, "exec");
+                    shipped.push((e.id, e.body["pid"].as_u64().unwrap() as u32));
+                }
+                if let Some(last) = batch.last() {
+                    ob.set_cursor(last.id).unwrap();
+                }
+            }
+        }
+        // Drain what is left after a last restart.
+        let ob = Outbox::open(&path).unwrap();
+        loop {
+            let batch = ob.events_after(ob.cursor().unwrap(), 50).unwrap();
+            let Some(last) = batch.last() else { break };
+            shipped.extend(
+                batch
+                    .iter()
+                    .map(|e| (e.id, e.body["pid"].as_u64().unwrap() as u32)),
+            );
+            ob.set_cursor(last.id).unwrap();
+        }
+        let pids: Vec<u32> = shipped.iter().map(|s| s.1).collect();
+        assert_eq!(pids, (1..=pid).collect::<Vec<_>>(), "each once, in order");
+        assert!(shipped.windows(2).all(|w| w[0].0 < w[1].0), "ids only grow");
     }
 }

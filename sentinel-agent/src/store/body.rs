@@ -6,6 +6,10 @@
 //! `json_extract`. Rows written as JSON by older agents read back as before: SQLite keeps
 //! each value's type, so a text body is JSON and a blob is binary. JSON is for what leaves
 //! the agent: `tail`, the live stream and the fleet.
+//!
+//! Format bytes of a binary body: 1, 2 and 3 are one event each (the layouts below, 3 the
+//! newest); 4 is a packed row of several events ([`pack`](super::pack)), the only one the
+//! writer makes for exec and connect events now. All stay readable.
 
 use std::{
     sync::Arc,
@@ -41,6 +45,12 @@ pub enum BodyError {
     Empty,
     #[error("body stored as {0}, neither text nor blob")]
     Type(&'static str),
+    #[error("packed body of unknown kind {0}")]
+    PackKind(u8),
+    #[error("the row says {column} events, its body holds {body}")]
+    Count { column: i64, body: usize },
+    #[error("time out of range")]
+    Time,
 }
 
 #[derive(Serialize)]
@@ -257,12 +267,24 @@ fn decode_binary(ts_ns: i64, blob: &[u8]) -> Result<Record, BodyError> {
         Compact::Exec(b) => Body::Exec(b),
         Compact::Connect(b) => Body::Connect(b),
     };
-    let at = UNIX_EPOCH + Duration::from_nanos(ts_ns.max(0) as u64);
     Ok(Record {
-        ts: humantime::format_rfc3339_millis(at).to_string().into(),
+        ts: stamp(ts_ns.max(0).div_euclid(1_000_000))?,
         host,
         body,
     })
+}
+
+/// Years after 9999 have no RFC 3339 form (humantime refuses them).
+const LAST_MS: i64 = 253_402_300_799_999;
+
+/// The RFC 3339 stamp of `ms` milliseconds after the epoch (before it: the epoch); a time
+/// past the year 9999 (a corrupt row) is an error, not a panic.
+pub fn stamp(ms: i64) -> Result<crate::event::Ts, BodyError> {
+    if ms > LAST_MS {
+        return Err(BodyError::Time);
+    }
+    let at = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    Ok(humantime::format_rfc3339_millis(at).to_string().into())
 }
 
 #[cfg(test)]

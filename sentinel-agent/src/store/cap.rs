@@ -33,6 +33,50 @@ pub const EVICT_BATCH: usize = 500;
 /// check goes on where this one stopped.
 const EVICT_BUDGET: Duration = Duration::from_millis(250);
 
+/// Batches the writer may write between two checks of the cap at most.
+const CHECK_EVERY: u32 = 16;
+/// What the writer wrote is counted this many times over against the room left: SQLite's
+/// pages are not full, an overflow chain's last page is partly empty, and other connections
+/// (the ledger, the fleet outbox) write to the same file.
+const WRITE_FACTOR: u64 = 4;
+
+/// When the cap must be checked again. Reading the usage costs `PRAGMA` statements that
+/// SQLite prepares anew at every run (several thousand instructions a batch, a tenth of the
+/// writer's work in an exec storm); far under the cap it need not be read after every batch.
+/// The writer checks when what it wrote since the last check, counted [`WRITE_FACTOR`] times,
+/// could have reached the high-water mark, and at least every [`CHECK_EVERY`] batches.
+#[derive(Debug, Default)]
+pub struct Pacing {
+    /// Bytes under the high-water mark at the last check (none before the first).
+    room: u64,
+    /// Bytes written since, as [`write::apply`](super::write::apply) counts them.
+    written: u64,
+    /// Batches written since.
+    batches: u32,
+}
+
+impl Pacing {
+    /// A batch of about `bytes` was written.
+    pub fn wrote(&mut self, bytes: u64) {
+        self.written = self.written.saturating_add(bytes);
+        self.batches += 1;
+    }
+
+    /// Whether the check can wait for a later batch.
+    pub fn can_wait(&self) -> bool {
+        self.batches < CHECK_EVERY && self.written.saturating_mul(WRITE_FACTOR) < self.room
+    }
+
+    /// The cap was checked: `live` bytes in use.
+    pub fn checked(&mut self, max_bytes: u64, live: u64) {
+        let high = (max_bytes as f64 * HIGH_WATER) as u64;
+        *self = Self {
+            room: high.saturating_sub(live),
+            ..Self::default()
+        };
+    }
+}
+
 /// How much of the cap is in use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Usage {
@@ -72,18 +116,18 @@ fn pragma(conn: &Connection, name: &str) -> rusqlite::Result<u64> {
 }
 
 /// The database's live and total size (the WAL not included). Read after every batch the
-/// writer commits: one cached statement (three pragmas prepared afresh were about half the
-/// writer's work on a batch of one event).
+/// writer commits: three cached `PRAGMA` statements, stepped again each time (the
+/// table-valued `pragma_page_count()` forms prepare a `PRAGMA` afresh inside SQLite at every
+/// query, a third of the writer's work per batch once rows held many events).
 pub fn usage(conn: &Connection) -> rusqlite::Result<Usage> {
-    let (page, pages, free) = conn
-        .prepare_cached(
-            "SELECT page_size, page_count, freelist_count
-             FROM pragma_page_size(), pragma_page_count(), pragma_freelist_count()",
-        )?
-        .query_row([], |r| {
-            let n = |i| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
-            Ok((n(0)?, n(1)?, n(2)?))
-        })?;
+    let value = |sql: &str| {
+        conn.prepare_cached(sql)?
+            .query_row([], |r| r.get::<_, i64>(0))
+            .map(|v| v.max(0) as u64)
+    };
+    let page = value("PRAGMA page_size")?;
+    let pages = value("PRAGMA page_count")?;
+    let free = value("PRAGMA freelist_count")?;
     Ok(Usage {
         live: (pages - free.min(pages)) * page,
         file: pages * page,
@@ -98,16 +142,22 @@ pub fn on_disk(path: &Path) -> u64 {
     size(path) + size(Path::new(&wal))
 }
 
-/// Delete the oldest `limit` routine events (exec, connect, cpu); how many went. Rows are
-/// walked in id (insertion) order, so the few alerts and decisions among them cost nothing.
+/// Delete the oldest routine events (exec, connect, cpu), `limit` of them or a few more (a
+/// packed row goes whole); how many went. Rows are walked in id (insertion) order, so the few
+/// alerts and decisions among them cost nothing; `limit` rows hold at least `limit` events,
+/// and of those only the rows up to the one that reaches `limit` events go.
 pub fn evict_oldest(conn: &Connection, limit: usize) -> rusqlite::Result<usize> {
-    conn.execute(
+    let mut delete = conn.prepare_cached(
         "DELETE FROM events WHERE id IN (
-             SELECT id FROM events NOT INDEXED
-             WHERE kind IN ('exec', 'connect', 'cpu')
-             ORDER BY id LIMIT ?1)",
-        [limit as i64],
-    )
+             SELECT id FROM (
+                 SELECT id, n, sum(n) OVER (ORDER BY id) AS upto FROM (
+                     SELECT id, n FROM events NOT INDEXED
+                     WHERE kind IN ('exec', 'connect', 'cpu')
+                     ORDER BY id LIMIT ?1))
+             WHERE upto - n < ?1)
+         RETURNING n",
+    )?;
+    super::sum_returned(&mut delete, [limit as i64])
 }
 
 /// Delete the oldest `limit` closed alerts (no decision pending on them, no block waiting to
@@ -123,21 +173,41 @@ pub fn evict_closed_alerts(conn: &Connection, limit: usize) -> rusqlite::Result<
     )
 }
 
+/// What a check of the cap did and found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checked {
+    /// Events evicted.
+    pub evicted: usize,
+    /// The live data after the check, in bytes.
+    pub live: u64,
+}
+
 /// Keep the database under `max_bytes`: evict routine events in batches while the live data
 /// is above the high-water mark, then give free pages back when the file is over it. Returns
-/// how many events were evicted.
+/// how many events were evicted ([`check`] without the usage).
+#[cfg(test)]
 pub fn enforce(conn: &Connection, max_bytes: u64) -> rusqlite::Result<usize> {
+    check(conn, max_bytes).map(|c| c.evicted)
+}
+
+/// Keep the database under `max_bytes` (see `enforce`), saying what was evicted and what is left:
+/// the writer runs it after every batch, and in the usual case (under the high-water mark) it
+/// reads the usage once.
+pub fn check(conn: &Connection, max_bytes: u64) -> rusqlite::Result<Checked> {
     let high = (max_bytes as f64 * HIGH_WATER) as u64;
     let low = (max_bytes as f64 * LOW_WATER) as u64;
     let mut evicted = 0;
     let started = Instant::now();
-    if usage(conn)?.live > high {
+    let mut now = usage(conn)?;
+    if now.live > high {
         // Routine events first, then closed alerts.
         'kinds: for evict in [evict_oldest, evict_closed_alerts] {
             loop {
                 let n = evict(conn, EVICT_BATCH)?;
                 evicted += n;
-                if usage(conn)?.live <= low || started.elapsed() > EVICT_BUDGET {
+                // Deleting frees pages inside the file: its size stays as measured.
+                now = usage(conn)?;
+                if now.live <= low || started.elapsed() > EVICT_BUDGET {
                     break 'kinds;
                 }
                 if n == 0 {
@@ -146,14 +216,19 @@ pub fn enforce(conn: &Connection, max_bytes: u64) -> rusqlite::Result<usize> {
             }
         }
     }
-    if usage(conn)?.file > (max_bytes as f64 * FILE_WATER) as u64 {
+    if now.file > (max_bytes as f64 * FILE_WATER) as u64 {
         // Every free page back to the file system: the file shrinks to the live data. The
         // pragma frees one page per step, so step it to the end.
         let mut vacuum = conn.prepare("PRAGMA incremental_vacuum")?;
         let mut rows = vacuum.query([])?;
         while rows.next()?.is_some() {}
+        drop(rows);
+        now = usage(conn)?;
     }
-    Ok(evicted)
+    Ok(Checked {
+        evicted,
+        live: now.live,
+    })
 }
 
 #[cfg(test)]
@@ -413,5 +488,57 @@ mod tests {
             .unwrap();
         assert_eq!(mode, 2, "incremental");
         assert_eq!(count(&store, Kind::Exec), 1);
+    }
+
+    /// The cached statements are stepped again, not answered from when they were prepared:
+    /// the usage follows inserts, deletes and a vacuum on one connection.
+    #[test]
+    fn the_usage_follows_the_database_on_one_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db"), 64 * CAP).unwrap();
+        let empty = usage(&store.conn).unwrap();
+        store
+            .apply(&(1..=5_000).map(exec).collect::<Vec<_>>())
+            .unwrap();
+        let full = usage(&store.conn).unwrap();
+        assert!(full.live > empty.live + 1_000_000, "{empty:?} {full:?}");
+        assert_eq!(evict_oldest(&store.conn, 5_000).unwrap(), 5_000);
+        let freed = usage(&store.conn).unwrap();
+        assert!(
+            freed.live < full.live / 4 && freed.file == full.file,
+            "{freed:?}"
+        );
+        let mut vacuum = store.conn.prepare("PRAGMA incremental_vacuum").unwrap();
+        let mut rows = vacuum.query([]).unwrap();
+        while rows.next().unwrap().is_some() {}
+        drop(rows);
+        drop(vacuum);
+        assert!(usage(&store.conn).unwrap().file < full.file / 4);
+    }
+
+    #[test]
+    fn the_cap_is_checked_before_what_was_written_could_reach_it() {
+        let mut pacing = Pacing::default();
+        assert!(!pacing.can_wait(), "checked before anything is known");
+        // 10 MiB of a 100 MiB cap live: 70 MiB of room under the high-water mark.
+        pacing.checked(100 << 20, 10 << 20);
+        pacing.wrote(1 << 20);
+        assert!(pacing.can_wait());
+        pacing.wrote(17 << 20);
+        assert!(
+            !pacing.can_wait(),
+            "18 MiB written, counted 4 times: over 70 MiB"
+        );
+        pacing.checked(100 << 20, 10 << 20);
+        for _ in 0..CHECK_EVERY - 1 {
+            pacing.wrote(10);
+        }
+        assert!(pacing.can_wait());
+        pacing.wrote(10);
+        assert!(!pacing.can_wait(), "and every {CHECK_EVERY} batches");
+        // Over the high-water mark: every batch.
+        pacing.checked(100 << 20, 90 << 20);
+        pacing.wrote(1);
+        assert!(!pacing.can_wait());
     }
 }

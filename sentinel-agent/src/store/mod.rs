@@ -5,7 +5,9 @@
 
 pub mod body;
 pub mod cap;
+pub mod pack;
 pub mod queue;
+mod write;
 
 pub mod history;
 
@@ -19,7 +21,7 @@ use std::{
 use rusqlite::{Connection, OpenFlags};
 use tracing::{debug, error, warn};
 
-use crate::event::{Body, Kind, Record};
+use crate::event::{Kind, Record};
 pub use queue::{QUEUE_MAX, StoreRx, StoreStats, StoreTx};
 
 /// One change for the writer thread.
@@ -57,7 +59,9 @@ pub struct Limits {
 
 /// 2: exec and connect bodies may be binary ([`body`]); a version-1 store is taken over as it
 /// is (its JSON rows stay readable), and an older agent refuses a version-2 one by name.
-const SCHEMA_VERSION: i64 = 2;
+/// 3: a row may hold several events ([`pack`]), counted in its `n` column (added to a version
+/// 1 or 2 store, where every row holds one).
+const SCHEMA_VERSION: i64 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -88,6 +92,12 @@ pub struct Store {
     path: PathBuf,
     /// The size cap in bytes (0 for a read-only store).
     max_bytes: u64,
+    /// The id the next event written gets (a packed row takes one per event).
+    next_id: i64,
+    /// When the cap must be checked again ([`cap::Pacing`]).
+    pacing: cap::Pacing,
+    /// The writer's buffers.
+    rows: write::Rows,
 }
 
 impl Store {
@@ -100,12 +110,16 @@ impl Store {
             })?;
         }
         let conn = Connection::open(path).map_err(|e| sql(path, e))?;
-        let store = Self {
+        let mut store = Self {
             conn,
             path: path.into(),
             max_bytes,
+            next_id: 1,
+            pacing: cap::Pacing::default(),
+            rows: write::Rows::default(),
         };
         store.init()?;
+        store.next_id = store.first_free_id()?;
         Ok(store)
     }
 
@@ -125,6 +139,9 @@ impl Store {
             conn,
             path: path.into(),
             max_bytes: 0,
+            next_id: 0,
+            pacing: cap::Pacing::default(),
+            rows: write::Rows::default(),
         };
         store.check_version()?;
         Ok(store)
@@ -147,28 +164,8 @@ impl Store {
             .conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(|e| sql(p, e))?;
-        if version == 0 {
-            self.conn
-                .execute_batch(
-                    "BEGIN;
-                     CREATE TABLE IF NOT EXISTS events (
-                         id    INTEGER PRIMARY KEY,
-                         ts_ns INTEGER NOT NULL,
-                         kind  TEXT NOT NULL,
-                         pid   INTEGER NOT NULL,
-                         -- an alert's id, so repeats can update its count
-                         ref   TEXT,
-                         body  TEXT NOT NULL
-                     );
-                     CREATE INDEX IF NOT EXISTS events_ref ON events(ref) WHERE ref IS NOT NULL;
-                     PRAGMA user_version = 2;
-                     COMMIT;",
-                )
-                .map_err(|e| sql(p, e))?;
-        } else if version == 1 {
-            self.conn
-                .pragma_update(None, "user_version", SCHEMA_VERSION)
-                .map_err(|e| sql(p, e))?;
+        if (0..SCHEMA_VERSION).contains(&version) {
+            self.migrate().map_err(|e| sql(p, e))?;
         }
         // Indexes cost a b-tree insert per event. Stores made before 0.2 carry one on the
         // timestamp (only the hourly prune used it; it walks ids now) and one on every kind;
@@ -182,6 +179,48 @@ impl Store {
             ))
             .map_err(|e| sql(p, e))?;
         self.check_version()
+    }
+
+    /// Create the table, or bring a version 1 or 2 one to this version: a column counting the
+    /// events of each row (1 in every row written before), in one transaction.
+    fn migrate(&self) -> rusqlite::Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute_batch(
+            "CREATE TABLE IF NOT EXISTS events (
+                 id    INTEGER PRIMARY KEY,
+                 -- a packed row's: its newest event's
+                 ts_ns INTEGER NOT NULL,
+                 kind  TEXT NOT NULL,
+                 pid   INTEGER NOT NULL,
+                 -- an alert's id, so repeats can update its count
+                 ref   TEXT,
+                 body  TEXT NOT NULL,
+                 -- events in the row: they have the ids id .. id + n
+                 n     INTEGER NOT NULL DEFAULT 1
+             );
+             CREATE INDEX IF NOT EXISTS events_ref ON events(ref) WHERE ref IS NOT NULL;",
+        )?;
+        let counted: bool = tx.query_row(
+            "SELECT count(*) FROM pragma_table_info('events') WHERE name = 'n'",
+            [],
+            |r| r.get::<_, i64>(0).map(|c| c > 0),
+        )?;
+        if !counted {
+            tx.execute_batch("ALTER TABLE events ADD COLUMN n INTEGER NOT NULL DEFAULT 1")?;
+        }
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()
+    }
+
+    /// The id after the newest row's events.
+    fn first_free_id(&self) -> Result<i64, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT coalesce((SELECT id + n FROM events ORDER BY id DESC LIMIT 1), 1)",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| sql(&self.path, e))
     }
 
     fn check_version(&self) -> Result<(), StoreError> {
@@ -198,51 +237,16 @@ impl Store {
         Ok(())
     }
 
-    /// Apply `writes` in one transaction, in order. Runs of inserts go in as multi-row
-    /// `INSERT`s of [`ROWS_PER_INSERT`] rows: one statement run per that many events.
+    /// Apply `writes` in one transaction, in order ([`write`]: runs of exec or connect
+    /// events share rows).
     pub fn apply(&mut self, writes: &[Write]) -> Result<(), StoreError> {
-        let p = self.path.clone();
-        let tx = self.conn.transaction().map_err(|e| sql(&p, e))?;
-        {
-            let mut bodies = Bodies::default();
-            let mut start = 0;
-            while start < writes.len() {
-                let run = writes[start..]
-                    .iter()
-                    .take_while(|w| matches!(w, Write::Insert(_)))
-                    .count();
-                if run == 0 {
-                    let (Write::Insert(r) | Write::Update(r)) = &writes[start];
-                    let body = &bodies.fill(std::slice::from_ref(r))[0];
-                    tx.prepare_cached("UPDATE events SET body = ?2 WHERE ref = ?1")
-                        .and_then(|mut update| {
-                            update.raw_bind_parameter(1, reference(r))?;
-                            bind_body(&mut update, 2, body)?;
-                            update.raw_execute()
-                        })
-                        .map_err(|e| sql(&p, e))?;
-                    start += 1;
-                    continue;
-                }
-                let records: Vec<&Arc<Record>> = writes[start..start + run]
-                    .iter()
-                    .map(|w| match w {
-                        Write::Insert(r) | Write::Update(r) => r,
-                    })
-                    .collect();
-                // Whole chunks in one statement, the rest row by row: two cached statements.
-                let mut chunks = records.chunks_exact(ROWS_PER_INSERT);
-                for chunk in chunks.by_ref() {
-                    insert_rows(&tx, chunk, &mut bodies).map_err(|e| sql(&p, e))?;
-                }
-                for row in chunks.remainder() {
-                    insert_rows(&tx, std::slice::from_ref(row), &mut bodies)
-                        .map_err(|e| sql(&p, e))?;
-                }
-                start += run;
-            }
-        }
-        tx.commit().map_err(|e| sql(&p, e))
+        let mut next_id = self.next_id;
+        let bytes = write::apply(&self.conn, writes, &mut self.rows, &mut next_id)
+            .map_err(|e| sql(&self.path, e))?;
+        self.pacing.wrote(bytes);
+        // Only once committed: a batch that failed is written again with the same ids.
+        self.next_id = next_id;
+        Ok(())
     }
 
     /// Insert `records` in one transaction.
@@ -252,10 +256,11 @@ impl Store {
         self.apply(&writes)
     }
 
-    /// The newest `limit` events of the given kinds (all kinds when empty), oldest first.
+    /// The newest `limit` events of the given kinds (all kinds when empty), oldest first. The
+    /// oldest packed row read may be cut: only its newest events are wanted.
     pub fn recent(&self, kinds: &[Kind], limit: usize) -> Result<Vec<Record>, StoreError> {
         let p = &self.path;
-        let mut query = String::from("SELECT id, ts_ns, body FROM events");
+        let mut query = String::from("SELECT id, ts_ns, n, body FROM events");
         if !kinds.is_empty() {
             let list: Vec<String> = kinds.iter().map(|k| format!("'{}'", k.as_str())).collect();
             query.push_str(&format!(" WHERE kind IN ({})", list.join(",")));
@@ -266,119 +271,72 @@ impl Store {
                 query.push_str(&RARE_KINDS.replacen("WHERE", " AND", 1));
             }
         }
+        // Every row holds at least one event: `limit` rows are enough.
         query.push_str(" ORDER BY id DESC LIMIT ?1");
         let mut stmt = self.conn.prepare(&query).map_err(|e| sql(p, e))?;
-        let mut rows = stmt.query([limit as i64]).map_err(|e| sql(p, e))?;
+        let mut rows = stmt
+            .query([limit.min(i64::MAX as usize) as i64])
+            .map_err(|e| sql(p, e))?;
         let mut out = Vec::new();
-        while let Some(row) = rows.next().map_err(|e| sql(p, e))? {
-            let id: i64 = row.get(0).map_err(|e| sql(p, e))?;
-            let ts_ns: i64 = row.get(1).map_err(|e| sql(p, e))?;
-            let value = row.get_ref(2).map_err(|e| sql(p, e))?;
-            let record = body::decode(ts_ns, value).map_err(|source| StoreError::Corrupt {
-                path: p.clone(),
-                id,
-                source,
-            })?;
-            out.push(record);
+        while out.len() < limit
+            && let Some(row) = rows.next().map_err(|e| sql(p, e))?
+        {
+            let events = read_row(p, row)?;
+            // Newest first, as the rows come.
+            let wanted = limit - out.len();
+            out.extend(events.into_iter().rev().take(wanted));
         }
         out.reverse();
         Ok(out)
     }
 
-    /// Delete the events older than the first one stamped at or after `cutoff` (ids follow the
+    /// Delete the rows before the first one stamped at or after `cutoff` (ids follow the
     /// order events happened in, so this walks the old end of the table without a timestamp
-    /// index); returns how many.
+    /// index); returns how many events they held. A packed row is stamped with its newest
+    /// event, so a row holding any event at or after the cutoff stays, whole.
     pub fn prune_before(&self, cutoff: SystemTime) -> Result<usize, StoreError> {
         let ns = cutoff
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i64);
-        self.conn
-            .execute(
+        let p = &self.path;
+        let mut delete = self
+            .conn
+            .prepare(
                 "DELETE FROM events WHERE id < coalesce(
                      (SELECT id FROM events WHERE ts_ns >= ?1 ORDER BY id LIMIT 1),
-                     (SELECT max(id) + 1 FROM events))",
-                [ns],
+                     (SELECT max(id) + 1 FROM events))
+                 RETURNING n",
             )
-            .map_err(|e| sql(&self.path, e))
+            .map_err(|e| sql(p, e))?;
+        sum_returned(&mut delete, [ns]).map_err(|e| sql(p, e))
     }
 }
 
-/// Rows per multi-row `INSERT` (5 parameters each, far below SQLite's limit).
-const ROWS_PER_INSERT: usize = 32;
-
-/// `INSERT INTO events … VALUES (…), (…), …` for `rows` rows.
-fn insert_sql(rows: usize) -> String {
-    let mut sql = String::from("INSERT INTO events (ts_ns, kind, pid, ref, body) VALUES ");
-    for i in 0..rows {
-        sql.push_str(if i == 0 {
-            "(?,?,?,?,?)"
-        } else {
-            ",(?,?,?,?,?)"
-        });
-    }
-    sql
+/// The events of one row (`id, ts_ns, n, body`), oldest first.
+fn read_row(path: &Path, row: &rusqlite::Row<'_>) -> Result<Vec<Record>, StoreError> {
+    let id: i64 = row.get(0).map_err(|e| sql(path, e))?;
+    let ts_ns: i64 = row.get(1).map_err(|e| sql(path, e))?;
+    let n: i64 = row.get(2).map_err(|e| sql(path, e))?;
+    let value = row.get_ref(3).map_err(|e| sql(path, e))?;
+    let events = pack::decode_row(ts_ns, n, value).map_err(|source| StoreError::Corrupt {
+        path: path.into(),
+        id,
+        source,
+    })?;
+    Ok(events)
 }
 
-/// The alert id an alert's row is found by; `None` for other events.
-fn reference(r: &Record) -> Option<&str> {
-    match &r.body {
-        Body::Alert(a) => Some(a.id.as_str()),
-        _ => None,
-    }
-}
-
-/// Encoded bodies of the rows being written, their buffers kept from one statement to the
-/// next.
-#[derive(Default)]
-struct Bodies(Vec<(body::Encoding, Vec<u8>)>);
-
-impl Bodies {
-    fn fill<R: AsRef<Record>>(&mut self, records: &[R]) -> &[(body::Encoding, Vec<u8>)] {
-        if self.0.len() < records.len() {
-            self.0.resize_with(records.len(), || {
-                (body::Encoding::Binary, Vec::with_capacity(256))
-            });
-        }
-        for ((encoding, buf), r) in self.0.iter_mut().zip(records) {
-            *encoding = body::encode(r.as_ref(), buf);
-        }
-        &self.0[..records.len()]
-    }
-}
-
-/// Bind an encoded body: JSON as text (readable by `json_extract`), binary as a blob.
-fn bind_body(
+/// Run a `DELETE … RETURNING n` to the end: the events the deleted rows held.
+pub(crate) fn sum_returned(
     stmt: &mut rusqlite::Statement<'_>,
-    at: usize,
-    (encoding, bytes): &(body::Encoding, Vec<u8>),
-) -> rusqlite::Result<()> {
-    match encoding {
-        body::Encoding::Binary => stmt.raw_bind_parameter(at, bytes.as_slice()),
-        body::Encoding::Json => {
-            let text = std::str::from_utf8(bytes).expect("serde_json writes UTF-8");
-            stmt.raw_bind_parameter(at, text)
-        }
+    params: impl rusqlite::Params,
+) -> rusqlite::Result<usize> {
+    let mut rows = stmt.query(params)?;
+    let mut events = 0;
+    while let Some(row) = rows.next()? {
+        events += row.get::<_, i64>(0)?.max(0) as usize;
     }
-}
-
-/// One `INSERT` of all of `records` (its statement is cached per row count).
-fn insert_rows(
-    tx: &rusqlite::Transaction<'_>,
-    records: &[&Arc<Record>],
-    bodies: &mut Bodies,
-) -> rusqlite::Result<()> {
-    let mut insert = tx.prepare_cached(&insert_sql(records.len()))?;
-    let bodies = bodies.fill(records);
-    for (i, (r, body)) in records.iter().zip(bodies).enumerate() {
-        let at = i * 5;
-        insert.raw_bind_parameter(at + 1, r.ts_ns())?;
-        insert.raw_bind_parameter(at + 2, r.body.kind().as_str())?;
-        insert.raw_bind_parameter(at + 3, r.body.pid())?;
-        insert.raw_bind_parameter(at + 4, reference(r))?;
-        bind_body(&mut insert, at + 5, body)?;
-    }
-    insert.raw_execute()?;
-    Ok(())
+    Ok(events)
 }
 
 fn sql(path: &Path, source: rusqlite::Error) -> StoreError {
@@ -442,22 +400,38 @@ pub fn spawn_writer(mut store: Store, rx: StoreRx, limits: Limits) -> thread::Jo
 }
 
 impl Store {
-    /// Evict what the cap requires, count it, and publish the size on disk.
+    /// Evict what the cap requires, count it, and publish the size on disk. The cap is
+    /// checked when what was written since the last check could have reached it
+    /// ([`cap::Pacing`]).
     fn keep_under_cap(&mut self, stats: &StoreStats, warned: &mut Option<Instant>) {
-        match cap::enforce(&self.conn, self.max_bytes) {
-            Ok(0) => {}
-            Ok(n) => {
-                stats.evicted.fetch_add(n as u64, Ordering::Relaxed);
-                debug!(
-                    evicted = n,
-                    "store at agent.max_db_mb: oldest routine events deleted"
-                );
-            }
-            Err(e) => warn!("keeping the store under agent.max_db_mb failed: {e}"),
+        if self.pacing.can_wait() {
+            stats
+                .bytes
+                .store(cap::on_disk(&self.path), Ordering::Relaxed);
+            return;
         }
+        let live = match cap::check(&self.conn, self.max_bytes) {
+            Ok(checked) => {
+                self.pacing.checked(self.max_bytes, checked.live);
+                if checked.evicted > 0 {
+                    stats
+                        .evicted
+                        .fetch_add(checked.evicted as u64, Ordering::Relaxed);
+                    debug!(
+                        evicted = checked.evicted,
+                        "store at agent.max_db_mb: oldest routine events deleted"
+                    );
+                }
+                checked.live
+            }
+            Err(e) => {
+                warn!("keeping the store under agent.max_db_mb failed: {e}");
+                self.pacing = cap::Pacing::default();
+                0
+            }
+        };
         let bytes = cap::on_disk(&self.path);
         stats.bytes.store(bytes, Ordering::Relaxed);
-        let live = cap::usage(&self.conn).map_or(0, |u| u.live);
         if live > self.max_bytes && warned.is_none_or(|t| t.elapsed() >= OVER_CAP_WARN_EVERY) {
             *warned = Some(Instant::now());
             warn!(
@@ -767,12 +741,13 @@ mod tests {
         assert_eq!((version, blob.as_str()), (SCHEMA_VERSION, "blob"));
         drop(store);
         let conn = Connection::open(&path).unwrap();
-        conn.pragma_update(None, "user_version", 3).unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
         drop(conn);
         let err = Store::open(&path, BIG)
             .err()
             .expect("a newer schema is refused");
-        assert!(err.to_string().contains("schema version 3"), "{err}");
+        assert!(err.to_string().contains("schema version 4"), "{err}");
     }
 
     #[test]
@@ -781,7 +756,7 @@ mod tests {
         let mut store = Store::open(&dir.path().join("s.db"), BIG).unwrap();
         // An alert, a run longer than one multi-row insert, its update, then a run of one
         // whole chunk and a remainder.
-        let n = ROWS_PER_INSERT as u32;
+        let n = write::ROWS_PER_INSERT as u32;
         let mut writes = vec![Write::Insert(alert("a1", 1))];
         writes.extend((0..40).map(|i| Write::Insert(cpu(100 + i, 1000 + u64::from(i)))));
         writes.push(Write::Update(alert("a1", 7)));
