@@ -175,7 +175,8 @@ impl Store {
             .execute_batch(&format!(
                 "DROP INDEX IF EXISTS events_ts;
                  DROP INDEX IF EXISTS events_kind;
-                 CREATE INDEX IF NOT EXISTS events_rare ON events(kind, id) {RARE_KINDS};"
+                 CREATE INDEX IF NOT EXISTS events_rare ON events(kind, id) {RARE_KINDS};
+                 CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);"
             ))
             .map_err(|e| sql(p, e))?;
         self.check_version()
@@ -212,14 +213,31 @@ impl Store {
         tx.commit()
     }
 
-    /// The id after the newest row's events.
+    /// The id after the newest row's events, or after the last id handed out before
+    /// retention or the cap emptied the table ([`Self::remember_next_id`]): ids never go back,
+    /// or the fleet, whose cursor is the last id it shipped, would skip the new events.
     fn first_free_id(&self) -> Result<i64, StoreError> {
         self.conn
             .query_row(
-                "SELECT coalesce((SELECT id + n FROM events ORDER BY id DESC LIMIT 1), 1)",
+                "SELECT max(
+                     coalesce((SELECT id + n FROM events ORDER BY id DESC LIMIT 1), 1),
+                     coalesce((SELECT value FROM store_meta WHERE key = 'next_id'), 1))",
                 [],
                 |r| r.get(0),
             )
+            .map_err(|e| sql(&self.path, e))
+    }
+
+    /// Keep the next id where a deletion of the newest rows cannot take it (after retention
+    /// or the cap deleted rows; a quiet host may lose every row to retention).
+    fn remember_next_id(&self) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO store_meta (key, value) VALUES ('next_id', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
+            )
+            .and_then(|mut s| s.execute([self.next_id]))
+            .map(|_| ())
             .map_err(|e| sql(&self.path, e))
     }
 
@@ -308,7 +326,11 @@ impl Store {
                  RETURNING n",
             )
             .map_err(|e| sql(p, e))?;
-        sum_returned(&mut delete, [ns]).map_err(|e| sql(p, e))
+        let deleted = sum_returned(&mut delete, [ns]).map_err(|e| sql(p, e))?;
+        if deleted > 0 {
+            self.remember_next_id()?;
+        }
+        Ok(deleted)
     }
 }
 
@@ -414,6 +436,9 @@ impl Store {
             Ok(checked) => {
                 self.pacing.checked(self.max_bytes, checked.live);
                 if checked.evicted > 0 {
+                    if let Err(e) = self.remember_next_id() {
+                        warn!("{e}");
+                    }
                     stats
                         .evicted
                         .fetch_add(checked.evicted as u64, Ordering::Relaxed);
@@ -771,6 +796,33 @@ mod tests {
             Body::Alert(a) => assert_eq!((a.id.as_str(), a.count), ("a1", 7)),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Retention may empty the table on a quiet host: the ids after a restart still follow
+    /// the last one handed out (the fleet ships by id and would skip lower ones).
+    #[test]
+    fn ids_never_go_back_after_the_table_was_emptied() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let max_id = |path: &Path| -> i64 {
+            Connection::open(path)
+                .unwrap()
+                .query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get(0))
+                .unwrap()
+        };
+        {
+            let mut store = Store::open(&path, BIG).unwrap();
+            store
+                .insert(&[cpu(1, 1000), cpu(2, 1500), cpu(3, 1600)])
+                .unwrap();
+            assert_eq!(max_id(&path), 3);
+            let at = UNIX_EPOCH + Duration::from_millis(9000);
+            assert_eq!(store.prune_before(at).unwrap(), 3);
+            assert_eq!(max_id(&path), 0);
+        }
+        let mut store = Store::open(&path, BIG).unwrap();
+        store.insert(&[cpu(4, 10_000)]).unwrap();
+        assert_eq!(max_id(&path), 4, "the next id, not 1 again");
     }
 
     #[test]
