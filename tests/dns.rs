@@ -8,6 +8,8 @@
 //! names to one address each see their own; a TCP answer cut into several segments (a small
 //! MTU and no segmentation offload on the test's own veth) names every address it carries, and
 //! so do answers back to back on one TCP connection, also in the middle of a segment.
+//! A socket is known by what it asked (an unconnected one by its `sendto`), not by its port:
+//! a socket reopened on the port of one that asked is named only once it asks itself.
 //! DNS over TLS or HTTPS yields no name (the answer
 //! is encrypted), which a test of its own shows against a plain answer from the same server.
 
@@ -605,6 +607,83 @@ fn a_local_stub_still_names_the_right_process() {
         second_alert["risk"].as_u64().unwrap() + 10,
         "{second_alert}\n{third_alert}"
     );
+}
+
+/// A client for [`a_socket_is_known_by_what_it_asked_not_by_its_port`], run on the test host
+/// against the resolver at `argv[1]`: an unconnected socket asks (`sendto`, no `connect`) for
+/// `c2.sentinel.test` and is closed; a new socket on the same port, which has not asked, is
+/// sent a forged answer from port 53 (`forged.sentinel.test` → `argv[2]`, from a loopback
+/// socket of the script's own); then that socket asks for `xmr.pool.sentinel.test`. It
+/// connects to each address (port 443: the test hosts reset) and says `connected`.
+const REOPENED_CLIENT: &str = r#"
+import socket, struct, sys
+server, forged_addr = sys.argv[1:3]
+def query(i, name):
+    q = struct.pack("!HHHHHH", i, 0x0100, 1, 0, 0, 0)
+    return q + b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\0\0\1\0\1"
+def ask(s, i, name):
+    s.sendto(query(i, name), (server, 53))
+    while True:
+        a, peer = s.recvfrom(512)
+        if peer[1] == 53 and a[:2] == struct.pack("!H", i):
+            return socket.inet_ntoa(a[-4:])
+first = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); first.settimeout(5)
+first.bind(("0.0.0.0", 0)); port = first.getsockname()[1]
+named = ask(first, 1, "c2.sentinel.test")
+first.close()
+second = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); second.settimeout(5)
+second.bind(("0.0.0.0", port))
+forger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); forger.bind(("127.53.0.1", 53))
+forged = query(7, "forged.sentinel.test")
+forged = forged[:2] + b"\x81\x80\0\1\0\1" + forged[8:]
+forged += struct.pack("!HHHIH", 0xC00C, 1, 1, 60, 4) + socket.inet_aton(forged_addr)
+forger.sendto(forged, ("127.0.0.1", port))
+assert second.recvfrom(512)[0] == forged
+later = ask(second, 2, "xmr.pool.sentinel.test")
+print("resolved", named, later, flush=True)
+for addr in (named, forged_addr, later):
+    s = socket.socket(); s.settimeout(2)
+    try: s.connect((addr, 443))
+    except OSError: pass
+    s.close()
+print("connected", flush=True)
+"#;
+
+/// The asker is remembered on the socket itself: an unconnected socket that asked with
+/// `sendto` is named; a socket opened later on the same port is not named by an answer it
+/// did not ask for (the closed socket's record went with it), and is once it asks.
+#[test]
+fn a_socket_is_known_by_what_it_asked_not_by_its_port() {
+    if !common::require_root("a_socket_is_known_by_what_it_asked_not_by_its_port") {
+        return;
+    }
+    require_dnsmasq("a_socket_is_known_by_what_it_asked_not_by_its_port");
+    let _serial = common::serial();
+    let net = TestNet::new("dnsreo");
+    let mut procs = Procs::default();
+    dnsmasq(&net, DE4, None, &mut procs);
+    let agent = Agent::start("");
+    let child = procs.spawn(
+        Command::new("/usr/bin/python3")
+            .args(["-c", REOPENED_CLIENT, DE4, CN4])
+            .stdout(Stdio::piped()),
+    );
+    let pid = child.id();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), format!("resolved {RU4} {DE4}"));
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "connected");
+    let ev = connect_of(&agent, pid, RU4);
+    assert_eq!(ev["domain"], "c2.sentinel.test", "{ev}");
+    let ev = connect_of(&agent, pid, DE4);
+    assert_eq!(ev["domain"], "xmr.pool.sentinel.test", "{ev}");
+    // The forged answer came before this connect: had it been taken, the connect would carry
+    // its name.
+    let ev = connect_of(&agent, pid, CN4);
+    assert!(ev["domain"].is_null(), "{ev}");
 }
 
 #[test]

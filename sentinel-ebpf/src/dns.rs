@@ -4,16 +4,18 @@
 //! - `dns_connect4`/`dns_connect6`/`dns_sendmsg4`/`dns_sendmsg6` (`cgroup_sock_addr` on the
 //!   cgroup v2 root) run in the asking process when it connects a socket to port 53 (glibc's
 //!   resolver connects its UDP socket; TCP queries connect) or sends a datagram to port 53
-//!   from an unconnected socket: they remember the socket (its cookie) and who asked.
+//!   from an unconnected socket: they remember who asked, in the socket's own local storage
+//!   (`DNS_ASKERS`, freed with the socket).
 //! - `dns_ingress` (`cgroup_skb/ingress` on the same root) sees every packet delivered to a
 //!   local socket, loopback included (a stub such as systemd-resolved's 127.0.0.53, a
 //!   resolver in a container). For a UDP datagram or TCP segment from port 53 to a socket
 //!   the first half knows, carrying an answer that can name something (`may_name`), it
 //!   copies the DNS message (up to `DNS_PAYLOAD_MAX` bytes) into the shared ring, with the
 //!   asker, in a record no larger than the message needs. It runs outside the receiver's
-//!   context, hence the cookie map. It always returns 1: it watches, it never drops a packet.
+//!   context, hence the storage on the socket, which it reaches through the packet's socket
+//!   (`skb->sk`). It always returns 1: it watches, it never drops a packet.
 //!
-//! DNS over TCP in several segments: the cookie map's entry of a TCP socket also remembers
+//! DNS over TCP in several segments: the socket's storage of a TCP socket also remembers
 //! the message that last started on it (first sequence number, length prefix). A later
 //! segment of that message (or a retransmission) is copied as a record of its own with the
 //! bytes' offset in the message (`piece_of`), never past the message's first
@@ -31,18 +33,23 @@
 //! queries), two fields of the socket, before any helper call; to an unconnected UDP socket,
 //! a few loads of the packet's headers where the kernel holds them in line (no helper call;
 //! `bpf_skb_load_bytes` only when they are not, or for IPv4 options); from port 53 over
-//! UDP, the DNS header's flags and counts, then the cookie and its map lookup; only then the
-//! ring. From port 53 over TCP (a socket connected to port 53: a DNS client), a segment
-//! without payload stops after its header; one with payload costs the cookie lookup, then
+//! UDP, the DNS header's flags and counts, then the socket's storage (one helper call, no
+//! hash); only then the ring. From port 53 over TCP (a socket connected to port 53: a DNS
+//! client), a segment without payload stops after its header; one with payload costs the
+//! socket's storage and its cookie (the record's flow), then
 //! either the copy of a later piece of the known message or, at a message's start, the
 //! header's flags and counts before any copy.
 
 use aya_ebpf::{
     EbpfContext,
     bindings::__sk_buff,
-    helpers::{bpf_ktime_get_boot_ns, generated::bpf_get_socket_cookie},
-    macros::{cgroup_skb, cgroup_sock_addr, map},
-    maps::{LruHashMap, PerCpuArray},
+    btf_maps::SkStorage,
+    helpers::{
+        bpf_ktime_get_boot_ns,
+        generated::{bpf_get_socket_cookie, bpf_sk_storage_get},
+    },
+    macros::{btf_map, cgroup_skb, cgroup_sock_addr, map},
+    maps::PerCpuArray,
     programs::{SkBuffContext, SockAddrContext},
 };
 use sentinel_common::{
@@ -63,10 +70,11 @@ use crate::task::{EVENTS, current_tgid_unless_agent, submit_flags};
 #[map]
 static DNS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// Sockets that asked port 53 (socket cookie) → who asked. Least recently used entries go
-/// first: a closed socket's entry simply ages out (cookies are never reused).
-#[map]
-static DNS_ASKERS: LruHashMap<u64, DnsAsker> = LruHashMap::with_max_entries(16384, 0);
+/// Who asked port 53 from a socket, kept in the socket's local storage: reached from the
+/// socket in one helper call (no cookie, no hash), freed by the kernel with the socket, so
+/// there is no bound to size and no eviction of live askers.
+#[btf_map]
+static DNS_ASKERS: SkStorage<DnsAsker> = SkStorage::new();
 
 const ALLOW: i32 = 1;
 const DNS_PORT_BE: u16 = 53u16.to_be();
@@ -123,10 +131,33 @@ fn note_asker(ctx: &SockAddrContext) {
         wire_len: 0,
         _pad: 0,
     };
-    // SAFETY: the helper takes this program's context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // A full map evicts its least recently used entry: insertion does not fail for room.
-    let _ = DNS_ASKERS.insert(&cookie, &asker, 0);
+    // The socket's storage, created (zeroed) on its first query. SAFETY: `ctx.sk` is the
+    // socket this program runs for, which the helper takes.
+    let entry = unsafe { DNS_ASKERS.get_or_insert_ptr_mut(ctx, None) };
+    if entry.is_null() {
+        // No memory for it: this socket's answers go unnamed.
+        return;
+    }
+    // A socket asked again (by another process, after a reconnect) forgets the TCP message
+    // it was receiving. SAFETY: a storage value, valid for this program's run.
+    unsafe { *entry = asker };
+}
+
+/// The storage of the socket a packet is delivered to, if that socket asked port 53.
+#[inline(always)]
+fn asker_of(ctx: &SkBuffContext) -> Option<*mut DnsAsker> {
+    // SAFETY: cgroup_skb may read the receiving socket (null or a socket pointer the verifier
+    // knows as such).
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return None;
+    }
+    let map = core::ptr::from_ref(&DNS_ASKERS).cast_mut().cast();
+    // SAFETY: the map is a socket storage map, `sk` a non-null socket; no value, no flags: a
+    // lookup only (the helper returns null for a socket without storage or not a full one).
+    let entry = unsafe { bpf_sk_storage_get(map, sk.cast(), core::ptr::null_mut(), 0) };
+    let entry = entry.cast::<DnsAsker>();
+    (!entry.is_null()).then_some(entry)
 }
 
 #[cgroup_skb(ingress)]
@@ -195,12 +226,11 @@ fn on_packet(ctx: &SkBuffContext) {
             let Some(found) = locate_udp(ctx, from) else {
                 return;
             };
-            // SAFETY: the helper takes this program's context (the receiving socket's cookie).
-            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-            // SAFETY: a plain value copied out at once.
-            let Some(asker) = (unsafe { DNS_ASKERS.get(&cookie) }).copied() else {
+            let Some(entry) = asker_of(ctx) else {
                 return;
             };
+            // SAFETY: a storage value, valid for this program's run; copied out at once.
+            let asker = unsafe { *entry };
             emit(ctx, &found, &asker);
         }
         IPPROTO_TCP => on_tcp(ctx, &from),
@@ -241,11 +271,12 @@ fn on_tcp(ctx: &SkBuffContext, from: &FromPort53) {
     if payload == 0 {
         return;
     }
-    // SAFETY: the helper takes this program's context (the receiving socket's cookie).
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let Some(entry) = DNS_ASKERS.get_ptr_mut(&cookie) else {
+    let Some(entry) = asker_of(ctx) else {
         return;
     };
+    // The connection's records are put together by its cookie. SAFETY: the helper takes this
+    // program's context (the receiving socket's cookie).
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let segment = Segment {
         seq,
         payload_at,
@@ -259,7 +290,7 @@ fn on_tcp(ctx: &SkBuffContext, from: &FromPort53) {
             return;
         };
         if found.copy {
-            // SAFETY: a map value, valid for this program's run; copied out at once.
+            // SAFETY: a storage value, valid for this program's run; copied out at once.
             let asker = unsafe { *entry };
             emit(ctx, &found, &asker);
         }
@@ -440,7 +471,7 @@ fn locate_tcp(
     entry: *mut DnsAsker,
     cursor: u32,
 ) -> Option<Found> {
-    // SAFETY: a map value, valid for this program's run; copied out at once.
+    // SAFETY: a storage value, valid for this program's run; copied out at once.
     let asker = unsafe { *entry };
     let seq = segment.seq.wrapping_add(cursor);
     let left = segment.payload.checked_sub(cursor)?;

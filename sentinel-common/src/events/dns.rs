@@ -77,7 +77,7 @@ pub struct DnsRecord<const N: usize> {
     pub payload: [u8; N],
 }
 
-/// Who sent a query from a socket (by socket cookie), for the answer's record; for a TCP
+/// Who sent a query from a socket (kept in its socket storage), for the answer's record; for a TCP
 /// socket also the message it is receiving, so the segments after the first are known.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
