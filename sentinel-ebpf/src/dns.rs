@@ -41,13 +41,9 @@
 //! header's flags and counts before any copy.
 
 use aya_ebpf::{
-    EbpfContext,
     bindings::__sk_buff,
     btf_maps::SkStorage,
-    helpers::{
-        bpf_ktime_get_boot_ns,
-        generated::{bpf_get_socket_cookie, bpf_sk_storage_get},
-    },
+    helpers::{bpf_ktime_get_boot_ns, generated::bpf_sk_storage_get},
     macros::{btf_map, cgroup_skb, cgroup_sock_addr, map},
     maps::PerCpuArray,
     programs::{SkBuffContext, SockAddrContext},
@@ -57,13 +53,14 @@ use sentinel_common::{
     events::{
         connect::{AF_INET, AF_INET6},
         dns::{
-            DNS_PART, DNS_PAYLOAD_CLASSES, DNS_PAYLOAD_MAX, DNS_START, DNS_TCP, DNS_UDP, DnsAsker,
-            DnsRecord, may_name, piece_of,
+            DNS_PAYLOAD_CLASSES, DNS_PAYLOAD_MAX, DNS_START, DNS_UDP, DnsAsker, DnsRecord, may_name,
         },
     },
 };
 
 use crate::rare::record_dropped;
+
+mod tcp;
 use crate::task::{EVENTS, current_tgid_unless_agent, submit_flags};
 
 /// DNS answers dropped because `EVENTS` was full.
@@ -80,14 +77,6 @@ const ALLOW: i32 = 1;
 const DNS_PORT_BE: u16 = 53u16.to_be();
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
-/// TCP DNS messages start with their length.
-const TCP_LEN_PREFIX: u32 = 2;
-/// What a segment must hold of a message to be seen starting it: the length prefix and the
-/// DNS header's first 8 bytes (flags and counts, for `may_name`).
-const TCP_START_MIN: u32 = TCP_LEN_PREFIX + 8;
-/// Most messages one TCP segment is searched for: the rest of one and the starts of the
-/// next ones (pipelined answers, coalesced by Nagle).
-const TCP_MESSAGES_PER_SEGMENT: usize = 3;
 
 #[cgroup_sock_addr(connect4)]
 pub fn dns_connect4(ctx: SockAddrContext) -> i32 {
@@ -233,7 +222,7 @@ fn on_packet(ctx: &SkBuffContext) {
             let asker = unsafe { *entry };
             emit(ctx, &found, &asker);
         }
-        IPPROTO_TCP => on_tcp(ctx, &from),
+        IPPROTO_TCP => tcp::on_tcp(ctx, &from),
         _ => {}
     }
 }
@@ -250,57 +239,6 @@ fn emit(ctx: &SkBuffContext, found: &Found, asker: &DnsAsker) {
         report::<{ DNS_PAYLOAD_CLASSES[2] }>(ctx, found, *asker, len);
     } else {
         report::<{ DNS_PAYLOAD_CLASSES[3] }>(ctx, found, *asker, len);
-    }
-}
-
-/// A TCP segment from port 53 to a socket that asked: the messages it holds, in order — the
-/// rest of the one the socket is receiving, then messages that start in it (pipelined
-/// answers), at most [`TCP_MESSAGES_PER_SEGMENT`]. A segment with no payload (a bare ACK)
-/// costs no map lookup.
-#[inline(always)]
-fn on_tcp(ctx: &SkBuffContext, from: &FromPort53) {
-    // Sequence number (4 bytes at 4), acknowledgement, data offset (the byte at 12).
-    let Ok(head) = ctx.load::<[u8; 9]>(from.l4 as usize + 4) else {
-        return;
-    };
-    let seq = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
-    let payload_at = from.l4 + ((head[8] >> 4) as u32) * 4;
-    let Some(payload) = ctx.len().checked_sub(payload_at) else {
-        return;
-    };
-    if payload == 0 {
-        return;
-    }
-    let Some(entry) = asker_of(ctx) else {
-        return;
-    };
-    // The connection's records are put together by its cookie. SAFETY: the helper takes this
-    // program's context (the receiving socket's cookie).
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let segment = Segment {
-        seq,
-        payload_at,
-        payload,
-        cookie,
-    };
-    // Where in the payload the next message's bytes start.
-    let mut cursor = 0;
-    for _ in 0..TCP_MESSAGES_PER_SEGMENT {
-        let Some(found) = locate_tcp(ctx, from, &segment, entry, cursor) else {
-            return;
-        };
-        if found.copy {
-            // SAFETY: a storage value, valid for this program's run; copied out at once.
-            let asker = unsafe { *entry };
-            emit(ctx, &found, &asker);
-        }
-        // The next message starts where this one ends, if in this segment with room for its
-        // length prefix at least.
-        let end = found.msg_seq.wrapping_add(found.wire_len).wrapping_sub(seq) as i32;
-        if end <= cursor as i32 || end as u32 + TCP_LEN_PREFIX > payload {
-            return;
-        }
-        cursor = end as u32;
     }
 }
 
@@ -447,102 +385,6 @@ fn locate_udp(ctx: &SkBuffContext, from: FromPort53) -> Option<Found> {
         offset: 0,
         copy: true,
     })
-}
-
-/// A TCP segment with payload, to a socket that asked.
-struct Segment {
-    seq: u32,
-    /// Offset of the payload from the network header, and its length.
-    payload_at: u32,
-    payload: u32,
-    cookie: u64,
-}
-
-/// What a TCP segment holds of a DNS answer from `cursor` (an offset in its payload) on: the
-/// rest of the message whose start the socket's entry remembers (a later segment of it, or a
-/// retransmission), else the start of a message — remembered, for the segments after it,
-/// when it can name something; else only its length is given (`copy` false), so the next
-/// message can be found behind it.
-#[inline(always)]
-fn locate_tcp(
-    ctx: &SkBuffContext,
-    from: &FromPort53,
-    segment: &Segment,
-    entry: *mut DnsAsker,
-    cursor: u32,
-) -> Option<Found> {
-    // SAFETY: a storage value, valid for this program's run; copied out at once.
-    let asker = unsafe { *entry };
-    let seq = segment.seq.wrapping_add(cursor);
-    let left = segment.payload.checked_sub(cursor)?;
-    let at = segment.payload_at + cursor;
-    let mut found = Found {
-        family: from.family,
-        protocol: DNS_TCP,
-        part: DNS_PART,
-        server: from.server,
-        at,
-        here: 0,
-        wire_len: asker.wire_len as u32,
-        flow: segment.cookie,
-        msg_seq: asker.msg_seq,
-        offset: 0,
-        copy: true,
-    };
-    if asker.wire_len != 0
-        && let Some((skip, offset, len)) = piece_of(seq, left, asker.msg_seq, asker.wire_len)
-    {
-        found.at += skip;
-        found.offset = offset;
-        found.here = len;
-        return Some(found);
-    }
-    if left == TCP_LEN_PREFIX {
-        // Only a length prefix, as some servers send it (a write of its own): the message is
-        // remembered unchecked (its header comes in the next segment, copied as its piece at
-        // offset 0; the agent's parser judges it).
-        let prefix: [u8; 2] = ctx.load(at as usize).ok()?;
-        let wire_len = u16::from_be_bytes(prefix);
-        let msg_seq = seq.wrapping_add(TCP_LEN_PREFIX);
-        // SAFETY: as above.
-        unsafe {
-            (*entry).msg_seq = msg_seq;
-            (*entry).wire_len = wire_len;
-        }
-        found.copy = false;
-        found.wire_len = wire_len as u32;
-        found.msg_seq = msg_seq;
-        return Some(found);
-    }
-    // A message starts here: its length prefix and the DNS header's first 8 bytes in one
-    // read (a segment that does not start a message fails it or the checks below).
-    let start: [u8; TCP_START_MIN as usize] = ctx.load(at as usize).ok()?;
-    let wire_len = u16::from_be_bytes([start[0], start[1]]);
-    let head = [
-        start[2], start[3], start[4], start[5], start[6], start[7], start[8], start[9],
-    ];
-    let msg_seq = seq.wrapping_add(TCP_LEN_PREFIX);
-    // A DNS header is 12 bytes; what this segment holds of the message.
-    let here = (left - TCP_LEN_PREFIX).min(wire_len as u32);
-    if !may_name(head) || here < 12 {
-        // Nothing to copy, but the next message may follow it in this segment.
-        found.copy = false;
-        found.wire_len = wire_len as u32;
-        found.msg_seq = msg_seq;
-        return Some(found);
-    }
-    // The segments after this one are known by this. SAFETY: as above; a plain store (a
-    // racing segment of the same socket can only garble this socket's own state).
-    unsafe {
-        (*entry).msg_seq = msg_seq;
-        (*entry).wire_len = wire_len;
-    }
-    found.part = DNS_START;
-    found.at = at + TCP_LEN_PREFIX;
-    found.here = here;
-    found.wire_len = wire_len as u32;
-    found.msg_seq = msg_seq;
-    Some(found)
 }
 
 /// Copy `len` bytes (1..=N) of the message into a record with room for `N`.

@@ -109,16 +109,10 @@ pub fn current_tgid_unless_agent() -> Option<u32> {
 /// Fill a record header from the current task.
 #[inline(always)]
 pub fn fill_header(header: &mut Header, kind: EventKind) {
-    let pid_tgid = bpf_get_current_pid_tgid();
+    fill_ids_and_time(header, kind);
     let uid_gid = bpf_get_current_uid_gid();
-    header.kind = kind as u32;
-    header.pid = pid_tgid as u32;
-    header.tgid = (pid_tgid >> 32) as u32;
     header.uid = uid_gid as u32;
     header.gid = (uid_gid >> 32) as u32;
-    header._pad = 0;
-    // SAFETY: no arguments; reads a kernel clock.
-    header.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
     set_comm(header, current_task());
 }
 
@@ -127,6 +121,14 @@ pub fn fill_header(header: &mut Header, kind: EventKind) {
 /// the exec that follows, or from the parent it knows).
 #[inline(always)]
 pub fn fill_fork_header(header: &mut Header, kind: EventKind, task: *const u8) {
+    fill_ids_and_time(header, kind);
+    set_comm(header, task);
+}
+
+/// Kind, the current task's ids and the time; uid and gid zero (the callers above fill what
+/// their record needs).
+#[inline(always)]
+fn fill_ids_and_time(header: &mut Header, kind: EventKind) {
     let pid_tgid = bpf_get_current_pid_tgid();
     header.kind = kind as u32;
     header.pid = pid_tgid as u32;
@@ -136,7 +138,6 @@ pub fn fill_fork_header(header: &mut Header, kind: EventKind, task: *const u8) {
     header._pad = 0;
     // SAFETY: no arguments; reads a kernel clock.
     header.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
-    set_comm(header, task);
 }
 
 /// Copy `task->comm` into the header with two plain loads (`task` typed for the verifier:
@@ -158,15 +159,7 @@ fn set_comm(header: &mut Header, task: *const u8) {
 /// kind, ids and time; comm, uid and gid zeroed (two helper calls fewer).
 #[inline(always)]
 pub fn fill_lean_header(header: &mut Header, kind: EventKind) {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    header.kind = kind as u32;
-    header.pid = pid_tgid as u32;
-    header.tgid = (pid_tgid >> 32) as u32;
-    header.uid = 0;
-    header.gid = 0;
-    header._pad = 0;
-    // SAFETY: no arguments; reads a kernel clock.
-    header.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
+    fill_ids_and_time(header, kind);
     header.comm = [0; 16];
 }
 

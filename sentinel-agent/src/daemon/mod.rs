@@ -6,6 +6,7 @@
 
 pub mod behaviour;
 pub mod control;
+mod culprit;
 pub mod decisions;
 mod follow;
 pub mod ipc;
