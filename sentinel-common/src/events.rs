@@ -64,6 +64,7 @@ pub struct Header {
     pub gid: u32,
     pub _pad: u32,
     /// `bpf_ktime_get_boot_ns()`: nanoseconds since boot, suspend included (CLOCK_BOOTTIME).
+    /// 0 in fork, exit and DNS records: the agent stamps those when it reads them.
     pub ts_ns: u64,
     /// The current task's comm, NUL-padded.
     pub comm: [u8; COMM_LEN],

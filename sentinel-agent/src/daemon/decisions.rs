@@ -11,7 +11,8 @@ use std::{
 
 use tracing::{debug, warn};
 
-use super::pipeline::{Pipeline, boot_ns};
+use super::pipeline::Pipeline;
+use crate::sensors::boot_ns;
 use crate::{
     detect::{self, Finding, Outcome},
     enrich::trust::ActionableAddr,

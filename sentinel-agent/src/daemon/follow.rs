@@ -10,7 +10,8 @@ use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
 use tracing::{debug, info, warn};
 
-use super::pipeline::{Pipeline, boot_ns};
+use super::pipeline::Pipeline;
+use crate::sensors::boot_ns;
 use crate::{
     sensors::dns::Dns,
     switch::{clock::Now, decision::Decision},

@@ -137,7 +137,7 @@ impl Pipeline {
                 // one the sharing host did.
                 let domain = self
                     .names
-                    .name_for(0, addr, super::pipeline::boot_ns())
+                    .name_for(0, addr, crate::sensors::boot_ns())
                     .map(|r| r.name.to_string())
                     .or(domain);
                 match self.switch.block_shared(

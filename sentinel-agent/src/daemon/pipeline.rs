@@ -528,10 +528,3 @@ impl Pipeline {
         }
     }
 }
-
-/// Now on the kernel's event clock (CLOCK_BOOTTIME), in ns.
-pub(super) fn boot_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).map_or(0, |t| {
-        t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
-    })
-}

@@ -90,7 +90,7 @@ impl ConnectGuard {
             IpAddr::V4(_) => GUARD4_USED,
             IpAddr::V6(_) => GUARD6_USED,
         })?;
-        let expires = boot_ns().saturating_add(ttl.as_nanos() as u64);
+        let expires = crate::sensors::boot_ns().saturating_add(ttl.as_nanos() as u64);
         match ip {
             IpAddr::V4(a) => self.v4.insert(u32::from_ne_bytes(a.octets()), expires, 0),
             IpAddr::V6(a) => self.v6.insert(key6(a.octets()), expires, 0),
@@ -119,12 +119,6 @@ impl ConnectGuard {
 fn key6(octets: [u8; 16]) -> [u32; 4] {
     let w = |i: usize| u32::from_ne_bytes(octets[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
     [w(0), w(1), w(2), w(3)]
-}
-
-fn boot_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).map_or(0, |t| {
-        t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
-    })
 }
 
 fn take<M>(ebpf: &mut Ebpf, map: &'static str) -> Result<M, GuardError>

@@ -25,6 +25,7 @@ const SENSOR: &str = "dns";
 /// A DNS message delivered to a process, or (TCP) a piece of one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dns {
+    /// When the agent read the record (the kernel leaves it unstamped).
     pub ts_ns: u64,
     /// The process that asked (0: unknown).
     pub tgid: u32,

@@ -40,6 +40,7 @@ pub struct Exec {
 /// `parent` created the process `child`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fork {
+    /// When the agent read the record (the kernel leaves it unstamped).
     pub ts_ns: u64,
     pub parent: u32,
     pub child: u32,
@@ -52,6 +53,7 @@ pub struct Fork {
 /// The process `tgid` ended.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Exit {
+    /// When the agent read the record (the kernel leaves it unstamped).
     pub ts_ns: u64,
     pub tgid: u32,
     pub start_ns: u64,
@@ -320,6 +322,34 @@ mod tests {
             (f.parent, f.child, f.child_start_ns, &*f.comm.text()),
             (10, 11, 99, "bash")
         );
+    }
+
+    #[test]
+    fn fork_and_exit_records_are_the_untimed_ones_exec_is_not() {
+        let fork = ForkEvent {
+            header: header(EventKind::Fork, 10, "bash"),
+            data: ForkData {
+                child_tgid: 11,
+                _pad: 0,
+                child_start_ns: 99,
+            },
+        };
+        let exit = ExitEvent {
+            header: header(EventKind::Exit, 12, "sleep"),
+            data: ExitData {
+                start_ns: 5,
+                exit_code: 0,
+                _pad: 0,
+            },
+        };
+        for bytes in [as_bytes(&fork), as_bytes(&exit)] {
+            let mut ev = decode(&bytes).unwrap();
+            *ev.untimed().expect("unstamped by the kernel") = 7;
+            assert_eq!(ev.ts_ns(), 7);
+        }
+        let mut exec = decode(&as_bytes(&exec_event("/bin/true", b"true\0", false))).unwrap();
+        assert_eq!(exec.untimed(), None);
+        assert_eq!(exec.ts_ns(), 123_456_789);
     }
 
     #[test]

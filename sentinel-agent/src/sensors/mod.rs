@@ -112,7 +112,8 @@ pub enum KernelEvent {
 }
 
 impl KernelEvent {
-    /// When the kernel wrote the record (CLOCK_BOOTTIME, ns).
+    /// When the kernel wrote the record (CLOCK_BOOTTIME, ns); for the kinds it does not
+    /// stamp ([`KernelEvent::untimed`]), when the agent read it.
     pub fn ts_ns(&self) -> u64 {
         match self {
             KernelEvent::Exec(e) => e.ts_ns,
@@ -122,6 +123,21 @@ impl KernelEvent {
             KernelEvent::Listen(e) => e.ts_ns,
             KernelEvent::Stdio(e) => e.ts_ns,
             KernelEvent::Dns(e) => e.ts_ns,
+        }
+    }
+
+    /// The time of a record the kernel leaves unstamped (fork, exit, DNS: a clock read costs
+    /// the kernel program ~100 ns on a VM, and these need no better than the reader's few
+    /// milliseconds), for the reader to fill in.
+    pub fn untimed(&mut self) -> Option<&mut u64> {
+        match self {
+            KernelEvent::Fork(e) => Some(&mut e.ts_ns),
+            KernelEvent::Exit(e) => Some(&mut e.ts_ns),
+            KernelEvent::Dns(e) => Some(&mut e.ts_ns),
+            KernelEvent::Exec(_)
+            | KernelEvent::Connect(_)
+            | KernelEvent::Listen(_)
+            | KernelEvent::Stdio(_) => None,
         }
     }
 
@@ -437,11 +453,24 @@ pub struct Ring {
     asleep: Array<MapData, u32>,
 }
 
-/// Decode every record waiting in `ring` into `batch`, counting each with its sensor.
+/// Now on the kernel records' clock (CLOCK_BOOTTIME), in ns.
+pub fn boot_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).map_or(0, |t| {
+        t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+    })
+}
+
+/// Decode every record waiting in `ring` into `batch`, counting each with its sensor. The
+/// records the kernel does not stamp ([`KernelEvent::untimed`]) take the time of this read,
+/// which is after they were written and before any record written after it was read.
 fn read_all(ring: &mut RingBuf<MapData>, counters: &[Arc<Counters>], batch: &mut Vec<KernelEvent>) {
+    let mut read_at = None;
     while let Some(item) = ring.next() {
         match decode(&item) {
-            Ok(ev) => {
+            Ok(mut ev) => {
+                if let Some(ts) = ev.untimed() {
+                    *ts = *read_at.get_or_insert_with(boot_ns);
+                }
                 if let Some(c) = counters.get(ev.sensor()) {
                     c.seen.fetch_add(1, Ordering::Relaxed);
                 }

@@ -274,7 +274,7 @@ impl Classic {
             .spawn(move || {
                 let mut buf = vec![0u8; 16 * 1024];
                 while let Some(n) = read(&self.fd, &mut buf) {
-                    let now = boot_ns();
+                    let now = super::boot_ns();
                     for mut w in self.writes(&buf[..n]) {
                         w.seen_ns = now;
                         if tx.send(Work::Persisted(w)).is_err() {
@@ -309,13 +309,6 @@ impl Classic {
         }
         out
     }
-}
-
-/// Now on the kernel records' clock (CLOCK_BOOTTIME), in ns.
-fn boot_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).map_or(0, |t| {
-        t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
-    })
 }
 
 /// One read of a group's events: the bytes read, `None` once the group fails.
@@ -481,7 +474,7 @@ impl Sensor {
                         let lost = crate::detect::blind::queue_overflow();
                         let _ = tx.send(Work::Found(Box::new(lost)));
                     }
-                    let now = boot_ns();
+                    let now = super::boot_ns();
                     for mut w in writes {
                         w.seen_ns = now;
                         if tx.send(Work::Persisted(w)).is_err() {
