@@ -237,8 +237,10 @@ fn emit(ctx: &SkBuffContext, found: &Found, asker: &DnsAsker) {
         report::<{ DNS_PAYLOAD_CLASSES[1] }>(ctx, found, *asker, len);
     } else if len <= DNS_PAYLOAD_CLASSES[2] as u32 {
         report::<{ DNS_PAYLOAD_CLASSES[2] }>(ctx, found, *asker, len);
-    } else {
+    } else if len <= DNS_PAYLOAD_CLASSES[3] as u32 {
         report::<{ DNS_PAYLOAD_CLASSES[3] }>(ctx, found, *asker, len);
+    } else {
+        report::<{ DNS_PAYLOAD_CLASSES[4] }>(ctx, found, *asker, len);
     }
 }
 

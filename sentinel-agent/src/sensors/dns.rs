@@ -199,7 +199,7 @@ mod tests {
 
     #[test]
     fn a_later_tcp_piece_says_where_it_belongs() {
-        let bytes = record_with::<{ DNS_PAYLOAD_CLASSES[1] }>(
+        let bytes = record_with::<{ DNS_PAYLOAD_CLASSES[2] }>(
             DnsData {
                 family: AF_INET,
                 protocol: DNS_TCP,
