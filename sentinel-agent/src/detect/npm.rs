@@ -207,9 +207,6 @@ struct PackageJson {
 /// Whether `comm`/`argv` is a package manager installing (`npm install`, `npm ci`,
 /// `yarn add`, `pnpm i`, also `node /usr/bin/npm install`).
 pub fn is_install(comm: &str, argv: &[String]) -> bool {
-    fn base(s: &str) -> &str {
-        s.rsplit('/').next().unwrap_or(s)
-    }
     let managers = [
         "npm",
         "npm-cli.js",
@@ -219,7 +216,7 @@ pub fn is_install(comm: &str, argv: &[String]) -> bool {
         "pnpm",
         "pnpm.cjs",
     ];
-    let mut args = argv.iter().map(|a| base(a));
+    let mut args = argv.iter().map(|a| super::base_name(a));
     let first = args.next().unwrap_or_default();
     let found = if managers.contains(&comm) || managers.contains(&first) {
         true

@@ -60,7 +60,7 @@ impl Claim<'_> {
 
 /// A program's name as the lists spell it: the base name without a `.js`.
 fn stem(path: &str) -> &str {
-    let base = path.rsplit('/').next().unwrap_or(path);
+    let base = super::base_name(path);
     base.strip_suffix(".js").unwrap_or(base)
 }
 
