@@ -445,6 +445,9 @@ const DRAIN_AFTER_WAKE: std::time::Duration = std::time::Duration::from_millis(4
 
 /// Most records a drain reserves room for up front.
 const BATCH_RESERVE_MAX: usize = 4096;
+/// Fewest: a batch is never grown (a regrowth copies every record read so far), so a drain
+/// that finds more records than its batch holds hands it on full and reads on into another.
+const BATCH_RESERVE_MIN: usize = 256;
 
 /// The shared ring buffer and the kernel's switch saying which record may wake the reader
 /// (`READER_ASLEEP` in sentinel-ebpf's `task.rs`, values in `sentinel_common::reader`).
@@ -460,12 +463,20 @@ pub fn boot_ns() -> u64 {
     })
 }
 
-/// Decode every record waiting in `ring` into `batch`, counting each with its sensor. The
-/// records the kernel does not stamp ([`KernelEvent::untimed`]) take the time of this read,
-/// which is after they were written and before any record written after it was read.
-fn read_all(ring: &mut RingBuf<MapData>, counters: &[Arc<Counters>], batch: &mut Vec<KernelEvent>) {
+/// Decode the records waiting in `ring` into `batch` until it is full, counting each with its
+/// sensor; true when it filled (more may wait). The records the kernel does not stamp
+/// ([`KernelEvent::untimed`]) take the time of this read, which is after they were written
+/// and before any record written after it was read.
+fn read_all(
+    ring: &mut RingBuf<MapData>,
+    counters: &[Arc<Counters>],
+    batch: &mut Vec<KernelEvent>,
+) -> bool {
     let mut read_at = None;
-    while let Some(item) = ring.next() {
+    while batch.len() < batch.capacity() {
+        let Some(item) = ring.next() else {
+            return false;
+        };
         match decode(&item) {
             Ok(mut ev) => {
                 if let Some(ts) = ev.untimed() {
@@ -484,6 +495,7 @@ fn read_all(ring: &mut RingBuf<MapData>, counters: &[Arc<Counters>], batch: &mut
             }
         }
     }
+    true
 }
 
 /// Wait until the kernel wakes the reader (the next record when it was armed `READER_IDLE`,
@@ -535,15 +547,26 @@ pub async fn drain(ring: Ring, tx: mpsc::Sender<Vec<KernelEvent>>, counters: Vec
     let mut armable = true;
     let mut just_woken = false;
     // Room for as many records as the recent drains found: a burst's batch is allocated once
-    // instead of doubling its way up. The estimate halves per smaller drain rather than
-    // dropping to it, so the short drain soon after a wake-up does not leave the next full one
-    // to grow from a handful (callgrind of an exec storm: 21 regrowths in 28 drains, ~180
-    // instructions per exec, before).
+    // and never grown. The estimate halves per smaller drain rather than dropping to it, so
+    // the short drain soon after a wake-up does not leave the next full one in small batches
+    // (callgrind of an exec storm: 21 regrowths in 28 drains, ~180 instructions per exec,
+    // before the estimate; the regrowths left cost ~90 instructions per connect and ~250 per
+    // exec before batches stopped growing).
     let mut expected = 0;
+    let mut drained = 0;
     loop {
-        let mut batch = Vec::with_capacity(expected);
-        read_all(fd.get_mut(), &counters, &mut batch);
-        expected = batch.len().max(expected / 2).min(BATCH_RESERVE_MAX);
+        let mut batch = Vec::with_capacity(expected.max(BATCH_RESERVE_MIN));
+        if read_all(fd.get_mut(), &counters, &mut batch) {
+            // Full: more may wait. Hand it on and read on, no sleep.
+            drained += batch.len();
+            if tx.send(batch).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        drained += batch.len();
+        expected = drained.max(expected / 2).min(BATCH_RESERVE_MAX);
+        drained = 0;
         if !batch.is_empty() {
             if tx.send(batch).await.is_err() {
                 return; // the agent is stopping
