@@ -334,6 +334,17 @@ impl ProcessTree {
 
     /// (pid, comm) of `tgid`'s parent, grandparent, … (parent first), up to pid 1.
     pub fn ancestry(&mut self, tgid: u32, proc_root: &Path) -> Vec<(u32, Arc<str>)> {
+        self.ancestry_with(tgid, proc_root, |_| {})
+    }
+
+    /// [`Self::ancestry`], showing each ancestor's node to `each` on the way (so a caller
+    /// needing more of them does not look each one up again).
+    pub fn ancestry_with(
+        &mut self,
+        tgid: u32,
+        proc_root: &Path,
+        mut each: impl FnMut(&Proc),
+    ) -> Vec<(u32, Arc<str>)> {
         // Most processes sit a handful of levels below pid 1: one allocation, no regrowth.
         let mut out = Vec::with_capacity(8);
         let mut cur = self.procs.get(&tgid).map_or(0, |p| p.ppid);
@@ -341,6 +352,7 @@ impl ProcessTree {
             let Some(p) = self.lookup_or_load(cur, proc_root) else {
                 break;
             };
+            each(p);
             out.push((cur, p.comm.clone()));
             if cur == 1 {
                 break;
