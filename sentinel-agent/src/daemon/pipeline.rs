@@ -31,8 +31,7 @@ use crate::{
     enrich::outbound::Outbound,
     enrich::shells::Shells,
     enrich::ssh::is_sshd,
-    enrich::tree::Proc,
-    enrich::tree::{ProcessTree, read_stat},
+    enrich::tree::{Proc, ProcessTree, read_stat},
     enrich::trust::{ActionableAddr, TrustSet},
     event::{AlertBody, Body, BootClock, ConnectBody, ExecBody, Record},
     sensors::{

@@ -109,7 +109,7 @@ async fn woken(fd: &mut AsyncFd<RingBuf<MapData>>, timeout: Option<std::time::Du
 }
 
 /// Read the shared ring until the agent stops, decoding each record and handing batches to
-/// `tx` in ring order. `counters` are indexed like [`SENSORS`].
+/// `tx` in ring order. `counters` are indexed like [`super::SENSORS`].
 ///
 /// Records are submitted without a wake-up while the reader is busy, so a burst costs one
 /// wake-up per [`DRAIN_EVERY`], not one per record: before sleeping on its timer the reader
