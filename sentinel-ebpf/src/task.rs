@@ -116,8 +116,9 @@ pub fn fill_header(header: &mut Header, kind: EventKind) {
     set_comm(header, current_task());
 }
 
-/// Fill a record header for a new process: kind, the parent's ids, time, and the name `task`
-/// (the child, whose comm is its parent's copy) has; no uid or gid (the agent takes them from
+/// Fill a record header for a new process: kind, the parent's ids and the name `task`
+/// (the child, whose comm is its parent's copy) has; no time (the agent stamps it as it
+/// reads the record), no uid or gid (the agent takes them from
 /// the exec that follows, or from the parent it knows).
 #[inline(always)]
 pub fn fill_fork_header(header: &mut Header, kind: EventKind, task: *const u8) {
@@ -165,7 +166,7 @@ fn set_comm(header: &mut Header, task: *const u8) {
 }
 
 /// Fill a record header with what a record about a process the agent already knows needs:
-/// kind, ids and time; comm, uid and gid zeroed (two helper calls fewer).
+/// kind and ids; time, comm, uid and gid zeroed (two helper calls fewer).
 #[inline(always)]
 pub fn fill_lean_header(header: &mut Header, kind: EventKind) {
     fill_ids(header, kind);
