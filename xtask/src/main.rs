@@ -98,3 +98,24 @@ fn build_ebpf(toolchain: &str) -> anyhow::Result<()> {
     println!("built target/bpfel-unknown-none/release/sentinel");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    /// clap's own checks of every task's options (names, `requires` pointing at real ones).
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_sensors_only_binary_needs_sensors_only() {
+        let without = ["xtask", "bench-cost", "--sensors-only-binary", "/x"];
+        assert!(Cli::try_parse_from(without).is_err());
+        let with = ["xtask", "bench-cost", "--sensors-only", "--sensors-only-binary", "/x"];
+        assert!(Cli::try_parse_from(with).is_ok());
+    }
+}

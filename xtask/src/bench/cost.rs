@@ -21,12 +21,14 @@ mod charge;
 mod container;
 mod floor;
 mod report;
+mod sensors_only;
 mod services;
 use busy::*;
 use charge::*;
 use container::*;
 use floor::*;
 use report::*;
+use sensors_only::*;
 use services::*;
 
 /// Targets, all in, on the reference machine (issue #28).
@@ -98,6 +100,14 @@ pub struct Args {
     /// Run the agent without a fleet store (no PostgreSQL; quicker runs).
     #[arg(long)]
     no_fleet: bool,
+    /// Also measure the storms on the agent built with `--features sensors-only` (kernel
+    /// programs and ring reader alone, every record discarded): the lower bound no pipeline
+    /// work can go below. Built into TARGET/sensors-only unless --no-build.
+    #[arg(long)]
+    sensors_only: bool,
+    /// The sensors-only build to measure with --sensors-only.
+    #[arg(long, value_name = "PATH", requires = "sensors_only")]
+    sensors_only_binary: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -146,6 +156,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "the agent loads eBPF programs and BPF run-time statistics are root's: run as root"
     );
     let binary = agent_binary(args.no_build, args.binary.as_deref())?;
+    let sensors_only = args
+        .sensors_only
+        .then(|| sensors_only_binary(args.no_build, args.sensors_only_binary.as_deref()))
+        .transpose()?;
     let bpftrace = (!args.no_baseline).then(|| which("bpftrace")).flatten();
     if args.no_baseline {
         eprintln!("--no-baseline: measuring Sentinel alone");
@@ -179,7 +193,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         connects: args.connects,
         hz: clock_ticks()?,
     };
+    let sensors_bench = sensors_only
+        .as_deref()
+        .map(|binary| Bench { binary, ..bench });
     let mut sentinel = Vec::new();
+    let mut sensors = Vec::new();
     let mut baseline = Vec::new();
     let mut busy = Vec::new();
     for r in 1..=args.rounds {
@@ -201,6 +219,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 )?),
             }
         }
+        if let Some(sensors_bench) = &sensors_bench {
+            let label = format!("round {r}/{}: sensors only", args.rounds);
+            sensors.push(measure_sensors_only(sensors_bench, args, &label)?);
+        }
         if let Some(nginx) = &nginx {
             let label = format!("round {r}/{}", args.rounds);
             busy.push(measure_busy(
@@ -218,7 +240,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         sleepers: crowd.started(),
         fleet: !args.no_fleet,
     };
-    print_cost_report(args, &host, &sentinel, &baseline, &busy, floor);
+    print_cost_report(args, &host, &sentinel, &sensors, &baseline, &busy, floor);
     Ok(())
 }
 

@@ -516,5 +516,10 @@ pub fn announce_ready(agent: &AgentConfig, attached: [bool; 4], processes: usize
         socket = %agent.socket.display(),
         "sentinel ready"
     );
+    #[cfg(feature = "sensors-only")]
+    tracing::warn!(
+        "built with the sensors-only feature (a benchmark build): every record is read and \
+         discarded; this agent detects, stores and blocks nothing"
+    );
     service::notify_ready();
 }

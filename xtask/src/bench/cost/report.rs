@@ -28,7 +28,7 @@ pub(super) fn describe(charge: &Charge, n: Option<u64>) -> String {
     }
 }
 
-fn per_event_us(costs: &[Costs], pick: fn(&Costs) -> &Charge, n: u64) -> f64 {
+pub(super) fn per_event_us(costs: &[Costs], pick: fn(&Costs) -> &Charge, n: u64) -> f64 {
     median(
         &costs
             .iter()
@@ -103,6 +103,7 @@ pub(super) fn print_cost_report(
     args: &Args,
     host: &Host,
     sentinel: &[Costs],
+    sensors: &[Costs],
     baseline: &[Costs],
     busy: &[BusyRound],
     floor: Option<f64>,
@@ -157,6 +158,7 @@ pub(super) fn print_cost_report(
         "  per connect {connect:.2} µs (≤ {CONNECT_TARGET_US} µs) {}",
         verdict(connect, CONNECT_TARGET_US)
     );
+    print_sensors_only(sensors, sentinel, args);
     println!(
         "  idle        {idle:.3} % of a core (≤ {IDLE_TARGET_PERCENT} %) {}",
         verdict(idle, IDLE_TARGET_PERCENT)
