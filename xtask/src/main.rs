@@ -115,7 +115,13 @@ mod tests {
     fn a_sensors_only_binary_needs_sensors_only() {
         let without = ["xtask", "bench-cost", "--sensors-only-binary", "/x"];
         assert!(Cli::try_parse_from(without).is_err());
-        let with = ["xtask", "bench-cost", "--sensors-only", "--sensors-only-binary", "/x"];
+        let with = [
+            "xtask",
+            "bench-cost",
+            "--sensors-only",
+            "--sensors-only-binary",
+            "/x",
+        ];
         assert!(Cli::try_parse_from(with).is_ok());
     }
 }

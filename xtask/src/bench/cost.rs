@@ -272,33 +272,12 @@ fn measure_sentinel(
     );
     let latencies = probe_latencies(&agent, args.probes)?;
     eprintln!("{label}: detection latency {latencies:?}");
-    let before = agent.status()?;
-    let exec = charge(pid, || {
-        exec_storm(args.execs)?;
-        agent.wait_drained(&before, args.execs, 0).map(drop)
-    })?;
-    eprintln!("{label}: exec storm {}", describe(&exec, Some(args.execs)));
+    let exec = charged_exec_storm(&mut agent, args.execs, label, "exec storm")?;
     let container_exec = (args.container_execs > 0)
         .then(|| container_exec_storm(&mut agent, args.container_execs, label))
         .transpose()?;
-    let before = agent.status()?;
-    let connect = charge(pid, || {
-        connect_storm(args.connects)?;
-        agent.wait_drained(&before, 0, args.connects).map(drop)
-    })?;
-    eprintln!(
-        "{label}: connect storm {}",
-        describe(&connect, Some(args.connects))
-    );
-    let before = agent.status()?;
-    let dns = charge(pid, || {
-        dns_storm(args.dns_answers)?;
-        agent.wait_dns(&before, args.dns_answers)
-    })?;
-    eprintln!(
-        "{label}: dns storm {}",
-        describe(&dns, Some(args.dns_answers))
-    );
+    let connect = charged_connect_storm(&mut agent, args.connects, label)?;
+    let dns = charged_dns_storm(&mut agent, args.dns_answers, label)?;
     let chat_posts = services.chat.posts() - posts;
     if chat_posts > 0 {
         eprintln!("{label}: warning: the agent posted {chat_posts} chat message(s)");
@@ -318,6 +297,45 @@ fn measure_sentinel(
     })
 }
 
+/// An exec storm of `n`, charged until the agent has seen every exec and its store has
+/// written them; printed as `what`.
+fn charged_exec_storm(
+    agent: &mut Agent,
+    n: u64,
+    label: &str,
+    what: &str,
+) -> anyhow::Result<Charge> {
+    let before = agent.status()?;
+    let cost = charge(agent.pid(), || {
+        exec_storm(n)?;
+        agent.wait_drained(&before, n, 0).map(drop)
+    })?;
+    eprintln!("{label}: {what} {}", describe(&cost, Some(n)));
+    Ok(cost)
+}
+
+/// A connect storm of `n`, charged until the agent has seen and written every connect.
+fn charged_connect_storm(agent: &mut Agent, n: u64, label: &str) -> anyhow::Result<Charge> {
+    let before = agent.status()?;
+    let cost = charge(agent.pid(), || {
+        connect_storm(n)?;
+        agent.wait_drained(&before, 0, n).map(drop)
+    })?;
+    eprintln!("{label}: connect storm {}", describe(&cost, Some(n)));
+    Ok(cost)
+}
+
+/// A DNS storm of `n` exchanges, charged until the `dns` sensor has seen every answer.
+fn charged_dns_storm(agent: &mut Agent, n: u64, label: &str) -> anyhow::Result<Charge> {
+    let before = agent.status()?;
+    let cost = charge(agent.pid(), || {
+        dns_storm(n)?;
+        agent.wait_dns(&before, n)
+    })?;
+    eprintln!("{label}: dns storm {}", describe(&cost, Some(n)));
+    Ok(cost)
+}
+
 /// The exec storm in a container's cgroup and the host's storm again after it.
 #[derive(Clone, Debug)]
 struct Bracketed {
@@ -330,16 +348,7 @@ struct Bracketed {
 /// measured nothing of the kind.
 fn container_exec_storm(agent: &mut Agent, execs: u64, label: &str) -> anyhow::Result<Bracketed> {
     let container = exec_storm_in_container(agent, execs, label)?;
-    let before = agent.status()?;
-    let pid = agent.pid();
-    let host_after = charge(pid, || {
-        exec_storm(execs)?;
-        agent.wait_drained(&before, execs, 0).map(drop)
-    })?;
-    eprintln!(
-        "{label}: exec storm on the host again {}",
-        describe(&host_after, Some(execs))
-    );
+    let host_after = charged_exec_storm(agent, execs, label, "exec storm on the host again")?;
     Ok(Bracketed {
         container,
         host_after,

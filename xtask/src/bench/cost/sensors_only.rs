@@ -64,31 +64,9 @@ pub(super) fn measure_sensors_only(
     let mut agent = Agent::start(bench, "sensors-only")?;
     agent.wait_ready()?;
     thread::sleep(Duration::from_secs(2));
-    let pid = agent.pid();
-    let before = agent.status()?;
-    let exec = charge(pid, || {
-        exec_storm(args.execs)?;
-        agent.wait_drained(&before, args.execs, 0).map(drop)
-    })?;
-    eprintln!("{label}: exec storm {}", describe(&exec, Some(args.execs)));
-    let before = agent.status()?;
-    let connect = charge(pid, || {
-        connect_storm(args.connects)?;
-        agent.wait_drained(&before, 0, args.connects).map(drop)
-    })?;
-    eprintln!(
-        "{label}: connect storm {}",
-        describe(&connect, Some(args.connects))
-    );
-    let before = agent.status()?;
-    let dns = charge(pid, || {
-        dns_storm(args.dns_answers)?;
-        agent.wait_dns(&before, args.dns_answers)
-    })?;
-    eprintln!(
-        "{label}: dns storm {}",
-        describe(&dns, Some(args.dns_answers))
-    );
+    let exec = charged_exec_storm(&mut agent, args.execs, label, "exec storm")?;
+    let connect = charged_connect_storm(&mut agent, args.connects, label)?;
+    let dns = charged_dns_storm(&mut agent, args.dns_answers, label)?;
     agent.stop()?;
     Ok(Costs {
         exec,
